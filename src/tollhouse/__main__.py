@@ -1,0 +1,7 @@
+"""``python -m tollhouse`` runs the CLI."""
+
+from __future__ import annotations
+
+from tollhouse.cli import main
+
+main()

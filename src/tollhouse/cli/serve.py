@@ -1,0 +1,106 @@
+"""``tollhouse serve`` — gateway, platform API and the upstream, on uvicorn."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from tollhouse.cli.common import ConfigOpt, DatabaseOpt, console, fail, run, settings_from
+from tollhouse.errors import TollhouseError
+from tollhouse.http.app import Tollhouse
+from tollhouse.keys.demo import ensure_demo_key
+from tollhouse.keys.store import KeyStore
+from tollhouse.settings import Settings
+from tollhouse.storage.engine import make_engine, sqlite_path
+from tollhouse.storage.schema import create_schema
+
+
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option("--workers", help="Server processes.")] = 1,
+    database_url: DatabaseOpt = None,
+    redis_url: Annotated[
+        str | None, typer.Option("--redis-url", help="Shared limits. Env: TOLLHOUSE_REDIS_URL.")
+    ] = None,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+) -> None:
+    """Run the gateway in front of the configured upstream (or the bundled example)."""
+    settings = settings_from(config, database_url, redis_url=redis_url)
+    if workers < 1:
+        fail("--workers must be at least 1", 2)
+    if workers > 1 and not settings.redis_url:
+        fail(
+            f"--workers {workers} needs Redis so the processes share one set of limits: "
+            "set --redis-url, TOLLHOUSE_REDIS_URL or [storage] redis_url "
+            "(or run with --workers 1 to keep limits in process memory)",
+            2,
+        )
+    if workers > 1:
+        fail("--workers > 1 is not available in this version: run one process per port", 2)
+    try:
+        app = Tollhouse(settings=settings)
+    except TollhouseError as exc:
+        fail(str(exc), 2)
+    demo = run(lambda: _prepare(settings))
+    _banner(settings, host, port, demo)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=access_log,
+        proxy_headers=False,
+        server_header=False,
+        lifespan="on",
+    )
+
+
+async def _prepare(settings: Settings) -> str | None:
+    """Create tables; on the embedded default, make sure there is a demo key to print."""
+    engine = make_engine(settings.database_url)
+    try:
+        await create_schema(engine)
+        folder = sqlite_path(settings.database_url)
+        if settings.is_embedded_default and folder is not None:
+            return await ensure_demo_key(KeyStore(engine), folder.parent)
+        return None
+    finally:
+        await engine.dispose()
+
+
+def _banner(settings: Settings, host: str, port: int, demo: str | None) -> None:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = f"http://{shown}:{port}"
+    policy = settings.config_path or "built-in (seeds 002 and 004)"
+    up = settings.policy.upstream
+    upstream = up.url or up.app or "bundled example scoring API"
+    console.print(f"[bold]tollhouse[/] listening on [bold cyan]{base}[/]", highlight=False)
+    console.print(f"  policy:   {policy}", highlight=False)
+    console.print(f"  upstream: {upstream}", highlight=False)
+    console.print(f"  database: {settings.database_url}", highlight=False)
+    console.print(f"  limits:   {settings.redis_url or 'in process memory'}", highlight=False)
+    console.print(f"  health:   {base}/healthz", highlight=False)
+    key = demo or "$TOLLHOUSE_API_KEY"
+    if demo:
+        console.print(f"  demo key: [bold green]{demo}[/] (org demo, role root)", highlight=False)
+    else:
+        console.print("  keys:     tollhouse keys create --org ORG --role root", highlight=False)
+    console.print("Try:", highlight=False)
+    console.print(
+        f'  curl -s {base}/v1/rate-limit/status -H "Authorization: Bearer {key}"',
+        highlight=False,
+        soft_wrap=True,
+    )
+    if settings.policy.upstream.is_example:
+        console.print(
+            f'  curl -s {base}/v1/criteria/generate -H "Authorization: Bearer {key}" '
+            '-H "X-Tenant-Id: acme" -H "Content-Type: application/json" '
+            '-d \'{"jobId":"job_1","title":"Backend Engineer","description":'
+            '"Python, PostgreSQL and Redis; 5 years building APIs."}\'',
+            highlight=False,
+            soft_wrap=True,
+        )

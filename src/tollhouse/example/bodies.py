@@ -1,0 +1,254 @@
+"""Request bodies of the example upstream, checked and turned into plain values.
+
+Every check raises :class:`~tollhouse.errors.BadRequest` (400: not JSON, not an object) or
+:class:`~tollhouse.errors.ValidationFailed` (422) with a message that names the field by its
+path, e.g. ``field "candidate.resume" is required``. Unknown fields are ignored. ``null``
+counts as missing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from tollhouse.errors import BadRequest, ValidationFailed
+
+#: Longest accepted texts, in characters; far above real postings and resumes, low enough
+#: that one request cannot hold the process's memory or CPU for long.
+MAX_ID_CHARS = 256
+MAX_TITLE_CHARS = 500
+MAX_DESCRIPTION_CHARS = 100_000
+MAX_RESUME_CHARS = 200_000
+MAX_NAME_CHARS = 200
+MAX_CRITERION_DESCRIPTION_CHARS = 5_000
+#: Items a batch may hold.
+MAX_BATCH_ITEMS = 100
+#: Criteria changed by one PATCH.
+MAX_PATCH_ITEMS = 100
+#: Default weight of a criterion added by hand.
+DEFAULT_WEIGHT = 0.1
+
+_MISSING = object()
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """Parse a request body that must be a JSON object.
+
+    Args:
+        raw: the body bytes.
+
+    Returns:
+        The object.
+
+    Raises:
+        BadRequest: the body is empty, not JSON, or JSON but not an object.
+    """
+    if not raw.strip():
+        raise BadRequest("request body is empty; send a JSON object")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"request body must be a JSON object, not {_json_type(value)}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class JobPosting:
+    """Body of ``POST /v1/criteria/generate`` and ``/questions``."""
+
+    job_id: str
+    title: str
+    description: str
+
+
+def job_posting(body: dict[str, Any]) -> JobPosting:
+    """Check a generate/questions body: ``jobId``, ``title``, ``description``."""
+    return JobPosting(
+        job_id=text_field(body, "jobId", "jobId", MAX_ID_CHARS),
+        title=text_field(body, "title", "title", MAX_TITLE_CHARS),
+        description=text_field(body, "description", "description", MAX_DESCRIPTION_CHARS),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NewCriterion:
+    """Body of ``POST /v1/jobs/{jobId}/criteria``."""
+
+    name: str
+    description: str
+    weight: float
+
+
+def new_criterion(body: dict[str, Any]) -> NewCriterion:
+    """Check a new criterion: ``name`` required; ``description`` and ``weight`` optional."""
+    name = text_field(body, "name", "name", MAX_NAME_CHARS)
+    description = optional_text(body, "description", "description", MAX_CRITERION_DESCRIPTION_CHARS)
+    weight = _weight(body, "weight", "weight")
+    return NewCriterion(
+        name=name,
+        description=description if description is not None else "",
+        weight=weight if weight is not None else DEFAULT_WEIGHT,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CriterionChanges:
+    """Fields a PATCH changes; None leaves a field as it is."""
+
+    name: str | None = None
+    description: str | None = None
+    weight: float | None = None
+
+
+def criterion_changes(body: dict[str, Any], prefix: str = "") -> CriterionChanges:
+    """Check the changeable fields of a criterion (``name``, ``description``, ``weight``).
+
+    Args:
+        body: the object holding the fields.
+        prefix: path of that object in the request, e.g. ``"criteria[2]."``.
+    """
+    name = optional_text(body, "name", prefix + "name", MAX_NAME_CHARS)
+    if name is not None and not name.strip():
+        raise ValidationFailed(f'field "{prefix}name" must not be empty')
+    return CriterionChanges(
+        name=name,
+        description=optional_text(
+            body, "description", prefix + "description", MAX_CRITERION_DESCRIPTION_CHARS
+        ),
+        weight=_weight(body, "weight", prefix + "weight"),
+    )
+
+
+def criteria_patch(body: dict[str, Any]) -> list[tuple[str, CriterionChanges]]:
+    """Check ``{"criteria": [{"id", ...changes}]}``; every item is checked before any applies."""
+    items = body.get("criteria")
+    if items is None:
+        raise ValidationFailed('field "criteria" is required')
+    if not isinstance(items, list):
+        raise ValidationFailed(f'field "criteria" must be an array, not {_json_type(items)}')
+    if len(items) > MAX_PATCH_ITEMS:
+        raise ValidationFailed(f'field "criteria" must hold at most {MAX_PATCH_ITEMS} items')
+    changes: list[tuple[str, CriterionChanges]] = []
+    for i, item in enumerate(items):
+        prefix = f"criteria[{i}]."
+        if not isinstance(item, dict):
+            raise ValidationFailed(
+                f'field "criteria[{i}]" must be an object, not {_json_type(item)}'
+            )
+        criterion_id = text_field(item, "id", prefix + "id", MAX_ID_CHARS)
+        changes.append((criterion_id, criterion_changes(item, prefix)))
+    return changes
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRequest:
+    """Body of ``POST /v1/score`` (and each item of a batch)."""
+
+    application_id: str
+    job_id: str
+    candidate: dict[str, Any]
+    """The candidate object as sent; ``name`` and ``resume`` are checked strings."""
+
+
+def score_request(body: dict[str, Any]) -> ScoreRequest:
+    """Check a score body: ``applicationId``, ``jobId``, ``candidate.{name,resume}``."""
+    application_id = text_field(body, "applicationId", "applicationId", MAX_ID_CHARS)
+    job_id = text_field(body, "jobId", "jobId", MAX_ID_CHARS)
+    candidate = body.get("candidate")
+    if candidate is None:
+        raise ValidationFailed('field "candidate" is required')
+    if not isinstance(candidate, dict):
+        raise ValidationFailed(f'field "candidate" must be an object, not {_json_type(candidate)}')
+    text_field(candidate, "name", "candidate.name", MAX_NAME_CHARS)
+    text_field(candidate, "resume", "candidate.resume", MAX_RESUME_CHARS)
+    return ScoreRequest(application_id, job_id, candidate)
+
+
+def batch_items(body: dict[str, Any]) -> list[Any]:
+    """Check a batch body's ``items``: an array of 1 to 100 entries (each checked later)."""
+    items = body.get("items")
+    if items is None:
+        raise ValidationFailed('field "items" is required')
+    if not isinstance(items, list):
+        raise ValidationFailed(f'field "items" must be an array, not {_json_type(items)}')
+    if not 1 <= len(items) <= MAX_BATCH_ITEMS:
+        raise ValidationFailed(
+            f'field "items" must hold 1 to {MAX_BATCH_ITEMS} score requests, not {len(items)}'
+        )
+    return items
+
+
+def path_id(value: str, name: str) -> str:
+    """Check an id taken from the URL path (the router guarantees it is non-empty)."""
+    if len(value) > MAX_ID_CHARS:
+        raise ValidationFailed(f'path parameter "{name}" must be at most {MAX_ID_CHARS} characters')
+    return value
+
+
+def text_field(body: dict[str, Any], key: str, path: str, max_chars: int) -> str:
+    """A required, non-blank string field.
+
+    Args:
+        body: the object holding the field.
+        key: the field's key in ``body``.
+        path: the field's path in the request, for the message (``candidate.resume``).
+        max_chars: longest accepted value.
+
+    Raises:
+        ValidationFailed: missing, null, not a string, blank, or too long.
+    """
+    value = optional_text(body, key, path, max_chars)
+    if value is None:
+        raise ValidationFailed(f'field "{path}" is required')
+    if not value.strip():
+        raise ValidationFailed(f'field "{path}" must not be empty')
+    return value
+
+
+def optional_text(body: dict[str, Any], key: str, path: str, max_chars: int) -> str | None:
+    """An optional string field: None when missing or null.
+
+    Raises:
+        ValidationFailed: present but not a string, or too long.
+    """
+    value = body.get(key, _MISSING)
+    if value is _MISSING or value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationFailed(f'field "{path}" must be a string, not {_json_type(value)}')
+    if len(value) > max_chars:
+        raise ValidationFailed(f'field "{path}" must be at most {max_chars} characters')
+    return value
+
+
+def _weight(body: dict[str, Any], key: str, path: str) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    # bool is an int in Python, but `true` is no weight.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationFailed(f'field "{path}" must be a number, not {_json_type(value)}')
+    weight = float(value)
+    if not (math.isfinite(weight) and 0 < weight <= 1):
+        raise ValidationFailed(f'field "{path}" must be greater than 0 and at most 1')
+    return weight
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"

@@ -1,0 +1,459 @@
+"""The gateway: raw ASGI middleware on the hot path — auth → route → limit → pass.
+
+For every HTTP request it
+
+1. authenticates the key (``Authorization: Bearer sk_…`` or ``X-API-Key``) from the
+   in-memory key cache;
+2. matches the route against the policy (cached per method and path);
+3. checks the role and the ``X-Tenant-Id`` rule of the matching access rules;
+4. asks the limit store, in one atomic call, whether every bucket and pool admits the
+   request — a rejected request consumes nothing;
+5. passes the request to the inner app (reverse proxy, in-process app or the bundled
+   example) with ``X-RateLimit-*``, ``RateLimit-Policy``, ``RateLimit`` and
+   ``X-Request-Id`` added to its response, holding any pool slot until the request ends,
+   errors or the client disconnects.
+
+``GET /healthz`` needs no key. ``GET /v1/rate-limit/status`` is answered here, after its
+own ``rate_limit_status`` bucket admitted it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from tollhouse.errors import (
+    ApiError,
+    BadRequest,
+    ConcurrencyLimited,
+    Forbidden,
+    InternalError,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceUnavailable,
+    StorageError,
+    TenantRequired,
+    Unauthorized,
+    error_json,
+)
+from tollhouse.keys.cache import KeyCache
+from tollhouse.keys.model import Identity
+from tollhouse.limits.headers import (
+    Header,
+    limit_headers,
+    policy_header,
+    retry_after_header,
+)
+from tollhouse.limits.naming import bucket_key, pool_key
+from tollhouse.limits.store import BucketCheck, Lease, LimitStore, PoolCheck
+from tollhouse.policy.match import RouteMatch, Router
+from tollhouse.policy.model import Bucket, Policy, Pool
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+HEALTH_PATH = "/healthz"
+STATUS_PATH = "/v1/rate-limit/status"
+REQUEST_ID = b"x-request-id"
+JSON = (b"content-type", b"application/json")
+#: Per-match cache of built checks, per caller; emptied when it fills.
+CHECKS_PER_MATCH = 1024
+_DOT_SEGMENT = re.compile(r"/\.\.?(?:/|$)")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def new_request_id() -> str:
+    """``req_`` + 16 hex characters."""
+    return "req_" + os.urandom(8).hex()
+
+
+def iso(ts: float) -> str:
+    """Epoch seconds → ISO 8601 UTC with ``Z`` and milliseconds."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _Checks:
+    """What one caller's request on one route asks of the limit store (built once, reused)."""
+
+    __slots__ = ("buckets", "policy", "pools")
+
+    def __init__(self, buckets: tuple[BucketCheck, ...], pools: tuple[PoolCheck, ...]) -> None:
+        self.buckets = buckets
+        self.pools = pools
+        self.policy = policy_header(buckets) if buckets else None
+
+
+def _bucket_check(b: Bucket, identity: Identity, client_ip: str | None) -> BucketCheck:
+    return BucketCheck(
+        bucket_key(b, identity, client_ip), b.name, b.limit, b.window, b.algorithm, b.cost
+    )
+
+
+def _pool_check(p: Pool, identity: Identity) -> PoolCheck:
+    return PoolCheck(pool_key(p, identity), p.name, p.limit, p.lease)
+
+
+class Gateway:
+    """Raw ASGI middleware enforcing a policy in front of ``app``.
+
+    Args:
+        app: the inner ASGI app requests are passed to once admitted.
+        policy: the loaded policy.
+        limits: the limit store (memory or Redis).
+        keys: the auth cache.
+        clock: wall clock in epoch seconds (injected in tests).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        policy: Policy,
+        limits: LimitStore,
+        keys: KeyCache,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.app = app
+        self.policy = policy
+        self.router = Router(policy)
+        self.limits = limits
+        self.keys = keys
+        self.clock = clock
+        self.max_body = policy.limits.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path == HEALTH_PATH:
+            await _send_json(send, 200, b'{"status":"ok","service":"tollhouse"}', [])
+            return
+        request_id = new_request_id()
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        state["request_id"] = request_id
+        try:
+            await self._handle(scope, receive, send, path, request_id, state)
+        except ApiError as exc:
+            await _send_error(send, exc, request_id)
+
+    async def _handle(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        path: str,
+        request_id: str,
+        state: dict[str, Any],
+    ) -> None:
+        if "/." in path and _DOT_SEGMENT.search(path):
+            # Limits are matched on this path; an upstream that resolves dot segments
+            # would see another one. Refuse rather than guess.
+            raise BadRequest('The path must not contain "." or ".." segments.')
+        secret: str | None = None
+        tenant: str | None = None
+        length: int | None = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and token.strip():
+                    secret = token.strip()
+                elif secret is None:
+                    raise Unauthorized(
+                        'The Authorization header must be "Bearer sk_test_…" or "Bearer sk_live_…".'
+                    )
+            elif name == b"x-api-key":
+                if secret is None:
+                    secret = value.decode("latin-1").strip() or None
+            elif name == b"x-tenant-id":
+                tenant = value.decode("latin-1").strip() or None
+            elif name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    length = -1
+        if secret is None:
+            raise Unauthorized(
+                'No API key: send "Authorization: Bearer sk_test_…" (or sk_live_…) or '
+                '"X-API-Key: sk_…".'
+            )
+        try:
+            identity = await self.keys.authenticate(secret)
+        except StorageError:
+            logger.exception("key lookup failed", extra={"request_id": request_id})
+            raise ServiceUnavailable("The key store is unavailable; retry shortly.") from None
+        if identity is None:
+            raise Unauthorized(
+                "The API key is not valid or has been revoked; check the key or create one "
+                "with `tollhouse keys create`."
+            )
+        if tenant is not None:
+            identity = self.keys.with_tenant(identity, tenant)
+
+        method: str = scope["method"]
+        match = self.router.match(method, path)
+        if match.roles is not None and identity.role not in match.roles:
+            raise Forbidden(
+                f"This key's role {identity.role!r} may not call {method} {path}; "
+                f"allowed roles: {', '.join(sorted(match.roles))}."
+            )
+        is_status = path == STATUS_PATH and method in ("GET", "HEAD")
+        if match.tenant_required and tenant is None and not is_status:
+            raise TenantRequired(
+                f"{method} {path} acts for one of your customers: send the X-Tenant-Id header."
+            )
+        if length is not None and (length > self.max_body or length < 0):
+            raise PayloadTooLarge(
+                f"The request body is {length} bytes; the limit is {self.max_body} bytes."
+                if length > 0
+                else "The Content-Length header is not a valid number."
+            )
+
+        checks = self._checks(match, identity, scope)
+        now = self.clock()
+        headers: list[Header] = []
+        verdict = None
+        if checks.buckets or checks.pools:
+            verdict = self.limits.decide_nowait(checks.buckets, checks.pools, now)
+            if verdict is None:
+                verdict = await self.limits.decide(checks.buckets, checks.pools, now)
+            if checks.policy is not None:
+                headers = limit_headers(checks.buckets, verdict.outcomes, checks.policy, now)
+            if not verdict.allowed:
+                headers.append(retry_after_header(verdict.retry_after))
+                if verdict.pool_denied:
+                    raise ConcurrencyLimited(
+                        f"Too many requests in flight ({verdict.denied_by}); retry after "
+                        f"{max(1, round(verdict.retry_after))} s.",
+                        headers=dict((k.decode(), v.decode()) for k, v in headers),
+                    )
+                raise RateLimited(
+                    "Rate limit exceeded. Please retry after the specified delay.",
+                    headers=dict((k.decode(), v.decode()) for k, v in headers),
+                )
+        headers.append((REQUEST_ID, request_id.encode()))
+        state["identity"] = identity
+
+        if is_status:
+            body = await self.status_body(identity, scope)
+            await _send_json(send, 200, body, headers, head=method == "HEAD")
+            return
+
+        leases = verdict.leases if verdict is not None else ()
+        await self._pass(scope, receive, send, headers, leases, length, request_id)
+
+    def _checks(self, match: RouteMatch, identity: Identity, scope: Scope) -> _Checks:
+        ip_scoped = any(b.scope == "ip" for b in match.buckets)
+        cache_key = (identity.key_id, identity.tenant)
+        if not ip_scoped:
+            found: _Checks | None = match.checks.get(cache_key)
+            if found is not None:
+                return found
+        client = scope.get("client")
+        ip = client[0] if client else None
+        built = _Checks(
+            tuple(_bucket_check(b, identity, ip) for b in match.buckets),
+            tuple(_pool_check(p, identity) for p in match.pools),
+        )
+        if not ip_scoped:
+            if len(match.checks) >= CHECKS_PER_MATCH:
+                match.checks.clear()
+            match.checks[cache_key] = built
+        return built
+
+    async def _pass(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: list[Header],
+        leases: tuple[Lease, ...],
+        length: int | None,
+        request_id: str,
+    ) -> None:
+        started = False
+        finished = False
+        too_large = False
+        received = 0
+        limit = self.max_body
+        watch_body = length is None and scope["method"] in _BODY_METHODS
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started, finished
+            if too_large and not started:
+                return  # the app's answer to a cut-off body is replaced by our 413
+            kind = message["type"]
+            if kind == "http.response.start":
+                started = True
+                message["headers"] = list(message.get("headers", ())) + headers
+            elif kind == "http.response.body" and not message.get("more_body", False):
+                finished = True
+            await send(message)
+
+        def count(message: Message) -> Message:
+            # Bodies without Content-Length are counted as they stream in; past the limit
+            # the app is told the client left, and the caller gets a 413.
+            nonlocal received, too_large
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    too_large = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def receive_counted() -> Message:
+            if too_large:
+                return {"type": "http.disconnect"}
+            return count(await receive())
+
+        try:
+            if leases:
+                await self._run_holding(
+                    scope, receive, send_wrapper, count, leases, lambda: finished
+                )
+            else:
+                await self.app(scope, receive_counted if watch_body else receive, send_wrapper)
+        except Exception:
+            if not too_large:
+                logger.exception("inner app failed", extra={"request_id": request_id})
+                if not started:
+                    await _send_error(
+                        send,
+                        InternalError("The request failed inside the API; it has been logged."),
+                        request_id,
+                    )
+        if too_large and not started:
+            await _send_error(
+                send,
+                PayloadTooLarge(f"The request body exceeds the limit of {self.max_body} bytes."),
+                request_id,
+            )
+
+    async def _run_holding(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        count: Callable[[Message], Message],
+        leases: tuple[Lease, ...],
+        finished: Callable[[], bool],
+    ) -> None:
+        """Run the app while holding pool slots, giving them back the moment the request
+        ends — completion, error, or the client going away.
+
+        The gateway owns the receive channel here: a pump reads it (so a client that
+        disconnects is noticed even while the app is busy and not reading) and feeds the
+        app through a queue. On disconnect the app is cancelled and the slots released.
+        """
+        inbox: asyncio.Queue[Message] = asyncio.Queue()
+        app_task = asyncio.ensure_future(self.app(scope, inbox.get, send))
+        gone = False
+
+        async def pump() -> None:
+            nonlocal gone
+            while True:
+                message = count(await receive())
+                inbox.put_nowait(message)
+                if message["type"] == "http.disconnect":
+                    # After a complete response the app may still run background work:
+                    # only a client leaving mid-request cancels it.
+                    if not app_task.done() and not finished():
+                        gone = True
+                        app_task.cancel()
+                    return
+
+        pump_task = asyncio.ensure_future(pump())
+        try:
+            await app_task
+        except asyncio.CancelledError:
+            if not gone:
+                app_task.cancel()
+                raise
+        finally:
+            pump_task.cancel()
+            now = self.clock()
+            for lease in leases:
+                await self.limits.release(lease, now)
+
+    async def status_body(self, identity: Identity, scope: Scope) -> bytes:
+        """Seed 002 and seed 004's status shapes, read without consuming anything."""
+        client = scope.get("client")
+        ip = client[0] if client else None
+        policy = self.policy
+        bchecks = tuple(_bucket_check(b, identity, ip) for b in policy.buckets)
+        pchecks = tuple(_pool_check(p, identity) for p in policy.pools)
+        now = self.clock()
+        bstats, pstats = await self.limits.peek(bchecks, pchecks, now)
+        stamp = iso(now)
+        categories = []
+        buckets: dict[str, Any] = {}
+        for b, s in zip(policy.buckets, bstats, strict=True):
+            reset = int(-(-s.reset_at // 1))
+            categories.append(
+                {
+                    "category": b.name,
+                    "displayName": b.display_name,
+                    "endpoints": list(b.endpoints),
+                    "limit": b.limit,
+                    "used": s.used,
+                    "remaining": s.remaining,
+                    "resetAt": reset if s.touched else 0,
+                    "windowSeconds": b.window_seconds,
+                }
+            )
+            buckets[b.name] = {
+                "limit": b.limit,
+                "remaining": s.remaining,
+                "resetAt": reset,
+                "resetInSeconds": max(0, reset - int(now)),
+            }
+        body: dict[str, Any] = {
+            "partnerId": identity.org,
+            "environment": identity.environment,
+            "generatedAt": stamp,
+            "degraded": bool(self.limits.degraded),
+            "buckets": buckets,
+        }
+        for p, s2 in zip(policy.pools, pstats, strict=True):
+            body[p.name] = {
+                "limit": p.limit,
+                "active": s2.active,
+                "retryAfterSeconds": int(-(-s2.retry_after // 1)),
+            }
+        body["categories"] = categories
+        body["timestamp"] = stamp
+        return orjson.dumps(body)
+
+
+async def _send_json(
+    send: Send, status: int, body: bytes, headers: list[Header], *, head: bool = False
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [JSON, (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+async def _send_error(send: Send, exc: ApiError, request_id: str) -> None:
+    headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    headers.append((REQUEST_ID, request_id.encode()))
+    await _send_json(send, exc.status, error_json(exc, request_id), headers)

@@ -1,0 +1,140 @@
+"""The auth cache: secret hash → identity, so the request path never waits on SQL.
+
+Hits are answered from memory. A background task polls the database for revocations every
+``poll_interval`` seconds (0.5 s by default) and evicts them, so a revoked key stops working
+within a second on every instance that shares the database. Unknown secrets are cached as
+misses for ``negative_ttl`` so a client hammering with a bad key costs one query a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from tollhouse.errors import StorageError
+from tollhouse.keys.hashing import environment_of, same_hash
+from tollhouse.keys.model import Identity
+from tollhouse.keys.store import KeyStore
+
+logger = logging.getLogger(__name__)
+
+#: Entries kept at most; the cache is emptied when it fills (hostile key floods).
+MAX_ENTRIES = 100_000
+#: Revocations older than this before the last poll are read again (clock skew between hosts).
+REVOCATION_OVERLAP = timedelta(seconds=2)
+
+
+class KeyCache:
+    """Authenticates secrets against a :class:`KeyStore` through an in-memory cache."""
+
+    def __init__(
+        self,
+        store: KeyStore,
+        *,
+        ttl: float = 60.0,
+        negative_ttl: float = 1.0,
+        poll_interval: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self._entries: dict[str, tuple[Identity | None, float]] = {}
+        self._inflight: dict[str, asyncio.Future[Identity | None]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._since = datetime.now(UTC)
+
+    async def authenticate(self, secret: str) -> Identity | None:
+        """The identity of an active key with this secret, or None.
+
+        Raises:
+            StorageError: the key is not cached and the database cannot be reached.
+        """
+        if environment_of(secret) is None:
+            return None
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        entry = self._entries.get(digest)
+        now = self.clock()
+        if entry is not None and entry[1] > now:
+            return entry[0]
+        pending = self._inflight.get(digest)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[Identity | None] = asyncio.get_running_loop().create_future()
+        self._inflight[digest] = fut
+        try:
+            identity = await self._load(digest, entry)
+            fut.set_result(identity)
+            return identity
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._inflight[digest]
+
+    async def _load(
+        self, digest: str, stale: tuple[Identity | None, float] | None
+    ) -> Identity | None:
+        try:
+            found = await self.store.by_hash(digest)
+        except StorageError:
+            if stale is not None and stale[0] is not None:
+                # The database is away: keep honouring a key we knew was valid.
+                logger.warning("key lookup failed; serving cached identity")
+                return stale[0]
+            raise
+        identity: Identity | None = None
+        if found is not None:
+            record, stored = found
+            if same_hash(stored, digest) and record.revoked_at is None:
+                identity = Identity(record.id, record.org, record.environment, record.role)
+        if len(self._entries) >= MAX_ENTRIES:
+            self._entries.clear()
+        ttl = self.ttl if identity is not None else self.negative_ttl
+        self._entries[digest] = (identity, self.clock() + ttl)
+        return identity
+
+    def with_tenant(self, identity: Identity, tenant: str | None) -> Identity:
+        """The identity for one request carrying ``X-Tenant-Id``."""
+        return identity if tenant is None else dataclasses.replace(identity, tenant=tenant)
+
+    async def poll_revocations(self) -> int:
+        """Evict keys revoked since the last poll; returns how many were evicted."""
+        started = datetime.now(UTC)
+        hashes = await self.store.revoked_since(self._since - REVOCATION_OVERLAP)
+        self._since = started
+        evicted = 0
+        for h in hashes:
+            if self._entries.pop(h, None) is not None:
+                evicted += 1
+        return evicted
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self.poll_revocations()
+            except StorageError:
+                logger.warning("revocation poll failed; will retry")
+
+    def start(self) -> None:
+        """Start polling for revocations (call from a running event loop)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop polling."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

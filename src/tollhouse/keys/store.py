@@ -1,0 +1,137 @@
+"""Keys and orgs in the SQL database (SQLite by default, PostgreSQL at scale)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tollhouse.errors import StorageError
+from tollhouse.keys.hashing import SHOWN_PREFIX, hash_secret, new_key_id, new_secret
+from tollhouse.keys.model import KeyRecord
+from tollhouse.storage.schema import api_keys, orgs
+
+_ENV_NAME = {"test": "SANDBOX", "live": "PRODUCTION"}
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite hands datetimes back naive; they were written as UTC.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _record(row: Any) -> KeyRecord:
+    created = _utc(row.created_at)
+    assert created is not None
+    return KeyRecord(
+        id=row.id,
+        org=row.org_id,
+        environment=row.environment,
+        role=row.role,
+        name=row.name,
+        prefix=row.prefix,
+        created_at=created,
+        revoked_at=_utc(row.revoked_at),
+    )
+
+
+class KeyStore:
+    """Create, list, revoke and look up API keys."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def create(
+        self, org: str, env: str = "test", role: str = "member", name: str = ""
+    ) -> tuple[KeyRecord, str]:
+        """Make a key for ``org`` (created if new). Returns the record and the secret.
+
+        The secret is returned once and never stored: only its hash is.
+        """
+        secret = new_secret(env)
+        now = datetime.now(UTC)
+        row = {
+            "id": new_key_id(),
+            "org_id": org,
+            "environment": _ENV_NAME[env],
+            "role": role,
+            "name": name,
+            "prefix": secret[:SHOWN_PREFIX],
+            "secret_hash": hash_secret(secret),
+            "created_at": now,
+        }
+        try:
+            async with self.engine.begin() as conn:
+                exists = (await conn.execute(select(orgs.c.id).where(orgs.c.id == org))).first()
+                if exists is None:
+                    await conn.execute(orgs.insert().values(id=org, created_at=now))
+                await conn.execute(api_keys.insert().values(**row))
+        except SQLAlchemyError as exc:
+            raise StorageError(f"could not create a key: {exc}") from exc
+        return _record(_Row(row)), secret
+
+    async def list_keys(self, org: str | None = None) -> list[KeyRecord]:
+        """Keys, newest first, optionally of one org."""
+        q = select(api_keys).order_by(api_keys.c.created_at.desc(), api_keys.c.id)
+        if org is not None:
+            q = q.where(api_keys.c.org_id == org)
+        try:
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(q)).all()
+        except SQLAlchemyError as exc:
+            raise StorageError(f"could not list keys: {exc}") from exc
+        return [_record(r) for r in rows]
+
+    async def revoke(self, key_id: str) -> KeyRecord | None:
+        """Revoke a key; returns it (already-revoked keys keep their first revocation time),
+        or None when no key has that id."""
+        now = datetime.now(UTC)
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    update(api_keys)
+                    .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                    .values(revoked_at=now)
+                )
+                row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+        except SQLAlchemyError as exc:
+            raise StorageError(f"could not revoke {key_id}: {exc}") from exc
+        return _record(row) if row is not None else None
+
+    async def by_hash(self, secret_hash: str) -> tuple[KeyRecord, str] | None:
+        """The key whose secret hashes to ``secret_hash`` with its stored hash, or None."""
+        q = select(api_keys).where(api_keys.c.secret_hash == secret_hash)
+        try:
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(q)).first()
+        except SQLAlchemyError as exc:
+            raise StorageError(f"could not look up a key: {exc}") from exc
+        return (_record(row), row.secret_hash) if row is not None else None
+
+    async def revoked_since(self, since: datetime) -> list[str]:
+        """Hashes of keys revoked at or after ``since``."""
+        q = select(api_keys.c.secret_hash).where(api_keys.c.revoked_at >= since)
+        try:
+            async with self.engine.connect() as conn:
+                return [r[0] for r in (await conn.execute(q)).all()]
+        except SQLAlchemyError as exc:
+            raise StorageError(f"could not read revocations: {exc}") from exc
+
+    async def by_hash_secret(self, secret: str) -> KeyRecord | None:
+        """Convenience for tools: the active key for a secret, or None."""
+        found = await self.by_hash(hash_secret(secret))
+        if found is None or found[0].revoked_at is not None:
+            return None
+        return found[0]
+
+
+class _Row:
+    """Attribute access over a dict, so a just-inserted row reads like a fetched one."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.__dict__.update(data)
+        self.__dict__.setdefault("revoked_at", None)

@@ -1,0 +1,28 @@
+"""Counter keys for buckets and pools: every key prefix lives here.
+
+All keys of one org share the Redis Cluster hash tag ``{org:ENV}``, so one script can
+touch every counter a request hits. The limit is never part of a key: a changed limit
+applies to the running window at once.
+"""
+
+from __future__ import annotations
+
+from tollhouse.keys.model import Identity
+from tollhouse.policy.model import Bucket, Pool
+
+
+def bucket_key(bucket: Bucket, identity: Identity, client_ip: str | None) -> str:
+    """The counter key of ``bucket`` for this caller, by the bucket's scope."""
+    scope = bucket.scope
+    if scope == "org":
+        return f"{{{identity.org_scope}}}:b:{bucket.name}"
+    if scope == "key":
+        return f"{{{identity.org_scope}}}:b:{bucket.name}:k:{identity.key_id}"
+    if scope == "tenant":
+        return f"{{{identity.org_scope}}}:b:{bucket.name}:t:{identity.tenant or '-'}"
+    return f"{{ip:{client_ip or '-'}}}:b:{bucket.name}"
+
+
+def pool_key(pool: Pool, identity: Identity) -> str:
+    """The slot set of ``pool`` for this caller's org and environment."""
+    return f"{{{identity.org_scope}}}:p:{pool.name}"

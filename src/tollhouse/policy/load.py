@@ -1,0 +1,366 @@
+"""TOML → :class:`~tollhouse.policy.model.Policy`, with errors that name file and field."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from tollhouse.errors import PolicyError
+from tollhouse.keys.model import ROLES
+from tollhouse.policy.model import (
+    DEFAULT_DATABASE_URL,
+    AccessRule,
+    AsyncRoute,
+    Bucket,
+    EndpointGroup,
+    Limits,
+    Policy,
+    Pool,
+    Storage,
+    Upstream,
+)
+
+BUILTIN = "<built-in>"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"})
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+
+T = TypeVar("T")
+
+
+def load_policy(path: str | Path | None = None) -> Policy:
+    """Load a policy file, or the built-in default policy when ``path`` is None.
+
+    Args:
+        path: a TOML file following DESIGN §3.2.
+
+    Returns:
+        The frozen policy.
+
+    Raises:
+        PolicyError: the file is missing, not TOML, or a field is wrong; the message names
+            the file, the field path and what to change.
+    """
+    if path is None:
+        text = resources.files("tollhouse.policy").joinpath("default.toml").read_text("utf-8")
+        return parse_policy(text, BUILTIN)
+    p = Path(path)
+    try:
+        text = p.read_text("utf-8")
+    except FileNotFoundError:
+        raise PolicyError(str(p), "", "file not found") from None
+    except OSError as exc:
+        raise PolicyError(str(p), "", f"cannot be read: {exc.strerror}") from None
+    return parse_policy(text, str(p))
+
+
+def parse_policy(text: str, source: str) -> Policy:
+    """Parse policy TOML text; ``source`` names it in errors."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(source, "", f"not valid TOML: {exc}") from None
+    return _Reader(source).policy(raw)
+
+
+def parse_duration(value: object) -> float:
+    """``"1s"``, ``"60s"``, ``"1m"``, ``"1h"``, ``"1d"``, ``"250ms"`` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError('expected a duration such as "1s", "1m", "1h" or "1d"')
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError(f'{value!r} is not a duration; write e.g. "1s", "1m", "1h" or "1d"')
+    if seconds <= 0:
+        raise ValueError("a duration must be greater than zero")
+    return seconds
+
+
+def parse_route(pattern: str) -> tuple[frozenset[str], str]:
+    """Split ``"POST /v1/score"`` (or ``"POST/PATCH /v1/x"``, ``"* /v1/*"``) into methods, path.
+
+    Raises:
+        ValueError: the pattern is not ``METHOD /path``.
+    """
+    parts = pattern.split()
+    if len(parts) != 2:
+        raise ValueError(f'{pattern!r} must be "METHOD /path", e.g. "POST /v1/score"')
+    methods = frozenset(m.upper() for m in parts[0].split("/") if m)
+    bad = sorted(methods - METHODS)
+    if not methods or bad:
+        raise ValueError(f"{pattern!r}: unknown method {', '.join(bad) or parts[0]!r}")
+    path = parts[1]
+    if not path.startswith("/"):
+        raise ValueError(f'{pattern!r}: the path must start with "/"')
+    if "*" in path[:-1]:
+        raise ValueError(f'{pattern!r}: "*" is only allowed at the end of the path')
+    for seg in path.rstrip("*").split("/"):
+        if ("{" in seg or "}" in seg) and not re.fullmatch(r"\{[A-Za-z_][A-Za-z0-9_]*\}", seg):
+            raise ValueError(f"{pattern!r}: a parameter must be a whole segment like {{jobId}}")
+    return methods, path
+
+
+class _Reader:
+    """Walks the raw TOML dict, keeping the field path for error messages."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, where: str, problem: str) -> PolicyError:
+        return PolicyError(self.source, where, problem)
+
+    def table(self, raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+        value = raw.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(f"{where}{key}", "must be a table, e.g. [" + key + "]")
+        return value
+
+    def array(self, raw: dict[str, Any], key: str) -> list[dict[str, Any]]:
+        value = raw.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self.fail(key, f"must be an array of tables, written [[{key}]]")
+        return cast(list[dict[str, Any]], value)
+
+    def get(
+        self,
+        raw: dict[str, Any],
+        key: str,
+        kind: type[T] | tuple[type, ...],
+        where: str,
+        default: Any = ...,
+    ) -> Any:
+        if key not in raw:
+            if default is ...:
+                raise self.fail(f"{where}.{key}", "is required")
+            return default
+        value = raw[key]
+        ok = isinstance(value, kind) and not (isinstance(value, bool) and kind in (int, float))
+        if not ok:
+            names = (
+                kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            )
+            raise self.fail(f"{where}.{key}", f"must be {names}, got {value!r}")
+        return value
+
+    def unknown(self, raw: dict[str, Any], allowed: set[str], where: str) -> None:
+        extra = sorted(set(raw) - allowed)
+        if extra:
+            raise self.fail(
+                f"{where}.{extra[0]}" if where else extra[0],
+                f"unknown field; expected one of: {', '.join(sorted(allowed))}",
+            )
+
+    def routes(self, raw: dict[str, Any], where: str, key: str = "routes") -> tuple[str, ...]:
+        value = self.get(raw, key, list, where)
+        if not value:
+            raise self.fail(f"{where}.{key}", "must list at least one route")
+        out = []
+        for i, r in enumerate(value):
+            if not isinstance(r, str):
+                raise self.fail(f"{where}.{key}[{i}]", f"must be a string, got {r!r}")
+            try:
+                parse_route(r)
+            except ValueError as exc:
+                raise self.fail(f"{where}.{key}[{i}]", str(exc)) from None
+            out.append(" ".join(r.split()))
+        return tuple(out)
+
+    def name(self, raw: dict[str, Any], key: str, where: str, seen: set[str]) -> str:
+        value: str = self.get(raw, key, str, where)
+        if not _NAME.match(value):
+            raise self.fail(
+                f"{where}.{key}",
+                f"{value!r} must start with a letter and use only letters, digits, _ . -",
+            )
+        if value in seen:
+            raise self.fail(f"{where}.{key}", f"{value!r} is used twice; names must be unique")
+        seen.add(value)
+        return value
+
+    def positive_int(self, raw: dict[str, Any], key: str, where: str, default: Any = ...) -> int:
+        value: int = self.get(raw, key, int, where, default)
+        if value < 1:
+            raise self.fail(f"{where}.{key}", f"must be at least 1, got {value}")
+        return value
+
+    def duration(self, raw: dict[str, Any], key: str, where: str, default: Any = ...) -> float:
+        if key not in raw:
+            if default is ...:
+                raise self.fail(f"{where}.{key}", "is required")
+            return float(default)
+        try:
+            return parse_duration(raw[key])
+        except ValueError as exc:
+            raise self.fail(f"{where}.{key}", str(exc)) from None
+
+    def policy(self, raw: dict[str, Any]) -> Policy:
+        self.unknown(
+            raw,
+            {
+                "upstream",
+                "storage",
+                "limits",
+                "buckets",
+                "pools",
+                "endpoint_groups",
+                "access",
+                "async_routes",
+            },
+            "",
+        )
+        names: set[str] = set()
+        buckets = tuple(
+            self.bucket(b, f"buckets[{i}]", names) for i, b in enumerate(self.array(raw, "buckets"))
+        )
+        pools = tuple(
+            self.pool(p, f"pools[{i}]", names) for i, p in enumerate(self.array(raw, "pools"))
+        )
+        groups = tuple(
+            self.group(g, f"endpoint_groups[{i}]", set())
+            for i, g in enumerate(self.array(raw, "endpoint_groups"))
+        )
+        keys = [g.key for g in groups]
+        if len(set(keys)) != len(keys):
+            dup = next(k for k in keys if keys.count(k) > 1)
+            raise self.fail("endpoint_groups", f"key {dup!r} is used twice")
+        return Policy(
+            source=self.source,
+            upstream=self.upstream(self.table(raw, "upstream", "")),
+            storage=self.storage(self.table(raw, "storage", "")),
+            limits=self.limits(self.table(raw, "limits", "")),
+            buckets=buckets,
+            pools=pools,
+            endpoint_groups=groups,
+            access=tuple(
+                self.access(a, f"access[{i}]") for i, a in enumerate(self.array(raw, "access"))
+            ),
+            async_routes=tuple(
+                self.async_route(a, f"async_routes[{i}]")
+                for i, a in enumerate(self.array(raw, "async_routes"))
+            ),
+        )
+
+    def upstream(self, raw: dict[str, Any]) -> Upstream:
+        w = "upstream"
+        self.unknown(raw, {"url", "app", "timeout", "connect_timeout"}, w)
+        url = self.get(raw, "url", str, w, None) or None
+        app = self.get(raw, "app", str, w, None) or None
+        if url and app:
+            raise self.fail(f"{w}.app", "set either url or app, not both")
+        if url and not re.match(r"^https?://[^/\s]+", url):
+            raise self.fail(f"{w}.url", f"{url!r} must be an http:// or https:// URL with a host")
+        if app and not re.fullmatch(r"[\w.]+:[\w.]+", app):
+            raise self.fail(f"{w}.app", f'{app!r} must look like "package.module:app"')
+        return Upstream(
+            url=url,
+            app=app,
+            timeout=self.duration(raw, "timeout", w, 30.0),
+            connect_timeout=self.duration(raw, "connect_timeout", w, 5.0),
+        )
+
+    def storage(self, raw: dict[str, Any]) -> Storage:
+        w = "storage"
+        self.unknown(raw, {"database_url", "redis_url"}, w)
+        db = self.get(raw, "database_url", str, w, DEFAULT_DATABASE_URL)
+        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", db):
+            raise self.fail(
+                f"{w}.database_url", f"{db!r}: use sqlite:///path/file.db or postgresql://…"
+            )
+        redis = self.get(raw, "redis_url", str, w, "")
+        if redis and not re.match(r"^rediss?://", redis):
+            raise self.fail(f"{w}.redis_url", f"{redis!r}: use redis://host:port/db or leave empty")
+        return Storage(database_url=db, redis_url=redis)
+
+    def limits(self, raw: dict[str, Any]) -> Limits:
+        w = "limits"
+        self.unknown(raw, {"max_body_bytes"}, w)
+        return Limits(max_body_bytes=self.positive_int(raw, "max_body_bytes", w, 1_048_576))
+
+    def bucket(self, raw: dict[str, Any], w: str, names: set[str]) -> Bucket:
+        self.unknown(
+            raw,
+            {
+                "name",
+                "display_name",
+                "limit",
+                "window",
+                "routes",
+                "endpoints",
+                "scope",
+                "algorithm",
+                "cost",
+            },
+            w,
+        )
+        name = self.name(raw, "name", w, names)
+        scope = self.get(raw, "scope", str, w, "org")
+        if scope not in ("org", "key", "tenant", "ip"):
+            raise self.fail(f"{w}.scope", f"{scope!r} must be one of org, key, tenant, ip")
+        algorithm = self.get(raw, "algorithm", str, w, "fixed_window")
+        if algorithm not in ("fixed_window", "gcra"):
+            raise self.fail(f"{w}.algorithm", f"{algorithm!r} must be fixed_window or gcra")
+        routes = self.routes(raw, w)
+        endpoints = self.routes(raw, w, "endpoints") if "endpoints" in raw else routes
+        return Bucket(
+            name=name,
+            display_name=self.get(raw, "display_name", str, w, name),
+            limit=self.positive_int(raw, "limit", w),
+            window=self.duration(raw, "window", w),
+            routes=routes,
+            endpoints=endpoints,
+            scope=scope,
+            algorithm=algorithm,
+            cost=self.positive_int(raw, "cost", w, 1),
+        )
+
+    def pool(self, raw: dict[str, Any], w: str, names: set[str]) -> Pool:
+        self.unknown(raw, {"name", "limit", "routes", "lease"}, w)
+        return Pool(
+            name=self.name(raw, "name", w, names),
+            limit=self.positive_int(raw, "limit", w),
+            routes=self.routes(raw, w),
+            lease=self.duration(raw, "lease", w, 300.0),
+        )
+
+    def group(self, raw: dict[str, Any], w: str, names: set[str]) -> EndpointGroup:
+        self.unknown(raw, {"key", "description", "routes"}, w)
+        return EndpointGroup(
+            key=self.name(raw, "key", w, names),
+            description=self.get(raw, "description", str, w, ""),
+            routes=self.routes(raw, w),
+        )
+
+    def access(self, raw: dict[str, Any], w: str) -> AccessRule:
+        self.unknown(raw, {"routes", "roles", "tenant"}, w)
+        roles = self.get(raw, "roles", list, w, None)
+        if roles is not None:
+            for i, r in enumerate(roles):
+                if r not in ROLES:
+                    raise self.fail(f"{w}.roles[{i}]", f"{r!r} must be one of {', '.join(ROLES)}")
+        tenant = self.get(raw, "tenant", str, w, "optional")
+        if tenant not in ("required", "optional"):
+            raise self.fail(f"{w}.tenant", f"{tenant!r} must be required or optional")
+        return AccessRule(
+            routes=self.routes(raw, w),
+            roles=frozenset(roles) if roles is not None else None,
+            tenant=tenant,
+        )
+
+    def async_route(self, raw: dict[str, Any], w: str) -> AsyncRoute:
+        self.unknown(raw, {"route", "concurrency", "handler"}, w)
+        route = self.get(raw, "route", str, w)
+        try:
+            parse_route(route)
+        except ValueError as exc:
+            raise self.fail(f"{w}.route", str(exc)) from None
+        return AsyncRoute(
+            route=route,
+            concurrency=self.positive_int(raw, "concurrency", w, 500),
+            handler=self.get(raw, "handler", str, w, "upstream"),
+        )

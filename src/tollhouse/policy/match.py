@@ -1,0 +1,159 @@
+"""Route matching: which buckets, pools, endpoint group and access rule a request hits.
+
+Patterns are ``METHOD /path`` where a segment ``{name}`` matches any one segment and a
+trailing ``*`` matches any rest of the path (``/v1/score*`` matches ``/v1/score`` and
+``/v1/score/batch``; ``/v1/score/*`` does not match ``/v1/score``).
+
+When several exact patterns (no ``*``) match, only the most specific counts — a literal
+segment beats a parameter — so ``POST /v1/criteria/generate`` is not also counted as
+``POST /v1/criteria/{jobId}``. Prefix patterns always count: they are how a policy says
+"everything under here".
+
+Answers are cached per ``(method, path)`` in a bounded dict, so the hot path is one dict
+lookup for paths seen before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tollhouse.policy.load import parse_route
+from tollhouse.policy.model import AccessRule, Bucket, EndpointGroup, Policy, Pool
+
+#: Distinct (method, path) answers kept; the cache is emptied when it fills up.
+CACHE_SIZE = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class _Pattern:
+    methods: frozenset[str]
+    literal: str
+    segments: tuple[str, ...]
+    prefix: bool
+    """True for a trailing-``*`` pattern; the last segment is then a string prefix."""
+    rank: tuple[int, ...]
+    """Specificity: 1 per literal segment, 0 per parameter; compared lexicographically."""
+
+    def matches(self, method: str, parts: list[str]) -> bool:
+        methods = self.methods
+        if (
+            "*" not in methods
+            and method not in methods
+            and not (method == "HEAD" and "GET" in methods)
+        ):
+            return False
+        segs = self.segments
+        if self.prefix:
+            n = len(segs) - 1
+            if len(parts) < len(segs):
+                return False
+            if not parts[n].startswith(segs[n]):
+                return False
+        else:
+            n = len(segs)
+            if len(parts) != n:
+                return False
+        for i in range(n):
+            s = segs[i]
+            if s[0:1] != "{" and s != parts[i]:
+                return False
+        return True
+
+
+def _compile(pattern: str) -> _Pattern:
+    methods, path = parse_route(pattern)
+    prefix = path.endswith("*")
+    body = path[:-1] if prefix else path
+    segments = tuple(body.split("/")[1:])
+    rank = tuple(0 if s.startswith("{") else 1 for s in segments)
+    return _Pattern(methods, path, segments, prefix, rank)
+
+
+@dataclass(slots=True)
+class RouteMatch:
+    """Everything the gateway needs to know about one (method, path)."""
+
+    template: str | None
+    """The most specific matching pattern's path, e.g. ``/v1/score/{scoringJobId}``."""
+    buckets: tuple[Bucket, ...]
+    pools: tuple[Pool, ...]
+    endpoint_group: EndpointGroup | None
+    roles: frozenset[str] | None
+    """Roles allowed (intersection of the matching access rules); None: any role."""
+    tenant_required: bool
+    checks: dict[Any, Any] = field(default_factory=dict)
+    """Per-scope cache of the store checks built for this match (owned by the gateway)."""
+
+
+class Router:
+    """Matches requests against every pattern of a policy."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._targets: list[tuple[_Pattern, object]] = []
+        for b in policy.buckets:
+            self._add(b.routes, b)
+        for p in policy.pools:
+            self._add(p.routes, p)
+        for g in policy.endpoint_groups:
+            self._add(g.routes, g)
+        for a in policy.access:
+            self._add(a.routes, a)
+        self._cache: dict[tuple[str, str], RouteMatch] = {}
+
+    def _add(self, routes: tuple[str, ...], target: object) -> None:
+        for r in routes:
+            self._targets.append((_compile(r), target))
+
+    def match(self, method: str, path: str) -> RouteMatch:
+        """What ``method path`` hits; cached."""
+        key = (method, path)
+        found = self._cache.get(key)
+        if found is not None:
+            return found
+        found = self._resolve(method, path)
+        if len(self._cache) >= CACHE_SIZE:
+            self._cache.clear()
+        self._cache[key] = found
+        return found
+
+    def _resolve(self, method: str, path: str) -> RouteMatch:
+        parts = path.split("/")[1:]
+        hits = [(p, t) for p, t in self._targets if p.matches(method, parts)]
+        exact = [p.rank for p, _ in hits if not p.prefix]
+        best = max(exact) if exact else None
+        kept = [(p, t) for p, t in hits if p.prefix or p.rank == best]
+
+        buckets: list[Bucket] = []
+        pools: list[Pool] = []
+        rules: list[AccessRule] = []
+        for _, t in kept:
+            if isinstance(t, Bucket) and t not in buckets:
+                buckets.append(t)
+            elif isinstance(t, Pool) and t not in pools:
+                pools.append(t)
+            elif isinstance(t, AccessRule) and t not in rules:
+                rules.append(t)
+
+        def specificity(p: _Pattern) -> tuple[int, int, tuple[int, ...]]:
+            return (0 if p.prefix else 1, len(p.segments), p.rank)
+
+        groups = [(p, t) for p, t in kept if isinstance(t, EndpointGroup)]
+        group = max(groups, key=lambda pt: specificity(pt[0]))[1] if groups else None
+        template: str | None = None
+        if kept:
+            template = max((p for p, _ in kept), key=specificity).literal
+
+        roles: frozenset[str] | None = None
+        for r in rules:
+            if r.roles is not None:
+                roles = r.roles if roles is None else roles & r.roles
+        return RouteMatch(
+            template=template,
+            buckets=tuple(buckets),
+            pools=tuple(pools),
+            endpoint_group=group if isinstance(group, EndpointGroup) else None,
+            roles=roles,
+            tenant_required=any(r.tenant == "required" for r in rules),
+        )

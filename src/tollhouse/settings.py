@@ -1,0 +1,66 @@
+"""Settings: flags > environment > config file > defaults, in one loader.
+
+The server and the CLI call :func:`load_settings` with the same inputs and so find the
+same database. Environment variables: ``TOLLHOUSE_CONFIG``, ``TOLLHOUSE_DATABASE_URL``,
+``TOLLHOUSE_REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from tollhouse.policy.load import load_policy
+from tollhouse.policy.model import Policy
+
+ENV_CONFIG = "TOLLHOUSE_CONFIG"
+ENV_DATABASE_URL = "TOLLHOUSE_DATABASE_URL"
+ENV_REDIS_URL = "TOLLHOUSE_REDIS_URL"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Where tollhouse reads its policy and keeps its state."""
+
+    policy: Policy
+    """The policy from the config file, or the built-in default."""
+    config_path: Path | None
+    """The config file used, or None for the built-in policy."""
+    database_url: str
+    """Keys and orgs (SQLite file by default)."""
+    redis_url: str
+    """Shared limits; empty keeps them in process memory."""
+
+    @property
+    def is_embedded_default(self) -> bool:
+        """True when running on the built-in policy with the bundled example upstream."""
+        return self.config_path is None and self.policy.upstream.is_example
+
+
+def load_settings(
+    config: str | Path | None = None,
+    *,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve settings: explicit arguments (flags) win over the environment, which wins
+    over the config file, which wins over defaults.
+
+    Raises:
+        PolicyError: the config file is missing or wrong.
+    """
+    env = os.environ if environ is None else environ
+    path_text = config or env.get(ENV_CONFIG) or None
+    path = Path(path_text) if path_text else None
+    policy = load_policy(path)
+    return Settings(
+        policy=policy,
+        config_path=path,
+        database_url=database_url or env.get(ENV_DATABASE_URL) or policy.storage.database_url,
+        redis_url=(
+            redis_url if redis_url is not None else env.get(ENV_REDIS_URL, policy.storage.redis_url)
+        ),
+    )

@@ -1,0 +1,61 @@
+"""The SQL engine for a database URL (SQLAlchemy 2 Core, async drivers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from tollhouse.errors import ConfigError
+
+
+def driver_url(url: str) -> str:
+    """Map a user-facing URL to its async driver: sqlite → aiosqlite, postgresql → asyncpg."""
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    if url.startswith("sqlite+aiosqlite:///"):
+        return url
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if url.startswith("postgresql+asyncpg://"):
+        return url
+    raise ConfigError(f"database_url {url!r}: use sqlite:///path/file.db or postgresql://…")
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL, or None for other engines and in-memory databases."""
+    for prefix in ("sqlite:///", "sqlite+aiosqlite:///"):
+        if url.startswith(prefix):
+            rest = url[len(prefix) :]
+            return None if rest in ("", ":memory:") else Path(rest)
+    return None
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the CLI write keys while the server reads; busy_timeout waits out writers.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(url: str) -> AsyncEngine:
+    """An async engine for ``url``; creates the SQLite file's folder when missing.
+
+    Raises:
+        ConfigError: the URL's scheme is not supported or its folder cannot be created.
+    """
+    path = sqlite_path(url)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"database_url {url!r}: cannot create {path.parent}: {exc}") from None
+    engine = create_async_engine(driver_url(url))
+    if path is not None or url.startswith("sqlite"):
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine

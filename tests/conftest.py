@@ -1,0 +1,171 @@
+"""Shared fixtures: real `tollhouse` processes on loopback, the CLI, key helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from starlette.types import ASGIApp
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = REPO / "tests"
+DEFAULT_POLICY = REPO / "src" / "tollhouse" / "policy" / "default.toml"
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLHOUSE_")}
+    # The repo root, so a policy may name a test module as `upstream.app = "tests.x:app"`.
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra or {})
+    return env
+
+
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m tollhouse ARGS` in ``cwd``; raise with its output when it fails."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tollhouse", *args],
+        cwd=cwd,
+        env=cli_env(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tollhouse {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@contextmanager
+def serve_in_thread(app: ASGIApp) -> Iterator[str]:
+    """Run ``app`` under uvicorn in a daemon thread; yield its base URL."""
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="on",
+        ws="none",
+        # The gateway is the edge here: scope["client"] must stay the peer's address, not
+        # be rewritten from X-Forwarded-For (uvicorn trusts 127.0.0.1 by default).
+        proxy_headers=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(1000):
+        if server.started or not thread.is_alive():
+            break
+        time.sleep(0.01)
+    assert server.started, "uvicorn did not start"
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@dataclass
+class Server:
+    """A running `tollhouse serve` process."""
+
+    url: str
+    cwd: Path
+    proc: subprocess.Popen[str]
+    config: Path | None
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        extra = ("--config", str(self.config)) if self.config else ()
+        head, *rest = args
+        if head == "keys":
+            sub, *tail = rest
+            return run_cli("keys", sub, *tail, *extra, cwd=self.cwd, check=check)
+        return run_cli(*args, *extra, cwd=self.cwd, check=check)
+
+    def key(self, org: str, role: str = "root", env: str = "test") -> dict[str, str]:
+        out = self.cli("keys", "create", "--org", org, "--role", role, "--env", env, "--json")
+        data: dict[str, str] = json.loads(out.stdout)
+        return data
+
+    captured: str = ""
+
+    def output(self) -> str:
+        """Everything the process printed (after :func:`stop_server`)."""
+        return self.captured
+
+
+def start_server(cwd: Path, config: Path | None = None, *extra: str) -> Server:
+    """Start `tollhouse serve` and wait until /healthz answers."""
+    port = free_port()
+    args = [sys.executable, "-m", "tollhouse", "serve", "--port", str(port), *extra]
+    if config is not None:
+        args += ["--config", str(config)]
+    proc = subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out, _ = proc.communicate()
+            raise AssertionError(f"tollhouse serve exited:\n{out}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return Server(url, cwd, proc, config)
+        except httpx.TransportError:
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("tollhouse serve did not become healthy within 30 s")
+
+
+def stop_server(server: Server) -> None:
+    server.proc.terminate()
+    try:
+        out, _ = server.proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        out, _ = server.proc.communicate()
+    server.captured = out or ""
+
+
+@pytest.fixture(scope="session")
+def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`tollhouse serve` on the embedded default: built-in policy, example upstream."""
+    server = start_server(tmp_path_factory.mktemp("default"))
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def tight_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`tollhouse serve` with tests/data/tight.toml: small limits, long windows, roles."""
+    server = start_server(tmp_path_factory.mktemp("tight"), TESTS / "data" / "tight.toml")
+    yield server
+    stop_server(server)

@@ -1,0 +1,102 @@
+"""Keys in SQLite: hashed at rest, looked up through the cache, revocation polled."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from tollhouse.keys.cache import KeyCache
+from tollhouse.keys.hashing import environment_of, hash_secret
+from tollhouse.keys.store import KeyStore
+from tollhouse.storage.engine import make_engine
+from tollhouse.storage.schema import create_schema
+
+T = TypeVar("T")
+
+
+def with_store(tmp_path: Path, fn: Callable[[KeyStore], Awaitable[T]]) -> T:
+    async def go() -> T:
+        engine = make_engine(f"sqlite:///{tmp_path}/keys.db")
+        try:
+            await create_schema(engine)
+            return await fn(KeyStore(engine))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def test_secret_is_stored_only_as_a_hash(tmp_path: Path) -> None:
+    record, secret = with_store(tmp_path, lambda s: s.create("acme", "live", "root", "ci"))
+    assert secret.startswith("sk_live_") and environment_of(secret) == "PRODUCTION"
+    assert record.environment == "PRODUCTION" and record.role == "root"
+    raw = (tmp_path / "keys.db").read_bytes()
+    wal = tmp_path / "keys.db-wal"
+    if wal.exists():
+        raw += wal.read_bytes()
+    assert secret.encode() not in raw
+    with sqlite3.connect(tmp_path / "keys.db") as db:
+        (stored,) = db.execute("select secret_hash from api_keys").fetchone()
+    assert stored == hash_secret(secret)
+
+
+def test_create_list_revoke(tmp_path: Path) -> None:
+    async def go(store: KeyStore) -> None:
+        a, _ = await store.create("acme", "test", "member", "one")
+        b, _ = await store.create("other", "test", "manager", "two")
+        assert {k.id for k in await store.list_keys()} == {a.id, b.id}
+        assert [k.id for k in await store.list_keys("acme")] == [a.id]
+        revoked = await store.revoke(a.id)
+        assert revoked is not None and revoked.revoked_at is not None
+        again = await store.revoke(a.id)
+        assert again is not None and again.revoked_at == revoked.revoked_at
+        assert await store.revoke("key_missing") is None
+
+    with_store(tmp_path, go)
+
+
+def test_cache_authenticates_and_honours_revocation(tmp_path: Path) -> None:
+    async def go(store: KeyStore) -> None:
+        record, secret = await store.create("acme", "test", "backend")
+        cache = KeyCache(store, ttl=3600)
+        ident = await cache.authenticate(secret)
+        assert ident is not None
+        assert (ident.org, ident.environment, ident.role, ident.key_id) == (
+            "acme",
+            "SANDBOX",
+            "backend",
+            record.id,
+        )
+        assert ident.org_scope == "acme:SANDBOX"
+        assert await cache.authenticate("sk_test_" + "x" * 32) is None
+        assert await cache.authenticate("not-a-key") is None
+        await store.revoke(record.id)
+        # Still cached until the revocation poll runs; one poll evicts it.
+        assert await cache.authenticate(secret) is not None
+        assert await cache.poll_revocations() == 1
+        assert await cache.authenticate(secret) is None
+
+    with_store(tmp_path, go)
+
+
+def test_cache_coalesces_concurrent_misses(tmp_path: Path) -> None:
+    async def go(store: KeyStore) -> None:
+        _, secret = await store.create("acme")
+        calls = 0
+        original = store.by_hash
+
+        async def counting(h: str):  # type: ignore[no-untyped-def]
+            nonlocal calls
+            calls += 1
+            return await original(h)
+
+        store.by_hash = counting  # type: ignore[method-assign]
+        cache = KeyCache(store)
+        results = await asyncio.gather(*(cache.authenticate(secret) for _ in range(50)))
+        assert all(r is not None for r in results)
+        assert calls == 1
+
+    with_store(tmp_path, go)
