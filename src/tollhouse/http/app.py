@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 from pathlib import Path
 from typing import Any, cast
@@ -94,6 +95,10 @@ class Tollhouse:
             self.keys.start()
             await self._inner_lifespan.startup()
             self._started = True
+            # Everything loaded so far lives as long as the process: move it out of the
+            # cyclic collector's sight so collections stay proportional to per-request
+            # garbage, not to the size of the loaded libraries.
+            gc.freeze()
 
     async def shutdown(self) -> None:
         """Stop everything started by :meth:`startup` and release connections."""

@@ -20,6 +20,7 @@ own ``rate_limit_status`` bucket admitted it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import re
@@ -44,7 +45,7 @@ from tollhouse.errors import (
     Unauthorized,
     error_json,
 )
-from tollhouse.keys.cache import KeyCache
+from tollhouse.keys.cache import MISS, KeyCache
 from tollhouse.keys.model import Identity
 from tollhouse.limits.headers import (
     Header,
@@ -52,8 +53,9 @@ from tollhouse.limits.headers import (
     policy_header,
     retry_after_header,
 )
+from tollhouse.limits.maths import Outcome
 from tollhouse.limits.naming import bucket_key, pool_key
-from tollhouse.limits.store import BucketCheck, Lease, LimitStore, PoolCheck
+from tollhouse.limits.store import BucketCheck, Lease, LimitStore, PoolCheck, Verdict
 from tollhouse.policy.match import RouteMatch, Router
 from tollhouse.policy.model import Bucket, Policy, Pool
 
@@ -75,9 +77,17 @@ _DOT_SEGMENT = re.compile(r"/\.\.?(?:/|$)")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
+_REQUEST_PREFIX = "req_" + os.urandom(4).hex()
+_request_seq = itertools.count(int.from_bytes(os.urandom(3), "big"))
+
+
 def new_request_id() -> str:
-    """``req_`` + 16 hex characters."""
-    return "req_" + os.urandom(8).hex()
+    """``req_`` + 16 hex characters: 8 random per process, then a counter.
+
+    Unique across processes and cheap (no system call per request); request ids are
+    for correlation, not secrets.
+    """
+    return f"{_REQUEST_PREFIX}{next(_request_seq) & 0xFFFFFFFF:08x}"
 
 
 def iso(ts: float) -> str:
@@ -86,14 +96,22 @@ def iso(ts: float) -> str:
 
 
 class _Checks:
-    """What one caller's request on one route asks of the limit store (built once, reused)."""
+    """What one caller's request on one route asks of the limit store, and the constant
+    parts of its headers (built once per caller and route, reused)."""
 
-    __slots__ = ("buckets", "policy", "pools")
+    __slots__ = ("buckets", "limits", "names", "policy", "pools")
 
     def __init__(self, buckets: tuple[BucketCheck, ...], pools: tuple[PoolCheck, ...]) -> None:
         self.buckets = buckets
         self.pools = pools
         self.policy = policy_header(buckets) if buckets else None
+        self.names = tuple(f'"{c.name}";r='.encode() for c in buckets)
+        self.limits = tuple(str(c.limit).encode() for c in buckets)
+
+    def headers(self, outcomes: list[Outcome], now: float) -> list[Header]:
+        """All rate-limit headers for one decided request (without ``Retry-After``)."""
+        assert self.policy is not None
+        return limit_headers(outcomes, self.names, self.limits, self.policy, now)
 
 
 def _bucket_check(b: Bucket, identity: Identity, client_ip: str | None) -> BucketCheck:
@@ -148,104 +166,91 @@ class Gateway:
             state = scope["state"] = {}
         state["request_id"] = request_id
         try:
-            await self._handle(scope, receive, send, path, request_id, state)
+            # One frame for the whole admission path: auth, route, access, limits.
+            if "/." in path and _DOT_SEGMENT.search(path):
+                # Limits are matched on this path; an upstream that resolves dot segments
+                # would see another one. Refuse rather than guess.
+                raise BadRequest('The path must not contain "." or ".." segments.')
+            secret: bytes | None = None
+            tenant: str | None = None
+            length: int | None = None
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    token = value[7:].strip() if value[:7].lower() == b"bearer " else b""
+                    if token:
+                        secret = token
+                    elif secret is None:
+                        raise Unauthorized(
+                            'The Authorization header must be "Bearer sk_test_…" or '
+                            '"Bearer sk_live_…".'
+                        )
+                elif name == b"x-api-key":
+                    if secret is None:
+                        secret = value.strip() or None
+                elif name == b"x-tenant-id":
+                    tenant = value.decode("latin-1").strip() or None
+                elif name == b"content-length":
+                    try:
+                        length = int(value)
+                    except ValueError:
+                        length = -1
+            if secret is None:
+                raise Unauthorized(
+                    'No API key: send "Authorization: Bearer sk_test_…" (or sk_live_…) or '
+                    '"X-API-Key: sk_…".'
+                )
+            identity = self.keys.cached(secret)
+            if identity is MISS:
+                try:
+                    identity = await self.keys.authenticate(secret)
+                except StorageError:
+                    logger.exception("key lookup failed", extra={"request_id": request_id})
+                    raise ServiceUnavailable(
+                        "The key store is unavailable; retry shortly."
+                    ) from None
+            if not isinstance(identity, Identity):
+                raise Unauthorized(
+                    "The API key is not valid or has been revoked; check the key or create "
+                    "one with `tollhouse keys create`."
+                )
+            if tenant is not None:
+                identity = self.keys.with_tenant(identity, tenant)
+
+            method: str = scope["method"]
+            match = self.router.match(method, path)
+            if match.roles is not None and identity.role not in match.roles:
+                raise Forbidden(
+                    f"This key's role {identity.role!r} may not call {method} {path}; "
+                    f"allowed roles: {', '.join(sorted(match.roles))}."
+                )
+            is_status = path == STATUS_PATH and (method == "GET" or method == "HEAD")
+            if match.tenant_required and tenant is None and not is_status:
+                raise TenantRequired(
+                    f"{method} {path} acts for one of your customers: send the X-Tenant-Id header."
+                )
+            if length is not None and (length > self.max_body or length < 0):
+                raise PayloadTooLarge(
+                    f"The request body is {length} bytes; the limit is {self.max_body} bytes."
+                    if length > 0
+                    else "The Content-Length header is not a valid number."
+                )
+
+            checks = self._checks(match, identity, scope)
+            leases: tuple[Lease, ...] = ()
+            if checks.buckets or checks.pools:
+                now = self.clock()
+                verdict = self.limits.decide_nowait(checks.buckets, checks.pools, now)
+                if verdict is None:
+                    verdict = await self.limits.decide(checks.buckets, checks.pools, now)
+                headers = checks.headers(verdict.outcomes, now) if checks.buckets else []
+                if not verdict.allowed:
+                    raise self._denied(verdict, headers)
+                leases = verdict.leases
+            else:
+                headers = []
         except ApiError as exc:
             await _send_error(send, exc, request_id)
-
-    async def _handle(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        path: str,
-        request_id: str,
-        state: dict[str, Any],
-    ) -> None:
-        if "/." in path and _DOT_SEGMENT.search(path):
-            # Limits are matched on this path; an upstream that resolves dot segments
-            # would see another one. Refuse rather than guess.
-            raise BadRequest('The path must not contain "." or ".." segments.')
-        secret: str | None = None
-        tenant: str | None = None
-        length: int | None = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer" and token.strip():
-                    secret = token.strip()
-                elif secret is None:
-                    raise Unauthorized(
-                        'The Authorization header must be "Bearer sk_test_…" or "Bearer sk_live_…".'
-                    )
-            elif name == b"x-api-key":
-                if secret is None:
-                    secret = value.decode("latin-1").strip() or None
-            elif name == b"x-tenant-id":
-                tenant = value.decode("latin-1").strip() or None
-            elif name == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    length = -1
-        if secret is None:
-            raise Unauthorized(
-                'No API key: send "Authorization: Bearer sk_test_…" (or sk_live_…) or '
-                '"X-API-Key: sk_…".'
-            )
-        try:
-            identity = await self.keys.authenticate(secret)
-        except StorageError:
-            logger.exception("key lookup failed", extra={"request_id": request_id})
-            raise ServiceUnavailable("The key store is unavailable; retry shortly.") from None
-        if identity is None:
-            raise Unauthorized(
-                "The API key is not valid or has been revoked; check the key or create one "
-                "with `tollhouse keys create`."
-            )
-        if tenant is not None:
-            identity = self.keys.with_tenant(identity, tenant)
-
-        method: str = scope["method"]
-        match = self.router.match(method, path)
-        if match.roles is not None and identity.role not in match.roles:
-            raise Forbidden(
-                f"This key's role {identity.role!r} may not call {method} {path}; "
-                f"allowed roles: {', '.join(sorted(match.roles))}."
-            )
-        is_status = path == STATUS_PATH and method in ("GET", "HEAD")
-        if match.tenant_required and tenant is None and not is_status:
-            raise TenantRequired(
-                f"{method} {path} acts for one of your customers: send the X-Tenant-Id header."
-            )
-        if length is not None and (length > self.max_body or length < 0):
-            raise PayloadTooLarge(
-                f"The request body is {length} bytes; the limit is {self.max_body} bytes."
-                if length > 0
-                else "The Content-Length header is not a valid number."
-            )
-
-        checks = self._checks(match, identity, scope)
-        now = self.clock()
-        headers: list[Header] = []
-        verdict = None
-        if checks.buckets or checks.pools:
-            verdict = self.limits.decide_nowait(checks.buckets, checks.pools, now)
-            if verdict is None:
-                verdict = await self.limits.decide(checks.buckets, checks.pools, now)
-            if checks.policy is not None:
-                headers = limit_headers(checks.buckets, verdict.outcomes, checks.policy, now)
-            if not verdict.allowed:
-                headers.append(retry_after_header(verdict.retry_after))
-                if verdict.pool_denied:
-                    raise ConcurrencyLimited(
-                        f"Too many requests in flight ({verdict.denied_by}); retry after "
-                        f"{max(1, round(verdict.retry_after))} s.",
-                        headers=dict((k.decode(), v.decode()) for k, v in headers),
-                    )
-                raise RateLimited(
-                    "Rate limit exceeded. Please retry after the specified delay.",
-                    headers=dict((k.decode(), v.decode()) for k, v in headers),
-                )
+            return
         headers.append((REQUEST_ID, request_id.encode()))
         state["identity"] = identity
 
@@ -253,12 +258,47 @@ class Gateway:
             body = await self.status_body(identity, scope)
             await _send_json(send, 200, body, headers, head=method == "HEAD")
             return
+        if leases or (length is None and method in _BODY_METHODS):
+            await self._pass(scope, receive, send, headers, leases, length, request_id)
+            return
 
-        leases = verdict.leases if verdict is not None else ()
-        await self._pass(scope, receive, send, headers, leases, length, request_id)
+        # The plain pass: no slot to hold, no body to count.
+        started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", ()), *headers]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            logger.exception("inner app failed", extra={"request_id": request_id})
+            if not started:
+                await _send_error(
+                    send,
+                    InternalError("The request failed inside the API; it has been logged."),
+                    request_id,
+                )
+
+    @staticmethod
+    def _denied(verdict: Verdict, headers: list[Header]) -> ApiError:
+        headers.append(retry_after_header(verdict.retry_after))
+        extra = {k.decode(): v.decode() for k, v in headers}
+        if verdict.pool_denied:
+            return ConcurrencyLimited(
+                f"Too many requests in flight ({verdict.denied_by}); retry after "
+                f"{max(1, round(verdict.retry_after))} s.",
+                headers=extra,
+            )
+        return RateLimited(
+            "Rate limit exceeded. Please retry after the specified delay.", headers=extra
+        )
 
     def _checks(self, match: RouteMatch, identity: Identity, scope: Scope) -> _Checks:
-        ip_scoped = any(b.scope == "ip" for b in match.buckets)
+        ip_scoped = match.ip_scoped
         cache_key = (identity.key_id, identity.tenant)
         if not ip_scoped:
             found: _Checks | None = match.checks.get(cache_key)

@@ -30,24 +30,43 @@ def policy_header(checks: tuple[BucketCheck, ...]) -> Header:
 
 
 def limit_headers(
-    checks: tuple[BucketCheck, ...], outcomes: list[Outcome], policy: Header, now: float
+    outcomes: list[Outcome],
+    names: tuple[bytes, ...],
+    limits: tuple[bytes, ...],
+    policy: Header,
+    now: float,
 ) -> list[Header]:
-    """All rate-limit headers for one decided request (without ``Retry-After``)."""
+    """All rate-limit headers for one decided request (without ``Retry-After``).
+
+    Args:
+        outcomes: one per bucket, as the store decided them.
+        names: per bucket, the constant ``"name";r=`` prefix of its ``RateLimit`` item.
+        limits: per bucket, its limit as bytes.
+        policy: the ``RateLimit-Policy`` header for these buckets.
+        now: the time the decision was made.
+    """
     tight = 0
-    best = (outcomes[0].remaining, checks[0].limit)
+    best = outcomes[0].remaining
     items = []
-    for i, (c, o) in enumerate(zip(checks, outcomes, strict=True)):
-        if i and (o.remaining, c.limit) < best:
-            best, tight = (o.remaining, c.limit), i
-        items.append(f'"{c.name}";r={o.remaining};t={max(0, math.ceil(o.reset_at - now))}')
+    for i, o in enumerate(outcomes):
+        remaining = o.remaining
+        if i and (remaining < best or (remaining == best and int(limits[i]) < int(limits[tight]))):
+            best, tight = remaining, i
+        items.append(b"%s%d;t=%d" % (names[i], remaining, _ceil(o.reset_at - now)))
     o = outcomes[tight]
     return [
-        (X_LIMIT, str(checks[tight].limit).encode()),
-        (X_REMAINING, str(o.remaining).encode()),
-        (X_RESET, str(math.ceil(o.reset_at)).encode()),
+        (X_LIMIT, limits[tight]),
+        (X_REMAINING, b"%d" % o.remaining),
+        (X_RESET, b"%d" % _ceil(o.reset_at)),
         policy,
-        (RATELIMIT, ", ".join(items).encode()),
+        (RATELIMIT, b", ".join(items)),
     ]
+
+
+def _ceil(x: float) -> int:
+    """Whole seconds, rounded up, never negative."""
+    n = int(x)
+    return (n + 1 if x > n else n) if x > 0 else 0
 
 
 def retry_after_header(seconds: float) -> Header:

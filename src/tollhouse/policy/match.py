@@ -84,6 +84,11 @@ class RouteMatch:
     tenant_required: bool
     checks: dict[Any, Any] = field(default_factory=dict)
     """Per-scope cache of the store checks built for this match (owned by the gateway)."""
+    ip_scoped: bool = False
+    """True when a bucket counts per client IP (its checks cannot be cached per key)."""
+
+    def __post_init__(self) -> None:
+        self.ip_scoped = any(b.scope == "ip" for b in self.buckets)
 
 
 class Router:
