@@ -19,6 +19,8 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
+from tests import services
+
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
 DEFAULT_POLICY = REPO / "src" / "tollhouse" / "policy" / "default.toml"
@@ -169,3 +171,20 @@ def tight_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = start_server(tmp_path_factory.mktemp("tight"), TESTS / "data" / "tight.toml")
     yield server
     stop_server(server)
+
+
+# ---- real backing services (session-scoped; see tests/services.py) -------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_service() -> Iterator[services.RedisServer]:
+    """A real redis-server on loopback for the whole session (flush per test yourself)."""
+    with services.redis_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_service() -> Iterator[services.PostgresServer]:
+    """A throwaway PostgreSQL cluster on loopback for the whole session."""
+    with services.postgres_server() as server:
+        yield server
