@@ -27,7 +27,9 @@ import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
+from time import perf_counter
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 
@@ -56,6 +58,7 @@ from tollhouse.limits.headers import (
 from tollhouse.limits.maths import Outcome
 from tollhouse.limits.naming import bucket_key, pool_key
 from tollhouse.limits.store import BucketCheck, Lease, LimitStore, PoolCheck, Verdict
+from tollhouse.metering.record import CallRecord, Meter
 from tollhouse.policy.match import RouteMatch, Router
 from tollhouse.policy.model import Bucket, Policy, Pool
 
@@ -133,6 +136,7 @@ class Gateway:
         limits: the limit store (memory or Redis).
         keys: the auth cache.
         clock: wall clock in epoch seconds (injected in tests).
+        meter: takes one :class:`CallRecord` per answered call of an authenticated key.
     """
 
     def __init__(
@@ -143,6 +147,7 @@ class Gateway:
         limits: LimitStore,
         keys: KeyCache,
         clock: Callable[[], float] = time.time,
+        meter: Meter | None = None,
     ) -> None:
         self.app = app
         self.policy = policy
@@ -151,6 +156,7 @@ class Gateway:
         self.keys = keys
         self.clock = clock
         self.max_body = policy.limits.max_body_bytes
+        self.meter = meter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -160,11 +166,16 @@ class Gateway:
         if path == HEALTH_PATH:
             await _send_json(send, 200, b'{"status":"ok","service":"tollhouse"}', [])
             return
+        t0 = perf_counter()
+        arrived = self.clock()
         request_id = new_request_id()
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
         state["request_id"] = request_id
+        identity: Identity | object | None = None
+        match: RouteMatch | None = None
+        method: str = scope["method"]
         try:
             # One frame for the whole admission path: auth, route, access, limits.
             if "/." in path and _DOT_SEGMENT.search(path):
@@ -216,7 +227,6 @@ class Gateway:
             if tenant is not None:
                 identity = self.keys.with_tenant(identity, tenant)
 
-            method: str = scope["method"]
             match = self.router.match(method, path)
             if match.roles is not None and identity.role not in match.roles:
                 raise Forbidden(
@@ -238,7 +248,7 @@ class Gateway:
             checks = self._checks(match, identity, scope)
             leases: tuple[Lease, ...] = ()
             if checks.buckets or checks.pools:
-                now = self.clock()
+                now = arrived
                 verdict = self.limits.decide_nowait(checks.buckets, checks.pools, now)
                 if verdict is None:
                     verdict = await self.limits.decide(checks.buckets, checks.pools, now)
@@ -250,6 +260,8 @@ class Gateway:
                 headers = []
         except ApiError as exc:
             await _send_error(send, exc, request_id)
+            if self.meter is not None and match is not None and isinstance(identity, Identity):
+                self._record(identity, match, method, exc.status, arrived, t0, scope)
             return
         headers.append((REQUEST_ID, request_id.encode()))
         state["identity"] = identity
@@ -257,18 +269,24 @@ class Gateway:
         if is_status:
             body = await self.status_body(identity, scope)
             await _send_json(send, 200, body, headers, head=method == "HEAD")
-            return
-        if leases or (length is None and method in _BODY_METHODS):
-            await self._pass(scope, receive, send, headers, leases, length, request_id)
-            return
+            status = 200
+        elif leases or (length is None and method in _BODY_METHODS):
+            status = await self._pass(scope, receive, send, headers, leases, length, request_id)
+        else:
+            status = await self._pass_plain(scope, receive, send, headers, request_id)
+        if self.meter is not None:
+            self._record(identity, match, method, status, arrived, t0, scope)
 
-        # The plain pass: no slot to hold, no body to count.
-        started = False
+    async def _pass_plain(
+        self, scope: Scope, receive: Receive, send: Send, headers: list[Header], request_id: str
+    ) -> int:
+        """Pass a request that holds no slot and has no body to count; returns the status."""
+        status = 0
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal started
+            nonlocal status
             if message["type"] == "http.response.start":
-                started = True
+                status = message["status"]
                 message["headers"] = [*message.get("headers", ()), *headers]
             await send(message)
 
@@ -276,12 +294,58 @@ class Gateway:
             await self.app(scope, receive, send_with_headers)
         except Exception:
             logger.exception("inner app failed", extra={"request_id": request_id})
-            if not started:
+            if not status:
                 await _send_error(
                     send,
                     InternalError("The request failed inside the API; it has been logged."),
                     request_id,
                 )
+                status = InternalError.status
+        # An app that returned without answering: the server sends a 500 for it.
+        return status or InternalError.status
+
+    def _record(
+        self,
+        identity: Identity,
+        match: RouteMatch,
+        method: str,
+        status: int,
+        arrived: float,
+        t0: float,
+        scope: Scope,
+    ) -> None:
+        labels = match.path_labels
+        if match.header_labels or match.query_labels:
+            labels = dict(labels)
+            if match.header_labels:
+                wanted = dict((h, name) for name, h in match.header_labels)
+                for h, value in scope["headers"]:
+                    name = wanted.get(h)
+                    if name is not None:
+                        labels[name] = value.decode("latin-1")
+            if match.query_labels:
+                query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+                for name, key in match.query_labels:
+                    values = query.get(key)
+                    if values:
+                        labels[name] = values[0]
+        group = match.endpoint_group
+        assert self.meter is not None
+        self.meter.record(
+            CallRecord(
+                time=arrived,
+                org=identity.org,
+                environment=identity.environment,
+                key_id=identity.key_id,
+                tenant=identity.tenant,
+                endpoint_group=group.key if group is not None else None,
+                method=method,
+                route=match.template,
+                status=status,
+                duration_ms=(perf_counter() - t0) * 1000.0,
+                labels=labels,
+            )
+        )
 
     @staticmethod
     def _denied(verdict: Verdict, headers: list[Header]) -> ApiError:
@@ -325,8 +389,11 @@ class Gateway:
         leases: tuple[Lease, ...],
         length: int | None,
         request_id: str,
-    ) -> None:
+    ) -> int:
+        """Pass a request that holds pool slots or streams a body of unknown length;
+        returns the response status."""
         started = False
+        status = 0
         finished = False
         too_large = False
         received = 0
@@ -334,12 +401,13 @@ class Gateway:
         watch_body = length is None and scope["method"] in _BODY_METHODS
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal started, finished
+            nonlocal started, finished, status
             if too_large and not started:
                 return  # the app's answer to a cut-off body is replaced by our 413
             kind = message["type"]
             if kind == "http.response.start":
                 started = True
+                status = message["status"]
                 message["headers"] = list(message.get("headers", ())) + headers
             elif kind == "http.response.body" and not message.get("more_body", False):
                 finished = True
@@ -377,12 +445,16 @@ class Gateway:
                         InternalError("The request failed inside the API; it has been logged."),
                         request_id,
                     )
+                    return InternalError.status
         if too_large and not started:
             await _send_error(
                 send,
                 PayloadTooLarge(f"The request body exceeds the limit of {self.max_body} bytes."),
                 request_id,
             )
+            return PayloadTooLarge.status
+        # 499 (client closed request) when the client left before any answer.
+        return status or 499
 
     async def _run_holding(
         self,

@@ -16,6 +16,7 @@ from tollhouse.policy.model import (
     AsyncRoute,
     Bucket,
     EndpointGroup,
+    Label,
     Limits,
     Policy,
     Pool,
@@ -210,6 +211,7 @@ class _Reader:
                 "pools",
                 "endpoint_groups",
                 "access",
+                "labels",
                 "async_routes",
             },
             "",
@@ -239,6 +241,9 @@ class _Reader:
             endpoint_groups=groups,
             access=tuple(
                 self.access(a, f"access[{i}]") for i, a in enumerate(self.array(raw, "access"))
+            ),
+            labels=tuple(
+                self.label(a, f"labels[{i}]") for i, a in enumerate(self.array(raw, "labels"))
             ),
             async_routes=tuple(
                 self.async_route(a, f"async_routes[{i}]")
@@ -350,6 +355,26 @@ class _Reader:
             routes=self.routes(raw, w),
             roles=frozenset(roles) if roles is not None else None,
             tenant=tenant,
+        )
+
+    def label(self, raw: dict[str, Any], w: str) -> Label:
+        self.unknown(raw, {"name", "source", "key", "routes"}, w)
+        source = self.get(raw, "source", str, w)
+        if source not in ("path", "header", "query"):
+            raise self.fail(f"{w}.source", f"{source!r} must be path, header or query")
+        routes = self.routes(raw, w)
+        key: str = self.get(raw, "key", str, w)
+        if source == "path":
+            for i, r in enumerate(routes):
+                if "{" + key + "}" not in r:
+                    raise self.fail(
+                        f"{w}.routes[{i}]", f"{r!r} has no path parameter {{{key}}} to read"
+                    )
+        return Label(
+            name=self.name(raw, "name", w, set()),
+            source=source,
+            key=key.lower() if source == "header" else key,
+            routes=routes,
         )
 
     def async_route(self, raw: dict[str, Any], w: str) -> AsyncRoute:

@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tollhouse.policy.load import parse_route
-from tollhouse.policy.model import AccessRule, Bucket, EndpointGroup, Policy, Pool
+from tollhouse.policy.model import (
+    AccessRule,
+    AsyncRoute,
+    Bucket,
+    EndpointGroup,
+    Label,
+    Policy,
+    Pool,
+)
 
 #: Distinct (method, path) answers kept; the cache is emptied when it fills up.
 CACHE_SIZE = 8192
@@ -82,6 +90,14 @@ class RouteMatch:
     roles: frozenset[str] | None
     """Roles allowed (intersection of the matching access rules); None: any role."""
     tenant_required: bool
+    path_labels: dict[str, str] = field(default_factory=dict)
+    """Labels read from this path's parameters (fixed for a given path)."""
+    header_labels: tuple[tuple[str, bytes], ...] = ()
+    """(label, lower-case header name) to read per request."""
+    query_labels: tuple[tuple[str, str], ...] = ()
+    """(label, query parameter) to read per request."""
+    async_route: AsyncRoute | None = None
+    """The async (job) route this request is, if any."""
     checks: dict[Any, Any] = field(default_factory=dict)
     """Per-scope cache of the store checks built for this match (owned by the gateway)."""
     ip_scoped: bool = False
@@ -105,6 +121,10 @@ class Router:
             self._add(g.routes, g)
         for a in policy.access:
             self._add(a.routes, a)
+        for label in policy.labels:
+            self._add(label.routes, label)
+        for ar in policy.async_routes:
+            self._add((ar.route,), ar)
         self._cache: dict[tuple[str, str], RouteMatch] = {}
 
     def _add(self, routes: tuple[str, ...], target: object) -> None:
@@ -150,6 +170,23 @@ class Router:
         if kept:
             template = max((p for p, _ in kept), key=specificity).literal
 
+        path_labels: dict[str, str] = {}
+        header_labels: list[tuple[str, bytes]] = []
+        query_labels: list[tuple[str, str]] = []
+        async_route: AsyncRoute | None = None
+        for p, t in kept:
+            if isinstance(t, Label):
+                if t.source == "path":
+                    index = p.segments.index("{" + t.key + "}")
+                    if index < len(parts):
+                        path_labels[t.name] = parts[index]
+                elif t.source == "header":
+                    header_labels.append((t.name, t.key.encode("latin-1")))
+                else:
+                    query_labels.append((t.name, t.key))
+            elif isinstance(t, AsyncRoute) and async_route is None:
+                async_route = t
+
         roles: frozenset[str] | None = None
         for r in rules:
             if r.roles is not None:
@@ -161,4 +198,8 @@ class Router:
             endpoint_group=group if isinstance(group, EndpointGroup) else None,
             roles=roles,
             tenant_required=any(r.tenant == "required" for r in rules),
+            path_labels=path_labels,
+            header_labels=tuple(header_labels),
+            query_labels=tuple(query_labels),
+            async_route=async_route,
         )

@@ -110,6 +110,23 @@ class AccessRule:
     """``required``: requests must carry ``X-Tenant-Id``."""
 
 
+LabelSource = Literal["path", "header", "query"]
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """A usage label read from each request of some routes (seed 001's DBS, SCENARIOS…)."""
+
+    name: str
+    """The label's name in call records, e.g. ``db``, ``scenario``, ``reco_type``."""
+    source: LabelSource
+    """Where the value comes from: a path parameter, a request header or a query parameter."""
+    key: str
+    """The path parameter, header or query parameter name."""
+    routes: tuple[str, ...]
+    """Route patterns the label is read on."""
+
+
 @dataclass(frozen=True, slots=True)
 class AsyncRoute:
     """A route answered with 202 and run as a job (seed 004)."""
@@ -140,6 +157,7 @@ class Policy:
     pools: tuple[Pool, ...] = ()
     endpoint_groups: tuple[EndpointGroup, ...] = ()
     access: tuple[AccessRule, ...] = ()
+    labels: tuple[Label, ...] = ()
     async_routes: tuple[AsyncRoute, ...] = ()
 
     def bucket(self, name: str) -> Bucket | None:
