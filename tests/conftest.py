@@ -101,9 +101,9 @@ class Server:
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         extra = ("--config", str(self.config)) if self.config else ()
         head, *rest = args
-        if head == "keys":
+        if head in ("keys", "limits", "webhooks", "usage"):
             sub, *tail = rest
-            return run_cli("keys", sub, *tail, *extra, cwd=self.cwd, check=check)
+            return run_cli(head, sub, *tail, *extra, cwd=self.cwd, check=check)
         return run_cli(*args, *extra, cwd=self.cwd, check=check)
 
     def key(self, org: str, role: str = "root", env: str = "test") -> dict[str, str]:

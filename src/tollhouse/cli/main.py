@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tollhouse.cli import keys, serve
+from tollhouse.cli import keys, limits, serve
 
 app = typer.Typer(
     name="tollhouse",
@@ -15,6 +15,7 @@ app = typer.Typer(
 )
 app.command("serve")(serve.serve)
 app.add_typer(keys.app, name="keys")
+app.add_typer(limits.app, name="limits")
 
 
 def main() -> None:

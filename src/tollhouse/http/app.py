@@ -14,6 +14,7 @@ from tollhouse.http.lifespan import InnerLifespan
 from tollhouse.keys.cache import KeyCache
 from tollhouse.keys.store import KeyStore
 from tollhouse.limits import LimitStore, open_store
+from tollhouse.limits.overrides import OverrideCache, OverrideStore
 from tollhouse.policy.model import Policy
 from tollhouse.settings import Settings, load_settings
 from tollhouse.storage.engine import make_engine
@@ -78,6 +79,10 @@ class Tollhouse:
         self.keys = KeyCache(self.key_store)
         self.limits: LimitStore = open_store(self.settings.redis_url)
         self.gateway = Gateway(self.inner, policy=policy, limits=self.limits, keys=self.keys)
+        self.overrides = OverrideCache(
+            OverrideStore(self.engine), on_change=self.gateway.forget_checks
+        )
+        self.gateway.overrides = self.overrides
         self._inner_lifespan = InnerLifespan(self.inner)
         self._started = False
         self._start_lock: asyncio.Lock | None = None
@@ -93,6 +98,7 @@ class Tollhouse:
                 return
             await create_schema(self.engine)
             self.keys.start()
+            await self.overrides.start()
             await self._inner_lifespan.startup()
             self._started = True
             # Everything loaded so far lives as long as the process: move it out of the
@@ -105,6 +111,7 @@ class Tollhouse:
         if self._started:
             await self._inner_lifespan.shutdown()
             await self.keys.stop()
+            await self.overrides.stop()
             self._started = False
         await self.limits.aclose()
         await self.engine.dispose()

@@ -57,6 +57,7 @@ from tollhouse.limits.headers import (
 )
 from tollhouse.limits.maths import Outcome
 from tollhouse.limits.naming import bucket_key, pool_key
+from tollhouse.limits.overrides import OverrideCache
 from tollhouse.limits.store import BucketCheck, Lease, LimitStore, PoolCheck, Verdict
 from tollhouse.metering.record import CallRecord, Meter
 from tollhouse.policy.match import RouteMatch, Router
@@ -102,11 +103,17 @@ class _Checks:
     """What one caller's request on one route asks of the limit store, and the constant
     parts of its headers (built once per caller and route, reused)."""
 
-    __slots__ = ("buckets", "limits", "names", "policy", "pools")
+    __slots__ = ("buckets", "limits", "names", "policy", "pools", "shadow")
 
-    def __init__(self, buckets: tuple[BucketCheck, ...], pools: tuple[PoolCheck, ...]) -> None:
+    def __init__(
+        self,
+        buckets: tuple[BucketCheck, ...],
+        pools: tuple[PoolCheck, ...],
+        shadow: tuple[BucketCheck, ...] = (),
+    ) -> None:
         self.buckets = buckets
         self.pools = pools
+        self.shadow = shadow
         self.policy = policy_header(buckets) if buckets else None
         self.names = tuple(f'"{c.name}";r='.encode() for c in buckets)
         self.limits = tuple(str(c.limit).encode() for c in buckets)
@@ -117,9 +124,9 @@ class _Checks:
         return limit_headers(outcomes, self.names, self.limits, self.policy, now)
 
 
-def _bucket_check(b: Bucket, identity: Identity, client_ip: str | None) -> BucketCheck:
+def _bucket_check(b: Bucket, identity: Identity, client_ip: str | None, limit: int) -> BucketCheck:
     return BucketCheck(
-        bucket_key(b, identity, client_ip), b.name, b.limit, b.window, b.algorithm, b.cost
+        bucket_key(b, identity, client_ip), b.name, limit, b.window, b.algorithm, b.cost
     )
 
 
@@ -137,6 +144,7 @@ class Gateway:
         keys: the auth cache.
         clock: wall clock in epoch seconds (injected in tests).
         meter: takes one :class:`CallRecord` per answered call of an authenticated key.
+        overrides: per-org and per-key limits from the database.
     """
 
     def __init__(
@@ -148,6 +156,7 @@ class Gateway:
         keys: KeyCache,
         clock: Callable[[], float] = time.time,
         meter: Meter | None = None,
+        overrides: OverrideCache | None = None,
     ) -> None:
         self.app = app
         self.policy = policy
@@ -157,6 +166,9 @@ class Gateway:
         self.clock = clock
         self.max_body = policy.limits.max_body_bytes
         self.meter = meter
+        self.overrides = overrides
+        #: (org scope, bucket) → requests a shadow bucket would have denied (this process).
+        self.shadow_denials: dict[tuple[str, str], int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -247,6 +259,8 @@ class Gateway:
 
             checks = self._checks(match, identity, scope)
             leases: tuple[Lease, ...] = ()
+            if checks.shadow:
+                await self._shadow(checks, identity, arrived)
             if checks.buckets or checks.pools:
                 now = arrived
                 verdict = self.limits.decide_nowait(checks.buckets, checks.pools, now)
@@ -361,6 +375,30 @@ class Gateway:
             "Rate limit exceeded. Please retry after the specified delay.", headers=extra
         )
 
+    def _limit(self, bucket: Bucket, identity: Identity) -> int:
+        """The bucket's effective limit for this caller (overrides > policy)."""
+        if self.overrides is None:
+            return bucket.limit
+        return self.overrides.limit(identity.org, identity.key_id, bucket.name, bucket.limit)
+
+    def forget_checks(self) -> None:
+        """Drop every cached check (limits changed): they are rebuilt on next use."""
+        self.router.clear()
+
+    async def _shadow(self, checks: _Checks, identity: Identity, now: float) -> None:
+        verdict = self.limits.decide_nowait(checks.shadow, (), now)
+        if verdict is None:
+            verdict = await self.limits.decide(checks.shadow, (), now)
+        if not verdict.allowed:
+            for c, o in zip(checks.shadow, verdict.outcomes, strict=True):
+                if not o.allowed:
+                    key = (identity.org_scope, c.name)
+                    self.shadow_denials[key] = self.shadow_denials.get(key, 0) + 1
+                    logger.info(
+                        "shadow bucket would deny",
+                        extra={"bucket": c.name, "org": identity.org_scope},
+                    )
+
     def _checks(self, match: RouteMatch, identity: Identity, scope: Scope) -> _Checks:
         ip_scoped = match.ip_scoped
         cache_key = (identity.key_id, identity.tenant)
@@ -371,8 +409,17 @@ class Gateway:
         client = scope.get("client")
         ip = client[0] if client else None
         built = _Checks(
-            tuple(_bucket_check(b, identity, ip) for b in match.buckets),
+            tuple(
+                _bucket_check(b, identity, ip, self._limit(b, identity))
+                for b in match.buckets
+                if not b.shadow
+            ),
             tuple(_pool_check(p, identity) for p in match.pools),
+            tuple(
+                _bucket_check(b, identity, ip, self._limit(b, identity))
+                for b in match.buckets
+                if b.shadow
+            ),
         )
         if not ip_scoped:
             if len(match.checks) >= CHECKS_PER_MATCH:
@@ -507,33 +554,41 @@ class Gateway:
         client = scope.get("client")
         ip = client[0] if client else None
         policy = self.policy
-        bchecks = tuple(_bucket_check(b, identity, ip) for b in policy.buckets)
+        bchecks = tuple(
+            _bucket_check(b, identity, ip, self._limit(b, identity)) for b in policy.buckets
+        )
         pchecks = tuple(_pool_check(p, identity) for p in policy.pools)
         now = self.clock()
         bstats, pstats = await self.limits.peek(bchecks, pchecks, now)
         stamp = iso(now)
         categories = []
         buckets: dict[str, Any] = {}
-        for b, s in zip(policy.buckets, bstats, strict=True):
+        for b, c, s in zip(policy.buckets, bchecks, bstats, strict=True):
             reset = int(-(-s.reset_at // 1))
-            categories.append(
-                {
-                    "category": b.name,
-                    "displayName": b.display_name,
-                    "endpoints": list(b.endpoints),
-                    "limit": b.limit,
-                    "used": s.used,
-                    "remaining": s.remaining,
-                    "resetAt": reset if s.touched else 0,
-                    "windowSeconds": b.window_seconds,
-                }
-            )
-            buckets[b.name] = {
-                "limit": b.limit,
+            category: dict[str, Any] = {
+                "category": b.name,
+                "displayName": b.display_name,
+                "endpoints": list(b.endpoints),
+                "limit": c.limit,
+                "used": s.used,
+                "remaining": s.remaining,
+                "resetAt": reset if s.touched else 0,
+                "windowSeconds": b.window_seconds,
+            }
+            bucket: dict[str, Any] = {
+                "limit": c.limit,
                 "remaining": s.remaining,
                 "resetAt": reset,
                 "resetInSeconds": max(0, reset - int(now)),
             }
+            if b.shadow:
+                # Additive fields: a shadow bucket denies nothing, it counts.
+                denied = self.shadow_denials.get((identity.org_scope, b.name), 0)
+                for section in (category, bucket):
+                    section["shadow"] = True
+                    section["shadowDenied"] = denied
+            categories.append(category)
+            buckets[b.name] = bucket
         body: dict[str, Any] = {
             "partnerId": identity.org,
             "environment": identity.environment,

@@ -300,6 +300,7 @@ class _Reader:
                 "scope",
                 "algorithm",
                 "cost",
+                "shadow",
             },
             w,
         )
@@ -322,6 +323,7 @@ class _Reader:
             scope=scope,
             algorithm=algorithm,
             cost=self.positive_int(raw, "cost", w, 1),
+            shadow=self.get(raw, "shadow", bool, w, False),
         )
 
     def pool(self, raw: dict[str, Any], w: str, names: set[str]) -> Pool:

@@ -131,6 +131,10 @@ class Router:
         for r in routes:
             self._targets.append((_compile(r), target))
 
+    def clear(self) -> None:
+        """Forget every cached answer (and the checks the gateway cached on them)."""
+        self._cache = {}
+
     def match(self, method: str, path: str) -> RouteMatch:
         """What ``method path`` hits; cached."""
         key = (method, path)

@@ -68,6 +68,9 @@ class Bucket:
     """Fixed windows (the seeds' semantics) or GCRA (smooth)."""
     cost: int = 1
     """Cost units one request takes."""
+    shadow: bool = False
+    """Count would-be denials (reported by the status endpoint) but deny nothing: for
+    rolling out a new limit safely."""
 
     @property
     def window_seconds(self) -> int:

@@ -1,0 +1,133 @@
+"""``tollhouse limits set | list | clear`` — per-org and per-key limit overrides."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.table import Table
+
+from tollhouse.cli.common import (
+    ConfigOpt,
+    DatabaseOpt,
+    JsonOpt,
+    console,
+    fail,
+    run,
+    settings_from,
+    write_json,
+)
+from tollhouse.limits.overrides import Override, OverrideStore
+from tollhouse.settings import Settings
+from tollhouse.storage.engine import make_engine
+from tollhouse.storage.schema import create_schema
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="Override a bucket's limit for one org or one key (exact key > org > policy).",
+    no_args_is_help=True,
+)
+
+OrgOpt = Annotated[str, typer.Option("--org", help="The org the override applies to.")]
+KeyOpt = Annotated[
+    str | None, typer.Option("--key", help="Only this key (key_…); omit for the whole org.")
+]
+BucketOpt = Annotated[str, typer.Option("--bucket", help="A bucket name from the policy.")]
+
+
+def override_json(o: Override) -> dict[str, Any]:
+    return {
+        "org": o.org,
+        "key": o.key_id,
+        "bucket": o.bucket,
+        "limit": o.limit,
+        "updated_at": o.updated_at.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def _with_store(settings: Settings, fn: Callable[[OverrideStore], Awaitable[T]]) -> T:
+    async def go() -> T:
+        engine = make_engine(settings.database_url)
+        try:
+            await create_schema(engine)
+            return await fn(OverrideStore(engine))
+        finally:
+            await engine.dispose()
+
+    return run(go)
+
+
+def _check_bucket(settings: Settings, bucket: str) -> None:
+    names = [b.name for b in settings.policy.buckets]
+    if bucket not in names:
+        fail(f"--bucket {bucket!r} is not in the policy; buckets: {', '.join(names)}", 2)
+
+
+@app.command("set")
+def set_limit(
+    org: OrgOpt,
+    bucket: BucketOpt,
+    limit: Annotated[int, typer.Option("--limit", help="The new limit per window.")],
+    key: KeyOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Set an override; running servers apply it within a second."""
+    settings = settings_from(config, database_url)
+    _check_bucket(settings, bucket)
+    if limit < 1:
+        fail("--limit must be at least 1", 2)
+    override = _with_store(settings, lambda s: s.set(org, bucket, limit, key))
+    if as_json:
+        write_json(override_json(override))
+        return
+    who = f"key {key}" if key else f"org {org}"
+    console.print(f"{bucket}: limit {limit} for {who}.", highlight=False)
+
+
+@app.command("list")
+def list_limits(
+    org: Annotated[str | None, typer.Option("--org", help="Only this org.")] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """List overrides next to the policy's limits."""
+    settings = settings_from(config, database_url)
+    overrides = _with_store(settings, lambda s: s.list(org))
+    if as_json:
+        write_json([override_json(o) for o in overrides])
+        return
+    if not overrides:
+        console.print("No overrides: every org gets the policy's limits.")
+        return
+    policy = {b.name: b.limit for b in settings.policy.buckets}
+    table = Table("org", "key", "bucket", "limit", "policy limit", "updated")
+    for o in overrides:
+        table.add_row(
+            o.org,
+            o.key_id or "(all keys)",
+            o.bucket,
+            str(o.limit),
+            str(policy.get(o.bucket, "—")),
+            o.updated_at.strftime("%Y-%m-%d %H:%MZ"),
+        )
+    console.print(table)
+
+
+@app.command("clear")
+def clear_limit(
+    org: OrgOpt,
+    bucket: BucketOpt,
+    key: KeyOpt = None,
+    config: ConfigOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Remove an override: the policy's limit applies again."""
+    settings = settings_from(config, database_url)
+    if not _with_store(settings, lambda s: s.clear(org, bucket, key)):
+        fail(f"no override of {bucket!r} for {'key ' + key if key else 'org ' + org}")
+    console.print(f"Cleared: {bucket} for {'key ' + key if key else 'org ' + org}.")

@@ -1,0 +1,202 @@
+"""Per-org and per-key limit overrides, kept in the database.
+
+Precedence: an override for the exact key > one for the org > the policy's limit. The
+server polls the table (every 0.5 s by default) and swaps in a new snapshot when anything
+changed, so an override takes effect within a second on every instance sharing the
+database. The request path reads the snapshot, a dict, never SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    delete,
+    func,
+    select,
+)
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tollhouse.errors import StorageError
+from tollhouse.storage.schema import metadata
+
+logger = logging.getLogger(__name__)
+
+limit_overrides = Table(
+    "limit_overrides",
+    metadata,
+    Column("org_id", String(64), nullable=False),
+    Column("key_id", String(40), nullable=False),  # "" for the whole org
+    Column("bucket", String(64), nullable=False),
+    Column("limit", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("org_id", "key_id", "bucket"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """One stored override."""
+
+    org: str
+    key_id: str | None
+    """None: applies to every key of the org."""
+    bucket: str
+    limit: int
+    updated_at: datetime
+
+
+class OverrideStore:
+    """Set, list and clear overrides."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def set(self, org: str, bucket: str, limit: int, key_id: str | None = None) -> Override:
+        """Create or replace the override of ``bucket`` for an org (or one of its keys)."""
+        now = datetime.now(UTC)
+        where = (
+            (limit_overrides.c.org_id == org)
+            & (limit_overrides.c.key_id == (key_id or ""))
+            & (limit_overrides.c.bucket == bucket)
+        )
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(delete(limit_overrides).where(where))
+                await conn.execute(
+                    limit_overrides.insert().values(
+                        org_id=org, key_id=key_id or "", bucket=bucket, limit=limit, updated_at=now
+                    )
+                )
+        except SQLAlchemyError as exc:
+            raise StorageError(f"could not set the override: {exc}") from exc
+        return Override(org, key_id, bucket, limit, now)
+
+    async def clear(self, org: str, bucket: str, key_id: str | None = None) -> bool:
+        """Remove an override; False when there was none."""
+        where = (
+            (limit_overrides.c.org_id == org)
+            & (limit_overrides.c.key_id == (key_id or ""))
+            & (limit_overrides.c.bucket == bucket)
+        )
+        try:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(delete(limit_overrides).where(where))
+        except SQLAlchemyError as exc:
+            raise StorageError(f"could not clear the override: {exc}") from exc
+        return bool(result.rowcount)
+
+    async def list(self, org: str | None = None) -> list[Override]:
+        """Overrides, optionally of one org."""
+        q = select(limit_overrides).order_by(
+            limit_overrides.c.org_id, limit_overrides.c.key_id, limit_overrides.c.bucket
+        )
+        if org is not None:
+            q = q.where(limit_overrides.c.org_id == org)
+        try:
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(q)).all()
+        except SQLAlchemyError as exc:
+            raise StorageError(f"could not list overrides: {exc}") from exc
+        out = []
+        for r in rows:
+            stamp = r.updated_at if r.updated_at.tzinfo else r.updated_at.replace(tzinfo=UTC)
+            out.append(Override(r.org_id, r.key_id or None, r.bucket, r.limit, stamp))
+        return out
+
+    async def version(self) -> tuple[int, str]:
+        """(row count, latest change): changes whenever a row is set or cleared."""
+        q = select(func.count(), func.max(limit_overrides.c.updated_at))
+        try:
+            async with self.engine.connect() as conn:
+                count, latest = (await conn.execute(q)).one()
+        except SQLAlchemyError as exc:
+            raise StorageError(f"could not read overrides: {exc}") from exc
+        return int(count), str(latest)
+
+
+#: (org, key id or "", bucket) → limit
+Snapshot = dict[tuple[str, str, str], int]
+
+
+class OverrideCache:
+    """The server's view of the overrides: a snapshot dict refreshed in the background.
+
+    Args:
+        store: where overrides live.
+        on_change: called after a new snapshot is installed (the gateway drops its
+            cached checks, which carry limits).
+        poll_interval: seconds between two polls.
+    """
+
+    def __init__(
+        self,
+        store: OverrideStore,
+        on_change: Callable[[], None] | None = None,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.on_change = on_change
+        self.poll_interval = poll_interval
+        self.snapshot: Snapshot = {}
+        self._version: tuple[int, str] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def limit(self, org: str, key_id: str, bucket: str, default: int) -> int:
+        """The effective limit: key override > org override > ``default``."""
+        snap = self.snapshot
+        if not snap:
+            return default
+        found = snap.get((org, key_id, bucket))
+        if found is None:
+            found = snap.get((org, "", bucket))
+        return default if found is None else found
+
+    async def refresh(self) -> bool:
+        """Reload when the table changed; True when a new snapshot was installed."""
+        version = await self.store.version()
+        if version == self._version:
+            return False
+        rows = await self.store.list()
+        self.snapshot = {(o.org, o.key_id or "", o.bucket): o.limit for o in rows}
+        self._version = version
+        if self.on_change is not None:
+            self.on_change()
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self.refresh()
+            except StorageError:
+                logger.warning("override poll failed; keeping the last snapshot")
+
+    async def start(self) -> None:
+        """Load once, then poll in the background."""
+        try:
+            await self.refresh()
+        except StorageError:
+            logger.warning("could not load overrides at start; polling")
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop polling."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
