@@ -373,3 +373,20 @@ def test_oversized_body_is_413(tight_server: Server) -> None:
     assert_envelope(resp, 413, "PAYLOAD_TOO_LARGE")
     # Neither consumed a pool slot for good.
     assert _pool_active(tight_server, tight_server.key(key["org"])) == 0
+
+
+def test_seed_003_routes_answer_errors_with_detail(default_server: Server) -> None:
+    key = default_server.key(org())
+    url = default_server.url + "/v1/analytics/flow_runs"
+    resp = None
+    for _ in range(200):  # the analytics bucket allows 20/s; a quick loop overruns it
+        resp = httpx.get(url, headers=bearer(key, None))
+        if resp.status_code == 429:
+            break
+    assert resp is not None
+    assert resp.status_code == 429
+    assert resp.json() == {"detail": "Rate limit exceeded"}
+    assert int(resp.headers["retry-after"]) >= 1
+    unauth = httpx.get(url)
+    assert unauth.status_code == 401
+    assert set(unauth.json()) == {"detail"}

@@ -84,3 +84,10 @@ def test_roles_intersect_and_cache_is_bounded() -> None:
     for i in range(20000):
         r.match("GET", f"/admin/{i}")
     assert len(r._cache) <= 8192
+
+
+def test_error_format_follows_the_most_specific_rule() -> None:
+    r = Router(load_policy())
+    assert r.match("GET", "/v1/analytics/flow_runs").error_format == "detail"
+    assert r.match("GET", "/v1/analytics/scoring-volume").error_format == "envelope"
+    assert r.match("POST", "/v1/score").error_format == "envelope"

@@ -194,6 +194,7 @@ class Gateway:
                 # Limits are matched on this path; an upstream that resolves dot segments
                 # would see another one. Refuse rather than guess.
                 raise BadRequest('The path must not contain "." or ".." segments.')
+            match = self.router.match(method, path)
             secret: bytes | None = None
             tenant: str | None = None
             length: int | None = None
@@ -239,7 +240,6 @@ class Gateway:
             if tenant is not None:
                 identity = self.keys.with_tenant(identity, tenant)
 
-            match = self.router.match(method, path)
             if match.roles is not None and identity.role not in match.roles:
                 raise Forbidden(
                     f"This key's role {identity.role!r} may not call {method} {path}; "
@@ -273,7 +273,9 @@ class Gateway:
             else:
                 headers = []
         except ApiError as exc:
-            await _send_error(send, exc, request_id)
+            await _send_error(
+                send, exc, request_id, match.error_format if match is not None else "envelope"
+            )
             if self.meter is not None and match is not None and isinstance(identity, Identity):
                 self._record(identity, match, method, exc.status, arrived, t0, scope)
             return
@@ -620,7 +622,17 @@ async def _send_json(
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 
-async def _send_error(send: Send, exc: ApiError, request_id: str) -> None:
+#: ``{"detail": ...}`` bodies (error_format = "detail"); seed 003 words its 429 so.
+_DETAIL_MESSAGES = {429: "Rate limit exceeded"}
+
+
+async def _send_error(
+    send: Send, exc: ApiError, request_id: str, error_format: str = "envelope"
+) -> None:
     headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
     headers.append((REQUEST_ID, request_id.encode()))
-    await _send_json(send, exc.status, error_json(exc, request_id), headers)
+    if error_format == "detail":
+        body = orjson.dumps({"detail": _DETAIL_MESSAGES.get(exc.status, exc.message)})
+    else:
+        body = error_json(exc, request_id)
+    await _send_json(send, exc.status, body, headers)

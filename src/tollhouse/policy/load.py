@@ -344,7 +344,10 @@ class _Reader:
         )
 
     def access(self, raw: dict[str, Any], w: str) -> AccessRule:
-        self.unknown(raw, {"routes", "roles", "tenant"}, w)
+        self.unknown(raw, {"routes", "roles", "tenant", "error_format"}, w)
+        error_format = self.get(raw, "error_format", str, w, None)
+        if error_format not in (None, "envelope", "detail"):
+            raise self.fail(f"{w}.error_format", f"{error_format!r} must be envelope or detail")
         roles = self.get(raw, "roles", list, w, None)
         if roles is not None:
             for i, r in enumerate(roles):
@@ -357,6 +360,7 @@ class _Reader:
             routes=self.routes(raw, w),
             roles=frozenset(roles) if roles is not None else None,
             tenant=tenant,
+            error_format=error_format,
         )
 
     def label(self, raw: dict[str, Any], w: str) -> Label:

@@ -98,6 +98,8 @@ class RouteMatch:
     """(label, query parameter) to read per request."""
     async_route: AsyncRoute | None = None
     """The async (job) route this request is, if any."""
+    error_format: str = "envelope"
+    """The most specific matching access rule's error format."""
     checks: dict[Any, Any] = field(default_factory=dict)
     """Per-scope cache of the store checks built for this match (owned by the gateway)."""
     ip_scoped: bool = False
@@ -191,6 +193,13 @@ class Router:
             elif isinstance(t, AsyncRoute) and async_route is None:
                 async_route = t
 
+        formats = [
+            (specificity(p), t.error_format)
+            for p, t in kept
+            if isinstance(t, AccessRule) and t.error_format is not None
+        ]
+        error_format = max(formats, key=lambda f: f[0])[1] if formats else "envelope"
+
         roles: frozenset[str] | None = None
         for r in rules:
             if r.roles is not None:
@@ -206,4 +215,5 @@ class Router:
             header_labels=tuple(header_labels),
             query_labels=tuple(query_labels),
             async_route=async_route,
+            error_format=error_format or "envelope",
         )

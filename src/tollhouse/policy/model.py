@@ -15,6 +15,7 @@ DEFAULT_DATABASE_URL = "sqlite:///.tollhouse/tollhouse.db"
 Scope = Literal["org", "key", "tenant", "ip"]
 Algorithm = Literal["fixed_window", "gcra"]
 TenantRule = Literal["required", "optional"]
+ErrorFormat = Literal["envelope", "detail"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,9 @@ class AccessRule:
     """Roles allowed; None allows every role."""
     tenant: TenantRule = "optional"
     """``required``: requests must carry ``X-Tenant-Id``."""
+    error_format: ErrorFormat | None = None
+    """How the gateway's errors look on these routes: ``envelope`` (seed 004's
+    ``{"error": {...}}``, the default) or ``detail`` (``{"detail": "..."}``, seed 003)."""
 
 
 LabelSource = Literal["path", "header", "query"]
