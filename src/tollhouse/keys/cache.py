@@ -9,7 +9,6 @@ misses for ``negative_ttl`` so a client hammering with a bad key costs one query
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -21,6 +20,7 @@ from tollhouse.errors import StorageError
 from tollhouse.keys.hashing import SECRET_LENGTH, same_hash
 from tollhouse.keys.model import PREFIX_ENVIRONMENT, Identity
 from tollhouse.keys.store import KeyStore
+from tollhouse.storage.poll import Poller
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,8 @@ class KeyCache:
         # Keyed by the raw SHA-256 digest of the secret (the database keeps its hex form).
         self._entries: dict[bytes, tuple[Identity | None, float]] = {}
         self._inflight: dict[bytes, asyncio.Future[Identity | None]] = {}
-        self._task: asyncio.Task[None] | None = None
         self._since = datetime.now(UTC)
+        self._poller = Poller(self.poll_revocations, poll_interval, "key revocations")
 
     def cached(self, secret: bytes) -> Identity | object | None:
         """The answer for ``secret`` if memory has it (an identity, or None for a known bad
@@ -136,23 +136,10 @@ class KeyCache:
                 evicted += 1
         return evicted
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            try:
-                await self.poll_revocations()
-            except StorageError:
-                logger.warning("revocation poll failed; will retry")
-
     def start(self) -> None:
         """Start polling for revocations (call from a running event loop)."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._poller.start()
 
     async def stop(self) -> None:
         """Stop polling."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._poller.stop()

@@ -8,8 +8,6 @@ database. The request path reads the snapshot, a dict, never SQL.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollhouse.errors import StorageError
+from tollhouse.storage.poll import Poller
 from tollhouse.storage.schema import metadata
 
 logger = logging.getLogger(__name__)
@@ -152,7 +151,7 @@ class OverrideCache:
         self.poll_interval = poll_interval
         self.snapshot: Snapshot = {}
         self._version: tuple[int, str] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._poller = Poller(self.refresh, poll_interval, "limit overrides")
 
     def limit(self, org: str, key_id: str, bucket: str, default: int) -> int:
         """The effective limit: key override > org override > ``default``."""
@@ -176,27 +175,14 @@ class OverrideCache:
             self.on_change()
         return True
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            try:
-                await self.refresh()
-            except StorageError:
-                logger.warning("override poll failed; keeping the last snapshot")
-
     async def start(self) -> None:
         """Load once, then poll in the background."""
         try:
             await self.refresh()
         except StorageError:
             logger.warning("could not load overrides at start; polling")
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._poller.start()
 
     async def stop(self) -> None:
         """Stop polling."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._poller.stop()
