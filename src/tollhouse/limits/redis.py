@@ -1,0 +1,683 @@
+"""Limits in Redis, shared by every instance and process (``redis://``, ``rediss://``).
+
+One decision, one script
+    Every bucket and pool a request hits is decided by one ``EVALSHA`` of
+    ``lua/decide.lua``, all or nothing, with the formulas of :mod:`.maths` (fixed window
+    and GCRA in integer microseconds) and the pool rules of :mod:`.memory`. All keys of a
+    request share one ``{org:ENV}`` hash tag (:mod:`.naming`), so the script is Cluster
+    safe. Every key has a TTL (the end of its state plus a second), so memory is bounded
+    by the callers active in one window. ``lua/peek.lua`` reads for the status endpoint,
+    ``lua/release.lua`` gives a pool slot back. A pool is a sorted set of slots scored by
+    lease expiry (expired ones are removed before counting); a slot's member is
+    ``acquired_at|token``, which gives the retry estimate the age of the oldest slot, and
+    a ``:hold`` key beside it keeps the average hold time, as the memory store does.
+    Needs Redis ≥ 6.0 (``SET … KEEPTTL``). Give it ``maxmemory-policy noeviction``: an
+    evicted counter would start over.
+
+One clock
+    The scripts read Redis ``TIME``: every instance decides against the same clock, so
+    windows and leases agree even when hosts' clocks drift. The ``now`` that callers pass
+    is therefore ignored — except with ``caller_clock=True``, where it is sent to the
+    script instead; tests and the memory-vs-Redis property test replay call sequences
+    that way without sleeping. ``Outcome.state`` is always None here: the state lives in
+    Redis (the gateway reads only ``remaining``, ``reset_at`` and ``retry_after``).
+
+Few round trips
+    Concurrent calls are pipelined: calls made in the same turn of the event loop, or
+    while round trips are in flight, go out together as one write of many ``EVALSHA``.
+    Two connections keep two such round trips in flight, so Redis runs one batch while
+    this process reads the replies of the other. The constant part of each request's
+    command is packed once per check tuple (the gateway reuses them). Denials are
+    remembered per bucket until the time Redis said to retry, so
+    :meth:`RedisStore.decide_nowait` answers a hot over-limit caller without Redis;
+    otherwise it returns None and the gateway awaits :meth:`RedisStore.decide`.
+
+Degraded mode
+    Round trips time out after ``timeout`` seconds (100 ms by default); a decision whose
+    round trip failed is made locally at once (if the script did run in Redis after all,
+    that request counted twice, never zero times). After ``failures_to_open`` consecutive
+    failed attempts (:class:`.resilient.Breaker`) the breaker opens: decisions are
+    made locally with each limit divided by ``instances`` (:mod:`.resilient`),
+    :attr:`RedisStore.degraded` is True, and a probe runs a real decision against Redis
+    every ``probe_interval`` seconds; the first that succeeds closes the breaker. No
+    method raises because Redis is away. A Redis that restarted empty simply starts its
+    counters over; scripts are loaded again on every new connection and on ``NOSCRIPT``.
+    Slots taken in Redis but released while it was away are released once it is back
+    (or expire by their lease).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import logging
+import os
+import time
+from collections import deque
+from importlib import resources
+from typing import Any, NamedTuple
+
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from tollhouse.errors import ConfigError, StorageError
+from tollhouse.limits.maths import Outcome
+from tollhouse.limits.memory import DEFAULT_HOLD, HOLD_EWMA_ALPHA
+from tollhouse.limits.resilient import Breaker, LocalLimits
+from tollhouse.limits.store import (
+    BucketCheck,
+    BucketStatus,
+    Lease,
+    PoolCheck,
+    PoolStatus,
+    Verdict,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Seconds one round trip to Redis may take before it counts as failed.
+DEFAULT_TIMEOUT = 0.1
+#: Seconds between two probes while the breaker is open.
+PROBE_INTERVAL = 0.25
+#: Consecutive failed round trips that open the breaker.
+FAILURES_TO_OPEN = 2
+#: Round trips in flight at once, one connection each: while Redis runs one batch, this
+#: process reads the replies of the last.
+CONNECTIONS = 2
+#: Most commands written in one round trip (the rest go into the next).
+MAX_BATCH = 512
+#: Fewest commands worth a round trip of their own when splitting a batch over links.
+MIN_SPLIT = 8
+#: Milliseconds a key outlives its state (server clock): a late reader still finds it.
+KEY_SLACK_MS = 1000
+#: With the caller's clock, Redis expiry (real time) and the state's time are unrelated:
+#: keep keys an hour past their state's end so a slow test never loses one.
+CALLER_CLOCK_SLACK_MS = 3_600_000
+#: Milliseconds a pool's average hold time is kept after its last release.
+HOLD_TTL_MS = 3_600_000
+#: Suffix of a pool's hold-time key. Appended to the tagged pool key, so it keeps the
+#: pool's hash tag (and slot).
+HOLD_SUFFIX = ":hold"
+#: Request shapes whose packed commands are remembered.
+SHAPES = 4096
+#: Bucket keys whose last denial is remembered.
+DENIALS = 65536
+#: Slots to release once Redis is back (older ones expire by lease anyway).
+ORPHANS = 10000
+#: The probe's own bucket (its own hash tag, a limit it never reaches).
+PROBE_KEY = "{tollhouse:probe}:b:probe"
+
+_new = tuple.__new__
+
+
+class _Script:
+    """A Lua file of ``lua/`` and its SHA-1 (what ``EVALSHA`` names it by)."""
+
+    __slots__ = ("name", "sha", "source")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = (
+            resources.files("tollhouse.limits").joinpath("lua", f"{name}.lua").read_bytes()
+        )
+        self.sha = hashlib.sha1(self.source).hexdigest().encode()
+
+
+DECIDE = _Script("decide")
+PEEK = _Script("peek")
+RELEASE = _Script("release")
+_SCRIPTS = (DECIDE, PEEK, RELEASE)
+
+
+def _bulk(value: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _num(value: float) -> bytes:
+    """A float as the shortest string that reads back as the same double."""
+    return repr(float(value)).encode()
+
+
+def _command(head: list[bytes], *args: bytes) -> bytes:
+    parts = [*head, *args]
+    return b"*%d\r\n" % len(parts) + b"".join(_bulk(p) for p in parts)
+
+
+class _Shape:
+    """The constant parts of one request's ``EVALSHA`` of decide.lua, packed once.
+
+    The command is ``head`` + now + ``middle`` + one token per pool; ``whole`` is all of
+    it when nothing varies (server clock, no pool).
+    """
+
+    __slots__ = ("buckets", "head", "middle", "pools", "whole")
+
+    def __init__(
+        self,
+        buckets: tuple[BucketCheck, ...],
+        pools: tuple[PoolCheck, ...],
+        slack_ms: int,
+        caller_clock: bool,
+    ) -> None:
+        self.buckets = buckets
+        self.pools = pools
+        keys = [c.key.encode() for c in buckets]
+        for p in pools:
+            keys += [p.key.encode(), (p.key + HOLD_SUFFIX).encode()]
+        argv = [str(len(buckets)).encode(), str(len(pools)).encode()]
+        argv += [str(slack_ms).encode(), _num(DEFAULT_HOLD)]
+        for c in buckets:
+            # As the memory store decides: fixed window, or else GCRA.
+            algorithm = b"f" if c.algorithm == "fixed_window" else b"g"
+            argv += [str(c.limit).encode(), _num(c.window), algorithm, str(c.cost).encode()]
+        for p in pools:
+            argv += [str(p.limit).encode(), _num(p.lease)]
+        parts = 3 + len(keys) + 1 + len(argv) + len(pools)
+        self.head = b"*%d\r\n" % parts + b"".join(
+            _bulk(x) for x in [b"EVALSHA", DECIDE.sha, str(len(keys)).encode(), *keys]
+        )
+        self.middle = b"".join(_bulk(x) for x in argv)
+        self.whole = None if caller_clock or pools else self.head + _bulk(b"") + self.middle
+
+
+class _Denial(NamedTuple):
+    """What Redis last said about a bucket in a denied request."""
+
+    check: BucketCheck
+    until: float
+    """Caller-clock time until which this bucket denies; 0 when it admitted."""
+    outcome: Outcome
+
+
+def _verdict(raw: bytes, buckets: tuple[BucketCheck, ...], pools: tuple[PoolCheck, ...]) -> Verdict:
+    """decide.lua's reply (space-separated fields) as a :class:`Verdict`."""
+    reply = raw.split(b" ")
+    outcomes: list[Outcome] = []
+    i = 5
+    for _ in buckets:
+        outcomes.append(
+            _new(
+                Outcome,
+                (
+                    reply[i] == b"1",
+                    None,
+                    int(reply[i + 1]),
+                    float(reply[i + 2]),
+                    float(reply[i + 3]),
+                ),
+            )
+        )
+        i += 4
+    if reply[0] == b"1":
+        if not pools:
+            return _new(Verdict, (True, outcomes, None, 0.0, (), False))
+        at = float(reply[4])
+        leases = tuple(
+            Lease(p.key, member.decode(), at) for p, member in zip(pools, reply[i:], strict=True)
+        )
+        return Verdict(True, outcomes, None, 0.0, leases)
+    denied = int(reply[1])
+    if reply[2] == b"1":
+        return Verdict(
+            False, outcomes, pools[denied - len(buckets) - 1].name, float(reply[3]), (), True
+        )
+    return _new(Verdict, (False, outcomes, buckets[denied - 1].name, float(reply[3]), (), False))
+
+
+def _is_local(lease: Lease) -> bool:
+    """Slots taken in Redis are named ``acquired_at|token``; local ones are plain numbers."""
+    return "|" not in lease.token
+
+
+class RedisStore:
+    """Buckets and pools in Redis (see :class:`tollhouse.limits.store.LimitStore`).
+
+    Connects lazily, on the first call; use it from one event loop.
+
+    Args:
+        url: ``redis://[user:password@]host:port/db`` or ``rediss://…``.
+        instances: how many tollhouse instances share these limits (the server passes
+            workers × replicas). Only used while Redis is away: each instance then
+            enforces ``limit // instances`` locally.
+        timeout: seconds a round trip (or connecting) may take before it counts as failed.
+        failures_to_open: consecutive failed round trips that switch to local limits.
+        probe_interval: seconds between two probes of Redis while local.
+        connections: round trips in flight at once (one connection each).
+        caller_clock: decide at the ``now`` callers pass instead of Redis ``TIME``; for
+            tests and replays only (instances with different clocks would disagree).
+
+    Raises:
+        ConfigError: the URL or an argument is not valid.
+    """
+
+    degraded: bool
+    """True while Redis is unreachable and limits are enforced locally."""
+    local_decisions: int
+    """Decisions made locally because Redis could not be reached (for metrics)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        instances: int = 1,
+        timeout: float = DEFAULT_TIMEOUT,
+        failures_to_open: int = FAILURES_TO_OPEN,
+        probe_interval: float = PROBE_INTERVAL,
+        connections: int = CONNECTIONS,
+        caller_clock: bool = False,
+    ) -> None:
+        if timeout <= 0 or probe_interval <= 0 or connections < 1:
+            raise ConfigError("timeout, probe_interval and connections must be positive")
+        try:
+            # No socket timeout on reads: one deadline covers each whole round trip.
+            self._pool = ConnectionPool.from_url(
+                url, socket_timeout=None, socket_connect_timeout=timeout
+            )
+        except ValueError as exc:
+            raise ConfigError(f"redis_url {url!r}: {exc}") from None
+        self.url = url
+        self.degraded = False
+        self.local_decisions = 0
+        self._timeout = timeout
+        self._probe_interval = probe_interval
+        self._caller_clock = caller_clock
+        self._slack_ms = CALLER_CLOCK_SLACK_MS if caller_clock else KEY_SLACK_MS
+        self._breaker = Breaker(failures_to_open)
+        self._local = LocalLimits(instances)
+        self._links = [_Link(self._pool, timeout) for _ in range(connections)]
+        self._idle = list(self._links)
+        self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._dispatching = False
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._prober: asyncio.Task[None] | None = None
+        self._closed = False
+        self._shapes: dict[tuple[int, int], _Shape] = {}
+        self._denials: dict[str, _Denial] = {}
+        self._orphans: deque[Lease] = deque(maxlen=ORPHANS)
+        # Slot tokens: unique across processes (random prefix), cheap within one.
+        self._token_prefix = os.urandom(6).hex().encode()
+        self._tokens = itertools.count(1)
+        probe = BucketCheck(PROBE_KEY, "probe", 2**31, 1.0, "fixed_window", 1)
+        self._probe_shape = _Shape((probe,), (), KEY_SLACK_MS, False)
+
+    # ---- the LimitStore protocol -------------------------------------------------------
+
+    async def decide(
+        self, buckets: tuple[BucketCheck, ...], pools: tuple[PoolCheck, ...], now: float
+    ) -> Verdict:
+        """Check every bucket and pool in one script; consume all if all admit, else
+        nothing. Decided locally (limits ÷ instances) while Redis is unreachable."""
+        if self.degraded:
+            return self._decide_locally(buckets, pools, now)
+        if not buckets and not pools:
+            return _new(Verdict, (True, [], None, 0.0, (), False))
+        shape = self._shape(buckets, pools)
+        command = shape.whole
+        if command is None:
+            command = shape.head + _bulk(_num(now) if self._caller_clock else b"") + shape.middle
+            for _ in pools:
+                command += _bulk(b"%s.%d" % (self._token_prefix, next(self._tokens)))
+        try:
+            reply = await self._call(command)
+        except StorageError:
+            return self._decide_locally(buckets, pools, now)
+        verdict = _verdict(reply, buckets, pools)
+        if not verdict.allowed and not verdict.pool_denied:
+            self._remember_denial(buckets, verdict.outcomes, now)
+        return verdict
+
+    def decide_nowait(
+        self, buckets: tuple[BucketCheck, ...], pools: tuple[PoolCheck, ...], now: float
+    ) -> Verdict | None:
+        """A denial from the local cache (or a local decision while degraded) without
+        I/O; None when Redis must be asked."""
+        if self.degraded:
+            return self._decide_locally(buckets, pools, now)
+        denials = self._denials
+        if not denials:
+            return None
+        outcomes: list[Outcome] = []
+        denied_by: str | None = None
+        retry = 0.0
+        for c in buckets:
+            d = denials.get(c.key)
+            if d is None or (d.check is not c and d.check != c):
+                return None
+            o = d.outcome
+            if d.until > now:
+                wait = d.until - now
+                outcomes.append(_new(Outcome, (False, None, o.remaining, o.reset_at, wait)))
+                if denied_by is None:
+                    denied_by = c.name
+                if wait > retry:
+                    retry = wait
+            elif o.allowed and o.reset_at > now:
+                # A bucket that admitted in the remembered denial: its numbers are the
+                # best estimate for the headers (a denied request consumes nothing).
+                outcomes.append(o)
+            else:
+                return None
+        if denied_by is None:
+            return None
+        return _new(Verdict, (False, outcomes, denied_by, retry, (), False))
+
+    async def release(self, lease: Lease, now: float) -> None:
+        """Give a pool slot back (idempotent). A Redis slot released while Redis is away
+        is released once it is back."""
+        if _is_local(lease):
+            await self._local.release(lease, now)
+            return
+        if self.degraded:
+            self._orphans.append(lease)
+            return
+        command = _command(
+            [b"EVALSHA", RELEASE.sha, b"2"],
+            lease.key.encode(),
+            (lease.key + HOLD_SUFFIX).encode(),
+            _num(now) if self._caller_clock else b"",
+            lease.token.encode(),
+            _num(lease.acquired_at),
+            _num(HOLD_EWMA_ALPHA),
+            _num(DEFAULT_HOLD),
+            str(HOLD_TTL_MS).encode(),
+        )
+        try:
+            await self._call(command)
+        except StorageError:
+            self._orphans.append(lease)
+
+    async def peek(
+        self, buckets: tuple[BucketCheck, ...], pools: tuple[PoolCheck, ...], now: float
+    ) -> tuple[list[BucketStatus], list[PoolStatus]]:
+        """Read buckets and pools without consuming anything (local counters while
+        degraded)."""
+        if self.degraded or (not buckets and not pools):
+            return await self._local.peek(buckets, pools, now)
+        keys = [c.key.encode() for c in buckets]
+        for p in pools:
+            keys += [p.key.encode(), (p.key + HOLD_SUFFIX).encode()]
+        argv = [
+            _num(now) if self._caller_clock else b"",
+            str(len(buckets)).encode(),
+            str(len(pools)).encode(),
+            _num(DEFAULT_HOLD),
+        ]
+        for c in buckets:
+            # As the memory store peeks: GCRA, or else fixed window.
+            algorithm = b"g" if c.algorithm == "gcra" else b"f"
+            argv += [str(c.limit).encode(), _num(c.window), algorithm]
+        for p in pools:
+            argv += [str(p.limit).encode(), _num(p.lease)]
+        command = _command([b"EVALSHA", PEEK.sha, str(len(keys)).encode()], *keys, *argv)
+        try:
+            reply = await self._call(command)
+        except StorageError:
+            return await self._local.peek(buckets, pools, now)
+        stats: list[BucketStatus] = []
+        i = 1
+        for c in buckets:
+            used = int(reply[i])
+            stats.append(
+                BucketStatus(used, max(0, c.limit - used), float(reply[i + 1]), reply[i + 2] == 1)
+            )
+            i += 3
+        pool_stats = [
+            PoolStatus(int(reply[i + 2 * j]), float(reply[i + 2 * j + 1]))
+            for j in range(len(pools))
+        ]
+        return stats, pool_stats
+
+    async def aclose(self) -> None:
+        """Stop probing, fail what is queued over to local limits, close the connections."""
+        self._closed = True
+        for task in (self._prober, *self._in_flight):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._fail_pending()
+        for link in self._links:
+            await link.drop()
+        await self._pool.aclose()
+
+    # ---- round trips ------------------------------------------------------------------
+
+    def _shape(self, buckets: tuple[BucketCheck, ...], pools: tuple[PoolCheck, ...]) -> _Shape:
+        key = (id(buckets), id(pools))
+        shape = self._shapes.get(key)
+        if shape is not None and shape.buckets is buckets and shape.pools is pools:
+            return shape
+        shape = _Shape(buckets, pools, self._slack_ms, self._caller_clock)
+        if len(self._shapes) >= SHAPES:
+            self._shapes.clear()
+        self._shapes[key] = shape
+        return shape
+
+    def _call(self, command: bytes) -> asyncio.Future[Any]:
+        """Queue one command for the next round trip; its future holds the reply, or
+        :class:`StorageError`."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if self._closed:
+            future.set_exception(StorageError("the Redis limit store is closed"))
+            return future
+        self._pending.append((command, future))
+        if not self._dispatching:
+            # After every task woken in this turn of the loop has queued its call.
+            self._dispatching = True
+            loop.call_soon(self._dispatch)
+        return future
+
+    def _dispatch(self) -> None:
+        """Send what is queued over the idle links, split so that several round trips
+        are in flight at once: Redis runs one batch while this process reads the last."""
+        self._dispatching = False
+        pending = self._pending
+        if self.degraded:
+            self._fail_pending()
+            return
+        idle = self._idle
+        if not idle or not pending:
+            return  # a round trip in flight dispatches again when it ends
+        parts = min(len(idle), max(1, len(pending) // MIN_SPLIT))
+        size = min(MAX_BATCH, -(-len(pending) // parts))
+        loop = asyncio.get_running_loop()
+        for _ in range(parts):
+            batch = pending[:size]
+            del pending[:size]
+            task = loop.create_task(self._send(idle.pop(), batch))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+            if not pending:
+                break
+
+    async def _send(self, link: _Link, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
+        """One round trip: the batch's replies into its futures."""
+        started = time.monotonic()
+        try:
+            replies = await link.round_trip([command for command, _ in batch])
+        except (RedisError, OSError, StorageError) as exc:
+            self._idle.append(link)
+            self._failed(exc, started)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(StorageError(f"Redis failed: {exc!r}"))
+        except BaseException:
+            self._idle.append(link)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(StorageError("the Redis limit store is closed"))
+            raise
+        else:
+            self._idle.append(link)
+            self._breaker.success()
+            for (_, future), reply in zip(batch, replies, strict=True):
+                if future.done():
+                    continue  # the caller went away
+                if isinstance(reply, ResponseError):
+                    logger.error("Redis script error", extra={"error": str(reply)})
+                    future.set_exception(StorageError(f"Redis script error: {reply}"))
+                else:
+                    future.set_result(reply)
+        if self._pending:
+            self._dispatch()
+
+    def _fail_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for _, future in pending:
+            if not future.done():
+                future.set_exception(StorageError("Redis is unreachable"))
+
+    # ---- degraded mode ----------------------------------------------------------------
+
+    def _decide_locally(
+        self, buckets: tuple[BucketCheck, ...], pools: tuple[PoolCheck, ...], now: float
+    ) -> Verdict:
+        self.local_decisions += 1
+        return self._local.decide(buckets, pools, now)
+
+    def _failed(self, exc: BaseException, started: float) -> None:
+        if self._breaker.failure(started, time.monotonic()):
+            self.degraded = True
+            logger.warning(
+                "Redis unreachable: enforcing limits locally",
+                extra={"redis": self._where(), "error": repr(exc)},
+            )
+            self._fail_pending()
+            if not self._closed:
+                self._prober = asyncio.get_running_loop().create_task(self._probe())
+        else:
+            logger.info("Redis round trip failed", extra={"error": repr(exc)})
+
+    async def _probe(self) -> None:
+        """While degraded: try one real decision every ``probe_interval``; the first that
+        succeeds brings Redis back."""
+        command = self._probe_shape.whole
+        assert command is not None
+        try:
+            await self._probe_until_back(command)
+        finally:
+            self._prober = None
+
+    async def _probe_until_back(self, command: bytes) -> None:
+        while not self._closed:
+            await asyncio.sleep(self._probe_interval)
+            try:
+                reply = (await self._links[0].round_trip([command]))[0]
+            except (RedisError, OSError, StorageError) as exc:
+                logger.debug("Redis probe failed", extra={"error": repr(exc)})
+                continue
+            if isinstance(reply, ResponseError):
+                logger.debug("Redis probe failed", extra={"error": str(reply)})
+                continue
+            break
+        else:
+            return
+        self._breaker.close()
+        self.degraded = False
+        logger.warning("Redis is back: limits are shared again", extra={"redis": self._where()})
+        orphans = list(self._orphans)
+        self._orphans.clear()
+        for lease in orphans:
+            await self.release(lease, time.time())
+
+    def _remember_denial(
+        self, buckets: tuple[BucketCheck, ...], outcomes: list[Outcome], now: float
+    ) -> None:
+        denials = self._denials
+        if len(denials) >= DENIALS:
+            denials.clear()
+        for c, o in zip(buckets, outcomes, strict=True):
+            # Until `retry_after` nothing but consumption happens to this bucket (a
+            # changed limit or cost is another check and does not match), so the same
+            # request is denied again without asking.
+            denials[c.key] = _Denial(c, 0.0 if o.allowed else now + o.retry_after, o)
+
+    def _where(self) -> str:
+        kwargs = self._pool.connection_kwargs
+        return f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
+
+
+class _Link:
+    """One connection to Redis that carries whole batches of commands."""
+
+    __slots__ = ("conn", "lock", "pool", "timeout")
+
+    def __init__(self, pool: ConnectionPool, timeout: float) -> None:
+        self.pool = pool
+        self.timeout = timeout
+        self.conn: AbstractConnection | None = None
+        # The probe uses link 0 while a last batch may still be in flight on it.
+        self.lock = asyncio.Lock()
+
+    async def round_trip(self, commands: list[bytes]) -> list[Any]:
+        """Write ``commands`` at once and read every reply (error replies as values).
+
+        Raises:
+            StorageError: no complete answer within the timeout.
+            redis.RedisError, OSError: the connection failed.
+        """
+        async with self.lock:
+            conn = self.conn
+            try:
+                async with asyncio.timeout(self.timeout):
+                    if conn is None or not conn.is_connected:
+                        conn = await self._connect()
+                    await conn.send_packed_command(b"".join(commands), check_health=False)
+                    replies: list[Any] = []
+                    for _ in commands:
+                        try:
+                            replies.append(await conn.read_response())
+                        except ResponseError as exc:
+                            replies.append(exc)  # one command's error: read on
+                    missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+                    if missing:
+                        # Redis restarted empty or its scripts were flushed.
+                        await _load_scripts(conn)
+                        again = b"".join(commands[i] for i in missing)
+                        await conn.send_packed_command(again, check_health=False)
+                        for i in missing:
+                            replies[i] = await _read(conn)
+            except TimeoutError as exc:
+                # Replies may still be on their way: this connection is out of step.
+                await self.drop()
+                raise StorageError(f"no answer from Redis within {self.timeout} s") from exc
+            except BaseException:
+                await self.drop()
+                raise
+        return replies
+
+    async def _connect(self) -> AbstractConnection:
+        conn = self.pool.make_connection()  # type: ignore[no-untyped-call]
+        self.conn = conn
+        await conn.connect()
+        await _load_scripts(conn)
+        return conn  # type: ignore[no-any-return]
+
+    async def drop(self) -> None:
+        """Close the connection (the next round trip opens a new one)."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await conn.disconnect(nowait=True)
+
+
+async def _read(conn: AbstractConnection) -> Any:
+    """One reply; an error reply is returned, not raised, so the rest can still be read."""
+    try:
+        return await conn.read_response()
+    except ResponseError as exc:
+        return exc
+
+
+async def _load_scripts(conn: AbstractConnection) -> None:
+    await conn.send_packed_command(
+        b"".join(_command([b"SCRIPT", b"LOAD", s.source]) for s in _SCRIPTS), check_health=False
+    )
+    for script in _SCRIPTS:
+        sha = await conn.read_response()
+        if sha != script.sha:
+            raise StorageError(f"Redis named {script.name}.lua {sha!r}, not {script.sha!r}")
