@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -43,12 +44,50 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def is_postgres(url: str) -> bool:
+    """True for the PostgreSQL URL spellings :func:`driver_url` accepts."""
+    return url.startswith(("postgresql://", "postgres://", "postgresql+asyncpg://"))
+
+
+def _postgres_url(url: str) -> tuple[str, dict[str, Any]]:
+    """The asyncpg URL and its connect arguments.
+
+    libpq's ``sslmode`` is what people paste from their provider, but asyncpg spells it
+    ``ssl``: translate rather than fail at the first connection.
+    """
+    parts = urlsplit(driver_url(url))
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in query if k != "sslmode"]
+    connect_args: dict[str, Any] = {
+        # Sessions in UTC, so nothing the server renders depends on its local zone.
+        "server_settings": {"timezone": "UTC", "application_name": "tollhouse"},
+    }
+    for k, v in query:
+        if k == "sslmode" and v != "disable":
+            connect_args["ssl"] = v
+    return urlunsplit(parts._replace(query=urlencode(kept))), connect_args
+
+
 def make_engine(url: str) -> AsyncEngine:
     """An async engine for ``url``; creates the SQLite file's folder when missing.
+
+    ``sqlite:///path`` runs on aiosqlite (WAL, busy timeout); ``postgresql://…`` on
+    asyncpg with a small pool whose dead connections are replaced transparently.
 
     Raises:
         ConfigError: the URL's scheme is not supported or its folder cannot be created.
     """
+    if is_postgres(url):
+        target, connect_args = _postgres_url(url)
+        return create_async_engine(
+            target,
+            connect_args=connect_args,
+            pool_size=5,
+            max_overflow=10,
+            # A server restart leaves dead sockets in the pool; pre-ping swaps them out
+            # instead of failing the next flush or query.
+            pool_pre_ping=True,
+        )
     path = sqlite_path(url)
     if path is not None:
         try:

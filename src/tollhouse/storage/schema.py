@@ -1,4 +1,9 @@
-"""Tables (SQLAlchemy Core). Every table name lives here and nowhere else."""
+"""Tables (SQLAlchemy Core) and the shared ``metadata`` every table module registers on.
+
+The keys tables live here; usage tables in :mod:`tollhouse.metering.schema`. Each table
+name is spelled once, in its table module. :func:`create_schema` runs the migrations of
+:mod:`tollhouse.storage.migrations`.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 metadata = MetaData()
 
-#: Schema version written by :func:`create_schema`; bumped with each migration.
-SCHEMA_VERSION = 1
+#: Schema version :func:`create_schema` brings a database to: the last step of
+#: :data:`tollhouse.storage.migrations.MIGRATIONS` (a test keeps the two equal).
+SCHEMA_VERSION = 3
 
 schema_info = Table(
     "tollhouse_schema",
@@ -51,9 +57,13 @@ api_keys = Table(
 
 
 async def create_schema(engine: AsyncEngine) -> None:
-    """Create missing tables (idempotent) and record the schema version."""
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
-        row = (await conn.execute(schema_info.select())).first()
-        if row is None:
-            await conn.execute(schema_info.insert().values(id=1, version=SCHEMA_VERSION))
+    """Create missing tables and apply pending migrations (idempotent, safe to run from
+    several processes at once), recording the schema version.
+
+    Raises:
+        StorageError: the database could not be reached or a migration failed.
+    """
+    # Imported here: the migration steps import the table modules, which import this one.
+    from tollhouse.storage.migrations import migrate
+
+    await migrate(engine)

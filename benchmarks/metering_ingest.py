@@ -1,0 +1,211 @@
+"""Metered-call ingestion: the hot path, and calls/s into SQLite and PostgreSQL.
+
+1. Hot path: ``UsageMeter.record`` per call (what the gateway pays), against a bare
+   ``list.append`` of the same record as the floor.
+2. Ingestion into each engine: N calls recorded and flushed once per simulated second
+   (rollups 1 m / 1 h / 1 d with histograms, plus the raw call log), as calls/s end to
+   end, against the baseline of writing one plain 7-column row per call (no aggregation,
+   the driver's executemany, one transaction per second) in the same run; and with the
+   raw log switched off (rollups only).
+
+Traffic: 20 orgs × 10 keys (Zipf: a few keys do most calls), two or three routes per
+key, 2,000 calls per second by default. Dimension sets per minute are what rollups cost;
+calls per minute are what they save.
+
+    .venv/bin/python benchmarks/metering_ingest.py [--calls 200000] [--rate 2000]
+        [--postgres-url URL | --no-postgres]
+
+Without ``--postgres-url`` a throwaway PostgreSQL cluster is started (tests/services.py)
+when its binaries are installed; ``--no-postgres`` skips it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tollhouse.metering import CallRecord, UsageMeter
+from tollhouse.metering.flusher import driver_sql
+from tollhouse.storage.engine import make_engine
+from tollhouse.storage.schema import create_schema
+
+T0 = 1_767_225_600.0
+ROUTES = [
+    ("POST", "/v1/score", "SCORING"),
+    ("GET", "/v1/score/{scoringJobId}", "SCORING"),
+    ("POST", "/v1/criteria/generate", "CRITERIA_AI"),
+    ("GET", "/v1/criteria/{jobId}", "CRITERIA"),
+    ("PATCH", "/v1/criteria/{jobId}/{criterionId}", "CRITERIA"),
+    ("GET", "/v1/rate-limit/status", "RATE_LIMIT_STATUS"),
+]
+LABELS = [{}, {"db": "movies"}, {"db": "books", "scenario": "home", "reco_type": "ITEMS"}]
+
+plain = MetaData()
+plain_calls = Table(
+    "bench_plain_calls",
+    plain,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("time_us", BigInteger),
+    Column("org", String(64)),
+    Column("key_id", String(64)),
+    Column("method", String(16)),
+    Column("route", String(400)),
+    Column("status", Integer),
+    Column("duration_us", BigInteger),
+)
+
+
+def traffic(n: int, rate: float, seed: int = 1) -> list[CallRecord]:
+    """``n`` calls at ``rate`` per second: 20 orgs × 10 keys, a few keys doing most of the
+    traffic (Zipf), each key using two or three routes and one label set."""
+    rng = random.Random(seed)
+    keys = []
+    for k in range(200):
+        routes = rng.sample(ROUTES, rng.randint(2, 3))
+        keys.append((f"org{k % 20}", f"key_{k}", routes, LABELS[k % len(LABELS)]))
+    weights = [1 / (k + 1) ** 1.1 for k in range(len(keys))]
+    picks = rng.choices(keys, weights, k=n)
+    out = []
+    for i, (org, key, routes, labels) in enumerate(picks):
+        method, route, group = rng.choice(routes)
+        out.append(
+            CallRecord(
+                T0 + i / rate,
+                org,
+                "PRODUCTION",
+                key,
+                None,
+                group,
+                method,
+                route,
+                rng.choice((200, 200, 200, 201, 404, 429, 500)),
+                rng.lognormvariate(3, 1),
+                labels,
+            )
+        )
+    return out
+
+
+def bench_hot_path(calls: list[CallRecord]) -> tuple[float, float]:
+    best_meter = best_append = 0.0
+    for _ in range(3):
+        sink: list[CallRecord] = []
+        append = sink.append
+        t = time.perf_counter()
+        for c in calls:
+            append(c)
+        best_append = max(best_append, len(calls) / (time.perf_counter() - t))
+        meter = UsageMeter(make_engine("sqlite:///:memory:"))
+        record = meter.record
+        t = time.perf_counter()
+        for c in calls:
+            record(c)
+        best_meter = max(best_meter, len(calls) / (time.perf_counter() - t))
+    return best_meter, best_append
+
+
+async def bench_engine(url: str, calls: list[CallRecord], rate: float) -> dict[str, float]:
+    engine: AsyncEngine = make_engine(url)
+    await create_schema(engine)
+    async with engine.begin() as conn:
+        await conn.run_sync(plain.create_all)
+    out: dict[str, float] = {}
+    try:
+        # Baseline: one plain row per call, same driver, executemany in chunks.
+        rows = [
+            {
+                "time_us": round(c.time * 1e6),
+                "org": c.org,
+                "key_id": c.key_id,
+                "method": c.method,
+                "route": c.route,
+                "status": c.status,
+                "duration_us": round(c.duration_ms * 1000),
+            }
+            for c in calls
+        ]
+        columns = tuple(rows[0])
+        t = time.perf_counter()
+        per_flush = max(1, int(rate))
+        for i in range(0, len(rows), per_flush):
+            async with engine.begin() as conn:
+                sql = driver_sql(conn, plain_calls.insert(), columns)
+                chunk = [tuple(r.values()) for r in rows[i : i + per_flush]]
+                await conn.exec_driver_sql(sql, chunk)
+        out["plain rows"] = len(calls) / (time.perf_counter() - t)
+        for name, keep in (("rollups only", False), ("rollups + raw log", True)):
+            meter = UsageMeter(engine, keep_raw_log=keep, raw_log_cap=len(calls))
+            t = time.perf_counter()
+            # Flush once per simulated second of traffic, as the background flusher does.
+            per_flush = max(1, int(rate))
+            for i in range(0, len(calls), per_flush):
+                for c in calls[i : i + per_flush]:
+                    meter.record(c)
+                await meter.flush()
+            out[name] = len(calls) / (time.perf_counter() - t)
+    finally:
+        await engine.dispose()
+    return out
+
+
+@contextlib.contextmanager
+def postgres(url: str | None, skip: bool) -> Iterator[str | None]:
+    if skip:
+        yield None
+        return
+    if url:
+        yield url
+        return
+    try:
+        from tests.services import _pg_bindir, postgres_server
+    except ImportError:
+        yield None
+        return
+    if _pg_bindir() is None:
+        yield None
+        return
+    with postgres_server() as server:
+        yield server.create_database("bench_ingest")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=200_000)
+    parser.add_argument("--rate", type=float, default=2000.0, help="calls per second")
+    parser.add_argument("--postgres-url")
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    calls = traffic(args.calls, args.rate)
+    meter_rate, append_rate = bench_hot_path(calls)
+    print(f"hot path, {args.calls:,} calls")
+    print(f"  UsageMeter.record     {meter_rate:>12,.0f} calls/s  ({1e6 / meter_rate:.2f} µs/call)")
+    print(f"  list.append (floor)   {append_rate:>12,.0f} calls/s")
+    with tempfile.TemporaryDirectory() as tmp, postgres(args.postgres_url, args.no_postgres) as pg:
+        engines = [("SQLite", f"sqlite:///{tmp}/bench.db")]
+        if pg:
+            engines.append(("PostgreSQL", pg))
+        for label, url in engines:
+            rates = asyncio.run(bench_engine(url, calls, args.rate))
+            base = rates["plain rows"]
+            print(
+                f"ingestion into {label}: {args.calls:,} calls at {args.rate:,.0f}/s, "
+                "flushed every simulated second"
+            )
+            for name, rate in rates.items():
+                print(f"  {name:<20} {rate:>12,.0f} calls/s   {rate / base:5.2f}× plain rows")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""Product events (``POST /v1/events``): the types of DESIGN §3.5, validation and ingest.
+
+An event is ``{"id", "type", "time", "data": {…}}``. ``id`` is the caller's; a second
+event with the same id in the same org is ignored (idempotent retries), on every engine,
+through ``INSERT … ON CONFLICT (org, event_id) DO NOTHING``.
+
+The fields the metric catalogue reads (:data:`FIELDS`) are validated per type
+(:data:`EVENT_TYPES`) and copied into typed columns of ``product_events``; ``data`` keeps
+the whole object, unknown fields included. Numbers that are summed are stored as integers
+(durations in µs, costs in micro-dollars) so sums are exact and the same on every engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tollhouse.errors import StorageError, ValidationFailed
+from tollhouse.metering.schema import product_events
+from tollhouse.storage import dialect
+from tollhouse.storage.dialect import DATABASE_ERRORS
+
+logger = logging.getLogger(__name__)
+
+#: Events accepted in one request.
+MAX_EVENTS = 1000
+#: Longest id, type and string field accepted.
+MAX_STRING = 200
+#: How far in the future an event's time may be (clock skew).
+MAX_FUTURE = timedelta(days=1)
+TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+Kind = Literal["str", "bool", "int", "number"]
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """A data field the catalogue reads, and how it is stored."""
+
+    name: str
+    """Its name in the event's ``data``."""
+    column: str
+    """The ``product_events`` column holding it."""
+    kind: Kind
+    """What JSON value it takes."""
+    scale: int = 1
+    """Stored as ``round(value × scale)`` (numbers kept as exact integers)."""
+    unit_scale: int = 1
+    """Divide a stored aggregate by this to report it in the field's own unit."""
+    decimals: int | None = None
+    """Rounding of reported values (None: integers stay integers)."""
+
+
+#: Every field the catalogue can read, by its name in ``data``.
+FIELDS: dict[str, Field] = {
+    f.name: f
+    for f in (
+        Field("run_id", "run_id", "str"),
+        Field("status", "status", "str"),
+        Field("source", "source", "str"),
+        Field("user", "user_id", "str"),
+        Field("workflow", "workflow", "str"),
+        Field("node", "node", "str"),
+        Field("tool", "tool", "str"),
+        Field("model", "model", "str"),
+        Field("conversation_id", "conversation_id", "str"),
+        Field("trigger_id", "trigger_id", "str"),
+        Field("enabled", "enabled", "bool"),
+        Field("role", "role", "str"),
+        Field("kb", "kb", "str"),
+        Field("document_id", "document_id", "str"),
+        Field("file_type", "file_type", "str"),
+        Field("cached", "cached", "bool"),
+        Field("duration_ms", "duration_us", "number", 1000, 1000, 1),
+        Field("tokens_in", "tokens_in", "int"),
+        Field("tokens_out", "tokens_out", "int"),
+        Field("cost", "cost_micros", "number", 1_000_000, 1_000_000, 6),
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A field of an event type: required or not, and its allowed values."""
+
+    required: bool = False
+    choices: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventType:
+    """A known event type and its fields (others in ``data`` are kept, not checked)."""
+
+    name: str
+    fields: Mapping[str, Rule]
+
+
+_ID = Rule(required=True)
+_OPT = Rule()
+
+#: The types of DESIGN §3.5. Other types (e.g. jobs' own) are stored unchecked.
+EVENT_TYPES: dict[str, EventType] = {
+    t.name: t
+    for t in (
+        EventType(
+            "flow_run",
+            {
+                "run_id": _ID,
+                "status": Rule(True, ("running", "succeeded", "failed")),
+                "source": Rule(False, ("manual", "trigger", "agent")),
+                "user": _OPT,
+                "workflow": _OPT,
+                "duration_ms": _OPT,
+            },
+        ),
+        EventType("trigger", {"trigger_id": _ID, "enabled": Rule(required=True)}),
+        EventType(
+            "llm_call",
+            {
+                "model": _ID,
+                "tokens_in": _OPT,
+                "tokens_out": _OPT,
+                "cached": _OPT,
+                "cost": _OPT,
+                "user": _OPT,
+                "workflow": _OPT,
+                "node": _OPT,
+                "tool": _OPT,
+                "conversation_id": _OPT,
+            },
+        ),
+        EventType("conversation_started", {"conversation_id": _ID, "user": _OPT}),
+        EventType("message_sent", {"conversation_id": _ID, "user": _OPT, "role": _OPT}),
+        EventType(
+            "kb_document",
+            {
+                "kb": _ID,
+                "document_id": _ID,
+                "user": _OPT,
+                "file_type": _OPT,
+                "status": Rule(False, ("processed", "failed")),
+            },
+        ),
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedEvent:
+    """A validated event, ready to insert."""
+
+    id: str
+    type: str
+    time_us: int
+    data: dict[str, Any]
+    columns: dict[str, Any]
+    """Typed copies of the catalogue's fields, by column name."""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What one ``POST /v1/events`` did."""
+
+    received: int
+    inserted: int
+
+    @property
+    def duplicates(self) -> int:
+        """Events ignored because their id was already stored (or repeated in the batch)."""
+        return self.received - self.inserted
+
+
+def _invalid(where: str, problem: str) -> ValidationFailed:
+    return ValidationFailed(f"{where}: {problem}")
+
+
+def parse_time(value: Any, where: str) -> datetime:
+    """An ISO 8601 time with a timezone offset (or epoch seconds) as an aware UTC datetime.
+
+    Raises:
+        ValidationFailed: naming ``where``.
+    """
+    if isinstance(value, bool):
+        raise _invalid(where, "must be an ISO 8601 time with a timezone offset")
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise _invalid(where, "must be a finite number of seconds since the epoch")
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise _invalid(where, "is out of range") from None
+    if not isinstance(value, str):
+        raise _invalid(where, "must be an ISO 8601 time with a timezone offset")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise _invalid(
+            where, f"{value!r} is not an ISO 8601 time (e.g. 2026-01-15T10:00:00Z)"
+        ) from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise _invalid(where, f"{value!r} has no timezone offset: add Z or +HH:MM")
+    return parsed.astimezone(UTC)
+
+
+def epoch_us(moment: datetime) -> int:
+    """An aware datetime as whole microseconds since the epoch (exact)."""
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _field_value(field: Field, value: Any, where: str) -> Any:
+    if field.kind == "str":
+        if not isinstance(value, str) or not value:
+            raise _invalid(where, "must be a non-empty string")
+        if len(value) > MAX_STRING:
+            raise _invalid(where, f"must be at most {MAX_STRING} characters")
+        return value
+    if field.kind == "bool":
+        if not isinstance(value, bool):
+            raise _invalid(where, "must be true or false")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _invalid(where, "must be a number")
+    if not math.isfinite(value) or value < 0:
+        raise _invalid(where, "must be a finite number >= 0")
+    if field.kind == "int":
+        if isinstance(value, float) and not value.is_integer():
+            raise _invalid(where, "must be a whole number")
+        return int(value)
+    return round(value * field.scale)
+
+
+def parse_event(raw: Any, index: int, now: datetime) -> ParsedEvent:
+    """Validate one event of a request body.
+
+    Raises:
+        ValidationFailed: naming the event's index and the offending field.
+    """
+    at = f"events[{index}]"
+    if not isinstance(raw, dict):
+        raise _invalid(at, 'must be an object {"id", "type", "time", "data"}')
+    event_id = raw.get("id")
+    if not isinstance(event_id, str) or not event_id.strip():
+        raise _invalid(f"{at}.id", "is required: a non-empty string unique per event")
+    if len(event_id) > MAX_STRING:
+        raise _invalid(f"{at}.id", f"must be at most {MAX_STRING} characters")
+    kind = raw.get("type")
+    if not isinstance(kind, str) or not TYPE_PATTERN.match(kind):
+        raise _invalid(
+            f"{at}.type",
+            "is required: lower-case letters, digits, _ or . (e.g. flow_run, llm_call)",
+        )
+    if "time" not in raw:
+        raise _invalid(f"{at}.time", "is required: an ISO 8601 time with a timezone offset")
+    moment = parse_time(raw["time"], f"{at}.time")
+    if moment > now + MAX_FUTURE:
+        raise _invalid(f"{at}.time", "is more than a day in the future")
+    data = raw.get("data", {})
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise _invalid(f"{at}.data", "must be an object")
+    columns: dict[str, Any] = {}
+    known = EVENT_TYPES.get(kind)
+    if known is not None:
+        for name, rule in known.fields.items():
+            where = f"{at}.data.{name}"
+            value = data.get(name)
+            if value is None:
+                if rule.required:
+                    raise _invalid(where, "is required")
+                continue
+            field = FIELDS[name]
+            stored = _field_value(field, value, where)
+            if rule.choices is not None and stored not in rule.choices:
+                raise _invalid(where, f"must be one of {', '.join(rule.choices)}")
+            columns[field.column] = stored
+    return ParsedEvent(event_id, kind, epoch_us(moment), data, columns)
+
+
+def parse_body(body: Any, now: datetime) -> list[ParsedEvent]:
+    """A request body (a JSON array, or ``{"events": [...]}``) as validated events.
+
+    Raises:
+        ValidationFailed: the body's shape, or the first bad event's index and field.
+    """
+    events = body.get("events") if isinstance(body, dict) else body
+    if not isinstance(events, list):
+        raise ValidationFailed(
+            'The body must be a JSON array of events or {"events": [...]}, each '
+            '{"id", "type", "time", "data"}.'
+        )
+    if len(events) > MAX_EVENTS:
+        raise ValidationFailed(
+            f"events: {len(events)} events in one request; send at most {MAX_EVENTS}."
+        )
+    return [parse_event(raw, i, now) for i, raw in enumerate(events)]
+
+
+def _row(org: str, environment: str, event: ParsedEvent, received_us: int) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(_FIELD_COLUMNS)
+    row.update(event.columns)
+    row.update(
+        org=org,
+        environment=environment,
+        event_id=event.id,
+        type=event.type,
+        time_us=event.time_us,
+        received_us=received_us,
+        data=event.data,
+    )
+    return row
+
+
+_FIELD_COLUMNS = tuple(f.column for f in FIELDS.values())
+
+
+async def ingest(
+    engine: AsyncEngine,
+    org: str,
+    environment: str,
+    events: Sequence[ParsedEvent],
+    now: datetime,
+) -> IngestResult:
+    """Store events for ``org``, ignoring ids it already has (batched, one transaction).
+
+    Raises:
+        StorageError: the database failed; nothing of the batch was stored.
+    """
+    seen: set[str] = set()
+    unique: list[ParsedEvent] = []
+    for e in events:
+        if e.id not in seen:
+            seen.add(e.id)
+            unique.append(e)
+    if not unique:
+        return IngestResult(len(events), 0)
+    received = epoch_us(now)
+    rows = [_row(org, environment, e, received) for e in unique]
+    inserted = 0
+    try:
+        async with engine.begin() as conn:
+            stmt = (
+                dialect.insert(conn.dialect.name, product_events)
+                .on_conflict_do_nothing(
+                    index_elements=[product_events.c.org, product_events.c.event_id]
+                )
+                .returning(product_events.c.event_id)
+            )
+            for start in range(0, len(rows), 500):
+                result = await conn.execute(stmt, rows[start : start + 500])
+                inserted += len(result.all())
+    except DATABASE_ERRORS as exc:
+        raise StorageError(f"could not store events: {exc}") from exc
+    return IngestResult(len(events), inserted)

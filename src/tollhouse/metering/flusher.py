@@ -1,0 +1,414 @@
+"""The background flusher: drains the aggregator and writes batches in one transaction.
+
+Each flush upserts the dimension sets it has not written before, adds the batch's
+aggregates to the 1 m, 1 h and 1 d rollups with
+``INSERT … ON CONFLICT (dim_id, bucket) DO UPDATE SET count = count + excluded.count, …``
+(the same statement on SQLite and PostgreSQL, so several processes can flush into one
+database), and appends the raw call log. A failed flush puts the batch back into the
+aggregator and is retried with backoff; :meth:`Flusher.stop` flushes whatever is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tollhouse.errors import StorageError
+from tollhouse.metering.aggregator import Aggregator, Batch, Cell, Dimensions, duration_us
+from tollhouse.metering.histogram import BUCKETS
+from tollhouse.metering.histogram import COLUMNS as HIST
+from tollhouse.metering.record import CallRecord
+from tollhouse.metering.retention import Retention, prune
+from tollhouse.metering.schema import GRANULARITY, ROLLUPS, usage_calls, usage_dims
+from tollhouse.storage import dialect
+from tollhouse.storage.dialect import DATABASE_ERRORS, Insert
+
+logger = logging.getLogger(__name__)
+
+#: Rows per statement when writing big batches (keeps parameter lists reasonable).
+CHUNK = 5000
+#: Counters added on conflict, as they are named in the rollup tables.
+ADDITIVE = ("count", "errors", "client_errors", "throttled", "dur_sum_us", *HIST)
+#: Longest wait between retries while the database is unreachable.
+MAX_BACKOFF = 30.0
+
+
+def dim_id(dims: Dimensions) -> int:
+    """The id of a dimension set: a 63-bit hash, the same in every process."""
+    digest = hashlib.blake2b(orjson.dumps(dims), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def dim_row(ident: int, dims: Dimensions) -> dict[str, Any]:
+    """The ``usage_dims`` row of a dimension set."""
+    org, env, key, tenant, group, method, route, labels = dims
+    lab = dict(labels)
+    return {
+        "id": ident,
+        "org": org,
+        "environment": env,
+        "key_id": key,
+        "tenant": tenant,
+        "endpoint_group": group,
+        "method": method,
+        "route": route,
+        "db": lab.get("db", ""),
+        "scenario": lab.get("scenario", ""),
+        "reco_type": lab.get("reco_type", ""),
+        "labels": lab,
+    }
+
+
+#: Columns of a rollup row, in table order (the order of :func:`rollup_values`).
+ROLLUP_COLUMNS: tuple[str, ...] = tuple(c.name for c in ROLLUPS[0].columns)
+
+
+def rollup_values(ident: int, bucket: int, cell: Cell) -> tuple[int, ...]:
+    """One rollup row as a tuple in :data:`ROLLUP_COLUMNS` order (dense histogram)."""
+    hist = [0] * BUCKETS
+    for b, c in cell.hist.items():
+        hist[b] = c
+    return (
+        ident,
+        bucket,
+        cell.count,
+        cell.errors,
+        cell.client_errors,
+        cell.throttled,
+        cell.dur_sum,
+        cell.dur_min,
+        cell.dur_max,
+        *hist,
+    )
+
+
+def canonical(dims: Dimensions) -> Dimensions:
+    """The dimension set with its labels sorted by name (what the id is computed from)."""
+    labels = dims[7]
+    if len(labels) < 2:
+        return dims
+    return (*dims[:7], tuple(sorted(labels)))
+
+
+def rollup_upsert(dialect_name: str, table: Table) -> Insert:
+    """The rollup upsert: counters add up, min/max keep the extreme."""
+    ins = dialect.insert(dialect_name, table)
+    ex = ins.excluded
+    set_: dict[str, Any] = {name: table.c[name] + ex[name] for name in ADDITIVE}
+    set_["dur_min_us"] = dialect.least(dialect_name, table.c.dur_min_us, ex.dur_min_us)
+    set_["dur_max_us"] = dialect.greatest(dialect_name, table.c.dur_max_us, ex.dur_max_us)
+    return ins.on_conflict_do_update(index_elements=[table.c.dim_id, table.c.bucket], set_=set_)
+
+
+def _chunks(rows: Sequence[dict[str, Any]]) -> Iterable[Sequence[dict[str, Any]]]:
+    for i in range(0, len(rows), CHUNK):
+        yield rows[i : i + CHUNK]
+
+
+@dataclass(frozen=True, slots=True)
+class FlushResult:
+    """What one flush wrote."""
+
+    calls: int
+    """Calls aggregated into the rollups."""
+    cells: int
+    """Minute cells written."""
+    log_rows: int
+    """Raw call-log rows appended."""
+
+
+#: Columns of a raw call-log row, in the order of :func:`call_values`.
+CALL_COLUMNS: tuple[str, ...] = (
+    "time_us",
+    "org",
+    "environment",
+    "key_id",
+    "tenant",
+    "endpoint_group",
+    "method",
+    "route",
+    "status",
+    "duration_us",
+    "labels",
+)
+
+
+def call_values(call: CallRecord) -> tuple[Any, ...]:
+    """One raw call-log row as a tuple in :data:`CALL_COLUMNS` order."""
+    return (
+        round(call.time * 1_000_000),
+        call.org,
+        call.environment,
+        call.key_id,
+        call.tenant,
+        call.endpoint_group,
+        call.method,
+        call.route,
+        call.status,
+        duration_us(call),
+        orjson.dumps(call.labels).decode(),
+    )
+
+
+def driver_sql(conn: AsyncConnection, stmt: Any, columns: tuple[str, ...]) -> str:
+    """``stmt`` compiled for ``conn``'s dialect, its parameters positional in ``columns``
+    order — to run through the driver's executemany with plain tuples, because
+    SQLAlchemy's per-row parameter handling costs more than the database's own work on
+    wide rows (the rollups have 49 columns)."""
+    compiled = stmt.compile(dialect=conn.dialect, column_keys=list(columns))
+    if tuple(compiled.positiontup or ()) != columns:
+        raise AssertionError(f"unexpected parameter order in {stmt}")
+    return str(compiled)
+
+
+class BatchWriter:
+    """Writes drained batches to the database (one transaction per batch)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._ids: dict[Dimensions, tuple[int, Dimensions]] = {}
+        self._written: set[int] = set()
+        self._sql: dict[tuple[str, str], str] = {}
+
+    def _id(self, dims: Dimensions) -> tuple[int, Dimensions]:
+        found = self._ids.get(dims)
+        if found is None:
+            if len(self._ids) > 100_000:  # bound the cache; ids are recomputable
+                self._ids.clear()
+            canon = canonical(dims)
+            found = self._ids[dims] = (dim_id(canon), canon)
+        return found
+
+    async def write(self, batch: Batch) -> FlushResult:
+        """Write ``batch``; all or nothing.
+
+        Raises:
+            StorageError: the database failed; nothing of the batch was written.
+        """
+        new_dims: dict[int, Dimensions] = {}
+        minutes: dict[tuple[int, int], Cell] = {}
+        for (minute, dims), cell in batch.cells.items():
+            ident, canon = self._id(dims)
+            if ident not in self._written:
+                new_dims[ident] = canon
+            key = (ident, minute)
+            seen = minutes.get(key)
+            if seen is None:
+                minutes[key] = cell
+            else:  # the same labels in another order: one dimension set
+                merged = seen.copy()
+                merged.merge(cell)
+                minutes[key] = merged
+        try:
+            async with self.engine.begin() as conn:
+                name = conn.dialect.name
+                if new_dims:
+                    stmt = dialect.insert(name, usage_dims).on_conflict_do_nothing(
+                        index_elements=[usage_dims.c.id]
+                    )
+                    rows = [dim_row(i, d) for i, d in new_dims.items()]
+                    for part in _chunks(rows):
+                        await conn.execute(stmt, list(part))
+                for table in ROLLUPS:
+                    await self._write_rollup(conn, table, minutes)
+                if batch.calls:
+                    sql = self._statement(
+                        conn, usage_calls.name, lambda: usage_calls.insert(), CALL_COLUMNS
+                    )
+                    log_rows = [call_values(c) for c in batch.calls]
+                    for start in range(0, len(log_rows), CHUNK):
+                        await conn.exec_driver_sql(sql, log_rows[start : start + CHUNK])
+        except DATABASE_ERRORS as exc:
+            raise StorageError(f"could not write usage: {exc}") from exc
+        self._written.update(new_dims)
+        return FlushResult(batch.call_count, len(batch.cells), len(batch.calls))
+
+    async def _write_rollup(
+        self, conn: AsyncConnection, table: Table, minutes: dict[tuple[int, int], Cell]
+    ) -> None:
+        step = GRANULARITY[table.name]
+        if step == 60:
+            rows = [rollup_values(i, m, c) for (i, m), c in minutes.items()]
+        else:
+            merged: dict[tuple[int, int], Cell] = {}
+            owned: set[tuple[int, int]] = set()
+            for (ident, minute), cell in minutes.items():
+                key = (ident, minute - minute % step)
+                into = merged.get(key)
+                if into is None:
+                    merged[key] = cell  # copied only if another minute joins it
+                    continue
+                if key not in owned:
+                    into = merged[key] = into.copy()
+                    owned.add(key)
+                into.merge(cell)
+            rows = [rollup_values(i, b, c) for (i, b), c in merged.items()]
+        if not rows:
+            return
+        sql = self._statement(
+            conn, table.name, lambda: rollup_upsert(conn.dialect.name, table), ROLLUP_COLUMNS
+        )
+        for start in range(0, len(rows), CHUNK):
+            await conn.exec_driver_sql(sql, rows[start : start + CHUNK])
+
+    def _statement(
+        self, conn: AsyncConnection, name: str, build: Callable[[], Any], cols: tuple[str, ...]
+    ) -> str:
+        key = (conn.dialect.name, name)
+        found = self._sql.get(key)
+        if found is None:
+            found = self._sql[key] = driver_sql(conn, build(), cols)
+        return found
+
+
+class Flusher:
+    """Flushes an :class:`Aggregator` into the database every ``interval`` seconds.
+
+    Args:
+        aggregator: where calls are recorded.
+        engine: the usage database.
+        interval: seconds between flushes.
+        retention: table ages enforced every ``prune_every`` seconds; None never prunes.
+        prune_every: seconds between prunes.
+        clock: wall clock, epoch seconds (injected in tests).
+    """
+
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        engine: AsyncEngine,
+        *,
+        interval: float = 1.0,
+        retention: Retention | None = None,
+        prune_every: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be > 0")
+        self.aggregator = aggregator
+        self.writer = BatchWriter(engine)
+        self.interval = interval
+        self.retention = retention
+        self.prune_every = prune_every
+        self.clock = clock
+        self.flushes = 0
+        """Successful flushes that wrote something."""
+        self.failures = 0
+        """Failed flush attempts (the batch was kept for the next one)."""
+        self.last_error: str | None = None
+        self._lock: asyncio.Lock | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._last_prune = 0.0
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The database written to."""
+        return self.writer.engine
+
+    @property
+    def running(self) -> bool:
+        """True while the background task runs."""
+        return self._task is not None and not self._task.done()
+
+    async def flush(self) -> FlushResult:
+        """Write everything recorded so far now (serialised with the background flushes).
+
+        Raises:
+            StorageError: the write failed; the batch is back in the aggregator.
+        """
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            batch = self.aggregator.drain()
+            if batch.empty:
+                return FlushResult(0, 0, 0)
+            try:
+                result = await self.writer.write(batch)
+            except BaseException as exc:
+                # Cancelled or failed mid-write: the transaction rolled back, so the batch
+                # goes back whole and is written by a later flush.
+                self.aggregator.restore(batch)
+                if isinstance(exc, StorageError):
+                    self.failures += 1
+                    self.last_error = str(exc)
+                raise
+            self.flushes += 1
+            self.last_error = None
+            return result
+
+    async def start(self) -> None:
+        """Start flushing in the background (idempotent)."""
+        if self.running:
+            return
+        self._task = asyncio.create_task(self._loop(), name="tollhouse-usage-flusher")
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop the background task and flush what is left, retrying for up to
+        ``grace`` seconds while the database is unreachable."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        deadline = time.monotonic() + grace
+        delay = 0.05
+        while True:
+            try:
+                await self.flush()
+                return
+            except StorageError:
+                if time.monotonic() + delay > deadline:
+                    logger.error(
+                        "usage not flushed at shutdown",
+                        extra={
+                            "pending_cells": self.aggregator.pending_cells,
+                            "pending_calls": self.aggregator.pending_calls,
+                            "error": self.last_error,
+                        },
+                    )
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _loop(self) -> None:
+        streak = 0
+        while True:
+            wait = self.interval if streak == 0 else min(self.interval * 2**streak, MAX_BACKOFF)
+            await asyncio.sleep(wait)
+            try:
+                await self.flush()
+                if streak:
+                    logger.info("usage flushing recovered", extra={"failed_attempts": streak})
+                streak = 0
+            except StorageError:
+                if streak == 0:
+                    logger.warning("usage flush failed; retrying", extra={"error": self.last_error})
+                streak += 1
+                continue
+            except Exception:
+                logger.exception("usage flush crashed; retrying")
+                streak += 1
+                continue
+            await self._maybe_prune()
+
+    async def _maybe_prune(self) -> None:
+        if self.retention is None:
+            return
+        now = self.clock()
+        if now - self._last_prune < self.prune_every:
+            return
+        self._last_prune = now
+        try:
+            await prune(self.engine, self.retention, now)
+        except StorageError:
+            logger.warning("usage prune failed", exc_info=True)

@@ -1,0 +1,80 @@
+"""How long each usage table keeps its rows, and the prune that enforces it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tollhouse.errors import StorageError
+from tollhouse.metering.schema import (
+    product_events,
+    usage_calls,
+    usage_rollup_1d,
+    usage_rollup_1h,
+    usage_rollup_1m,
+)
+from tollhouse.storage.dialect import DATABASE_ERRORS
+
+logger = logging.getLogger(__name__)
+
+DAY = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """Days of data kept per table; None keeps rows forever."""
+
+    calls_days: float | None = 30
+    """Raw call log (``api_calls_log``): one row per call, the biggest table."""
+    rollup_1m_days: float | None = 7
+    """Minute rollups: minute-precise edges for ranges of up to a few days."""
+    rollup_1h_days: float | None = 400
+    """Hourly rollups: hourly charts and hour-precise edges of daily charts for a year."""
+    rollup_1d_days: float | None = None
+    """Daily rollups: small, kept forever by default."""
+    events_days: float | None = 400
+    """Product events (seed 003 metrics, CHAT and LLM call counts)."""
+
+    def covers(self, days: float | None, oldest: float, now: float) -> bool:
+        """True when a table kept ``days`` still holds data from ``oldest`` (epoch s)."""
+        return days is None or oldest >= now - days * DAY
+
+
+async def prune(engine: AsyncEngine, retention: Retention, now: float) -> dict[str, int]:
+    """Delete rows older than each table's retention.
+
+    Args:
+        engine: the usage database.
+        retention: the ages to keep.
+        now: the current time, epoch seconds (UTC).
+
+    Returns:
+        Rows deleted per table name.
+
+    Raises:
+        StorageError: the database failed (nothing is deleted from the failing table on).
+    """
+    plan = (
+        (usage_calls, usage_calls.c.time_us, retention.calls_days, 1_000_000),
+        (usage_rollup_1m, usage_rollup_1m.c.bucket, retention.rollup_1m_days, 1),
+        (usage_rollup_1h, usage_rollup_1h.c.bucket, retention.rollup_1h_days, 1),
+        (usage_rollup_1d, usage_rollup_1d.c.bucket, retention.rollup_1d_days, 1),
+        (product_events, product_events.c.time_us, retention.events_days, 1_000_000),
+    )
+    deleted: dict[str, int] = {}
+    try:
+        for table, column, days, scale in plan:
+            if days is None:
+                continue
+            cutoff = int((now - days * DAY) * scale)
+            async with engine.begin() as conn:
+                result = await conn.execute(delete(table).where(column < cutoff))
+            deleted[str(table.name)] = max(0, result.rowcount or 0)
+    except DATABASE_ERRORS as exc:
+        raise StorageError(f"could not prune usage data: {exc}") from exc
+    if any(deleted.values()):
+        logger.info("pruned usage data", extra={"deleted": deleted})
+    return deleted

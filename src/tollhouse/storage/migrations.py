@@ -1,0 +1,155 @@
+"""A small versioned migration runner: ordered steps, one version row, same on every engine.
+
+:func:`migrate` runs inside one transaction that first takes a lock — an advisory lock on
+PostgreSQL, the database write lock on SQLite (taken by the first write statement) — so
+processes starting together (a server and a CLI, several workers) apply each step once
+and in order, and every step is all-or-nothing. Steps use ``IF NOT EXISTS`` so a database
+whose tables predate the runner (created by ``create_all``) is adopted, not broken.
+
+The version lives in the existing ``tollhouse_schema`` row (``id = 1``). Databases made
+before this runner hold version 1 (the keys tables), which is step 1 here.
+
+Adding a step: append a :class:`Migration` with the next version. A step is history: once
+released, never edit it — change a table by adding a step (``ALTER TABLE …``) and updating
+the table's definition. Tables that other modules register on the shared metadata without
+a step are still created (see :func:`migrate`), so work in progress keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Table, select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from tollhouse.errors import StorageError
+from tollhouse.metering import schema as usage
+from tollhouse.storage import dialect
+from tollhouse.storage.dialect import DATABASE_ERRORS
+from tollhouse.storage.schema import api_keys, metadata, orgs, schema_info
+
+logger = logging.getLogger(__name__)
+
+#: Key of the PostgreSQL advisory lock held while migrating ("tollhous" in ASCII).
+ADVISORY_LOCK_KEY = 0x746F6C6C686F7573
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One step of the schema's history.
+
+    Args:
+        version: the schema version after the step; steps run in increasing order.
+        name: what the step does, for logs.
+        apply: runs the step's DDL on a connection inside the migration transaction.
+    """
+
+    version: int
+    name: str
+    apply: Callable[[Connection], None]
+
+
+def create_tables(conn: Connection, tables: Iterable[Table]) -> None:
+    """``CREATE TABLE IF NOT EXISTS`` each table and its indexes."""
+    for table in tables:
+        conn.execute(CreateTable(table, if_not_exists=True))
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            conn.execute(CreateIndex(index, if_not_exists=True))
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "orgs and api keys", lambda c: create_tables(c, (orgs, api_keys))),
+    Migration(
+        2,
+        "usage metering: dimensions, rollups 1m/1h/1d, raw call log",
+        lambda c: create_tables(c, (usage.usage_dims, *usage.ROLLUPS, usage.usage_calls)),
+    ),
+    Migration(3, "product events", lambda c: create_tables(c, (usage.product_events,))),
+)
+
+#: The version a database has once every step ran.
+LATEST = MIGRATIONS[-1].version
+
+
+def _check(steps: tuple[Migration, ...]) -> None:
+    versions = [m.version for m in steps]
+    if versions != list(range(1, len(steps) + 1)):
+        raise AssertionError(f"migration versions must be 1, 2, 3…; got {versions}")
+
+
+_check(MIGRATIONS)
+
+
+def _run(conn: Connection, steps: tuple[Migration, ...]) -> tuple[int, int]:
+    name = conn.dialect.name
+    if name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+    conn.execute(CreateTable(schema_info, if_not_exists=True))
+    # A write first: on SQLite it takes the database's write lock for the whole
+    # transaction, so a concurrent migrator waits here (busy_timeout) instead of racing.
+    conn.execute(
+        dialect.insert(name, schema_info)
+        .values(id=1, version=0)
+        .on_conflict_do_nothing(index_elements=[schema_info.c.id])
+    )
+    current = conn.execute(select(schema_info.c.version).where(schema_info.c.id == 1)).scalar_one()
+    latest = steps[-1].version
+    if current > latest:
+        logger.warning(
+            "database schema is newer than this tollhouse",
+            extra={"schema_version": current, "known_version": latest},
+        )
+    for step in steps:
+        if step.version > current:
+            logger.info(
+                "applying migration", extra={"version": step.version, "migration": step.name}
+            )
+            step.apply(conn)
+    # Tables registered on the shared metadata without a step yet (work in progress in
+    # another module) are created too, under the same lock.
+    metadata.create_all(conn)
+    if latest > current:
+        conn.execute(update(schema_info).where(schema_info.c.id == 1).values(version=latest))
+    return current, max(current, latest)
+
+
+async def migrate(
+    engine: AsyncEngine, steps: tuple[Migration, ...] = MIGRATIONS
+) -> tuple[int, int]:
+    """Bring the database to the latest schema version (idempotent).
+
+    Returns:
+        The version before and after.
+
+    Raises:
+        StorageError: the database could not be reached or a step failed (nothing of the
+            failed run is kept: it is one transaction).
+    """
+    try:
+        async with engine.begin() as conn:
+            return await conn.run_sync(_run, steps)
+    except DATABASE_ERRORS as exc:
+        raise StorageError(f"could not migrate the database schema: {exc}") from exc
+
+
+async def schema_version(engine: AsyncEngine) -> int:
+    """The version recorded in the database, 0 when it has never been migrated."""
+    try:
+        async with engine.connect() as conn:
+
+            def read(c: Connection) -> int:
+                from sqlalchemy import inspect
+
+                if not inspect(c).has_table(schema_info.name):
+                    return 0
+                found = c.execute(
+                    select(schema_info.c.version).where(schema_info.c.id == 1)
+                ).scalar()
+                return int(found or 0)
+
+            return await conn.run_sync(read)
+    except DATABASE_ERRORS as exc:
+        raise StorageError(f"could not read the schema version: {exc}") from exc

@@ -1,0 +1,111 @@
+"""The in-memory aggregator: per-minute cells, status classes, a bounded raw log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tollhouse.metering.aggregator import Aggregator, Batch, dimensions
+from tollhouse.metering.histogram import bucket_of
+from tollhouse.metering.record import CallRecord
+
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+
+def call(t: float = T0, **kw: Any) -> CallRecord:
+    fields: dict[str, Any] = {
+        "time": t,
+        "org": "acme",
+        "environment": "SANDBOX",
+        "key_id": "key_a",
+        "tenant": None,
+        "endpoint_group": "SCORING",
+        "method": "POST",
+        "route": "/v1/score",
+        "status": 200,
+        "duration_ms": 10.0,
+        "labels": {},
+    }
+    fields.update(kw)
+    return CallRecord(**fields)
+
+
+def test_calls_of_one_minute_and_dimension_set_share_a_cell() -> None:
+    agg = Aggregator()
+    for i, status in enumerate((200, 201, 404, 429, 500, 503)):
+        agg.record(call(T0 + i, status=status, duration_ms=1.0 + i))
+    agg.record(call(T0 + 60, duration_ms=3))  # next minute
+    agg.record(call(T0 + 1, key_id="key_b"))  # other key
+    batch = agg.drain()
+    assert len(batch.cells) == 3 and batch.call_count == 8
+    cell = batch.cells[(int(T0), dimensions(call()))]
+    assert (cell.count, cell.errors, cell.client_errors, cell.throttled) == (6, 2, 1, 1)
+    assert (cell.dur_min, cell.dur_max, cell.dur_sum) == (1000, 6000, 21000)
+    assert sum(cell.hist.values()) == 6 and cell.hist[bucket_of(1000)] == 1
+    assert agg.pending_cells == 0 and agg.pending_calls == 0
+    assert [c.time for c in batch.calls][:2] == [T0, T0 + 1]
+
+
+def test_minutes_are_utc_aligned_including_before_1970() -> None:
+    agg = Aggregator()
+    agg.record(call(T0 + 59.999))
+    agg.record(call(-30.5))
+    minutes = sorted(k[0] for k in agg.drain().cells)
+    assert minutes == [-60, int(T0)]
+
+
+def test_raw_log_is_capped_oldest_first_and_counted_but_counts_are_kept() -> None:
+    agg = Aggregator(raw_log_cap=3)
+    for i in range(5):
+        agg.record(call(T0 + i))
+    assert agg.pending_calls == 3 and agg.dropped_calls == 2
+    batch = agg.drain()
+    assert [c.time for c in batch.calls] == [T0 + 2, T0 + 3, T0 + 4]
+    assert batch.call_count == 5
+
+
+def test_restore_merges_and_drops_the_oldest_beyond_the_cap() -> None:
+    agg = Aggregator(raw_log_cap=4)
+    for i in range(3):
+        agg.record(call(T0 + i))
+    failed = agg.drain()
+    for i in range(3, 6):
+        agg.record(call(T0 + i))
+    agg.restore(failed)
+    assert agg.dropped_calls == 2
+    batch = agg.drain()
+    assert [c.time for c in batch.calls] == [T0 + 2, T0 + 3, T0 + 4, T0 + 5]
+    assert batch.call_count == 6
+    (cell,) = batch.cells.values()
+    assert cell.dur_min == cell.dur_max == 10_000
+
+
+def test_raw_log_can_be_switched_off() -> None:
+    for agg in (Aggregator(keep_raw_log=False), Aggregator(raw_log_cap=0)):
+        agg.record(call())
+        batch = agg.drain()
+        assert batch.calls == [] and batch.call_count == 1
+
+
+def test_a_malformed_record_is_counted_never_raised(caplog: pytest.LogCaptureFixture) -> None:
+    agg = Aggregator()
+    agg.record(call(duration_ms="slow"))
+    agg.record(call())
+    assert agg.rejected_calls == 1 and agg.recorded_calls == 1
+    assert "could not meter a call" in caplog.text
+    assert Batch().empty and not agg.drain().empty
+
+
+def test_negative_durations_count_as_zero() -> None:
+    agg = Aggregator()
+    agg.record(call(duration_ms=-3))
+    (cell,) = agg.drain().cells.values()
+    assert cell.dur_min == 0 and cell.hist == {0: 1}
+
+
+def test_aggregator_is_a_meter() -> None:
+    from tollhouse.metering.record import Meter
+
+    meter: Meter = Aggregator()
+    meter.record(call())
