@@ -1,0 +1,106 @@
+"""Does the queue deliver its capacity? With a cap of C jobs per org and a handler that
+takes T seconds, the ceiling is C ÷ T jobs/s per org (seed 004: 500 ÷ 30 s). This runs
+N jobs per org through one :class:`Dispatcher` and prints the achieved throughput as a
+share of C ÷ T (target ≥ 95 %), on SQLite and PostgreSQL, plus how often the cap was
+reached and never passed (sampled from the handler's own concurrency count).
+
+    .venv/bin/python benchmarks/jobs_capacity.py [--cap 50] [--seconds 1 0.2] [--rounds 6]
+        [--orgs 2] [--engine sqlite|postgres|both]
+
+``--rounds``: jobs per org = rounds × cap (each slot runs ``rounds`` jobs back to back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.jobs_queue import database  # noqa: E402
+
+from tollhouse.jobs import Dispatcher, Job, NewJob, QueueSettings, open_queue  # noqa: E402
+from tollhouse.jobs.schema import create_job_schema  # noqa: E402
+from tollhouse.storage.engine import make_engine  # noqa: E402
+
+
+async def run(url: str, cap: int, seconds: float, per_org: int, orgs: int) -> tuple[float, int]:
+    engine = make_engine(url)
+    await create_job_schema(engine)
+    queue = open_queue(engine, QueueSettings(default_cap=cap))
+    names = [f"org{i}" for i in range(orgs)]
+    for org in names:
+        for i in range(0, per_org, 100):
+            n = min(100, per_org - i)
+            await queue.enqueue(
+                [NewJob(org=org, route="POST /v1/score", payload={}) for _ in range(n)]
+            )
+    total = per_org * orgs
+    running: Counter[str] = Counter()
+    peak: Counter[str] = Counter()
+    done = asyncio.Event()
+    finished = 0
+
+    async def handler(job: Job) -> dict[str, Any]:
+        nonlocal finished
+        running[job.org] += 1
+        peak[job.org] = max(peak[job.org], running[job.org])
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            running[job.org] -= 1
+        return {}
+
+    def on_event(_: Any) -> None:
+        nonlocal finished
+        finished += 1
+        if finished == total:
+            done.set()
+
+    d = Dispatcher(queue, handler, slots=cap * orgs, poll_interval=0.05, on_event=on_event)
+    t0 = time.perf_counter()
+    await d.start()
+    await done.wait()
+    elapsed = time.perf_counter() - t0
+    await d.stop()
+    await engine.dispose()
+    return total / elapsed, max(peak.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cap", type=int, default=50)
+    parser.add_argument("--seconds", type=float, nargs="+", default=[1.0, 0.2])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--orgs", type=int, default=2)
+    parser.add_argument("--engine", choices=("sqlite", "postgres", "both"), default="both")
+    args = parser.parse_args()
+    kinds = ("sqlite", "postgres") if args.engine == "both" else (args.engine,)
+    jobs = args.rounds * args.cap
+    for seconds in args.seconds:
+        ideal = args.cap / seconds * args.orgs
+        print(
+            f"cap {args.cap} per org × {args.orgs} orgs, handler {seconds * 1000:.0f} ms, "
+            f"{jobs} jobs per org: ceiling C ÷ T = {ideal:,.0f} jobs/s"
+        )
+        for kind in kinds:
+            with database(kind) as url:
+                if url is None:
+                    print(f"  {kind:<9} not installed, skipped")
+                    continue
+                rate, peak = asyncio.run(run(url, args.cap, seconds, jobs, args.orgs))
+                verdict = "ok" if rate >= 0.95 * ideal else "below target"
+                print(
+                    f"  {kind:<9} {rate:>8,.0f} jobs/s = {rate / ideal:6.1%} of C ÷ T "
+                    f"(target ≥ 95 %: {verdict}); peak running per org {peak} (cap {args.cap})"
+                )
+
+
+if __name__ == "__main__":
+    main()

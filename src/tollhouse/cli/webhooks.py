@@ -1,0 +1,144 @@
+"""``tollhouse webhooks add | list | remove``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.table import Table
+
+from tollhouse.cli.common import (
+    ConfigOpt,
+    DatabaseOpt,
+    JsonOpt,
+    console,
+    fail,
+    run,
+    settings_from,
+    write_json,
+)
+from tollhouse.cli.keys import ORG_PATTERN
+from tollhouse.jobs.schema import create_job_schema
+from tollhouse.jobs.webhooks import Endpoint, WebhookStore, check_url
+from tollhouse.storage.engine import make_engine
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="Add, list and remove webhook endpoints (signed, Standard Webhooks).",
+    no_args_is_help=True,
+)
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def endpoint_json(endpoint: Endpoint, secret: str | None = None) -> dict[str, Any]:
+    """The contract JSON of an endpoint (DESIGN §3.1); ``secret`` only at creation."""
+    out: dict[str, Any] = {"id": endpoint.id, "url": endpoint.url}
+    if secret is not None:
+        out["secret"] = secret
+    out.update(
+        {
+            "org": endpoint.org,
+            "status": "enabled" if endpoint.enabled else "disabled",
+            "created_at": _iso(endpoint.created_at),
+            "disabled_at": _iso(endpoint.disabled_at),
+            "disabled_reason": endpoint.disabled_reason,
+        }
+    )
+    return out
+
+
+def with_store(
+    config: str | None, database_url: str | None, fn: Callable[[WebhookStore], Awaitable[T]]
+) -> T:
+    """Open the configured database, run ``fn`` with a webhook store, close it."""
+    settings = settings_from(config, database_url)
+
+    async def go() -> T:
+        engine = make_engine(settings.database_url)
+        try:
+            await create_job_schema(engine)
+            return await fn(WebhookStore(engine))
+        finally:
+            await engine.dispose()
+
+    return run(go)
+
+
+@app.command("add")
+def add(
+    org: Annotated[str, typer.Option("--org", help="The org whose events are sent.")],
+    url: Annotated[str, typer.Option("--url", help="Where to POST events (http or https).")],
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Add an endpoint; its signing secret (whsec_…) is printed once."""
+    if not ORG_PATTERN.match(org):
+        fail(f"--org {org!r}: use letters, digits, _ . - (at most 64 characters)", 2)
+    try:
+        check_url(url)
+    except ValueError as exc:
+        fail(f"--url: {exc}", 2)
+    endpoint, secret = with_store(config, database_url, lambda s: s.add_endpoint(org, url))
+    if as_json:
+        write_json(endpoint_json(endpoint, secret))
+        return
+    console.print(f"Added [bold]{endpoint.id}[/] for org [bold]{org}[/]: {endpoint.url}")
+    console.print(f"  secret: [bold green]{secret}[/]", highlight=False)
+    console.print(
+        "  Verify each request's webhook-signature with it (Standard Webhooks). "
+        "It is not shown again."
+    )
+
+
+@app.command("list")
+def list_endpoints(
+    org: Annotated[str | None, typer.Option("--org", help="Only this org's endpoints.")] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """List endpoints (never their secrets)."""
+    endpoints = with_store(config, database_url, lambda s: s.list_endpoints(org))
+    if as_json:
+        write_json([endpoint_json(e) for e in endpoints])
+        return
+    if not endpoints:
+        console.print(
+            "No webhook endpoints: add one with `tollhouse webhooks add --org ORG --url URL`."
+        )
+        return
+    table = Table()
+    table.add_column("id", no_wrap=True)
+    for heading in ("org", "url", "status", "created"):
+        table.add_column(heading)
+    for e in endpoints:
+        status = "enabled" if e.enabled else f"disabled ({e.disabled_reason or ''})"
+        table.add_row(e.id, e.org, e.url, status, e.created_at.strftime("%Y-%m-%d %H:%MZ"))
+    console.print(table)
+
+
+@app.command("remove")
+def remove(
+    endpoint_id: Annotated[str, typer.Argument(help="The endpoint's id (we_…).")],
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Remove an endpoint; deliveries still pending for it are cancelled."""
+    endpoint = with_store(config, database_url, lambda s: s.remove_endpoint(endpoint_id))
+    if endpoint is None:
+        fail(f"no webhook endpoint with id {endpoint_id!r}; see `tollhouse webhooks list`")
+    if as_json:
+        write_json(endpoint_json(endpoint))
+        return
+    console.print(f"Removed [bold]{endpoint.id}[/] ({endpoint.url}).")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,72 @@
+"""Async jobs (seed 004) and signed webhooks: queue, workers, handlers, webhooks.
+
+Integration in a nutshell::
+
+    from tollhouse.jobs import Worker, build_handler, create_job_schema, open_queue, settings_for
+    from tollhouse.jobs.webhooks import WebhookStore
+    from tollhouse.http.jobs_app import create_jobs_app
+
+    await create_job_schema(engine)
+    queue = open_queue(engine, settings_for(policy))
+    webhooks = WebhookStore(engine)
+    app = create_jobs_app(queue=queue, policy=policy, webhooks=webhooks, fallback=upstream)
+    worker = Worker(queue, build_handler(policy, upstream), webhooks=webhooks)
+    await worker.start()   # … await worker.stop()
+"""
+
+from __future__ import annotations
+
+from tollhouse.jobs.handlers import (
+    FunctionHandler,
+    JobHandler,
+    RoutedHandler,
+    UpstreamHandler,
+    build_handler,
+)
+from tollhouse.jobs.model import (
+    Enqueued,
+    Job,
+    JobFailed,
+    JobRetry,
+    Lease,
+    NewJob,
+    QueueSettings,
+    Standing,
+)
+from tollhouse.jobs.queue import JobQueue, open_queue
+from tollhouse.jobs.schema import create_job_schema
+from tollhouse.jobs.webhooks import WebhookSender, WebhookStore
+from tollhouse.jobs.worker import Dispatcher, Worker
+from tollhouse.policy.model import Policy
+
+__all__ = [
+    "Dispatcher",
+    "Enqueued",
+    "FunctionHandler",
+    "Job",
+    "JobFailed",
+    "JobHandler",
+    "JobQueue",
+    "JobRetry",
+    "Lease",
+    "NewJob",
+    "QueueSettings",
+    "RoutedHandler",
+    "Standing",
+    "UpstreamHandler",
+    "WebhookSender",
+    "WebhookStore",
+    "Worker",
+    "build_handler",
+    "create_job_schema",
+    "open_queue",
+    "settings_for",
+]
+
+
+def settings_for(policy: Policy, **overrides: float) -> QueueSettings:
+    """Queue settings for a policy: the default per-org cap is its first async route's
+    ``concurrency`` (seed 004: 500); ``overrides`` set any other field."""
+    cap = policy.async_routes[0].concurrency if policy.async_routes else 500
+    fields: dict[str, float] = {"default_cap": cap, **overrides}
+    return QueueSettings(**fields)  # type: ignore[arg-type]

@@ -1,0 +1,80 @@
+"""The queue's pure maths: wait estimates, moving averages, slot sharing, backoff.
+
+Plain values in, plain values out; the SQL queue calls these inside its transactions.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+
+def estimate_wait(position: int, running: int, cap: int, processing_seconds: float) -> int:
+    """Seconds until a queued job starts: seed 004's ``(position ÷ concurrency) × time``.
+
+    The seed states the formula for a system whose workers are all busy. When ``running``
+    is below ``cap`` the free slots take the first jobs at once, so only the jobs beyond
+    them wait: ``max(0, position - free) ÷ cap × time``. With every slot busy this is the
+    seed's formula exactly (position 251, cap 500, 30 s → 15 s).
+
+    Args:
+        position: 1-based place in the org's queue.
+        running: the org's jobs running now.
+        cap: the org's concurrency.
+        processing_seconds: mean processing time of one job.
+
+    Returns:
+        Whole seconds, rounded to the nearest (the seed's "≈ 15 seconds" for 15.06).
+    """
+    free = max(0, cap - running)
+    waiting = max(0, position - free)
+    if waiting == 0:
+        return 0
+    return math.floor(waiting / max(1, cap) * processing_seconds + 0.5)
+
+
+def moving_average(previous: float | None, sample: float, alpha: float) -> float:
+    """Exponentially weighted moving average; the first sample is taken as it is."""
+    if previous is None:
+        return sample
+    return previous + alpha * (sample - previous)
+
+
+def share_slots(free: int, headroom: Sequence[int]) -> list[int]:
+    """Deal ``free`` slots round robin to orgs, each at most its ``headroom``.
+
+    Orgs come in the order they should be served (least recently served first); the
+    first ones get the odd slots. ``share_slots(5, [1, 10, 10]) == [1, 2, 2]``.
+    """
+    shares = [0] * len(headroom)
+    left = free
+    while left > 0:
+        dealt = False
+        for i, room in enumerate(headroom):
+            if left == 0:
+                break
+            if shares[i] < room:
+                shares[i] += 1
+                left -= 1
+                dealt = True
+        if not dealt:
+            break
+    return shares
+
+
+def retry_delay(
+    attempts: int,
+    base: float,
+    cap: float,
+    rng: random.Random | None = None,
+) -> float:
+    """Backoff before the next attempt after ``attempts`` attempts: exponential with
+    "equal jitter" (half fixed, half random), so retries of jobs that failed together
+    spread out without ever retrying at once.
+
+    ``attempts=1`` → between ``base/2`` and ``base``; doubling per attempt up to ``cap``.
+    """
+    ceiling = min(cap, base * 2.0 ** max(0, attempts - 1))
+    r = rng.random() if rng is not None else random.random()
+    return ceiling / 2 + ceiling / 2 * r

@@ -1,0 +1,252 @@
+"""What a job is: plain, frozen values shared by the queue, the worker and the HTTP app.
+
+A job moves through these states (``dead`` and ``failed`` both read as ``failed`` on the
+wire)::
+
+    queued ──claim──▶ running ──complete──▶ completed
+      ▲                 │ ├───fail (permanent)──▶ failed
+      │                 │ └───fail / lease lost, attempts left? no──▶ dead
+      └──retry, release, reap (attempts left)──┘
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from tollhouse.errors import TollhouseError
+
+#: Internal states; ``dead`` = gave up after ``max_attempts`` retryable failures.
+JobState = Literal["queued", "running", "completed", "failed", "dead"]
+#: What callers see: ``dead`` is reported as ``failed``.
+WireStatus = Literal["queued", "running", "completed", "failed"]
+#: How a finished attempt left the job (None from the queue: the lease was stale).
+Outcome = Literal["completed", "retrying", "failed", "dead"]
+
+STATES: tuple[JobState, ...] = ("queued", "running", "completed", "failed", "dead")
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "dead"})
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware UTC (the default clock everywhere in jobs)."""
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    """UTC ISO 8601 with ``Z`` and milliseconds: ``2026-03-01T00:00:00.000Z``."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def wire_status(state: str) -> WireStatus:
+    """The status callers see for an internal state."""
+    if state == "dead":
+        return "failed"
+    assert state in ("queued", "running", "completed", "failed"), state
+    return state  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """How the queue behaves; one frozen value per process."""
+
+    default_cap: int = 500
+    """Jobs of one org running at once unless the org has its own cap (seed 004: 500)."""
+    lease_seconds: float = 30.0
+    """A claim is held this long; workers heartbeat well before it runs out."""
+    max_attempts: int = 5
+    """Attempts before a job that keeps failing (or losing its worker) is ``dead``."""
+    retry_base_seconds: float = 1.0
+    """Backoff before the second attempt; doubled per attempt after that."""
+    retry_max_seconds: float = 300.0
+    """Longest backoff between two attempts."""
+    default_processing_seconds: float = 30.0
+    """Assumed processing time before any job of an org has been measured (seed 004)."""
+    ewma_alpha: float = 0.2
+    """Weight of the newest measurement in the moving average of processing time."""
+    reap_batch: int = 500
+    """Expired leases handled per reaper transaction."""
+
+    def __post_init__(self) -> None:
+        if self.default_cap < 1:
+            raise ValueError("default_cap must be at least 1")
+        if self.lease_seconds <= 0:
+            raise ValueError("lease_seconds must be positive")
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if not 0 < self.ewma_alpha <= 1:
+            raise ValueError("ewma_alpha must be in (0, 1]")
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to enqueue, as the HTTP app hands it to the queue."""
+
+    org: str
+    """The org the job belongs to; every read is scoped to it."""
+    route: str
+    """The async route that accepted it, e.g. ``POST /v1/score``."""
+    payload: dict[str, Any]
+    """The request body, handed to the handler as is."""
+    environment: str = ""
+    """SANDBOX or PRODUCTION (the key's environment); informational."""
+    tenant: str | None = None
+    """The ``X-Tenant-Id`` the request carried, forwarded to the upstream."""
+    application_id: str | None = None
+    """For ``GET …/application/{applicationId}``: the latest job of an application."""
+    idempotency_key: str | None = None
+    """Same org + key → the same job (and the same 202 body)."""
+    request_hash: str | None = None
+    """Fingerprint of route + body; a reused key with another body is refused."""
+    request_id: str | None = None
+    """The accepting request's id, forwarded to the handler for correlation."""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One stored job."""
+
+    id: str
+    """Public id (``sj_…``): the ``scoringJobId``."""
+    seq: int
+    """Submission order (per database); FIFO per org follows it."""
+    org: str
+    route: str
+    payload: dict[str, Any]
+    state: JobState
+    attempts: int
+    """Attempts started so far (a claim starts one)."""
+    max_attempts: int
+    created_at: datetime
+    run_after: datetime
+    """Not claimed before this time (backoff after a failed attempt)."""
+    environment: str = ""
+    tenant: str | None = None
+    application_id: str | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    request_id: str | None = None
+    started_at: datetime | None = None
+    """When the first attempt started."""
+    claimed_at: datetime | None = None
+    """When the current (or last) attempt started."""
+    finished_at: datetime | None = None
+    result: dict[str, Any] | None = None
+    """The handler's result once completed."""
+    error: dict[str, Any] | None = None
+    """``{"code", "message", …}`` of the last failure."""
+    accepted_position: int | None = None
+    """``queuePosition`` as first answered (replayed for the same Idempotency-Key)."""
+    accepted_wait: int | None = None
+    """``estimatedWaitSeconds`` as first answered."""
+
+    @property
+    def status(self) -> WireStatus:
+        """The status callers see."""
+        return wire_status(self.state)
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job will never run again."""
+        return self.state in TERMINAL
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A claimed job: only the holder of ``token`` may heartbeat, complete or fail it."""
+
+    job: Job
+    token: str
+    """Fencing token; replaced on every claim and cleared when the lease ends."""
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """How one attempt ended, for :meth:`JobQueue.finish_many`."""
+
+    lease: Lease
+    result: dict[str, Any] | None = None
+    """The result of a completed attempt (when ``error`` is None)."""
+    error: dict[str, Any] | None = None
+    """Set for a failed attempt."""
+    retryable: bool = True
+    """For a failure: may another attempt succeed?"""
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """Where a queued job stands: what the 202 and every poll report."""
+
+    position: int
+    """1-based place among the org's queued jobs (seed 004: "251st")."""
+    wait_seconds: int
+    """Estimated seconds until it starts."""
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """What :meth:`JobQueue.enqueue` returns per job."""
+
+    job: Job
+    created: bool
+    """False when an Idempotency-Key matched an existing job."""
+    standing: Standing | None = None
+    """Where the job stood when accepted (None for a replay whose job is no longer queued)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OrgCounters:
+    """An org's row in the queue: counters kept in step with job states."""
+
+    org: str
+    running: int
+    queued: int
+    cap: int | None
+    """The org's own cap, or None for the queue's default."""
+    avg_seconds: float | None
+    """Moving average of processing time, None before any measurement."""
+
+
+class JobFailed(TollhouseError):
+    """Raise from a handler to fail a job for good (no retry).
+
+    Args:
+        message: what went wrong, shown to the caller in the job's ``error``.
+        code: machine-readable code, e.g. ``UPSTREAM_REJECTED``.
+        details: extra JSON-able fields merged into the job's ``error``.
+    """
+
+    def __init__(self, message: str, code: str = "JOB_FAILED", **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.details = details
+
+    def error(self) -> dict[str, Any]:
+        """The job's ``error`` object."""
+        return {"code": self.code, "message": self.message, **self.details}
+
+
+class JobRetry(TollhouseError):
+    """Raise from a handler for a failure worth another attempt (the default for any
+    other exception too).
+
+    Args:
+        message: what went wrong.
+        code: machine-readable code, e.g. ``UPSTREAM_UNAVAILABLE``.
+    """
+
+    def __init__(self, message: str, code: str = "JOB_RETRY", **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.details = details
+
+    def error(self) -> dict[str, Any]:
+        """The job's ``error`` object."""
+        return {"code": self.code, "message": self.message, **self.details}
+
+
+class IdempotencyKeyReused(TollhouseError):
+    """An Idempotency-Key was reused for a different request."""

@@ -1,0 +1,144 @@
+"""The job queue protocol, and the factory that opens one on an engine.
+
+One implementation today: :class:`tollhouse.jobs.sql.SqlJobQueue` on SQLAlchemy Core, for
+SQLite (embedded; writers serialised with ``BEGIN IMMEDIATE``) and PostgreSQL (claims
+with ``SELECT … FOR UPDATE SKIP LOCKED``). The protocol is what the worker, the HTTP app
+and the tests rely on.
+
+Guarantees every implementation keeps:
+
+* FIFO per org: an org's queued jobs are claimed in submission order (retries wait out
+  their backoff and then go first again, being older).
+* A per-org cap: an org never has more than its cap running; the running counter changes
+  in the same transaction as the job's state.
+* Round robin across orgs: a claim serves the least recently served orgs first.
+* Fencing: heartbeat, complete, fail and release need the lease's token; after a reap or
+  a new claim the old token is refused.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tollhouse.jobs.model import (
+    Enqueued,
+    Finish,
+    Job,
+    Lease,
+    NewJob,
+    OrgCounters,
+    Outcome,
+    QueueSettings,
+    Standing,
+    utc_now,
+)
+
+Clock = Callable[[], datetime]
+#: Called (in-process, synchronously) when there may be new work: jobs or deliveries.
+Wakeup = Callable[[], None]
+#: What a wakeup is about: ``jobs`` (enqueued, retried) or ``deliveries`` (staged webhooks).
+Topic = Literal["jobs", "deliveries"]
+
+
+class JobQueue(Protocol):
+    """A durable job queue with leases (see the module docstring for its guarantees)."""
+
+    settings: QueueSettings
+
+    async def enqueue(self, new: Sequence[NewJob]) -> list[Enqueued]:
+        """Store jobs (one transaction); an Idempotency-Key match returns the existing job.
+
+        Raises:
+            IdempotencyKeyReused: a key was reused with another route or body.
+        """
+        ...
+
+    async def claim(self, worker_id: str, limit: int) -> list[Lease]:
+        """Take up to ``limit`` ready jobs under every org's cap, round robin across orgs."""
+        ...
+
+    async def heartbeat(self, leases: Sequence[Lease]) -> set[str]:
+        """Extend leases; returns the ids of jobs whose lease is still held."""
+        ...
+
+    async def complete(self, lease: Lease, result: dict[str, Any]) -> Outcome | None:
+        """Mark the job completed; None when the token is stale (nothing changes)."""
+        ...
+
+    async def fail(self, lease: Lease, error: dict[str, Any], *, retryable: bool) -> Outcome | None:
+        """Fail an attempt: retry with backoff, or ``failed``/``dead``; None when stale."""
+        ...
+
+    async def finish_many(self, items: Sequence[Finish]) -> list[Outcome | None]:
+        """End many attempts in one transaction; per item as :meth:`complete`/:meth:`fail`."""
+        ...
+
+    async def finish_and_claim(
+        self, items: Sequence[Finish], worker_id: str, limit: int
+    ) -> tuple[list[Outcome | None], list[Lease]]:
+        """:meth:`finish_many` and :meth:`claim` in one transaction."""
+        ...
+
+    async def release(self, lease: Lease) -> bool:
+        """Give a claimed job back untried (graceful shutdown); False when stale."""
+        ...
+
+    async def reap(self) -> int:
+        """Requeue (or kill, past ``max_attempts``) jobs whose lease expired; returns how
+        many were handled."""
+        ...
+
+    async def get(self, org: str, job_id: str) -> Job | None:
+        """The org's job with that id, or None (another org's job is None too)."""
+        ...
+
+    async def latest_for_application(self, org: str, application_id: str) -> Job | None:
+        """The org's most recently submitted job for an application, or None."""
+        ...
+
+    async def standing(self, job: Job) -> Standing | None:
+        """Where a queued job stands now; None once it left the queue."""
+        ...
+
+    async def set_cap(self, org: str, cap: int | None) -> None:
+        """Give an org its own cap (None: back to the default)."""
+        ...
+
+    async def counters(self) -> list[OrgCounters]:
+        """Every org's counters (for status pages and tests)."""
+        ...
+
+    async def volume(
+        self, org: str, start: datetime, end: datetime, granularity: str
+    ) -> list[tuple[datetime, int, int]]:
+        """Finished jobs of an org per bucket: ``(bucket start, completed, failed)``."""
+        ...
+
+    def subscribe(self, wakeup: Wakeup, topic: Topic = "jobs") -> None:
+        """Call ``wakeup`` when this process adds work of ``topic``."""
+        ...
+
+
+def open_queue(
+    engine: AsyncEngine,
+    settings: QueueSettings | None = None,
+    *,
+    clock: Clock = utc_now,
+    rng: random.Random | None = None,
+) -> JobQueue:
+    """The queue for an engine: SQLite or PostgreSQL, both through SQLAlchemy Core.
+
+    Args:
+        engine: from :func:`tollhouse.storage.engine.make_engine`.
+        settings: caps, leases, retries; defaults to :class:`QueueSettings`.
+        clock: returns aware UTC datetimes (injected in tests).
+        rng: randomness for backoff jitter (seeded in tests).
+    """
+    from tollhouse.jobs.sql import SqlJobQueue
+
+    return SqlJobQueue(engine, settings or QueueSettings(), clock=clock, rng=rng)

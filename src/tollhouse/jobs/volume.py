@@ -1,0 +1,92 @@
+"""``GET /v1/analytics/scoring-volume`` (seed 000): finished jobs per time bucket.
+
+Pure: the window and bucket maths and the response shape. The counts come from
+:meth:`tollhouse.jobs.queue.JobQueue.volume` (jobs' ``finished_at`` and ``status``).
+
+The period ends now; it starts ``timeRange`` earlier, floored to the granularity so that
+every bucket is whole-aligned (``1h`` → minutes, ``24h`` → hours, ``7d``/``30d``/``90d`` →
+days, UTC). Every bucket of the period is listed, with zeros where nothing finished.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from tollhouse.jobs.model import iso
+
+#: timeRange → (lookback, granularity), exactly seed 000's table.
+TIME_RANGES: Final[dict[str, tuple[timedelta, str]]] = {
+    "1h": (timedelta(hours=1), "minute"),
+    "24h": (timedelta(hours=24), "hour"),
+    "7d": (timedelta(days=7), "day"),
+    "30d": (timedelta(days=30), "day"),
+    "90d": (timedelta(days=90), "day"),
+}
+STEPS: Final[dict[str, timedelta]] = {
+    "minute": timedelta(minutes=1),
+    "hour": timedelta(hours=1),
+    "day": timedelta(days=1),
+}
+#: Seed 000: "Responses are cached for 60 seconds".
+CACHE_CONTROL = "private, max-age=60"
+
+
+def floor_to(moment: datetime, granularity: str) -> datetime:
+    """The start of the bucket ``moment`` falls in (UTC)."""
+    m = moment.astimezone(UTC)
+    if granularity == "minute":
+        return m.replace(second=0, microsecond=0)
+    if granularity == "hour":
+        return m.replace(minute=0, second=0, microsecond=0)
+    if granularity == "day":
+        return m.replace(hour=0, minute=0, second=0, microsecond=0)
+    raise ValueError(f"unknown granularity {granularity!r}")
+
+
+def window(time_range: str, now: datetime) -> tuple[datetime, datetime, str]:
+    """``(start, end, granularity)`` of a ``timeRange``.
+
+    Raises:
+        KeyError: not one of :data:`TIME_RANGES`.
+    """
+    lookback, granularity = TIME_RANGES[time_range]
+    return floor_to(now - lookback, granularity), now, granularity
+
+
+def buckets(start: datetime, end: datetime, granularity: str) -> list[datetime]:
+    """Every bucket start from ``start`` up to the bucket holding ``end``."""
+    step = STEPS[granularity]
+    out = []
+    at = start
+    while at <= end:
+        out.append(at)
+        at += step
+    return out
+
+
+def volume_body(
+    start: datetime,
+    end: datetime,
+    granularity: str,
+    counts: list[tuple[datetime, int, int]],
+) -> dict[str, Any]:
+    """Seed 000's body: ``period``, ``granularity``, and ``data[]`` with
+    ``timestamp``, ``total`` (= completed + failed), ``completed``, ``failed``."""
+    by_bucket = {floor_to(b, granularity): (c, f) for b, c, f in counts}
+    data = []
+    for b in buckets(start, end, granularity):
+        completed, failed = by_bucket.get(b, (0, 0))
+        data.append(
+            {
+                "timestamp": iso(b),
+                "total": completed + failed,
+                "completed": completed,
+                "failed": failed,
+            }
+        )
+    return {
+        "period": {"start": iso(start), "end": iso(end)},
+        "granularity": granularity,
+        "data": data,
+    }

@@ -1,0 +1,731 @@
+"""Signed webhooks (Standard Webhooks): endpoints per org, an outbox of deliveries,
+a sender with a retry schedule, and every attempt recorded.
+
+* **Signing**: ``webhook-id`` (the event's message id, the same for every retry),
+  ``webhook-timestamp`` (Unix seconds of this attempt) and
+  ``webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">``, keyed with the
+  base64-decoded part of the endpoint's ``whsec_<base64>`` secret.
+* **Outbox**: when a job finishes, :func:`stage_events` writes one delivery per enabled
+  endpoint of the org in the job's own transaction; the body is fixed then, so every
+  retry sends the same bytes.
+* **Schedule**: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (±10 % jitter);
+  ``Retry-After`` on a failed attempt is honoured (up to 10 h); after the last attempt
+  the delivery is ``failed``.
+* **410 Gone** disables the endpoint; its pending deliveries are cancelled.
+* Redirects are not followed (a 3xx is a failed attempt): the signed body goes only to
+  the URL the org registered.
+* :class:`WebhookSender` runs attempts in its own tasks with its own concurrency, so a
+  slow receiver never holds a job worker's slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import logging
+import random
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tollhouse.errors import StorageError
+from tollhouse.jobs.model import iso, utc_now
+from tollhouse.jobs.queue import Clock
+from tollhouse.jobs.schema import webhook_attempts, webhook_deliveries, webhook_endpoints
+from tollhouse.jobs.transactions import read_connection, write_transaction
+
+logger = logging.getLogger(__name__)
+
+SECRET_PREFIX = "whsec_"
+#: Delay before each attempt, in seconds: attempt 1 at once, then 5 s, 5 min, 30 min, 2 h,
+#: 5 h, 10 h, 10 h after the one before.
+SCHEDULE: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+#: Each delay is scaled by a random factor in 1 ± JITTER.
+JITTER = 0.1
+#: A receiver's Retry-After is honoured up to this many seconds.
+MAX_RETRY_AFTER = 36000.0
+#: Longest URL accepted for an endpoint.
+MAX_URL_CHARS = 2048
+USER_AGENT = "tollhouse-webhooks/1"
+HEADER_ID = "webhook-id"
+HEADER_TIMESTAMP = "webhook-timestamp"
+HEADER_SIGNATURE = "webhook-signature"
+
+# --- signing (pure) ----------------------------------------------------------------------
+
+
+def new_secret() -> str:
+    """A new endpoint secret: ``whsec_`` + base64 of 32 random bytes."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_…`` secret: its base64 part, decoded."""
+    body = secret.removeprefix(SECRET_PREFIX)
+    return base64.b64decode(body + "=" * (-len(body) % 4))
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """``v1,<base64 HMAC-SHA256 of "id.timestamp.body">`` (Standard Webhooks)."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signed_headers(secret: str, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """Every header of one attempt."""
+    return {
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+        HEADER_ID: message_id,
+        HEADER_TIMESTAMP: str(timestamp),
+        HEADER_SIGNATURE: sign(secret, message_id, timestamp, body),
+    }
+
+
+# --- schedule (pure) ---------------------------------------------------------------------
+
+
+def next_delay(
+    attempts_made: int,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+    schedule: Sequence[float] = SCHEDULE,
+) -> float | None:
+    """Seconds to wait before the next attempt after ``attempts_made`` failed ones, or None
+    when the schedule is used up.
+
+    Args:
+        attempts_made: attempts so far (1 after the first).
+        retry_after: the receiver's ``Retry-After``, in seconds, if it sent one.
+        rng: randomness for the jitter.
+        schedule: delays before each attempt (the first is the first attempt's).
+    """
+    if attempts_made >= len(schedule):
+        return None
+    r = rng.random() if rng is not None else random.random()
+    delay = schedule[attempts_made] * (1 + JITTER * (2 * r - 1))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+    return delay
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """``Retry-After`` as seconds from ``now`` (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - now).total_seconds())
+
+
+def check_url(url: str) -> str:
+    """An endpoint URL as stored: ``http(s)://host…``.
+
+    Raises:
+        ValueError: not an absolute http(s) URL with a host, or too long.
+    """
+    text = url.strip()
+    if len(text) > MAX_URL_CHARS:
+        raise ValueError(f"the URL must be at most {MAX_URL_CHARS} characters")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} must be an absolute http:// or https:// URL")
+    if parts.username or parts.password:
+        raise ValueError("the URL must not carry credentials")
+    return text
+
+
+# --- values ------------------------------------------------------------------------------
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _aware(value: datetime | None) -> datetime:
+    out = _utc(value)
+    assert out is not None
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A URL an org receives events at (never its secret, shown once at creation)."""
+
+    id: str
+    org: str
+    url: str
+    created_at: datetime
+    disabled_at: datetime | None = None
+    disabled_reason: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """False once disabled (a 410 from the receiver)."""
+        return self.disabled_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One recorded attempt of a delivery."""
+
+    attempt: int
+    started_at: datetime
+    status_code: int | None
+    """The receiver's status, None when no response came (timeout, refused…)."""
+    duration_ms: float
+    error: str | None
+    """Why it failed, None for a 2xx."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One event for one endpoint, with its attempts."""
+
+    id: str
+    message_id: str
+    endpoint_id: str
+    url: str
+    org: str
+    job_id: str | None
+    event_type: str
+    status: str
+    """``pending``, ``delivered``, ``failed`` (gave up or 410) or ``cancelled``."""
+    attempts: tuple[Attempt, ...]
+    next_attempt_at: datetime | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryTask:
+    """A claimed delivery, ready to send."""
+
+    id: str
+    message_id: str
+    endpoint_id: str
+    url: str
+    secret: str
+    body: bytes
+    attempts: int
+    """Attempts made before this one."""
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """How one attempt went."""
+
+    status_code: int | None
+    duration_ms: float
+    error: str | None
+    retry_after: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        """A 2xx answer."""
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def delivery_json(d: Delivery) -> dict[str, Any]:
+    """A delivery as ``GET /v1/webhooks/deliveries`` shows it."""
+    return {
+        "id": d.id,
+        "messageId": d.message_id,
+        "endpointId": d.endpoint_id,
+        "url": d.url,
+        "jobId": d.job_id,
+        "eventType": d.event_type,
+        "status": d.status,
+        "createdAt": iso(d.created_at),
+        "nextAttemptAt": iso(d.next_attempt_at)
+        if d.next_attempt_at and d.status == "pending"
+        else None,
+        "finishedAt": iso(d.finished_at) if d.finished_at else None,
+        "attempts": [
+            {
+                "attempt": a.attempt,
+                "at": iso(a.started_at),
+                "statusCode": a.status_code,
+                "durationMs": round(a.duration_ms, 1),
+                "error": a.error,
+            }
+            for a in d.attempts
+        ],
+    }
+
+
+# --- the outbox --------------------------------------------------------------------------
+
+
+async def stage_events(
+    conn: AsyncConnection,
+    events: Sequence[tuple[str, str | None, str, dict[str, Any]]],
+    now: datetime,
+) -> int:
+    """Write one pending delivery per enabled endpoint of each event's org, inside the
+    caller's transaction. Returns how many were written.
+
+    Args:
+        conn: a connection in the caller's write transaction.
+        events: ``(org, job id, event type, data)`` per event.
+        now: the events' time.
+
+    The body is ``{"type", "timestamp", "data"}`` (Standard Webhooks' recommended shape).
+    """
+    if not events:
+        return 0
+    orgs = sorted({org for org, *_ in events})
+    endpoints: dict[str, list[str]] = {org: [] for org in orgs}
+    for row in (
+        await conn.execute(
+            select(webhook_endpoints.c.id, webhook_endpoints.c.org_id).where(
+                webhook_endpoints.c.org_id.in_(orgs),
+                webhook_endpoints.c.disabled_at.is_(None),
+                webhook_endpoints.c.removed_at.is_(None),
+            )
+        )
+    ).all():
+        endpoints[row.org_id].append(row.id)
+    rows = []
+    for org, job_id, event_type, data in events:
+        if not endpoints[org]:
+            continue
+        message_id = "msg_" + secrets.token_hex(12)
+        body = orjson.dumps({"type": event_type, "timestamp": iso(now), "data": data}).decode()
+        rows += [
+            {
+                "id": "dlv_" + secrets.token_hex(12),
+                "message_id": message_id,
+                "endpoint_id": endpoint_id,
+                "org_id": org,
+                "job_id": job_id,
+                "event_type": event_type,
+                "payload": body,
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+            }
+            for endpoint_id in endpoints[org]
+        ]
+    if rows:
+        await conn.execute(webhook_deliveries.insert(), rows)
+    return len(rows)
+
+
+# --- the store ---------------------------------------------------------------------------
+
+
+class WebhookStore:
+    """Endpoints, deliveries and attempts in the SQL database.
+
+    Args:
+        engine: the same engine as the job queue.
+        clock: returns aware UTC datetimes.
+        rng: randomness for the schedule's jitter.
+        lease_seconds: how long a claimed delivery is held before another sender may
+            retry it (longer than one attempt's timeout).
+        schedule: delays before each attempt; :data:`SCHEDULE` unless testing.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        clock: Clock = utc_now,
+        rng: random.Random | None = None,
+        lease_seconds: float = 60.0,
+        schedule: Sequence[float] = SCHEDULE,
+    ) -> None:
+        self.engine = engine
+        self.schedule = tuple(schedule)
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.lease_seconds = lease_seconds
+
+    # endpoints
+
+    async def add_endpoint(self, org: str, url: str) -> tuple[Endpoint, str]:
+        """Register ``url`` for ``org``; returns the endpoint and its secret (shown once).
+
+        Raises:
+            ValueError: the URL is not an absolute http(s) URL.
+        """
+        clean = check_url(url)
+        secret = new_secret()
+        endpoint = Endpoint("we_" + secrets.token_hex(10), org, clean, self.clock())
+        async with write_transaction(self.engine, "webhooks") as conn:
+            await conn.execute(
+                webhook_endpoints.insert().values(
+                    id=endpoint.id,
+                    org_id=org,
+                    url=clean,
+                    secret=secret,
+                    created_at=endpoint.created_at,
+                )
+            )
+        return endpoint, secret
+
+    async def list_endpoints(self, org: str | None = None) -> list[Endpoint]:
+        """Endpoints not removed, oldest first, optionally of one org."""
+        q = select(webhook_endpoints).where(webhook_endpoints.c.removed_at.is_(None))
+        if org is not None:
+            q = q.where(webhook_endpoints.c.org_id == org)
+        q = q.order_by(webhook_endpoints.c.created_at, webhook_endpoints.c.id)
+        async with read_connection(self.engine, "webhooks") as conn:
+            rows = (await conn.execute(q)).all()
+        return [_endpoint(r) for r in rows]
+
+    async def remove_endpoint(self, endpoint_id: str) -> Endpoint | None:
+        """Remove an endpoint (its pending deliveries are cancelled); None if unknown."""
+        now = self.clock()
+        async with write_transaction(self.engine, "webhooks") as conn:
+            row = (
+                await conn.execute(
+                    update(webhook_endpoints)
+                    .where(
+                        webhook_endpoints.c.id == endpoint_id,
+                        webhook_endpoints.c.removed_at.is_(None),
+                    )
+                    .values(removed_at=now)
+                    .returning(*webhook_endpoints.c)
+                )
+            ).first()
+            if row is None:
+                return None
+            await self._cancel_pending(conn, endpoint_id, now)
+        return _endpoint(row)
+
+    async def _cancel_pending(self, conn: AsyncConnection, endpoint_id: str, now: datetime) -> None:
+        await conn.execute(
+            update(webhook_deliveries)
+            .where(
+                webhook_deliveries.c.endpoint_id == endpoint_id,
+                webhook_deliveries.c.status == "pending",
+            )
+            .values(status="cancelled", finished_at=now, lease_token=None)
+        )
+
+    # deliveries
+
+    async def claim(self, limit: int) -> list[DeliveryTask]:
+        """Take up to ``limit`` due deliveries, holding each for ``lease_seconds``."""
+        if limit <= 0:
+            return []
+        now = self.clock()
+        hold = now + timedelta(seconds=self.lease_seconds)
+        d, e = webhook_deliveries, webhook_endpoints
+        tasks: list[DeliveryTask] = []
+        async with write_transaction(self.engine, "webhooks") as conn:
+            rows = (
+                await conn.execute(
+                    select(d, e.c.url, e.c.secret, e.c.disabled_at, e.c.removed_at)
+                    .join(e, e.c.id == d.c.endpoint_id)
+                    .where(d.c.status == "pending", d.c.next_attempt_at <= now)
+                    .order_by(d.c.next_attempt_at, d.c.id)
+                    .limit(limit)
+                    .with_for_update(of=d, skip_locked=True)
+                )
+            ).all()
+            for r in rows:
+                if r.disabled_at is not None or r.removed_at is not None:
+                    await conn.execute(
+                        update(d)
+                        .where(d.c.id == r.id)
+                        .values(status="cancelled", finished_at=now, lease_token=None)
+                    )
+                    continue
+                token = secrets.token_hex(16)
+                await conn.execute(
+                    update(d).where(d.c.id == r.id).values(next_attempt_at=hold, lease_token=token)
+                )
+                tasks.append(
+                    DeliveryTask(
+                        id=r.id,
+                        message_id=r.message_id,
+                        endpoint_id=r.endpoint_id,
+                        url=r.url,
+                        secret=r.secret,
+                        body=r.payload.encode(),
+                        attempts=r.attempts,
+                        token=token,
+                    )
+                )
+        return tasks
+
+    async def record(self, task: DeliveryTask, result: AttemptResult, started_at: datetime) -> str:
+        """Record one attempt and move the delivery on; returns its new status (or
+        ``stale`` when another sender took it over meanwhile: the attempt is still kept)."""
+        now = self.clock()
+        d = webhook_deliveries
+        attempt = task.attempts + 1
+        async with write_transaction(self.engine, "webhooks") as conn:
+            await conn.execute(
+                webhook_attempts.insert().values(
+                    delivery_id=task.id,
+                    attempt=attempt,
+                    started_at=started_at,
+                    status_code=result.status_code,
+                    duration_ms=result.duration_ms,
+                    error=(result.error or "")[:500] or None,
+                )
+            )
+            held = (
+                await conn.execute(
+                    select(d.c.id)
+                    .where(
+                        d.c.id == task.id, d.c.lease_token == task.token, d.c.status == "pending"
+                    )
+                    .with_for_update()
+                )
+            ).first()
+            if held is None:
+                return "stale"
+            values: dict[str, Any] = {"attempts": attempt, "lease_token": None}
+            if result.ok:
+                values.update(status="delivered", finished_at=now, next_attempt_at=None)
+            elif result.status_code == 410:
+                values.update(status="failed", finished_at=now, next_attempt_at=None)
+                await conn.execute(
+                    update(webhook_endpoints)
+                    .where(webhook_endpoints.c.id == task.endpoint_id)
+                    .values(disabled_at=now, disabled_reason="the receiver answered 410 Gone")
+                )
+                await self._cancel_pending(conn, task.endpoint_id, now)
+                logger.warning(
+                    "webhook endpoint disabled after 410", extra={"endpoint": task.endpoint_id}
+                )
+            else:
+                delay = next_delay(attempt, result.retry_after, self.rng, self.schedule)
+                if delay is None:
+                    values.update(status="failed", finished_at=now, next_attempt_at=None)
+                else:
+                    values.update(next_attempt_at=now + timedelta(seconds=delay))
+            await conn.execute(update(d).where(d.c.id == task.id).values(**values))
+        return str(values.get("status", "pending"))
+
+    async def deliveries(
+        self, org: str, job_id: str | None = None, limit: int = 100
+    ) -> list[Delivery]:
+        """An org's deliveries with their attempts, newest first (optionally of one job)."""
+        d, e = webhook_deliveries, webhook_endpoints
+        q = (
+            select(d, e.c.url)
+            .join(e, e.c.id == d.c.endpoint_id)
+            .where(d.c.org_id == org)
+            .order_by(d.c.created_at.desc(), d.c.id)
+            .limit(limit)
+        )
+        if job_id is not None:
+            q = q.where(d.c.job_id == job_id)
+        async with read_connection(self.engine, "webhooks") as conn:
+            rows = (await conn.execute(q)).all()
+            ids = [r.id for r in rows]
+            attempts: dict[str, list[Attempt]] = {i: [] for i in ids}
+            if ids:
+                for a in (
+                    await conn.execute(
+                        select(webhook_attempts)
+                        .where(webhook_attempts.c.delivery_id.in_(ids))
+                        .order_by(webhook_attempts.c.delivery_id, webhook_attempts.c.attempt)
+                    )
+                ).all():
+                    attempts[a.delivery_id].append(
+                        Attempt(
+                            a.attempt, _aware(a.started_at), a.status_code, a.duration_ms, a.error
+                        )
+                    )
+        return [
+            Delivery(
+                id=r.id,
+                message_id=r.message_id,
+                endpoint_id=r.endpoint_id,
+                url=r.url,
+                org=r.org_id,
+                job_id=r.job_id,
+                event_type=r.event_type,
+                status=r.status,
+                attempts=tuple(attempts[r.id]),
+                next_attempt_at=_utc(r.next_attempt_at),
+                created_at=_aware(r.created_at),
+                finished_at=_utc(r.finished_at),
+            )
+            for r in rows
+        ]
+
+
+def _endpoint(row: Any) -> Endpoint:
+    return Endpoint(
+        id=row.id,
+        org=row.org_id,
+        url=row.url,
+        created_at=_aware(row.created_at),
+        disabled_at=_utc(row.disabled_at),
+        disabled_reason=row.disabled_reason,
+    )
+
+
+# --- sending -----------------------------------------------------------------------------
+
+
+async def send_attempt(
+    client: httpx.AsyncClient, task: DeliveryTask, now: datetime
+) -> AttemptResult:
+    """POST one signed attempt; never raises for the receiver's failures."""
+    timestamp = int(now.timestamp())
+    headers = signed_headers(task.secret, task.message_id, timestamp, task.body)
+    started = time.perf_counter()
+    try:
+        response = await client.post(task.url, content=task.body, headers=headers)
+    except httpx.TimeoutException:
+        return AttemptResult(None, _ms(started), "timed out")
+    except httpx.HTTPError as exc:
+        return AttemptResult(None, _ms(started), f"{type(exc).__name__}: {exc}"[:500])
+    duration = _ms(started)
+    status = response.status_code
+    if 200 <= status < 300:
+        return AttemptResult(status, duration, None)
+    error = f"HTTP {status}"
+    if 300 <= status < 400:
+        error += " (redirects are not followed)"
+    retry_after = parse_retry_after(response.headers.get("retry-after"), now)
+    return AttemptResult(status, duration, error, retry_after)
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+class WebhookSender:
+    """Sends due deliveries in its own tasks (never in a job worker's slot).
+
+    Args:
+        store: where deliveries live.
+        concurrency: attempts in flight at once.
+        timeout: seconds one attempt may take (connect + response).
+        poll_interval: seconds between looks for due deliveries when not woken.
+        client: an httpx client to send with (tests); one is made otherwise.
+    """
+
+    def __init__(
+        self,
+        store: WebhookStore,
+        *,
+        concurrency: int = 50,
+        timeout: float = 15.0,
+        poll_interval: float = 1.0,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.store = store
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.poll_interval = poll_interval
+        self._client = client
+        self._own_client = client is None
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    def wake(self) -> None:
+        """Look for due deliveries now (called when a job finishes in this process)."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Start the send loop."""
+        if self._loop_task is not None:
+            return
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                follow_redirects=False,
+                timeout=httpx.Timeout(self.timeout),
+                limits=httpx.Limits(max_connections=self.concurrency),
+            )
+        self._stopping = False
+        self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop claiming; let attempts in flight finish for ``grace`` seconds, then cancel
+        them (a cancelled delivery is retried after its lease by any sender)."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        if self._own_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            free = self.concurrency - len(self._inflight)
+            claimed: Sequence[DeliveryTask] = ()
+            if free > 0:
+                try:
+                    claimed = await self.store.claim(free)
+                except StorageError:
+                    logger.exception("could not claim webhook deliveries")
+            for task in claimed:
+                t = asyncio.get_running_loop().create_task(self._deliver(task))
+                self._inflight.add(t)
+                t.add_done_callback(self._done)
+            if claimed and len(claimed) == free:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._wake.set()
+
+    async def _deliver(self, task: DeliveryTask) -> None:
+        assert self._client is not None
+        started_at = self.store.clock()
+        result = await send_attempt(self._client, task, started_at)
+        try:
+            status = await self.store.record(task, result, started_at)
+        except StorageError:
+            # The attempt happened but is not recorded; the lease runs out and it is retried.
+            logger.exception("could not record a webhook attempt", extra={"delivery": task.id})
+            return
+        logger.info(
+            "webhook attempt",
+            extra={
+                "delivery": task.id,
+                "attempt": task.attempts + 1,
+                "status_code": result.status_code,
+                "outcome": status,
+            },
+        )

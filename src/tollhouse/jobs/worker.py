@@ -1,0 +1,360 @@
+"""Running jobs: the :class:`Dispatcher` claims, runs, heartbeats and reaps; the
+:class:`Worker` adds the webhook sender. Both run as asyncio tasks, inside ``tollhouse
+serve`` (embedded) or in ``tollhouse worker`` processes (scale); ``start()`` and
+``stop()`` are the whole lifecycle.
+
+Shutdown is graceful: no new claims, jobs in flight get ``grace`` seconds to finish,
+then they are cancelled and their leases released (the job is queued again, the attempt
+not counted). A process that dies instead leaves its leases to expire; any dispatcher's
+reaper requeues them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tollhouse.errors import StorageError
+from tollhouse.jobs.handlers import JobHandler
+from tollhouse.jobs.model import Finish, JobFailed, JobRetry, Lease, Outcome
+from tollhouse.jobs.queue import JobQueue
+from tollhouse.jobs.webhooks import WebhookSender, WebhookStore
+
+logger = logging.getLogger(__name__)
+
+#: Outcomes written per transaction at most.
+FINISH_BATCH = 200
+#: Tries of a completion whose write failed (database briefly unavailable) before the
+#: lease is left to expire and the job retried.
+FINISH_TRIES = 3
+
+
+def default_worker_id() -> str:
+    """``host:pid``: which process holds a lease (shown in the jobs table)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """What a dispatcher reports after each attempt (for metrics and tests)."""
+
+    job_id: str
+    org: str
+    outcome: Outcome | None
+    """None: the lease was lost before the attempt ended (another worker owns the job)."""
+    seconds: float
+
+
+class _Finisher:
+    """Writes attempt outcomes in batches: whatever finishes while one transaction is
+    being written goes into the next, so a thousand jobs ending at once cost a handful
+    of transactions, not a thousand (group commit, with no added delay). The same
+    transaction claims jobs for the slots it frees (``refill``), handed to ``spawn``."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        refill: Callable[[int], tuple[str, int]],
+        spawn: Callable[[Lease], None],
+        max_batch: int = FINISH_BATCH,
+    ) -> None:
+        self.queue = queue
+        self.refill = refill
+        self.spawn = spawn
+        self.max_batch = max_batch
+        self._pending: list[tuple[Finish, asyncio.Future[Outcome | None]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for _, future in self._pending:
+            if not future.done():
+                future.set_exception(StorageError("the dispatcher stopped"))
+        self._pending.clear()
+
+    async def finish(self, item: Finish) -> Outcome | None:
+        future: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        self._wake.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
+                try:
+                    outcomes, leases = await self.queue.finish_and_claim(
+                        [item for item, _ in batch], *self.refill(len(batch))
+                    )
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for lease in leases:
+                    self.spawn(lease)
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if not future.done():
+                        future.set_result(outcome)
+
+
+class Dispatcher:
+    """Claims jobs from ``queue`` and runs ``handler`` on each, ``slots`` at a time.
+
+    Args:
+        queue: the job queue.
+        handler: runs one attempt.
+        slots: jobs this process runs at once (orgs' caps apply on top, across processes).
+        worker_id: recorded on leases; ``host:pid`` by default.
+        poll_interval: seconds between claims when idle (a same-process enqueue wakes it
+            at once).
+        heartbeat_interval: seconds between lease extensions; a third of the lease.
+        reap_interval: seconds between runs of the reaper.
+        on_event: called after every attempt.
+    """
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        handler: JobHandler,
+        *,
+        slots: int = 500,
+        worker_id: str | None = None,
+        poll_interval: float = 0.5,
+        heartbeat_interval: float | None = None,
+        reap_interval: float = 5.0,
+        on_event: Callable[[JobEvent], None] | None = None,
+    ) -> None:
+        if slots < 1:
+            raise ValueError("slots must be at least 1")
+        self.queue = queue
+        self.handler = handler
+        self.slots = slots
+        self.worker_id = worker_id or default_worker_id()
+        self.poll_interval = poll_interval
+        self.heartbeat_interval = heartbeat_interval or queue.settings.lease_seconds / 3
+        self.reap_interval = reap_interval
+        self.on_event = on_event
+        self._wake = asyncio.Event()
+        self._running: dict[str, tuple[Lease, asyncio.Task[None]]] = {}
+        self._lost: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._finisher = _Finisher(queue, self._refill, self._spawn)
+        queue.subscribe(self.wake)
+
+    @property
+    def active(self) -> int:
+        """Jobs running in this dispatcher now."""
+        return len(self._running)
+
+    def wake(self) -> None:
+        """Claim now rather than at the next poll."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Start claiming, heartbeating and reaping."""
+        if self._tasks:
+            return
+        self._stopping = False
+        loop = asyncio.get_running_loop()
+        self._finisher.start()
+        self._tasks = [
+            loop.create_task(self._claim_loop()),
+            loop.create_task(self._every(self.heartbeat_interval, self._heartbeat)),
+            loop.create_task(self._every(self.reap_interval, self._reap)),
+        ]
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop claiming; wait up to ``grace`` seconds for running jobs, then cancel them
+        and release their leases."""
+        if not self._tasks:
+            return
+        self._stopping = True
+        self._wake.set()
+        claim_loop, *background = self._tasks
+        with contextlib.suppress(asyncio.CancelledError):
+            await claim_loop
+        # Heartbeats keep running while jobs finish, so no lease expires during the grace.
+        if self._running:
+            tasks = [t for _, t in self._running.values()]
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            leftover = [lease for lease, t in self._running.values() if t in pending]
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            for lease in leftover:
+                try:
+                    await self.queue.release(lease)
+                except StorageError:
+                    logger.exception("could not release a lease", extra={"job": lease.job.id})
+        for t in background:
+            t.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await self._finisher.stop()
+        self._tasks = []
+
+    def _refill(self, freed: int) -> tuple[str, int]:
+        """What a finishing batch may claim: the slots it frees plus any idle ones
+        (nothing once stopping). The batch's jobs still count as running here."""
+        if self._stopping:
+            return self.worker_id, 0
+        return self.worker_id, max(0, self.slots - len(self._running) + freed)
+
+    def _spawn(self, lease: Lease) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(lease))
+        self._running[lease.job.id] = (lease, task)
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            free = self.slots - len(self._running)
+            leases: list[Lease] = []
+            if free > 0:
+                try:
+                    leases = await self.queue.claim(self.worker_id, free)
+                except StorageError:
+                    logger.exception("could not claim jobs")
+            for lease in leases:
+                self._spawn(lease)
+            if leases and len(leases) == free:
+                continue  # slots were the limit, not work: a finished job wakes us
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+
+    async def _run(self, lease: Lease) -> None:
+        job = lease.job
+        started = time.monotonic()
+        outcome: Outcome | None = None
+        try:
+            try:
+                result = await self.handler(job)
+            except asyncio.CancelledError:
+                raise
+            except JobFailed as exc:
+                outcome = await self._finish(lease, exc.error(), retryable=False)
+            except JobRetry as exc:
+                outcome = await self._finish(lease, exc.error(), retryable=True)
+            except Exception as exc:
+                logger.exception("job handler failed", extra={"job": job.id})
+                error = {"code": "HANDLER_ERROR", "message": f"{type(exc).__name__}: {exc}"}
+                outcome = await self._finish(lease, error, retryable=True)
+            else:
+                outcome = await self._finish(lease, result)
+            if outcome is None:
+                logger.warning("lease lost before the job finished", extra={"job": job.id})
+        finally:
+            self._running.pop(job.id, None)
+            self._lost.discard(job.id)
+            self._wake.set()
+        if self.on_event is not None:
+            self.on_event(JobEvent(job.id, job.org, outcome, time.monotonic() - started))
+
+    async def _finish(
+        self, lease: Lease, payload: dict[str, Any], *, retryable: bool | None = None
+    ) -> Outcome | None:
+        for attempt in range(FINISH_TRIES):
+            item = (
+                Finish(lease, result=payload)
+                if retryable is None
+                else Finish(lease, error=payload, retryable=retryable)
+            )
+            try:
+                return await self._finisher.finish(item)
+            except StorageError:
+                logger.exception("could not record a job's outcome", extra={"job": lease.job.id})
+                if attempt + 1 < FINISH_TRIES:
+                    await asyncio.sleep(0.2 * (attempt + 1))
+        return None
+
+    async def _every(self, interval: float, fn: Callable[[], Any]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await fn()
+            except StorageError:
+                logger.exception("background queue step failed")
+
+    async def _heartbeat(self) -> None:
+        leases = [lease for lease, _ in self._running.values()]
+        if not leases:
+            return
+        held = await self.queue.heartbeat(leases)
+        for lease in leases:
+            if lease.job.id in held:
+                continue
+            entry = self._running.get(lease.job.id)
+            if entry is not None and entry[0] is lease:
+                # Reaped (we stalled) or taken over: someone else owns the job now. Stop
+                # working on it; its outcome would be refused anyway.
+                logger.warning("lease lost; cancelling the job here", extra={"job": lease.job.id})
+                self._lost.add(lease.job.id)
+                entry[1].cancel()
+
+    async def _reap(self) -> None:
+        await self.queue.reap()
+
+
+class Worker:
+    """Job dispatch plus webhook sending, started and stopped together.
+
+    Args:
+        queue: the job queue.
+        handler: runs one attempt of a job.
+        webhooks: the webhook store; None runs no sender (deliveries wait for another
+            process's sender).
+        slots: jobs run at once by this worker.
+        webhook_concurrency: webhook attempts in flight at once.
+        webhook_timeout: seconds one webhook attempt may take.
+        dispatcher_options: passed on to :class:`Dispatcher` (poll/heartbeat/reap intervals).
+    """
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        handler: JobHandler,
+        *,
+        webhooks: WebhookStore | None = None,
+        slots: int = 500,
+        webhook_concurrency: int = 50,
+        webhook_timeout: float = 15.0,
+        **dispatcher_options: Any,
+    ) -> None:
+        self.dispatcher = Dispatcher(queue, handler, slots=slots, **dispatcher_options)
+        self.sender = (
+            WebhookSender(webhooks, concurrency=webhook_concurrency, timeout=webhook_timeout)
+            if webhooks is not None
+            else None
+        )
+        if self.sender is not None:
+            queue.subscribe(self.sender.wake, "deliveries")
+
+    async def start(self) -> None:
+        """Start dispatching jobs and sending webhooks."""
+        await self.dispatcher.start()
+        if self.sender is not None:
+            await self.sender.start()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Finish (or release) running jobs, then stop sending webhooks."""
+        await self.dispatcher.stop(grace)
+        if self.sender is not None:
+            await self.sender.stop(min(grace, 5.0))

@@ -1,0 +1,244 @@
+"""A Hypothesis state machine over the SQL queue: enqueue, claim, heartbeat, complete,
+fail, crash, advance the clock, reap — with an injected clock, never sleeping.
+
+After every step it checks against the database that
+
+* each org's running jobs equal its counter and never exceed its cap, and its queued
+  jobs equal the queued counter;
+* every accepted job is in exactly one known state, and none is lost;
+* every running job is held by exactly one live lease the model knows of;
+* first attempts start in FIFO order per org;
+
+and on the way that a stale token can neither heartbeat nor complete, and that the
+reaper takes exactly the leases that expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter, defaultdict
+from datetime import datetime
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.jobs.conftest import FakeClock
+from tollhouse.jobs import NewJob, QueueSettings
+from tollhouse.jobs.model import STATES, Lease
+from tollhouse.jobs.schema import JOB_TABLES, create_job_schema, job_orgs, jobs
+from tollhouse.jobs.sql import SqlJobQueue
+from tollhouse.storage.engine import make_engine
+
+ORGS = ("a", "b", "c")
+DEFAULT_CAP = 2
+CAPS = {"a": DEFAULT_CAP, "b": DEFAULT_CAP, "c": 1}
+LEASE = 10.0
+MAX_ATTEMPTS = 2
+
+
+class _Live:
+    """A lease the model holds, with the expiry the model expects."""
+
+    def __init__(self, lease: Lease, expires: datetime) -> None:
+        self.lease = lease
+        self.expires = expires
+
+
+def machine_for(url: str, loop: asyncio.AbstractEventLoop, engine: AsyncEngine) -> type:
+    class QueueMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.clock = FakeClock()
+            self.queue = SqlJobQueue(
+                engine,
+                QueueSettings(
+                    default_cap=DEFAULT_CAP,
+                    lease_seconds=LEASE,
+                    max_attempts=MAX_ATTEMPTS,
+                    retry_base_seconds=1.0,
+                    retry_max_seconds=4.0,
+                ),
+                clock=self.clock,
+                rng=random.Random(0),
+            )
+            self.held: list[_Live] = []
+            self.crashed: list[_Live] = []
+            self.stale: list[Lease] = []
+            self.accepted = 0
+            self.first_starts: dict[str, list[int]] = defaultdict(list)
+            self.started: set[str] = set()
+
+        def do(self, coro: Any) -> Any:
+            return loop.run_until_complete(coro)
+
+        @initialize()
+        def fresh(self) -> None:
+            async def wipe() -> None:
+                async with engine.begin() as conn:
+                    for table in JOB_TABLES:
+                        await conn.execute(delete(table))
+
+            self.do(wipe())
+            self.do(self.queue.set_cap("c", CAPS["c"]))
+
+        # --- rules -------------------------------------------------------------------
+
+        @rule(org=st.sampled_from(ORGS), n=st.integers(1, 3))
+        def enqueue(self, org: str, n: int) -> None:
+            new = [NewJob(org=org, route="POST /v1/score", payload={"n": i}) for i in range(n)]
+            out = self.do(self.queue.enqueue(new))
+            assert all(e.created for e in out)
+            self.accepted += n
+
+        @rule(limit=st.integers(1, 4))
+        def claim(self, limit: int) -> None:
+            leases = self.do(self.queue.claim("w", limit))
+            assert len(leases) <= limit
+            for lease in leases:
+                self.held.append(_Live(lease, lease.expires_at))
+                if lease.job.id not in self.started:
+                    self.started.add(lease.job.id)
+                    self.first_starts[lease.job.org].append(lease.job.seq)
+
+        @precondition(lambda self: self.held)
+        @rule(data=st.data())
+        def heartbeat(self, data: st.DataObject) -> None:
+            live = data.draw(st.sampled_from(self.held))
+            assert self.do(self.queue.heartbeat([live.lease])) == {live.lease.job.id}
+            live.expires = self.clock.now + self.queue_lease()
+
+        @precondition(lambda self: self.held)
+        @rule(data=st.data())
+        def complete(self, data: st.DataObject) -> None:
+            live = data.draw(st.sampled_from(self.held))
+            self.held.remove(live)
+            assert self.do(self.queue.complete(live.lease, {"ok": True})) == "completed"
+            self.stale.append(live.lease)
+
+        @precondition(lambda self: self.held)
+        @rule(data=st.data(), retryable=st.booleans())
+        def fail(self, data: st.DataObject, retryable: bool) -> None:
+            live = data.draw(st.sampled_from(self.held))
+            self.held.remove(live)
+            outcome = self.do(self.queue.fail(live.lease, {"code": "X"}, retryable=retryable))
+            if not retryable:
+                assert outcome == "failed"
+            elif live.lease.job.attempts >= MAX_ATTEMPTS:
+                assert outcome == "dead"
+            else:
+                assert outcome == "retrying"
+            self.stale.append(live.lease)
+
+        @precondition(lambda self: self.held)
+        @rule(data=st.data())
+        def crash(self, data: st.DataObject) -> None:
+            # The worker vanishes: nobody heartbeats or completes this lease again.
+            live = data.draw(st.sampled_from(self.held))
+            self.held.remove(live)
+            self.crashed.append(live)
+
+        @rule(seconds=st.floats(0.5, 25.0))
+        def advance(self, seconds: float) -> None:
+            self.clock.advance(seconds)
+
+        @rule()
+        def reap(self) -> None:
+            now = self.clock.now
+            expired = [x for x in self.held + self.crashed if x.expires < now]
+            assert self.do(self.queue.reap()) == len(expired)
+            for x in expired:
+                (self.held if x in self.held else self.crashed).remove(x)
+                self.stale.append(x.lease)
+
+        @precondition(lambda self: self.stale)
+        @rule(data=st.data())
+        def stale_token_is_refused(self, data: st.DataObject) -> None:
+            lease = data.draw(st.sampled_from(self.stale))
+            assert self.do(self.queue.heartbeat([lease])) == set()
+            assert self.do(self.queue.complete(lease, {"late": True})) is None
+
+        def queue_lease(self) -> Any:
+            from datetime import timedelta
+
+            return timedelta(seconds=LEASE)
+
+        # --- invariants --------------------------------------------------------------
+
+        @invariant()
+        def database_agrees(self) -> None:
+            async def read() -> tuple[list[Any], list[Any]]:
+                async with engine.connect() as conn:
+                    per = (
+                        await conn.execute(
+                            select(jobs.c.org_id, jobs.c.status, func.count()).group_by(
+                                jobs.c.org_id, jobs.c.status
+                            )
+                        )
+                    ).all()
+                    counters = (await conn.execute(select(job_orgs))).all()
+                return per, counters
+
+            per, counters = self.do(read())
+            counts: Counter[tuple[str, str]] = Counter()
+            total = 0
+            for org, status, n in per:
+                assert status in STATES
+                counts[(org, status)] += n
+                total += n
+            assert total == self.accepted
+            live = Counter(x.lease.job.org for x in self.held + self.crashed)
+            for row in counters:
+                running = counts[(row.org_id, "running")]
+                assert row.running == running
+                assert running <= CAPS[row.org_id]
+                assert row.queued == counts[(row.org_id, "queued")]
+                assert live[row.org_id] == running
+
+        @invariant()
+        def fifo_first_attempts(self) -> None:
+            for seqs in self.first_starts.values():
+                assert seqs == sorted(seqs)
+
+    return QueueMachine
+
+
+def _run_machine(url: str, examples: int) -> None:
+    loop = asyncio.new_event_loop()
+    engine = make_engine(url)
+    try:
+        loop.run_until_complete(create_job_schema(engine))
+        machine = machine_for(url, loop, engine)
+        run_state_machine_as_test(
+            machine,
+            settings=settings(
+                max_examples=examples,
+                stateful_step_count=30,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow],
+            ),
+        )
+    finally:
+        loop.run_until_complete(engine.dispose())
+        loop.close()
+
+
+def test_queue_state_machine_sqlite(sqlite_url: str) -> None:
+    _run_machine(sqlite_url, examples=60)
+
+
+@pytest.mark.postgres
+def test_queue_state_machine_postgres(pg_url: str) -> None:
+    _run_machine(pg_url, examples=30)

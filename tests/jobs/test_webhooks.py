@@ -1,0 +1,333 @@
+"""Webhooks: signatures checked with the reference `standardwebhooks` package, deliveries
+to a real receiver (uvicorn in a thread) that fails, times out, redirects, asks to retry
+later and answers 410; the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from standardwebhooks import Webhook
+from typer.testing import CliRunner
+
+from tests.conftest import serve_in_thread
+from tests.jobs.conftest import database, run
+from tollhouse.cli.webhooks import app as webhooks_cli
+from tollhouse.jobs import NewJob, QueueSettings, open_queue
+from tollhouse.jobs.webhooks import (
+    SCHEDULE,
+    Delivery,
+    WebhookSender,
+    WebhookStore,
+    next_delay,
+    parse_retry_after,
+    secret_key,
+    sign,
+)
+
+FAST = (0.0, 0.05, 0.05, 0.05)
+WAIT = 20.0
+
+
+# --- pure ------------------------------------------------------------------------------
+
+
+def test_signature_matches_the_reference() -> None:
+    secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    body = b'{"type":"score.completed","data":{"x":1}}'
+    ts = int(time.time())
+    ours = sign(secret, "msg_1", ts, body)
+    ref = Webhook(secret).sign("msg_1", datetime.fromtimestamp(ts, UTC), body.decode())
+    assert ours == ref
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(ts), "webhook-signature": ours}
+    assert Webhook(secret).verify(body, headers) == json.loads(body)
+    assert secret_key(secret) == b"k" * 32
+
+
+def test_schedule_and_jitter() -> None:
+    rng = random.Random(3)
+    for made, base in enumerate(SCHEDULE[1:], start=1):
+        delay = next_delay(made, rng=rng)
+        assert delay is not None and base * 0.9 <= delay <= base * 1.1
+    assert next_delay(len(SCHEDULE), rng=rng) is None
+    assert SCHEDULE == (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+    # Retry-After wins when longer, capped at 10 h.
+    assert next_delay(1, retry_after=120, rng=rng) == 120
+    assert next_delay(1, retry_after=10**9, rng=rng) == 36000
+
+
+def test_parse_retry_after() -> None:
+    now = datetime(2026, 3, 7, 12, 0, tzinfo=UTC)
+    assert parse_retry_after("120", now) == 120
+    assert parse_retry_after("Sat, 07 Mar 2026 12:01:00 GMT", now) == 60
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after(None, now) is None
+
+
+# --- a real receiver -------------------------------------------------------------------
+
+
+class Receiver:
+    """Raw ASGI receiver; behaviour by path. Records every request."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: dict[str, list[tuple[dict[str, str], bytes]]] = {}
+
+    def count(self, path: str) -> int:
+        with self.lock:
+            return len(self.calls.get(path, []))
+
+    def requests(self, path: str) -> list[tuple[dict[str, str], bytes]]:
+        with self.lock:
+            return list(self.calls.get(path, []))
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        path = scope["path"]
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        with self.lock:
+            self.calls.setdefault(path, []).append((headers, b"".join(chunks)))
+            n = len(self.calls[path])
+        status, extra = 200, []
+        if path == "/flaky" and n <= 2:
+            status = 500
+        elif path == "/slow":
+            await asyncio.sleep(2)
+        elif path == "/gone":
+            status = 410
+        elif path == "/later":
+            status, extra = 503, [(b"retry-after", b"120")]
+        elif path == "/redirect":
+            status, extra = 302, [(b"location", b"/ok")]
+        await send({"type": "http.response.start", "status": status, "headers": extra})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[tuple[Receiver, str]]:
+    r = Receiver()
+    with serve_in_thread(r) as url:  # type: ignore[arg-type]
+        yield r, url
+
+
+async def _finish_job(engine: Any, org: str, ok: bool = True) -> str:
+    """Push one job through the queue by hand, so its webhook is staged."""
+    queue = open_queue(engine, QueueSettings())
+    [e] = await queue.enqueue(
+        [NewJob(org=org, route="POST /v1/score", payload={"applicationId": "app_1"})]
+    )
+    [lease] = await queue.claim("w", 1)
+    if ok:
+        await queue.complete(lease, {"score": 87})
+    else:
+        await queue.fail(lease, {"code": "NO", "message": "no"}, retryable=False)
+    return e.job.id
+
+
+async def _until(
+    check: Callable[[], Awaitable[list[Delivery]]], done: Callable[[list[Delivery]], bool]
+) -> list[Delivery]:
+    deadline = time.monotonic() + WAIT
+    while True:
+        found = await check()
+        if done(found) or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.02)
+
+
+def _settled(ds: list[Delivery]) -> bool:
+    return bool(ds) and all(d.status != "pending" for d in ds)
+
+
+def test_retries_until_delivered_with_a_stable_id(
+    sqlite_url: str, receiver: tuple[Receiver, str]
+) -> None:
+    rec, base = receiver
+
+    async def body() -> None:
+        async with database(sqlite_url) as engine:
+            store = WebhookStore(engine, schedule=FAST)
+            _, secret = await store.add_endpoint("acme", base + "/flaky")
+            job_id = await _finish_job(engine, "acme")
+            sender = WebhookSender(store, timeout=5, poll_interval=0.02)
+            await sender.start()
+            try:
+                [d] = await _until(lambda: store.deliveries("acme", job_id), _settled)
+            finally:
+                await sender.stop()
+            assert d.status == "delivered"
+            assert [a.status_code for a in d.attempts] == [500, 500, 200]
+            assert [a.error for a in d.attempts] == ["HTTP 500", "HTTP 500", None]
+            seen = rec.requests("/flaky")
+            assert len(seen) == 3
+            assert {h["webhook-id"] for h, _ in seen} == {d.message_id}
+            for headers, raw in seen:
+                event = Webhook(secret).verify(raw, headers)
+                assert event["type"] == "score.completed"
+                assert event["data"]["scoringJobId"] == job_id
+                assert event["data"]["result"] == {"score": 87}
+                assert headers["content-type"] == "application/json"
+
+    run(body())
+
+
+def test_timeouts_are_recorded_then_gives_up(
+    sqlite_url: str, receiver: tuple[Receiver, str]
+) -> None:
+    async def body() -> None:
+        async with database(sqlite_url) as engine:
+            store = WebhookStore(engine, schedule=(0.0, 0.05))
+            await store.add_endpoint("acme", receiver[1] + "/slow")
+            job_id = await _finish_job(engine, "acme", ok=False)
+            sender = WebhookSender(store, timeout=0.3, poll_interval=0.02)
+            await sender.start()
+            try:
+                [d] = await _until(lambda: store.deliveries("acme", job_id), _settled)
+            finally:
+                await sender.stop()
+            assert d.status == "failed" and d.event_type == "score.failed"
+            assert [a.error for a in d.attempts] == ["timed out", "timed out"]
+            assert all(a.status_code is None and a.duration_ms >= 250 for a in d.attempts)
+
+    run(body())
+
+
+def test_gone_disables_the_endpoint(sqlite_url: str, receiver: tuple[Receiver, str]) -> None:
+    rec, base = receiver
+
+    async def body() -> None:
+        async with database(sqlite_url) as engine:
+            store = WebhookStore(engine, schedule=FAST)
+            gone, _ = await store.add_endpoint("acme", base + "/gone")
+            await store.add_endpoint("acme", base + "/ok")
+            before = rec.count("/gone")
+            job_id = await _finish_job(engine, "acme")
+            sender = WebhookSender(store, timeout=5, poll_interval=0.02)
+            await sender.start()
+            try:
+                ds = await _until(lambda: store.deliveries("acme", job_id), _settled)
+            finally:
+                await sender.stop()
+            by_url = {d.url: d for d in ds}
+            assert by_url[base + "/gone"].status == "failed"
+            assert [a.status_code for a in by_url[base + "/gone"].attempts] == [410]
+            assert by_url[base + "/ok"].status == "delivered"
+            assert rec.count("/gone") == before + 1
+            [disabled] = [e for e in await store.list_endpoints("acme") if e.id == gone.id]
+            assert not disabled.enabled and "410" in (disabled.disabled_reason or "")
+            # The next event is not even staged for it.
+            second = await _finish_job(engine, "acme")
+            assert [d.url for d in await store.deliveries("acme", second)] == [base + "/ok"]
+
+    run(body())
+
+
+def test_retry_after_and_redirects(sqlite_url: str, receiver: tuple[Receiver, str]) -> None:
+    rec, base = receiver
+
+    async def body() -> None:
+        async with database(sqlite_url) as engine:
+            store = WebhookStore(engine, schedule=FAST)
+            await store.add_endpoint("acme", base + "/later")
+            await store.add_endpoint("acme", base + "/redirect")
+            ok_before = rec.count("/ok")
+            job_id = await _finish_job(engine, "acme")
+            sender = WebhookSender(store, timeout=5, poll_interval=0.02)
+            await sender.start()
+            try:
+                ds = await _until(
+                    lambda: store.deliveries("acme", job_id),
+                    # Attempts and the delivery row are read one after the other: wait
+                    # for both to show the attempt's outcome (not the claim's lease hold).
+                    lambda found: (
+                        len(found) == 2
+                        and all(d.attempts for d in found)
+                        and all(
+                            d.next_attempt_at is None
+                            or (d.next_attempt_at - d.attempts[-1].started_at).total_seconds() > 90
+                            for d in found
+                        )
+                    ),
+                )
+            finally:
+                await sender.stop()
+            by_url = {d.url: d for d in ds}
+            later = by_url[base + "/later"]
+            assert later.status == "pending" and [a.status_code for a in later.attempts] == [503]
+            assert later.next_attempt_at is not None
+            # Measured from the attempt itself, not from now: a loaded machine may take
+            # any time between the attempt and this line.
+            attempt = later.attempts[0]
+            wait = (later.next_attempt_at - attempt.started_at).total_seconds()
+            assert 119 < wait <= 121 + attempt.duration_ms / 1000  # Retry-After: 120 wins
+            redirect = by_url[base + "/redirect"]
+            assert redirect.attempts[0].status_code == 302
+            assert "redirects are not followed" in (redirect.attempts[0].error or "")
+            assert rec.count("/ok") == ok_before
+
+    run(body())
+
+
+# --- the CLI ---------------------------------------------------------------------------
+
+
+def test_cli_add_list_remove(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    cli = CliRunner()
+    added = cli.invoke(
+        webhooks_cli,
+        [
+            "add",
+            "--org",
+            "acme",
+            "--url",
+            "https://example.test/hook",
+            "--json",
+            "--database-url",
+            db,
+        ],
+    )
+    assert added.exit_code == 0, added.output
+    data = json.loads(added.stdout)
+    assert data["id"].startswith("we_") and data["url"] == "https://example.test/hook"
+    assert data["secret"].startswith("whsec_") and len(secret_key(data["secret"])) == 32
+    listed = cli.invoke(webhooks_cli, ["list", "--org", "acme", "--json", "--database-url", db])
+    assert listed.exit_code == 0, listed.output
+    [row] = json.loads(listed.stdout)
+    assert row["id"] == data["id"] and "secret" not in row and row["status"] == "enabled"
+    table = cli.invoke(webhooks_cli, ["list", "--database-url", db])
+    assert data["id"] in table.stdout and data["secret"] not in table.stdout
+    removed = cli.invoke(webhooks_cli, ["remove", data["id"], "--database-url", db])
+    assert removed.exit_code == 0, removed.output
+    assert (
+        json.loads(cli.invoke(webhooks_cli, ["list", "--json", "--database-url", db]).stdout) == []
+    )
+    again = cli.invoke(webhooks_cli, ["remove", data["id"], "--database-url", db])
+    assert again.exit_code == 1
+    bad = cli.invoke(
+        webhooks_cli, ["add", "--org", "acme", "--url", "ftp://x", "--database-url", db]
+    )
+    assert bad.exit_code == 2

@@ -1,0 +1,231 @@
+"""The dispatcher and handlers: graceful stop, lost leases, retries, upstream mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.jobs.conftest import FakeClock, database, run
+from tollhouse.errors import ConfigError
+from tollhouse.jobs import Dispatcher, Job, NewJob, QueueSettings, open_queue
+from tollhouse.jobs.handlers import FunctionHandler, UpstreamHandler, import_function
+from tollhouse.jobs.model import JobFailed, JobRetry
+from tollhouse.jobs.queue import JobQueue
+
+WAIT = 10.0
+
+
+async def until(check: Callable[[], Any], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def _state(queue: JobQueue, job_id: str) -> str:
+    job = await queue.get("acme", job_id)
+    assert job is not None
+    return job.state
+
+
+def test_graceful_stop_finishes_or_releases(sqlite_url: str) -> None:
+    release = asyncio.Event()
+
+    async def handler(job: Job) -> dict[str, Any]:
+        if job.payload["slow"]:
+            await asyncio.Event().wait()  # never finishes on its own
+        await release.wait()
+        return {"done": True}
+
+    async def body() -> None:
+        async with database(sqlite_url) as engine:
+            queue = open_queue(engine, QueueSettings())
+            quick, slow = await queue.enqueue(
+                [
+                    NewJob(org="acme", route="POST /v1/score", payload={"slow": False}),
+                    NewJob(org="acme", route="POST /v1/score", payload={"slow": True}),
+                ]
+            )
+            d = Dispatcher(queue, handler, slots=5, poll_interval=0.02)
+            await d.start()
+            await until(lambda: _true(d.active == 2), "both running")
+            stopping = asyncio.ensure_future(d.stop(grace=1.0))
+            await asyncio.sleep(0.05)
+            release.set()  # the quick one finishes inside the grace period
+            await stopping
+            assert await _state(queue, quick.job.id) == "completed"
+            back = await queue.get("acme", slow.job.id)
+            assert back is not None and back.state == "queued" and back.attempts == 0
+            [c] = await queue.counters()
+            assert (c.running, c.queued) == (0, 1)
+
+    run(body())
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def test_lost_lease_cancels_the_handler(sqlite_url: str) -> None:
+    clock = FakeClock()
+    cancelled = asyncio.Event()
+
+    async def handler(job: Job) -> dict[str, Any]:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return {}
+
+    async def body() -> None:
+        async with database(sqlite_url) as engine:
+            queue = open_queue(engine, QueueSettings(lease_seconds=10), clock=clock)
+            [e] = await queue.enqueue([NewJob(org="acme", route="POST /v1/score", payload={})])
+            d = Dispatcher(
+                queue, handler, poll_interval=0.02, heartbeat_interval=0.02, reap_interval=3600
+            )
+            await d.start()
+            await until(lambda: _true(d.active == 1), "running")
+            clock.advance(11)  # the heartbeats stall (fake time), the lease runs out
+            assert await queue.reap() == 1
+            await asyncio.wait_for(cancelled.wait(), WAIT)
+            await until(lambda: _true(d.active == 0), "slot freed")
+            await d.stop()
+            assert await _state(queue, e.job.id) == "queued"
+
+    run(body())
+
+
+def test_failures_retry_then_die(sqlite_url: str) -> None:
+    calls: list[int] = []
+
+    async def handler(job: Job) -> dict[str, Any]:
+        calls.append(job.attempts)
+        if job.payload["kind"] == "bad":
+            raise JobFailed("bad input", "BAD_INPUT", field="x")
+        raise RuntimeError("boom")
+
+    async def body() -> None:
+        async with database(sqlite_url) as engine:
+            settings = QueueSettings(
+                max_attempts=3, retry_base_seconds=0.01, retry_max_seconds=0.02
+            )
+            queue = open_queue(engine, settings)
+            boom, bad = await queue.enqueue(
+                [
+                    NewJob(org="acme", route="POST /v1/score", payload={"kind": "boom"}),
+                    NewJob(org="acme", route="POST /v1/score", payload={"kind": "bad"}),
+                ]
+            )
+            d = Dispatcher(queue, handler, poll_interval=0.01)
+            await d.start()
+            try:
+                await until(lambda: _both_done(queue, boom.job.id, bad.job.id), "both terminal")
+            finally:
+                await d.stop()
+            dead = await queue.get("acme", boom.job.id)
+            assert dead is not None and dead.state == "dead" and dead.attempts == 3
+            assert dead.error == {"code": "HANDLER_ERROR", "message": "RuntimeError: boom"}
+            failed = await queue.get("acme", bad.job.id)
+            assert failed is not None and failed.state == "failed" and failed.attempts == 1
+            assert failed.error == {"code": "BAD_INPUT", "message": "bad input", "field": "x"}
+
+    run(body())
+
+
+async def _both_done(queue: JobQueue, *ids: str) -> bool:
+    for job_id in ids:
+        job = await queue.get("acme", job_id)
+        if job is None or not job.terminal:
+            return False
+    return True
+
+
+def test_function_handlers() -> None:
+    fn = import_function("tests.jobs.handlers:echo")
+    job = Job(
+        id="sj_1",
+        seq=1,
+        org="acme",
+        route="POST /v1/score",
+        payload={"a": 1},
+        state="running",
+        attempts=1,
+        max_attempts=5,
+        created_at=FakeClock().now,
+        run_after=FakeClock().now,
+    )
+    assert run(FunctionHandler(fn)(job)) == {"echo": {"a": 1}}
+    for spec in ("tests.jobs.handlers:not_async", "tests.jobs.nope:x", "no_colon"):
+        with pytest.raises(ConfigError):
+            import_function(spec)
+
+
+def _job(**kw: Any) -> Job:
+    now = FakeClock().now
+    base: dict[str, Any] = {
+        "id": "sj_1",
+        "seq": 1,
+        "org": "acme",
+        "route": "POST /v1/score",
+        "payload": {"applicationId": "a"},
+        "state": "running",
+        "attempts": 1,
+        "max_attempts": 5,
+        "created_at": now,
+        "run_after": now,
+        "tenant": "t-1",
+        "environment": "SANDBOX",
+        "request_id": "req_1",
+    }
+    base.update(kw)
+    return Job(**base)
+
+
+def test_upstream_handler_maps_statuses() -> None:
+    seen: list[httpx.Request] = []
+    answers = {
+        "ok": httpx.Response(200, json={"score": 9}),
+        "busy": httpx.Response(503, json={"error": {"code": "BUSY", "message": "later"}}),
+        "bad": httpx.Response(422, json={"error": {"code": "VALIDATION_FAILED", "message": "x"}}),
+        "html": httpx.Response(200, text="<html>"),
+    }
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        kind = orjson.loads(request.content)["kind"]
+        if kind == "down":
+            raise httpx.ConnectError("refused")
+        return answers[kind]
+
+    async def body() -> None:
+        client = httpx.AsyncClient(transport=httpx.MockTransport(reply), base_url="http://up")
+        h = UpstreamHandler(client=client)
+        assert await h(_job(payload={"kind": "ok"})) == {"score": 9}
+        request = seen[0]
+        assert (request.method, request.url.path) == ("POST", "/v1/score")
+        assert request.headers["x-tollhouse-org"] == "acme"
+        assert request.headers["x-tenant-id"] == "t-1"
+        assert request.headers["idempotency-key"] == "sj_1"
+        assert request.headers["x-request-id"] == "req_1"
+        with pytest.raises(JobRetry) as retry:
+            await h(_job(payload={"kind": "busy"}))
+        assert retry.value.error() == {"code": "BUSY", "message": "later", "status": 503}
+        with pytest.raises(JobFailed) as failed:
+            await h(_job(payload={"kind": "bad"}))
+        assert failed.value.error()["code"] == "VALIDATION_FAILED"
+        with pytest.raises(JobFailed):
+            await h(_job(payload={"kind": "html"}))
+        with pytest.raises(JobRetry) as down:
+            await h(_job(payload={"kind": "down"}))
+        assert down.value.code == "UPSTREAM_UNAVAILABLE"
+        await h.aclose()
+
+    run(body())
