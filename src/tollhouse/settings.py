@@ -2,7 +2,7 @@
 
 The server and the CLI call :func:`load_settings` with the same inputs and so find the
 same database. Environment variables: ``TOLLHOUSE_CONFIG``, ``TOLLHOUSE_DATABASE_URL``,
-``TOLLHOUSE_REDIS_URL``.
+``TOLLHOUSE_REDIS_URL``, ``TOLLHOUSE_INSTANCES``.
 """
 
 from __future__ import annotations
@@ -12,12 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from tollhouse.errors import ConfigError
 from tollhouse.policy.load import load_policy
 from tollhouse.policy.model import Policy
 
 ENV_CONFIG = "TOLLHOUSE_CONFIG"
 ENV_DATABASE_URL = "TOLLHOUSE_DATABASE_URL"
 ENV_REDIS_URL = "TOLLHOUSE_REDIS_URL"
+ENV_INSTANCES = "TOLLHOUSE_INSTANCES"
+ENV_EMBEDDED_WORKERS = "TOLLHOUSE_EMBEDDED_WORKERS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,12 @@ class Settings:
     """Keys and orgs (SQLite file by default)."""
     redis_url: str
     """Shared limits; empty keeps them in process memory."""
+    embedded_workers: bool = True
+    """Run job workers inside the server process (the embedded default); set
+    ``TOLLHOUSE_EMBEDDED_WORKERS=0`` when ``tollhouse worker`` processes do the work."""
+    instances: int = 1
+    """Processes sharing the limits (workers × replicas): while Redis is unreachable each
+    enforces ``limit ÷ instances`` locally."""
 
     @property
     def is_embedded_default(self) -> bool:
@@ -44,6 +53,7 @@ def load_settings(
     *,
     database_url: str | None = None,
     redis_url: str | None = None,
+    instances: int | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Resolve settings: explicit arguments (flags) win over the environment, which wins
@@ -63,4 +73,19 @@ def load_settings(
         redis_url=(
             redis_url if redis_url is not None else env.get(ENV_REDIS_URL, policy.storage.redis_url)
         ),
+        instances=instances or _positive(env.get(ENV_INSTANCES), ENV_INSTANCES) or 1,
+        embedded_workers=env.get(ENV_EMBEDDED_WORKERS, "1").strip().lower()
+        not in ("0", "false", "no", "off"),
     )
+
+
+def _positive(text: str | None, name: str) -> int | None:
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{name}={text!r}: must be a whole number of at least 1")
+    return value

@@ -390,3 +390,52 @@ def test_seed_003_routes_answer_errors_with_detail(default_server: Server) -> No
     unauth = httpx.get(url)
     assert unauth.status_code == 401
     assert set(unauth.json()) == {"detail"}
+
+
+def test_embedded_example_keeps_orgs_apart(default_server: Server) -> None:
+    a, b = default_server.key(org()), default_server.key(org())
+    url = default_server.url + "/v1/criteria/generate"
+    assert httpx.post(url, json=GEN_BODY, headers=bearer(a)).status_code == 200
+    read = default_server.url + "/v1/jobs/job_1/criteria"
+    assert httpx.get(read, headers=bearer(a)).status_code == 200
+    assert httpx.get(read, headers=bearer(b)).status_code == 404
+
+
+def test_scoring_is_queued_and_polled(default_server: Server) -> None:
+    key = default_server.key(org())
+    assert (
+        httpx.post(
+            default_server.url + "/v1/criteria/generate", json=GEN_BODY, headers=bearer(key)
+        ).status_code
+        == 200
+    )
+    body = {
+        "applicationId": "app_1",
+        "jobId": "job_1",
+        "candidate": {"name": "Ada", "resume": "Python and Redis for six years."},
+    }
+    resp = httpx.post(default_server.url + "/v1/score", json=body, headers=bearer(key))
+    assert resp.status_code == 202, resp.text
+    accepted = resp.json()
+    assert accepted["status"] == "queued"
+    assert set(accepted) >= {"scoringJobId", "status", "queuePosition", "estimatedWaitSeconds"}
+    assert resp.headers["x-ratelimit-limit"] == "20"
+    url = default_server.url + "/v1/score/" + accepted["scoringJobId"]
+    deadline = time.monotonic() + 20
+    job = {}
+    while time.monotonic() < deadline:
+        job = httpx.get(url, headers=bearer(key)).json()
+        if job["status"] in ("completed", "failed"):
+            break
+        time.sleep(0.1)
+    assert job["status"] == "completed", job
+    by_app = httpx.get(default_server.url + "/v1/score/application/app_1", headers=bearer(key))
+    assert by_app.json()["scoringJobId"] == accepted["scoringJobId"]
+    other = default_server.key(org())
+    assert httpx.get(url, headers=bearer(other)).status_code == 404
+    volume = httpx.get(
+        default_server.url + "/v1/analytics/scoring-volume?timeRange=1h", headers=bearer(key)
+    )
+    assert volume.status_code == 200
+    assert volume.headers["cache-control"] == "private, max-age=60"
+    assert sum(p["completed"] for p in volume.json()["data"]) == 1

@@ -79,7 +79,7 @@ def test_proxy_mode_slow_upstream_is_504(proxy_server: Server) -> None:
         "X-Tenant-Id": "t1",
         "x-example-delay-ms": "5000",
     }
-    resp = httpx.get(proxy_server.url + "/v1/score/sj_x", headers=headers, timeout=30)
+    resp = httpx.get(proxy_server.url + "/v1/jobs/j/criteria", headers=headers, timeout=30)
     assert resp.status_code == 504
     assert resp.json()["error"]["code"] == "UPSTREAM_TIMEOUT"
 
@@ -90,7 +90,7 @@ def test_proxy_mode_upstream_down_is_502(tmp_path: Path) -> None:
     try:
         key = server.key("proxy-down")
         headers = {"Authorization": f"Bearer {key['key']}", "X-Tenant-Id": "t1"}
-        resp = httpx.get(server.url + "/v1/score/sj_x", headers=headers)
+        resp = httpx.get(server.url + "/v1/jobs/j/criteria", headers=headers)
         assert resp.status_code == 502
         err = resp.json()["error"]
         assert err["code"] == "UPSTREAM_UNAVAILABLE"

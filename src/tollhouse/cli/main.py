@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tollhouse.cli import keys, limits, serve
+from tollhouse.cli import keys, limits, serve, usage, webhooks, worker
 
 app = typer.Typer(
     name="tollhouse",
@@ -16,6 +16,9 @@ app = typer.Typer(
 app.command("serve")(serve.serve)
 app.add_typer(keys.app, name="keys")
 app.add_typer(limits.app, name="limits")
+app.add_typer(webhooks.app, name="webhooks")
+app.add_typer(usage.app, name="usage")
+app.command("worker")(worker.worker)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -12,7 +13,13 @@ from tollhouse.errors import TollhouseError
 from tollhouse.http.app import Tollhouse
 from tollhouse.keys.demo import ensure_demo_key
 from tollhouse.keys.store import KeyStore
-from tollhouse.settings import Settings
+from tollhouse.settings import (
+    ENV_CONFIG,
+    ENV_DATABASE_URL,
+    ENV_INSTANCES,
+    ENV_REDIS_URL,
+    Settings,
+)
 from tollhouse.storage.engine import make_engine, sqlite_path
 from tollhouse.storage.schema import create_schema
 
@@ -39,23 +46,39 @@ def serve(
             "(or run with --workers 1 to keep limits in process memory)",
             2,
         )
-    if workers > 1:
-        fail("--workers > 1 is not available in this version: run one process per port", 2)
     try:
         app = Tollhouse(settings=settings)
     except TollhouseError as exc:
         fail(str(exc), 2)
     demo = run(lambda: _prepare(settings))
-    _banner(settings, host, port, demo)
+    _banner(settings, host, port, demo, workers)
+    options = {
+        "host": host,
+        "port": port,
+        "log_level": "info",
+        "access_log": access_log,
+        "proxy_headers": False,
+        "server_header": False,
+        "lifespan": "on",
+    }
+    if workers == 1:
+        uvicorn.run(app, **options)  # type: ignore[arg-type]
+        return
+    # Each worker process builds its own app from the same settings, passed down by
+    # environment; together they count as `workers` instances for degraded mode.
+    os.environ.update(
+        {
+            ENV_CONFIG: str(settings.config_path or ""),
+            ENV_DATABASE_URL: settings.database_url,
+            ENV_REDIS_URL: settings.redis_url,
+            ENV_INSTANCES: str(workers * settings.instances),
+        }
+    )
     uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level="info",
-        access_log=access_log,
-        proxy_headers=False,
-        server_header=False,
-        lifespan="on",
+        "tollhouse.http.app:app_from_env",
+        factory=True,
+        workers=workers,
+        **options,  # type: ignore[arg-type]
     )
 
 
@@ -72,7 +95,7 @@ async def _prepare(settings: Settings) -> str | None:
         await engine.dispose()
 
 
-def _banner(settings: Settings, host: str, port: int, demo: str | None) -> None:
+def _banner(settings: Settings, host: str, port: int, demo: str | None, workers: int) -> None:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown}:{port}"
     policy = settings.config_path or "built-in (seeds 002 and 004)"
@@ -83,6 +106,8 @@ def _banner(settings: Settings, host: str, port: int, demo: str | None) -> None:
     console.print(f"  upstream: {upstream}", highlight=False)
     console.print(f"  database: {settings.database_url}", highlight=False)
     console.print(f"  limits:   {settings.redis_url or 'in process memory'}", highlight=False)
+    if workers > 1:
+        console.print(f"  workers:  {workers} processes sharing Redis", highlight=False)
     console.print(f"  health:   {base}/healthz", highlight=False)
     key = demo or "$TOLLHOUSE_API_KEY"
     if demo:

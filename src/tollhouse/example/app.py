@@ -173,12 +173,22 @@ def _endpoint(handler: _Handler) -> Callable[[Request], Awaitable[Response]]:
             delay_ms = _delay_ms(request.headers.get(DELAY_HEADER))
             if delay_ms:
                 await asyncio.sleep(delay_ms / 1000)
-            org = request.headers.get(ORG_HEADER) or DEFAULT_ORG
+            org = _org(request)
             return await handler(_Call(request, org, request_id))
         except ApiError as exc:
             return _error(exc, request_id)
 
     return endpoint
+
+
+def _org(request: Request) -> str:
+    """The caller's org: from the gateway's identity when mounted in-process behind it,
+    else from the header the reverse proxy (or the job handler) sets."""
+    identity = (request.scope.get("state") or {}).get("identity")
+    org = getattr(identity, "org", None)
+    if isinstance(org, str) and org:
+        return org
+    return request.headers.get(ORG_HEADER) or DEFAULT_ORG
 
 
 def _criterion_json(criterion: Criterion) -> dict[str, Any]:

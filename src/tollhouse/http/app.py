@@ -9,12 +9,18 @@ from pathlib import Path
 from typing import Any, cast
 
 from tollhouse.errors import ConfigError
+from tollhouse.http.dispatch import PlatformDispatch
 from tollhouse.http.gateway import ASGIApp, Gateway, Receive, Scope, Send
+from tollhouse.http.jobs_app import create_jobs_app
 from tollhouse.http.lifespan import InnerLifespan
+from tollhouse.http.platform import create_platform_app
+from tollhouse.jobs import Worker, build_handler, create_job_schema, open_queue, settings_for
+from tollhouse.jobs.webhooks import WebhookStore
 from tollhouse.keys.cache import KeyCache
 from tollhouse.keys.store import KeyStore
 from tollhouse.limits import LimitStore, open_store
 from tollhouse.limits.overrides import OverrideCache, OverrideStore
+from tollhouse.metering import UsageMeter
 from tollhouse.policy.model import Policy
 from tollhouse.settings import Settings, load_settings
 from tollhouse.storage.engine import make_engine
@@ -73,12 +79,40 @@ class Tollhouse:
     ) -> None:
         self.settings = settings or load_settings(config)
         policy = self.settings.policy
-        self.inner: ASGIApp = app if app is not None else build_upstream(policy)
+        self.upstream: ASGIApp = app if app is not None else build_upstream(policy)
         self.engine = make_engine(self.settings.database_url)
+        # Jobs (seed 004): the policy's async routes answer 202 and run on the queue; the
+        # jobs app also serves scoring volume (seed 000) and passes the rest upstream.
+        self.queue = open_queue(self.engine, settings_for(policy))
+        self.webhooks = WebhookStore(self.engine)
+        # Usage (seeds 001, 003): every admitted call is metered in memory and flushed in
+        # batches; the platform app answers the analytics and events routes.
+        self.meter = UsageMeter(self.engine)
+        platform = cast(
+            ASGIApp, create_platform_app(engine=self.engine, policy=policy, meter=self.meter)
+        )
+        self.inner: ASGIApp = cast(
+            ASGIApp,
+            create_jobs_app(
+                queue=self.queue,
+                policy=policy,
+                webhooks=self.webhooks,
+                fallback=PlatformDispatch(platform, self.upstream),
+            ),
+        )
+        self.worker: Worker | None = None
+        if policy.async_routes and self.settings.embedded_workers:
+            self.worker = Worker(
+                self.queue, build_handler(policy, self.upstream), webhooks=self.webhooks
+            )
         self.key_store = KeyStore(self.engine)
         self.keys = KeyCache(self.key_store)
-        self.limits: LimitStore = open_store(self.settings.redis_url)
-        self.gateway = Gateway(self.inner, policy=policy, limits=self.limits, keys=self.keys)
+        self.limits: LimitStore = open_store(
+            self.settings.redis_url, instances=self.settings.instances
+        )
+        self.gateway = Gateway(
+            self.inner, policy=policy, limits=self.limits, keys=self.keys, meter=self.meter
+        )
         self.overrides = OverrideCache(
             OverrideStore(self.engine), on_change=self.gateway.forget_checks
         )
@@ -97,9 +131,13 @@ class Tollhouse:
             if self._started:
                 return
             await create_schema(self.engine)
+            await create_job_schema(self.engine)
             self.keys.start()
             await self.overrides.start()
+            await self.meter.start()
             await self._inner_lifespan.startup()
+            if self.worker is not None:
+                await self.worker.start()
             self._started = True
             # Everything loaded so far lives as long as the process: move it out of the
             # cyclic collector's sight so collections stay proportional to per-request
@@ -109,9 +147,14 @@ class Tollhouse:
     async def shutdown(self) -> None:
         """Stop everything started by :meth:`startup` and release connections."""
         if self._started:
+            if self.worker is not None:
+                # Running jobs get a grace period; the rest go back on the queue.
+                await self.worker.stop(grace=10.0)
             await self._inner_lifespan.shutdown()
             await self.keys.stop()
             await self.overrides.stop()
+            # Last: everything metered up to here is flushed.
+            await self.meter.stop()
             self._started = False
         await self.limits.aclose()
         await self.engine.dispose()
@@ -139,3 +182,9 @@ class Tollhouse:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def app_from_env() -> Tollhouse:
+    """The app for one of several server processes (``tollhouse serve --workers N``):
+    settings come from ``TOLLHOUSE_*`` variables the parent process set."""
+    return Tollhouse(settings=load_settings())
