@@ -281,8 +281,14 @@ class JobsApp:
         self.fallback = fallback
         self.clock = clock
         routes: list[Route] = []
+        prefixes = [DELIVERIES_PATH, VOLUME_PATH]
         for async_route in policy.async_routes:
-            routes += _AsyncRouteApi(async_route, queue).routes()
+            api = _AsyncRouteApi(async_route, queue)
+            routes += api.routes()
+            prefixes.append(api.path)
+        # Every other request (most traffic) is the upstream's: one startswith decides,
+        # before any route's regular expression runs.
+        self._prefixes = tuple(prefixes)
         routes.append(Route(DELIVERIES_PATH, _endpoint(self.deliveries), methods=["GET"]))
         routes.append(Route(VOLUME_PATH, _endpoint(self.scoring_volume), methods=["GET"]))
         self.routes = routes
@@ -292,6 +298,9 @@ class JobsApp:
             # Lifespan and websockets belong to the upstream.
             if self.fallback is not None:
                 await self.fallback(scope, receive, send)
+            return
+        if not scope["path"].startswith(self._prefixes) and self.fallback is not None:
+            await self.fallback(scope, receive, send)
             return
         partial: Route | None = None
         for route in self.routes:
