@@ -347,19 +347,20 @@ class Gateway:
                         labels[name] = values[0]
         group = match.endpoint_group
         assert self.meter is not None
+        # Positional: this runs once per request.
         self.meter.record(
             CallRecord(
-                time=arrived,
-                org=identity.org,
-                environment=identity.environment,
-                key_id=identity.key_id,
-                tenant=identity.tenant,
-                endpoint_group=group.key if group is not None else None,
-                method=method,
-                route=match.template,
-                status=status,
-                duration_ms=(perf_counter() - t0) * 1000.0,
-                labels=labels,
+                arrived,
+                identity.org,
+                identity.environment,
+                identity.key_id,
+                identity.tenant,
+                group.key if group is not None else None,
+                method,
+                match.template,
+                status,
+                (perf_counter() - t0) * 1000.0,
+                labels,
             )
         )
 
