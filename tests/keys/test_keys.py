@@ -100,3 +100,12 @@ def test_cache_coalesces_concurrent_misses(tmp_path: Path) -> None:
         assert calls == 1
 
     with_store(tmp_path, go)
+
+
+def test_first_keys_of_a_new_org_created_at_once(tmp_path: Path) -> None:
+    async def go(store: KeyStore) -> int:
+        made = await asyncio.gather(*(store.create("fresh-org") for _ in range(10)))
+        assert len({r.id for r, _ in made}) == 10
+        return len(await store.list_keys("fresh-org"))
+
+    assert with_store(tmp_path, go) == 10

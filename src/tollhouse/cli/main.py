@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tollhouse.cli import keys, limits, serve, usage, webhooks, worker
+from tollhouse.cli import keys, limits, score, serve, status, usage, webhooks, worker
 
 app = typer.Typer(
     name="tollhouse",
@@ -19,6 +19,8 @@ app.add_typer(limits.app, name="limits")
 app.add_typer(webhooks.app, name="webhooks")
 app.add_typer(usage.app, name="usage")
 app.command("worker")(worker.worker)
+app.command("status")(status.status)
+app.command("score")(score.score)
 
 
 def main() -> None:

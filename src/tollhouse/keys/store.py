@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tollhouse.errors import StorageError
 from tollhouse.keys.hashing import SHOWN_PREFIX, hash_secret, new_key_id, new_secret
 from tollhouse.keys.model import KeyRecord
+from tollhouse.storage.dialect import insert
 from tollhouse.storage.schema import api_keys, orgs
 
 _ENV_NAME = {"test": "SANDBOX", "live": "PRODUCTION"}
@@ -66,9 +67,13 @@ class KeyStore:
         }
         try:
             async with self.engine.begin() as conn:
-                exists = (await conn.execute(select(orgs.c.id).where(orgs.c.id == org))).first()
-                if exists is None:
-                    await conn.execute(orgs.insert().values(id=org, created_at=now))
+                # Two keys of a new org may be created at once: the org row is inserted
+                # once, whoever comes second does nothing.
+                await conn.execute(
+                    insert(conn.dialect.name, orgs)
+                    .values(id=org, created_at=now)
+                    .on_conflict_do_nothing(index_elements=["id"])
+                )
                 await conn.execute(api_keys.insert().values(**row))
         except SQLAlchemyError as exc:
             raise StorageError(f"could not create a key: {exc}") from exc

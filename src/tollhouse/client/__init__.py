@@ -1,0 +1,143 @@
+"""The tollhouse Python SDK: typed sync and async clients for every public endpoint.
+
+::
+
+    from tollhouse.client import Client
+
+    with Client(api_key="sk_test_…", base_url="http://127.0.0.1:8000", tenant_id="acme") as c:
+        status = c.rate_limit_status()
+        c.criteria.generate("job_1", "Backend Engineer", "Python, PostgreSQL, 5 years.")
+        for outcome in c.score_many(candidates, state="scoring.state"):
+            print(outcome.key, outcome.status, outcome.score)
+
+Both clients wait out 429s (``Retry-After`` plus jitter), back off exponentially on
+repeated failures, 502/503/504 and connection errors, throttle ahead of an exhausted
+window (``X-RateLimit-Remaining``/``Reset``), cap requests in flight, and raise typed
+errors (:class:`ApiError` and its subclasses) once the retries are used up. See
+``docs/sdk.md``.
+"""
+
+from __future__ import annotations
+
+from tollhouse.client._async_client import (
+    AsyncAnalyticsApi,
+    AsyncCallCountsApi,
+    AsyncClient,
+    AsyncCriteriaApi,
+    AsyncEventsApi,
+)
+from tollhouse.client._base import (
+    DEFAULT_BASE_URL,
+    ENV_API_KEY,
+    ENV_BASE_URL,
+    Label,
+    RetryEvent,
+    ThrottleEvent,
+    Time,
+    TimeRange,
+)
+from tollhouse.client._bulk import BulkProgress, ScoreOutcome
+from tollhouse.client._client import AnalyticsApi, CallCountsApi, Client, CriteriaApi, EventsApi
+from tollhouse.client._errors import (
+    ApiError,
+    AuthenticationError,
+    BadRequestError,
+    ClientError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServerError,
+    TransportError,
+    UnexpectedResponse,
+    ValidationError,
+)
+from tollhouse.client._inputs import Event, ScoreRequest
+from tollhouse.client._journal import JournalError
+from tollhouse.client._models import (
+    ArchiveResult,
+    BatchItem,
+    BucketStatus,
+    CallCounts,
+    Category,
+    Criterion,
+    DeliveryAttempt,
+    ErrorDetail,
+    EventsIngested,
+    InterviewQuestions,
+    JobCriteria,
+    LabelCounts,
+    MetricResult,
+    PoolStatus,
+    RateLimitStatus,
+    ScoreAccepted,
+    ScoreBatchResult,
+    ScoreJob,
+    ScoringVolume,
+    Series,
+    VolumePoint,
+    WebhookDelivery,
+)
+from tollhouse.client._retry import RetryDecision, RetryPolicy, backoff, decide
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "ENV_API_KEY",
+    "ENV_BASE_URL",
+    "AnalyticsApi",
+    "ApiError",
+    "ArchiveResult",
+    "AsyncAnalyticsApi",
+    "AsyncCallCountsApi",
+    "AsyncClient",
+    "AsyncCriteriaApi",
+    "AsyncEventsApi",
+    "AuthenticationError",
+    "BadRequestError",
+    "BatchItem",
+    "BucketStatus",
+    "BulkProgress",
+    "CallCounts",
+    "CallCountsApi",
+    "Category",
+    "Client",
+    "ClientError",
+    "CriteriaApi",
+    "Criterion",
+    "DeliveryAttempt",
+    "ErrorDetail",
+    "Event",
+    "EventsApi",
+    "EventsIngested",
+    "InterviewQuestions",
+    "JobCriteria",
+    "JournalError",
+    "Label",
+    "LabelCounts",
+    "MetricResult",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PoolStatus",
+    "RateLimitError",
+    "RateLimitStatus",
+    "RetryDecision",
+    "RetryEvent",
+    "RetryPolicy",
+    "ScoreAccepted",
+    "ScoreBatchResult",
+    "ScoreJob",
+    "ScoreOutcome",
+    "ScoreRequest",
+    "ScoringVolume",
+    "Series",
+    "ServerError",
+    "ThrottleEvent",
+    "Time",
+    "TimeRange",
+    "TransportError",
+    "UnexpectedResponse",
+    "ValidationError",
+    "VolumePoint",
+    "WebhookDelivery",
+    "backoff",
+    "decide",
+]

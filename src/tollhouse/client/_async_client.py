@@ -1,0 +1,447 @@
+"""The asynchronous client: the same calls as :class:`~tollhouse.client.Client`, awaited.
+
+Only the send loop, the waits and the bulk driver differ from the sync client; request
+building, parsing, retry decisions, throttling and the bulk state machine are shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import random
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from tollhouse.client import _base as ops
+from tollhouse.client import _models as m
+from tollhouse.client._base import (
+    ClientCore,
+    Label,
+    Operation,
+    RetryEvent,
+    ThrottleEvent,
+    Time,
+    TimeRange,
+    resolve_settings,
+)
+from tollhouse.client._bulk import BulkProgress, BulkRun, BulkSettings, Poll, ScoreOutcome, Submit
+from tollhouse.client._errors import ClientError
+from tollhouse.client._inputs import EventInput, ScoreInput, ScoreRequest
+from tollhouse.client._journal import Journal
+from tollhouse.client._retry import RetryPolicy
+from tollhouse.client._throttle import Throttle
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """An asynchronous tollhouse API client (httpx); see :class:`~tollhouse.client.Client`
+    for the behaviour and the arguments, which are the same except:
+
+    Args:
+        http_client: an ``httpx.AsyncClient`` to send with; not closed by :meth:`aclose`.
+        sleep: an async wait, e.g. a fake for tests.
+
+    Example::
+
+        async with AsyncClient(api_key="sk_test_…", tenant_id="acme") as client:
+            status = await client.rate_limit_status()
+            async for outcome in client.score_many(candidates, state="run.state"):
+                print(outcome.key, outcome.status, outcome.score)
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        tenant_id: str | None = None,
+        timeout: float = 30.0,
+        max_retries: int | None = None,
+        max_concurrency: int = 10,
+        throttle: bool = True,
+        retry: RetryPolicy | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        on_retry: Callable[[RetryEvent], None] | None = None,
+        on_throttle: Callable[[ThrottleEvent], None] | None = None,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        key, url = resolve_settings(api_key, base_url)
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        policy = retry or RetryPolicy()
+        if max_retries is not None:
+            policy = dataclasses.replace(policy, max_retries=max_retries)
+        self._core = ClientCore(
+            api_key=key,
+            base_url=url,
+            tenant_id=tenant_id,
+            retry=policy,
+            throttle=Throttle() if throttle else None,
+            rng=rng or random.Random(),
+            clock=clock or time.time,
+            on_retry=on_retry,
+            on_throttle=on_throttle,
+        )
+        self._timeout = timeout
+        self._max_concurrency = max_concurrency
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(
+            limits=httpx.Limits(
+                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+            )
+        )
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._sleep = sleep or asyncio.sleep
+        self.criteria = AsyncCriteriaApi(self)
+        self.analytics = AsyncAnalyticsApi(self)
+        self.call_counts = AsyncCallCountsApi(self)
+        self.events = AsyncEventsApi(self)
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL."""
+        return self._core.base_url
+
+    @property
+    def tenant_id(self) -> str | None:
+        """The ``X-Tenant-Id`` sent, if any."""
+        return self._core.tenant_id
+
+    def with_tenant(self, tenant_id: str | None) -> AsyncClient:
+        """A client for another tenant, sharing this one's connections, limits and state.
+
+        Closing it does nothing; close the original.
+        """
+        clone = object.__new__(AsyncClient)
+        clone.__dict__.update(self.__dict__)
+        clone._core = dataclasses.replace(self._core, tenant_id=tenant_id)
+        clone._owns_http = False
+        clone.criteria = AsyncCriteriaApi(clone)
+        clone.analytics = AsyncAnalyticsApi(clone)
+        clone.call_counts = AsyncCallCountsApi(clone)
+        clone.events = AsyncEventsApi(clone)
+        return clone
+
+    # --- the send loop -------------------------------------------------------------------
+
+    async def _call(self, op: Operation[T]) -> T:
+        core = self._core
+        retry = 0
+        while True:
+            while (wait := core.throttle_wait(op)) > 0:
+                await self._sleep(wait)
+            request = self._http.build_request(**core.request_args(op), timeout=self._timeout)
+            try:
+                async with self._slots:
+                    response = await self._http.send(request)
+            except httpx.TransportError as exc:
+                delay = core.after_failure(op, exc, retry)
+                if delay is None:
+                    raise core.transport_error(op, exc, retry + 1) from exc
+            else:
+                delay = core.after_answer(op, response, retry)
+                if delay is None:
+                    return core.finish(op, response, retry + 1)
+            await self._sleep(delay)
+            retry += 1
+
+    async def aclose(self) -> None:
+        """Close the connections (unless the ``http_client`` was passed in)."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # --- endpoints -----------------------------------------------------------------------
+
+    async def rate_limit_status(self) -> m.RateLimitStatus:
+        """``GET /v1/rate-limit/status``: every bucket and pool of the caller's org."""
+        return await self._call(ops.rate_limit_status())
+
+    async def score(
+        self,
+        application_id: str,
+        job_id: str,
+        candidate: Mapping[str, Any],
+        *,
+        extra: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> m.ScoreAccepted:
+        """``POST /v1/score``; see :meth:`tollhouse.client.Client.score`."""
+        request = ScoreRequest(application_id, job_id, candidate, extra or {})
+        return await self._call(ops.score(request, idempotency_key))
+
+    async def score_batch(
+        self, items: Sequence[ScoreInput], *, idempotency_key: str | None = None
+    ) -> m.ScoreBatchResult:
+        """``POST /v1/score/batch``: queue 1–100 applications."""
+        return await self._call(ops.score_batch(items, idempotency_key))
+
+    async def get_score(self, scoring_job_id: str) -> m.ScoreJob:
+        """``GET /v1/score/{scoringJobId}``."""
+        return await self._call(ops.get_score(scoring_job_id))
+
+    async def get_score_by_application(self, application_id: str) -> m.ScoreJob:
+        """``GET /v1/score/application/{applicationId}``: the application's latest job."""
+        return await self._call(ops.get_score_by_application(application_id))
+
+    async def webhook_deliveries(self, job_id: str | None = None) -> list[m.WebhookDelivery]:
+        """``GET /v1/webhooks/deliveries``: the org's deliveries (of one job), newest first."""
+        return await self._call(ops.webhook_deliveries(job_id))
+
+    def score_many(
+        self,
+        candidates: Iterable[ScoreInput],
+        *,
+        state: str | os.PathLike[str] | None = None,
+        job_id: str | None = None,
+        chunk_size: int = 100,
+        max_pending: int = 1000,
+        wait: bool = True,
+        poll_interval: float = 1.0,
+        max_poll_interval: float = 30.0,
+        key: Callable[[Mapping[str, Any]], str] | None = None,
+        on_progress: Callable[[BulkProgress], None] | None = None,
+    ) -> AsyncGenerator[ScoreOutcome, None]:
+        """Score many candidates; see :meth:`tollhouse.client.Client.score_many`.
+
+        Up to ``max_concurrency`` submissions and polls run at once.
+
+        Returns:
+            An async generator of :class:`ScoreOutcome` (``async for``); ``aclose()`` it
+            when stopping early, so the requests in flight are cancelled at once.
+        """
+        settings = BulkSettings(
+            chunk_size, max_pending, wait, poll_interval, max_poll_interval, job_id
+        )
+        return self._score_many(candidates, state, settings, key, on_progress)
+
+    async def _perform(self, action: Submit | Poll) -> Any:
+        try:
+            if isinstance(action, Submit):
+                return await self.score_batch(action.bodies, idempotency_key=action.idempotency_key)
+            return await self.get_score(action.scoring_job_id)
+        except ClientError as exc:
+            return exc
+
+    async def _score_many(
+        self,
+        candidates: Iterable[ScoreInput],
+        state: str | os.PathLike[str] | None,
+        settings: BulkSettings,
+        key: Callable[[Mapping[str, Any]], str] | None,
+        on_progress: Callable[[BulkProgress], None] | None,
+    ) -> AsyncGenerator[ScoreOutcome, None]:
+        clock = self._core.clock
+        journal = Journal(state)
+        tasks: dict[asyncio.Future[Any], Submit | Poll] = {}
+        try:
+            run = BulkRun(candidates, journal, settings, clock(), key=key, on_progress=on_progress)
+            while True:
+                action = None
+                timeout: float | None = None
+                while len(tasks) < self._max_concurrency:
+                    action = run.next_action(clock())
+                    if action is None:
+                        break
+                    if not isinstance(action, Submit | Poll):
+                        timeout = action.seconds
+                        break
+                    tasks[asyncio.ensure_future(self._perform(action))] = action
+                if not tasks:
+                    if action is None:
+                        return
+                    await self._sleep(timeout if timeout is not None else settings.poll_interval)
+                    continue
+                done, _ = await asyncio.wait(
+                    tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                fatal: BaseException | None = None
+                # Submissions first: their accepted jobs must reach the journal even when
+                # another answer of this round ends the run.
+                for task in sorted(done, key=lambda t: not isinstance(tasks[t], Submit)):
+                    performed = tasks.pop(task)
+                    try:
+                        outcomes = run.apply(performed, task.result(), clock())
+                    except Exception as exc:
+                        fatal = fatal or exc
+                        continue
+                    for outcome in outcomes:
+                        yield outcome
+                        run.delivered(outcome)
+                if fatal is not None:
+                    raise fatal
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            journal.close()
+
+
+class AsyncCriteriaApi:
+    """Job posting criteria (``client.criteria``); see :class:`~tollhouse.client.Client`."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def generate(self, job_id: str, title: str, description: str) -> m.JobCriteria:
+        """``POST /v1/criteria/generate``."""
+        return await self._c._call(ops.generate_criteria(job_id, title, description))
+
+    async def questions(self, job_id: str, title: str, description: str) -> m.InterviewQuestions:
+        """``POST /v1/criteria/questions``."""
+        return await self._c._call(ops.generate_questions(job_id, title, description))
+
+    async def get(self, job_id: str) -> m.JobCriteria:
+        """``GET /v1/jobs/{jobId}/criteria``."""
+        return await self._c._call(ops.get_criteria(job_id))
+
+    async def add(
+        self,
+        job_id: str,
+        name: str,
+        *,
+        description: str | None = None,
+        weight: float | None = None,
+    ) -> m.Criterion:
+        """``POST /v1/jobs/{jobId}/criteria`` (not idempotent)."""
+        return await self._c._call(ops.add_criterion(job_id, name, description, weight))
+
+    async def update(
+        self,
+        job_id: str,
+        criterion_id: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        weight: float | None = None,
+    ) -> m.Criterion:
+        """``PATCH /v1/criteria/{jobId}/{criterionId}``."""
+        return await self._c._call(
+            ops.update_criterion(job_id, criterion_id, name, description, weight)
+        )
+
+    async def update_many(self, job_id: str, changes: Iterable[Mapping[str, Any]]) -> m.JobCriteria:
+        """``PATCH /v1/jobs/{jobId}/criteria``."""
+        return await self._c._call(ops.update_criteria(job_id, changes))
+
+    async def delete(self, job_id: str, criterion_id: str | None = None) -> None:
+        """``DELETE /v1/criteria/{jobId}[/{criterionId}]``."""
+        await self._c._call(ops.delete_criteria(job_id, criterion_id))
+
+    async def archive(self, job_id: str) -> m.ArchiveResult:
+        """``POST /v1/jobs/{jobId}/criteria/archive``."""
+        return await self._c._call(ops.archive_criteria(job_id))
+
+
+class AsyncAnalyticsApi:
+    """Analytics (``client.analytics``): seeds 000 and 003."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def scoring_volume(self, time_range: TimeRange = "7d") -> m.ScoringVolume:
+        """``GET /v1/analytics/scoring-volume?timeRange=``."""
+        return await self._c._call(ops.scoring_volume(time_range))
+
+    async def metric(
+        self,
+        name: str,
+        *,
+        time_start: datetime | str,
+        time_end: datetime | str,
+        page: int | None = None,
+        page_size: int | None = None,
+    ) -> m.MetricResult:
+        """``GET /v1/analytics/{metric}``; see :meth:`tollhouse.client.AnalyticsApi.metric`."""
+        return await self._c._call(ops.metric(name, time_start, time_end, page, page_size))
+
+
+class AsyncCallCountsApi:
+    """Call counts (``client.call_counts``): seed 001."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def historical(
+        self, *, start: Time | None = None, end: Time | None = None
+    ) -> m.CallCounts:
+        """``GET /call-counts/historical/``."""
+        return await self._c._call(ops.historical(start, end))
+
+    async def by_label(
+        self,
+        label: Label | str,
+        *,
+        start: Time | None = None,
+        end: Time | None = None,
+        amt: int | None = None,
+        cursor: str | None = None,
+    ) -> m.LabelCounts:
+        """``GET /call-counts/historical/{label}/``: one page of series."""
+        return await self._c._call(ops.by_label(label, start, end, amt, cursor))
+
+    async def iter_by_label(
+        self,
+        label: Label | str,
+        *,
+        start: Time | None = None,
+        end: Time | None = None,
+        amt: int | None = None,
+    ) -> AsyncIterator[m.LabelCounts]:
+        """Every page of a label, following ``next_cursor`` (range end fixed at the first
+        request)."""
+        end = end if end is not None else self._c._core.clock()
+        cursor: str | None = None
+        while True:
+            page = await self.by_label(label, start=start, end=end, amt=amt, cursor=cursor)
+            yield page
+            if not page.has_next or not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    async def by_scenario(
+        self, reco_type: str, name: str, *, start: Time | None = None, end: Time | None = None
+    ) -> m.CallCounts:
+        """``GET /call-counts/historical/SCENARIOS/{reco_type}/{name}/``."""
+        return await self._c._call(ops.by_scenario(reco_type, name, start, end))
+
+
+class AsyncEventsApi:
+    """Product events (``client.events``)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def ingest(self, events: Iterable[EventInput]) -> m.EventsIngested:
+        """``POST /v1/events``: store events (idempotent per id), 1,000 per request."""
+        return ops.sum_ingested(
+            [await self._c._call(ops.ingest_events(chunk)) for chunk in ops.event_chunks(events)]
+        )

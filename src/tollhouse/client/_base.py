@@ -1,0 +1,714 @@
+"""Everything the sync and async clients share — all but the send loop.
+
+An endpoint call is an :class:`Operation`: method, path, query, body, whether repeating
+it is harmless, and how to parse its answer. The functions at the bottom build one per
+endpoint. :class:`ClientCore` holds a client's settings and turns an operation into
+request arguments, and an answer (or a connection failure) into the next step: wait and
+retry, return a parsed model, or raise a typed error. The clients' loops only send,
+sleep, and ask the core.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+from urllib.parse import quote
+
+import httpx
+import orjson
+
+from tollhouse.client import _models as m
+from tollhouse.client._errors import (
+    ApiError,
+    ClientError,
+    TransportError,
+    UnexpectedResponse,
+    default_code,
+    error_class,
+)
+from tollhouse.client._inputs import (
+    EventInput,
+    ScoreInput,
+    epoch,
+    event_body,
+    score_body,
+    wire_time,
+)
+from tollhouse.client._parse import Fields
+from tollhouse.client._retry import Failure, RetryPolicy, decide
+from tollhouse.client._throttle import Throttle
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+ENV_API_KEY = "TOLLHOUSE_API_KEY"
+ENV_BASE_URL = "TOLLHOUSE_URL"
+USER_AGENT = "tollhouse-python/0.1.0"
+TENANT_HEADER = "X-Tenant-Id"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "idempotent-replayed"
+REQUEST_ID_HEADER = "x-request-id"
+#: Events one ``POST /v1/events`` takes; longer lists are sent in several requests.
+MAX_EVENTS_PER_REQUEST = 1000
+#: Items one ``POST /v1/score/batch`` takes.
+MAX_BATCH_ITEMS = 100
+
+TimeRange = Literal["1h", "24h", "7d", "30d", "90d"]
+"""Seed 000's lookback windows."""
+Label = Literal["ACCOUNTS", "ENDPOINTS", "DBS", "SCENARIOS", "RECO_TYPES", "CHAT", "LLM"]
+"""Seed 001's labels."""
+Time = datetime | float
+"""A point in time: an aware datetime or Unix seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class Operation(Generic[T]):
+    """One endpoint call, before any I/O.
+
+    Attributes:
+        method: HTTP method.
+        path: the path with its parameters filled in and quoted.
+        route: the path template (``"GET /v1/score/{scoringJobId}"``): throttling key.
+        parse: builds the result from a successful answer.
+        params: query parameters.
+        json: the JSON body.
+        idempotent: whether sending it twice is harmless (decides which failures retry).
+        idempotency_key: sent as ``Idempotency-Key``; makes a POST idempotent.
+    """
+
+    method: str
+    path: str
+    route: str
+    parse: Callable[[httpx.Response], T]
+    params: Mapping[str, str | int | float] | None = None
+    json: Any = None
+    idempotent: bool = True
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryEvent:
+    """Passed to ``on_retry`` before the client waits to send a call again.
+
+    Attributes:
+        route: the call's path template.
+        retry: which retry this will be (1 for the first).
+        delay: seconds the client waits first.
+        reason: e.g. ``"429 Retry-After 1 s"``.
+        status: the status that caused it (None for a connection failure).
+        request_id: the failed answer's ``X-Request-Id``, if any.
+    """
+
+    route: str
+    retry: int
+    delay: float
+    reason: str
+    status: int | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleEvent:
+    """Passed to ``on_throttle`` before the client holds a request back.
+
+    Either the route's window is used up (``X-RateLimit-Remaining: 0``) and the wait
+    lasts until its reset, or the route's first request is still out and the others
+    re-check after a few milliseconds (so a burst does not hit an unknown limit at once).
+
+    Attributes:
+        route: the call's path template.
+        delay: seconds the client waits before checking again.
+    """
+
+    route: str
+    delay: float
+
+
+@dataclass(slots=True)
+class ClientCore:
+    """A client's settings and the decisions made from them (no I/O).
+
+    Attributes:
+        api_key: the secret (``sk_test_…``/``sk_live_…``).
+        base_url: the API's base URL, without a trailing slash.
+        tenant_id: sent as ``X-Tenant-Id`` on every request when set.
+        retry: the retry policy.
+        throttle: proactive throttling state, or None when disabled.
+        rng: randomness for jitter.
+        clock: Unix time.
+        on_retry: called before each retry's wait.
+        on_throttle: called before each throttling wait.
+    """
+
+    api_key: str
+    base_url: str
+    tenant_id: str | None
+    retry: RetryPolicy
+    throttle: Throttle | None
+    rng: random.Random = field(default_factory=random.Random)
+    clock: Callable[[], float] = time.time
+    on_retry: Callable[[RetryEvent], None] | None = None
+    on_throttle: Callable[[ThrottleEvent], None] | None = None
+
+    # --- before sending ------------------------------------------------------------------
+
+    def throttle_wait(self, op: Operation[Any]) -> float:
+        """Seconds to wait before ``op`` may be sent (0: go now, one request reserved)."""
+        if self.throttle is None:
+            return 0.0
+        wait = self.throttle.acquire(op.route, self.clock())
+        if wait > 0:
+            # A little jitter so callers that waited together do not arrive together.
+            wait += self.rng.uniform(0, min(0.05, wait))
+            logger.debug("throttled", extra={"route": op.route, "delay": wait})
+            if self.on_throttle is not None:
+                self.on_throttle(ThrottleEvent(op.route, wait))
+        return wait
+
+    def request_args(self, op: Operation[Any]) -> dict[str, Any]:
+        """Keyword arguments for ``httpx.Client.build_request`` (or the async one)."""
+        headers = {
+            "Authorization": f"Bearer {self.api_key}",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        if self.tenant_id is not None:
+            headers[TENANT_HEADER] = self.tenant_id
+        if op.idempotency_key is not None:
+            headers[IDEMPOTENCY_HEADER] = op.idempotency_key
+        args: dict[str, Any] = {
+            "method": op.method,
+            "url": self.base_url + op.path,
+            "headers": headers,
+        }
+        if op.params:
+            args["params"] = dict(op.params)
+        if op.json is not None:
+            args["content"] = orjson.dumps(op.json)
+            headers["Content-Type"] = "application/json"
+        return args
+
+    # --- after an attempt ----------------------------------------------------------------
+
+    def after_answer(
+        self, op: Operation[Any], response: httpx.Response, retry: int
+    ) -> float | None:
+        """Learn from an answer; return the seconds to wait before retrying, or None."""
+        now = self.clock()
+        headers = response.headers
+        if self.throttle is not None:
+            self.throttle.observe(op.route, response.status_code, headers, now)
+        if response.status_code < 400:
+            return None
+        decision = decide(
+            retry=retry,
+            policy=self.retry,
+            rng=self.rng,
+            now=now,
+            idempotent=op.idempotent or op.idempotency_key is not None,
+            status=response.status_code,
+            headers=headers,
+        )
+        if not decision.retry:
+            return None
+        self._retrying(
+            RetryEvent(
+                op.route,
+                retry + 1,
+                decision.delay,
+                decision.reason,
+                response.status_code,
+                headers.get(REQUEST_ID_HEADER),
+            )
+        )
+        return decision.delay
+
+    def after_failure(
+        self, op: Operation[Any], exc: httpx.TransportError, retry: int
+    ) -> float | None:
+        """Decide on a connection failure; the seconds to wait before retrying, or None."""
+        if self.throttle is not None:
+            self.throttle.failed(op.route)
+        failure = failure_kind(exc)
+        if failure is None:
+            return None
+        decision = decide(
+            retry=retry,
+            policy=self.retry,
+            rng=self.rng,
+            now=self.clock(),
+            idempotent=op.idempotent or op.idempotency_key is not None,
+            failure=failure,
+        )
+        if not decision.retry:
+            return None
+        self._retrying(
+            RetryEvent(op.route, retry + 1, decision.delay, f"{decision.reason}: {exc!r}")
+        )
+        return decision.delay
+
+    def _retrying(self, event: RetryEvent) -> None:
+        logger.info(
+            "retrying",
+            extra={
+                "route": event.route,
+                "retry": event.retry,
+                "delay": round(event.delay, 3),
+                "reason": event.reason,
+                "request_id": event.request_id,
+            },
+        )
+        if self.on_retry is not None:
+            self.on_retry(event)
+
+    def finish(self, op: Operation[T], response: httpx.Response, attempts: int) -> T:
+        """The parsed result of a final answer, or its typed error."""
+        if response.status_code >= 400:
+            raise api_error(response, attempts)
+        return op.parse(response)
+
+    def transport_error(
+        self, op: Operation[Any], exc: httpx.TransportError, attempts: int
+    ) -> TransportError:
+        """The error for a call that got no answer."""
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        return TransportError(
+            f"{op.method} {self.base_url}{op.path} failed{tries}: {exc!r}", attempts=attempts
+        )
+
+
+def failure_kind(exc: httpx.TransportError) -> Failure | None:
+    """Whether a failed request may have reached the server; None: not worth retrying."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return Failure.NOT_SENT
+    if isinstance(exc, httpx.ProxyError):
+        return Failure.NOT_SENT
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+        return None  # a bad URL or request: sending it again changes nothing
+    return Failure.MAYBE_SENT
+
+
+def resolve_settings(api_key: str | None, base_url: str | None) -> tuple[str, str]:
+    """The key and base URL: arguments, else ``TOLLHOUSE_API_KEY`` / ``TOLLHOUSE_URL``.
+
+    Raises:
+        ClientError: no key anywhere.
+    """
+    key = api_key or os.environ.get(ENV_API_KEY)
+    if not key:
+        raise ClientError(
+            f"No API key: pass api_key=... or set {ENV_API_KEY} "
+            "(create one with `tollhouse keys create --org ORG`)."
+        )
+    url = (base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL).rstrip("/")
+    return key, url
+
+
+# --- answers -----------------------------------------------------------------------------
+
+
+def json_body(response: httpx.Response) -> Any:
+    """The answer's JSON.
+
+    Raises:
+        UnexpectedResponse: the body is not JSON.
+    """
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        text = response.text[:500]
+        raise UnexpectedResponse(
+            f"{response.status_code} answer is not JSON: {text!r}", body=response.text
+        ) from None
+
+
+def fields(response: httpx.Response) -> Fields:
+    """The answer's JSON object, for typed reads."""
+    return Fields(json_body(response))
+
+
+def api_error(response: httpx.Response, attempts: int = 1) -> ApiError:
+    """The typed error of an error answer, from either error shape.
+
+    Seed 004's envelope ``{"error": {"type", "code", "status", "message", "requestId"}}``
+    and seed 003's ``{"detail": "…"}`` or ``{"detail": [{"loc", "msg", "type"}]}``.
+    """
+    status = response.status_code
+    headers = {k.lower(): v for k, v in response.headers.items()}
+    request_id = headers.get(REQUEST_ID_HEADER)
+    code = default_code(status)
+    message = response.reason_phrase or f"HTTP {status}"
+    kind: str | None = None
+    try:
+        body: Any = orjson.loads(response.content) if response.content else None
+    except orjson.JSONDecodeError:
+        body = response.text
+        if body.strip():
+            message = body.strip()[:500]
+    if isinstance(body, Mapping):
+        envelope = body.get("error")
+        detail = body.get("detail")
+        if isinstance(envelope, Mapping):
+            code = _str(envelope.get("code")) or code
+            message = _str(envelope.get("message")) or message
+            kind = _str(envelope.get("type"))
+            request_id = _str(envelope.get("requestId")) or request_id
+        elif isinstance(detail, str):
+            message = detail
+        elif isinstance(detail, list):
+            message = "; ".join(_detail_item(item) for item in detail) or message
+    return error_class(status)(
+        status,
+        code,
+        message,
+        request_id=request_id,
+        type=kind,
+        body=body,
+        headers=headers,
+        attempts=attempts,
+    )
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _detail_item(item: Any) -> str:
+    """``{"loc": ["query", "page_size"], "msg": "…"}`` → ``page_size: …``."""
+    if not isinstance(item, Mapping):
+        return str(item)
+    loc = item.get("loc")
+    where = ".".join(str(p) for p in loc[1:] if p is not None) if isinstance(loc, list) else ""
+    msg = str(item.get("msg", ""))
+    return f"{where}: {msg}" if where else msg
+
+
+def _replayed(response: httpx.Response) -> bool:
+    value: str = response.headers.get(REPLAYED_HEADER, "")
+    return value.lower() == "true"
+
+
+# --- operations, one per endpoint --------------------------------------------------------
+
+
+def _seg(value: str, name: str) -> str:
+    """One path parameter, quoted so that ``/`` or ``?`` in an id cannot change the route."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string")
+    return quote(value, safe="")
+
+
+def _no_content(response: httpx.Response) -> None:
+    return None
+
+
+def rate_limit_status() -> Operation[m.RateLimitStatus]:
+    return Operation(
+        "GET",
+        "/v1/rate-limit/status",
+        "GET /v1/rate-limit/status",
+        lambda r: m.parse_rate_limit_status(fields(r)),
+    )
+
+
+def new_idempotency_key() -> str:
+    """A fresh ``Idempotency-Key`` for one logical call (its retries reuse it)."""
+    return "sdk-" + uuid.uuid4().hex
+
+
+def score(
+    item: ScoreInput, idempotency_key: str | None, default_job_id: str | None = None
+) -> Operation[m.ScoreAccepted]:
+    return Operation(
+        "POST",
+        "/v1/score",
+        "POST /v1/score",
+        lambda r: m.parse_score_accepted(fields(r), _replayed(r)),
+        json=score_body(item, default_job_id),
+        idempotent=False,
+        idempotency_key=idempotency_key or new_idempotency_key(),
+    )
+
+
+def score_batch(
+    items: Sequence[ScoreInput], idempotency_key: str | None, default_job_id: str | None = None
+) -> Operation[m.ScoreBatchResult]:
+    if not 1 <= len(items) <= MAX_BATCH_ITEMS:
+        raise ValueError(f"a batch takes 1 to {MAX_BATCH_ITEMS} items, not {len(items)}")
+    return Operation(
+        "POST",
+        "/v1/score/batch",
+        "POST /v1/score/batch",
+        lambda r: m.parse_score_batch(fields(r), _replayed(r)),
+        json={"items": [score_body(i, default_job_id) for i in items]},
+        idempotent=False,
+        idempotency_key=idempotency_key or new_idempotency_key(),
+    )
+
+
+def get_score(scoring_job_id: str) -> Operation[m.ScoreJob]:
+    return Operation(
+        "GET",
+        f"/v1/score/{_seg(scoring_job_id, 'scoring_job_id')}",
+        "GET /v1/score/{scoringJobId}",
+        lambda r: m.parse_score_job(fields(r)),
+    )
+
+
+def get_score_by_application(application_id: str) -> Operation[m.ScoreJob]:
+    return Operation(
+        "GET",
+        f"/v1/score/application/{_seg(application_id, 'application_id')}",
+        "GET /v1/score/application/{applicationId}",
+        lambda r: m.parse_score_job(fields(r)),
+    )
+
+
+def webhook_deliveries(job_id: str | None) -> Operation[list[m.WebhookDelivery]]:
+    return Operation(
+        "GET",
+        "/v1/webhooks/deliveries",
+        "GET /v1/webhooks/deliveries",
+        lambda r: m.parse_deliveries(fields(r)),
+        params={"jobId": job_id} if job_id else None,
+    )
+
+
+# criteria -------------------------------------------------------------------------------
+
+
+def _posting(job_id: str, title: str, description: str) -> dict[str, str]:
+    return {"jobId": job_id, "title": title, "description": description}
+
+
+def generate_criteria(job_id: str, title: str, description: str) -> Operation[m.JobCriteria]:
+    return Operation(
+        "POST",
+        "/v1/criteria/generate",
+        "POST /v1/criteria/generate",
+        lambda r: m.parse_job_criteria(fields(r)),
+        json=_posting(job_id, title, description),
+        # Generating again replaces the job's criteria with the same derived ones.
+        idempotent=True,
+    )
+
+
+def generate_questions(
+    job_id: str, title: str, description: str
+) -> Operation[m.InterviewQuestions]:
+    return Operation(
+        "POST",
+        "/v1/criteria/questions",
+        "POST /v1/criteria/questions",
+        lambda r: m.parse_questions(fields(r)),
+        json=_posting(job_id, title, description),
+    )
+
+
+def get_criteria(job_id: str) -> Operation[m.JobCriteria]:
+    return Operation(
+        "GET",
+        f"/v1/jobs/{_seg(job_id, 'job_id')}/criteria",
+        "GET /v1/jobs/{jobId}/criteria",
+        lambda r: m.parse_job_criteria(fields(r)),
+    )
+
+
+def _changes(name: str | None, description: str | None, weight: float | None) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if name is not None:
+        body["name"] = name
+    if description is not None:
+        body["description"] = description
+    if weight is not None:
+        body["weight"] = weight
+    return body
+
+
+def add_criterion(
+    job_id: str, name: str, description: str | None, weight: float | None
+) -> Operation[m.Criterion]:
+    # /v1/jobs/{jobId}/criteria rather than /v1/criteria/{jobId}: a job named "generate"
+    # or "questions" would hit the AI routes under the latter.
+    return Operation(
+        "POST",
+        f"/v1/jobs/{_seg(job_id, 'job_id')}/criteria",
+        "POST /v1/jobs/{jobId}/criteria",
+        lambda r: m.parse_criterion(fields(r)),
+        json={"name": name, **_changes(None, description, weight)},
+        idempotent=False,  # each call adds one more criterion
+    )
+
+
+def update_criterion(
+    job_id: str,
+    criterion_id: str,
+    name: str | None,
+    description: str | None,
+    weight: float | None,
+) -> Operation[m.Criterion]:
+    return Operation(
+        "PATCH",
+        f"/v1/criteria/{_seg(job_id, 'job_id')}/{_seg(criterion_id, 'criterion_id')}",
+        "PATCH /v1/criteria/{jobId}/{criterionId}",
+        lambda r: m.parse_criterion(fields(r)),
+        json=_changes(name, description, weight),
+    )
+
+
+def update_criteria(job_id: str, changes: Iterable[Mapping[str, Any]]) -> Operation[m.JobCriteria]:
+    return Operation(
+        "PATCH",
+        f"/v1/jobs/{_seg(job_id, 'job_id')}/criteria",
+        "PATCH /v1/jobs/{jobId}/criteria",
+        lambda r: m.parse_job_criteria(fields(r)),
+        json={"criteria": [dict(c) for c in changes]},
+    )
+
+
+def delete_criteria(job_id: str, criterion_id: str | None) -> Operation[None]:
+    if criterion_id is None:
+        path = f"/v1/criteria/{_seg(job_id, 'job_id')}"
+        route = "DELETE /v1/criteria/{jobId}"
+    else:
+        path = f"/v1/criteria/{_seg(job_id, 'job_id')}/{_seg(criterion_id, 'criterion_id')}"
+        route = "DELETE /v1/criteria/{jobId}/{criterionId}"
+    return Operation("DELETE", path, route, _no_content)
+
+
+def archive_criteria(job_id: str) -> Operation[m.ArchiveResult]:
+    return Operation(
+        "POST",
+        f"/v1/jobs/{_seg(job_id, 'job_id')}/criteria/archive",
+        "POST /v1/jobs/{jobId}/criteria/archive",
+        lambda r: m.parse_archive(fields(r)),
+        # Archiving again is a no-op that reports the first time.
+        idempotent=True,
+    )
+
+
+# analytics ------------------------------------------------------------------------------
+
+
+def scoring_volume(time_range: str) -> Operation[m.ScoringVolume]:
+    return Operation(
+        "GET",
+        "/v1/analytics/scoring-volume",
+        "GET /v1/analytics/scoring-volume",
+        lambda r: m.parse_scoring_volume(fields(r)),
+        params={"timeRange": time_range},
+    )
+
+
+def metric(
+    name: str,
+    time_start: datetime | str,
+    time_end: datetime | str,
+    page: int | None,
+    page_size: int | None,
+) -> Operation[m.MetricResult]:
+    params: dict[str, str | int | float] = {
+        "time_start": wire_time(time_start),
+        "time_end": wire_time(time_end),
+    }
+    if page is not None:
+        params["page"] = page
+    if page_size is not None:
+        params["page_size"] = page_size
+    return Operation(
+        "GET",
+        f"/v1/analytics/{_seg(name, 'name')}",
+        "GET /v1/analytics/{metric}",
+        lambda r: m.parse_metric(fields(r)),
+        params=params,
+    )
+
+
+def _range(start: Time | None, end: Time | None) -> dict[str, str | int | float]:
+    params: dict[str, str | int | float] = {}
+    s, e = epoch(start), epoch(end)
+    if s is not None:
+        params["start_timestamp"] = s
+    if e is not None:
+        params["end_timestamp"] = e
+    return params
+
+
+def historical(start: Time | None, end: Time | None) -> Operation[m.CallCounts]:
+    return Operation(
+        "GET",
+        "/call-counts/historical/",
+        "GET /call-counts/historical/",
+        lambda r: m.parse_call_counts(fields(r)),
+        params=_range(start, end),
+    )
+
+
+def by_label(
+    label: str, start: Time | None, end: Time | None, amt: int | None, cursor: str | None
+) -> Operation[m.LabelCounts]:
+    params = _range(start, end)
+    if amt is not None:
+        params["amt"] = amt
+    if cursor is not None:
+        params["cursor"] = cursor
+    return Operation(
+        "GET",
+        f"/call-counts/historical/{_seg(label, 'label')}/",
+        "GET /call-counts/historical/{label}/",
+        lambda r: m.parse_label_counts(fields(r)),
+        params=params,
+    )
+
+
+def by_scenario(
+    reco_type: str, name: str, start: Time | None, end: Time | None
+) -> Operation[m.CallCounts]:
+    return Operation(
+        "GET",
+        f"/call-counts/historical/SCENARIOS/{_seg(reco_type, 'reco_type')}/{_seg(name, 'name')}/",
+        "GET /call-counts/historical/SCENARIOS/{reco_type}/{name}/",
+        lambda r: m.parse_call_counts(fields(r)),
+        params=_range(start, end),
+    )
+
+
+def ingest_events(events: Sequence[EventInput]) -> Operation[m.EventsIngested]:
+    return Operation(
+        "POST",
+        "/v1/events",
+        "POST /v1/events",
+        lambda r: m.parse_events_ingested(fields(r)),
+        json=[event_body(e) for e in events],
+        # Idempotent per (org, event id): a repeated event is counted as a duplicate.
+        idempotent=True,
+    )
+
+
+def event_chunks(events: Iterable[EventInput]) -> list[list[EventInput]]:
+    """Events in requests of at most :data:`MAX_EVENTS_PER_REQUEST`."""
+    chunks: list[list[EventInput]] = [[]]
+    for event in events:
+        if len(chunks[-1]) == MAX_EVENTS_PER_REQUEST:
+            chunks.append([])
+        chunks[-1].append(event)
+    return chunks if chunks[0] else []
+
+
+def sum_ingested(results: Iterable[m.EventsIngested]) -> m.EventsIngested:
+    """The totals of several ingest answers."""
+    received = inserted = duplicates = 0
+    for r in results:
+        received += r.received
+        inserted += r.inserted
+        duplicates += r.duplicates
+    return m.EventsIngested(received, inserted, duplicates)

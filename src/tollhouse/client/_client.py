@@ -1,0 +1,461 @@
+"""The synchronous client: the send loop and thin per-endpoint methods over ``_base``."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from tollhouse.client import _base as ops
+from tollhouse.client import _models as m
+from tollhouse.client._base import (
+    ClientCore,
+    Label,
+    Operation,
+    RetryEvent,
+    ThrottleEvent,
+    Time,
+    TimeRange,
+    resolve_settings,
+)
+from tollhouse.client._bulk import BulkProgress, BulkRun, BulkSettings, Poll, ScoreOutcome, Submit
+from tollhouse.client._errors import ClientError
+from tollhouse.client._inputs import EventInput, ScoreInput, ScoreRequest
+from tollhouse.client._journal import Journal
+from tollhouse.client._retry import RetryPolicy
+from tollhouse.client._throttle import Throttle
+
+T = TypeVar("T")
+
+
+class Client:
+    """A synchronous tollhouse API client (httpx).
+
+    Every call waits out 429s (``Retry-After`` plus jitter) and retries transient
+    failures with exponential backoff, up to ``max_retries``; with ``throttle`` it also
+    waits for an announced reset instead of sending into an exhausted window. At most
+    ``max_concurrency`` requests are in flight at once, across threads sharing the client.
+
+    Args:
+        api_key: ``sk_test_…`` or ``sk_live_…``; default ``TOLLHOUSE_API_KEY``.
+        base_url: default ``TOLLHOUSE_URL``, else ``http://127.0.0.1:8000``.
+        tenant_id: sent as ``X-Tenant-Id`` (required by the product endpoints of the
+            built-in policy); see also :meth:`with_tenant`.
+        timeout: seconds per request attempt.
+        max_retries: retries per call (overrides ``retry.max_retries``).
+        max_concurrency: requests in flight at once.
+        throttle: wait for the reset when ``X-RateLimit-Remaining`` reached 0.
+        retry: the full retry policy.
+        http_client: an ``httpx.Client`` to send with (event hooks, proxies, transports);
+            it is not closed by :meth:`close`.
+        on_retry: called with a :class:`RetryEvent` before each retry's wait.
+        on_throttle: called with a :class:`ThrottleEvent` before each throttling wait.
+        rng: randomness for jitter (tests pass a seeded one).
+        sleep: how to wait (tests may pass a fake).
+        clock: Unix time.
+
+    Example::
+
+        with Client(api_key="sk_test_…", tenant_id="acme") as client:
+            client.criteria.generate("job_1", "Backend Engineer", "Python and SQL, 5 years.")
+            accepted = client.score("app_1", "job_1", {"name": "Ada", "resume": "…"})
+            job = client.get_score(accepted.scoring_job_id)
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        tenant_id: str | None = None,
+        timeout: float = 30.0,
+        max_retries: int | None = None,
+        max_concurrency: int = 10,
+        throttle: bool = True,
+        retry: RetryPolicy | None = None,
+        http_client: httpx.Client | None = None,
+        on_retry: Callable[[RetryEvent], None] | None = None,
+        on_throttle: Callable[[ThrottleEvent], None] | None = None,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], None] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        key, url = resolve_settings(api_key, base_url)
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        policy = retry or RetryPolicy()
+        if max_retries is not None:
+            policy = dataclasses.replace(policy, max_retries=max_retries)
+        self._core = ClientCore(
+            api_key=key,
+            base_url=url,
+            tenant_id=tenant_id,
+            retry=policy,
+            throttle=Throttle() if throttle else None,
+            rng=rng or random.Random(),
+            clock=clock or time.time,
+            on_retry=on_retry,
+            on_throttle=on_throttle,
+        )
+        self._timeout = timeout
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(
+            limits=httpx.Limits(
+                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+            )
+        )
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._sleep = sleep or time.sleep
+        self.criteria = CriteriaApi(self)
+        self.analytics = AnalyticsApi(self)
+        self.call_counts = CallCountsApi(self)
+        self.events = EventsApi(self)
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL."""
+        return self._core.base_url
+
+    @property
+    def tenant_id(self) -> str | None:
+        """The ``X-Tenant-Id`` sent, if any."""
+        return self._core.tenant_id
+
+    def with_tenant(self, tenant_id: str | None) -> Client:
+        """A client for another tenant, sharing this one's connections, limits and state.
+
+        Closing it does nothing; close the original.
+        """
+        clone = object.__new__(Client)
+        clone.__dict__.update(self.__dict__)
+        clone._core = dataclasses.replace(self._core, tenant_id=tenant_id)
+        clone._owns_http = False
+        clone.criteria = CriteriaApi(clone)
+        clone.analytics = AnalyticsApi(clone)
+        clone.call_counts = CallCountsApi(clone)
+        clone.events = EventsApi(clone)
+        return clone
+
+    # --- the send loop -------------------------------------------------------------------
+
+    def _call(self, op: Operation[T]) -> T:
+        core = self._core
+        retry = 0
+        while True:
+            while (wait := core.throttle_wait(op)) > 0:
+                self._sleep(wait)
+            request = self._http.build_request(**core.request_args(op), timeout=self._timeout)
+            try:
+                with self._slots:
+                    response = self._http.send(request)
+            except httpx.TransportError as exc:
+                delay = core.after_failure(op, exc, retry)
+                if delay is None:
+                    raise core.transport_error(op, exc, retry + 1) from exc
+            else:
+                delay = core.after_answer(op, response, retry)
+                if delay is None:
+                    return core.finish(op, response, retry + 1)
+            self._sleep(delay)
+            retry += 1
+
+    def close(self) -> None:
+        """Close the connections (unless the ``http_client`` was passed in)."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- endpoints -----------------------------------------------------------------------
+
+    def rate_limit_status(self) -> m.RateLimitStatus:
+        """``GET /v1/rate-limit/status``: every bucket and pool of the caller's org."""
+        return self._call(ops.rate_limit_status())
+
+    def score(
+        self,
+        application_id: str,
+        job_id: str,
+        candidate: Mapping[str, Any],
+        *,
+        extra: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> m.ScoreAccepted:
+        """``POST /v1/score``: queue one application for scoring (202).
+
+        Args:
+            application_id: your application's id.
+            job_id: the job posting (its criteria must exist).
+            candidate: at least ``name`` and ``resume``.
+            extra: more top-level fields, passed on.
+            idempotency_key: the same key returns the same job; by default a fresh one
+                per call, so the client's own retries never queue a job twice.
+        """
+        request = ScoreRequest(application_id, job_id, candidate, extra or {})
+        return self._call(ops.score(request, idempotency_key))
+
+    def score_batch(
+        self, items: Sequence[ScoreInput], *, idempotency_key: str | None = None
+    ) -> m.ScoreBatchResult:
+        """``POST /v1/score/batch``: queue 1–100 applications; invalid items are rejected
+        one by one (the batch is a 422 only when every item is invalid)."""
+        return self._call(ops.score_batch(items, idempotency_key))
+
+    def get_score(self, scoring_job_id: str) -> m.ScoreJob:
+        """``GET /v1/score/{scoringJobId}``: the job, with its result once completed."""
+        return self._call(ops.get_score(scoring_job_id))
+
+    def get_score_by_application(self, application_id: str) -> m.ScoreJob:
+        """``GET /v1/score/application/{applicationId}``: the application's latest job."""
+        return self._call(ops.get_score_by_application(application_id))
+
+    def webhook_deliveries(self, job_id: str | None = None) -> list[m.WebhookDelivery]:
+        """``GET /v1/webhooks/deliveries``: the org's deliveries (of one job), newest first."""
+        return self._call(ops.webhook_deliveries(job_id))
+
+    def score_many(
+        self,
+        candidates: Iterable[ScoreInput],
+        *,
+        state: str | os.PathLike[str] | None = None,
+        job_id: str | None = None,
+        chunk_size: int = 100,
+        max_pending: int = 1000,
+        wait: bool = True,
+        poll_interval: float = 1.0,
+        max_poll_interval: float = 30.0,
+        key: Callable[[Mapping[str, Any]], str] | None = None,
+        on_progress: Callable[[BulkProgress], None] | None = None,
+    ) -> Generator[ScoreOutcome, None, None]:
+        """Score many candidates within the limits, yielding outcomes as jobs finish.
+
+        Candidates go in batches (``POST /v1/score/batch``) while fewer than
+        ``max_pending`` jobs are unfinished; finished jobs are yielded as polls find
+        them. With ``state``, the run is resumable: run it again with the same file and
+        candidates already accepted are not sent again (see ``docs/sdk.md``).
+
+        Args:
+            candidates: score requests (read lazily: a generator over a file is fine).
+            state: path of the state file (created when missing).
+            job_id: ``jobId`` for candidates without one.
+            chunk_size: candidates per batch request (1–100).
+            max_pending: unfinished jobs allowed at once.
+            wait: poll until each job finishes; False yields ``queued`` outcomes.
+            poll_interval: shortest wait before polling a job, in seconds.
+            max_poll_interval: longest wait between polls of one job.
+            key: a candidate's identity for resuming (default ``jobId/applicationId``).
+            on_progress: called with the counts after every step.
+
+        Returns:
+            A generator of :class:`ScoreOutcome`; closing it early is safe (outcomes not
+            yet taken are handed out again by a resumed run).
+        """
+        settings = BulkSettings(
+            chunk_size, max_pending, wait, poll_interval, max_poll_interval, job_id
+        )
+        return self._score_many(candidates, state, settings, key, on_progress)
+
+    def _score_many(
+        self,
+        candidates: Iterable[ScoreInput],
+        state: str | os.PathLike[str] | None,
+        settings: BulkSettings,
+        key: Callable[[Mapping[str, Any]], str] | None,
+        on_progress: Callable[[BulkProgress], None] | None,
+    ) -> Generator[ScoreOutcome, None, None]:
+        clock = self._core.clock
+        journal = Journal(state)
+        try:
+            run = BulkRun(candidates, journal, settings, clock(), key=key, on_progress=on_progress)
+            while (action := run.next_action(clock())) is not None:
+                if not isinstance(action, Submit | Poll):
+                    # One action at a time here, so a wait always has a length.
+                    self._sleep(
+                        action.seconds if action.seconds is not None else settings.poll_interval
+                    )
+                    continue
+                result: Any
+                try:
+                    if isinstance(action, Submit):
+                        result = self.score_batch(
+                            action.bodies, idempotency_key=action.idempotency_key
+                        )
+                    else:
+                        result = self.get_score(action.scoring_job_id)
+                except ClientError as exc:
+                    result = exc
+                for outcome in run.apply(action, result, clock()):
+                    yield outcome
+                    run.delivered(outcome)
+        finally:
+            journal.close()
+
+
+class CriteriaApi:
+    """Job posting criteria (``client.criteria``)."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def generate(self, job_id: str, title: str, description: str) -> m.JobCriteria:
+        """``POST /v1/criteria/generate``: derive weighted criteria from a posting
+        (replacing the job's criteria)."""
+        return self._c._call(ops.generate_criteria(job_id, title, description))
+
+    def questions(self, job_id: str, title: str, description: str) -> m.InterviewQuestions:
+        """``POST /v1/criteria/questions``: interview questions for a posting."""
+        return self._c._call(ops.generate_questions(job_id, title, description))
+
+    def get(self, job_id: str) -> m.JobCriteria:
+        """``GET /v1/jobs/{jobId}/criteria``."""
+        return self._c._call(ops.get_criteria(job_id))
+
+    def add(
+        self,
+        job_id: str,
+        name: str,
+        *,
+        description: str | None = None,
+        weight: float | None = None,
+    ) -> m.Criterion:
+        """``POST /v1/jobs/{jobId}/criteria``: add one criterion (not retried after it may
+        have been sent: it is not idempotent)."""
+        return self._c._call(ops.add_criterion(job_id, name, description, weight))
+
+    def update(
+        self,
+        job_id: str,
+        criterion_id: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        weight: float | None = None,
+    ) -> m.Criterion:
+        """``PATCH /v1/criteria/{jobId}/{criterionId}``: change the fields given."""
+        return self._c._call(ops.update_criterion(job_id, criterion_id, name, description, weight))
+
+    def update_many(self, job_id: str, changes: Iterable[Mapping[str, Any]]) -> m.JobCriteria:
+        """``PATCH /v1/jobs/{jobId}/criteria``: ``[{"id", "name"?, "description"?,
+        "weight"?}, …]``, all or nothing."""
+        return self._c._call(ops.update_criteria(job_id, changes))
+
+    def delete(self, job_id: str, criterion_id: str | None = None) -> None:
+        """``DELETE /v1/criteria/{jobId}[/{criterionId}]``: one criterion, or all."""
+        self._c._call(ops.delete_criteria(job_id, criterion_id))
+
+    def archive(self, job_id: str) -> m.ArchiveResult:
+        """``POST /v1/jobs/{jobId}/criteria/archive``."""
+        return self._c._call(ops.archive_criteria(job_id))
+
+
+class AnalyticsApi:
+    """Analytics (``client.analytics``): seeds 000 and 003."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def scoring_volume(self, time_range: TimeRange = "7d") -> m.ScoringVolume:
+        """``GET /v1/analytics/scoring-volume?timeRange=``: completed and failed jobs."""
+        return self._c._call(ops.scoring_volume(time_range))
+
+    def metric(
+        self,
+        name: str,
+        *,
+        time_start: datetime | str,
+        time_end: datetime | str,
+        page: int | None = None,
+        page_size: int | None = None,
+    ) -> m.MetricResult:
+        """``GET /v1/analytics/{metric}``: one metric of seed 003's catalogue.
+
+        Args:
+            name: e.g. ``flow_runs``, ``tokens_cost``, ``api_calls_log``.
+            time_start: aware datetime or ISO 8601 with offset.
+            time_end: likewise; after ``time_start``.
+            page: page of a paginated metric (1-based).
+            page_size: items per page (1–200).
+        """
+        return self._c._call(ops.metric(name, time_start, time_end, page, page_size))
+
+
+class CallCountsApi:
+    """Call counts (``client.call_counts``): seed 001; roles root and manager (scenarios
+    also backend)."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def historical(self, *, start: Time | None = None, end: Time | None = None) -> m.CallCounts:
+        """``GET /call-counts/historical/``: the org's calls over time (≤ 100 points)."""
+        return self._c._call(ops.historical(start, end))
+
+    def by_label(
+        self,
+        label: Label | str,
+        *,
+        start: Time | None = None,
+        end: Time | None = None,
+        amt: int | None = None,
+        cursor: str | None = None,
+    ) -> m.LabelCounts:
+        """``GET /call-counts/historical/{label}/``: one page of series."""
+        return self._c._call(ops.by_label(label, start, end, amt, cursor))
+
+    def iter_by_label(
+        self,
+        label: Label | str,
+        *,
+        start: Time | None = None,
+        end: Time | None = None,
+        amt: int | None = None,
+    ) -> Iterator[m.LabelCounts]:
+        """Every page of a label, following ``next_cursor``.
+
+        The end of the range is fixed at the first request (now, unless given), so every
+        page describes the same range.
+        """
+        end = end if end is not None else self._c._core.clock()
+        cursor: str | None = None
+        while True:
+            page = self.by_label(label, start=start, end=end, amt=amt, cursor=cursor)
+            yield page
+            if not page.has_next or not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def by_scenario(
+        self, reco_type: str, name: str, *, start: Time | None = None, end: Time | None = None
+    ) -> m.CallCounts:
+        """``GET /call-counts/historical/SCENARIOS/{reco_type}/{name}/``."""
+        return self._c._call(ops.by_scenario(reco_type, name, start, end))
+
+
+class EventsApi:
+    """Product events (``client.events``)."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def ingest(self, events: Iterable[EventInput]) -> m.EventsIngested:
+        """``POST /v1/events``: store events (idempotent per id), 1,000 per request."""
+        return ops.sum_ingested(
+            self._c._call(ops.ingest_events(chunk)) for chunk in ops.event_chunks(events)
+        )

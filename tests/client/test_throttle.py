@@ -1,0 +1,108 @@
+"""Proactive throttling from the rate-limit headers: plain state, the time passed in."""
+
+from __future__ import annotations
+
+from tollhouse.client._throttle import PROBE_WAIT, Throttle, parse_structured
+
+ROUTE = "GET /v1/rate-limit/status"
+T0 = 1_800_000_000.0  # a window boundary (epoch-aligned 1 s windows)
+
+
+def headers(remaining: int, reset: int, t: int, limit: int = 2, w: int = 1) -> dict[str, str]:
+    return {
+        "x-ratelimit-limit": str(limit),
+        "x-ratelimit-remaining": str(remaining),
+        "x-ratelimit-reset": str(reset),
+        "ratelimit-policy": f'"rate_limit_status";q={limit};w={w}, "other";q=100;w=60',
+        "ratelimit": f'"rate_limit_status";r={remaining};t={t}, "other";r=90;t=40',
+    }
+
+
+def test_parse_structured_fields() -> None:
+    parsed = parse_structured('"a";r=1;t=2, "b";q=5;w=60')
+    assert parsed == {"a": {"r": "1", "t": "2"}, "b": {"q": "5", "w": "60"}}
+    assert parse_structured(None) == {}
+
+
+def test_unknown_route_probes_with_one_request() -> None:
+    th = Throttle()
+    assert th.acquire(ROUTE, T0) == 0  # the first goes ...
+    assert th.acquire(ROUTE, T0) == PROBE_WAIT  # ... the others wait for its answer
+    th.observe(ROUTE, 200, headers(1, int(T0) + 1, 1), T0 + 0.01)
+    assert th.acquire(ROUTE, T0 + 0.02) == 0  # the one left
+
+
+def test_a_lost_probe_does_not_block_forever() -> None:
+    th = Throttle()
+    assert th.acquire(ROUTE, T0) == 0
+    th.failed(ROUTE)
+    assert th.acquire(ROUTE, T0) == 0
+    assert th.acquire(ROUTE, T0 + 10) == 0  # probe timed out: go
+
+
+def test_routes_without_limits_are_never_held() -> None:
+    th = Throttle()
+    th.acquire("GET /healthz", T0)
+    th.observe("GET /healthz", 200, {}, T0)
+    assert [th.acquire("GET /healthz", T0) for _ in range(5)] == [0] * 5
+
+
+def test_remaining_zero_waits_until_reset_then_rolls_over() -> None:
+    th = Throttle()
+    now = T0 + 0.3
+    th.observe(ROUTE, 200, headers(0, int(T0) + 1, 1), now)
+    wait = th.acquire(ROUTE, now)
+    assert abs(wait - 0.7) < 1e-6
+    # After the reset: a fresh window of `limit` (the policy says w=1), then wait again.
+    later = T0 + 1.05
+    assert th.acquire(ROUTE, later) == 0
+    assert th.acquire(ROUTE, later) == 0
+    assert abs(th.acquire(ROUTE, later) - 0.95) < 1e-6
+
+
+def test_reservations_count_down_between_answers() -> None:
+    th = Throttle()
+    th.observe(ROUTE, 200, headers(3, int(T0) + 1, 1, limit=5), T0)
+    assert [th.acquire(ROUTE, T0) for _ in range(3)] == [0, 0, 0]
+    assert th.acquire(ROUTE, T0) > 0
+    # A late answer from before the reservations does not give them back.
+    th.observe(ROUTE, 200, headers(2, int(T0) + 1, 1, limit=5), T0 + 0.1)
+    assert th.acquire(ROUTE, T0 + 0.1) > 0
+
+
+def test_429_answers_teach_the_window_too() -> None:
+    th = Throttle()
+    th.observe(ROUTE, 429, headers(0, int(T0) + 1, 1), T0 + 0.5)
+    assert 0.49 < th.acquire(ROUTE, T0 + 0.5) <= 0.5
+
+
+def test_a_skewed_server_clock_cannot_stretch_the_wait() -> None:
+    th = Throttle()
+    # The server's clock is an hour ahead: its absolute reset is far off, but the
+    # relative t=1 bounds the wait to a second of ours.
+    th.observe(ROUTE, 200, headers(0, int(T0) + 3601, 1), T0)
+    assert th.acquire(ROUTE, T0) <= 1.0
+    # An hour behind: at least t - 1 = 0 s, not negative.
+    th2 = Throttle()
+    th2.observe(ROUTE, 200, headers(0, int(T0) - 3599, 1), T0)
+    assert th2.acquire(ROUTE, T0) >= 0
+
+
+def test_without_relative_reset_a_far_absolute_one_is_distrusted() -> None:
+    th = Throttle()
+    bare = {
+        "x-ratelimit-limit": "2",
+        "x-ratelimit-remaining": "0",
+        "x-ratelimit-reset": "9999999999",
+    }
+    th.observe(ROUTE, 200, bare, T0)
+    assert th.acquire(ROUTE, T0) <= 1.0
+
+
+def test_routes_are_independent() -> None:
+    th = Throttle()
+    th.observe(ROUTE, 200, headers(0, int(T0) + 1, 1), T0)
+    assert th.acquire(ROUTE, T0) > 0
+    assert th.acquire("GET /v1/score/{scoringJobId}", T0) == 0
+    th.forget()
+    assert th.acquire(ROUTE, T0) == 0
