@@ -6,6 +6,8 @@ endpoint, in front of an upstream API or an in-process ASGI app.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from tollhouse.errors import (
     ApiError,
     ConfigError,
@@ -13,7 +15,6 @@ from tollhouse.errors import (
     StorageError,
     TollhouseError,
 )
-from tollhouse.http.app import Tollhouse
 from tollhouse.policy.load import load_policy
 from tollhouse.policy.model import Policy
 from tollhouse.settings import Settings, load_settings
@@ -33,3 +34,16 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from tollhouse.http.app import Tollhouse
+
+
+def __getattr__(name: str) -> Any:
+    # The server (SQLAlchemy, FastAPI, uvicorn…) loads only when asked for: the SDK and
+    # webhook receivers import `tollhouse.client` / `tollhouse.webhooks` without it.
+    if name == "Tollhouse":
+        from tollhouse.http.app import Tollhouse
+
+        return Tollhouse
+    raise AttributeError(f"module 'tollhouse' has no attribute {name!r}")
