@@ -134,7 +134,7 @@ def test_product_call_carries_rate_limit_headers(default_server: Server) -> None
     # Tightest bucket: criteria_ai (5/s) has 4 left; criteria_generation (60/min) has 59.
     assert h["x-ratelimit-limit"] == "5"
     assert h["x-ratelimit-remaining"] == "4"
-    assert int(h["x-ratelimit-reset"]) >= int(time.time())
+    assert int(h["x-ratelimit-reset"]) >= int(time.time()) - 5  # a Unix timestamp, not a delta
     assert h["ratelimit-policy"] == '"criteria_ai";q=5;w=1, "criteria_generation";q=60;w=60'
     items = [i.strip() for i in h["ratelimit"].split(",")]
     assert items[0].startswith('"criteria_ai";r=4;t=')
@@ -148,8 +148,8 @@ def test_429_body_headers_and_retry_after(default_server: Server) -> None:
     url = default_server.url + "/v1/rate-limit/status"
     codes = []
     last = None
-    # 2 req/s: of a quick burst of 6, at most 2 fall in any one second-window.
-    for _ in range(6):
+    # 2 req/s: a quick burst overruns it within a few requests, even on a loaded machine.
+    for _ in range(30):
         last = httpx.get(url, headers=bearer(key, None))
         codes.append(last.status_code)
         if last.status_code == 429:
