@@ -51,7 +51,7 @@ from tollhouse.jobs.model import (
 from tollhouse.jobs.queue import Clock, Topic, Wakeup
 from tollhouse.jobs.schema import EPOCH, job_orgs, jobs
 from tollhouse.jobs.shapes import event_type, job_json
-from tollhouse.jobs.transactions import read_connection, write_transaction
+from tollhouse.storage.transactions import read_connection, write_transaction
 
 logger = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from tollhouse.errors import StorageError
 from tollhouse.jobs.model import iso, utc_now
 from tollhouse.jobs.queue import Clock
 from tollhouse.jobs.schema import webhook_attempts, webhook_deliveries, webhook_endpoints
-from tollhouse.jobs.transactions import read_connection, write_transaction
+from tollhouse.storage.transactions import read_connection, write_transaction
 
 logger = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ from tollhouse.metering import schema as usage
 from tollhouse.storage import dialect
 from tollhouse.storage.dialect import DATABASE_ERRORS
 from tollhouse.storage.schema import api_keys, metadata, orgs, schema_info
+from tollhouse.storage.transactions import write_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,9 @@ async def migrate(
             failed run is kept: it is one transaction).
     """
     try:
-        async with engine.begin() as conn:
+        # BEGIN IMMEDIATE on SQLite: the write lock comes first, so concurrent migrators
+        # queue on busy_timeout instead of failing with SQLITE_BUSY_SNAPSHOT.
+        async with write_transaction(engine, "could not migrate the database schema") as conn:
             return await conn.run_sync(_run, steps)
     except DATABASE_ERRORS as exc:
         raise StorageError(f"could not migrate the database schema: {exc}") from exc

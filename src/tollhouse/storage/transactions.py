@@ -1,4 +1,4 @@
-"""Write transactions that are atomic on every engine the jobs package runs on.
+"""Write transactions that are atomic on every engine tollhouse runs on.
 
 On SQLite the Python driver only opens a transaction at the first data-changing
 statement, so a ``SELECT`` then ``UPDATE`` is not one atomic step, and a transaction
