@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 
 from tollhouse.errors import TollhouseError
 from tollhouse.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 T = TypeVar("T")
 
@@ -51,6 +54,34 @@ def run(factory: Callable[[], Coroutine[Any, Any, T]] | Awaitable[T]) -> T:
         return asyncio.run(factory)  # type: ignore[arg-type]
     except TollhouseError as exc:
         fail(str(exc))
+
+
+def with_database(
+    settings: Settings,
+    fn: Callable[[AsyncEngine], Awaitable[T]],
+    *,
+    prepare: Callable[[AsyncEngine], Awaitable[None]] | None = None,
+) -> T:
+    """Open the configured database, bring its schema up to date, run ``fn``, close it.
+
+    Args:
+        settings: where the database is.
+        fn: what to do with the engine.
+        prepare: the schema step to run first (default: the migrations).
+    """
+    # Imported here: `tollhouse status` and `score` talk HTTP and need no SQL driver.
+    from tollhouse.storage.engine import make_engine
+    from tollhouse.storage.schema import create_schema
+
+    async def go() -> T:
+        engine = make_engine(settings.database_url)
+        try:
+            await (prepare or create_schema)(engine)
+            return await fn(engine)
+        finally:
+            await engine.dispose()
+
+    return run(go)
 
 
 def write_json(data: Any) -> None:

@@ -15,14 +15,12 @@ from tollhouse.cli.common import (
     JsonOpt,
     console,
     fail,
-    run,
     settings_from,
+    with_database,
     write_json,
 )
 from tollhouse.keys.model import ROLES, KeyRecord
 from tollhouse.keys.store import KeyStore
-from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 T = TypeVar("T")
 ORG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -55,17 +53,7 @@ def with_store(
     config: str | None, database_url: str | None, fn: Callable[[KeyStore], Awaitable[T]]
 ) -> T:
     """Open the configured database, run ``fn`` with a key store, close it."""
-    settings = settings_from(config, database_url)
-
-    async def go() -> T:
-        engine = make_engine(settings.database_url)
-        try:
-            await create_schema(engine)
-            return await fn(KeyStore(engine))
-        finally:
-            await engine.dispose()
-
-    return run(go)
+    return with_database(settings_from(config, database_url), lambda e: fn(KeyStore(e)))
 
 
 @app.command("create")

@@ -14,14 +14,12 @@ from tollhouse.cli.common import (
     JsonOpt,
     console,
     fail,
-    run,
     settings_from,
+    with_database,
     write_json,
 )
 from tollhouse.limits.overrides import Override, OverrideStore
 from tollhouse.settings import Settings
-from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 T = TypeVar("T")
 
@@ -48,15 +46,7 @@ def override_json(o: Override) -> dict[str, Any]:
 
 
 def _with_store(settings: Settings, fn: Callable[[OverrideStore], Awaitable[T]]) -> T:
-    async def go() -> T:
-        engine = make_engine(settings.database_url)
-        try:
-            await create_schema(engine)
-            return await fn(OverrideStore(engine))
-        finally:
-            await engine.dispose()
-
-    return run(go)
+    return with_database(settings, lambda e: fn(OverrideStore(e)))
 
 
 def _check_bucket(settings: Settings, bucket: str) -> None:

@@ -26,14 +26,12 @@ from tollhouse.cli.common import (
     JsonOpt,
     console,
     fail,
-    run,
     settings_from,
+    with_database,
     write_json,
 )
 from tollhouse.errors import TollhouseError
 from tollhouse.metering.retention import Retention, prune
-from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 app = typer.Typer(
     help="Usage analytics: call counts (seed 001), metrics (seed 003), the call log.",
@@ -97,16 +95,7 @@ def _range(
 
 def _with_engine(config: str | None, database_url: str | None, fn: Any) -> Any:
     settings = settings_from(config, database_url)
-
-    async def go() -> Any:
-        engine = make_engine(settings.database_url)
-        try:
-            await create_schema(engine)
-            return await fn(engine, settings)
-        finally:
-            await engine.dispose()
-
-    return run(go)
+    return with_database(settings, lambda e: fn(e, settings))
 
 
 def _stamp(ts: float) -> str:

@@ -14,14 +14,13 @@ from tollhouse.cli.common import (
     JsonOpt,
     console,
     fail,
-    run,
     settings_from,
+    with_database,
     write_json,
 )
 from tollhouse.cli.keys import ORG_PATTERN
 from tollhouse.jobs.schema import create_job_schema
 from tollhouse.jobs.webhooks import Endpoint, WebhookStore, check_url
-from tollhouse.storage.engine import make_engine
 
 T = TypeVar("T")
 
@@ -56,17 +55,11 @@ def with_store(
     config: str | None, database_url: str | None, fn: Callable[[WebhookStore], Awaitable[T]]
 ) -> T:
     """Open the configured database, run ``fn`` with a webhook store, close it."""
-    settings = settings_from(config, database_url)
-
-    async def go() -> T:
-        engine = make_engine(settings.database_url)
-        try:
-            await create_job_schema(engine)
-            return await fn(WebhookStore(engine))
-        finally:
-            await engine.dispose()
-
-    return run(go)
+    return with_database(
+        settings_from(config, database_url),
+        lambda e: fn(WebhookStore(e)),
+        prepare=create_job_schema,
+    )
 
 
 @app.command("add")
