@@ -66,7 +66,7 @@ async def client_for(
     async with database(url) as engine:
         kw: dict[str, Any] = {"clock": clock} if clock else {}
         queue = open_queue(engine, QueueSettings(default_cap=cap), **kw)
-        webhooks = WebhookStore(engine, **kw)
+        webhooks = WebhookStore(engine, allow_private_targets=True, **kw)  # loopback hooks
         app = create_jobs_app(
             queue=queue, policy=POLICY, webhooks=webhooks, fallback=fallback, **kw
         )

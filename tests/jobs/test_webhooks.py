@@ -169,7 +169,7 @@ def test_retries_until_delivered_with_a_stable_id(
 
     async def body() -> None:
         async with database(sqlite_url) as engine:
-            store = WebhookStore(engine, schedule=FAST)
+            store = WebhookStore(engine, schedule=FAST, allow_private_targets=True)
             _, secret = await store.add_endpoint("acme", base + "/flaky")
             job_id = await _finish_job(engine, "acme")
             sender = WebhookSender(store, timeout=5, poll_interval=0.02)
@@ -199,7 +199,7 @@ def test_timeouts_are_recorded_then_gives_up(
 ) -> None:
     async def body() -> None:
         async with database(sqlite_url) as engine:
-            store = WebhookStore(engine, schedule=(0.0, 0.05))
+            store = WebhookStore(engine, schedule=(0.0, 0.05), allow_private_targets=True)
             await store.add_endpoint("acme", receiver[1] + "/slow")
             job_id = await _finish_job(engine, "acme", ok=False)
             sender = WebhookSender(store, timeout=0.3, poll_interval=0.02)
@@ -220,7 +220,7 @@ def test_gone_disables_the_endpoint(sqlite_url: str, receiver: tuple[Receiver, s
 
     async def body() -> None:
         async with database(sqlite_url) as engine:
-            store = WebhookStore(engine, schedule=FAST)
+            store = WebhookStore(engine, schedule=FAST, allow_private_targets=True)
             gone, _ = await store.add_endpoint("acme", base + "/gone")
             await store.add_endpoint("acme", base + "/ok")
             before = rec.count("/gone")
@@ -250,7 +250,7 @@ def test_retry_after_and_redirects(sqlite_url: str, receiver: tuple[Receiver, st
 
     async def body() -> None:
         async with database(sqlite_url) as engine:
-            store = WebhookStore(engine, schedule=FAST)
+            store = WebhookStore(engine, schedule=FAST, allow_private_targets=True)
             await store.add_endpoint("acme", base + "/later")
             await store.add_endpoint("acme", base + "/redirect")
             ok_before = rec.count("/ok")

@@ -17,6 +17,8 @@ For each async route of the policy, e.g. ``POST /v1/score``::
 
 and always::
 
+    GET /v1/queue?status=&limit=&cursor=        → the org's queue counters and jobs, newest
+                                                  first (keyset paging)
     GET /v1/webhooks/deliveries?jobId=          → the org's deliveries and their attempts
     GET /v1/analytics/scoring-volume?timeRange= → seed 000
 
@@ -27,10 +29,13 @@ Anything else goes to ``fallback`` (the upstream), or is a 404.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import orjson
 from starlette.requests import Request
@@ -39,6 +44,7 @@ from starlette.routing import Match, Route
 
 from tollhouse.errors import (
     ApiError,
+    BadRequest,
     NotFound,
     ServiceUnavailable,
     StorageError,
@@ -46,7 +52,8 @@ from tollhouse.errors import (
     ValidationFailed,
 )
 from tollhouse.example import bodies
-from tollhouse.jobs.model import Enqueued, IdempotencyKeyReused, NewJob, utc_now
+from tollhouse.jobs.eta import estimate_wait
+from tollhouse.jobs.model import Enqueued, IdempotencyKeyReused, Job, NewJob, WireStatus, utc_now
 from tollhouse.jobs.queue import Clock, JobQueue
 from tollhouse.jobs.shapes import accepted_json, job_json
 from tollhouse.jobs.volume import CACHE_CONTROL, TIME_RANGES, volume_body, window
@@ -64,6 +71,11 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 #: Longest Idempotency-Key accepted (Stripe's limit).
 MAX_IDEMPOTENCY_KEY = 255
 DELIVERIES_PATH = "/v1/webhooks/deliveries"
+QUEUE_PATH = "/v1/queue"
+#: ``GET /v1/queue``: the wire statuses it filters on, and its page sizes.
+QUEUE_STATUSES = ("queued", "running", "completed", "failed")
+QUEUE_DEFAULT_LIMIT = 20
+QUEUE_MAX_LIMIT = 100
 VOLUME_PATH = "/v1/analytics/scoring-volume"
 #: Longest job id looked up; longer ones cannot exist.
 MAX_JOB_ID = 64
@@ -98,6 +110,52 @@ def _identity(request: Request) -> Identity:
         # Only reachable when the app is mounted without the gateway in front.
         raise Unauthorized("No API key: this endpoint is served behind the tollhouse gateway.")
     return identity
+
+
+def encode_cursor(job: Job) -> str:
+    """An opaque ``nextCursor``: where the page after ``job`` starts (keyset on
+    ``(created_at, id)``)."""
+    raw = orjson.dumps([job.created_at.astimezone(UTC).isoformat(), job.id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The ``(created_at, id)`` a cursor from :func:`encode_cursor` holds.
+
+    Raises:
+        BadRequest: the cursor was not made by :func:`encode_cursor`.
+    """
+    problem = BadRequest(
+        'query parameter "cursor" is malformed; pass the "nextCursor" of a previous page'
+    )
+    if not cursor or len(cursor) > 200:
+        raise problem
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        moment, job_id = orjson.loads(raw)
+        if not isinstance(moment, str) or not isinstance(job_id, str):
+            raise ValueError(cursor)
+        created = datetime.fromisoformat(moment)
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        raise problem from None
+    if created.tzinfo is None or not job_id or len(job_id) > MAX_JOB_ID:
+        raise problem
+    return created, job_id
+
+
+def _queue_limit(raw: str | None) -> int:
+    if raw is None:
+        return QUEUE_DEFAULT_LIMIT
+    problem = BadRequest(
+        f'query parameter "limit" must be an integer from 1 to {QUEUE_MAX_LIMIT} '
+        f"(default {QUEUE_DEFAULT_LIMIT}); got {raw[:40]!r}"
+    )
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 4:
+        raise problem
+    limit = int(raw)
+    if not 1 <= limit <= QUEUE_MAX_LIMIT:
+        raise problem
+    return limit
 
 
 def _request_hash(route: str, body: dict[str, Any]) -> str:
@@ -210,7 +268,9 @@ class _AsyncRouteApi:
         job_id = str(request.path_params["scoringJobId"])
         if job_id == "batch":
             raise MethodNotAllowed(f"{self.path}/batch takes POST only", headers={"Allow": "POST"})
-        job = await self.queue.get(identity.org, job_id) if len(job_id) <= MAX_JOB_ID else None
+        # Ids are short and NUL-free (PostgreSQL text holds no NUL): others cannot exist.
+        exists = len(job_id) <= MAX_JOB_ID and "\x00" not in job_id
+        job = await self.queue.get(identity.org, job_id) if exists else None
         if job is None:
             raise NotFound(f'scoring job "{job_id}" not found')
         return await self._job_response(job)
@@ -218,7 +278,11 @@ class _AsyncRouteApi:
     async def by_application(self, request: Request) -> Response:
         identity = _identity(request)
         application_id = str(request.path_params["applicationId"])
-        job = await self.queue.latest_for_application(identity.org, application_id)
+        job = (
+            await self.queue.latest_for_application(identity.org, application_id)
+            if "\x00" not in application_id
+            else None
+        )
         if job is None:
             raise NotFound(f'application "{application_id}" has no scoring job')
         return await self._job_response(job)
@@ -281,7 +345,7 @@ class JobsApp:
         self.fallback = fallback
         self.clock = clock
         routes: list[Route] = []
-        prefixes = [DELIVERIES_PATH, VOLUME_PATH]
+        prefixes = [DELIVERIES_PATH, VOLUME_PATH, QUEUE_PATH]
         for async_route in policy.async_routes:
             api = _AsyncRouteApi(async_route, queue)
             routes += api.routes()
@@ -291,6 +355,7 @@ class JobsApp:
         self._prefixes = tuple(prefixes)
         routes.append(Route(DELIVERIES_PATH, _endpoint(self.deliveries), methods=["GET"]))
         routes.append(Route(VOLUME_PATH, _endpoint(self.scoring_volume), methods=["GET"]))
+        routes.append(Route(QUEUE_PATH, _endpoint(self.queue_page), methods=["GET"]))
         self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -332,10 +397,54 @@ class JobsApp:
         job_id = request.query_params.get("jobId") or None
         found = (
             await self.webhooks.deliveries(identity.org, job_id)
-            if self.webhooks is not None
+            # No job id holds a NUL: no delivery can match one.
+            if self.webhooks is not None and "\x00" not in (job_id or "")
             else []
         )
         return _json({"data": [delivery_json(d) for d in found]})
+
+    async def queue_page(self, request: Request) -> Response:
+        """``GET /v1/queue?status=&limit=&cursor=``: the org's queue counters and its jobs,
+        newest first, with keyset paging."""
+        identity = _identity(request)
+        params = request.query_params
+        status = params.get("status")
+        if status is not None and status not in QUEUE_STATUSES:
+            raise BadRequest(
+                f'query parameter "status" must be one of {", ".join(QUEUE_STATUSES)}; '
+                f"got {status[:40]!r}"
+            )
+        limit = _queue_limit(params.get("limit"))
+        cursor = params.get("cursor")
+        before = decode_cursor(cursor) if cursor is not None else None
+        counters = await self.queue.org_counters(identity.org)
+        found = await self.queue.page(
+            identity.org,
+            status=cast(WireStatus | None, status),
+            limit=limit,
+            before=before,
+        )
+        cap = counters.cap if counters.cap is not None else self.queue.settings.default_cap
+        processing = (
+            counters.avg_seconds
+            if counters.avg_seconds is not None
+            else self.queue.settings.default_processing_seconds
+        )
+        wait = estimate_wait(counters.queued + 1, counters.running, cap, processing)
+        mean = round(counters.avg_seconds, 3) if counters.avg_seconds is not None else None
+        body = {
+            "queue": {
+                "queued": counters.queued,
+                "running": counters.running,
+                "cap": cap,
+                "meanProcessingSeconds": mean,
+                "estimatedWaitSeconds": float(wait),
+            },
+            "data": [job_json(j, found.standings.get(j.id)) for j in found.jobs],
+            "hasMore": found.has_more,
+            "nextCursor": encode_cursor(found.jobs[-1]) if found.has_more else None,
+        }
+        return _json(body)
 
     async def scoring_volume(self, request: Request) -> Response:
         """``GET /v1/analytics/scoring-volume?timeRange=`` (seed 000)."""

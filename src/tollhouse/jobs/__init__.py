@@ -64,9 +64,10 @@ __all__ = [
 ]
 
 
-def settings_for(policy: Policy, **overrides: float) -> QueueSettings:
+def settings_for(policy: Policy, **overrides: float | None) -> QueueSettings:
     """Queue settings for a policy: the default per-org cap is its first async route's
-    ``concurrency`` (seed 004: 500); ``overrides`` set any other field."""
+    ``concurrency`` (seed 004: 500); ``overrides`` set any other field (e.g.
+    ``jobs_retention_days=None`` keeps finished jobs forever)."""
     cap = policy.async_routes[0].concurrency if policy.async_routes else 500
-    fields: dict[str, float] = {"default_cap": cap, **overrides}
+    fields: dict[str, float | None] = {"default_cap": cap, **overrides}
     return QueueSettings(**fields)  # type: ignore[arg-type]

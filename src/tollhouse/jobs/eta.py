@@ -41,6 +41,17 @@ def moving_average(previous: float | None, sample: float, alpha: float) -> float
     return previous + alpha * (sample - previous)
 
 
+def ewma_terms(samples: Sequence[float], alpha: float) -> tuple[float, float]:
+    """Folding ``samples`` into a moving average in one step: ``(decay, offset)`` such
+    that applying :func:`moving_average` to each sample in turn from ``previous`` gives
+    ``previous × decay + offset`` (lets SQL update the average without reading it)."""
+    decay, offset = 1.0, 0.0
+    for sample in samples:
+        decay *= 1 - alpha
+        offset = offset * (1 - alpha) + alpha * sample
+    return decay, offset
+
+
 def share_slots(free: int, headroom: Sequence[int]) -> list[int]:
     """Deal ``free`` slots round robin to orgs, each at most its ``headroom``.
 

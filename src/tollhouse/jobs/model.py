@@ -66,6 +66,16 @@ class QueueSettings:
     """Weight of the newest measurement in the moving average of processing time."""
     reap_batch: int = 500
     """Expired leases handled per reaper transaction."""
+    jobs_retention_days: float | None = 91
+    """Finished jobs (completed, failed, dead) are deleted this many days after they
+    finished; None keeps them forever. 91 keeps scoring-volume's longest range (90 days,
+    its start floored to the day) whole: the volume is counted from finished jobs."""
+    deliveries_retention_days: float | None = 30
+    """Finished webhook deliveries (delivered, failed, cancelled) and their recorded
+    attempts are deleted this many days after they finished; None keeps them forever.
+    Pending deliveries are never deleted."""
+    prune_batch: int = 1000
+    """Rows deleted per retention transaction (short transactions; loops until done)."""
 
     def __post_init__(self) -> None:
         if self.default_cap < 1:
@@ -76,6 +86,12 @@ class QueueSettings:
             raise ValueError("max_attempts must be at least 1")
         if not 0 < self.ewma_alpha <= 1:
             raise ValueError("ewma_alpha must be in (0, 1]")
+        for name in ("jobs_retention_days", "deliveries_retention_days"):
+            days = getattr(self, name)
+            if days is not None and not days > 0:
+                raise ValueError(f"{name} must be positive (or None to keep forever)")
+        if self.prune_batch < 1:
+            raise ValueError("prune_batch must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +222,17 @@ class OrgCounters:
     """The org's own cap, or None for the queue's default."""
     avg_seconds: float | None
     """Moving average of processing time, None before any measurement."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    """One page of an org's jobs, newest first (``GET /v1/queue``)."""
+
+    jobs: list[Job]
+    standings: dict[str, Standing]
+    """Where each queued job of the page stands, by job id."""
+    has_more: bool
+    """True when older jobs match too (ask again from the last job's (created_at, id))."""
 
 
 class JobFailed(TollhouseError):

@@ -29,12 +29,14 @@ from tollhouse.jobs.model import (
     Enqueued,
     Finish,
     Job,
+    JobPage,
     Lease,
     NewJob,
     OrgCounters,
     Outcome,
     QueueSettings,
     Standing,
+    WireStatus,
     utc_now,
 )
 
@@ -43,6 +45,19 @@ Clock = Callable[[], datetime]
 Wakeup = Callable[[], None]
 #: What a wakeup is about: ``jobs`` (enqueued, retried) or ``deliveries`` (staged webhooks).
 Topic = Literal["jobs", "deliveries"]
+
+
+class Listener(Protocol):
+    """A feed of wakeups from other processes (PostgreSQL ``LISTEN``): while started, it
+    calls the queue's subscribers when any process adds work."""
+
+    async def start(self) -> None:
+        """Start listening (returns once the first connection attempt is over)."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop listening and release the connection."""
+        ...
 
 
 class JobQueue(Protocol):
@@ -93,6 +108,11 @@ class JobQueue(Protocol):
         many were handled."""
         ...
 
+    async def prune(self) -> dict[str, int]:
+        """Delete finished jobs and finished webhook deliveries (with their attempts)
+        older than the settings' retention; returns rows deleted per table."""
+        ...
+
     async def get(self, org: str, job_id: str) -> Job | None:
         """The org's job with that id, or None (another org's job is None too)."""
         ...
@@ -103,6 +123,22 @@ class JobQueue(Protocol):
 
     async def standing(self, job: Job) -> Standing | None:
         """Where a queued job stands now; None once it left the queue."""
+        ...
+
+    async def org_counters(self, org: str) -> OrgCounters:
+        """One org's counters (zeros and the default cap for an org with no jobs yet)."""
+        ...
+
+    async def page(
+        self,
+        org: str,
+        *,
+        status: WireStatus | None = None,
+        limit: int = 20,
+        before: tuple[datetime, str] | None = None,
+    ) -> JobPage:
+        """The org's jobs newest first by ``(created_at, id)``, strictly older than
+        ``before`` when given; ``status`` filters on the wire status."""
         ...
 
     async def set_cap(self, org: str, cap: int | None) -> None:
@@ -121,6 +157,11 @@ class JobQueue(Protocol):
 
     def subscribe(self, wakeup: Wakeup, topic: Topic = "jobs") -> None:
         """Call ``wakeup`` when this process adds work of ``topic``."""
+        ...
+
+    def listen(self) -> Listener | None:
+        """A :class:`Listener` that also wakes subscribers for work other processes add;
+        None where the engine has no such feed (SQLite: polling only)."""
         ...
 
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     DateTime,
     Float,
     Index,
@@ -20,8 +21,10 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    inspect,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.schema import CreateIndex
 
 from tollhouse.storage.schema import metadata
 
@@ -69,6 +72,8 @@ jobs = Table(
     Index("ix_jobs_org_application", "org_id", "application_id", "seq"),
     # scoring-volume: an org's outcomes over a time range.
     Index("ix_jobs_org_finished", "org_id", "finished_at"),
+    # GET /v1/queue: an org's jobs newest first, keyset paging on (created_at, id).
+    Index("ix_jobs_org_created", "org_id", "created_at", "id"),
 )
 
 job_orgs = Table(
@@ -142,6 +147,29 @@ JOB_TABLES = (jobs, job_orgs, webhook_endpoints, webhook_deliveries, webhook_att
 
 
 async def create_job_schema(engine: AsyncEngine) -> None:
-    """Create the jobs and webhooks tables when missing (idempotent)."""
+    """Create the jobs and webhooks tables, and their indexes, when missing (idempotent).
+
+    Also ``product_events`` (the analytics table jobs write their outcome events to), so
+    a ``tollhouse worker`` can run before any ``serve`` migrated the database; the
+    migration runner adopts it (its steps use ``IF NOT EXISTS`` too).
+    """
+    from tollhouse.metering.schema import product_events
+
+    def create(conn: Connection) -> None:
+        tables = (*JOB_TABLES, product_events)
+        existing = set(inspect(conn).get_table_names())
+        metadata.create_all(conn, tables=[t for t in tables if t.name not in existing])
+        # An index added to a table that already exists (e.g. ix_jobs_org_created) is
+        # created when missing. Checked in the catalog first: even with IF NOT EXISTS,
+        # PostgreSQL's CREATE INDEX takes a SHARE lock on the table before looking, which
+        # would queue every writer behind each starting worker.
+        for table in tables:
+            if table.name not in existing:
+                continue
+            have = {ix["name"] for ix in inspect(conn).get_indexes(table.name)}
+            for index in sorted(table.indexes, key=lambda i: str(i.name)):
+                if index.name not in have:
+                    conn.execute(CreateIndex(index, if_not_exists=True))
+
     async with engine.begin() as conn:
-        await conn.run_sync(lambda sync: metadata.create_all(sync, tables=list(JOB_TABLES)))
+        await conn.run_sync(create)

@@ -16,46 +16,83 @@ processes:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import secrets
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, bindparam, case, func, select, tuple_, update
+from sqlalchemy import (
+    Float,
+    Integer,
+    Select,
+    bindparam,
+    case,
+    delete,
+    func,
+    literal,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tollhouse.errors import StorageError
-from tollhouse.jobs.eta import estimate_wait, moving_average, retry_delay, share_slots
+from tollhouse.jobs.eta import (
+    estimate_wait,
+    ewma_terms,
+    moving_average,
+    retry_delay,
+    share_slots,
+)
+from tollhouse.jobs.events import record_job_events
 from tollhouse.jobs.model import (
+    TERMINAL,
     Enqueued,
     Finish,
     IdempotencyKeyReused,
     Job,
+    JobPage,
     Lease,
     NewJob,
     OrgCounters,
     Outcome,
     QueueSettings,
     Standing,
+    WireStatus,
     utc_now,
 )
 from tollhouse.jobs.queue import Clock, Topic, Wakeup
-from tollhouse.jobs.schema import EPOCH, job_orgs, jobs
+from tollhouse.jobs.schema import (
+    EPOCH,
+    job_orgs,
+    jobs,
+    webhook_attempts,
+    webhook_deliveries,
+)
 from tollhouse.jobs.shapes import event_type, job_json
 from tollhouse.storage.transactions import read_connection, write_transaction
 
 logger = logging.getLogger(__name__)
 
 _FAILED_STATES = ("failed", "dead")
+#: PostgreSQL ``NOTIFY`` channel for new work; the payload is the topic (``jobs`` or
+#: ``deliveries``). Notifications are sent inside the writing transaction, so listeners
+#: hear of work only once it is committed.
+NOTIFY_CHANNEL = "tollhouse_work"
+_TOPICS: tuple[Topic, ...] = ("jobs", "deliveries")
 #: Leases extended per statement (bounded so the statement stays a sane size).
 HEARTBEAT_CHUNK = 500
 
@@ -155,6 +192,30 @@ class SqlJobQueue:
             job_orgs.c.avg_seconds,
         )
 
+        self._finish_orgs = (
+            update(job_orgs)
+            .where(job_orgs.c.org_id == bindparam("o_org"))
+            .values(
+                running=job_orgs.c.running + bindparam("o_running", type_=Integer),
+                queued=job_orgs.c.queued + bindparam("o_queued", type_=Integer),
+                avg_seconds=case(
+                    (job_orgs.c.avg_seconds.is_(None), bindparam("o_fresh", type_=Float)),
+                    else_=job_orgs.c.avg_seconds * bindparam("o_decay", type_=Float)
+                    + bindparam("o_offset", type_=Float),
+                ),
+                samples=job_orgs.c.samples + bindparam("o_samples", type_=Integer),
+            )
+        )
+        self._claimed_orgs = (
+            update(job_orgs)
+            .where(job_orgs.c.org_id == bindparam("c_org"))
+            .values(
+                running=job_orgs.c.running + bindparam("c_count", type_=Integer),
+                queued=job_orgs.c.queued - bindparam("c_count", type_=Integer),
+                last_served_at=bindparam("c_now", type_=job_orgs.c.last_served_at.type),
+            )
+        )
+
     # --- plumbing ------------------------------------------------------------------------
 
     def subscribe(self, wakeup: Wakeup, topic: Topic = "jobs") -> None:
@@ -165,6 +226,16 @@ class SqlJobQueue:
     def _notify(self, topic: Topic) -> None:
         for wakeup in self._wakeups[topic]:
             wakeup()
+
+    def listen(self) -> PgListener | None:
+        """On PostgreSQL, a :class:`PgListener` waking this queue's subscribers when any
+        process adds work; None on SQLite (dispatchers poll)."""
+        return None if self._sqlite else PgListener(self)
+
+    async def _announce(self, conn: AsyncConnection, topic: Topic) -> None:
+        """Tell listening processes about new work, at this transaction's commit."""
+        if not self._sqlite:
+            await conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, topic)))
 
     def _write(self) -> AbstractAsyncContextManager[AsyncConnection]:
         return write_transaction(self.engine, "job queue")
@@ -296,6 +367,7 @@ class SqlJobQueue:
                 .scalars()
                 .all()
             )
+            await self._announce(conn, "jobs")
         made = iter(zip(fresh, values, seqs, strict=True))
         out: list[Enqueued] = []
         for slot in slots:
@@ -352,60 +424,50 @@ class SqlJobQueue:
             )
         ).all()
         shares = share_slots(limit, [o.cap - o.running for o in orgs])
+        # One random part per claim; each job's token is it + the job id, so one UPDATE
+        # sets every lease of an org and tokens still differ per job and per claim.
+        batch = secrets.token_hex(16)
+        served: list[dict[str, Any]] = []
         for org, share in zip(orgs, shares, strict=True):
             if share == 0:
                 continue
-            rows = (
-                await conn.execute(
-                    select(jobs)
-                    .where(
-                        jobs.c.org_id == org.org_id,
-                        jobs.c.status == "queued",
-                        jobs.c.run_after <= now,
-                    )
-                    .order_by(jobs.c.seq)
-                    .limit(share)
-                    .with_for_update(skip_locked=True)
+            # Pick (and lock) the org's oldest ready jobs and lease them in one statement.
+            pick = (
+                select(jobs.c.seq)
+                .where(
+                    jobs.c.org_id == org.org_id,
+                    jobs.c.status == "queued",
+                    jobs.c.run_after <= now,
                 )
-            ).all()
-            params = []
-            for row in rows:
-                job = row_job(row)
-                token = secrets.token_hex(16)
-                params.append({"b_id": job.id, "b_token": token})
-                claimed = replace(
-                    job,
-                    state="running",
-                    attempts=job.attempts + 1,
-                    claimed_at=now,
-                    started_at=job.started_at or now,
-                )
-                leases.append(Lease(claimed, token, expires))
-            if params:
+                .order_by(jobs.c.seq)
+                .limit(share)
+                .with_for_update(skip_locked=True)
+            )
+            result = (
                 await conn.execute(
                     update(jobs)
-                    .where(jobs.c.id == bindparam("b_id"))
+                    .where(jobs.c.seq.in_(pick))
                     .values(
                         status="running",
-                        lease_token=bindparam("b_token"),
+                        lease_token=literal(batch) + jobs.c.id,
                         lease_expires_at=expires,
                         worker_id=worker_id,
                         attempts=jobs.c.attempts + 1,
                         claimed_at=now,
                         started_at=func.coalesce(jobs.c.started_at, now),
-                    ),
-                    params,
+                    )
+                    .returning(*jobs.c)
                 )
-            # Served, even with nothing ready (all in backoff): it goes to the back.
-            await conn.execute(
-                update(job_orgs)
-                .where(job_orgs.c.org_id == org.org_id)
-                .values(
-                    running=job_orgs.c.running + len(params),
-                    queued=job_orgs.c.queued - len(params),
-                    last_served_at=now,
-                )
-            )
+            ).all()
+            # RETURNING comes in no particular order; FIFO is by seq.
+            rows = sorted(result, key=lambda r: int(r.seq))
+            for row in rows:
+                leases.append(Lease(row_job(row), row.lease_token, expires))
+            served.append({"c_org": org.org_id, "c_count": len(rows), "c_now": now})
+        if served:
+            # Served, even with nothing ready (all in backoff): it goes to the back. The
+            # rows are locked already; one executemany moves every org's counters.
+            await conn.execute(self._claimed_orgs, served)
         return leases
 
     async def heartbeat(self, leases: Sequence[Lease]) -> set[str]:
@@ -546,12 +608,20 @@ class SqlJobQueue:
         deltas: dict[str, list[Any]] = {}  # org → [running delta, queued delta, samples]
         finished: list[Job] = []
         # One statement finds (and locks) the jobs these leases still hold; the token
-        # fixes the attempt count, so every outcome is decided here.
-        held: dict[str, Job] = {}
+        # fixes the attempt, so every outcome is decided here. Only the columns that
+        # decide are read: the rest of the job is the lease's copy (what a claim returns
+        # does not change while the lease is held).
+        held: dict[str, Any] = {}
         pairs = [(item.lease.job.id, item.lease.token) for item in items]
         for start in range(0, len(pairs), HEARTBEAT_CHUNK):
             rows = await conn.execute(
-                select(jobs)
+                select(
+                    jobs.c.id,
+                    jobs.c.attempts,
+                    jobs.c.max_attempts,
+                    jobs.c.claimed_at,
+                    jobs.c.run_after,
+                )
                 .where(
                     tuple_(jobs.c.id, jobs.c.lease_token).in_(
                         pairs[start : start + HEARTBEAT_CHUNK]
@@ -560,25 +630,26 @@ class SqlJobQueue:
                 )
                 .with_for_update()
             )
-            held.update((r.id, row_job(r)) for r in rows)
+            held.update((r.id, r) for r in rows)
         params: list[dict[str, Any]] = []
         for item in items:
-            job = held.pop(item.lease.job.id, None)
-            if job is None:
+            row = held.pop(item.lease.job.id, None)
+            if row is None:
                 outcomes.append(None)
                 continue
+            job = item.lease.job
             outcome: Outcome
-            run_after = job.run_after
+            run_after = _utc(row.run_after)
             if item.error is None:
                 outcome = "completed"
             elif not item.retryable:
                 outcome = "failed"
-            elif job.attempts >= job.max_attempts:
+            elif row.attempts >= row.max_attempts:
                 outcome = "dead"
             else:
                 outcome = "retrying"
                 delay = retry_delay(
-                    job.attempts, s.retry_base_seconds, s.retry_max_seconds, self.rng
+                    row.attempts, s.retry_base_seconds, s.retry_max_seconds, self.rng
                 )
                 run_after = now + timedelta(seconds=delay)
             outcomes.append(outcome)
@@ -602,6 +673,8 @@ class SqlJobQueue:
                     replace(
                         job,
                         state=state,
+                        attempts=row.attempts,
+                        max_attempts=row.max_attempts,
                         result=result,
                         error=item.error,
                         finished_at=now,
@@ -609,8 +682,9 @@ class SqlJobQueue:
                 )
             else:
                 delta[1] += 1
-            if job.claimed_at is not None:
-                delta[2].append(max(0.0, (now - job.claimed_at).total_seconds()))
+            claimed_at = _utc(row.claimed_at)
+            if claimed_at is not None:
+                delta[2].append(max(0.0, (now - claimed_at).total_seconds()))
         if params:
             await conn.execute(
                 update(jobs)
@@ -627,26 +701,30 @@ class SqlJobQueue:
                 ),
                 params,
             )
+        # The moving average is folded over the samples in the UPDATE itself (no read
+        # first): avg × decay + offset, or, for an org never measured, the average of
+        # the samples alone. One executemany (one round trip on PostgreSQL) for every
+        # org, in sorted order so concurrent finishers lock org rows in the same order.
+        org_params: list[dict[str, Any]] = []
         for org in sorted(deltas):
             running, queued, samples = deltas[org]
-            current = (
-                await conn.execute(
-                    select(job_orgs.c.avg_seconds).where(job_orgs.c.org_id == org).with_for_update()
-                )
-            ).scalar_one_or_none()
-            average = current
+            decay, offset = ewma_terms(samples, s.ewma_alpha)
+            fresh: float | None = None
             for sample in samples:
-                average = moving_average(average, sample, s.ewma_alpha)
-            await conn.execute(
-                update(job_orgs)
-                .where(job_orgs.c.org_id == org)
-                .values(
-                    running=job_orgs.c.running + running,
-                    queued=job_orgs.c.queued + queued,
-                    avg_seconds=average,
-                    samples=job_orgs.c.samples + len(samples),
-                )
+                fresh = moving_average(fresh, sample, s.ewma_alpha)
+            org_params.append(
+                {
+                    "o_org": org,
+                    "o_running": running,
+                    "o_queued": queued,
+                    "o_fresh": fresh,
+                    "o_decay": decay,
+                    "o_offset": offset,
+                    "o_samples": len(samples),
+                }
             )
+        if org_params:
+            await conn.execute(self._finish_orgs, org_params)
         staged = await self._stage_events(conn, finished, now)
         return outcomes, staged
 
@@ -654,12 +732,19 @@ class SqlJobQueue:
         self, conn: AsyncConnection, finished: Sequence[Job], now: datetime
     ) -> int:
         # The outbox: deliveries are written in the jobs' own transaction, so a finished
-        # job always has its webhooks, even if this process dies right after.
+        # job always has its webhooks, even if this process dies right after; its
+        # product event (DESIGN §3.5) is written the same way.
         from tollhouse.jobs.webhooks import stage_events
 
-        return await stage_events(
-            conn, [(j.org, j.id, event_type(j), job_json(j)) for j in finished], now
+        if not finished:
+            return 0
+        await record_job_events(conn, finished, now)
+        staged = await stage_events(
+            conn, [(j.org, j.id, event_type(j), partial(job_json, j)) for j in finished], now
         )
+        if staged:
+            await self._announce(conn, "deliveries")
+        return staged
 
     async def release(self, lease: Lease) -> bool:
         """Give a claimed job back untried (the attempt is not counted)."""
@@ -676,6 +761,7 @@ class SqlJobQueue:
                 run_after=now,
                 attempts=max(0, job.attempts - 1),
             )
+            await self._announce(conn, "jobs")
         self._notify("jobs")
         return True
 
@@ -722,6 +808,53 @@ class SqlJobQueue:
             if staged:
                 self._notify("deliveries")
         return len(rows)
+
+    async def prune(self) -> dict[str, int]:
+        """Delete finished jobs and finished deliveries past their retention (see
+        :class:`QueueSettings`), ``prune_batch`` rows per transaction; returns the rows
+        deleted per table. Queued and running jobs and pending deliveries are never
+        touched, whatever their age."""
+        now = self.clock()
+        s = self.settings
+        deleted = {jobs.name: 0, webhook_deliveries.name: 0, webhook_attempts.name: 0}
+        if s.jobs_retention_days is not None:
+            cutoff = now - timedelta(days=s.jobs_retention_days)
+            while True:
+                async with self._write() as conn:
+                    old = (
+                        select(jobs.c.seq)
+                        .where(jobs.c.status.in_(TERMINAL), jobs.c.finished_at < cutoff)
+                        .limit(s.prune_batch)
+                    )
+                    seqs = (await conn.execute(old)).scalars().all()
+                    if seqs:
+                        await conn.execute(delete(jobs).where(jobs.c.seq.in_(seqs)))
+                deleted[jobs.name] += len(seqs)
+                if len(seqs) < s.prune_batch:
+                    break
+        if s.deliveries_retention_days is not None:
+            cutoff = now - timedelta(days=s.deliveries_retention_days)
+            d = webhook_deliveries.c
+            while True:
+                async with self._write() as conn:
+                    old = (
+                        select(d.id)
+                        .where(d.status != "pending", d.finished_at < cutoff)
+                        .limit(s.prune_batch)
+                    )
+                    ids = (await conn.execute(old)).scalars().all()
+                    if ids:
+                        gone = await conn.execute(
+                            delete(webhook_attempts).where(webhook_attempts.c.delivery_id.in_(ids))
+                        )
+                        deleted[webhook_attempts.name] += max(0, gone.rowcount or 0)
+                        await conn.execute(delete(webhook_deliveries).where(d.id.in_(ids)))
+                deleted[webhook_deliveries.name] += len(ids)
+                if len(ids) < s.prune_batch:
+                    break
+        if any(deleted.values()):
+            logger.info("pruned finished jobs and deliveries", extra={"deleted": deleted})
+        return deleted
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -777,6 +910,94 @@ class SqlJobQueue:
         position = int(ahead) + 1
         return Standing(position, estimate_wait(position, running, cap, processing))
 
+    async def org_counters(self, org: str) -> OrgCounters:
+        """``org``'s counters; an org with no jobs yet has zeros and the default cap."""
+        async with self._read() as conn:
+            row = (await conn.execute(select(job_orgs).where(job_orgs.c.org_id == org))).first()
+        if row is None:
+            return OrgCounters(org, 0, 0, None, None)
+        return OrgCounters(org, row.running, row.queued, row.cap, row.avg_seconds)
+
+    async def page(
+        self,
+        org: str,
+        *,
+        status: WireStatus | None = None,
+        limit: int = 20,
+        before: tuple[datetime, str] | None = None,
+    ) -> JobPage:
+        """``org``'s jobs newest first by ``(created_at, id)``; see :meth:`JobQueue.page`.
+
+        Queued jobs of the page get their standing from two more statements whatever the
+        page size: the org's queued jobs before the page's oldest queued one, and the
+        queued seqs within the page's range.
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        q = select(jobs).where(jobs.c.org_id == org)
+        if status == "failed":
+            q = q.where(jobs.c.status.in_(_FAILED_STATES))
+        elif status is not None:
+            q = q.where(jobs.c.status == status)
+        if before is not None:
+            q = q.where(tuple_(jobs.c.created_at, jobs.c.id) < tuple_(before[0], before[1]))
+        q = q.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit + 1)
+        standings: dict[str, Standing] = {}
+        async with self._read() as conn:
+            rows = (await conn.execute(q)).all()
+            found = [row_job(r) for r in rows[:limit]]
+            waiting = sorted(j.seq for j in found if j.state == "queued")
+            if waiting:
+                ahead = (
+                    await conn.execute(
+                        select(func.count())
+                        .select_from(jobs)
+                        .where(
+                            jobs.c.org_id == org,
+                            jobs.c.status == "queued",
+                            jobs.c.seq < waiting[0],
+                        )
+                    )
+                ).scalar_one()
+                queued_seqs = (
+                    (
+                        await conn.execute(
+                            select(jobs.c.seq)
+                            .where(
+                                jobs.c.org_id == org,
+                                jobs.c.status == "queued",
+                                jobs.c.seq >= waiting[0],
+                                jobs.c.seq <= waiting[-1],
+                            )
+                            .order_by(jobs.c.seq)
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+                org_row = (
+                    await conn.execute(
+                        select(
+                            job_orgs.c.running, self._cap().label("cap"), job_orgs.c.avg_seconds
+                        ).where(job_orgs.c.org_id == org)
+                    )
+                ).first()
+        if waiting:
+            running, cap, avg = (
+                (org_row.running, org_row.cap, org_row.avg_seconds)
+                if org_row is not None
+                else (0, self.settings.default_cap, None)
+            )
+            processing = avg if avg is not None else self.settings.default_processing_seconds
+            for job in found:
+                if job.state != "queued":
+                    continue
+                position = int(ahead) + bisect_left(queued_seqs, job.seq) + 1
+                standings[job.id] = Standing(
+                    position, estimate_wait(position, running, cap, processing)
+                )
+        return JobPage(found, standings, len(rows) > limit)
+
     async def set_cap(self, org: str, cap: int | None) -> None:
         """Give ``org`` its own cap (None: the default again)."""
         if cap is not None and cap < 1:
@@ -784,6 +1005,7 @@ class SqlJobQueue:
         async with self._write() as conn:
             await self._ensure_org(conn, org)
             await conn.execute(update(job_orgs).where(job_orgs.c.org_id == org).values(cap=cap))
+            await self._announce(conn, "jobs")
         self._notify("jobs")
 
     async def counters(self) -> list[OrgCounters]:
@@ -834,3 +1056,100 @@ class SqlJobQueue:
             return func.strftime(fmt, jobs.c.finished_at)
         # AT TIME ZONE 'UTC' makes the truncation independent of the session's time zone.
         return func.date_trunc(granularity, func.timezone("UTC", jobs.c.finished_at))
+
+
+class PgListener:
+    """``LISTEN`` on :data:`NOTIFY_CHANNEL` over one connection of the queue's pool; each
+    notification calls the queue's subscribers for its topic, so a dispatcher picks up a
+    job another process enqueued without waiting for its poll interval.
+
+    Polling stays the fallback: when the connection drops, the listener reconnects with
+    backoff (1 s doubling to 30 s) and wakes every subscriber once connected again, since
+    notifications sent meanwhile are lost.
+
+    Args:
+        queue: the queue whose subscribers are woken.
+        retry_seconds: first delay before reconnecting.
+    """
+
+    def __init__(self, queue: SqlJobQueue, retry_seconds: float = 1.0) -> None:
+        self.queue = queue
+        self.retry_seconds = retry_seconds
+        self.backend_pid: int | None = None
+        """The listening session's server pid while connected (None otherwise)."""
+        self.connects = 0
+        """Successful connections so far (reconnects included)."""
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    @property
+    def listening(self) -> bool:
+        """True while connected and listening."""
+        return self.backend_pid is not None
+
+    async def start(self, wait: float = 5.0) -> None:
+        """Start listening; returns once the first connection attempt succeeded or
+        failed, or after ``wait`` seconds (it goes on trying in the background)."""
+        if self._task is not None:
+            return
+        self._ready.clear()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), wait)
+
+    async def stop(self) -> None:
+        """Stop listening; the connection is closed, not returned to the pool."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self.queue._notify(payload if payload in _TOPICS else "jobs")
+
+    async def _run(self) -> None:
+        delay = self.retry_seconds
+        while True:
+            try:
+                await self._listen()
+                delay = self.retry_seconds
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning(
+                    "job notifications unavailable; polling until reconnected",
+                    extra={"error": str(exc), "retry_in": delay},
+                )
+            finally:
+                self.backend_pid = None
+                self._ready.set()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _listen(self) -> None:
+        conn = await self.queue.engine.connect()
+        try:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            lost = asyncio.Event()
+            driver.add_termination_listener(lambda _c: lost.set())
+            await driver.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            self.backend_pid = driver.get_server_pid()
+            self.connects += 1
+            self._ready.set()
+            # Work added while nobody listened (first start, or a reconnect) is not
+            # announced again: look once now.
+            for topic in _TOPICS:
+                self.queue._notify(topic)
+            while not lost.is_set() and not driver.is_closed():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), 5.0)
+            logger.warning("job notification connection lost; reconnecting")
+        finally:
+            # A session that LISTENs must not go back to the pool.
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            with contextlib.suppress(Exception):
+                await conn.close()

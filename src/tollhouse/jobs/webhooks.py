@@ -29,7 +29,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -45,6 +45,8 @@ from tollhouse.errors import StorageError
 from tollhouse.jobs.model import iso, utc_now
 from tollhouse.jobs.queue import Clock
 from tollhouse.jobs.schema import webhook_attempts, webhook_deliveries, webhook_endpoints
+from tollhouse.security import audit
+from tollhouse.security.net import check_target, webhook_client
 from tollhouse.storage.transactions import read_connection, write_transaction
 
 logger = logging.getLogger(__name__)
@@ -283,7 +285,7 @@ def delivery_json(d: Delivery) -> dict[str, Any]:
 
 async def stage_events(
     conn: AsyncConnection,
-    events: Sequence[tuple[str, str | None, str, dict[str, Any]]],
+    events: Sequence[tuple[str, str | None, str, dict[str, Any] | Callable[[], dict[str, Any]]]],
     now: datetime,
 ) -> int:
     """Write one pending delivery per enabled endpoint of each event's org, inside the
@@ -291,7 +293,9 @@ async def stage_events(
 
     Args:
         conn: a connection in the caller's write transaction.
-        events: ``(org, job id, event type, data)`` per event.
+        events: ``(org, job id, event type, data)`` per event; ``data`` may be a
+            function making it, called only when the org has an endpoint (most orgs
+            have none, and the job queue finishes jobs by the hundred).
         now: the events' time.
 
     The body is ``{"type", "timestamp", "data"}`` (Standard Webhooks' recommended shape).
@@ -315,6 +319,8 @@ async def stage_events(
         if not endpoints[org]:
             continue
         message_id = "msg_" + secrets.token_hex(12)
+        if callable(data):
+            data = data()
         body = orjson.dumps({"type": event_type, "timestamp": iso(now), "data": data}).decode()
         rows += [
             {
@@ -360,8 +366,12 @@ class WebhookStore:
         rng: random.Random | None = None,
         lease_seconds: float = 60.0,
         schedule: Sequence[float] = SCHEDULE,
+        allow_private_targets: bool = False,
     ) -> None:
         self.engine = engine
+        # SSRF guard (tollhouse.security.net): private targets are refused at add_endpoint
+        # and at every attempt unless allowed (local development).
+        self.allow_private_targets = allow_private_targets
         self.schedule = tuple(schedule)
         self.clock = clock
         self.rng = rng or random.Random()
@@ -369,13 +379,18 @@ class WebhookStore:
 
     # endpoints
 
-    async def add_endpoint(self, org: str, url: str) -> tuple[Endpoint, str]:
+    async def add_endpoint(
+        self, org: str, url: str, *, actor: str | None = None
+    ) -> tuple[Endpoint, str]:
         """Register ``url`` for ``org``; returns the endpoint and its secret (shown once).
+        With an ``actor``, the change is audited in the same transaction.
 
         Raises:
-            ValueError: the URL is not an absolute http(s) URL.
+            ValueError: the URL is not an absolute http(s) URL, or reaches a private
+                address (:class:`tollhouse.security.net.TargetRefused`).
         """
         clean = check_url(url)
+        await check_target(clean, allow_private=self.allow_private_targets)
         secret = new_secret()
         endpoint = Endpoint("we_" + secrets.token_hex(10), org, clean, self.clock())
         async with write_transaction(self.engine, "webhooks") as conn:
@@ -388,6 +403,15 @@ class WebhookStore:
                     created_at=endpoint.created_at,
                 )
             )
+            if actor is not None:
+                await audit.record(
+                    conn,
+                    actor=actor,
+                    action="webhook.added",
+                    org=org,
+                    target_id=endpoint.id,
+                    details={"url": audit.safe_url(clean)},
+                )
         return endpoint, secret
 
     async def list_endpoints(self, org: str | None = None) -> list[Endpoint]:
@@ -400,8 +424,11 @@ class WebhookStore:
             rows = (await conn.execute(q)).all()
         return [_endpoint(r) for r in rows]
 
-    async def remove_endpoint(self, endpoint_id: str) -> Endpoint | None:
-        """Remove an endpoint (its pending deliveries are cancelled); None if unknown."""
+    async def remove_endpoint(
+        self, endpoint_id: str, *, actor: str | None = None
+    ) -> Endpoint | None:
+        """Remove an endpoint (its pending deliveries are cancelled); None if unknown.
+        With an ``actor``, the change is audited in the same transaction."""
         now = self.clock()
         async with write_transaction(self.engine, "webhooks") as conn:
             row = (
@@ -418,6 +445,15 @@ class WebhookStore:
             if row is None:
                 return None
             await self._cancel_pending(conn, endpoint_id, now)
+            if actor is not None:
+                await audit.record(
+                    conn,
+                    actor=actor,
+                    action="webhook.removed",
+                    org=row.org_id,
+                    target_id=endpoint_id,
+                    details={"url": audit.safe_url(row.url)},
+                )
         return _endpoint(row)
 
     async def _cancel_pending(self, conn: AsyncConnection, endpoint_id: str, now: datetime) -> None:
@@ -650,6 +686,9 @@ class WebhookSender:
         self._loop_task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopping = False
+        #: Called after every recorded attempt with its result and the delivery's new
+        #: status (``/metrics`` counts attempts by outcome through it).
+        self.on_attempt: Callable[[AttemptResult, str], None] | None = None
 
     def wake(self) -> None:
         """Look for due deliveries now (called when a job finishes in this process)."""
@@ -660,10 +699,12 @@ class WebhookSender:
         if self._loop_task is not None:
             return
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                follow_redirects=False,
-                timeout=httpx.Timeout(self.timeout),
-                limits=httpx.Limits(max_connections=self.concurrency),
+            # Redirects never followed; unless allowed, connections only to checked public
+            # addresses, resolved once per connection (tollhouse.security.net).
+            self._client = webhook_client(
+                allow_private=self.store.allow_private_targets,
+                timeout=self.timeout,
+                max_connections=self.concurrency,
             )
         self._stopping = False
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
@@ -719,7 +760,11 @@ class WebhookSender:
         except StorageError:
             # The attempt happened but is not recorded; the lease runs out and it is retried.
             logger.exception("could not record a webhook attempt", extra={"delivery": task.id})
+            if self.on_attempt is not None:
+                self.on_attempt(result, "unrecorded")
             return
+        if self.on_attempt is not None:
+            self.on_attempt(result, status)
         logger.info(
             "webhook attempt",
             extra={

@@ -17,22 +17,22 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tollhouse.errors import StorageError
 from tollhouse.jobs.handlers import JobHandler
 from tollhouse.jobs.model import Finish, JobFailed, JobRetry, Lease, Outcome
-from tollhouse.jobs.queue import JobQueue
+from tollhouse.jobs.queue import JobQueue, Listener
 from tollhouse.jobs.webhooks import WebhookSender, WebhookStore
 
 logger = logging.getLogger(__name__)
 
 #: Outcomes written per transaction at most.
 FINISH_BATCH = 200
-#: Tries of a completion whose write failed (database briefly unavailable) before the
-#: lease is left to expire and the job retried.
+#: Tries at least of a completion whose write failed (database unavailable); retries go
+#: on for a lease's length before the lease is left to expire and the job retried.
 FINISH_TRIES = 3
 
 
@@ -63,11 +63,13 @@ class _Finisher:
         queue: JobQueue,
         refill: Callable[[int], tuple[str, int]],
         spawn: Callable[[Lease], None],
+        settled: Callable[[Sequence[Finish]], None],
         max_batch: int = FINISH_BATCH,
     ) -> None:
         self.queue = queue
         self.refill = refill
         self.spawn = spawn
+        self.settled = settled
         self.max_batch = max_batch
         self._pending: list[tuple[Finish, asyncio.Future[Outcome | None]]] = []
         self._wake = asyncio.Event()
@@ -96,6 +98,9 @@ class _Finisher:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            # One pass of the event loop first: jobs that ended at the same moment (their
+            # callbacks already queued) join this batch instead of needing another.
+            await asyncio.sleep(0)
             self._wake.clear()
             while self._pending:
                 batch = self._pending[: self.max_batch]
@@ -109,6 +114,9 @@ class _Finisher:
                         if not future.done():
                             future.set_exception(exc)
                     continue
+                # Their slots are free from now on, before their tasks get to run
+                # again: the next batch may refill them without waiting.
+                self.settled([item for item, _ in batch])
                 for lease in leases:
                     self.spawn(lease)
                 for (_, future), outcome in zip(batch, outcomes, strict=True):
@@ -128,6 +136,10 @@ class Dispatcher:
             at once).
         heartbeat_interval: seconds between lease extensions; a third of the lease.
         reap_interval: seconds between runs of the reaper.
+        prune_interval: seconds between runs of the retention prune (finished jobs and
+            webhook deliveries past :class:`~tollhouse.jobs.model.QueueSettings`' ages).
+        listen: on PostgreSQL, also wake on other processes' new work (``LISTEN``);
+            False: this process's own wakeups and the poll only.
         on_event: called after every attempt.
     """
 
@@ -141,6 +153,8 @@ class Dispatcher:
         poll_interval: float = 0.5,
         heartbeat_interval: float | None = None,
         reap_interval: float = 5.0,
+        prune_interval: float = 3600.0,
+        listen: bool = True,
         on_event: Callable[[JobEvent], None] | None = None,
     ) -> None:
         if slots < 1:
@@ -152,14 +166,20 @@ class Dispatcher:
         self.poll_interval = poll_interval
         self.heartbeat_interval = heartbeat_interval or queue.settings.lease_seconds / 3
         self.reap_interval = reap_interval
+        self.prune_interval = prune_interval
         self.on_event = on_event
         self._wake = asyncio.Event()
         self._running: dict[str, tuple[Lease, asyncio.Task[None]]] = {}
         self._lost: set[str] = set()
+        # Jobs whose outcome is written but whose task has not yet left ``_running``.
+        self._settled: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._finisher = _Finisher(queue, self._refill, self._spawn)
+        self._finisher = _Finisher(queue, self._refill, self._spawn, self._on_settled)
         queue.subscribe(self.wake)
+        # PostgreSQL: other processes' enqueues wake this one through LISTEN/NOTIFY;
+        # the poll stays as the fallback.
+        self.listener: Listener | None = queue.listen() if listen else None
 
     @property
     def active(self) -> int:
@@ -177,10 +197,13 @@ class Dispatcher:
         self._stopping = False
         loop = asyncio.get_running_loop()
         self._finisher.start()
+        if self.listener is not None:
+            await self.listener.start()
         self._tasks = [
             loop.create_task(self._claim_loop()),
             loop.create_task(self._every(self.heartbeat_interval, self._heartbeat)),
             loop.create_task(self._every(self.reap_interval, self._reap)),
+            loop.create_task(self._every(self.prune_interval, self._prune)),
         ]
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -194,10 +217,15 @@ class Dispatcher:
         with contextlib.suppress(asyncio.CancelledError):
             await claim_loop
         # Heartbeats keep running while jobs finish, so no lease expires during the grace.
-        if self._running:
+        # A finish written just before the stop may still hand out new leases (its
+        # refill): wait for those too, so none is left running unrecorded at exit.
+        deadline = time.monotonic() + grace
+        while self._running and time.monotonic() < deadline:
             tasks = [t for _, t in self._running.values()]
-            _, pending = await asyncio.wait(tasks, timeout=grace)
-            leftover = [lease for lease, t in self._running.values() if t in pending]
+            await asyncio.wait(tasks, timeout=deadline - time.monotonic())
+        if self._running:
+            leftover = [lease for lease, _ in self._running.values()]
+            pending = [t for _, t in self._running.values()]
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -210,23 +238,35 @@ class Dispatcher:
             t.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await self._finisher.stop()
+        if self.listener is not None:
+            await self.listener.stop()
         self._tasks = []
+
+    def _busy(self) -> int:
+        """Slots in use: running jobs, less those whose outcome is already written."""
+        return len(self._running) - len(self._settled)
+
+    def _on_settled(self, items: Sequence[Finish]) -> None:
+        for item in items:
+            if item.lease.job.id in self._running:
+                self._settled.add(item.lease.job.id)
 
     def _refill(self, freed: int) -> tuple[str, int]:
         """What a finishing batch may claim: the slots it frees plus any idle ones
         (nothing once stopping). The batch's jobs still count as running here."""
         if self._stopping:
             return self.worker_id, 0
-        return self.worker_id, max(0, self.slots - len(self._running) + freed)
+        return self.worker_id, max(0, self.slots - self._busy() + freed)
 
     def _spawn(self, lease: Lease) -> None:
         task = asyncio.get_running_loop().create_task(self._run(lease))
         self._running[lease.job.id] = (lease, task)
+        self._settled.discard(lease.job.id)
 
     async def _claim_loop(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            free = self.slots - len(self._running)
+            free = self.slots - self._busy()
             leases: list[Lease] = []
             if free > 0:
                 try:
@@ -262,7 +302,11 @@ class Dispatcher:
             if outcome is None:
                 logger.warning("lease lost before the job finished", extra={"job": job.id})
         finally:
-            self._running.pop(job.id, None)
+            entry = self._running.get(job.id)
+            if entry is not None and entry[0] is lease:
+                # (Not when a newer claim of the same job already runs here.)
+                del self._running[job.id]
+                self._settled.discard(job.id)
             self._lost.discard(job.id)
             self._wake.set()
         if self.on_event is not None:
@@ -271,7 +315,12 @@ class Dispatcher:
     async def _finish(
         self, lease: Lease, payload: dict[str, Any], *, retryable: bool | None = None
     ) -> Outcome | None:
-        for attempt in range(FINISH_TRIES):
+        # While the database is away, keep the outcome and retry for as long as the lease
+        # could still be ours (heartbeats keep it once the database is back): the job is
+        # then recorded once, not run again after its lease expires.
+        give_up = time.monotonic() + self.queue.settings.lease_seconds
+        attempt = 0
+        while True:
             item = (
                 Finish(lease, result=payload)
                 if retryable is None
@@ -280,10 +329,16 @@ class Dispatcher:
             try:
                 return await self._finisher.finish(item)
             except StorageError:
-                logger.exception("could not record a job's outcome", extra={"job": lease.job.id})
-                if attempt + 1 < FINISH_TRIES:
-                    await asyncio.sleep(0.2 * (attempt + 1))
-        return None
+                attempt += 1
+                if attempt >= FINISH_TRIES and time.monotonic() >= give_up:
+                    logger.exception(
+                        "could not record a job's outcome", extra={"job": lease.job.id}
+                    )
+                    return None
+                logger.warning(
+                    "could not record a job's outcome; retrying", extra={"job": lease.job.id}
+                )
+                await asyncio.sleep(min(1.0, 0.2 * attempt))
 
     async def _every(self, interval: float, fn: Callable[[], Any]) -> None:
         while True:
@@ -311,6 +366,9 @@ class Dispatcher:
 
     async def _reap(self) -> None:
         await self.queue.reap()
+
+    async def _prune(self) -> None:
+        await self.queue.prune()
 
 
 class Worker:
