@@ -6,7 +6,8 @@
    (rollups 1 m / 1 h / 1 d with histograms, plus the raw call log), as calls/s end to
    end, against the baseline of writing one plain 7-column row per call (no aggregation,
    the driver's executemany, one transaction per second) in the same run; and with the
-   raw log switched off (rollups only).
+   raw log switched off (rollups only). On PostgreSQL, also with the portable per-row
+   statements instead of the bulk path (``unnest`` upserts, ``COPY``), for comparison.
 
 Traffic: 20 orgs × 10 keys (Zipf: a few keys do most calls), two or three routes per
 key, 2,000 calls per second by default. Dimension sets per minute are what rollups cost;
@@ -145,8 +146,14 @@ async def bench_engine(url: str, calls: list[CallRecord], rate: float) -> dict[s
                 chunk = [tuple(r.values()) for r in rows[i : i + per_flush]]
                 await conn.exec_driver_sql(sql, chunk)
         out["plain rows"] = len(calls) / (time.perf_counter() - t)
-        for name, keep in (("rollups only", False), ("rollups + raw log", True)):
+        passes = [("rollups only", False, True), ("rollups + raw log", True, True)]
+        if engine.dialect.name == "postgresql":
+            # The portable per-row statements, for comparison with the bulk path
+            # (unnest upserts and COPY) in the same run.
+            passes += [("rollups only, per-row", False, False), ("+ raw log, per-row", True, False)]
+        for name, keep, bulk in passes:
             meter = UsageMeter(engine, keep_raw_log=keep, raw_log_cap=len(calls))
+            meter.flusher.writer.bulk_postgres = bulk
             t = time.perf_counter()
             # Flush once per simulated second of traffic, as the background flusher does.
             per_flush = max(1, int(rate))

@@ -301,7 +301,14 @@ def evaluate(
             if b < math.floor(start / granularity) * granularity or b > end:
                 continue
             rows.append(
-                {"time_us": b * 1_000_000, "calls": 1, "route": c.route, "method": c.method}
+                {
+                    "time_us": b * 1_000_000,
+                    "calls": 1,
+                    "route": c.route,
+                    "method": c.method,
+                    f"status_{min(max(c.status // 100, 2), 5)}xx": 1,
+                    "duration_ms": max(0, round(c.duration_ms * 1000)),  # stored: µs
+                }
             )
     else:
         for seq, e in enumerate(events):

@@ -33,16 +33,17 @@ def call(t: float = T0, **kw: Any) -> CallRecord:
 
 def test_calls_of_one_minute_and_dimension_set_share_a_cell() -> None:
     agg = Aggregator()
-    for i, status in enumerate((200, 201, 404, 429, 500, 503)):
+    for i, status in enumerate((200, 201, 404, 429, 500, 503, 302, 304, 399)):
         agg.record(call(T0 + i, status=status, duration_ms=1.0 + i))
     agg.record(call(T0 + 60, duration_ms=3))  # next minute
     agg.record(call(T0 + 1, key_id="key_b"))  # other key
     batch = agg.drain()
-    assert len(batch.cells) == 3 and batch.call_count == 8
+    assert len(batch.cells) == 3 and batch.call_count == 11
     cell = batch.cells[(int(T0), dimensions(call()))]
-    assert (cell.count, cell.errors, cell.client_errors, cell.throttled) == (6, 2, 1, 1)
-    assert (cell.dur_min, cell.dur_max, cell.dur_sum) == (1000, 6000, 21000)
-    assert sum(cell.hist.values()) == 6 and cell.hist[bucket_of(1000)] == 1
+    counters = (cell.count, cell.errors, cell.client_errors, cell.throttled, cell.redirects)
+    assert counters == (9, 2, 1, 1, 3)
+    assert (cell.dur_min, cell.dur_max, cell.dur_sum) == (1000, 9000, 45000)
+    assert sum(cell.hist.values()) == 9 and cell.hist[bucket_of(1000)] == 1
     assert agg.pending_cells == 0 and agg.pending_calls == 0
     assert [c.time for c in batch.calls][:2] == [T0, T0 + 1]
 

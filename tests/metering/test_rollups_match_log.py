@@ -2,8 +2,9 @@
 
 Random calls are metered and flushed; then counts per bucket (seed 001 at minute, hour
 and day granularity) and per-endpoint counts, errors, mean and percentiles (a calls
-metric read from the 1 m, 1 h and 1 d rollups in turn) are compared with the same
-numbers computed in Python from the raw call log read back from the database.
+metric read from the 1 m, 1 h and 1 d rollups in turn), calls per status class and
+latency percentiles per time bucket are compared with the same numbers computed in
+Python from the raw call log read back from the database.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ calls_strategy = st.lists(
     st.tuples(
         st.floats(min_value=0, max_value=3 * DAY - 1, allow_nan=False),
         st.integers(min_value=0, max_value=len(ROUTES) - 1),
-        st.sampled_from([200, 200, 201, 404, 429, 500, 503]),
+        st.sampled_from([200, 200, 201, 302, 304, 404, 429, 500, 503]),
         st.floats(min_value=0, max_value=120_000, allow_nan=False),
         st.sampled_from([{}, {"db": "main"}, {"db": "other", "scenario": "home"}]),
     ),
@@ -83,6 +84,21 @@ def expected_endpoints(rows: list[Any]) -> dict[tuple[str, str], dict[str, Any]]
             "P50": round(p50 / 1000, 1),
             "P90": round(p90 / 1000, 1),
         }
+    return out
+
+
+def expected_percentiles(rows: list[Any]) -> dict[str, float | None]:
+    if not rows:
+        return {"P50": None, "P90": None, "P99": None}
+    durations = [r.duration_us for r in rows]
+    hist = [0] * NBUCKETS
+    for d in durations:
+        hist[bucket_of(d)] += 1
+    out: dict[str, float | None] = {}
+    for name, q in (("P50", 0.5), ("P90", 0.9), ("P99", 0.99)):
+        p = percentile(hist, q, min(durations), max(durations))
+        assert p is not None
+        out[name] = round(p / 1000, 1)
     return out
 
 
@@ -186,6 +202,30 @@ def check(url: str, calls: list[tuple[float, int, int, float, dict[str, str]]]) 
             first = DAY0 // step
             assert bars == [per.get(first + i, 0) for i in range(len(bars))]
             assert sum(bars) == len(calls)
+
+            # Tollhouse's additions: status classes and latency percentiles per bucket.
+            def run(name: str, end: float = end) -> Any:
+                return run_metric(
+                    engine,
+                    CATALOGUE[name],
+                    org=org,
+                    environment="SANDBOX",
+                    start=DAY0,
+                    end=end,
+                    now=end,
+                )
+
+            by_bucket: dict[int, list[Any]] = defaultdict(list)
+            for r in rows:
+                by_bucket[math.floor(r.time_us / 1e6 / step) - first].append(r)
+            classes = (await run("api_calls_by_status_class"))["value"]["values"]
+            latency = (await run("api_latency_percentiles"))["value"]["values"]
+            assert len(classes) == len(latency) == len(bars)
+            for i, (c, lat) in enumerate(zip(classes, latency, strict=True)):
+                mine = by_bucket.get(i, [])
+                want_classes = Counter(f"{r.status // 100}xx" for r in mine)
+                assert c["values"] == {k: want_classes[k] for k in ("2xx", "3xx", "4xx", "5xx")}
+                assert lat["values"] == expected_percentiles(mine), i
 
     run_with(url, go)
 

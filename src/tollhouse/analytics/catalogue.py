@@ -17,6 +17,9 @@ Definitions where the seed is terse (docs/analytics.md explains each choice):
 * **cost** excludes cached LLM calls (the seed's note); tokens count every call;
 * **conversation** LLM usage is the ``llm_call`` events that carry a ``conversation_id``;
 * **cost per run** is the cost of LLM calls made by flows (``tool = "flow"``) over runs.
+
+:data:`ADDITIONS` are tollhouse's own metrics beyond the seed (calls by status class,
+latency percentiles), defined and answered the same way.
 """
 
 from __future__ import annotations
@@ -564,5 +567,31 @@ _METRICS: tuple[Metric, ...] = (
     ),
 )
 
-#: Every metric of seed 003, by name.
-CATALOGUE: dict[str, Metric] = {m.name: m for m in _METRICS}
+#: Tollhouse's additions for the API-usage dashboard (same engine, same response shapes).
+ADDITIONS: tuple[Metric, ...] = (
+    Metric(
+        "api_calls_by_status_class",
+        "API calls over time by response status class (2xx, 3xx, 4xx, 5xx)",
+        "barchart",
+        "calls",
+        tuple(
+            Measure(f"{k}xx", "sum", (f"status_{k}xx",))
+            for k in (2, 3, 4, 5)  # 4xx includes 429s; error rate = 5xx / all four
+        ),
+        group_by=(TIME,),
+    ),
+    Metric(
+        "api_latency_percentiles",
+        "API call duration over time (P50, P90, P99 percentiles, ms)",
+        "barchart",
+        "calls",
+        tuple(
+            Measure(f"P{round(q * 100)}", "percentile", ("duration_ms",), q=q)
+            for q in (0.5, 0.9, 0.99)
+        ),
+        group_by=(TIME,),
+    ),
+)
+
+#: Every metric of seed 003 and tollhouse's :data:`ADDITIONS`, by name.
+CATALOGUE: dict[str, Metric] = {m.name: m for m in (*_METRICS, *ADDITIONS)}

@@ -47,12 +47,26 @@ from tollhouse.metering.histogram import BOUNDS_US
 from tollhouse.metering.histogram import COLUMNS as HIST
 from tollhouse.metering.schema import product_events, usage_calls, usage_dims
 
-#: Fields of the call rollups, by the name metrics use.
-CALL_COUNTERS = {
-    "calls": "count",
-    "errors": "errors",
-    "client_errors": "client_errors",
-    "throttled": "throttled",
+#: Counter fields of the call rollups, by the name metrics use: each is a signed sum of
+#: rollup columns. The ``status_*`` fields split calls by status class (every call is in
+#: exactly one): 5xx are the errors, 4xx the client errors and the throttled (429), 3xx
+#: the redirects, and 2xx everything else (status < 300).
+CALL_COUNTERS: dict[str, tuple[tuple[str, int], ...]] = {
+    "calls": (("count", 1),),
+    "errors": (("errors", 1),),
+    "client_errors": (("client_errors", 1),),
+    "throttled": (("throttled", 1),),
+    "redirects": (("redirects", 1),),
+    "status_2xx": (
+        ("count", 1),
+        ("redirects", -1),
+        ("client_errors", -1),
+        ("throttled", -1),
+        ("errors", -1),
+    ),
+    "status_3xx": (("redirects", 1),),
+    "status_4xx": (("client_errors", 1), ("throttled", 1)),
+    "status_5xx": (("errors", 1),),
 }
 #: Dimension fields calls can be grouped or filtered by.
 CALL_DIMENSIONS = (
@@ -325,31 +339,35 @@ def _compile_calls(metric: Metric, w: Window, rollup: Table, out: Compiled) -> N
     out.group_labels = tuple(g.name for g in groups)
     source = rollup.join(usage_dims, r.dim_id == d.id)
     columns: list[ColumnElement[Any]] = [*groups, func.sum(r["count"]).label("_n")]
+    hist_stmt: Query | None = None
     for i, m in enumerate(metric.measures):
         if m.where or m.event_type:
             raise CompileError(f"measure {m.name!r}: call measures take no conditions")
         if m.agg == "percentile":
             if m.fields != ("duration_ms",):
                 raise CompileError(f"measure {m.name!r}: percentiles of calls are of duration_ms")
+            # Every percentile of a metric reads the same merged histograms: one statement.
             stmt = (
-                select(
-                    *groups,
-                    *(func.sum(r[h]) for h in HIST),
-                    func.min(r.dur_min_us),
-                    func.max(r.dur_max_us),
+                hist_stmt
+                if hist_stmt is not None
+                else (
+                    select(
+                        *groups,
+                        *(func.sum(r[h]) for h in HIST),
+                        func.min(r.dur_min_us),
+                        func.max(r.dur_max_us),
+                    )
+                    .select_from(source)
+                    .where(*where)
+                    .group_by(*groups)
                 )
-                .select_from(source)
-                .where(*where)
-                .group_by(*groups)
             )
             out.histograms[m.name] = (1000, stmt)
+            hist_stmt = stmt
             continue
         parts: list[tuple[str, ColumnElement[Any]]]
         if m.agg in ("sum", "count"):
-            counter = "calls" if m.agg == "count" else _one(m)
-            if counter not in CALL_COUNTERS:
-                raise CompileError(f"measure {m.name!r}: calls have no counter {counter!r}")
-            parts = [("sum", func.sum(r[CALL_COUNTERS[counter]]))]
+            parts = [("sum", func.sum(_counter_sum(rollup, m)))]
         elif m.agg == "avg" and m.fields == ("duration_ms",):
             parts = [("sum", func.sum(r.dur_sum_us)), ("n", func.sum(r["count"]))]
         elif m.agg == "count_distinct":
@@ -359,6 +377,25 @@ def _compile_calls(metric: Metric, w: Window, rollup: Table, out: Compiled) -> N
         out.parts[m.name] = tuple(f"m{i}_{k}" for k, _ in parts)
         columns.extend(e.label(f"m{i}_{k}") for k, e in parts)
     out.aggregate = select(*columns).select_from(source).where(*where).group_by(*groups)
+
+
+def _counter_sum(rollup: Table, m: Measure) -> ColumnElement[Any]:
+    """Per rollup row, the sum of the measure's counters (``count``: the calls)."""
+    names = ("calls",) if m.agg == "count" else m.fields
+    if not names:
+        raise CompileError(f"measure {m.name!r}: sum needs fields")
+    total: Any = None
+    for name in names:
+        terms = CALL_COUNTERS.get(name)
+        if terms is None:
+            raise CompileError(f"measure {m.name!r}: calls have no counter {name!r}")
+        for column, sign in terms:
+            col = rollup.c[column]
+            if total is None:
+                total = col if sign > 0 else -col
+            else:
+                total = total + col if sign > 0 else total - col
+    return total  # type: ignore[no-any-return]
 
 
 def _granularity(rollup: Table) -> int:

@@ -35,6 +35,11 @@ MAX_EVENTS = 1000
 MAX_STRING = 200
 #: How far in the future an event's time may be (clock skew).
 MAX_FUTURE = timedelta(days=1)
+#: Largest number stored for a numeric field (after scaling): far above any real value,
+#: low enough that sums of thousands of them stay within a 64-bit integer.
+MAX_STORED = 10**15
+#: PostgreSQL text and JSONB cannot hold NUL (U+0000); every engine refuses it alike.
+NUL_PROBLEM = "must not contain NUL (\\u0000) characters"
 TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -207,7 +212,10 @@ def parse_time(value: Any, where: str) -> datetime:
         ) from None
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise _invalid(where, f"{value!r} has no timezone offset: add Z or +HH:MM")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+        raise _invalid(where, f"{value!r} is out of range") from None
 
 
 def epoch_us(moment: datetime) -> int:
@@ -219,6 +227,8 @@ def _field_value(field: Field, value: Any, where: str) -> Any:
     if field.kind == "str":
         if not isinstance(value, str) or not value:
             raise _invalid(where, "must be a non-empty string")
+        if "\x00" in value:
+            raise _invalid(where, NUL_PROBLEM)
         if len(value) > MAX_STRING:
             raise _invalid(where, f"must be at most {MAX_STRING} characters")
         return value
@@ -230,11 +240,25 @@ def _field_value(field: Field, value: Any, where: str) -> Any:
         raise _invalid(where, "must be a number")
     if not math.isfinite(value) or value < 0:
         raise _invalid(where, "must be a finite number >= 0")
+    if value * field.scale > MAX_STORED:
+        # Stored as a 64-bit integer and summed: refuse what cannot be stored or summed.
+        raise _invalid(where, f"must be at most {MAX_STORED // field.scale}")
     if field.kind == "int":
         if isinstance(value, float) and not value.is_integer():
             raise _invalid(where, "must be a whole number")
         return int(value)
     return round(value * field.scale)
+
+
+def _holds_nul(value: Any) -> bool:
+    """True when a NUL character is in any string or key of a parsed JSON value."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in k or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def parse_event(raw: Any, index: int, now: datetime) -> ParsedEvent:
@@ -251,6 +275,8 @@ def parse_event(raw: Any, index: int, now: datetime) -> ParsedEvent:
         raise _invalid(f"{at}.id", "is required: a non-empty string unique per event")
     if len(event_id) > MAX_STRING:
         raise _invalid(f"{at}.id", f"must be at most {MAX_STRING} characters")
+    if "\x00" in event_id:
+        raise _invalid(f"{at}.id", NUL_PROBLEM)
     kind = raw.get("type")
     if not isinstance(kind, str) or not TYPE_PATTERN.match(kind):
         raise _invalid(
@@ -282,6 +308,8 @@ def parse_event(raw: Any, index: int, now: datetime) -> ParsedEvent:
             if rule.choices is not None and stored not in rule.choices:
                 raise _invalid(where, f"must be one of {', '.join(rule.choices)}")
             columns[field.column] = stored
+    if _holds_nul(data):
+        raise _invalid(f"{at}.data", NUL_PROBLEM)
     return ParsedEvent(event_id, kind, epoch_us(moment), data, columns)
 
 

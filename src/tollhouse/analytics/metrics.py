@@ -106,29 +106,14 @@ async def _collect(
             for i, m in enumerate(metric.measures):
                 if m.name in plan.parts:
                     values[m.name] = _value(metric, m, row, f"m{i}")
+    # Percentiles sharing a statement (p50/p90/p99 of one field) read it once.
+    read: dict[int, tuple[dict[tuple[Any, ...], tuple[list[int], int, int]], int]] = {}
     for name, (scale, stmt) in plan.histograms.items():
         m = next(x for x in metric.measures if x.name == name)
         _, decimals = _unit(metric, m)
-        hists: dict[tuple[Any, ...], tuple[list[int], int, int]] = {}
-        count_total = 0
-        for raw in (await conn.execute(stmt)).all():
-            values_ = tuple(raw)
-            key = _group_key(values_, labels)
-            rest = values_[len(labels) :]
-            if metric.source == "calls":
-                counts = [_int(c) for c in rest[:BUCKETS]]
-                low, high = _int(rest[BUCKETS]), _int(rest[BUCKETS + 1])
-            else:
-                bucket, n, low, high = int(rest[0]), _int(rest[1]), _int(rest[2]), _int(rest[3])
-                counts = [0] * BUCKETS
-                counts[bucket] = n
-            found = hists.get(key)
-            if found is None:
-                hists[key] = (counts, low, high)
-            else:
-                merged = [a + b for a, b in zip(found[0], counts, strict=True)]
-                hists[key] = (merged, min(found[1], low), max(found[2], high))
-            count_total += sum(counts)
+        if id(stmt) not in read:
+            read[id(stmt)] = await _histograms(conn, metric, labels, stmt)
+        hists, count_total = read[id(stmt)]
         for key, (counts, low, high) in hists.items():
             estimate = percentile(counts, m.q or 0.5, low, high)
             groups.setdefault(key, {})[name] = (
@@ -141,6 +126,33 @@ async def _collect(
         matched = max(matched, _int(row["_n"]))
         groups.setdefault((), {})[name] = _int(row["hits"])
     return groups, matched
+
+
+async def _histograms(
+    conn: AsyncConnection, metric: Metric, labels: tuple[str, ...], stmt: Any
+) -> tuple[dict[tuple[Any, ...], tuple[list[int], int, int]], int]:
+    """Merged latency histograms (counts, min, max) per group, and the values counted."""
+    hists: dict[tuple[Any, ...], tuple[list[int], int, int]] = {}
+    count_total = 0
+    for raw in (await conn.execute(stmt)).all():
+        values_ = tuple(raw)
+        key = _group_key(values_, labels)
+        rest = values_[len(labels) :]
+        if metric.source == "calls":
+            counts = [_int(c) for c in rest[:BUCKETS]]
+            low, high = _int(rest[BUCKETS]), _int(rest[BUCKETS + 1])
+        else:
+            bucket, n, low, high = int(rest[0]), _int(rest[1]), _int(rest[2]), _int(rest[3])
+            counts = [0] * BUCKETS
+            counts[bucket] = n
+        found = hists.get(key)
+        if found is None:
+            hists[key] = (counts, low, high)
+        else:
+            merged = [a + b for a, b in zip(found[0], counts, strict=True)]
+            hists[key] = (merged, min(found[1], low), max(found[2], high))
+        count_total += sum(counts)
+    return hists, count_total
 
 
 def _simple(metric: Metric, groups: Mapping[tuple[Any, ...], Mapping[str, Any]]) -> dict[str, Any]:

@@ -14,7 +14,11 @@ What counts as what (documented in docs/analytics.md):
 
 * ``errors`` — status ≥ 500: the API failed;
 * ``client_errors`` — 400–499 except 429: the caller sent something wrong;
-* ``throttled`` — 429: refused by a rate limit or in-flight cap.
+* ``throttled`` — 429: refused by a rate limit or in-flight cap;
+* ``redirects`` — 300–399.
+
+Everything else (status < 300) is a success; with these, every call falls in exactly one
+status class (2xx, 3xx, 4xx = client errors + throttled, 5xx = errors).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class Cell:
         "dur_sum",
         "errors",
         "hist",
+        "redirects",
         "throttled",
     )
 
@@ -58,6 +63,7 @@ class Cell:
         self.errors = 0
         self.client_errors = 0
         self.throttled = 0
+        self.redirects = 0
         self.dur_sum = 0
         self.dur_min = 0
         self.dur_max = 0
@@ -72,13 +78,16 @@ class Cell:
             self.dur_max = duration_us
         self.count += 1
         self.dur_sum += duration_us
-        if status >= 400:
+        if status >= 300:
             if status >= 500:
                 self.errors += 1
-            elif status == 429:
-                self.throttled += 1
+            elif status >= 400:
+                if status == 429:
+                    self.throttled += 1
+                else:
+                    self.client_errors += 1
             else:
-                self.client_errors += 1
+                self.redirects += 1
         b = bucket_of(duration_us)
         hist = self.hist
         hist[b] = hist.get(b, 0) + 1
@@ -95,6 +104,7 @@ class Cell:
         self.errors += other.errors
         self.client_errors += other.client_errors
         self.throttled += other.throttled
+        self.redirects += other.redirects
         self.dur_sum += other.dur_sum
         hist = self.hist
         for b, c in other.hist.items():
@@ -135,6 +145,8 @@ class Batch:
     """Per-minute aggregates."""
     calls: list[CallRecord] = field(default_factory=list)
     """Raw call-log entries, oldest first."""
+    since: float | None = None
+    """Arrival time (epoch s) of the oldest call in this batch; None if empty."""
 
     @property
     def empty(self) -> bool:
@@ -170,6 +182,8 @@ class Aggregator:
         """Raw call-log entries dropped (oldest first) because the cap was reached."""
         self.rejected_calls = 0
         """Records that could not be accounted at all (malformed); logged."""
+        self.pending_since: float | None = None
+        """Arrival time (epoch s) of the oldest call not yet drained; None when none is."""
 
     def record(self, call: CallRecord) -> None:
         """Account one call: memory only, never blocks, never raises."""
@@ -200,6 +214,9 @@ class Aggregator:
                 logger.exception("could not meter a call", extra={"rejected": self.rejected_calls})
             return
         self.recorded_calls += 1
+        since = self.pending_since
+        if since is None or call.time < since:
+            self.pending_since = call.time
         if self.keep_raw_log:
             calls = self._calls
             if len(calls) >= self.raw_log_cap:
@@ -222,9 +239,10 @@ class Aggregator:
 
     def drain(self) -> Batch:
         """Take everything recorded so far (the aggregator starts empty again)."""
-        batch = Batch(self._cells, list(self._calls))
+        batch = Batch(self._cells, list(self._calls), self.pending_since)
         self._cells = {}
         self._calls = deque()
+        self.pending_since = None
         return batch
 
     def restore(self, batch: Batch) -> None:
@@ -233,6 +251,10 @@ class Aggregator:
         Its raw entries are older than the ones recorded since, so when the cap is
         exceeded they are the first to go.
         """
+        if batch.since is not None and (
+            self.pending_since is None or batch.since < self.pending_since
+        ):
+            self.pending_since = batch.since
         cells = self._cells
         for key, cell in batch.cells.items():
             mine = cells.get(key)

@@ -11,8 +11,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -23,25 +24,69 @@ from tollhouse.metering.retention import Retention
 
 
 @dataclass(frozen=True, slots=True)
-class MeterStats:
-    """Counters of a meter, for status pages and logs."""
+class MeterStats(Mapping[str, Any]):
+    """Counters of a meter, for metrics exporters, status pages and logs.
 
+    A read-only mapping (``dict(meter.stats())`` is a plain dict; ``stats["buffered_calls"]``)
+    whose keys are also attributes (``stats.buffered_calls``).
+    """
+
+    buffered_calls: int
+    """Calls recorded but not yet written to the rollups (held in memory)."""
+    buffered_log_entries: int
+    """Raw call-log entries held in memory, not yet written."""
+    dropped_log_entries: int
+    """Raw call-log entries dropped oldest-first at the cap while storage was away (their
+    counts in the rollups are kept)."""
+    last_flush_at: float | None
+    """When a flush last succeeded (epoch s; a flush with nothing to write counts), None
+    before the first."""
+    flush_lag_seconds: float
+    """Age of the oldest call not yet written (0.0 when everything is written)."""
     recorded_calls: int
     """Calls accounted since start."""
-    dropped_calls: int
-    """Raw call-log entries dropped oldest-first while storage was away (counts kept)."""
     rejected_calls: int
     """Malformed records that could not be accounted."""
-    pending_cells: int
-    """Aggregate cells not yet written."""
-    pending_calls: int
-    """Raw call-log entries not yet written."""
+    buffered_cells: int
+    """Aggregate cells (minute × dimension set) not yet written."""
+    raw_log_cap: int
+    """Raw call-log entries kept in memory at most."""
     flushes: int
     """Flushes that wrote something."""
     flush_failures: int
     """Failed flush attempts."""
     last_error: str | None
     """The last flush error, None once a flush succeeded."""
+
+    @property
+    def pending_calls(self) -> int:
+        """Former name of :attr:`buffered_log_entries`."""
+        return self.buffered_log_entries
+
+    @property
+    def dropped_calls(self) -> int:
+        """Former name of :attr:`dropped_log_entries`."""
+        return self.dropped_log_entries
+
+    @property
+    def pending_cells(self) -> int:
+        """Former name of :attr:`buffered_cells`."""
+        return self.buffered_cells
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _STAT_NAMES:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_STAT_NAMES)
+
+    def __len__(self) -> int:
+        return len(_STAT_NAMES)
+
+
+#: The keys of :class:`MeterStats`, in order.
+_STAT_NAMES: tuple[str, ...] = tuple(f.name for f in fields(MeterStats))
 
 
 class UsageMeter:
@@ -99,19 +144,34 @@ class UsageMeter:
 
     @property
     def has_pending(self) -> bool:
-        """True when something recorded is not written yet."""
+        """True when something recorded is not written yet (also while a drained batch is
+        being written: a read that flushes first then waits for it)."""
         agg = self.aggregator
-        return agg.pending_cells > 0 or agg.pending_calls > 0
+        return (
+            agg.pending_cells > 0
+            or agg.pending_calls > 0
+            or self.flusher.oldest_in_flight is not None
+        )
 
     def stats(self) -> MeterStats:
-        """The meter's counters now."""
+        """The meter's counters now: a mapping with at least ``buffered_calls``,
+        ``dropped_log_entries``, ``last_flush_at`` and ``flush_lag_seconds`` (see
+        :class:`MeterStats`). Cheap: no I/O, no scan of the buffers."""
         agg, fl = self.aggregator, self.flusher
+        since = agg.pending_since
+        if since is None and fl.written_calls < agg.recorded_calls:
+            since = fl.oldest_in_flight  # drained, being written right now
+        lag = 0.0 if since is None else max(0.0, fl.clock() - since)
         return MeterStats(
+            buffered_calls=agg.recorded_calls - fl.written_calls,
+            buffered_log_entries=agg.pending_calls,
+            dropped_log_entries=agg.dropped_calls,
+            last_flush_at=fl.last_flush_at,
+            flush_lag_seconds=lag,
             recorded_calls=agg.recorded_calls,
-            dropped_calls=agg.dropped_calls,
             rejected_calls=agg.rejected_calls,
-            pending_cells=agg.pending_cells,
-            pending_calls=agg.pending_calls,
+            buffered_cells=agg.pending_cells,
+            raw_log_cap=agg.raw_log_cap,
             flushes=fl.flushes,
             flush_failures=fl.failures,
             last_error=fl.last_error,

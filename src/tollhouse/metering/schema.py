@@ -10,8 +10,9 @@ microseconds and costs in micro-dollars.
   endpoint group, method, route template, labels). Its id is a 63-bit hash of the set,
   computed by the flusher, so no process ever waits for an id from the database.
 * ``usage_rollup_1m`` / ``_1h`` / ``_1d`` — per dimension and bucket: count, errors
-  (status ≥ 500), client errors (4xx but 429), throttled (429), duration sum/min/max and
-  the latency histogram ``h00``…``h39`` (:mod:`tollhouse.metering.histogram`).
+  (status ≥ 500), client errors (4xx but 429), throttled (429), redirects (3xx; schema
+  version 4, :func:`upgrade_rollups_v4`), duration sum/min/max and the latency histogram
+  ``h00``…``h39`` (:mod:`tollhouse.metering.histogram`).
 * ``usage_calls`` — one row per call, paged by ``(time_us, id)``.
 * ``product_events`` — ``POST /v1/events``; unique per ``(org, event_id)``. The fields the
   metric catalogue reads are copied into typed columns at ingest; ``data`` keeps all.
@@ -24,11 +25,13 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Connection,
     Index,
     Integer,
     String,
     Table,
     UniqueConstraint,
+    inspect,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -80,6 +83,7 @@ def _rollup(name: str) -> Table:
         Column("errors", BigInteger, nullable=False),
         Column("client_errors", BigInteger, nullable=False),
         Column("throttled", BigInteger, nullable=False),
+        Column("redirects", BigInteger, nullable=False, server_default="0"),
         Column("dur_sum_us", BigInteger, nullable=False),
         Column("dur_min_us", BigInteger, nullable=False),
         Column("dur_max_us", BigInteger, nullable=False),
@@ -93,6 +97,33 @@ usage_rollup_1h = _rollup(ROLLUP_1H)
 usage_rollup_1d = _rollup(ROLLUP_1D)
 #: The rollup tables, finest first.
 ROLLUPS: tuple[Table, ...] = (usage_rollup_1m, usage_rollup_1h, usage_rollup_1d)
+
+
+def upgrade_rollups_v4(conn: Connection) -> None:
+    """Migration step 4 of the rollups.
+
+    * Adds the ``redirects`` (3xx) counter to rollup tables made before it. Tables created
+      after it already have the column (they are created from the current definition),
+      so it is added only where missing — on both engines. Rows written earlier read 0:
+      their 3xx calls stay counted among the 2xx.
+    * On SQLite, a covering ``(dim_id, bucket, count)`` index per rollup, so call counts
+      (seed 001, ``api_calls_per_date``) are read from the index alone instead of one
+      scattered wide-row fetch per bucket. Not on PostgreSQL: indexing ``count`` would
+      make every rollup upsert a non-HOT update.
+    """
+    if conn.dialect.name == "sqlite":
+        for table in ROLLUPS:
+            conn.exec_driver_sql(
+                f"CREATE INDEX IF NOT EXISTS ix_{table.name}_counts "
+                f"ON {table.name} (dim_id, bucket, count)"
+            )
+    for table in ROLLUPS:
+        present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+        if "redirects" not in present:
+            conn.exec_driver_sql(
+                f"ALTER TABLE {table.name} ADD COLUMN redirects BIGINT NOT NULL DEFAULT 0"
+            )
+
 
 usage_calls = Table(
     CALLS,
