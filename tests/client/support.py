@@ -70,7 +70,6 @@ def _drain(agen: Any, loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
 def open_client(
     kind: str,
     *args: Any,
-    transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
     on_response: Callable[[httpx.Response], None] | None = None,
     on_request: Callable[[httpx.Request], None] | None = None,
     **kwargs: Any,
@@ -86,7 +85,7 @@ def open_client(
     if on_response is not None:
         hooks_sync["response"].append(on_response)
     if kind == "sync":
-        http = httpx.Client(event_hooks=hooks_sync, transport=transport)  # type: ignore[arg-type]
+        http = httpx.Client(event_hooks=hooks_sync)
         with http, Client(*args, http_client=http, **kwargs) as client:
             yield client
         return
@@ -109,7 +108,7 @@ def open_client(
         sleep = sleep_async
     if sleep is not None:
         kwargs["sleep"] = sleep
-    http_async = httpx.AsyncClient(event_hooks=hooks_async, transport=transport)  # type: ignore[arg-type]
+    http_async = httpx.AsyncClient(event_hooks=hooks_async)
     client = AsyncClient(*args, http_client=http_async, **kwargs)
     try:
         yield Synced(client, loop)

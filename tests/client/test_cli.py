@@ -43,12 +43,33 @@ def test_status_table_and_json(
     assert body["buckets"]["rate_limit_status"]["limit"] == 2 and "categories" in body
 
 
-def test_status_errors(default_server: Server) -> None:
+def test_status_errors(
+    default_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no demo key here to fall back on
     runner = CliRunner()
     bad = runner.invoke(app, ["status", "--api-key", "sk_test_wrong", "--url", default_server.url])
     assert bad.exit_code == 1 and "UNAUTHORIZED" in bad.stderr
     missing = runner.invoke(app, ["status"], env={"TOLLHOUSE_API_KEY": ""})
     assert missing.exit_code == 2 and "--api-key" in missing.stderr
+
+
+def test_status_falls_back_on_the_local_demo_key(
+    keys: dict[tuple[str, str], dict[str, str]],
+    default_server: Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = keys[("cli-status", "member")]
+    (tmp_path / ".tollhouse").mkdir()
+    (tmp_path / ".tollhouse" / "demo-key").write_text(key["key"] + "\n")
+    monkeypatch.chdir(tmp_path)
+    shown = CliRunner().invoke(
+        app, ["status", "--url", default_server.url, "--json"], env={"TOLLHOUSE_API_KEY": None}
+    )
+    assert shown.exit_code == 0, shown.output
+    assert orjson.loads(shown.stdout)["partnerId"] == key["org"]
+    assert "demo key" in shown.stderr
 
 
 def test_score_file_with_resume(

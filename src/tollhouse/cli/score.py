@@ -19,10 +19,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tollhouse.cli.common import err_console, fail
-from tollhouse.cli.status import ApiKeyOpt, UrlOpt
+from tollhouse.cli.status import ApiKeyOpt, UrlOpt, resolve_api_key
 from tollhouse.client import (
     DEFAULT_BASE_URL,
-    ENV_API_KEY,
     BulkProgress,
     Client,
     ClientError,
@@ -126,8 +125,7 @@ def score(
     url: UrlOpt = DEFAULT_BASE_URL,
 ) -> None:
     """Score every candidate of a JSON-lines file, within the key's rate limits."""
-    if not api_key:
-        fail(f"no API key: pass --api-key or set {ENV_API_KEY}", 2)
+    key = resolve_api_key(api_key, url)
     total = read_candidates(file)
     if total == 0:
         fail(f"{file} holds no candidates", 2)
@@ -158,7 +156,7 @@ def score(
             except OSError as exc:
                 fail(f"cannot write {output}: {exc}", 2)
         try:
-            client = stack.enter_context(Client(api_key, url, tenant_id=tenant))
+            client = stack.enter_context(Client(key, url, tenant_id=tenant))
             task = bar.add_task("scoring", total=total, detail="")
             stack.enter_context(bar)
             run = client.score_many(

@@ -1,25 +1,27 @@
-"""``tollhouse usage calls | metric | metrics | log | prune`` — analytics in the terminal.
+"""``tollhouse usage calls | metric | log | volume | metrics | prune`` — analytics in the
+terminal, read from a running server through the SDK.
 
-The numbers are the HTTP API's: the same library functions answer both, and ``--json``
-prints the very body ``GET /call-counts/…`` or ``GET /v1/analytics/{metric}`` returns.
+Every view but ``prune`` is an HTTP client of the public API, exactly as an integrator's
+script would be: the key decides the org and environment, ``--json`` prints the body the
+API answered, and the tables carry bar charts scaled to the terminal's width (``#`` bars
+when the output is not a terminal). ``prune`` is the operator's maintenance step on the
+database the server writes; it has no HTTP counterpart.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar, cast
 
 import typer
+from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from tollhouse.analytics import call_counts
-from tollhouse.analytics.buckets import iso_z
-from tollhouse.analytics.call_log import read_calls
-from tollhouse.analytics.catalogue import CATALOGUE
-from tollhouse.analytics.events import parse_time
-from tollhouse.analytics.metrics import run_metric
 from tollhouse.cli.common import (
     ConfigOpt,
     DatabaseOpt,
@@ -30,20 +32,36 @@ from tollhouse.cli.common import (
     with_database,
     write_json,
 )
-from tollhouse.errors import TollhouseError
-from tollhouse.metering.retention import Retention, prune
+from tollhouse.cli.status import ApiKeyOpt, UrlOpt, resolve_api_key
+from tollhouse.client import (
+    DEFAULT_BASE_URL,
+    CallCounts,
+    Client,
+    ClientError,
+    LabelCounts,
+    MetricResult,
+    RetryPolicy,
+    ScoringVolume,
+    TimeRange,
+)
+
+T = TypeVar("T")
 
 app = typer.Typer(
-    help="Usage analytics: call counts (seed 001), metrics (seed 003), the call log.",
+    help="Usage analytics from a running server: call counts (seed 001), metrics (seed "
+    "003), the call log, scoring volume (seed 000).",
     no_args_is_help=True,
 )
 
-_ENV = {"test": "SANDBOX", "live": "PRODUCTION"}
+#: Seed 001's labels (the server checks them too; listed here for --help).
+LABELS = ("ACCOUNTS", "ENDPOINTS", "DBS", "SCENARIOS", "RECO_TYPES", "CHAT", "LLM")
+#: Seed 000's lookback windows.
+RANGES = ("1h", "24h", "7d", "30d", "90d")
 _SPAN = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: Series per page of a label (seed 001 allows 1–128).
+MAX_AMT = 128
 
-OrgOpt = Annotated[str, typer.Option("--org", help="The org whose usage is shown.")]
-EnvOpt = Annotated[str, typer.Option("--env", help="test (SANDBOX) or live (PRODUCTION).")]
 StartOpt = Annotated[
     str | None,
     typer.Option("--start", help="Range start: ISO 8601 with offset (…Z) or epoch seconds."),
@@ -56,10 +74,7 @@ SinceOpt = Annotated[
 ]
 
 
-def _environment(env: str) -> str:
-    if env not in _ENV:
-        fail(f"--env {env!r}: use test or live", 2)
-    return _ENV[env]
+# --- options to values -------------------------------------------------------------------
 
 
 def _moment(raw: str, flag: str) -> float:
@@ -68,15 +83,18 @@ def _moment(raw: str, flag: str) -> float:
     except ValueError:
         pass
     try:
-        return parse_time(raw, flag).timestamp()
-    except TollhouseError as exc:
-        fail(str(exc), 2)
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        fail(f"{flag} {raw!r}: use ISO 8601 with an offset (2027-01-15T08:00:00Z) or epoch", 2)
+    if moment.tzinfo is None:
+        fail(f"{flag} {raw!r}: add an offset (Z or +01:00) so the moment is unambiguous", 2)
+    return moment.timestamp()
 
 
 def _range(
     start: str | None, end: str | None, since: str | None, default_span: float | None
 ) -> tuple[float | None, float | None]:
-    """Resolve --start/--end/--since to epoch seconds (None where the API defaults)."""
+    """--start/--end/--since as epoch seconds (None where the API's default applies)."""
     if start is not None and since is not None:
         fail("give --start or --since, not both", 2)
     stop = _moment(end, "--end") if end is not None else None
@@ -87,188 +105,318 @@ def _range(
         span = float(found.group(1)) * _UNIT[found.group(2)]
         return (stop if stop is not None else time.time()) - span, stop
     if start is not None:
-        return _moment(start, "--start"), stop
-    if default_span is not None:
-        return (stop if stop is not None else time.time()) - default_span, stop
-    return None, stop
+        lo = _moment(start, "--start")
+    elif default_span is not None:
+        lo = (stop if stop is not None else time.time()) - default_span
+    else:
+        return None, stop
+    if lo >= (stop if stop is not None else time.time()):
+        fail("the range start must be before its end", 2)
+    return lo, stop
 
 
-def _with_engine(config: str | None, database_url: str | None, fn: Any) -> Any:
-    settings = settings_from(config, database_url)
-    return with_database(settings, lambda e: fn(e, settings))
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
 
 
 def _stamp(ts: float) -> str:
     try:
-        return iso_z(ts)
+        return _utc(ts).strftime("%Y-%m-%d %H:%M")
     except (OverflowError, OSError, ValueError):
         return f"{ts:.0f}"
 
 
+@dataclass(frozen=True, slots=True)
+class Remote:
+    """Where and as whom to ask."""
+
+    api_key: str | None
+    url: str
+
+    def ask(self, call: Callable[[Client], T]) -> T:
+        """Run ``call`` with a client; an SDK error exits 1 with the server's message."""
+        key = resolve_api_key(self.api_key, self.url)
+        # Analytics buckets are per minute: a short Retry-After is worth waiting for, a
+        # long one is reported at once.
+        retry = RetryPolicy(max_retries=3, max_retry_after=10)
+        try:
+            with Client(key, self.url, retry=retry, timeout=30) as client:
+                return call(client)
+        except ClientError as exc:
+            fail(str(exc))
+
+
+# --- bar charts --------------------------------------------------------------------------
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _shown(value: float) -> str:
+    return f"{value:,.0f}" if value == int(value) else f"{value:,.2f}"
+
+
+def bar_chart(
+    out: Console,
+    headings: Sequence[str],
+    rows: Sequence[tuple[Sequence[str], Sequence[float]]],
+    *,
+    title: str | None = None,
+    caption: str | None = None,
+) -> Table:
+    """A table whose last column is a horizontal bar per row, scaled to the terminal.
+
+    Args:
+        out: the console it is printed on (its width and whether it is a terminal).
+        headings: the text columns' headings.
+        rows: per row, its cells and the parts of its bar (stacked: e.g. completed and
+            failed); the bar is their sum.
+        title: the table's title.
+        caption: the table's caption.
+
+    Returns:
+        The table: full-block bars in colour on a terminal, ``#`` (and ``x`` for a second
+        part) otherwise.
+    """
+    table = Table(title=title, caption=caption, box=None, padding=(0, 1), expand=False)
+    for i, heading in enumerate(headings):
+        table.add_column(heading, justify="left" if i == 0 else "right", no_wrap=True)
+    table.add_column("", no_wrap=True, overflow="crop")
+    widths = [len(h) for h in headings]
+    for cells, _ in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, cells, strict=True)]
+    # Each column is padded by one space on either side; keep a little room at the end.
+    room = max(10, out.width - sum(widths) - 2 * (len(headings) + 1) - 1)
+    top = max((sum(parts) for _, parts in rows), default=0.0)
+    fancy = out.is_terminal
+    chars, styles = ("█", "█"), ("cyan", "red")
+    if not fancy:
+        chars = ("#", "x")
+    for cells, parts in rows:
+        bar = Text(no_wrap=True, overflow="crop")
+        used = 0
+        total = sum(parts)
+        if top > 0 and total > 0:
+            length = max(1, round(total / top * room))
+            for i, part in enumerate(parts):
+                n = round(part / total * length) if i < len(parts) - 1 else length - used
+                n = max(0, min(n, length - used))
+                bar.append(chars[min(i, 1)] * n, style=styles[min(i, 1)] if fancy else None)
+                used += n
+        table.add_row(*cells, bar)
+    return table
+
+
+# --- call counts (seed 001) ---------------------------------------------------------------
+
+
 @app.command("calls")
 def calls(
-    org: OrgOpt,
-    env: EnvOpt = "test",
     label: Annotated[
         str | None,
-        typer.Option("--label", help=f"Series by label: {', '.join(call_counts.LABELS)}."),
+        typer.Option("--label", help=f"Series by label: {', '.join(LABELS)}."),
+    ] = None,
+    scenario: Annotated[
+        str | None, typer.Option("--scenario", help="One scenario's counts (with --reco-type).")
     ] = None,
     reco_type: Annotated[
-        str | None, typer.Option("--reco-type", help="With --scenario: one scenario's counts.")
+        str | None, typer.Option("--reco-type", help="The scenario's reco_type.")
     ] = None,
-    scenario: Annotated[str | None, typer.Option("--scenario", help="Scenario name.")] = None,
     start: StartOpt = None,
     end: EndOpt = None,
     since: SinceOpt = None,
-    amt: Annotated[int, typer.Option("--amt", help="Series per page (1-128).")] = 64,
-    cursor: Annotated[str | None, typer.Option("--cursor", help="next_cursor of a page.")] = None,
+    amt: Annotated[int, typer.Option("--amt", help=f"Series per page (1-{MAX_AMT}).")] = 64,
+    cursor: Annotated[
+        str | None,
+        typer.Option("--cursor", help="next_cursor of a page: show that page only."),
+    ] = None,
     as_json: JsonOpt = False,
-    config: ConfigOpt = None,
-    database_url: DatabaseOpt = None,
+    api_key: ApiKeyOpt = None,
+    url: UrlOpt = DEFAULT_BASE_URL,
 ) -> None:
-    """Call counts over time (seed 001): in total, by label or for one scenario."""
-    environment = _environment(env)
+    """Call counts over time (seed 001): in total, by label, or for one scenario.
+
+    By label, the table follows every page; --json prints one page's body (the first, or
+    --cursor's).
+    """
     lo, hi = _range(start, end, since, None)
     if label is not None and scenario is not None:
         fail("give --label or --scenario, not both", 2)
-    if label is not None and label not in call_counts.LABELS:
-        fail(f"--label {label!r}: use one of {', '.join(call_counts.LABELS)}", 2)
-    if not 1 <= amt <= call_counts.MAX_AMT:
-        fail(f"--amt must be from 1 to {call_counts.MAX_AMT}", 2)
-
-    async def go(engine: Any, settings: Any) -> dict[str, Any]:
-        if label is not None:
-            return await call_counts.historical_by_label(
-                engine,
-                label,
-                org=org,
-                environment=environment,
-                start=lo,
-                end=hi,
-                now=time.time(),
-                amt=amt,
-                cursor=cursor,
-                groups=settings.policy.endpoint_groups,
-            )
-        return await call_counts.historical(
-            engine,
-            org=org,
-            environment=environment,
-            start=lo,
-            end=hi,
-            now=time.time(),
-            reco_type=reco_type if scenario is not None else None,
-            scenario=scenario,
-        )
-
-    body = _with_engine(config, database_url, go)
-    if as_json:
-        write_json(body)
-        return
-    for warning in body.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    table = Table(title=f"API calls of {org} ({environment})")
+    if (scenario is None) != (reco_type is None):
+        fail("--scenario and --reco-type go together", 2)
+    if not 1 <= amt <= MAX_AMT:
+        fail(f"--amt must be from 1 to {MAX_AMT}", 2)
+    remote = Remote(api_key, url)
     if label is None:
-        table.add_column("time (UTC)", no_wrap=True)
-        table.add_column("calls", justify="right")
-        for ts, n in zip(body["timestamps"], body["counts"], strict=True):
-            table.add_row(_stamp(ts), str(n))
-        table.caption = f"total {sum(body['counts'])}"
+        if scenario is not None and reco_type is not None:
+            rt, name = reco_type, scenario
+            found: CallCounts = remote.ask(
+                lambda c: c.call_counts.by_scenario(rt, name, start=lo, end=hi)
+            )
+            what = f"scenario {reco_type}/{scenario}"
+        else:
+            found = remote.ask(lambda c: c.call_counts.historical(start=lo, end=hi))
+            what = "all endpoints"
+        if as_json:
+            write_json(dict(found.raw))
+            return
+        _warn(found.warnings)
+        rows = [
+            ([_stamp(ts), _shown(n)], [n])
+            for ts, n in zip(found.timestamps, found.counts, strict=True)
+        ]
+        total = sum(found.counts)
+        console.print(
+            bar_chart(
+                console,
+                ["time (UTC)", "calls"],
+                rows,
+                title=f"API calls: {what}",
+                caption=f"total {_shown(total)}" if rows else "no calls in this range",
+            )
+        )
+        return
+
+    chosen = label.upper()
+    if as_json or cursor is not None:
+        page: LabelCounts = remote.ask(
+            lambda c: c.call_counts.by_label(chosen, start=lo, end=hi, amt=amt, cursor=cursor)
+        )
+        pages = [page]
+        if as_json:
+            write_json(dict(page.raw))
+            return
     else:
-        table.add_column(label)
-        table.add_column("description")
-        table.add_column("calls", justify="right")
-        for s in body["series"]:
-            table.add_row(s["key"], s["description"], str(sum(s["counts"])))
-        if body["has_next"]:
-            table.caption = f"more: --cursor {body['next_cursor']}"
-    console.print(table)
+        pages = remote.ask(
+            lambda c: list(c.call_counts.iter_by_label(chosen, start=lo, end=hi, amt=amt))
+        )
+    _warn(tuple(w for p in pages[:1] for w in p.warnings))
+    series = [s for p in pages for s in p.series]
+    last = pages[-1]
+    console.print(
+        bar_chart(
+            console,
+            [chosen.lower(), "description", "calls"],
+            [([s.key, s.description, _shown(sum(s.counts))], [sum(s.counts)]) for s in series],
+            title=f"API calls by {chosen}",
+            caption=(
+                f"more: --cursor {last.next_cursor}"
+                if last.has_next and last.next_cursor
+                else (None if series else "no calls in this range")
+            ),
+        )
+    )
+
+
+def _warn(warnings: Sequence[str]) -> None:
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+# --- metrics (seed 003) -------------------------------------------------------------------
+
+
+def _metric_range(
+    start: str | None, end: str | None, since: str | None
+) -> tuple[datetime, datetime]:
+    lo, hi = _range(start, end, since, 7 * 86400)
+    assert lo is not None
+    return _utc(lo), _utc(hi if hi is not None else time.time())
 
 
 @app.command("metric")
 def metric(
     name: Annotated[str, typer.Argument(help="A metric of `tollhouse usage metrics`.")],
-    org: OrgOpt,
-    env: EnvOpt = "test",
     start: StartOpt = None,
     end: EndOpt = None,
     since: SinceOpt = None,
-    page: Annotated[int, typer.Option("--page", help="Page (api_calls_log).")] = 1,
-    page_size: Annotated[int, typer.Option("--page-size", help="Rows per page, ≤ 200.")] = 50,
+    page: Annotated[int, typer.Option("--page", min=1, help="Page (api_calls_log).")] = 1,
+    page_size: Annotated[
+        int, typer.Option("--page-size", min=1, max=200, help="Rows per page, ≤ 200.")
+    ] = 50,
     as_json: JsonOpt = False,
-    config: ConfigOpt = None,
-    database_url: DatabaseOpt = None,
+    api_key: ApiKeyOpt = None,
+    url: UrlOpt = DEFAULT_BASE_URL,
 ) -> None:
     """One metric of seed 003 (default range: the last 7 days)."""
-    definition = CATALOGUE.get(name)
-    if definition is None:
-        fail(f"unknown metric {name!r}; see `tollhouse usage metrics`", 2)
-    environment = _environment(env)
-    lo, hi = _range(start, end, since, 7 * 86400)
-    stop = hi if hi is not None else time.time()
-    assert lo is not None
-    if lo >= stop:
-        fail("the range start must be before its end", 2)
-    if page < 1 or not 1 <= page_size <= 200:
-        fail("--page must be >= 1 and --page-size from 1 to 200", 2)
-
-    async def go(engine: Any, settings: Any) -> dict[str, Any]:
-        return await run_metric(
-            engine,
-            definition,
-            org=org,
-            environment=environment,
-            start=lo,
-            end=stop,
-            now=time.time(),
-            page=page,
-            page_size=page_size,
+    lo, hi = _metric_range(start, end, since)
+    found: MetricResult = Remote(api_key, url).ask(
+        lambda c: c.analytics.metric(
+            name, time_start=lo, time_end=hi, page=page, page_size=page_size
         )
-
-    body = _with_engine(config, database_url, go)
+    )
     if as_json:
-        write_json(body)
+        write_json(dict(found.raw))
         return
-    _show(name, body)
+    show_metric(name, found)
 
 
-def _show(name: str, body: dict[str, Any]) -> None:
-    kind, value = body["type"], body["value"]
+def show_metric(name: str, found: MetricResult) -> None:
+    """Print a metric: a line, a table, or a table with bars."""
+    kind, value = found.type, found.value
     if kind == "empty":
         console.print(f"{name}: no data in this range.")
         return
     if kind == "simple":
-        shown = f"{value['prefix'] or ''}{value['value']}{value['suffix'] or ''}"
+        shown = f"{value.get('prefix') or ''}{value.get('value')}{value.get('suffix') or ''}"
         console.print(f"{name}: [bold]{shown}[/]", highlight=False)
         return
-    table = Table(title=name)
     if kind == "barchart":
-        items = value["values"]
+        items = found.bars
         series = list(items[0]["values"]) if items else []
-        table.add_column("bucket", no_wrap=True)
-        for s in series:
-            table.add_column(s, justify="right")
+        rows = []
         for item in items:
-            table.add_row(item["name"], *(_cell(item["values"][s]) for s in series))
-    else:
-        headings = value["headings"]
-        prefixes = value.get("prefixes") or {}
-        for h in headings:
-            table.add_column(h)
-        for row in value.get("rows", value.get("items", [])):
-            table.add_row(*(f"{prefixes.get(h, '')}{_cell(row.get(h))}" for h in headings))
-        if "total" in value:
-            table.caption = f"page {value['page']} of {value['pages']} ({value['total']} calls)"
+            values = item["values"]
+            total = sum(_number(values.get(s)) or 0.0 for s in series)
+            rows.append(([str(item["name"]), *(_cell(values.get(s)) for s in series)], [total]))
+        console.print(bar_chart(console, ["bucket", *series], rows, title=name))
+        return
+    headings = [str(h) for h in value.get("headings", [])]
+    prefixes = value.get("prefixes") or {}
+    suffixes = value.get("suffixes") or {}
+    table_rows = found.rows
+
+    def cells(row: Any) -> list[str]:
+        return [
+            f"{prefixes.get(h, '')}{_cell(row.get(h))}{suffixes.get(h, '')}"
+            if row.get(h) is not None
+            else ""
+            for h in headings
+        ]
+
+    caption = None
+    if found.total is not None:
+        caption = f"page {found.page} of {found.pages} ({found.total} calls)"
+    # A table's bar measures its first all-numeric column (a call log is not charted).
+    numeric = [h for h in headings[1:] if all(_number(r.get(h)) is not None for r in table_rows)]
+    measured = numeric[0] if numeric and table_rows else None
+    if measured is not None and found.total is None:
+        rows = [(cells(r), [_number(r.get(measured)) or 0.0]) for r in table_rows]
+        console.print(bar_chart(console, headings, rows, title=name, caption=caption))
+        return
+    table = Table(title=name, caption=caption)
+    for h in headings:
+        table.add_column(h)
+    for row in table_rows:
+        table.add_row(*cells(row))
     console.print(table)
 
 
 def _cell(value: Any) -> str:
-    return "" if value is None else str(value)
+    if value is None:
+        return ""
+    number = _number(value)
+    return _shown(number) if number is not None else str(value)
 
 
 @app.command("metrics")
 def metrics(as_json: JsonOpt = False) -> None:
-    """List the metric catalogue (seed 003)."""
+    """List the metric catalogue (seed 003) this version of tollhouse ships."""
+    from tollhouse.analytics.catalogue import CATALOGUE
+
     rows = [
         {"name": m.name, "type": m.output, "description": m.description} for m in CATALOGUE.values()
     ]
@@ -285,70 +433,66 @@ def metrics(as_json: JsonOpt = False) -> None:
 
 @app.command("log")
 def log(
-    org: OrgOpt,
-    env: EnvOpt = "test",
     start: StartOpt = None,
     end: EndOpt = None,
     since: SinceOpt = None,
-    limit: Annotated[int, typer.Option("--limit", help="Calls per page (1-1000).")] = 50,
-    cursor: Annotated[str | None, typer.Option("--cursor", help="next_cursor of a page.")] = None,
+    page: Annotated[int, typer.Option("--page", min=1, help="Page, newest first.")] = 1,
+    page_size: Annotated[
+        int, typer.Option("--page-size", "--limit", min=1, max=200, help="Calls per page.")
+    ] = 50,
     as_json: JsonOpt = False,
-    config: ConfigOpt = None,
-    database_url: DatabaseOpt = None,
+    api_key: ApiKeyOpt = None,
+    url: UrlOpt = DEFAULT_BASE_URL,
 ) -> None:
-    """The raw call log, newest first, paged by cursor."""
-    environment = _environment(env)
-    lo, hi = _range(start, end, since, None)
+    """The raw call log, newest first (the ``api_calls_log`` metric; last 7 days)."""
+    metric("api_calls_log", start, end, since, page, page_size, as_json, api_key, url)
 
-    async def go(engine: Any, settings: Any) -> Any:
-        return await read_calls(
-            engine,
-            org=org,
-            environment=environment,
-            start=lo,
-            end=hi,
-            cursor=cursor,
-            limit=limit,
-        )
 
-    calls_, next_cursor = _with_engine(config, database_url, go)
+# --- scoring volume (seed 000) ------------------------------------------------------------
+
+
+@app.command("volume")
+def volume(
+    time_range: Annotated[
+        str, typer.Option("--range", help=f"Lookback: {', '.join(RANGES)}.")
+    ] = "24h",
+    as_json: JsonOpt = False,
+    api_key: ApiKeyOpt = None,
+    url: UrlOpt = DEFAULT_BASE_URL,
+) -> None:
+    """Scoring jobs completed and failed over a lookback window (seed 000)."""
+    if time_range not in RANGES:
+        fail(f"--range {time_range!r}: use one of {', '.join(RANGES)}", 2)
+    found: ScoringVolume = Remote(api_key, url).ask(
+        lambda c: c.analytics.scoring_volume(cast(TimeRange, time_range))
+    )
     if as_json:
-        write_json(
-            {
-                "calls": [
-                    {
-                        "id": c.id,
-                        "time": iso_z(c.time),
-                        "key_id": c.key_id,
-                        "tenant": c.tenant,
-                        "endpoint_group": c.endpoint_group,
-                        "method": c.method,
-                        "route": c.route,
-                        "status": c.status,
-                        "duration_ms": c.duration_ms,
-                        "labels": c.labels,
-                    }
-                    for c in calls_
-                ],
-                "next_cursor": next_cursor,
-            }
-        )
+        write_json(dict(found.raw))
         return
-    table = Table(title=f"calls of {org} ({environment}), newest first")
-    for h in ("time (UTC)", "key", "method", "route", "status", "ms"):
-        table.add_column(h)
-    for c in calls_:
-        table.add_row(
-            iso_z(c.time),
-            c.key_id,
-            c.method,
-            c.route or "(unmatched)",
-            str(c.status),
-            f"{c.duration_ms:.1f}",
+    layout = {"minute": "%H:%M", "hour": "%m-%d %H:00", "day": "%Y-%m-%d"}
+    shape = layout.get(found.granularity, "%Y-%m-%d %H:%M")
+    rows = [
+        (
+            [p.timestamp.strftime(shape), str(p.total), str(p.completed), str(p.failed)],
+            [float(p.completed), float(p.failed)],
         )
-    if next_cursor:
-        table.caption = f"more: --cursor {next_cursor}"
-    console.print(table)
+        for p in found.data
+    ]
+    completed = sum(p.completed for p in found.data)
+    failed = sum(p.failed for p in found.data)
+    legend = "bars: completed, then failed" + ("" if console.is_terminal else " (x)")
+    console.print(
+        bar_chart(
+            console,
+            [f"{found.granularity} (UTC)", "total", "completed", "failed"],
+            rows,
+            title=f"scoring volume, last {time_range}",
+            caption=f"{completed} completed, {failed} failed; {legend}",
+        )
+    )
+
+
+# --- maintenance (the database, not the API) ----------------------------------------------
 
 
 @app.command("prune")
@@ -357,12 +501,12 @@ def prune_cmd(
     config: ConfigOpt = None,
     database_url: DatabaseOpt = None,
 ) -> None:
-    """Delete usage rows older than the default retention (the server does it hourly)."""
+    """Delete usage rows older than the default retention, in the database the server
+    writes (the server does it hourly)."""
+    from tollhouse.metering.retention import Retention, prune
 
-    async def go(engine: Any, settings: Any) -> dict[str, int]:
-        return await prune(engine, Retention(), datetime.now(UTC).timestamp())
-
-    deleted = _with_engine(config, database_url, go)
+    settings = settings_from(config, database_url)
+    deleted = with_database(settings, lambda e: prune(e, Retention(), time.time()))
     if as_json:
         write_json(deleted)
         return

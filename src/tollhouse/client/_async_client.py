@@ -7,10 +7,8 @@ building, parsing, retry decisions, throttling and the bulk state machine are sh
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import random
-import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -29,26 +27,25 @@ import httpx
 from tollhouse.client import _base as ops
 from tollhouse.client import _models as m
 from tollhouse.client._base import (
-    ClientCore,
+    ClientBase,
     Label,
     Operation,
+    Pages,
     RetryEvent,
     ThrottleEvent,
     Time,
     TimeRange,
-    resolve_settings,
 )
 from tollhouse.client._bulk import BulkProgress, BulkRun, BulkSettings, Poll, ScoreOutcome, Submit
 from tollhouse.client._errors import ClientError
 from tollhouse.client._inputs import EventInput, ScoreInput, ScoreRequest
 from tollhouse.client._journal import Journal
 from tollhouse.client._retry import RetryPolicy
-from tollhouse.client._throttle import Throttle
 
 T = TypeVar("T")
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """An asynchronous tollhouse API client (httpx); see :class:`~tollhouse.client.Client`
     for the behaviour and the arguments, which are the same except:
 
@@ -82,62 +79,44 @@ class AsyncClient:
         sleep: Callable[[float], Awaitable[None]] | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        key, url = resolve_settings(api_key, base_url)
-        if max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1")
-        policy = retry or RetryPolicy()
-        if max_retries is not None:
-            policy = dataclasses.replace(policy, max_retries=max_retries)
-        self._core = ClientCore(
-            api_key=key,
-            base_url=url,
+        limits = self._configure(
+            api_key,
+            base_url,
             tenant_id=tenant_id,
-            retry=policy,
-            throttle=Throttle() if throttle else None,
-            rng=rng or random.Random(),
-            clock=clock or time.time,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_concurrency=max_concurrency,
+            throttle=throttle,
+            retry=retry,
             on_retry=on_retry,
             on_throttle=on_throttle,
+            rng=rng,
+            clock=clock,
+            owns_http=http_client is None,
         )
-        self._timeout = timeout
-        self._max_concurrency = max_concurrency
-        self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
-            )
-        )
+        self._http = http_client or httpx.AsyncClient(limits=limits)
         self._slots = asyncio.Semaphore(max_concurrency)
         self._sleep = sleep or asyncio.sleep
-        self.criteria = AsyncCriteriaApi(self)
-        self.analytics = AsyncAnalyticsApi(self)
-        self.call_counts = AsyncCallCountsApi(self)
-        self.events = AsyncEventsApi(self)
 
     @property
-    def base_url(self) -> str:
-        """The API's base URL."""
-        return self._core.base_url
+    def criteria(self) -> AsyncCriteriaApi:
+        """Job posting criteria."""
+        return AsyncCriteriaApi(self)
 
     @property
-    def tenant_id(self) -> str | None:
-        """The ``X-Tenant-Id`` sent, if any."""
-        return self._core.tenant_id
+    def analytics(self) -> AsyncAnalyticsApi:
+        """Analytics: scoring volume (seed 000) and the metric catalogue (seed 003)."""
+        return AsyncAnalyticsApi(self)
 
-    def with_tenant(self, tenant_id: str | None) -> AsyncClient:
-        """A client for another tenant, sharing this one's connections, limits and state.
+    @property
+    def call_counts(self) -> AsyncCallCountsApi:
+        """Call counts (seed 001)."""
+        return AsyncCallCountsApi(self)
 
-        Closing it does nothing; close the original.
-        """
-        clone = object.__new__(AsyncClient)
-        clone.__dict__.update(self.__dict__)
-        clone._core = dataclasses.replace(self._core, tenant_id=tenant_id)
-        clone._owns_http = False
-        clone.criteria = AsyncCriteriaApi(clone)
-        clone.analytics = AsyncAnalyticsApi(clone)
-        clone.call_counts = AsyncCallCountsApi(clone)
-        clone.events = AsyncEventsApi(clone)
-        return clone
+    @property
+    def events(self) -> AsyncEventsApi:
+        """Product events."""
+        return AsyncEventsApi(self)
 
     # --- the send loop -------------------------------------------------------------------
 
@@ -162,6 +141,13 @@ class AsyncClient:
             await self._sleep(delay)
             retry += 1
 
+    async def _pages(self, pages: Pages[T]) -> AsyncIterator[T]:
+        op: Operation[T] | None = pages.first
+        while op is not None:
+            page = await self._call(op)
+            yield page
+            op = pages.after(page)
+
     async def aclose(self) -> None:
         """Close the connections (unless the ``http_client`` was passed in)."""
         if self._owns_http:
@@ -179,6 +165,10 @@ class AsyncClient:
         await self.aclose()
 
     # --- endpoints -----------------------------------------------------------------------
+
+    async def health(self) -> m.Health:
+        """``GET /healthz``: whether the server serves (no key needed)."""
+        return await self._call(ops.health())
 
     async def rate_limit_status(self) -> m.RateLimitStatus:
         """``GET /v1/rate-limit/status``: every bucket and pool of the caller's org."""
@@ -210,6 +200,25 @@ class AsyncClient:
     async def get_score_by_application(self, application_id: str) -> m.ScoreJob:
         """``GET /v1/score/application/{applicationId}``: the application's latest job."""
         return await self._call(ops.get_score_by_application(application_id))
+
+    async def queue(
+        self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> m.QueuePage:
+        """``GET /v1/queue``: the org's queue counts and one page of its jobs, newest first.
+
+        Args:
+            status: only jobs in this state (``queued``, ``running``, ``completed``,
+                ``failed``).
+            limit: jobs per page (1–100, default 20).
+            cursor: ``next_cursor`` of the previous page.
+        """
+        return await self._call(ops.queue(status, limit, cursor))
+
+    def iter_queue(
+        self, *, status: str | None = None, limit: int | None = None
+    ) -> AsyncIterator[m.QueuePage]:
+        """Every page of ``GET /v1/queue``, following ``nextCursor``."""
+        return self._pages(ops.queue_pages(status, limit))
 
     async def webhook_deliveries(self, job_id: str | None = None) -> list[m.WebhookDelivery]:
         """``GET /v1/webhooks/deliveries``: the org's deliveries (of one job), newest first."""
@@ -383,6 +392,18 @@ class AsyncAnalyticsApi:
         """``GET /v1/analytics/{metric}``; see :meth:`tollhouse.client.AnalyticsApi.metric`."""
         return await self._c._call(ops.metric(name, time_start, time_end, page, page_size))
 
+    def iter_metric(
+        self,
+        name: str,
+        *,
+        time_start: datetime | str,
+        time_end: datetime | str,
+        page_size: int | None = None,
+    ) -> AsyncIterator[m.MetricResult]:
+        """Every page of a paginated metric (``api_calls_log``), page 1 to the last; a
+        metric that is not paginated is one page."""
+        return self._c._pages(ops.metric_pages(name, time_start, time_end, page_size))
+
 
 class AsyncCallCountsApi:
     """Call counts (``client.call_counts``): seed 001."""
@@ -408,7 +429,7 @@ class AsyncCallCountsApi:
         """``GET /call-counts/historical/{label}/``: one page of series."""
         return await self._c._call(ops.by_label(label, start, end, amt, cursor))
 
-    async def iter_by_label(
+    def iter_by_label(
         self,
         label: Label | str,
         *,
@@ -416,16 +437,12 @@ class AsyncCallCountsApi:
         end: Time | None = None,
         amt: int | None = None,
     ) -> AsyncIterator[m.LabelCounts]:
-        """Every page of a label, following ``next_cursor`` (range end fixed at the first
-        request)."""
-        end = end if end is not None else self._c._core.clock()
-        cursor: str | None = None
-        while True:
-            page = await self.by_label(label, start=start, end=end, amt=amt, cursor=cursor)
-            yield page
-            if not page.has_next or not page.next_cursor:
-                return
-            cursor = page.next_cursor
+        """Every page of a label, following ``next_cursor``.
+
+        The end of the range is fixed when this is called (now, unless given), so every
+        page describes the same range.
+        """
+        return self._c._pages(ops.label_pages(label, start, self._c._fixed_end(end), amt))
 
     async def by_scenario(
         self, reco_type: str, name: str, *, start: Time | None = None, end: Time | None = None

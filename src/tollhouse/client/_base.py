@@ -10,6 +10,8 @@ sleep, and ask the core.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import os
 import random
@@ -18,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -131,6 +133,20 @@ class ThrottleEvent:
 
     route: str
     delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pages(Generic[T]):
+    """A paged listing before any I/O: its first call, and the call for the page after
+    a given one (None after the last). The clients' page loops only send and yield.
+
+    Attributes:
+        first: the first page's call.
+        after: the next page's call, from the page just read.
+    """
+
+    first: Operation[T]
+    after: Callable[[T], Operation[T] | None]
 
 
 @dataclass(slots=True)
@@ -313,6 +329,87 @@ def resolve_settings(api_key: str | None, base_url: str | None) -> tuple[str, st
     return key, url
 
 
+class ClientBase:
+    """What both clients hold and build the same way, and what is read from it (no I/O).
+
+    The subclasses add the HTTP client, the concurrency gate, the way to wait, and the
+    send and page loops.
+    """
+
+    _core: ClientCore
+    _timeout: float
+    _max_concurrency: int
+    _owns_http: bool
+
+    def _configure(
+        self,
+        api_key: str | None,
+        base_url: str | None,
+        *,
+        tenant_id: str | None,
+        timeout: float,
+        max_retries: int | None,
+        max_concurrency: int,
+        throttle: bool,
+        retry: RetryPolicy | None,
+        on_retry: Callable[[RetryEvent], None] | None,
+        on_throttle: Callable[[ThrottleEvent], None] | None,
+        rng: random.Random | None,
+        clock: Callable[[], float] | None,
+        owns_http: bool,
+    ) -> httpx.Limits:
+        """Check and keep the settings; return the connection limits for an own httpx
+        client (as many connections as requests may be in flight)."""
+        key, url = resolve_settings(api_key, base_url)
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        policy = retry or RetryPolicy()
+        if max_retries is not None:
+            policy = dataclasses.replace(policy, max_retries=max_retries)
+        self._core = ClientCore(
+            api_key=key,
+            base_url=url,
+            tenant_id=tenant_id,
+            retry=policy,
+            throttle=Throttle() if throttle else None,
+            rng=rng or random.Random(),
+            clock=clock or time.time,
+            on_retry=on_retry,
+            on_throttle=on_throttle,
+        )
+        self._timeout = timeout
+        self._max_concurrency = max_concurrency
+        self._owns_http = owns_http
+        return httpx.Limits(
+            max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+        )
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL."""
+        return self._core.base_url
+
+    @property
+    def tenant_id(self) -> str | None:
+        """The ``X-Tenant-Id`` sent, if any."""
+        return self._core.tenant_id
+
+    def with_tenant(self, tenant_id: str | None) -> Self:
+        """A client for another tenant, sharing this one's connections, limits and state.
+
+        Closing it does nothing; close the original.
+        """
+        clone = copy.copy(self)
+        clone._core = dataclasses.replace(self._core, tenant_id=tenant_id)
+        clone._owns_http = False
+        return clone
+
+    def _fixed_end(self, end: Time | None) -> Time:
+        """A range's end for a paged read: given, or now — fixed at the first request so
+        every page describes the same range."""
+        return end if end is not None else self._core.clock()
+
+
 # --- answers -----------------------------------------------------------------------------
 
 
@@ -411,6 +508,10 @@ def _no_content(response: httpx.Response) -> None:
     return None
 
 
+def health() -> Operation[m.Health]:
+    return Operation("GET", "/healthz", "GET /healthz", lambda r: m.parse_health(fields(r)))
+
+
 def rate_limit_status() -> Operation[m.RateLimitStatus]:
     return Operation(
         "GET",
@@ -481,6 +582,34 @@ def webhook_deliveries(job_id: str | None) -> Operation[list[m.WebhookDelivery]]
         lambda r: m.parse_deliveries(fields(r)),
         params={"jobId": job_id} if job_id else None,
     )
+
+
+def queue(status: str | None, limit: int | None, cursor: str | None) -> Operation[m.QueuePage]:
+    params: dict[str, str | int | float] = {}
+    if status is not None:
+        params["status"] = status
+    if limit is not None:
+        params["limit"] = limit
+    if cursor is not None:
+        params["cursor"] = cursor
+    return Operation(
+        "GET",
+        "/v1/queue",
+        "GET /v1/queue",
+        lambda r: m.parse_queue_page(fields(r)),
+        params=params,
+    )
+
+
+def queue_pages(status: str | None, limit: int | None) -> Pages[m.QueuePage]:
+    """Every page of ``GET /v1/queue``, following ``nextCursor``."""
+
+    def after(page: m.QueuePage) -> Operation[m.QueuePage] | None:
+        if not page.has_more or not page.next_cursor:
+            return None
+        return queue(status, limit, page.next_cursor)
+
+    return Pages(queue(status, limit, None), after)
 
 
 # criteria -------------------------------------------------------------------------------
@@ -633,6 +762,23 @@ def metric(
     )
 
 
+def metric_pages(
+    name: str, time_start: datetime | str, time_end: datetime | str, page_size: int | None
+) -> Pages[m.MetricResult]:
+    """Every page of a paginated metric (``api_calls_log``), from page 1 to ``pages``.
+
+    A metric that is not paginated is one page.
+    """
+
+    def after(result: m.MetricResult) -> Operation[m.MetricResult] | None:
+        page, pages = result.page, result.pages
+        if page is None or pages is None or page >= pages:
+            return None
+        return metric(name, time_start, time_end, page + 1, page_size)
+
+    return Pages(metric(name, time_start, time_end, 1, page_size), after)
+
+
 def _range(start: Time | None, end: Time | None) -> dict[str, str | int | float]:
     params: dict[str, str | int | float] = {}
     s, e = epoch(start), epoch(end)
@@ -668,6 +814,20 @@ def by_label(
         lambda r: m.parse_label_counts(fields(r)),
         params=params,
     )
+
+
+def label_pages(
+    label: str, start: Time | None, end: Time | None, amt: int | None
+) -> Pages[m.LabelCounts]:
+    """Every page of a label, following ``next_cursor`` (``end`` must be fixed: see
+    :meth:`ClientBase._fixed_end`)."""
+
+    def after(page: m.LabelCounts) -> Operation[m.LabelCounts] | None:
+        if not page.has_next or not page.next_cursor:
+            return None
+        return by_label(label, start, end, amt, page.next_cursor)
+
+    return Pages(by_label(label, start, end, amt, None), after)
 
 
 def by_scenario(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import threading
@@ -17,26 +16,25 @@ import httpx
 from tollhouse.client import _base as ops
 from tollhouse.client import _models as m
 from tollhouse.client._base import (
-    ClientCore,
+    ClientBase,
     Label,
     Operation,
+    Pages,
     RetryEvent,
     ThrottleEvent,
     Time,
     TimeRange,
-    resolve_settings,
 )
 from tollhouse.client._bulk import BulkProgress, BulkRun, BulkSettings, Poll, ScoreOutcome, Submit
 from tollhouse.client._errors import ClientError
 from tollhouse.client._inputs import EventInput, ScoreInput, ScoreRequest
 from tollhouse.client._journal import Journal
 from tollhouse.client._retry import RetryPolicy
-from tollhouse.client._throttle import Throttle
 
 T = TypeVar("T")
 
 
-class Client:
+class Client(ClientBase):
     """A synchronous tollhouse API client (httpx).
 
     Every call waits out 429s (``Retry-After`` plus jitter) and retries transient
@@ -88,61 +86,44 @@ class Client:
         sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        key, url = resolve_settings(api_key, base_url)
-        if max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1")
-        policy = retry or RetryPolicy()
-        if max_retries is not None:
-            policy = dataclasses.replace(policy, max_retries=max_retries)
-        self._core = ClientCore(
-            api_key=key,
-            base_url=url,
+        limits = self._configure(
+            api_key,
+            base_url,
             tenant_id=tenant_id,
-            retry=policy,
-            throttle=Throttle() if throttle else None,
-            rng=rng or random.Random(),
-            clock=clock or time.time,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_concurrency=max_concurrency,
+            throttle=throttle,
+            retry=retry,
             on_retry=on_retry,
             on_throttle=on_throttle,
+            rng=rng,
+            clock=clock,
+            owns_http=http_client is None,
         )
-        self._timeout = timeout
-        self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(
-            limits=httpx.Limits(
-                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
-            )
-        )
+        self._http = http_client or httpx.Client(limits=limits)
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._sleep = sleep or time.sleep
-        self.criteria = CriteriaApi(self)
-        self.analytics = AnalyticsApi(self)
-        self.call_counts = CallCountsApi(self)
-        self.events = EventsApi(self)
 
     @property
-    def base_url(self) -> str:
-        """The API's base URL."""
-        return self._core.base_url
+    def criteria(self) -> CriteriaApi:
+        """Job posting criteria."""
+        return CriteriaApi(self)
 
     @property
-    def tenant_id(self) -> str | None:
-        """The ``X-Tenant-Id`` sent, if any."""
-        return self._core.tenant_id
+    def analytics(self) -> AnalyticsApi:
+        """Analytics: scoring volume (seed 000) and the metric catalogue (seed 003)."""
+        return AnalyticsApi(self)
 
-    def with_tenant(self, tenant_id: str | None) -> Client:
-        """A client for another tenant, sharing this one's connections, limits and state.
+    @property
+    def call_counts(self) -> CallCountsApi:
+        """Call counts (seed 001)."""
+        return CallCountsApi(self)
 
-        Closing it does nothing; close the original.
-        """
-        clone = object.__new__(Client)
-        clone.__dict__.update(self.__dict__)
-        clone._core = dataclasses.replace(self._core, tenant_id=tenant_id)
-        clone._owns_http = False
-        clone.criteria = CriteriaApi(clone)
-        clone.analytics = AnalyticsApi(clone)
-        clone.call_counts = CallCountsApi(clone)
-        clone.events = EventsApi(clone)
-        return clone
+    @property
+    def events(self) -> EventsApi:
+        """Product events."""
+        return EventsApi(self)
 
     # --- the send loop -------------------------------------------------------------------
 
@@ -167,6 +148,13 @@ class Client:
             self._sleep(delay)
             retry += 1
 
+    def _pages(self, pages: Pages[T]) -> Iterator[T]:
+        op: Operation[T] | None = pages.first
+        while op is not None:
+            page = self._call(op)
+            yield page
+            op = pages.after(page)
+
     def close(self) -> None:
         """Close the connections (unless the ``http_client`` was passed in)."""
         if self._owns_http:
@@ -184,6 +172,10 @@ class Client:
         self.close()
 
     # --- endpoints -----------------------------------------------------------------------
+
+    def health(self) -> m.Health:
+        """``GET /healthz``: whether the server serves (no key needed)."""
+        return self._call(ops.health())
 
     def rate_limit_status(self) -> m.RateLimitStatus:
         """``GET /v1/rate-limit/status``: every bucket and pool of the caller's org."""
@@ -225,6 +217,25 @@ class Client:
     def get_score_by_application(self, application_id: str) -> m.ScoreJob:
         """``GET /v1/score/application/{applicationId}``: the application's latest job."""
         return self._call(ops.get_score_by_application(application_id))
+
+    def queue(
+        self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> m.QueuePage:
+        """``GET /v1/queue``: the org's queue counts and one page of its jobs, newest first.
+
+        Args:
+            status: only jobs in this state (``queued``, ``running``, ``completed``,
+                ``failed``).
+            limit: jobs per page (1–100, default 20).
+            cursor: ``next_cursor`` of the previous page.
+        """
+        return self._call(ops.queue(status, limit, cursor))
+
+    def iter_queue(
+        self, *, status: str | None = None, limit: int | None = None
+    ) -> Iterator[m.QueuePage]:
+        """Every page of ``GET /v1/queue``, following ``nextCursor``."""
+        return self._pages(ops.queue_pages(status, limit))
 
     def webhook_deliveries(self, job_id: str | None = None) -> list[m.WebhookDelivery]:
         """``GET /v1/webhooks/deliveries``: the org's deliveries (of one job), newest first."""
@@ -395,6 +406,18 @@ class AnalyticsApi:
         """
         return self._c._call(ops.metric(name, time_start, time_end, page, page_size))
 
+    def iter_metric(
+        self,
+        name: str,
+        *,
+        time_start: datetime | str,
+        time_end: datetime | str,
+        page_size: int | None = None,
+    ) -> Iterator[m.MetricResult]:
+        """Every page of a paginated metric (``api_calls_log``), page 1 to the last; a
+        metric that is not paginated is one page."""
+        return self._c._pages(ops.metric_pages(name, time_start, time_end, page_size))
+
 
 class CallCountsApi:
     """Call counts (``client.call_counts``): seed 001; roles root and manager (scenarios
@@ -429,17 +452,10 @@ class CallCountsApi:
     ) -> Iterator[m.LabelCounts]:
         """Every page of a label, following ``next_cursor``.
 
-        The end of the range is fixed at the first request (now, unless given), so every
+        The end of the range is fixed when this is called (now, unless given), so every
         page describes the same range.
         """
-        end = end if end is not None else self._c._core.clock()
-        cursor: str | None = None
-        while True:
-            page = self.by_label(label, start=start, end=end, amt=amt, cursor=cursor)
-            yield page
-            if not page.has_next or not page.next_cursor:
-                return
-            cursor = page.next_cursor
+        return self._c._pages(ops.label_pages(label, start, self._c._fixed_end(end), amt))
 
     def by_scenario(
         self, reco_type: str, name: str, *, start: Time | None = None, end: Time | None = None

@@ -368,6 +368,83 @@ def parse_score_job(f: Fields) -> ScoreJob:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class QueueSummary:
+    """The org's queue in ``GET /v1/queue``'s ``queue`` object.
+
+    Attributes:
+        queued: the org's jobs waiting now.
+        running: the org's jobs running now.
+        cap: how many of the org's jobs may run at once.
+        mean_processing_seconds: the measured mean time a job runs (None when unknown).
+        estimated_wait_seconds: the wait a job submitted now would be quoted.
+    """
+
+    queued: int
+    running: int
+    cap: int
+    mean_processing_seconds: float | None
+    estimated_wait_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePage:
+    """One page of ``GET /v1/queue``: the queue's counts and the org's jobs, newest first.
+
+    Attributes:
+        queue: the org's counts now.
+        data: this page's jobs, as ``GET /v1/score/{scoringJobId}`` shows each.
+        has_more: whether more pages follow.
+        next_cursor: the cursor of the next page (None on the last).
+        raw: the body as received.
+    """
+
+    queue: QueueSummary
+    data: tuple[ScoreJob, ...]
+    has_more: bool
+    next_cursor: str | None
+    raw: Mapping[str, Any] = _raw()
+
+
+def parse_queue_page(f: Fields) -> QueuePage:
+    q = f.obj("queue")
+    return QueuePage(
+        queue=QueueSummary(
+            queued=q.integer("queued"),
+            running=q.integer("running"),
+            cap=q.integer("cap"),
+            mean_processing_seconds=q.opt_number("meanProcessingSeconds"),
+            estimated_wait_seconds=q.number("estimatedWaitSeconds"),
+        ),
+        data=tuple(parse_score_job(j) for j in f.objects("data")),
+        has_more=f.flag("hasMore"),
+        next_cursor=f.opt_text("nextCursor"),
+        raw=dict(f.data),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """``GET /healthz`` (no key needed).
+
+    Attributes:
+        status: ``ok`` while the server serves.
+        raw: the body as received.
+    """
+
+    status: str
+    raw: Mapping[str, Any] = _raw()
+
+    @property
+    def ok(self) -> bool:
+        """Whether the server says it is healthy."""
+        return self.status == "ok"
+
+
+def parse_health(f: Fields) -> Health:
+    return Health(status=f.text("status"), raw=dict(f.data))
+
+
 # --- criteria (the example upstream) ----------------------------------------------------
 
 
@@ -539,6 +616,7 @@ class MetricResult:
 
     type: str
     value: Mapping[str, Any]
+    raw: Mapping[str, Any] = _raw()
 
     @property
     def empty(self) -> bool:
@@ -562,9 +640,28 @@ class MetricResult:
         found = self.value.get("values") if "barchart" in self.type else None
         return list(found) if isinstance(found, list) else []
 
+    @property
+    def page(self) -> int | None:
+        """A paginated table's page (1-based); None for other metrics."""
+        return _whole(self.value.get("page"))
+
+    @property
+    def pages(self) -> int | None:
+        """A paginated table's page count; None for other metrics."""
+        return _whole(self.value.get("pages"))
+
+    @property
+    def total(self) -> int | None:
+        """A paginated table's item count over every page; None for other metrics."""
+        return _whole(self.value.get("total"))
+
+
+def _whole(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
 
 def parse_metric(f: Fields) -> MetricResult:
-    return MetricResult(type=f.text("type"), value=f.mapping("value"))
+    return MetricResult(type=f.text("type"), value=f.mapping("value"), raw=dict(f.data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -580,6 +677,7 @@ class CallCounts:
     timestamps: tuple[float, ...]
     counts: tuple[float, ...]
     warnings: tuple[str, ...] = ()
+    raw: Mapping[str, Any] = _raw()
 
 
 def parse_call_counts(f: Fields) -> CallCounts:
@@ -587,6 +685,7 @@ def parse_call_counts(f: Fields) -> CallCounts:
         timestamps=f.numbers("timestamps"),
         counts=f.numbers("counts"),
         warnings=f.texts("warnings") if f.has("warnings") else (),
+        raw=dict(f.data),
     )
 
 
@@ -624,6 +723,7 @@ class LabelCounts:
     has_next: bool
     next_cursor: str | None
     warnings: tuple[str, ...] = ()
+    raw: Mapping[str, Any] = _raw()
 
 
 def parse_label_counts(f: Fields) -> LabelCounts:
@@ -641,6 +741,7 @@ def parse_label_counts(f: Fields) -> LabelCounts:
         has_next=f.flag("has_next", False),
         next_cursor=f.opt_text("next_cursor"),
         warnings=f.texts("warnings") if f.has("warnings") else (),
+        raw=dict(f.data),
     )
 
 
