@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import Connection, inspect, select, text
@@ -62,11 +64,20 @@ def test_database_made_before_the_runner_is_adopted(database_url: str) -> None:
         def old_layout(conn: Connection) -> None:
             create_tables(conn, (schema_info, orgs, api_keys))
             conn.execute(schema_info.insert().values(id=1, version=1))
+            # A key as the code of that time wrote it (no audit log yet).
+            now = datetime.now(UTC)
+            conn.execute(orgs.insert().values(id="acme", created_at=now))
+            conn.execute(
+                api_keys.insert().values(
+                    id="key_old", org_id="acme", environment="SANDBOX", role="root", name="old",
+                    prefix="sk_test_old0", secret_hash="0" * 64, created_at=now,
+                )
+            )  # fmt: skip
 
         async with engine.begin() as conn:
             await conn.run_sync(old_layout)
         store = KeyStore(engine)
-        before, _ = await store.create("acme", "test", "root", "old")
+        before = SimpleNamespace(id="key_old")
         await create_schema(engine)
         assert await schema_version(engine) == LATEST
         assert await _tables(engine) >= USAGE_TABLES

@@ -1,9 +1,10 @@
-"""``tollhouse keys create | list | revoke``."""
+"""``tollhouse keys create | list | revoke | rotate``."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -21,11 +22,17 @@ from tollhouse.cli.common import (
 )
 from tollhouse.keys.model import ROLES, KeyRecord
 from tollhouse.keys.store import KeyStore
+from tollhouse.policy.load import parse_duration
+from tollhouse.security.audit import cli_actor
 
 T = TypeVar("T")
 ORG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
-app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app = typer.Typer(help="Create, list, revoke and rotate API keys.", no_args_is_help=True)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 def key_json(record: KeyRecord, secret: str | None = None) -> dict[str, Any]:
@@ -40,10 +47,9 @@ def key_json(record: KeyRecord, secret: str | None = None) -> dict[str, Any]:
             "role": record.role,
             "name": record.name,
             "prefix": record.prefix,
-            "created_at": record.created_at.isoformat().replace("+00:00", "Z"),
-            "revoked_at": (
-                record.revoked_at.isoformat().replace("+00:00", "Z") if record.revoked_at else None
-            ),
+            "created_at": _iso(record.created_at),
+            "revoked_at": _iso(record.revoked_at),
+            "expires_at": _iso(record.expires_at),
         }
     )
     return out
@@ -75,7 +81,9 @@ def create(
         fail(f"--env {env!r}: use test or live", 2)
     if role not in ROLES:
         fail(f"--role {role!r}: use one of {', '.join(ROLES)}", 2)
-    record, secret = with_store(config, database_url, lambda s: s.create(org, env, role, name))
+    record, secret = with_store(
+        config, database_url, lambda s: s.create(org, env, role, name, actor=cli_actor())
+    )
     if as_json:
         write_json(key_json(record, secret))
         return
@@ -103,7 +111,7 @@ def list_keys(
         return
     table = Table()
     table.add_column("id", no_wrap=True)
-    for heading in ("org", "env", "role", "name", "prefix", "created", "revoked"):
+    for heading in ("org", "env", "role", "name", "prefix", "created", "revoked/expires"):
         table.add_column(heading)
     for r in records:
         table.add_row(
@@ -114,7 +122,13 @@ def list_keys(
             r.name,
             r.prefix + "…",
             r.created_at.strftime("%Y-%m-%d %H:%MZ"),
-            r.revoked_at.strftime("%Y-%m-%d %H:%MZ") if r.revoked_at else "",
+            (
+                r.revoked_at.strftime("%Y-%m-%d %H:%MZ")
+                if r.revoked_at
+                else f"expires {r.expires_at:%Y-%m-%d %H:%MZ}"
+                if r.expires_at
+                else ""
+            ),
         )
     console.print(table)
 
@@ -127,10 +141,61 @@ def revoke(
     database_url: DatabaseOpt = None,
 ) -> None:
     """Revoke a key; running servers refuse it within a second."""
-    record = with_store(config, database_url, lambda s: s.revoke(key_id))
+    record = with_store(config, database_url, lambda s: s.revoke(key_id, actor=cli_actor()))
     if record is None:
         fail(f"no key with id {key_id!r}; see `tollhouse keys list`")
     if as_json:
         write_json(key_json(record))
         return
     console.print(f"Revoked [bold]{record.id}[/] (org {record.org}).")
+
+
+@app.command("rotate")
+def rotate(
+    key_id: Annotated[str, typer.Argument(help="The key to replace (key_…).")],
+    overlap: Annotated[
+        str,
+        typer.Option(
+            "--overlap",
+            help='How long the old key keeps working, e.g. "24h", "30m"; 0 revokes it now.',
+        ),
+    ] = "24h",
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Make a new secret for the same org, environment, role and name; the old key keeps
+    working until the overlap ends."""
+    if re.fullmatch(r"0+(\.0*)?\s*(ms|s|m|h|d)?", overlap.strip()):
+        window = timedelta(0)
+    else:
+        try:
+            window = timedelta(seconds=parse_duration(overlap))
+        except ValueError as exc:
+            fail(f"--overlap {overlap!r}: {exc}", 2)
+
+    async def go(store: KeyStore) -> tuple[KeyRecord, str, KeyRecord] | str | None:
+        try:
+            return await store.rotate(key_id, window, actor=cli_actor())
+        except ValueError as exc:
+            return str(exc)
+
+    outcome = with_store(config, database_url, go)
+    if outcome is None:
+        fail(f"no key with id {key_id!r}; see `tollhouse keys list`")
+    if isinstance(outcome, str):
+        fail(outcome)
+    record, secret, old = outcome
+    ends = old.revoked_at or old.expires_at
+    if as_json:
+        write_json({**key_json(record, secret), "replaces": old.id, "oldKeyExpiresAt": _iso(ends)})
+        return
+    console.print(
+        f"Created [bold]{record.id}[/] replacing [bold]{old.id}[/] "
+        f"(org {record.org}, {record.environment}, {record.role})"
+    )
+    console.print(f"  key: [bold green]{secret}[/]", highlight=False)
+    console.print(f"  {old.id} stops working at {_iso(ends)}.", highlight=False)
+    console.print(
+        "  Store the new key now: tollhouse keeps only its hash and cannot show it again."
+    )

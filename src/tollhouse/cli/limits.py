@@ -19,6 +19,7 @@ from tollhouse.cli.common import (
     write_json,
 )
 from tollhouse.limits.overrides import Override, OverrideStore
+from tollhouse.security.audit import cli_actor
 from tollhouse.settings import Settings
 
 T = TypeVar("T")
@@ -70,7 +71,7 @@ def set_limit(
     _check_bucket(settings, bucket)
     if limit < 1:
         fail("--limit must be at least 1", 2)
-    override = _with_store(settings, lambda s: s.set(org, bucket, limit, key))
+    override = _with_store(settings, lambda s: s.set(org, bucket, limit, key, actor=cli_actor()))
     if as_json:
         write_json(override_json(override))
         return
@@ -118,6 +119,6 @@ def clear_limit(
 ) -> None:
     """Remove an override: the policy's limit applies again."""
     settings = settings_from(config, database_url)
-    if not _with_store(settings, lambda s: s.clear(org, bucket, key)):
+    if not _with_store(settings, lambda s: s.clear(org, bucket, key, actor=cli_actor())):
         fail(f"no override of {bucket!r} for {'key ' + key if key else 'org ' + org}")
     console.print(f"Cleared: {bucket} for {'key ' + key if key else 'org ' + org}.")

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 import typer
 from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollhouse.cli.common import (
     ConfigOpt,
     DatabaseOpt,
     JsonOpt,
     console,
+    err_console,
     fail,
+    run,
     settings_from,
     with_database,
     write_json,
@@ -21,6 +25,10 @@ from tollhouse.cli.common import (
 from tollhouse.cli.keys import ORG_PATTERN
 from tollhouse.jobs.schema import create_job_schema
 from tollhouse.jobs.webhooks import Endpoint, WebhookStore, check_url
+from tollhouse.security.audit import cli_actor
+from tollhouse.security.net import check_target
+from tollhouse.settings import Settings
+from tollhouse.storage.schema import create_schema
 
 T = TypeVar("T")
 
@@ -51,14 +59,23 @@ def endpoint_json(endpoint: Endpoint, secret: str | None = None) -> dict[str, An
     return out
 
 
+async def _prepare(engine: AsyncEngine) -> None:
+    await create_schema(engine)  # the audit log
+    await create_job_schema(engine)
+
+
 def with_store(
-    config: str | None, database_url: str | None, fn: Callable[[WebhookStore], Awaitable[T]]
+    config: str | None,
+    database_url: str | None,
+    fn: Callable[[WebhookStore], Awaitable[T]],
+    settings: Settings | None = None,
 ) -> T:
     """Open the configured database, run ``fn`` with a webhook store, close it."""
+    settings = settings or settings_from(config, database_url)
     return with_database(
-        settings_from(config, database_url),
-        lambda e: fn(WebhookStore(e)),
-        prepare=create_job_schema,
+        settings,
+        lambda e: fn(WebhookStore(e, allow_private_targets=settings.allow_private_targets)),
+        prepare=_prepare,
     )
 
 
@@ -73,11 +90,24 @@ def add(
     """Add an endpoint; its signing secret (whsec_…) is printed once."""
     if not ORG_PATTERN.match(org):
         fail(f"--org {org!r}: use letters, digits, _ . - (at most 64 characters)", 2)
+    settings = settings_from(config, database_url)
     try:
-        check_url(url)
+        clean = check_url(url)
+        resolved = run(lambda: check_target(clean, allow_private=settings.allow_private_targets))
     except ValueError as exc:
         fail(f"--url: {exc}", 2)
-    endpoint, secret = with_store(config, database_url, lambda s: s.add_endpoint(org, url))
+    if not resolved and not settings.allow_private_targets:
+        err_console.print(
+            f"[yellow]warning:[/] {urlsplit(clean).hostname} does not resolve now; "
+            "each delivery resolves and checks it again.",
+            highlight=False,
+        )
+    endpoint, secret = with_store(
+        config,
+        database_url,
+        lambda s: s.add_endpoint(org, url, actor=cli_actor()),
+        settings,
+    )
     if as_json:
         write_json(endpoint_json(endpoint, secret))
         return
@@ -124,7 +154,9 @@ def remove(
     database_url: DatabaseOpt = None,
 ) -> None:
     """Remove an endpoint; deliveries still pending for it are cancelled."""
-    endpoint = with_store(config, database_url, lambda s: s.remove_endpoint(endpoint_id))
+    endpoint = with_store(
+        config, database_url, lambda s: s.remove_endpoint(endpoint_id, actor=cli_actor())
+    )
     if endpoint is None:
         fail(f"no webhook endpoint with id {endpoint_id!r}; see `tollhouse webhooks list`")
     if as_json:

@@ -2,7 +2,10 @@
 
 Hits are answered from memory. A background task polls the database for revocations every
 ``poll_interval`` seconds (0.5 s by default) and evicts them, so a revoked key stops working
-within a second on every instance that shares the database. Unknown secrets are cached as
+within a second on every instance that shares the database. A rotated-out key carries its
+expiry in its cache entry: the entry lasts no longer than the key, and the next lookup
+finds it expired (the poll also evicts keys whose overlap ended, for entries cached before
+the rotation). Unknown secrets are cached as
 misses for ``negative_ttl`` so a client hammering with a bad key costs one query a second.
 """
 
@@ -46,16 +49,18 @@ class KeyCache:
         negative_ttl: float = 1.0,
         poll_interval: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.store = store
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self.poll_interval = poll_interval
         self.clock = clock
+        self.wall_clock = wall_clock or (lambda: datetime.now(UTC))
         # Keyed by the raw SHA-256 digest of the secret (the database keeps its hex form).
         self._entries: dict[bytes, tuple[Identity | None, float]] = {}
         self._inflight: dict[bytes, asyncio.Future[Identity | None]] = {}
-        self._since = datetime.now(UTC)
+        self._since = self.wall_clock()
         self._poller = Poller(self.poll_revocations, poll_interval, "key revocations")
 
     def cached(self, secret: bytes) -> Identity | object | None:
@@ -111,13 +116,18 @@ class KeyCache:
                 return stale[0]
             raise
         identity: Identity | None = None
+        ttl = self.negative_ttl
+        wall = self.wall_clock()
         if found is not None:
             record, stored = found
-            if same_hash(stored, digest.hex()) and record.revoked_at is None:
+            if same_hash(stored, digest.hex()) and record.active(wall):
                 identity = Identity(record.id, record.org, record.environment, record.role)
+                ttl = self.ttl
+                if record.expires_at is not None:
+                    # The entry ends when the key does; the lookup after it refuses the key.
+                    ttl = min(ttl, (record.expires_at - wall).total_seconds())
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.clear()
-        ttl = self.ttl if identity is not None else self.negative_ttl
         self._entries[digest] = (identity, self.clock() + ttl)
         return identity
 
@@ -127,8 +137,8 @@ class KeyCache:
 
     async def poll_revocations(self) -> int:
         """Evict keys revoked since the last poll; returns how many were evicted."""
-        started = datetime.now(UTC)
-        hashes = await self.store.revoked_since(self._since - REVOCATION_OVERLAP)
+        started = self.wall_clock()
+        hashes = await self.store.revoked_since(self._since - REVOCATION_OVERLAP, started)
         self._since = started
         evicted = 0
         for h in hashes:

@@ -37,6 +37,12 @@ class KeyRecord:
     """When the key was created (UTC)."""
     revoked_at: datetime | None = None
     """When the key was revoked, or None while it is active."""
+    expires_at: datetime | None = None
+    """When a rotated-out key stops working (``keys rotate``), or None."""
+
+    def active(self, now: datetime) -> bool:
+        """Neither revoked nor expired at ``now``."""
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
 
 @dataclass(frozen=True, slots=True)

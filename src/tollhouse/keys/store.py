@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollhouse.errors import StorageError
 from tollhouse.keys.hashing import SHOWN_PREFIX, hash_secret, new_key_id, new_secret
 from tollhouse.keys.model import KeyRecord
+from tollhouse.security.audit import record as audit
 from tollhouse.storage.dialect import insert
 from tollhouse.storage.schema import api_keys, orgs
+from tollhouse.storage.transactions import write_transaction
 
 _ENV_NAME = {"test": "SANDBOX", "live": "PRODUCTION"}
 
@@ -37,7 +39,30 @@ def _record(row: Any) -> KeyRecord:
         prefix=row.prefix,
         created_at=created,
         revoked_at=_utc(row.revoked_at),
+        expires_at=_utc(row.expires_at),
     )
+
+
+_ENV_ARG = {"SANDBOX": "test", "PRODUCTION": "live"}
+
+
+def _new_row(org: str, env: str, role: str, name: str, now: datetime) -> tuple[dict[str, Any], str]:
+    secret = new_secret(env)
+    return {
+        "id": new_key_id(),
+        "org_id": org,
+        "environment": _ENV_NAME[env],
+        "role": role,
+        "name": name,
+        "prefix": secret[:SHOWN_PREFIX],
+        "secret_hash": hash_secret(secret),
+        "created_at": now,
+    }, secret
+
+
+def _details(row: dict[str, Any]) -> dict[str, Any]:
+    # What the audit log keeps of a key: never the secret, its hash or its prefix.
+    return {"environment": row["environment"], "role": row["role"], "name": row["name"]}
 
 
 class KeyStore:
@@ -47,24 +72,21 @@ class KeyStore:
         self.engine = engine
 
     async def create(
-        self, org: str, env: str = "test", role: str = "member", name: str = ""
+        self,
+        org: str,
+        env: str = "test",
+        role: str = "member",
+        name: str = "",
+        *,
+        actor: str = "system",
     ) -> tuple[KeyRecord, str]:
         """Make a key for ``org`` (created if new). Returns the record and the secret.
 
-        The secret is returned once and never stored: only its hash is.
+        The secret is returned once and never stored: only its hash is. The change is
+        audited (``key.created``) in the same transaction.
         """
-        secret = new_secret(env)
         now = datetime.now(UTC)
-        row = {
-            "id": new_key_id(),
-            "org_id": org,
-            "environment": _ENV_NAME[env],
-            "role": role,
-            "name": name,
-            "prefix": secret[:SHOWN_PREFIX],
-            "secret_hash": hash_secret(secret),
-            "created_at": now,
-        }
+        row, secret = _new_row(org, env, role, name, now)
         try:
             async with self.engine.begin() as conn:
                 # Two keys of a new org may be created at once: the org row is inserted
@@ -75,9 +97,73 @@ class KeyStore:
                     .on_conflict_do_nothing(index_elements=["id"])
                 )
                 await conn.execute(api_keys.insert().values(**row))
+                await audit(
+                    conn,
+                    actor=actor,
+                    action="key.created",
+                    org=org,
+                    target_id=row["id"],
+                    details=_details(row),
+                    at=now,
+                )
         except SQLAlchemyError as exc:
             raise StorageError(f"could not create a key: {exc}") from exc
         return _record(_Row(row)), secret
+
+    async def rotate(
+        self, key_id: str, overlap: timedelta, *, actor: str = "system"
+    ) -> tuple[KeyRecord, str, KeyRecord] | None:
+        """Replace a key: a new secret for the same org, environment, role and name; the
+        old key keeps working for ``overlap`` (0 revokes it at once).
+
+        Returns:
+            The new record, its secret (shown once) and the old record as it is now, or
+            None when no key has that id.
+
+        Raises:
+            ValueError: the key is revoked or has expired already.
+        """
+        now = datetime.now(UTC)
+        # BEGIN IMMEDIATE on SQLite: two rotations of one key cannot both read it active.
+        async with write_transaction(self.engine, f"could not rotate {key_id}") as conn:
+            found = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+            if found is None:
+                return None
+            old = _record(found)
+            if not old.active(now):
+                raise ValueError(f"{key_id} is revoked or expired: there is nothing to rotate")
+            env = _ENV_ARG[old.environment]
+            row, secret = _new_row(old.org, env, old.role, old.name, now)
+            await conn.execute(api_keys.insert().values(**row))
+            ends = now + overlap
+            if old.expires_at is not None and old.expires_at < ends:
+                ends = old.expires_at  # a rotation never extends an older deadline
+            change = {"revoked_at": now} if overlap <= timedelta(0) else {"expires_at": ends}
+            await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(**change)
+            )
+            after = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).one()
+            await audit(
+                conn,
+                actor=actor,
+                action="key.rotated",
+                org=old.org,
+                target_id=key_id,
+                details={
+                    **_details(row),
+                    "newKeyId": row["id"],
+                    "overlapSeconds": max(0, int(overlap.total_seconds())),
+                    "oldKeyExpiresAt": (
+                        (now if overlap <= timedelta(0) else ends)
+                        .isoformat()
+                        .replace("+00:00", "Z")
+                    ),
+                },
+                at=now,
+            )
+        return _record(_Row(row)), secret, _record(after)
 
     async def list_keys(self, org: str | None = None) -> list[KeyRecord]:
         """Keys, newest first, optionally of one org."""
@@ -91,18 +177,28 @@ class KeyStore:
             raise StorageError(f"could not list keys: {exc}") from exc
         return [_record(r) for r in rows]
 
-    async def revoke(self, key_id: str) -> KeyRecord | None:
+    async def revoke(self, key_id: str, *, actor: str = "system") -> KeyRecord | None:
         """Revoke a key; returns it (already-revoked keys keep their first revocation time),
-        or None when no key has that id."""
+        or None when no key has that id. A revocation is audited (``key.revoked``)."""
         now = datetime.now(UTC)
         try:
             async with self.engine.begin() as conn:
-                await conn.execute(
+                changed = await conn.execute(
                     update(api_keys)
                     .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                     .values(revoked_at=now)
                 )
                 row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+                if row is not None and changed.rowcount:
+                    await audit(
+                        conn,
+                        actor=actor,
+                        action="key.revoked",
+                        org=row.org_id,
+                        target_id=key_id,
+                        details={"environment": row.environment, "role": row.role},
+                        at=now,
+                    )
         except SQLAlchemyError as exc:
             raise StorageError(f"could not revoke {key_id}: {exc}") from exc
         return _record(row) if row is not None else None
@@ -117,9 +213,16 @@ class KeyStore:
             raise StorageError(f"could not look up a key: {exc}") from exc
         return (_record(row), row.secret_hash) if row is not None else None
 
-    async def revoked_since(self, since: datetime) -> list[str]:
-        """Hashes of keys revoked at or after ``since``."""
-        q = select(api_keys.c.secret_hash).where(api_keys.c.revoked_at >= since)
+    async def revoked_since(self, since: datetime, now: datetime | None = None) -> list[str]:
+        """Hashes of keys revoked at or after ``since``, or whose rotation overlap ended
+        between ``since`` and ``now``."""
+        now = now or datetime.now(UTC)
+        q = select(api_keys.c.secret_hash).where(
+            or_(
+                api_keys.c.revoked_at >= since,
+                (api_keys.c.expires_at >= since) & (api_keys.c.expires_at <= now),
+            )
+        )
         try:
             async with self.engine.connect() as conn:
                 return [r[0] for r in (await conn.execute(q)).all()]
@@ -129,7 +232,7 @@ class KeyStore:
     async def by_hash_secret(self, secret: str) -> KeyRecord | None:
         """Convenience for tools: the active key for a secret, or None."""
         found = await self.by_hash(hash_secret(secret))
-        if found is None or found[0].revoked_at is not None:
+        if found is None or not found[0].active(datetime.now(UTC)):
             return None
         return found[0]
 
@@ -140,3 +243,4 @@ class _Row:
     def __init__(self, data: dict[str, Any]) -> None:
         self.__dict__.update(data)
         self.__dict__.setdefault("revoked_at", None)
+        self.__dict__.setdefault("expires_at", None)

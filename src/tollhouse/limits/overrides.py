@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollhouse.errors import StorageError
+from tollhouse.security import audit
 from tollhouse.storage.poll import Poller
 from tollhouse.storage.schema import metadata
 
@@ -63,8 +64,17 @@ class OverrideStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def set(self, org: str, bucket: str, limit: int, key_id: str | None = None) -> Override:
-        """Create or replace the override of ``bucket`` for an org (or one of its keys)."""
+    async def set(
+        self,
+        org: str,
+        bucket: str,
+        limit: int,
+        key_id: str | None = None,
+        *,
+        actor: str | None = None,
+    ) -> Override:
+        """Create or replace the override of ``bucket`` for an org (or one of its keys).
+        With an ``actor``, the change is audited in the same transaction."""
         now = datetime.now(UTC)
         where = (
             (limit_overrides.c.org_id == org)
@@ -79,12 +89,25 @@ class OverrideStore:
                         org_id=org, key_id=key_id or "", bucket=bucket, limit=limit, updated_at=now
                     )
                 )
+                if actor is not None:
+                    await audit.record(
+                        conn,
+                        actor=actor,
+                        action="limit.set",
+                        org=org,
+                        target_id=bucket + (f"/{key_id}" if key_id else ""),
+                        details={"bucket": bucket, "key": key_id, "limit": limit},
+                        at=now,
+                    )
         except SQLAlchemyError as exc:
             raise StorageError(f"could not set the override: {exc}") from exc
         return Override(org, key_id, bucket, limit, now)
 
-    async def clear(self, org: str, bucket: str, key_id: str | None = None) -> bool:
-        """Remove an override; False when there was none."""
+    async def clear(
+        self, org: str, bucket: str, key_id: str | None = None, *, actor: str | None = None
+    ) -> bool:
+        """Remove an override; False when there was none. With an ``actor``, the change is
+        audited in the same transaction."""
         where = (
             (limit_overrides.c.org_id == org)
             & (limit_overrides.c.key_id == (key_id or ""))
@@ -93,6 +116,15 @@ class OverrideStore:
         try:
             async with self.engine.begin() as conn:
                 result = await conn.execute(delete(limit_overrides).where(where))
+                if actor is not None and result.rowcount:
+                    await audit.record(
+                        conn,
+                        actor=actor,
+                        action="limit.cleared",
+                        org=org,
+                        target_id=bucket + (f"/{key_id}" if key_id else ""),
+                        details={"bucket": bucket, "key": key_id},
+                    )
         except SQLAlchemyError as exc:
             raise StorageError(f"could not clear the override: {exc}") from exc
         return bool(result.rowcount)

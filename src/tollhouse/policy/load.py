@@ -20,6 +20,7 @@ from tollhouse.policy.model import (
     Limits,
     Policy,
     Pool,
+    Security,
     Storage,
     Upstream,
 )
@@ -213,6 +214,7 @@ class _Reader:
                 "access",
                 "labels",
                 "async_routes",
+                "security",
             },
             "",
         )
@@ -236,6 +238,7 @@ class _Reader:
             upstream=self.upstream(self.table(raw, "upstream", "")),
             storage=self.storage(self.table(raw, "storage", "")),
             limits=self.limits(self.table(raw, "limits", "")),
+            security=self.security(self.table(raw, "security", "")),
             buckets=buckets,
             pools=pools,
             endpoint_groups=groups,
@@ -284,8 +287,18 @@ class _Reader:
 
     def limits(self, raw: dict[str, Any]) -> Limits:
         w = "limits"
-        self.unknown(raw, {"max_body_bytes"}, w)
-        return Limits(max_body_bytes=self.positive_int(raw, "max_body_bytes", w, 1_048_576))
+        self.unknown(raw, {"max_body_bytes", "max_header_bytes"}, w)
+        return Limits(
+            max_body_bytes=self.positive_int(raw, "max_body_bytes", w, 1_048_576),
+            max_header_bytes=self.positive_int(raw, "max_header_bytes", w, 16_384),
+        )
+
+    def security(self, raw: dict[str, Any]) -> Security:
+        w = "security"
+        self.unknown(raw, {"allow_private_targets"}, w)
+        return Security(
+            allow_private_targets=self.get(raw, "allow_private_targets", bool, w, False)
+        )
 
     def bucket(self, raw: dict[str, Any], w: str, names: set[str]) -> Bucket:
         self.unknown(

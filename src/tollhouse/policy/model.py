@@ -149,6 +149,18 @@ class Limits:
 
     max_body_bytes: int = 1_048_576
     """Largest request body accepted; larger ones get 413."""
+    max_header_bytes: int = 16_384
+    """Largest request head (request line + headers) `tollhouse serve` accepts; larger
+    ones get 431 and the connection is closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """Outbound-request safety (webhook targets)."""
+
+    allow_private_targets: bool = False
+    """Let webhook URLs reach loopback, link-local and private addresses (local
+    development only); ``TOLLHOUSE_ALLOW_PRIVATE_TARGETS=1`` does the same."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +172,7 @@ class Policy:
     upstream: Upstream = field(default_factory=Upstream)
     storage: Storage = field(default_factory=Storage)
     limits: Limits = field(default_factory=Limits)
+    security: Security = field(default_factory=Security)
     buckets: tuple[Bucket, ...] = ()
     pools: tuple[Pool, ...] = ()
     endpoint_groups: tuple[EndpointGroup, ...] = ()

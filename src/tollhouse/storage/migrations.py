@@ -27,6 +27,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from tollhouse.errors import StorageError
 from tollhouse.metering import schema as usage
+from tollhouse.security import audit
 from tollhouse.storage import dialect
 from tollhouse.storage.dialect import DATABASE_ERRORS
 from tollhouse.storage.schema import api_keys, metadata, orgs, schema_info
@@ -69,6 +70,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         lambda c: create_tables(c, (usage.usage_dims, *usage.ROLLUPS, usage.usage_calls)),
     ),
     Migration(3, "product events", lambda c: create_tables(c, (usage.product_events,))),
+    Migration(
+        4, "usage rollups: redirects (3xx) counter, covering count index", usage.upgrade_rollups_v4
+    ),
+    Migration(5, "audit log; api key expiry (rotation)", audit.migrate_security),
 )
 
 #: The version a database has once every step ran.

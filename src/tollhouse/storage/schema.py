@@ -23,7 +23,7 @@ metadata = MetaData()
 
 #: Schema version :func:`create_schema` brings a database to: the last step of
 #: :data:`tollhouse.storage.migrations.MIGRATIONS` (a test keeps the two equal).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 
 schema_info = Table(
     "tollhouse_schema",
@@ -51,8 +51,11 @@ api_keys = Table(
     Column("secret_hash", String(64), nullable=False, unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+    # Set on the old key by `keys rotate`: refused from then on (migration 5).
+    Column("expires_at", DateTime(timezone=True), nullable=True),
     Index("ix_api_keys_org", "org_id"),
     Index("ix_api_keys_revoked_at", "revoked_at"),
+    Index("ix_api_keys_expires_at", "expires_at"),
 )
 
 

@@ -1,0 +1,117 @@
+"""Request-head limits for ``tollhouse serve``: header size and a header deadline.
+
+uvicorn's fast parser (httptools) buffers a request head of any size and gives a client
+as long as it likes to send it; its keep-alive timeout runs only between requests, and
+every byte received resets it. :class:`LimitedHttpToolsProtocol` adds two limits:
+
+* **Header size**: the request line plus headers may take at most
+  ``config.h11_max_incomplete_event_size`` bytes (``[limits] max_header_bytes``; the same
+  setting bounds the h11 parser). Beyond it the answer is ``431 Request Header Fields Too
+  Large`` and the connection is closed.
+* **Header deadline**: a connection must deliver each complete request head within
+  :data:`HEADER_TIMEOUT` seconds of its first byte (or of connecting). A client trickling
+  headers byte by byte (slow loris) gets ``408 Request Timeout`` and the connection is
+  closed, so it cannot hold a connection for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+#: Seconds a client has to send a complete request head.
+HEADER_TIMEOUT = 10.0
+#: The default cap on a request head (request line + headers), in bytes.
+DEFAULT_MAX_HEADER_BYTES = 16_384
+
+
+class HeadTooLarge(httptools.HttpParserError):
+    """Raised from a parser callback: the request head is over the limit."""
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a header-size cap and a header deadline."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        limit = getattr(self.config, "h11_max_incomplete_event_size", None)
+        self.max_head_bytes: int = limit or DEFAULT_MAX_HEADER_BYTES
+        self.head_timeout: float = HEADER_TIMEOUT
+        self._head_bytes = 0
+        self._head_too_large = False
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        self._arm_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if self._head_too_large:
+            self._send_and_close(
+                b"431 Request Header Fields Too Large",
+                f"The request head is over {self.max_head_bytes} bytes.",
+            )
+            return
+        super().send_400_response(msg)
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self.max_head_bytes:
+            self._head_too_large = True
+            raise HeadTooLarge("request head too large")
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a request is being answered; its head was complete
+        self._send_and_close(
+            b"408 Request Timeout",
+            f"The request head did not arrive within {self.head_timeout:g} seconds.",
+        )
+
+    def _send_and_close(self, status: bytes, message: str) -> None:
+        body = message.encode()
+        self.transport.write(
+            b"HTTP/1.1 "
+            + status
+            + b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: "
+            + str(len(body)).encode()
+            + b"\r\nconnection: close\r\n\r\n"
+            + body
+        )
+        self.transport.close()

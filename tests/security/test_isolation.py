@@ -1,0 +1,320 @@
+"""Isolation matrix: org A makes data of every kind (calls, events, jobs, webhook
+deliveries, webhooks, keys, overrides); org B then calls every read endpoint with its own
+key and A's identifiers. Nothing of A's comes back, and A's job and application ids are
+404 (not 403: not even their existence leaks).
+
+The endpoints are listed from the app's own routes, so a new read route fails
+:func:`test_every_read_route_is_covered` until it is added here.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from starlette.routing import Route
+from typer.testing import CliRunner
+
+from tests.conftest import Server, serve_in_thread
+from tollhouse.cli.main import app as cli_app
+from tollhouse.http import gateway
+from tollhouse.http.app import Tollhouse
+from tollhouse.policy.load import load_policy
+from tollhouse.settings import load_settings
+
+pytestmark = pytest.mark.integration
+
+
+def _get_routes() -> set[str]:
+    """Every GET path template the server answers (gateway, ops, jobs, platform, upstream)."""
+    app = Tollhouse(settings=load_settings(environ={}))
+    paths = {v for k, v in vars(gateway).items() if k.endswith("_PATH") and isinstance(v, str)}
+    try:
+        from tollhouse.ops import endpoints
+
+        paths |= set(endpoints.OPS_PATHS)
+    except ImportError:  # pragma: no cover - the ops endpoints are optional
+        pass
+    jobs: Any = app.inner
+    platform: Any = jobs.fallback.platform
+    upstream: Any = app.upstream
+    for route in [*jobs.routes, *platform.routes, *upstream.routes]:
+        if isinstance(route, Route) and "GET" in (route.methods or ()):
+            paths.add(route.path.rstrip("/") or "/")
+    return paths
+
+
+@dataclass
+class OrgA:
+    """Everything org A made, and the strings that must never reach org B."""
+
+    org: str
+    key: str
+    key_ids: list[str]
+    job_id: str
+    application_id: str
+    posting_id: str
+    tenant: str
+    user: str
+    event_id: str
+    hook_path: str
+
+    @property
+    def markers(self) -> list[str]:
+        return [
+            self.org,
+            *self.key_ids,
+            self.job_id,
+            self.application_id,
+            self.posting_id,
+            self.tenant,
+            self.user,
+            self.event_id,
+            self.hook_path,
+        ]
+
+
+class Receiver:
+    """A webhook receiver (ASGI) answering 204 and counting what it got."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        with self.lock:
+            self.calls += 1
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[tuple[Receiver, str]]:
+    r = Receiver()
+    with serve_in_thread(r) as url:  # type: ignore[arg-type]
+        yield r, url
+
+
+LIMIT_A = 7919
+
+
+def _cli(server: Server, *args: str) -> str:
+    """The CLI in-process (no interpreter start per call) on the server's database, with
+    private webhook targets allowed like the server (the receiver is on loopback)."""
+    db = f"sqlite:///{server.cwd}/.tollhouse/tollhouse.db"
+    result = CliRunner().invoke(cli_app, [*args, "--database-url", db], env=server.env)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def _until(fn: Callable[[], bool], what: str, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if fn():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def world(default_server: Server, receiver: tuple[Receiver, str]) -> tuple[OrgA, str]:
+    tag = secrets.token_hex(4)
+    org_a, org_b = f"iso-a-{tag}", f"iso-b-{tag}"
+    root = json.loads(
+        _cli(default_server, "keys", "create", "--org", org_a, "--role", "root", "--json")
+    )
+    extra = json.loads(
+        _cli(default_server, "keys", "create", "--org", org_a, "--name", f"name-{tag}", "--json")
+    )
+    b = json.loads(
+        _cli(default_server, "keys", "create", "--org", org_b, "--role", "root", "--json")
+    )
+    rec, url = receiver
+    hook_path = f"/hook-a-{tag}"
+    _cli(default_server, "webhooks", "add", "--org", org_a, "--url", url + hook_path)
+    bucket = load_policy(None).buckets[0].name
+    _cli(
+        default_server, "limits", "set", "--org", org_a, "--bucket", bucket, "--limit", str(LIMIT_A)
+    )
+    a = OrgA(
+        org=org_a,
+        key=root["key"],
+        key_ids=[root["id"], extra["id"]],
+        job_id="",
+        application_id=f"app-a-{tag}",
+        posting_id=f"job-a-{tag}",
+        tenant=f"tenant-a-{tag}",
+        user=f"user-a-{tag}",
+        event_id=f"evt-a-{tag}",
+        hook_path=hook_path,
+    )
+    with httpx.Client(
+        base_url=default_server.url,
+        headers={"Authorization": f"Bearer {a.key}", "X-Tenant-Id": a.tenant},
+        timeout=15,
+    ) as c:
+        posting = {"jobId": a.posting_id, "title": "Engineer", "description": "Python, SQL."}
+        assert c.post("/v1/criteria/generate", json=posting).status_code == 200
+        submitted = c.post(
+            "/v1/score",
+            json={
+                "applicationId": a.application_id,
+                "jobId": a.posting_id,
+                "candidate": {"name": "Ada", "resume": "Python and SQL for years."},
+            },
+        )
+        assert submitted.status_code == 202, submitted.text
+        a.job_id = submitted.json()["scoringJobId"]
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        event = {
+            "id": a.event_id,
+            "type": "flow_run",
+            "time": now,
+            "data": {
+                "run_id": f"run-{tag}",
+                "status": "succeeded",
+                "source": "manual",
+                "user": a.user,
+                "workflow": f"wf-{tag}",
+                "duration_ms": 12,
+            },
+        }
+        assert c.post("/v1/events", json=[event]).status_code in (200, 201, 202)
+        # A sees its own data before B looks (so B's empty answers mean something).
+        _until(
+            lambda: c.get(f"/v1/score/{a.job_id}").json().get("status") == "completed",
+            "A's job",
+        )
+        _until(lambda: rec.calls >= 1, "A's webhook delivery")
+        _until(
+            lambda: a.user in c.get("/v1/analytics/flow_per_user", params=_range()).text,
+            "A's event in analytics",
+        )
+    return a, b["key"]
+
+
+def _range() -> dict[str, str]:
+    now = datetime.now(UTC).replace(microsecond=0)
+    return {
+        "time_start": (now - timedelta(days=1)).isoformat().replace("+00:00", "Z"),
+        "time_end": (now + timedelta(days=1)).isoformat().replace("+00:00", "Z"),
+    }
+
+
+# For each GET route: the request (path, query) built from A's identifiers, the statuses B
+# may get, and whether A's own request shows A's data (so the check on B can fail).
+Case = tuple[Callable[[OrgA], tuple[str, dict[str, str]]], frozenset[int], bool]
+NOT_FOUND = frozenset({404})
+OK = frozenset({200})
+
+CASES: dict[str, Case] = {
+    "/healthz": (lambda a: ("/healthz", {}), OK, False),
+    "/readyz": (lambda a: ("/readyz", {}), frozenset({200, 503}), False),
+    "/metrics": (lambda a: ("/metrics", {}), frozenset({200, 401}), False),
+    "/v1/rate-limit/status": (lambda a: ("/v1/rate-limit/status", {}), OK, False),
+    "/v1/score/{scoringJobId}": (lambda a: (f"/v1/score/{a.job_id}", {}), NOT_FOUND, True),
+    "/v1/score/application/{applicationId}": (
+        lambda a: (f"/v1/score/application/{a.application_id}", {}),
+        NOT_FOUND,
+        True,
+    ),
+    "/v1/webhooks/deliveries": (
+        lambda a: ("/v1/webhooks/deliveries", {"jobId": a.job_id}),
+        OK,
+        True,
+    ),
+    "/v1/analytics/scoring-volume": (
+        lambda a: ("/v1/analytics/scoring-volume", {"timeRange": "7d"}),
+        OK,
+        False,
+    ),
+    "/v1/queue": (lambda a: ("/v1/queue", {}), OK, False),
+    "/call-counts/historical": (
+        lambda a: ("/call-counts/historical/", {"label": "ENDPOINTS"}),
+        frozenset({200, 400, 422}),
+        False,
+    ),
+    "/call-counts/historical/{label}": (
+        lambda a: ("/call-counts/historical/ENDPOINTS/", {}),
+        frozenset({200, 400, 404, 422}),
+        False,
+    ),
+    "/call-counts/historical/SCENARIOS/{reco_type}/{name}": (
+        lambda a: (f"/call-counts/historical/SCENARIOS/{a.tenant}/{a.user}/", {}),
+        frozenset({200, 400, 404, 422}),
+        False,
+    ),
+    "/v1/analytics/{metric}": (lambda a: ("/v1/analytics/flow_per_user", _range()), OK, True),
+    "/v1/platform/openapi.json": (lambda a: ("/v1/platform/openapi.json", {}), OK, False),
+    "/v1/criteria/{jobId}": (lambda a: (f"/v1/criteria/{a.posting_id}", {}), NOT_FOUND, True),
+    "/v1/jobs/{jobId}/criteria": (
+        lambda a: (f"/v1/jobs/{a.posting_id}/criteria", {}),
+        NOT_FOUND,
+        True,
+    ),
+}
+
+
+def test_every_read_route_is_covered() -> None:
+    routes = _get_routes()
+    missing = routes - set(CASES)
+    assert not missing, f"read routes without an isolation case: {sorted(missing)}"
+    gone = set(CASES) - routes
+    assert not gone, f"isolation cases for routes that no longer exist: {sorted(gone)}"
+
+
+@pytest.mark.parametrize("route", sorted(CASES))
+def test_org_b_sees_nothing_of_org_a(
+    route: str, world: tuple[OrgA, str], default_server: Server
+) -> None:
+    a, b_key = world
+    build, allowed, a_sees_it = CASES[route]
+    path, params = build(a)
+    with httpx.Client(base_url=default_server.url, timeout=15) as c:
+        # The tenant header too: a tenant name is not a way into another org.
+        b = c.get(
+            path,
+            params=params,
+            headers={"Authorization": f"Bearer {b_key}", "X-Tenant-Id": a.tenant},
+        )
+        if b.status_code == 429:  # the status endpoint's own small bucket: ask again
+            time.sleep(1.1)
+            b = c.get(
+                path,
+                params=params,
+                headers={"Authorization": f"Bearer {b_key}", "X-Tenant-Id": a.tenant},
+            )
+        assert b.status_code in allowed, (route, b.status_code, b.text[:300])
+        # An error may echo what B itself sent (the id in the path): that reveals nothing.
+        sent = path + json.dumps(params)
+        leaked = [m for m in a.markers if m in b.text and m not in sent]
+        assert not leaked, (route, leaked)
+        if route == "/v1/rate-limit/status":
+            assert str(LIMIT_A) not in json.dumps(
+                [v.get("limit") for v in b.json()["buckets"].values()]
+            )
+        if route == "/v1/analytics/scoring-volume":
+            # Counts carry no marker: B's are zero while A's show its completed job.
+            assert sum(d["total"] for d in b.json()["data"]) == 0
+            own = c.get(path, params=params, headers={"Authorization": f"Bearer {a.key}"})
+            assert sum(d["total"] for d in own.json()["data"]) >= 1
+        if a_sees_it:
+            own = c.get(
+                path,
+                params=params,
+                headers={"Authorization": f"Bearer {a.key}", "X-Tenant-Id": a.tenant},
+            )
+            assert own.status_code == 200, (route, own.status_code, own.text[:300])
+            assert any(m in own.text for m in a.markers), route
