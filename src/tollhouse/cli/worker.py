@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging.config
 import signal
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,6 +28,8 @@ from tollhouse.cli.common import (
 from tollhouse.jobs import Worker, build_handler, create_job_schema, open_queue
 from tollhouse.jobs.model import QueueSettings
 from tollhouse.jobs.webhooks import WebhookStore
+from tollhouse.ops.exporter import WorkerMetrics
+from tollhouse.ops.logs import LogFormat, log_config
 from tollhouse.settings import Settings
 from tollhouse.storage.engine import make_engine
 
@@ -53,8 +56,26 @@ def worker(
     reap_interval: Annotated[
         float, typer.Option("--reap-interval", help="Seconds between looks for expired leases.")
     ] = 5.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", help="Serve Prometheus /metrics on this port."),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Interface for --metrics-port.")
+    ] = "127.0.0.1",
+    log_format: Annotated[
+        str,
+        typer.Option("--log-format", envvar="TOLLHOUSE_LOG_FORMAT", help="text or json."),
+    ] = "text",
+    log_level: Annotated[
+        str, typer.Option("--log-level", envvar="TOLLHOUSE_LOG_LEVEL", help="e.g. info, debug.")
+    ] = "info",
 ) -> None:
     """Run the policy's async jobs and send webhooks until stopped."""
+    try:
+        logging.config.dictConfig(log_config(cast(LogFormat, log_format), log_level))
+    except ValueError as exc:
+        fail(f"{exc} (--log-format / --log-level)", 2)
     settings = settings_from(config, database_url)
     policy = settings.policy
     if not policy.async_routes:
@@ -74,7 +95,8 @@ def worker(
         "poll_interval": poll_interval,
         "reap_interval": reap_interval,
     }
-    run(lambda: _work(settings, queue_settings, concurrency, grace, options))
+    metrics_at = (metrics_host, metrics_port) if metrics_port is not None else None
+    run(lambda: _work(settings, queue_settings, concurrency, grace, options, metrics_at))
 
 
 def _upstream_app(settings: Settings) -> Any:
@@ -99,6 +121,7 @@ async def _work(
     concurrency: int | None,
     grace: float,
     options: dict[str, Any],
+    metrics_at: tuple[str, int] | None = None,
 ) -> None:
     engine = make_engine(settings.database_url)
     try:
@@ -110,7 +133,7 @@ async def _work(
             await create_job_schema(engine)
         queue = open_queue(engine, queue_settings)
         handler = build_handler(settings.policy, _upstream_app(settings))
-        webhooks = WebhookStore(engine)
+        webhooks = WebhookStore(engine, allow_private_targets=settings.allow_private_targets)
         slots = concurrency or queue_settings.default_cap
         job_worker = Worker(queue, handler, webhooks=webhooks, slots=slots, **options)
         stop = asyncio.Event()
@@ -118,6 +141,7 @@ async def _work(
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
+        exporter = WorkerMetrics(job_worker, queue, *metrics_at) if metrics_at else None
         await job_worker.start()
         console.print(
             f"[bold]tollhouse worker[/] {job_worker.dispatcher.worker_id} running "
@@ -131,6 +155,8 @@ async def _work(
             console.print("stopping: finishing running jobs…", highlight=False)
             await job_worker.stop(grace)
             await handler.aclose()
+            if exporter is not None:
+                await exporter.stop()
     finally:
         await engine.dispose()
 
