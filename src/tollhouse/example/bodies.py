@@ -214,7 +214,7 @@ def optional_text(body: dict[str, Any], key: str, path: str, max_chars: int) -> 
     """An optional string field: None when missing or null.
 
     Raises:
-        ValidationFailed: present but not a string, or too long.
+        ValidationFailed: present but not a string, too long, or holding a NUL character.
     """
     value = body.get(key, _MISSING)
     if value is _MISSING or value is None:
@@ -223,6 +223,9 @@ def optional_text(body: dict[str, Any], key: str, path: str, max_chars: int) -> 
         raise ValidationFailed(f'field "{path}" must be a string, not {_json_type(value)}')
     if len(value) > max_chars:
         raise ValidationFailed(f'field "{path}" must be at most {max_chars} characters')
+    if "\x00" in value:
+        # PostgreSQL text cannot hold NUL: refuse it here rather than fail at the store.
+        raise ValidationFailed(f'field "{path}" must not contain NUL (\\u0000) characters')
     return value
 
 

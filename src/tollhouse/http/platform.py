@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Annotated, Any
 
 import orjson
@@ -32,23 +33,28 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import AwareDatetime
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tollhouse.analytics import call_counts
-from tollhouse.analytics.catalogue import CATALOGUE
+from tollhouse.analytics.buckets import floor_to, metric_step
+from tollhouse.analytics.catalogue import CATALOGUE, TIME
 from tollhouse.analytics.events import ingest, parse_body
 from tollhouse.analytics.metrics import run_metric
 from tollhouse.errors import (
     ApiError,
+    BadRequest,
     Forbidden,
     ServiceUnavailable,
     StorageError,
     Unauthorized,
     ValidationFailed,
+    error_body,
 )
 from tollhouse.http.gateway import new_request_id
 from tollhouse.keys.model import Identity
 from tollhouse.metering.meter import UsageMeter
 from tollhouse.metering.retention import Retention
+from tollhouse.openapi import OPENAPI_PATH, build_document
 from tollhouse.policy.model import EndpointGroup, Policy
 
 logger = logging.getLogger(__name__)
@@ -63,6 +69,10 @@ ANALYTICS_PREFIX = "/v1/analytics/"
 #: Seed 003's page size bounds.
 MAX_PAGE_SIZE = 200
 DEFAULT_PAGE_SIZE = 50
+#: Highest page number (page × page_size must fit a 64-bit SQL OFFSET).
+MAX_PAGE = 2**31 - 1
+#: Most buckets of a time-series metric (seed 003 barchart): ten years of days.
+MAX_BARS = 3660
 
 # Pydantic v2 error types → the pydantic v1 wording seed 003 shows.
 _V1_ERRORS: dict[str, tuple[str, str]] = {
@@ -154,6 +164,7 @@ def create_platform_app(
     meter: UsageMeter | None = None,
     retention: Retention | None = None,
     clock: Callable[[], float] = time.time,
+    example_upstream: bool = False,
 ) -> FastAPI:
     """The usage platform routes as an ASGI app, to mount behind the gateway.
 
@@ -163,6 +174,7 @@ def create_platform_app(
         meter: the process's meter; reads flush it first, so a caller sees its own calls.
         retention: what the usage tables keep (chooses rollups, explains gaps).
         clock: wall clock, epoch seconds (injected in tests).
+        example_upstream: the bundled example is the upstream (its routes are documented).
     """
     groups = _groups(policy)
     kept = retention or Retention()
@@ -170,8 +182,10 @@ def create_platform_app(
         title="tollhouse platform",
         docs_url=None,
         redoc_url=None,
-        openapi_url="/v1/platform/openapi.json",
+        # The full document (every public route) is served below, at OPENAPI_PATH.
+        openapi_url=None,
     )
+    document: dict[str, Any] = {}
 
     async def fresh() -> None:
         # Read-your-writes within one process; other processes lag by a flush interval.
@@ -189,7 +203,20 @@ def create_platform_app(
     async def storage_error(request: Request, exc: StorageError) -> Response:
         logger.error("usage storage failed", extra={"error": str(exc)})
         err = ServiceUnavailable("The usage database is unavailable; retry shortly.")
-        return _json(err.body(_request_id(request)), err.status)
+        return _json(err.body(_request_id(request)), err.status, {"Retry-After": "1"})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # No route (or method) here: seed 003's shape under its prefix, else the envelope.
+        headers = dict(exc.headers) if exc.headers else None
+        if request.url.path.startswith(ANALYTICS_PREFIX):
+            return _json({"detail": exc.detail}, exc.status_code, headers)
+        name = HTTPStatus(exc.status_code).name
+        message = f"{exc.detail}: {request.method} {request.url.path}"
+        body = error_body(
+            exc.status_code, name, name.lower().replace("_", "-"), message, _request_id(request)
+        )
+        return _json(body, exc.status_code, headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -253,6 +280,8 @@ def create_platform_app(
         """Seed 001: call counts of one scenario over time."""
         who = identity_of(request)
         _require(who, call_counts.SCENARIO_ROLES, "scenario call counts")
+        if "\x00" in reco_type or "\x00" in name:
+            raise BadRequest("reco_type and name must not contain NUL (%00) characters.")
         start, end = _stamps(request)
         await fresh()
         body = await call_counts.historical(
@@ -298,7 +327,7 @@ def create_platform_app(
         metric: str,
         time_start: Annotated[AwareDatetime, Query()],
         time_end: Annotated[AwareDatetime, Query()],
-        page: Annotated[int, Query(ge=1)] = 1,
+        page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
         page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
     ) -> Response:
         """Seed 003: one metric of the catalogue over a time range."""
@@ -309,6 +338,18 @@ def create_platform_app(
         start, end = time_start.timestamp(), time_end.timestamp()
         if start >= end:
             return _json({"detail": "time_start must be before time_end"}, 400)
+        if definition.group_by == (TIME,):
+            step = metric_step(start, end)
+            bars = (floor_to(end, step) - floor_to(start, step)) // step + 1
+            if bars > MAX_BARS:
+                # One bar per bucket: a range of centuries would build millions of them.
+                return _json(
+                    {
+                        "detail": f"time range too long for {metric}: {bars} daily buckets, "
+                        f"at most {MAX_BARS} (about 10 years); narrow time_start..time_end"
+                    },
+                    400,
+                )
         if definition.source != "events":
             await fresh()
         body = await run_metric(
@@ -324,5 +365,18 @@ def create_platform_app(
             page_size=page_size,
         )
         return _json(body)
+
+    @app.get(OPENAPI_PATH, include_in_schema=False)
+    async def openapi_document(request: Request) -> Response:
+        """tollhouse's OpenAPI 3.1 document: every public route (docs/openapi.md)."""
+        if not document:
+            document.update(
+                build_document(
+                    app.openapi(),
+                    policy if isinstance(policy, Policy) else None,
+                    example_upstream=example_upstream,
+                )
+            )
+        return _json(document)
 
     return app

@@ -1,0 +1,7 @@
+"""tollhouse's OpenAPI 3.1 document (served at ``/v1/platform/openapi.json``)."""
+
+from __future__ import annotations
+
+from tollhouse.openapi.document import OPENAPI_PATH, build_document
+
+__all__ = ["OPENAPI_PATH", "build_document"]

@@ -1,0 +1,669 @@
+"""The reusable parts of tollhouse's OpenAPI document, as data: schemas, headers,
+responses and security schemes.
+
+Shapes are the seeds' own: seed 004's error envelope and rate-limit categories, seed 002's
+buckets and pools, seed 000's scoring volume, seed 001's call counts, seed 003's
+``{"detail": …}`` errors and ``AnalyticsResponse``. Every schema here is checked against
+the real server by the fuzz tests (``tests/fuzz/``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from tollhouse.analytics.events import FIELDS
+
+Schema = dict[str, Any]
+
+REF = "#/components/schemas/"
+
+
+def ref(name: str) -> Schema:
+    """A ``$ref`` to ``components.schemas[name]``."""
+    return {"$ref": REF + name}
+
+
+def nullable(schema: Schema) -> Schema:
+    """``schema`` or ``null`` (OpenAPI 3.1 / JSON Schema 2020-12 spelling)."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+_STRING: Final[Schema] = {"type": "string"}
+_INT: Final[Schema] = {"type": "integer"}
+_COUNT: Final[Schema] = {"type": "integer", "minimum": 0}
+_NUMBER: Final[Schema] = {"type": "number"}
+#: UTC ISO 8601 with ``Z`` (``2026-03-01T00:00:00.000Z``).
+_TIME: Final[Schema] = {"type": "string", "format": "date-time"}
+
+
+_FIELD_KINDS: Final[dict[str, Schema]] = {
+    "str": {"type": "string", "minLength": 1, "maxLength": 200},
+    "bool": {"type": "boolean"},
+    "int": {"type": "integer", "minimum": 0},
+    "number": {"type": "number", "minimum": 0},
+}
+
+
+def _object(required: dict[str, Schema], optional: dict[str, Schema] | None = None) -> Schema:
+    return {
+        "type": "object",
+        "required": list(required),
+        "properties": {**required, **(optional or {})},
+    }
+
+
+SCHEMAS: Final[dict[str, Schema]] = {
+    # ---- errors ------------------------------------------------------------------------
+    "ErrorEnvelope": {
+        "description": "Seed 004's error envelope: every tollhouse error but seed 003's.",
+        **_object({"error": ref("Error")}),
+    },
+    "Error": _object(
+        {
+            "type": {"type": "string", "format": "uri"},
+            "code": {"type": "string", "pattern": "^[A-Z][A-Z0-9_]*$"},
+            "status": {"type": "integer", "minimum": 400, "maximum": 599},
+            "message": _STRING,
+            "requestId": {"type": "string", "pattern": "^req_"},
+        }
+    ),
+    "DetailError": {
+        "description": 'Seed 003\'s error body: {"detail": "…"}.',
+        **_object({"detail": _STRING}),
+    },
+    "ValidationDetail": {
+        "description": "Seed 003's 422: pydantic-v1-style validation errors.",
+        **_object(
+            {
+                "detail": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "loc": {
+                                "type": "array",
+                                "items": {"anyOf": [_STRING, _INT]},
+                            },
+                            "msg": _STRING,
+                            "type": _STRING,
+                        }
+                    ),
+                }
+            }
+        ),
+    },
+    # ---- health and rate-limit status --------------------------------------------------
+    "Health": _object({"status": {"const": "ok"}}, {"service": _STRING}),
+    "Readiness": _object(
+        {
+            "status": {"enum": ["ready", "unavailable"]},
+            "checks": _object(
+                {
+                    "database": {"enum": ["ok", "unavailable"]},
+                    "limits": {"enum": ["ok", "degraded"]},
+                }
+            ),
+        }
+    ),
+    "RateLimitCategory": {
+        "description": "Seed 004: one bucket as a category.",
+        **_object(
+            {
+                "category": _STRING,
+                "displayName": _STRING,
+                "endpoints": {"type": "array", "items": _STRING},
+                "limit": _COUNT,
+                "used": _COUNT,
+                "remaining": _COUNT,
+                "resetAt": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Unix time the window resets (0 if no request yet).",
+                },
+                "windowSeconds": {"type": "integer", "minimum": 1},
+            },
+            {"shadow": {"type": "boolean"}, "shadowDenied": _COUNT},
+        ),
+    },
+    "RateLimitBucket": {
+        "description": "Seed 002: one bucket.",
+        **_object(
+            {
+                "limit": _COUNT,
+                "remaining": _COUNT,
+                "resetAt": _COUNT,
+                "resetInSeconds": _COUNT,
+            },
+            {"shadow": {"type": "boolean"}, "shadowDenied": _COUNT},
+        ),
+    },
+    "PoolStatus": {
+        "description": "Seed 002: one in-flight pool (e.g. criteria_ai_inflight).",
+        **_object({"limit": _COUNT, "active": _COUNT, "retryAfterSeconds": _COUNT}),
+    },
+    "RateLimitStatus": {
+        "description": (
+            "Seeds 002 and 004 in one body; each in-flight pool is a top-level member "
+            "named after the pool."
+        ),
+        "type": "object",
+        "required": [
+            "partnerId",
+            "environment",
+            "generatedAt",
+            "degraded",
+            "buckets",
+            "categories",
+            "timestamp",
+        ],
+        "properties": {
+            "partnerId": _STRING,
+            "environment": {"enum": ["SANDBOX", "PRODUCTION"]},
+            "generatedAt": _TIME,
+            "degraded": {"type": "boolean"},
+            "buckets": {"type": "object", "additionalProperties": ref("RateLimitBucket")},
+            "categories": {"type": "array", "items": ref("RateLimitCategory")},
+            "timestamp": _TIME,
+        },
+        "additionalProperties": ref("PoolStatus"),
+    },
+    # ---- jobs (seed 004) ---------------------------------------------------------------
+    "JobError": {
+        "description": "Why a job failed (or its last attempt did).",
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {"code": _STRING, "message": _STRING},
+    },
+    "Accepted": {
+        "description": "The 202 of an async route.",
+        **_object(
+            {
+                "scoringJobId": _STRING,
+                "status": {"const": "queued"},
+                "queuePosition": _COUNT,
+                "estimatedWaitSeconds": {"type": "number", "minimum": 0},
+            }
+        ),
+    },
+    "Job": {
+        "description": (
+            "A job as polled (and as webhooks carry it): queued jobs carry their position "
+            "and wait, completed ones the handler's result, failed ones an error."
+        ),
+        **_object(
+            {
+                "scoringJobId": _STRING,
+                "status": {"enum": ["queued", "running", "completed", "failed"]},
+                "attempts": _COUNT,
+                "createdAt": _TIME,
+            },
+            {
+                "applicationId": _STRING,
+                "jobId": _STRING,
+                "startedAt": _TIME,
+                "queuePosition": _COUNT,
+                "estimatedWaitSeconds": {"type": "number", "minimum": 0},
+                "nextAttemptAt": _TIME,
+                "lastError": ref("JobError"),
+                "completedAt": _TIME,
+                "result": {"type": "object"},
+                "failedAt": _TIME,
+                "error": ref("JobError"),
+            },
+        ),
+    },
+    "BatchAccepted": {
+        "description": "The 202 of a batch: one result per item, in order.",
+        **_object(
+            {
+                "results": {
+                    "type": "array",
+                    "items": {
+                        "oneOf": [
+                            {
+                                **_object(
+                                    {
+                                        "index": _COUNT,
+                                        "scoringJobId": _STRING,
+                                        "status": {"const": "queued"},
+                                        "queuePosition": _COUNT,
+                                        "estimatedWaitSeconds": {"type": "number", "minimum": 0},
+                                    }
+                                )
+                            },
+                            _object(
+                                {
+                                    "index": _COUNT,
+                                    "status": {"const": "error"},
+                                    "error": ref("Error"),
+                                }
+                            ),
+                        ]
+                    },
+                },
+                "accepted": _COUNT,
+                "rejected": _COUNT,
+            }
+        ),
+    },
+    "QueuePage": {
+        "description": "The caller's queue and one page of its jobs, newest first.",
+        **_object(
+            {
+                "queue": _object(
+                    {
+                        "queued": _COUNT,
+                        "running": _COUNT,
+                        "cap": _COUNT,
+                        "meanProcessingSeconds": nullable({"type": "number", "minimum": 0}),
+                        "estimatedWaitSeconds": {"type": "number", "minimum": 0},
+                    }
+                ),
+                "data": {"type": "array", "items": ref("Job")},
+                "hasMore": {"type": "boolean"},
+                "nextCursor": nullable(_STRING),
+            }
+        ),
+    },
+    "Deliveries": {
+        "description": "The caller's webhook deliveries and their attempts, newest first.",
+        **_object(
+            {
+                "data": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "id": _STRING,
+                            "messageId": _STRING,
+                            "endpointId": _STRING,
+                            "url": _STRING,
+                            "jobId": nullable(_STRING),
+                            "eventType": _STRING,
+                            "status": _STRING,
+                            "createdAt": _TIME,
+                            "nextAttemptAt": nullable(_TIME),
+                            "finishedAt": nullable(_TIME),
+                            "attempts": {
+                                "type": "array",
+                                "items": _object(
+                                    {
+                                        "attempt": {"type": "integer", "minimum": 1},
+                                        "at": _TIME,
+                                        "statusCode": nullable(_INT),
+                                        "durationMs": {"type": "number", "minimum": 0},
+                                        "error": nullable(_STRING),
+                                    }
+                                ),
+                            },
+                        }
+                    ),
+                }
+            }
+        ),
+    },
+    "ScoringVolume": {
+        "description": "Seed 000: finished jobs per time bucket.",
+        **_object(
+            {
+                "period": _object({"start": _TIME, "end": _TIME}),
+                "granularity": {"enum": ["minute", "hour", "day"]},
+                "data": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "timestamp": _TIME,
+                            "total": _COUNT,
+                            "completed": _COUNT,
+                            "failed": _COUNT,
+                        }
+                    ),
+                },
+            }
+        ),
+    },
+    # ---- usage analytics (seeds 001, 003) ----------------------------------------------
+    "EventsIngested": _object({"received": _COUNT, "inserted": _COUNT, "duplicates": _COUNT}),
+    "Event": {
+        "description": "A product event; unknown types and data fields are kept.",
+        "type": "object",
+        "required": ["id", "type", "time"],
+        "properties": {
+            "id": {"type": "string", "minLength": 1, "maxLength": 200},
+            "type": {"type": "string", "pattern": "^[a-z][a-z0-9_.]{0,63}$"},
+            "time": _TIME,
+            "data": {
+                "type": "object",
+                "description": "Free-form; the fields the analytics catalogue reads are typed.",
+                "properties": {
+                    name: _FIELD_KINDS[field.kind] for name, field in sorted(FIELDS.items())
+                },
+            },
+        },
+    },
+    "CallCounts": {
+        "description": "Seed 001: counts of the org (or one scenario) over time.",
+        **_object(
+            {
+                "timestamps": {"type": "array", "items": _NUMBER},
+                "counts": {"type": "array", "items": _NUMBER},
+            },
+            {"warnings": {"type": "array", "items": _STRING}},
+        ),
+    },
+    "CallCountsByLabel": {
+        "description": "Seed 001: one page of series of a label.",
+        **_object(
+            {
+                "timestamps": {"type": "array", "items": _NUMBER},
+                "series": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "key": _STRING,
+                            "description": _STRING,
+                            "extra_data": {"type": "object"},
+                            "counts": {"type": "array", "items": _NUMBER},
+                        }
+                    ),
+                },
+                "has_next": {"type": "boolean"},
+                "next_cursor": nullable(_STRING),
+            },
+            {"warnings": {"type": "array", "items": _STRING}},
+        ),
+    },
+    "AnalyticsResponse": {
+        "description": "Seed 003's AnalyticsResponse: the value's shape follows the type.",
+        "oneOf": [
+            ref("AnalyticsSimple"),
+            ref("AnalyticsBarchart"),
+            ref("AnalyticsTable"),
+            ref("AnalyticsPage"),
+            ref("AnalyticsEmpty"),
+        ],
+    },
+    "AnalyticsSimple": _object(
+        {
+            "type": {"const": "simple"},
+            "value": _object(
+                {
+                    "value": {"type": ["number", "string", "null"]},
+                    "prefix": nullable(_STRING),
+                    "suffix": nullable(_STRING),
+                }
+            ),
+        }
+    ),
+    "AnalyticsBarchart": _object(
+        {
+            "type": {"const": "barchart"},
+            "value": _object(
+                {
+                    "values": {
+                        "type": "array",
+                        "items": _object(
+                            {
+                                "name": _STRING,
+                                "values": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": ["number", "null"]},
+                                },
+                                "value_mapping": nullable({"type": "object"}),
+                            }
+                        ),
+                    }
+                }
+            ),
+        }
+    ),
+    "AnalyticsTable": _object(
+        {
+            "type": {"enum": ["table", "horizontal-barchart"]},
+            "value": _object(
+                {
+                    "headings": {"type": "array", "items": _STRING},
+                    "rows": {"type": "array", "items": {"type": "object"}},
+                    "prefixes": nullable({"type": "object"}),
+                    "suffixes": nullable({"type": "object"}),
+                }
+            ),
+        }
+    ),
+    "AnalyticsPage": {
+        "description": "A paginated table (api_calls_log).",
+        **_object(
+            {
+                "type": {"const": "table"},
+                "value": _object(
+                    {
+                        "headings": {"type": "array", "items": _STRING},
+                        "items": {"type": "array", "items": {"type": "object"}},
+                        "total": _COUNT,
+                        "pages": _COUNT,
+                        "size": {"type": "integer", "minimum": 1},
+                        "page": {"type": "integer", "minimum": 1},
+                    }
+                ),
+            }
+        ),
+    },
+    "AnalyticsEmpty": _object(
+        {"type": {"const": "empty"}, "value": {"type": "object", "maxProperties": 0}}
+    ),
+    # ---- the bundled example upstream (DESIGN §3.1) -------------------------------------
+    "JobPosting": {
+        "type": "object",
+        "required": ["jobId", "title", "description"],
+        "properties": {
+            "jobId": {"type": "string", "minLength": 1, "maxLength": 256},
+            "title": {"type": "string", "minLength": 1, "maxLength": 500},
+            "description": {"type": "string", "minLength": 1, "maxLength": 100_000},
+        },
+    },
+    "Criterion": _object(
+        {
+            "id": _STRING,
+            "name": _STRING,
+            "description": _STRING,
+            "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        }
+    ),
+    "GeneratedCriteria": _object(
+        {"jobId": _STRING, "criteria": {"type": "array", "items": ref("Criterion")}}
+    ),
+    "GeneratedQuestions": _object(
+        {"jobId": _STRING, "questions": {"type": "array", "items": ref("Criterion")}}
+    ),
+    "JobCriteria": _object(
+        {
+            "jobId": _STRING,
+            "criteria": {"type": "array", "items": ref("Criterion")},
+            "archived": {"type": "boolean"},
+        }
+    ),
+    "NewCriterion": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 200},
+            "description": {"type": "string", "maxLength": 5000},
+            "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        },
+    },
+    "CriterionChanges": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 200},
+            "description": {"type": "string", "maxLength": 5000},
+            "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        },
+    },
+    "CriteriaPatch": {
+        "type": "object",
+        "required": ["criteria"],
+        "properties": {
+            "criteria": {
+                "type": "array",
+                "maxItems": 100,
+                "items": {
+                    "allOf": [
+                        ref("CriterionChanges"),
+                        {
+                            "type": "object",
+                            "required": ["id"],
+                            "properties": {
+                                "id": {"type": "string", "minLength": 1, "maxLength": 256}
+                            },
+                        },
+                    ]
+                },
+            }
+        },
+    },
+    "Archived": _object({"jobId": _STRING, "archived": {"const": True}, "archivedAt": _TIME}),
+    "ScoreRequest": {
+        "type": "object",
+        "required": ["applicationId", "jobId", "candidate"],
+        "properties": {
+            "applicationId": {"type": "string", "minLength": 1, "maxLength": 256},
+            "jobId": {"type": "string", "minLength": 1, "maxLength": 256},
+            "candidate": {
+                "type": "object",
+                "required": ["name", "resume"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "resume": {"type": "string", "minLength": 1, "maxLength": 200_000},
+                },
+            },
+        },
+    },
+    "ScoreBatch": {
+        "type": "object",
+        "required": ["items"],
+        "properties": {
+            "items": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 100,
+                "items": ref("ScoreRequest"),
+            }
+        },
+    },
+}
+
+#: Response headers, by name.
+HEADERS: Final[dict[str, Schema]] = {
+    "X-Request-Id": {
+        "description": "The request's id (also in error bodies as requestId).",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^req_"},
+    },
+    "X-RateLimit-Limit": {
+        "description": "The tightest bucket's limit.",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    "X-RateLimit-Remaining": {
+        "description": "Requests left in the tightest bucket's window.",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    "X-RateLimit-Reset": {
+        "description": "Unix time the tightest bucket's window resets.",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    "RateLimit-Policy": {
+        "description": 'IETF draft: one item per bucket, e.g. `"scoring";q=1000;w=60`.',
+        "schema": {"type": "string"},
+    },
+    "RateLimit": {
+        "description": 'IETF draft: one item per bucket, e.g. `"scoring";r=847;t=12`.',
+        "schema": {"type": "string"},
+    },
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    },
+}
+
+
+def header(name: str) -> Schema:
+    """A ``$ref`` to ``components.headers[name]``."""
+    return {"$ref": "#/components/headers/" + name}
+
+
+def limit_headers() -> dict[str, Schema]:
+    """The headers of a response the gateway passed (rate-limit headers when limited)."""
+    return {
+        name: header(name)
+        for name in (
+            "X-Request-Id",
+            "X-RateLimit-Limit",
+            "X-RateLimit-Remaining",
+            "X-RateLimit-Reset",
+            "RateLimit-Policy",
+            "RateLimit",
+        )
+    }
+
+
+def _json(schema: Schema) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _error(description: str, schema: str = "ErrorEnvelope") -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {"X-Request-Id": header("X-Request-Id")},
+        "content": _json(ref(schema)),
+    }
+
+
+def _limited(description: str, schema: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {**limit_headers(), "Retry-After": header("Retry-After")},
+        "content": _json(ref(schema)),
+    }
+
+
+#: Reusable responses; the ``Detail…`` ones are seed 003's shapes.
+RESPONSES: Final[dict[str, Schema]] = {
+    "BadRequest": _error(
+        "Bad request (BAD_REQUEST), or X-Tenant-Id missing where required (TENANT_REQUIRED)."
+    ),
+    "Unauthorized": _error("No API key, or not a valid one (UNAUTHORIZED)."),
+    "Forbidden": _error("The key's role may not call this (FORBIDDEN)."),
+    "NotFound": _error("Nothing of the caller's org under this id (NOT_FOUND)."),
+    "MethodNotAllowed": _error("The path exists, not for this method (METHOD_NOT_ALLOWED)."),
+    "PayloadTooLarge": _error("The body exceeds the limit (PAYLOAD_TOO_LARGE)."),
+    "ValidationFailed": _error("The body or a parameter is invalid (VALIDATION_FAILED)."),
+    "RateLimited": _limited(
+        "A bucket (RATE_LIMITED) or in-flight pool (CONCURRENCY_LIMITED) is full; retry "
+        "after Retry-After seconds.",
+        "ErrorEnvelope",
+    ),
+    "DetailBadRequest": _error('Seed 003: {"detail": "…"}.', "DetailError"),
+    "DetailUnauthorized": _error('Seed 003: {"detail": "…"} for a missing key.', "DetailError"),
+    "DetailForbidden": _error('Seed 003: {"detail": "…"}.', "DetailError"),
+    "DetailNotFound": _error('Seed 003: {"detail": "Unknown metric …"}.', "DetailError"),
+    "DetailValidation": {
+        "description": "Seed 003: validation errors.",
+        "content": _json(ref("ValidationDetail")),
+    },
+    "DetailRateLimited": _limited('Seed 003: {"detail": "Rate limit exceeded"}.', "DetailError"),
+}
+
+SECURITY_SCHEMES: Final[dict[str, Schema]] = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "`Authorization: Bearer sk_test_…` (SANDBOX) or `sk_live_…` (PRODUCTION).",
+    },
+    "apiKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "The same key as `X-API-Key: sk_…`.",
+    },
+}
+#: Either scheme authenticates.
+SECURITY: Final[list[dict[str, list[str]]]] = [{"bearerAuth": []}, {"apiKey": []}]

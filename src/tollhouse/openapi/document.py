@@ -1,0 +1,658 @@
+"""tollhouse's OpenAPI 3.1 document: every public route, with the seeds' shapes.
+
+The platform app (FastAPI) generates the skeleton of its own routes (events, call counts,
+the seed 003 catalogue); the routes answered in raw ASGI — health, rate-limit status, the
+jobs routes of the policy's async routes, the queue, webhook deliveries, scoring volume —
+and the bundled example upstream's routes are written here as data. Every operation then
+gets hand-written parameters, bodies and responses (the FastAPI ones only say "any JSON"),
+so the document can be checked against the running server (``tests/fuzz/``).
+
+What is documented follows the policy: each async route gets its four job routes, the
+``X-Tenant-Id`` header is required where an access rule says so, and the example
+upstream's routes appear only when it is the upstream.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any, Final
+
+from tollhouse.analytics.call_counts import DEFAULT_AMT, LABELS, MAX_AMT
+from tollhouse.analytics.catalogue import CATALOGUE
+from tollhouse.openapi.components import (
+    HEADERS,
+    RESPONSES,
+    SCHEMAS,
+    SECURITY,
+    SECURITY_SCHEMES,
+    Schema,
+    limit_headers,
+    ref,
+)
+from tollhouse.policy.match import Router
+from tollhouse.policy.model import Policy
+
+#: Where the document is served (contract: the platform app's original path).
+OPENAPI_PATH: Final = "/v1/platform/openapi.json"
+_HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+_ID: Final[Schema] = {"type": "string", "minLength": 1, "maxLength": 256}
+#: Seed 001's timestamp bounds.
+_STAMP: Final[Schema] = {"type": "number", "minimum": -150000000000.0, "maximum": 3500000000.0}
+
+
+def _response(description: str, schema: Schema | None, **headers: Schema) -> Schema:
+    out: Schema = {"description": description, "headers": {**limit_headers(), **headers}}
+    if schema is not None:
+        out["content"] = {"application/json": {"schema": schema}}
+    return out
+
+
+def _errors(*codes: int, detail: bool = False) -> dict[str, Schema]:
+    names = {
+        400: "BadRequest",
+        401: "Unauthorized",
+        403: "Forbidden",
+        404: "NotFound",
+        405: "MethodNotAllowed",
+        413: "PayloadTooLarge",
+        422: "ValidationFailed",
+        429: "RateLimited",
+    }
+    detailed = {
+        400: "DetailBadRequest",
+        401: "DetailUnauthorized",
+        403: "DetailForbidden",
+        404: "DetailNotFound",
+        422: "DetailValidation",
+        429: "DetailRateLimited",
+    }
+    out = {}
+    for code in codes:
+        name = detailed.get(code, names[code]) if detail else names[code]
+        out[str(code)] = {"$ref": "#/components/responses/" + name}
+    return out
+
+
+#: What the gateway itself may answer on any authenticated route.
+_GATEWAY = (400, 401, 403, 429)
+_GATEWAY_BODY = (*_GATEWAY, 413)
+
+
+def _query(name: str, schema: Schema, description: str, *, required: bool = False) -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def _path(name: str, description: str, schema: Schema = _ID) -> Schema:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def _body(schema: Schema, description: str) -> Schema:
+    return {
+        "required": True,
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+    }
+
+
+def _op(
+    summary: str,
+    tag: str,
+    responses: dict[str, Schema],
+    *,
+    parameters: list[Schema] | None = None,
+    body: Schema | None = None,
+    description: str | None = None,
+) -> Schema:
+    op: Schema = {"summary": summary, "tags": [tag], "responses": responses}
+    if description:
+        op["description"] = description
+    if parameters:
+        op["parameters"] = parameters
+    if body is not None:
+        op["requestBody"] = body
+    return op
+
+
+# ---- the routes answered in raw ASGI ------------------------------------------------------
+
+
+def _gateway_paths() -> dict[str, dict[str, Schema]]:
+    return {
+        "/healthz": {
+            "get": {
+                "summary": "Liveness",
+                "tags": ["operations"],
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The process is up.",
+                        "content": {"application/json": {"schema": ref("Health")}},
+                    }
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: the database and the limit store",
+                "tags": ["operations"],
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Ready (limits may be degraded: served locally).",
+                        "content": {"application/json": {"schema": ref("Readiness")}},
+                    },
+                    "503": {
+                        "description": "Not ready: the failed check is named.",
+                        "content": {"application/json": {"schema": ref("Readiness")}},
+                    },
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "tags": ["operations"],
+                "security": [],
+                "description": "Open unless TOLLHOUSE_METRICS_TOKEN is set (then Bearer).",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "401": {
+                        "description": "A metrics token is set and was not sent.",
+                        "content": {"application/json": {"schema": ref("ErrorEnvelope")}},
+                    },
+                },
+            }
+        },
+        "/v1/rate-limit/status": {
+            "get": _op(
+                "Rate limit status",
+                "rate limits",
+                {
+                    "200": _response(
+                        "Every bucket and pool (seeds 002 and 004).", ref("RateLimitStatus")
+                    ),
+                    **_errors(*_GATEWAY),
+                },
+                description=(
+                    "Reads every bucket and pool of the caller without consuming anything "
+                    "but its own rate_limit_status bucket. X-Tenant-Id is not required."
+                ),
+            )
+        },
+    }
+
+
+def _job_paths(policy: Policy) -> dict[str, dict[str, Schema]]:
+    paths: dict[str, dict[str, Schema]] = {}
+    idempotency = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": "The same key and body give the same job (Idempotent-Replayed: true).",
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 255,
+            "pattern": r"^[\x21-\x7e]+$",
+        },
+    }
+    for route in policy.async_routes:
+        method, _, path = route.route.partition(" ")
+        base = path.strip().rstrip("/")
+        verb = method.split("/")[0].lower() or "post"
+        score = base.endswith("/score")
+        item = ref("ScoreRequest") if score else {"type": "object"}
+        batch = (
+            ref("ScoreBatch")
+            if score
+            else {
+                "type": "object",
+                "required": ["items"],
+                "properties": {
+                    "items": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": 100,
+                        "items": {"type": "object"},
+                    }
+                },
+            }
+        )
+        accepted = {
+            "Location": {"description": "Where to poll the job.", "schema": {"type": "string"}},
+            "Idempotent-Replayed": {
+                "description": "Present (true) when an Idempotency-Key replayed an earlier job.",
+                "schema": {"type": "string", "const": "true"},
+            },
+        }
+        paths[base] = {
+            verb: _op(
+                f"Submit a job ({route.route})",
+                "jobs",
+                {
+                    "202": _response("Queued.", ref("Accepted"), **accepted),
+                    **_errors(*_GATEWAY_BODY, 422),
+                },
+                parameters=[idempotency],
+                body=_body(item, "The job's payload."),
+            )
+        }
+        paths[base + "/batch"] = {
+            "post": _op(
+                "Submit up to 100 jobs",
+                "jobs",
+                {
+                    "202": _response(
+                        "Each item queued or refused, in order.",
+                        ref("BatchAccepted"),
+                        **{"Idempotent-Replayed": accepted["Idempotent-Replayed"]},
+                    ),
+                    **_errors(*_GATEWAY_BODY, 422),
+                },
+                parameters=[idempotency],
+                body=_body(batch, '{"items": [1..100 payloads]}'),
+            )
+        }
+        paths[base + "/application/{applicationId}"] = {
+            "get": _op(
+                "The latest job of an application",
+                "jobs",
+                {"200": _response("The job.", ref("Job")), **_errors(*_GATEWAY, 404)},
+                parameters=[_path("applicationId", "The application's id.")],
+            )
+        }
+        paths[base + "/{scoringJobId}"] = {
+            "get": _op(
+                "Poll a job",
+                "jobs",
+                {
+                    "200": _response("The job.", ref("Job")),
+                    **_errors(*_GATEWAY, 404, 405),
+                },
+                parameters=[_path("scoringJobId", "The id the 202 gave.")],
+                description="Another org's job is a 404, exactly like an unknown one.",
+            )
+        }
+    paths["/v1/queue"] = {
+        "get": _op(
+            "The caller's queue and jobs",
+            "jobs",
+            {
+                "200": _response("Counts and one page of jobs.", ref("QueuePage")),
+                **_errors(*_GATEWAY),
+            },
+            parameters=[
+                _query(
+                    "status",
+                    {"enum": ["queued", "running", "completed", "failed"]},
+                    "Only jobs in this status.",
+                ),
+                _query(
+                    "limit",
+                    {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                    "Jobs per page.",
+                ),
+                _query("cursor", {"type": "string"}, "nextCursor of the previous page."),
+            ],
+        )
+    }
+    paths["/v1/webhooks/deliveries"] = {
+        "get": _op(
+            "Webhook deliveries and their attempts",
+            "jobs",
+            {"200": _response("Newest first.", ref("Deliveries")), **_errors(*_GATEWAY)},
+            parameters=[_query("jobId", {"type": "string"}, "Only this job's deliveries.")],
+        )
+    }
+    paths["/v1/analytics/scoring-volume"] = {
+        "get": _op(
+            "Scoring volume (seed 000)",
+            "analytics",
+            {
+                "200": _response(
+                    "Completed and failed jobs per bucket.",
+                    ref("ScoringVolume"),
+                    **{
+                        "Cache-Control": {
+                            "description": "private, max-age=60",
+                            "schema": {"type": "string"},
+                        }
+                    },
+                ),
+                **_errors(*_GATEWAY, 422),
+            },
+            parameters=[
+                _query(
+                    "timeRange",
+                    {"enum": ["1h", "24h", "7d", "30d", "90d"]},
+                    "Lookback window.",
+                    required=True,
+                )
+            ],
+        )
+    }
+    return paths
+
+
+# ---- the platform app's routes (FastAPI) ----------------------------------------------------
+
+
+def _stamps() -> list[Schema]:
+    return [
+        _query("start_timestamp", _STAMP, "Start, epoch seconds."),
+        _query("end_timestamp", _STAMP, "End, epoch seconds."),
+    ]
+
+
+def _platform_overlays() -> dict[str, dict[str, Schema]]:
+    events_body = {
+        "oneOf": [
+            {"type": "array", "maxItems": 1000, "items": ref("Event")},
+            {
+                "type": "object",
+                "required": ["events"],
+                "properties": {
+                    "events": {"type": "array", "maxItems": 1000, "items": ref("Event")}
+                },
+            },
+        ]
+    }
+    counts = {"200": _response("Counts.", ref("CallCounts")), **_errors(*_GATEWAY, 404)}
+    return {
+        "/v1/events": {
+            "post": _op(
+                "Store product events",
+                "analytics",
+                {
+                    "200": _response("What was stored.", ref("EventsIngested")),
+                    **_errors(*_GATEWAY_BODY, 422),
+                },
+                body=_body(events_body, 'A JSON array of events, or {"events": [...]}.'),
+            )
+        },
+        "/call-counts/historical/": {
+            "get": _op(
+                "Call counts over time (seed 001)",
+                "analytics",
+                counts,
+                parameters=_stamps(),
+                description="Roles root and manager.",
+            )
+        },
+        "/call-counts/historical/{label}/": {
+            "get": _op(
+                "Call counts per series of a label (seed 001)",
+                "analytics",
+                {
+                    "200": _response("One page of series.", ref("CallCountsByLabel")),
+                    **_errors(*_GATEWAY, 404),
+                },
+                parameters=[
+                    _path("label", "The label.", {"enum": list(LABELS)}),
+                    *_stamps(),
+                    _query(
+                        "amt",
+                        {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_AMT,
+                            "default": DEFAULT_AMT,
+                        },
+                        "Series per page.",
+                    ),
+                    _query("cursor", {"type": "string"}, "next_cursor of the previous page."),
+                ],
+                description="Roles root and manager.",
+            )
+        },
+        "/call-counts/historical/SCENARIOS/{reco_type}/{name}/": {
+            "get": _op(
+                "Call counts of one scenario (seed 001)",
+                "analytics",
+                counts,
+                parameters=[
+                    _path("reco_type", "Recommendation type."),
+                    _path("name", "Scenario name."),
+                    *_stamps(),
+                ],
+                description="Roles root, manager and backend.",
+            )
+        },
+        "/v1/analytics/{metric}": {
+            "get": _op(
+                "One metric of the analytics catalogue (seed 003)",
+                "analytics",
+                {
+                    "200": _response("The metric.", ref("AnalyticsResponse")),
+                    **_errors(*_GATEWAY, 404, 422, detail=True),
+                },
+                parameters=[
+                    _path("metric", "A metric of the catalogue.", {"enum": sorted(CATALOGUE)}),
+                    _query(
+                        "time_start",
+                        {"type": "string", "format": "date-time"},
+                        "Start, ISO 8601 with a timezone offset; before time_end.",
+                        required=True,
+                    ),
+                    _query(
+                        "time_end",
+                        {"type": "string", "format": "date-time"},
+                        "End, ISO 8601 with a timezone offset.",
+                        required=True,
+                    ),
+                    _query(
+                        "page",
+                        {"type": "integer", "minimum": 1, "maximum": 2**31 - 1, "default": 1},
+                        "1-based page.",
+                    ),
+                    _query(
+                        "page_size",
+                        {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+                        "Items per page.",
+                    ),
+                ],
+                description='Errors in seed 003\'s shapes: {"detail": "…"} and 422 detail[].',
+            )
+        },
+    }
+
+
+# ---- the bundled example upstream -----------------------------------------------------------
+
+
+def _example_paths() -> dict[str, dict[str, Schema]]:
+    job = _path("jobId", "The job posting's id.")
+    criterion = _path("criterionId", "The criterion's id.")
+    read = {**_errors(*_GATEWAY, 404, 405, 422)}
+    write = {**_errors(*_GATEWAY_BODY, 404, 405, 422)}
+    no_content = {"description": "Done.", "headers": limit_headers()}
+    criteria = _response("The job's criteria.", ref("JobCriteria"))
+    new = _body(ref("NewCriterion"), "A criterion added by hand.")
+    added = _response("The new criterion.", ref("Criterion"))
+    return {
+        "/v1/criteria/generate": {
+            "post": _op(
+                "Generate criteria for a job posting",
+                "example",
+                {"200": _response("Criteria.", ref("GeneratedCriteria")), **write},
+                body=_body(ref("JobPosting"), "The posting."),
+            )
+        },
+        "/v1/criteria/questions": {
+            "post": _op(
+                "Generate interview questions",
+                "example",
+                {"200": _response("Questions.", ref("GeneratedQuestions")), **write},
+                body=_body(ref("JobPosting"), "The posting."),
+            )
+        },
+        "/v1/jobs/{jobId}/criteria": {
+            "get": _op("A job's criteria", "example", {"200": criteria, **read}, parameters=[job]),
+            "post": _op(
+                "Add a criterion", "example", {"201": added, **write}, parameters=[job], body=new
+            ),
+            "patch": _op(
+                "Change criteria",
+                "example",
+                {"200": criteria, **write},
+                parameters=[job],
+                body=_body(ref("CriteriaPatch"), "Changes by criterion id."),
+            ),
+        },
+        "/v1/jobs/{jobId}/criteria/archive": {
+            "post": _op(
+                "Archive a job's criteria",
+                "example",
+                {"200": _response("Archived.", ref("Archived")), **write},
+                parameters=[job],
+            )
+        },
+        "/v1/criteria/{jobId}": {
+            "get": _op("A job's criteria", "example", {"200": criteria, **read}, parameters=[job]),
+            "post": _op(
+                "Add a criterion", "example", {"201": added, **write}, parameters=[job], body=new
+            ),
+            "delete": _op(
+                "Delete a job's criteria", "example", {"204": no_content, **read}, parameters=[job]
+            ),
+        },
+        "/v1/criteria/{jobId}/{criterionId}": {
+            "patch": _op(
+                "Change a criterion",
+                "example",
+                {"200": _response("The criterion.", ref("Criterion")), **write},
+                parameters=[job, criterion],
+                body=_body(ref("CriterionChanges"), "The fields to change."),
+            ),
+            "delete": _op(
+                "Delete a criterion",
+                "example",
+                {"204": no_content, **read},
+                parameters=[job, criterion],
+            ),
+        },
+    }
+
+
+# ---- assembly ---------------------------------------------------------------------------------
+
+
+def _merge_operation(generated: Schema, written: Schema) -> Schema:
+    """The generated operation (operationId, description) under the written one."""
+    out = {**generated, **written}
+    params: dict[tuple[str, str], Schema] = {
+        (p["name"], p["in"]): p for p in generated.get("parameters", ())
+    }
+    for p in written.get("parameters", ()):
+        params[(p["name"], p["in"])] = p
+    if params:
+        out["parameters"] = list(params.values())
+    return out
+
+
+def _tenant_header(policy: Policy, paths: dict[str, dict[str, Schema]]) -> None:
+    """Document X-Tenant-Id on every operation; required where the policy says so."""
+    router = Router(policy)
+    for path, item in paths.items():
+        for method, op in item.items():
+            if method not in _HTTP_METHODS or not op.get("security", True):
+                continue
+            required = router.match(method.upper(), path).tenant_required
+            if path == "/v1/rate-limit/status":
+                required = False
+            op.setdefault("parameters", []).append(
+                {
+                    "name": "X-Tenant-Id",
+                    "in": "header",
+                    "required": required,
+                    "description": "Your end customer"
+                    + (" (required here)." if required else " (optional here)."),
+                    "schema": {"type": "string", "minLength": 1, "pattern": r"^[\x21-\x7e]+$"},
+                }
+            )
+
+
+def build_document(
+    generated: dict[str, Any],
+    policy: Policy | None,
+    *,
+    example_upstream: bool = False,
+) -> dict[str, Any]:
+    """The full OpenAPI 3.1 document.
+
+    Args:
+        generated: the platform FastAPI app's own ``openapi()`` (not changed).
+        policy: the running policy (async routes, tenant rules); None documents only the
+            platform, status and health routes.
+        example_upstream: document the bundled example upstream's routes too.
+
+    Returns:
+        A new dict, JSON-serialisable.
+    """
+    doc = copy.deepcopy(generated)
+    doc["openapi"] = "3.1.0"
+    doc["info"] = {
+        **doc.get("info", {}),
+        "title": "tollhouse",
+        "description": (
+            "API keys, rate limits, async jobs with webhooks and usage analytics in front "
+            "of an HTTP API. Send the key as `Authorization: Bearer sk_…` or `X-API-Key`."
+        ),
+    }
+    paths: dict[str, dict[str, Schema]] = doc.setdefault("paths", {})
+    for path, item in _platform_overlays().items():
+        merged = dict(paths.get(path, {}))
+        for method, written in item.items():
+            merged[method] = _merge_operation(merged.get(method, {}), written)
+        paths[path] = merged
+    for path, item in _gateway_paths().items():
+        paths[path] = item
+    if policy is not None:
+        for path, item in _job_paths(policy).items():
+            paths[path] = item
+        if example_upstream:
+            for path, item in _example_paths().items():
+                paths.setdefault(path, item)
+        _tenant_header(policy, paths)
+    paths[OPENAPI_PATH] = {
+        "get": _op(
+            "This document",
+            "operations",
+            {
+                "200": _response("OpenAPI 3.1.", {"type": "object"}),
+                **_errors(*_GATEWAY),
+            },
+        )
+    }
+    for path, item in paths.items():
+        for method, op in item.items():
+            if method in _HTTP_METHODS and "operationId" not in op:
+                # e.g. get_v1_score_scoringJobId: unique, stable, usable as a function name.
+                words = re.findall(r"[A-Za-z0-9]+", path)
+                op["operationId"] = "_".join([method, *words])
+    components = doc.setdefault("components", {})
+    components.setdefault("schemas", {}).update(copy.deepcopy(SCHEMAS))
+    components["responses"] = copy.deepcopy(RESPONSES)
+    components["headers"] = copy.deepcopy(HEADERS)
+    components["securitySchemes"] = copy.deepcopy(SECURITY_SCHEMES)
+    doc["security"] = copy.deepcopy(SECURITY)
+    return doc
+
+
+__all__ = ["OPENAPI_PATH", "build_document"]

@@ -1,0 +1,203 @@
+"""Regression tests for what the fuzzer found (docs/openapi.md, "Findings")."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.fuzz.conftest import Caller
+
+pytestmark = pytest.mark.integration
+
+
+def test_barchart_over_centuries_is_refused_not_built(fuzz_caller: Caller) -> None:
+    """Seed 003 answers one bar per day: time_start=0763-… time_end=9316-… asked for
+    3.1 million bars and held the server for minutes. Now a 400 in seed 003's shape."""
+    answer = fuzz_caller.get(
+        "/v1/analytics/api_calls_per_date",
+        params={"time_start": "0763-07-28T16:02:28Z", "time_end": "9316-01-26T13:42:40Z"},
+    )
+    assert answer.status_code == 400
+    detail = answer.json()["detail"]
+    assert "time range too long" in detail
+    assert "at most 3660" in detail
+
+
+def test_barchart_over_ten_years_is_answered(fuzz_caller: Caller) -> None:
+    # Up to now: the fixture's calls fall inside, so the answer has bars, not "empty".
+    end = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    start = end - timedelta(days=3650)
+    answer = fuzz_caller.get(
+        "/v1/analytics/api_calls_per_date",
+        params={"time_start": start.isoformat(), "time_end": end.isoformat()},
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["type"] == "barchart"
+    assert len(body["value"]["values"]) == 3651  # every day, both ends included
+
+
+def test_simple_metric_over_centuries_is_answered(fuzz_caller: Caller) -> None:
+    """Only per-bucket metrics are bounded; a single value over any range is cheap."""
+    answer = fuzz_caller.get(
+        "/v1/analytics/flow_runs",
+        params={"time_start": "0763-07-28T16:02:28Z", "time_end": "9316-01-26T13:42:40Z"},
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def test_page_past_a_64_bit_offset_is_a_422(fuzz_caller: Caller) -> None:
+    """page=10**29 overflowed the SQL OFFSET: a 500 in plain text. Now seed 003's 422."""
+    answer = fuzz_caller.get(
+        "/v1/analytics/api_calls_log",
+        params={
+            "time_start": "2026-01-01T00:00:00Z",
+            "time_end": "2026-01-02T00:00:00Z",
+            "page": str(10**29),
+        },
+    )
+    assert answer.status_code == 422
+    [error] = answer.json()["detail"]
+    assert error["loc"] == ["query", "page"]
+    assert error["type"] == "value_error.number.not_le"
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        ({"type": "llm_call", "data": {"model": "m", "tokens_in": 10**29}}, "data.tokens_in"),
+        ({"type": "llm_call", "data": {"model": "m", "cost": 1e300}}, "data.cost"),
+        (
+            {
+                "type": "flow_run",
+                "data": {
+                    "run_id": "r",
+                    "status": "failed",
+                    "source": "manual",
+                    "duration_ms": 1e300,
+                },
+            },
+            "data.duration_ms",
+        ),
+        ({"type": "x", "time": "0001-01-01T00:00:00+14:00"}, "time"),
+    ],
+)
+def test_events_out_of_range_are_a_422(
+    fuzz_caller: Caller, event: dict[str, object], field: str
+) -> None:
+    """Numbers past a 64-bit column and times before year 1 in UTC were 500s."""
+    body = [{"id": f"big-{field}", "time": "2026-01-01T00:00:00Z", **event}]
+    answer = fuzz_caller.post("/v1/events", body)
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "VALIDATION_FAILED"
+    assert f"events[0].{field}" in error["message"]
+
+
+def test_large_but_storable_numbers_are_kept(fuzz_caller: Caller) -> None:
+    body = [
+        {
+            "id": "big-but-fine",
+            "type": "llm_call",
+            "time": "2026-01-01T00:00:00Z",
+            "data": {"model": "m", "tokens_in": 10**14, "tokens_out": 1, "cost": 10**8},
+        }
+    ]
+    answer = fuzz_caller.post("/v1/events", body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["inserted"] == 1
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/call-counts/historical/SCENARIOS/a%2Fb/c/",  # an id holding "/" reaches no route
+        "/call-counts/historical/ENDPOINTS/x/y/z/",
+        "/v1/platform/nothing-here",
+    ],
+)
+def test_platform_paths_without_a_route_answer_the_envelope(fuzz_caller: Caller, path: str) -> None:
+    """They answered FastAPI's {"detail": "Not Found"}, not seed 004's envelope."""
+    answer = fuzz_caller.get(path)
+    assert answer.status_code == 404
+    error = answer.json()["error"]
+    assert error["code"] == "NOT_FOUND"
+    assert error["requestId"].startswith("req_")
+
+
+def test_analytics_paths_without_a_route_keep_seed_003s_shape(fuzz_caller: Caller) -> None:
+    answer = fuzz_caller.get("/v1/analytics/flow_runs/extra")
+    assert answer.status_code == 404
+    assert answer.json() == {"detail": "Not Found"}
+
+
+# PostgreSQL text and JSONB cannot hold NUL (U+0000): each of these was a 503 there.
+NUL_WRITES = [
+    ("/v1/events", [{"id": "a\u0000", "type": "x", "time": "2026-01-01T00:00:00Z"}], "id"),
+    (
+        "/v1/events",
+        [{"id": "b", "type": "x", "time": "2026-01-01T00:00:00Z", "data": {"k": "v\u0000"}}],
+        "data",
+    ),
+    (
+        "/v1/events",
+        [
+            {
+                "id": "c",
+                "type": "llm_call",
+                "time": "2026-01-01T00:00:00Z",
+                "data": {"model": "\u0000"},
+            }
+        ],
+        "data.model",
+    ),
+    (
+        "/v1/score",
+        {"applicationId": "a\u0000", "jobId": "j", "candidate": {"name": "n", "resume": "r"}},
+        "applicationId",
+    ),
+    (
+        "/v1/score/batch",
+        {
+            "items": [
+                {
+                    "applicationId": "a",
+                    "jobId": "j\u0000",
+                    "candidate": {"name": "n", "resume": "r"},
+                }
+            ]
+        },
+        "jobId",
+    ),
+]
+NUL_READS = [
+    ("/v1/score/application/a%00b", 404),
+    ("/v1/score/sj_%00", 404),
+    ("/v1/webhooks/deliveries?jobId=%00", 200),
+    ("/call-counts/historical/SCENARIOS/a%00/b/", 400),
+]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("path", "body", "field"), NUL_WRITES)
+def test_nul_in_text_is_a_422_on_postgresql(
+    pg_fuzz_caller: Caller, path: str, body: object, field: str
+) -> None:
+    answer = pg_fuzz_caller.post(path, body)
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "VALIDATION_FAILED"
+    assert field in error["message"]
+    assert "NUL" in error["message"]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("path", "status"), NUL_READS)
+def test_nul_in_ids_reads_nothing_on_postgresql(
+    pg_fuzz_caller: Caller, path: str, status: int
+) -> None:
+    answer = pg_fuzz_caller.get(path)
+    assert answer.status_code == status, answer.text
+    if status == 200:
+        assert answer.json() == {"data": []}
