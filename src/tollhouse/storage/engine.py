@@ -68,6 +68,23 @@ def _postgres_url(url: str) -> tuple[str, dict[str, Any]]:
     return urlunsplit(parts._replace(query=urlencode(kept))), connect_args
 
 
+def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+    """Open a connection; an unreachable server becomes the driver's ``OperationalError``.
+
+    asyncpg raises ``OSError`` (``ConnectionRefusedError``, a timeout) unwrapped when it
+    cannot open a connection; raised as a DBAPI error instead, SQLAlchemy wraps it like
+    any other, so every caller that handles database errors sees an unreachable server
+    as one (a 503, a retried flush) rather than an unexpected exception (a 500, a dead
+    background task).
+    """
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except OSError as exc:
+        raise dialect.loaded_dbapi.OperationalError(
+            f"cannot connect to the database: {exc}", exc
+        ) from exc
+
+
 def make_engine(url: str) -> AsyncEngine:
     """An async engine for ``url``; creates the SQLite file's folder when missing.
 
@@ -79,7 +96,7 @@ def make_engine(url: str) -> AsyncEngine:
     """
     if is_postgres(url):
         target, connect_args = _postgres_url(url)
-        return create_async_engine(
+        pg = create_async_engine(
             target,
             connect_args=connect_args,
             pool_size=5,
@@ -88,6 +105,8 @@ def make_engine(url: str) -> AsyncEngine:
             # instead of failing the next flush or query.
             pool_pre_ping=True,
         )
+        event.listen(pg.sync_engine, "do_connect", _connect)
+        return pg
     path = sqlite_path(url)
     if path is not None:
         try:
