@@ -24,6 +24,8 @@ from tests import services
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
 DEFAULT_POLICY = REPO / "src" / "tollhouse" / "policy" / "default.toml"
+#: Environment that lets webhooks reach loopback receivers (refused by default: SSRF).
+ALLOW_PRIVATE_TARGETS = {"TOLLHOUSE_ALLOW_PRIVATE_TARGETS": "1"}
 
 
 def free_port() -> int:
@@ -97,14 +99,18 @@ class Server:
     cwd: Path
     proc: subprocess.Popen[str]
     config: Path | None
+    env: dict[str, str] | None = None
+    """Extra environment of the server, given to its CLI calls too."""
+    log: Path | None = None
+    """The file the process's stdout and stderr go to."""
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         extra = ("--config", str(self.config)) if self.config else ()
         head, *rest = args
         if head in ("keys", "limits", "webhooks", "usage"):
             sub, *tail = rest
-            return run_cli(head, sub, *tail, *extra, cwd=self.cwd, check=check)
-        return run_cli(*args, *extra, cwd=self.cwd, check=check)
+            return run_cli(head, sub, *tail, *extra, cwd=self.cwd, env=self.env, check=check)
+        return run_cli(*args, *extra, cwd=self.cwd, env=self.env, check=check)
 
     def key(self, org: str, role: str = "root", env: str = "test") -> dict[str, str]:
         out = self.cli("keys", "create", "--org", org, "--role", role, "--env", env, "--json")
@@ -118,29 +124,30 @@ class Server:
         return self.captured
 
 
-def start_server(cwd: Path, config: Path | None = None, *extra: str) -> Server:
-    """Start `tollhouse serve` and wait until /healthz answers."""
+def start_server(
+    cwd: Path, config: Path | None = None, *extra: str, env: dict[str, str] | None = None
+) -> Server:
+    """Start `tollhouse serve` (with ``env`` added to its environment) and wait until
+    /healthz answers."""
     port = free_port()
     args = [sys.executable, "-m", "tollhouse", "serve", "--port", str(port), *extra]
     if config is not None:
         args += ["--config", str(config)]
-    proc = subprocess.Popen(
-        args,
-        cwd=cwd,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    # Output goes to a file, not a pipe: a pipe nobody reads until shutdown fills up when
+    # the server logs much (tracebacks during an outage) and then blocks the server.
+    log = cwd / f"serve-{port}.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            args, cwd=cwd, env=cli_env(env), stdout=sink, stderr=subprocess.STDOUT, text=True
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out, _ = proc.communicate()
-            raise AssertionError(f"tollhouse serve exited:\n{out}")
+            raise AssertionError(f"tollhouse serve exited:\n{log.read_text()}")
         try:
             if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return Server(url, cwd, proc, config)
+                return Server(url, cwd, proc, config, env, log=log)
         except httpx.TransportError:
             time.sleep(0.05)
     proc.kill()
@@ -150,17 +157,18 @@ def start_server(cwd: Path, config: Path | None = None, *extra: str) -> Server:
 def stop_server(server: Server) -> None:
     server.proc.terminate()
     try:
-        out, _ = server.proc.communicate(timeout=10)
+        server.proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         server.proc.kill()
-        out, _ = server.proc.communicate()
-    server.captured = out or ""
+        server.proc.wait()
+    server.captured = server.log.read_text() if server.log is not None else ""
 
 
 @pytest.fixture(scope="session")
 def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`tollhouse serve` on the embedded default: built-in policy, example upstream."""
-    server = start_server(tmp_path_factory.mktemp("default"))
+    # Tests deliver webhooks to receivers on loopback: allow private targets explicitly.
+    server = start_server(tmp_path_factory.mktemp("default"), env=ALLOW_PRIVATE_TARGETS)
     yield server
     stop_server(server)
 

@@ -21,6 +21,9 @@ ENV_DATABASE_URL = "TOLLHOUSE_DATABASE_URL"
 ENV_REDIS_URL = "TOLLHOUSE_REDIS_URL"
 ENV_INSTANCES = "TOLLHOUSE_INSTANCES"
 ENV_EMBEDDED_WORKERS = "TOLLHOUSE_EMBEDDED_WORKERS"
+ENV_ALLOW_PRIVATE_TARGETS = "TOLLHOUSE_ALLOW_PRIVATE_TARGETS"
+ENV_METRICS_TOKEN = "TOLLHOUSE_METRICS_TOKEN"
+ENV_JOB_LEASE_SECONDS = "TOLLHOUSE_JOB_LEASE_SECONDS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,16 @@ class Settings:
     instances: int = 1
     """Processes sharing the limits (workers × replicas): while Redis is unreachable each
     enforces ``limit ÷ instances`` locally."""
+    allow_private_targets: bool = False
+    """Webhook URLs may reach loopback/private addresses (``[security]
+    allow_private_targets`` or ``TOLLHOUSE_ALLOW_PRIVATE_TARGETS=1``): local development."""
+    metrics_token: str = ""
+    """When set (``TOLLHOUSE_METRICS_TOKEN``), ``GET /metrics`` needs ``Authorization:
+    Bearer <token>``; empty leaves it open like ``/healthz``."""
+    job_lease_seconds: float = 30.0
+    """How long the embedded worker's claim on a job lasts without a heartbeat
+    (``TOLLHOUSE_JOB_LEASE_SECONDS``): after a crash, its running jobs are run again
+    this long (plus up to 5 s) later."""
 
     @property
     def is_embedded_default(self) -> bool:
@@ -76,7 +89,37 @@ def load_settings(
         instances=instances or _positive(env.get(ENV_INSTANCES), ENV_INSTANCES) or 1,
         embedded_workers=env.get(ENV_EMBEDDED_WORKERS, "1").strip().lower()
         not in ("0", "false", "no", "off"),
+        allow_private_targets=_flag(
+            env.get(ENV_ALLOW_PRIVATE_TARGETS),
+            ENV_ALLOW_PRIVATE_TARGETS,
+            policy.security.allow_private_targets,
+        ),
+        metrics_token=env.get(ENV_METRICS_TOKEN, "").strip(),
+        job_lease_seconds=_seconds(env.get(ENV_JOB_LEASE_SECONDS), ENV_JOB_LEASE_SECONDS, 30.0),
     )
+
+
+def _seconds(text: str | None, name: str, default: float) -> float:
+    if text is None or not text.strip():
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{name}={text!r}: use a positive number of seconds")
+    return value
+
+
+def _flag(text: str | None, name: str, default: bool) -> bool:
+    if text is None or not text.strip():
+        return default
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={text!r}: use 1 or 0")
 
 
 def _positive(text: str | None, name: str) -> int | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tollhouse.cli import keys, limits, score, serve, status, usage, webhooks, worker
+from tollhouse.cli import audit, keys, limits, score, serve, status, usage, webhooks, worker
 
 app = typer.Typer(
     name="tollhouse",
@@ -21,6 +21,7 @@ app.add_typer(usage.app, name="usage")
 app.command("worker")(worker.worker)
 app.command("status")(status.status)
 app.command("score")(score.score)
+app.command("audit")(audit.audit)
 
 
 def main() -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import logging.config
 import os
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 import uvicorn
@@ -13,6 +15,8 @@ from tollhouse.errors import TollhouseError
 from tollhouse.http.app import Tollhouse
 from tollhouse.keys.demo import ensure_demo_key
 from tollhouse.keys.store import KeyStore
+from tollhouse.ops.logs import LogFormat, log_config
+from tollhouse.security.server import LimitedHttpToolsProtocol
 from tollhouse.settings import (
     ENV_CONFIG,
     ENV_DATABASE_URL,
@@ -34,6 +38,22 @@ def serve(
         str | None, typer.Option("--redis-url", help="Shared limits. Env: TOLLHOUSE_REDIS_URL.")
     ] = None,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            envvar="TOLLHOUSE_LOG_FORMAT",
+            help="text (stderr) or json (one object per line on stdout, with request_id).",
+        ),
+    ] = "text",
+    log_level: Annotated[
+        str,
+        typer.Option(
+            "--log-level",
+            envvar="TOLLHOUSE_LOG_LEVEL",
+            help="critical, error, warning, info or debug.",
+        ),
+    ] = "info",
 ) -> None:
     """Run the gateway in front of the configured upstream (or the bundled example)."""
     settings = settings_from(config, database_url, redis_url=redis_url)
@@ -50,16 +70,35 @@ def serve(
         app = Tollhouse(settings=settings)
     except TollhouseError as exc:
         fail(str(exc), 2)
+    try:
+        logging_config = log_config(cast(LogFormat, log_format), log_level)
+    except ValueError as exc:
+        fail(f"{exc} (--log-format / --log-level)", 2)
+    logging.config.dictConfig(logging_config)
     demo = run(lambda: _prepare(settings))
-    _banner(settings, host, port, demo, workers)
+    if log_format == "json":
+        # stdout carries JSON lines only: the banner becomes one (without the demo key).
+        logging.getLogger("tollhouse.cli.serve").info(
+            "tollhouse listening",
+            extra={"url": f"http://{host}:{port}", "workers": workers},
+        )
+    else:
+        _banner(settings, host, port, demo, workers)
     options = {
         "host": host,
         "port": port,
-        "log_level": "info",
+        "log_level": log_level.lower(),
+        "log_config": logging_config,
         "access_log": access_log,
         "proxy_headers": False,
         "server_header": False,
         "lifespan": "on",
+        # Request-head limits (docs/security.md): a head over [limits] max_header_bytes
+        # gets 431, one not complete within 10 s gets 408 (slow clients); idle
+        # keep-alive connections close after 5 s.
+        "http": LimitedHttpToolsProtocol,
+        "h11_max_incomplete_event_size": settings.policy.limits.max_header_bytes,
+        "timeout_keep_alive": 5,
     }
     if workers == 1:
         uvicorn.run(app, **options)  # type: ignore[arg-type]
@@ -109,6 +148,9 @@ def _banner(settings: Settings, host: str, port: int, demo: str | None, workers:
     if workers > 1:
         console.print(f"  workers:  {workers} processes sharing Redis", highlight=False)
     console.print(f"  health:   {base}/healthz", highlight=False)
+    console.print(
+        f"  dashboard: {base}/dashboard (sign in with a root or manager key)", highlight=False
+    )
     key = demo or "$TOLLHOUSE_API_KEY"
     if demo:
         console.print(f"  demo key: [bold green]{demo}[/] (org demo, role root)", highlight=False)

@@ -8,6 +8,8 @@ import importlib
 from pathlib import Path
 from typing import Any, cast
 
+from tollhouse.dashboard import PREFIX as DASHBOARD_PREFIX
+from tollhouse.dashboard import DashboardApp, is_dashboard_path
 from tollhouse.errors import ConfigError
 from tollhouse.http.dispatch import PlatformDispatch
 from tollhouse.http.gateway import ASGIApp, Gateway, Receive, Scope, Send
@@ -21,6 +23,8 @@ from tollhouse.keys.store import KeyStore
 from tollhouse.limits import LimitStore, open_store
 from tollhouse.limits.overrides import OverrideCache, OverrideStore
 from tollhouse.metering import UsageMeter
+from tollhouse.ops.endpoints import OPS_PATHS, OpsEndpoints
+from tollhouse.ops.metrics import OpsMetrics
 from tollhouse.policy.model import Policy
 from tollhouse.settings import Settings, load_settings
 from tollhouse.storage.engine import make_engine
@@ -83,13 +87,23 @@ class Tollhouse:
         self.engine = make_engine(self.settings.database_url)
         # Jobs (seed 004): the policy's async routes answer 202 and run on the queue; the
         # jobs app also serves scoring volume (seed 000) and passes the rest upstream.
-        self.queue = open_queue(self.engine, settings_for(policy))
-        self.webhooks = WebhookStore(self.engine)
+        self.queue = open_queue(
+            self.engine, settings_for(policy, lease_seconds=self.settings.job_lease_seconds)
+        )
+        self.webhooks = WebhookStore(
+            self.engine, allow_private_targets=self.settings.allow_private_targets
+        )
         # Usage (seeds 001, 003): every admitted call is metered in memory and flushed in
         # batches; the platform app answers the analytics and events routes.
         self.meter = UsageMeter(self.engine)
         platform = cast(
-            ASGIApp, create_platform_app(engine=self.engine, policy=policy, meter=self.meter)
+            ASGIApp,
+            create_platform_app(
+                engine=self.engine,
+                policy=policy,
+                meter=self.meter,
+                example_upstream=app is None and not (policy.upstream.url or policy.upstream.app),
+            ),
         )
         self.inner: ASGIApp = cast(
             ASGIApp,
@@ -117,7 +131,19 @@ class Tollhouse:
             OverrideStore(self.engine), on_change=self.gateway.forget_checks
         )
         self.gateway.overrides = self.overrides
+        # GET /metrics and GET /readyz, answered before the gateway (tollhouse.ops).
+        self.metrics = OpsMetrics(
+            self.gateway, queue=self.queue if policy.async_routes else None, meter=self.meter
+        )
+        if self.worker is not None:
+            self.worker.dispatcher.on_event = self.metrics.job_finished
+            if self.worker.sender is not None:
+                self.worker.sender.on_attempt = self.metrics.webhook_attempt
+        self.ops = OpsEndpoints(
+            self.metrics, self.engine, self.limits, self.settings.metrics_token or None
+        )
         self._inner_lifespan = InnerLifespan(self.inner)
+        self.dashboard = DashboardApp()
         self._started = False
         self._start_lock: asyncio.Lock | None = None
 
@@ -164,8 +190,20 @@ class Tollhouse:
         if kind == "lifespan":
             await self._lifespan(receive, send)
             return
+        # The dashboard's static files need no key (every data call the page makes carries
+        # one); one prefix check keeps product traffic on its path.
+        if (
+            kind == "http"
+            and scope["path"].startswith(DASHBOARD_PREFIX)
+            and is_dashboard_path(scope["path"])
+        ):
+            await self.dashboard(scope, receive, send)
+            return
         if not self._started:
             await self.startup()
+        if kind == "http" and scope["path"] in OPS_PATHS:
+            await self.ops(scope, receive, send)
+            return
         await self.gateway(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

@@ -60,6 +60,7 @@ from tollhouse.limits.naming import bucket_key, pool_key
 from tollhouse.limits.overrides import OverrideCache
 from tollhouse.limits.store import BucketCheck, Lease, LimitStore, PoolCheck, Verdict
 from tollhouse.metering.record import CallRecord, Meter
+from tollhouse.ops.logs import request_id_var
 from tollhouse.policy.match import RouteMatch, Router
 from tollhouse.policy.model import Bucket, Policy, Pool
 
@@ -78,6 +79,8 @@ JSON = (b"content-type", b"application/json")
 #: Per-match cache of built checks, per caller; emptied when it fills.
 CHECKS_PER_MATCH = 1024
 _DOT_SEGMENT = re.compile(r"/\.\.?(?:/|$)")
+#: An ``X-Request-Id`` sent by the caller is kept when it looks like an id.
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -103,7 +106,7 @@ class _Checks:
     """What one caller's request on one route asks of the limit store, and the constant
     parts of its headers (built once per caller and route, reused)."""
 
-    __slots__ = ("buckets", "limits", "names", "policy", "pools", "shadow")
+    __slots__ = ("buckets", "decided", "limits", "names", "policy", "pools", "shadow")
 
     def __init__(
         self,
@@ -116,6 +119,8 @@ class _Checks:
         self.shadow = shadow
         self.policy = policy_header(buckets) if buckets else None
         self.names = tuple(f'"{c.name}";r='.encode() for c in buckets)
+        #: Every bucket and pool an admitted request passed (the metrics' counter key).
+        self.decided = tuple(c.name for c in buckets) + tuple(p.name for p in pools)
         self.limits = tuple(str(c.limit).encode() for c in buckets)
 
     def headers(self, outcomes: list[Outcome], now: float) -> list[Header]:
@@ -169,6 +174,14 @@ class Gateway:
         self.overrides = overrides
         #: (org scope, bucket) → requests a shadow bucket would have denied (this process).
         self.shadow_denials: dict[tuple[str, str], int] = {}
+        # Plain counters read by /metrics at scrape time (tollhouse.ops.metrics): the
+        # hot path only adds to ints here.
+        #: (endpoint group key, status) → answered requests.
+        self.responses: dict[tuple[str | None, int], int] = {}
+        #: buckets and pools of an admitted request → admitted requests.
+        self.admitted: dict[tuple[str, ...], int] = {}
+        #: the bucket or pool that denied → denied requests.
+        self.denied: dict[str, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -185,6 +198,7 @@ class Gateway:
         if state is None:
             state = scope["state"] = {}
         state["request_id"] = request_id
+        request_id_var.set(request_id)  # every log line of this request carries it
         identity: Identity | object | None = None
         match: RouteMatch | None = None
         method: str = scope["method"]
@@ -218,6 +232,12 @@ class Gateway:
                         length = int(value)
                     except ValueError:
                         length = -1
+                elif name == REQUEST_ID:
+                    # The caller's (or the load balancer's) id, when it is a sane one.
+                    given = value.decode("latin-1")
+                    if _CLIENT_REQUEST_ID.fullmatch(given):
+                        request_id = state["request_id"] = given
+                        request_id_var.set(given)
             if secret is None:
                 raise Unauthorized(
                     'No API key: send "Authorization: Bearer sk_test_…" (or sk_live_…) or '
@@ -230,7 +250,8 @@ class Gateway:
                 except StorageError:
                     logger.exception("key lookup failed", extra={"request_id": request_id})
                     raise ServiceUnavailable(
-                        "The key store is unavailable; retry shortly."
+                        "The key store is unavailable; retry shortly.",
+                        headers={"Retry-After": "1"},
                     ) from None
             if not isinstance(identity, Identity):
                 raise Unauthorized(
@@ -268,7 +289,11 @@ class Gateway:
                     verdict = await self.limits.decide(checks.buckets, checks.pools, now)
                 headers = checks.headers(verdict.outcomes, now) if checks.buckets else []
                 if not verdict.allowed:
+                    denier = verdict.denied_by or "unknown"
+                    self.denied[denier] = self.denied.get(denier, 0) + 1
                     raise self._denied(verdict, headers)
+                decided = checks.decided
+                self.admitted[decided] = self.admitted.get(decided, 0) + 1
                 leases = verdict.leases
             else:
                 headers = []
@@ -276,6 +301,9 @@ class Gateway:
             await _send_error(
                 send, exc, request_id, match.error_format if match is not None else "envelope"
             )
+            group = match.endpoint_group if match is not None else None
+            counted = (group.key if group is not None else None, exc.status)
+            self.responses[counted] = self.responses.get(counted, 0) + 1
             if self.meter is not None and match is not None and isinstance(identity, Identity):
                 self._record(identity, match, method, exc.status, arrived, t0, scope)
             return
@@ -290,6 +318,9 @@ class Gateway:
             status = await self._pass(scope, receive, send, headers, leases, length, request_id)
         else:
             status = await self._pass_plain(scope, receive, send, headers, request_id)
+        group = match.endpoint_group
+        counted = (group.key if group is not None else None, status)
+        self.responses[counted] = self.responses.get(counted, 0) + 1
         if self.meter is not None:
             self._record(identity, match, method, status, arrived, t0, scope)
 
