@@ -1,6 +1,7 @@
 """The gateway's own cost per request, without a server or network: a bare Starlette
-route vs the same route wrapped by `Tollhouse` (auth + two buckets + headers), both
-called directly as ASGI apps in one event loop, same run.
+route vs the same route wrapped by `Tollhouse` (auth + two buckets + headers + metering),
+and the same wrapped route with metering switched off, all called directly as ASGI apps
+in one event loop, same run.
 
     .venv/bin/python benchmarks/gateway_inprocess.py [--calls 20000] [--rounds 5]
 
@@ -80,18 +81,25 @@ async def run(calls: int, rounds: int) -> None:
                 "server": ("127.0.0.1", 8000),
             }
 
-        best = {"bare": float("inf"), "wrapped": float("inf")}
+        meter = app.gateway.meter
+        contenders = (("bare", bare, None), ("wrapped", app, meter), ("unmetered", app, None))
+        best = {name: float("inf") for name, _, _ in contenders}
         for _ in range(rounds):
-            for name, target in (("bare", bare), ("wrapped", app)):
+            for name, target, use_meter in contenders:
+                # The same app with metering switched off: what metering costs per call.
+                app.gateway.meter = use_meter
                 t0 = time.perf_counter()
                 for _ in range(calls):
                     await target(scope(), receive, send)  # type: ignore[arg-type]
                 best[name] = min(best[name], (time.perf_counter() - t0) / calls * 1e6)
+        app.gateway.meter = meter
         await app.shutdown()
-    b, w = best["bare"], best["wrapped"]
+    b, w, u = best["bare"], best["wrapped"], best["unmetered"]
     print(f"bare Starlette route        : {b:6.2f} µs/request")
-    print(f"Tollhouse(auth + 2 buckets) : {w:6.2f} µs/request")
+    print(f"Tollhouse(auth + 2 buckets) : {w:6.2f} µs/request (metering on)")
+    print(f"  same, metering off        : {u:6.2f} µs/request")
     print(f"added by tollhouse          : {w - b:6.2f} µs/request ({b / w:.1%} of bare speed)")
+    print(f"of which metering           : {w - u:6.2f} µs/request")
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -36,10 +37,22 @@ def sqlite_path(url: str) -> Path | None:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    # WAL lets the CLI write keys while the server reads; busy_timeout waits out writers.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    # busy_timeout first: switching a new database to WAL takes its lock, and without a
+    # busy handler a second process connecting at that moment fails at once ("database
+    # is locked") instead of waiting. WAL lets the CLI write keys while the server reads.
     cursor.execute("PRAGMA busy_timeout=5000")
+    for attempt in range(20):
+        # Two connections switching a new file to WAL at once can deadlock on its
+        # rollback-journal locks; SQLite then answers one of them BUSY at once, without
+        # the busy handler. The other finishes the switch in a moment: try again.
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except Exception as exc:  # the driver's OperationalError, by whatever name
+            if "database is locked" not in str(exc) or attempt == 19:
+                raise
+            time.sleep(0.01 * (attempt + 1))
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
