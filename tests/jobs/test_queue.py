@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
 from tests.jobs.conftest import FakeClock, database, run
 from tollhouse.jobs import NewJob, QueueSettings, open_queue
-from tollhouse.jobs.model import IdempotencyKeyReused
+from tollhouse.jobs.model import Finish, IdempotencyKeyReused
 from tollhouse.jobs.sql import SqlJobQueue
 from tollhouse.jobs.webhooks import WebhookStore
 
@@ -243,5 +244,48 @@ def test_volume_and_outbox(db_url: str, clock: FakeClock) -> None:
                 "score.completed",
                 "score.failed",
             ]
+
+    run(body())
+
+
+def test_batched_finish_writes_each_outcome_and_fences_stale_leases(
+    db_url: str, clock: FakeClock
+) -> None:
+    """One transaction of completions (each with its own result) and a stale lease; then
+    a mixed batch (completion + failures): every outcome lands on its own job only."""
+
+    async def body() -> None:
+        async with database(db_url) as engine:
+            q = queue_on(engine, clock, lease_seconds=10, retry_base_seconds=1)
+            await q.enqueue([job("acme", i) for i in range(6)])
+            leases = await q.claim("w1", 6)
+            stale = replace(leases[3], token="not-the-token")
+            outcomes = await q.finish_many(
+                [Finish(lease, result={"n": i}) for i, lease in enumerate(leases[:3])]
+                + [Finish(stale, result={"n": 99})]
+            )
+            assert outcomes == ["completed", "completed", "completed", None]
+            for i, lease in enumerate(leases[:3]):
+                done = await q.get("acme", lease.job.id)
+                assert done is not None and done.state == "completed"
+                assert done.result == {"n": i} and done.finished_at is not None
+            untouched = await q.get("acme", leases[3].job.id)
+            assert untouched is not None and untouched.state == "running"
+            assert untouched.result is None
+            [c] = await q.counters()
+            assert (c.running, c.queued) == (3, 0)
+            mixed = await q.finish_many(
+                [
+                    Finish(leases[3], result={"n": 3}),
+                    Finish(leases[4], error={"code": "X"}, retryable=False),
+                    Finish(leases[5], error={"code": "Y"}, retryable=True),
+                ]
+            )
+            assert mixed == ["completed", "failed", "retrying"]
+            states = [await q.get("acme", lease.job.id) for lease in leases[3:]]
+            assert [s.state if s else None for s in states] == ["completed", "failed", "queued"]
+            assert states[0] is not None and states[0].result == {"n": 3}
+            [c] = await q.counters()
+            assert (c.running, c.queued) == (0, 1)
 
     run(body())

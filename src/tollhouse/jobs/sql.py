@@ -613,23 +613,45 @@ class SqlJobQueue:
         # does not change while the lease is held).
         held: dict[str, Any] = {}
         pairs = [(item.lease.job.id, item.lease.token) for item in items]
+        decide = (jobs.c.id, jobs.c.attempts, jobs.c.max_attempts, jobs.c.claimed_at)
+        # Completions only (the usual batch): nothing to decide from the row, so one
+        # UPDATE … RETURNING both fences by token and writes them, with no read first.
+        completing = all(item.error is None for item in items) and len(
+            {job_id for job_id, _ in pairs}
+        ) == len(pairs)
         for start in range(0, len(pairs), HEARTBEAT_CHUNK):
-            rows = await conn.execute(
-                select(
-                    jobs.c.id,
-                    jobs.c.attempts,
-                    jobs.c.max_attempts,
-                    jobs.c.claimed_at,
-                    jobs.c.run_after,
-                )
-                .where(
-                    tuple_(jobs.c.id, jobs.c.lease_token).in_(
-                        pairs[start : start + HEARTBEAT_CHUNK]
-                    ),
-                    jobs.c.status == "running",
-                )
-                .with_for_update()
+            chunk = pairs[start : start + HEARTBEAT_CHUNK]
+            fence = (
+                tuple_(jobs.c.id, jobs.c.lease_token).in_(chunk),
+                jobs.c.status == "running",
             )
+            if completing:
+                results = {
+                    item.lease.job.id: _dumps(item.result or {})
+                    for item in items[start : start + HEARTBEAT_CHUNK]
+                }
+                distinct = set(results.values())
+                result: Any = (
+                    distinct.pop() if len(distinct) == 1 else case(results, value=jobs.c.id)
+                )
+                rows = await conn.execute(
+                    update(jobs)
+                    .where(*fence)
+                    .values(
+                        status="completed",
+                        result=result,
+                        error=None,
+                        finished_at=now,
+                        lease_token=None,
+                        lease_expires_at=None,
+                        worker_id=None,
+                    )
+                    .returning(*decide, jobs.c.run_after)
+                )
+            else:
+                rows = await conn.execute(
+                    select(*decide, jobs.c.run_after).where(*fence).with_for_update()
+                )
             held.update((r.id, r) for r in rows)
         params: list[dict[str, Any]] = []
         for item in items:
@@ -685,7 +707,7 @@ class SqlJobQueue:
             claimed_at = _utc(row.claimed_at)
             if claimed_at is not None:
                 delta[2].append(max(0.0, (now - claimed_at).total_seconds()))
-        if params:
+        if params and not completing:
             await conn.execute(
                 update(jobs)
                 .where(jobs.c.id == bindparam("b_id"))

@@ -31,6 +31,12 @@ logger = logging.getLogger(__name__)
 
 #: Outcomes written per transaction at most.
 FINISH_BATCH = 200
+#: Outcomes written per transaction when few are waiting: a transaction's time grows
+#: with its size, and a job's slot is refilled only when its transaction commits, so
+#: jobs ending together are written in a pipeline of small transactions (the first
+#: slots refill after a short one) rather than one long one. A quarter of what waits
+#: is taken once more than this does, so a backlog still drains in large transactions.
+FINISH_BATCH_MIN = 16
 #: Tries at least of a completion whose write failed (database unavailable); retries go
 #: on for a lease's length before the lease is left to expire and the job retried.
 FINISH_TRIES = 3
@@ -56,7 +62,9 @@ class _Finisher:
     """Writes attempt outcomes in batches: whatever finishes while one transaction is
     being written goes into the next, so a thousand jobs ending at once cost a handful
     of transactions, not a thousand (group commit, with no added delay). The same
-    transaction claims jobs for the slots it frees (``refill``), handed to ``spawn``."""
+    transaction claims jobs for the slots it frees (``refill``), handed to ``spawn``.
+    Each transaction takes a quarter of what waits, between ``min_batch`` and
+    ``max_batch`` outcomes (see :data:`FINISH_BATCH_MIN`)."""
 
     def __init__(
         self,
@@ -65,12 +73,14 @@ class _Finisher:
         spawn: Callable[[Lease], None],
         settled: Callable[[Sequence[Finish]], None],
         max_batch: int = FINISH_BATCH,
+        min_batch: int = FINISH_BATCH_MIN,
     ) -> None:
         self.queue = queue
         self.refill = refill
         self.spawn = spawn
         self.settled = settled
         self.max_batch = max_batch
+        self.min_batch = min(min_batch, max_batch)
         self._pending: list[tuple[Finish, asyncio.Future[Outcome | None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -103,8 +113,9 @@ class _Finisher:
             await asyncio.sleep(0)
             self._wake.clear()
             while self._pending:
-                batch = self._pending[: self.max_batch]
-                del self._pending[: self.max_batch]
+                size = min(self.max_batch, max(self.min_batch, len(self._pending) // 4))
+                batch = self._pending[:size]
+                del self._pending[:size]
                 try:
                     outcomes, leases = await self.queue.finish_and_claim(
                         [item for item, _ in batch], *self.refill(len(batch))
@@ -197,14 +208,16 @@ class Dispatcher:
         self._stopping = False
         loop = asyncio.get_running_loop()
         self._finisher.start()
-        if self.listener is not None:
-            await self.listener.start()
         self._tasks = [
             loop.create_task(self._claim_loop()),
             loop.create_task(self._every(self.heartbeat_interval, self._heartbeat)),
             loop.create_task(self._every(self.reap_interval, self._reap)),
             loop.create_task(self._every(self.prune_interval, self._prune)),
         ]
+        # The first claim runs while the listener connects (it needs no notification:
+        # it takes whatever is queued already).
+        if self.listener is not None:
+            await self.listener.start()
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop claiming; wait up to ``grace`` seconds for running jobs, then cancel them
@@ -308,7 +321,12 @@ class Dispatcher:
                 del self._running[job.id]
                 self._settled.discard(job.id)
             self._lost.discard(job.id)
-            self._wake.set()
+            if outcome is None:
+                # No outcome written, so no transaction refilled this slot: claim for
+                # it. (A written outcome's transaction claimed for the slot already;
+                # waking the claim loop then only costs an empty claim, which on
+                # SQLite waits for, and delays, the next finishing batch.)
+                self._wake.set()
         if self.on_event is not None:
             self.on_event(JobEvent(job.id, job.org, outcome, time.monotonic() - started))
 
