@@ -190,20 +190,20 @@ class Tollhouse:
         if kind == "lifespan":
             await self._lifespan(receive, send)
             return
-        # The dashboard's static files need no key (every data call the page makes carries
-        # one); one prefix check keeps product traffic on its path.
-        if (
-            kind == "http"
-            and scope["path"].startswith(DASHBOARD_PREFIX)
-            and is_dashboard_path(scope["path"])
-        ):
-            await self.dashboard(scope, receive, send)
-            return
-        if not self._started:
+        if kind == "http":
+            path: str = scope["path"]
+            # The dashboard's static files need no key (every data call the page makes
+            # carries one); one prefix check keeps product traffic on its path.
+            if path.startswith(DASHBOARD_PREFIX) and is_dashboard_path(path):
+                await self.dashboard(scope, receive, send)
+                return
+            if not self._started:
+                await self.startup()
+            if path in OPS_PATHS:
+                await self.ops(scope, receive, send)
+                return
+        elif not self._started:
             await self.startup()
-        if kind == "http" and scope["path"] in OPS_PATHS:
-            await self.ops(scope, receive, send)
-            return
         await self.gateway(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
