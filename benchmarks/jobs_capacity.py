@@ -11,9 +11,11 @@ completion) and the start of the last one (the C × orgs-th before the end): wha
 queue that is never empty delivers.
 
     .venv/bin/python benchmarks/jobs_capacity.py [--cap 50] [--seconds 1 0.2] [--rounds 6]
-        [--orgs 2] [--engine sqlite|postgres|both]
+        [--orgs 2] [--engine sqlite|postgres|both] [--loop uvloop|asyncio]
 
 ``--rounds``: jobs per org = rounds × cap (each slot runs ``rounds`` jobs back to back).
+``--loop``: the event loop, uvloop by default as in ``tollhouse serve`` and ``tollhouse
+worker`` (asyncio's own when uvloop is not installed).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.jobs_queue import database  # noqa: E402
 
+from tollhouse.cli.common import event_loop_factory  # noqa: E402
 from tollhouse.jobs import Dispatcher, Job, NewJob, QueueSettings, open_queue  # noqa: E402
 from tollhouse.jobs.schema import create_job_schema  # noqa: E402
 from tollhouse.storage.engine import make_engine  # noqa: E402
@@ -104,7 +107,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--orgs", type=int, default=2)
     parser.add_argument("--engine", choices=("sqlite", "postgres", "both"), default="both")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     args = parser.parse_args()
+    factory = event_loop_factory() if args.loop == "uvloop" else None
+    print(f"event loop: {'uvloop' if factory else 'asyncio'}")
     kinds = ("sqlite", "postgres") if args.engine == "both" else (args.engine,)
     jobs = args.rounds * args.cap
     for seconds in args.seconds:
@@ -118,9 +124,10 @@ def main() -> None:
                 if url is None:
                     print(f"  {kind:<9} not installed, skipped")
                     continue
-                rate, steady, peak, cpu_ms, idle_ms = asyncio.run(
-                    run(url, args.cap, seconds, jobs, args.orgs)
-                )
+                with asyncio.Runner(loop_factory=factory) as runner:
+                    rate, steady, peak, cpu_ms, idle_ms = runner.run(
+                        run(url, args.cap, seconds, jobs, args.orgs)
+                    )
                 verdict = "ok" if rate >= 0.95 * ideal else "below target"
                 print(
                     f"  {kind:<9} {rate:>8,.0f} jobs/s = {rate / ideal:6.1%} of C ÷ T "

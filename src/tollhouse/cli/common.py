@@ -46,12 +46,26 @@ def settings_from(config: str | None, database_url: str | None = None, **kw: Any
         fail(str(exc), 2)
 
 
-def run(factory: Callable[[], Coroutine[Any, Any, T]] | Awaitable[T]) -> T:
-    """Run a coroutine to completion, turning tollhouse errors into a clean exit."""
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (it comes with ``uvicorn[standard]``, and
+    ``tollhouse serve`` runs on it), else None for asyncio's own. Long-running processes
+    (``tollhouse worker``) use it: its I/O and cross-thread wakeups (SQLite's driver
+    thread) cost about half as much CPU."""
     try:
-        if callable(factory):
-            return asyncio.run(factory())
-        return asyncio.run(factory)  # type: ignore[arg-type]
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        return None
+    return uvloop.new_event_loop
+
+
+def run(
+    factory: Callable[[], Coroutine[Any, Any, T]] | Awaitable[T], *, service: bool = False
+) -> T:
+    """Run a coroutine to completion, turning tollhouse errors into a clean exit.
+    ``service``: a long-running process, run on :func:`event_loop_factory`'s loop."""
+    try:
+        with asyncio.Runner(loop_factory=event_loop_factory() if service else None) as runner:
+            return runner.run(factory() if callable(factory) else factory)  # type: ignore[arg-type]
     except TollhouseError as exc:
         fail(str(exc))
 

@@ -96,7 +96,10 @@ def worker(
         "reap_interval": reap_interval,
     }
     metrics_at = (metrics_host, metrics_port) if metrics_port is not None else None
-    run(lambda: _work(settings, queue_settings, concurrency, grace, options, metrics_at))
+    run(
+        lambda: _work(settings, queue_settings, concurrency, grace, options, metrics_at),
+        service=True,
+    )
 
 
 def _upstream_app(settings: Settings) -> Any:

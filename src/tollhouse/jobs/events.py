@@ -77,8 +77,14 @@ async def record_job_events(conn: AsyncConnection, finished: Sequence[Job], now:
     """
     if not finished:
         return
-    insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
-    stmt = insert(product_events).on_conflict_do_nothing(
-        index_elements=[product_events.c.org, product_events.c.event_id]
-    )
+    stmt = _INSERT_SQLITE if conn.dialect.name == "sqlite" else _INSERT_PG
     await conn.execute(stmt, [job_event_row(job, now) for job in finished])
+
+
+# Built once per dialect: every batch of finished jobs runs one.
+_INSERT_SQLITE = sqlite_insert(product_events).on_conflict_do_nothing(
+    index_elements=[product_events.c.org, product_events.c.event_id]
+)
+_INSERT_PG = pg_insert(product_events).on_conflict_do_nothing(
+    index_elements=[product_events.c.org, product_events.c.event_id]
+)

@@ -35,11 +35,12 @@ from sqlalchemy import (
     Float,
     Integer,
     Select,
+    String,
+    Text,
     bindparam,
     case,
     delete,
     func,
-    literal,
     select,
     tuple_,
     update,
@@ -88,6 +89,8 @@ from tollhouse.storage.transactions import read_connection, write_transaction
 logger = logging.getLogger(__name__)
 
 _FAILED_STATES = ("failed", "dead")
+#: What a finish reads of a held job to decide its outcome (the rest is the lease's copy).
+_DECIDE = (jobs.c.id, jobs.c.attempts, jobs.c.max_attempts, jobs.c.claimed_at)
 #: PostgreSQL ``NOTIFY`` channel for new work; the payload is the topic (``jobs`` or
 #: ``deliveries``). Notifications are sent inside the writing transaction, so listeners
 #: hear of work only once it is committed.
@@ -214,6 +217,86 @@ class SqlJobQueue:
                 queued=job_orgs.c.queued - bindparam("c_count", type_=Integer),
                 last_served_at=bindparam("c_now", type_=job_orgs.c.last_served_at.type),
             )
+        )
+
+        # The claim's and the completion's statements, built once with bound parameters:
+        # building a statement and its cache key costs as much CPU as running it.
+        when = jobs.c.run_after.type
+        cap = self._cap()
+        self._claim_orgs = (
+            select(job_orgs.c.org_id, job_orgs.c.running, cap.label("cap"))
+            .where(job_orgs.c.queued > 0, job_orgs.c.running < cap)
+            .order_by(job_orgs.c.last_served_at, job_orgs.c.org_id)
+            .limit(bindparam("c_limit", type_=Integer))
+            .with_for_update(skip_locked=True)
+        )
+        # Pick (and lock) an org's oldest ready jobs and lease them in one statement.
+        # One random part per claim; each job's token is it + the job id, so one UPDATE
+        # sets every lease of an org and tokens still differ per job and per claim.
+        pick = (
+            select(jobs.c.seq)
+            .where(
+                jobs.c.org_id == bindparam("p_org", type_=String),
+                jobs.c.status == "queued",
+                jobs.c.run_after <= bindparam("p_now", type_=when),
+            )
+            .order_by(jobs.c.seq)
+            .limit(bindparam("p_share", type_=Integer))
+            .with_for_update(skip_locked=True)
+        )
+        self._claim_jobs = (
+            update(jobs)
+            .where(jobs.c.seq.in_(pick))
+            .values(
+                status="running",
+                lease_token=bindparam("p_batch", type_=String) + jobs.c.id,
+                lease_expires_at=bindparam("p_expires", type_=when),
+                worker_id=bindparam("p_worker", type_=String),
+                attempts=jobs.c.attempts + 1,
+                claimed_at=bindparam("p_now", type_=when),
+                started_at=func.coalesce(jobs.c.started_at, bindparam("p_now", type_=when)),
+            )
+            .returning(*jobs.c)
+        )
+        # PostgreSQL: the claim and its org's counters in one statement (a data-modifying
+        # CTE), one round trip fewer per claim than the executemany SQLite uses.
+        claimed = self._claim_jobs.cte("claimed")
+        count = select(func.count()).select_from(claimed).scalar_subquery()
+        bump = (
+            update(job_orgs)
+            .where(job_orgs.c.org_id == bindparam("p_org", type_=String))
+            .values(
+                running=job_orgs.c.running + count,
+                queued=job_orgs.c.queued - count,
+                last_served_at=bindparam("p_now", type_=when),
+            )
+        )
+        self._claim_jobs_counted = select(claimed).add_cte(bump.cte("bumped"))
+        # Completions: fenced by (id, token) and written in one UPDATE … RETURNING.
+        self._complete = (
+            update(jobs)
+            .where(
+                tuple_(jobs.c.id, jobs.c.lease_token).in_(bindparam("f_pairs", expanding=True)),
+                jobs.c.status == "running",
+            )
+            .values(
+                status="completed",
+                result=bindparam("f_result", type_=Text),
+                error=None,
+                finished_at=bindparam("f_now", type_=when),
+                lease_token=None,
+                lease_expires_at=None,
+                worker_id=None,
+            )
+            .returning(*_DECIDE, jobs.c.run_after)
+        )
+        self._decide = (
+            select(*_DECIDE, jobs.c.run_after)
+            .where(
+                tuple_(jobs.c.id, jobs.c.lease_token).in_(bindparam("f_pairs", expanding=True)),
+                jobs.c.status == "running",
+            )
+            .with_for_update()
         )
 
     # --- plumbing ------------------------------------------------------------------------
@@ -412,61 +495,37 @@ class SqlJobQueue:
         self, conn: AsyncConnection, worker_id: str, limit: int, now: datetime
     ) -> list[Lease]:
         expires = now + timedelta(seconds=self.settings.lease_seconds)
-        cap = self._cap()
         leases: list[Lease] = []
-        orgs = (
-            await conn.execute(
-                select(job_orgs.c.org_id, job_orgs.c.running, cap.label("cap"))
-                .where(job_orgs.c.queued > 0, job_orgs.c.running < cap)
-                .order_by(job_orgs.c.last_served_at, job_orgs.c.org_id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
+        orgs = (await conn.execute(self._claim_orgs, {"c_limit": limit})).all()
         shares = share_slots(limit, [o.cap - o.running for o in orgs])
-        # One random part per claim; each job's token is it + the job id, so one UPDATE
-        # sets every lease of an org and tokens still differ per job and per claim.
         batch = secrets.token_hex(16)
         served: list[dict[str, Any]] = []
         for org, share in zip(orgs, shares, strict=True):
             if share == 0:
                 continue
-            # Pick (and lock) the org's oldest ready jobs and lease them in one statement.
-            pick = (
-                select(jobs.c.seq)
-                .where(
-                    jobs.c.org_id == org.org_id,
-                    jobs.c.status == "queued",
-                    jobs.c.run_after <= now,
-                )
-                .order_by(jobs.c.seq)
-                .limit(share)
-                .with_for_update(skip_locked=True)
-            )
             result = (
                 await conn.execute(
-                    update(jobs)
-                    .where(jobs.c.seq.in_(pick))
-                    .values(
-                        status="running",
-                        lease_token=literal(batch) + jobs.c.id,
-                        lease_expires_at=expires,
-                        worker_id=worker_id,
-                        attempts=jobs.c.attempts + 1,
-                        claimed_at=now,
-                        started_at=func.coalesce(jobs.c.started_at, now),
-                    )
-                    .returning(*jobs.c)
+                    self._claim_jobs if self._sqlite else self._claim_jobs_counted,
+                    {
+                        "p_org": org.org_id,
+                        "p_now": now,
+                        "p_share": share,
+                        "p_batch": batch,
+                        "p_expires": expires,
+                        "p_worker": worker_id,
+                    },
                 )
             ).all()
             # RETURNING comes in no particular order; FIFO is by seq.
             rows = sorted(result, key=lambda r: int(r.seq))
             for row in rows:
                 leases.append(Lease(row_job(row), row.lease_token, expires))
-            served.append({"c_org": org.org_id, "c_count": len(rows), "c_now": now})
+            if self._sqlite:
+                served.append({"c_org": org.org_id, "c_count": len(rows), "c_now": now})
         if served:
             # Served, even with nothing ready (all in backoff): it goes to the back. The
-            # rows are locked already; one executemany moves every org's counters.
+            # rows are locked already; one executemany moves every org's counters (on
+            # PostgreSQL the claim statement itself did).
             await conn.execute(self._claimed_orgs, served)
         return leases
 
@@ -613,7 +672,6 @@ class SqlJobQueue:
         # does not change while the lease is held).
         held: dict[str, Any] = {}
         pairs = [(item.lease.job.id, item.lease.token) for item in items]
-        decide = (jobs.c.id, jobs.c.attempts, jobs.c.max_attempts, jobs.c.claimed_at)
         # Completions only (the usual batch): nothing to decide from the row, so one
         # UPDATE … RETURNING both fences by token and writes them, with no read first.
         completing = all(item.error is None for item in items) and len(
@@ -621,39 +679,23 @@ class SqlJobQueue:
         ) == len(pairs)
         for start in range(0, len(pairs), HEARTBEAT_CHUNK):
             chunk = pairs[start : start + HEARTBEAT_CHUNK]
-            fence = (
-                tuple_(jobs.c.id, jobs.c.lease_token).in_(chunk),
-                jobs.c.status == "running",
-            )
             if completing:
                 results = {
                     item.lease.job.id: _dumps(item.result or {})
                     for item in items[start : start + HEARTBEAT_CHUNK]
                 }
                 distinct = set(results.values())
-                result: Any = (
-                    distinct.pop() if len(distinct) == 1 else case(results, value=jobs.c.id)
-                )
-                rows = await conn.execute(
-                    update(jobs)
-                    .where(*fence)
-                    .values(
-                        status="completed",
-                        result=result,
-                        error=None,
-                        finished_at=now,
-                        lease_token=None,
-                        lease_expires_at=None,
-                        worker_id=None,
-                    )
-                    .returning(*decide, jobs.c.run_after)
-                )
+                if len(distinct) == 1:
+                    stmt: Any = self._complete
+                    params: dict[str, Any] = {"f_result": distinct.pop()}
+                else:
+                    stmt = self._complete.values(result=case(results, value=jobs.c.id))
+                    params = {}
+                rows = await conn.execute(stmt, {"f_pairs": chunk, "f_now": now, **params})
             else:
-                rows = await conn.execute(
-                    select(*decide, jobs.c.run_after).where(*fence).with_for_update()
-                )
+                rows = await conn.execute(self._decide, {"f_pairs": chunk})
             held.update((r.id, r) for r in rows)
-        params: list[dict[str, Any]] = []
+        writes: list[dict[str, Any]] = []
         for item in items:
             row = held.pop(item.lease.job.id, None)
             if row is None:
@@ -678,7 +720,7 @@ class SqlJobQueue:
             terminal = outcome != "retrying"
             state = "queued" if outcome == "retrying" else outcome
             result = (item.result or {}) if item.error is None else None
-            params.append(
+            writes.append(
                 {
                     "b_id": job.id,
                     "b_status": state,
@@ -707,7 +749,7 @@ class SqlJobQueue:
             claimed_at = _utc(row.claimed_at)
             if claimed_at is not None:
                 delta[2].append(max(0.0, (now - claimed_at).total_seconds()))
-        if params and not completing:
+        if writes and not completing:
             await conn.execute(
                 update(jobs)
                 .where(jobs.c.id == bindparam("b_id"))
@@ -721,7 +763,7 @@ class SqlJobQueue:
                     lease_expires_at=None,
                     worker_id=None,
                 ),
-                params,
+                writes,
             )
         # The moving average is folded over the samples in the UPDATE itself (no read
         # first): avg × decay + offset, or, for an org never measured, the average of

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tollhouse.errors import StorageError
@@ -283,6 +283,14 @@ def delivery_json(d: Delivery) -> dict[str, Any]:
 # --- the outbox --------------------------------------------------------------------------
 
 
+#: The enabled endpoints of some orgs (built once: jobs finish by the hundred).
+_ACTIVE_ENDPOINTS = select(webhook_endpoints.c.id, webhook_endpoints.c.org_id).where(
+    webhook_endpoints.c.org_id.in_(bindparam("orgs", expanding=True)),
+    webhook_endpoints.c.disabled_at.is_(None),
+    webhook_endpoints.c.removed_at.is_(None),
+)
+
+
 async def stage_events(
     conn: AsyncConnection,
     events: Sequence[tuple[str, str | None, str, dict[str, Any] | Callable[[], dict[str, Any]]]],
@@ -304,16 +312,8 @@ async def stage_events(
         return 0
     orgs = sorted({org for org, *_ in events})
     endpoints: dict[str, list[str]] = {org: [] for org in orgs}
-    for row in (
-        await conn.execute(
-            select(webhook_endpoints.c.id, webhook_endpoints.c.org_id).where(
-                webhook_endpoints.c.org_id.in_(orgs),
-                webhook_endpoints.c.disabled_at.is_(None),
-                webhook_endpoints.c.removed_at.is_(None),
-            )
-        )
-    ).all():
-        endpoints[row.org_id].append(row.id)
+    for endpoint_id, org_id in await conn.execute(_ACTIVE_ENDPOINTS, {"orgs": orgs}):
+        endpoints[org_id].append(endpoint_id)
     rows = []
     for org, job_id, event_type, data in events:
         if not endpoints[org]:

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy import event
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tollhouse.errors import ConfigError
@@ -81,6 +82,34 @@ def _postgres_url(url: str) -> tuple[str, dict[str, Any]]:
     return urlunsplit(parts._replace(query=urlencode(kept))), connect_args
 
 
+#: A pooled PostgreSQL connection idle for longer than this is pinged before it is handed
+#: out. SQLAlchemy's ``pool_pre_ping`` pings at every checkout, which with asyncpg is
+#: three round trips (BEGIN, a query, ROLLBACK) before each transaction: as many as the
+#: job queue's whole finish. A connection back in the pool for less than this was
+#: working a moment ago; if the server went away since, the next statement fails, the
+#: pool is invalidated (SQLAlchemy does that on any disconnect error) and the caller's
+#: retry gets a new connection. A restart takes longer than this, so after one every
+#: pooled connection is pinged and replaced, as with ``pool_pre_ping``.
+PING_AFTER_IDLE_SECONDS = 1.0
+_IDLE_SINCE = "tollhouse_idle_since"
+
+
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+    record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Ping a connection that sat in the pool for a while; a dead one makes the pool
+    replace it (and every connection pooled before it) and try again."""
+    since = record.info.get(_IDLE_SINCE)
+    if since is None or time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
+        return  # fresh, or in use a moment ago
+    try:
+        dbapi_connection.ping()
+    except Exception as exc:
+        raise InvalidatePoolError(f"a pooled connection failed its ping: {exc}") from exc
+
+
 def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
     """Open a connection; an unreachable server becomes the driver's ``OperationalError``.
 
@@ -109,16 +138,12 @@ def make_engine(url: str) -> AsyncEngine:
     """
     if is_postgres(url):
         target, connect_args = _postgres_url(url)
-        pg = create_async_engine(
-            target,
-            connect_args=connect_args,
-            pool_size=5,
-            max_overflow=10,
-            # A server restart leaves dead sockets in the pool; pre-ping swaps them out
-            # instead of failing the next flush or query.
-            pool_pre_ping=True,
-        )
+        pg = create_async_engine(target, connect_args=connect_args, pool_size=5, max_overflow=10)
         event.listen(pg.sync_engine, "do_connect", _connect)
+        # A server restart leaves dead sockets in the pool: connections idle for a while
+        # are pinged at checkout and swapped out if dead (see _ping_if_idle).
+        event.listen(pg.sync_engine.pool, "checkin", _note_checkin)
+        event.listen(pg.sync_engine.pool, "checkout", _ping_if_idle)
         return pg
     path = sqlite_path(url)
     if path is not None:
