@@ -2,7 +2,8 @@
 watching latency, errors and the server's memory.
 
     .venv/bin/python benchmarks/soak.py [--minutes 10] [--rate 150] [--concurrency 16]
-                                        [--orgs 10] [--json report.json]
+                                        [--orgs 10] [--example-results 200]
+                                        [--json report.json]
 
 Starts `tollhouse serve` (built-in policy, SQLite, bundled example upstream) in a
 temporary folder, creates one root key per org, registers a local webhook receiver for
@@ -23,10 +24,13 @@ second half (least squares over samples every 5 s). Limits are per org and small
 built-in policy, so some 429s are expected; errors are 5xx answers and transport
 failures.
 
-Mind the bundled example upstream: it keeps up to 10,000 scoring results per org in
-memory (bounded by design), so RSS rises with every scored job until that bound; with
-10 orgs and ~15 jobs/s that takes about two hours. Growth below that is the example's,
-not the gateway's — run with ``--orgs 1`` for longer to see the plateau sooner.
+Mind the bundled example upstream: it keeps the scoring results it computes in memory,
+bounded per org (10,000 by default under `tollhouse serve`, ~2 KB each), so RSS rises with
+every scored job until that bound; with 10 orgs and ~15 jobs/s that takes about two
+hours. The soak lowers the bound to ``--example-results`` (200 by default, through
+``TOLLHOUSE_EXAMPLE_MAX_RESULTS``) so the example reaches its plateau in the first
+minutes and the second half measures tollhouse itself; ``--example-results 0`` keeps the
+server's default.
 
 Not part of the test suite.
 """
@@ -84,6 +88,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--orgs", type=int, default=10, help="orgs (one key each)")
     p.add_argument("--json", type=Path, default=None, help="also write the report here")
     p.add_argument(
+        "--example-results",
+        type=int,
+        default=200,
+        help="scoring results the example upstream keeps per org (0: the server's default)",
+    )
+    p.add_argument(
         "--without",
         action="append",
         choices=list(KINDS),
@@ -93,6 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.minutes <= 0 or args.rate <= 0 or args.concurrency < 1 or args.orgs < 1:
         p.error("--minutes and --rate must be positive, --concurrency and --orgs at least 1")
+    if args.example_results < 0:
+        p.error("--example-results must be 0 (the server's default) or more")
     if set(args.without) >= set(KINDS):
         p.error("--without leaves nothing to send")
     return args
@@ -156,8 +168,12 @@ async def traffic(
     kinds = [k for k in KINDS if k not in args.without]
     weights = [KINDS[k] for k in kinds]
     interval = args.concurrency / args.rate
+    # Idle connections are dropped before the server's 5 s keep-alive closes them, as the
+    # SDK does: reusing one the server is closing at that instant fails the request.
     limits = httpx.Limits(
-        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+        max_connections=args.concurrency,
+        max_keepalive_connections=args.concurrency,
+        keepalive_expiry=4.0,
     )
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
 
@@ -264,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
         cwd = Path(tmp)
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLHOUSE_")}
         env["TOLLHOUSE_ALLOW_PRIVATE_TARGETS"] = "1"  # the webhook receiver is on loopback
+        if args.example_results:
+            env["TOLLHOUSE_EXAMPLE_MAX_RESULTS"] = str(args.example_results)
         secrets = [
             json.loads(
                 tollhouse(

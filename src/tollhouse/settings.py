@@ -86,7 +86,7 @@ def load_settings(
         redis_url=(
             redis_url if redis_url is not None else env.get(ENV_REDIS_URL, policy.storage.redis_url)
         ),
-        instances=instances or _positive(env.get(ENV_INSTANCES), ENV_INSTANCES) or 1,
+        instances=instances or positive_int(env.get(ENV_INSTANCES), ENV_INSTANCES) or 1,
         embedded_workers=env.get(ENV_EMBEDDED_WORKERS, "1").strip().lower()
         not in ("0", "false", "no", "off"),
         allow_private_targets=_flag(
@@ -122,8 +122,13 @@ def _flag(text: str | None, name: str, default: bool) -> bool:
     raise ConfigError(f"{name}={text!r}: use 1 or 0")
 
 
-def _positive(text: str | None, name: str) -> int | None:
-    if not text:
+def positive_int(text: str | None, name: str) -> int | None:
+    """An environment variable's whole number ≥ 1; None when it is unset or empty.
+
+    Raises:
+        ConfigError: any other value, naming the variable.
+    """
+    if not text or not text.strip():
         return None
     try:
         value = int(text)

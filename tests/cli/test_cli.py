@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -118,3 +119,20 @@ def test_serve_prints_where_to_look_and_a_key_to_try(tmp_path: Path) -> None:
     again = start_server(tmp_path)
     stop_server(again)
     assert key in again.output()
+
+
+def test_services_run_on_uvloop_and_commands_on_asyncio() -> None:
+    from tollhouse.cli.common import run
+
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert run(loop_module, service=True).startswith("uvloop")
+    assert run(loop_module).startswith("asyncio")
+
+
+def test_serve_refuses_a_keep_alive_out_of_range(tmp_path: Path) -> None:
+    for value in ("0", "-1", "3601"):
+        proc = run_cli("serve", "--keep-alive", value, cwd=tmp_path, check=False)
+        assert proc.returncode == 2
+        assert "--keep-alive must be more than 0 and at most 3600 seconds" in proc.stderr

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 
-from tollhouse.example import create_app
+from tollhouse.errors import ConfigError
+from tollhouse.example import create_app, create_app_from_env
 from tollhouse.example.store import criterion_id
 
 Scenario = Callable[[httpx.AsyncClient], Awaitable[None]]
@@ -475,7 +476,15 @@ def test_batch_size_is_checked(body: dict[str, Any], message: str) -> None:
     run(scenario)
 
 
-def test_scoring_results_are_bounded_per_org() -> None:
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: create_app(max_results_per_org=2),
+        lambda: create_app_from_env({"TOLLHOUSE_EXAMPLE_MAX_RESULTS": "2"}),
+    ],
+    ids=["argument", "environment"],
+)
+def test_scoring_results_are_bounded_per_org(make: Callable[[], Starlette]) -> None:
     async def scenario(client: httpx.AsyncClient) -> None:
         await generate(client)
         ids = []
@@ -483,9 +492,16 @@ def test_scoring_results_are_bounded_per_org() -> None:
             body = (await client.post("/v1/score", json=score_body(application_id=f"a{i}"))).json()
             ids.append(body["scoringJobId"])
         assert (await client.get(f"/v1/score/{ids[0]}")).status_code == 404
+        assert (await client.get(f"/v1/score/{ids[1]}")).status_code == 200
         assert (await client.get(f"/v1/score/{ids[2]}")).status_code == 200
 
-    run(scenario, create_app(max_results_per_org=2))
+    run(scenario, make())
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many", "2.5"])
+def test_bad_bounds_in_the_environment_are_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"TOLLHOUSE_EXAMPLE_MAX_JOBS=.*at least 1"):
+        create_app_from_env({"TOLLHOUSE_EXAMPLE_MAX_JOBS": value})
 
 
 # --- errors -------------------------------------------------------------------------------

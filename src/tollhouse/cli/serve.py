@@ -38,6 +38,15 @@ def serve(
         str | None, typer.Option("--redis-url", help="Shared limits. Env: TOLLHOUSE_REDIS_URL.")
     ] = None,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+    keep_alive: Annotated[
+        float,
+        typer.Option(
+            "--keep-alive",
+            envvar="TOLLHOUSE_KEEP_ALIVE",
+            help="Seconds an idle keep-alive connection stays open. Behind a load balancer, "
+            "set it above the balancer's idle timeout (e.g. 75 behind a 60 s one).",
+        ),
+    ] = 5.0,
     log_format: Annotated[
         str,
         typer.Option(
@@ -59,6 +68,8 @@ def serve(
     settings = settings_from(config, database_url, redis_url=redis_url)
     if workers < 1:
         fail("--workers must be at least 1", 2)
+    if not 0 < keep_alive <= 3600:
+        fail("--keep-alive must be more than 0 and at most 3600 seconds", 2)
     if workers > 1 and not settings.redis_url:
         fail(
             f"--workers {workers} needs Redis so the processes share one set of limits: "
@@ -95,10 +106,10 @@ def serve(
         "lifespan": "on",
         # Request-head limits (docs/security.md): a head over [limits] max_header_bytes
         # gets 431, one not complete within 10 s gets 408 (slow clients); idle
-        # keep-alive connections close after 5 s.
+        # keep-alive connections close after --keep-alive seconds (5 by default).
         "http": LimitedHttpToolsProtocol,
         "h11_max_incomplete_event_size": settings.policy.limits.max_header_bytes,
-        "timeout_keep_alive": 5,
+        "timeout_keep_alive": keep_alive,
     }
     if workers == 1:
         uvicorn.run(app, **options)  # type: ignore[arg-type]

@@ -59,6 +59,10 @@ TENANT_HEADER = "X-Tenant-Id"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "idempotent-replayed"
 REQUEST_ID_HEADER = "x-request-id"
+#: Seconds an idle pooled connection is kept: under ``tollhouse serve``'s 5 s keep-alive
+#: (and httpx's own 5 s), so the client never reuses a connection at the instant the
+#: server closes it, which fails that request.
+KEEPALIVE_EXPIRY = 4.0
 #: Events one ``POST /v1/events`` takes; longer lists are sent in several requests.
 MAX_EVENTS_PER_REQUEST = 1000
 #: Items one ``POST /v1/score/batch`` takes.
@@ -381,7 +385,9 @@ class ClientBase:
         self._max_concurrency = max_concurrency
         self._owns_http = owns_http
         return httpx.Limits(
-            max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+            max_connections=max_concurrency,
+            max_keepalive_connections=max_concurrency,
+            keepalive_expiry=KEEPALIVE_EXPIRY,
         )
 
     @property

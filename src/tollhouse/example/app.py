@@ -40,8 +40,9 @@ in-flight slot open for as long as they need. Any other value is a 422.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -74,6 +75,7 @@ from tollhouse.example.store import (
     criterion_id,
     question_id,
 )
+from tollhouse.settings import positive_int
 
 #: Headers the gateway forwards (lower case, as ASGI gives them).
 ORG_HEADER = "x-tollhouse-org"
@@ -473,6 +475,27 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         )
         return _OrjsonResponse(body, status, headers=headers)
     return _error(error, request_id)
+
+
+#: Environment variables overriding the store's bounds when ``tollhouse serve`` builds
+#: the example (``create_app_from_env``): a soak run lowers them to see the plateau soon.
+ENV_MAX_JOBS = "TOLLHOUSE_EXAMPLE_MAX_JOBS"
+ENV_MAX_RESULTS = "TOLLHOUSE_EXAMPLE_MAX_RESULTS"
+
+
+def create_app_from_env(env: Mapping[str, str] | None = None) -> Starlette:
+    """:func:`create_app` with its bounds from ``TOLLHOUSE_EXAMPLE_MAX_JOBS`` and
+    ``TOLLHOUSE_EXAMPLE_MAX_RESULTS`` when set (``env``: ``os.environ`` by default).
+
+    Raises:
+        ConfigError: a bound that is not a whole number ≥ 1.
+    """
+    env = os.environ if env is None else env
+    return create_app(
+        max_jobs_per_org=positive_int(env.get(ENV_MAX_JOBS), ENV_MAX_JOBS) or MAX_JOBS_PER_ORG,
+        max_results_per_org=positive_int(env.get(ENV_MAX_RESULTS), ENV_MAX_RESULTS)
+        or MAX_RESULTS_PER_ORG,
+    )
 
 
 def create_app(

@@ -54,9 +54,9 @@ def build_upstream(policy: Policy) -> ASGIApp:
         return ReverseProxy(up.url, timeout=up.timeout, connect_timeout=up.connect_timeout)
     if up.app:
         return import_app(up.app)
-    from tollhouse.example import create_app
+    from tollhouse.example import create_app_from_env
 
-    return cast(ASGIApp, create_app())
+    return cast(ASGIApp, create_app_from_env())
 
 
 class Tollhouse:
