@@ -10,7 +10,7 @@ the rate of completions between the end of the first round (the C × orgs-th
 completion) and the start of the last one (the C × orgs-th before the end): what a
 queue that is never empty delivers.
 
-    .venv/bin/python benchmarks/jobs_capacity.py [--cap 50] [--seconds 1 0.2] [--rounds 6]
+    .venv/bin/python benchmarks/jobs_capacity.py [--cap 50] [--seconds 1 0.2] [--rounds 20]
         [--orgs 2] [--engine sqlite|postgres|both] [--loop uvloop|asyncio]
 
 ``--rounds``: jobs per org = rounds × cap (each slot runs ``rounds`` jobs back to back).
@@ -104,7 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cap", type=int, default=50)
     parser.add_argument("--seconds", type=float, nargs="+", default=[1.0, 0.2])
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--orgs", type=int, default=2)
     parser.add_argument("--engine", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
