@@ -38,7 +38,10 @@ async def _pid(engine: AsyncEngine) -> int:
         return int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
 
 
-async def _terminate(url: str, pid: int) -> None:
+async def _pool_one_and_kill_it(engine: AsyncEngine, url: str) -> int:
+    """Use a connection (it goes back to the pool), then end its session from another
+    engine, as a server restart would; returns the killed session's pid."""
+    pid = await _pid(engine)
     killer = make_engine(url)
     try:
         async with killer.connect() as conn:
@@ -46,6 +49,7 @@ async def _terminate(url: str, pid: int) -> None:
             await conn.commit()
     finally:
         await killer.dispose()
+    return pid
 
 
 def test_an_idle_connection_is_pinged_and_replaced(
@@ -56,8 +60,7 @@ def test_an_idle_connection_is_pinged_and_replaced(
     async def go() -> None:
         engine = make_engine(pg_url)
         try:
-            first = await _pid(engine)  # pooled from here on
-            await _terminate(pg_url, first)
+            first = await _pool_one_and_kill_it(engine, pg_url)
             # Checked out again: the ping finds the session gone, the pool replaces it
             # and the statement runs on a new session, with no error.
             second = await _pid(engine)
@@ -76,8 +79,7 @@ def test_a_connection_in_use_a_moment_ago_goes_out_unpinged(
     async def go() -> None:
         engine = make_engine(pg_url)
         try:
-            first = await _pid(engine)
-            await _terminate(pg_url, first)
+            first = await _pool_one_and_kill_it(engine, pg_url)
             # Not pinged (the counter-test of the one above): the dead session is handed
             # out and the statement fails, as a disconnect the pool reacts to.
             with pytest.raises(DBAPIError) as caught:

@@ -77,14 +77,14 @@ async def record_job_events(conn: AsyncConnection, finished: Sequence[Job], now:
     """
     if not finished:
         return
-    stmt = _INSERT_SQLITE if conn.dialect.name == "sqlite" else _INSERT_PG
+    stmt = _INSERTS["sqlite" if conn.dialect.name == "sqlite" else "postgresql"]
     await conn.execute(stmt, [job_event_row(job, now) for job in finished])
 
 
 # Built once per dialect: every batch of finished jobs runs one.
-_INSERT_SQLITE = sqlite_insert(product_events).on_conflict_do_nothing(
-    index_elements=[product_events.c.org, product_events.c.event_id]
-)
-_INSERT_PG = pg_insert(product_events).on_conflict_do_nothing(
-    index_elements=[product_events.c.org, product_events.c.event_id]
-)
+_INSERTS = {
+    name: insert(product_events).on_conflict_do_nothing(
+        index_elements=[product_events.c.org, product_events.c.event_id]
+    )
+    for name, insert in (("sqlite", sqlite_insert), ("postgresql", pg_insert))
+}

@@ -272,13 +272,15 @@ class SqlJobQueue:
             )
         )
         self._claim_jobs_counted = select(claimed).add_cte(bump.cte("bumped"))
-        # Completions: fenced by (id, token) and written in one UPDATE … RETURNING.
+        # A finish's fence: the (job id, lease token) pairs still running.
+        fence = (
+            tuple_(jobs.c.id, jobs.c.lease_token).in_(bindparam("f_pairs", expanding=True)),
+            jobs.c.status == "running",
+        )
+        # Completions: fenced and written in one UPDATE … RETURNING.
         self._complete = (
             update(jobs)
-            .where(
-                tuple_(jobs.c.id, jobs.c.lease_token).in_(bindparam("f_pairs", expanding=True)),
-                jobs.c.status == "running",
-            )
+            .where(*fence)
             .values(
                 status="completed",
                 result=bindparam("f_result", type_=Text),
@@ -290,14 +292,7 @@ class SqlJobQueue:
             )
             .returning(*_DECIDE, jobs.c.run_after)
         )
-        self._decide = (
-            select(*_DECIDE, jobs.c.run_after)
-            .where(
-                tuple_(jobs.c.id, jobs.c.lease_token).in_(bindparam("f_pairs", expanding=True)),
-                jobs.c.status == "running",
-            )
-            .with_for_update()
-        )
+        self._decide = select(*_DECIDE, jobs.c.run_after).where(*fence).with_for_update()
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -499,13 +494,16 @@ class SqlJobQueue:
         orgs = (await conn.execute(self._claim_orgs, {"c_limit": limit})).all()
         shares = share_slots(limit, [o.cap - o.running for o in orgs])
         batch = secrets.token_hex(16)
+        # PostgreSQL's claim statement moves the org's counters itself; SQLite's are
+        # moved afterwards for every served org at once.
+        claim = self._claim_jobs if self._sqlite else self._claim_jobs_counted
         served: list[dict[str, Any]] = []
         for org, share in zip(orgs, shares, strict=True):
             if share == 0:
                 continue
             result = (
                 await conn.execute(
-                    self._claim_jobs if self._sqlite else self._claim_jobs_counted,
+                    claim,
                     {
                         "p_org": org.org_id,
                         "p_now": now,
@@ -524,8 +522,7 @@ class SqlJobQueue:
                 served.append({"c_org": org.org_id, "c_count": len(rows), "c_now": now})
         if served:
             # Served, even with nothing ready (all in backoff): it goes to the back. The
-            # rows are locked already; one executemany moves every org's counters (on
-            # PostgreSQL the claim statement itself did).
+            # rows are locked already; one executemany moves every org's counters.
             await conn.execute(self._claimed_orgs, served)
         return leases
 
