@@ -7,7 +7,7 @@ import random
 import pytest
 
 from tollhouse.client import RetryPolicy, backoff, decide
-from tollhouse.client._retry import Failure, parse_retry_after
+from tollhouse.client._retry import Failure
 
 NOW = 1_800_000_000.0
 POLICY = RetryPolicy(max_retries=4, backoff_base=0.5, backoff_max=8.0, retry_after_jitter=0.5)
@@ -73,11 +73,16 @@ def test_a_long_retry_after_is_not_waited_out() -> None:
 
 
 def test_http_date_retry_after() -> None:
-    assert parse_retry_after("Fri, 15 Jan 2027 08:00:10 GMT", NOW) == 10.0
-    assert parse_retry_after("5", NOW) == 5.0
-    assert parse_retry_after("-3", NOW) == 0.0
-    assert parse_retry_after("soon", NOW) is None
-    assert parse_retry_after(None, NOW) is None
+    again, delay, reason = _decide(
+        status=429, headers={"retry-after": "Fri, 15 Jan 2027 08:00:10 GMT"}
+    )
+    assert again and 10.0 <= delay <= 10.5 and "Retry-After 10 s" in reason
+
+
+def test_a_malformed_retry_after_backs_off() -> None:
+    for bad in ("-3", "soon", "1.5"):
+        again, delay, reason = _decide(status=429, headers={"retry-after": bad})
+        assert again and delay <= 0.5 and reason == "429 without Retry-After"
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,6 @@ from tests.client.scripted import Answer, Late, Scripted, Seen, refusing_port, r
 from tests.client.support import open_client
 from tests.conftest import serve_in_thread
 from tollhouse.client import (
-    ApiError,
     AuthenticationError,
     BadRequestError,
     Client,
@@ -30,6 +29,7 @@ from tollhouse.client import (
     RateLimitError,
     RetryEvent,
     ServerError,
+    TollhouseAPIError,
     TransportError,
     UnexpectedResponse,
     ValidationError,
@@ -148,7 +148,7 @@ def test_retries_are_bounded_then_a_typed_error(server: Callable[..., Any]) -> N
     assert len(app.requests) == 4 and len(sleeps) == 3
     # Repeated 429s: Retry-After first, then the exponential backoff when it is longer.
     assert all(s >= 1.0 for s in sleeps) and sleeps[2] >= 1.0
-    assert isinstance(err, ApiError) and isinstance(err, ClientError)
+    assert isinstance(err, TollhouseAPIError) and isinstance(err, ClientError)
     assert isinstance(err, TollhouseError)
 
 
@@ -363,7 +363,7 @@ def test_both_error_shapes_are_parsed(
     status: int,
     body: Any,
     headers: dict[str, str],
-    cls: type[ApiError],
+    cls: type[TollhouseAPIError],
     code: str,
     message: str,
 ) -> None:

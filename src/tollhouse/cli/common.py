@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from tollhouse.errors import TollhouseError
-from tollhouse.settings import Settings, load_settings
+from tollhouse.settings import CONFIG_PATH, DATABASE_URL, Settings, load_settings
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,11 +23,11 @@ err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[
     str | None,
-    typer.Option("--config", "-c", help="Policy file (TOML). Env: TOLLHOUSE_CONFIG."),
+    typer.Option("--config", "-c", help=f"Policy file (TOML). Env: {CONFIG_PATH.env}."),
 ]
 DatabaseOpt = Annotated[
     str | None,
-    typer.Option("--database-url", help="Database URL. Env: TOLLHOUSE_DATABASE_URL."),
+    typer.Option("--database-url", help=f"Database URL. Env: {DATABASE_URL.env}."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 

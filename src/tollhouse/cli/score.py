@@ -27,8 +27,7 @@ from tollhouse.client import (
     ClientError,
     ScoreOutcome,
 )
-
-ENV_TENANT = "TOLLHOUSE_TENANT_ID"
+from tollhouse.settings import TENANT_ID
 
 
 def read_candidates(path: Path) -> int:
@@ -106,7 +105,7 @@ def score(
     ] = None,
     tenant: Annotated[
         str | None,
-        typer.Option("--tenant", envvar=ENV_TENANT, help="X-Tenant-Id to send."),
+        typer.Option("--tenant", envvar=TENANT_ID.env, help="X-Tenant-Id to send."),
     ] = None,
     job_id: Annotated[
         str | None, typer.Option("--job-id", help="jobId for lines that have none.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import logging.config
 import os
@@ -18,11 +19,12 @@ from tollhouse.keys.store import KeyStore
 from tollhouse.ops.logs import LogFormat, log_config
 from tollhouse.security.server import LimitedHttpToolsProtocol
 from tollhouse.settings import (
-    ENV_CONFIG,
-    ENV_DATABASE_URL,
-    ENV_INSTANCES,
-    ENV_REDIS_URL,
+    KEEP_ALIVE,
+    LOG_FORMAT,
+    LOG_LEVEL,
+    REDIS_URL,
     Settings,
+    to_environ,
 )
 from tollhouse.storage.engine import make_engine, sqlite_path
 from tollhouse.storage.schema import create_schema
@@ -35,34 +37,34 @@ def serve(
     workers: Annotated[int, typer.Option("--workers", help="Server processes.")] = 1,
     database_url: DatabaseOpt = None,
     redis_url: Annotated[
-        str | None, typer.Option("--redis-url", help="Shared limits. Env: TOLLHOUSE_REDIS_URL.")
+        str | None, typer.Option("--redis-url", help=f"Shared limits. Env: {REDIS_URL.env}.")
     ] = None,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
     keep_alive: Annotated[
         float,
         typer.Option(
             "--keep-alive",
-            envvar="TOLLHOUSE_KEEP_ALIVE",
+            envvar=KEEP_ALIVE.env,
             help="Seconds an idle keep-alive connection stays open. Behind a load balancer, "
             "set it above the balancer's idle timeout (e.g. 75 behind a 60 s one).",
         ),
-    ] = 5.0,
+    ] = KEEP_ALIVE.default,
     log_format: Annotated[
         str,
         typer.Option(
             "--log-format",
-            envvar="TOLLHOUSE_LOG_FORMAT",
+            envvar=LOG_FORMAT.env,
             help="text (stderr) or json (one object per line on stdout, with request_id).",
         ),
-    ] = "text",
+    ] = LOG_FORMAT.default,
     log_level: Annotated[
         str,
         typer.Option(
             "--log-level",
-            envvar="TOLLHOUSE_LOG_LEVEL",
+            envvar=LOG_LEVEL.env,
             help="critical, error, warning, info or debug.",
         ),
-    ] = "info",
+    ] = LOG_LEVEL.default,
 ) -> None:
     """Run the gateway in front of the configured upstream (or the bundled example)."""
     settings = settings_from(config, database_url, redis_url=redis_url)
@@ -73,7 +75,7 @@ def serve(
     if workers > 1 and not settings.redis_url:
         fail(
             f"--workers {workers} needs Redis so the processes share one set of limits: "
-            "set --redis-url, TOLLHOUSE_REDIS_URL or [storage] redis_url "
+            f"set --redis-url, {REDIS_URL.env} or [storage] redis_url "
             "(or run with --workers 1 to keep limits in process memory)",
             2,
         )
@@ -114,22 +116,21 @@ def serve(
     if workers == 1:
         uvicorn.run(app, **options)  # type: ignore[arg-type]
         return
-    # Each worker process builds its own app from the same settings, passed down by
-    # environment; together they count as `workers` instances for degraded mode.
-    os.environ.update(
-        {
-            ENV_CONFIG: str(settings.config_path or ""),
-            ENV_DATABASE_URL: settings.database_url,
-            ENV_REDIS_URL: settings.redis_url,
-            ENV_INSTANCES: str(workers * settings.instances),
-        }
-    )
+    os.environ.update(worker_environ(settings, workers))
     uvicorn.run(
         "tollhouse.http.app:app_from_env",
         factory=True,
         workers=workers,
         **options,  # type: ignore[arg-type]
     )
+
+
+def worker_environ(settings: Settings, workers: int) -> dict[str, str]:
+    """The variables from which each of ``workers`` server processes builds its app
+    (``app_from_env``): the same settings, except that together they count as
+    ``workers`` times as many instances while Redis is away."""
+    shared = dataclasses.replace(settings, instances=workers * settings.instances)
+    return to_environ(shared)
 
 
 async def _prepare(settings: Settings) -> str | None:

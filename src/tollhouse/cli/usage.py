@@ -115,13 +115,13 @@ def _range(
     return lo, stop
 
 
-def _utc(ts: float) -> datetime:
+def _from_epoch(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
 def _stamp(ts: float) -> str:
     try:
-        return _utc(ts).strftime("%Y-%m-%d %H:%M")
+        return _from_epoch(ts).strftime("%Y-%m-%d %H:%M")
     except (OverflowError, OSError, ValueError):
         return f"{ts:.0f}"
 
@@ -324,7 +324,7 @@ def _metric_range(
 ) -> tuple[datetime, datetime]:
     lo, hi = _range(start, end, since, 7 * 86400)
     assert lo is not None
-    return _utc(lo), _utc(hi if hi is not None else time.time())
+    return _from_epoch(lo), _from_epoch(hi if hi is not None else time.time())
 
 
 @app.command("metric")

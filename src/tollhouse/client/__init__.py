@@ -13,7 +13,7 @@
 Both clients wait out 429s (``Retry-After`` plus jitter), back off exponentially on
 repeated failures, 502/503/504 and connection errors, throttle ahead of an exhausted
 window (``X-RateLimit-Remaining``/``Reset``), cap requests in flight, and raise typed
-errors (:class:`ApiError` and its subclasses) once the retries are used up. See
+errors (:class:`TollhouseAPIError` and its subclasses) once the retries are used up. See
 ``docs/sdk.md``.
 """
 
@@ -39,7 +39,6 @@ from tollhouse.client._base import (
 from tollhouse.client._bulk import BulkProgress, ScoreOutcome
 from tollhouse.client._client import AnalyticsApi, CallCountsApi, Client, CriteriaApi, EventsApi
 from tollhouse.client._errors import (
-    ApiError,
     AuthenticationError,
     BadRequestError,
     ClientError,
@@ -47,6 +46,7 @@ from tollhouse.client._errors import (
     PermissionDeniedError,
     RateLimitError,
     ServerError,
+    TollhouseAPIError,
     TransportError,
     UnexpectedResponse,
     ValidationError,
@@ -87,7 +87,6 @@ __all__ = [
     "ENV_API_KEY",
     "ENV_BASE_URL",
     "AnalyticsApi",
-    "ApiError",
     "ArchiveResult",
     "AsyncAnalyticsApi",
     "AsyncCallCountsApi",
@@ -139,6 +138,7 @@ __all__ = [
     "ThrottleEvent",
     "Time",
     "TimeRange",
+    "TollhouseAPIError",
     "TransportError",
     "UnexpectedResponse",
     "ValidationError",

@@ -28,8 +28,8 @@ import orjson
 
 from tollhouse.client import _models as m
 from tollhouse.client._errors import (
-    ApiError,
     ClientError,
+    TollhouseAPIError,
     TransportError,
     UnexpectedResponse,
     default_code,
@@ -439,7 +439,7 @@ def fields(response: httpx.Response) -> Fields:
     return Fields(json_body(response))
 
 
-def api_error(response: httpx.Response, attempts: int = 1) -> ApiError:
+def api_error(response: httpx.Response, attempts: int = 1) -> TollhouseAPIError:
     """The typed error of an error answer, from either error shape.
 
     Seed 004's envelope ``{"error": {"type", "code", "status", "message", "requestId"}}``

@@ -8,7 +8,7 @@
         │                                (after the retries the policy allows)
         ├── UnexpectedResponse           a success answer whose body is not what the API
         │                                documents (a proxy page, a newer server …)
-        └── ApiError                     the API answered with an error status
+        └── TollhouseAPIError            the API answered with an error status
             ├── BadRequestError    400   BAD_REQUEST, TENANT_REQUIRED, seed 003's 400
             ├── AuthenticationError 401  UNAUTHORIZED
             ├── PermissionDeniedError 403 FORBIDDEN
@@ -17,7 +17,11 @@
             ├── RateLimitError     429   RATE_LIMITED, CONCURRENCY_LIMITED (retries used up)
             └── ServerError        5xx   INTERNAL, UPSTREAM_*, SERVICE_UNAVAILABLE
 
-An :class:`ApiError` is built from either error shape the server uses: seed 004's
+:class:`TollhouseAPIError` is the SDK's name for an error answer; the server's
+:class:`tollhouse.errors.ApiError` (what it raises to produce one) is another class, and
+the SDK never raises it.
+
+A :class:`TollhouseAPIError` is built from either error shape the server uses: seed 004's
 envelope ``{"error": {"type", "code", "status", "message", "requestId"}}`` and seed 003's
 ``{"detail": "…"}`` / ``{"detail": [{"loc", "msg", "type"}]}``. Where the body carries
 no code or request id, the status and the ``X-Request-Id`` header supply them.
@@ -25,10 +29,12 @@ no code or request id, the status and the ``X-Request-Id`` header supply them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from tollhouse.errors import TollhouseError
+from tollhouse.times import parse_retry_after
 
 
 class ClientError(TollhouseError):
@@ -63,7 +69,7 @@ class UnexpectedResponse(ClientError):
         self.body = body
 
 
-class ApiError(ClientError):
+class TollhouseAPIError(ClientError):
     """The API answered with an error status.
 
     Attributes:
@@ -101,27 +107,27 @@ class ApiError(ClientError):
         self.attempts = attempts
 
 
-class BadRequestError(ApiError):
+class BadRequestError(TollhouseAPIError):
     """400: the request is malformed, or ``X-Tenant-Id`` is missing (``TENANT_REQUIRED``)."""
 
 
-class AuthenticationError(ApiError):
+class AuthenticationError(TollhouseAPIError):
     """401: no key, or a key that is unknown or revoked."""
 
 
-class PermissionDeniedError(ApiError):
+class PermissionDeniedError(TollhouseAPIError):
     """403: the key's role may not call this endpoint."""
 
 
-class NotFoundError(ApiError):
+class NotFoundError(TollhouseAPIError):
     """404: no such job, application, criterion, metric or label (for this org)."""
 
 
-class ValidationError(ApiError):
+class ValidationError(TollhouseAPIError):
     """422: a field is missing or wrong; the message names it."""
 
 
-class RateLimitError(ApiError):
+class RateLimitError(TollhouseAPIError):
     """429 after the retries the policy allows (or a wait longer than it accepts).
 
     Attributes:
@@ -131,18 +137,14 @@ class RateLimitError(ApiError):
     @property
     def retry_after(self) -> float | None:
         """Seconds the server asked to wait (``Retry-After``), or None."""
-        raw = self.headers.get("retry-after")
-        try:
-            return float(raw) if raw is not None else None
-        except ValueError:
-            return None
+        return parse_retry_after(self.headers.get("retry-after"), time.time())
 
 
-class ServerError(ApiError):
+class ServerError(TollhouseAPIError):
     """5xx: the API or its upstream failed (after the retries allowed for this call)."""
 
 
-_BY_STATUS: dict[int, type[ApiError]] = {
+_BY_STATUS: dict[int, type[TollhouseAPIError]] = {
     400: BadRequestError,
     401: AuthenticationError,
     403: PermissionDeniedError,
@@ -168,12 +170,12 @@ _CODES: dict[int, str] = {
 }
 
 
-def error_class(status: int) -> type[ApiError]:
-    """The :class:`ApiError` subclass for an HTTP status."""
+def error_class(status: int) -> type[TollhouseAPIError]:
+    """The :class:`TollhouseAPIError` subclass for an HTTP status."""
     found = _BY_STATUS.get(status)
     if found is not None:
         return found
-    return ServerError if status >= 500 else ApiError
+    return ServerError if status >= 500 else TollhouseAPIError
 
 
 def default_code(status: int) -> str:

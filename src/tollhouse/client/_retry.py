@@ -24,8 +24,9 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from enum import Enum
+
+from tollhouse.times import parse_retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,23 +91,6 @@ def backoff(retry: int, policy: RetryPolicy, rng: random.Random) -> float:
     """
     ceiling = min(policy.backoff_max, policy.backoff_base * (2.0 ** min(retry, 62)))
     return ceiling / 2 + rng.uniform(0, ceiling / 2)
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """``Retry-After`` in seconds: delta-seconds or an HTTP date; None if absent or bad."""
-    if value is None:
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(text).timestamp() - now
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-    if seconds != seconds:  # NaN
-        return None
-    return max(0.0, seconds)
 
 
 def decide(

@@ -59,12 +59,6 @@ from tollhouse.policy.model import EndpointGroup, Policy
 
 logger = logging.getLogger(__name__)
 
-#: The routes this app answers (policy pattern syntax), for whoever mounts it.
-PLATFORM_ROUTES = (
-    "POST /v1/events",
-    "GET /call-counts/*",
-    "GET /v1/analytics/*",
-)
 ANALYTICS_PREFIX = "/v1/analytics/"
 #: Seed 003's page size bounds.
 MAX_PAGE_SIZE = 200

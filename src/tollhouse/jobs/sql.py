@@ -85,6 +85,7 @@ from tollhouse.jobs.schema import (
 )
 from tollhouse.jobs.shapes import event_type, job_json
 from tollhouse.storage.transactions import read_connection, write_transaction
+from tollhouse.times import as_utc
 
 logger = logging.getLogger(__name__)
 
@@ -105,13 +106,6 @@ def new_job_id() -> str:
     return "sj_" + secrets.token_hex(10)
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    # SQLite hands datetimes back naive; they were written as UTC.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 def _loads(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
@@ -122,9 +116,6 @@ def _dumps(value: Any) -> str:
 
 def row_job(row: Any) -> Job:
     """A ``jobs`` row as a :class:`Job`."""
-    created = _utc(row.created_at)
-    run_after = _utc(row.run_after)
-    assert created is not None and run_after is not None
     return Job(
         id=row.id,
         seq=row.seq,
@@ -134,17 +125,17 @@ def row_job(row: Any) -> Job:
         state=row.status,
         attempts=row.attempts,
         max_attempts=row.max_attempts,
-        created_at=created,
-        run_after=run_after,
+        created_at=as_utc(row.created_at),
+        run_after=as_utc(row.run_after),
         environment=row.environment,
         tenant=row.tenant,
         application_id=row.application_id,
         idempotency_key=row.idempotency_key,
         request_hash=row.request_hash,
         request_id=row.request_id,
-        started_at=_utc(row.started_at),
-        claimed_at=_utc(row.claimed_at),
-        finished_at=_utc(row.finished_at),
+        started_at=as_utc(row.started_at),
+        claimed_at=as_utc(row.claimed_at),
+        finished_at=as_utc(row.finished_at),
         result=_loads(row.result),
         error=_loads(row.error),
         accepted_position=row.accepted_position,
@@ -700,7 +691,7 @@ class SqlJobQueue:
                 continue
             job = item.lease.job
             outcome: Outcome
-            run_after = _utc(row.run_after)
+            run_after = as_utc(row.run_after)
             if item.error is None:
                 outcome = "completed"
             elif not item.retryable:
@@ -743,7 +734,7 @@ class SqlJobQueue:
                 )
             else:
                 delta[1] += 1
-            claimed_at = _utc(row.claimed_at)
+            claimed_at = as_utc(row.claimed_at)
             if claimed_at is not None:
                 delta[2].append(max(0.0, (now - claimed_at).total_seconds()))
         if writes and not completing:

@@ -4,7 +4,8 @@ a sender with a retry schedule, and every attempt recorded.
 * **Signing**: ``webhook-id`` (the event's message id, the same for every retry),
   ``webhook-timestamp`` (Unix seconds of this attempt) and
   ``webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">``, keyed with the
-  base64-decoded part of the endpoint's ``whsec_<base64>`` secret.
+  base64-decoded part of the endpoint's ``whsec_<base64>`` secret — by
+  :func:`tollhouse.webhooks.sign`, the function receivers verify with.
 * **Outbox**: when a job finishes, :func:`stage_events` writes one delivery per enabled
   endpoint of the org in the job's own transaction; the body is fixed then, so every
   retry sends the same bytes.
@@ -23,16 +24,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
-import hmac
 import logging
 import random
 import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,10 +46,11 @@ from tollhouse.jobs.schema import webhook_attempts, webhook_deliveries, webhook_
 from tollhouse.security import audit
 from tollhouse.security.net import check_target, webhook_client
 from tollhouse.storage.transactions import read_connection, write_transaction
+from tollhouse.times import as_utc, parse_retry_after
+from tollhouse.webhooks import HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, SECRET_PREFIX, sign
 
 logger = logging.getLogger(__name__)
 
-SECRET_PREFIX = "whsec_"
 #: Delay before each attempt, in seconds: attempt 1 at once, then 5 s, 5 min, 30 min, 2 h,
 #: 5 h, 10 h, 10 h after the one before.
 SCHEDULE: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
@@ -62,9 +61,6 @@ MAX_RETRY_AFTER = 36000.0
 #: Longest URL accepted for an endpoint.
 MAX_URL_CHARS = 2048
 USER_AGENT = "tollhouse-webhooks/1"
-HEADER_ID = "webhook-id"
-HEADER_TIMESTAMP = "webhook-timestamp"
-HEADER_SIGNATURE = "webhook-signature"
 
 # --- signing (pure) ----------------------------------------------------------------------
 
@@ -74,19 +70,6 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def secret_key(secret: str) -> bytes:
-    """The HMAC key of a ``whsec_…`` secret: its base64 part, decoded."""
-    body = secret.removeprefix(SECRET_PREFIX)
-    return base64.b64decode(body + "=" * (-len(body) % 4))
-
-
-def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
-    """``v1,<base64 HMAC-SHA256 of "id.timestamp.body">`` (Standard Webhooks)."""
-    signed = f"{message_id}.{timestamp}.".encode() + body
-    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
-
-
 def signed_headers(secret: str, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
     """Every header of one attempt."""
     return {
@@ -94,7 +77,7 @@ def signed_headers(secret: str, message_id: str, timestamp: int, body: bytes) ->
         "user-agent": USER_AGENT,
         HEADER_ID: message_id,
         HEADER_TIMESTAMP: str(timestamp),
-        HEADER_SIGNATURE: sign(secret, message_id, timestamp, body),
+        HEADER_SIGNATURE: sign(body, secret, message_id, timestamp),
     }
 
 
@@ -125,22 +108,6 @@ def next_delay(
     return delay
 
 
-def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """``Retry-After`` as seconds from ``now`` (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        moment = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(0.0, (moment - now).total_seconds())
-
-
 def check_url(url: str) -> str:
     """An endpoint URL as stored: ``http(s)://host…``.
 
@@ -159,18 +126,6 @@ def check_url(url: str) -> str:
 
 
 # --- values ------------------------------------------------------------------------------
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-def _aware(value: datetime | None) -> datetime:
-    out = _utc(value)
-    assert out is not None
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -592,7 +547,7 @@ class WebhookStore:
                 ).all():
                     attempts[a.delivery_id].append(
                         Attempt(
-                            a.attempt, _aware(a.started_at), a.status_code, a.duration_ms, a.error
+                            a.attempt, as_utc(a.started_at), a.status_code, a.duration_ms, a.error
                         )
                     )
         return [
@@ -606,9 +561,9 @@ class WebhookStore:
                 event_type=r.event_type,
                 status=r.status,
                 attempts=tuple(attempts[r.id]),
-                next_attempt_at=_utc(r.next_attempt_at),
-                created_at=_aware(r.created_at),
-                finished_at=_utc(r.finished_at),
+                next_attempt_at=as_utc(r.next_attempt_at),
+                created_at=as_utc(r.created_at),
+                finished_at=as_utc(r.finished_at),
             )
             for r in rows
         ]
@@ -619,8 +574,8 @@ def _endpoint(row: Any) -> Endpoint:
         id=row.id,
         org=row.org_id,
         url=row.url,
-        created_at=_aware(row.created_at),
-        disabled_at=_utc(row.disabled_at),
+        created_at=as_utc(row.created_at),
+        disabled_at=as_utc(row.disabled_at),
         disabled_reason=row.disabled_reason,
     )
 
@@ -648,7 +603,7 @@ async def send_attempt(
     error = f"HTTP {status}"
     if 300 <= status < 400:
         error += " (redirects are not followed)"
-    retry_after = parse_retry_after(response.headers.get("retry-after"), now)
+    retry_after = parse_retry_after(response.headers.get("retry-after"), now.timestamp())
     return AttemptResult(status, duration, error, retry_after)
 
 

@@ -16,20 +16,12 @@ from tollhouse.security.audit import record as audit
 from tollhouse.storage.dialect import insert
 from tollhouse.storage.schema import api_keys, orgs
 from tollhouse.storage.transactions import write_transaction
+from tollhouse.times import as_utc
 
 _ENV_NAME = {"test": "SANDBOX", "live": "PRODUCTION"}
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    # SQLite hands datetimes back naive; they were written as UTC.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 def _record(row: Any) -> KeyRecord:
-    created = _utc(row.created_at)
-    assert created is not None
     return KeyRecord(
         id=row.id,
         org=row.org_id,
@@ -37,9 +29,9 @@ def _record(row: Any) -> KeyRecord:
         role=row.role,
         name=row.name,
         prefix=row.prefix,
-        created_at=created,
-        revoked_at=_utc(row.revoked_at),
-        expires_at=_utc(row.expires_at),
+        created_at=as_utc(row.created_at),
+        revoked_at=as_utc(row.revoked_at),
+        expires_at=as_utc(row.expires_at),
     )
 
 

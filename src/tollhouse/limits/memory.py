@@ -9,7 +9,6 @@ one window.
 from __future__ import annotations
 
 import itertools
-import math
 import threading
 
 from tollhouse.limits.maths import MICROS, Outcome, fixed_window_peek, gcra, gcra_peek
@@ -235,8 +234,3 @@ class MemoryStore:
 
     async def aclose(self) -> None:
         """Nothing to release."""
-
-
-def ceil_seconds(value: float) -> int:
-    """Whole seconds, rounded up, never negative (for headers and status fields)."""
-    return max(0, math.ceil(value - 1e-9))

@@ -31,6 +31,7 @@ from tollhouse.errors import StorageError
 from tollhouse.security import audit
 from tollhouse.storage.poll import Poller
 from tollhouse.storage.schema import metadata
+from tollhouse.times import as_utc
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class OverrideStore:
             raise StorageError(f"could not list overrides: {exc}") from exc
         out = []
         for r in rows:
-            stamp = r.updated_at if r.updated_at.tzinfo else r.updated_at.replace(tzinfo=UTC)
+            stamp = as_utc(r.updated_at)
             out.append(Override(r.org_id, r.key_id or None, r.bucket, r.limit, stamp))
         return out
 

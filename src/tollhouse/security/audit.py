@@ -23,6 +23,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from tollhouse.storage.schema import api_keys, metadata
 from tollhouse.storage.transactions import read_connection
+from tollhouse.times import as_utc
 
 Action = Literal[
     "key.created",
@@ -169,7 +170,7 @@ async def read_log(
     out = [
         AuditEntry(
             id=r.id,
-            at=r.at if r.at.tzinfo else r.at.replace(tzinfo=UTC),
+            at=as_utc(r.at),
             actor=r.actor,
             action=r.action,
             org=r.org_id,

@@ -1,0 +1,1 @@
+../../../../src/tollhouse/errors.py
