@@ -24,13 +24,11 @@ second half (least squares over samples every 5 s). Limits are per org and small
 built-in policy, so some 429s are expected; errors are 5xx answers and transport
 failures.
 
-Mind the bundled example upstream: it keeps the scoring results it computes in memory,
-bounded per org (10,000 by default under `tollhouse serve`, ~2 KB each), so RSS rises with
-every scored job until that bound; with 10 orgs and ~15 jobs/s that takes about two
-hours. The soak lowers the bound to ``--example-results`` (200 by default, through
-``TOLLHOUSE_EXAMPLE_MAX_RESULTS``) so the example reaches its plateau in the first
-minutes and the second half measures tollhouse itself; ``--example-results 0`` keeps the
-server's default.
+The bundled example upstream keeps the scoring results it computes in the server's
+database, bounded per org and environment (10,000 by default). The soak lowers the bound
+to ``--example-results`` (200 by default, through ``TOLLHOUSE_EXAMPLE_MAX_RESULTS``) so
+the example's tables stay small and reach their plateau in the first minutes, as its
+in-memory store did before; ``--example-results 0`` keeps the server's default.
 
 Not part of the test suite.
 """

@@ -1,25 +1,47 @@
-"""The example upstream over HTTP: the real app through httpx's ASGI transport."""
+"""The example upstream over HTTP: the real app through httpx's ASGI transport, each
+scenario on a fresh SQLite database (tests/example/test_example_storage.py runs the
+storage itself on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
+from tests.conftest import free_port
 from tollhouse.errors import ConfigError
 from tollhouse.example import create_app, create_app_from_env
+from tollhouse.example.app import processing_seconds
 from tollhouse.example.store import criterion_id
+from tollhouse.keys.model import Identity
+from tollhouse.storage.engine import make_engine
 
 Scenario = Callable[[httpx.AsyncClient], Awaitable[None]]
+MakeApp = Callable[[AsyncEngine], Starlette]
+
+_folder: list[Path] = []
+_databases = itertools.count()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _database_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # Module-scoped: hypothesis refuses function-scoped fixtures on its tests.
+    _folder.append(tmp_path_factory.mktemp("example"))
+    yield
+    _folder.clear()
+
 
 JOB = {
     "jobId": "job-1",
@@ -41,13 +63,22 @@ REQUEST_ID = re.compile(r"^req_[0-9a-f]{12}$")
 ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 
 
-def run(scenario: Scenario, app: Starlette | None = None) -> None:
-    """Drive ``scenario`` against a fresh app (or ``app``) in its own event loop."""
+def fresh_database() -> str:
+    """The URL of a new, empty SQLite database."""
+    return f"sqlite:///{_folder[0]}/example-{next(_databases)}.db"
+
+
+def run(scenario: Scenario, make: MakeApp = create_app) -> None:
+    """Drive ``scenario`` against ``make(engine)`` on a fresh database, in its own loop."""
 
     async def main() -> None:
-        transport = httpx.ASGITransport(app=app or create_app())
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            await scenario(client)
+        engine = make_engine(fresh_database())
+        try:
+            transport = httpx.ASGITransport(app=make(engine))
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                await scenario(client)
+        finally:
+            await engine.dispose()
 
     asyncio.run(main())
 
@@ -313,7 +344,7 @@ def test_archive() -> None:
         await generate(client)  # a new version of the posting is active again
         assert (await client.get("/v1/criteria/job-1")).json()["archived"] is False
 
-    run(scenario, create_app(clock=lambda: moment))
+    run(scenario, lambda engine: create_app(engine, clock=lambda: moment))
 
 
 # --- scoring ------------------------------------------------------------------------------
@@ -479,12 +510,12 @@ def test_batch_size_is_checked(body: dict[str, Any], message: str) -> None:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: create_app(max_results_per_org=2),
-        lambda: create_app_from_env({"TOLLHOUSE_EXAMPLE_MAX_RESULTS": "2"}),
+        lambda engine: create_app(engine, max_results_per_org=2),
+        lambda engine: create_app_from_env({"TOLLHOUSE_EXAMPLE_MAX_RESULTS": "2"}, database=engine),
     ],
     ids=["argument", "environment"],
 )
-def test_scoring_results_are_bounded_per_org(make: Callable[[], Starlette]) -> None:
+def test_scoring_results_are_bounded_per_org(make: MakeApp) -> None:
     async def scenario(client: httpx.AsyncClient) -> None:
         await generate(client)
         ids = []
@@ -495,13 +526,38 @@ def test_scoring_results_are_bounded_per_org(make: Callable[[], Starlette]) -> N
         assert (await client.get(f"/v1/score/{ids[1]}")).status_code == 200
         assert (await client.get(f"/v1/score/{ids[2]}")).status_code == 200
 
-    run(scenario, make())
+    run(scenario, make)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda engine: create_app(engine, max_jobs_per_org=2),
+        lambda engine: create_app_from_env({"TOLLHOUSE_EXAMPLE_MAX_JOBS": "2"}, database=engine),
+    ],
+    ids=["argument", "environment"],
+)
+def test_jobs_are_bounded_per_org_least_recently_changed_first(make: MakeApp) -> None:
+    async def scenario(client: httpx.AsyncClient) -> None:
+        for job_id in ("j1", "j2"):
+            await client.post("/v1/criteria/generate", json={**JOB, "jobId": job_id})
+        # j1 changes again, so j2 is now the least recently changed.
+        assert (await client.post("/v1/criteria/j1", json={"name": "On-call"})).status_code == 201
+        await client.post("/v1/criteria/generate", json={**JOB, "jobId": "j3"})
+        assert (await client.get("/v1/criteria/j2")).status_code == 404
+        assert (await client.get("/v1/criteria/j1")).status_code == 200
+        assert (await client.get("/v1/criteria/j3")).status_code == 200
+        # The bound is per org (and environment).
+        await client.post("/v1/criteria/generate", json={**JOB, "jobId": "j9"}, headers=org("b"))
+        assert (await client.get("/v1/criteria/j1")).status_code == 200
+
+    run(scenario, make)
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "many", "2.5"])
 def test_bad_bounds_in_the_environment_are_refused(value: str) -> None:
     with pytest.raises(ConfigError, match=r"TOLLHOUSE_EXAMPLE_MAX_JOBS=.*at least 1"):
-        create_app_from_env({"TOLLHOUSE_EXAMPLE_MAX_JOBS": value})
+        create_app_from_env({"TOLLHOUSE_EXAMPLE_MAX_JOBS": value}, database=fresh_database())
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -714,3 +770,151 @@ def test_any_json_body_gets_an_answer_below_500(body: Any) -> None:
                 assert response.json()["error"]["status"] == response.status_code
 
     run(scenario)
+
+
+# --- environments -------------------------------------------------------------------------
+
+
+def env(name: str, environment: str) -> dict[str, str]:
+    return {"x-tollhouse-org": name, "x-tollhouse-environment": environment}
+
+
+def test_sandbox_and_production_data_are_apart() -> None:
+    async def scenario(client: httpx.AsyncClient) -> None:
+        sandbox = await generate(client, **env("acme", "SANDBOX"))
+        # Any case names the same environment.
+        same = await client.get("/v1/criteria/job-1", headers=env("acme", "sandbox"))
+        assert same.json()["criteria"] == sandbox
+        for other in (env("acme", "PRODUCTION"), org("acme")):
+            assert_error(
+                await client.get("/v1/criteria/job-1", headers=other), 404, "NOT_FOUND", "not-found"
+            )
+        scored = await client.post("/v1/score", json=score_body(), headers=env("acme", "SANDBOX"))
+        sj = scored.json()["scoringJobId"]
+        live = await client.get(f"/v1/score/{sj}", headers=env("acme", "PRODUCTION"))
+        assert_error(live, 404, "NOT_FOUND", "not-found")
+        bad = await client.get("/v1/criteria/job-1", headers=env("acme", "STAGING"))
+        message = assert_error(bad, 422, "VALIDATION_FAILED", "validation-failed")
+        assert "x-tollhouse-environment" in message
+
+    run(scenario)
+
+
+def test_the_gateways_identity_names_the_same_data_as_the_headers() -> None:
+    """Mounted in-process, the org and environment come from the caller's key; proxied,
+    from the headers the proxy sets from that key: both reach the same rows."""
+
+    def behind_a_gateway(engine: AsyncEngine) -> Starlette:
+        example = create_app(engine)
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and b"x-as-identity" in dict(scope["headers"]):
+                identity = Identity("key_1", "acm\u00e9", "PRODUCTION", "root")
+                scope["state"] = {"identity": identity}
+            await example(scope, receive, send)
+
+        return app  # type: ignore[return-value]
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        made = await client.post("/v1/criteria/generate", json=JOB, headers={"x-as-identity": "1"})
+        assert made.status_code == 200
+        proxied = {
+            "x-tollhouse-org": "acm\u00e9".encode(),
+            "x-tollhouse-environment": b"PRODUCTION",
+        }
+        read = await client.get("/v1/criteria/job-1", headers=proxied)
+        assert read.json()["criteria"] == made.json()["criteria"]
+        assert made.json()["criteria"][0]["id"] == criterion_id(
+            "acm\u00e9", "job-1", made.json()["criteria"][0]["name"]
+        )
+
+    run(scenario, behind_a_gateway)
+
+
+def test_an_org_header_too_long_for_the_store_is_422() -> None:
+    async def scenario(client: httpx.AsyncClient) -> None:
+        response = await client.get("/v1/criteria/job-1", headers=org("o" * 65))
+        message = assert_error(response, 422, "VALIDATION_FAILED", "validation-failed")
+        assert '"x-tollhouse-org"' in message and "64" in message
+
+    run(scenario)
+
+
+# --- processing time and the database -----------------------------------------------------
+
+
+def test_processing_time_holds_a_scoring_without_blocking_other_requests() -> None:
+    async def scenario(client: httpx.AsyncClient) -> None:
+        await generate(client)
+        scoring = asyncio.create_task(client.post("/v1/score", json=score_body()))
+        # Other requests are answered meanwhile (the wait is asyncio.sleep) ...
+        for _ in range(3):
+            assert (await client.get("/v1/criteria/job-1")).status_code == 200
+        latest = await client.get("/v1/score/application/app-1")
+        assert_error(latest, 404, "NOT_FOUND", "not-found")
+        # ... while the scoring, an hour long, is still under way and has stored nothing.
+        assert not scoring.done()
+        scoring.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await scoring
+
+    run(scenario, lambda engine: create_app(engine, processing_seconds=3600))
+
+
+def test_processing_time_is_reported_and_a_batch_waits_once() -> None:
+    async def scenario(client: httpx.AsyncClient) -> None:
+        await generate(client)
+        single = await client.post("/v1/score", json=score_body())
+        assert single.status_code == 200
+        assert single.headers["x-example-processing-seconds"] == "0.001"
+        batch = await client.post("/v1/score/batch", json={"items": [score_body()] * 3})
+        assert batch.headers["x-example-processing-seconds"] == "0.001"
+        assert [r["status"] for r in batch.json()["results"]] == ["completed"] * 3
+        read = await client.get(f"/v1/score/{single.json()['scoringJobId']}")
+        assert "x-example-processing-seconds" not in read.headers
+
+    run(
+        scenario,
+        lambda engine: create_app_from_env(
+            {"TOLLHOUSE_EXAMPLE_PROCESSING_SECONDS": "0.001"}, database=engine
+        ),
+    )
+
+
+def test_without_processing_time_there_is_no_processing_header() -> None:
+    async def scenario(client: httpx.AsyncClient) -> None:
+        await generate(client)
+        response = await client.post("/v1/score", json=score_body())
+        assert "x-example-processing-seconds" not in response.headers
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "nan", "inf", "3601", "1e9"])
+def test_bad_processing_times_are_refused_at_startup(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"TOLLHOUSE_EXAMPLE_PROCESSING_SECONDS=.*0 to 3600"):
+        create_app_from_env(
+            {"TOLLHOUSE_EXAMPLE_PROCESSING_SECONDS": value}, database=fresh_database()
+        )
+    with pytest.raises(ConfigError, match="processing_seconds"):
+        create_app(fresh_database(), processing_seconds=float(value) if value != "abc" else -1)
+
+
+@pytest.mark.parametrize("value", ["", "0", "0.5", "30", "3600"])
+def test_good_processing_times_are_accepted(value: str) -> None:
+    assert processing_seconds(value) == (float(value) if value else 0.0)
+
+
+def test_a_database_that_cannot_be_reached_is_503() -> None:
+    async def main() -> None:
+        engine = make_engine(f"postgresql://nobody@127.0.0.1:{free_port()}/none")
+        try:
+            transport = httpx.ASGITransport(app=create_app(engine))
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                response = await client.post("/v1/criteria/generate", json=JOB)
+                assert_error(response, 503, "SERVICE_UNAVAILABLE", "service-unavailable")
+                assert response.headers["retry-after"] == "1"
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())

@@ -44,9 +44,11 @@ def proxy_policy(tmp: Path, upstream_url: str, timeout: str = "30s") -> Path:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[str]:
-    """The example scoring API as a separate HTTP server: the 'API written in anything'."""
-    with serve_in_thread(create_app()) as url:
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The example scoring API as a separate HTTP server: the 'API written in anything'
+    (on a database of its own, which its lifespan opens and closes)."""
+    database = tmp_path_factory.mktemp("upstream") / "example.db"
+    with serve_in_thread(create_app(f"sqlite:///{database}")) as url:
         yield url
 
 

@@ -257,48 +257,54 @@ def test_scoring_volume(db_url: str) -> None:
 
 
 def test_end_to_end_with_the_example_upstream(db_url: str) -> None:
-    example = create_example()
-
     async def go() -> None:
-        async with client_for(db_url, fallback=example) as (client, queue, webhooks):
-            await webhooks.add_endpoint("acme", "http://127.0.0.1:9/refused")
-            gen = await client.post(
-                "/v1/criteria/generate", json=POSTING, headers={"x-tollhouse-org": "acme"}
-            )
-            assert gen.status_code == 200, gen.text
-            ok = (await client.post("/v1/score", json=SCORE, headers={"x-tenant-id": "t1"})).json()
-            no_criteria = (await client.post("/v1/score", json={**SCORE, "jobId": "nope"})).json()
-            worker = Worker(
-                queue,
-                build_handler(POLICY, example),
-                webhooks=webhooks,
-                slots=3,
-                poll_interval=0.05,
-                webhook_timeout=2,
-            )
-            await worker.start()
-            try:
-                done = await _poll(client, ok["scoringJobId"])
-                failed = await _poll(client, no_criteria["scoringJobId"])
-                deliveries = await _deliveries(client, ok["scoringJobId"])
-            finally:
-                await worker.stop()
-            assert done["status"] == "completed", done
-            assert (
-                0 <= done["result"]["score"] <= 100 and done["result"]["applicationId"] == "app_1"
-            )
-            assert done["completedAt"].endswith("Z") and "queuePosition" not in done
-            assert failed["status"] == "failed" and failed["error"]["code"] == "NOT_FOUND"
-            assert failed["error"]["status"] == 404
-            [d] = deliveries
-            assert d["eventType"] == "score.completed" and d["jobId"] == ok["scoringJobId"]
-            assert d["attempts"][0]["statusCode"] is None and d["attempts"][0]["error"]
-            other = await client.get(
-                "/v1/webhooks/deliveries",
-                params={"jobId": ok["scoringJobId"]},
-                headers={"x-test-org": "evil"},
-            )
-            assert other.json() == {"data": []}
+        # The example keeps its state in the same database, on an engine of its own.
+        async with database(db_url) as example_engine:
+            example = create_example(example_engine)
+            async with client_for(db_url, fallback=example) as (client, queue, webhooks):
+                await webhooks.add_endpoint("acme", "http://127.0.0.1:9/refused")
+                gen = await client.post(
+                    "/v1/criteria/generate", json=POSTING, headers={"x-tollhouse-org": "acme"}
+                )
+                assert gen.status_code == 200, gen.text
+                ok = (
+                    await client.post("/v1/score", json=SCORE, headers={"x-tenant-id": "t1"})
+                ).json()
+                no_criteria = (
+                    await client.post("/v1/score", json={**SCORE, "jobId": "nope"})
+                ).json()
+                worker = Worker(
+                    queue,
+                    build_handler(POLICY, example),
+                    webhooks=webhooks,
+                    slots=3,
+                    poll_interval=0.05,
+                    webhook_timeout=2,
+                )
+                await worker.start()
+                try:
+                    done = await _poll(client, ok["scoringJobId"])
+                    failed = await _poll(client, no_criteria["scoringJobId"])
+                    deliveries = await _deliveries(client, ok["scoringJobId"])
+                finally:
+                    await worker.stop()
+                assert done["status"] == "completed", done
+                assert (
+                    0 <= done["result"]["score"] <= 100
+                    and done["result"]["applicationId"] == "app_1"
+                )
+                assert done["completedAt"].endswith("Z") and "queuePosition" not in done
+                assert failed["status"] == "failed" and failed["error"]["code"] == "NOT_FOUND"
+                assert failed["error"]["status"] == 404
+                [d] = deliveries
+                assert d["eventType"] == "score.completed" and d["jobId"] == ok["scoringJobId"]
+                assert d["attempts"][0]["statusCode"] is None and d["attempts"][0]["error"]
+                other = await client.get(
+                    "/v1/webhooks/deliveries",
+                    params={"jobId": ok["scoringJobId"]},
+                    headers={"x-test-org": "evil"},
+                )
+                assert other.json() == {"data": []}
 
     run(go())
 

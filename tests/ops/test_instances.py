@@ -1,6 +1,7 @@
 """The documented scale-out layout, on one machine: two `tollhouse serve` instances (API
-nodes, no embedded workers) and one `tollhouse worker`, on one Redis and one PostgreSQL.
-They behave as one: limits, keys and jobs are shared (docs/operations.md)."""
+nodes, no embedded workers) and one `tollhouse worker`, on one Redis and one PostgreSQL,
+in front of one `tollhouse example serve` as their shared upstream. They behave as one:
+limits, keys, jobs and the upstream's criteria are shared (docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,21 @@ import asyncio
 import itertools
 import subprocess
 import sys
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import orjson
 import pytest
+from standardwebhooks import Webhook
 
 from tests import services
-from tests.conftest import cli_env, free_port
-from tests.ops.support import samples, spawn_serve, wait_for, wait_healthy
+from tests.conftest import ALLOW_PRIVATE_TARGETS, cli_env, free_port, serve_in_thread
+from tests.example.support import ExampleProcess, start_example
+from tests.ops.support import cli, samples, spawn_serve, wait_for, wait_healthy
 from tollhouse.keys.store import KeyStore
 from tollhouse.storage.engine import make_engine
 from tollhouse.storage.schema import create_schema
@@ -24,11 +31,14 @@ from tollhouse.storage.schema import create_schema
 pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.postgres]
 
 POLICY = """
+[upstream]
+url = "{upstream}"
+
 [[buckets]]
 name = "shared"
 limit = 5
 window = "3650d"
-routes = ["GET /v1/criteria/{jobId}"]
+routes = ["GET /v1/criteria/{{jobId}}"]
 
 [[async_routes]]
 route = "POST /v1/score"
@@ -36,19 +46,80 @@ concurrency = 10
 handler = "upstream"
 """
 
+POSTING = {
+    "jobId": "job_1",
+    "title": "Backend Engineer",
+    "description": "Python, PostgreSQL and Redis; 5+ years building APIs.",
+}
 
-def test_two_instances_share_limits_keys_and_jobs(
+
+class Receiver:
+    """A webhook receiver (raw ASGI) recording every request's headers and body."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: list[tuple[dict[str, str], bytes]] = []
+
+    def received(self) -> list[tuple[dict[str, str], bytes]] | None:
+        with self.lock:
+            return list(self.calls) or None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        with self.lock:
+            self.calls.append((headers, b"".join(chunks)))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[Receiver, str]]:
+    r = Receiver()
+    with serve_in_thread(r) as url:  # type: ignore[arg-type]
+        yield r, url
+
+
+@pytest.fixture
+def shared(
+    tmp_path: Path, postgres_service: services.PostgresServer
+) -> Iterator[tuple[str, ExampleProcess]]:
+    """A fresh PostgreSQL database, and the shared upstream on it: the bundled example,
+    run on its own by `tollhouse example serve`."""
+    database = postgres_service.create_database("lb_" + uuid.uuid4().hex[:8])
+    upstream = start_example(tmp_path, {"TOLLHOUSE_DATABASE_URL": database})
+    yield database, upstream
+    upstream.stop()
+
+
+def test_two_instances_share_limits_keys_jobs_and_the_upstream(
     tmp_path: Path,
     redis_service: services.RedisServer,
-    postgres_service: services.PostgresServer,
+    shared: tuple[str, ExampleProcess],
+    receiver: tuple[Receiver, str],
 ) -> None:
+    database, upstream = shared
+    recorder, receiver_url = receiver
     config = tmp_path / "tollhouse.toml"
-    config.write_text(POLICY)
+    config.write_text(POLICY.format(upstream=upstream.url))
     env = {
         "TOLLHOUSE_CONFIG": str(config),
-        "TOLLHOUSE_DATABASE_URL": postgres_service.create_database("lb_" + uuid.uuid4().hex[:8]),
+        "TOLLHOUSE_DATABASE_URL": database,
         "TOLLHOUSE_REDIS_URL": redis_service.url,
         "TOLLHOUSE_INSTANCES": "2",
+        # The webhook receiver listens on loopback, which is refused by default (SSRF).
+        **ALLOW_PRIVATE_TARGETS,
     }
     api_env = {**env, "TOLLHOUSE_EMBEDDED_WORKERS": "0"}
     org = "lb-" + uuid.uuid4().hex[:8]  # Redis is shared by the session: a fresh org
@@ -76,17 +147,39 @@ def test_two_instances_share_limits_keys_and_jobs(
             for node, _ in zip(itertools.cycle(nodes), range(12), strict=False)
         ]
         assert codes.count(429) == 7, codes
-        assert sorted(set(codes) - {429}) == [404]  # admitted: the example has no job_1
+        assert sorted(set(codes) - {429}) == [404]  # admitted: the example has no job_1 yet
         for node in nodes:
             status = httpx.get(node.url + "/v1/rate-limit/status", headers=auth).json()
             assert status["buckets"]["shared"]["remaining"] == 0
             assert status["degraded"] is False
 
-        # Jobs: submitted on A, run by the worker, polled on B.
+        # The upstream: criteria generated through A are read through B (both proxy to the
+        # one example upstream, which keeps them in the shared database).
+        generated = httpx.post(a.url + "/v1/criteria/generate", headers=auth, json=POSTING)
+        assert generated.status_code == 200, generated.text
+        read = httpx.get(b.url + "/v1/jobs/job_1/criteria", headers=auth)
+        assert read.status_code == 200, read.text
+        assert read.json()["criteria"] == generated.json()["criteria"]
+
+        # Webhooks for the org, signed with the secret given once.
+        added = cli(
+            tmp_path,
+            env,
+            "webhooks",
+            "add",
+            "--org",
+            org,
+            "--url",
+            receiver_url + "/hook",
+            "--json",
+        )
+        hook_secret = orjson.loads(added)["secret"]
+
+        # Jobs: submitted on A, run by the worker (through the upstream), polled on B.
         body = {
             "applicationId": "app_1",
             "jobId": "job_1",
-            "candidate": {"name": "A", "resume": "Python"},
+            "candidate": {"name": "A", "resume": "Python services on PostgreSQL since 2016."},
         }
         submitted = httpx.post(a.url + "/v1/score", headers=auth, json=body)
         assert submitted.status_code == 202
@@ -112,7 +205,25 @@ def test_two_instances_share_limits_keys_and_jobs(
             return job if job["status"] in ("completed", "failed") else None
 
         done = wait_for(finished, "the job to finish", timeout=40)
+        # Completed, not merely finished: the worker's call to the upstream scored it
+        # against the criteria generated through A.
+        assert done["status"] == "completed", done
+        result = done["result"]
+        assert isinstance(result, dict)
+        assert result["status"] == "completed" and 0 <= result["score"] <= 100
+        assert result["applicationId"] == "app_1" and result["jobId"] == "job_1"
         assert httpx.get(f"{a.url}/v1/score/{job_id}", headers=auth).json() == done
+        # The upstream kept its own record of the scoring, under the org's sandbox.
+        kept = httpx.get(f"{upstream.url}/v1/score/application/app_1", headers=upstream_as(org))
+        assert kept.json() == result
+
+        # The webhook arrived and verifies with the reference Standard Webhooks library.
+        [(headers, payload)] = wait_for(recorder.received, "the webhook")
+        event = Webhook(hook_secret).verify(payload, headers)
+        assert event["type"] == "score.completed"
+        assert event["data"]["scoringJobId"] == job_id
+        assert event["data"]["status"] == "completed"
+        assert event["data"]["result"] == result
         # The worker reports the attempt it ran on its own metrics port.
         found = samples(httpx.get(f"http://127.0.0.1:{worker_metrics_port}/metrics").text)
         attempts = sum(
@@ -141,3 +252,8 @@ def test_two_instances_share_limits_keys_and_jobs(
             worker.wait(timeout=30)
         for node in nodes:
             node.stop()
+
+
+def upstream_as(org: str) -> dict[str, str]:
+    """The identity headers the instances forward for the org's test keys."""
+    return {"x-tollhouse-org": org, "x-tollhouse-environment": "SANDBOX"}

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from tollhouse.cli import audit, keys, limits, score, serve, status, usage, webhooks, worker
+from tollhouse.cli import (
+    audit,
+    example,
+    keys,
+    limits,
+    score,
+    serve,
+    status,
+    usage,
+    webhooks,
+    worker,
+)
 
 app = typer.Typer(
     name="tollhouse",
@@ -22,6 +33,7 @@ app.command("worker")(worker.worker)
 app.command("status")(status.status)
 app.command("score")(score.score)
 app.command("audit")(audit.audit)
+app.add_typer(example.app, name="example")
 
 
 def main() -> None:

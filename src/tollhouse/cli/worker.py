@@ -15,12 +15,12 @@ from typing import Annotated, Any, cast
 
 import typer
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollhouse.cli.common import (
     ConfigOpt,
     DatabaseOpt,
     console,
-    err_console,
     fail,
     run,
     settings_from,
@@ -30,7 +30,7 @@ from tollhouse.jobs.model import QueueSettings
 from tollhouse.jobs.webhooks import WebhookStore
 from tollhouse.ops.exporter import WorkerMetrics
 from tollhouse.ops.logs import LogFormat, log_config
-from tollhouse.settings import Settings
+from tollhouse.settings import LOG_FORMAT, LOG_LEVEL, Settings
 from tollhouse.storage.engine import make_engine
 
 
@@ -65,11 +65,11 @@ def worker(
     ] = "127.0.0.1",
     log_format: Annotated[
         str,
-        typer.Option("--log-format", envvar="TOLLHOUSE_LOG_FORMAT", help="text or json."),
-    ] = "text",
+        typer.Option("--log-format", envvar=LOG_FORMAT.env, help="text or json."),
+    ] = LOG_FORMAT.default,
     log_level: Annotated[
-        str, typer.Option("--log-level", envvar="TOLLHOUSE_LOG_LEVEL", help="e.g. info, debug.")
-    ] = "info",
+        str, typer.Option("--log-level", envvar=LOG_LEVEL.env, help="e.g. info, debug.")
+    ] = LOG_LEVEL.default,
 ) -> None:
     """Run the policy's async jobs and send webhooks until stopped."""
     try:
@@ -102,20 +102,15 @@ def worker(
     )
 
 
-def _upstream_app(settings: Settings) -> Any:
+def _upstream_app(settings: Settings, engine: AsyncEngine) -> Any:
     up = settings.policy.upstream
     if up.url:
         return None
     from tollhouse.http.app import build_upstream
 
-    if up.is_example and any(r.handler == "upstream" for r in settings.policy.async_routes):
-        err_console.print(
-            "[yellow]warning:[/] the bundled example upstream keeps its data in the process "
-            "that serves it; this worker runs its own copy, which has no criteria. Set "
-            "[upstream] url (or app) for workers in their own process.",
-            highlight=False,
-        )
-    return build_upstream(settings.policy)
+    # The bundled example keeps its state in this database, so the worker's copy sees the
+    # criteria created through any `tollhouse serve` on it.
+    return build_upstream(settings.policy, engine)
 
 
 async def _work(
@@ -135,9 +130,12 @@ async def _work(
             await asyncio.sleep(0.5)
             await create_job_schema(engine)
         queue = open_queue(engine, queue_settings)
-        handler = build_handler(settings.policy, _upstream_app(settings))
-        webhooks = WebhookStore(engine, allow_private_targets=settings.allow_private_targets)
         slots = concurrency or queue_settings.default_cap
+        # One upstream connection per job slot: a job never waits for a connection.
+        handler = build_handler(
+            settings.policy, _upstream_app(settings, engine), min_connections=slots
+        )
+        webhooks = WebhookStore(engine, allow_private_targets=settings.allow_private_targets)
         job_worker = Worker(queue, handler, webhooks=webhooks, slots=slots, **options)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -1,11 +1,19 @@
 """The bundled example upstream: a small Nova-like candidate-scoring API.
 
-``tollhouse serve`` mounts it when no upstream is configured, so a first run does real work.
-It has no auth of its own: the gateway in front authenticates and forwards two headers.
+``tollhouse serve`` mounts it when no upstream is configured, so a first run does real work;
+``tollhouse example serve`` runs it on its own, as the shared upstream of several tollhouse
+instances. Its state lives in tollhouse's database (:mod:`tollhouse.example.store`), so
+every process on one database sees the same criteria and results. It has no auth of its
+own: the gateway in front authenticates and forwards these headers.
 
-* ``x-tollhouse-org``: the caller's org (``anonymous`` when absent). All data is kept per
-  org; one org never sees or changes another's criteria or scores.
+* ``x-tollhouse-org``: the caller's org (``anonymous`` when absent; at most 64 characters).
+* ``x-tollhouse-environment``: ``SANDBOX`` or ``PRODUCTION`` (any case), or absent. All data
+  is kept per org and environment; one org never sees or changes another's criteria or
+  scores, and an org's sandbox data is apart from its production data.
 * ``x-request-id``: echoed in error bodies (``req_`` + 12 hex characters when absent).
+
+Mounted in-process behind the gateway, the org and environment come from the caller's
+key instead (``scope["state"]["identity"]``), which gives the same values.
 
 Endpoints (bodies are JSON; unknown fields are ignored)::
 
@@ -30,7 +38,14 @@ Because ``POST /v1/criteria/generate`` and ``/questions`` are matched first, job
 
 Errors use tollhouse's envelope (:func:`tollhouse.errors.error_body`): 400 ``BAD_REQUEST``
 for a body that is not a JSON object, 404 ``NOT_FOUND``, 405 ``METHOD_NOT_ALLOWED``,
-413 ``PAYLOAD_TOO_LARGE`` past 32 MiB, 422 ``VALIDATION_FAILED`` naming the field.
+413 ``PAYLOAD_TOO_LARGE`` past 32 MiB, 422 ``VALIDATION_FAILED`` naming the field (or the
+header), 503 ``SERVICE_UNAVAILABLE`` while the database cannot be reached.
+
+Processing time: with ``processing_seconds`` (``TOLLHOUSE_EXAMPLE_PROCESSING_SECONDS``) above
+0, ``POST /v1/score`` waits that long (``asyncio.sleep``: other requests go on meanwhile)
+after finding the job's criteria and before scoring, so operators can rehearse slow jobs.
+``POST /v1/score/batch`` waits once for the whole batch, as a service scoring the items in
+parallel would. Such answers carry ``x-example-processing-seconds``.
 
 Test hook: a request with ``x-example-delay-ms: N`` (an integer, 0 to 30000) waits N
 milliseconds (``asyncio.sleep``) before it is handled, so tests can hold a gateway's
@@ -40,15 +55,18 @@ in-flight slot open for as long as they need. Any other value is a 422.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
 import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -57,13 +75,17 @@ from starlette.routing import BaseRoute, Route
 
 from tollhouse.errors import (
     ApiError,
+    ConfigError,
     NotFound,
     PayloadTooLarge,
+    ServiceUnavailable,
+    StorageError,
     ValidationFailed,
     error_body,
 )
 from tollhouse.example import bodies
 from tollhouse.example.criteria import derive_criteria, derive_questions
+from tollhouse.example.schema import MAX_ENVIRONMENT_CHARS, MAX_ORG_CHARS, MAX_SCORING_ID_CHARS
 from tollhouse.example.scoring import candidate_document, score_candidate
 from tollhouse.example.store import (
     MAX_JOBS_PER_ORG,
@@ -71,20 +93,36 @@ from tollhouse.example.store import (
     Criterion,
     ExampleStore,
     JobCriteria,
+    Owner,
     ScoreResult,
     criterion_id,
     question_id,
 )
-from tollhouse.settings import positive_int
+from tollhouse.settings import (
+    DATABASE_URL,
+    EXAMPLE_MAX_JOBS,
+    EXAMPLE_MAX_RESULTS,
+    EXAMPLE_PROCESSING_SECONDS,
+    positive_int,
+)
+
+logger = logging.getLogger(__name__)
 
 #: Headers the gateway forwards (lower case, as ASGI gives them).
 ORG_HEADER = "x-tollhouse-org"
+ENVIRONMENT_HEADER = "x-tollhouse-environment"
 REQUEST_ID_HEADER = "x-request-id"
 DELAY_HEADER = "x-example-delay-ms"
+#: Response header of a scoring that waited ``processing_seconds``.
+PROCESSING_HEADER = "x-example-processing-seconds"
 #: Org assumed when the gateway forwards none (the app run on its own).
 DEFAULT_ORG = "anonymous"
+#: Environments an org's data is kept apart by; "" when the caller names none.
+ENVIRONMENTS = frozenset({"SANDBOX", "PRODUCTION"})
 #: Longest delay the test hook accepts, in milliseconds.
 MAX_DELAY_MS = 30_000
+#: Longest processing time accepted: an hour; a larger value is a typo (milliseconds?).
+MAX_PROCESSING_SECONDS = 3600.0
 #: Largest request body read; a full batch of long resumes fits well below it.
 MAX_BODY_BYTES = 32 * 1024 * 1024
 #: Criteria one job may hold (generate gives at most 8; the rest come by hand).
@@ -106,8 +144,10 @@ class _OrjsonResponse(Response):
         return orjson.dumps(content)
 
 
-def _json(content: Any, status_code: int = 200) -> Response:
-    return _OrjsonResponse(content, status_code=status_code)
+def _json(
+    content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return _OrjsonResponse(content, status_code=status_code, headers=headers)
 
 
 def _error(error: ApiError, request_id: str) -> Response:
@@ -145,7 +185,7 @@ class _Call:
     """One request as a handler sees it: who asked, and how to read what they sent."""
 
     request: Request
-    org: str
+    owner: Owner
     request_id: str
 
     def path(self, name: str) -> str:
@@ -167,7 +207,7 @@ _Handler = Callable[[_Call], Awaitable[Response]]
 
 
 def _endpoint(handler: _Handler) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap a handler: request id, org, the delay hook, and API errors as the envelope."""
+    """Wrap a handler: request id, owner, the delay hook, and errors as the envelope."""
 
     async def endpoint(request: Request) -> Response:
         request_id = request.headers.get(REQUEST_ID_HEADER) or new_request_id()
@@ -175,22 +215,54 @@ def _endpoint(handler: _Handler) -> Callable[[Request], Awaitable[Response]]:
             delay_ms = _delay_ms(request.headers.get(DELAY_HEADER))
             if delay_ms:
                 await asyncio.sleep(delay_ms / 1000)
-            org = _org(request)
-            return await handler(_Call(request, org, request_id))
+            return await handler(_Call(request, _owner(request), request_id))
         except ApiError as exc:
             return _error(exc, request_id)
+        except StorageError as exc:
+            # The database is away (a restart, a failover): a retryable answer, which the
+            # job queue's upstream handler retries, rather than a 500.
+            logger.warning("example upstream: %s", exc, extra={"request_id": request_id})
+            unavailable = ServiceUnavailable(
+                "the example upstream cannot reach its database; try again shortly",
+                headers={"Retry-After": "1"},
+            )
+            return _error(unavailable, request_id)
 
     return endpoint
 
 
-def _org(request: Request) -> str:
-    """The caller's org: from the gateway's identity when mounted in-process behind it,
-    else from the header the reverse proxy (or the job handler) sets."""
+def _header(request: Request, name: str, max_chars: int) -> str:
+    """A forwarded identity header as text: UTF-8, as the reverse proxy encodes it, so a
+    proxied request and an in-process one name the same org."""
+    value = request.headers.get(name)
+    if not value:
+        return ""
+    try:
+        text = value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise ValidationFailed(f'header "{name}" must be UTF-8 text') from None
+    if len(text) > max_chars:
+        raise ValidationFailed(f'header "{name}" must be at most {max_chars} characters')
+    if "\x00" in text:
+        raise ValidationFailed(f'header "{name}" must not contain NUL characters')
+    return text
+
+
+def _owner(request: Request) -> Owner:
+    """Whose data the request reaches: from the gateway's identity when mounted in-process
+    behind it, else from the headers the reverse proxy (or the job handler) sets."""
     identity = (request.scope.get("state") or {}).get("identity")
     org = getattr(identity, "org", None)
     if isinstance(org, str) and org:
-        return org
-    return request.headers.get(ORG_HEADER) or DEFAULT_ORG
+        environment = getattr(identity, "environment", "")
+        return Owner(org, environment if isinstance(environment, str) else "")
+    org = _header(request, ORG_HEADER, MAX_ORG_CHARS) or DEFAULT_ORG
+    environment = _header(request, ENVIRONMENT_HEADER, MAX_ENVIRONMENT_CHARS).strip().upper()
+    if environment and environment not in ENVIRONMENTS:
+        raise ValidationFailed(
+            f'header "{ENVIRONMENT_HEADER}" must be SANDBOX or PRODUCTION (or absent)'
+        )
+    return Owner(org, environment)
 
 
 def _criterion_json(criterion: Criterion) -> dict[str, Any]:
@@ -231,26 +303,53 @@ def _result_json(result: ScoreResult) -> dict[str, Any]:
     }
 
 
-class _ExampleApi:
-    """The handlers, sharing one store and one clock."""
+def _has_criteria(job: JobCriteria | None, job_id: str) -> JobCriteria:
+    if job is None or not job.criteria:
+        raise NotFound(
+            f'job "{job_id}" has no criteria; create them with POST /v1/criteria/generate '
+            f"or POST /v1/jobs/{job_id}/criteria"
+        )
+    return job
 
-    def __init__(self, store: ExampleStore, clock: Clock) -> None:
+
+def _scorable(job: JobCriteria | None, job_id: str) -> JobCriteria:
+    if job is None or not job.criteria:
+        raise NotFound(
+            f'job "{job_id}" has no criteria to score against; POST /v1/criteria/generate first'
+        )
+    return job
+
+
+def _index(job: JobCriteria, wanted: str) -> int:
+    for i, criterion in enumerate(job.criteria):
+        if criterion.id == wanted:
+            return i
+    raise NotFound(f'criterion "{wanted}" not found in job "{job.job_id}"')
+
+
+class _ExampleApi:
+    """The handlers, sharing one store, one clock and one processing time."""
+
+    def __init__(self, store: ExampleStore, clock: Clock, processing_seconds: float) -> None:
         self.store = store
         self.clock = clock
+        self.processing_seconds = processing_seconds
+        self._processing_headers = (
+            {PROCESSING_HEADER: f"{processing_seconds:g}"} if processing_seconds else None
+        )
 
     # --- criteria generation -------------------------------------------------------------
 
     async def generate(self, call: _Call) -> Response:
         posting = bodies.job_posting(await call.body())
         derived = derive_criteria(posting.title, posting.description)
+        org = call.owner.org
         criteria = tuple(
-            Criterion(
-                criterion_id(call.org, posting.job_id, d.name), d.name, d.description, d.weight
-            )
+            Criterion(criterion_id(org, posting.job_id, d.name), d.name, d.description, d.weight)
             for d in derived
         )
         # Regenerating replaces the job's criteria and un-archives it: a new posting version.
-        self.store.save_job(call.org, JobCriteria(posting.job_id, criteria))
+        await self.store.replace_job(call.owner, JobCriteria(posting.job_id, criteria))
         return _json({"jobId": posting.job_id, "criteria": [_criterion_json(c) for c in criteria]})
 
     async def questions(self, call: _Call) -> Response:
@@ -258,7 +357,7 @@ class _ExampleApi:
         derived = derive_criteria(posting.title, posting.description)
         questions = [
             {
-                "id": question_id(call.org, posting.job_id, q.name),
+                "id": question_id(call.owner.org, posting.job_id, q.name),
                 "name": q.name,
                 "description": q.text,
                 "weight": q.weight,
@@ -269,104 +368,104 @@ class _ExampleApi:
 
     # --- criteria CRUD -------------------------------------------------------------------
 
-    def _job(self, call: _Call, job_id: str) -> JobCriteria:
-        job = self.store.get_job(call.org, job_id)
-        if job is None or not job.criteria:
-            raise NotFound(
-                f'job "{job_id}" has no criteria; create them with POST /v1/criteria/generate '
-                f"or POST /v1/jobs/{job_id}/criteria"
-            )
-        return job
-
-    @staticmethod
-    def _index(job: JobCriteria, wanted: str) -> int:
-        for i, criterion in enumerate(job.criteria):
-            if criterion.id == wanted:
-                return i
-        raise NotFound(f'criterion "{wanted}" not found in job "{job.job_id}"')
-
     async def get_criteria(self, call: _Call) -> Response:
-        return _json(_criteria_json(self._job(call, call.path("jobId"))))
+        job_id = call.path("jobId")
+        job = _has_criteria(await self.store.get_job(call.owner, job_id), job_id)
+        return _json(_criteria_json(job))
 
     async def add_criterion(self, call: _Call) -> Response:
         job_id = call.path("jobId")
         new = bodies.new_criterion(await call.body())
-        job = self.store.get_job(call.org, job_id) or JobCriteria(job_id, ())
-        if len(job.criteria) >= MAX_CRITERIA_PER_JOB:
-            raise ValidationFailed(
-                f'job "{job_id}" already has {MAX_CRITERIA_PER_JOB} criteria; delete some first'
-            )
-        # Ids derive from the name; a second criterion of the same name gets a suffixed seed
-        # so both stay addressable.
-        taken = {c.id for c in job.criteria}
-        new_id = criterion_id(call.org, job_id, new.name)
-        n = 1
-        while new_id in taken:
-            n += 1
-            new_id = criterion_id(call.org, job_id, f"{new.name}#{n}")
-        criterion = Criterion(new_id, new.name, new.description, new.weight)
-        self.store.save_job(call.org, replace(job, criteria=(*job.criteria, criterion)))
-        return _json(_criterion_json(criterion), 201)
+        org = call.owner.org
+
+        def add(stored: JobCriteria | None) -> JobCriteria:
+            job = stored or JobCriteria(job_id, ())
+            if len(job.criteria) >= MAX_CRITERIA_PER_JOB:
+                raise ValidationFailed(
+                    f'job "{job_id}" already has {MAX_CRITERIA_PER_JOB} criteria; delete some first'
+                )
+            # Ids derive from the name; a second criterion of the same name gets a suffixed
+            # seed so both stay addressable.
+            taken = {c.id for c in job.criteria}
+            new_id = criterion_id(org, job_id, new.name)
+            n = 1
+            while new_id in taken:
+                n += 1
+                new_id = criterion_id(org, job_id, f"{new.name}#{n}")
+            criterion = Criterion(new_id, new.name, new.description, new.weight)
+            return replace(job, criteria=(*job.criteria, criterion))
+
+        job = await self.store.change_job(call.owner, job_id, add)
+        return _json(_criterion_json(job.criteria[-1]), 201)
 
     async def patch_criteria(self, call: _Call) -> Response:
         job_id = call.path("jobId")
         changes = bodies.criteria_patch(await call.body())
-        job = self._job(call, job_id)
-        criteria = list(job.criteria)
-        # Every id is checked before anything changes: a 404 leaves the job as it was.
-        positions = [self._index(job, wanted) for wanted, _ in changes]
-        for i, (_, change) in zip(positions, changes, strict=True):
-            criteria[i] = _apply(criteria[i], change)
-        job = replace(job, criteria=tuple(criteria))
-        self.store.save_job(call.org, job)
+
+        def patch(stored: JobCriteria | None) -> JobCriteria:
+            job = _has_criteria(stored, job_id)
+            criteria = list(job.criteria)
+            # Every id is checked before anything changes: a 404 leaves the job as it was.
+            positions = [_index(job, wanted) for wanted, _ in changes]
+            for i, (_, change) in zip(positions, changes, strict=True):
+                criteria[i] = _apply(criteria[i], change)
+            return replace(job, criteria=tuple(criteria))
+
+        job = await self.store.change_job(call.owner, job_id, patch)
         return _json(_criteria_json(job))
 
     async def patch_criterion(self, call: _Call) -> Response:
         job_id, wanted = call.path("jobId"), call.path("criterionId")
         change = bodies.criterion_changes(await call.body())
-        job = self._job(call, job_id)
-        i = self._index(job, wanted)
-        criteria = list(job.criteria)
-        criteria[i] = _apply(criteria[i], change)
-        self.store.save_job(call.org, replace(job, criteria=tuple(criteria)))
-        return _json(_criterion_json(criteria[i]))
+
+        def patch(stored: JobCriteria | None) -> JobCriteria:
+            job = _has_criteria(stored, job_id)
+            i = _index(job, wanted)
+            criteria = list(job.criteria)
+            criteria[i] = _apply(criteria[i], change)
+            return replace(job, criteria=tuple(criteria))
+
+        job = await self.store.change_job(call.owner, job_id, patch)
+        return _json(_criterion_json(job.criteria[_index(job, wanted)]))
 
     async def delete_criteria(self, call: _Call) -> Response:
         job_id = call.path("jobId")
-        self._job(call, job_id)
-        self.store.delete_job(call.org, job_id)
+        if not await self.store.delete_job(call.owner, job_id):
+            _has_criteria(None, job_id)
         return Response(status_code=204)
 
     async def delete_criterion(self, call: _Call) -> Response:
         job_id, wanted = call.path("jobId"), call.path("criterionId")
-        job = self._job(call, job_id)
-        i = self._index(job, wanted)
-        criteria = job.criteria[:i] + job.criteria[i + 1 :]
-        self.store.save_job(call.org, replace(job, criteria=criteria))
+
+        def drop(stored: JobCriteria | None) -> JobCriteria:
+            job = _has_criteria(stored, job_id)
+            i = _index(job, wanted)
+            return replace(job, criteria=job.criteria[:i] + job.criteria[i + 1 :])
+
+        await self.store.change_job(call.owner, job_id, drop)
         return Response(status_code=204)
 
     async def archive_criteria(self, call: _Call) -> Response:
-        job = self._job(call, call.path("jobId"))
-        # Archiving again is a no-op that reports the original time.
-        archived_at = job.archived_at or self.clock()
-        if job.archived_at is None:
-            self.store.save_job(call.org, replace(job, archived_at=archived_at))
+        job_id = call.path("jobId")
+        now = self.clock()
+
+        def archive(stored: JobCriteria | None) -> JobCriteria:
+            job = _has_criteria(stored, job_id)
+            # Archiving again is a no-op that reports the original time.
+            return job if job.archived_at is not None else replace(job, archived_at=now)
+
+        job = await self.store.change_job(call.owner, job_id, archive)
+        archived_at = job.archived_at or now
         return _json({"jobId": job.job_id, "archived": True, "archivedAt": _iso(archived_at)})
 
     # --- scoring -------------------------------------------------------------------------
 
-    def _score(self, org: str, request: bodies.ScoreRequest) -> ScoreResult:
-        job = self.store.get_job(org, request.job_id)
-        if job is None or not job.criteria:
-            raise NotFound(
-                f'job "{request.job_id}" has no criteria to score against; '
-                "POST /v1/criteria/generate first"
-            )
+    def _compute(self, request: bodies.ScoreRequest, job: JobCriteria) -> ScoreResult:
         now = self.clock()
         scored = score_candidate(
             job.criteria, candidate_document(request.candidate), current_year=now.year
         )
-        result = ScoreResult(
+        return ScoreResult(
             scoring_job_id="sj_" + secrets.token_hex(8),
             application_id=request.application_id,
             job_id=request.job_id,
@@ -374,41 +473,76 @@ class _ExampleApi:
             breakdown=scored.breakdown,
             completed_at=now,
         )
-        self.store.save_result(org, result)
-        return result
+
+    async def _process(self) -> None:
+        """The configured processing time, without blocking other requests."""
+        if self.processing_seconds:
+            await asyncio.sleep(self.processing_seconds)
 
     async def score(self, call: _Call) -> Response:
         request = bodies.score_request(await call.body())
-        return _json(_result_json(self._score(call.org, request)))
+        job = _scorable(await self.store.get_job(call.owner, request.job_id), request.job_id)
+        await self._process()
+        result = self._compute(request, job)
+        await self.store.save_results(call.owner, [result])
+        return _json(_result_json(result), headers=self._processing_headers)
 
     async def score_batch(self, call: _Call) -> Response:
         items = bodies.batch_items(await call.body())
-        results: list[dict[str, Any]] = []
+        checked: list[bodies.ScoreRequest | ApiError] = []
         for index, item in enumerate(items):
             try:
                 if not isinstance(item, dict):
                     raise ValidationFailed(f'field "items[{index}]" must be an object')
-                result = self._score(call.org, bodies.score_request(item))
-                results.append({"index": index, **_result_json(result)})
+                checked.append(bodies.score_request(item))
             except ApiError as exc:
-                error = exc.body(call.request_id)["error"]
+                checked.append(exc)
+        # One read for every job the batch names.
+        jobs = await self.store.get_jobs(
+            call.owner, (c.job_id for c in checked if isinstance(c, bodies.ScoreRequest))
+        )
+        ready: list[tuple[bodies.ScoreRequest, JobCriteria] | ApiError] = []
+        for entry in checked:
+            try:
+                if isinstance(entry, ApiError):
+                    raise entry
+                ready.append((entry, _scorable(jobs.get(entry.job_id), entry.job_id)))
+            except ApiError as exc:
+                ready.append(exc)
+        if any(not isinstance(entry, ApiError) for entry in ready):
+            await self._process()
+        results: list[dict[str, Any]] = []
+        stored: list[ScoreResult] = []
+        for index, outcome in enumerate(ready):
+            if isinstance(outcome, ApiError):
+                error = outcome.body(call.request_id)["error"]
                 results.append({"index": index, "status": "error", "error": error})
+                continue
+            result = self._compute(*outcome)
+            stored.append(result)
+            results.append({"index": index, **_result_json(result)})
             # Scoring is CPU work; let other requests run between items of a long batch.
             await asyncio.sleep(0)
-        return _json({"results": results})
+        await self.store.save_results(call.owner, stored)
+        return _json({"results": results}, headers=self._processing_headers)
 
     async def get_score(self, call: _Call) -> Response:
         scoring_job_id = call.path("scoringJobId")
         if scoring_job_id == "batch":
             raise _MethodNotAllowed("/v1/score/batch takes POST only", headers={"Allow": "POST"})
-        result = self.store.get_result(call.org, scoring_job_id)
+        # An id longer than its column cannot exist: no need to ask the database.
+        result = (
+            await self.store.get_result(call.owner, scoring_job_id)
+            if len(scoring_job_id) <= MAX_SCORING_ID_CHARS
+            else None
+        )
         if result is None:
             raise NotFound(f'scoring job "{scoring_job_id}" not found')
         return _json(_result_json(result))
 
     async def get_application_score(self, call: _Call) -> Response:
         application_id = call.path("applicationId")
-        result = self.store.latest_result(call.org, application_id)
+        result = await self.store.latest_result(call.owner, application_id)
         if result is None:
             raise NotFound(f'application "{application_id}" has no scoring result')
         return _json(_result_json(result))
@@ -477,44 +611,123 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error(error, request_id)
 
 
-#: Environment variables overriding the store's bounds when ``tollhouse serve`` builds
-#: the example (``create_app_from_env``): a soak run lowers them to see the plateau soon.
-ENV_MAX_JOBS = "TOLLHOUSE_EXAMPLE_MAX_JOBS"
-ENV_MAX_RESULTS = "TOLLHOUSE_EXAMPLE_MAX_RESULTS"
+#: Environment variables read by :func:`create_app_from_env` (``tollhouse serve`` and
+#: ``tollhouse example serve``): the store's bounds (a soak run lowers them to see the
+#: plateau soon) and the processing time of a scoring.
+ENV_MAX_JOBS = EXAMPLE_MAX_JOBS.env
+ENV_MAX_RESULTS = EXAMPLE_MAX_RESULTS.env
+ENV_PROCESSING_SECONDS = EXAMPLE_PROCESSING_SECONDS.env
 
 
-def create_app_from_env(env: Mapping[str, str] | None = None) -> Starlette:
-    """:func:`create_app` with its bounds from ``TOLLHOUSE_EXAMPLE_MAX_JOBS`` and
-    ``TOLLHOUSE_EXAMPLE_MAX_RESULTS`` when set (``env``: ``os.environ`` by default).
+def processing_seconds(text: str | None) -> float:
+    """``TOLLHOUSE_EXAMPLE_PROCESSING_SECONDS``'s value: seconds from 0 to 3600, 0 when
+    unset or blank (parsed by its row in :data:`tollhouse.settings.TABLE`).
 
     Raises:
-        ConfigError: a bound that is not a whole number ≥ 1.
+        ConfigError: anything else, naming the variable.
+    """
+    if text is None or not text.strip():
+        return float(EXAMPLE_PROCESSING_SECONDS.default)
+    return float(EXAMPLE_PROCESSING_SECONDS.parser.parse(text, ENV_PROCESSING_SECONDS))
+
+
+def database_url_from_env(env: Mapping[str, str] | None = None) -> str:
+    """``TOLLHOUSE_DATABASE_URL``, else tollhouse's default database (a SQLite file under
+    ``./.tollhouse/``)."""
+    env = os.environ if env is None else env
+    text = env.get(DATABASE_URL.env, "").strip()
+    return text or str(DATABASE_URL.default)
+
+
+def create_app_from_env(
+    env: Mapping[str, str] | None = None, *, database: AsyncEngine | str | None = None
+) -> Starlette:
+    """:func:`create_app` configured by the environment (``env``: ``os.environ`` by default).
+
+    Reads ``TOLLHOUSE_EXAMPLE_MAX_JOBS`` and ``TOLLHOUSE_EXAMPLE_MAX_RESULTS`` (bounds per
+    org and environment), ``TOLLHOUSE_EXAMPLE_PROCESSING_SECONDS`` (time a scoring takes)
+    and, when ``database`` is None, ``TOLLHOUSE_DATABASE_URL``.
+
+    Args:
+        env: the environment.
+        database: an engine (shared, e.g. the Tollhouse app's) or a URL; None for
+            :func:`database_url_from_env`.
+
+    Raises:
+        ConfigError: a bound that is not a whole number ≥ 1, a processing time that is not
+            0 to 3600 seconds, or an unsupported database URL.
     """
     env = os.environ if env is None else env
+    # Every value is checked before an engine is made: a bad one costs no connection.
+    max_jobs = positive_int(env.get(ENV_MAX_JOBS), ENV_MAX_JOBS) or MAX_JOBS_PER_ORG
+    max_results = positive_int(env.get(ENV_MAX_RESULTS), ENV_MAX_RESULTS) or MAX_RESULTS_PER_ORG
+    seconds = processing_seconds(env.get(ENV_PROCESSING_SECONDS))
     return create_app(
-        max_jobs_per_org=positive_int(env.get(ENV_MAX_JOBS), ENV_MAX_JOBS) or MAX_JOBS_PER_ORG,
-        max_results_per_org=positive_int(env.get(ENV_MAX_RESULTS), ENV_MAX_RESULTS)
-        or MAX_RESULTS_PER_ORG,
+        database if database is not None else database_url_from_env(env),
+        max_jobs_per_org=max_jobs,
+        max_results_per_org=max_results,
+        processing_seconds=seconds,
     )
 
 
 def create_app(
+    database: AsyncEngine | str,
     *,
     max_jobs_per_org: int = MAX_JOBS_PER_ORG,
     max_results_per_org: int = MAX_RESULTS_PER_ORG,
+    processing_seconds: float = 0.0,
     clock: Clock | None = None,
 ) -> Starlette:
-    """Build the example upstream, with its own empty in-memory store.
+    """Build the example upstream on a database.
+
+    Its lifespan brings the schema up to date at startup (tollhouse's migrations; a store
+    used without a lifespan does it on its first request) and, when the app made the
+    engine from a URL, disposes of it at shutdown.
 
     Args:
-        max_jobs_per_org: jobs with criteria each org keeps (the least recently changed go
-            first).
-        max_results_per_org: scoring results each org keeps (the oldest go first).
+        database: an engine, which the caller keeps and disposes of (the Tollhouse app
+            passes its own), or a database URL (``sqlite:///…``, ``postgresql://…``).
+        max_jobs_per_org: jobs with criteria each org and environment keeps, about (the
+            least recently changed go first).
+        max_results_per_org: scoring results each org and environment keeps, about (the
+            oldest go first).
+        processing_seconds: how long a scoring takes (0 to 3600); see the module's notes.
         clock: returns the current time, timezone-aware; defaults to the system clock in UTC.
 
     Returns:
         A Starlette ASGI app.
+
+    Raises:
+        ConfigError: an unsupported database URL or a processing time out of range.
     """
-    store = ExampleStore(max_jobs_per_org=max_jobs_per_org, max_results_per_org=max_results_per_org)
-    api = _ExampleApi(store, clock or _utc_now)
-    return Starlette(routes=api.routes(), exception_handlers={HTTPException: _http_error})
+    if not 0 <= processing_seconds <= MAX_PROCESSING_SECONDS:  # NaN fails this too
+        raise ConfigError(
+            f"processing_seconds must be from 0 to {MAX_PROCESSING_SECONDS:g}, "
+            f"not {processing_seconds!r}"
+        )
+    owned = isinstance(database, str)
+    if isinstance(database, str):
+        from tollhouse.storage.engine import make_engine
+
+        engine = make_engine(database)
+    else:
+        engine = database
+    store = ExampleStore(
+        engine, max_jobs_per_org=max_jobs_per_org, max_results_per_org=max_results_per_org
+    )
+    api = _ExampleApi(store, clock or _utc_now, processing_seconds)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        try:
+            await store.prepare()
+            yield
+        finally:
+            if owned:
+                await engine.dispose()
+
+    return Starlette(
+        routes=api.routes(),
+        exception_handlers={HTTPException: _http_error},
+        lifespan=lifespan,
+    )

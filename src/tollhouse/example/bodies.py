@@ -17,7 +17,8 @@ import orjson
 from tollhouse.errors import BadRequest, ValidationFailed
 
 #: Longest accepted texts, in characters; far above real postings and resumes, low enough
-#: that one request cannot hold the process's memory or CPU for long.
+#: that one request cannot hold the process's memory or CPU for long. Ids are stored in
+#: ``VARCHAR(MAX_ID_CHARS)`` columns (:mod:`tollhouse.example.schema`).
 MAX_ID_CHARS = 256
 MAX_TITLE_CHARS = 500
 MAX_DESCRIPTION_CHARS = 100_000
@@ -187,6 +188,9 @@ def path_id(value: str, name: str) -> str:
     """Check an id taken from the URL path (the router guarantees it is non-empty)."""
     if len(value) > MAX_ID_CHARS:
         raise ValidationFailed(f'path parameter "{name}" must be at most {MAX_ID_CHARS} characters')
+    if "\x00" in value:
+        # A percent-encoded NUL (%00) arrives decoded; PostgreSQL text cannot hold it.
+        raise ValidationFailed(f'path parameter "{name}" must not contain NUL characters')
     return value
 
 

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from tollhouse.errors import StorageError
+from tollhouse.example.schema import migrate_example
 from tollhouse.metering import schema as usage
 from tollhouse.security import audit
 from tollhouse.storage import dialect
@@ -74,6 +75,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         4, "usage rollups: redirects (3xx) counter, covering count index", usage.upgrade_rollups_v4
     ),
     Migration(5, "audit log; api key expiry (rotation)", audit.migrate_security),
+    Migration(6, "example upstream: criteria per job, scoring results", migrate_example),
 )
 
 #: The version a database has once every step ran.

@@ -23,7 +23,7 @@ metadata = MetaData()
 
 #: Schema version :func:`create_schema` brings a database to: the last step of
 #: :data:`tollhouse.storage.migrations.MIGRATIONS` (a test keeps the two equal).
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 schema_info = Table(
     "tollhouse_schema",
