@@ -11,7 +11,15 @@ completion) and the start of the last one (the C × orgs-th before the end): wha
 queue that is never empty delivers.
 
     .venv/bin/python benchmarks/jobs_capacity.py [--cap 50] [--seconds 1 0.2] [--rounds 20]
-        [--orgs 2] [--engine sqlite|postgres|both] [--loop uvloop|asyncio]
+        [--orgs 2] [--engine sqlite|postgres|both] [--loop uvloop|asyncio] [--over http]
+
+``--over http``: the handler is the product's own (``handler = "upstream"``), calling the
+bundled example run standalone in another process (``tollhouse example serve`` on the same
+database, ``TOLLHOUSE_EXAMPLE_PROCESSING_SECONDS`` = T) over HTTP, with the connection pool
+the worker gives it (one connection per slot). It also checks ``estimatedWaitSeconds``: once
+the first round has finished, a probe job is queued behind the org's backlog, and the wait
+the queue quoted for it is compared with the wait it saw (target: within 20 %). Seed-like
+figures: ``--over http --cap 500 --orgs 1 --seconds 2 --rounds 10``.
 
 ``--rounds``: jobs per org = rounds × cap (each slot runs ``rounds`` jobs back to back).
 ``--loop``: the event loop, uvloop by default as in ``tollhouse serve`` and ``tollhouse
@@ -22,11 +30,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import socket
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -35,48 +52,107 @@ from benchmarks.jobs_queue import database  # noqa: E402
 
 from tollhouse.cli.common import event_loop_factory  # noqa: E402
 from tollhouse.jobs import Dispatcher, Job, NewJob, QueueSettings, open_queue  # noqa: E402
+from tollhouse.jobs.handlers import UpstreamHandler  # noqa: E402
 from tollhouse.jobs.schema import create_job_schema  # noqa: E402
 from tollhouse.storage.engine import make_engine  # noqa: E402
 
 
+@dataclass
+class Probe:
+    """The wait the queue quoted for a job queued behind a full cap, and the one it saw."""
+
+    quoted: float = 0.0
+    queued_at: float = 0.0
+    started_at: float = 0.0
+
+    @property
+    def observed(self) -> float:
+        return self.started_at - self.queued_at
+
+
+JOB = {
+    "jobId": "job_1",
+    "title": "Backend Engineer",
+    "description": "Python, PostgreSQL and Redis; 5 years building APIs.",
+}
+CANDIDATE = {"name": "Ada", "resume": "Built Python APIs on PostgreSQL and Redis for 6 years."}
+
+
 async def run(
-    url: str, cap: int, seconds: float, per_org: int, orgs: int
-) -> tuple[float, float | None, int, float, float]:
+    url: str, cap: int, seconds: float, per_org: int, orgs: int, upstream: str | None = None
+) -> tuple[float, float | None, int, float, float, Probe | None]:
     """Returns jobs/s overall and in the steady state (None with fewer than 3 rounds),
-    the peak running per org, this process's CPU ms per job and the mean idle time of a
-    slot between two jobs (ms)."""
+    the peak running per org, this process's CPU ms per job, the mean idle time of a
+    slot between two jobs (ms), and (over HTTP) the wait-estimate probe."""
     engine = make_engine(url)
     await create_job_schema(engine)
     queue = open_queue(engine, QueueSettings(default_cap=cap))
     names = [f"org{i}" for i in range(orgs)]
+    body: dict[str, Any] = {}
+    if upstream is not None:
+        body = {"applicationId": "app", "jobId": "job_1", "candidate": CANDIDATE}
+        async with httpx.AsyncClient(base_url=upstream) as client:
+            for org in names:
+                made = await client.post(
+                    "/v1/criteria/generate", json=JOB, headers={"x-tollhouse-org": org}
+                )
+                made.raise_for_status()
     for org in names:
         for i in range(0, per_org, 100):
             n = min(100, per_org - i)
             await queue.enqueue(
-                [NewJob(org=org, route="POST /v1/score", payload={}) for _ in range(n)]
+                [NewJob(org=org, route="POST /v1/score", payload=body) for _ in range(n)]
             )
     total = per_org * orgs
     running: Counter[str] = Counter()
     peak: Counter[str] = Counter()
     done = asyncio.Event()
     finished = 0
+    failed: list[Any] = []
     ended: list[float] = []  # completion times, in order
+    probe: Probe | None = None
+    probe_id: str | None = None
+    call = (
+        UpstreamHandler(base_url=upstream, timeout=seconds + 30, max_connections=cap * orgs)
+        if upstream is not None
+        else None
+    )
 
     async def handler(job: Job) -> dict[str, Any]:
         nonlocal finished
+        if job.id == probe_id and probe is not None:
+            probe.started_at = time.perf_counter()
         running[job.org] += 1
         peak[job.org] = max(peak[job.org], running[job.org])
         try:
+            if call is not None:
+                return await call(job)
             await asyncio.sleep(seconds)
         finally:
             running[job.org] -= 1
         return {}
 
-    def on_event(_: Any) -> None:
+    async def queue_probe() -> None:
+        nonlocal probe, probe_id
+        probe = Probe(queued_at=time.perf_counter())
+        [accepted] = await queue.enqueue(
+            [NewJob(org=names[0], route="POST /v1/score", payload=body)]
+        )
+        probe_id = accepted.job.id
+        assert accepted.standing is not None
+        probe.quoted = accepted.standing.wait_seconds
+
+    def on_event(event: Any) -> None:
         nonlocal finished
+        if getattr(event, "state", "completed") != "completed":
+            failed.append(event)
         finished += 1
         ended.append(time.perf_counter())
-        if finished == total:
+        if finished == cap * orgs and upstream is not None:
+            # The first round is over (the mean processing time is known): queue a probe
+            # behind the backlog.
+            asyncio.get_running_loop().create_task(queue_probe())
+        if finished == total + (1 if upstream is not None else 0):
             done.set()
 
     d = Dispatcher(queue, handler, slots=cap * orgs, poll_interval=0.05, on_event=on_event)
@@ -91,13 +167,61 @@ async def run(
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     await d.stop()
+    if call is not None:
+        await call.aclose()
     await engine.dispose()
+    if failed:
+        print(f"  {len(failed)} jobs did not complete, e.g. {failed[0]}")
+    total += 1 if upstream is not None else 0
     # Each slot runs per_org ÷ cap jobs back to back; whatever of the run is not spent
     # in handlers is the queue's turnaround (claim, finish, wakeups) plus start and tail.
     idle = (elapsed * cap * orgs - total * seconds) / total
     first, last = cap * orgs - 1, total - cap * orgs - 1
     steady = (last - first) / (ended[last] - ended[first]) if last > first else None
-    return total / elapsed, steady, max(peak.values()), cpu / total * 1000, idle * 1000
+    return total / elapsed, steady, max(peak.values()), cpu / total * 1000, idle * 1000, probe
+
+
+@contextmanager
+def example_upstream(url: str, seconds: float) -> Iterator[str]:
+    """`tollhouse example serve` in its own process, on the benchmark's database."""
+    port = free_port()
+    env = {**os.environ, "TOLLHOUSE_EXAMPLE_PROCESSING_SECONDS": str(seconds)}
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("tollhouse")),
+            "example",
+            "serve",
+            "--port",
+            str(port),
+            "--database-url",
+            url,
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(base + "/v1/score/none", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit("tollhouse example serve did not start") from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def main() -> None:
@@ -108,6 +232,7 @@ def main() -> None:
     parser.add_argument("--orgs", type=int, default=2)
     parser.add_argument("--engine", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--over", choices=("memory", "http"), default="memory")
     args = parser.parse_args()
     factory = event_loop_factory() if args.loop == "uvloop" else None
     print(f"event loop: {'uvloop' if factory else 'asyncio'}")
@@ -124,9 +249,20 @@ def main() -> None:
                 if url is None:
                     print(f"  {kind:<9} not installed, skipped")
                     continue
-                with asyncio.Runner(loop_factory=factory) as runner:
-                    rate, steady, peak, cpu_ms, idle_ms = runner.run(
-                        run(url, args.cap, seconds, jobs, args.orgs)
+                with ExitStack() as stack:
+                    upstream = None
+                    if args.over == "http":
+                        # The example keeps its results in a database too: on SQLite a
+                        # file of its own (one writer per file), on PostgreSQL the same
+                        # server.
+                        example_db = url
+                        if kind == "sqlite":
+                            tmp = stack.enter_context(tempfile.TemporaryDirectory())
+                            example_db = f"sqlite:///{tmp}/example.db"
+                        upstream = stack.enter_context(example_upstream(example_db, seconds))
+                    runner = stack.enter_context(asyncio.Runner(loop_factory=factory))
+                    rate, steady, peak, cpu_ms, idle_ms, probe = runner.run(
+                        run(url, args.cap, seconds, jobs, args.orgs, upstream)
                     )
                 verdict = "ok" if rate >= 0.95 * ideal else "below target"
                 print(
@@ -138,6 +274,14 @@ def main() -> None:
                     print(
                         f"  {'':<9} {steady:>8,.0f} jobs/s = {steady / ideal:6.1%} of C ÷ T "
                         "in the steady state (first round's end to last round's start)"
+                    )
+                if probe is not None:
+                    error = abs(probe.quoted - probe.observed) / max(probe.observed, 1e-9)
+                    verdict = "ok" if error <= 0.2 else "off target"
+                    print(
+                        f"  {'':<9} estimatedWaitSeconds {probe.quoted:.0f} s for a job queued "
+                        f"behind the backlog; it waited {probe.observed:.1f} s "
+                        f"({error:.0%} off; target ≤ 20 %: {verdict})"
                     )
 
 

@@ -61,15 +61,19 @@ def run_cli(
 
 
 @contextmanager
-def serve_in_thread(app: ASGIApp) -> Iterator[str]:
-    """Run ``app`` under uvicorn in a daemon thread; yield its base URL."""
+def serve_in_thread(app: ASGIApp, *, ws: str = "none") -> Iterator[str]:
+    """Run ``app`` under uvicorn in a daemon thread; yield its base URL.
+
+    ``ws`` picks uvicorn's WebSocket implementation (``"websockets-sansio"``,
+    ``"wsproto"``, …); by default WebSocket upgrades are not served.
+    """
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=0,
         log_level="warning",
         lifespan="on",
-        ws="none",
+        ws=ws,
         # The gateway is the edge here: scope["client"] must stay the peer's address, not
         # be rewritten from X-Forwarded-For (uvicorn trusts 127.0.0.1 by default).
         proxy_headers=False,

@@ -112,7 +112,7 @@ def test_large_but_storable_numbers_are_kept(fuzz_caller: Caller) -> None:
 @pytest.mark.parametrize(
     "path",
     [
-        "/call-counts/historical/SCENARIOS/a%2Fb/c/",  # an id holding "/" reaches no route
+        "/call-counts/historical/SCENARIOS/a/b/c/",  # one segment too many reaches no route
         "/call-counts/historical/ENDPOINTS/x/y/z/",
         "/v1/platform/nothing-here",
     ],
@@ -123,6 +123,18 @@ def test_platform_paths_without_a_route_answer_the_envelope(fuzz_caller: Caller,
     assert answer.status_code == 404
     error = answer.json()["error"]
     assert error["code"] == "NOT_FOUND"
+    assert error["requestId"].startswith("req_")
+
+
+def test_an_id_holding_an_encoded_slash_is_refused_with_the_envelope(
+    fuzz_caller: Caller,
+) -> None:
+    """An encoded "/" splits the path differently for different servers: the gateway
+    refuses it (400) rather than match a path the upstream may not see."""
+    answer = fuzz_caller.get("/call-counts/historical/SCENARIOS/a%2Fb/c/")
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["code"] == "BAD_REQUEST"
     assert error["requestId"].startswith("req_")
 
 

@@ -279,6 +279,9 @@ def test_request_headers(
         ("x-hop", "dropped"),
         ("x-forwarded-for", "203.0.113.7"),
         ("x-forwarded-proto", "gopher"),
+        ("x-forwarded-host", "evil.example"),
+        ("forwarded", "for=203.0.113.7;proto=https"),
+        ("x-real-ip", "203.0.113.7"),
         ("x-request-id", "client-chosen"),
         ("x-last", "z"),
     ]
@@ -297,9 +300,14 @@ def test_request_headers(
         "x-last",
     ]
     assert header_values(echo, "host") == [httpx.URL(upstream_url).netloc.decode()]
-    assert header_values(echo, "x-forwarded-for") == ["203.0.113.7, 127.0.0.1"]
+    # The caller is not a trusted proxy: its account of where the request came from is
+    # replaced by the proxy's own.
+    host = httpx.URL(proxy[0]).netloc.decode()
+    assert header_values(echo, "x-forwarded-for") == ["127.0.0.1"]
+    assert header_values(echo, "x-real-ip") == ["127.0.0.1"]
     assert header_values(echo, "x-forwarded-proto") == ["http"]
-    assert header_values(echo, "x-forwarded-host") == [httpx.URL(proxy[0]).netloc.decode()]
+    assert header_values(echo, "x-forwarded-host") == [host]
+    assert header_values(echo, "forwarded") == [f'for=127.0.0.1;proto=http;host="{host}"']
     assert header_values(echo, "x-request-id") == [REQUEST_ID]
     assert header_values(echo, "x-tenant-id") == ["t-9"]
     assert header_values(echo, "x-tollhouse-org") == ["acme"]
@@ -395,7 +403,8 @@ def test_upstream_credentials_from_url_replace_the_callers(upstream_url: str) ->
 # -- limits and failures ---------------------------------------------------------------------
 
 
-def test_upstream_down_is_a_502_envelope() -> None:
+def test_upstream_down_is_a_502_envelope(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="tollhouse.http.proxy")
     with socket.socket() as probe:  # a loopback port with nobody listening
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -404,8 +413,13 @@ def test_upstream_down_is_a_502_envelope() -> None:
         response = client.post("/v1/score", json={"a": 1})
 
     message = assert_envelope(response, 502, "UPSTREAM_UNAVAILABLE")
-    assert f"127.0.0.1:{port}" in message
     assert "could not be reached" in message
+    # The caller learns what happened, never where the upstream is; the log says where.
+    assert str(port) not in response.text
+    assert "127.0.0.1" not in response.text
+    logged = [r for r in caplog.records if r.name == "tollhouse.http.proxy"]
+    assert logged[-1].__dict__["upstream"] == f"http://127.0.0.1:{port}"
+    assert logged[-1].__dict__["request_id"] == REQUEST_ID
 
 
 def test_slow_upstream_is_a_504_envelope(upstream: tuple[str, Upstream]) -> None:
@@ -415,6 +429,7 @@ def test_slow_upstream_is_a_504_envelope(upstream: tuple[str, Upstream]) -> None
 
     message = assert_envelope(response, 504, "UPSTREAM_TIMEOUT")
     assert "0.3 s" in message
+    assert upstream_url.rsplit(":", 1)[1] not in response.text
     assert app.disconnected["timeout"].wait(WAIT)  # and the upstream was let go
 
 
@@ -448,15 +463,17 @@ def test_client_disconnect_while_sending_its_body(
     assert gateway.errors == []
 
 
-def test_upstream_failing_mid_stream_ends_the_body(
+def test_upstream_failing_mid_stream_cuts_the_callers_connection(
     client: httpx.Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="tollhouse.http.proxy")
 
-    response = client.get("/broken")
-
-    assert response.status_code == 200
-    assert response.content == b"partial"
+    # The chunked answer started, then the upstream died: the caller must not see a clean
+    # last chunk after "partial", which would pass a short body off as complete.
+    with client.stream("GET", "/broken") as response:
+        assert response.status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+            response.read()
     records = [r for r in caplog.records if r.name == "tollhouse.http.proxy"]
     assert records
     assert records[-1].levelno == logging.WARNING
@@ -549,14 +566,6 @@ def test_path_is_used_when_the_server_gives_no_raw_path(upstream_url: str) -> No
     echo = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
     assert echo["raw_path"] == "/v1/a%20b/%C3%A9"
     assert echo["query_string"] == "q=1"
-
-
-def test_websocket_is_refused() -> None:
-    proxy = ReverseProxy("http://127.0.0.1:9")
-
-    sent = call(proxy, {"type": "websocket", "path": "/ws"}, [{"type": "websocket.connect"}])
-
-    assert sent == [{"type": "websocket.close", "code": 1003, "reason": "not supported"}]
 
 
 def test_lifespan_is_answered() -> None:

@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 
+from tests.conftest import free_port, serve_in_thread
 from tests.jobs.conftest import FakeClock, database, run
 from tollhouse.errors import ConfigError
 from tollhouse.jobs import Dispatcher, Job, NewJob, QueueSettings, open_queue
@@ -189,32 +189,59 @@ def _job(**kw: Any) -> Job:
     return Job(**base)
 
 
-def test_upstream_handler_maps_statuses() -> None:
-    seen: list[httpx.Request] = []
-    answers = {
-        "ok": httpx.Response(200, json={"score": 9}),
-        "busy": httpx.Response(503, json={"error": {"code": "BUSY", "message": "later"}}),
-        "bad": httpx.Response(422, json={"error": {"code": "VALIDATION_FAILED", "message": "x"}}),
-        "html": httpx.Response(200, text="<html>"),
+class _ScriptedUpstream:
+    """A real upstream (served by uvicorn) answering by the job body's ``kind``."""
+
+    ANSWERS: dict[str, tuple[int, bytes, bytes]] = {
+        "ok": (200, b"application/json", b'{"score": 9}'),
+        "busy": (503, b"application/json", b'{"error": {"code": "BUSY", "message": "later"}}'),
+        "bad": (
+            422,
+            b"application/json",
+            b'{"error": {"code": "VALIDATION_FAILED", "message": "x"}}',
+        ),
+        "html": (200, b"text/html", b"<html>"),
     }
 
-    def reply(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        kind = orjson.loads(request.content)["kind"]
-        if kind == "down":
-            raise httpx.ConnectError("refused")
-        return answers[kind]
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, dict[str, str]]] = []
 
-    async def body() -> None:
-        client = httpx.AsyncClient(transport=httpx.MockTransport(reply), base_url="http://up")
-        h = UpstreamHandler(client=client)
-        assert await h(_job(payload={"kind": "ok"})) == {"score": 9}
-        request = seen[0]
-        assert (request.method, request.url.path) == ("POST", "/v1/score")
-        assert request.headers["x-tollhouse-org"] == "acme"
-        assert request.headers["x-tenant-id"] == "t-1"
-        assert request.headers["idempotency-key"] == "sj_1"
-        assert request.headers["x-request-id"] == "req_1"
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode("utf-8") for k, v in scope["headers"]}
+        self.seen.append((scope["method"], scope["path"], headers))
+        status, kind, content = self.ANSWERS[orjson.loads(body)["kind"]]
+        await send(
+            {"type": "http.response.start", "status": status, "headers": [(b"content-type", kind)]}
+        )
+        await send({"type": "http.response.body", "body": content})
+
+
+@pytest.mark.parametrize("over", ["http", "asgi"])
+def test_upstream_handler_maps_statuses(over: str) -> None:
+    upstream = _ScriptedUpstream()
+
+    async def body(url: str | None) -> None:
+        h = (
+            UpstreamHandler(base_url=url + "/api", max_connections=4)
+            if url
+            else UpstreamHandler(app=upstream)
+        )
+        assert await h(_job(payload={"kind": "ok"}, tenant="tënant")) == {"score": 9}
+        method, path, headers = upstream.seen[0]
+        assert (method, path) == ("POST", "/api/v1/score" if url else "/v1/score")
+        assert headers["x-tollhouse-org"] == "acme"
+        assert headers["x-tollhouse-environment"] == "SANDBOX"
+        assert headers["x-tenant-id"] == "tënant"  # UTF-8 end to end
+        assert headers["idempotency-key"] == "sj_1"
+        assert headers["x-request-id"] == "req_1"
         with pytest.raises(JobRetry) as retry:
             await h(_job(payload={"kind": "busy"}))
         assert retry.value.error() == {"code": "BUSY", "message": "later", "status": 503}
@@ -223,8 +250,20 @@ def test_upstream_handler_maps_statuses() -> None:
         assert failed.value.error()["code"] == "VALIDATION_FAILED"
         with pytest.raises(JobFailed):
             await h(_job(payload={"kind": "html"}))
+        await h.aclose()
+
+    if over == "http":
+        with serve_in_thread(upstream) as url:
+            run(body(url))
+    else:
+        run(body(None))
+
+
+def test_upstream_handler_retries_when_the_upstream_is_down() -> None:
+    async def body() -> None:
+        h = UpstreamHandler(base_url=f"http://127.0.0.1:{free_port()}")
         with pytest.raises(JobRetry) as down:
-            await h(_job(payload={"kind": "down"}))
+            await h(_job(payload={"kind": "ok"}))
         assert down.value.code == "UPSTREAM_UNAVAILABLE"
         await h.aclose()
 

@@ -8,6 +8,7 @@ import pytest
 
 from tollhouse.errors import PolicyError
 from tollhouse.policy.load import load_policy, parse_duration, parse_policy
+from tollhouse.policy.model import Routing
 
 SEED_004_ENDPOINTS = {
     "scoring": [
@@ -140,3 +141,27 @@ def test_endpoints_default_to_routes() -> None:
     p = parse_policy("[[buckets]]\nname='a'\nlimit=1\nwindow='1s'\nroutes=['GET /x']", "t")
     assert p.buckets[0].endpoints == ("GET /x",)
     assert p.buckets[0].display_name == "a"
+
+
+def test_routing_defaults_and_values() -> None:
+    assert load_policy().routing == Routing(trailing_slash="ignore", case_sensitive=False)
+    assert parse_policy("", "t").routing == Routing()
+    routing = parse_policy('[routing]\ntrailing_slash = "strict"\ncase_sensitive = true', "t")
+    assert routing.routing == Routing(trailing_slash="strict", case_sensitive=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "problem"),
+    [
+        ('[routing]\ntrailing_slash = "optional"', "routing.trailing_slash", "strict or ignore"),
+        ("[routing]\ntrailing_slash = true", "routing.trailing_slash", "must be str"),
+        ('[routing]\ncase_sensitive = "no"', "routing.case_sensitive", "must be bool"),
+        ("[routing]\ncase = false", "routing.case", "unknown field"),
+        ("routing = 1", "routing", "must be a table"),
+    ],
+)
+def test_bad_routing_names_the_field(text: str, field: str, problem: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text, "my.toml")
+    assert info.value.field == field
+    assert problem in info.value.problem

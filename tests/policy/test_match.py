@@ -91,3 +91,53 @@ def test_error_format_follows_the_most_specific_rule() -> None:
     assert r.match("GET", "/v1/analytics/flow_runs").error_format == "detail"
     assert r.match("GET", "/v1/analytics/scoring-volume").error_format == "envelope"
     assert r.match("POST", "/v1/score").error_format == "envelope"
+
+
+ROUTING_POLICY = """
+[[buckets]]
+name = "exact"
+limit = 1
+window = "1s"
+routes = ["GET /v1/Items/{itemId}", "GET /v1/list/", "GET /v1//double"]
+[[buckets]]
+name = "under"
+limit = 1
+window = "1s"
+routes = ["GET /v1/items/*"]
+"""
+
+
+def routed(routing: str) -> Router:
+    return Router(parse_policy(routing + ROUTING_POLICY, "t"))
+
+
+def test_case_insensitive_by_default_with_the_patterns_spelling() -> None:
+    r = routed("")
+    match = r.match("GET", "/V1/ITEMS/AbC")
+    assert [b.name for b in match.buckets] == ["exact", "under"]
+    assert match.template == "/v1/Items/{itemId}"
+    assert match.respelled == "/v1/Items/AbC"  # the id keeps the caller's case
+    assert match.path_labels == {}
+    assert r.match("GET", "/v1/Items/AbC").respelled is None  # already canonical
+    assert r.match("GET", "/V1/Nothing").respelled is None  # no pattern: left as it is
+
+
+def test_case_sensitive_matches_as_written() -> None:
+    r = routed("[routing]\ncase_sensitive = true\n")
+    assert names(r, "GET", "/v1/Items/AbC") == ["exact"]
+    assert names(r, "GET", "/v1/items/AbC") == ["under"]
+    assert names(r, "GET", "/V1/ITEMS/AbC") == []
+    assert r.match("GET", "/V1/ITEMS/AbC").respelled is None
+
+
+def test_patterns_are_read_like_canonical_paths() -> None:
+    ignore = routed("")
+    assert not ignore.strict_slash
+    assert names(ignore, "GET", "/v1/list") == ["exact"]  # "/v1/list/" is "/v1/list"
+    assert names(ignore, "GET", "/v1/double") == ["exact"]  # empty segments dropped
+    assert names(ignore, "GET", "/v1/items") == []  # "/x/*" stays "under /x"
+    strict = routed('[routing]\ntrailing_slash = "strict"\n')
+    assert strict.strict_slash
+    assert names(strict, "GET", "/v1/list/") == ["exact"]
+    assert names(strict, "GET", "/v1/list") == []
+    assert names(strict, "GET", "/v1/double") == ["exact"]

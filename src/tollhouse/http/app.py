@@ -8,10 +8,13 @@ import importlib
 from pathlib import Path
 from typing import Any, cast
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from tollhouse.dashboard import PREFIX as DASHBOARD_PREFIX
 from tollhouse.dashboard import DashboardApp, is_dashboard_path
 from tollhouse.errors import ConfigError
 from tollhouse.http.dispatch import PlatformDispatch
+from tollhouse.http.forwarded import TrustedProxies
 from tollhouse.http.gateway import ASGIApp, Gateway, Receive, Scope, Send
 from tollhouse.http.jobs_app import create_jobs_app
 from tollhouse.http.lifespan import InnerLifespan
@@ -45,18 +48,32 @@ def import_app(spec: str) -> ASGIApp:
     return cast(ASGIApp, obj)
 
 
-def build_upstream(policy: Policy) -> ASGIApp:
-    """The inner app the policy names: a reverse proxy, an imported app, or the example."""
+def build_upstream(policy: Policy, engine: AsyncEngine | None = None) -> ASGIApp:
+    """The inner app the policy names: a reverse proxy, an imported app, or the example.
+
+    The example keeps its state in ``engine`` (the caller's database, shared by every
+    process on it); None makes it open ``TOLLHOUSE_DATABASE_URL`` itself.
+    """
     up = policy.upstream
     if up.url:
         from tollhouse.http.proxy import ReverseProxy
 
-        return ReverseProxy(up.url, timeout=up.timeout, connect_timeout=up.connect_timeout)
+        return ReverseProxy(
+            up.url,
+            timeout=up.timeout,
+            connect_timeout=up.connect_timeout,
+            total_timeout=up.total_timeout,
+            pool_timeout=up.pool_timeout,
+            max_connections=up.max_connections,
+            keepalive_expiry=up.keepalive_expiry,
+            preserve_host=up.preserve_host,
+            forward_authorization=up.forward_authorization,
+        )
     if up.app:
         return import_app(up.app)
     from tollhouse.example import create_app_from_env
 
-    return cast(ASGIApp, create_app_from_env())
+    return cast(ASGIApp, create_app_from_env(database=engine))
 
 
 class Tollhouse:
@@ -83,8 +100,9 @@ class Tollhouse:
     ) -> None:
         self.settings = settings or load_settings(config)
         policy = self.settings.policy
-        self.upstream: ASGIApp = app if app is not None else build_upstream(policy)
         self.engine = make_engine(self.settings.database_url)
+        self.upstream: ASGIApp = app if app is not None else build_upstream(policy, self.engine)
+        self._proxied = app is None and bool(policy.upstream.url)
         # Jobs (seed 004): the policy's async routes answer 202 and run on the queue; the
         # jobs app also serves scoring volume (seed 000) and passes the rest upstream.
         self.queue = open_queue(
@@ -117,7 +135,11 @@ class Tollhouse:
         self.worker: Worker | None = None
         if policy.async_routes and self.settings.embedded_workers:
             self.worker = Worker(
-                self.queue, build_handler(policy, self.upstream), webhooks=self.webhooks
+                self.queue,
+                # Jobs for an HTTP upstream go straight to it on their own pool, not
+                # through the reverse proxy.
+                build_handler(policy, None if self._proxied else self.upstream),
+                webhooks=self.webhooks,
             )
         self.key_store = KeyStore(self.engine)
         self.keys = KeyCache(self.key_store)
@@ -141,6 +163,9 @@ class Tollhouse:
                 self.worker.sender.on_attempt = self.metrics.webhook_attempt
         self.ops = OpsEndpoints(
             self.metrics, self.engine, self.limits, self.settings.metrics_token or None
+        )
+        self.trusted = (
+            TrustedProxies(policy.proxy.trusted_proxies) if policy.proxy.trusted_proxies else None
         )
         self._inner_lifespan = InnerLifespan(self.inner)
         self.dashboard = DashboardApp()
@@ -190,6 +215,10 @@ class Tollhouse:
         if kind == "lifespan":
             await self._lifespan(receive, send)
             return
+        if self.trusted is not None and kind != "lifespan":
+            # Behind a trusted load balancer: the client address limits, metering and
+            # logs use comes from its X-Forwarded-For.
+            self.trusted.resolve(scope)
         if kind == "http":
             path: str = scope["path"]
             # The dashboard's static files need no key (every data call the page makes
@@ -224,5 +253,6 @@ class Tollhouse:
 
 def app_from_env() -> Tollhouse:
     """The app for one of several server processes (``tollhouse serve --workers N``):
-    settings come from ``TOLLHOUSE_*`` variables the parent process set."""
+    its settings come from the ``TOLLHOUSE_*`` variables the parent process set with
+    :func:`tollhouse.settings.to_environ`, read back by :func:`load_settings`."""
     return Tollhouse(settings=load_settings())

@@ -4,7 +4,9 @@ For every HTTP request it
 
 1. authenticates the key (``Authorization: Bearer sk_…`` or ``X-API-Key``) from the
    in-memory key cache;
-2. matches the route against the policy (cached per method and path);
+2. matches the route against the policy (cached per method and path) on the canonical
+   path, which is also the path passed on (:mod:`tollhouse.policy.paths`; a path with no
+   single canonical form is refused with 400);
 3. checks the role and the ``X-Tenant-Id`` rule of the matching access rules;
 4. asks the limit store, in one atomic call, whether every bucket and pool admits the
    request — a rejected request consumes nothing;
@@ -15,17 +17,23 @@ For every HTTP request it
 
 ``GET /healthz`` needs no key. ``GET /v1/rate-limit/status`` is answered here, after its
 own ``rate_limit_status`` bucket admitted it.
+
+A WebSocket handshake is admitted by the same steps, as ``GET`` on its path, and its pool
+slots are held until the connection ends; a refused one gets the usual error answer
+through the ``websocket.http.response`` extension, or a ``websocket.close`` (1008) on
+servers without it. Other scopes (lifespan) pass through.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from datetime import UTC, datetime
 from time import perf_counter
 from typing import Any
@@ -35,7 +43,6 @@ import orjson
 
 from tollhouse.errors import (
     ApiError,
-    BadRequest,
     ConcurrencyLimited,
     Forbidden,
     InternalError,
@@ -63,6 +70,7 @@ from tollhouse.metering.record import CallRecord, Meter
 from tollhouse.ops.logs import request_id_var
 from tollhouse.policy.match import RouteMatch, Router
 from tollhouse.policy.model import Bucket, Policy, Pool
+from tollhouse.policy.paths import canonical, encode_path, needs_canonical, respell
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +79,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+#: What admitting a request yields: the caller's identity, the rate-limit headers for its
+#: answer, the pool slots it holds, its declared body length (see ``Gateway._admit``).
+Admission = tuple[Identity, list[Header], tuple[Lease, ...], int | None]
 
 HEALTH_PATH = "/healthz"
 STATUS_PATH = "/v1/rate-limit/status"
@@ -78,7 +89,6 @@ REQUEST_ID = b"x-request-id"
 JSON = (b"content-type", b"application/json")
 #: Per-match cache of built checks, per caller; emptied when it fills.
 CHECKS_PER_MATCH = 1024
-_DOT_SEGMENT = re.compile(r"/\.\.?(?:/|$)")
 #: An ``X-Request-Id`` sent by the caller is kept when it looks like an id.
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -170,6 +180,7 @@ class Gateway:
         self.keys = keys
         self.clock = clock
         self.max_body = policy.limits.max_body_bytes
+        self.forward_authorization = policy.upstream.forward_authorization
         self.meter = meter
         self.overrides = overrides
         #: (org scope, bucket) → requests a shadow bucket would have denied (this process).
@@ -185,7 +196,10 @@ class Gateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            if scope["type"] == "websocket":
+                await self._websocket(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)  # lifespan
             return
         path: str = scope["path"]
         if path == HEALTH_PATH:
@@ -199,116 +213,36 @@ class Gateway:
             state = scope["state"] = {}
         state["request_id"] = request_id
         request_id_var.set(request_id)  # every log line of this request carries it
-        identity: Identity | object | None = None
         match: RouteMatch | None = None
         method: str = scope["method"]
         try:
-            # One frame for the whole admission path: auth, route, access, limits.
-            if "/." in path and _DOT_SEGMENT.search(path):
-                # Limits are matched on this path; an upstream that resolves dot segments
-                # would see another one. Refuse rather than guess.
-                raise BadRequest('The path must not contain "." or ".." segments.')
+            # Route here, then auth, access and limits in _admit (shared with websockets).
+            # The policy is matched on the canonical path, and the inner app is given that
+            # very path (tollhouse.policy.paths); a canonical one costs one check.
+            raw: bytes = scope.get("raw_path") or encode_path(path)
+            if needs_canonical(raw, self.router.strict_slash):
+                path, raw = canonical(path, raw, self.router.strict_slash)
+                scope["path"], scope["raw_path"] = path, raw
             match = self.router.match(method, path)
-            secret: bytes | None = None
-            tenant: str | None = None
-            length: int | None = None
-            for name, value in scope["headers"]:
-                if name == b"authorization":
-                    token = value[7:].strip() if value[:7].lower() == b"bearer " else b""
-                    if token:
-                        secret = token
-                    elif secret is None:
-                        raise Unauthorized(
-                            'The Authorization header must be "Bearer sk_test_…" or '
-                            '"Bearer sk_live_…".'
-                        )
-                elif name == b"x-api-key":
-                    if secret is None:
-                        secret = value.strip() or None
-                elif name == b"x-tenant-id":
-                    tenant = value.decode("latin-1").strip() or None
-                elif name == b"content-length":
-                    try:
-                        length = int(value)
-                    except ValueError:
-                        length = -1
-                elif name == REQUEST_ID:
-                    # The caller's (or the load balancer's) id, when it is a sane one.
-                    given = value.decode("latin-1")
-                    if _CLIENT_REQUEST_ID.fullmatch(given):
-                        request_id = state["request_id"] = given
-                        request_id_var.set(given)
-            if secret is None:
-                raise Unauthorized(
-                    'No API key: send "Authorization: Bearer sk_test_…" (or sk_live_…) or '
-                    '"X-API-Key: sk_…".'
-                )
-            identity = self.keys.cached(secret)
-            if identity is MISS:
-                try:
-                    identity = await self.keys.authenticate(secret)
-                except StorageError:
-                    logger.exception("key lookup failed", extra={"request_id": request_id})
-                    raise ServiceUnavailable(
-                        "The key store is unavailable; retry shortly.",
-                        headers={"Retry-After": "1"},
-                    ) from None
-            if not isinstance(identity, Identity):
-                raise Unauthorized(
-                    "The API key is not valid or has been revoked; check the key or create "
-                    "one with `tollhouse keys create`."
-                )
-            if tenant is not None:
-                identity = self.keys.with_tenant(identity, tenant)
-
-            if match.roles is not None and identity.role not in match.roles:
-                raise Forbidden(
-                    f"This key's role {identity.role!r} may not call {method} {path}; "
-                    f"allowed roles: {', '.join(sorted(match.roles))}."
-                )
-            is_status = path == STATUS_PATH and (method == "GET" or method == "HEAD")
-            if match.tenant_required and tenant is None and not is_status:
-                raise TenantRequired(
-                    f"{method} {path} acts for one of your customers: send the X-Tenant-Id header."
-                )
-            if length is not None and (length > self.max_body or length < 0):
-                raise PayloadTooLarge(
-                    f"The request body is {length} bytes; the limit is {self.max_body} bytes."
-                    if length > 0
-                    else "The Content-Length header is not a valid number."
-                )
-
-            checks = self._checks(match, identity, scope)
-            leases: tuple[Lease, ...] = ()
-            if checks.shadow:
-                await self._shadow(checks, identity, arrived)
-            if checks.buckets or checks.pools:
-                now = arrived
-                verdict = self.limits.decide_nowait(checks.buckets, checks.pools, now)
-                if verdict is None:
-                    verdict = await self.limits.decide(checks.buckets, checks.pools, now)
-                headers = checks.headers(verdict.outcomes, now) if checks.buckets else []
-                if not verdict.allowed:
-                    denier = verdict.denied_by or "unknown"
-                    self.denied[denier] = self.denied.get(denier, 0) + 1
-                    raise self._denied(verdict, headers)
-                decided = checks.decided
-                self.admitted[decided] = self.admitted.get(decided, 0) + 1
-                leases = verdict.leases
-            else:
-                headers = []
+            if match.respelled is not None:
+                path = scope["path"] = match.respelled
+                scope["raw_path"] = respell(raw, match.spellings)
+            admitted = self._admit(scope, state, match, method, path, arrived)
+            if not isinstance(admitted, tuple):
+                admitted = await admitted  # a key to look up, a store to wait for
+            identity, headers, leases, length = admitted
         except ApiError as exc:
+            request_id = state["request_id"]
             await _send_error(
                 send, exc, request_id, match.error_format if match is not None else "envelope"
             )
-            group = match.endpoint_group if match is not None else None
-            counted = (group.key if group is not None else None, exc.status)
-            self.responses[counted] = self.responses.get(counted, 0) + 1
-            if self.meter is not None and match is not None and isinstance(identity, Identity):
-                self._record(identity, match, method, exc.status, arrived, t0, scope)
+            self._account(match, state.get("identity"), method, exc.status, arrived, t0, scope)
             return
+        request_id = state["request_id"]
+        is_status = path == STATUS_PATH and (method == "GET" or method == "HEAD")
+        if headers:
+            state["limited"] = True  # the proxy drops an upstream's own rate-limit headers
         headers.append((REQUEST_ID, request_id.encode()))
-        state["identity"] = identity
 
         if is_status:
             body = await self.status_body(identity, scope)
@@ -318,11 +252,363 @@ class Gateway:
             status = await self._pass(scope, receive, send, headers, leases, length, request_id)
         else:
             status = await self._pass_plain(scope, receive, send, headers, request_id)
+        if "aborted" in state:
+            # The reverse proxy cut the answer off: 502 when the upstream failed mid-body
+            # (whatever status had started), 499 when the caller left first.
+            status = state["aborted"]
         group = match.endpoint_group
         counted = (group.key if group is not None else None, status)
         self.responses[counted] = self.responses.get(counted, 0) + 1
         if self.meter is not None:
             self._record(identity, match, method, status, arrived, t0, scope)
+
+    def _admit(
+        self,
+        scope: Scope,
+        state: dict[str, Any],
+        match: RouteMatch,
+        method: str,
+        path: str,
+        now: float,
+        found: Identity | object | None = MISS,
+    ) -> Admission | Coroutine[Any, Any, Admission]:
+        """Auth, access and limits for a request (or a WebSocket handshake) on ``match``.
+
+        Returns ``(identity, headers, leases, length)`` — the rate-limit headers to add
+        to the answer, the pool slots taken, the declared body length — when nothing had
+        to be waited for (the key was cached, the store answered without I/O), else a
+        coroutine finishing the admission, for the caller to await: the hot path makes no
+        coroutine and awaits nothing here.
+
+        Raises :class:`ApiError` when the request is refused, having put the request id in
+        ``state["request_id"]`` and, once the key is known, the identity in
+        ``state["identity"]`` (the caller meters refusals with them).
+
+        ``found`` is the key's identity when the caller looked it up already (None: no
+        such key); by default the key cache is asked.
+        """
+        secret: bytes | None = None
+        tenant: str | None = None
+        length: int | None = None
+        # With [upstream] forward_authorization, a key in X-API-Key leaves the
+        # Authorization header to the upstream.
+        api_key_first = self.forward_authorization and any(
+            name == b"x-api-key" for name, _ in scope["headers"]
+        )
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                if api_key_first:
+                    continue  # the caller's own credentials for the upstream
+                token = value[7:].strip() if value[:7].lower() == b"bearer " else b""
+                if token:
+                    secret = token
+                elif secret is None:
+                    raise Unauthorized(
+                        'The Authorization header must be "Bearer sk_test_…" or "Bearer sk_live_…".'
+                    )
+            elif name == b"x-api-key":
+                if secret is None or api_key_first:
+                    secret = value.strip() or None
+            elif name == b"x-tenant-id":
+                tenant = value.decode("latin-1").strip() or None
+            elif name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    length = -1
+            elif name == REQUEST_ID:
+                # The caller's (or the load balancer's) id, when it is a sane one.
+                given = value.decode("latin-1")
+                if _CLIENT_REQUEST_ID.fullmatch(given):
+                    state["request_id"] = given
+                    request_id_var.set(given)
+        if secret is None:
+            raise Unauthorized(
+                'No API key: send "Authorization: Bearer sk_test_…" (or sk_live_…) or '
+                '"X-API-Key: sk_…".'
+            )
+        identity = self.keys.cached(secret) if found is MISS else found
+        if identity is MISS:
+            return self._admit_uncached(scope, state, match, method, path, now, secret)
+        if not isinstance(identity, Identity):
+            raise Unauthorized(
+                "The API key is not valid or has been revoked; check the key or create "
+                "one with `tollhouse keys create`."
+            )
+        if tenant is not None:
+            identity = self.keys.with_tenant(identity, tenant)
+        state["identity"] = identity
+
+        if match.roles is not None and identity.role not in match.roles:
+            raise Forbidden(
+                f"This key's role {identity.role!r} may not call {method} {path}; "
+                f"allowed roles: {', '.join(sorted(match.roles))}."
+            )
+        if (
+            match.tenant_required
+            and tenant is None
+            and not (path == STATUS_PATH and (method == "GET" or method == "HEAD"))
+        ):
+            raise TenantRequired(
+                f"{method} {path} acts for one of your customers: send the X-Tenant-Id header."
+            )
+        if length is not None and (length > self.max_body or length < 0):
+            raise PayloadTooLarge(
+                f"The request body is {length} bytes; the limit is {self.max_body} bytes."
+                if length > 0
+                else "The Content-Length header is not a valid number."
+            )
+
+        checks = self._checks(match, identity, scope)
+        if checks.shadow:
+            return self._admit_waiting(checks, identity, now, length)
+        if not (checks.buckets or checks.pools):
+            return identity, [], (), length
+        verdict = self.limits.decide_nowait(checks.buckets, checks.pools, now)
+        if verdict is None:
+            return self._admit_waiting(checks, identity, now, length)
+        return self._settle(checks, verdict, identity, now, length)
+
+    async def _admit_uncached(
+        self,
+        scope: Scope,
+        state: dict[str, Any],
+        match: RouteMatch,
+        method: str,
+        path: str,
+        now: float,
+        secret: bytes,
+    ) -> Admission:
+        """:meth:`_admit` for a key not in the cache: look it up, then admit."""
+        try:
+            found = await self.keys.authenticate(secret)
+        except StorageError:
+            logger.exception("key lookup failed", extra={"request_id": state["request_id"]})
+            raise ServiceUnavailable(
+                "The key store is unavailable; retry shortly.",
+                headers={"Retry-After": "1"},
+            ) from None
+        admitted = self._admit(scope, state, match, method, path, now, found)
+        if not isinstance(admitted, tuple):
+            admitted = await admitted
+        return admitted
+
+    async def _admit_waiting(
+        self, checks: _Checks, identity: Identity, now: float, length: int | None
+    ) -> Admission:
+        """:meth:`_admit`'s limits when the store has to be waited for (or shadow
+        buckets counted first)."""
+        if checks.shadow:
+            await self._shadow(checks, identity, now)
+        if not (checks.buckets or checks.pools):
+            return identity, [], (), length
+        verdict = self.limits.decide_nowait(checks.buckets, checks.pools, now)
+        if verdict is None:
+            verdict = await self.limits.decide(checks.buckets, checks.pools, now)
+        return self._settle(checks, verdict, identity, now, length)
+
+    def _settle(
+        self,
+        checks: _Checks,
+        verdict: Verdict,
+        identity: Identity,
+        now: float,
+        length: int | None,
+    ) -> Admission:
+        """The admission once the store decided: headers, counters, or the 429."""
+        headers = checks.headers(verdict.outcomes, now) if checks.buckets else []
+        if not verdict.allowed:
+            denier = verdict.denied_by or "unknown"
+            self.denied[denier] = self.denied.get(denier, 0) + 1
+            raise self._denied(verdict, headers)
+        decided = checks.decided
+        self.admitted[decided] = self.admitted.get(decided, 0) + 1
+        return identity, headers, verdict.leases, length
+
+    def _account(
+        self,
+        match: RouteMatch | None,
+        identity: object,
+        method: str,
+        status: int,
+        arrived: float,
+        t0: float,
+        scope: Scope,
+    ) -> None:
+        """Count one answer by status, and meter it when the key is known."""
+        group = match.endpoint_group if match is not None else None
+        counted = (group.key if group is not None else None, status)
+        self.responses[counted] = self.responses.get(counted, 0) + 1
+        if self.meter is not None and match is not None and isinstance(identity, Identity):
+            self._record(identity, match, method, status, arrived, t0, scope)
+
+    # -- websockets ------------------------------------------------------------------------
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket handshake, admitted like ``GET path``: same keys, policy match on
+        the path with method ``GET``, roles, tenants, buckets consumed now; a pool slot is
+        held until the connection ends. Refused handshakes get the error envelope (see
+        :func:`reject_websocket`)."""
+        path: str = scope["path"]
+        t0 = perf_counter()
+        arrived = self.clock()
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        request_id = state["request_id"] = new_request_id()
+        request_id_var.set(request_id)
+        match: RouteMatch | None = None
+        method = "GET"  # the handshake is a GET request; policies name it so
+        try:
+            # The same routing step as for HTTP requests (see __call__).
+            raw: bytes = scope.get("raw_path") or encode_path(path)
+            if needs_canonical(raw, self.router.strict_slash):
+                path, raw = canonical(path, raw, self.router.strict_slash)
+                scope["path"], scope["raw_path"] = path, raw
+            match = self.router.match(method, path)
+            if match.respelled is not None:
+                path = scope["path"] = match.respelled
+                scope["raw_path"] = respell(raw, match.spellings)
+            admitted = self._admit(scope, state, match, method, path, arrived)
+            if not isinstance(admitted, tuple):
+                admitted = await admitted
+            identity, headers, leases, _ = admitted
+        except ApiError as exc:
+            request_id = state["request_id"]
+            if (await receive())["type"] == "websocket.connect":
+                error_headers, body = _error_parts(
+                    exc, request_id, match.error_format if match is not None else "envelope"
+                )
+                await reject_websocket(scope, send, exc.status, error_headers, body, exc.code)
+            self._account(match, state.get("identity"), method, exc.status, arrived, t0, scope)
+            return
+        if headers:
+            state["limited"] = True  # the proxy drops an upstream's own rate-limit headers
+        headers.append((REQUEST_ID, state["request_id"].encode()))
+        await self._pass_websocket(
+            scope, receive, send, headers, leases, identity, match, arrived, t0
+        )
+
+    async def _pass_websocket(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: list[Header],
+        leases: tuple[Lease, ...],
+        identity: Identity,
+        match: RouteMatch,
+        arrived: float,
+        t0: float,
+    ) -> None:
+        """Run the app on an admitted WebSocket connection.
+
+        ``headers`` go on the handshake's answer (the 101, or the app's own refusal). The
+        connection is counted and metered once, when its handshake is answered: 101 when
+        accepted, the status of an HTTP refusal, 403 for a close before accepting, 500
+        when the app failed first, 499 when the caller left first.
+
+        Pool slots are given back as soon as the connection ends — the app closes it or
+        refuses the handshake, the caller closes or goes away, the app fails or returns.
+        While slots are held the gateway reads the caller's messages one ahead of the app
+        (a bounded hand-over, never a buffer), so a caller leaving is noticed even by an
+        app that is not reading.
+        """
+        request_id: str = scope["state"]["request_id"]
+        answered = False
+        closed = False
+        gone = False
+        held = bool(leases)
+
+        def answer(status: int) -> None:
+            nonlocal answered
+            answered = True
+            self._account(match, identity, "GET", status, arrived, t0, scope)
+
+        async def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                now = self.clock()
+                for lease in leases:
+                    await self.limits.release(lease, now)
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal closed
+            kind = message["type"]
+            if not answered:
+                if kind == "websocket.accept" or kind == "websocket.http.response.start":
+                    message["headers"] = [*message.get("headers", ()), *headers]
+                    answer(101 if kind == "websocket.accept" else message["status"])
+                elif kind == "websocket.close":
+                    answer(403)  # servers refuse the handshake with a 403
+            if kind == "websocket.close" or (
+                kind == "websocket.http.response.body" and not message.get("more_body", False)
+            ):
+                # The connection ends here: the slot is free before the caller hears it.
+                closed = True
+                await release()
+            await send(message)
+
+        app_receive = receive
+        pump: asyncio.Future[None] | None = None
+        if held:
+            inbox: asyncio.Queue[Message] = asyncio.Queue(maxsize=1)
+
+            async def read_ahead() -> None:
+                nonlocal gone
+                try:
+                    while True:
+                        message = await receive()
+                        if message["type"] == "websocket.disconnect":
+                            gone = True
+                            await release()
+                            await inbox.put(message)
+                            return
+                        await inbox.put(message)
+                except Exception:
+                    # A server failing on receive: for the app, the caller has left.
+                    gone = True
+                    await release()
+                    await inbox.put({"type": "websocket.disconnect", "code": 1006})
+                    raise
+
+            pump = asyncio.ensure_future(read_ahead())
+            app_receive = inbox.get
+        try:
+            await self.app(scope, app_receive, send_wrapper)
+        except Exception as exc:
+            if isinstance(exc, OSError):  # e.g. a send after the caller left
+                logger.info("websocket app stopped: %r", exc, extra={"request_id": request_id})
+            else:
+                logger.exception("inner app failed", extra={"request_id": request_id})
+            error = InternalError("The connection failed inside the API; it has been logged.")
+            await release()
+            with contextlib.suppress(Exception):
+                if not answered:
+                    answer(error.status)
+                    error_headers, body = _error_parts(error, request_id)
+                    await reject_websocket(
+                        scope, send, error.status, error_headers, body, error.code
+                    )
+                elif not closed:
+                    await send(
+                        {"type": "websocket.close", "code": INTERNAL_ERROR, "reason": error.code}
+                    )
+        finally:
+            if pump is not None:
+                pump.cancel()
+                await asyncio.wait((pump,))
+                if not pump.cancelled() and pump.exception() is not None:
+                    logger.warning(
+                        "websocket receive failed",
+                        exc_info=pump.exception(),
+                        extra={"request_id": request_id},
+                    )
+            await release()
+        if not answered:
+            # Returned without answering the handshake: the server refuses it with a 500.
+            answer(499 if gone else InternalError.status)
 
     async def _pass_plain(
         self, scope: Scope, receive: Receive, send: Send, headers: list[Header], request_id: str
@@ -658,13 +944,52 @@ async def _send_json(
 _DETAIL_MESSAGES = {429: "Rate limit exceeded"}
 
 
-async def _send_error(
-    send: Send, exc: ApiError, request_id: str, error_format: str = "envelope"
-) -> None:
-    headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-    headers.append((REQUEST_ID, request_id.encode()))
+def _error_parts(
+    exc: ApiError, request_id: str, error_format: str = "envelope"
+) -> tuple[list[Header], bytes]:
+    """Headers and body of the answer for ``exc``."""
     if error_format == "detail":
         body = orjson.dumps({"detail": _DETAIL_MESSAGES.get(exc.status, exc.message)})
     else:
         body = error_json(exc, request_id)
-    await _send_json(send, exc.status, body, headers)
+    headers = [JSON, (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    headers.append((REQUEST_ID, request_id.encode()))
+    return headers, body
+
+
+async def _send_error(
+    send: Send, exc: ApiError, request_id: str, error_format: str = "envelope"
+) -> None:
+    headers, body = _error_parts(exc, request_id, error_format)
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+#: The ASGI extension that lets a WebSocket app refuse a handshake with an HTTP response.
+HTTP_RESPONSE_EXTENSION = "websocket.http.response"
+#: Close codes of a refused handshake on servers without that extension.
+POLICY_VIOLATION = 1008
+INTERNAL_ERROR = 1011
+#: Longest close reason, in bytes (a close frame's payload is 125 bytes with the code).
+_MAX_CLOSE_REASON = 123
+
+
+async def reject_websocket(
+    scope: Scope, send: Send, status: int, headers: list[Header], body: bytes, reason: str
+) -> None:
+    """Refuse a WebSocket handshake whose ``websocket.connect`` has been received.
+
+    With the ``websocket.http.response`` extension in ``scope["extensions"]`` the caller
+    gets an HTTP response: ``status``, ``headers``, ``body``. Without it the handshake is
+    refused with ``websocket.close`` — code 1008 (policy violation) for a 4xx status,
+    1011 (internal error) otherwise, ``reason`` (e.g. ``RATE_LIMITED``) as its reason —
+    which servers answer with a 403.
+    """
+    if HTTP_RESPONSE_EXTENSION in (scope.get("extensions") or ()):
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+        return
+    code = POLICY_VIOLATION if status < 500 else INTERNAL_ERROR
+    short = reason.encode()[:_MAX_CLOSE_REASON].decode(errors="ignore")
+    await send({"type": "websocket.close", "code": code, "reason": short})

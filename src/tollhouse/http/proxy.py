@@ -5,30 +5,39 @@
 authenticated it, counted it against its limits and put ``request_id`` and ``identity`` in
 ``scope["state"]``; the proxy's job is to pass the exchange through faithfully and cheaply:
 
-* the request target is forwarded byte for byte (percent-encoding and dot segments as
-  received), so the upstream routes on exactly the path the gateway matched its policy on;
-* bodies are streamed both ways, never buffered whole;
-* hop-by-hop headers are dropped both ways, the caller's credentials never leave the
-  gateway, and the upstream learns who called through ``X-Tollhouse-*`` headers that
-  callers cannot forge (any they send are dropped);
-* a client that goes away cancels the upstream exchange, so the gateway's in-flight slot
-  is released at once;
+* the request target is the path the gateway matched its policy on, byte for byte, with
+  the query string as received;
+* bodies stream both ways, never buffered whole, on pooled keep-alive connections of
+  tollhouse's own upstream client (:mod:`tollhouse.upstream`);
+* hop-by-hop headers are dropped both ways; the caller's credentials never leave the
+  gateway (unless ``forward_authorization`` says the caller's own ``Authorization`` is
+  for the upstream); the upstream learns who called through ``X-Tollhouse-*`` headers that
+  callers cannot forge, and where from through ``X-Forwarded-*``, ``Forwarded`` and
+  ``X-Real-IP`` that callers cannot forge either (unless they are a trusted proxy);
+* one set of each header the gateway owns reaches the caller: its ``Date``, its
+  ``X-Request-Id``, and its rate-limit headers when the route has buckets (the upstream's
+  are dropped then, and passed through when tollhouse has none of its own);
+* absolute ``Location``/``Content-Location`` answers that point at the upstream's own
+  origin are rewritten to the caller's origin, so a redirect never leads past the gateway;
 * an upstream that cannot be reached or is too slow becomes the usual error envelope
-  (502 ``UPSTREAM_UNAVAILABLE``, 504 ``UPSTREAM_TIMEOUT``), never a traceback.
+  (502 ``UPSTREAM_UNAVAILABLE``, 504 ``UPSTREAM_TIMEOUT``) naming what happened and the
+  request id, never the upstream's address (that goes to the log);
+* an upstream that fails once its answer has started makes the proxy cut the caller's
+  connection: the caller sees a broken response, never a clean end of a short body;
+* a client that goes away cancels the upstream exchange (checked once a request has run
+  for :data:`WATCH_AFTER` seconds), so the gateway's in-flight slot is released at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
-import secrets
 from collections.abc import AsyncIterator
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, Final
 from urllib.parse import quote
 
-import httpx
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from tollhouse.errors import (
     ApiError,
@@ -40,12 +49,27 @@ from tollhouse.errors import (
     UpstreamUnavailable,
     error_json,
 )
+from tollhouse.http.gateway import new_request_id, reject_websocket
+from tollhouse.http.websocket import proxy_websocket
 from tollhouse.keys.model import Identity
+from tollhouse.upstream import (
+    UpstreamConnectError,
+    UpstreamConnectTimeout,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamPoolTimeout,
+    UpstreamReadTimeout,
+    parse_origin,
+)
 
 __all__ = [
+    "BUFFER_BODY",
     "CALLER_SECRET_HEADERS",
+    "FORWARDED_HEADERS",
     "HOP_BY_HOP_HEADERS",
     "IDENTITY_HEADER_PREFIX",
+    "RATE_LIMIT_HEADERS",
+    "WATCH_AFTER",
     "ReverseProxy",
 ]
 
@@ -59,6 +83,7 @@ HOP_BY_HOP_HEADERS: Final = frozenset(
         b"keep-alive",
         b"proxy-authenticate",
         b"proxy-authorization",
+        b"proxy-connection",
         b"te",
         b"trailer",
         b"transfer-encoding",
@@ -66,29 +91,56 @@ HOP_BY_HOP_HEADERS: Final = frozenset(
     }
 )
 
-#: The caller's credentials. The gateway has already checked them; an upstream must never see
-#: them (it could log or replay them).
+#: The caller's credentials. The gateway has already checked them; an upstream must never
+#: see them (it could log or replay them).
 CALLER_SECRET_HEADERS: Final = frozenset({b"authorization", b"x-api-key"})
+
+#: Where a request came from, as proxies tell it. Replaced by the proxy's own account
+#: unless the peer is a trusted proxy.
+FORWARDED_HEADERS: Final = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip"}
+)
+
+#: Headers the gateway sets on every admitted response of a route with buckets; an
+#: upstream's own are dropped then, so the caller sees one consistent set.
+RATE_LIMIT_HEADERS: Final = frozenset(
+    {
+        b"x-ratelimit-limit",
+        b"x-ratelimit-remaining",
+        b"x-ratelimit-reset",
+        b"ratelimit",
+        b"ratelimit-policy",
+    }
+)
 
 #: Headers the proxy writes itself from the authenticated identity. Anything a caller sends
 #: under this prefix is dropped, or the upstream could be told a forged org or role.
 IDENTITY_HEADER_PREFIX: Final = b"x-tollhouse-"
 
-# Request headers the proxy owns: it sets them itself below (host, x-forwarded-*,
+#: Bytes of a request body of unknown length gathered before sending: a body that ends
+#: within it goes upstream with a ``Content-Length``, a longer one streams chunked.
+BUFFER_BODY: Final = 64 * 1024
+
+#: Seconds after which a request still running starts watching for its caller leaving.
+#: Shorter requests never pay for the watch (a task per request would cost more than
+#: the rest of the proxy's work); a caller that leaves one of them is noticed when the
+#: answer is written.
+WATCH_AFTER: Final = 0.5
+
+# Request headers the proxy owns: it sets them itself below (host, forwarded headers,
 # x-request-id) or has answered them already (``expect``: reading the body through ASGI
 # makes the server send ``100 Continue`` to the caller; the upstream gets the body anyway).
 _REQUEST_DROP: Final = (
     HOP_BY_HOP_HEADERS
     | CALLER_SECRET_HEADERS
-    | {
-        b"host",
-        b"expect",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-request-id",
-    }
+    | FORWARDED_HEADERS
+    | {b"host", b"expect", b"x-request-id", b"content-length"}
 )
+
+# Response headers the server or the gateway owns.
+_RESPONSE_DROP: Final = HOP_BY_HOP_HEADERS | {b"date", b"x-request-id"}
+_RESPONSE_DROP_LIMITED: Final = _RESPONSE_DROP | RATE_LIMIT_HEADERS
+_LOCATIONS: Final = (b"location", b"content-location")
 
 _JSON_HEADERS: Final = ((b"content-type", b"application/json"),)
 
@@ -108,49 +160,77 @@ class _BodyTooLarge(TollhouseError):
     """The request body grew past ``max_body_size`` while it was being streamed."""
 
 
-class _Call:
-    """What the exchange and the disconnect watcher of one request share."""
+class _Watch:
+    """The disconnect watch of one request: armed by a timer, a task only if it fires."""
 
-    __slots__ = ("body_done", "response_complete")
+    __slots__ = ("gone", "receive", "task", "timer", "watcher")
 
-    def __init__(self, body_done: asyncio.Event | None) -> None:
-        # Set once the last request body message has been received; until then ``receive``
-        # belongs to the body stream and the watcher must not call it.
-        self.body_done = body_done
-        # True once the final response message is on its way: the server then answers
-        # ``receive`` with ``http.disconnect``, which is not the caller going away.
-        self.response_complete = False
+    def __init__(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+        self.receive = receive
+        self.task = task
+        self.gone = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.watcher: asyncio.Task[None] | None = None
+
+    def arm(self, delay: float) -> None:
+        self.timer = asyncio.get_running_loop().call_later(delay, self._start)
+
+    def _start(self) -> None:
+        self.timer = None
+        self.watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        self.task.cancel()
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.watcher is not None:
+            self.watcher.cancel()
+            self.watcher = None
 
 
 class ReverseProxy:
     """A raw ASGI app that forwards every HTTP request to one upstream base URL.
 
-    One pooled :class:`httpx.AsyncClient` serves all requests (no redirects followed, no
-    proxy or certificate settings taken from the environment, no cookies stored). The
-    request target is the base URL's path followed by the request's ``raw_path`` and query
-    string, byte for byte.
+    The request target is the base URL's path followed by the request's ``raw_path`` and
+    query string, byte for byte.
 
     Scopes other than HTTP: ``lifespan`` is answered (shutdown closes the pool), so the
     proxy can be served on its own; a gateway that serves it should call :meth:`aclose` at
-    its own shutdown instead. ``websocket`` connections are refused with a
-    ``websocket.close`` (code 1003, "unsupported"); before the handshake completes servers
-    turn that into an HTTP 403.
+    its own shutdown instead. ``websocket`` connections are relayed to the upstream's
+    ``ws://``/``wss://`` address (:func:`tollhouse.http.websocket.proxy_websocket`) with
+    the same headers an HTTP request gets.
 
     Args:
         upstream_url: ``http://`` or ``https://`` URL of the upstream, optionally with a
             path prefix (``http://127.0.0.1:9000/api``). Credentials in the URL
             (``http://user:pass@host``) are sent to the upstream as HTTP Basic auth.
-        timeout: seconds the upstream may take for each read or write, and the longest
-            wait for a free pooled connection; beyond it the caller gets a 504. Applies to
-            each step, not to the whole exchange, so long streamed responses are fine.
-        connect_timeout: seconds to open a new connection to the upstream (then 504).
+        timeout: the read timeout: seconds the upstream may stay silent while its answer
+            is awaited, or not take the request body (then 504). Applies to each wait,
+            not to the whole exchange, so long streamed answers are fine.
+        connect_timeout: seconds to open a new connection to the upstream (then 502).
+        total_timeout: seconds the whole exchange may take, or None for no limit (then
+            504, or the caller's connection is cut if the answer has started).
+        pool_timeout: seconds a request may wait for a free connection when all
+            ``max_connections`` are busy (then 504).
         max_connections: most connections open to the upstream at once.
-        max_keepalive: most idle connections kept for reuse.
+        keepalive_expiry: seconds an idle connection is kept for reuse; keep it below the
+            upstream's own keep-alive timeout.
         max_body_size: largest request body in bytes, or None for no limit; bigger bodies
             get a 413 (before anything reaches the upstream when ``Content-Length`` says so).
+        preserve_host: send the caller's ``Host`` upstream instead of the upstream's own.
+        forward_authorization: when the caller's tollhouse key came in ``X-API-Key``, pass
+            its ``Authorization`` header to the upstream (the caller's own credentials
+            for the upstream). Off: no credential of the caller ever leaves the gateway.
 
     Attributes:
         upstream_url: the URL the proxy was built with, as given.
+        pool: the upstream connection pool.
 
     Raises:
         ConfigError: the URL is not an http(s) URL with a host, or a limit is not positive.
@@ -162,62 +242,62 @@ class ReverseProxy:
         *,
         timeout: float = 30.0,
         connect_timeout: float = 5.0,
-        max_connections: int = 200,
-        max_keepalive: int = 100,
+        total_timeout: float | None = None,
+        pool_timeout: float = 10.0,
+        max_connections: int = 100,
+        keepalive_expiry: float = 4.0,
         max_body_size: int | None = None,
+        preserve_host: bool = False,
+        forward_authorization: bool = False,
     ) -> None:
-        url = _parse_upstream_url(upstream_url)
-        for name, value in (
-            ("timeout", timeout),
-            ("connect_timeout", connect_timeout),
-            ("max_connections", max_connections),
-        ):
-            if not value > 0:
-                raise ConfigError(f"upstream {name} must be greater than 0, got {value!r}")
-        if max_keepalive < 0:
-            raise ConfigError(f"upstream max_keepalive must be 0 or more, got {max_keepalive!r}")
+        origin = parse_origin(upstream_url)
         if max_body_size is not None and max_body_size < 0:
             raise ConfigError(f"max_body_size must be 0 or more (or None), got {max_body_size!r}")
-
+        if total_timeout is not None and not total_timeout > 0:
+            raise ConfigError(f"upstream total_timeout must be greater than 0, got {total_timeout}")
         self.upstream_url = upstream_url
-        self._origin = url
-        self._host = url.netloc  # host[:port], port only when not the scheme's default
-        self._authority = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
-        self._prefix = url.raw_path.rstrip(b"/")
+        self.origin = origin
+        self.pool = UpstreamPool(
+            origin,
+            max_connections=max_connections,
+            connect_timeout=connect_timeout,
+            read_timeout=timeout,
+            pool_timeout=pool_timeout,
+            keepalive_expiry=keepalive_expiry,
+        )
         self._timeout = timeout
         self._connect_timeout = connect_timeout
-        self._max_connections = max_connections
+        self._total_timeout = total_timeout
         self._max_body_size = max_body_size
-        timeouts = httpx.Timeout(timeout, connect=connect_timeout)
-        # Requests are built by hand (the client's default headers such as Accept-Encoding
-        # would change what the caller asked for), so the timeouts travel per request.
-        self._timeouts = timeouts.as_dict()
-        self._client = httpx.AsyncClient(
-            timeout=timeouts,
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_keepalive
-            ),
-            follow_redirects=False,
-            trust_env=False,
-            # The client is shared by every caller: a jar that refuses all cookies keeps one
-            # caller's Set-Cookie from being stored (and growing) in the gateway.
-            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-        )
+        self._preserve_host = preserve_host
+        self._forward_authorization = forward_authorization
+        self._basic: bytes | None = None
+        if origin.userinfo:
+            self._basic = b"Basic " + base64.b64encode(origin.userinfo.encode("utf-8"))
+        # Absolute Location values that name the upstream itself, with and without an
+        # explicit default port (nginx's default proxy_redirect).
+        base = f"{origin.scheme}://".encode() + origin.authority
+        self._own_origins = [base + origin.prefix]
+        explicit = f"{origin.scheme}://{origin.host}:{origin.port}".encode() + origin.prefix
+        if explicit != self._own_origins[0]:
+            self._own_origins.append(explicit)
 
     async def aclose(self) -> None:
         """Close the pooled upstream connections. Safe to call more than once."""
-        await self._client.aclose()
+        await self.pool.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve one ASGI connection: proxy HTTP, answer lifespan, refuse websockets."""
+        """Serve one ASGI connection: proxy HTTP and websockets, answer lifespan."""
         kind = scope["type"]
         if kind == "http":
-            await self._proxy(scope, receive, send)
+            if "request_id" in (scope.get("state") or ()):
+                await self._proxy(scope, receive, send)
+            else:
+                await self._proxy(scope, receive, _with_request_id(scope, send))
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "websocket":
-            await receive()  # websocket.connect
-            await send({"type": "websocket.close", "code": 1003, "reason": "not supported"})
+            await self._websocket(scope, receive, send)
 
     # -- lifespan --------------------------------------------------------------------------
 
@@ -231,14 +311,47 @@ class ReverseProxy:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    # -- websocket -------------------------------------------------------------------------
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Relay an admitted WebSocket connection to the upstream's ``ws(s)://`` address,
+        with the same request headers an HTTP request would get."""
+        state: dict[str, Any] = scope.setdefault("state", {})
+        request_id = state.get("request_id")
+        if not isinstance(request_id, str) or not request_id:
+            request_id = state["request_id"] = new_request_id()
+        target = self._target(scope)
+        if target is None:
+            await receive()  # websocket.connect
+            error = BadRequest("The request target must be a path starting with '/'.")
+            body = error_json(error, request_id)
+            headers = [*_JSON_HEADERS, (b"x-request-id", request_id.encode())]
+            await reject_websocket(scope, send, 400, headers, body, error.code)
+            return
+        headers, _, _ = self._request_headers(scope, state, request_id)
+        scheme = "wss" if self.origin.scheme == "https" else "ws"
+        url = f"{scheme}://{self.origin.authority.decode('latin-1')}{target.decode('ascii')}"
+        await proxy_websocket(
+            scope,
+            receive,
+            send,
+            url=url,
+            headers=headers,
+            request_id=request_id,
+            connect_timeout=self._connect_timeout,
+            open_timeout=self._timeout,
+        )
+
     # -- http ------------------------------------------------------------------------------
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state: dict[str, Any] = scope.get("state") or {}
+        state: dict[str, Any] = scope.setdefault("state", {})
         request_id = state.get("request_id")
         if not isinstance(request_id, str) or not request_id:
-            request_id = "req_" + secrets.token_hex(12)
-        identity = state.get("identity")
+            # Served without the gateway: the proxy's own errors still carry an id.
+            request_id = new_request_id()
+            state["request_id"] = request_id
+            state["own_request_id"] = True
 
         target = self._target(scope)
         if target is None:
@@ -248,9 +361,7 @@ class ReverseProxy:
             )
             await _reply_error(send, error, request_id)
             return
-        headers, content_length = self._request_headers(
-            scope, identity if isinstance(identity, Identity) else None, request_id
-        )
+        headers, content_length, caller_host = self._request_headers(scope, state, request_id)
         limit = self._max_body_size
         if limit is not None and content_length is not None and content_length > limit:
             await _reply_error(send, _too_large(limit), request_id)
@@ -262,44 +373,174 @@ class ReverseProxy:
         if message["type"] == "http.disconnect":
             return
         first: bytes = message.get("body", b"")
-        content: bytes | AsyncIterator[bytes] | None
-        if message.get("more_body", False):
-            call = _Call(asyncio.Event())
-            content = self._stream_body(first, receive, call)
+        body: bytes | AsyncIterator[bytes] | None
+        task = asyncio.current_task()
+        assert task is not None
+        watch = _Watch(receive, task)
+        more = message.get("more_body", False)
+        if more and content_length is None:
+            # A body of unknown length (chunked): a small one is gathered and sent with a
+            # Content-Length, since many upstream servers (WSGI ones among them) refuse
+            # chunked requests; past BUFFER_BODY it streams chunked.
+            parts = [first]
+            size = len(first)
+            while more and size <= BUFFER_BODY:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    state["aborted"] = 499
+                    return
+                chunk = message.get("body", b"")
+                parts.append(chunk)
+                size += len(chunk)
+                more = message.get("more_body", False)
+            first = b"".join(parts)
+        if more:
+            if content_length is not None:
+                headers.append((b"content-length", str(content_length).encode()))
+            body = self._stream_body(first, receive, watch)
         else:
-            call = _Call(None)
             if limit is not None and len(first) > limit:
                 await _reply_error(send, _too_large(limit), request_id)
                 return
-            content = first or None
+            body = first or None
+            watch.arm(WATCH_AFTER)
 
-        request = httpx.Request(
-            scope["method"],
-            self._origin,
-            headers=headers,
-            content=content,
-            # httpcore's "target" extension puts our bytes on the request line unchanged;
-            # going through httpx.URL would normalise them (and parse them per request).
-            extensions={"timeout": self._timeouts, "target": target},
-        )
-        exchange = asyncio.create_task(self._exchange(request, send, request_id, call))
-        watcher = asyncio.create_task(_wait_for_disconnect(receive, call.body_done))
+        started = False
         try:
-            await asyncio.wait((exchange, watcher), return_when=asyncio.FIRST_COMPLETED)
-            if watcher.done() and not call.response_complete:
-                # Nobody is left to read the answer: stop waiting on the upstream now, so
-                # the gateway's in-flight slot is released when we return.
-                exchange.cancel()
-            await asyncio.wait((exchange,))
+            if self._total_timeout is not None:
+                async with asyncio.timeout(self._total_timeout):
+                    started = await self._exchange(
+                        scope, send, body, target, headers, request_id, state, caller_host
+                    )
+            else:
+                started = await self._exchange(
+                    scope, send, body, target, headers, request_id, state, caller_host
+                )
+        except asyncio.CancelledError:
+            if not watch.gone:
+                raise
+            # The caller left: nobody is left to read the answer. Returning releases the
+            # gateway's in-flight slot; the upstream connection was closed by the cancel.
+            task.uncancel()
+            state["aborted"] = 499
+        except TimeoutError:
+            # The total timeout ([upstream] total_timeout) ran out.
+            started = state.get("response_started", False)
+            self._log_failure("total timeout", request_id, None)
+            if started:
+                state["aborted"] = 502  # cut the caller's connection: the body is short
+            else:
+                await _reply_error(
+                    send,
+                    UpstreamTimeout(
+                        f"The upstream API did not finish answering within "
+                        f"{self._total_timeout:g} s (total timeout). Retry later."
+                    ),
+                    request_id,
+                )
         finally:
-            watcher.cancel()
-            if not exchange.done():  # we are being cancelled ourselves
-                exchange.cancel()
-                await asyncio.wait((exchange,))
-        if not exchange.cancelled():
-            exchange.result()  # upstream failures were answered inside; re-raise bugs only
-        if watcher.done() and not watcher.cancelled():
-            watcher.result()  # a failing receive() is a bug upstream of us: surface it
+            watch.stop()
+
+    async def _exchange(
+        self,
+        scope: Scope,
+        send: Send,
+        body: bytes | AsyncIterator[bytes] | None,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        request_id: str,
+        state: dict[str, Any],
+        caller_host: bytes | None,
+    ) -> bool:
+        """Send the request upstream and stream the answer back (or an error envelope)."""
+        try:
+            response = await self.pool.request(
+                scope["method"].encode("ascii"), target, headers, body
+            )
+        except _ClientGone:
+            state["aborted"] = 499
+            return False
+        except _BodyTooLarge:
+            await _reply_error(send, _too_large(self._max_body_size or 0), request_id)
+            return False
+        except UpstreamError as exc:
+            self._log_failure(type(exc).__name__, request_id, exc)
+            await _reply_error(send, self._error_for(exc), request_id)
+            return False
+
+        try:
+            drop = _RESPONSE_DROP_LIMITED if state.get("limited") else _RESPONSE_DROP
+            out: list[tuple[bytes, bytes]] = []
+            connection: list[bytes] | None = None
+            for name, value in response.headers:
+                if name in drop:
+                    if name == b"connection":
+                        connection = [*(connection or ()), value]
+                    continue
+                if name in _LOCATIONS:
+                    value = self._rewrite_location(value, scope, caller_host)
+                out.append((name, value))
+            if connection:
+                named = _connection_tokens(connection)
+                out = [item for item in out if item[0] not in named]
+            start = {"type": "http.response.start", "status": response.status, "headers": out}
+            if response.complete:
+                # The whole answer came with its head: one message, the common case.
+                payload = await response.read()
+                await send(start)
+                state["response_started"] = True
+                await send({"type": "http.response.body", "body": payload, "more_body": False})
+                return True
+            await send(start)
+            state["response_started"] = True
+            try:
+                while chunk := await response.next_chunk():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except UpstreamError as exc:
+                # The answer has started: no envelope can follow. Returning without the
+                # final message makes the server close the caller's connection, which is
+                # how the caller learns the body is incomplete.
+                self._log_failure("failed mid-body: " + type(exc).__name__, request_id, exc)
+                state["aborted"] = 502
+                return True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return True
+        finally:
+            response.close()
+
+    def _error_for(self, exc: UpstreamError) -> ApiError:
+        if isinstance(exc, UpstreamConnectTimeout):
+            return UpstreamUnavailable(
+                f"The upstream API did not accept a connection within "
+                f"{self._connect_timeout:g} s. Retry later."
+            )
+        if isinstance(exc, UpstreamConnectError):
+            return UpstreamUnavailable(
+                "The upstream API could not be reached (connection failed). Retry later."
+            )
+        if isinstance(exc, UpstreamPoolTimeout):
+            return UpstreamTimeout(
+                f"Every connection to the upstream API stayed busy for "
+                f"{self.pool.pool_timeout:g} s. Retry later."
+            )
+        if isinstance(exc, UpstreamReadTimeout):
+            return UpstreamTimeout(
+                f"The upstream API did not answer within {self._timeout:g} s. Retry later."
+            )
+        return UpstreamUnavailable(
+            "The upstream API closed the connection or sent an invalid answer. Retry later."
+        )
+
+    def _log_failure(self, what: str, request_id: str, exc: Exception | None) -> None:
+        logger.warning(
+            "upstream request failed",
+            extra={
+                "request_id": request_id,
+                "upstream": self.origin.url,
+                "error": what,
+                "detail": str(exc) if exc is not None else "",
+            },
+        )
 
     def _target(self, scope: Scope) -> bytes | None:
         """Request line target for the upstream, or None if the request's is not a path."""
@@ -310,7 +551,7 @@ class ReverseProxy:
         # name a host the gateway never checked; only origin-form paths go through.
         if raw[:1] != b"/":
             return None
-        target = self._prefix + raw
+        target = self.origin.prefix + raw if self.origin.prefix else raw
         query: bytes = scope.get("query_string", b"")
         if query:
             target += b"?" + query
@@ -320,49 +561,56 @@ class ReverseProxy:
         return target
 
     def _request_headers(
-        self, scope: Scope, identity: Identity | None, request_id: str
-    ) -> tuple[list[tuple[bytes, bytes]], int | None]:
-        """Headers for the upstream, in the caller's order, and the declared body length."""
-        headers: list[tuple[bytes, bytes]] = [(b"host", self._host)]
-        forwarded_for: list[bytes] = []
-        connection: list[bytes] = []
-        original_host: bytes | None = None
+        self, scope: Scope, state: dict[str, Any], request_id: str
+    ) -> tuple[list[tuple[bytes, bytes]], int | None, bytes | None]:
+        """Headers for the upstream in the caller's order, the declared body length, and
+        the caller's ``Host``."""
+        headers: list[tuple[bytes, bytes]] = [(b"host", self.origin.authority)]
+        connection: list[bytes] | None = None
+        caller_host: bytes | None = None
         content_length: bytes | None = None
+        forwarded: list[tuple[bytes, bytes]] | None = None
+        authorization: bytes | None = None
+        api_key = False
         drop = _REQUEST_DROP
         for name, value in scope["headers"]:
             if name in drop:
-                if name == b"connection":
-                    connection.append(value)
-                elif name == b"x-forwarded-for":
-                    forwarded_for.append(value)
-                elif name == b"host":
-                    original_host = value
+                if name == b"host":
+                    caller_host = value
+                elif name == b"content-length":
+                    content_length = value
+                elif name == b"connection":
+                    connection = [*(connection or ()), value]
+                elif name in FORWARDED_HEADERS:
+                    forwarded = [*(forwarded or ()), (name, value)]
+                elif name == b"authorization":
+                    authorization = value
+                elif name == b"x-api-key":
+                    api_key = True
                 continue
             if name.startswith(IDENTITY_HEADER_PREFIX):
                 continue
-            if name == b"content-length":
-                content_length = value
             headers.append((name, value))
 
         if connection:
             named = _connection_tokens(connection)
             named.discard(b"host")  # the upstream's own Host is ours to send
             headers = [item for item in headers if item[0] not in named]
-            if b"x-forwarded-for" in named:
-                forwarded_for = []
+            if forwarded:
+                forwarded = [item for item in forwarded if item[0] not in named]
             if b"content-length" in named:
                 content_length = None
 
-        client = scope.get("client")
-        if client:
-            forwarded_for.append(str(client[0]).encode("latin-1"))
-        if forwarded_for:
-            headers.append((b"x-forwarded-for", b", ".join(forwarded_for)))
-        headers.append((b"x-forwarded-proto", str(scope.get("scheme") or "http").encode("ascii")))
-        if original_host is not None:
-            headers.append((b"x-forwarded-host", original_host))
-        headers.append((b"x-request-id", request_id.encode("utf-8")))
-        if identity is not None:
+        if self._preserve_host and caller_host is not None:
+            headers[0] = (b"host", caller_host)
+        if self._basic is not None:
+            headers.append((b"authorization", self._basic))
+        elif self._forward_authorization and api_key and authorization is not None:
+            headers.append((b"authorization", authorization))
+        self._forwarded_headers(headers, scope, state, forwarded, caller_host)
+        headers.append((b"x-request-id", request_id.encode("latin-1")))
+        identity = state.get("identity")
+        if isinstance(identity, Identity):
             headers += (
                 (b"x-tollhouse-org", identity.org.encode("utf-8")),
                 (b"x-tollhouse-environment", identity.environment.encode("utf-8")),
@@ -376,10 +624,72 @@ class ReverseProxy:
                 length = int(content_length)
             except ValueError:  # the server has validated it; never fail on it here
                 length = None
-        return headers, length
+        return headers, length, caller_host
+
+    def _forwarded_headers(
+        self,
+        headers: list[tuple[bytes, bytes]],
+        scope: Scope,
+        state: dict[str, Any],
+        given: list[tuple[bytes, bytes]] | None,
+        caller_host: bytes | None,
+    ) -> None:
+        """Append ``X-Forwarded-*``, ``Forwarded`` and ``X-Real-IP``.
+
+        From an untrusted peer, whatever the caller sent under these names is dropped and
+        the proxy's own account replaces it. From a trusted proxy (``scope["state"]["peer"]``
+        set by :meth:`tollhouse.http.forwarded.TrustedProxies.resolve`, which also put the
+        client address it resolved in ``scope["client"]``), its headers are kept and the
+        peer is appended to the chain.
+        """
+        client = scope.get("client")
+        client_host = str(client[0]) if client else None
+        scheme = str(scope.get("scheme") or "http").encode("ascii")
+        peer = state.get("peer")
+        if peer is not None and given:
+            peer_host = str(peer[0]).encode("latin-1")
+            chain = [v for n, v in given if n == b"x-forwarded-for"]
+            chain.append(peer_host)
+            headers.append((b"x-forwarded-for", b", ".join(chain)))
+            kept = {n for n, _ in given}
+            for name, value in given:
+                if name in (b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"):
+                    headers.append((name, value))
+            if b"x-forwarded-proto" not in kept:
+                headers.append((b"x-forwarded-proto", scheme))
+            if b"x-forwarded-host" not in kept and caller_host is not None:
+                headers.append((b"x-forwarded-host", caller_host))
+            if client_host is not None:
+                headers.append((b"x-real-ip", client_host.encode("latin-1")))
+            return
+        if client_host is not None:
+            host_bytes = client_host.encode("latin-1")
+            headers.append((b"x-forwarded-for", host_bytes))
+            headers.append((b"x-real-ip", host_bytes))
+            node = b'"[' + host_bytes + b']"' if b":" in host_bytes else host_bytes
+            element = b"for=" + node + b";proto=" + scheme
+            if caller_host is not None:
+                element += b';host="' + caller_host.replace(b'"', b"") + b'"'
+            headers.append((b"forwarded", element))
+        headers.append((b"x-forwarded-proto", scheme))
+        if caller_host is not None:
+            headers.append((b"x-forwarded-host", caller_host))
+
+    def _rewrite_location(self, value: bytes, scope: Scope, caller_host: bytes | None) -> bytes:
+        """An absolute URL at the upstream's own origin → the same place at the caller's."""
+        if caller_host is None or value[:1] == b"/":
+            return value
+        for own in self._own_origins:
+            if value.startswith(own):
+                rest = value[len(own) :]
+                if rest[:1] not in (b"", b"/", b"?", b"#"):
+                    continue  # another path that merely shares the prefix
+                scheme = str(scope.get("scheme") or "http").encode("ascii")
+                return scheme + b"://" + caller_host + (rest or b"/")
+        return value
 
     async def _stream_body(
-        self, first: bytes, receive: Receive, call: _Call
+        self, first: bytes, receive: Receive, watch: _Watch
     ) -> AsyncIterator[bytes]:
         """The request body, from ``receive()`` straight to the upstream connection."""
         limit = self._max_body_size
@@ -393,128 +703,13 @@ class ReverseProxy:
                 raise _ClientGone
             chunk: bytes = message.get("body", b"")
             more = message.get("more_body", False)
-            if not more and call.body_done is not None:
-                call.body_done.set()  # receive() is free now: the watcher may take it over
             size += len(chunk)
             if limit is not None and size > limit:
                 raise _BodyTooLarge
+            if not more:
+                watch.arm(WATCH_AFTER)  # receive() is free now: the watch may take it over
             if chunk:
                 yield chunk
-
-    async def _exchange(
-        self, request: httpx.Request, send: Send, request_id: str, call: _Call
-    ) -> None:
-        """Send the request upstream and stream the answer back (or an error envelope)."""
-        try:
-            response = await self._client.send(request, stream=True)
-        except _ClientGone:
-            return
-        except _BodyTooLarge:
-            call.response_complete = True
-            await _reply_error(send, _too_large(self._max_body_size or 0), request_id)
-            return
-        except httpx.TimeoutException as exc:
-            call.response_complete = True
-            await self._reply_upstream_error(send, self._timeout_error(exc), exc, request_id)
-            return
-        except httpx.HTTPError as exc:
-            call.response_complete = True
-            reason = str(exc) or type(exc).__name__
-            error = UpstreamUnavailable(
-                f"The upstream at {self._authority} could not be reached ({reason}). "
-                "Check that it is running and that [upstream] url points at it."
-            )
-            await self._reply_upstream_error(send, error, exc, request_id)
-            return
-
-        try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status_code,
-                    "headers": _response_headers(response.headers.raw),
-                }
-            )
-            try:
-                async for chunk in response.aiter_raw():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except httpx.HTTPError as exc:
-                logger.warning(
-                    "upstream failed after the response started; ending the body early",
-                    extra={
-                        "request_id": request_id,
-                        "upstream": self._authority,
-                        "error": type(exc).__name__,
-                        "detail": str(exc),
-                        "bytes_sent": response.num_bytes_downloaded,
-                    },
-                )
-                declared = response.headers.get("content-length")
-                if declared is not None and declared.strip() != str(response.num_bytes_downloaded):
-                    # The caller was promised more bytes than exist. The server cannot end
-                    # such a body cleanly (it would raise); returning lets it close the
-                    # connection, which is how the caller learns the body is short.
-                    return
-            call.response_complete = True
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            await response.aclose()
-
-    def _timeout_error(self, exc: httpx.TimeoutException) -> UpstreamTimeout:
-        where = f"The upstream at {self._authority}"
-        if isinstance(exc, httpx.ConnectTimeout):
-            return UpstreamTimeout(
-                f"{where} did not accept a connection within {self._connect_timeout:g} s "
-                "(connect timeout). Check that it is up, or raise the upstream connect timeout."
-            )
-        if isinstance(exc, httpx.PoolTimeout):
-            return UpstreamTimeout(
-                f"All {self._max_connections} connections to {self._authority} stayed busy "
-                f"for {self._timeout:g} s (pool timeout). Retry later, or raise the upstream "
-                "max_connections."
-            )
-        step = "write" if isinstance(exc, httpx.WriteTimeout) else "read"
-        return UpstreamTimeout(
-            f"{where} did not answer within {self._timeout:g} s ({step} timeout). "
-            "Retry later, or raise the upstream timeout."
-        )
-
-    async def _reply_upstream_error(
-        self, send: Send, error: ApiError, exc: Exception, request_id: str
-    ) -> None:
-        logger.warning(
-            "upstream request failed",
-            extra={
-                "request_id": request_id,
-                "upstream": self._authority,
-                "status": error.status,
-                "error": type(exc).__name__,
-                "detail": str(exc),
-            },
-        )
-        await _reply_error(send, error, request_id)
-
-
-def _parse_upstream_url(upstream_url: str) -> httpx.URL:
-    example = "e.g. 'http://127.0.0.1:9000' or 'https://api.internal/v2'"
-    try:
-        url = httpx.URL(upstream_url)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise ConfigError(
-            f"upstream url {upstream_url!r} is not a valid URL ({exc}); write it like {example}"
-        ) from exc
-    if url.scheme not in ("http", "https"):
-        raise ConfigError(
-            f"upstream url {upstream_url!r} must start with http:// or https://; {example}"
-        )
-    if not url.host:
-        raise ConfigError(f"upstream url {upstream_url!r} has no host; {example}")
-    if url.query or url.fragment:
-        raise ConfigError(
-            f"upstream url {upstream_url!r} must not have a query string or fragment; "
-            f"give only scheme, host, port and an optional path prefix ({example})"
-        )
-    return url
 
 
 def _connection_tokens(values: list[bytes]) -> set[bytes]:
@@ -524,23 +719,18 @@ def _connection_tokens(values: list[bytes]) -> set[bytes]:
     }
 
 
-def _response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Upstream response headers minus hop-by-hop ones, names lowercased for ASGI."""
-    # Content-Length and Content-Encoding stay: the body is forwarded as the raw bytes.
-    headers = [(name.lower(), value) for name, value in raw]
-    connection = [value for name, value in headers if name == b"connection"]
-    drop = (
-        (HOP_BY_HOP_HEADERS | _connection_tokens(connection)) if connection else HOP_BY_HOP_HEADERS
-    )
-    return [item for item in headers if item[0] not in drop]
+def _with_request_id(scope: Scope, send: Send) -> Send:
+    """``send`` adding ``X-Request-Id`` to the answer (the proxy served without a gateway)."""
 
+    async def sender(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            request_id = scope["state"]["request_id"]
+            message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+        await send(message)
 
-async def _wait_for_disconnect(receive: Receive, body_done: asyncio.Event | None) -> None:
-    """Return when the caller disconnects (or the server says the response is complete)."""
-    if body_done is not None:
-        await body_done.wait()
-    while (await receive())["type"] != "http.disconnect":
-        pass
+    if scope.get("state") is None:
+        scope["state"] = {}
+    return sender
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -548,6 +738,8 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 
 async def _reply_error(send: Send, error: ApiError, request_id: str) -> None:
+    # X-Request-Id is added by the gateway in front (or by ``ReverseProxy.__call__``
+    # when served alone), like on every other answer.
     body = error_json(error, request_id)
     headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode("ascii"))]
     for name, value in error.headers.items():

@@ -6,26 +6,39 @@ A handler is ``async (job) -> dict``: the dict is the job's ``result``. Raise
 
 * ``handler = "upstream"``: the job's body is POSTed to the upstream's route (e.g.
   ``POST /v1/score``) with the headers the gateway would forward (``x-tollhouse-org``,
-  ``x-tenant-id``, ``x-request-id``) plus ``idempotency-key: <job id>`` so an upstream
-  can recognise a retried attempt. 2xx → result; 408/429/5xx and network errors → retry;
-  any other 4xx → failed with the upstream's error.
+  ``x-tollhouse-environment``, ``x-tenant-id``, ``x-request-id``, UTF-8) plus
+  ``idempotency-key: <job id>`` so an upstream can recognise a retried attempt. 2xx →
+  result; 408/429/5xx, timeouts and network errors → retry; any other 4xx → failed with
+  the upstream's error.
 * ``handler = "package.module:function"``: an async function taking the payload dict and
   returning the result dict.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+import logging
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Protocol, cast
+from urllib.parse import unquote
 
-import httpx
 import orjson
 
 from tollhouse.errors import ConfigError
 from tollhouse.jobs.model import Job, JobFailed, JobRetry
 from tollhouse.policy.model import Policy
+from tollhouse.upstream import (
+    UpstreamConnectTimeout,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamPoolTimeout,
+    UpstreamReadTimeout,
+    parse_origin,
+)
+
+logger = logging.getLogger(__name__)
 
 #: Statuses worth another attempt: the upstream may answer differently later.
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -49,11 +62,21 @@ def split_route(route: str) -> tuple[str, str]:
 class UpstreamHandler:
     """POSTs a job's body to the upstream's async route.
 
+    Over HTTP it uses tollhouse's upstream client (:mod:`tollhouse.upstream`) with a pool
+    of ``max_connections`` keep-alive connections: give it at least as many as jobs may
+    run at once, or jobs wait for a connection while counted as running. In-process it
+    calls the ASGI app directly, with no HTTP in between.
+
     Args:
-        app: an in-process ASGI app (called through ``httpx.ASGITransport``), or
-        base_url: an HTTP upstream.
-        timeout: seconds for one attempt.
-        client: a ready client (tests); ``app``/``base_url`` are then ignored.
+        app: an in-process ASGI app, or
+        base_url: an HTTP upstream (``http://host:port`` with an optional path prefix).
+        timeout: read timeout of one attempt: seconds the upstream may stay silent.
+        connect_timeout: seconds to open a connection to an HTTP upstream.
+        max_connections: most connections open to an HTTP upstream at once.
+        keepalive_expiry: seconds an idle connection is kept for reuse.
+
+    Raises:
+        ConfigError: neither ``app`` nor ``base_url``, or ``base_url`` is not an http(s) URL.
     """
 
     def __init__(
@@ -62,75 +85,158 @@ class UpstreamHandler:
         app: ASGIApp | None = None,
         base_url: str | None = None,
         timeout: float = 30.0,
-        client: httpx.AsyncClient | None = None,
+        connect_timeout: float = 5.0,
+        max_connections: int = 100,
+        keepalive_expiry: float = 4.0,
     ) -> None:
-        if client is None:
-            if app is not None:
-                client = httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app=app),
-                    base_url="http://upstream",
-                    timeout=timeout,
-                )
-            elif base_url is not None:
-                client = httpx.AsyncClient(
-                    base_url=base_url.rstrip("/"), timeout=timeout, follow_redirects=False
-                )
-            else:
+        self.app = app
+        self.pool: UpstreamPool | None = None
+        self.prefix = b""
+        self.authority = b"upstream"
+        if app is None:
+            if base_url is None:
                 raise ConfigError("an upstream handler needs an app or a base URL")
-        self.client = client
+            origin = parse_origin(base_url)
+            self.prefix = origin.prefix
+            self.authority = origin.authority
+            self.pool = UpstreamPool(
+                origin,
+                max_connections=max_connections,
+                connect_timeout=connect_timeout,
+                read_timeout=timeout,
+                # A job waits for a connection as long as it would for an answer.
+                pool_timeout=timeout,
+                keepalive_expiry=keepalive_expiry,
+            )
+        self.timeout = timeout
 
     async def __call__(self, job: Job) -> dict[str, Any]:
         method, path = split_route(job.route)
-        headers = {
-            "content-type": "application/json",
-            "x-tollhouse-org": job.org,
-            "idempotency-key": job.id,
-        }
+        headers = [
+            (b"host", self.authority),
+            (b"content-type", b"application/json"),
+            (b"x-tollhouse-org", job.org.encode("utf-8")),
+            (b"idempotency-key", job.id.encode("utf-8")),
+        ]
         if job.environment:
-            headers["x-tollhouse-environment"] = job.environment
+            headers.append((b"x-tollhouse-environment", job.environment.encode("utf-8")))
         if job.tenant:
-            headers["x-tenant-id"] = job.tenant
+            headers.append((b"x-tenant-id", job.tenant.encode("utf-8")))
         if job.request_id:
-            headers["x-request-id"] = job.request_id
+            headers.append((b"x-request-id", job.request_id.encode("utf-8")))
+        body = orjson.dumps(job.payload)
+        target = self.prefix + path.encode("utf-8")
+        if self.pool is not None:
+            status, content = await self._over_http(method.encode("ascii"), target, headers, body)
+        else:
+            assert self.app is not None
+            status, content = await call_asgi(self.app, method, target, headers, body)
+        return _outcome(status, content)
+
+    async def _over_http(
+        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> tuple[int, bytes]:
+        assert self.pool is not None
         try:
-            response = await self.client.request(
-                method, path, content=orjson.dumps(job.payload), headers=headers
-            )
-        except httpx.TimeoutException:
+            response = await self.pool.request(method, target, headers, body)
+            return response.status, await response.read()
+        except (UpstreamReadTimeout, UpstreamPoolTimeout, UpstreamConnectTimeout):
             raise JobRetry("the upstream did not answer in time", "UPSTREAM_TIMEOUT") from None
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             raise JobRetry(
-                f"the upstream could not be reached: {exc}", "UPSTREAM_UNAVAILABLE"
+                f"the upstream could not be reached ({type(exc).__name__})",
+                "UPSTREAM_UNAVAILABLE",
             ) from None
-        status = response.status_code
-        try:
-            body: Any = orjson.loads(response.content) if response.content else None
-        except orjson.JSONDecodeError:
-            body = None
-        if 200 <= status < 300:
-            if isinstance(body, dict):
-                return body
-            raise JobFailed(
-                f"the upstream answered {status} without a JSON object", "UPSTREAM_BAD_RESPONSE"
-            )
-        upstream_error = body.get("error") if isinstance(body, dict) else None
-        message = (
-            str(upstream_error.get("message"))
-            if isinstance(upstream_error, dict) and upstream_error.get("message")
-            else f"the upstream answered {status}"
-        )
-        code = (
-            str(upstream_error.get("code"))
-            if isinstance(upstream_error, dict) and upstream_error.get("code")
-            else "UPSTREAM_ERROR"
-        )
-        if status in RETRY_STATUSES:
-            raise JobRetry(message, code, status=status)
-        raise JobFailed(message, code, status=status)
 
     async def aclose(self) -> None:
-        """Close the HTTP client."""
-        await self.client.aclose()
+        """Close the upstream connections."""
+        if self.pool is not None:
+            await self.pool.aclose()
+
+
+def _outcome(status: int, content: bytes) -> dict[str, Any]:
+    """The job's result for a 2xx JSON object, else the retry or failure it calls for."""
+    try:
+        body: Any = orjson.loads(content) if content else None
+    except orjson.JSONDecodeError:
+        body = None
+    if 200 <= status < 300:
+        if isinstance(body, dict):
+            return body
+        raise JobFailed(
+            f"the upstream answered {status} without a JSON object", "UPSTREAM_BAD_RESPONSE"
+        )
+    upstream_error = body.get("error") if isinstance(body, dict) else None
+    message = (
+        str(upstream_error.get("message"))
+        if isinstance(upstream_error, dict) and upstream_error.get("message")
+        else f"the upstream answered {status}"
+    )
+    code = (
+        str(upstream_error.get("code"))
+        if isinstance(upstream_error, dict) and upstream_error.get("code")
+        else "UPSTREAM_ERROR"
+    )
+    if status in RETRY_STATUSES:
+        raise JobRetry(message, code, status=status)
+    raise JobFailed(message, code, status=status)
+
+
+async def call_asgi(
+    app: ASGIApp, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+) -> tuple[int, bytes]:
+    """Call an in-process ASGI app with one request; return its status and whole body.
+
+    The app sees an ordinary HTTP/1.1 request from ``127.0.0.1``; an app that fails before
+    answering is a 500 (retried, like an upstream's).
+    """
+    path, _, query = target.partition(b"?")
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": unquote(path.decode("latin-1")),
+        "raw_path": path,
+        "query_string": query,
+        "root_path": "",
+        "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 0),
+        "server": ("upstream", 80),
+        "state": {},
+    }
+    sent = False
+    done = asyncio.Event()
+    status = 0
+    parts: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            parts.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                done.set()
+
+    try:
+        await app(scope, receive, send)
+    except Exception as exc:
+        logger.warning("in-process upstream failed", extra={"error": type(exc).__name__})
+        if not status:
+            return 500, b""
+    finally:
+        done.set()
+    return status or 500, b"".join(parts)
 
 
 class FunctionHandler:
@@ -198,26 +304,37 @@ class RoutedHandler:
                 await close()
 
 
-def build_handler(policy: Policy, upstream_app: ASGIApp | None = None) -> RoutedHandler:
+def build_handler(
+    policy: Policy, upstream_app: ASGIApp | None = None, *, min_connections: int | None = None
+) -> RoutedHandler:
     """The handler for every async route of ``policy``.
 
-    ``upstream`` routes call ``upstream_app`` in-process when given (the gateway's own
-    inner app, e.g. the bundled example), else ``policy.upstream.url``.
+    ``upstream`` routes call ``upstream_app`` in-process when given (e.g. the bundled
+    example), else ``policy.upstream.url`` over HTTP with a pool of at least
+    ``min_connections`` connections (default: the largest ``concurrency`` of the async
+    routes, so every job that may run gets a connection at once).
 
     Raises:
         ConfigError: a route needs the upstream and there is neither an app nor a URL, or
             a function handler cannot be imported.
     """
+    up = policy.upstream
+    if min_connections is None:
+        min_connections = max((r.concurrency for r in policy.async_routes), default=1)
     upstream: UpstreamHandler | None = None
     handlers: dict[str, JobHandler] = {}
     for route in policy.async_routes:
         if route.handler == "upstream":
             if upstream is None:
                 if upstream_app is not None:
-                    upstream = UpstreamHandler(app=upstream_app, timeout=policy.upstream.timeout)
-                elif policy.upstream.url:
+                    upstream = UpstreamHandler(app=upstream_app, timeout=up.timeout)
+                elif up.url:
                     upstream = UpstreamHandler(
-                        base_url=policy.upstream.url, timeout=policy.upstream.timeout
+                        base_url=up.url,
+                        timeout=up.timeout,
+                        connect_timeout=up.connect_timeout,
+                        max_connections=max(up.max_connections, min_connections),
+                        keepalive_expiry=up.keepalive_expiry,
                     )
                 else:
                     raise ConfigError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from importlib import resources
@@ -20,6 +21,8 @@ from tollhouse.policy.model import (
     Limits,
     Policy,
     Pool,
+    Proxy,
+    Routing,
     Security,
     Storage,
     Upstream,
@@ -206,6 +209,7 @@ class _Reader:
             raw,
             {
                 "upstream",
+                "proxy",
                 "storage",
                 "limits",
                 "buckets",
@@ -215,6 +219,7 @@ class _Reader:
                 "labels",
                 "async_routes",
                 "security",
+                "routing",
             },
             "",
         )
@@ -236,9 +241,11 @@ class _Reader:
         return Policy(
             source=self.source,
             upstream=self.upstream(self.table(raw, "upstream", "")),
+            proxy=self.proxy(self.table(raw, "proxy", "")),
             storage=self.storage(self.table(raw, "storage", "")),
             limits=self.limits(self.table(raw, "limits", "")),
             security=self.security(self.table(raw, "security", "")),
+            routing=self.routing(self.table(raw, "routing", "")),
             buckets=buckets,
             pools=pools,
             endpoint_groups=groups,
@@ -256,7 +263,22 @@ class _Reader:
 
     def upstream(self, raw: dict[str, Any]) -> Upstream:
         w = "upstream"
-        self.unknown(raw, {"url", "app", "timeout", "connect_timeout"}, w)
+        self.unknown(
+            raw,
+            {
+                "url",
+                "app",
+                "timeout",
+                "connect_timeout",
+                "total_timeout",
+                "pool_timeout",
+                "max_connections",
+                "keepalive_expiry",
+                "preserve_host",
+                "forward_authorization",
+            },
+            w,
+        )
         url = self.get(raw, "url", str, w, None) or None
         app = self.get(raw, "app", str, w, None) or None
         if url and app:
@@ -270,7 +292,33 @@ class _Reader:
             app=app,
             timeout=self.duration(raw, "timeout", w, 30.0),
             connect_timeout=self.duration(raw, "connect_timeout", w, 5.0),
+            total_timeout=(
+                self.duration(raw, "total_timeout", w) if raw.get("total_timeout") else None
+            ),
+            pool_timeout=self.duration(raw, "pool_timeout", w, 10.0),
+            max_connections=self.positive_int(raw, "max_connections", w, 100),
+            keepalive_expiry=self.duration(raw, "keepalive_expiry", w, 4.0),
+            preserve_host=self.get(raw, "preserve_host", bool, w, False),
+            forward_authorization=self.get(raw, "forward_authorization", bool, w, False),
         )
+
+    def proxy(self, raw: dict[str, Any]) -> Proxy:
+        w = "proxy"
+        self.unknown(raw, {"trusted_proxies"}, w)
+        given = self.get(raw, "trusted_proxies", list, w, [])
+        cidrs: list[str] = []
+        for i, cidr in enumerate(given):
+            where = f"{w}.trusted_proxies[{i}]"
+            if not isinstance(cidr, str):
+                raise self.fail(where, f"{cidr!r} must be a string such as '10.0.0.0/8'")
+            try:
+                ipaddress.ip_network(cidr.strip(), strict=False)
+            except ValueError:
+                raise self.fail(
+                    where, f"{cidr!r} is not an IP network or address (e.g. '10.0.0.0/8')"
+                ) from None
+            cidrs.append(cidr.strip())
+        return Proxy(trusted_proxies=tuple(cidrs))
 
     def storage(self, raw: dict[str, Any]) -> Storage:
         w = "storage"
@@ -298,6 +346,17 @@ class _Reader:
         self.unknown(raw, {"allow_private_targets"}, w)
         return Security(
             allow_private_targets=self.get(raw, "allow_private_targets", bool, w, False)
+        )
+
+    def routing(self, raw: dict[str, Any]) -> Routing:
+        w = "routing"
+        self.unknown(raw, {"trailing_slash", "case_sensitive"}, w)
+        slash = self.get(raw, "trailing_slash", str, w, "ignore")
+        if slash not in ("strict", "ignore"):
+            raise self.fail(f"{w}.trailing_slash", f"{slash!r} must be strict or ignore")
+        return Routing(
+            trailing_slash=slash,
+            case_sensitive=self.get(raw, "case_sensitive", bool, w, False),
         )
 
     def bucket(self, raw: dict[str, Any], w: str, names: set[str]) -> Bucket:

@@ -9,12 +9,25 @@ segment beats a parameter — so ``POST /v1/criteria/generate`` is not also coun
 ``POST /v1/criteria/{jobId}``. Prefix patterns always count: they are how a policy says
 "everything under here".
 
+Paths are matched as given: the gateway gives canonical ones (:mod:`tollhouse.policy.paths`).
+Patterns are read the same way: empty segments are dropped and, with
+``[routing] trailing_slash = "ignore"``, so is the trailing ``/`` of an exact pattern
+(``/v1/x/`` is ``/v1/x``; ``/v1/x/*`` keeps its meaning, "under ``/v1/x``").
+
+With ``[routing] case_sensitive = false`` literal segments match in any case (Unicode case
+folding), and the answer says how the path is spelled canonically: each segment matched by
+a literal of the most specific matching pattern is written as that pattern writes it (a
+prefix pattern's partial segment too, when it is plain ASCII); parameter segments and a
+prefix pattern's rest keep the caller's spelling. Every case spelling of a path gets the
+same buckets, pools and rules, so a path no pattern matches is left as it is.
+
 Answers are cached per ``(method, path)`` in a bounded dict, so the hot path is one dict
 lookup for paths seen before.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +40,13 @@ from tollhouse.policy.model import (
     Label,
     Policy,
     Pool,
+    Routing,
 )
 
 #: Distinct (method, path) answers kept; the cache is emptied when it fills up.
 CACHE_SIZE = 8192
+#: Characters written as themselves in a raw path (RFC 3986 unreserved).
+_PLAIN = re.compile(r"[A-Za-z0-9._~-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +54,10 @@ class _Pattern:
     methods: frozenset[str]
     literal: str
     segments: tuple[str, ...]
+    """What request segments are compared with (literals case-folded when matching
+    case-insensitively)."""
+    spelled: tuple[str, ...]
+    """The segments as the policy writes them."""
     prefix: bool
     """True for a trailing-``*`` pattern; the last segment is then a string prefix."""
     rank: tuple[int, ...]
@@ -68,14 +88,46 @@ class _Pattern:
                 return False
         return True
 
+    def spellings(self, parts: list[str]) -> tuple[tuple[int, str, bool], ...]:
+        """``(index, text, whole)`` of the segments of a matched path (``parts``) that
+        this pattern spells otherwise (see :func:`tollhouse.policy.paths.respell`)."""
+        out: list[tuple[int, str, bool]] = []
+        spelled = self.spelled
+        n = len(spelled) - 1 if self.prefix else len(spelled)
+        for i in range(n):
+            s = spelled[i]
+            if s[0:1] != "{" and parts[i] != s:
+                out.append((i, s, True))
+        if self.prefix and spelled[n]:
+            s = spelled[n]
+            head = parts[n][: len(s)]
+            if (
+                head != s
+                and head.casefold() == s.casefold()
+                and _PLAIN.fullmatch(head)
+                and _PLAIN.fullmatch(s)
+            ):
+                out.append((n, s, False))
+        return tuple(out)
 
-def _compile(pattern: str) -> _Pattern:
+
+def _compile(pattern: str, routing: Routing) -> _Pattern:
     methods, path = parse_route(pattern)
     prefix = path.endswith("*")
     body = path[:-1] if prefix else path
-    segments = tuple(body.split("/")[1:])
-    rank = tuple(0 if s.startswith("{") else 1 for s in segments)
-    return _Pattern(methods, path, segments, prefix, rank)
+    written = body.split("/")[1:]
+    # Read like a canonical path: no empty segments; no trailing "/" unless strict.
+    spelled = [s for s in (written[:-1] if prefix else written) if s]
+    if prefix:
+        spelled.append(written[-1])  # the string prefix; "" for "/x/*"
+    elif written[-1] == "" and (routing.trailing_slash == "strict" or not spelled):
+        spelled.append("")  # "/x/" (strict) or "/" itself
+    if routing.case_sensitive:
+        segments = tuple(spelled)
+    else:
+        segments = tuple(s if s.startswith("{") else s.casefold() for s in spelled)
+    rank = tuple(0 if s.startswith("{") else 1 for s in spelled)
+    return _Pattern(methods, path, segments, tuple(spelled), prefix, rank)
 
 
 @dataclass(slots=True)
@@ -104,6 +156,11 @@ class RouteMatch:
     """Per-scope cache of the store checks built for this match (owned by the gateway)."""
     ip_scoped: bool = False
     """True when a bucket counts per client IP (its checks cannot be cached per key)."""
+    respelled: str | None = None
+    """The canonical spelling of this path when it differs from the path matched (only
+    when matching case-insensitively): what the request is forwarded as."""
+    spellings: tuple[tuple[int, str, bool], ...] = ()
+    """The segments respelled, for :func:`tollhouse.policy.paths.respell` on the raw path."""
 
     def __post_init__(self) -> None:
         self.ip_scoped = any(b.scope == "ip" for b in self.buckets)
@@ -114,6 +171,10 @@ class Router:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
+        self.routing = policy.routing
+        #: ``[routing] trailing_slash = "strict"``: canonical paths may end in ``/``.
+        self.strict_slash = policy.routing.trailing_slash == "strict"
+        self._fold = not policy.routing.case_sensitive
         self._targets: list[tuple[_Pattern, object]] = []
         for b in policy.buckets:
             self._add(b.routes, b)
@@ -131,14 +192,14 @@ class Router:
 
     def _add(self, routes: tuple[str, ...], target: object) -> None:
         for r in routes:
-            self._targets.append((_compile(r), target))
+            self._targets.append((_compile(r, self.routing), target))
 
     def clear(self) -> None:
         """Forget every cached answer (and the checks the gateway cached on them)."""
         self._cache = {}
 
     def match(self, method: str, path: str) -> RouteMatch:
-        """What ``method path`` hits; cached."""
+        """What ``method path`` (a canonical path) hits; cached."""
         key = (method, path)
         found = self._cache.get(key)
         if found is not None:
@@ -151,7 +212,8 @@ class Router:
 
     def _resolve(self, method: str, path: str) -> RouteMatch:
         parts = path.split("/")[1:]
-        hits = [(p, t) for p, t in self._targets if p.matches(method, parts)]
+        folded = [s.casefold() for s in parts] if self._fold else parts
+        hits = [(p, t) for p, t in self._targets if p.matches(method, folded)]
         exact = [p.rank for p, _ in hits if not p.prefix]
         best = max(exact) if exact else None
         kept = [(p, t) for p, t in hits if p.prefix or p.rank == best]
@@ -173,8 +235,18 @@ class Router:
         groups = [(p, t) for p, t in kept if isinstance(t, EndpointGroup)]
         group = max(groups, key=lambda pt: specificity(pt[0]))[1] if groups else None
         template: str | None = None
+        respelled: str | None = None
+        spellings: tuple[tuple[int, str, bool], ...] = ()
         if kept:
-            template = max((p for p, _ in kept), key=specificity).literal
+            top = max((p for p, _ in kept), key=specificity)
+            template = top.literal
+            if self._fold:
+                spellings = top.spellings(parts)
+                if spellings:
+                    new = list(parts)
+                    for i, text, whole in spellings:
+                        new[i] = text if whole else text + parts[i][len(text) :]
+                    respelled = "/" + "/".join(new)
 
         path_labels: dict[str, str] = {}
         header_labels: list[tuple[str, bytes]] = []
@@ -216,4 +288,6 @@ class Router:
             query_labels=tuple(query_labels),
             async_route=async_route,
             error_format=error_format or "envelope",
+            respelled=respelled,
+            spellings=spellings,
         )

@@ -27,14 +27,45 @@ class Upstream:
     app: str | None = None
     """``package.module:attr`` of an in-process ASGI app."""
     timeout: float = 30.0
-    """Seconds to wait for the upstream's response before answering 504."""
+    """Read timeout: seconds the upstream may stay silent while its answer is awaited (or
+    not take the request body) before the caller gets a 504. Each wait, not the whole
+    exchange: long streamed answers that keep sending are fine."""
     connect_timeout: float = 5.0
     """Seconds to wait for a connection to the upstream before answering 502."""
+    total_timeout: float | None = None
+    """Seconds the whole exchange may take (504, or the caller's connection cut once the
+    answer has started); None: no limit, so streams (SSE, long polls) run as long as
+    they keep sending."""
+    pool_timeout: float = 10.0
+    """Seconds a request may wait for a free upstream connection when all
+    ``max_connections`` are busy, before a 504."""
+    max_connections: int = 100
+    """Most connections open to the upstream at once (per tollhouse process). The job
+    handler's pool is never smaller than the jobs' concurrency caps."""
+    keepalive_expiry: float = 4.0
+    """Seconds an idle upstream connection is kept for reuse; keep it below the
+    upstream's own keep-alive timeout."""
+    preserve_host: bool = False
+    """Send the caller's ``Host`` header upstream instead of the upstream's own."""
+    forward_authorization: bool = False
+    """When a caller's tollhouse key comes in ``X-API-Key``, pass the caller's own
+    ``Authorization`` header to the upstream. Off: no credential leaves the gateway."""
 
     @property
     def is_example(self) -> bool:
         """True when neither url nor app is set: the bundled example upstream is used."""
         return self.url is None and self.app is None
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """Which peers' forwarded headers are believed."""
+
+    trusted_proxies: tuple[str, ...] = ()
+    """Networks (CIDRs or single addresses) of proxies in front of tollhouse. From such a
+    peer, ``X-Forwarded-For``/``-Proto`` give the client address and scheme that limits,
+    metering and logs use, and forwarded headers are kept (and extended) upstream; from
+    any other peer they are replaced."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +194,34 @@ class Security:
     development only); ``TOLLHOUSE_ALLOW_PRIVATE_TARGETS=1`` does the same."""
 
 
+TrailingSlash = Literal["strict", "ignore"]
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """How the gateway reads a request path before matching it (:mod:`tollhouse.policy.paths`).
+
+    Whatever the settings, the gateway matches the policy on one canonical path and passes
+    that very path on: no spelling of a path reaches the upstream without the buckets and
+    access rules of its canonical form. Empty segments are always removed (``//v1//x`` is
+    ``/v1/x``); encoded ``/``, backslashes and ``.``/``..`` segments are refused (400).
+    """
+
+    trailing_slash: TrailingSlash = "ignore"
+    """``ignore`` (default): a trailing ``/`` is removed, so ``/v1/x/`` is matched and
+    forwarded as ``/v1/x`` — safe in front of an upstream that treats both alike, and
+    no spelling can miss a bucket. ``strict``: ``/v1/x/`` and ``/v1/x`` are different
+    paths, each matched and forwarded with its own ending; choose it only when the
+    upstream tells them apart too (e.g. routes that end in ``/``)."""
+    case_sensitive: bool = False
+    """``false`` (default): literal segments of route patterns match in any case, and a
+    matched path is forwarded with those segments spelled as the most specific matching
+    pattern writes them (parameter segments and a prefix pattern's rest keep the
+    caller's bytes; a path matching no pattern is forwarded as sent). ``true``: match
+    case-sensitively and forward in the caller's case; choose it only when the upstream
+    is case-sensitive too."""
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """The whole policy of one tollhouse deployment."""
@@ -170,9 +229,11 @@ class Policy:
     source: str
     """The file it was read from, or ``<built-in>``."""
     upstream: Upstream = field(default_factory=Upstream)
+    proxy: Proxy = field(default_factory=Proxy)
     storage: Storage = field(default_factory=Storage)
     limits: Limits = field(default_factory=Limits)
     security: Security = field(default_factory=Security)
+    routing: Routing = field(default_factory=Routing)
     buckets: tuple[Bucket, ...] = ()
     pools: tuple[Pool, ...] = ()
     endpoint_groups: tuple[EndpointGroup, ...] = ()

@@ -17,7 +17,7 @@ every byte received resets it. :class:`LimitedHttpToolsProtocol` adds two limits
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -26,6 +26,56 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 HEADER_TIMEOUT = 10.0
 #: The default cap on a request head (request line + headers), in bytes.
 DEFAULT_MAX_HEADER_BYTES = 16_384
+
+
+class CoalescingTransport:
+    """A transport whose writes within one event loop turn leave in one ``write``.
+
+    uvicorn writes a response's head as soon as the app sends ``http.response.start`` and
+    its body with the next message, so every small answer costs two system calls; joined,
+    it costs one. Pending bytes are written at the end of the turn, and before anything
+    that must come after them (``close``, ``abort`` drops them, a protocol switch).
+    Everything else is the wrapped transport's.
+    """
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pending = self._pending
+        if pending is None:
+            self._pending = [bytes(data)]
+            self._loop.call_soon(self.flush)
+        else:
+            pending.append(bytes(data))
+
+    def flush(self) -> None:
+        """Write what is pending now."""
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        if not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = None
+        self._transport.abort()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.flush()
+        self._transport.set_protocol(protocol)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class HeadTooLarge(httptools.HttpParserError):
@@ -46,6 +96,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # Responses are written through a transport that joins the writes of one event
+        # loop turn: the head and the body of an answer go out in one system call.
+        self.transport = cast(asyncio.Transport, CoalescingTransport(transport, self.loop))
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
