@@ -6,9 +6,10 @@ Zipf traffic, two or three routes per key) through the real meter — rollups 1 
 rollups kept 7 days), as a server would have; the raw log is kept whole so that it can
 answer over 90 days too. For the busiest org it times, p50 over repeated runs:
 
-* seed 001 ``GET /call-counts/historical/`` over 90 days (daily points) and over the last
+* call counts ``GET /call-counts/historical/`` over 90 days (daily points) and over the last
   24 hours (minute points), and ``…/ENDPOINTS/`` over 90 days;
-* seed 003 ``api_calls_per_date`` (daily bars) and ``api_calls_per_endpoint`` over 90 days;
+* catalogue metrics ``api_calls_per_date`` (daily bars) and ``api_calls_per_endpoint`` over
+  90 days;
 
 each against the same answer computed from the raw call log (an indexed ``GROUP BY``
 over the org's rows), checked equal, and prints the ratio.
@@ -166,7 +167,7 @@ async def bench(engine: AsyncEngine, rounds: int) -> None:
     kw: dict[str, Any] = {"org": ORG, "environment": ENV, "now": END}
     rows: list[tuple[str, float, float]] = []
 
-    # seed 001, 90 days, total
+    # call counts, 90 days, total
     t_roll, a = await p50(
         lambda: call_counts.historical(engine, start=START, end=END, **kw), rounds
     )
@@ -174,7 +175,7 @@ async def bench(engine: AsyncEngine, rounds: int) -> None:
     assert (a["timestamps"], a["counts"]) == (b[0], b[1][None]), "90-day totals differ"
     rows.append(("call-counts, 90 days (daily)", t_roll, t_raw))
 
-    # seed 001, last 24 h, total (minute points folded to 100)
+    # call counts, last 24 h, total (minute points folded to 100)
     day_start = END - DAY
     t_roll, a = await p50(
         lambda: call_counts.historical(engine, start=day_start, end=END, **kw), rounds
@@ -183,7 +184,7 @@ async def bench(engine: AsyncEngine, rounds: int) -> None:
     assert (a["timestamps"], a["counts"]) == (b[0], b[1][None]), "24-hour totals differ"
     rows.append(("call-counts, 24 h (minutes)", t_roll, t_raw))
 
-    # seed 001, 90 days, ENDPOINTS
+    # call counts, 90 days, ENDPOINTS
     def endpoints() -> Awaitable[Any]:
         return call_counts.historical_by_label(
             engine, "ENDPOINTS", start=START, end=END, groups=GROUPS, amt=128, **kw
@@ -196,7 +197,7 @@ async def bench(engine: AsyncEngine, rounds: int) -> None:
     assert {s["key"]: s["counts"] for s in a["series"]} == b[1], "ENDPOINTS differ"
     rows.append(("call-counts ENDPOINTS, 90 days", t_roll, t_raw))
 
-    # seed 003 api_calls_per_date, 90 days (daily bars from hourly rollups)
+    # catalogue metric api_calls_per_date, 90 days (daily bars from hourly rollups)
     def per_date() -> Awaitable[Any]:
         return run_metric(engine, CATALOGUE["api_calls_per_date"], start=START, end=END, **kw)
 
@@ -206,7 +207,7 @@ async def bench(engine: AsyncEngine, rounds: int) -> None:
     assert sum(bars) == sum(b[1][None]), "api_calls_per_date differs"
     rows.append(("api_calls_per_date, 90 days", t_roll, t_raw))
 
-    # seed 003 api_calls_per_endpoint, 90 days
+    # catalogue metric api_calls_per_endpoint, 90 days
     def per_endpoint() -> Awaitable[Any]:
         return run_metric(engine, CATALOGUE["api_calls_per_endpoint"], start=START, end=END, **kw)
 

@@ -1,7 +1,7 @@
 """Does the queue deliver its capacity? With a cap of C jobs per org and a handler that
-takes T seconds, the ceiling is C ÷ T jobs/s per org (seed 004: 500 ÷ 30 s). This runs
-N jobs per org through one :class:`Dispatcher` and prints the achieved throughput as a
-share of C ÷ T (target ≥ 95 %), on SQLite and PostgreSQL, plus how often the cap was
+takes T seconds, the ceiling is C ÷ T jobs/s per org (the scoring API shape's: 500 ÷ 30 s).
+This runs N jobs per org through one :class:`Dispatcher` and prints the achieved throughput
+as a share of C ÷ T (target ≥ 95 %), on SQLite and PostgreSQL, plus how often the cap was
 reached and never passed (sampled from the handler's own concurrency count).
 
 The overall figure counts the whole run: the first claim (every slot starts at once)
@@ -18,8 +18,8 @@ bundled example run standalone in another process (``tollhouse example serve`` o
 database, ``TOLLHOUSE_EXAMPLE_PROCESSING_SECONDS`` = T) over HTTP, with the connection pool
 the worker gives it (one connection per slot). It also checks ``estimatedWaitSeconds``: once
 the first round has finished, a probe job is queued behind the org's backlog, and the wait
-the queue quoted for it is compared with the wait it saw (target: within 20 %). Seed-like
-figures: ``--over http --cap 500 --orgs 1 --seconds 2 --rounds 10``.
+the queue quoted for it is compared with the wait it saw (target: within 20 %). Figures like
+the scoring API shape's: ``--over http --cap 500 --orgs 1 --seconds 2 --rounds 10``.
 
 ``--rounds``: jobs per org = rounds × cap (each slot runs ``rounds`` jobs back to back).
 ``--loop``: the event loop, uvloop by default as in ``tollhouse serve`` and ``tollhouse

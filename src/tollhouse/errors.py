@@ -21,7 +21,8 @@
         ├── ServiceUnavailable    503    SERVICE_UNAVAILABLE
         └── UpstreamTimeout       504    UPSTREAM_TIMEOUT
 
-Every :class:`ApiError` renders to seed 004's envelope::
+Every :class:`ApiError` renders to the error envelope of the scoring API shape
+(docs/api-shapes.md)::
 
     {"error": {"type": "https://tollhouse.dev/errors/rate-limited", "code": "RATE_LIMITED",
                "status": 429, "message": "...", "requestId": "req_..."}}
@@ -141,7 +142,7 @@ class UpstreamTimeout(ApiError):
 
 
 def error_body(status: int, code: str, slug: str, message: str, request_id: str) -> dict[str, Any]:
-    """Build seed 004's error envelope."""
+    """Build the error envelope (the scoring API shape)."""
     return {
         "error": {
             "type": ERROR_TYPE_BASE + slug,

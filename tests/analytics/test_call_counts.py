@@ -1,5 +1,5 @@
-"""Seed 001 over HTTP on both engines: counts, bucket edges, the fold, labels, paging,
-roles and every error."""
+"""The call-counts shape (docs/api-shapes.md) over HTTP on both engines: counts, bucket
+edges, the fold, labels, paging, roles and every error."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Seed 003 over HTTP on both engines: every metric of the catalogue on realistic events,
-hand-computed values, pagination, bucket sizes, isolation and every documented error."""
+"""The metrics catalogue shape (docs/api-shapes.md) over HTTP on both engines: every metric
+of the catalogue on realistic events, hand-computed values, pagination, bucket sizes,
+isolation and every documented error."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ from tollhouse.metering.meter import UsageMeter
 from tollhouse.metering.record import CallRecord
 from tollhouse.metering.retention import Retention
 
-#: Seed 003's catalogue, as the seed lists it.
-SEED_METRICS = [
+#: The metrics catalogue shape's catalogue, as the shape lists it.
+SHAPE_METRICS = [
     "flow_runs",
     "trigger_runs",
     "manual_runs",
@@ -78,7 +79,7 @@ SEED_METRICS = [
     "kb_overview",
 ]
 
-SEED_TYPES = {
+SHAPE_TYPES = {
     "simple": "simple",
     "barchart": "barchart",
     "table": "table",
@@ -91,11 +92,11 @@ NOW = DAY0 + 10 * DAY
 ADDED_METRICS = ["api_calls_by_status_class", "api_latency_percentiles"]
 
 
-def test_the_catalogue_is_the_seed_s_plus_tollhouse_s_additions() -> None:
-    assert len(SEED_METRICS) == 49
-    assert sorted(CATALOGUE) == sorted(SEED_METRICS + ADDED_METRICS)
+def test_the_catalogue_is_the_shape_s_plus_tollhouse_s_additions() -> None:
+    assert len(SHAPE_METRICS) == 49
+    assert sorted(CATALOGUE) == sorted(SHAPE_METRICS + ADDED_METRICS)
     for metric in CATALOGUE.values():
-        assert metric.description and metric.output in SEED_TYPES
+        assert metric.description and metric.output in SHAPE_TYPES
 
 
 def seed_calls(meter: UsageMeter, org: str, env: str, n: int, start: float) -> list[CallRecord]:
@@ -430,7 +431,7 @@ def test_documented_errors(tmp_path: Any, params: dict[str, Any], status: int) -
     run_with(sqlite_url(tmp_path), go)
 
 
-def test_error_shapes_follow_seed_003(tmp_path: Any) -> None:
+def test_error_shapes_follow_the_metrics_catalogue_shape(tmp_path: Any) -> None:
     from tests.storage.support import sqlite_url
 
     async def go(engine: AsyncEngine) -> None:

@@ -172,8 +172,8 @@ def test_typed_errors_carry_code_and_request_id(
         assert e422.value.code == "VALIDATION_FAILED" and "candidate.resume" in e422.value.message
         assert e422.value.request_id
 
-        # Seed 003's own shapes: {"detail": [...]} and {"detail": "..."}, request id from
-        # the X-Request-Id header.
+        # The metrics catalogue shape's own bodies: {"detail": [...]} and {"detail": "..."},
+        # request id from the X-Request-Id header.
         now = datetime.now(UTC)
         with pytest.raises(ValidationError) as e422b:
             client.analytics.metric(
@@ -208,7 +208,7 @@ def test_typed_errors_carry_code_and_request_id(
     assert err429.request_id
 
 
-# --- call counts (seed 001) ----------------------------------------------------------------
+# --- call counts (the call-counts shape) ---------------------------------------------------
 
 
 def test_call_count_pages_follow_the_cursor(

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.timeout
 
 
 def unavailable(r: httpx.Response) -> None:
-    """A 503 with ``Retry-After`` and seed 004's error envelope."""
+    """A 503 with ``Retry-After`` and the error envelope."""
     assert r.status_code == 503, (r.status_code, r.text)
     assert r.headers.get("retry-after") == "1", r.headers
     error = r.json()["error"]

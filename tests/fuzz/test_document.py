@@ -1,5 +1,5 @@
-"""The OpenAPI document itself: valid OpenAPI 3.1, every public route, the seeds' shapes,
-and exactly what the running server serves."""
+"""The OpenAPI document itself: valid OpenAPI 3.1, every public route, the API shapes of
+docs/api-shapes.md, and exactly what the running server serves."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from tests.fuzz.document import document_for
 
 OPENAPI_PATH = "/v1/platform/openapi.json"
 
-#: Every public route the document must hold (issue 8, DESIGN §3.1, seeds 000-004).
+#: Every public route the document must hold (issue 8; the API shapes of docs/api-shapes.md
+#: and the example upstream's routes).
 ROUTES = [
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -127,7 +128,7 @@ def test_security_and_error_responses(document: dict[str, Any]) -> None:
         assert {"Retry-After", "X-RateLimit-Limit", "X-Request-Id"} <= set(limited["headers"])
         if method in ("post", "patch") and "requestBody" in op:
             assert "413" in op["responses"], (method, path)
-    # Seed 003's own error shapes on its route; seed 004's envelope elsewhere.
+    # The metrics catalogue shape's own error bodies on its route; the envelope elsewhere.
     metric = document["paths"]["/v1/analytics/{metric}"]["get"]["responses"]
     assert metric["429"]["$ref"].endswith("/DetailRateLimited")
     assert metric["422"]["$ref"].endswith("/DetailValidation")
@@ -147,10 +148,11 @@ def test_tenant_header_required_where_the_policy_says(document: dict[str, Any]) 
     assert tenant("get", "/v1/analytics/scoring-volume")["required"] is False
 
 
-# The seeds' own example bodies validate against the document's schemas.
-SEED_EXAMPLES: list[tuple[str, Any]] = [
+# Example bodies of each API shape (docs/api-shapes.md) validate against the document's
+# schemas.
+SHAPE_EXAMPLES: list[tuple[str, Any]] = [
     (
-        "ScoringVolume",  # seed 000
+        "ScoringVolume",  # the scoring-volume shape
         {
             "period": {"start": "2026-03-01T00:00:00.000Z", "end": "2026-03-08T00:00:00.000Z"},
             "granularity": "day",
@@ -160,11 +162,11 @@ SEED_EXAMPLES: list[tuple[str, Any]] = [
         },
     ),
     (
-        "CallCounts",  # seed 001
+        "CallCounts",  # the call-counts shape
         {"timestamps": [1616962929.0, 1635452529.0], "counts": [78, 40]},
     ),
     (
-        "CallCountsByLabel",  # seed 001
+        "CallCountsByLabel",  # the call-counts shape
         {
             "timestamps": [1616962929.0, 1616963929.0, 1635452529.0],
             "series": [
@@ -184,7 +186,7 @@ SEED_EXAMPLES: list[tuple[str, Any]] = [
         {"type": "simple", "value": {"value": 1842, "prefix": None, "suffix": " runs"}},
     ),
     (
-        "AnalyticsResponse",  # seed 003 barchart
+        "AnalyticsResponse",  # the metrics catalogue shape: barchart
         {
             "type": "barchart",
             "value": {
@@ -193,7 +195,7 @@ SEED_EXAMPLES: list[tuple[str, Any]] = [
         },
     ),
     (
-        "AnalyticsResponse",  # seed 003 table
+        "AnalyticsResponse",  # the metrics catalogue shape: table
         {
             "type": "table",
             "value": {
@@ -205,7 +207,7 @@ SEED_EXAMPLES: list[tuple[str, Any]] = [
         },
     ),
     (
-        "AnalyticsResponse",  # seed 003 paginated api_calls_log
+        "AnalyticsResponse",  # the metrics catalogue shape: paginated api_calls_log
         {
             "type": "table",
             "value": {
@@ -239,7 +241,7 @@ SEED_EXAMPLES: list[tuple[str, Any]] = [
         },
     ),
     (
-        "RateLimitCategory",  # seed 004
+        "RateLimitCategory",  # the scoring API shape
         {
             "category": "scoring",
             "displayName": "Scoring",
@@ -252,7 +254,7 @@ SEED_EXAMPLES: list[tuple[str, Any]] = [
         },
     ),
     (
-        "ErrorEnvelope",  # seed 004
+        "ErrorEnvelope",  # the scoring API shape
         {
             "error": {
                 "type": "https://embed.nova.dweet.com/errors/rate-limited",
@@ -266,14 +268,14 @@ SEED_EXAMPLES: list[tuple[str, Any]] = [
 ]
 
 
-@pytest.mark.parametrize(("name", "example"), SEED_EXAMPLES)
-def test_seed_examples_fit(document: dict[str, Any], name: str, example: Any) -> None:
+@pytest.mark.parametrize(("name", "example"), SHAPE_EXAMPLES)
+def test_shape_examples_fit(document: dict[str, Any], name: str, example: Any) -> None:
     errors = [str(e) for e in _validator(document, name).iter_errors(example)]
     assert errors == []
 
 
 def test_wrong_shapes_do_not_fit(document: dict[str, Any]) -> None:
-    """The schemas are not vacuous: seed-breaking bodies are refused."""
+    """The schemas are not vacuous: bodies that break the shapes are refused."""
     assert not _validator(document, "AnalyticsResponse").is_valid({"type": "simple", "value": {}})
     assert not _validator(document, "ErrorEnvelope").is_valid({"detail": "x"})
     assert not _validator(document, "ScoringVolume").is_valid(

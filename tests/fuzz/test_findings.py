@@ -12,8 +12,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_barchart_over_centuries_is_refused_not_built(fuzz_caller: Caller) -> None:
-    """Seed 003 answers one bar per day: time_start=0763-… time_end=9316-… asked for
-    3.1 million bars and held the server for minutes. Now a 400 in seed 003's shape."""
+    """The metrics catalogue answers one bar per day: time_start=0763-… time_end=9316-…
+    asked for 3.1 million bars and held the server for minutes. Now a 400 in the
+    catalogue's ``{"detail"}`` shape."""
     answer = fuzz_caller.get(
         "/v1/analytics/api_calls_per_date",
         params={"time_start": "0763-07-28T16:02:28Z", "time_end": "9316-01-26T13:42:40Z"},
@@ -48,7 +49,7 @@ def test_simple_metric_over_centuries_is_answered(fuzz_caller: Caller) -> None:
 
 
 def test_page_past_a_64_bit_offset_is_a_422(fuzz_caller: Caller) -> None:
-    """page=10**29 overflowed the SQL OFFSET: a 500 in plain text. Now seed 003's 422."""
+    """page=10**29 overflowed the SQL OFFSET: a 500 in plain text. Now the catalogue's 422."""
     answer = fuzz_caller.get(
         "/v1/analytics/api_calls_log",
         params={
@@ -118,7 +119,7 @@ def test_large_but_storable_numbers_are_kept(fuzz_caller: Caller) -> None:
     ],
 )
 def test_platform_paths_without_a_route_answer_the_envelope(fuzz_caller: Caller, path: str) -> None:
-    """They answered FastAPI's {"detail": "Not Found"}, not seed 004's envelope."""
+    """They answered FastAPI's {"detail": "Not Found"}, not the error envelope."""
     answer = fuzz_caller.get(path)
     assert answer.status_code == 404
     error = answer.json()["error"]
@@ -138,7 +139,7 @@ def test_an_id_holding_an_encoded_slash_is_refused_with_the_envelope(
     assert error["requestId"].startswith("req_")
 
 
-def test_analytics_paths_without_a_route_keep_seed_003s_shape(fuzz_caller: Caller) -> None:
+def test_analytics_paths_without_a_route_keep_the_catalogue_shape(fuzz_caller: Caller) -> None:
     answer = fuzz_caller.get("/v1/analytics/flow_runs/extra")
     assert answer.status_code == 404
     assert answer.json() == {"detail": "Not Found"}

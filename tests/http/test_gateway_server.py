@@ -1,4 +1,5 @@
-"""Seed 002/004 behaviour over real HTTP against running `tollhouse serve` processes."""
+"""The gateway's behaviour (the partner rate-limit status and scoring API shapes,
+docs/api-shapes.md) over real HTTP against running `tollhouse serve` processes."""
 
 from __future__ import annotations
 
@@ -171,7 +172,7 @@ def test_status_endpoint_shapes(default_server: Server) -> None:
     resp = httpx.get(default_server.url + "/v1/rate-limit/status", headers=bearer(key, None))
     assert resp.status_code == 200
     body = resp.json()
-    # seed 002
+    # the partner rate-limit status shape
     assert body["partnerId"] == key["org"]
     assert body["environment"] == "SANDBOX"
     assert body["degraded"] is False
@@ -193,7 +194,7 @@ def test_status_endpoint_shapes(default_server: Server) -> None:
     assert body["buckets"]["rate_limit_status"]["remaining"] == 1  # this call consumed one
     assert body["buckets"]["analytics"]["limit"] == 20
     assert body["criteria_ai_inflight"] == {"limit": 4, "active": 0, "retryAfterSeconds": 0}
-    # seed 004
+    # the scoring API shape
     assert body["timestamp"].endswith("Z")
     cats = {c["category"]: c for c in body["categories"]}
     scoring = cats["scoring"]
@@ -377,7 +378,7 @@ def test_oversized_body_is_413(tight_server: Server) -> None:
     assert _pool_active(tight_server, tight_server.key(key["org"])) == 0
 
 
-def test_seed_003_routes_answer_errors_with_detail(default_server: Server) -> None:
+def test_metrics_catalogue_routes_answer_errors_with_detail(default_server: Server) -> None:
     key = default_server.key(org())
     url = default_server.url + "/v1/analytics/flow_runs"
 

@@ -1,4 +1,5 @@
-"""Usage through the running product: calls made are the calls counted (seeds 001, 003)."""
+"""Usage through the running product: calls made are the calls counted (call counts and
+catalogue metrics)."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def test_calls_are_metered_and_reported(default_server: Server) -> None:
     )
 
 
-def test_seed_003_errors_and_roles(default_server: Server) -> None:
+def test_metrics_catalogue_errors_and_roles(default_server: Server) -> None:
     member = default_server.key("usage-m-" + uuid.uuid4().hex[:8], role="member")
     resp = httpx.get(default_server.url + "/call-counts/historical/", headers=headers(member))
     assert resp.status_code == 403

@@ -180,7 +180,7 @@ def test_idempotency_key(db_url: str, clock: FakeClock) -> None:
     run(body())
 
 
-def test_standing_follows_seed_004(db_url: str, clock: FakeClock) -> None:
+def test_standing_follows_the_scoring_api_shape(db_url: str, clock: FakeClock) -> None:
     async def body() -> None:
         async with database(db_url) as engine:
             q = queue_on(engine, clock, default_cap=2)

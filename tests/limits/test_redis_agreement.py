@@ -1,5 +1,6 @@
 """The Lua scripts and the memory store agree: the same random call sequences, replayed
-on both with the same explicit clock, get the same answers (DESIGN §2: one maths)."""
+on both with the same explicit clock, get the same answers (one maths:
+:mod:`tollhouse.limits.maths`)."""
 
 from __future__ import annotations
 

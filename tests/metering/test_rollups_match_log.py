@@ -1,6 +1,6 @@
 """Property: answers from the rollups equal answers computed from the raw call log.
 
-Random calls are metered and flushed; then counts per bucket (seed 001 at minute, hour
+Random calls are metered and flushed; then counts per bucket (call counts at minute, hour
 and day granularity) and per-endpoint counts, errors, mean and percentiles (a calls
 metric read from the 1 m, 1 h and 1 d rollups in turn), calls per status class and
 latency percentiles per time bucket are compared with the same numbers computed in
@@ -146,7 +146,7 @@ def check(url: str, calls: list[tuple[float, int, int, float, dict[str, str]]]) 
         assert len(rows) == len(calls)
         times = [r.time_us / 1e6 for r in rows]
 
-        # Seed 001 totals at minute, hour and day granularity (span chooses the step).
+        # Call-count totals at minute, hour and day granularity (span chooses the step).
         for span, step in ((DAY, 60), (3 * DAY, 3600), (90 * DAY, DAY)):
             end = DAY0 + span
             body = await call_counts.historical(
@@ -184,7 +184,7 @@ def check(url: str, calls: list[tuple[float, int, int, float, dict[str, str]]]) 
             }
             assert table == want
 
-        # Calls per hour and per day (seed 003 api_calls_per_date) equal the log's.
+        # Calls per hour and per day (the catalogue's api_calls_per_date) equal the log's.
         from tollhouse.analytics.catalogue import CATALOGUE
 
         for end, step in ((DAY0 + 3 * DAY - 1, 3600), (DAY0 + 5 * DAY, DAY)):

@@ -1,4 +1,5 @@
-"""Policy loading: the built-in policy reproduces the seeds; bad files name file and field."""
+"""Policy loading: the built-in policy reproduces the API shapes' limits (docs/api-shapes.md);
+bad files name file and field."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from tollhouse.errors import PolicyError
 from tollhouse.policy.load import load_policy, parse_duration, parse_policy
 from tollhouse.policy.model import Routing
 
-SEED_004_ENDPOINTS = {
+CATEGORY_ENDPOINTS = {
     "scoring": [
         "POST /v1/score",
         "POST /v1/score/batch",
@@ -28,7 +29,7 @@ SEED_004_ENDPOINTS = {
 }
 
 
-def test_builtin_policy_has_seed_002_buckets() -> None:
+def test_builtin_policy_has_the_partner_status_buckets() -> None:
     policy = load_policy()
     rps = {
         "criteria_ai",
@@ -48,7 +49,7 @@ def test_builtin_policy_has_seed_002_buckets() -> None:
     assert pool.limit == 4
 
 
-def test_builtin_policy_has_seed_004_categories() -> None:
+def test_builtin_policy_has_the_scoring_api_categories() -> None:
     by_name = {b.name: b for b in load_policy().buckets}
     assert (by_name["scoring"].limit, by_name["scoring"].window) == (1000, 60.0)
     assert (by_name["criteria_generation"].limit, by_name["criteria_generation"].window) == (60, 60)
@@ -56,7 +57,7 @@ def test_builtin_policy_has_seed_004_categories() -> None:
     assert by_name["scoring"].display_name == "Scoring"
     assert by_name["criteria_generation"].display_name == "Criteria Generation"
     assert by_name["criteria_operations"].display_name == "Criteria Operations"
-    for name, endpoints in SEED_004_ENDPOINTS.items():
+    for name, endpoints in CATEGORY_ENDPOINTS.items():
         assert list(by_name[name].endpoints) == endpoints
 
 

@@ -14,16 +14,18 @@ MINUTE = 60
 HOUR = 3600
 DAY = 86400
 
-#: Seed 003: ranges of up to 3 days are answered in hourly buckets, longer ones daily.
+#: The metrics catalogue shape (docs/api-shapes.md): ranges of up to 3 days are answered in
+#: hourly buckets, longer ones daily.
 HOURLY_UP_TO = 3 * DAY
-#: Seed 001: more points than this are folded into this many buckets.
+#: The call-counts shape (docs/api-shapes.md): more points than this are folded into this
+#: many buckets.
 FOLD_TO = 100
-#: Seed 001: the finest rollup with at most this many buckets over the range is read.
+#: Call counts: the finest rollup with at most this many buckets over the range is read.
 MAX_NATIVE_POINTS = 1500
 
 
 def metric_step(start: float, end: float) -> int:
-    """Seed 003's bucket size for a range: hourly up to 3 days, daily beyond."""
+    """The metrics catalogue shape's bucket size for a range: hourly up to 3 days, daily beyond."""
     return HOUR if end - start <= HOURLY_UP_TO else DAY
 
 
@@ -66,7 +68,7 @@ def fold(
     end: float,
     size: int = FOLD_TO,
 ) -> tuple[list[float], list[list[int]]]:
-    """Seed 001's shape: the points with data, or ``size`` equal buckets when more.
+    """The call-counts shape: the points with data, or ``size`` equal buckets when more.
 
     Args:
         points: sorted bucket starts (epoch s) holding data in any series.

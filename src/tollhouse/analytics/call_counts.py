@@ -1,4 +1,5 @@
-"""Seed 001: time series of API call counts, in total, by label and by scenario.
+"""Time series of API call counts, in total, by label and by scenario: the call-counts
+shape (docs/api-shapes.md).
 
 Points are native buckets — minutes for ranges up to about a day, hours up to about two
 months, days beyond (the finest rollup with at most 1,500 buckets over the range whose
@@ -38,7 +39,7 @@ from tollhouse.policy.model import EndpointGroup
 from tollhouse.storage.dialect import DATABASE_ERRORS
 from tollhouse.storage.schema import api_keys
 
-#: Seed 001's bounds of ``start_timestamp`` and ``end_timestamp``.
+#: The call-counts shape's bounds of ``start_timestamp`` and ``end_timestamp``.
 MIN_TIMESTAMP = -150_000_000_000.0
 MAX_TIMESTAMP = 3_500_000_000.0
 #: Range used when ``start_timestamp`` is not given: the 30 days before the end.
@@ -49,7 +50,8 @@ MAX_AMT = 128
 LABELS = ("ACCOUNTS", "ENDPOINTS", "DBS", "SCENARIOS", "RECO_TYPES", "CHAT", "LLM")
 #: ENDPOINTS key of calls whose route is in no endpoint group.
 OTHER_GROUP = "OTHER"
-#: Roles allowed to read call counts (seed 001); the scenario endpoint adds backend.
+#: Roles allowed to read call counts (the call-counts shape); the scenario endpoint adds
+#: backend.
 ROLES = frozenset({"root", "manager"})
 SCENARIO_ROLES = frozenset({"root", "manager", "backend"})
 _STEPS = (MINUTE, HOUR, DAY)
@@ -67,7 +69,7 @@ class Range:
 
 
 def parse_timestamp(raw: str | None, name: str) -> float | None:
-    """A query parameter as seed 001's float64 timestamp, or None when absent.
+    """A query parameter as the call-counts shape's float64 timestamp, or None when absent.
 
     Raises:
         BadRequest: not a number, or outside [-150000000000.0, 3500000000.0].

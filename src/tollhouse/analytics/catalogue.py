@@ -1,4 +1,4 @@
-"""Seed 003's metric catalogue, as data.
+"""The metrics catalogue shape's catalogue (docs/api-shapes.md), as data.
 
 Every metric is a :class:`Metric`: where its rows come from (product events of some
 types, the API-call rollups, or the raw call log), a filter, what it measures
@@ -8,17 +8,17 @@ shown (simple, table, barchart, horizontal-barchart, paginated table, with prefi
 suffix). One compiler (:mod:`tollhouse.analytics.compiler`) turns any of them into SQL;
 adding a metric is adding an entry here.
 
-Definitions where the seed is terse (docs/analytics.md explains each choice):
+Definitions where the shape is terse (docs/analytics.md explains each choice):
 
 * a **run** is a distinct ``run_id`` of ``flow_run`` events (a run may send ``running``
   and then ``succeeded``/``failed``; it counts once); a failed run has a ``failed`` event;
 * **live** metrics (``active_runs``, ``active_triggers``) count entities whose latest
   event up to ``time_end`` is in the state (running; enabled), whatever ``time_start``;
-* **cost** excludes cached LLM calls (the seed's note); tokens count every call;
+* **cost** excludes cached LLM calls (as the shape notes); tokens count every call;
 * **conversation** LLM usage is the ``llm_call`` events that carry a ``conversation_id``;
 * **cost per run** is the cost of LLM calls made by flows (``tool = "flow"``) over runs.
 
-:data:`ADDITIONS` are tollhouse's own metrics beyond the seed (calls by status class,
+:data:`ADDITIONS` are tollhouse's own metrics beyond the shape's (calls by status class,
 latency percentiles), defined and answered the same way.
 """
 
@@ -105,7 +105,7 @@ class Metric:
 
     Args:
         name: the path parameter.
-        description: one line, from the seed.
+        description: one line, as the shape words it.
         output: the response ``type``.
         source: product events, API-call rollups or the raw call log.
         measures: what is computed; a simple metric reports its first measure.
@@ -593,5 +593,5 @@ ADDITIONS: tuple[Metric, ...] = (
     ),
 )
 
-#: Every metric of seed 003 and tollhouse's :data:`ADDITIONS`, by name.
+#: Every metric of the metrics catalogue shape and tollhouse's :data:`ADDITIONS`, by name.
 CATALOGUE: dict[str, Metric] = {m.name: m for m in (*_METRICS, *ADDITIONS)}

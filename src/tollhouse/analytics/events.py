@@ -1,4 +1,7 @@
-"""Product events (``POST /v1/events``): the types of DESIGN §3.5, validation and ingest.
+"""Product events (``POST /v1/events``): the known types, validation and ingest.
+
+The types and their fields are tollhouse's own (docs/analytics.md, docs/api-shapes.md);
+the metrics catalogue and the CHAT and LLM call counts read them.
 
 An event is ``{"id", "type", "time", "data": {…}}``. ``id`` is the caller's; a second
 event with the same id in the same org is ignored (idempotent retries), on every engine,
@@ -111,7 +114,8 @@ class EventType:
 _ID = Rule(required=True)
 _OPT = Rule()
 
-#: The types of DESIGN §3.5. Other types (e.g. jobs' own) are stored unchecked.
+#: The known types (docs/analytics.md#post-v1events). Other types (e.g. jobs' own) are stored
+#: unchecked.
 EVENT_TYPES: dict[str, EventType] = {
     t.name: t
     for t in (

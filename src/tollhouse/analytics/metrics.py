@@ -1,4 +1,5 @@
-"""Run a catalogue metric and shape seed 003's ``AnalyticsResponse``.
+"""Run a catalogue metric and shape its ``AnalyticsResponse`` (the metrics catalogue shape,
+docs/api-shapes.md).
 
 ``{"type": "simple" | "table" | "barchart" | "horizontal-barchart" | "empty", "value": …}``:
 
@@ -264,7 +265,7 @@ async def run_metric(
     """Answer one metric for one org and environment over ``[start, end]`` (epoch s).
 
     Returns:
-        Seed 003's ``AnalyticsResponse`` as a dict.
+        The metrics catalogue shape's ``AnalyticsResponse`` as a dict.
 
     Raises:
         StorageError: the database failed.

@@ -36,7 +36,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def key_json(record: KeyRecord, secret: str | None = None) -> dict[str, Any]:
-    """The contract JSON of a key (DESIGN §3.1); ``key`` only at creation."""
+    """The JSON of a key, as ``--json`` prints it (docs/api-shapes.md); ``key`` only at creation."""
     out: dict[str, Any] = {"id": record.id}
     if secret is not None:
         out["key"] = secret

@@ -149,7 +149,7 @@ async def _prepare(settings: Settings) -> str | None:
 def _banner(settings: Settings, host: str, port: int, demo: str | None, workers: int) -> None:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown}:{port}"
-    policy = settings.config_path or "built-in (seeds 002 and 004)"
+    policy = settings.config_path or "built-in (docs/policy.md)"
     up = settings.policy.upstream
     upstream = up.url or up.app or "bundled example scoring API"
     console.print(f"[bold]tollhouse[/] listening on [bold cyan]{base}[/]", highlight=False)

@@ -48,18 +48,18 @@ from tollhouse.client import (
 T = TypeVar("T")
 
 app = typer.Typer(
-    help="Usage analytics from a running server: call counts (seed 001), metrics (seed "
-    "003), the call log, scoring volume (seed 000).",
+    help="Usage analytics from a running server: call counts, catalogue metrics, the call log, "
+    "scoring volume.",
     no_args_is_help=True,
 )
 
-#: Seed 001's labels (the server checks them too; listed here for --help).
+#: The call-counts shape's labels (the server checks them too; listed here for --help).
 LABELS = ("ACCOUNTS", "ENDPOINTS", "DBS", "SCENARIOS", "RECO_TYPES", "CHAT", "LLM")
-#: Seed 000's lookback windows.
+#: The scoring-volume shape's lookback windows (docs/api-shapes.md).
 RANGES = ("1h", "24h", "7d", "30d", "90d")
 _SPAN = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-#: Series per page of a label (seed 001 allows 1–128).
+#: Series per page of a label (the call-counts shape allows 1–128).
 MAX_AMT = 128
 
 StartOpt = Annotated[
@@ -210,7 +210,7 @@ def bar_chart(
     return table
 
 
-# --- call counts (seed 001) ---------------------------------------------------------------
+# --- call counts (the call-counts shape) --------------------------------------------------
 
 
 @app.command("calls")
@@ -237,7 +237,7 @@ def calls(
     api_key: ApiKeyOpt = None,
     url: UrlOpt = DEFAULT_BASE_URL,
 ) -> None:
-    """Call counts over time (seed 001): in total, by label, or for one scenario.
+    """Call counts over time (the call-counts shape): in total, by label, or for one scenario.
 
     By label, the table follows every page; --json prints one page's body (the first, or
     --cursor's).
@@ -316,7 +316,7 @@ def _warn(warnings: Sequence[str]) -> None:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
-# --- metrics (seed 003) -------------------------------------------------------------------
+# --- metrics (the metrics catalogue shape) ------------------------------------------------
 
 
 def _metric_range(
@@ -341,7 +341,7 @@ def metric(
     api_key: ApiKeyOpt = None,
     url: UrlOpt = DEFAULT_BASE_URL,
 ) -> None:
-    """One metric of seed 003 (default range: the last 7 days)."""
+    """One metric of the analytics catalogue (default range: the last 7 days)."""
     lo, hi = _metric_range(start, end, since)
     found: MetricResult = Remote(api_key, url).ask(
         lambda c: c.analytics.metric(
@@ -414,7 +414,7 @@ def _cell(value: Any) -> str:
 
 @app.command("metrics")
 def metrics(as_json: JsonOpt = False) -> None:
-    """List the metric catalogue (seed 003) this version of tollhouse ships."""
+    """List the metric catalogue this version of tollhouse ships."""
     from tollhouse.analytics.catalogue import CATALOGUE
 
     rows = [
@@ -448,7 +448,7 @@ def log(
     metric("api_calls_log", start, end, since, page, page_size, as_json, api_key, url)
 
 
-# --- scoring volume (seed 000) ------------------------------------------------------------
+# --- scoring volume (the scoring-volume shape) --------------------------------------------
 
 
 @app.command("volume")
@@ -460,7 +460,7 @@ def volume(
     api_key: ApiKeyOpt = None,
     url: UrlOpt = DEFAULT_BASE_URL,
 ) -> None:
-    """Scoring jobs completed and failed over a lookback window (seed 000)."""
+    """Scoring jobs completed and failed over a lookback window."""
     if time_range not in RANGES:
         fail(f"--range {time_range!r}: use one of {', '.join(RANGES)}", 2)
     found: ScoringVolume = Remote(api_key, url).ask(

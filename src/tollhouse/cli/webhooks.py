@@ -43,7 +43,8 @@ def _iso(value: Any) -> str | None:
 
 
 def endpoint_json(endpoint: Endpoint, secret: str | None = None) -> dict[str, Any]:
-    """The contract JSON of an endpoint (DESIGN §3.1); ``secret`` only at creation."""
+    """The JSON of an endpoint, as ``--json`` prints it (docs/api-shapes.md); ``secret`` only at
+    creation."""
     out: dict[str, Any] = {"id": endpoint.id, "url": endpoint.url}
     if secret is not None:
         out["secret"] = secret

@@ -105,12 +105,12 @@ class AsyncClient(ClientBase):
 
     @property
     def analytics(self) -> AsyncAnalyticsApi:
-        """Analytics: scoring volume (seed 000) and the metric catalogue (seed 003)."""
+        """Analytics: scoring volume and the metric catalogue (docs/api-shapes.md)."""
         return AsyncAnalyticsApi(self)
 
     @property
     def call_counts(self) -> AsyncCallCountsApi:
-        """Call counts (seed 001)."""
+        """Call counts (the call-counts shape, docs/api-shapes.md)."""
         return AsyncCallCountsApi(self)
 
     @property
@@ -371,7 +371,7 @@ class AsyncCriteriaApi:
 
 
 class AsyncAnalyticsApi:
-    """Analytics (``client.analytics``): seeds 000 and 003."""
+    """Analytics (``client.analytics``): the scoring-volume and metrics catalogue shapes."""
 
     def __init__(self, client: AsyncClient) -> None:
         self._c = client
@@ -406,7 +406,7 @@ class AsyncAnalyticsApi:
 
 
 class AsyncCallCountsApi:
-    """Call counts (``client.call_counts``): seed 001."""
+    """Call counts (``client.call_counts``): the call-counts shape."""
 
     def __init__(self, client: AsyncClient) -> None:
         self._c = client

@@ -69,9 +69,9 @@ MAX_EVENTS_PER_REQUEST = 1000
 MAX_BATCH_ITEMS = 100
 
 TimeRange = Literal["1h", "24h", "7d", "30d", "90d"]
-"""Seed 000's lookback windows."""
+"""The scoring-volume shape's lookback windows (``timeRange``)."""
 Label = Literal["ACCOUNTS", "ENDPOINTS", "DBS", "SCENARIOS", "RECO_TYPES", "CHAT", "LLM"]
-"""Seed 001's labels."""
+"""The call-counts shape's labels."""
 Time = datetime | float
 """A point in time: an aware datetime or Unix seconds."""
 
@@ -442,8 +442,9 @@ def fields(response: httpx.Response) -> Fields:
 def api_error(response: httpx.Response, attempts: int = 1) -> TollhouseAPIError:
     """The typed error of an error answer, from either error shape.
 
-    Seed 004's envelope ``{"error": {"type", "code", "status", "message", "requestId"}}``
-    and seed 003's ``{"detail": "…"}`` or ``{"detail": [{"loc", "msg", "type"}]}``.
+    The error envelope ``{"error": {"type", "code", "status", "message", "requestId"}}``
+    and the metrics catalogue shape's ``{"detail": "…"}`` or
+    ``{"detail": [{"loc", "msg", "type"}]}`` (docs/api-shapes.md).
     """
     status = response.status_code
     headers = {k.lower(): v for k, v in response.headers.items()}

@@ -112,12 +112,12 @@ class Client(ClientBase):
 
     @property
     def analytics(self) -> AnalyticsApi:
-        """Analytics: scoring volume (seed 000) and the metric catalogue (seed 003)."""
+        """Analytics: scoring volume and the metric catalogue (docs/api-shapes.md)."""
         return AnalyticsApi(self)
 
     @property
     def call_counts(self) -> CallCountsApi:
-        """Call counts (seed 001)."""
+        """Call counts (the call-counts shape, docs/api-shapes.md)."""
         return CallCountsApi(self)
 
     @property
@@ -377,7 +377,7 @@ class CriteriaApi:
 
 
 class AnalyticsApi:
-    """Analytics (``client.analytics``): seeds 000 and 003."""
+    """Analytics (``client.analytics``): the scoring-volume and metrics catalogue shapes."""
 
     def __init__(self, client: Client) -> None:
         self._c = client
@@ -395,7 +395,7 @@ class AnalyticsApi:
         page: int | None = None,
         page_size: int | None = None,
     ) -> m.MetricResult:
-        """``GET /v1/analytics/{metric}``: one metric of seed 003's catalogue.
+        """``GET /v1/analytics/{metric}``: one metric of the analytics catalogue.
 
         Args:
             name: e.g. ``flow_runs``, ``tokens_cost``, ``api_calls_log``.
@@ -420,8 +420,8 @@ class AnalyticsApi:
 
 
 class CallCountsApi:
-    """Call counts (``client.call_counts``): seed 001; roles root and manager (scenarios
-    also backend)."""
+    """Call counts (``client.call_counts``): the call-counts shape; roles root and manager
+    (scenarios also backend)."""
 
     def __init__(self, client: Client) -> None:
         self._c = client

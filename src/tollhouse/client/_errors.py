@@ -9,7 +9,7 @@
         ├── UnexpectedResponse           a success answer whose body is not what the API
         │                                documents (a proxy page, a newer server …)
         └── TollhouseAPIError            the API answered with an error status
-            ├── BadRequestError    400   BAD_REQUEST, TENANT_REQUIRED, seed 003's 400
+            ├── BadRequestError    400   BAD_REQUEST, TENANT_REQUIRED, a ``detail`` 400
             ├── AuthenticationError 401  UNAUTHORIZED
             ├── PermissionDeniedError 403 FORBIDDEN
             ├── NotFoundError      404   NOT_FOUND
@@ -21,9 +21,10 @@
 :class:`tollhouse.errors.ApiError` (what it raises to produce one) is another class, and
 the SDK never raises it.
 
-A :class:`TollhouseAPIError` is built from either error shape the server uses: seed 004's
-envelope ``{"error": {"type", "code", "status", "message", "requestId"}}`` and seed 003's
-``{"detail": "…"}`` / ``{"detail": [{"loc", "msg", "type"}]}``. Where the body carries
+A :class:`TollhouseAPIError` is built from either error shape the server uses (see
+docs/api-shapes.md): the error envelope
+``{"error": {"type", "code", "status", "message", "requestId"}}`` and the metrics catalogue
+shape's ``{"detail": "…"}`` / ``{"detail": [{"loc", "msg", "type"}]}``. Where the body carries
 no code or request id, the status and the ``X-Request-Id`` header supply them.
 """
 
@@ -75,7 +76,7 @@ class TollhouseAPIError(ClientError):
     Attributes:
         status: the HTTP status.
         code: the machine-readable code (``RATE_LIMITED``, ``NOT_FOUND`` …); derived from
-            the status when the body has none (seed 003's ``{"detail": …}``).
+            the status when the body has none (a ``{"detail": …}`` body).
         message: the server's message (for a ``detail`` list, its items joined).
         request_id: the ``requestId`` of the envelope, else the ``X-Request-Id`` header.
         type: the envelope's ``type`` URI, if any.
@@ -153,7 +154,7 @@ _BY_STATUS: dict[int, type[TollhouseAPIError]] = {
     429: RateLimitError,
 }
 
-#: Codes for bodies without one (seed 003's ``{"detail": …}``), as the envelope names them.
+#: Codes for bodies without one (``{"detail": …}``), as the envelope names them.
 _CODES: dict[int, str] = {
     400: "BAD_REQUEST",
     401: "UNAUTHORIZED",

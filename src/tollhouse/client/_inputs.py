@@ -60,7 +60,8 @@ def body_hash(body: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A product event for ``POST /v1/events`` (seed 003's metrics are computed from them).
+    """A product event for ``POST /v1/events`` (the analytics catalogue's metrics are computed
+    from them).
 
     Attributes:
         id: unique per org; sending an id again is ignored (ingestion is idempotent).
@@ -108,7 +109,7 @@ def wire_time(value: datetime | float | str) -> str | float:
 
 
 def epoch(value: datetime | float | None) -> float | None:
-    """Unix seconds of a time (seed 001 takes floats)."""
+    """Unix seconds of a time (call counts take floats)."""
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise ValueError(f"{value!r} has no timezone; pass an aware datetime (e.g. tzinfo=UTC)")

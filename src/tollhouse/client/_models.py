@@ -20,12 +20,12 @@ def _raw() -> Any:
     return field(default_factory=dict, repr=False, compare=False)
 
 
-# --- rate limits (seeds 002 + 004) ------------------------------------------------------
+# --- rate limits (partner rate-limit status + scoring API shapes) -----------------------
 
 
 @dataclass(frozen=True, slots=True)
 class BucketStatus:
-    """One bucket in seed 002's ``buckets`` object.
+    """One bucket in the ``buckets`` object (the partner rate-limit status shape).
 
     Attributes:
         limit: requests allowed per window.
@@ -46,7 +46,7 @@ class BucketStatus:
 
 @dataclass(frozen=True, slots=True)
 class PoolStatus:
-    """An in-flight pool (seed 002's ``criteria_ai_inflight``).
+    """An in-flight pool (e.g. ``criteria_ai_inflight``; the partner rate-limit status shape).
 
     Attributes:
         limit: slots.
@@ -61,7 +61,7 @@ class PoolStatus:
 
 @dataclass(frozen=True, slots=True)
 class Category:
-    """One entry of seed 004's ``categories``.
+    """One entry of ``categories`` (the scoring API shape).
 
     Attributes:
         category: the bucket's machine name.
@@ -93,9 +93,9 @@ class RateLimitStatus:
         environment: ``SANDBOX`` or ``PRODUCTION``.
         generated_at: when the server built the answer.
         degraded: True while limits are enforced locally (Redis away); values are estimates.
-        buckets: seed 002's per-bucket status, by bucket name.
+        buckets: per-bucket status, by bucket name (the partner rate-limit status shape).
         pools: in-flight pools, by pool name.
-        categories: seed 004's list.
+        categories: every bucket as a category (the scoring API shape).
         raw: the body as received.
     """
 
@@ -126,7 +126,7 @@ def parse_rate_limit_status(f: Fields) -> RateLimitStatus:
             shadow=b.flag("shadow", False),
             shadow_denied=b.opt_integer("shadowDenied"),
         )
-    # Pools sit at the top level under their own names (seed 002's criteria_ai_inflight):
+    # Pools sit at the top level under their own names (e.g. criteria_ai_inflight):
     # any other object with an ``active`` count is one.
     pools = {}
     for name, value in f.data.items():
@@ -162,7 +162,7 @@ def parse_rate_limit_status(f: Fields) -> RateLimitStatus:
     )
 
 
-# --- scoring jobs (seeds 000 + 004) -----------------------------------------------------
+# --- scoring jobs (the scoring API shape) -----------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -544,7 +544,7 @@ def parse_archive(f: Fields) -> ArchiveResult:
     )
 
 
-# --- analytics (seeds 000, 001, 003) ----------------------------------------------------
+# --- analytics (scoring-volume, call-counts, metrics catalogue) -------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -566,7 +566,7 @@ class VolumePoint:
 
 @dataclass(frozen=True, slots=True)
 class ScoringVolume:
-    """``GET /v1/analytics/scoring-volume`` (seed 000).
+    """``GET /v1/analytics/scoring-volume`` (the scoring-volume shape).
 
     Attributes:
         period_start: start of the period.
@@ -604,7 +604,7 @@ def parse_scoring_volume(f: Fields) -> ScoringVolume:
 
 @dataclass(frozen=True, slots=True)
 class MetricResult:
-    """``GET /v1/analytics/{metric}`` (seed 003): an ``AnalyticsResponse``.
+    """``GET /v1/analytics/{metric}`` (the metrics catalogue shape): an ``AnalyticsResponse``.
 
     ``value``'s shape depends on ``type`` (``simple``, ``table``, ``barchart``,
     ``horizontal-barchart``, ``empty``); the properties read the common cases.
@@ -666,7 +666,7 @@ def parse_metric(f: Fields) -> MetricResult:
 
 @dataclass(frozen=True, slots=True)
 class CallCounts:
-    """Seed 001's organisation or scenario counts over time.
+    """An organisation's or scenario's call counts over time (the call-counts shape).
 
     Attributes:
         timestamps: bucket starts (Unix seconds).

@@ -1,6 +1,6 @@
 """When to retry and how long to wait: pure functions of the attempt, the answer and a
-random source (seed 004's advice: respect ``Retry-After``, add jitter, back off
-exponentially when failures repeat).
+random source (the scoring API shape's advice, docs/api-shapes.md: respect
+``Retry-After``, add jitter, back off exponentially when failures repeat).
 
 Which failures are retried:
 

@@ -5,8 +5,8 @@ Every limited answer carries ``X-RateLimit-Limit/Remaining/Reset`` for the tight
 the route hit, and the IETF ``RateLimit``/``RateLimit-Policy`` fields for every bucket.
 :class:`Throttle` remembers, per route (``"GET /v1/score/{id}"``), the tightest window:
 how many requests are left and when it resets. Before a request it reserves one of the
-remaining requests, or says how long to wait for the reset when none are left (seed 004:
-"Monitor X-RateLimit-Remaining to anticipate limits before hitting them").
+remaining requests, or says how long to wait for the reset when none are left (the scoring
+API shape advises watching ``X-RateLimit-Remaining`` to slow down before a limit is hit).
 
 The state is plain data with the time passed in; the clients do the waiting.
 

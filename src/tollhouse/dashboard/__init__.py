@@ -2,9 +2,10 @@
 
 The page is public static content (HTML, CSS, ES modules and the vendored uPlot build).
 It signs in with an API key kept in the browser's session storage and reads everything
-through the public API — call counts (seed 001), the analytics catalogue (seed 003),
-scoring volume (seed 000), the rate-limit status, the queue and webhook deliveries — each
-call carrying the key in ``X-API-Key``. Nothing here touches storage or identities.
+through the public API — call counts, the analytics catalogue, scoring volume (their
+shapes are in docs/api-shapes.md), the rate-limit status, the queue and webhook
+deliveries — each call carrying the key in ``X-API-Key``. Nothing here touches storage or
+identities.
 
 :class:`Tollhouse <tollhouse.http.app.Tollhouse>` routes ``/dashboard`` and
 ``/dashboard/…`` here before the gateway with one prefix check (:func:`is_dashboard_path`).

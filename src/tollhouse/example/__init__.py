@@ -1,4 +1,5 @@
-"""The bundled example upstream: a small Nova-like candidate-scoring API.
+"""The bundled example upstream: a small candidate-scoring API in the scoring API shape
+(docs/api-shapes.md).
 
 ``create_app(database)`` builds it on a database (an engine or a URL);
 ``create_app_from_env()`` also reads its bounds and processing time from the environment

@@ -1,4 +1,5 @@
-"""The bundled example upstream: a small Nova-like candidate-scoring API.
+"""The bundled example upstream: a small candidate-scoring API in the scoring API shape
+(docs/api-shapes.md).
 
 ``tollhouse serve`` mounts it when no upstream is configured, so a first run does real work;
 ``tollhouse example serve`` runs it on its own, as the shared upstream of several tollhouse

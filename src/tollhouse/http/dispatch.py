@@ -1,7 +1,7 @@
 """Which app answers an admitted request: the platform API or the upstream.
 
-The gateway admits; this decides. Platform paths (product events, call counts, the seed
-003 analytics catalogue, the platform OpenAPI document) go to the FastAPI platform app;
+The gateway admits; this decides. Platform paths (product events, call counts, the
+analytics catalogue, the platform OpenAPI document) go to the FastAPI platform app;
 everything else to the upstream. Jobs sit in front of both (see ``Tollhouse``): async
 routes, scoring volume and webhook deliveries are the jobs app's.
 """

@@ -1,5 +1,6 @@
 """The jobs app: async routes answered with 202, polling, batches, webhook deliveries
-and scoring volume (seeds 000 and 004), for requests the gateway has already admitted.
+and scoring volume (the scoring API and scoring-volume shapes, docs/api-shapes.md), for
+requests the gateway has already admitted.
 
 The gateway puts the caller's :class:`~tollhouse.keys.model.Identity` in
 ``scope["state"]["identity"]`` (and ``request_id``) before calling this app. Every read is
@@ -20,7 +21,7 @@ and always::
     GET /v1/queue?status=&limit=&cursor=        → the org's queue counters and jobs, newest
                                                   first (keyset paging)
     GET /v1/webhooks/deliveries?jobId=          → the org's deliveries and their attempts
-    GET /v1/analytics/scoring-volume?timeRange= → seed 000
+    GET /v1/analytics/scoring-volume?timeRange= → the scoring-volume shape
 
 ``Idempotency-Key`` on the POSTs: the same org and key give the same job and the same
 202 body (with ``Idempotent-Replayed: true``); the key with another body is a 422.
@@ -182,8 +183,8 @@ class _AsyncRouteApi:
         self.route = route
         self.queue = queue
         self.path = route.route.split()[-1].rstrip("/")
-        # The seeds' score body is checked as the example upstream checks it; other async
-        # routes take any JSON object.
+        # The scoring API shape's score body is checked as the example upstream checks it;
+        # other async routes take any JSON object.
         self.score_body = self.path.endswith("/score")
 
     def _new_job(
@@ -312,7 +313,7 @@ class _AsyncRouteApi:
 def _endpoint(
     handler: Callable[[Request], Awaitable[Response]],
 ) -> Callable[[Request], Awaitable[Response]]:
-    """Errors as seed 004's envelope; a failing database as 503."""
+    """Errors in the error envelope; a failing database as 503."""
 
     async def endpoint(request: Request) -> Response:
         try:
@@ -447,7 +448,7 @@ class JobsApp:
         return _json(body)
 
     async def scoring_volume(self, request: Request) -> Response:
-        """``GET /v1/analytics/scoring-volume?timeRange=`` (seed 000)."""
+        """``GET /v1/analytics/scoring-volume?timeRange=`` (the scoring-volume shape)."""
         identity = _identity(request)
         time_range = request.query_params.get("timeRange")
         if time_range not in TIME_RANGES:

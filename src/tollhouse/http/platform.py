@@ -1,4 +1,5 @@
-"""The platform routes of usage analytics (FastAPI): events in, seeds 001 and 003 out.
+"""The platform routes of usage analytics (FastAPI): events in; call counts and catalogue
+metrics out, in the call-counts and metrics catalogue shapes (docs/api-shapes.md).
 
 Mounted behind the gateway, which authenticates the key, applies the rate limits and
 puts the caller in ``scope["state"]["identity"]`` (a
@@ -9,13 +10,14 @@ query here is scoped to that identity's org and environment; without one the ans
 * ``POST /v1/events`` — product events (any role);
 * ``GET /call-counts/historical/``, ``/call-counts/historical/{label}/`` — roles root and
   manager; ``/call-counts/historical/SCENARIOS/{reco_type}/{name}/`` — also backend
-  (seed 001; trailing slash optional);
-* ``GET /v1/analytics/{metric}`` — the seed 003 catalogue (any role).
+  (trailing slash optional);
+* ``GET /v1/analytics/{metric}`` — the metrics catalogue (any role).
 
-Errors: seed 003's routes answer in its own shapes (``{"detail": "…"}`` for 400/404 and
-``{"detail": [{"loc", "msg", "type"}]}`` for 422, pydantic-v1 wording); everything else in
-the tollhouse error envelope (seed 004). The gateway's 429 for the analytics routes
-should read ``{"detail": "Rate limit exceeded"}`` (seed 003) — see docs/analytics.md.
+Errors: the metrics catalogue routes answer in that shape's own bodies (``{"detail": "…"}``
+for 400/404 and ``{"detail": [{"loc", "msg", "type"}]}`` for 422, pydantic-v1 wording);
+everything else in the tollhouse error envelope. The gateway answers its own errors on the
+catalogue routes as ``{"detail": …}`` too (429: ``{"detail": "Rate limit exceeded"}``,
+the built-in policy's ``error_format = "detail"``) — see docs/analytics.md.
 """
 
 from __future__ import annotations
@@ -60,15 +62,15 @@ from tollhouse.policy.model import EndpointGroup, Policy
 logger = logging.getLogger(__name__)
 
 ANALYTICS_PREFIX = "/v1/analytics/"
-#: Seed 003's page size bounds.
+#: The metrics catalogue shape's page size bounds.
 MAX_PAGE_SIZE = 200
 DEFAULT_PAGE_SIZE = 50
 #: Highest page number (page × page_size must fit a 64-bit SQL OFFSET).
 MAX_PAGE = 2**31 - 1
-#: Most buckets of a time-series metric (seed 003 barchart): ten years of days.
+#: Most buckets of a time-series metric (a barchart): ten years of days.
 MAX_BARS = 3660
 
-# Pydantic v2 error types → the pydantic v1 wording seed 003 shows.
+# Pydantic v2 error types → the pydantic v1 wording of the metrics catalogue shape.
 _V1_ERRORS: dict[str, tuple[str, str]] = {
     "less_than_equal": (
         "ensure this value is less than or equal to {le}",
@@ -201,7 +203,8 @@ def create_platform_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        # No route (or method) here: seed 003's shape under its prefix, else the envelope.
+        # No route (or method) here: ``{"detail"}`` under the catalogue's prefix, else the
+        # envelope.
         headers = dict(exc.headers) if exc.headers else None
         if request.url.path.startswith(ANALYTICS_PREFIX):
             return _json({"detail": exc.detail}, exc.status_code, headers)
@@ -252,7 +255,7 @@ def create_platform_app(
     @app.get("/call-counts/historical/", include_in_schema=True)
     @app.get("/call-counts/historical", include_in_schema=False)
     async def historical(request: Request) -> Response:
-        """Seed 001: call counts of the caller's org over time."""
+        """Call counts of the caller's org over time (the call-counts shape)."""
         who = identity_of(request)
         _require(who, call_counts.ROLES, "call counts")
         start, end = _stamps(request)
@@ -271,7 +274,7 @@ def create_platform_app(
     @app.get("/call-counts/historical/SCENARIOS/{reco_type}/{name}/", include_in_schema=True)
     @app.get("/call-counts/historical/SCENARIOS/{reco_type}/{name}", include_in_schema=False)
     async def by_scenario(request: Request, reco_type: str, name: str) -> Response:
-        """Seed 001: call counts of one scenario over time."""
+        """Call counts of one scenario over time (the call-counts shape)."""
         who = identity_of(request)
         _require(who, call_counts.SCENARIO_ROLES, "scenario call counts")
         if "\x00" in reco_type or "\x00" in name:
@@ -294,7 +297,7 @@ def create_platform_app(
     @app.get("/call-counts/historical/{label}/", include_in_schema=True)
     @app.get("/call-counts/historical/{label}", include_in_schema=False)
     async def by_label(request: Request, label: str) -> Response:
-        """Seed 001: call counts per series of a label, paged."""
+        """Call counts per series of a label, paged (the call-counts shape)."""
         who = identity_of(request)
         _require(who, call_counts.ROLES, "call counts")
         start, end = _stamps(request)
@@ -324,7 +327,7 @@ def create_platform_app(
         page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
         page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
     ) -> Response:
-        """Seed 003: one metric of the catalogue over a time range."""
+        """One metric of the catalogue over a time range (the metrics catalogue shape)."""
         who = identity_of(request)
         definition = CATALOGUE.get(metric)
         if definition is None:

@@ -1,4 +1,5 @@
-"""Async jobs (seed 004) and signed webhooks: queue, workers, handlers, webhooks.
+"""Async jobs (the scoring API shape, docs/api-shapes.md) and signed webhooks: queue,
+workers, handlers, webhooks.
 
 Integration in a nutshell::
 
@@ -66,7 +67,7 @@ __all__ = [
 
 def settings_for(policy: Policy, **overrides: float | None) -> QueueSettings:
     """Queue settings for a policy: the default per-org cap is its first async route's
-    ``concurrency`` (seed 004: 500); ``overrides`` set any other field (e.g.
+    ``concurrency`` (500 in the scoring API shape); ``overrides`` set any other field (e.g.
     ``jobs_retention_days=None`` keeps finished jobs forever)."""
     cap = policy.async_routes[0].concurrency if policy.async_routes else 500
     fields: dict[str, float | None] = {"default_cap": cap, **overrides}

@@ -11,12 +11,13 @@ from collections.abc import Sequence
 
 
 def estimate_wait(position: int, running: int, cap: int, processing_seconds: float) -> int:
-    """Seconds until a queued job starts: seed 004's ``(position ÷ concurrency) × time``.
+    """Seconds until a queued job starts: ``(position ÷ concurrency) × time``, the scoring API
+    shape's estimate (docs/api-shapes.md).
 
-    The seed states the formula for a system whose workers are all busy. When ``running``
+    The shape states the formula for a system whose workers are all busy. When ``running``
     is below ``cap`` the free slots take the first jobs at once, so only the jobs beyond
     them wait: ``max(0, position - free) ÷ cap × time``. With every slot busy this is the
-    seed's formula exactly (position 251, cap 500, 30 s → 15 s).
+    shape's formula exactly (position 251, cap 500, 30 s → 15 s).
 
     Args:
         position: 1-based place in the org's queue.
@@ -25,7 +26,7 @@ def estimate_wait(position: int, running: int, cap: int, processing_seconds: flo
         processing_seconds: mean processing time of one job.
 
     Returns:
-        Whole seconds, rounded to the nearest (the seed's "≈ 15 seconds" for 15.06).
+        Whole seconds, rounded to the nearest (the shape rounds 15.06 to 15 seconds).
     """
     free = max(0, cap - running)
     waiting = max(0, position - free)

@@ -1,4 +1,4 @@
-"""Jobs emit their own product events (DESIGN §3.5): one ``job`` event per finished job.
+"""Jobs emit their own product events (docs/jobs.md): one ``job`` event per finished job.
 
 The event goes into the same ``product_events`` table ``POST /v1/events`` writes, inside
 the transaction that moves the job to its terminal state, so an outcome and its event

@@ -51,7 +51,8 @@ class QueueSettings:
     """How the queue behaves; one frozen value per process."""
 
     default_cap: int = 500
-    """Jobs of one org running at once unless the org has its own cap (seed 004: 500)."""
+    """Jobs of one org running at once unless the org has its own cap (the scoring
+    API shape's 500)."""
     lease_seconds: float = 30.0
     """A claim is held this long; workers heartbeat well before it runs out."""
     max_attempts: int = 5
@@ -61,7 +62,8 @@ class QueueSettings:
     retry_max_seconds: float = 300.0
     """Longest backoff between two attempts."""
     default_processing_seconds: float = 30.0
-    """Assumed processing time before any job of an org has been measured (seed 004)."""
+    """Assumed processing time before any job of an org has been measured (the
+    scoring API shape's 30 s)."""
     ewma_alpha: float = 0.2
     """Weight of the newest measurement in the moving average of processing time."""
     reap_batch: int = 500
@@ -195,7 +197,7 @@ class Standing:
     """Where a queued job stands: what the 202 and every poll report."""
 
     position: int
-    """1-based place among the org's queued jobs (seed 004: "251st")."""
+    """1-based place among the org's queued jobs (the scoring API shape's ``queuePosition``)."""
     wait_seconds: int
     """Estimated seconds until it starts."""
 

@@ -23,7 +23,7 @@ def event_type(job: Job) -> str:
 
 
 def accepted_json(job: Job, standing: Standing | None) -> dict[str, Any]:
-    """The 202 body (seed 004): id, ``queued``, position and estimated wait."""
+    """The 202 body (the scoring API shape): id, ``queued``, position and estimated wait."""
     return {
         "scoringJobId": job.id,
         "status": "queued",

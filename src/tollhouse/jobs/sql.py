@@ -785,7 +785,7 @@ class SqlJobQueue:
     ) -> int:
         # The outbox: deliveries are written in the jobs' own transaction, so a finished
         # job always has its webhooks, even if this process dies right after; its
-        # product event (DESIGN §3.5) is written the same way.
+        # product event (docs/jobs.md, "Job events") is written the same way.
         from tollhouse.jobs.webhooks import stage_events
 
         if not finished:
@@ -932,7 +932,8 @@ class SqlJobQueue:
 
     async def standing(self, job: Job) -> Standing | None:
         """Where a job stands now, if still queued: jobs of its org ahead of it + 1, and
-        seed 004's wait estimate from the org's running count, cap and mean time."""
+        the scoring API shape's wait estimate from the org's running count, cap and mean
+        time."""
         async with self._read() as conn:
             status = (
                 await conn.execute(select(jobs.c.status).where(jobs.c.id == job.id))

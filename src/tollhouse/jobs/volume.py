@@ -1,4 +1,5 @@
-"""``GET /v1/analytics/scoring-volume`` (seed 000): finished jobs per time bucket.
+"""``GET /v1/analytics/scoring-volume`` (the scoring-volume shape, docs/api-shapes.md):
+finished jobs per time bucket.
 
 Pure: the window and bucket maths and the response shape. The counts come from
 :meth:`tollhouse.jobs.queue.JobQueue.volume` (jobs' ``finished_at`` and ``status``).
@@ -15,7 +16,7 @@ from typing import Any, Final
 
 from tollhouse.jobs.model import iso
 
-#: timeRange → (lookback, granularity), exactly seed 000's table.
+#: timeRange → (lookback, granularity), exactly as the scoring-volume shape defines them.
 TIME_RANGES: Final[dict[str, tuple[timedelta, str]]] = {
     "1h": (timedelta(hours=1), "minute"),
     "24h": (timedelta(hours=24), "hour"),
@@ -28,7 +29,7 @@ STEPS: Final[dict[str, timedelta]] = {
     "hour": timedelta(hours=1),
     "day": timedelta(days=1),
 }
-#: Seed 000: "Responses are cached for 60 seconds".
+#: The scoring-volume shape lets responses be cached for 60 seconds.
 CACHE_CONTROL = "private, max-age=60"
 
 
@@ -71,7 +72,7 @@ def volume_body(
     granularity: str,
     counts: list[tuple[datetime, int, int]],
 ) -> dict[str, Any]:
-    """Seed 000's body: ``period``, ``granularity``, and ``data[]`` with
+    """The scoring-volume shape's body: ``period``, ``granularity``, and ``data[]`` with
     ``timestamp``, ``total`` (= completed + failed), ``completed``, ``failed``."""
     by_bucket = {floor_to(b, granularity): (c, f) for b, c, f in counts}
     data = []

@@ -9,10 +9,10 @@ from typing import Literal
 Environment = Literal["SANDBOX", "PRODUCTION"]
 Role = Literal["root", "manager", "backend", "member"]
 
-#: Roles in the order of privilege (seed 001 names them).
+#: Roles in the order of privilege (the call-counts shape names them, docs/api-shapes.md).
 ROLES: tuple[Role, ...] = ("root", "manager", "backend", "member")
 
-#: Secret prefix → environment (DESIGN §3.3).
+#: Secret prefix → environment (docs/security.md, docs/api-shapes.md).
 PREFIX_ENVIRONMENT: dict[str, Environment] = {"sk_test_": "SANDBOX", "sk_live_": "PRODUCTION"}
 ENV_PREFIX: dict[str, str] = {"test": "sk_test_", "live": "sk_live_"}
 
@@ -28,7 +28,7 @@ class KeyRecord:
     environment: Environment
     """SANDBOX for ``sk_test_`` keys, PRODUCTION for ``sk_live_``."""
     role: Role
-    """What the key may do (seed 001 roles)."""
+    """What the key may do (the call-counts shape's roles)."""
     name: str
     """Free text given at creation."""
     prefix: str

@@ -1,7 +1,8 @@
 """Rate-limit response headers: the X-RateLimit trio and the IETF RateLimit fields.
 
 ``X-RateLimit-Limit/Remaining/Reset`` describe the tightest bucket a request hit (fewest
-remaining; ties go to the smaller limit) with ``Reset`` as a Unix timestamp (seed 004).
+remaining; ties go to the smaller limit) with ``Reset`` as a Unix timestamp (the scoring
+API shape, docs/api-shapes.md).
 ``RateLimit-Policy`` lists every bucket as ``"name";q=LIMIT;w=WINDOW`` and ``RateLimit``
 as ``"name";r=REMAINING;t=SECONDS`` (draft-ietf-httpapi-ratelimit-headers).
 """

@@ -6,8 +6,9 @@ drives both with the same sequences.
 
 Fixed window
     Windows are aligned to the epoch (``start = now - now % window``), so every
-    caller of a bucket shares one ``resetAt``, as seeds 002 and 004 show. State is
-    ``(window_end, used)``: the end names the window and tells when the state expires.
+    caller of a bucket shares one ``resetAt``, as the partner rate-limit status and scoring
+    API shapes show (docs/api-shapes.md). State is ``(window_end, used)``: the end names
+    the window and tells when the state expires.
     The limit is not part of the state, so a changed limit applies to the running window
     at once.
 

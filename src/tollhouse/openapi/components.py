@@ -1,10 +1,11 @@
 """The reusable parts of tollhouse's OpenAPI document, as data: schemas, headers,
 responses and security schemes.
 
-Shapes are the seeds' own: seed 004's error envelope and rate-limit categories, seed 002's
-buckets and pools, seed 000's scoring volume, seed 001's call counts, seed 003's
-``{"detail": …}`` errors and ``AnalyticsResponse``. Every schema here is checked against
-the real server by the fuzz tests (``tests/fuzz/``).
+Shapes are those of the APIs tollhouse reproduces (docs/api-shapes.md): the scoring API
+shape's error envelope and rate-limit categories, the partner rate-limit status shape's
+buckets and pools, the scoring-volume shape, the call-counts shape, and the metrics
+catalogue shape's ``{"detail": …}`` errors and ``AnalyticsResponse``. Every schema here is
+checked against the real server by the fuzz tests (``tests/fuzz/``).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def _object(required: dict[str, Schema], optional: dict[str, Schema] | None = No
 SCHEMAS: Final[dict[str, Schema]] = {
     # ---- errors ------------------------------------------------------------------------
     "ErrorEnvelope": {
-        "description": "Seed 004's error envelope: every tollhouse error but seed 003's.",
+        "description": "The error envelope: every tollhouse error but the analytics catalogue's.",
         **_object({"error": ref("Error")}),
     },
     "Error": _object(
@@ -68,11 +69,11 @@ SCHEMAS: Final[dict[str, Schema]] = {
         }
     ),
     "DetailError": {
-        "description": 'Seed 003\'s error body: {"detail": "…"}.',
+        "description": 'The analytics catalogue\'s error body: {"detail": "…"}.',
         **_object({"detail": _STRING}),
     },
     "ValidationDetail": {
-        "description": "Seed 003's 422: pydantic-v1-style validation errors.",
+        "description": "The analytics catalogue's 422: pydantic-v1-style validation errors.",
         **_object(
             {
                 "detail": {
@@ -105,7 +106,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
         }
     ),
     "RateLimitCategory": {
-        "description": "Seed 004: one bucket as a category.",
+        "description": "One bucket as a category.",
         **_object(
             {
                 "category": _STRING,
@@ -125,7 +126,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
         ),
     },
     "RateLimitBucket": {
-        "description": "Seed 002: one bucket.",
+        "description": "One bucket.",
         **_object(
             {
                 "limit": _COUNT,
@@ -137,13 +138,14 @@ SCHEMAS: Final[dict[str, Schema]] = {
         ),
     },
     "PoolStatus": {
-        "description": "Seed 002: one in-flight pool (e.g. criteria_ai_inflight).",
+        "description": "One in-flight pool (e.g. criteria_ai_inflight).",
         **_object({"limit": _COUNT, "active": _COUNT, "retryAfterSeconds": _COUNT}),
     },
     "RateLimitStatus": {
         "description": (
-            "Seeds 002 and 004 in one body; each in-flight pool is a top-level member "
-            "named after the pool."
+            "Per-second buckets and pools (partnerId, buckets) and per-minute categories "
+            "(categories) in one body; each in-flight pool is a top-level member named after "
+            "the pool."
         ),
         "type": "object",
         "required": [
@@ -166,7 +168,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
         },
         "additionalProperties": ref("PoolStatus"),
     },
-    # ---- jobs (seed 004) ---------------------------------------------------------------
+    # ---- jobs (the scoring API shape) --------------------------------------------------
     "JobError": {
         "description": "Why a job failed (or its last attempt did).",
         "type": "object",
@@ -301,7 +303,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
         ),
     },
     "ScoringVolume": {
-        "description": "Seed 000: finished jobs per time bucket.",
+        "description": "Finished jobs per time bucket.",
         **_object(
             {
                 "period": _object({"start": _TIME, "end": _TIME}),
@@ -320,7 +322,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
             }
         ),
     },
-    # ---- usage analytics (seeds 001, 003) ----------------------------------------------
+    # ---- usage analytics (the call-counts and metrics catalogue shapes) ----------------
     "EventsIngested": _object({"received": _COUNT, "inserted": _COUNT, "duplicates": _COUNT}),
     "Event": {
         "description": "A product event; unknown types and data fields are kept.",
@@ -340,7 +342,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
         },
     },
     "CallCounts": {
-        "description": "Seed 001: counts of the org (or one scenario) over time.",
+        "description": "Call counts of the org (or one scenario) over time.",
         **_object(
             {
                 "timestamps": {"type": "array", "items": _NUMBER},
@@ -350,7 +352,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
         ),
     },
     "CallCountsByLabel": {
-        "description": "Seed 001: one page of series of a label.",
+        "description": "Call counts: one page of series of a label.",
         **_object(
             {
                 "timestamps": {"type": "array", "items": _NUMBER},
@@ -372,7 +374,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
         ),
     },
     "AnalyticsResponse": {
-        "description": "Seed 003's AnalyticsResponse: the value's shape follows the type.",
+        "description": "An AnalyticsResponse: the value's shape follows the type.",
         "oneOf": [
             ref("AnalyticsSimple"),
             ref("AnalyticsBarchart"),
@@ -449,7 +451,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
     "AnalyticsEmpty": _object(
         {"type": {"const": "empty"}, "value": {"type": "object", "maxProperties": 0}}
     ),
-    # ---- the bundled example upstream (DESIGN §3.1) -------------------------------------
+    # ---- the bundled example upstream (the scoring API shape's criteria and scores) -----
     "JobPosting": {
         "type": "object",
         "required": ["jobId", "title", "description"],
@@ -625,7 +627,7 @@ def _limited(description: str, schema: str) -> dict[str, Any]:
     }
 
 
-#: Reusable responses; the ``Detail…`` ones are seed 003's shapes.
+#: Reusable responses; the ``Detail…`` ones are the metrics catalogue shape's bodies.
 RESPONSES: Final[dict[str, Schema]] = {
     "BadRequest": _error(
         "Bad request (BAD_REQUEST), or X-Tenant-Id missing where required (TENANT_REQUIRED)."
@@ -641,15 +643,17 @@ RESPONSES: Final[dict[str, Schema]] = {
         "after Retry-After seconds.",
         "ErrorEnvelope",
     ),
-    "DetailBadRequest": _error('Seed 003: {"detail": "…"}.', "DetailError"),
-    "DetailUnauthorized": _error('Seed 003: {"detail": "…"} for a missing key.', "DetailError"),
-    "DetailForbidden": _error('Seed 003: {"detail": "…"}.', "DetailError"),
-    "DetailNotFound": _error('Seed 003: {"detail": "Unknown metric …"}.', "DetailError"),
+    "DetailBadRequest": _error('Bad request: {"detail": "…"}.', "DetailError"),
+    "DetailUnauthorized": _error('No valid API key: {"detail": "…"}.', "DetailError"),
+    "DetailForbidden": _error('The key\'s role may not call this: {"detail": "…"}.', "DetailError"),
+    "DetailNotFound": _error('No such metric: {"detail": "Unknown metric …"}.', "DetailError"),
     "DetailValidation": {
-        "description": "Seed 003: validation errors.",
+        "description": 'Validation errors: {"detail": [{"loc", "msg", "type"}]}.',
         "content": _json(ref("ValidationDetail")),
     },
-    "DetailRateLimited": _limited('Seed 003: {"detail": "Rate limit exceeded"}.', "DetailError"),
+    "DetailRateLimited": _limited(
+        'Rate limited: {"detail": "Rate limit exceeded"}.', "DetailError"
+    ),
 }
 
 SECURITY_SCHEMES: Final[dict[str, Schema]] = {

@@ -1,7 +1,8 @@
-"""tollhouse's OpenAPI 3.1 document: every public route, with the seeds' shapes.
+"""tollhouse's OpenAPI 3.1 document: every public route, in the shapes of the APIs it
+reproduces (docs/api-shapes.md).
 
 The platform app (FastAPI) generates the skeleton of its own routes (events, call counts,
-the seed 003 catalogue); the routes answered in raw ASGI — health, rate-limit status, the
+the analytics catalogue); the routes answered in raw ASGI — health, rate-limit status, the
 jobs routes of the policy's async routes, the queue, webhook deliveries, scoring volume —
 and the bundled example upstream's routes are written here as data. Every operation then
 gets hand-written parameters, bodies and responses (the FastAPI ones only say "any JSON"),
@@ -37,7 +38,7 @@ from tollhouse.policy.model import Policy
 OPENAPI_PATH: Final = "/v1/platform/openapi.json"
 _HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 _ID: Final[Schema] = {"type": "string", "minLength": 1, "maxLength": 256}
-#: Seed 001's timestamp bounds.
+#: The call-counts shape's timestamp bounds.
 _STAMP: Final[Schema] = {"type": "number", "minimum": -150000000000.0, "maximum": 3500000000.0}
 
 
@@ -184,9 +185,7 @@ def _gateway_paths() -> dict[str, dict[str, Schema]]:
                 "Rate limit status",
                 "rate limits",
                 {
-                    "200": _response(
-                        "Every bucket and pool (seeds 002 and 004).", ref("RateLimitStatus")
-                    ),
+                    "200": _response("Every bucket, pool and category.", ref("RateLimitStatus")),
                     **_errors(*_GATEWAY),
                 },
                 description=(
@@ -322,7 +321,7 @@ def _job_paths(policy: Policy) -> dict[str, dict[str, Schema]]:
     }
     paths["/v1/analytics/scoring-volume"] = {
         "get": _op(
-            "Scoring volume (seed 000)",
+            "Scoring volume",
             "analytics",
             {
                 "200": _response(
@@ -388,7 +387,7 @@ def _platform_overlays() -> dict[str, dict[str, Schema]]:
         },
         "/call-counts/historical/": {
             "get": _op(
-                "Call counts over time (seed 001)",
+                "Call counts over time",
                 "analytics",
                 counts,
                 parameters=_stamps(),
@@ -397,7 +396,7 @@ def _platform_overlays() -> dict[str, dict[str, Schema]]:
         },
         "/call-counts/historical/{label}/": {
             "get": _op(
-                "Call counts per series of a label (seed 001)",
+                "Call counts per series of a label",
                 "analytics",
                 {
                     "200": _response("One page of series.", ref("CallCountsByLabel")),
@@ -423,7 +422,7 @@ def _platform_overlays() -> dict[str, dict[str, Schema]]:
         },
         "/call-counts/historical/SCENARIOS/{reco_type}/{name}/": {
             "get": _op(
-                "Call counts of one scenario (seed 001)",
+                "Call counts of one scenario",
                 "analytics",
                 counts,
                 parameters=[
@@ -436,7 +435,7 @@ def _platform_overlays() -> dict[str, dict[str, Schema]]:
         },
         "/v1/analytics/{metric}": {
             "get": _op(
-                "One metric of the analytics catalogue (seed 003)",
+                "One metric of the analytics catalogue",
                 "analytics",
                 {
                     "200": _response("The metric.", ref("AnalyticsResponse")),
@@ -467,7 +466,7 @@ def _platform_overlays() -> dict[str, dict[str, Schema]]:
                         "Items per page.",
                     ),
                 ],
-                description='Errors in seed 003\'s shapes: {"detail": "…"} and 422 detail[].',
+                description='Errors as {"detail": "…"}, and 422 as detail[].',
             )
         },
     }

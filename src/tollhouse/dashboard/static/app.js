@@ -254,7 +254,7 @@ function renderTopAccounts(el, body) {
   rankedRows(el, rows);
 }
 
-/** Seed 003 barchart → {x: seconds[], keys: [...], values: {key: number[]}}. */
+/** An analytics barchart (docs/api-shapes.md) → {x: seconds[], keys: [...], values: {key: number[]}}. */
 function bars(body) {
   const items = body && body.type === "barchart" ? body.value.values : [];
   const x = items.map((item) => Date.parse(item.name.length === 10 ? `${item.name}T00:00:00Z` : item.name) / 1000);
