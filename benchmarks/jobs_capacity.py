@@ -112,6 +112,7 @@ async def run(
     ended: list[float] = []  # completion times, in order
     probe: Probe | None = None
     probe_id: str | None = None
+    calls: list[float] = []  # seconds each upstream call took
     call = (
         UpstreamHandler(base_url=upstream, timeout=seconds + 30, max_connections=cap * orgs)
         if upstream is not None
@@ -126,7 +127,11 @@ async def run(
         peak[job.org] = max(peak[job.org], running[job.org])
         try:
             if call is not None:
-                return await call(job)
+                started = time.perf_counter()
+                try:
+                    return await call(job)
+                finally:
+                    calls.append(time.perf_counter() - started)
             await asyncio.sleep(seconds)
         finally:
             running[job.org] -= 1
@@ -172,6 +177,16 @@ async def run(
     await engine.dispose()
     if failed:
         print(f"  {len(failed)} jobs did not complete, e.g. {failed[0]}")
+    if calls:
+        calls.sort()
+        p50, p99 = calls[len(calls) // 2], calls[int(len(calls) * 0.99)]
+        mean = sum(calls) / len(calls)
+        print(
+            f"  upstream calls: mean {mean * 1000:.0f} ms, p50 {p50 * 1000:.0f} ms, "
+            f"p99 {p99 * 1000:.0f} ms, max {calls[-1] * 1000:.0f} ms, "
+            f"{len(calls) - total} retried "
+            f"(the example's processing time is {seconds * 1000:.0f} ms)"
+        )
     total += 1 if upstream is not None else 0
     # Each slot runs per_org ÷ cap jobs back to back; whatever of the run is not spent
     # in handlers is the queue's turnaround (claim, finish, wakeups) plus start and tail.

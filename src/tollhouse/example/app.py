@@ -43,10 +43,12 @@ for a body that is not a JSON object, 404 ``NOT_FOUND``, 405 ``METHOD_NOT_ALLOWE
 header), 503 ``SERVICE_UNAVAILABLE`` while the database cannot be reached.
 
 Processing time: with ``processing_seconds`` (``TOLLHOUSE_EXAMPLE_PROCESSING_SECONDS``) above
-0, ``POST /v1/score`` waits that long (``asyncio.sleep``: other requests go on meanwhile)
-after finding the job's criteria and before scoring, so operators can rehearse slow jobs.
-``POST /v1/score/batch`` waits once for the whole batch, as a service scoring the items in
-parallel would. Such answers carry ``x-example-processing-seconds``.
+0, ``POST /v1/score`` takes that long in all: it finds the job's criteria, scores and
+stores the result (stamped with the moment the processing time ends), then waits out the
+rest (``asyncio.sleep``: other requests go on meanwhile), so operators can rehearse slow
+jobs. ``POST /v1/score/batch`` takes it once for the whole batch, as a
+service scoring the items in parallel would. Such answers carry
+``x-example-processing-seconds``.
 
 Test hook: a request with ``x-example-delay-ms: N`` (an integer, 0 to 30000) waits N
 milliseconds (``asyncio.sleep``) before it is handled, so tests can hold a gateway's
@@ -60,9 +62,10 @@ import contextlib
 import logging
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
 
@@ -475,20 +478,35 @@ class _ExampleApi:
             completed_at=now,
         )
 
-    async def _process(self) -> None:
-        """The configured processing time, without blocking other requests."""
+    async def _process(self, since: float) -> None:
+        """Wait out what is left of the configured processing time, counted from
+        ``since`` (``time.monotonic()`` when the request arrived): reading the criteria,
+        scoring and storing the result are part of the processing time, as in a real
+        service, so requests that arrive together are not held back by each other's
+        work."""
         if self.processing_seconds:
-            await asyncio.sleep(self.processing_seconds)
+            left = self.processing_seconds - (time.monotonic() - since)
+            if left > 0:
+                await asyncio.sleep(left)
+
+    def _finishing_at(self, result: ScoreResult, since: float) -> ScoreResult:
+        """``result`` stamped with the moment its processing time ends."""
+        if not self.processing_seconds:
+            return result
+        left = max(0.0, self.processing_seconds - (time.monotonic() - since))
+        return replace(result, completed_at=self.clock() + timedelta(seconds=left))
 
     async def score(self, call: _Call) -> Response:
+        started = time.monotonic()
         request = bodies.score_request(await call.body())
         job = _scorable(await self.store.get_job(call.owner, request.job_id), request.job_id)
-        await self._process()
-        result = self._compute(request, job)
+        result = self._finishing_at(self._compute(request, job), started)
         await self.store.save_results(call.owner, [result])
+        await self._process(started)
         return _json(_result_json(result), headers=self._processing_headers)
 
     async def score_batch(self, call: _Call) -> Response:
+        started = time.monotonic()
         items = bodies.batch_items(await call.body())
         checked: list[bodies.ScoreRequest | ApiError] = []
         for index, item in enumerate(items):
@@ -510,21 +528,26 @@ class _ExampleApi:
                 ready.append((entry, _scorable(jobs.get(entry.job_id), entry.job_id)))
             except ApiError as exc:
                 ready.append(exc)
-        if any(not isinstance(entry, ApiError) for entry in ready):
-            await self._process()
-        results: list[dict[str, Any]] = []
-        stored: list[ScoreResult] = []
-        for index, outcome in enumerate(ready):
+        computed: list[ScoreResult | ApiError] = []
+        for outcome in ready:
             if isinstance(outcome, ApiError):
-                error = outcome.body(call.request_id)["error"]
-                results.append({"index": index, "status": "error", "error": error})
+                computed.append(outcome)
                 continue
-            result = self._compute(*outcome)
-            stored.append(result)
-            results.append({"index": index, **_result_json(result)})
+            computed.append(self._compute(*outcome))
             # Scoring is CPU work; let other requests run between items of a long batch.
             await asyncio.sleep(0)
+        stored = [self._finishing_at(r, started) for r in computed if isinstance(r, ScoreResult)]
+        done = iter(stored)
+        results: list[dict[str, Any]] = []
+        for index, computed_entry in enumerate(computed):
+            if isinstance(computed_entry, ApiError):
+                error = computed_entry.body(call.request_id)["error"]
+                results.append({"index": index, "status": "error", "error": error})
+            else:
+                results.append({"index": index, **_result_json(next(done))})
         await self.store.save_results(call.owner, stored)
+        if stored:
+            await self._process(started)
         return _json({"results": results}, headers=self._processing_headers)
 
     async def get_score(self, call: _Call) -> Response:
