@@ -360,3 +360,52 @@ def assert_upstream_error(
     assert address.removeprefix("http://") not in response.text
     assert address.rsplit(":", 1)[-1] not in response.text
     return error
+
+
+# -- jobs whose handler calls an HTTP upstream ------------------------------------------------
+
+
+def test_jobs_call_httpbin_over_http(tmp_path: Path, httpbin: str) -> None:
+    """An async route handled by the upstream: the job's body reaches httpbin over HTTP
+    (tollhouse's own client, not the proxy), with the job's identity headers, and httpbin's
+    answer becomes the job's result."""
+    config = tmp_path / "tollhouse.toml"
+    db = tmp_path / "t.db"
+    config.write_text(
+        f'[upstream]\nurl = "{httpbin}"\n[storage]\ndatabase_url = "sqlite:///{db}"\n'
+        '[[async_routes]]\nroute = "POST /anything"\nconcurrency = 4\nhandler = "upstream"\n'
+    )
+
+    async def make_key() -> str:
+        engine = make_engine(f"sqlite:///{db}")
+        await create_schema(engine)
+        _, secret = await KeyStore(engine).create("acme", "live", "root")
+        await engine.dispose()
+        return secret
+
+    key = asyncio.run(make_key())
+    body = {"applicationId": "app_1", "jobId": "job_1", "candidate": {"name": "Ada", "resume": "x"}}
+    with (
+        serve_in_thread(Tollhouse(config=config)) as url,
+        httpx.Client(
+            base_url=url, headers={"X-API-Key": key, "X-Tenant-Id": "tënant".encode()}
+        ) as c,
+    ):
+        accepted = c.post("/anything", json=body)
+        assert accepted.status_code == 202, accepted.text
+        job_id = accepted.json()["scoringJobId"]
+        for _ in range(400):
+            job = c.get(f"/anything/{job_id}").json()
+            if job["status"] in ("completed", "failed"):
+                break
+            asyncio.run(asyncio.sleep(0.05))
+    assert job["status"] == "completed", job
+    echoed = job["result"]
+    assert echoed["json"] == body
+    assert echoed["method"] == "POST"
+    headers = echoed["headers"]
+    assert headers["X-Tollhouse-Org"] == "acme"
+    assert headers["X-Tollhouse-Environment"] == "PRODUCTION"
+    assert headers["Idempotency-Key"] == job_id
+    # httpbin reads header bytes as latin-1: the caller's UTF-8 bytes arrived unchanged.
+    assert headers["X-Tenant-Id"].encode("latin-1").decode("utf-8") == "tënant"

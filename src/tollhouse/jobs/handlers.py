@@ -6,7 +6,7 @@ A handler is ``async (job) -> dict``: the dict is the job's ``result``. Raise
 
 * ``handler = "upstream"``: the job's body is POSTed to the upstream's route (e.g.
   ``POST /v1/score``) with the headers the gateway would forward (``x-tollhouse-org``,
-  ``x-tollhouse-environment``, ``x-tenant-id``, ``x-request-id``, UTF-8) plus
+  ``x-tollhouse-environment``, ``x-tenant-id``, ``x-request-id``, byte for byte) plus
   ``idempotency-key: <job id>`` so an upstream can recognise a retried attempt. 2xx →
   result; 408/429/5xx, timeouts and network errors → retry; any other 4xx → failed with
   the upstream's error.
@@ -115,15 +115,15 @@ class UpstreamHandler:
         headers = [
             (b"host", self.authority),
             (b"content-type", b"application/json"),
-            (b"x-tollhouse-org", job.org.encode("utf-8")),
-            (b"idempotency-key", job.id.encode("utf-8")),
+            (b"x-tollhouse-org", _header(job.org)),
+            (b"idempotency-key", _header(job.id)),
         ]
         if job.environment:
-            headers.append((b"x-tollhouse-environment", job.environment.encode("utf-8")))
+            headers.append((b"x-tollhouse-environment", _header(job.environment)))
         if job.tenant:
-            headers.append((b"x-tenant-id", job.tenant.encode("utf-8")))
+            headers.append((b"x-tenant-id", _header(job.tenant)))
         if job.request_id:
-            headers.append((b"x-request-id", job.request_id.encode("utf-8")))
+            headers.append((b"x-request-id", _header(job.request_id)))
         body = orjson.dumps(job.payload)
         target = self.prefix + path.encode("utf-8")
         if self.pool is not None:
@@ -152,6 +152,16 @@ class UpstreamHandler:
         """Close the upstream connections."""
         if self.pool is not None:
             await self.pool.aclose()
+
+
+def _header(text: str) -> bytes:
+    """A header value as it came in: the gateway reads header bytes as latin-1, so
+    latin-1 gives the caller's very bytes back (a UTF-8 tenant stays UTF-8, never encoded
+    twice); text from elsewhere that latin-1 cannot hold is sent as UTF-8."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8")
 
 
 def _outcome(status: int, content: bytes) -> dict[str, Any]:
