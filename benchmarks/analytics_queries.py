@@ -48,8 +48,8 @@ from tollhouse.analytics.metrics import run_metric
 from tollhouse.metering import CallRecord, Retention, UsageMeter, prune
 from tollhouse.metering.schema import usage_calls
 from tollhouse.policy.model import EndpointGroup
+from tollhouse.schema import create_schema
 from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 END = 1_775_001_600 - 1  # 2026-04-01T00:00:00Z minus a second
 START = END + 1 - 90 * DAY

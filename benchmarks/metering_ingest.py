@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tollhouse.metering import CallRecord, UsageMeter
 from tollhouse.metering.flusher import driver_sql
+from tollhouse.schema import create_schema
 from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 T0 = 1_767_225_600.0
 ROUTES = [

@@ -160,8 +160,8 @@ def run_wrk(wrk: str, url: str, seconds: int, connections: int, key: str | None)
 
 async def make_key(db: Path) -> str:
     from tollhouse.keys.store import KeyStore
+    from tollhouse.schema import create_schema
     from tollhouse.storage.engine import make_engine
-    from tollhouse.storage.schema import create_schema
 
     engine = make_engine(f"sqlite:///{db}")
     await create_schema(engine)

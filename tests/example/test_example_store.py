@@ -28,8 +28,9 @@ from tollhouse.example.store import (
     criterion_id,
     question_id,
 )
+from tollhouse.schema import LATEST
 from tollhouse.storage.engine import make_engine
-from tollhouse.storage.migrations import LATEST, schema_version
+from tollhouse.storage.migrations import schema_version
 
 NOW = datetime(2025, 1, 15, 10, 30, 0, 123456, tzinfo=UTC)
 A = Owner("a")

@@ -19,8 +19,8 @@ import httpx
 
 from tests.conftest import Server, cli_env, free_port
 from tollhouse.keys.store import KeyStore
+from tollhouse.schema import create_schema
 from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 #: The policy: the fault tests' upstream, one generous bucket (so limits are decided, in
 #: Redis when there is one, but never refuse), one async route and endpoint groups to count.

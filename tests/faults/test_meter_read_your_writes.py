@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 from tests.metering.test_aggregator import call
 from tollhouse.metering import UsageMeter
 from tollhouse.metering.schema import usage_calls
+from tollhouse.schema import create_schema
 from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 
 def test_a_batch_being_written_is_pending(tmp_path: Path) -> None:

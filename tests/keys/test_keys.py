@@ -11,8 +11,8 @@ from typing import TypeVar
 from tollhouse.keys.cache import KeyCache
 from tollhouse.keys.hashing import environment_of, hash_secret
 from tollhouse.keys.store import KeyStore
+from tollhouse.schema import create_schema
 from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 T = TypeVar("T")
 

@@ -16,8 +16,8 @@ from tests.services import postgres_server
 from tollhouse.errors import StorageError
 from tollhouse.metering import FlushResult, UsageMeter
 from tollhouse.metering.schema import ROLLUPS, usage_calls
+from tollhouse.schema import create_schema
 from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 

@@ -12,8 +12,8 @@ from tollhouse.analytics.catalogue import CATALOGUE
 from tollhouse.analytics.metrics import run_metric
 from tollhouse.metering import UsageMeter
 from tollhouse.metering.schema import ROLLUPS
-from tollhouse.storage.migrations import LATEST
-from tollhouse.storage.schema import create_schema, schema_info
+from tollhouse.schema import LATEST, create_schema
+from tollhouse.storage.schema import schema_info
 
 
 def _old_layout(conn: Connection) -> None:

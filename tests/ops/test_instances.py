@@ -25,8 +25,8 @@ from tests.conftest import ALLOW_PRIVATE_TARGETS, cli_env, free_port, serve_in_t
 from tests.example.support import ExampleProcess, start_example
 from tests.ops.support import cli, samples, spawn_serve, wait_for, wait_healthy
 from tollhouse.keys.store import KeyStore
+from tollhouse.schema import create_schema
 from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.postgres]
 

@@ -22,9 +22,9 @@ from tollhouse.jobs import create_job_schema
 from tollhouse.jobs.webhooks import WebhookStore
 from tollhouse.keys.store import KeyStore
 from tollhouse.ops.metrics import DurationHistogram
+from tollhouse.schema import create_schema
 from tollhouse.settings import load_settings
 from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 POLICY = """
 [storage]

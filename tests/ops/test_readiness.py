@@ -16,9 +16,9 @@ from tests.conftest import serve_in_thread
 from tests.ops.support import samples, value, wait_for
 from tollhouse import Tollhouse
 from tollhouse.keys.store import KeyStore
+from tollhouse.schema import create_schema
 from tollhouse.settings import load_settings
 from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 
 def _ready(url: str) -> tuple[int, dict[str, Any]]:

@@ -19,8 +19,8 @@ from tests.conftest import Server
 from tollhouse.cli.main import app as cli_app
 from tollhouse.keys.cache import MISS, KeyCache
 from tollhouse.keys.store import KeyStore
+from tollhouse.schema import create_schema
 from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 T = TypeVar("T")
 

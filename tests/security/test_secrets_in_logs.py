@@ -28,8 +28,8 @@ from tests.conftest import (
 from tollhouse.jobs.schema import create_job_schema
 from tollhouse.jobs.webhooks import WebhookStore
 from tollhouse.keys.store import KeyStore
+from tollhouse.schema import create_schema
 from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 pytestmark = pytest.mark.integration
 

@@ -12,18 +12,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.storage.support import run_with
 from tollhouse.errors import StorageError
+from tollhouse.jobs import NewJob, open_queue
+from tollhouse.jobs.schema import JOB_TABLES, create_job_schema
+from tollhouse.keys.schema import api_keys, orgs
 from tollhouse.keys.store import KeyStore
 from tollhouse.metering import schema as usage
+from tollhouse.schema import LATEST, MIGRATIONS, SCHEMA_VERSION, create_schema, migrate
 from tollhouse.storage.engine import _postgres_url, make_engine
-from tollhouse.storage.migrations import (
-    LATEST,
-    MIGRATIONS,
-    Migration,
-    create_tables,
-    migrate,
-    schema_version,
-)
-from tollhouse.storage.schema import SCHEMA_VERSION, api_keys, create_schema, orgs, schema_info
+from tollhouse.storage.migrations import Migration, create_tables, schema_version
+from tollhouse.storage.schema import schema_info
 
 USAGE_TABLES = {
     usage.DIMS,
@@ -83,6 +80,42 @@ def test_database_made_before_the_runner_is_adopted(database_url: str) -> None:
         assert await _tables(engine) >= USAGE_TABLES
         after, _ = await store.create("acme", "live", "manager", "new")
         assert {k.id for k in await store.list_keys("acme")} == {before.id, after.id}
+
+    run_with(database_url, go, schema=False)
+
+
+def test_fresh_database_gets_the_jobs_tables_from_their_step(database_url: str) -> None:
+    async def go(engine: AsyncEngine) -> None:
+        await create_schema(engine)
+        assert {t.name for t in JOB_TABLES} <= await _tables(engine)
+        await create_job_schema(engine)  # the queue-only path finds nothing to do
+        assert await schema_version(engine) == LATEST
+
+    run_with(database_url, go, schema=False)
+
+
+@pytest.mark.parametrize("recorded", [0, 6])
+def test_jobs_tables_made_before_their_step_are_adopted(database_url: str, recorded: int) -> None:
+    """A database whose jobs tables create_job_schema made (one index added since missing),
+    with the runner never run (0) or at the last version before the jobs step (6)."""
+
+    async def go(engine: AsyncEngine) -> None:
+        await create_job_schema(engine)
+        queue = open_queue(engine)
+        [accepted] = await queue.enqueue([NewJob(org="acme", route="POST /v1/score", payload={})])
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP INDEX ix_jobs_org_created"))
+        if recorded:
+            assert await migrate(engine, MIGRATIONS[:recorded]) == (0, recorded)
+        assert await schema_version(engine) == recorded
+
+        assert await migrate(engine) == (recorded, LATEST)
+        async with engine.connect() as conn:
+            indexes = await conn.run_sync(lambda c: inspect(c).get_indexes("jobs"))
+        assert "ix_jobs_org_created" in {ix["name"] for ix in indexes}
+        job = await queue.get("acme", accepted.job.id)
+        assert job is not None and job.state == "queued"
+        assert await migrate(engine) == (LATEST, LATEST)
 
     run_with(database_url, go, schema=False)
 

@@ -33,11 +33,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tollhouse.analytics.buckets import DAY, HOUR, MINUTE, floor_to, fold, native_step
 from tollhouse.analytics.sources import granularity, retention_days
 from tollhouse.errors import BadRequest, NotFound, StorageError
+from tollhouse.keys.schema import api_keys
 from tollhouse.metering.retention import Retention
 from tollhouse.metering.schema import ROLLUPS, product_events, usage_dims
 from tollhouse.policy.model import EndpointGroup
 from tollhouse.storage.dialect import DATABASE_ERRORS
-from tollhouse.storage.schema import api_keys
 
 #: The call-counts shape's bounds of ``start_timestamp`` and ``end_timestamp``.
 MIN_TIMESTAMP = -150_000_000_000.0

@@ -84,8 +84,8 @@ def with_database(
         prepare: the schema step to run first (default: the migrations).
     """
     # Imported here: `tollhouse status` and `score` talk HTTP and need no SQL driver.
+    from tollhouse.schema import create_schema
     from tollhouse.storage.engine import make_engine
-    from tollhouse.storage.schema import create_schema
 
     async def go() -> T:
         engine = make_engine(settings.database_url)

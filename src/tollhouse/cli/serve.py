@@ -17,6 +17,7 @@ from tollhouse.http.app import Tollhouse
 from tollhouse.keys.demo import ensure_demo_key
 from tollhouse.keys.store import KeyStore
 from tollhouse.ops.logs import LogFormat, log_config
+from tollhouse.schema import create_schema
 from tollhouse.security.server import LimitedHttpToolsProtocol
 from tollhouse.settings import (
     KEEP_ALIVE,
@@ -27,7 +28,6 @@ from tollhouse.settings import (
     to_environ,
 )
 from tollhouse.storage.engine import make_engine, sqlite_path
-from tollhouse.storage.schema import create_schema
 
 
 def serve(

@@ -23,12 +23,11 @@ from tollhouse.cli.common import (
     write_json,
 )
 from tollhouse.cli.keys import ORG_PATTERN
-from tollhouse.jobs.schema import create_job_schema
 from tollhouse.jobs.webhooks import Endpoint, WebhookStore, check_url
+from tollhouse.schema import create_schema
 from tollhouse.security.audit import cli_actor
 from tollhouse.security.net import check_target
 from tollhouse.settings import Settings
-from tollhouse.storage.schema import create_schema
 
 T = TypeVar("T")
 
@@ -61,8 +60,7 @@ def endpoint_json(endpoint: Endpoint, secret: str | None = None) -> dict[str, An
 
 
 async def _prepare(engine: AsyncEngine) -> None:
-    await create_schema(engine)  # the audit log
-    await create_job_schema(engine)
+    await create_schema(engine)  # the audit log and the webhooks tables
 
 
 def with_store(

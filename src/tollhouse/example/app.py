@@ -43,11 +43,10 @@ for a body that is not a JSON object, 404 ``NOT_FOUND``, 405 ``METHOD_NOT_ALLOWE
 header), 503 ``SERVICE_UNAVAILABLE`` while the database cannot be reached.
 
 Processing time: with ``processing_seconds`` (``TOLLHOUSE_EXAMPLE_PROCESSING_SECONDS``) above
-0, ``POST /v1/score`` takes that long in all: it finds the job's criteria, scores and
-stores the result (stamped with the moment the processing time ends), then waits out the
-rest (``asyncio.sleep``: other requests go on meanwhile), so operators can rehearse slow
-jobs. ``POST /v1/score/batch`` takes it once for the whole batch, as a
-service scoring the items in parallel would. Such answers carry
+0, ``POST /v1/score`` takes that long in all: it finds the job's criteria and scores,
+waits out the rest (``asyncio.sleep``: other requests go on meanwhile), then stores the
+result, so operators can rehearse slow jobs. ``POST /v1/score/batch`` takes it once for
+the whole batch, as a service scoring the items in parallel would. Such answers carry
 ``x-example-processing-seconds``.
 
 Test hook: a request with ``x-example-delay-ms: N`` (an integer, 0 to 30000) waits N
@@ -65,7 +64,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
@@ -480,29 +479,24 @@ class _ExampleApi:
 
     async def _process(self, since: float) -> None:
         """Wait out what is left of the configured processing time, counted from
-        ``since`` (``time.monotonic()`` when the request arrived): reading the criteria,
-        scoring and storing the result are part of the processing time, as in a real
-        service, so requests that arrive together are not held back by each other's
-        work."""
+        ``since`` (``time.monotonic()`` when the request arrived): reading the criteria
+        and scoring are part of the processing time, as in a real service, so requests
+        that arrive together are not held back by each other's work."""
         if self.processing_seconds:
             left = self.processing_seconds - (time.monotonic() - since)
             if left > 0:
                 await asyncio.sleep(left)
 
-    def _finishing_at(self, result: ScoreResult, since: float) -> ScoreResult:
-        """``result`` stamped with the moment its processing time ends."""
-        if not self.processing_seconds:
-            return result
-        left = max(0.0, self.processing_seconds - (time.monotonic() - since))
-        return replace(result, completed_at=self.clock() + timedelta(seconds=left))
 
     async def score(self, call: _Call) -> Response:
         started = time.monotonic()
         request = bodies.score_request(await call.body())
         job = _scorable(await self.store.get_job(call.owner, request.job_id), request.job_id)
-        result = self._finishing_at(self._compute(request, job), started)
+        result = self._compute(request, job)
+        if self.processing_seconds:
+            await self._process(started)
+            result = replace(result, completed_at=self.clock())
         await self.store.save_results(call.owner, [result])
-        await self._process(started)
         return _json(_result_json(result), headers=self._processing_headers)
 
     async def score_batch(self, call: _Call) -> Response:
@@ -536,7 +530,11 @@ class _ExampleApi:
             computed.append(self._compute(*outcome))
             # Scoring is CPU work; let other requests run between items of a long batch.
             await asyncio.sleep(0)
-        stored = [self._finishing_at(r, started) for r in computed if isinstance(r, ScoreResult)]
+        stored = [r for r in computed if isinstance(r, ScoreResult)]
+        if stored and self.processing_seconds:
+            await self._process(started)
+            now = self.clock()
+            stored = [replace(r, completed_at=now) for r in stored]
         done = iter(stored)
         results: list[dict[str, Any]] = []
         for index, computed_entry in enumerate(computed):
@@ -546,8 +544,6 @@ class _ExampleApi:
             else:
                 results.append({"index": index, **_result_json(next(done))})
         await self.store.save_results(call.owner, stored)
-        if stored:
-            await self._process(started)
         return _json({"results": results}, headers=self._processing_headers)
 
     async def get_score(self, call: _Call) -> Response:

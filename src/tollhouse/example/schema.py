@@ -1,7 +1,7 @@
 """Tables of the bundled example upstream, on the shared :data:`tollhouse.storage.schema.metadata`.
 
 Every example table name lives here. The migration runner creates them
-(:func:`migrate_example`, one step of :data:`tollhouse.storage.migrations.MIGRATIONS`), so
+(:func:`migrate_example`, one step of :data:`tollhouse.schema.MIGRATIONS`), so
 the example shares tollhouse's database and every process that opens it — ``tollhouse
 serve`` with the example mounted, ``tollhouse worker``, any number of ``tollhouse example
 serve`` — sees the same criteria and results.
@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 
 from tollhouse.example.bodies import MAX_ID_CHARS
+from tollhouse.storage.migrations import create_tables
 from tollhouse.storage.schema import metadata
 
 #: Longest org accepted: the length of ``orgs.id``, so any org a key can have fits.
@@ -82,7 +83,4 @@ EXAMPLE_TABLES = (example_jobs, example_results)
 
 def migrate_example(conn: Connection) -> None:
     """Migration step: the example upstream's tables and their indexes."""
-    # Imported here: the runner imports this module, and create_tables lives beside it.
-    from tollhouse.storage.migrations import create_tables
-
     create_tables(conn, EXAMPLE_TABLES)

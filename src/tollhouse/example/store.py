@@ -43,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tollhouse.errors import StorageError
 from tollhouse.example.schema import example_jobs, example_results
 from tollhouse.example.scoring import CriterionScore
+from tollhouse.schema import create_schema
 from tollhouse.storage import dialect
 from tollhouse.storage.transactions import read_connection, write_transaction
 
@@ -378,10 +379,6 @@ class ExampleStore:
             self._prepare_lock = asyncio.Lock()
         async with self._prepare_lock:
             if not self._prepared:
-                # Imported here: the migration runner imports the example's tables, which
-                # import this package.
-                from tollhouse.storage.schema import create_schema
-
                 await create_schema(self.engine)
                 self._prepared = True
 

@@ -103,16 +103,17 @@ class Tollhouse:
         self.engine = make_engine(self.settings.database_url)
         self.upstream: ASGIApp = app if app is not None else build_upstream(policy, self.engine)
         self._proxied = app is None and bool(policy.upstream.url)
-        # Jobs (seed 004): the policy's async routes answer 202 and run on the queue; the
-        # jobs app also serves scoring volume (seed 000) and passes the rest upstream.
+        # Jobs (the scoring API shape, docs/api-shapes.md): the policy's async routes answer
+        # 202 and run on the queue; the jobs app also serves scoring volume and passes the
+        # rest upstream.
         self.queue = open_queue(
             self.engine, settings_for(policy, lease_seconds=self.settings.job_lease_seconds)
         )
         self.webhooks = WebhookStore(
             self.engine, allow_private_targets=self.settings.allow_private_targets
         )
-        # Usage (seeds 001, 003): every admitted call is metered in memory and flushed in
-        # batches; the platform app answers the analytics and events routes.
+        # Usage: every admitted call is metered in memory and flushed in batches; the platform
+        # app answers the analytics and events routes (call counts, catalogue metrics).
         self.meter = UsageMeter(self.engine)
         platform = cast(
             ASGIApp,

@@ -18,6 +18,10 @@ For every HTTP request it
 ``GET /healthz`` needs no key. ``GET /v1/rate-limit/status`` is answered here, after its
 own ``rate_limit_status`` bucket admitted it.
 
+With ``[cors]`` allowing some origin, a CORS preflight is answered here before step 1
+(no key, no bucket), and every answer gets the policy's CORS headers
+(:mod:`tollhouse.http.cors`); with it off, that costs one attribute check.
+
 A WebSocket handshake is admitted by the same steps, as ``GET`` on its path, and its pool
 slots are held until the connection ends; a refused one gets the usual error answer
 through the ``websocket.http.response`` extension, or a ``websocket.close`` (1008) on
@@ -54,6 +58,7 @@ from tollhouse.errors import (
     Unauthorized,
     error_json,
 )
+from tollhouse.http.cors import ORIGIN, REQUEST_HEADERS, REQUEST_METHOD, CorsHeaders, find_header
 from tollhouse.keys.cache import MISS, KeyCache
 from tollhouse.keys.model import Identity
 from tollhouse.limits.headers import (
@@ -183,6 +188,8 @@ class Gateway:
         self.forward_authorization = policy.upstream.forward_authorization
         self.meter = meter
         self.overrides = overrides
+        #: ``[cors]``, compiled; None when no origin is allowed (CORS off).
+        self.cors = CorsHeaders(policy.cors) if policy.cors.enabled else None
         #: (org scope, bucket) → requests a shadow bucket would have denied (this process).
         self.shadow_denials: dict[tuple[str, str], int] = {}
         # Plain counters read by /metrics at scrape time (tollhouse.ops.metrics): the
@@ -202,6 +209,16 @@ class Gateway:
                 await self.app(scope, receive, send)  # lifespan
             return
         path: str = scope["path"]
+        if self.cors is not None:
+            # [cors]: a preflight is answered here, before auth, and every other answer,
+            # the gateway's own errors included, gets the CORS headers.
+            origin = find_header(scope["headers"], ORIGIN)
+            if origin is not None and scope["method"] == "OPTIONS":
+                asked = find_header(scope["headers"], REQUEST_METHOD)
+                if asked is not None:
+                    await self._preflight(scope, send, self.cors, origin, asked)
+                    return
+            send = self.cors.wrap(send, origin)
         if path == HEALTH_PATH:
             await _send_json(send, 200, b'{"status":"ok","service":"tollhouse"}', [])
             return
@@ -261,6 +278,35 @@ class Gateway:
         self.responses[counted] = self.responses.get(counted, 0) + 1
         if self.meter is not None:
             self._record(identity, match, method, status, arrived, t0, scope)
+
+    async def _preflight(
+        self, scope: Scope, send: Send, cors: CorsHeaders, origin: bytes, method: bytes
+    ) -> None:
+        """Answer a CORS preflight: 204 with the preflight headers, or 403 ``FORBIDDEN``
+        naming the origin, method or header not allowed. No key is read, no bucket or
+        pool is touched and nothing is metered; the answer is counted under its status."""
+        request_id = new_request_id()
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        state["request_id"] = request_id
+        request_id_var.set(request_id)
+        headers, refused = cors.preflight(
+            origin, method, find_header(scope["headers"], REQUEST_HEADERS)
+        )
+        if refused is None:
+            status = 204
+            headers.append((REQUEST_ID, request_id.encode()))
+            body = b""
+        else:
+            error = Forbidden(refused)
+            status = error.status
+            error_headers, body = _error_parts(error, request_id)
+            headers = error_headers + headers
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        counted = (None, status)
+        self.responses[counted] = self.responses.get(counted, 0) + 1
 
     def _admit(
         self,
@@ -870,7 +916,8 @@ class Gateway:
                 await self.limits.release(lease, now)
 
     async def status_body(self, identity: Identity, scope: Scope) -> bytes:
-        """Seed 002 and seed 004's status shapes, read without consuming anything."""
+        """The partner rate-limit status and scoring API shapes' status (docs/api-shapes.md),
+        read without consuming anything."""
         client = scope.get("client")
         ip = client[0] if client else None
         policy = self.policy
@@ -940,7 +987,8 @@ async def _send_json(
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 
-#: ``{"detail": ...}`` bodies (error_format = "detail"); seed 003 words its 429 so.
+#: ``{"detail": ...}`` bodies (error_format = "detail"); the metrics catalogue shape words its
+#: 429 so.
 _DETAIL_MESSAGES = {429: "Rate limit exceeded"}
 
 

@@ -3,11 +3,12 @@ workers, handlers, webhooks.
 
 Integration in a nutshell::
 
-    from tollhouse.jobs import Worker, build_handler, create_job_schema, open_queue, settings_for
+    from tollhouse.jobs import Worker, build_handler, open_queue, settings_for
     from tollhouse.jobs.webhooks import WebhookStore
     from tollhouse.http.jobs_app import create_jobs_app
+    from tollhouse.schema import create_schema
 
-    await create_job_schema(engine)
+    await create_schema(engine)   # every table, the jobs' included (migration step 7)
     queue = open_queue(engine, settings_for(policy))
     webhooks = WebhookStore(engine)
     app = create_jobs_app(queue=queue, policy=policy, webhooks=webhooks, fallback=upstream)

@@ -7,10 +7,16 @@ wire)::
       ▲                 │ ├───fail (permanent)──▶ failed
       │                 │ └───fail / lease lost, attempts left? no──▶ dead
       └──retry, release, reap (attempts left)──┘
+
+The few callable shapes every part of the jobs package passes around (:data:`Clock`,
+:data:`Wakeup`, :data:`Topic`) live here too, beside the values: the queue, its SQL parts
+and the webhook store all use them, and none of those should have to import another
+just for a type alias.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -23,6 +29,14 @@ JobState = Literal["queued", "running", "completed", "failed", "dead"]
 WireStatus = Literal["queued", "running", "completed", "failed"]
 #: How a finished attempt left the job (None from the queue: the lease was stale).
 Outcome = Literal["completed", "retrying", "failed", "dead"]
+
+#: Returns the current time, timezone-aware UTC; tests inject a fake one and never sleep.
+Clock = Callable[[], datetime]
+#: Called (in-process, synchronously) when there may be new work: jobs or deliveries.
+Wakeup = Callable[[], None]
+#: What a wakeup is about: ``jobs`` (enqueued, retried) or ``deliveries`` (staged webhooks).
+Topic = Literal["jobs", "deliveries"]
+TOPICS: tuple[Topic, ...] = ("jobs", "deliveries")
 
 STATES: tuple[JobState, ...] = ("queued", "running", "completed", "failed", "dead")
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "dead"})

@@ -19,13 +19,14 @@ Guarantees every implementation keeps:
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollhouse.jobs.model import (
+    Clock,
     Enqueued,
     Finish,
     Job,
@@ -36,15 +37,16 @@ from tollhouse.jobs.model import (
     Outcome,
     QueueSettings,
     Standing,
+    Topic,
+    Wakeup,
     WireStatus,
     utc_now,
 )
+from tollhouse.jobs.sql import SqlJobQueue
 
-Clock = Callable[[], datetime]
-#: Called (in-process, synchronously) when there may be new work: jobs or deliveries.
-Wakeup = Callable[[], None]
-#: What a wakeup is about: ``jobs`` (enqueued, retried) or ``deliveries`` (staged webhooks).
-Topic = Literal["jobs", "deliveries"]
+# Clock, Topic and Wakeup are defined in tollhouse.jobs.model; importers that name them
+# from here keep working.
+__all__ = ["Clock", "JobQueue", "Listener", "Topic", "Wakeup", "open_queue"]
 
 
 class Listener(Protocol):
@@ -180,6 +182,4 @@ def open_queue(
         clock: returns aware UTC datetimes (injected in tests).
         rng: randomness for backoff jitter (seeded in tests).
     """
-    from tollhouse.jobs.sql import SqlJobQueue
-
     return SqlJobQueue(engine, settings or QueueSettings(), clock=clock, rng=rng)

@@ -1,8 +1,16 @@
 """Tables of the job queue and webhooks, on the shared :data:`tollhouse.storage.schema.metadata`.
 
-Every jobs/webhooks table name lives here. :func:`create_job_schema` creates them (and
-nothing else), idempotently, so it can run at every start beside
-:func:`tollhouse.storage.schema.create_schema`.
+Every jobs/webhooks table name lives here. They are created by a versioned step of
+:data:`tollhouse.schema.MIGRATIONS` (:func:`migrate_jobs`), like every other table.
+
+Before that step existed, :func:`create_job_schema` made them outside the runner, so a
+database may hold them (whole, or without an index added since) with no step recorded:
+the step adopts what exists (:func:`tollhouse.storage.migrations.ensure_tables`) instead
+of failing on it.
+
+:func:`create_job_schema` stays for a process that needs only the queue's tables and must
+not depend on the rest of the schema (it is the same step, without the version
+bookkeeping); :func:`tollhouse.schema.create_schema` is the one path that records it.
 """
 
 from __future__ import annotations
@@ -21,11 +29,11 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    inspect,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.schema import CreateIndex
 
+from tollhouse.metering.schema import product_events
+from tollhouse.storage.migrations import ensure_tables
 from tollhouse.storage.schema import metadata
 
 #: SQLite only makes ``INTEGER PRIMARY KEY`` an auto-incrementing rowid; PostgreSQL gets a
@@ -146,30 +154,23 @@ webhook_attempts = Table(
 JOB_TABLES = (jobs, job_orgs, webhook_endpoints, webhook_deliveries, webhook_attempts)
 
 
+def migrate_jobs(conn: Connection) -> None:
+    """Migration step: the jobs and webhooks tables and their indexes, adopting those a
+    database made by :func:`create_job_schema` (or ``create_all``) already has."""
+    ensure_tables(conn, JOB_TABLES)
+
+
 async def create_job_schema(engine: AsyncEngine) -> None:
     """Create the jobs and webhooks tables, and their indexes, when missing (idempotent).
 
     Also ``product_events`` (the analytics table jobs write their outcome events to), so
     a ``tollhouse worker`` can run before any ``serve`` migrated the database; the
-    migration runner adopts it (its steps use ``IF NOT EXISTS`` too).
+    migration runner adopts both (its steps use ``IF NOT EXISTS`` too). Records no
+    version: :func:`tollhouse.schema.create_schema` does.
     """
-    from tollhouse.metering.schema import product_events
 
     def create(conn: Connection) -> None:
-        tables = (*JOB_TABLES, product_events)
-        existing = set(inspect(conn).get_table_names())
-        metadata.create_all(conn, tables=[t for t in tables if t.name not in existing])
-        # An index added to a table that already exists (e.g. ix_jobs_org_created) is
-        # created when missing. Checked in the catalog first: even with IF NOT EXISTS,
-        # PostgreSQL's CREATE INDEX takes a SHARE lock on the table before looking, which
-        # would queue every writer behind each starting worker.
-        for table in tables:
-            if table.name not in existing:
-                continue
-            have = {ix["name"] for ix in inspect(conn).get_indexes(table.name)}
-            for index in sorted(table.indexes, key=lambda i: str(i.name)):
-                if index.name not in have:
-                    conn.execute(CreateIndex(index, if_not_exists=True))
+        ensure_tables(conn, (*JOB_TABLES, product_events))
 
     async with engine.begin() as conn:
         await conn.run_sync(create)

@@ -6,9 +6,10 @@ a sender with a retry schedule, and every attempt recorded.
   ``webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">``, keyed with the
   base64-decoded part of the endpoint's ``whsec_<base64>`` secret — by
   :func:`tollhouse.webhooks.sign`, the function receivers verify with.
-* **Outbox**: when a job finishes, :func:`stage_events` writes one delivery per enabled
-  endpoint of the org in the job's own transaction; the body is fixed then, so every
-  retry sends the same bytes.
+* **Outbox**: when a job finishes, :func:`tollhouse.jobs.outbox.stage_events` writes one
+  delivery per enabled endpoint of the org in the job's own transaction; the body is
+  fixed then, so every retry sends the same bytes. It lives in its own module because
+  the queue's state machine calls it: the queue needs the outbox, not the sender.
 * **Schedule**: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (±10 % jitter);
   ``Retry-After`` on a failed attempt is honoured (up to 10 h); after the last attempt
   the delivery is ``failed``.
@@ -35,13 +36,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import orjson
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tollhouse.errors import StorageError
-from tollhouse.jobs.model import iso, utc_now
-from tollhouse.jobs.queue import Clock
+from tollhouse.jobs.model import Clock, iso, utc_now
+from tollhouse.jobs.outbox import stage_events
 from tollhouse.jobs.schema import webhook_attempts, webhook_deliveries, webhook_endpoints
 from tollhouse.security import audit
 from tollhouse.security.net import check_target, webhook_client
@@ -50,6 +50,24 @@ from tollhouse.times import as_utc, parse_retry_after
 from tollhouse.webhooks import HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, SECRET_PREFIX, sign
 
 logger = logging.getLogger(__name__)
+
+# stage_events is re-exported: callers that stage events of their own import it from here.
+__all__ = [
+    "Attempt",
+    "AttemptResult",
+    "Delivery",
+    "DeliveryTask",
+    "Endpoint",
+    "WebhookSender",
+    "WebhookStore",
+    "check_url",
+    "delivery_json",
+    "new_secret",
+    "next_delay",
+    "send_attempt",
+    "signed_headers",
+    "stage_events",
+]
 
 #: Delay before each attempt, in seconds: attempt 1 at once, then 5 s, 5 min, 30 min, 2 h,
 #: 5 h, 10 h, 10 h after the one before.
@@ -233,69 +251,6 @@ def delivery_json(d: Delivery) -> dict[str, Any]:
             for a in d.attempts
         ],
     }
-
-
-# --- the outbox --------------------------------------------------------------------------
-
-
-#: The enabled endpoints of some orgs (built once: jobs finish by the hundred).
-_ACTIVE_ENDPOINTS = select(webhook_endpoints.c.id, webhook_endpoints.c.org_id).where(
-    webhook_endpoints.c.org_id.in_(bindparam("orgs", expanding=True)),
-    webhook_endpoints.c.disabled_at.is_(None),
-    webhook_endpoints.c.removed_at.is_(None),
-)
-
-
-async def stage_events(
-    conn: AsyncConnection,
-    events: Sequence[tuple[str, str | None, str, dict[str, Any] | Callable[[], dict[str, Any]]]],
-    now: datetime,
-) -> int:
-    """Write one pending delivery per enabled endpoint of each event's org, inside the
-    caller's transaction. Returns how many were written.
-
-    Args:
-        conn: a connection in the caller's write transaction.
-        events: ``(org, job id, event type, data)`` per event; ``data`` may be a
-            function making it, called only when the org has an endpoint (most orgs
-            have none, and the job queue finishes jobs by the hundred).
-        now: the events' time.
-
-    The body is ``{"type", "timestamp", "data"}`` (Standard Webhooks' recommended shape).
-    """
-    if not events:
-        return 0
-    orgs = sorted({org for org, *_ in events})
-    endpoints: dict[str, list[str]] = {org: [] for org in orgs}
-    for endpoint_id, org_id in await conn.execute(_ACTIVE_ENDPOINTS, {"orgs": orgs}):
-        endpoints[org_id].append(endpoint_id)
-    rows = []
-    for org, job_id, event_type, data in events:
-        if not endpoints[org]:
-            continue
-        message_id = "msg_" + secrets.token_hex(12)
-        if callable(data):
-            data = data()
-        body = orjson.dumps({"type": event_type, "timestamp": iso(now), "data": data}).decode()
-        rows += [
-            {
-                "id": "dlv_" + secrets.token_hex(12),
-                "message_id": message_id,
-                "endpoint_id": endpoint_id,
-                "org_id": org,
-                "job_id": job_id,
-                "event_type": event_type,
-                "payload": body,
-                "status": "pending",
-                "attempts": 0,
-                "next_attempt_at": now,
-                "created_at": now,
-            }
-            for endpoint_id in endpoints[org]
-        ]
-    if rows:
-        await conn.execute(webhook_deliveries.insert(), rows)
-    return len(rows)
 
 
 # --- the store ---------------------------------------------------------------------------

@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tollhouse.errors import StorageError
 from tollhouse.keys.hashing import SHOWN_PREFIX, hash_secret, new_key_id, new_secret
 from tollhouse.keys.model import KeyRecord
+from tollhouse.keys.schema import api_keys, orgs
 from tollhouse.security.audit import record as audit
 from tollhouse.storage.dialect import insert
-from tollhouse.storage.schema import api_keys, orgs
 from tollhouse.storage.transactions import write_transaction
 from tollhouse.times import as_utc
 

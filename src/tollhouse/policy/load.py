@@ -12,10 +12,14 @@ from typing import Any, TypeVar, cast
 from tollhouse.errors import PolicyError
 from tollhouse.keys.model import ROLES
 from tollhouse.policy.model import (
+    CORS_ALLOW_HEADERS,
+    CORS_EXPOSE_HEADERS,
+    CORS_METHODS,
     DEFAULT_DATABASE_URL,
     AccessRule,
     AsyncRoute,
     Bucket,
+    Cors,
     EndpointGroup,
     Label,
     Limits,
@@ -33,6 +37,13 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS",
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+#: A serialized origin: scheme, host (a name or a bracketed IPv6 address), optional port.
+_ORIGIN = re.compile(r"([a-z][a-z0-9+.-]*)://(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(:[0-9]{1,5})?")
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+#: What ``[cors] allow_methods = ["*"]`` stands for.
+_CORS_ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+#: An HTTP field name (RFC 9110 token).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 T = TypeVar("T")
 
@@ -41,7 +52,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
     """Load a policy file, or the built-in default policy when ``path`` is None.
 
     Args:
-        path: a TOML file following DESIGN §3.2.
+        path: a TOML file as docs/policy.md describes.
 
     Returns:
         The frozen policy.
@@ -220,6 +231,7 @@ class _Reader:
                 "async_routes",
                 "security",
                 "routing",
+                "cors",
             },
             "",
         )
@@ -246,6 +258,7 @@ class _Reader:
             limits=self.limits(self.table(raw, "limits", "")),
             security=self.security(self.table(raw, "security", "")),
             routing=self.routing(self.table(raw, "routing", "")),
+            cors=self.cors(self.table(raw, "cors", "")),
             buckets=buckets,
             pools=pools,
             endpoint_groups=groups,
@@ -358,6 +371,125 @@ class _Reader:
             trailing_slash=slash,
             case_sensitive=self.get(raw, "case_sensitive", bool, w, False),
         )
+
+    def strings(self, raw: dict[str, Any], key: str, where: str, default: Any) -> list[str]:
+        """A list of strings; each entry that is not one is named in the error."""
+        value: list[Any] = self.get(raw, key, list, where, default)
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise self.fail(f"{where}.{key}[{i}]", f"must be a string, got {item!r}")
+        return value
+
+    def cors(self, raw: dict[str, Any]) -> Cors:
+        w = "cors"
+        self.unknown(
+            raw,
+            {
+                "allow_origins",
+                "allow_methods",
+                "allow_headers",
+                "expose_headers",
+                "allow_credentials",
+                "max_age",
+            },
+            w,
+        )
+        origins = self.strings(raw, "allow_origins", w, [])
+        allowed: list[str] = []
+        for i, given in enumerate(origins):
+            where = f"{w}.allow_origins[{i}]"
+            if given.strip() == "*":
+                if len(origins) > 1:
+                    raise self.fail(where, '"*" allows every origin: list it alone')
+                allowed.append("*")
+                continue
+            origin = given.strip().lower()
+            if origin == "null":
+                raise self.fail(
+                    where,
+                    'the "null" origin cannot be allowed: sandboxed frames and local files '
+                    "of any site send it",
+                )
+            if "*" in origin:
+                raise self.fail(
+                    where, f"{given!r}: patterns are not supported; list each origin in full"
+                )
+            m = _ORIGIN.fullmatch(origin)
+            if m is None:
+                raise self.fail(
+                    where,
+                    f"{given!r} must be an origin, scheme://host[:port] with no path and no "
+                    'trailing "/", e.g. "https://app.example.com"',
+                )
+            port = m.group(3)
+            if port is not None and port == _DEFAULT_PORTS.get(m.group(1)):
+                origin = origin[: -len(port)]  # browsers leave the default port out
+            if origin not in allowed:
+                allowed.append(origin)
+        credentials: bool = self.get(raw, "allow_credentials", bool, w, False)
+        if credentials and allowed == ["*"]:
+            raise self.fail(
+                f"{w}.allow_credentials",
+                'cannot be true with allow_origins = ["*"]: the Fetch standard forbids '
+                "credentials with a wildcard origin; list the origins instead",
+            )
+        methods: list[str] = []
+        for i, given in enumerate(self.strings(raw, "allow_methods", w, list(CORS_METHODS))):
+            method = given.strip().upper()
+            if method == "*":
+                methods.extend(m for m in _CORS_ALL_METHODS if m not in methods)
+            elif method in _CORS_ALL_METHODS:
+                if method not in methods:
+                    methods.append(method)
+            else:
+                raise self.fail(
+                    f"{w}.allow_methods[{i}]",
+                    f"{given!r} must be one of {', '.join(_CORS_ALL_METHODS)} or *",
+                )
+        return Cors(
+            allow_origins=tuple(allowed),
+            allow_methods=tuple(methods),
+            allow_headers=self.header_names(raw, "allow_headers", w, CORS_ALLOW_HEADERS),
+            expose_headers=self.header_names(
+                raw, "expose_headers", w, CORS_EXPOSE_HEADERS, credentials=credentials
+            ),
+            allow_credentials=credentials,
+            max_age=(
+                0.0
+                if raw.get("max_age") == 0 and not isinstance(raw.get("max_age"), bool)
+                else self.duration(raw, "max_age", w, 600.0)
+            ),
+        )
+
+    def header_names(
+        self,
+        raw: dict[str, Any],
+        key: str,
+        w: str,
+        default: tuple[str, ...],
+        *,
+        credentials: bool = False,
+    ) -> tuple[str, ...]:
+        """Header names (or ``["*"]`` alone), each checked, duplicates dropped."""
+        given = self.strings(raw, key, w, list(default))
+        names: list[str] = []
+        for i, name in enumerate(given):
+            where = f"{w}.{key}[{i}]"
+            name = name.strip()
+            if name == "*":
+                if len(given) > 1:
+                    raise self.fail(where, '"*" stands for every header: list it alone')
+                if credentials:
+                    raise self.fail(
+                        where,
+                        '"*" means a header named "*" to browsers when credentials are '
+                        "allowed; list the header names",
+                    )
+            elif not _TOKEN.fullmatch(name):
+                raise self.fail(where, f"{name!r} is not a header name")
+            if name.lower() not in (n.lower() for n in names):
+                names.append(name)
+        return tuple(names)
 
     def bucket(self, raw: dict[str, Any], w: str, names: set[str]) -> Bucket:
         self.unknown(

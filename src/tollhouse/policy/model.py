@@ -1,4 +1,4 @@
-"""The policy: typed, frozen objects loaded from the TOML file (DESIGN §3.2).
+"""The policy: typed, frozen objects loaded from the TOML file (docs/policy.md).
 
 Everything here is plain data; :mod:`tollhouse.policy.load` builds it and
 :mod:`tollhouse.policy.match` answers "which buckets and pools does this request hit".
@@ -97,7 +97,7 @@ class Bucket:
     scope: Scope = "org"
     """What one counter is kept per: org+environment, key, tenant, or client IP."""
     algorithm: Algorithm = "fixed_window"
-    """Fixed windows (the seeds' semantics) or GCRA (smooth)."""
+    """Fixed windows (the API shapes' semantics, docs/api-shapes.md) or GCRA (smooth)."""
     cost: int = 1
     """Cost units one request takes."""
     shadow: bool = False
@@ -126,7 +126,8 @@ class Pool:
 
 @dataclass(frozen=True, slots=True)
 class EndpointGroup:
-    """A named group of routes that usage is reported under (seed 001 ENDPOINTS)."""
+    """A named group of routes that usage is reported under (the call-counts shape's
+    ENDPOINTS)."""
 
     key: str
     description: str
@@ -144,8 +145,9 @@ class AccessRule:
     tenant: TenantRule = "optional"
     """``required``: requests must carry ``X-Tenant-Id``."""
     error_format: ErrorFormat | None = None
-    """How the gateway's errors look on these routes: ``envelope`` (seed 004's
-    ``{"error": {...}}``, the default) or ``detail`` (``{"detail": "..."}``, seed 003)."""
+    """How the gateway's errors look on these routes: ``envelope`` (the error envelope
+    ``{"error": {...}}``, the default) or ``detail`` (``{"detail": "..."}``, as the metrics
+    catalogue shape answers; docs/api-shapes.md)."""
 
 
 LabelSource = Literal["path", "header", "query"]
@@ -153,7 +155,8 @@ LabelSource = Literal["path", "header", "query"]
 
 @dataclass(frozen=True, slots=True)
 class Label:
-    """A usage label read from each request of some routes (seed 001's DBS, SCENARIOS…)."""
+    """A usage label read from each request of some routes (the call-counts shape's DBS,
+    SCENARIOS…)."""
 
     name: str
     """The label's name in call records, e.g. ``db``, ``scenario``, ``reco_type``."""
@@ -167,7 +170,7 @@ class Label:
 
 @dataclass(frozen=True, slots=True)
 class AsyncRoute:
-    """A route answered with 202 and run as a job (seed 004)."""
+    """A route answered with 202 and run as a job (the scoring API shape)."""
 
     route: str
     concurrency: int = 500
@@ -222,6 +225,60 @@ class Routing:
     is case-sensitive too."""
 
 
+#: ``[cors] allow_methods`` when not given.
+CORS_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+#: ``[cors] allow_headers`` when not given: what a browser app needs to call the gateway.
+CORS_ALLOW_HEADERS: tuple[str, ...] = (
+    "Authorization",
+    "X-API-Key",
+    "Content-Type",
+    "X-Tenant-Id",
+    "Idempotency-Key",
+    "X-Request-Id",
+)
+#: ``[cors] expose_headers`` when not given: the rate-limit headers, ``Retry-After`` and
+#: the request id, which a browser hides from scripts unless they are exposed.
+CORS_EXPOSE_HEADERS: tuple[str, ...] = (
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "RateLimit",
+    "RateLimit-Policy",
+    "Retry-After",
+    "X-Request-Id",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Cors:
+    """Which browser apps on other origins may call the API (:mod:`tollhouse.http.cors`).
+
+    Off (no header added, preflights passed on like any request) while
+    ``allow_origins`` is empty.
+    """
+
+    allow_origins: tuple[str, ...] = ()
+    """Origins (``scheme://host[:port]``, lower case, no default port) allowed to call, or
+    ``("*",)`` for any origin."""
+    allow_methods: tuple[str, ...] = CORS_METHODS
+    """Methods a preflight may ask for (upper case)."""
+    allow_headers: tuple[str, ...] = CORS_ALLOW_HEADERS
+    """Request headers a preflight may ask for (the CORS-safelisted ones always may), or
+    ``("*",)``: whatever the preflight asks for."""
+    expose_headers: tuple[str, ...] = CORS_EXPOSE_HEADERS
+    """Response headers scripts on an allowed origin may read."""
+    allow_credentials: bool = False
+    """Let browsers send cookies and HTTP authentication (``credentials: "include"``);
+    never with ``"*"`` origins."""
+    max_age: float = 600.0
+    """Seconds a browser may cache a preflight's answer (0: not at all)."""
+
+    @property
+    def enabled(self) -> bool:
+        """True when some origin is allowed."""
+        return bool(self.allow_origins)
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """The whole policy of one tollhouse deployment."""
@@ -234,6 +291,7 @@ class Policy:
     limits: Limits = field(default_factory=Limits)
     security: Security = field(default_factory=Security)
     routing: Routing = field(default_factory=Routing)
+    cors: Cors = field(default_factory=Cors)
     buckets: tuple[Bucket, ...] = ()
     pools: tuple[Pool, ...] = ()
     endpoint_groups: tuple[EndpointGroup, ...] = ()

@@ -21,7 +21,8 @@ from sqlalchemy import Column, Connection, DateTime, Index, String, Table, Text,
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from tollhouse.storage.schema import api_keys, metadata
+from tollhouse.keys.schema import api_keys
+from tollhouse.storage.schema import metadata
 from tollhouse.storage.transactions import read_connection
 from tollhouse.times import as_utc
 

@@ -1,5 +1,9 @@
 """A small versioned migration runner: ordered steps, one version row, same on every engine.
 
+This module is the runner only: it knows no table of any domain. The steps themselves,
+in order, live in :mod:`tollhouse.schema`, above the domains whose tables they create, so
+storage never imports what is built on it.
+
 :func:`migrate` runs inside one transaction that first takes a lock — an advisory lock on
 PostgreSQL, the database write lock on SQLite (taken by the first write statement) — so
 processes starting together (a server and a CLI, several workers) apply each step once
@@ -7,12 +11,11 @@ and in order, and every step is all-or-nothing. Steps use ``IF NOT EXISTS`` so a
 whose tables predate the runner (created by ``create_all``) is adopted, not broken.
 
 The version lives in the existing ``tollhouse_schema`` row (``id = 1``). Databases made
-before this runner hold version 1 (the keys tables), which is step 1 here.
+before this runner hold version 1 (the keys tables), which is step 1 of
+:data:`tollhouse.schema.MIGRATIONS`.
 
-Adding a step: append a :class:`Migration` with the next version. A step is history: once
-released, never edit it — change a table by adding a step (``ALTER TABLE …``) and updating
-the table's definition. Tables that other modules register on the shared metadata without
-a step are still created (see :func:`migrate`), so work in progress keeps running.
+Tables that modules register on the shared metadata without a step are still created
+(see :func:`migrate`), so work in progress keeps running.
 """
 
 from __future__ import annotations
@@ -21,17 +24,14 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Table, select, text, update
+from sqlalchemy import Connection, Table, inspect, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from tollhouse.errors import StorageError
-from tollhouse.example.schema import migrate_example
-from tollhouse.metering import schema as usage
-from tollhouse.security import audit
 from tollhouse.storage import dialect
 from tollhouse.storage.dialect import DATABASE_ERRORS
-from tollhouse.storage.schema import api_keys, metadata, orgs, schema_info
+from tollhouse.storage.schema import metadata, schema_info
 from tollhouse.storage.transactions import write_transaction
 
 logger = logging.getLogger(__name__)
@@ -63,32 +63,34 @@ def create_tables(conn: Connection, tables: Iterable[Table]) -> None:
             conn.execute(CreateIndex(index, if_not_exists=True))
 
 
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "orgs and api keys", lambda c: create_tables(c, (orgs, api_keys))),
-    Migration(
-        2,
-        "usage metering: dimensions, rollups 1m/1h/1d, raw call log",
-        lambda c: create_tables(c, (usage.usage_dims, *usage.ROLLUPS, usage.usage_calls)),
-    ),
-    Migration(3, "product events", lambda c: create_tables(c, (usage.product_events,))),
-    Migration(
-        4, "usage rollups: redirects (3xx) counter, covering count index", usage.upgrade_rollups_v4
-    ),
-    Migration(5, "audit log; api key expiry (rotation)", audit.migrate_security),
-    Migration(6, "example upstream: criteria per job, scoring results", migrate_example),
-)
+def ensure_tables(conn: Connection, tables: Iterable[Table]) -> None:
+    """Create each table that is missing, and each index missing from a table that exists.
 
-#: The version a database has once every step ran.
-LATEST = MIGRATIONS[-1].version
+    For steps that adopt tables made outside the runner, and for code that makes sure of
+    its tables at every start. Indexes are looked up in the catalog first: even with
+    ``IF NOT EXISTS``, PostgreSQL's ``CREATE INDEX`` takes a SHARE lock on the table before
+    looking, which would queue every writer behind each starting process.
+    """
+    existing = set(inspect(conn).get_table_names())
+    for table in tables:
+        if table.name not in existing:
+            create_tables(conn, (table,))
+            continue
+        have = {ix["name"] for ix in inspect(conn).get_indexes(table.name)}
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            if index.name not in have:
+                conn.execute(CreateIndex(index, if_not_exists=True))
 
 
-def _check(steps: tuple[Migration, ...]) -> None:
+def check_steps(steps: tuple[Migration, ...]) -> None:
+    """Fail unless ``steps`` are numbered 1, 2, 3… in order (called where a list is made).
+
+    Raises:
+        AssertionError: a version is missing, repeated or out of order.
+    """
     versions = [m.version for m in steps]
     if versions != list(range(1, len(steps) + 1)):
         raise AssertionError(f"migration versions must be 1, 2, 3…; got {versions}")
-
-
-_check(MIGRATIONS)
 
 
 def _run(conn: Connection, steps: tuple[Migration, ...]) -> tuple[int, int]:
@@ -124,10 +126,12 @@ def _run(conn: Connection, steps: tuple[Migration, ...]) -> tuple[int, int]:
     return current, max(current, latest)
 
 
-async def migrate(
-    engine: AsyncEngine, steps: tuple[Migration, ...] = MIGRATIONS
-) -> tuple[int, int]:
-    """Bring the database to the latest schema version (idempotent).
+async def migrate(engine: AsyncEngine, steps: tuple[Migration, ...]) -> tuple[int, int]:
+    """Bring the database to the last of ``steps`` (idempotent).
+
+    Args:
+        engine: the database.
+        steps: the whole history, version 1 first (:data:`tollhouse.schema.MIGRATIONS`).
 
     Returns:
         The version before and after.
@@ -151,8 +155,6 @@ async def schema_version(engine: AsyncEngine) -> int:
         async with engine.connect() as conn:
 
             def read(c: Connection) -> int:
-                from sqlalchemy import inspect
-
                 if not inspect(c).has_table(schema_info.name):
                     return 0
                 found = c.execute(

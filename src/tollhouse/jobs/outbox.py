@@ -1,0 +1,107 @@
+"""The outbox: what a finished job leaves behind, written in the job's own transaction.
+
+When the queue moves jobs to a terminal state it calls :func:`stage_finished` on the
+same connection, before commit, so a finished job always has its webhook deliveries and
+its product event (docs/jobs.md, "Job events") — even if the process dies right after —
+and a rolled-back finish leaves neither.
+
+This is the one piece of the webhooks the queue needs. Keeping it apart from
+:mod:`tollhouse.jobs.webhooks` (endpoints, the sender, HTTP) is what lets the queue's
+state machine depend on the outbox without depending on the sender, and the sender on
+the queue's types without a cycle.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+import orjson
+from sqlalchemy import bindparam, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tollhouse.jobs import shapes
+from tollhouse.jobs.events import record_job_events
+from tollhouse.jobs.model import Job, iso
+from tollhouse.jobs.schema import webhook_deliveries, webhook_endpoints
+
+#: The enabled endpoints of some orgs (built once: jobs finish by the hundred).
+_ACTIVE_ENDPOINTS = select(webhook_endpoints.c.id, webhook_endpoints.c.org_id).where(
+    webhook_endpoints.c.org_id.in_(bindparam("orgs", expanding=True)),
+    webhook_endpoints.c.disabled_at.is_(None),
+    webhook_endpoints.c.removed_at.is_(None),
+)
+
+
+async def stage_events(
+    conn: AsyncConnection,
+    events: Sequence[tuple[str, str | None, str, dict[str, Any] | Callable[[], dict[str, Any]]]],
+    now: datetime,
+) -> int:
+    """Write one pending delivery per enabled endpoint of each event's org, inside the
+    caller's transaction. Returns how many were written.
+
+    Args:
+        conn: a connection in the caller's write transaction.
+        events: ``(org, job id, event type, data)`` per event; ``data`` may be a
+            function making it, called only when the org has an endpoint (most orgs
+            have none, and the job queue finishes jobs by the hundred).
+        now: the events' time.
+
+    The body is ``{"type", "timestamp", "data"}`` (Standard Webhooks' recommended shape).
+    """
+    if not events:
+        return 0
+    orgs = sorted({org for org, *_ in events})
+    endpoints: dict[str, list[str]] = {org: [] for org in orgs}
+    for endpoint_id, org_id in await conn.execute(_ACTIVE_ENDPOINTS, {"orgs": orgs}):
+        endpoints[org_id].append(endpoint_id)
+    rows = []
+    for org, job_id, event_type, data in events:
+        if not endpoints[org]:
+            continue
+        message_id = "msg_" + secrets.token_hex(12)
+        if callable(data):
+            data = data()
+        body = orjson.dumps({"type": event_type, "timestamp": iso(now), "data": data}).decode()
+        rows += [
+            {
+                "id": "dlv_" + secrets.token_hex(12),
+                "message_id": message_id,
+                "endpoint_id": endpoint_id,
+                "org_id": org,
+                "job_id": job_id,
+                "event_type": event_type,
+                "payload": body,
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+            }
+            for endpoint_id in endpoints[org]
+        ]
+    if rows:
+        await conn.execute(webhook_deliveries.insert(), rows)
+    return len(rows)
+
+
+async def stage_finished(conn: AsyncConnection, finished: Sequence[Job], now: datetime) -> int:
+    """Record the product event and stage the webhook deliveries of ``finished`` jobs,
+    inside the caller's transaction. Returns the deliveries staged.
+
+    Args:
+        conn: the connection of the transaction that finished the jobs.
+        finished: jobs in a terminal state.
+        now: when they finished.
+    """
+    if not finished:
+        return 0
+    await record_job_events(conn, finished, now)
+    return await stage_events(
+        conn,
+        [(j.org, j.id, shapes.event_type(j), partial(shapes.job_json, j)) for j in finished],
+        now,
+    )

@@ -1,0 +1,211 @@
+"""The job queue's read model: a job, an application's latest, where a job stands, an
+org's page of jobs, the counters and the finished volume.
+
+Reads never write and take no write lock: they run on a plain connection
+(:func:`tollhouse.storage.transactions.read_connection`), so polling callers never queue
+behind claims and completions. Every read is scoped to an org: another org's job reads
+as missing, exactly like a job that does not exist.
+
+Where a queued job stands is computed, not stored: its place is the org's queued jobs
+ahead of it plus one, and the wait estimate (:func:`tollhouse.jobs.eta.estimate_wait`)
+comes from the org's running count, cap and moving average of processing time.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Select, case, func, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tollhouse.jobs.eta import estimate_wait
+from tollhouse.jobs.model import Job, JobPage, OrgCounters, QueueSettings, Standing, WireStatus
+from tollhouse.jobs.schema import job_orgs, jobs
+from tollhouse.jobs.statements import FAILED_STATES, QueueStatements, finished_bucket, row_job
+from tollhouse.storage.transactions import read_connection
+
+
+class QueueReads:
+    """The reads of :class:`tollhouse.jobs.sql.SqlJobQueue`.
+
+    Args:
+        engine: the queue's engine.
+        settings: the default cap and processing time estimates start from.
+        sql: the queue's prebuilt statements.
+    """
+
+    def __init__(self, engine: AsyncEngine, settings: QueueSettings, sql: QueueStatements) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.sql = sql
+        self.dialect = engine.dialect.name
+
+    def _read(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return read_connection(self.engine, "job queue")
+
+    async def get(self, org: str, job_id: str) -> Job | None:
+        """The org's job ``job_id``, or None (also for another org's job)."""
+        async with self._read() as conn:
+            row = (
+                await conn.execute(select(jobs).where(jobs.c.id == job_id, jobs.c.org_id == org))
+            ).first()
+        return row_job(row) if row is not None else None
+
+    async def latest_for_application(self, org: str, application_id: str) -> Job | None:
+        """The org's most recently submitted job for ``application_id``, or None."""
+        q = (
+            select(jobs)
+            .where(jobs.c.org_id == org, jobs.c.application_id == application_id)
+            .order_by(jobs.c.seq.desc())
+            .limit(1)
+        )
+        async with self._read() as conn:
+            row = (await conn.execute(q)).first()
+        return row_job(row) if row is not None else None
+
+    async def standing(self, job: Job) -> Standing | None:
+        """Where a job stands now, if still queued: jobs of its org ahead of it + 1, and
+        the scoring API shape's wait estimate from the org's running count, cap and mean
+        time."""
+        async with self._read() as conn:
+            status = (
+                await conn.execute(select(jobs.c.status).where(jobs.c.id == job.id))
+            ).scalar_one_or_none()
+            if status != "queued":
+                return None
+            ahead = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(jobs)
+                    .where(
+                        jobs.c.org_id == job.org,
+                        jobs.c.status == "queued",
+                        jobs.c.seq < job.seq,
+                    )
+                )
+            ).scalar_one()
+            org = (await conn.execute(self.sql.org_estimate, {"s_org": job.org})).first()
+        running, cap, avg = (org.running, org.cap, org.avg_seconds) if org else (0, 1, None)
+        processing = avg if avg is not None else self.settings.default_processing_seconds
+        position = int(ahead) + 1
+        return Standing(position, estimate_wait(position, running, cap, processing))
+
+    async def org_counters(self, org: str) -> OrgCounters:
+        """``org``'s counters; an org with no jobs yet has zeros and the default cap."""
+        async with self._read() as conn:
+            row = (await conn.execute(select(job_orgs).where(job_orgs.c.org_id == org))).first()
+        if row is None:
+            return OrgCounters(org, 0, 0, None, None)
+        return OrgCounters(org, row.running, row.queued, row.cap, row.avg_seconds)
+
+    async def page(
+        self,
+        org: str,
+        *,
+        status: WireStatus | None = None,
+        limit: int = 20,
+        before: tuple[datetime, str] | None = None,
+    ) -> JobPage:
+        """``org``'s jobs newest first by ``(created_at, id)``; see :meth:`JobQueue.page`.
+
+        Queued jobs of the page get their standing from two more statements whatever the
+        page size: the org's queued jobs before the page's oldest queued one, and the
+        queued seqs within the page's range.
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        q = select(jobs).where(jobs.c.org_id == org)
+        if status == "failed":
+            q = q.where(jobs.c.status.in_(FAILED_STATES))
+        elif status is not None:
+            q = q.where(jobs.c.status == status)
+        if before is not None:
+            q = q.where(tuple_(jobs.c.created_at, jobs.c.id) < tuple_(before[0], before[1]))
+        q = q.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit + 1)
+        standings: dict[str, Standing] = {}
+        async with self._read() as conn:
+            rows = (await conn.execute(q)).all()
+            found = [row_job(r) for r in rows[:limit]]
+            waiting = sorted(j.seq for j in found if j.state == "queued")
+            if waiting:
+                ahead = (
+                    await conn.execute(
+                        select(func.count())
+                        .select_from(jobs)
+                        .where(
+                            jobs.c.org_id == org,
+                            jobs.c.status == "queued",
+                            jobs.c.seq < waiting[0],
+                        )
+                    )
+                ).scalar_one()
+                queued_seqs = (
+                    (
+                        await conn.execute(
+                            select(jobs.c.seq)
+                            .where(
+                                jobs.c.org_id == org,
+                                jobs.c.status == "queued",
+                                jobs.c.seq >= waiting[0],
+                                jobs.c.seq <= waiting[-1],
+                            )
+                            .order_by(jobs.c.seq)
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+                org_row = (await conn.execute(self.sql.org_estimate, {"s_org": org})).first()
+        if waiting:
+            running, cap, avg = (
+                (org_row.running, org_row.cap, org_row.avg_seconds)
+                if org_row is not None
+                else (0, self.settings.default_cap, None)
+            )
+            processing = avg if avg is not None else self.settings.default_processing_seconds
+            for job in found:
+                if job.state != "queued":
+                    continue
+                position = int(ahead) + bisect_left(queued_seqs, job.seq) + 1
+                standings[job.id] = Standing(
+                    position, estimate_wait(position, running, cap, processing)
+                )
+        return JobPage(found, standings, len(rows) > limit)
+
+    async def counters(self) -> list[OrgCounters]:
+        """Every org's counters."""
+        async with self._read() as conn:
+            rows = (await conn.execute(select(job_orgs).order_by(job_orgs.c.org_id))).all()
+        return [OrgCounters(r.org_id, r.running, r.queued, r.cap, r.avg_seconds) for r in rows]
+
+    async def volume(
+        self, org: str, start: datetime, end: datetime, granularity: str
+    ) -> list[tuple[datetime, int, int]]:
+        """Finished jobs of ``org`` with ``start <= finished_at <= end`` per bucket
+        (``minute``, ``hour`` or ``day``): ``(bucket start, completed, failed)``."""
+        bucket = finished_bucket(self.dialect, granularity)
+        completed = func.sum(case((jobs.c.status == "completed", 1), else_=0))
+        failed = func.sum(case((jobs.c.status.in_(FAILED_STATES), 1), else_=0))
+        q: Select[Any] = (
+            select(bucket.label("bucket"), completed.label("completed"), failed.label("failed"))
+            .where(
+                jobs.c.org_id == org,
+                jobs.c.finished_at >= start,
+                jobs.c.finished_at <= end,
+                jobs.c.status.in_(("completed", *FAILED_STATES)),
+            )
+            .group_by(bucket)
+            .order_by(bucket)
+        )
+        async with self._read() as conn:
+            rows = (await conn.execute(q)).all()
+        out: list[tuple[datetime, int, int]] = []
+        for r in rows:
+            moment = r.bucket
+            if isinstance(moment, str):
+                moment = datetime.fromisoformat(moment)
+            out.append((moment.replace(tzinfo=UTC), int(r.completed or 0), int(r.failed or 0)))
+        return out

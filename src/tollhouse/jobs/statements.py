@@ -1,0 +1,238 @@
+"""The job queue's SQL: rows ↔ values, and the statements built once per queue.
+
+Building a SQLAlchemy statement (and its cache key) costs about as much CPU as running
+it, and the queue runs the same few statements thousands of times a second under load:
+claims, completions, counter moves. :class:`QueueStatements` builds them once, with
+bound parameters, for one dialect and one default cap; the state machine
+(:mod:`tollhouse.jobs.machine`) and the read model (:mod:`tollhouse.jobs.reads`) run
+them. Statements used rarely (enqueue's idempotency lookup, the reaper) are built where
+they run.
+
+Helpers here translate between rows and :class:`tollhouse.jobs.model.Job` and spell the
+few dialect differences (``INSERT … ON CONFLICT``, time buckets).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import orjson
+from sqlalchemy import Float, Integer, String, Text, bindparam, case, func, select, tuple_, update
+from sqlalchemy.sql.elements import ColumnElement
+
+from tollhouse.jobs.model import Job
+from tollhouse.jobs.schema import EPOCH, job_orgs, jobs
+from tollhouse.storage import dialect
+from tollhouse.times import as_utc
+
+#: Internal states read as ``failed`` on the wire.
+FAILED_STATES = ("failed", "dead")
+#: What a finish reads of a held job to decide its outcome (the rest is the lease's copy).
+DECIDE = (jobs.c.id, jobs.c.attempts, jobs.c.max_attempts, jobs.c.claimed_at)
+#: Leases extended (or finishes fenced) per statement, so a statement stays a sane size.
+HEARTBEAT_CHUNK = 500
+
+
+def new_job_id() -> str:
+    """``sj_`` + 20 hex characters (80 random bits): unguessable across orgs."""
+    return "sj_" + secrets.token_hex(10)
+
+
+def loads(text: str | None) -> Any:
+    """A JSON column's value (None stays None)."""
+    return None if text is None else orjson.loads(text)
+
+
+def dumps(value: Any) -> str:
+    """A value for a JSON text column."""
+    return orjson.dumps(value).decode()
+
+
+def row_job(row: Any) -> Job:
+    """A ``jobs`` row as a :class:`Job`."""
+    return Job(
+        id=row.id,
+        seq=row.seq,
+        org=row.org_id,
+        route=row.route,
+        payload=orjson.loads(row.payload),
+        state=row.status,
+        attempts=row.attempts,
+        max_attempts=row.max_attempts,
+        created_at=as_utc(row.created_at),
+        run_after=as_utc(row.run_after),
+        environment=row.environment,
+        tenant=row.tenant,
+        application_id=row.application_id,
+        idempotency_key=row.idempotency_key,
+        request_hash=row.request_hash,
+        request_id=row.request_id,
+        started_at=as_utc(row.started_at),
+        claimed_at=as_utc(row.claimed_at),
+        finished_at=as_utc(row.finished_at),
+        result=loads(row.result),
+        error=loads(row.error),
+        accepted_position=row.accepted_position,
+        accepted_wait=row.accepted_wait,
+    )
+
+
+def cap(default_cap: int) -> ColumnElement[Any]:
+    """An org's cap: its own, else the queue's default."""
+    return func.coalesce(job_orgs.c.cap, default_cap)
+
+
+def finished_bucket(dialect_name: str, granularity: str) -> ColumnElement[Any]:
+    """The start of the ``minute``/``hour``/``day`` a job finished in, UTC.
+
+    Raises:
+        ValueError: an unknown granularity.
+    """
+    if granularity not in ("minute", "hour", "day"):
+        raise ValueError(f"unknown granularity {granularity!r}")
+    if dialect_name == "sqlite":
+        # SQLite keeps datetimes as "YYYY-MM-DD HH:MM:SS.ffffff" text (written in UTC).
+        fmt = {
+            "minute": "%Y-%m-%d %H:%M:00",
+            "hour": "%Y-%m-%d %H:00:00",
+            "day": "%Y-%m-%d 00:00:00",
+        }[granularity]
+        return func.strftime(fmt, jobs.c.finished_at)
+    # AT TIME ZONE 'UTC' makes the truncation independent of the session's time zone.
+    return func.date_trunc(granularity, func.timezone("UTC", jobs.c.finished_at))
+
+
+class QueueStatements:
+    """The hot statements of one queue, built once with bound parameters.
+
+    Args:
+        dialect_name: ``sqlite`` or ``postgresql``.
+        default_cap: the cap of an org without its own.
+    """
+
+    def __init__(self, dialect_name: str, default_cap: int) -> None:
+        self.dialect = dialect_name
+        self.cap = cap(default_cap)
+        # Built once: constructing an upsert costs more than running it on SQLite.
+        upsert = dialect.insert(dialect_name, job_orgs).values(
+            org_id=bindparam("u_org"),
+            running=0,
+            queued=bindparam("u_count"),
+            last_served_at=EPOCH,
+            samples=0,
+        )
+        self.count_queued = upsert.on_conflict_do_update(
+            index_elements=["org_id"],
+            set_={"queued": job_orgs.c.queued + upsert.excluded.queued},
+        ).returning(
+            job_orgs.c.running,
+            job_orgs.c.queued,
+            self.cap.label("cap"),
+            job_orgs.c.avg_seconds,
+        )
+        self.ensure_org = (
+            dialect.insert(dialect_name, job_orgs)
+            .values(org_id=bindparam("e_org"), running=0, queued=0, last_served_at=EPOCH, samples=0)
+            .on_conflict_do_nothing(index_elements=["org_id"])
+        )
+        self.finish_orgs = (
+            update(job_orgs)
+            .where(job_orgs.c.org_id == bindparam("o_org"))
+            .values(
+                running=job_orgs.c.running + bindparam("o_running", type_=Integer),
+                queued=job_orgs.c.queued + bindparam("o_queued", type_=Integer),
+                avg_seconds=case(
+                    (job_orgs.c.avg_seconds.is_(None), bindparam("o_fresh", type_=Float)),
+                    else_=job_orgs.c.avg_seconds * bindparam("o_decay", type_=Float)
+                    + bindparam("o_offset", type_=Float),
+                ),
+                samples=job_orgs.c.samples + bindparam("o_samples", type_=Integer),
+            )
+        )
+        self.claimed_orgs = (
+            update(job_orgs)
+            .where(job_orgs.c.org_id == bindparam("c_org"))
+            .values(
+                running=job_orgs.c.running + bindparam("c_count", type_=Integer),
+                queued=job_orgs.c.queued - bindparam("c_count", type_=Integer),
+                last_served_at=bindparam("c_now", type_=job_orgs.c.last_served_at.type),
+            )
+        )
+
+        # The claim's and the completion's statements.
+        when = jobs.c.run_after.type
+        self.claim_orgs = (
+            select(job_orgs.c.org_id, job_orgs.c.running, self.cap.label("cap"))
+            .where(job_orgs.c.queued > 0, job_orgs.c.running < self.cap)
+            .order_by(job_orgs.c.last_served_at, job_orgs.c.org_id)
+            .limit(bindparam("c_limit", type_=Integer))
+            .with_for_update(skip_locked=True)
+        )
+        # Pick (and lock) an org's oldest ready jobs and lease them in one statement.
+        # One random part per claim; each job's token is it + the job id, so one UPDATE
+        # sets every lease of an org and tokens still differ per job and per claim.
+        pick = (
+            select(jobs.c.seq)
+            .where(
+                jobs.c.org_id == bindparam("p_org", type_=String),
+                jobs.c.status == "queued",
+                jobs.c.run_after <= bindparam("p_now", type_=when),
+            )
+            .order_by(jobs.c.seq)
+            .limit(bindparam("p_share", type_=Integer))
+            .with_for_update(skip_locked=True)
+        )
+        self.claim_jobs = (
+            update(jobs)
+            .where(jobs.c.seq.in_(pick))
+            .values(
+                status="running",
+                lease_token=bindparam("p_batch", type_=String) + jobs.c.id,
+                lease_expires_at=bindparam("p_expires", type_=when),
+                worker_id=bindparam("p_worker", type_=String),
+                attempts=jobs.c.attempts + 1,
+                claimed_at=bindparam("p_now", type_=when),
+                started_at=func.coalesce(jobs.c.started_at, bindparam("p_now", type_=when)),
+            )
+            .returning(*jobs.c)
+        )
+        # PostgreSQL: the claim and its org's counters in one statement (a data-modifying
+        # CTE), one round trip fewer per claim than the executemany SQLite uses.
+        claimed = self.claim_jobs.cte("claimed")
+        count = select(func.count()).select_from(claimed).scalar_subquery()
+        bump = (
+            update(job_orgs)
+            .where(job_orgs.c.org_id == bindparam("p_org", type_=String))
+            .values(
+                running=job_orgs.c.running + count,
+                queued=job_orgs.c.queued - count,
+                last_served_at=bindparam("p_now", type_=when),
+            )
+        )
+        self.claim_jobs_counted = select(claimed).add_cte(bump.cte("bumped"))
+        # A finish's fence: the (job id, lease token) pairs still running.
+        fence = (
+            tuple_(jobs.c.id, jobs.c.lease_token).in_(bindparam("f_pairs", expanding=True)),
+            jobs.c.status == "running",
+        )
+        # Completions: fenced and written in one UPDATE … RETURNING.
+        self.complete = (
+            update(jobs)
+            .where(*fence)
+            .values(
+                status="completed",
+                result=bindparam("f_result", type_=Text),
+                error=None,
+                finished_at=bindparam("f_now", type_=when),
+                lease_token=None,
+                lease_expires_at=None,
+                worker_id=None,
+            )
+            .returning(*DECIDE, jobs.c.run_after)
+        )
+        self.decide = select(*DECIDE, jobs.c.run_after).where(*fence).with_for_update()
+        # Where a queued job stands needs its org's running count, cap and mean time.
+        self.org_estimate = select(
+            job_orgs.c.running, self.cap.label("cap"), job_orgs.c.avg_seconds
+        ).where(job_orgs.c.org_id == bindparam("s_org", type_=String))
