@@ -487,7 +487,6 @@ class _ExampleApi:
             if left > 0:
                 await asyncio.sleep(left)
 
-
     async def score(self, call: _Call) -> Response:
         started = time.monotonic()
         request = bodies.score_request(await call.body())
