@@ -8,7 +8,12 @@ A third contender, the bare route plus the same six headers as constants, separa
 the server pays to write the headers from the gateway's own work. Rounds alternate the
 contenders; each one's best round is kept. Target: wrapped ≥ 85 % of bare.
 
+Requests/s swing with whatever else runs on the machine; the server's CPU time per
+request (user + system from ``/proc/PID/stat`` around each wrk run, divided by the
+requests served) hardly does, so it is printed too, per round and at the end.
+
     .venv/bin/python benchmarks/gateway_wrk.py [--seconds 10] [--rounds 3] [--connections 64]
+        [--meter-variants]
 
 Needs `wrk` (Debian package `wrk`; installed here with apt-get when run as root).
 """
@@ -69,6 +74,25 @@ def wrapped():
     from tollhouse import Tollhouse
 
     return Tollhouse(bare, config="policy.toml")
+
+
+# --meter-variants: the same gateway without the raw call log, and with no meter at all
+# (records are made and dropped), to tell the meter's share from the rest.
+def wrapped_no_log():
+    app = wrapped()
+    app.meter.aggregator.keep_raw_log = False
+    return app
+
+
+class _NoMeter:
+    def record(self, call):
+        pass
+
+
+def wrapped_no_meter():
+    app = wrapped()
+    app.gateway.meter = _NoMeter()
+    return app
 """
 
 POLICY = """
@@ -133,7 +157,7 @@ def start(workdir: Path, target: str, port: int) -> subprocess.Popen[bytes]:
         "--log-level",
         "warning",
     ]
-    if target.endswith("wrapped"):
+    if target.rpartition(":")[2].startswith("wrapped"):
         args.append("--factory")
     # Server on core 0, load generator on core 1: neither steals the other's CPU.
     proc = subprocess.Popen([*PIN_SERVER, *args], cwd=workdir)
@@ -148,24 +172,39 @@ def start(workdir: Path, target: str, port: int) -> subprocess.Popen[bytes]:
     sys.exit(f"{target} did not start")
 
 
-def run_wrk(wrk: str, url: str, seconds: int, connections: int, key: str | None) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux ``/proc/PID/stat``)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # Fields 14 and 15 of the file (utime, stime), counted after the "(comm)" field.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(
+    wrk: str, url: str, seconds: int, connections: int, key: str | None, pid: int
+) -> tuple[float, float]:
+    """Load ``url``; its requests/s and the server's CPU µs per request (user + system,
+    read from ``/proc``: unlike requests/s, hardly moved by other work on the machine)."""
     args = [*PIN_CLIENT, wrk, "-t", "1", "-c", str(connections), "-d", f"{seconds}s", url]
     if key:
         args[-1:-1] = ["-H", f"Authorization: Bearer {key}"]
+    cpu0 = cpu_seconds(pid)
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    cpu1 = cpu_seconds(pid)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non2xx:
         sys.exit(f"wrk saw {non2xx.group(1)} error responses:\n{out}")
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not match:
+    total = re.search(r"(\d+) requests in", out)
+    if not match or not total:
         sys.exit(f"cannot read wrk output:\n{out}")
-    return float(match.group(1))
+    return float(match.group(1)), (cpu1 - cpu0) * 1e6 / max(1, int(total.group(1)))
 
 
 async def make_key(workdir: Path) -> str:
     from tollhouse.keys.store import KeyStore
+    from tollhouse.schema import create_schema
     from tollhouse.storage.engine import make_engine
-    from tollhouse.storage.schema import create_schema
 
     engine = make_engine(f"sqlite:///{workdir}/bench.db")
     await create_schema(engine)
@@ -179,6 +218,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--meter-variants",
+        action="store_true",
+        help="also the gateway without the raw call log, and without the meter",
+    )
     args = parser.parse_args()
     wrk = ensure_wrk()
     with tempfile.TemporaryDirectory() as tmp:
@@ -186,31 +230,33 @@ def main() -> None:
         (workdir / "bench_app.py").write_text(APP_MODULE)
         (workdir / "policy.toml").write_text(POLICY)
         key = asyncio.run(make_key(workdir))
-        bare_port, headers_port, wrapped_port = free_port(), free_port(), free_port()
-        bare = start(workdir, "bench_app:bare", bare_port)
-        headers_only = start(workdir, "bench_app:headers_only", headers_port)
-        wrapped = start(workdir, "bench_app:wrapped", wrapped_port)
+        targets = {"bare": "bare", "headers": "headers_only", "wrapped": "wrapped"}
+        if args.meter_variants:
+            targets |= {"no log": "wrapped_no_log", "no meter": "wrapped_no_meter"}
+        servers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
         try:
+            for name, target in targets.items():
+                port = free_port()
+                servers[name] = (port, start(workdir, f"bench_app:{target}", port))
             path = "/v1/score/sj_123"
             check = httpx.get(
-                f"http://127.0.0.1:{wrapped_port}{path}",
+                f"http://127.0.0.1:{servers['wrapped'][0]}{path}",
                 headers={"Authorization": f"Bearer {key}"},
             )
             assert check.status_code == 200, check.text
             assert "x-ratelimit-limit" in check.headers
-            contenders = {
-                "bare": (bare_port, None),
-                "headers": (headers_port, None),
-                "wrapped": (wrapped_port, key),
-            }
-            best = dict.fromkeys(contenders, 0.0)
+            best = dict.fromkeys(servers, 0.0)
+            cpu: dict[str, list[float]] = {name: [] for name in servers}
             for _ in range(args.rounds):
-                for name, (port, auth) in contenders.items():
+                for name, (port, proc) in servers.items():
                     url = f"http://127.0.0.1:{port}{path}"
-                    rps = run_wrk(wrk, url, args.seconds, args.connections, auth)
+                    auth = None if targets[name] in ("bare", "headers_only") else key
+                    rps, us = run_wrk(wrk, url, args.seconds, args.connections, auth, proc.pid)
                     best[name] = max(best[name], rps)
+                    cpu[name].append(us)
+                    print(f"  {name:<8} {rps:>10,.0f} req/s  {us:6.1f} µs CPU/request", flush=True)
         finally:
-            for proc in (bare, headers_only, wrapped):
+            for _, proc in servers.values():
                 proc.terminate()
                 proc.wait()
     b, h, w = best["bare"], best["headers"], best["wrapped"]
@@ -219,6 +265,11 @@ def main() -> None:
     print(f"Tollhouse(auth + 2 buckets + headers): {w:>10,.0f} req/s")
     print(f"ratio wrapped / bare                 : {w / b:.1%}  (target >= 85%)")
     print(f"ratio wrapped / bare + headers       : {w / h:.1%}  (the gateway's own work)")
+    for name in ("no log", "no meter"):
+        if name in best:
+            print(f"ratio wrapped, {name:<8} / bare      : {best[name] / b:.1%}")
+    for name, samples in cpu.items():
+        print(f"server CPU per request, {name:<8}     : {min(samples):6.1f} µs (least of rounds)")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tollhouse.metering.aggregator import Aggregator, Batch, dimensions
+from tollhouse.metering.aggregator import INBOX, Aggregator, Batch, Cell, dimensions
 from tollhouse.metering.histogram import bucket_of
 from tollhouse.metering.record import CallRecord
 
@@ -115,3 +115,62 @@ def test_aggregator_is_a_meter() -> None:
 
     meter: Meter = Aggregator()
     meter.record(call())
+
+
+def cell_state(cell: Cell) -> tuple[Any, ...]:
+    return (
+        cell.count,
+        cell.errors,
+        cell.client_errors,
+        cell.throttled,
+        cell.redirects,
+        cell.dur_sum,
+        cell.dur_min,
+        cell.dur_max,
+        dict(sorted(cell.hist.items())),
+    )
+
+
+def test_calls_aggregated_in_passes_count_as_one_call_at_a_time() -> None:
+    # Several inbox passes, a malformed record inside one, a cap that drops entries
+    # across passes: the same as draining after every single call.
+    statuses = (200, 201, 302, 400, 404, 429, 500, 503)
+    calls = [
+        call(
+            T0 + i * 0.5,
+            key_id=f"key_{i % 3}",
+            status=statuses[i % len(statuses)],
+            duration_ms=(i % 41) * 0.9,
+            labels={"db": "main"} if i % 2 else {},
+        )
+        for i in range(3 * INBOX + 5)
+    ]
+    cap = 2 * INBOX
+    agg = Aggregator(raw_log_cap=cap)
+    for i, c in enumerate(calls):
+        agg.record(c)
+        if i == INBOX + 7:
+            agg.record(call(duration_ms="slow"))
+    n = len(calls)
+    assert agg.recorded_calls == n and agg.rejected_calls == 1
+    assert agg.pending_calls == cap and agg.dropped_calls == n - cap
+    assert agg.pending_since == T0
+    batch = agg.drain()
+    assert logged_times(batch) == [c.time for c in calls[n - cap :]]
+    assert batch.since == T0 and batch.call_count == n
+
+    one_at_a_time: dict[Any, Cell] = {}
+    single = Aggregator()
+    for c in calls:
+        single.record(c)
+        for key, cell in single.drain().cells.items():
+            one_at_a_time.setdefault(key, Cell()).merge(cell)
+    assert {k: cell_state(c) for k, c in batch.cells.items()} == {
+        k: cell_state(c) for k, c in one_at_a_time.items()
+    }
+    # Each raw entry points at the cell (dimension set, minute) it was counted in.
+    for (t_us, status, us), cell in zip(batch.log, batch.log_cells, strict=True):
+        original = calls[[c.time for c in calls].index(t_us / 1_000_000)]
+        assert cell.dims == dimensions(original) and status == original.status
+        assert us == round(original.duration_ms * 1000)
+        assert batch.cells[(int(t_us // 60_000_000) * 60, dimensions(original))] is cell

@@ -16,6 +16,7 @@ from tollhouse.errors import StorageError
 from tollhouse.metering import Retention, UsageMeter, prune
 from tollhouse.metering.flusher import dim_id
 from tollhouse.metering.histogram import COLUMNS
+from tollhouse.metering.record import CallRecord
 from tollhouse.metering.schema import (
     ROLLUPS,
     product_events,
@@ -80,6 +81,69 @@ def test_every_recorded_call_is_counted_in_every_rollup_and_the_log(database_url
         assert await count_rows(engine, usage_dims) == 4
         assert await count_rows(engine, usage_rollup_1d) == 4 * 3  # 3 UTC days
         assert meter.stats().recorded_calls == n and meter.stats().flushes == 1
+
+    run_with(database_url, go)
+
+
+def test_the_raw_log_holds_every_call_column_for_column(database_url: str) -> None:
+    """Rows are made per dimension set at flush time: every column must still be the
+    call's own — across full multi-row statements, remainders, many small dimension
+    sets, the same set in two minutes, and (PostgreSQL) both the COPY and the per-row
+    path."""
+
+    def traffic(t0: float) -> list[CallRecord]:
+        busy = [
+            call(t0 + i * 0.05, status=(200, 404, 503)[i % 3], duration_ms=(i % 13) * 1.7)
+            for i in range(700)
+        ]
+        varied = [
+            call(
+                t0 + 60 + i * 0.1,
+                key_id=f"key_{i % 30}",
+                tenant=f"tenant{i % 4}" if i % 2 else None,
+                endpoint_group=None if i % 3 else "SCORING",
+                route=None if i % 5 == 0 else "/v1/score",
+                labels={"db": f"db{i % 3}", "scenario": "home"} if i % 2 else {},
+            )
+            for i in range(90)
+        ]
+        return busy + varied
+
+    def as_row(c: CallRecord) -> tuple[Any, ...]:
+        t, org, env, key, tenant, group, method, route, status, ms, labels = c
+        us = max(0, round(ms * 1000))
+        return (round(t * 1e6), org, env, key, tenant, group, method, route, status, us, labels)
+
+    async def go(engine: AsyncEngine) -> None:
+        meter = UsageMeter(engine)
+        calls: list[CallRecord] = []
+        for bulk, t0 in ((True, T0), (False, T0 + 3600)):
+            meter.flusher.writer.bulk_postgres = bulk
+            batch = traffic(t0)
+            for c in batch:
+                meter.record(c)
+            result = await meter.flush()
+            assert result.log_rows == result.calls == len(batch)
+            calls += batch
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(usage_calls).order_by(usage_calls.c.time_us))).all()
+        got = [
+            (
+                r.time_us,
+                r.org,
+                r.environment,
+                r.key_id,
+                r.tenant,
+                r.endpoint_group,
+                r.method,
+                r.route,
+                r.status,
+                r.duration_us,
+                dict(r.labels),
+            )
+            for r in rows
+        ]
+        assert got == [as_row(c) for c in sorted(calls, key=lambda c: c.time)]
 
     run_with(database_url, go)
 

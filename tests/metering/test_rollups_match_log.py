@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -238,3 +239,27 @@ def check(url: str, calls: list[tuple[float, int, int, float, dict[str, str]]]) 
 @given(calls=calls_strategy)
 def test_rollup_answers_equal_raw_log_answers(database_url: str, calls: Any) -> None:
     check(database_url, calls)
+
+
+def test_rollup_answers_equal_raw_log_answers_for_thousands_of_calls(database_url: str) -> None:
+    """Past what the examples above reach: several aggregation passes of the inbox and
+    full multi-row raw-log statements (a burst on one dimension set), plus scattered
+    traffic."""
+    rng = random.Random(2026)
+    statuses = [200, 200, 201, 302, 304, 404, 429, 500, 503]
+    labels: list[dict[str, str]] = [{}, {"db": "main"}, {"db": "other", "scenario": "home"}]
+    burst = [
+        (DAY + rng.uniform(0, 90), 0, rng.choice(statuses), rng.uniform(0, 900), {})
+        for _ in range(1400)
+    ]
+    scattered = [
+        (
+            rng.uniform(0, 3 * DAY - 1),
+            rng.randrange(len(ROUTES)),
+            rng.choice(statuses),
+            rng.uniform(0, 120_000),
+            rng.choice(labels),
+        )
+        for _ in range(1100)
+    ]
+    check(database_url, burst + scattered)

@@ -1,14 +1,20 @@
 """The in-memory side of metering: one :class:`CallRecord` in, per-minute aggregates out.
 
 :meth:`Aggregator.record` is called by the gateway after every response, on the event
-loop, so it does no I/O, takes no lock (one event loop, no ``await`` inside) and costs a
-tuple, a dict lookup and a few integer additions. The flusher
-(:mod:`tollhouse.metering.flusher`) periodically :meth:`~Aggregator.drain`\\ s it and
-writes a batch; when the write fails the batch is :meth:`~Aggregator.restore`\\ d.
+loop, so it does no I/O, takes no lock (one event loop, no ``await`` inside) and only
+appends the record to an inbox. Every :data:`INBOX` calls, and before anything reads the
+aggregator, :meth:`Aggregator.absorb` aggregates the inbox in one pass: a tuple, a dict
+lookup and a few integer additions per call, with everything in local variables. The
+raw call-log entry it keeps is as small: the call's own three integers (arrival µs,
+status, duration µs) and the cell it was counted in, whose dimension set the flusher
+turns into the row's other columns once per dimension set, not once per call. The
+flusher (:mod:`tollhouse.metering.flusher`) periodically :meth:`~Aggregator.drain`\\ s
+it and writes a batch; when the write fails the batch is :meth:`~Aggregator.restore`\\ d.
 
 Memory stays bounded while storage is down: aggregate cells grow with minutes × distinct
 dimension sets (small) and are always kept; raw call-log entries are capped, and past the
-cap the oldest are dropped and counted in :attr:`Aggregator.dropped_calls`.
+cap the oldest are dropped and counted in :attr:`Aggregator.dropped_calls`; the inbox
+holds fewer than :data:`INBOX` records.
 
 What counts as what (documented in docs/analytics.md):
 
@@ -24,16 +30,20 @@ status class (2xx, 3xx, 4xx = client errors + throttled, 5xx = errors).
 from __future__ import annotations
 
 import logging
+from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
 
-from tollhouse.metering.histogram import bucket_of
+from tollhouse.metering.histogram import BOUNDS_US
 from tollhouse.metering.record import CallRecord
 
 logger = logging.getLogger(__name__)
 
 #: Raw call-log entries kept in memory at most (per process) while storage is away.
 DEFAULT_RAW_LOG_CAP = 100_000
+#: Calls :meth:`Aggregator.record` holds before aggregating them in one pass: big enough
+#: for the pass to pay off, small enough that it holds the event loop about a millisecond.
+INBOX = 1024
 
 #: ``(org, environment, key_id, tenant, endpoint_group, method, route, labels)`` with
 #: ``""`` for a missing tenant, group or route and labels as ``(name, value)`` pairs in the
@@ -41,14 +51,25 @@ DEFAULT_RAW_LOG_CAP = 100_000
 Dimensions = tuple[str, str, str, str, str, str, str, tuple[tuple[str, str], ...]]
 #: A cell's key: the minute's start (epoch seconds, UTC) and the dimension set.
 CellKey = tuple[int, Dimensions]
+#: An aggregator's own cell key: ``(minute, *dimensions)`` as one flat tuple.
+FlatKey = tuple[int, str, str, str, str, str, str, str, tuple[tuple[str, str], ...]]
+#: What a raw call-log entry holds of its own: ``(time_us, status, duration_us)``; the
+#: rest of the row is its cell's dimension set.
+LogValues = tuple[int, int, int]
 
 
 class Cell:
-    """What is known about the calls of one dimension set in one minute (or coarser)."""
+    """What is known about the calls of one dimension set in one minute (or coarser).
+
+    Args:
+        dims: the dimension set, when the cell is an aggregator's (the flusher reads the
+            raw call-log rows' dimension columns from it).
+    """
 
     __slots__ = (
         "client_errors",
         "count",
+        "dims",
         "dur_max",
         "dur_min",
         "dur_sum",
@@ -58,7 +79,8 @@ class Cell:
         "throttled",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, dims: Dimensions | None = None) -> None:
+        self.dims = dims
         self.count = 0
         self.errors = 0
         self.client_errors = 0
@@ -69,28 +91,6 @@ class Cell:
         self.dur_max = 0
         self.hist: dict[int, int] = {}
         """Sparse latency histogram: bucket index → count."""
-
-    def add(self, duration_us: int, status: int) -> None:
-        """Account one call."""
-        if self.count == 0 or duration_us < self.dur_min:
-            self.dur_min = duration_us
-        if self.count == 0 or duration_us > self.dur_max:
-            self.dur_max = duration_us
-        self.count += 1
-        self.dur_sum += duration_us
-        if status >= 300:
-            if status >= 500:
-                self.errors += 1
-            elif status >= 400:
-                if status == 429:
-                    self.throttled += 1
-                else:
-                    self.client_errors += 1
-            else:
-                self.redirects += 1
-        b = bucket_of(duration_us)
-        hist = self.hist
-        hist[b] = hist.get(b, 0) + 1
 
     def merge(self, other: Cell) -> None:
         """Add ``other``'s calls to this cell."""
@@ -112,7 +112,7 @@ class Cell:
 
     def copy(self) -> Cell:
         """An independent copy."""
-        out = Cell()
+        out = Cell(self.dims)
         out.merge(self)
         return out
 
@@ -143,15 +143,18 @@ class Batch:
 
     cells: dict[CellKey, Cell] = field(default_factory=dict)
     """Per-minute aggregates."""
-    calls: list[CallRecord] = field(default_factory=list)
-    """Raw call-log entries, oldest first."""
+    log: list[LogValues] = field(default_factory=list)
+    """Raw call-log entries, oldest first: ``(time_us, status, duration_us)``."""
+    log_cells: list[Cell] = field(default_factory=list)
+    """The cell each entry of :attr:`log` was counted in (same order): its dimension set
+    is the rest of the entry's row."""
     since: float | None = None
     """Arrival time (epoch s) of the oldest call in this batch; None if empty."""
 
     @property
     def empty(self) -> bool:
         """True when there is nothing to write."""
-        return not self.cells and not self.calls
+        return not self.cells and not self.log
 
     @property
     def call_count(self) -> int:
@@ -162,6 +165,11 @@ class Batch:
 class Aggregator:
     """An in-memory :class:`~tollhouse.metering.record.Meter`: aggregates per minute per
     dimension set and keeps a bounded raw call log until the flusher takes them.
+
+    :meth:`record` only appends the call to an inbox; every :data:`INBOX` calls, and
+    before anything reads the aggregator (:meth:`drain`, :meth:`restore`, the counters
+    and ``pending_*`` properties), :meth:`absorb` aggregates the inbox in one pass. The
+    counts are the same as one call at a time; the request path pays a list append.
 
     Args:
         raw_log_cap: raw call-log entries kept at most while not flushed; beyond it the
@@ -174,75 +182,165 @@ class Aggregator:
             raise ValueError("raw_log_cap must be >= 0")
         self.raw_log_cap = raw_log_cap
         self.keep_raw_log = keep_raw_log
-        self._cells: dict[CellKey, Cell] = {}
-        self._calls: deque[CallRecord] = deque()
-        self.recorded_calls = 0
-        """Calls accounted since start."""
-        self.dropped_calls = 0
-        """Raw call-log entries dropped (oldest first) because the cap was reached."""
-        self.rejected_calls = 0
-        """Records that could not be accounted at all (malformed); logged."""
-        self.pending_since: float | None = None
-        """Arrival time (epoch s) of the oldest call not yet drained; None when none is."""
+        self._inbox: list[CallRecord] = []
+        # Keyed by (minute, *dimensions), one flat tuple: a tuple fewer per call than a
+        # CellKey; drain() hands CellKeys out.
+        self._cells: dict[FlatKey, Cell] = {}
+        self._log: deque[LogValues] = deque()
+        self._log_cells: deque[Cell] = deque()
+        self._recorded = 0
+        self._dropped = 0
+        self._rejected = 0
+        self._since: float | None = None
 
     def record(self, call: CallRecord) -> None:
-        """Account one call: memory only, never blocks, never raises."""
-        try:
-            us = max(0, round(call.duration_ms * 1000))
-            labels = call.labels
-            key = (
-                int(call.time // 60) * 60,
-                (
-                    call.org,
-                    call.environment,
-                    call.key_id,
-                    call.tenant or "",
-                    call.endpoint_group or "",
-                    call.method,
-                    call.route or "",
-                    tuple(labels.items()) if labels else (),
-                ),
-            )
-            cell = self._cells.get(key)
-            if cell is None:
-                cell = self._cells[key] = Cell()
-            cell.add(us, call.status)
-        except Exception:
-            # The gateway must never fail a response because of metering.
-            self.rejected_calls += 1
-            if self.rejected_calls == 1 or self.rejected_calls % 1000 == 0:
-                logger.exception("could not meter a call", extra={"rejected": self.rejected_calls})
+        """Account one call: memory only, never blocks, never raises.
+
+        Runs once per request on the event loop, so it only appends to the inbox
+        (bounded: every :data:`INBOX` calls it is aggregated).
+        """
+        inbox = self._inbox
+        inbox.append(call)
+        if len(inbox) >= INBOX:
+            self.absorb()
+
+    def absorb(self) -> None:
+        """Aggregate the calls recorded since the last absorb (never raises: a malformed
+        record is counted in :attr:`rejected_calls`, logged, and skipped whole)."""
+        calls = self._inbox
+        if not calls:
             return
-        self.recorded_calls += 1
-        since = self.pending_since
-        if since is None or call.time < since:
-            self.pending_since = call.time
-        if self.keep_raw_log:
-            calls = self._calls
-            if len(calls) >= self.raw_log_cap:
-                if self.raw_log_cap == 0:
-                    self.dropped_calls += 1
-                    return
-                calls.popleft()
-                self.dropped_calls += 1
-            calls.append(call)
+        self._inbox = []
+        # One pass with everything in locals: what makes a call cheaper here than alone.
+        cells = self._cells
+        find = cells.get
+        keep, cap = self.keep_raw_log, self.raw_log_cap
+        log, log_cells = self._log, self._log_cells
+        since = self._since
+        accounted = dropped = 0
+        for call in calls:
+            try:
+                t, org, env, key_id, tenant, group, method, route, status, ms, labels = call
+                us = round(ms * 1000)
+                if us < 0:
+                    us = 0
+                # The minute from the logged microsecond, so a call's rollup minute and
+                # its raw-log row always agree (and integer division is cheaper).
+                t_us = round(t * 1_000_000)
+                key: FlatKey = (
+                    t_us // 60_000_000 * 60,
+                    org,
+                    env,
+                    key_id,
+                    tenant or "",
+                    group or "",
+                    method,
+                    route or "",
+                    tuple(labels.items()) if labels else (),
+                )
+                b = bisect_right(BOUNDS_US, us)
+                # 0: success, 1: redirect, 2: client error, 3: throttled, 4: error.
+                if status < 300:
+                    kind = 0
+                elif status >= 500:
+                    kind = 4
+                elif status < 400:
+                    kind = 1
+                else:
+                    kind = 3 if status == 429 else 2
+                cell = find(key)
+                if cell is None:
+                    cell = cells[key] = Cell(key[1:])
+            except Exception:
+                # Every step that can fail on a malformed record came before the first
+                # change: such a record is refused whole, and the gateway never fails a
+                # response because of metering.
+                self._rejected += 1
+                if self._rejected == 1 or self._rejected % 1000 == 0:
+                    logger.exception("could not meter a call", extra={"rejected": self._rejected})
+                continue
+            # Cell.merge of a one-call cell, inlined.
+            n = cell.count
+            if n == 0:
+                cell.dur_min = cell.dur_max = us
+            elif us < cell.dur_min:
+                cell.dur_min = us
+            elif us > cell.dur_max:
+                cell.dur_max = us
+            cell.count = n + 1
+            cell.dur_sum += us
+            if kind:
+                if kind == 4:
+                    cell.errors += 1
+                elif kind == 1:
+                    cell.redirects += 1
+                elif kind == 2:
+                    cell.client_errors += 1
+                else:
+                    cell.throttled += 1
+            hist = cell.hist
+            hist[b] = hist.get(b, 0) + 1
+            accounted += 1
+            if since is None or t < since:
+                since = t
+            if keep:
+                if len(log) >= cap:
+                    dropped += 1
+                    if cap == 0:
+                        continue
+                    log.popleft()
+                    log_cells.popleft()
+                log.append((t_us, status, us))
+                log_cells.append(cell)
+        self._recorded += accounted
+        self._dropped += dropped
+        self._since = since
+
+    @property
+    def recorded_calls(self) -> int:
+        """Calls accounted since start."""
+        self.absorb()
+        return self._recorded
+
+    @property
+    def dropped_calls(self) -> int:
+        """Raw call-log entries dropped (oldest first) because the cap was reached."""
+        self.absorb()
+        return self._dropped
+
+    @property
+    def rejected_calls(self) -> int:
+        """Records that could not be accounted at all (malformed); logged."""
+        self.absorb()
+        return self._rejected
+
+    @property
+    def pending_since(self) -> float | None:
+        """Arrival time (epoch s) of the oldest call not yet drained; None when none is."""
+        self.absorb()
+        return self._since
 
     @property
     def pending_cells(self) -> int:
         """Aggregate cells waiting for the flusher."""
+        self.absorb()
         return len(self._cells)
 
     @property
     def pending_calls(self) -> int:
         """Raw call-log entries waiting for the flusher."""
-        return len(self._calls)
+        self.absorb()
+        return len(self._log)
 
     def drain(self) -> Batch:
         """Take everything recorded so far (the aggregator starts empty again)."""
-        batch = Batch(self._cells, list(self._calls), self.pending_since)
+        self.absorb()
+        cells: dict[CellKey, Cell] = {(key[0], key[1:]): cell for key, cell in self._cells.items()}
+        batch = Batch(cells, list(self._log), list(self._log_cells), self._since)
         self._cells = {}
-        self._calls = deque()
-        self.pending_since = None
+        self._log = deque()
+        self._log_cells = deque()
+        self._since = None
         return batch
 
     def restore(self, batch: Batch) -> None:
@@ -251,23 +349,29 @@ class Aggregator:
         Its raw entries are older than the ones recorded since, so when the cap is
         exceeded they are the first to go.
         """
-        if batch.since is not None and (
-            self.pending_since is None or batch.since < self.pending_since
-        ):
-            self.pending_since = batch.since
+        self.absorb()
+        if batch.since is not None and (self._since is None or batch.since < self._since):
+            self._since = batch.since
         cells = self._cells
-        for key, cell in batch.cells.items():
+        for (minute, dims), cell in batch.cells.items():
+            key: FlatKey = (minute, *dims)
             mine = cells.get(key)
             if mine is None:
+                if cell.dims is None:
+                    cell.dims = dims
                 cells[key] = cell
             else:
                 mine.merge(cell)
-        if not batch.calls:
+        if not batch.log:
             return
-        merged: deque[CallRecord] = deque(batch.calls)
-        merged.extend(self._calls)
-        overflow = len(merged) - self.raw_log_cap
-        for _ in range(max(0, overflow)):
-            merged.popleft()
-        self.dropped_calls += max(0, overflow)
-        self._calls = merged
+        log: deque[LogValues] = deque(batch.log)
+        log.extend(self._log)
+        log_cells: deque[Cell] = deque(batch.log_cells)
+        log_cells.extend(self._log_cells)
+        overflow = max(0, len(log) - self.raw_log_cap)
+        for _ in range(overflow):
+            log.popleft()
+            log_cells.popleft()
+        self._dropped += overflow
+        self._log = log
+        self._log_cells = log_cells

@@ -6,8 +6,16 @@ aggregates to the 1 m, 1 h and 1 d rollups with
 (the same effect on SQLite and PostgreSQL, so several processes can flush into one
 database), and appends the raw call log. On PostgreSQL each rollup's rows go in one
 ``INSERT … SELECT * FROM unnest($1::bigint[], …) ON CONFLICT …`` and the raw log by
-binary ``COPY`` (one execution each, not one per row). A failed flush puts the batch back
-into the aggregator and is retried with backoff; :meth:`Flusher.stop` flushes whatever is left.
+binary ``COPY`` (one execution each, not one per row). On SQLite the raw log goes in
+multi-row ``INSERT``\\ s whose dimension columns are bound once per statement
+(:func:`sqlite_log_insert`). A failed flush puts the batch back into the aggregator and
+is retried with backoff; :meth:`Flusher.stop` flushes whatever is left.
+
+The raw log's rows are made here, not on the request path: the aggregator keeps three
+integers per call and the cell it was counted in (:data:`~.aggregator.LogValues`); a
+row is the cell's dimension columns (:func:`log_head`, once per dimension set per flush)
+followed by those integers, so a row costs one tuple concatenation — or, on SQLite, no
+row at all: the integers go straight into the statement's parameter list.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -26,10 +35,9 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tollhouse.errors import StorageError
-from tollhouse.metering.aggregator import Aggregator, Batch, Cell, Dimensions, duration_us
+from tollhouse.metering.aggregator import Aggregator, Batch, Cell, Dimensions, LogValues
 from tollhouse.metering.histogram import BUCKETS
 from tollhouse.metering.histogram import COLUMNS as HIST
-from tollhouse.metering.record import CallRecord
 from tollhouse.metering.retention import Retention, prune
 from tollhouse.metering.schema import GRANULARITY, ROLLUPS, usage_calls, usage_dims
 from tollhouse.storage import dialect
@@ -160,9 +168,8 @@ class FlushResult:
     """Raw call-log rows appended."""
 
 
-#: Columns of a raw call-log row, in the order of :func:`call_values`.
-CALL_COLUMNS: tuple[str, ...] = (
-    "time_us",
+#: The raw call-log columns that come from a call's dimension set (:func:`log_head`).
+LOG_HEAD_COLUMNS: tuple[str, ...] = (
     "org",
     "environment",
     "key_id",
@@ -170,27 +177,86 @@ CALL_COLUMNS: tuple[str, ...] = (
     "endpoint_group",
     "method",
     "route",
+    "labels",
+)
+#: Columns of a raw call-log row as written: the head, then a :data:`LogValues`.
+LOG_COLUMNS: tuple[str, ...] = (*LOG_HEAD_COLUMNS, "time_us", "status", "duration_us")
+#: The same columns in table order (the portable per-row statement's).
+CALL_COLUMNS: tuple[str, ...] = (
+    "time_us",
+    *LOG_HEAD_COLUMNS[:7],
     "status",
     "duration_us",
     "labels",
 )
+#: Raw call-log rows per SQLite statement: 8 + 3 × 256 = 776 parameters, under the 999
+#: that SQLite builds before 3.32 allow.
+SQLITE_LOG_ROWS = 256
+
+LogHead = tuple[str, str, str, str | None, str | None, str, str | None, str]
 
 
-def call_values(call: CallRecord) -> tuple[Any, ...]:
-    """One raw call-log row as a tuple in :data:`CALL_COLUMNS` order."""
+def log_head(dims: Dimensions) -> LogHead:
+    """The raw call-log columns of a dimension set, in :data:`LOG_HEAD_COLUMNS` order: a
+    missing tenant, group or route is NULL, labels are a JSON object."""
+    org, env, key, tenant, group, method, route, labels = dims
     return (
-        round(call.time * 1_000_000),
-        call.org,
-        call.environment,
-        call.key_id,
-        call.tenant,
-        call.endpoint_group,
-        call.method,
-        call.route,
-        call.status,
-        duration_us(call),
-        orjson.dumps(call.labels).decode(),
+        org,
+        env,
+        key,
+        tenant or None,
+        group or None,
+        method,
+        route or None,
+        orjson.dumps(dict(labels)).decode(),
     )
+
+
+def log_groups(batch: Batch) -> list[tuple[LogHead, list[LogValues]]]:
+    """The batch's raw call-log entries grouped by dimension set, each group with its
+    head; entries keep their order within a group."""
+    by_cell: dict[Cell, list[LogValues]] = {}
+    for cell, values in zip(batch.log_cells, batch.log, strict=True):
+        group = by_cell.get(cell)
+        if group is None:
+            group = by_cell[cell] = []
+        group.append(values)
+    by_dims: dict[Dimensions, list[LogValues]] = {}
+    for cell, group in by_cell.items():
+        assert cell.dims is not None, "a raw call-log entry of a cell without dimensions"
+        seen = by_dims.get(cell.dims)
+        if seen is None:
+            by_dims[cell.dims] = group
+        else:  # the same dimension set in another minute
+            seen.extend(group)
+    return [(log_head(dims), group) for dims, group in by_dims.items()]
+
+
+def sqlite_log_insert(rows: int, quote: Callable[[str], str]) -> str:
+    """SQLite's ``INSERT`` of ``rows`` raw call-log rows of one dimension set: the head
+    is bound once (``?1``…``?8``), each row adds its three integers."""
+    head = ",".join(f"?{i}" for i in range(1, len(LOG_HEAD_COLUMNS) + 1))
+    first = len(LOG_HEAD_COLUMNS) + 1
+    values = ",".join(
+        f"({head},?{first + 3 * i},?{first + 3 * i + 1},?{first + 3 * i + 2})" for i in range(rows)
+    )
+    cols = ", ".join(quote(c) for c in LOG_COLUMNS)
+    return f"INSERT INTO {quote(usage_calls.name)} ({cols}) VALUES {values}"
+
+
+def sqlite_log_parts(count: int) -> list[tuple[int, int]]:
+    """How :class:`BatchWriter` splits ``count`` rows of a group: ``(start, rows)`` pairs,
+    full :data:`SQLITE_LOG_ROWS` statements first, then the rest in powers of two — so
+    a process only ever prepares nine statement shapes, whatever the batch sizes."""
+    parts: list[tuple[int, int]] = []
+    start = 0
+    size = SQLITE_LOG_ROWS
+    while start < count:
+        while size > count - start:
+            size //= 2
+        parts.append((start, size))
+        start += size
+    return parts
 
 
 def driver_sql(conn: AsyncConnection, stmt: Any, columns: tuple[str, ...]) -> str:
@@ -221,7 +287,7 @@ async def _copy_calls(conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> Non
     assert driver is not None
     if not driver.is_in_transaction():  # pragma: no cover - the rollups started it
         await conn.exec_driver_sql("SELECT 1")
-    await driver.copy_records_to_table(usage_calls.name, records=rows, columns=CALL_COLUMNS)
+    await driver.copy_records_to_table(usage_calls.name, records=rows, columns=LOG_COLUMNS)
 
 
 class BatchWriter:
@@ -282,20 +348,50 @@ class BatchWriter:
                         await conn.execute(stmt, list(part))
                 for table in ROLLUPS:
                     await self._write_rollup(conn, table, minutes)
-                if batch.calls:
-                    log_rows = [call_values(c) for c in batch.calls]
-                    if name == "postgresql" and self.bulk_postgres:
-                        await _copy_calls(conn, log_rows)
-                    else:
-                        sql = self._statement(
-                            conn, usage_calls.name, lambda: usage_calls.insert(), CALL_COLUMNS
-                        )
-                        for start in range(0, len(log_rows), CHUNK):
-                            await conn.exec_driver_sql(sql, log_rows[start : start + CHUNK])
+                if batch.log:
+                    await self._write_log(conn, log_groups(batch))
         except (*DATABASE_ERRORS, *_driver_errors()) as exc:
             raise StorageError(f"could not write usage: {exc}") from exc
         self._written.update(new_dims)
-        return FlushResult(batch.call_count, len(batch.cells), len(batch.calls))
+        return FlushResult(batch.call_count, len(batch.cells), len(batch.log))
+
+    async def _write_log(
+        self, conn: AsyncConnection, groups: list[tuple[LogHead, list[LogValues]]]
+    ) -> None:
+        name = conn.dialect.name
+        if name == "sqlite":
+            # Every group's rows in statements of nine shapes; one executemany per shape.
+            by_shape: dict[int, list[tuple[Any, ...]]] = {}
+            for head, values in groups:
+                for start, size in sqlite_log_parts(len(values)):
+                    params = (*head, *chain.from_iterable(values[start : start + size]))
+                    shape = by_shape.get(size)
+                    if shape is None:
+                        by_shape[size] = [params]
+                    else:
+                        shape.append(params)
+            for size, many in by_shape.items():
+                await conn.exec_driver_sql(self._sqlite_log_sql(conn, size), many)
+            return
+        if name == "postgresql" and self.bulk_postgres:
+            await _copy_calls(conn, [head + v for head, values in groups for v in values])
+            return
+        # The portable per-row statement, parameters in table order.
+        rows = [
+            (t, *head[:7], status, us, head[7])
+            for head, values in groups
+            for t, status, us in values
+        ]
+        sql = self._statement(conn, usage_calls.name, lambda: usage_calls.insert(), CALL_COLUMNS)
+        for start in range(0, len(rows), CHUNK):
+            await conn.exec_driver_sql(sql, rows[start : start + CHUNK])
+
+    def _sqlite_log_sql(self, conn: AsyncConnection, rows: int) -> str:
+        key = ("sqlite-log", str(rows))
+        found = self._sql.get(key)
+        if found is None:
+            found = self._sql[key] = sqlite_log_insert(rows, conn.dialect.identifier_preparer.quote)
+        return found
 
     async def _write_rollup(
         self, conn: AsyncConnection, table: Table, minutes: dict[tuple[int, int], Cell]

@@ -4,7 +4,7 @@
 
     meter = UsageMeter(engine)            # Gateway(..., meter=meter)
     await meter.start()                   # on startup: background flushes every second
-    meter.record(call)                    # per call, on the hot path: memory only
+    meter.record(call)                    # per call, on the hot path: a list append
     await meter.stop()                    # on shutdown: flushes everything left
 """
 
@@ -115,6 +115,8 @@ class UsageMeter:
         self.flusher = Flusher(
             self.aggregator, engine, interval=flush_interval, retention=retention, clock=clock
         )
+        # Once per request: the aggregator's own method, without a call through this one.
+        self.record = self.aggregator.record  # type: ignore[method-assign]
 
     @property
     def engine(self) -> AsyncEngine:
@@ -122,7 +124,8 @@ class UsageMeter:
         return self.flusher.engine
 
     def record(self, call: CallRecord) -> None:
-        """Account one call: memory only, never blocks, never raises."""
+        """Account one call: memory only, never blocks, never raises (the instance's
+        ``record`` is :meth:`Aggregator.record` itself)."""
         self.aggregator.record(call)
 
     async def flush(self) -> FlushResult:
@@ -156,7 +159,8 @@ class UsageMeter:
     def stats(self) -> MeterStats:
         """The meter's counters now: a mapping with at least ``buffered_calls``,
         ``dropped_log_entries``, ``last_flush_at`` and ``flush_lag_seconds`` (see
-        :class:`MeterStats`). Cheap: no I/O, no scan of the buffers."""
+        :class:`MeterStats`). Cheap: no I/O; at most the last
+        :data:`~tollhouse.metering.aggregator.INBOX` calls are aggregated first."""
         agg, fl = self.aggregator, self.flusher
         since = agg.pending_since
         if since is None and fl.written_calls < agg.recorded_calls:

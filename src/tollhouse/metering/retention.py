@@ -36,7 +36,7 @@ class Retention:
     rollup_1d_days: float | None = None
     """Daily rollups: small, kept forever by default."""
     events_days: float | None = 400
-    """Product events (seed 003 metrics, CHAT and LLM call counts)."""
+    """Product events (the metrics catalogue shape, CHAT and LLM call counts)."""
 
     def covers(self, days: float | None, oldest: float, now: float) -> bool:
         """True when a table kept ``days`` still holds data from ``oldest`` (epoch s)."""

@@ -64,7 +64,7 @@ usage_dims = Table(
     Column("endpoint_group", String(100), nullable=False, server_default=""),
     Column("method", String(16), nullable=False),
     Column("route", String(400), nullable=False, server_default=""),
-    # The three labels seed 001 reports on, as columns so they can be grouped in SQL.
+    # The three labels the call-counts shape reports on, as columns so they can be grouped in SQL.
     Column("db", String(200), nullable=False, server_default=""),
     Column("scenario", String(200), nullable=False, server_default=""),
     Column("reco_type", String(200), nullable=False, server_default=""),
@@ -107,7 +107,7 @@ def upgrade_rollups_v4(conn: Connection) -> None:
       so it is added only where missing — on both engines. Rows written earlier read 0:
       their 3xx calls stay counted among the 2xx.
     * On SQLite, a covering ``(dim_id, bucket, count)`` index per rollup, so call counts
-      (seed 001, ``api_calls_per_date``) are read from the index alone instead of one
+      (the call-counts shape, ``api_calls_per_date``) are read from the index alone instead of one
       scattered wide-row fetch per bucket. Not on PostgreSQL: indexing ``count`` would
       make every rollup upsert a non-HOT update.
     """
