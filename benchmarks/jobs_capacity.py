@@ -184,7 +184,7 @@ async def run(
         print(
             f"  upstream calls: mean {mean * 1000:.0f} ms, p50 {p50 * 1000:.0f} ms, "
             f"p99 {p99 * 1000:.0f} ms, max {calls[-1] * 1000:.0f} ms, "
-            f"{len(calls) - total} retried "
+            f"{len(calls) - total - (1 if upstream is not None else 0)} retried "
             f"(the example's processing time is {seconds * 1000:.0f} ms)"
         )
     total += 1 if upstream is not None else 0
