@@ -234,16 +234,7 @@ class Gateway:
         method: str = scope["method"]
         try:
             # Route here, then auth, access and limits in _admit (shared with websockets).
-            # The policy is matched on the canonical path, and the inner app is given that
-            # very path (tollhouse.policy.paths); a canonical one costs one check.
-            raw: bytes = scope.get("raw_path") or encode_path(path)
-            if needs_canonical(raw, self.router.strict_slash):
-                path, raw = canonical(path, raw, self.router.strict_slash)
-                scope["path"], scope["raw_path"] = path, raw
-            match = self.router.match(method, path)
-            if match.respelled is not None:
-                path = scope["path"] = match.respelled
-                scope["raw_path"] = respell(raw, match.spellings)
+            match, path = self._route(scope, method, path)
             admitted = self._admit(scope, state, match, method, path, arrived)
             if not isinstance(admitted, tuple):
                 admitted = await admitted  # a key to look up, a store to wait for
@@ -307,6 +298,26 @@ class Gateway:
         await send({"type": "http.response.body", "body": body})
         counted = (None, status)
         self.responses[counted] = self.responses.get(counted, 0) + 1
+
+    def _route(self, scope: Scope, method: str, path: str) -> tuple[RouteMatch, str]:
+        """The policy's match for a request, and the path it was matched on.
+
+        The policy is matched on the canonical path, and the scope is rewritten to it, so
+        the inner app is given that very path (:mod:`tollhouse.policy.paths`); a path that
+        is canonical already costs one check.
+
+        Raises:
+            PathRefused: the path has no single canonical form (400).
+        """
+        raw: bytes = scope.get("raw_path") or encode_path(path)
+        if needs_canonical(raw, self.router.strict_slash):
+            path, raw = canonical(path, raw, self.router.strict_slash)
+            scope["path"], scope["raw_path"] = path, raw
+        match = self.router.match(method, path)
+        if match.respelled is not None:
+            path = scope["path"] = match.respelled
+            scope["raw_path"] = respell(raw, match.spellings)
+        return match, path
 
     def _admit(
         self,
@@ -506,15 +517,7 @@ class Gateway:
         match: RouteMatch | None = None
         method = "GET"  # the handshake is a GET request; policies name it so
         try:
-            # The same routing step as for HTTP requests (see __call__).
-            raw: bytes = scope.get("raw_path") or encode_path(path)
-            if needs_canonical(raw, self.router.strict_slash):
-                path, raw = canonical(path, raw, self.router.strict_slash)
-                scope["path"], scope["raw_path"] = path, raw
-            match = self.router.match(method, path)
-            if match.respelled is not None:
-                path = scope["path"] = match.respelled
-                scope["raw_path"] = respell(raw, match.spellings)
+            match, path = self._route(scope, method, path)
             admitted = self._admit(scope, state, match, method, path, arrived)
             if not isinstance(admitted, tuple):
                 admitted = await admitted

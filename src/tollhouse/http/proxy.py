@@ -49,6 +49,7 @@ from tollhouse.errors import (
     UpstreamUnavailable,
     error_json,
 )
+from tollhouse.http.fields import HOP_BY_HOP_HEADERS, RATE_LIMIT_HEADERS
 from tollhouse.http.gateway import new_request_id, reject_websocket
 from tollhouse.http.websocket import proxy_websocket
 from tollhouse.keys.model import Identity
@@ -75,22 +76,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Fields that describe one connection, not the message (RFC 9110 §7.6.1, plus the older
-#: ``keep-alive``, ``proxy-*`` and ``trailer`` names): never forwarded, in either direction.
-HOP_BY_HOP_HEADERS: Final = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-
 #: The caller's credentials. The gateway has already checked them; an upstream must never
 #: see them (it could log or replay them).
 CALLER_SECRET_HEADERS: Final = frozenset({b"authorization", b"x-api-key"})
@@ -99,18 +84,6 @@ CALLER_SECRET_HEADERS: Final = frozenset({b"authorization", b"x-api-key"})
 #: unless the peer is a trusted proxy.
 FORWARDED_HEADERS: Final = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip"}
-)
-
-#: Headers the gateway sets on every admitted response of a route with buckets; an
-#: upstream's own are dropped then, so the caller sees one consistent set.
-RATE_LIMIT_HEADERS: Final = frozenset(
-    {
-        b"x-ratelimit-limit",
-        b"x-ratelimit-remaining",
-        b"x-ratelimit-reset",
-        b"ratelimit",
-        b"ratelimit-policy",
-    }
 )
 
 #: Headers the proxy writes itself from the authenticated identity. Anything a caller sends

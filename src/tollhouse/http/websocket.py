@@ -53,6 +53,7 @@ from websockets.typing import Subprotocol
 from websockets.uri import WebSocketURI, parse_uri
 
 from tollhouse.errors import ApiError, UpstreamTimeout, UpstreamUnavailable, error_json
+from tollhouse.http.fields import HOP_BY_HOP_HEADERS, RATE_LIMIT_HEADERS
 from tollhouse.http.gateway import Message, Receive, Scope, Send, reject_websocket
 
 __all__ = ["proxy_websocket"]
@@ -61,24 +62,9 @@ logger = logging.getLogger(__name__)
 
 Header = tuple[bytes, bytes]
 
-#: Connection-level fields (RFC 9110 §7.6.1): never forwarded, in either direction.
-_HOP_BY_HOP: Final = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-
 #: Request headers of the opening handshake the client library writes itself (``host`` is
 #: read separately: it names the authority the upstream is asked for).
-_REQUEST_OWNED: Final = _HOP_BY_HOP | {
+_REQUEST_OWNED: Final = HOP_BY_HOP_HEADERS | {
     b"host",
     b"content-length",
     b"sec-websocket-key",
@@ -90,18 +76,6 @@ _REQUEST_OWNED: Final = _HOP_BY_HOP | {
 
 #: Upstream response headers the server or the gateway in front owns.
 _RESPONSE_DROP: Final = _REQUEST_OWNED | {b"date", b"x-request-id"}
-
-#: The gateway's rate-limit headers: an upstream's own are dropped when the gateway set
-#: them (``scope["state"]["limited"]``), so the caller sees one consistent set.
-_RATE_LIMIT_HEADERS: Final = frozenset(
-    {
-        b"x-ratelimit-limit",
-        b"x-ratelimit-remaining",
-        b"x-ratelimit-reset",
-        b"ratelimit",
-        b"ratelimit-policy",
-    }
-)
 
 _LOCATIONS: Final = frozenset({b"location", b"content-location"})
 
@@ -376,7 +350,7 @@ def _response_headers(
     out: list[Header] = []
     for name, value in raw:
         key = name.lower().encode("latin-1")
-        if key in _RESPONSE_DROP or (limited and key in _RATE_LIMIT_HEADERS):
+        if key in _RESPONSE_DROP or (limited and key in RATE_LIMIT_HEADERS):
             continue
         data = value.encode("latin-1")
         if key in _LOCATIONS:
