@@ -95,6 +95,25 @@ def serve_in_thread(app: ASGIApp, *, ws: str = "none") -> Iterator[str]:
         thread.join(10)
 
 
+def sqlite_key(db: Path, org: str = "acme", env: str = "test", role: str = "root") -> str:
+    """Create the schema in the SQLite file ``db`` and a key there; return its secret
+    (for tests that serve a ``Tollhouse`` in-process on that database)."""
+    import asyncio
+
+    from tollhouse.keys.store import KeyStore
+    from tollhouse.schema import create_schema
+    from tollhouse.storage.engine import make_engine
+
+    async def make() -> str:
+        engine = make_engine(f"sqlite:///{db}")
+        await create_schema(engine)
+        _, secret = await KeyStore(engine).create(org, env, role)
+        await engine.dispose()
+        return secret
+
+    return asyncio.run(make())
+
+
 @dataclass
 class Server:
     """A running `tollhouse serve` process."""

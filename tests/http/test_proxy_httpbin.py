@@ -22,12 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port, serve_in_thread
+from tests.conftest import free_port, serve_in_thread, sqlite_key
 from tests.services import missing
 from tollhouse import Tollhouse
-from tollhouse.keys.store import KeyStore
-from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 pytestmark = pytest.mark.integration
 
@@ -130,14 +127,7 @@ def front(
         )
     )
 
-    async def make_key() -> str:
-        engine = make_engine(f"sqlite:///{db}")
-        await create_schema(engine)
-        _, secret = await KeyStore(engine).create("acme", "test", "root")
-        await engine.dispose()
-        return secret
-
-    key = asyncio.run(make_key())
+    key = sqlite_key(db)
     app = Tollhouse(config=config)
     with serve_in_thread(app) as url:
         yield Front(url, key, app)
@@ -376,14 +366,7 @@ def test_jobs_call_httpbin_over_http(tmp_path: Path, httpbin: str) -> None:
         '[[async_routes]]\nroute = "POST /anything"\nconcurrency = 4\nhandler = "upstream"\n'
     )
 
-    async def make_key() -> str:
-        engine = make_engine(f"sqlite:///{db}")
-        await create_schema(engine)
-        _, secret = await KeyStore(engine).create("acme", "live", "root")
-        await engine.dispose()
-        return secret
-
-    key = asyncio.run(make_key())
+    key = sqlite_key(db, env="live")
     body = {"applicationId": "app_1", "jobId": "job_1", "candidate": {"name": "Ada", "resume": "x"}}
     with (
         serve_in_thread(Tollhouse(config=config)) as url,

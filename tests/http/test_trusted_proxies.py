@@ -8,7 +8,6 @@ to tollhouse directly cannot pick its address with a forged ``X-Forwarded-For``.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import time
@@ -19,14 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port, serve_in_thread
+from tests.conftest import free_port, serve_in_thread, sqlite_key
 from tests.services import missing
 from tollhouse import Tollhouse
 from tollhouse.errors import ConfigError
 from tollhouse.http.forwarded import TrustedProxies
-from tollhouse.keys.store import KeyStore
-from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 
 def _scope(peer: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
@@ -135,14 +131,7 @@ def stack(tmp_path: Path, nginx_binary: str) -> Iterator[tuple[str, str, str]]:
     """(nginx URL, tollhouse URL, key): nginx → tollhouse → an echo upstream."""
     db = tmp_path / "t.db"
 
-    async def make_key() -> str:
-        engine = make_engine(f"sqlite:///{db}")
-        await create_schema(engine)
-        _, secret = await KeyStore(engine).create("acme", "test", "root")
-        await engine.dispose()
-        return secret
-
-    key = asyncio.run(make_key())
+    key = sqlite_key(db)
 
     async def echo(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":

@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import free_port, serve_in_thread
+from tests.conftest import free_port, serve_in_thread, sqlite_key
 from tollhouse.http.gateway import Message
 from tollhouse.http.websocket import proxy_websocket
 
@@ -386,9 +386,6 @@ def test_tollhouse_proxies_websockets_after_its_checks(tmp_path: Any) -> None:
     import httpx
 
     from tollhouse import Tollhouse
-    from tollhouse.keys.store import KeyStore
-    from tollhouse.storage.engine import make_engine
-    from tollhouse.storage.schema import create_schema
 
     async def echo(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":
@@ -404,14 +401,7 @@ def test_tollhouse_proxies_websockets_after_its_checks(tmp_path: Any) -> None:
 
     db = tmp_path / "t.db"
 
-    async def make_key() -> str:
-        engine = make_engine(f"sqlite:///{db}")
-        await create_schema(engine)
-        _, secret = await KeyStore(engine).create("acme", "test", "root")
-        await engine.dispose()
-        return secret
-
-    key = asyncio.run(make_key())
+    key = sqlite_key(db)
     with serve_in_thread(echo, ws="websockets-sansio") as upstream:
         config = tmp_path / "tollhouse.toml"
         config.write_text(
