@@ -100,6 +100,34 @@ class Result:
     rps: float = 0.0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
+    user_us: float = 0.0
+    """The server's CPU per request in user space, µs (its process and its children)."""
+    sys_us: float = 0.0
+    """... and in the kernel (system calls, loopback TCP), µs."""
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def proc_cpu(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid`` and its direct children (nginx's worker),
+    from ``/proc``; zeros where ``/proc`` is not there."""
+    user = system = 0.0
+    try:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(entry) == pid or int(fields[1]) == pid:
+                user += int(fields[11]) / _TICK
+                system += int(fields[12]) / _TICK
+    except OSError:
+        pass
+    return user, system
 
 
 def free_port() -> int:
@@ -141,21 +169,34 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(wrk: str, url: str, seconds: int, connections: int, key: str | None) -> Result:
+def run_wrk(
+    wrk: str, url: str, seconds: int, connections: int, key: str | None, server: int
+) -> Result:
+    """``wrk`` against ``url``; ``server`` is the pid whose CPU per request is measured."""
     args = [*PIN_OTHERS, wrk, "-t", "1", "-c", str(connections), "-d", f"{seconds}s"]
     args += ["--latency", url]
     if key:
         args[-1:-1] = ["-H", f"Authorization: Bearer {key}"]
+    cpu0 = proc_cpu(server)
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    cpu1 = proc_cpu(server)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         sys.exit(f"wrk saw {errors.group(1)} error responses from {url}:\n{out}")
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     p50 = re.search(r"50%\s+([\d.]+\w+)", out)
     p99 = re.search(r"99%\s+([\d.]+\w+)", out)
-    if not (rps and p50 and p99):
+    count = re.search(r"(\d+) requests in", out)
+    if not (rps and p50 and p99 and count):
         sys.exit(f"cannot read wrk output:\n{out}")
-    return Result(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)))
+    n = max(1, int(count.group(1)))
+    return Result(
+        float(rps.group(1)),
+        _ms(p50.group(1)),
+        _ms(p99.group(1)),
+        (cpu1[0] - cpu0[0]) / n * 1e6,
+        (cpu1[1] - cpu0[1]) / n * 1e6,
+    )
 
 
 async def make_key(db: Path) -> str:
@@ -213,10 +254,10 @@ def main() -> None:
             assert "x-ratelimit-limit" in check.headers, check.headers
             assert check.json()["service"] == "raw-upstream", check.text
 
-            contenders: dict[str, tuple[str, str | None]] = {
-                "direct": (f"http://127.0.0.1:{up_port}{PATH}", None),
-                "tollhouse": (f"http://127.0.0.1:{th_port}{PATH}", key),
-                "healthz": (f"http://127.0.0.1:{th_port}/healthz", None),
+            contenders: dict[str, tuple[str, str | None, int]] = {
+                "direct": (f"http://127.0.0.1:{up_port}{PATH}", None, upstream.pid),
+                "tollhouse": (f"http://127.0.0.1:{th_port}{PATH}", key, serve.pid),
+                "healthz": (f"http://127.0.0.1:{th_port}/healthz", None, serve.pid),
             }
             if nginx:
                 for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
@@ -226,15 +267,15 @@ def main() -> None:
                 proc = subprocess.Popen([*PIN_PROXY, nginx, "-c", str(conf)])
                 procs.append(proc)
                 wait_http(f"http://127.0.0.1:{ngx_port}{PATH}", proc)
-                contenders["nginx"] = (f"http://127.0.0.1:{ngx_port}{PATH}", None)
+                contenders["nginx"] = (f"http://127.0.0.1:{ngx_port}{PATH}", None, proc.pid)
             else:
                 print("nginx not found (/usr/sbin/nginx): apt-get install nginx-light to compare")
 
             best: dict[tuple[str, int], Result] = {}
             for _ in range(args.rounds):
                 for conns in CONNECTIONS:
-                    for name, (url, auth_key) in contenders.items():
-                        result = run_wrk(wrk, url, args.seconds, conns, auth_key)
+                    for name, (url, auth_key, pid) in contenders.items():
+                        result = run_wrk(wrk, url, args.seconds, conns, auth_key, pid)
                         old = best.get((name, conns))
                         if old is None or result.rps > old.rps:
                             best[(name, conns)] = result
@@ -270,6 +311,13 @@ def main() -> None:
         f"{th[128].rps / hz[128].rps:.2f} (≥ 0.50); 128/32 = {th[128].rps / th[32].rps:.2f} "
         f"(≥ 0.80); added p50 at 1 conn = {th[1].p50_ms - direct[1].p50_ms:.3f} ms (≤ 0.2)"
     )
+    print(
+        "\nserver CPU per request at 32 conn, µs user + system (steadier than req/s on a "
+        "shared machine):"
+    )
+    for name in names:
+        r = best[(name, 32)]
+        print(f"  {name:<10}{r.user_us:7.1f} + {r.sys_us:6.1f} = {r.user_us + r.sys_us:7.1f}")
 
 
 if __name__ == "__main__":
