@@ -17,7 +17,7 @@ THIS = Path(__file__).resolve().relative_to(ROOT).as_posix()
 
 #: What is checked: these folders and files, as git lists them (tracked, or new and not
 #: ignored).
-CHECKED = ("src", "docs", "tests", "benchmarks", "README.md")
+CHECKED = ("src", "docs", "tests", "benchmarks", "clients", "README.md")
 
 #: References to documents outside the repository.
 FORBIDDEN = re.compile(r"seeds?[ _-]00|DESIGN\s*§|DESIGN\.md|\.\./shared", re.IGNORECASE)

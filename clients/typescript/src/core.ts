@@ -1,0 +1,491 @@
+/**
+ * The send loop every call goes through: throttle → pick a base URL → concurrency slot →
+ * fetch (with a per-attempt timeout and the caller's AbortSignal) → learn from the answer
+ * → retry, return the checked body, or throw a typed error. Everything it decides is
+ * decided by the pure parts: `decide()` (retry.ts), `Throttle` (throttle.ts),
+ * `BaseURLs` (below), `apiError()` (errors.ts), `checkShape()` (validate.ts).
+ */
+import {
+  ConfigurationError,
+  TransportError,
+  UnexpectedResponseError,
+  apiError,
+} from "./errors.js";
+import { DEFAULT_RETRY, type Failure, type RetryPolicy, decide } from "./retry.js";
+import { Throttle } from "./throttle.js";
+import { checkShape, responseSchema } from "./validate.js";
+
+export const DEFAULT_BASE_URL = "http://127.0.0.1:8000";
+export const ENV_API_KEY = "TOLLHOUSE_API_KEY";
+export const ENV_BASE_URL = "TOLLHOUSE_URL";
+export const USER_AGENT = "tollhouse-typescript/0.1.0";
+/** Seconds a base URL that refused a connection is passed over (while another is up). */
+export const DOWN_SECONDS = 5;
+
+/** Events one `POST /v1/events` takes; longer lists are sent in several requests. */
+export const MAX_EVENTS_PER_REQUEST = 1000;
+/** Items one `POST /v1/score/batch` takes. */
+export const MAX_BATCH_ITEMS = 100;
+
+/** A fresh `Idempotency-Key` for one logical call (its retries reuse it). */
+export function newIdempotencyKey(): string {
+  const c = (globalThis as { crypto?: Crypto }).crypto;
+  if (c?.randomUUID) return `sdk-${c.randomUUID()}`;
+  const bytes = new Uint8Array(16);
+  if (c?.getRandomValues) c.getRandomValues(bytes);
+  else for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+  return `sdk-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+}
+
+/** Per-call options every method takes last. */
+export interface RequestOptions {
+  /** Cancels the call, its retries and its waits. */
+  signal?: AbortSignal;
+}
+
+/** Passed to `onRetry` before the client waits to send a call again. */
+export interface RetryEvent {
+  route: string;
+  /** Which retry this will be (1 for the first). */
+  retry: number;
+  /** Seconds the client waits first (0 when it fails over to another base URL). */
+  delay: number;
+  reason: string;
+  status?: number;
+  requestId?: string;
+  /** The base URL the failed attempt went to. */
+  baseURL: string;
+}
+
+/** Passed to `onThrottle` before the client holds a request back. */
+export interface ThrottleEvent {
+  route: string;
+  /** Seconds the client waits before checking again. */
+  delay: number;
+}
+
+export interface ClientOptions {
+  /** The secret (`sk_test_…`/`sk_live_…`); default `TOLLHOUSE_API_KEY` (Node). */
+  apiKey?: string;
+  /** Sent as `X-Tenant-Id` on every request. */
+  tenantId?: string;
+  /**
+   * The API's base URL, or several (round robin; a URL that refuses connections is
+   * passed over while another answers). Default `TOLLHOUSE_URL` (Node, comma-separated
+   * for several), then `http://127.0.0.1:8000`.
+   */
+  baseURL?: string | readonly string[];
+  /** Retries per call (default 5). */
+  maxRetries?: number;
+  /** Requests in flight at once, per client (default 10). */
+  maxConcurrent?: number;
+  /** Milliseconds per attempt (default 30 000). */
+  timeoutMs?: number;
+  /** The fetch to send with (default the global one). */
+  fetch?: typeof fetch;
+  /** Hold requests back while `X-RateLimit-Remaining` is 0 (default true). */
+  throttle?: boolean;
+  /** The rest of the retry policy (seconds). */
+  retry?: Partial<RetryPolicy>;
+  /** Check success bodies against the OpenAPI document (default true). */
+  validate?: boolean;
+  onRetry?: (event: RetryEvent) => void;
+  onThrottle?: (event: ThrottleEvent) => void;
+  /** For tests: a fixed random source and a fake wait. */
+  random?: () => number;
+  sleep?: (seconds: number, signal?: AbortSignal) => Promise<void>;
+}
+
+/** One endpoint call, before any I/O. */
+export interface Operation {
+  method: "GET" | "POST" | "PATCH" | "DELETE";
+  /** The path with its parameters filled in and encoded. */
+  path: string;
+  /** The OpenAPI path template (`"GET /v1/score/{scoringJobId}"`): throttling and checks. */
+  route: string;
+  query?: Record<string, string | number | undefined>;
+  body?: unknown;
+  /** Whether sending it twice is harmless (decides which failures are retried). */
+  idempotent: boolean;
+  /** Sent as `Idempotency-Key`; makes a POST idempotent. */
+  idempotencyKey?: string;
+}
+
+/** A final answer: status, lower-case headers and the parsed, checked body. */
+export interface Answer<T> {
+  status: number;
+  headers: Record<string, string>;
+  body: T;
+}
+
+function env(name: string): string | undefined {
+  const process = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process;
+  const value = process?.env?.[name];
+  return value ? value : undefined;
+}
+
+/** The base URLs in turn, passing over those that refused a connection lately. */
+export class BaseURLs {
+  readonly urls: readonly string[];
+  private next = 0;
+  private readonly downUntil: number[];
+
+  constructor(urls: readonly string[]) {
+    this.urls = urls;
+    this.downUntil = urls.map(() => 0);
+  }
+
+  /** The next base URL to use at `now` (Unix seconds), and whether any other is up. */
+  pick(now: number): number {
+    const n = this.urls.length;
+    for (let i = 0; i < n; i++) {
+      const index = (this.next + i) % n;
+      if ((this.downUntil[index] ?? 0) <= now) {
+        this.next = (index + 1) % n;
+        return index;
+      }
+    }
+    // All down: the one that comes back first.
+    let best = 0;
+    for (let i = 1; i < n; i++) if ((this.downUntil[i] ?? 0) < (this.downUntil[best] ?? 0)) best = i;
+    this.next = (best + 1) % n;
+    return best;
+  }
+
+  /** The URL at `index` got no answer: pass it over for a while. */
+  down(index: number, now: number): void {
+    this.downUntil[index] = now + DOWN_SECONDS;
+  }
+
+  /** The URL at `index` answered. */
+  up(index: number): void {
+    this.downUntil[index] = 0;
+  }
+
+  /** Whether a URL other than `index` is not marked down at `now`. */
+  otherUp(index: number, now: number): boolean {
+    return this.downUntil.some((until, i) => i !== index && until <= now);
+  }
+}
+
+/** Caps the requests in flight; waiters are served in order. */
+export class Slots {
+  private free: number;
+  private readonly waiting: Array<() => void> = [];
+
+  constructor(size: number) {
+    this.free = size;
+  }
+
+  async acquire(signal?: AbortSignal): Promise<void> {
+    if (this.free > 0) {
+      this.free -= 1;
+      return;
+    }
+    await new Promise<void>((resolve, reject) => {
+      const grant = (): void => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve();
+      };
+      const onAbort = (): void => {
+        const at = this.waiting.indexOf(grant);
+        if (at >= 0) this.waiting.splice(at, 1);
+        reject(abortReason(signal));
+      };
+      this.waiting.push(grant);
+      signal?.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+
+  release(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.free += 1;
+  }
+}
+
+function abortReason(signal: AbortSignal | undefined): unknown {
+  return signal?.reason ?? new DOMException("This operation was aborted", "AbortError");
+}
+
+/** Wait `seconds`, or reject when `signal` aborts. */
+export function sleep(seconds: number, signal?: AbortSignal): Promise<void> {
+  if (signal?.aborted) return Promise.reject(abortReason(signal));
+  return new Promise((resolve, reject) => {
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(abortReason(signal));
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, Math.max(0, seconds * 1000));
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/** Codes (Node's fetch, undici) meaning the request never left. */
+const NOT_SENT = new Set([
+  "ECONNREFUSED",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "EADDRNOTAVAIL",
+  "UND_ERR_CONNECT_TIMEOUT",
+]);
+
+/** Whether a failed fetch may have reached the server. */
+export function failureKind(error: unknown): Failure {
+  let e: unknown = error;
+  for (let depth = 0; depth < 4 && e !== null && typeof e === "object"; depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === "string" && NOT_SENT.has(code)) return "not_sent";
+    e = (e as { cause?: unknown }).cause;
+  }
+  return "maybe_sent";
+}
+
+class Timeout extends Error {}
+
+/** Settings and state shared by a client and its `withTenant` copies. */
+export class Core {
+  readonly apiKey: string;
+  readonly baseURLs: BaseURLs;
+  readonly retry: RetryPolicy;
+  readonly throttle: Throttle | undefined;
+  readonly slots: Slots;
+  readonly timeoutMs: number;
+  readonly maxConcurrent: number;
+  readonly validate: boolean;
+  readonly random: () => number;
+  readonly wait: (seconds: number, signal?: AbortSignal) => Promise<void>;
+  private readonly fetcher: typeof fetch;
+  private readonly onRetry: ((event: RetryEvent) => void) | undefined;
+  private readonly onThrottle: ((event: ThrottleEvent) => void) | undefined;
+
+  constructor(options: ClientOptions) {
+    const apiKey = options.apiKey ?? env(ENV_API_KEY);
+    if (!apiKey) {
+      throw new ConfigurationError(
+        `No API key: pass { apiKey } or set ${ENV_API_KEY} ` +
+          "(create one with `tollhouse keys create --org ORG`).",
+      );
+    }
+    this.apiKey = apiKey;
+    const given = options.baseURL ?? env(ENV_BASE_URL)?.split(",") ?? [DEFAULT_BASE_URL];
+    const urls = (typeof given === "string" ? [given] : [...given])
+      .map((u) => u.trim().replace(/\/+$/, ""))
+      .filter(Boolean);
+    if (urls.length === 0) throw new ConfigurationError("baseURL: give at least one URL");
+    for (const url of urls) {
+      let parsed: URL;
+      try {
+        parsed = new URL(url);
+      } catch {
+        throw new ConfigurationError(`baseURL: ${JSON.stringify(url)} is not a URL`);
+      }
+      if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
+        throw new ConfigurationError(`baseURL: ${url} is not http(s)`);
+      }
+    }
+    this.baseURLs = new BaseURLs(urls);
+    const maxConcurrent = options.maxConcurrent ?? 10;
+    if (!Number.isInteger(maxConcurrent) || maxConcurrent < 1) {
+      throw new ConfigurationError("maxConcurrent must be an integer of at least 1");
+    }
+    this.retry = { ...DEFAULT_RETRY, ...options.retry };
+    if (options.maxRetries !== undefined) this.retry.maxRetries = options.maxRetries;
+    if (!(this.retry.maxRetries >= 0)) throw new ConfigurationError("maxRetries must be 0 or more");
+    this.timeoutMs = options.timeoutMs ?? 30_000;
+    this.maxConcurrent = maxConcurrent;
+    this.slots = new Slots(maxConcurrent);
+    this.throttle = options.throttle === false ? undefined : new Throttle();
+    this.validate = options.validate !== false;
+    this.random = options.random ?? Math.random;
+    this.wait = options.sleep ?? sleep;
+    const fetcher = options.fetch ?? (globalThis.fetch as typeof fetch | undefined);
+    if (typeof fetcher !== "function") {
+      throw new ConfigurationError("No fetch: use Node 18 or later, or pass { fetch }");
+    }
+    this.fetcher = fetcher;
+    this.onRetry = options.onRetry;
+    this.onThrottle = options.onThrottle;
+  }
+
+  private now(): number {
+    return Date.now() / 1000;
+  }
+
+  private async throttleWait(route: string, signal?: AbortSignal): Promise<void> {
+    if (this.throttle === undefined) return;
+    for (;;) {
+      let wait = this.throttle.acquire(route, this.now());
+      if (wait <= 0) return;
+      // A little jitter so callers that waited together do not arrive together.
+      wait += this.random() * Math.min(0.05, wait);
+      this.onThrottle?.({ route, delay: wait });
+      await this.wait(wait, signal);
+    }
+  }
+
+  /** Send `op` until it succeeds, fails for good, or `signal` aborts. */
+  async send<T>(op: Operation, tenantId: string | undefined, options?: RequestOptions): Promise<Answer<T>> {
+    const signal = options?.signal;
+    const idempotent = op.idempotent || op.idempotencyKey !== undefined;
+    let retry = 0;
+    let attempts = 0;
+    for (;;) {
+      if (signal?.aborted) throw abortReason(signal);
+      await this.throttleWait(op.route, signal);
+      const index = this.baseURLs.pick(this.now());
+      const base = this.baseURLs.urls[index] as string;
+      attempts += 1;
+      let answer: { status: number; headers: Record<string, string>; text: string } | undefined;
+      let error: unknown;
+      await this.slots.acquire(signal);
+      try {
+        answer = await this.attempt(op, base, tenantId, signal);
+      } catch (e) {
+        error = e;
+      } finally {
+        // Waits (backoff, throttling) happen outside the concurrency cap.
+        this.slots.release();
+      }
+      if (answer === undefined) {
+        this.throttle?.failed(op.route);
+        if (signal?.aborted) throw abortReason(signal);
+        const failure: Failure = error instanceof Timeout ? "maybe_sent" : failureKind(error);
+        const now = this.now();
+        this.baseURLs.down(index, now);
+        const reason = error instanceof Error ? error.message : String(error);
+        if (failure === "not_sent" && this.baseURLs.otherUp(index, now)) {
+          // Another instance may answer at once: fail over without spending a retry.
+          this.onRetry?.({ route: op.route, retry: retry + 1, delay: 0, reason: `failover: ${reason}`, baseURL: base });
+          continue;
+        }
+        const decision = decide({ retry, policy: this.retry, random: this.random, now, idempotent, failure });
+        if (!decision.retry) {
+          const tries = attempts > 1 ? ` after ${attempts} attempts` : "";
+          throw new TransportError(`${op.method} ${base}${op.path} failed${tries}: ${describe(error)}`, {
+            attempts,
+            cause: error,
+          });
+        }
+        this.onRetry?.({
+          route: op.route,
+          retry: retry + 1,
+          delay: decision.delay,
+          reason: `${decision.reason}: ${reason}`,
+          baseURL: base,
+        });
+        await this.wait(decision.delay, signal);
+        retry += 1;
+        continue;
+      }
+      const { status, headers, text } = answer;
+      this.baseURLs.up(index);
+      const now = this.now();
+      this.throttle?.observe(op.route, status, headers, now);
+      if (status < 400) return { status, headers, body: this.parse<T>(op, status, text) };
+      const decision = decide({ retry, policy: this.retry, random: this.random, now, idempotent, status, headers });
+      if (!decision.retry) throw apiError(status, headers, text, attempts);
+      const event: RetryEvent = {
+        route: op.route,
+        retry: retry + 1,
+        delay: decision.delay,
+        reason: decision.reason,
+        status,
+        baseURL: base,
+      };
+      if (headers["x-request-id"]) event.requestId = headers["x-request-id"];
+      this.onRetry?.(event);
+      await this.wait(decision.delay, signal);
+      retry += 1;
+    }
+  }
+
+  private async attempt(
+    op: Operation,
+    base: string,
+    tenantId: string | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<{ status: number; headers: Record<string, string>; text: string }> {
+    const headers: Record<string, string> = {
+      Authorization: `Bearer ${this.apiKey}`,
+      Accept: "application/json",
+    };
+    // Browsers refuse to set User-Agent from script; Node sends it.
+    if (typeof (globalThis as { window?: unknown }).window === "undefined") headers["User-Agent"] = USER_AGENT;
+    if (tenantId !== undefined) headers["X-Tenant-Id"] = tenantId;
+    if (op.idempotencyKey !== undefined) headers["Idempotency-Key"] = op.idempotencyKey;
+    let body: string | undefined;
+    if (op.body !== undefined) {
+      body = JSON.stringify(op.body);
+      headers["Content-Type"] = "application/json";
+    }
+    const controller = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      controller.abort();
+    }, this.timeoutMs);
+    const onAbort = (): void => controller.abort(abortReason(signal));
+    signal?.addEventListener("abort", onAbort, { once: true });
+    try {
+      const response = await this.fetcher(base + op.path + queryString(op.query), {
+        method: op.method,
+        headers,
+        body,
+        signal: controller.signal,
+      });
+      const text = await response.text();
+      const out: Record<string, string> = {};
+      response.headers.forEach((value, name) => {
+        out[name.toLowerCase()] = value;
+      });
+      return { status: response.status, headers: out, text };
+    } catch (error) {
+      if (timedOut) throw new Timeout(`no answer within ${this.timeoutMs} ms`);
+      throw error;
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+    }
+  }
+
+  private parse<T>(op: Operation, status: number, text: string): T {
+    if (status === 204 || text === "") return undefined as T;
+    let body: unknown;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      throw new UnexpectedResponseError(
+        `${op.route}: the ${status} answer is not JSON: ${JSON.stringify(text.slice(0, 200))}`,
+        { body: text },
+      );
+    }
+    if (this.validate) {
+      const schema = responseSchema(op.route);
+      if (schema !== undefined) checkShape(body, schema, op.route);
+    }
+    return body as T;
+  }
+}
+
+function describe(error: unknown): string {
+  if (!(error instanceof Error)) return String(error);
+  const cause = (error as { cause?: unknown }).cause;
+  const code = cause && typeof cause === "object" ? (cause as { code?: unknown }).code : undefined;
+  return typeof code === "string" ? `${error.message} (${code})` : error.message;
+}
+
+function queryString(query: Operation["query"]): string {
+  if (!query) return "";
+  const params = new URLSearchParams();
+  for (const [key, value] of Object.entries(query)) {
+    if (value !== undefined) params.append(key, String(value));
+  }
+  const text = params.toString();
+  return text ? `?${text}` : "";
+}

@@ -1,0 +1,72 @@
+/**
+ * `@tollhouse/sdk`: a typed client for tollhouse APIs (browsers and Node ≥ 18, no
+ * dependencies).
+ *
+ * ```ts
+ * import { Tollhouse } from "@tollhouse/sdk";
+ *
+ * const tollhouse = new Tollhouse({ apiKey: "sk_test_…", tenantId: "acme-corp" });
+ * const volume = await tollhouse.analytics.scoringVolume({ timeRange: "7d" });
+ * ```
+ */
+export {
+  Tollhouse,
+  AnalyticsApi,
+  CallCountsApi,
+  CriteriaApi,
+  EventsApi,
+  PlatformApi,
+  QueueApi,
+  RateLimitApi,
+  ScoreApi,
+  WebhooksApi,
+  MAX_BATCH_ITEMS,
+  MAX_EVENTS_PER_REQUEST,
+  newIdempotencyKey,
+  type EventInput,
+  type MetricOptions,
+  type QueueOptions,
+  type RangeOptions,
+  type ScoreOptions,
+} from "./client.js";
+export {
+  DEFAULT_BASE_URL,
+  ENV_API_KEY,
+  ENV_BASE_URL,
+  BaseURLs,
+  type ClientOptions,
+  type RequestOptions,
+  type RetryEvent,
+  type ThrottleEvent,
+} from "./core.js";
+export {
+  queueListing,
+  type ManyOptions,
+  type ManySummary,
+  type ScoreOutcome,
+  type StatusQuery,
+  type StatusSource,
+} from "./bulk.js";
+export {
+  TollhouseError,
+  ConfigurationError,
+  TransportError,
+  UnexpectedResponseError,
+  WebhookVerificationError,
+  APIError,
+  BadRequestError,
+  AuthenticationError,
+  PermissionDeniedError,
+  NotFoundError,
+  ValidationError,
+  RateLimitError,
+  ServerError,
+  apiError,
+} from "./errors.js";
+export { DEFAULT_RETRY, backoff, decide, parseRetryAfter, type RetryDecision, type RetryPolicy } from "./retry.js";
+export { Throttle, parseStructured } from "./throttle.js";
+export { webhooks, verify, sign, type VerifyOptions, type WebhookHeaders } from "./webhooks.js";
+export { checkShape } from "./validate.js";
+export type * from "./types.js";
+export { FINAL_STATUSES } from "./types.js";
+export type { components, paths, operations } from "./generated/openapi.js";

@@ -1,0 +1,95 @@
+// score.many against a real `tollhouse serve`: within the limits, each candidate once,
+// outcomes from the queue listing rather than a poll per job, through a server restart.
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { Tollhouse } from "@tollhouse/sdk";
+import { DESCRIPTION, TITLE, candidate, org, startServer } from "./support.mjs";
+
+let server;
+
+before(async () => {
+  server = await startServer();
+});
+after(() => server?.close());
+
+async function client(label, extra = {}) {
+  const key = await server.key(org(label), "root");
+  const tollhouse = new Tollhouse({ apiKey: key, baseURL: server.url, tenantId: "acme", ...extra });
+  await tollhouse.criteria.generate({ jobId: "job_1", title: TITLE, description: DESCRIPTION });
+  return tollhouse;
+}
+
+/** Every job of the client's org, from the queue listing. */
+async function jobs(tollhouse) {
+  const all = [];
+  for await (const page of tollhouse.queue.pages({ limit: 100 })) all.push(...page.data);
+  return all;
+}
+
+test("polling: every outcome, repeats dropped, rejects named, no 429, few status reads", async () => {
+  const statuses = [];
+  const tollhouse = await client("many", { onRetry: (e) => statuses.push(e.status) });
+  const input = Array.from({ length: 230 }, (_, i) => candidate(i, "job_1"));
+  input.push(candidate(3, "job_1")); // a repeat
+  input.push({ applicationId: "app_bad", jobId: "job_1", candidate: { name: "No resume" } });
+  const outcomes = [];
+  const summary = await tollhouse.score.many(input, { chunkSize: 50, onResult: (o) => outcomes.push(o) });
+  assert.equal(summary.read, 232);
+  assert.equal(summary.duplicates, 1);
+  assert.deepEqual([summary.accepted, summary.rejected, summary.completed, summary.failed], [230, 1, 230, 0]);
+  assert.equal(outcomes.length, 231);
+  assert.equal(new Set(outcomes.map((o) => o.key)).size, 231);
+  const bad = outcomes.find((o) => o.status === "rejected");
+  assert.equal(bad.applicationId, "app_bad");
+  assert.match(bad.error.message, /resume/);
+  for (const o of outcomes.filter((o) => o.status === "completed")) assert.equal(typeof o.job.result.score, "number");
+  assert.deepEqual(statuses.filter((s) => s === 429), []);
+  // A page of the listing answers up to 100 jobs: far fewer reads than jobs.
+  assert.ok(summary.statusRequests < 230 / 4, `${summary.statusRequests} status reads for 230 jobs`);
+  assert.equal((await jobs(tollhouse)).length, 230);
+});
+
+test("the same runId again replays the same jobs instead of scoring twice", async () => {
+  const tollhouse = await client("rerun");
+  const input = Array.from({ length: 40 }, (_, i) => candidate(i, "job_1"));
+  const first = new Map();
+  await tollhouse.score.many(input, { runId: "run-1", webhook: true, chunkSize: 20, onResult: (o) => first.set(o.key, o.scoringJobId) });
+  const second = new Map();
+  await tollhouse.score.many(input, { runId: "run-1", webhook: true, chunkSize: 20, onResult: (o) => second.set(o.key, o.scoringJobId) });
+  assert.equal(first.size, 40);
+  assert.deepEqual([...second.entries()].sort(), [...first.entries()].sort());
+  assert.equal((await jobs(tollhouse)).length, 40);
+});
+
+test("a server restart mid-run: the run completes, each candidate scored once", async () => {
+  const refused = [];
+  const tollhouse = await client("restart", {
+    retry: { backoffBase: 0.2, backoffMax: 2 },
+    maxRetries: 8,
+    onRetry: (e) => e.status === undefined && refused.push(e.reason),
+  });
+  const input = Array.from({ length: 200 }, (_, i) => candidate(i, "job_1"));
+  const outcomes = [];
+  let restarted;
+  const summary = await tollhouse.score.many(input, {
+    chunkSize: 20,
+    maxPending: 60,
+    onResult: (o) => {
+      outcomes.push(o);
+      if (outcomes.length === 5) {
+        restarted = (async () => {
+          await server.stop();
+          await server.start();
+        })();
+      }
+    },
+  });
+  await restarted;
+  assert.ok(refused.length > 0, "the run met the server down");
+  assert.equal(summary.completed, 200);
+  assert.equal(new Set(outcomes.map((o) => o.key)).size, 200);
+  assert.equal(outcomes.length, 200);
+  const listed = await jobs(tollhouse);
+  assert.equal(listed.length, 200, "no candidate was submitted twice");
+  assert.equal(new Set(listed.map((j) => j.applicationId)).size, 200);
+});

@@ -1,0 +1,239 @@
+// The pure parts (retry decisions, throttle, base-URL rotation, error shapes, response
+// checks) and the send loop against a scripted HTTP server on loopback.
+import assert from "node:assert/strict";
+import { createServer } from "node:http";
+import { after, before, describe, test } from "node:test";
+import {
+  APIError,
+  AuthenticationError,
+  BaseURLs,
+  ConfigurationError,
+  DEFAULT_RETRY,
+  NotFoundError,
+  RateLimitError,
+  ServerError,
+  Throttle,
+  Tollhouse,
+  TransportError,
+  UnexpectedResponseError,
+  ValidationError,
+  apiError,
+  backoff,
+  checkShape,
+  decide,
+  parseRetryAfter,
+} from "@tollhouse/sdk";
+import { freePort } from "./support.mjs";
+
+const fixed = () => 0.5;
+const base = { policy: DEFAULT_RETRY, random: fixed, now: 1_000, idempotent: true };
+
+describe("decide", () => {
+  test("429 waits Retry-After plus jitter, then at least the backoff", () => {
+    const first = decide({ ...base, retry: 0, status: 429, headers: { "retry-after": "2" } });
+    assert.deepEqual([first.retry, first.delay], [true, 2 + 0.5 * DEFAULT_RETRY.retryAfterJitter]);
+    const later = decide({ ...base, retry: 4, status: 429, headers: { "retry-after": "1" } });
+    assert.ok(later.delay >= backoff(4, DEFAULT_RETRY, fixed));
+  });
+  test("429 with a Retry-After beyond maxRetryAfter is not waited out", () => {
+    assert.equal(decide({ ...base, retry: 0, status: 429, headers: { "retry-after": "600" } }).retry, false);
+  });
+  test("503 always, 502/504 only when idempotent, 500 and 4xx never", () => {
+    assert.equal(decide({ ...base, idempotent: false, retry: 0, status: 503 }).retry, true);
+    assert.equal(decide({ ...base, idempotent: false, retry: 0, status: 502 }).retry, false);
+    assert.equal(decide({ ...base, retry: 0, status: 504 }).retry, true);
+    assert.equal(decide({ ...base, retry: 0, status: 500 }).retry, false);
+    assert.equal(decide({ ...base, retry: 0, status: 404 }).retry, false);
+  });
+  test("connection failures: not sent always, maybe sent only when idempotent; bounded", () => {
+    assert.equal(decide({ ...base, idempotent: false, retry: 0, failure: "not_sent" }).retry, true);
+    assert.equal(decide({ ...base, idempotent: false, retry: 0, failure: "maybe_sent" }).retry, false);
+    assert.equal(decide({ ...base, retry: DEFAULT_RETRY.maxRetries, failure: "not_sent" }).retry, false);
+  });
+  test("backoff grows exponentially within [c/2, c], capped", () => {
+    const lows = [0, 1, 2, 3].map((r) => backoff(r, DEFAULT_RETRY, () => 0));
+    assert.deepEqual(lows, [0.25, 0.5, 1, 2]);
+    assert.equal(backoff(30, DEFAULT_RETRY, () => 0.999999) <= DEFAULT_RETRY.backoffMax, true);
+  });
+  test("Retry-After: seconds, an HTTP-date, nonsense", () => {
+    assert.equal(parseRetryAfter("7", 0), 7);
+    assert.equal(parseRetryAfter("Thu, 01 Jan 1970 00:00:10 GMT", 4), 6);
+    assert.equal(parseRetryAfter("-1", 0), undefined);
+    assert.equal(parseRetryAfter("soon", 0), undefined);
+  });
+});
+
+describe("Throttle", () => {
+  const headers = (remaining, reset) => ({
+    "x-ratelimit-limit": "2",
+    "x-ratelimit-remaining": String(remaining),
+    "x-ratelimit-reset": String(reset),
+    ratelimit: `"rate_limit_status";r=${remaining};t=1`,
+    "ratelimit-policy": `"rate_limit_status";q=2;w=1`,
+  });
+  test("the first request probes, the others wait for its answer", () => {
+    const t = new Throttle();
+    assert.equal(t.acquire("GET /x", 100), 0);
+    assert.ok(t.acquire("GET /x", 100) > 0);
+    t.observe("GET /x", 200, headers(1, 101), 100);
+    assert.equal(t.acquire("GET /x", 100), 0);
+    assert.ok(t.acquire("GET /x", 100.1) > 0, "window used up: wait for the reset");
+    assert.equal(t.acquire("GET /x", 101.01), 0, "a fresh window after the reset");
+  });
+  test("a route without rate-limit headers is never held", () => {
+    const t = new Throttle();
+    t.acquire("GET /q", 5);
+    t.observe("GET /q", 200, {}, 5);
+    assert.equal(t.acquire("GET /q", 5), 0);
+    assert.equal(t.acquire("GET /q", 5), 0);
+  });
+});
+
+test("BaseURLs: round robin, passing over a URL that is down", () => {
+  const urls = new BaseURLs(["a", "b", "c"]);
+  assert.deepEqual([urls.pick(0), urls.pick(0), urls.pick(0), urls.pick(0)], [0, 1, 2, 0]);
+  urls.down(1, 0);
+  assert.deepEqual([urls.pick(1), urls.pick(1), urls.pick(1)], [2, 0, 2]);
+  assert.equal(urls.otherUp(0, 1), true);
+  urls.down(0, 1);
+  urls.down(2, 2);
+  assert.equal(urls.pick(3), 1, "all down: the one back first");
+});
+
+describe("apiError: both error shapes", () => {
+  test("the envelope", () => {
+    const e = apiError(
+      429,
+      { "x-request-id": "req_h", "retry-after": "3" },
+      JSON.stringify({ error: { type: "t", code: "RATE_LIMITED", status: 429, message: "slow down", requestId: "req_b" } }),
+    );
+    assert.ok(e instanceof RateLimitError && e instanceof APIError);
+    assert.deepEqual([e.status, e.code, e.detail, e.requestId, e.type, e.retryAfter], [429, "RATE_LIMITED", "slow down", "req_b", "t", 3]);
+  });
+  test('{"detail": "…"} and the 422 detail list', () => {
+    const a = apiError(404, { "x-request-id": "req_1" }, '{"detail": "Unknown metric \'x\'"}');
+    assert.ok(a instanceof NotFoundError);
+    assert.deepEqual([a.code, a.detail, a.requestId], ["NOT_FOUND", "Unknown metric 'x'", "req_1"]);
+    const b = apiError(422, {}, JSON.stringify({ detail: [{ loc: ["query", "page_size"], msg: "too big", type: "x" }] }));
+    assert.ok(b instanceof ValidationError);
+    assert.equal(b.detail, "page_size: too big");
+  });
+  test("a body that is not JSON, and 5xx", () => {
+    const e = apiError(502, {}, "<html>bad gateway</html>");
+    assert.ok(e instanceof ServerError);
+    assert.deepEqual([e.code, e.detail], ["UPSTREAM_UNAVAILABLE", "<html>bad gateway</html>"]);
+  });
+});
+
+test("checkShape names the JSON path", () => {
+  const schema = { $ref: "#/components/schemas/BatchAccepted" };
+  const good = { results: [{ index: 0, scoringJobId: "sj", status: "queued", queuePosition: 1, estimatedWaitSeconds: 0 }], accepted: 1, rejected: 0 };
+  checkShape(good, schema, "POST /v1/score/batch");
+  const bad = structuredClone(good);
+  bad.results[0].queuePosition = "first";
+  assert.throws(() => checkShape(bad, schema, "POST /v1/score/batch"), (e) => {
+    assert.ok(e instanceof UnexpectedResponseError);
+    assert.equal(e.path, "results[0].queuePosition");
+    assert.match(e.message, /results\[0\]\.queuePosition: expected an integer, got a string/);
+    return true;
+  });
+  assert.throws(() => checkShape({ results: [] }, schema, "x"), (e) => e.path === "accepted" && /missing/.test(e.message));
+});
+
+test("no API key: a clear error before any request", () => {
+  const saved = process.env.TOLLHOUSE_API_KEY;
+  delete process.env.TOLLHOUSE_API_KEY;
+  let fetched = 0;
+  try {
+    assert.throws(
+      () => new Tollhouse({ baseURL: "http://127.0.0.1:9", fetch: () => fetched++ }),
+      (e) => e instanceof ConfigurationError && /TOLLHOUSE_API_KEY/.test(e.message),
+    );
+  } finally {
+    if (saved !== undefined) process.env.TOLLHOUSE_API_KEY = saved;
+  }
+  assert.equal(fetched, 0);
+  assert.throws(() => new Tollhouse({ apiKey: "k", baseURL: "ftp://x" }), ConfigurationError);
+  assert.throws(() => new Tollhouse({ apiKey: "k", maxConcurrent: 0 }), ConfigurationError);
+});
+
+describe("the send loop against a scripted server", () => {
+  let server;
+  let url;
+  const script = [];
+  const seen = [];
+  before(async () => {
+    server = createServer((req, res) => {
+      seen.push({ method: req.method, url: req.url, key: req.headers["idempotency-key"], tenant: req.headers["x-tenant-id"] });
+      const next = script.shift() ?? { status: 200, body: { status: "ok" } };
+      res.writeHead(next.status, { "content-type": "application/json", "x-request-id": "req_s", ...(next.headers ?? {}) });
+      res.end(typeof next.body === "string" ? next.body : JSON.stringify(next.body));
+    });
+    const port = await freePort();
+    await new Promise((r) => server.listen(port, "127.0.0.1", r));
+    url = `http://127.0.0.1:${port}`;
+  });
+  after(() => new Promise((r) => server.close(r)));
+
+  const client = (extra = {}) =>
+    new Tollhouse({ apiKey: "sk_test_x", baseURL: url, tenantId: "acme", retry: { backoffBase: 0.01, backoffMax: 0.02 }, ...extra });
+
+  test("503 then 429 then success; the same Idempotency-Key on every attempt", async () => {
+    seen.length = 0;
+    script.push({ status: 503, body: { error: { code: "SERVICE_UNAVAILABLE", message: "x" } } });
+    script.push({ status: 429, headers: { "retry-after": "0" }, body: { error: { code: "RATE_LIMITED", message: "x" } } });
+    script.push({ status: 202, body: { scoringJobId: "sj_1", status: "queued", queuePosition: 1, estimatedWaitSeconds: 0 } });
+    const retries = [];
+    const accepted = await client({ onRetry: (e) => retries.push(e.status) }).score.create({
+      applicationId: "a",
+      jobId: "j",
+      candidate: { name: "n", resume: "r" },
+    });
+    assert.equal(accepted.scoringJobId, "sj_1");
+    assert.deepEqual(retries, [503, 429]);
+    assert.equal(new Set(seen.map((s) => s.key)).size, 1);
+    assert.ok(seen.every((s) => s.tenant === "acme"));
+  });
+
+  test("retries are bounded: the typed error carries attempts", async () => {
+    for (let i = 0; i < 3; i++) script.push({ status: 503, body: { error: { code: "SERVICE_UNAVAILABLE", message: "down" } } });
+    await assert.rejects(client({ maxRetries: 2 }).health(), (e) => e instanceof ServerError && e.attempts === 3 && e.detail === "down");
+  });
+
+  test("401 is not retried", async () => {
+    script.push({ status: 401, body: { error: { code: "UNAUTHORIZED", message: "bad key", requestId: "req_k" } } });
+    await assert.rejects(client().health(), (e) => e instanceof AuthenticationError && e.requestId === "req_k" && e.attempts === 1);
+  });
+
+  test("a body that does not match the document names the path", async () => {
+    script.push({ status: 200, body: { queue: { queued: 0, running: 0, cap: 1, meanProcessingSeconds: null, estimatedWaitSeconds: 0 }, data: [{ scoringJobId: 5, status: "queued", attempts: 0, createdAt: "2026-01-01T00:00:00Z" }], hasMore: false, nextCursor: null } });
+    await assert.rejects(client().queue.list(), (e) => e instanceof UnexpectedResponseError && e.path === "data[0].scoringJobId");
+    script.push({ status: 200, body: "<html>proxy</html>" });
+    await assert.rejects(client().queue.list(), (e) => e instanceof UnexpectedResponseError && /not JSON/.test(e.message));
+  });
+
+  test("a refused connection fails over to the next base URL", async () => {
+    const dead = `http://127.0.0.1:${await freePort()}`;
+    const events = [];
+    const c = new Tollhouse({ apiKey: "k", baseURL: [dead, url], onRetry: (e) => events.push(e) });
+    for (let i = 0; i < 4; i++) assert.equal((await c.health()).status, "ok");
+    assert.equal(events.length, 1, "the dead URL is passed over after it refused once");
+    assert.match(events[0].reason, /^failover/);
+    assert.equal(events[0].baseURL, dead);
+  });
+
+  test("nothing answers: TransportError after the retries", async () => {
+    const dead = `http://127.0.0.1:${await freePort()}`;
+    const c = new Tollhouse({ apiKey: "k", baseURL: dead, maxRetries: 2, retry: { backoffBase: 0.01, backoffMax: 0.02 } });
+    await assert.rejects(c.health(), (e) => e instanceof TransportError && e.attempts === 3);
+  });
+
+  test("AbortSignal cancels a call waiting for its retry", async () => {
+    script.push({ status: 429, headers: { "retry-after": "30" }, body: { error: { code: "RATE_LIMITED", message: "x" } } });
+    const controller = new AbortController();
+    const call = client({ retry: { maxRetryAfter: 60 } }).health({ signal: controller.signal });
+    setTimeout(() => controller.abort(), 50);
+    await assert.rejects(call, (e) => e.name === "AbortError");
+    script.length = 0;
+  });
+});
