@@ -207,8 +207,44 @@ INSTANCES = Setting(
     None,
     COUNT,
     1,
-    "Processes sharing the limits (instances × `--workers`): while Redis is unreachable "
-    "each enforces limit ÷ instances.",
+    "Processes sharing the limits (instances × `--workers`): sizes each one's share of "
+    "every limit for when Redis cannot be asked, and of every pool.",
+)
+REDIS_TIMEOUT = Setting(
+    "redis_timeout",
+    "TOLLHOUSE_REDIS_TIMEOUT",
+    None,
+    _seconds("seconds, more than 0 and at most 10", lambda v: 0 < v <= 10),
+    0.1,
+    "How long one Redis round trip (or connecting) may take; a request whose round trip "
+    "takes longer is decided without Redis (`[limits] on_store_failure`).",
+)
+REDIS_BREAKER_FAILURES = Setting(
+    "redis_breaker_failures",
+    "TOLLHOUSE_REDIS_BREAKER_FAILURES",
+    None,
+    COUNT,
+    3,
+    "Consecutive failed Redis round trips (those in flight together count once) after "
+    "which Redis is no longer asked, only probed; `degraded` is then true.",
+)
+REDIS_PROBE_INTERVAL = Setting(
+    "redis_probe_interval",
+    "TOLLHOUSE_REDIS_PROBE_INTERVAL",
+    None,
+    _seconds("seconds, more than 0 and at most 60", lambda v: 0 < v <= 60),
+    0.25,
+    "Seconds between two probes of Redis while it is not asked; the first that succeeds "
+    "shares the limits again.",
+)
+LIMITS_RESERVE = Setting(
+    "limits_reserve",
+    "TOLLHOUSE_LIMITS_RESERVE",
+    None,
+    _seconds("a fraction from 0 to 1", lambda v: 0 <= v <= 1),
+    0.1,
+    "With several instances: the part of each limit they set aside in Redis, each "
+    "limit × reserve ÷ instances per window, to admit from while Redis is slow or away.",
 )
 EMBEDDED_WORKERS = Setting(
     "embedded_workers",
@@ -332,6 +368,10 @@ TABLE: tuple[Setting, ...] = (
     DATABASE_URL,
     REDIS_URL,
     INSTANCES,
+    REDIS_TIMEOUT,
+    REDIS_BREAKER_FAILURES,
+    REDIS_PROBE_INTERVAL,
+    LIMITS_RESERVE,
     EMBEDDED_WORKERS,
     ALLOW_PRIVATE_TARGETS,
     METRICS_TOKEN,
@@ -363,6 +403,10 @@ class Settings:
     redis_url: str
     embedded_workers: bool = EMBEDDED_WORKERS.default
     instances: int = INSTANCES.default
+    redis_timeout: float = REDIS_TIMEOUT.default
+    redis_breaker_failures: int = REDIS_BREAKER_FAILURES.default
+    redis_probe_interval: float = REDIS_PROBE_INTERVAL.default
+    limits_reserve: float = LIMITS_RESERVE.default
     allow_private_targets: bool = ALLOW_PRIVATE_TARGETS.default
     metrics_token: str = METRICS_TOKEN.default
     job_lease_seconds: float = JOB_LEASE_SECONDS.default

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from tests.services import RedisServer, free_port
-from tollhouse.errors import ConfigError
+from tollhouse.errors import ConfigError, StorageError
 from tollhouse.limits import BucketCheck, PoolCheck, open_store
 from tollhouse.limits.redis import (
     DECIDE,
@@ -25,10 +25,11 @@ from tollhouse.limits.redis import (
     KEY_SLACK_MS,
     PEEK,
     RELEASE,
+    SETTLE,
     RedisStore,
     _Link,
 )
-from tollhouse.limits.resilient import Breaker, LocalLimits
+from tollhouse.limits.resilient import Breaker, Fallback
 
 pytestmark = pytest.mark.redis
 
@@ -107,10 +108,10 @@ def test_a_malformed_url_is_a_config_error() -> None:
 def test_scripts_ship_as_package_data() -> None:
     lua = resources.files("tollhouse.limits").joinpath("lua")
     names = sorted(p.name for p in lua.iterdir() if p.name.endswith(".lua"))
-    assert names == ["decide.lua", "peek.lua", "release.lua"]
+    assert names == ["decide.lua", "peek.lua", "release.lua", "settle.lua"]
     pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
     assert '"limits/lua/*.lua"' in pyproject
-    assert len({DECIDE.sha, PEEK.sha, RELEASE.sha}) == 3
+    assert len({DECIDE.sha, PEEK.sha, RELEASE.sha, SETTLE.sha}) == 4
 
 
 # ---- what is written ------------------------------------------------------------------
@@ -236,14 +237,20 @@ def test_release_feeds_the_hold_time_estimate(redis_url: str, client: redis.Redi
 
     async def scenario(store: RedisStore) -> None:
         held = await store.decide((), (p,), NOW)
-        await store.release(held.leases[0], NOW + 6)  # held 6 s: average 1 → 2
+        await store.release(held.leases[0], NOW + 6)  # held 6 s: the first measure
         again = await store.decide((), (p,), NOW + 6)
         denied = await store.decide((), (p,), NOW + 6)
         assert again.allowed and not denied.allowed
-        assert denied.retry_after == pytest.approx(2.0)
+        assert denied.retry_after == pytest.approx(6.0)
+        await store.release(again.leases[0], NOW + 7)  # held 1 s: average 6 → 5
+        assert (await store.decide((), (p,), NOW + 7)).allowed
+        # Past its expected end (NOW + 12) a holder is certain to be gone only when its
+        # lease expires (NOW + 37).
+        late = await store.decide((), (p,), NOW + 20)
+        assert late.pool_denied and late.retry_after == pytest.approx(17.0)
 
     run(RedisStore(redis_url, caller_clock=True), scenario)
-    assert float(client.get(p.key + HOLD_SUFFIX) or 0) == pytest.approx(2.0)
+    assert float(client.get(p.key + HOLD_SUFFIX) or 0) == pytest.approx(5.0)
 
 
 # ---- degraded mode --------------------------------------------------------------------
@@ -265,17 +272,35 @@ def test_breaker_opens_after_consecutive_failures_only() -> None:
         Breaker(threshold=0)
 
 
-def test_local_limits_are_a_share_of_the_limit() -> None:
-    local = LocalLimits(instances=3)
-    checks = (bucket("b", 10), bucket("tiny", 2))
-    pools = (pool("p", 4),)
-    sb, sp = local.scale(checks, pools)
-    assert [c.limit for c in sb] == [3, 1] and [p.limit for p in sp] == [1]
-    assert local.scale(checks, pools)[0] is sb  # remembered per check tuple
-    assert [local.decide(checks, (), NOW).allowed for _ in range(2)] == [True, False]
-    assert LocalLimits(1).scale(checks, pools) == (checks, pools)
+def test_without_a_share_nothing_is_admitted_locally() -> None:
+    """Never a fresh local window: a bucket Redis gave this instance no share of is
+    refused while Redis cannot be asked; pools keep a local cap of limit ÷ instances."""
+    local = Fallback(instances=3)
+    b, p = bucket("b", 10), pool("p", 4)
+    denied = local.decide((b,), (), NOW)
+    assert not denied.allowed and denied.denied_by == "b" and denied.retry_after == 1.0
+    assert [local.decide((), (p,), NOW).allowed for _ in range(2)] == [True, False]
+    local.granted(b, 2, NOW + 60)  # what Redis set aside for this instance
+    assert [local.decide((b,), (), NOW).allowed for _ in range(3)] == [True, True, False]
+    spent = local.decide((b,), (), NOW)
+    assert spent.retry_after == pytest.approx(60.0)  # the share's window ends then
+    assert not local.unsettled  # set aside in Redis: already counted there
+    assert local.share_size(b) == 0  # reserve 0.1 of 10 over 3 instances: none
+    assert Fallback(instances=2, reserve=0.5).share_size(b) == 2
     with pytest.raises(ConfigError):
-        LocalLimits(0)
+        Fallback(0)
+    with pytest.raises(ConfigError):
+        Fallback(2, "maybe")
+
+
+def test_deny_and_allow_while_redis_cannot_be_asked() -> None:
+    b = bucket("b", 2)
+    closed = Fallback(instances=1, on_failure="deny")
+    closed.observe((b,), [closed.decide((b,), (), NOW).outcomes[0]._replace(remaining=2)])
+    assert not closed.decide((b,), (), NOW).allowed  # even with a share
+    opened = Fallback(instances=2, on_failure="allow")
+    assert all(opened.decide((b,), (), NOW).allowed for _ in range(5))
+    assert opened.unsettled[b.key].units == 5  # written back once Redis answers
 
 
 def test_unreachable_redis_degrades_then_recovers_by_itself(tmp_path: Path) -> None:
@@ -286,16 +311,17 @@ def test_unreachable_redis_degrades_then_recovers_by_itself(tmp_path: Path) -> N
     b, p = bucket("b", 8), pool("p", 4)
 
     async def scenario(store: RedisStore) -> None:
-        # Never raises: the first calls fail over to local limits, 8 // 4 = 2 each.
+        # Never raises. Redis never answered: no share of the bucket, so nothing is
+        # admitted from it (never a fresh local window); a pool keeps 4 // 4 = 1 slot.
         verdicts = [await store.decide((b,), (), NOW) for _ in range(3)]
         assert store.degraded
-        assert [v.allowed for v in verdicts] == [True, True, False]
+        assert [v.allowed for v in verdicts] == [False, False, False]
         assert store.decide_nowait((b,), (), NOW) is not None  # local: no waiting
         slot = await store.decide((), (p,), NOW)
         assert slot.allowed and not (await store.decide((), (p,), NOW)).allowed
         await store.release(slot.leases[0], NOW)
         stats, pools = await store.peek((b,), (p,), NOW)
-        assert stats[0].used == 2 and pools[0].active == 0
+        assert stats[0].remaining == 0 and pools[0].active == 0
 
         await asyncio.to_thread(server.start)
         try:
@@ -352,3 +378,77 @@ def test_a_stalled_redis_times_out_to_local_limits(redis_url: str) -> None:
         ),
         scenario,
     )
+
+
+# ---- shares: what an instance may admit while Redis cannot be asked ---------------------
+
+
+def test_a_share_set_aside_is_spent_without_redis_and_the_fleet_admits_the_limit(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two instances: each first request sets a share aside in Redis. One instance loses
+    Redis and admits from its share only; the other gives its share back when Redis
+    denies it. Together: exactly the limit, never more."""
+    b = (bucket("b", 20),)
+    real = _Link.round_trip
+
+    async def scenario() -> None:
+        a = RedisStore(redis_url, instances=2, reserve=0.5, caller_clock=True)
+        other = RedisStore(redis_url, instances=2, reserve=0.5, caller_clock=True)
+        try:
+            first = await a.decide(b, (), NOW)
+            assert first.allowed and first.outcomes[0].remaining == 14  # 1 + 5 set aside
+
+            async def a_is_cut_off(link: _Link, commands: list[bytes]) -> list[Any]:
+                if link in a._links:
+                    raise StorageError("no answer from Redis")
+                return await real(link, commands)
+
+            monkeypatch.setattr(_Link, "round_trip", a_is_cut_off)
+            alone = [(await a.decide(b, (), NOW)).allowed for _ in range(7)]
+            assert alone == [True] * 5 + [False] * 2  # its share of 5, then nothing
+            assert a.local_decisions == 7 and not a.unsettled_units()
+            shared = [(await other.decide(b, (), NOW)).allowed for _ in range(30)]
+            assert sum(shared) == 14  # 1 + 8 left + its own share of 5 given back
+            assert sum(alone) + 1 + sum(shared) == 20
+        finally:
+            monkeypatch.undo()
+            await a.aclose()
+            await other.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_one_failed_round_trip_keeps_the_breaker_closed_and_is_written_back(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alone on Redis, what Redis last said was remaining is this instance's share; a
+    request decided from it while a round trip failed is written back to Redis before
+    the next decision there."""
+    b = (bucket("b", 4),)
+    real = _Link.round_trip
+    failures = [1]
+
+    async def once(link: _Link, commands: list[bytes]) -> list[Any]:
+        if failures and failures.pop():
+            raise StorageError("no answer from Redis within 0.1 s")
+        return await real(link, commands)
+
+    async def scenario(store: RedisStore) -> None:
+        assert [(await store.decide(b, (), NOW)).allowed for _ in range(2)] == [True, True]
+        monkeypatch.setattr(_Link, "round_trip", once)
+        local = await store.decide(b, (), NOW)
+        assert local.allowed and local.outcomes[0].remaining == 1
+        assert not store.degraded and store.local_decisions == 1  # one failure: closed
+        assert store.unsettled_units() == 1
+        last = await store.decide(b, (), NOW)  # the write-back goes first
+        assert last.allowed and last.outcomes[0].remaining == 0
+        assert not (await store.decide(b, (), NOW)).allowed
+        assert store.unsettled_units() == 0
+        stats, _ = await store.peek(b, (), NOW)
+        assert stats[0].used == 4
+
+    try:
+        run(RedisStore(redis_url, caller_clock=True), scenario)
+    finally:
+        monkeypatch.undo()

@@ -145,7 +145,13 @@ class Tollhouse:
         self.key_store = KeyStore(self.engine)
         self.keys = KeyCache(self.key_store)
         self.limits: LimitStore = open_store(
-            self.settings.redis_url, instances=self.settings.instances
+            self.settings.redis_url,
+            instances=self.settings.instances,
+            timeout=self.settings.redis_timeout,
+            failures_to_open=self.settings.redis_breaker_failures,
+            probe_interval=self.settings.redis_probe_interval,
+            reserve=self.settings.limits_reserve,
+            on_store_failure=policy.limits.on_store_failure,
         )
         self.gateway = Gateway(
             self.inner, policy=policy, limits=self.limits, keys=self.keys, meter=self.meter

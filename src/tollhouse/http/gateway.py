@@ -65,6 +65,7 @@ from tollhouse.limits.headers import (
     Header,
     limit_headers,
     policy_header,
+    pool_headers,
     retry_after_header,
 )
 from tollhouse.limits.maths import Outcome
@@ -475,6 +476,8 @@ class Gateway:
         """The admission once the store decided: headers, counters, or the 429."""
         headers = checks.headers(verdict.outcomes, now) if checks.buckets else []
         if not verdict.allowed:
+            if verdict.pool_denied:
+                headers = pool_headers(checks.pools, verdict.denied_by, verdict.retry_after, now)
             denier = verdict.denied_by or "unknown"
             self.denied[denier] = self.denied.get(denier, 0) + 1
             raise self._denied(verdict, headers)
@@ -737,7 +740,7 @@ class Gateway:
         if verdict.pool_denied:
             return ConcurrencyLimited(
                 f"Too many requests in flight ({verdict.denied_by}); retry after "
-                f"{max(1, round(verdict.retry_after))} s.",
+                f"{extra['retry-after']} s.",
                 headers=extra,
             )
         return RateLimited(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tollhouse.errors import ConfigError
 from tollhouse.limits.memory import MemoryStore
 from tollhouse.limits.store import (
@@ -27,15 +29,30 @@ __all__ = [
 ]
 
 
-def open_store(url: str, *, instances: int = 1) -> LimitStore:
+def open_store(
+    url: str,
+    *,
+    instances: int = 1,
+    timeout: float | None = None,
+    failures_to_open: int | None = None,
+    probe_interval: float | None = None,
+    reserve: float | None = None,
+    on_store_failure: str = "local",
+) -> LimitStore:
     """The limit store for ``url``.
 
     Args:
         url: empty or ``memory://`` keeps limits in this process;
             ``redis://[user:password@]host:port/db`` or ``rediss://…`` shares them through
             Redis (:class:`tollhouse.limits.redis.RedisStore`, connected lazily).
-        instances: how many tollhouse instances share the limits (workers × replicas);
-            with Redis unreachable each enforces ``limit // instances`` locally.
+        instances: how many tollhouse instances share the limits (workers × replicas).
+        timeout: seconds a Redis round trip may take before it counts as failed.
+        failures_to_open: consecutive failed round trips that stop asking Redis.
+        probe_interval: seconds between two probes of Redis while it is not asked.
+        reserve: fraction of each limit the instances keep as shares for when Redis
+            cannot be asked (``instances > 1``).
+        on_store_failure: ``local``, ``deny`` or ``allow`` while Redis cannot be asked
+            (:mod:`tollhouse.limits.resilient`). None of these apply to memory.
 
     Raises:
         ConfigError: the scheme is not supported, the URL is malformed, or the Redis
@@ -54,5 +71,15 @@ def open_store(url: str, *, instances: int = 1) -> LimitStore:
                 f"redis_url {url!r} needs the Redis client: pip install 'redis[hiredis]>=5' "
                 "(or leave [storage] redis_url empty to keep limits in process memory)"
             ) from exc
-        return RedisStore(url, instances=instances)
+        options: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("timeout", timeout),
+                ("failures_to_open", failures_to_open),
+                ("probe_interval", probe_interval),
+                ("reserve", reserve),
+            )
+            if value is not None
+        }
+        return RedisStore(url, instances=instances, on_store_failure=on_store_failure, **options)
     raise ConfigError(f"limit store URL {url!r}: use memory:// or redis://host:port/db")

@@ -5,6 +5,14 @@ remaining; ties go to the smaller limit) with ``Reset`` as a Unix timestamp (the
 API shape, docs/api-shapes.md).
 ``RateLimit-Policy`` lists every bucket as ``"name";q=LIMIT;w=WINDOW`` and ``RateLimit``
 as ``"name";r=REMAINING;t=SECONDS`` (draft-ietf-httpapi-ratelimit-headers).
+
+One moment on a 429
+    When buckets deny, the request passes once the last of them admits again: the
+    denying bucket with the longest wait binds. ``Retry-After`` (seconds, at least 1),
+    ``X-RateLimit-Reset`` (that moment, rounded up to a whole second) and the ``t`` of
+    every denying bucket's ``RateLimit`` item all name that moment, and the X-RateLimit
+    trio describes the binding bucket. A pool's 429 describes the pool alone
+    (:func:`pool_headers`): its limit, 0 remaining, the moment a slot is expected free.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from __future__ import annotations
 import math
 
 from tollhouse.limits.maths import Outcome
-from tollhouse.limits.store import BucketCheck
+from tollhouse.limits.store import BucketCheck, PoolCheck
 
 Header = tuple[bytes, bytes]
 
@@ -46,6 +54,9 @@ def limit_headers(
         policy: the ``RateLimit-Policy`` header for these buckets.
         now: the time the decision was made.
     """
+    for o in outcomes:
+        if not o.allowed:
+            return _denied_headers(outcomes, names, limits, policy, now)
     tight = 0
     best = outcomes[0].remaining
     items = []
@@ -64,6 +75,63 @@ def limit_headers(
     ]
 
 
+def _denied_headers(
+    outcomes: list[Outcome],
+    names: tuple[bytes, ...],
+    limits: tuple[bytes, ...],
+    policy: Header,
+    now: float,
+) -> list[Header]:
+    """:func:`limit_headers` of a request buckets denied: everything names the moment
+    the binding bucket (the denying one with the longest wait) admits again."""
+    binding = max(
+        (i for i, o in enumerate(outcomes) if not o.allowed),
+        key=lambda i: outcomes[i].retry_after,
+    )
+    wait = outcomes[binding].retry_after
+    seconds = retry_seconds(wait)
+    items = []
+    for i, o in enumerate(outcomes):
+        t = seconds if not o.allowed else _ceil(o.reset_at - now)
+        items.append(b"%s%d;t=%d" % (names[i], o.remaining, t))
+    return [
+        (X_LIMIT, limits[binding]),
+        (X_REMAINING, b"%d" % outcomes[binding].remaining),
+        (X_RESET, b"%d" % _ceil(now + wait)),
+        policy,
+        (RATELIMIT, b", ".join(items)),
+    ]
+
+
+def pool_headers(
+    pools: tuple[PoolCheck, ...], denied_by: str | None, wait: float, now: float
+) -> list[Header]:
+    """The rate-limit headers of a request a pool denied (without ``Retry-After``): they
+    describe the pool — its limit, nothing remaining, and the moment ``wait`` seconds
+    from ``now`` when a slot is expected free — not the buckets the request passed.
+
+    Args:
+        pools: the pools the request asked for.
+        denied_by: the name of the pool that denied.
+        wait: seconds until a slot of it is expected free.
+        now: the time the decision was made.
+    """
+    pool = next((p for p in pools if p.name == denied_by), pools[0])
+    seconds = retry_seconds(wait)
+    return [
+        (X_LIMIT, b"%d" % pool.limit),
+        (X_REMAINING, b"0"),
+        (X_RESET, b"%d" % _ceil(now + wait)),
+        (POLICY, b'"%s";q=%d' % (pool.name.encode(), pool.limit)),
+        (RATELIMIT, b'"%s";r=0;t=%d' % (pool.name.encode(), seconds)),
+    ]
+
+
+def retry_seconds(wait: float) -> int:
+    """``wait`` as ``Retry-After`` says it: whole seconds, rounded up, at least 1."""
+    return max(1, math.ceil(wait))
+
+
 def _ceil(x: float) -> int:
     """Whole seconds, rounded up, never negative."""
     n = int(x)
@@ -72,4 +140,4 @@ def _ceil(x: float) -> int:
 
 def retry_after_header(seconds: float) -> Header:
     """``Retry-After`` in whole seconds, at least 1."""
-    return (RETRY_AFTER, str(max(1, math.ceil(seconds))).encode())
+    return (RETRY_AFTER, b"%d" % retry_seconds(seconds))

@@ -29,27 +29,47 @@ SWEEP_INTERVAL = 10.0
 HOLD_EWMA_ALPHA = 0.2
 #: Assumed hold time (seconds) of a pool slot before any was measured.
 DEFAULT_HOLD = 1.0
+#: Seconds an idle pool's measured hold time is kept after its last release.
+HOLD_KEEP_SECONDS = 3600.0
 
 
 class _Pool:
-    __slots__ = ("hold", "leases")
+    __slots__ = ("hold", "last_release", "leases", "measured")
 
     def __init__(self) -> None:
         # token → (acquired_at, expires_at)
         self.leases: dict[str, tuple[float, float]] = {}
         self.hold = DEFAULT_HOLD
+        self.measured = False
+        self.last_release = 0.0
 
     def purge(self, now: float) -> None:
         expired = [t for t, (_, exp) in self.leases.items() if exp <= now]
         for t in expired:
             del self.leases[t]
 
+    def released(self, held: float, now: float) -> None:
+        """One slot was held ``held`` seconds: the first measure replaces the assumed
+        hold time, later ones move the average."""
+        self.last_release = now
+        if self.measured:
+            self.hold += HOLD_EWMA_ALPHA * (held - self.hold)
+        else:
+            self.hold, self.measured = held, True
+
     def retry_after(self, limit: int, now: float) -> float:
+        """Seconds until a slot frees up (0 when one is free): the soonest of the
+        holders' expected ends (began + the average hold time, for holders not yet past
+        it) and their leases' expiries (certain)."""
         if len(self.leases) < limit:
             return 0.0
-        # The slot expected to free first: its holder has had `hold` seconds on average.
-        soonest = min(acq for acq, _ in self.leases.values()) + self.hold
-        return max(1.0, soonest - now)
+        hold = self.hold
+        free = min(exp for _, exp in self.leases.values())
+        for acquired, _ in self.leases.values():
+            expected = acquired + hold
+            if now < expected < free:
+                free = expected
+        return free - now
 
 
 class MemoryStore:
@@ -185,8 +205,7 @@ class MemoryStore:
         with self._lock:
             pool = self._pools.get(lease.key)
             if pool is not None and pool.leases.pop(lease.token, None) is not None:
-                held = max(0.0, now - lease.acquired_at)
-                pool.hold += HOLD_EWMA_ALPHA * (held - pool.hold)
+                pool.released(max(0.0, now - lease.acquired_at), now)
 
     async def peek(
         self, buckets: tuple[BucketCheck, ...], pools: tuple[PoolCheck, ...], now: float
@@ -225,7 +244,13 @@ class MemoryStore:
         ]
         for k in dead:
             del self._states[k]
-        for key in [k for k, p in self._pools.items() if not p.leases]:
+        # An idle pool keeps its measured hold time as long as Redis keeps it (an hour).
+        idle = [
+            k
+            for k, p in self._pools.items()
+            if not p.leases and now - p.last_release > HOLD_KEEP_SECONDS
+        ]
+        for key in idle:
             del self._pools[key]
 
     def __len__(self) -> int:

@@ -34,16 +34,19 @@ Few round trips
 
 Degraded mode
     Round trips time out after ``timeout`` seconds (100 ms by default); a decision whose
-    round trip failed is made locally at once (if the script did run in Redis after all,
-    that request counted twice, never zero times). After ``failures_to_open`` consecutive
-    failed attempts (:class:`.resilient.Breaker`) the breaker opens: decisions are
-    made locally with each limit divided by ``instances`` (:mod:`.resilient`),
-    :attr:`RedisStore.degraded` is True, and a probe runs a real decision against Redis
-    every ``probe_interval`` seconds; the first that succeeds closes the breaker. No
-    method raises because Redis is away. A Redis that restarted empty simply starts its
-    counters over; scripts are loaded again on every new connection and on ``NOSCRIPT``.
-    Slots taken in Redis but released while it was away are released once it is back
-    (or expire by their lease).
+    round trip failed is made at once without Redis, from this instance's share
+    (:mod:`.resilient`: never a fresh local window). If the script did run in Redis
+    after all, that request counted twice, never zero times. One failed round trip (or
+    several in flight together) does not open the breaker: after ``failures_to_open``
+    (3 by default) consecutive failed attempts (:class:`.resilient.Breaker`) it opens,
+    Redis is not asked at all, :attr:`RedisStore.degraded` is True, and a probe runs a
+    real decision against Redis every ``probe_interval`` seconds; the first that succeeds
+    closes the breaker. What was admitted without Redis and not already counted there
+    is written back (``lua/settle.lua``) ahead of the first decisions sent once Redis
+    answers. No method raises because Redis is away. A Redis that restarted empty simply
+    starts its counters over; scripts are loaded again on every new connection and on
+    ``NOSCRIPT``. Slots taken in Redis but released while it was away are released once
+    it is back (or expire by their lease).
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from tollhouse.errors import ConfigError, StorageError
 from tollhouse.limits.maths import Outcome
 from tollhouse.limits.memory import DEFAULT_HOLD, HOLD_EWMA_ALPHA
-from tollhouse.limits.resilient import Breaker, LocalLimits
+from tollhouse.limits.resilient import DEFAULT_RESERVE, Breaker, Fallback, Unsettled
 from tollhouse.limits.store import (
     BucketCheck,
     BucketStatus,
@@ -82,7 +85,7 @@ DEFAULT_TIMEOUT = 0.1
 #: Seconds between two probes while the breaker is open.
 PROBE_INTERVAL = 0.25
 #: Consecutive failed round trips that open the breaker.
-FAILURES_TO_OPEN = 2
+FAILURES_TO_OPEN = 3
 #: Round trips in flight at once, one connection each: while Redis runs one batch, this
 #: process reads the replies of the last.
 CONNECTIONS = 2
@@ -128,7 +131,8 @@ class _Script:
 DECIDE = _Script("decide")
 PEEK = _Script("peek")
 RELEASE = _Script("release")
-_SCRIPTS = (DECIDE, PEEK, RELEASE)
+SETTLE = _Script("settle")
+_SCRIPTS = (DECIDE, PEEK, RELEASE, SETTLE)
 
 
 def _bulk(value: bytes) -> bytes:
@@ -149,11 +153,13 @@ def _command(head: list[bytes], *args: bytes) -> bytes:
 class _Shape:
     """The constant parts of one request's ``EVALSHA`` of decide.lua, packed once.
 
-    The command is ``head`` + now + ``middle`` + one token per pool; ``whole`` is all of
-    it when nothing varies (server clock, no pool).
+    The command is ``head`` + now + ``middle`` + one token per pool + the shares asked
+    for or given back (nearly always empty); ``whole`` is all of it when nothing varies
+    (server clock, no pool, no share). ``shares`` is the size of this instance's share
+    per bucket (empty when it keeps none).
     """
 
-    __slots__ = ("buckets", "head", "middle", "pools", "whole")
+    __slots__ = ("buckets", "head", "middle", "pools", "shares", "whole")
 
     def __init__(
         self,
@@ -161,9 +167,11 @@ class _Shape:
         pools: tuple[PoolCheck, ...],
         slack_ms: int,
         caller_clock: bool,
+        shares: tuple[int, ...] = (),
     ) -> None:
         self.buckets = buckets
         self.pools = pools
+        self.shares = shares if any(shares) else ()
         keys = [c.key.encode() for c in buckets]
         for p in pools:
             keys += [p.key.encode(), (p.key + HOLD_SUFFIX).encode()]
@@ -175,12 +183,14 @@ class _Shape:
             argv += [str(c.limit).encode(), _num(c.window), algorithm, str(c.cost).encode()]
         for p in pools:
             argv += [str(p.limit).encode(), _num(p.lease)]
-        parts = 3 + len(keys) + 1 + len(argv) + len(pools)
+        parts = 3 + len(keys) + 1 + len(argv) + len(pools) + 1
         self.head = b"*%d\r\n" % parts + b"".join(
             _bulk(x) for x in [b"EVALSHA", DECIDE.sha, str(len(keys)).encode(), *keys]
         )
         self.middle = b"".join(_bulk(x) for x in argv)
-        self.whole = None if caller_clock or pools else self.head + _bulk(b"") + self.middle
+        self.whole = (
+            None if caller_clock or pools else self.head + _bulk(b"") + self.middle + _bulk(b"")
+        )
 
 
 class _Denial(NamedTuple):
@@ -216,7 +226,8 @@ def _verdict(raw: bytes, buckets: tuple[BucketCheck, ...], pools: tuple[PoolChec
             return _new(Verdict, (True, outcomes, None, 0.0, (), False))
         at = float(reply[4])
         leases = tuple(
-            Lease(p.key, member.decode(), at) for p, member in zip(pools, reply[i:], strict=True)
+            Lease(p.key, member.decode(), at)
+            for p, member in zip(pools, reply[i : i + len(pools)], strict=True)
         )
         return Verdict(True, outcomes, None, 0.0, leases)
     denied = int(reply[1])
@@ -248,6 +259,9 @@ class RedisStore:
         connections: round trips in flight at once (one connection each).
         caller_clock: decide at the ``now`` callers pass instead of Redis ``TIME``; for
             tests and replays only (instances with different clocks would disagree).
+        on_store_failure: ``local`` (admit from this instance's share), ``deny`` or
+            ``allow`` while Redis cannot be asked (:mod:`.resilient`).
+        reserve: fraction of each limit the fleet keeps as shares (``instances > 1``).
 
     Raises:
         ConfigError: the URL or an argument is not valid.
@@ -268,6 +282,8 @@ class RedisStore:
         probe_interval: float = PROBE_INTERVAL,
         connections: int = CONNECTIONS,
         caller_clock: bool = False,
+        on_store_failure: str = "local",
+        reserve: float = DEFAULT_RESERVE,
     ) -> None:
         if timeout <= 0 or probe_interval <= 0 or connections < 1:
             raise ConfigError("timeout, probe_interval and connections must be positive")
@@ -286,7 +302,8 @@ class RedisStore:
         self._caller_clock = caller_clock
         self._slack_ms = CALLER_CLOCK_SLACK_MS if caller_clock else KEY_SLACK_MS
         self._breaker = Breaker(failures_to_open)
-        self._local = LocalLimits(instances)
+        self._local = Fallback(instances, on_store_failure, reserve)
+        self._alone = self._local.alone and on_store_failure == "local"
         self._links = [_Link(self._pool, timeout) for _ in range(connections)]
         self._idle = list(self._links)
         self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
@@ -302,6 +319,11 @@ class RedisStore:
         self._tokens = itertools.count(1)
         probe = BucketCheck(PROBE_KEY, "probe", 2**31, 1.0, "fixed_window", 1)
         self._probe_shape = _Shape((probe,), (), KEY_SLACK_MS, False)
+        #: The write-back in flight (kept to be restored if its round trip fails).
+        self._settling: list[Unsettled] = []
+        #: Bucket keys whose share is being given back (a round trip in flight).
+        self._giving_back: set[str] = set()
+        self._now = 0.0
 
     # ---- the LimitStore protocol -------------------------------------------------------
 
@@ -309,25 +331,93 @@ class RedisStore:
         self, buckets: tuple[BucketCheck, ...], pools: tuple[PoolCheck, ...], now: float
     ) -> Verdict:
         """Check every bucket and pool in one script; consume all if all admit, else
-        nothing. Decided locally (limits ÷ instances) while Redis is unreachable."""
+        nothing. Decided from this instance's share while Redis cannot be asked."""
         if self.degraded:
             return self._decide_locally(buckets, pools, now)
         if not buckets and not pools:
             return _new(Verdict, (True, [], None, 0.0, (), False))
+        if self._caller_clock:
+            self._now = now
         shape = self._shape(buckets, pools)
+        spec = self._wanted(shape, now) if shape.shares else b""
         command = shape.whole
-        if command is None:
-            command = shape.head + _bulk(_num(now) if self._caller_clock else b"") + shape.middle
-            for _ in pools:
-                command += _bulk(b"%s.%d" % (self._token_prefix, next(self._tokens)))
+        if command is None or spec:
+            command = self._command(shape, now, spec)
         try:
             reply = await self._call(command)
         except StorageError:
             return self._decide_locally(buckets, pools, now)
         verdict = _verdict(reply, buckets, pools)
+        if spec:
+            self._granted(shape, reply, verdict)
+        if self._alone:
+            self._local.observe(buckets, verdict.outcomes)
         if not verdict.allowed and not verdict.pool_denied:
+            if shape.shares:
+                if any(c.key in self._giving_back for c in buckets):
+                    # Denied before a share of this instance went back: room may be
+                    # free again, so do not answer the next ones from the cache.
+                    return verdict
+                verdict = await self._give_back(shape, verdict, now)
+                if verdict.allowed or verdict.pool_denied:
+                    return verdict
             self._remember_denial(buckets, verdict.outcomes, now)
         return verdict
+
+    def _command(self, shape: _Shape, now: float, spec: bytes) -> bytes:
+        command = shape.head + _bulk(_num(now) if self._caller_clock else b"") + shape.middle
+        for _ in shape.pools:
+            command += _bulk(b"%s.%d" % (self._token_prefix, next(self._tokens)))
+        return command + _bulk(spec)
+
+    def _wanted(self, shape: _Shape, now: float) -> bytes:
+        """The share spec asking for a share of each bucket this instance holds none of
+        in the current window (b"" when it holds them all)."""
+        local = self._local
+        wanted = None
+        for i, c in enumerate(shape.buckets):
+            size = shape.shares[i]
+            if size and local.wants(c.key, now):
+                if wanted is None:
+                    wanted = [0] * len(shape.buckets)
+                wanted[i] = size
+                # Asked once: concurrent requests do not ask again meanwhile.
+                local.pending(c, now + self._timeout)
+        if wanted is None:
+            return b""
+        return " ".join(f"{w} 0" for w in wanted).encode()
+
+    def _granted(self, shape: _Shape, reply: bytes, verdict: Verdict) -> None:
+        """Keep the shares Redis set aside (the fields after the slots)."""
+        if not verdict.allowed:
+            return  # nothing set aside; asked again with the next request
+        fields = reply.split(b" ")
+        first = 5 + len(shape.buckets) * 4 + len(shape.pools)
+        for i, c in enumerate(shape.buckets):
+            if shape.shares[i]:
+                units = int(fields[first + i])
+                self._local.granted(c, units, verdict.outcomes[i].reset_at)
+
+    async def _give_back(self, shape: _Shape, verdict: Verdict, now: float) -> Verdict:
+        """Denied by buckets of which this instance holds a share: give the share back
+        (the busy instance uses its own units, the fleet admits its whole limit) and
+        decide again, once."""
+        backs = [0] * len(shape.buckets)
+        for i, (c, o) in enumerate(zip(shape.buckets, verdict.outcomes, strict=True)):
+            if not o.allowed:
+                backs[i] = self._local.give_back(c, now)
+        if not any(backs):
+            return verdict
+        spec = " ".join(f"0 {b}" for b in backs).encode()
+        keys = [c.key for c, b in zip(shape.buckets, backs, strict=True) if b]
+        self._giving_back.update(keys)
+        try:
+            reply = await self._call(self._command(shape, now, spec))
+        except StorageError:
+            return verdict  # what was given back may be free again: never spend it twice
+        finally:
+            self._giving_back.difference_update(keys)
+        return _verdict(reply, shape.buckets, shape.pools)
 
     def decide_nowait(
         self, buckets: tuple[BucketCheck, ...], pools: tuple[PoolCheck, ...], now: float
@@ -363,6 +453,12 @@ class RedisStore:
         if denied_by is None:
             return None
         return _new(Verdict, (False, outcomes, denied_by, retry, (), False))
+
+    def unsettled_units(self) -> int:
+        """Units admitted without Redis that are not yet counted there (for metrics)."""
+        return sum(u.units for u in self._local.unsettled.values()) + sum(
+            u.units for u in self._settling
+        )
 
     async def release(self, lease: Lease, now: float) -> None:
         """Give a pool slot back (idempotent). A Redis slot released while Redis is away
@@ -450,7 +546,8 @@ class RedisStore:
         shape = self._shapes.get(key)
         if shape is not None and shape.buckets is buckets and shape.pools is pools:
             return shape
-        shape = _Shape(buckets, pools, self._slack_ms, self._caller_clock)
+        sizes = tuple(self._local.share_size(c) for c in buckets)
+        shape = _Shape(buckets, pools, self._slack_ms, self._caller_clock, sizes)
         if len(self._shapes) >= SHAPES:
             self._shapes.clear()
         self._shapes[key] = shape
@@ -483,6 +580,10 @@ class RedisStore:
         if not idle or not pending:
             return  # a round trip in flight dispatches again when it ends
         parts = min(len(idle), max(1, len(pending) // MIN_SPLIT))
+        if self._local.unsettled and not self._settling:
+            # Written back before any decision: one round trip, the write-back first.
+            pending.insert(0, self._settle())
+            parts = 1
         size = min(MAX_BATCH, -(-len(pending) // parts))
         loop = asyncio.get_running_loop()
         for _ in range(parts):
@@ -538,6 +639,40 @@ class RedisStore:
     ) -> Verdict:
         self.local_decisions += 1
         return self._local.decide(buckets, pools, now)
+
+    def _settle(self) -> tuple[bytes, asyncio.Future[Any]]:
+        """The command writing back what was admitted without Redis (settle.lua), and
+        its future: restored to be written back later if its round trip fails."""
+        local = self._local
+        self._settling = list(local.unsettled.values())
+        local.unsettled.clear()
+        keys: list[bytes] = []
+        # With the caller's clock: the time of the last decision (tests replay a clock).
+        argv = [_num(self._now) if self._caller_clock else b"", str(self._slack_ms).encode()]
+        for u in self._settling:
+            c = u.check
+            keys.append(c.key.encode())
+            algorithm = b"f" if c.algorithm == "fixed_window" else b"g"
+            argv += [algorithm, str(c.limit).encode(), _num(c.window)]
+            argv += [_num(u.window_end), str(u.units).encode()]
+        command = _command([b"EVALSHA", SETTLE.sha, str(len(keys)).encode()], *keys, *argv)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(self._settled)
+        return command, future
+
+    def _settled(self, future: asyncio.Future[Any]) -> None:
+        settling, self._settling = self._settling, []
+        if future.cancelled() or future.exception() is not None:
+            local = self._local
+            for u in settling:
+                old = local.unsettled.get(u.check.key)
+                if old is not None and old.window_end == u.window_end:
+                    u = u._replace(units=u.units + old.units)
+                local.unsettled[u.check.key] = u
+        else:
+            logger.info(
+                "admissions made without Redis written back", extra={"buckets": len(settling)}
+            )
 
     def _failed(self, exc: BaseException, started: float) -> None:
         if self._breaker.failure(started, time.monotonic()):

@@ -1,12 +1,31 @@
-"""Degraded mode for a shared limit store: a circuit breaker and limits kept locally.
+"""Degraded mode for a shared limit store: a circuit breaker, and what an instance may
+admit on its own while the shared store (Redis) cannot be asked.
 
-While the shared store (Redis) is unreachable, every instance enforces its share of each
-limit on its own: ``limit // instances`` (at least 1) in a :class:`MemoryStore`. With
-``instances`` right, the whole fleet admits at most about the configured limit; with a
-missing instance count it admits up to ``instances`` times more — the status endpoint
-reports ``degraded: true`` meanwhile. Nothing is carried back into Redis when it
-returns: counters there continue where they were, or start over if Redis restarted empty
-(every key has a TTL, so there is no stale state to clean up either way).
+Never a fresh local window
+    An instance that cannot ask Redis knows nothing of what the others admitted since it
+    last heard from it. So it admits only from a **share**: units of a bucket's current
+    window it can prove nobody else will use.
+
+    * With ``instances > 1``, a share is **set aside in Redis**: the first request an
+      instance sends for a bucket in a window asks for ``⌊limit × reserve ÷ instances⌋``
+      units more than it needs; Redis counts them as used at once (if they are left) and
+      the instance keeps them. While Redis is slow or away it spends them; when Redis
+      denies the bucket, the instance gives back what it still holds, so a busy fleet
+      still admits the whole limit. A share lasts until the end of the window it was set
+      aside in (GCRA: until the bucket would be whole again).
+    * With ``instances == 1`` (this process is the only one on that Redis), what Redis
+      last said was remaining is provably unused: that is the share. What is admitted
+      from it is **written back** to Redis before anything else once it answers
+      (``lua/settle.lua``), so the window goes on from the true count.
+
+    Without a share (Redis never answered in this window), a request is denied with
+    ``Retry-After`` until Redis answers again. Pools keep a local cap of ``limit ÷
+    instances`` slots (slots are not windows: they come back when requests end).
+
+``on_store_failure`` (``[limits]`` in the policy)
+    ``local`` (default) as above; ``deny``: every limited request is refused while Redis
+    cannot be asked (fail closed); ``allow``: every request is admitted (fail open), and
+    what was admitted is written back once Redis answers.
 
 :class:`Breaker` is the pure part: it counts consecutive failed round trips and says when
 to stop calling the shared store. Probing and closing again belong to the store, which
@@ -17,8 +36,10 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Literal, NamedTuple
 
 from tollhouse.errors import ConfigError
+from tollhouse.limits.maths import Outcome
 from tollhouse.limits.memory import MemoryStore
 from tollhouse.limits.store import (
     BucketCheck,
@@ -31,8 +52,21 @@ from tollhouse.limits.store import (
 
 logger = logging.getLogger(__name__)
 
-#: Request shapes whose scaled checks are remembered (the gateway reuses check tuples).
+StoreFailure = Literal["local", "deny", "allow"]
+#: The values of ``[limits] on_store_failure``.
+STORE_FAILURES: tuple[StoreFailure, ...] = ("local", "deny", "allow")
+
+#: Request shapes whose scaled pools are remembered (the gateway reuses check tuples).
 SCALED_SHAPES = 4096
+#: Bucket keys whose share is remembered (the oldest are forgotten past this).
+SHARES = 65536
+#: Seconds a refused request is told to wait when no share says better: about when
+#: Redis is asked again.
+UNSHARED_RETRY = 1.0
+#: Default of the fraction of each limit the fleet keeps as shares (``instances > 1``).
+DEFAULT_RESERVE = 0.1
+
+_new = tuple.__new__
 
 
 class Breaker:
@@ -49,7 +83,7 @@ class Breaker:
 
     __slots__ = ("failures", "is_open", "last_failure", "threshold")
 
-    def __init__(self, threshold: int = 2) -> None:
+    def __init__(self, threshold: int = 3) -> None:
         if threshold < 1:
             raise ConfigError(f"breaker threshold {threshold}: must be at least 1")
         self.threshold = threshold
@@ -79,69 +113,233 @@ class Breaker:
         self.is_open = False
 
 
-class LocalLimits:
-    """This instance's share of every limit, enforced in process memory.
+class Unsettled(NamedTuple):
+    """Units admitted locally that Redis has not counted yet."""
+
+    check: BucketCheck
+    window_end: float
+    """The window they were admitted in (fixed window; ignored for GCRA)."""
+    units: int
+
+
+class Fallback:
+    """What an instance admits while the shared store cannot be asked (see the module).
 
     Args:
-        instances: how many instances share the limits (the server passes its number of
-            workers times replicas); each enforces ``limit // instances``, at least 1.
+        instances: how many instances share the limits (workers × replicas).
+        on_failure: ``local``, ``deny`` or ``allow``.
+        reserve: fraction of each limit set aside as shares across the fleet (only with
+            ``instances > 1``); 0 keeps none, so such an instance denies while degraded.
+
+    Raises:
+        ConfigError: an argument is out of range.
     """
 
-    def __init__(self, instances: int = 1) -> None:
+    def __init__(
+        self, instances: int = 1, on_failure: str = "local", reserve: float = DEFAULT_RESERVE
+    ) -> None:
         if instances < 1:
             raise ConfigError(f"instances {instances}: must be at least 1")
+        if on_failure not in STORE_FAILURES:
+            raise ConfigError(f"on_store_failure {on_failure!r}: use local, deny or allow")
+        if not 0 <= reserve <= 1:
+            raise ConfigError(f"reserve {reserve}: must be between 0 and 1")
         self.instances = instances
-        self.store = MemoryStore()
-        # (id(buckets), id(pools)) → (buckets, pools, scaled buckets, scaled pools). The
-        # originals are kept so their ids cannot be reused by other tuples meanwhile.
+        self.on_failure = on_failure
+        self.reserve = reserve
+        #: Whether this instance is alone on the shared store: Redis's last word on each
+        #: bucket is its share (else shares are set aside in Redis).
+        self.alone = instances == 1
+        self.pools = MemoryStore()
+        #: key → the outcome whose ``remaining`` (until ``reset_at``) may be spent here.
+        self.shares: dict[str, Outcome] = {}
+        #: key → (the share spent from, units spent from it).
+        self.spent: dict[str, tuple[Outcome, int]] = {}
+        #: key → units admitted here that Redis has not counted yet.
+        self.unsettled: dict[str, Unsettled] = {}
         self._scaled: dict[
-            tuple[int, int],
-            tuple[
-                tuple[BucketCheck, ...],
-                tuple[PoolCheck, ...],
-                tuple[BucketCheck, ...],
-                tuple[PoolCheck, ...],
-            ],
+            tuple[int, int], tuple[tuple[PoolCheck, ...], tuple[PoolCheck, ...]]
         ] = {}
 
-    def share(self, limit: int) -> int:
-        """This instance's part of ``limit``."""
-        return max(1, limit // self.instances)
+    # ---- shares ------------------------------------------------------------------------
 
-    def scale(
-        self, buckets: tuple[BucketCheck, ...], pools: tuple[PoolCheck, ...]
-    ) -> tuple[tuple[BucketCheck, ...], tuple[PoolCheck, ...]]:
-        """The checks with every limit replaced by this instance's share."""
-        if self.instances == 1:
-            return buckets, pools
-        key = (id(buckets), id(pools))
-        hit = self._scaled.get(key)
-        if hit is not None and hit[0] is buckets and hit[1] is pools:
-            return hit[2], hit[3]
-        sb = tuple(
-            BucketCheck(c.key, c.name, self.share(c.limit), c.window, c.algorithm, c.cost)
-            for c in buckets
-        )
-        sp = tuple(PoolCheck(p.key, p.name, self.share(p.limit), p.lease) for p in pools)
-        if len(self._scaled) >= SCALED_SHAPES:
-            self._scaled.clear()
-        self._scaled[key] = (buckets, pools, sb, sp)
-        return sb, sp
+    def share_size(self, check: BucketCheck) -> int:
+        """Units to set aside for this instance in ``check``'s window (0: none)."""
+        if self.alone or self.on_failure != "local":
+            return 0
+        return int(check.limit * self.reserve / self.instances)
+
+    def observe(self, buckets: tuple[BucketCheck, ...], outcomes: list[Outcome]) -> None:
+        """Redis's answer for ``buckets`` (alone on Redis: its remaining is this
+        instance's share). Within one window the smallest remaining wins: answers of
+        round trips in flight together may arrive out of order."""
+        shares = self.shares
+        if len(shares) >= SHARES:
+            shares.clear()
+        for c, o in zip(buckets, outcomes, strict=True):
+            old = shares.get(c.key)
+            if old is None or o.reset_at > old.reset_at or o.remaining < old.remaining:
+                shares[c.key] = o
+
+    def granted(self, check: BucketCheck, units: int, until: float) -> None:
+        """Redis set ``units`` of ``check`` aside for this instance, until ``until``."""
+        if len(self.shares) >= SHARES:
+            self.shares.clear()
+        self.shares[check.key] = _new(Outcome, (True, None, units, until, 0.0))
+
+    def pending(self, check: BucketCheck, until: float) -> None:
+        """A share of ``check`` was asked for: ask no more until ``until`` (its answer
+        replaces this)."""
+        self.shares[check.key] = _new(Outcome, (False, None, 0, until, 0.0))
+
+    def wants(self, key: str, now: float) -> bool:
+        """Whether this instance holds no share of ``key`` for ``now``'s window."""
+        share = self.shares.get(key)
+        return share is None or share.reset_at <= now
+
+    def held(self, check: BucketCheck, now: float) -> int:
+        """Units of ``check`` this instance may still admit on its own at ``now``."""
+        share = self.shares.get(check.key)
+        if share is None or (
+            share.reset_at <= now and not (self.alone and check.algorithm == "gcra")
+        ):
+            # Alone on Redis, a GCRA bucket's remaining only grows with time.
+            return 0
+        spent = self.spent.get(check.key)
+        used = spent[1] if spent is not None and spent[0] is share else 0
+        unsettled = self.unsettled.get(check.key)
+        if self.alone and unsettled is not None:
+            # Not yet in what Redis said: admitted here, written back later.
+            used = max(used, unsettled.units)
+        return max(0, share.remaining - used)
+
+    def give_back(self, check: BucketCheck, now: float) -> int:
+        """Drop this instance's share of ``check``; returns the units it still held."""
+        units = self.held(check, now)
+        share = self.shares.get(check.key)
+        if share is not None:
+            self.spent[check.key] = (share, share.remaining)
+        return units
+
+    # ---- deciding ----------------------------------------------------------------------
 
     def decide(
         self, buckets: tuple[BucketCheck, ...], pools: tuple[PoolCheck, ...], now: float
     ) -> Verdict:
-        """Decide locally against this instance's share (never waits)."""
-        sb, sp = self.scale(buckets, pools)
-        return self.store.decide_nowait(sb, sp, now)
+        """Decide without the shared store (never waits)."""
+        mode = self.on_failure
+        if mode == "deny":
+            return self._deny(buckets, pools, now, {})
+        held: dict[int, int] = {}
+        if mode == "local":
+            for i, c in enumerate(buckets):
+                units = self.held(c, now)
+                if units < c.cost:
+                    return self._deny(buckets, pools, now, held, i)
+                held[i] = units
+        leases: tuple[Lease, ...] = ()
+        if pools and mode == "local":
+            verdict = self.pools.decide_nowait((), self._scale(pools), now)
+            if not verdict.allowed:
+                return self._deny(buckets, pools, now, held, None, verdict)
+            leases = verdict.leases
+        outcomes: list[Outcome] = []
+        for i, c in enumerate(buckets):
+            share = self.shares.get(c.key)
+            if mode == "local":
+                assert share is not None
+                spent = self.spent.get(c.key)
+                used = spent[1] if spent is not None and spent[0] is share else 0
+                self.spent[c.key] = (share, used + c.cost)
+                remaining = held[i] - c.cost
+                reset_at = share.reset_at
+            else:
+                remaining = self.held(c, now) if share is not None else c.limit
+                reset_at = share.reset_at if share is not None and share.reset_at > now else now
+            if self.alone or mode == "allow":
+                self._unsettle(c, share, now)
+            outcomes.append(_new(Outcome, (True, None, max(0, remaining), reset_at, 0.0)))
+        return Verdict(True, outcomes, None, 0.0, leases)
+
+    def _unsettle(self, c: BucketCheck, share: Outcome | None, now: float) -> None:
+        window_end = (
+            share.reset_at
+            if share is not None and c.algorithm == "fixed_window" and share.reset_at > now
+            else now - now % c.window + c.window
+        )
+        old = self.unsettled.get(c.key)
+        units = old.units if old is not None and old.window_end == window_end else 0
+        self.unsettled[c.key] = Unsettled(c, window_end, units + c.cost)
+
+    def _deny(
+        self,
+        buckets: tuple[BucketCheck, ...],
+        pools: tuple[PoolCheck, ...],
+        now: float,
+        held: dict[int, int],
+        first: int | None = 0,
+        pool_verdict: Verdict | None = None,
+    ) -> Verdict:
+        """Refuse: each bucket without a share waits until Redis is asked again; one whose
+        share is spent, until its window ends."""
+        outcomes: list[Outcome] = []
+        retry = 0.0
+        for i, c in enumerate(buckets):
+            units = held.get(i)
+            if units is None:
+                units = self.held(c, now) if self.on_failure == "local" else 0
+            share = self.shares.get(c.key)
+            if units >= c.cost and (first is None or i != first):
+                outcomes.append(
+                    _new(Outcome, (True, None, units, share.reset_at if share else now, 0.0))
+                )
+                continue
+            wait = UNSHARED_RETRY
+            if share is not None and share.reset_at > now and c.algorithm == "fixed_window":
+                wait = max(wait, share.reset_at - now)
+            retry = max(retry, wait)
+            outcomes.append(_new(Outcome, (False, None, units, now + wait, wait)))
+        if pool_verdict is not None:
+            return Verdict(
+                False, outcomes, pool_verdict.denied_by, pool_verdict.retry_after, (), True
+            )
+        if not buckets:
+            return Verdict(
+                False, outcomes, pools[0].name if pools else None, UNSHARED_RETRY, (), True
+            )
+        denied_by = next(c.name for c, o in zip(buckets, outcomes, strict=True) if not o.allowed)
+        return Verdict(False, outcomes, denied_by, retry, (), False)
+
+    def _scale(self, pools: tuple[PoolCheck, ...]) -> tuple[PoolCheck, ...]:
+        """The pools with every limit replaced by this instance's part, ``limit ÷
+        instances`` (at least 1)."""
+        if self.instances == 1:
+            return pools
+        key = (id(pools), 0)
+        hit = self._scaled.get(key)
+        if hit is not None and hit[0] is pools:
+            return hit[1]
+        scaled = tuple(
+            PoolCheck(p.key, p.name, max(1, p.limit // self.instances), p.lease) for p in pools
+        )
+        if len(self._scaled) >= SCALED_SHAPES:
+            self._scaled.clear()
+        self._scaled[key] = (pools, scaled)
+        return scaled
 
     async def release(self, lease: Lease, now: float) -> None:
         """Give back a slot taken locally."""
-        await self.store.release(lease, now)
+        await self.pools.release(lease, now)
 
     async def peek(
         self, buckets: tuple[BucketCheck, ...], pools: tuple[PoolCheck, ...], now: float
     ) -> tuple[list[BucketStatus], list[PoolStatus]]:
-        """Read the local counters (``remaining`` is of this instance's share)."""
-        sb, sp = self.scale(buckets, pools)
-        return await self.store.peek(sb, sp, now)
+        """What this instance could admit on its own (its shares) and its local slots."""
+        stats = []
+        for c in buckets:
+            units = self.held(c, now)
+            share = self.shares.get(c.key)
+            reset_at = share.reset_at if share is not None and share.reset_at > now else now
+            stats.append(BucketStatus(c.limit - units, units, reset_at, units < c.limit))
+        _, pool_stats = await self.pools.peek((), self._scale(pools), now)
+        return stats, pool_stats

@@ -348,10 +348,14 @@ class _Reader:
 
     def limits(self, raw: dict[str, Any]) -> Limits:
         w = "limits"
-        self.unknown(raw, {"max_body_bytes", "max_header_bytes"}, w)
+        self.unknown(raw, {"max_body_bytes", "max_header_bytes", "on_store_failure"}, w)
+        failure = self.get(raw, "on_store_failure", str, w, "local")
+        if failure not in ("local", "deny", "allow"):
+            raise self.fail(f"{w}.on_store_failure", f"{failure!r} must be local, deny or allow")
         return Limits(
             max_body_bytes=self.positive_int(raw, "max_body_bytes", w, 1_048_576),
             max_header_bytes=self.positive_int(raw, "max_header_bytes", w, 16_384),
+            on_store_failure=failure,
         )
 
     def security(self, raw: dict[str, Any]) -> Security:

@@ -177,15 +177,23 @@ class AsyncRoute:
     handler: str = "upstream"
 
 
+StoreFailure = Literal["local", "deny", "allow"]
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Request-size limits enforced by the gateway before anything else."""
+    """Request-size limits enforced by the gateway before anything else, and what limits
+    do while their shared store is away."""
 
     max_body_bytes: int = 1_048_576
     """Largest request body accepted; larger ones get 413."""
     max_header_bytes: int = 16_384
     """Largest request head (request line + headers) `tollhouse serve` accepts; larger
     ones get 431 and the connection is closed."""
+    on_store_failure: StoreFailure = "local"
+    """While the shared limit store (Redis) cannot be asked: ``local`` admits only from
+    the share of each limit this instance holds, ``deny`` refuses every limited request,
+    ``allow`` admits every request (counted in Redis once it answers)."""
 
 
 @dataclass(frozen=True, slots=True)

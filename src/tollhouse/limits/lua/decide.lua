@@ -14,9 +14,14 @@
 --        per bucket: limit, window (s), algorithm ('f' fixed window | 'g' GCRA), cost
 --        per pool: limit, lease (s)
 --        per pool: a token unique to this request (names the slot if it is taken)
+--        last: shares, '' (nearly always) or per bucket "want back" (space-separated):
+--            back: units of a share this instance holds and gives back before deciding;
+--            want: units to set aside as this instance's share if the request is admitted
+--            (counted as used now; spent by the instance while Redis cannot be asked)
 -- Reply  one string of space-separated fields (cheaper for Redis to send than a table):
 --        allowed, denied (1-based bucket or pool index, 0), pool_denied, retry, now,
---        per bucket: allowed, remaining, reset_at, retry_after; per pool taken: its slot.
+--        per bucket: allowed, remaining, reset_at, retry_after; per pool taken: its slot;
+--        with shares asked and the request admitted: per bucket, the units set aside.
 --        Floats are '%.17g'; `now` is empty when no pool is asked for.
 
 local MICROS = 1000000
@@ -34,9 +39,29 @@ else
   now = tonumber(ARGV[1])
 end
 
+local pa = 5 + nb * 4
+local pt = pa + np * 2
+local wants, backs
+local spec = ARGV[pt + np + 1]
+if spec and spec ~= '' then
+  wants, backs = {}, {}
+  local k = 0
+  for n in string.gmatch(spec, '%S+') do
+    k = k + 1
+    if k % 2 == 1 then
+      wants[(k + 1) / 2] = tonumber(n)
+    else
+      backs[k / 2] = tonumber(n)
+    end
+  end
+end
+
 local allowed = true
 local denied = 0
 local retry = 0
+-- Per admitted bucket, for the shares set aside once the whole request is admitted:
+-- its index in `writes`, and its count (fixed window: used; GCRA: the new tat).
+local at, counts, intervals = {}, {}, {}
 -- `now` is only needed in the reply to name the time a slot was taken.
 local reply = {0, 0, 0, '0', np > 0 and fmt('%.17g', now) or ''}
 -- Writes wait until every bucket and pool has admitted: key, value, ttl (ms; -1: keep
@@ -63,10 +88,17 @@ for i = 1, nb do
         used = tonumber(sub(raw, sep + 1))
       end
     end
+    local back = backs and backs[i] or 0
+    if back > 0 and used > 0 then
+      -- A share given back: its units are free again (written whatever the decision).
+      used = math.max(0, used - back)
+      redis.call('SET', key, fmt('%.17g', reset_at) .. ':' .. used, 'KEEPTTL')
+    end
     if used + cost <= limit then
       used = used + cost
       ok, remaining, retry_after = true, limit - used, 0
       local w = #writes
+      at[i], counts[i] = w + 1, used
       writes[w + 1] = key
       writes[w + 2] = fmt('%.17g', reset_at) .. ':' .. used
       -- A window's first write sets the key's life; later ones keep it (cheaper).
@@ -88,6 +120,12 @@ for i = 1, nb do
     local window_us = interval * limit
     local now_us = floor(now * MICROS)
     local tat = raw and not find(raw, ':', 1, true) and tonumber(raw) or nil
+    local back = backs and backs[i] or 0
+    if back > 0 and tat ~= nil and tat > now_us then
+      -- A share given back: its units refill at once (written whatever the decision).
+      tat = math.max(now_us, tat - back * interval)
+      redis.call('SET', key, fmt('%.0f', tat), 'KEEPTTL')
+    end
     if tat == nil or tat < now_us then
       tat = now_us
     end
@@ -98,6 +136,7 @@ for i = 1, nb do
       remaining = (left - fmod(left, interval)) / interval
       reset_at, retry_after = new_tat / MICROS, 0
       local w = #writes
+      at[i], counts[i], intervals[i] = w + 1, new_tat, interval
       writes[w + 1] = key
       writes[w + 2] = fmt('%.0f', new_tat)
       writes[w + 3] = math.ceil((new_tat - now_us) / 1000) + slack
@@ -130,21 +169,54 @@ end
 
 -- Pools, only once every bucket admitted (as the memory store: a pool after a full one
 -- is not even purged). A slot is a member "acquired_at|token" scored by its expiry.
-local pa = 5 + nb * 4
-local pt = pa + np * 2
 for j = 1, np do
   local key = KEYS[nb + j * 2 - 1]
   local limit = tonumber(ARGV[pa + (j - 1) * 2 + 1])
   redis.call('ZREMRANGEBYSCORE', key, '-inf', reply[5])
   if redis.call('ZCARD', key) >= limit then
-    -- The slot expected to free first: its holder has had `hold` seconds on average
-    -- (an average of past hold times kept by release.lua).
-    local first = redis.call('ZRANGE', key, 0, 0)[1]
-    local acquired = first and tonumber(sub(first, 1, find(first, '|', 1, true) - 1)) or now
+    -- When a slot frees up, from the holders' slots (sorted by lease expiry, so by age):
+    -- a holder is expected to be done `hold` seconds after it began (the average of past
+    -- hold times, kept by release.lua); one that is already past that is certain to be
+    -- gone when its lease expires. The soonest of the two.
+    local lease = tonumber(ARGV[pa + (j - 1) * 2 + 2])
     local hold = tonumber(redis.call('GET', KEYS[nb + j * 2])) or tonumber(ARGV[5])
+    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local free = tonumber(first[2])
+    local due = redis.call('ZRANGEBYSCORE', key, '(' .. fmt('%.17g', now - hold + lease),
+      '+inf', 'LIMIT', 0, 1)[1]
+    if due then
+      local expected = tonumber(sub(due, 1, find(due, '|', 1, true) - 1)) + hold
+      if expected < free then
+        free = expected
+      end
+    end
     reply[2], reply[3] = nb + j, 1
-    reply[4] = fmt('%.17g', math.max(1, acquired + hold - now))
+    reply[4] = fmt('%.17g', free - now)
     return table.concat(reply, ' ')
+  end
+end
+
+-- Shares: units set aside for this instance on top of the request (never more than
+-- what is left), counted as used now; the instance spends them while Redis is away.
+if wants then
+  for i = 1, nb do
+    local want, w = wants[i] or 0, at[i]
+    local r = 1 + i * 4
+    local got = math.min(want, reply[r + 2])
+    if got > 0 and w then
+      local count = counts[i] + got * (intervals[i] or 1)
+      if intervals[i] then
+        writes[w + 1] = fmt('%.0f', count)
+        writes[w + 2] = math.ceil((count - floor(now * MICROS)) / 1000) + slack
+        reply[r + 3] = fmt('%.17g', count / MICROS)
+      else
+        writes[w + 1] = reply[r + 3] .. ':' .. count
+      end
+      reply[r + 2] = reply[r + 2] - got
+    else
+      got = 0
+    end
+    wants[i] = got
   end
 end
 
@@ -166,6 +238,11 @@ for j = 1, np do
     redis.call('PEXPIRE', key, fmt('%d', ttl))
   end
   reply[5 + nb * 4 + j] = member
+end
+if wants then
+  for i = 1, nb do
+    reply[#reply + 1] = wants[i]
+  end
 end
 reply[1] = 1
 return table.concat(reply, ' ')

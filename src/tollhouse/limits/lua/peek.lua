@@ -78,10 +78,21 @@ for j = 1, np do
   local active = redis.call('ZCOUNT', key, '(' .. num(now), '+inf')
   local retry = 0
   if active >= limit then
-    local first = redis.call('ZRANGEBYSCORE', key, '(' .. num(now), '+inf', 'LIMIT', 0, 1)[1]
-    local acquired = tonumber(string.sub(first, 1, string.find(first, '|', 1, true) - 1))
+    -- As decide.lua: the soonest of the first lease expiry and the first expected end.
+    local lease = tonumber(ARGV[pa + (j - 1) * 2 + 2])
     local hold = tonumber(redis.call('GET', KEYS[nb + j * 2])) or default_hold
-    retry = math.max(1, acquired + hold - now)
+    local first = redis.call('ZRANGEBYSCORE', key, '(' .. num(now), '+inf', 'WITHSCORES',
+      'LIMIT', 0, 1)
+    local free = tonumber(first[2])
+    local due = redis.call('ZRANGEBYSCORE', key, '(' .. num(math.max(now, now - hold + lease)),
+      '+inf', 'LIMIT', 0, 1)[1]
+    if due then
+      local expected = tonumber(string.sub(due, 1, string.find(due, '|', 1, true) - 1)) + hold
+      if expected < free then
+        free = expected
+      end
+    end
+    retry = free - now
   end
   reply[#reply + 1] = active
   reply[#reply + 1] = num(retry)
