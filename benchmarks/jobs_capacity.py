@@ -113,6 +113,8 @@ async def run(
     probe: Probe | None = None
     probe_id: str | None = None
     calls: list[float] = []  # seconds each upstream call took
+    starts: list[float] = []  # when each handler started, and ended (refill lag)
+    ends: list[float] = []
     call = (
         UpstreamHandler(base_url=upstream, timeout=seconds + 30, max_connections=cap * orgs)
         if upstream is not None
@@ -125,6 +127,7 @@ async def run(
             probe.started_at = time.perf_counter()
         running[job.org] += 1
         peak[job.org] = max(peak[job.org], running[job.org])
+        starts.append(time.perf_counter())
         try:
             if call is not None:
                 started = time.perf_counter()
@@ -135,6 +138,7 @@ async def run(
             await asyncio.sleep(seconds)
         finally:
             running[job.org] -= 1
+            ends.append(time.perf_counter())
         return {}
 
     async def queue_probe() -> None:
@@ -187,6 +191,8 @@ async def run(
             f"{len(calls) - total - (1 if upstream is not None else 0)} retried "
             f"(the example's processing time is {seconds * 1000:.0f} ms)"
         )
+    if upstream is not None:
+        print_refill(starts, ends, cap * orgs)
     total += 1 if upstream is not None else 0
     # Each slot runs per_org ÷ cap jobs back to back; whatever of the run is not spent
     # in handlers is the queue's turnaround (claim, finish, wakeups) plus start and tail.
@@ -194,6 +200,28 @@ async def run(
     first, last = cap * orgs - 1, total - cap * orgs - 1
     steady = (last - first) / (ended[last] - ended[first]) if last > first else None
     return total / elapsed, steady, max(peak.values()), cpu / total * 1000, idle * 1000, probe
+
+
+def print_refill(starts: list[float], ends: list[float], slots: int) -> None:
+    """Where a round's time goes between two calls. Slots are refilled in the order they
+    free up, so the (k + slots)-th handler start refills the slot the k-th end freed: the
+    gap between them is that slot's idle time (the outcome's write, the claim, the
+    spawn, and the event loop's queue when a whole round ends at once)."""
+    starts, ends = sorted(starts), sorted(ends)
+    lags = sorted(starts[k + slots] - ends[k] for k in range(min(len(ends), len(starts) - slots)))
+    if not lags:
+        return
+    spread = sorted(ends[k + slots - 1] - ends[k] for k in range(0, len(ends) - slots + 1, slots))
+
+    def ms(values: list[float], q: float) -> float:
+        return values[min(len(values) - 1, int(len(values) * q))] * 1000
+
+    print(
+        f"  refill: a slot's next call starts {ms(lags, 0.5):.0f} ms (p50), "
+        f"{ms(lags, 0.9):.0f} ms (p90), {sum(lags) / len(lags) * 1000:.0f} ms (mean) after "
+        f"its last call ended; a round's {slots} ends arrive within "
+        f"{ms(spread, 0.5):.0f} ms (median round)"
+    )
 
 
 @contextmanager
