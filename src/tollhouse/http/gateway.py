@@ -727,6 +727,7 @@ class Gateway:
                 status,
                 (perf_counter() - t0) * 1000.0,
                 labels,
+                scope["state"]["request_id"],
             )
         )
 
