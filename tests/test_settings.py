@@ -23,6 +23,7 @@ from tollhouse.settings import (
     EXAMPLE_MAX_JOBS,
     EXAMPLE_MAX_RESULTS,
     LOADED,
+    LOG_BODIES,
     TABLE,
     Setting,
     Settings,
@@ -154,7 +155,11 @@ BOOLEANS = [row for row in TABLE if isinstance(row.default, bool)]
 
 
 def test_every_boolean_row_uses_the_strict_parser() -> None:
-    assert {row.env for row in BOOLEANS} == {EMBEDDED_WORKERS.env, ALLOW_PRIVATE_TARGETS.env}
+    assert {row.env for row in BOOLEANS} == {
+        EMBEDDED_WORKERS.env,
+        ALLOW_PRIVATE_TARGETS.env,
+        LOG_BODIES.env,
+    }
     assert all(row.parser.parse is parse_bool for row in BOOLEANS)
     bool_fields = {f.name for f in dataclasses.fields(Settings) if f.type == "bool"}
     assert bool_fields == {row.field for row in BOOLEANS}

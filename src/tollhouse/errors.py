@@ -6,6 +6,7 @@
     ├── ConfigError                      a bad policy file or setting (raised at start)
     │   └── PolicyError                  carries the file and the field path
     ├── StorageError                     a backend (SQL, Redis) failed; wraps the driver error
+    │   └── DataRejected          400    the database refused a value (also a BadRequest)
     └── ApiError                         client-visible: type, code, status, message
         ├── BadRequest            400    BAD_REQUEST
         ├── Unauthorized          401    UNAUTHORIZED
@@ -91,6 +92,15 @@ class ApiError(TollhouseError):
 
 class BadRequest(ApiError):
     status, code, slug = 400, "BAD_REQUEST", "bad-request"
+
+
+class DataRejected(BadRequest, StorageError):
+    """The database refused a value it was given (too long, out of range, not encodable):
+    the caller's data, not the database's health. A :class:`StorageError` to code that
+    retries storage failures and a :class:`BadRequest` (400) to every HTTP layer —
+    ``ApiError`` comes before ``StorageError`` in its MRO, so handlers registered for
+    both answer 400, never 503. The driver's error is chained as ``__cause__``.
+    """
 
 
 class TenantRequired(ApiError):

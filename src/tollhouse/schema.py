@@ -16,17 +16,25 @@ runner are adopted, not broken: step 7 adopts the jobs tables that
 
 from __future__ import annotations
 
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollhouse.example.schema import migrate_example
-from tollhouse.jobs.schema import migrate_jobs
+from tollhouse.jobs.schema import migrate_jobs, migrate_workers
 from tollhouse.keys.schema import api_keys, orgs
 from tollhouse.metering import schema as usage
+from tollhouse.metering.deadletters import dead_letters
 from tollhouse.security.audit import migrate_security
 from tollhouse.storage.migrations import Migration, check_steps, create_tables
 from tollhouse.storage.migrations import migrate as run_steps
 
 __all__ = ["LATEST", "MIGRATIONS", "SCHEMA_VERSION", "create_schema", "migrate"]
+
+
+def _dead_letters_and_workers(conn: Connection) -> None:
+    create_tables(conn, (dead_letters,))
+    migrate_workers(conn)
+
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "orgs and api keys", lambda c: create_tables(c, (orgs, api_keys))),
@@ -42,6 +50,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "audit log; api key expiry (rotation)", migrate_security),
     Migration(6, "example upstream: criteria per job, scoring results", migrate_example),
     Migration(7, "job queue and webhooks (adopted when made before this step)", migrate_jobs),
+    Migration(8, "dead letters; job workers' presence", _dead_letters_and_workers),
 )
 check_steps(MIGRATIONS)
 

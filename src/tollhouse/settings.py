@@ -279,6 +279,16 @@ JOB_LEASE_SECONDS = Setting(
     "How long the embedded worker's claim on a job lasts without a heartbeat: a crashed "
     "process's running jobs run again this long (plus up to 5 s) later.",
 )
+LOG_BODIES = Setting(
+    "log_bodies",
+    "TOLLHOUSE_LOG_BODIES",
+    None,
+    FLAG,
+    False,
+    "Log SQL statements with their parameters, fetched rows and WebSocket frames (they hold "
+    "key hashes, webhook secrets, request bodies): off at every log level, debug included, "
+    "unless this or `serve --log-bodies` is set.",
+)
 KEEP_ALIVE = Setting(
     "keep_alive",
     "TOLLHOUSE_KEEP_ALIVE",
@@ -376,6 +386,7 @@ TABLE: tuple[Setting, ...] = (
     ALLOW_PRIVATE_TARGETS,
     METRICS_TOKEN,
     JOB_LEASE_SECONDS,
+    LOG_BODIES,
     KEEP_ALIVE,
     LOG_FORMAT,
     LOG_LEVEL,
@@ -410,6 +421,7 @@ class Settings:
     allow_private_targets: bool = ALLOW_PRIVATE_TARGETS.default
     metrics_token: str = METRICS_TOKEN.default
     job_lease_seconds: float = JOB_LEASE_SECONDS.default
+    log_bodies: bool = LOG_BODIES.default
 
     @property
     def is_embedded_default(self) -> bool:
@@ -426,6 +438,7 @@ def load_settings(
     database_url: str | None = None,
     redis_url: str | None = None,
     instances: int | None = None,
+    log_bodies: bool | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Resolve settings: explicit arguments (flags) win over the environment, which wins
@@ -438,6 +451,7 @@ def load_settings(
         database_url: ``--database-url``.
         redis_url: ``--redis-url``.
         instances: processes sharing the limits.
+        log_bodies: ``serve --log-bodies`` (None or False: the variable decides).
         environ: the variables to read (default ``os.environ``).
 
     Raises:
@@ -450,6 +464,7 @@ def load_settings(
         DATABASE_URL.field: database_url,
         REDIS_URL.field: redis_url,
         INSTANCES.field: instances,
+        LOG_BODIES.field: log_bodies or None,
     }
     path: Path | None = _resolve(CONFIG_PATH, flags, env, None)
     policy = load_policy(path)

@@ -21,6 +21,7 @@ from tollhouse.keys.model import Identity
 from tollhouse.metering.histogram import BUCKETS, bucket_of, percentile
 from tollhouse.metering.meter import UsageMeter
 from tollhouse.metering.record import CallRecord
+from tollhouse.ops.logs import request_id_var
 from tollhouse.policy.model import EndpointGroup
 
 DAY = 86400
@@ -51,6 +52,7 @@ async def platform(
         if scope["type"] == "http":
             state = scope.setdefault("state", {})
             state["request_id"] = "req_test"
+            request_id_var.set("req_test")  # as the gateway does: log lines carry it
             if identity is not None:
                 state["identity"] = identity
         await app(scope, receive, send)

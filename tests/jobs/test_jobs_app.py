@@ -61,11 +61,19 @@ class AsGateway:
 
 @asynccontextmanager
 async def client_for(
-    url: str, clock: FakeClock | None = None, fallback: Any = None, cap: int = 3
+    url: str,
+    clock: FakeClock | None = None,
+    fallback: Any = None,
+    cap: int = 3,
+    worker_seen: bool = True,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, JobQueue, WebhookStore]]:
+    """The jobs app over httpx; ``worker_seen``: a worker has recorded itself (as a
+    running one does), so answers carry wait estimates."""
     async with database(url) as engine:
         kw: dict[str, Any] = {"clock": clock} if clock else {}
         queue = open_queue(engine, QueueSettings(default_cap=cap), **kw)
+        if worker_seen:
+            await queue.record_worker("test-worker")
         webhooks = WebhookStore(engine, allow_private_targets=True, **kw)  # loopback hooks
         app = create_jobs_app(
             queue=queue, policy=POLICY, webhooks=webhooks, fallback=fallback, **kw

@@ -184,6 +184,7 @@ def test_standing_follows_the_scoring_api_shape(db_url: str, clock: FakeClock) -
     async def body() -> None:
         async with database(db_url) as engine:
             q = queue_on(engine, clock, default_cap=2)
+            await q.record_worker("w1")  # estimates need a running worker
             made = await q.enqueue([job("acme", i) for i in range(6)])
             # Default 30 s before any measurement; 2 free slots take the first two.
             assert [(e.standing.position, e.standing.wait_seconds) for e in made if e.standing] == [

@@ -110,7 +110,7 @@ def test_the_raw_log_holds_every_call_column_for_column(database_url: str) -> No
         return busy + varied
 
     def as_row(c: CallRecord) -> tuple[Any, ...]:
-        t, org, env, key, tenant, group, method, route, status, ms, labels = c
+        t, org, env, key, tenant, group, method, route, status, ms, labels, _ = c
         us = max(0, round(ms * 1000))
         return (round(t * 1e6), org, env, key, tenant, group, method, route, status, us, labels)
 

@@ -125,3 +125,32 @@ def test_a_key_sent_as_request_id_is_masked() -> None:
     finally:
         request_id_var.reset(token)
     assert json.loads(line)["request_id"] == "sk_live_[redacted]"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "GET /v1/things?api_key=sk%5Ftest%5FAbCdEfGh12345678 HTTP/1.1",  # percent-encoded
+        "GET /v1/things?api_key=sk%5ftest%5fAbCdEfGh12345678",  # lower-case hex
+        "key=%73%6B%5F%6C%69%76%65%5FAbCdEfGh12345678",  # every character encoded
+        "next=%2Fcb%3Fk%3Dsk%255Flive%255FAbCdEfGh12345678",  # encoded twice
+        "tokensk_live_AbCdEfGh12345678",  # inside a word: no word boundary needed
+        "api_key_sk_test_AbCdEfGh12345678",
+        '{"auth":"Bearer\\tsk_test_AbCdEfGh12345678"}',
+        "whsec%5FZm9vYmFyAbCdEfGh12345678%2B%2F%3D",
+    ],
+)
+def test_redact_catches_encoded_and_embedded_secrets(text: str) -> None:
+    masked = redact(text)
+    assert "AbCdEfGh12345678" not in masked
+    assert "[redacted]" in masked
+
+
+def test_data_loggers_stay_quiet_at_debug_unless_log_bodies() -> None:
+    quiet = log_config("text", "debug")["loggers"]
+    assert quiet["sqlalchemy"]["level"] == "WARNING"
+    assert quiet["aiosqlite"]["level"] == quiet["websockets"]["level"] == "INFO"
+    loud = log_config("text", "debug", log_bodies=True)["loggers"]
+    assert loud["sqlalchemy"]["level"] == loud["aiosqlite"]["level"] == "DEBUG"
+    # Never louder than the level asked for.
+    assert log_config("json", "error")["loggers"]["aiosqlite"]["level"] == "ERROR"

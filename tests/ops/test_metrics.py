@@ -95,7 +95,7 @@ def test_counts_requests_and_decisions_without_org_labels(tmp_path: Path, policy
     assert sum(v for (name, _), v in found.items() if name == "tollhouse_requests_total") == 4
     # No org, key or tenant anywhere: neither as a label name nor as a value.
     labels = {k for (_, pairs) in found for k, _ in pairs}
-    assert labels <= {"endpoint_group", "status_class", "bucket", "outcome", "state", "le"}
+    assert labels <= {"endpoint_group", "status_class", "bucket", "outcome", "state", "le", "kind"}
     assert "secretive" not in text
     assert secret not in text
 

@@ -27,6 +27,7 @@ from tests.conftest import (
 )
 from tollhouse.jobs.schema import create_job_schema
 from tollhouse.jobs.webhooks import WebhookStore
+from tollhouse.keys.hashing import hash_secret
 from tollhouse.keys.store import KeyStore
 from tollhouse.schema import create_schema
 from tollhouse.storage.engine import make_engine
@@ -77,13 +78,13 @@ async def _prepare(cwd: Path, hook_url: str) -> tuple[str, str, str]:
 
 
 @contextmanager
-def debug_server(cwd: Path, log_format: str) -> Iterator[tuple[Server, Path]]:
+def debug_server(cwd: Path, log_format: str, *extra: str) -> Iterator[tuple[Server, Path]]:
     """`tollhouse serve` logging at DEBUG into a file (a pipe left unread would fill up
     and stall the server)."""
     port = free_port()
     log = cwd / "serve.log"
     args = [sys.executable, "-m", "tollhouse", "serve", "--port", str(port)]
-    args += ["--log-level", "debug", "--access-log", "--log-format", log_format]
+    args += ["--log-level", "debug", "--access-log", "--log-format", log_format, *extra]
     with log.open("w") as out:
         proc = subprocess.Popen(
             args, cwd=cwd, env=cli_env(ALLOW_PRIVATE_TARGETS), stdout=out, stderr=out, text=True
@@ -166,3 +167,42 @@ def test_no_secret_in_logs_or_bodies(
         assert secret[8:] not in output
         for body in bodies:
             assert secret not in body, "a secret reached a response"
+
+
+@pytest.mark.parametrize("log_bodies", [False, True])
+def test_no_sql_parameters_or_bodies_at_debug_unless_log_bodies(
+    tmp_path: Path, receiver: tuple[Receiver, str], log_bodies: bool
+) -> None:
+    """At DEBUG, neither a key's hash (the key lookup's parameter), a résumé (a job's
+    payload) nor an event's data (request bodies stored through SQL) reach the output;
+    with ``--log-bodies`` they do (the switch is what keeps them out)."""
+    _, hook_url = receiver
+    good, _, _ = asyncio.run(_prepare(tmp_path, hook_url + "/in"))
+    resume = "Built Python APIs; marker résumé-QX81-only-here"
+    event_marker = "event-data-marker-ZW42"
+    extra = ("--log-bodies",) if log_bodies else ()
+    with debug_server(tmp_path, "text", *extra) as (server, log):
+        auth = {"Authorization": f"Bearer {good}", "X-Tenant-Id": "acme"}
+        with httpx.Client(base_url=server.url, headers=auth, timeout=15) as c:
+            score = {
+                "applicationId": "a1",
+                "jobId": "j1",
+                "candidate": {"name": "A", "resume": resume},
+            }
+            assert c.post("/v1/score", json=score).status_code == 202
+            event = {
+                "id": "e1",
+                "type": "custom",
+                "time": "2026-01-01T00:00:00Z",
+                "data": {"note": event_marker},
+            }
+            assert c.post("/v1/events", json=[event]).status_code == 200
+    output = log.read_text()
+    assert "DEBUG" in output.upper()
+    hashed = hash_secret(good)
+    found = {m: m in output for m in (hashed, resume, event_marker)}
+    if log_bodies:
+        assert all(found.values()), found
+    else:
+        assert not any(found.values()), found
+    assert good not in output  # the key itself never, even with --log-bodies

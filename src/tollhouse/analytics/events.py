@@ -25,10 +25,13 @@ from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tollhouse.errors import StorageError, ValidationFailed
+from tollhouse.errors import DataRejected, ValidationFailed
+from tollhouse.metering.deadletters import DeadLetter, set_aside
 from tollhouse.metering.schema import product_events
+from tollhouse.ops.logs import request_id_var
 from tollhouse.storage import dialect
-from tollhouse.storage.dialect import DATABASE_ERRORS
+from tollhouse.storage.dialect import DATA_PYTHON_ERRORS, DATABASE_ERRORS, data_reason
+from tollhouse.storage.transactions import storage_error
 
 logger = logging.getLogger(__name__)
 
@@ -360,22 +363,55 @@ async def ingest(
     environment: str,
     events: Sequence[ParsedEvent],
     now: datetime,
+    *,
+    request_id: str | None = None,
 ) -> IngestResult:
     """Store events for ``org``, ignoring ids it already has (batched, one transaction).
 
+    When the database refuses a value of the batch (a data error, not an outage), the
+    batch is bisected, each part in its own transaction: every event the database takes
+    is stored, each refused one is set aside as a dead letter
+    (:mod:`tollhouse.metering.deadletters`) with ``request_id`` (by default the request
+    being answered, from :data:`tollhouse.ops.logs.request_id_var`), and
+    :class:`~tollhouse.errors.DataRejected` (400) names the refused events.
+
     Raises:
+        DataRejected: events the database refused (the others are stored).
         StorageError: the database failed; nothing of the batch was stored.
     """
     seen: set[str] = set()
-    unique: list[ParsedEvent] = []
-    for e in events:
+    unique: list[tuple[int, ParsedEvent]] = []
+    for index, e in enumerate(events):
         if e.id not in seen:
             seen.add(e.id)
-            unique.append(e)
+            unique.append((index, e))
     if not unique:
         return IngestResult(len(events), 0)
     received = epoch_us(now)
-    rows = [_row(org, environment, e, received) for e in unique]
+    rows = [(index, _row(org, environment, e, received)) for index, e in unique]
+    try:
+        inserted = await _insert(engine, [row for _, row in rows])
+    except DataRejected as rejected:
+        refused: list[tuple[int, dict[str, Any], str]] = []
+        inserted = await _bisect(engine, rows, rejected, refused)
+        await _set_aside(engine, refused, request_id or request_id_var.get() or None)
+        where = ", ".join(f"events[{i}]" for i, _, _ in refused[:10])
+        more = f" and {len(refused) - 10} more" if len(refused) > 10 else ""
+        raise DataRejected(
+            f"{where}{more}: cannot be stored ({refused[0][2]}); the other "
+            f"{len(events) - len(refused)} events were stored (send them again safely: "
+            "ids already stored are ignored)."
+        ) from rejected
+    return IngestResult(len(events), inserted)
+
+
+async def _insert(engine: AsyncEngine, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert ``rows`` in one transaction; returns how many were new.
+
+    Raises:
+        DataRejected: the database refused a value; nothing was stored.
+        StorageError: the database failed; nothing was stored.
+    """
     inserted = 0
     try:
         async with engine.begin() as conn:
@@ -387,8 +423,55 @@ async def ingest(
                 .returning(product_events.c.event_id)
             )
             for start in range(0, len(rows), 500):
-                result = await conn.execute(stmt, rows[start : start + 500])
+                result = await conn.execute(stmt, list(rows[start : start + 500]))
                 inserted += len(result.all())
-    except DATABASE_ERRORS as exc:
-        raise StorageError(f"could not store events: {exc}") from exc
-    return IngestResult(len(events), inserted)
+    except (*DATABASE_ERRORS, *DATA_PYTHON_ERRORS) as exc:
+        raise storage_error("could not store events", exc) from exc
+    return inserted
+
+
+async def _bisect(
+    engine: AsyncEngine,
+    rows: list[tuple[int, dict[str, Any]]],
+    rejected: DataRejected,
+    refused: list[tuple[int, dict[str, Any], str]],
+) -> int:
+    """Store the rows of a refused batch half by half; append the refused ones (index,
+    row, the database's reason) to ``refused``; returns the rows inserted."""
+    if len(rows) == 1:
+        index, row = rows[0]
+        refused.append((index, row, data_reason(rejected)))
+        return 0
+    inserted = 0
+    mid = len(rows) // 2
+    for half in (rows[:mid], rows[mid:]):
+        try:
+            inserted += await _insert(engine, [row for _, row in half])
+        except DataRejected as again:
+            inserted += await _bisect(engine, half, again, refused)
+    return inserted
+
+
+async def _set_aside(
+    engine: AsyncEngine, refused: list[tuple[int, dict[str, Any], str]], request_id: str | None
+) -> None:
+    letters = [
+        DeadLetter(
+            kind="event",
+            org=row["org"],
+            error=error,
+            rows=1,
+            request_id=request_id,
+            payload={
+                "index": index,
+                "environment": row["environment"],
+                "id": row["event_id"],
+                "type": row["type"],
+                "timeUs": row["time_us"],
+                "receivedUs": row["received_us"],
+                "data": row["data"],
+            },
+        )
+        for index, row, error in refused
+    ]
+    await set_aside(engine, letters)

@@ -6,6 +6,7 @@ import typer
 
 from tollhouse.cli import (
     audit,
+    deadletters,
     example,
     keys,
     limits,
@@ -33,6 +34,7 @@ app.command("worker")(worker.worker)
 app.command("status")(status.status)
 app.command("score")(score.score)
 app.command("audit")(audit.audit)
+app.command("dead-letters")(deadletters.dead_letters)
 app.add_typer(example.app, name="example")
 
 

@@ -21,6 +21,7 @@ from tollhouse.schema import create_schema
 from tollhouse.security.server import LimitedHttpToolsProtocol
 from tollhouse.settings import (
     KEEP_ALIVE,
+    LOG_BODIES,
     LOG_FORMAT,
     LOG_LEVEL,
     REDIS_URL,
@@ -65,9 +66,17 @@ def serve(
             help="critical, error, warning, info or debug.",
         ),
     ] = LOG_LEVEL.default,
+    log_bodies: Annotated[
+        bool,
+        typer.Option(
+            "--log-bodies",
+            help="Also log SQL parameters, fetched rows and WebSocket frames (key hashes, "
+            f"request bodies): never without it, at any level. Env: {LOG_BODIES.env}.",
+        ),
+    ] = False,
 ) -> None:
     """Run the gateway in front of the configured upstream (or the bundled example)."""
-    settings = settings_from(config, database_url, redis_url=redis_url)
+    settings = settings_from(config, database_url, redis_url=redis_url, log_bodies=log_bodies)
     if workers < 1:
         fail("--workers must be at least 1", 2)
     if not 0 < keep_alive <= 3600:
@@ -84,7 +93,9 @@ def serve(
     except TollhouseError as exc:
         fail(str(exc), 2)
     try:
-        logging_config = log_config(cast(LogFormat, log_format), log_level)
+        logging_config = log_config(
+            cast(LogFormat, log_format), log_level, log_bodies=settings.log_bodies
+        )
     except ValueError as exc:
         fail(f"{exc} (--log-format / --log-level)", 2)
     logging.config.dictConfig(logging_config)
@@ -135,7 +146,7 @@ def worker_environ(settings: Settings, workers: int) -> dict[str, str]:
 
 async def _prepare(settings: Settings) -> str | None:
     """Create tables; on the embedded default, make sure there is a demo key to print."""
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, log_parameters=settings.log_bodies)
     try:
         await create_schema(engine)
         folder = sqlite_path(settings.database_url)

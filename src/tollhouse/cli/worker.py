@@ -72,11 +72,13 @@ def worker(
     ] = LOG_LEVEL.default,
 ) -> None:
     """Run the policy's async jobs and send webhooks until stopped."""
+    settings = settings_from(config, database_url)
     try:
-        logging.config.dictConfig(log_config(cast(LogFormat, log_format), log_level))
+        logging.config.dictConfig(
+            log_config(cast(LogFormat, log_format), log_level, log_bodies=settings.log_bodies)
+        )
     except ValueError as exc:
         fail(f"{exc} (--log-format / --log-level)", 2)
-    settings = settings_from(config, database_url)
     policy = settings.policy
     if not policy.async_routes:
         fail(
@@ -121,7 +123,7 @@ async def _work(
     options: dict[str, Any],
     metrics_at: tuple[str, int] | None = None,
 ) -> None:
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, log_parameters=settings.log_bodies)
     try:
         try:
             await create_job_schema(engine)

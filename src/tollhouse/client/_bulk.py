@@ -358,7 +358,7 @@ class BulkRun:
                 self._counts.accepted += 1
                 if self.settings.wait:
                     delay = min(
-                        max(item.accepted.estimated_wait_seconds, self.settings.poll_interval),
+                        max(item.accepted.estimated_wait_seconds or 0, self.settings.poll_interval),
                         self.settings.max_poll_interval,
                     )
                     self._track(_Tracked(c.key, scoring_job_id, c.index), now + delay)

@@ -202,7 +202,8 @@ class ScoreAccepted:
         scoring_job_id: the job's id, to poll or to match a webhook.
         status: ``queued``.
         queue_position: 1-based position among the org's queued jobs.
-        estimated_wait_seconds: the server's estimate until the job starts.
+        estimated_wait_seconds: the server's estimate until the job starts (None while
+            no worker is running on the server: no estimate holds).
         replayed: True when an ``Idempotency-Key`` matched an earlier request: this is
             that request's job, not a new one.
     """
@@ -210,7 +211,7 @@ class ScoreAccepted:
     scoring_job_id: str
     status: str
     queue_position: int
-    estimated_wait_seconds: int
+    estimated_wait_seconds: int | None
     replayed: bool = False
 
 
@@ -219,7 +220,7 @@ def parse_score_accepted(f: Fields, replayed: bool = False) -> ScoreAccepted:
         scoring_job_id=f.text("scoringJobId"),
         status=f.text("status"),
         queue_position=f.integer("queuePosition"),
-        estimated_wait_seconds=f.integer("estimatedWaitSeconds"),
+        estimated_wait_seconds=f.opt_integer("estimatedWaitSeconds"),
         replayed=replayed,
     )
 
@@ -377,14 +378,15 @@ class QueueSummary:
         running: the org's jobs running now.
         cap: how many of the org's jobs may run at once.
         mean_processing_seconds: the measured mean time a job runs (None when unknown).
-        estimated_wait_seconds: the wait a job submitted now would be quoted.
+        estimated_wait_seconds: the wait a job submitted now would be quoted (None
+            while no worker is running on the server).
     """
 
     queued: int
     running: int
     cap: int
     mean_processing_seconds: float | None
-    estimated_wait_seconds: float
+    estimated_wait_seconds: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,7 +416,7 @@ def parse_queue_page(f: Fields) -> QueuePage:
             running=q.integer("running"),
             cap=q.integer("cap"),
             mean_processing_seconds=q.opt_number("meanProcessingSeconds"),
-            estimated_wait_seconds=q.number("estimatedWaitSeconds"),
+            estimated_wait_seconds=q.opt_number("estimatedWaitSeconds"),
         ),
         data=tuple(parse_score_job(j) for j in f.objects("data")),
         has_more=f.flag("hasMore"),

@@ -100,7 +100,9 @@ class Tollhouse:
     ) -> None:
         self.settings = settings or load_settings(config)
         policy = self.settings.policy
-        self.engine = make_engine(self.settings.database_url)
+        self.engine = make_engine(
+            self.settings.database_url, log_parameters=self.settings.log_bodies
+        )
         self.upstream: ASGIApp = app if app is not None else build_upstream(policy, self.engine)
         self._proxied = app is None and bool(policy.upstream.url)
         # Jobs (the scoring API shape, docs/api-shapes.md): the policy's async routes answer

@@ -730,6 +730,7 @@ class Gateway:
                 status,
                 (perf_counter() - t0) * 1000.0,
                 labels,
+                scope["state"]["request_id"],
             )
         )
 

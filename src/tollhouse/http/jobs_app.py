@@ -432,6 +432,7 @@ class JobsApp:
             else self.queue.settings.default_processing_seconds
         )
         wait = estimate_wait(counters.queued + 1, counters.running, cap, processing)
+        quoted = float(wait) if await self.queue.workers_running() else None
         mean = round(counters.avg_seconds, 3) if counters.avg_seconds is not None else None
         body = {
             "queue": {
@@ -439,7 +440,7 @@ class JobsApp:
                 "running": counters.running,
                 "cap": cap,
                 "meanProcessingSeconds": mean,
-                "estimatedWaitSeconds": float(wait),
+                "estimatedWaitSeconds": quoted,
             },
             "data": [job_json(j, found.standings.get(j.id)) for j in found.jobs],
             "hasMore": found.has_more,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from datetime import datetime
 
 
 def estimate_wait(position: int, running: int, cap: int, processing_seconds: float) -> int:
@@ -33,6 +34,27 @@ def estimate_wait(position: int, running: int, cap: int, processing_seconds: flo
     if waiting == 0:
         return 0
     return math.floor(waiting / max(1, cap) * processing_seconds + 0.5)
+
+
+def any_worker_running(last_seen: datetime | None, now: datetime, within: float) -> bool:
+    """True when a worker recorded itself at most ``within`` seconds before ``now``
+    (``last_seen`` is the latest record of any worker, None when there is none).
+
+    A wait estimate assumes something runs the jobs: without a running worker the
+    answer is "unknown" (``estimatedWaitSeconds: null``), not 0.
+    """
+    return last_seen is not None and (now - last_seen).total_seconds() <= within
+
+
+def quoted_wait(
+    position: int,
+    running: int,
+    cap: int,
+    processing_seconds: float,
+    workers: bool,
+) -> int | None:
+    """:func:`estimate_wait` when ``workers`` run (:func:`any_worker_running`), else None."""
+    return estimate_wait(position, running, cap, processing_seconds) if workers else None
 
 
 def moving_average(previous: float | None, sample: float, alpha: float) -> float:

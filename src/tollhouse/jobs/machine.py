@@ -31,12 +31,19 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, case, select, tuple_, update
+from sqlalchemy import bindparam, case, delete, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tollhouse.errors import StorageError
-from tollhouse.jobs.eta import estimate_wait, ewma_terms, moving_average, retry_delay, share_slots
+from tollhouse.jobs.eta import (
+    any_worker_running,
+    ewma_terms,
+    moving_average,
+    quoted_wait,
+    retry_delay,
+    share_slots,
+)
 from tollhouse.jobs.model import (
     Clock,
     Enqueued,
@@ -50,7 +57,7 @@ from tollhouse.jobs.model import (
     Standing,
 )
 from tollhouse.jobs.outbox import stage_finished
-from tollhouse.jobs.schema import job_orgs, jobs
+from tollhouse.jobs.schema import job_orgs, job_workers, jobs
 from tollhouse.jobs.statements import HEARTBEAT_CHUNK, QueueStatements, dumps, new_job_id, row_job
 from tollhouse.jobs.wakeups import Wakeups, announce
 from tollhouse.storage.transactions import write_transaction
@@ -138,7 +145,7 @@ class QueueMachine:
                         "request; use a new key for a new request"
                     )
                 standing = None
-                if job.accepted_position is not None and job.accepted_wait is not None:
+                if job.accepted_position is not None:
                     standing = Standing(job.accepted_position, job.accepted_wait)
                 slots.append(Enqueued(job, False, standing))
             fresh = [n for n in slots if isinstance(n, NewJob)]
@@ -155,7 +162,8 @@ class QueueMachine:
                 row = (
                     await conn.execute(self.sql.count_queued, {"u_org": org, "u_count": count})
                 ).one()
-                before[org] = [row.queued - count, row.running, row.cap, row.avg_seconds]
+                workers = any_worker_running(as_utc(row.workers_seen), now, s.worker_seen_seconds)
+                before[org] = [row.queued - count, row.running, row.cap, row.avg_seconds, workers]
             # 3. The jobs themselves, in one multi-row INSERT.
             values = []
             for n in fresh:
@@ -181,7 +189,9 @@ class QueueMachine:
                         "run_after": now,
                         "created_at": now,
                         "accepted_position": position,
-                        "accepted_wait": estimate_wait(position, state[1], state[2], processing),
+                        "accepted_wait": quoted_wait(
+                            position, state[1], state[2], processing, state[4]
+                        ),
                     }
                 )
             seqs = (
@@ -223,6 +233,22 @@ class QueueMachine:
             )
             out.append(Enqueued(job, True, Standing(v["accepted_position"], v["accepted_wait"])))
         return out
+
+    # --- workers' presence --------------------------------------------------------------
+
+    async def record_worker(self, worker_id: str) -> None:
+        """Record that ``worker_id`` runs now; forget workers not seen for a day."""
+        now = self.clock()
+        async with self._write() as conn:
+            await conn.execute(self.sql.worker_seen, {"w_id": worker_id, "w_now": now})
+            await conn.execute(
+                delete(job_workers).where(job_workers.c.seen_at < now - timedelta(days=1))
+            )
+
+    async def forget_worker(self, worker_id: str) -> None:
+        """Remove ``worker_id``'s record (it stopped)."""
+        async with self._write() as conn:
+            await conn.execute(delete(job_workers).where(job_workers.c.worker_id == worker_id))
 
     # --- claim, heartbeat ----------------------------------------------------------------
 

@@ -92,6 +92,11 @@ class QueueSettings:
     Pending deliveries are never deleted."""
     prune_batch: int = 1000
     """Rows deleted per retention transaction (short transactions; loops until done)."""
+    worker_seen_seconds: float = 30.0
+    """A worker counts as running while it recorded itself (``job_workers``) within this
+    many seconds; workers record themselves every sixth of it (5 s by default). While
+    none does, ``estimatedWaitSeconds`` is ``null``: no estimate holds with nothing to
+    run the jobs."""
 
     def __post_init__(self) -> None:
         if self.default_cap < 1:
@@ -108,6 +113,8 @@ class QueueSettings:
                 raise ValueError(f"{name} must be positive (or None to keep forever)")
         if self.prune_batch < 1:
             raise ValueError("prune_batch must be at least 1")
+        if not self.worker_seen_seconds > 0:
+            raise ValueError("worker_seen_seconds must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +177,7 @@ class Job:
     accepted_position: int | None = None
     """``queuePosition`` as first answered (replayed for the same Idempotency-Key)."""
     accepted_wait: int | None = None
-    """``estimatedWaitSeconds`` as first answered."""
+    """``estimatedWaitSeconds`` as first answered (None: no worker was running)."""
 
     @property
     def status(self) -> WireStatus:
@@ -212,8 +219,9 @@ class Standing:
 
     position: int
     """1-based place among the org's queued jobs (the scoring API shape's ``queuePosition``)."""
-    wait_seconds: int
-    """Estimated seconds until it starts."""
+    wait_seconds: int | None
+    """Estimated seconds until it starts; None while no worker is running
+    (:attr:`QueueSettings.worker_seen_seconds`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,6 +110,20 @@ class JobQueue(Protocol):
         many were handled."""
         ...
 
+    async def record_worker(self, worker_id: str) -> None:
+        """Record that ``worker_id`` runs now (dispatchers call it every sixth of
+        ``settings.worker_seen_seconds``); wait estimates are None while no worker did
+        within ``worker_seen_seconds``."""
+        ...
+
+    async def forget_worker(self, worker_id: str) -> None:
+        """Remove ``worker_id``'s record (a dispatcher that stops)."""
+        ...
+
+    async def workers_running(self) -> bool:
+        """True when a worker recorded itself within ``settings.worker_seen_seconds``."""
+        ...
+
     async def prune(self) -> dict[str, int]:
         """Delete finished jobs and finished webhook deliveries (with their attempts)
         older than the settings' retention; returns rows deleted per table."""

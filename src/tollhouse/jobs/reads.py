@@ -8,7 +8,9 @@ as missing, exactly like a job that does not exist.
 
 Where a queued job stands is computed, not stored: its place is the org's queued jobs
 ahead of it plus one, and the wait estimate (:func:`tollhouse.jobs.eta.estimate_wait`)
-comes from the org's running count, cap and moving average of processing time.
+comes from the org's running count, cap and moving average of processing time — or is
+None while no worker has recorded itself recently
+(:attr:`~tollhouse.jobs.model.QueueSettings.worker_seen_seconds`).
 """
 
 from __future__ import annotations
@@ -21,11 +23,21 @@ from typing import Any
 from sqlalchemy import Select, case, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tollhouse.jobs.eta import estimate_wait
-from tollhouse.jobs.model import Job, JobPage, OrgCounters, QueueSettings, Standing, WireStatus
-from tollhouse.jobs.schema import job_orgs, jobs
+from tollhouse.jobs.eta import any_worker_running, quoted_wait
+from tollhouse.jobs.model import (
+    Clock,
+    Job,
+    JobPage,
+    OrgCounters,
+    QueueSettings,
+    Standing,
+    WireStatus,
+    utc_now,
+)
+from tollhouse.jobs.schema import job_orgs, job_workers, jobs
 from tollhouse.jobs.statements import FAILED_STATES, QueueStatements, finished_bucket, row_job
 from tollhouse.storage.transactions import read_connection
+from tollhouse.times import as_utc
 
 
 class QueueReads:
@@ -35,13 +47,36 @@ class QueueReads:
         engine: the queue's engine.
         settings: the default cap and processing time estimates start from.
         sql: the queue's prebuilt statements.
+        clock: returns aware UTC datetimes (whether a worker was seen recently).
     """
 
-    def __init__(self, engine: AsyncEngine, settings: QueueSettings, sql: QueueStatements) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: QueueSettings,
+        sql: QueueStatements,
+        *,
+        clock: Clock = utc_now,
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.sql = sql
+        self.clock = clock
         self.dialect = engine.dialect.name
+
+    async def _workers(self, conn: AsyncConnection, org_row: Any) -> bool:
+        """Whether a worker ran recently, from the org estimate's row (or a read of its
+        own when the org has no row)."""
+        if org_row is not None:
+            seen = org_row.workers_seen
+        else:
+            seen = (await conn.execute(select(func.max(job_workers.c.seen_at)))).scalar()
+        return any_worker_running(as_utc(seen), self.clock(), self.settings.worker_seen_seconds)
+
+    async def workers_running(self) -> bool:
+        """True when a worker recorded itself within the settings' ``worker_seen_seconds``."""
+        async with self._read() as conn:
+            return await self._workers(conn, None)
 
     def _read(self) -> AbstractAsyncContextManager[AsyncConnection]:
         return read_connection(self.engine, "job queue")
@@ -88,10 +123,11 @@ class QueueReads:
                 )
             ).scalar_one()
             org = (await conn.execute(self.sql.org_estimate, {"s_org": job.org})).first()
+            workers = await self._workers(conn, org)
         running, cap, avg = (org.running, org.cap, org.avg_seconds) if org else (0, 1, None)
         processing = avg if avg is not None else self.settings.default_processing_seconds
         position = int(ahead) + 1
-        return Standing(position, estimate_wait(position, running, cap, processing))
+        return Standing(position, quoted_wait(position, running, cap, processing, workers))
 
     async def org_counters(self, org: str) -> OrgCounters:
         """``org``'s counters; an org with no jobs yet has zeros and the default cap."""
@@ -159,6 +195,7 @@ class QueueReads:
                     .all()
                 )
                 org_row = (await conn.execute(self.sql.org_estimate, {"s_org": org})).first()
+                workers = await self._workers(conn, org_row)
         if waiting:
             running, cap, avg = (
                 (org_row.running, org_row.cap, org_row.avg_seconds)
@@ -171,7 +208,7 @@ class QueueReads:
                     continue
                 position = int(ahead) + bisect_left(queued_seqs, job.seq) + 1
                 standings[job.id] = Standing(
-                    position, estimate_wait(position, running, cap, processing)
+                    position, quoted_wait(position, running, cap, processing, workers)
                 )
         return JobPage(found, standings, len(rows) > limit)
 

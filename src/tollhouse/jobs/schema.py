@@ -151,6 +151,16 @@ webhook_attempts = Table(
     Index("ix_webhook_attempts_delivery", "delivery_id", "attempt"),
 )
 
+#: One row per running worker (a ``tollhouse worker`` process or a server's embedded one):
+#: it records itself every few seconds and deletes its row when it stops. Jobs answered
+#: while no row is recent get ``estimatedWaitSeconds: null`` (nothing would run them).
+job_workers = Table(
+    "job_workers",
+    metadata,
+    Column("worker_id", String(100), primary_key=True),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
+)
+
 JOB_TABLES = (jobs, job_orgs, webhook_endpoints, webhook_deliveries, webhook_attempts)
 
 
@@ -158,6 +168,11 @@ def migrate_jobs(conn: Connection) -> None:
     """Migration step: the jobs and webhooks tables and their indexes, adopting those a
     database made by :func:`create_job_schema` (or ``create_all``) already has."""
     ensure_tables(conn, JOB_TABLES)
+
+
+def migrate_workers(conn: Connection) -> None:
+    """Migration step: the workers' presence table (:data:`job_workers`)."""
+    ensure_tables(conn, (job_workers,))
 
 
 async def create_job_schema(engine: AsyncEngine) -> None:
@@ -170,7 +185,7 @@ async def create_job_schema(engine: AsyncEngine) -> None:
     """
 
     def create(conn: Connection) -> None:
-        ensure_tables(conn, (*JOB_TABLES, product_events))
+        ensure_tables(conn, (*JOB_TABLES, job_workers, product_events))
 
     async with engine.begin() as conn:
         await conn.run_sync(create)

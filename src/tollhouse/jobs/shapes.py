@@ -23,7 +23,8 @@ def event_type(job: Job) -> str:
 
 
 def accepted_json(job: Job, standing: Standing | None) -> dict[str, Any]:
-    """The 202 body (the scoring API shape): id, ``queued``, position and estimated wait."""
+    """The 202 body (the scoring API shape): id, ``queued``, position and estimated wait
+    (``null`` while no worker is running: nothing would start the job)."""
     return {
         "scoringJobId": job.id,
         "status": "queued",
@@ -35,7 +36,8 @@ def accepted_json(job: Job, standing: Standing | None) -> dict[str, Any]:
 def job_json(job: Job, standing: Standing | None = None) -> dict[str, Any]:
     """A job as ``GET /v1/score/{scoringJobId}`` answers it (and webhooks carry it).
 
-    Queued jobs carry ``queuePosition`` and ``estimatedWaitSeconds``; completed ones the
+    Queued jobs carry ``queuePosition`` and ``estimatedWaitSeconds`` (``null`` while no
+    worker is running); completed ones the
     handler's ``result``; failed ones an ``error`` object.
     """
     out: dict[str, Any] = {"scoringJobId": job.id, "status": job.status}

@@ -80,7 +80,7 @@ class SqlJobQueue:
         self.machine = QueueMachine(
             engine, self.settings, sql, self.wakeups, clock=clock, rng=self.rng
         )
-        self.reads = QueueReads(engine, self.settings, sql)
+        self.reads = QueueReads(engine, self.settings, sql, clock=clock)
 
     # --- wakeups -------------------------------------------------------------------------
 
@@ -134,6 +134,18 @@ class SqlJobQueue:
     async def reap(self) -> int:
         """Requeue (or kill, past ``max_attempts``) jobs whose lease expired."""
         return await self.machine.reap()
+
+    async def record_worker(self, worker_id: str) -> None:
+        """Record that a worker runs now (see :meth:`JobQueue.record_worker`)."""
+        await self.machine.record_worker(worker_id)
+
+    async def forget_worker(self, worker_id: str) -> None:
+        """Remove a stopped worker's record."""
+        await self.machine.forget_worker(worker_id)
+
+    async def workers_running(self) -> bool:
+        """True when a worker recorded itself recently."""
+        return await self.reads.workers_running()
 
     async def set_cap(self, org: str, cap: int | None) -> None:
         """Give ``org`` its own cap (None: the default again)."""

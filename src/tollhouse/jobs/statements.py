@@ -22,7 +22,7 @@ from sqlalchemy import Float, Integer, String, Text, bindparam, case, func, sele
 from sqlalchemy.sql.elements import ColumnElement
 
 from tollhouse.jobs.model import Job
-from tollhouse.jobs.schema import EPOCH, job_orgs, jobs
+from tollhouse.jobs.schema import EPOCH, job_orgs, job_workers, jobs
 from tollhouse.storage import dialect
 from tollhouse.times import as_utc
 
@@ -122,6 +122,9 @@ class QueueStatements:
             last_served_at=EPOCH,
             samples=0,
         )
+        # When a worker last recorded itself (any worker): read with the org's counters,
+        # in the same statement, so the estimate costs no extra round trip.
+        self.workers_seen = select(func.max(job_workers.c.seen_at)).scalar_subquery()
         self.count_queued = upsert.on_conflict_do_update(
             index_elements=["org_id"],
             set_={"queued": job_orgs.c.queued + upsert.excluded.queued},
@@ -130,6 +133,7 @@ class QueueStatements:
             job_orgs.c.queued,
             self.cap.label("cap"),
             job_orgs.c.avg_seconds,
+            self.workers_seen.label("workers_seen"),
         )
         self.ensure_org = (
             dialect.insert(dialect_name, job_orgs)
@@ -234,5 +238,16 @@ class QueueStatements:
         self.decide = select(*DECIDE, jobs.c.run_after).where(*fence).with_for_update()
         # Where a queued job stands needs its org's running count, cap and mean time.
         self.org_estimate = select(
-            job_orgs.c.running, self.cap.label("cap"), job_orgs.c.avg_seconds
+            job_orgs.c.running,
+            self.cap.label("cap"),
+            job_orgs.c.avg_seconds,
+            self.workers_seen.label("workers_seen"),
         ).where(job_orgs.c.org_id == bindparam("s_org", type_=String))
+        # A worker records itself (and forgets workers gone for a day: ids are host:pid).
+        upsert_worker = dialect.insert(dialect_name, job_workers).values(
+            worker_id=bindparam("w_id", type_=String),
+            seen_at=bindparam("w_now", type_=job_workers.c.seen_at.type),
+        )
+        self.worker_seen = upsert_worker.on_conflict_do_update(
+            index_elements=["worker_id"], set_={"seen_at": upsert_worker.excluded.seen_at}
+        )

@@ -149,6 +149,9 @@ class Dispatcher:
         reap_interval: seconds between runs of the reaper.
         prune_interval: seconds between runs of the retention prune (finished jobs and
             webhook deliveries past :class:`~tollhouse.jobs.model.QueueSettings`' ages).
+        presence_interval: seconds between records of this worker in ``job_workers``
+            (wait estimates are None while no worker recorded itself within
+            ``worker_seen_seconds``); a sixth of that by default.
         listen: on PostgreSQL, also wake on other processes' new work (``LISTEN``);
             False: this process's own wakeups and the poll only.
         on_event: called after every attempt.
@@ -165,6 +168,7 @@ class Dispatcher:
         heartbeat_interval: float | None = None,
         reap_interval: float = 5.0,
         prune_interval: float = 3600.0,
+        presence_interval: float | None = None,
         listen: bool = True,
         on_event: Callable[[JobEvent], None] | None = None,
     ) -> None:
@@ -178,6 +182,7 @@ class Dispatcher:
         self.heartbeat_interval = heartbeat_interval or queue.settings.lease_seconds / 3
         self.reap_interval = reap_interval
         self.prune_interval = prune_interval
+        self.presence_interval = presence_interval or queue.settings.worker_seen_seconds / 6
         self.on_event = on_event
         self._wake = asyncio.Event()
         self._running: dict[str, tuple[Lease, asyncio.Task[None]]] = {}
@@ -207,9 +212,12 @@ class Dispatcher:
             return
         self._stopping = False
         loop = asyncio.get_running_loop()
+        # Recorded before the first claim: jobs accepted from now on get a wait estimate.
+        await self._present()
         self._finisher.start()
         self._tasks = [
             loop.create_task(self._claim_loop()),
+            loop.create_task(self._every(self.presence_interval, self._present)),
             loop.create_task(self._every(self.heartbeat_interval, self._heartbeat)),
             loop.create_task(self._every(self.reap_interval, self._reap)),
             loop.create_task(self._every(self.prune_interval, self._prune)),
@@ -254,6 +262,10 @@ class Dispatcher:
         if self.listener is not None:
             await self.listener.stop()
         self._tasks = []
+        try:
+            await self.queue.forget_worker(self.worker_id)
+        except StorageError:  # its record expires by itself
+            logger.warning("could not remove this worker's record", exc_info=True)
 
     def _busy(self) -> int:
         """Slots in use: running jobs, less those whose outcome is already written."""
@@ -381,6 +393,14 @@ class Dispatcher:
                 logger.warning("lease lost; cancelling the job here", extra={"job": lease.job.id})
                 self._lost.add(lease.job.id)
                 entry[1].cancel()
+
+    async def _present(self) -> None:
+        try:
+            await self.queue.record_worker(self.worker_id)
+        except StorageError:
+            # Not fatal: a worker that cannot reach the database cannot run jobs either;
+            # its estimates read null until the next record succeeds.
+            logger.warning("could not record this worker's presence", exc_info=True)
 
     async def _reap(self) -> None:
         await self.queue.reap()

@@ -76,11 +76,15 @@ class Cell:
         "errors",
         "hist",
         "redirects",
+        "request_id",
         "throttled",
     )
 
     def __init__(self, dims: Dimensions | None = None) -> None:
         self.dims = dims
+        self.request_id = ""
+        """The request id of the first call counted here: names the cell's calls if the
+        database refuses them (set once per cell, not per call)."""
         self.count = 0
         self.errors = 0
         self.client_errors = 0
@@ -96,6 +100,8 @@ class Cell:
         """Add ``other``'s calls to this cell."""
         if other.count == 0:
             return
+        if not self.request_id:
+            self.request_id = other.request_id
         if self.count == 0 or other.dur_min < self.dur_min:
             self.dur_min = other.dur_min
         if self.count == 0 or other.dur_max > self.dur_max:
@@ -220,7 +226,7 @@ class Aggregator:
         accounted = dropped = 0
         for call in calls:
             try:
-                t, org, env, key_id, tenant, group, method, route, status, ms, labels = call
+                t, org, env, key_id, tenant, group, method, route, status, ms, labels, rid = call
                 us = round(ms * 1000)
                 if us < 0:
                     us = 0
@@ -251,6 +257,7 @@ class Aggregator:
                 cell = find(key)
                 if cell is None:
                     cell = cells[key] = Cell(key[1:])
+                    cell.request_id = rid
             except Exception:
                 # Every step that can fail on a malformed record came before the first
                 # change: such a record is refused whole, and the gateway never fails a

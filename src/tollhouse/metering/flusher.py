@@ -8,8 +8,12 @@ database), and appends the raw call log. On PostgreSQL each rollup's rows go in 
 ``INSERT … SELECT * FROM unnest($1::bigint[], …) ON CONFLICT …`` and the raw log by
 binary ``COPY`` (one execution each, not one per row). On SQLite the raw log goes in
 multi-row ``INSERT``\\ s whose dimension columns are bound once per statement
-(:func:`sqlite_log_insert`). A failed flush puts the batch back into the aggregator and
-is retried with backoff; :meth:`Flusher.stop` flushes whatever is left.
+(:func:`sqlite_log_insert`). A flush that fails because the database is away puts the
+batch back into the aggregator and is retried with backoff; :meth:`Flusher.stop` flushes
+whatever is left. A flush the database refuses because of a value (a tenant longer than
+its column…) is split per dimension set and bisected: every set the database takes is
+written, the refused ones become dead letters (:mod:`tollhouse.metering.deadletters`) —
+one bad call never holds back the others.
 
 The raw log's rows are made here, not on the request path: the aggregator keeps three
 integers per call and the cell it was counted in (:data:`~.aggregator.LogValues`); a
@@ -34,14 +38,16 @@ import orjson
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tollhouse.errors import StorageError
+from tollhouse.errors import DataRejected, StorageError
 from tollhouse.metering.aggregator import Aggregator, Batch, Cell, Dimensions, LogValues
+from tollhouse.metering.deadletters import MAX_LOG_ENTRIES, DeadLetter, set_aside
 from tollhouse.metering.histogram import BUCKETS
 from tollhouse.metering.histogram import COLUMNS as HIST
 from tollhouse.metering.retention import Retention, prune
 from tollhouse.metering.schema import GRANULARITY, ROLLUPS, usage_calls, usage_dims
 from tollhouse.storage import dialect
-from tollhouse.storage.dialect import DATABASE_ERRORS, Insert
+from tollhouse.storage.dialect import DATA_PYTHON_ERRORS, DATABASE_ERRORS, Insert, data_reason
+from tollhouse.storage.transactions import storage_error
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +172,8 @@ class FlushResult:
     """Minute cells written."""
     log_rows: int
     """Raw call-log rows appended."""
+    set_aside: int = 0
+    """Calls the database refused (their dimension set's values), kept as dead letters."""
 
 
 #: The raw call-log columns that come from a call's dimension set (:func:`log_head`).
@@ -290,6 +298,89 @@ async def _copy_calls(conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> Non
     await driver.copy_records_to_table(usage_calls.name, records=rows, columns=LOG_COLUMNS)
 
 
+def split_by_dimensions(batch: Batch) -> list[Batch]:
+    """``batch`` as one batch per dimension set — its cells and its raw call-log
+    entries — in the order the sets first appear. Every part keeps the batch's
+    ``since``. The unit a refused batch is bisected into: the values the database can
+    refuse (tenant, route, labels…) are a dimension set's."""
+    parts: dict[Dimensions, Batch] = {}
+    for key, cell in batch.cells.items():
+        part = parts.get(key[1])
+        if part is None:
+            part = parts[key[1]] = Batch(since=batch.since)
+        part.cells[key] = cell
+    for values, cell in zip(batch.log, batch.log_cells, strict=True):
+        assert cell.dims is not None, "a raw call-log entry of a cell without dimensions"
+        part = parts.get(cell.dims)
+        if part is None:  # pragma: no cover - every logged call's cell is in the batch
+            part = parts[cell.dims] = Batch(since=batch.since)
+        part.log.append(values)
+        part.log_cells.append(cell)
+    return list(parts.values())
+
+
+def join_batches(parts: Sequence[Batch], since: float | None) -> Batch:
+    """Parts of :func:`split_by_dimensions` as one batch again; raw call-log entries
+    oldest first (what :meth:`Aggregator.restore` expects)."""
+    out = Batch(since=since)
+    entries: list[tuple[LogValues, Cell]] = []
+    for part in parts:
+        out.cells.update(part.cells)
+        entries.extend(zip(part.log, part.log_cells, strict=True))
+    if len(parts) > 1:
+        entries.sort(key=lambda entry: entry[0][0])
+    out.log = [values for values, _ in entries]
+    out.log_cells = [cell for _, cell in entries]
+    return out
+
+
+def usage_letter(part: Batch, error: str) -> DeadLetter:
+    """The dead letter of one refused dimension set (a part of
+    :func:`split_by_dimensions`): its values, its counts per minute and its raw call-log
+    entries (the first :data:`~.deadletters.MAX_LOG_ENTRIES`)."""
+    minutes = sorted(part.cells.items(), key=lambda item: item[0][0])
+    dims = minutes[0][0][1] if minutes else part.log_cells[0].dims
+    assert dims is not None
+    org, env, key, tenant, group, method, route, labels = dims
+    request_ids = list(dict.fromkeys(c.request_id for _, c in minutes if c.request_id))
+    return DeadLetter(
+        kind="usage",
+        org=org,
+        error=error,
+        rows=part.call_count,
+        request_id=request_ids[0] if request_ids else None,
+        payload={
+            "dimensions": {
+                "org": org,
+                "environment": env,
+                "keyId": key,
+                "tenant": tenant,
+                "endpointGroup": group,
+                "method": method,
+                "route": route,
+                "labels": dict(labels),
+            },
+            "minutes": [
+                {
+                    "minute": minute,
+                    "count": c.count,
+                    "errors": c.errors,
+                    "clientErrors": c.client_errors,
+                    "throttled": c.throttled,
+                    "redirects": c.redirects,
+                    "durationSumUs": c.dur_sum,
+                    "durationMinUs": c.dur_min,
+                    "durationMaxUs": c.dur_max,
+                }
+                for (minute, _), c in minutes
+            ],
+            "requestIds": request_ids[:100],
+            "log": [list(v) for v in part.log[:MAX_LOG_ENTRIES]],
+            "logOmitted": max(0, len(part.log) - MAX_LOG_ENTRIES),
+        },
+    )
+
+
 class BatchWriter:
     """Writes drained batches to the database (one transaction per batch).
 
@@ -320,6 +411,9 @@ class BatchWriter:
         """Write ``batch``; all or nothing.
 
         Raises:
+            DataRejected: the database refused a value of the batch (e.g. a tenant
+                longer than its column); nothing was written. :class:`Flusher` then
+                splits the batch (:func:`split_by_dimensions`).
             StorageError: the database failed; nothing of the batch was written.
         """
         new_dims: dict[int, Dimensions] = {}
@@ -350,8 +444,8 @@ class BatchWriter:
                     await self._write_rollup(conn, table, minutes)
                 if batch.log:
                     await self._write_log(conn, log_groups(batch))
-        except (*DATABASE_ERRORS, *_driver_errors()) as exc:
-            raise StorageError(f"could not write usage: {exc}") from exc
+        except (*DATABASE_ERRORS, *_driver_errors(), *DATA_PYTHON_ERRORS) as exc:
+            raise storage_error("could not write usage", exc) from exc
         self._written.update(new_dims)
         return FlushResult(batch.call_count, len(batch.cells), len(batch.log))
 
@@ -474,6 +568,8 @@ class Flusher:
         """Successful flushes that wrote something."""
         self.failures = 0
         """Failed flush attempts (the batch was kept for the next one)."""
+        self.set_aside_calls = 0
+        """Calls whose values the database refused, set aside as dead letters."""
         self.last_error: str | None = None
         self.written_calls = 0
         """Calls written to the rollups by this flusher."""
@@ -509,13 +605,21 @@ class Flusher:
                 self.last_flush_at = self.clock()
                 return FlushResult(0, 0, 0)
             self.oldest_in_flight = batch.since
+            isolating = False
             try:
-                result = await self.writer.write(batch)
+                try:
+                    result = await self.writer.write(batch)
+                except DataRejected as rejected:
+                    # Poison, not an outage: write what the database takes, set the rest
+                    # aside; whatever is left unwritten is put back by _isolate itself.
+                    isolating = True
+                    result = await self._isolate(batch, rejected)
             except BaseException as exc:
                 self.oldest_in_flight = None
-                # Cancelled or failed mid-write: the transaction rolled back, so the batch
-                # goes back whole and is written by a later flush.
-                self.aggregator.restore(batch)
+                if not isolating:
+                    # Cancelled or failed mid-write: the transaction rolled back, so the
+                    # batch goes back whole and is written by a later flush.
+                    self.aggregator.restore(batch)
                 if isinstance(exc, StorageError):
                     self.failures += 1
                     self.last_error = str(exc)
@@ -523,9 +627,56 @@ class Flusher:
             self.oldest_in_flight = None
             self.flushes += 1
             self.written_calls += result.calls
+            self.set_aside_calls += result.set_aside
             self.last_flush_at = self.clock()
             self.last_error = None
             return result
+
+    async def _isolate(self, batch: Batch, rejected: DataRejected) -> FlushResult:
+        """Write a batch the database refused, part by part: split it per dimension set,
+        bisect (each half in its own transaction) down to the sets refused, write every
+        other one, and store the refused ones as dead letters — a poisoned set costs
+        about 2 × log2(sets) transactions, once. If the database fails meanwhile (or the
+        task is cancelled), the parts not yet written go back into the aggregator.
+
+        Raises:
+            StorageError: the database failed; the unwritten parts are back.
+        """
+        parts = split_by_dimensions(batch)
+        done: set[int] = set()
+        refused: dict[int, str] = {}
+        totals = [0, 0, 0]
+
+        async def bisect(indexes: list[int], error: DataRejected) -> None:
+            if len(indexes) == 1:
+                refused[indexes[0]] = data_reason(error)
+                return
+            mid = len(indexes) // 2
+            for half in (indexes[:mid], indexes[mid:]):
+                try:
+                    written = await self.writer.write(
+                        join_batches([parts[i] for i in half], batch.since)
+                    )
+                except DataRejected as again:
+                    await bisect(half, again)
+                    continue
+                done.update(half)
+                totals[0] += written.calls
+                totals[1] += written.cells
+                totals[2] += written.log_rows
+
+        try:
+            await bisect(list(range(len(parts))), rejected)
+            letters = [usage_letter(parts[i], error) for i, error in refused.items()]
+            await set_aside(self.engine, letters, clock=self.clock)
+        except BaseException:
+            self.written_calls += totals[0]  # committed: not buffered any more
+            rest = [part for i, part in enumerate(parts) if i not in done]
+            if rest:
+                self.aggregator.restore(join_batches(rest, batch.since))
+            raise
+        calls, cells, log_rows = totals
+        return FlushResult(calls, cells, log_rows, sum(parts[i].call_count for i in refused))
 
     async def start(self) -> None:
         """Start flushing in the background (idempotent)."""

@@ -47,6 +47,9 @@ class MeterStats(Mapping[str, Any]):
     """Calls accounted since start."""
     rejected_calls: int
     """Malformed records that could not be accounted."""
+    set_aside_calls: int
+    """Calls the database refused (a value of their dimension set: a tenant longer than
+    its column…), kept as dead letters (``tollhouse dead-letters``), not counted."""
     buffered_cells: int
     """Aggregate cells (minute × dimension set) not yet written."""
     raw_log_cap: int
@@ -163,17 +166,19 @@ class UsageMeter:
         :data:`~tollhouse.metering.aggregator.INBOX` calls are aggregated first."""
         agg, fl = self.aggregator, self.flusher
         since = agg.pending_since
-        if since is None and fl.written_calls < agg.recorded_calls:
+        done = fl.written_calls + fl.set_aside_calls
+        if since is None and done < agg.recorded_calls:
             since = fl.oldest_in_flight  # drained, being written right now
         lag = 0.0 if since is None else max(0.0, fl.clock() - since)
         return MeterStats(
-            buffered_calls=agg.recorded_calls - fl.written_calls,
+            buffered_calls=agg.recorded_calls - done,
             buffered_log_entries=agg.pending_calls,
             dropped_log_entries=agg.dropped_calls,
             last_flush_at=fl.last_flush_at,
             flush_lag_seconds=lag,
             recorded_calls=agg.recorded_calls,
             rejected_calls=agg.rejected_calls,
+            set_aside_calls=fl.set_aside_calls,
             buffered_cells=agg.pending_cells,
             raw_log_cap=agg.raw_log_cap,
             flushes=fl.flushes,

@@ -32,6 +32,9 @@ class CallRecord(NamedTuple):
     duration_ms: float
     labels: Mapping[str, str] = _NO_LABELS
     """Route labels (db, scenario, reco_type…) declared in the policy."""
+    request_id: str = ""
+    """The request's ``X-Request-Id``: names the call if the database refuses its data
+    (:mod:`tollhouse.metering.deadletters`)."""
 
 
 class Meter(Protocol):

@@ -33,6 +33,11 @@ _STRING: Final[Schema] = {"type": "string"}
 _INT: Final[Schema] = {"type": "integer"}
 _COUNT: Final[Schema] = {"type": "integer", "minimum": 0}
 _NUMBER: Final[Schema] = {"type": "number"}
+#: ``estimatedWaitSeconds``: null while no worker is running (docs/jobs.md).
+_WAIT: Final[Schema] = {
+    **nullable({"type": "number", "minimum": 0}),
+    "description": "Seconds until the job starts; null while no worker is running.",
+}
 #: UTC ISO 8601 with ``Z`` (``2026-03-01T00:00:00.000Z``).
 _TIME: Final[Schema] = {"type": "string", "format": "date-time"}
 
@@ -182,7 +187,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 "scoringJobId": _STRING,
                 "status": {"const": "queued"},
                 "queuePosition": _COUNT,
-                "estimatedWaitSeconds": {"type": "number", "minimum": 0},
+                "estimatedWaitSeconds": _WAIT,
             }
         ),
     },
@@ -203,7 +208,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 "jobId": _STRING,
                 "startedAt": _TIME,
                 "queuePosition": _COUNT,
-                "estimatedWaitSeconds": {"type": "number", "minimum": 0},
+                "estimatedWaitSeconds": _WAIT,
                 "nextAttemptAt": _TIME,
                 "lastError": ref("JobError"),
                 "completedAt": _TIME,
@@ -228,7 +233,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
                                         "scoringJobId": _STRING,
                                         "status": {"const": "queued"},
                                         "queuePosition": _COUNT,
-                                        "estimatedWaitSeconds": {"type": "number", "minimum": 0},
+                                        "estimatedWaitSeconds": _WAIT,
                                     }
                                 )
                             },
@@ -257,7 +262,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
                         "running": _COUNT,
                         "cap": _COUNT,
                         "meanProcessingSeconds": nullable({"type": "number", "minimum": 0}),
-                        "estimatedWaitSeconds": {"type": "number", "minimum": 0},
+                        "estimatedWaitSeconds": _WAIT,
                     }
                 ),
                 "data": {"type": "array", "items": ref("Job")},

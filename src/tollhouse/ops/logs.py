@@ -8,7 +8,9 @@ app, uvicorn's access log — names its request without being passed the id.
 
 Secrets never reach the output: anything shaped like an API key (``sk_test_…``,
 ``sk_live_…``) or a webhook secret (``whsec_…``) is masked in messages, tracebacks and
-extra fields.
+extra fields — also percent-encoded (``sk%5Ftest%5F…``) and inside other text. SQL
+parameters, fetched rows and request bodies are not logged at any level unless
+``--log-bodies`` says so (:data:`DATA_LOGGERS`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,26 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 #: The id of the request being answered in this task (``""`` outside requests).
 request_id_var: ContextVar[str] = ContextVar("tollhouse_request_id", default="")
 
-_SECRET = re.compile(r"\b(sk_(?:test|live)_|whsec_)[A-Za-z0-9+/=_\-]+")
+
+def _spelled(literal: str) -> str:
+    """A pattern for ``literal`` with any of its characters percent-encoded, once
+    (``_`` → ``%5F``) or twice (``%255F``), in either case of hex digit."""
+    out = []
+    for ch in literal:
+        code = f"{ord(ch):02X}"
+        high, low = code[0], code[1]
+        low_set = low + low.lower() if low.isalpha() else low
+        out.append(f"(?:{re.escape(ch)}|%(?:25)?{high}[{low_set}])")
+    return "".join(out)
+
+
+#: A key (``sk_test_…``, ``sk_live_…``) or webhook secret (``whsec_…``), also when
+#: percent-encoded (``sk%5Ftest%5F…`` in a query string, a logged URL) and wherever it
+#: stands — inside a word, a URL, a JSON string: no word boundary is asked for.
+_SECRET = re.compile(
+    "(" + "|".join(_spelled(p) for p in ("sk_test_", "sk_live_", "whsec_")) + ")"
+    r"(?:[A-Za-z0-9+/=_\-]|%(?:25)?[0-9A-Fa-f]{2})+"
+)
 # Attributes every LogRecord has: anything else was passed as ``extra``.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message",
@@ -40,8 +61,9 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
 
 
 def redact(text: str) -> str:
-    """``text`` with API keys and webhook secrets masked."""
-    if "sk_" not in text and "whsec_" not in text:
+    """``text`` with API keys and webhook secrets masked, plain, percent-encoded or
+    embedded in other text (the prefix stays, the secret goes)."""
+    if "sk" not in text and "whsec" not in text and "%" not in text:
         return text
     return _SECRET.sub(r"\1[redacted]", text)
 
@@ -114,7 +136,26 @@ class TextFormatter(logging.Formatter):
         return redact(line)
 
 
-def log_config(log_format: LogFormat = "text", level: str = "info") -> dict[str, Any]:
+#: Loggers of libraries that write data, and the level they are held at unless
+#: ``--log-bodies``: SQLAlchemy logs statements at INFO and fetched rows at DEBUG (it holds
+#: its loggers at WARNING itself; kept so even at ``--log-level debug``), aiosqlite every
+#: call with its parameters at DEBUG, websockets every frame's content at DEBUG.
+#: Parameters, rows and frames hold key hashes, webhook secrets and request bodies.
+DATA_LOGGERS: dict[str, int] = {
+    "sqlalchemy": logging.WARNING,
+    "aiosqlite": logging.INFO,
+    "websockets": logging.INFO,
+}
+
+
+def _at_least(name: str, floor: int) -> str:
+    """The more severe of level ``name`` and ``floor``, as a level name."""
+    return name if logging.getLevelName(name) >= floor else logging.getLevelName(floor)
+
+
+def log_config(
+    log_format: LogFormat = "text", level: str = "info", *, log_bodies: bool = False
+) -> dict[str, Any]:
     """A :func:`logging.config.dictConfig` for the server (also handed to uvicorn, which
     applies it in every worker process): tollhouse's loggers, uvicorn's and the access
     log through one formatter — JSON on stdout, or text on stderr.
@@ -122,6 +163,8 @@ def log_config(log_format: LogFormat = "text", level: str = "info") -> dict[str,
     Args:
         log_format: ``json`` or ``text``.
         level: ``critical``, ``error``, ``warning``, ``info`` or ``debug``.
+        log_bodies: let :data:`DATA_LOGGERS` log at ``level`` (SQL statements with their
+            parameters, rows, WebSocket frames); off by default, at every level.
 
     Raises:
         ValueError: an unknown format or level.
@@ -155,6 +198,10 @@ def log_config(log_format: LogFormat = "text", level: str = "info") -> dict[str,
             # One line per webhook and proxied upstream call would drown the rest.
             "httpx": {"level": "WARNING"},
             "httpcore": {"level": "WARNING"},
+            **{
+                logger: {"level": name if log_bodies else _at_least(name, floor)}
+                for logger, floor in DATA_LOGGERS.items()
+            },
         },
         "root": {"handlers": ["tollhouse"], "level": name},
     }

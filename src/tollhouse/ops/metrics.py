@@ -31,6 +31,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from tollhouse.metering.deadletters import COUNTS as DEAD_LETTER_COUNTS
+
 if TYPE_CHECKING:
     from tollhouse.http.gateway import Gateway
     from tollhouse.jobs.queue import JobQueue
@@ -189,6 +191,16 @@ class OpsCollector(Collector):
 
         if m.meter is not None:
             yield from _meter_families(m.meter)
+
+        set_aside = CounterMetricFamily(
+            "tollhouse_dead_letters",
+            "Rows the database refused (a value too long, out of range…), set aside as "
+            "dead letters instead of retried, by kind: usage (metered calls), event.",
+            labels=["kind"],
+        )
+        for kind, n in sorted(DEAD_LETTER_COUNTS.rows.items()):
+            set_aside.add_metric([kind], n)
+        yield set_aside
 
 
 def _meter_families(meter: UsageMeter) -> Iterator[Metric]:

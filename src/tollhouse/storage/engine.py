@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,8 @@ from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tollhouse.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 def driver_url(url: str) -> str:
@@ -127,18 +132,65 @@ def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
         ) from exc
 
 
-def make_engine(url: str) -> AsyncEngine:
+#: Modes of what :func:`make_engine` creates for a SQLite database: the folder and the
+#: file (which holds key hashes, webhook secrets and job payloads) readable by the owner
+#: only. SQLite creates the ``-wal`` and ``-shm`` files with the database file's mode.
+SQLITE_DIR_MODE = 0o700
+SQLITE_FILE_MODE = 0o600
+
+
+def prepare_sqlite_file(path: Path) -> None:
+    """Create ``path``'s folder (``0700``) and the empty database file (``0600``) when
+    missing, before SQLite opens it with the process's umask (often world-readable).
+    An existing file keeps its mode; one readable by others is reported.
+
+    Raises:
+        OSError: the folder or the file cannot be created.
+    """
+    missing: list[Path] = []
+    folder = path.parent
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        made.mkdir(mode=SQLITE_DIR_MODE)
+        os.chmod(made, SQLITE_DIR_MODE)  # mkdir's mode is masked by the umask
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SQLITE_FILE_MODE)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            logger.warning(
+                "the SQLite database is readable by other users; chmod 600 it",
+                extra={"path": str(path), "mode": oct(mode)},
+            )
+        return
+    os.fchmod(fd, SQLITE_FILE_MODE)
+    os.close(fd)
+
+
+def make_engine(url: str, *, log_parameters: bool = False) -> AsyncEngine:
     """An async engine for ``url``; creates the SQLite file's folder when missing.
 
-    ``sqlite:///path`` runs on aiosqlite (WAL, busy timeout); ``postgresql://…`` on
-    asyncpg with a small pool whose dead connections are replaced transparently.
+    ``sqlite:///path`` runs on aiosqlite (WAL, busy timeout), its folder and file created
+    owner-only (:func:`prepare_sqlite_file`); ``postgresql://…`` on asyncpg with a small
+    pool whose dead connections are replaced transparently.
+
+    Args:
+        url: the database URL.
+        log_parameters: let SQLAlchemy show statements' parameters in its log lines and
+            error messages (``--log-bodies``). Off by default: parameters carry key
+            hashes, webhook secrets and request bodies (``hide_parameters``).
 
     Raises:
         ConfigError: the URL's scheme is not supported or its folder cannot be created.
     """
+    hide = not log_parameters
     if is_postgres(url):
         target, connect_args = _postgres_url(url)
-        pg = create_async_engine(target, connect_args=connect_args, pool_size=5, max_overflow=10)
+        pg = create_async_engine(
+            target, connect_args=connect_args, pool_size=5, max_overflow=10, hide_parameters=hide
+        )
         event.listen(pg.sync_engine, "do_connect", _connect)
         # A server restart leaves dead sockets in the pool: connections idle for a while
         # are pinged at checkout and swapped out if dead (see _ping_if_idle).
@@ -148,10 +200,10 @@ def make_engine(url: str) -> AsyncEngine:
     path = sqlite_path(url)
     if path is not None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            prepare_sqlite_file(path)
         except OSError as exc:
-            raise ConfigError(f"database_url {url!r}: cannot create {path.parent}: {exc}") from None
-    engine = create_async_engine(driver_url(url))
+            raise ConfigError(f"database_url {url!r}: cannot create {path}: {exc}") from None
+    engine = create_async_engine(driver_url(url), hide_parameters=hide)
     if path is not None or url.startswith("sqlite"):
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine

@@ -25,7 +25,8 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tollhouse.errors import StorageError
+from tollhouse.errors import DataRejected, StorageError
+from tollhouse.storage.dialect import data_reason, is_data_error
 
 _sqlite_locks: weakref.WeakKeyDictionary[
     Any, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]
@@ -46,6 +47,8 @@ async def write_transaction(engine: AsyncEngine, what: str) -> AsyncIterator[Asy
     """A connection in a write transaction, committed on exit, rolled back on error.
 
     Raises:
+        DataRejected: the database refused a value of a statement (too long, out of
+            range…): running it again would fail again; a 400 to a caller.
         StorageError: the database failed (the driver's error is chained).
     """
     sqlite = engine.dialect.name == "sqlite"
@@ -60,8 +63,8 @@ async def write_transaction(engine: AsyncEngine, what: str) -> AsyncIterator[Asy
                 await conn.rollback()
                 raise
             await conn.commit()
-    except SQLAlchemyError as exc:
-        raise StorageError(f"{what}: {exc}") from exc
+    except (SQLAlchemyError, OverflowError, UnicodeEncodeError) as exc:
+        raise storage_error(what, exc) from exc
 
 
 @asynccontextmanager
@@ -69,10 +72,23 @@ async def read_connection(engine: AsyncEngine, what: str) -> AsyncIterator[Async
     """A connection for reads.
 
     Raises:
+        DataRejected: a value of a statement cannot be used (e.g. not encodable).
         StorageError: the database failed (the driver's error is chained).
     """
     try:
         async with engine.connect() as conn:
             yield conn
-    except SQLAlchemyError as exc:
-        raise StorageError(f"{what}: {exc}") from exc
+    except (SQLAlchemyError, OverflowError, UnicodeEncodeError) as exc:
+        raise storage_error(what, exc) from exc
+
+
+def storage_error(what: str, exc: BaseException) -> StorageError:
+    """The error to raise for a failed database call: :class:`DataRejected` (a 400,
+    its message naming what the driver refused but never the statement or its
+    parameters) when :func:`~tollhouse.storage.dialect.is_data_error`, else
+    :class:`StorageError`. ``OverflowError`` and ``UnicodeEncodeError`` (the drivers'
+    :data:`~tollhouse.storage.dialect.DATA_PYTHON_ERRORS`, raised unwrapped) are caught
+    inside transactions for that."""
+    if is_data_error(exc):
+        return DataRejected(f"A value in the request cannot be stored: {data_reason(exc)}.")
+    return StorageError(f"{what}: {exc}")
