@@ -9,6 +9,7 @@ from tollhouse.cli import (
     example,
     keys,
     limits,
+    routes,
     score,
     serve,
     status,
@@ -33,6 +34,7 @@ app.command("worker")(worker.worker)
 app.command("status")(status.status)
 app.command("score")(score.score)
 app.command("audit")(audit.audit)
+app.command("routes")(routes.routes)
 app.add_typer(example.app, name="example")
 
 
