@@ -148,10 +148,14 @@ class Server:
 
 
 def start_server(
-    cwd: Path, config: Path | None = None, *extra: str, env: dict[str, str] | None = None
+    cwd: Path,
+    config: Path | None = None,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    health: str | None = None,
 ) -> Server:
     """Start `tollhouse serve` (with ``env`` added to its environment) and wait until
-    /healthz answers."""
+    /healthz answers (at ``health`` when given, e.g. on an ``--ops-port``)."""
     port = free_port()
     args = [sys.executable, "-m", "tollhouse", "serve", "--port", str(port), *extra]
     if config is not None:
@@ -169,7 +173,7 @@ def start_server(
         if proc.poll() is not None:
             raise AssertionError(f"tollhouse serve exited:\n{log.read_text()}")
         try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+            if httpx.get(health or url + "/healthz", timeout=1).status_code == 200:
                 return Server(url, cwd, proc, config, env, log=log)
         except httpx.TransportError:
             time.sleep(0.05)

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    # The server (SQLAlchemy, FastAPI, uvicorn…) loads only when asked for: the SDK and
+    # The server (SQLAlchemy, Starlette, uvicorn…) loads only when asked for: the SDK and
     # webhook receivers import `tollhouse.client` / `tollhouse.webhooks` without it.
     if name == "Tollhouse":
         from tollhouse.http.app import Tollhouse

@@ -13,7 +13,9 @@
         ├── Forbidden             403    FORBIDDEN
         ├── TenantRequired        400    TENANT_REQUIRED
         ├── NotFound              404    NOT_FOUND
+        ├── MethodNotAllowed      405    METHOD_NOT_ALLOWED
         ├── PayloadTooLarge       413    PAYLOAD_TOO_LARGE
+        ├── UnsupportedMediaType  415    UNSUPPORTED_MEDIA_TYPE
         ├── ValidationFailed      422    VALIDATION_FAILED
         ├── RateLimited           429    RATE_LIMITED
         ├── ConcurrencyLimited    429    CONCURRENCY_LIMITED
@@ -119,8 +121,20 @@ class NotFound(ApiError):
     status, code, slug = 404, "NOT_FOUND", "not-found"
 
 
+class MethodNotAllowed(ApiError):
+    """The path exists, not for this method; ``headers`` carry its ``Allow``."""
+
+    status, code, slug = 405, "METHOD_NOT_ALLOWED", "method-not-allowed"
+
+
 class PayloadTooLarge(ApiError):
     status, code, slug = 413, "PAYLOAD_TOO_LARGE", "payload-too-large"
+
+
+class UnsupportedMediaType(ApiError):
+    """A JSON route was sent a body of another ``Content-Type``."""
+
+    status, code, slug = 415, "UNSUPPORTED_MEDIA_TYPE", "unsupported-media-type"
 
 
 class ValidationFailed(ApiError):

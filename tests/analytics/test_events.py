@@ -156,9 +156,22 @@ def test_a_bad_event_is_refused_naming_its_index_and_field(
 def test_malformed_json_and_missing_identity(tmp_path: Any) -> None:
     async def go(engine: AsyncEngine) -> None:
         async with platform(engine, who(), now=NOW) as client:
-            r = await client.post("/v1/events", content=b"[{", headers={"content-type": "x"})
-            assert r.status_code == 422
-            assert "not valid JSON" in r.json()["error"]["message"]
+            # Malformed JSON is a 400, as on every route; a body of another type a 415.
+            r = await client.post("/v1/events", content=b"[{")
+            assert r.status_code == 400, r.text
+            error = r.json()["error"]
+            assert error["code"] == "BAD_REQUEST" and "not valid JSON" in error["message"]
+            assert r.headers["x-request-id"] == error["requestId"] == "req_test"
+            for kind in ("text/plain", "application/x-www-form-urlencoded"):
+                r = await client.post("/v1/events", content=b"[]", headers={"content-type": kind})
+                assert r.status_code == 415, kind
+                assert r.json()["error"]["code"] == "UNSUPPORTED_MEDIA_TYPE"
+            r = await client.post(
+                "/v1/events",
+                content=b"[]",
+                headers={"content-type": "application/json; charset=utf-8"},
+            )
+            assert r.status_code == 200
         async with platform(engine, None, now=NOW) as anonymous:
             r = await anonymous.post("/v1/events", json=[flow(1)])
             assert r.status_code == 401

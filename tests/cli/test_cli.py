@@ -6,7 +6,9 @@ import asyncio
 import json
 from pathlib import Path
 
-from tests.conftest import run_cli, start_server, stop_server
+import httpx
+
+from tests.conftest import free_port, run_cli, start_server, stop_server
 
 
 def test_keys_create_json_contract(tmp_path: Path) -> None:
@@ -136,3 +138,23 @@ def test_serve_refuses_a_keep_alive_out_of_range(tmp_path: Path) -> None:
         proc = run_cli("serve", "--keep-alive", value, cwd=tmp_path, check=False)
         assert proc.returncode == 2
         assert "--keep-alive must be more than 0 and at most 3600 seconds" in proc.stderr
+
+
+def test_serve_ops_port_moves_the_probes(tmp_path: Path) -> None:
+    """`serve --ops-port`: /healthz, /readyz and /metrics answer there, without a key;
+    on the main port they are ordinary paths of the upstream (a key is needed)."""
+    ops_port = free_port()
+    ops = f"http://127.0.0.1:{ops_port}"
+    server = start_server(tmp_path, None, "--ops-port", str(ops_port), health=ops + "/healthz")
+    try:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            answer = httpx.get(ops + path, timeout=10)
+            assert answer.status_code == 200, (path, answer.text)
+            assert answer.headers["x-request-id"].startswith("req_")
+            main = httpx.get(server.url + path, timeout=10)
+            assert main.status_code == 401, (path, main.text)  # the upstream's path now
+        assert httpx.get(ops + "/v1/rate-limit/status", timeout=10).status_code == 404
+    finally:
+        stop_server(server)
+    refused = run_cli("serve", "--ops-port", "8000", "--port", "8000", cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and "--ops-port" in refused.stderr

@@ -316,7 +316,7 @@ def items_remaining(url: str, key: str) -> int:
 
 def test_preflight_needs_no_key_and_spends_nothing(served: Served) -> None:
     url, key = served.url, served.keys[0]
-    before = served.app.gateway.responses.get((None, 204), 0)
+    before = served.app.counters.responses.get((None, 204), 0)
     for _ in range(5):  # more than the bucket's limit of 2
         resp = preflight(url + "/v1/items/a", asked="x-api-key, content-type, x-tenant-id")
         assert resp.status_code == 204, resp.text
@@ -330,7 +330,7 @@ def test_preflight_needs_no_key_and_spends_nothing(served: Served) -> None:
         )
         assert resp.headers["x-request-id"].startswith("req_")
         assert "x-ratelimit-remaining" not in resp.headers  # no bucket was asked
-    assert served.app.gateway.responses[(None, 204)] == before + 5
+    assert served.app.counters.responses[(None, 204)] == before + 5
     # Nothing was spent: the whole bucket is left, and the first real call takes one.
     assert items_remaining(url, key) == 2
     first = httpx.get(url + "/v1/items/a", headers={"X-API-Key": key, "Origin": APP})

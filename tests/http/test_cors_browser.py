@@ -118,7 +118,7 @@ def test_browser_app_on_another_origin_reads_the_429(tmp_path: Path) -> None:
                     refused = run_page(browser, other_page, api, other_key)
                 finally:
                     browser.close()
-            preflights = dict(app.gateway.responses)
+            preflights = dict(app.counters.responses)
             status = httpx.get(api + "/v1/rate-limit/status", headers={"X-API-Key": other_key})
 
     # The allowed page: LIMIT calls went through, the next one was limited, and the

@@ -95,7 +95,7 @@ class Front:
     def statuses(self) -> dict[int, int]:
         """Answered calls per status, as the gateway counted them for metering."""
         out: dict[int, int] = {}
-        for (_, status), n in self.app.gateway.responses.items():
+        for (_, status), n in self.app.counters.responses.items():
             out[status] = out.get(status, 0) + n
         return out
 

@@ -21,7 +21,10 @@ from tollhouse.jobs.webhooks import WebhookStore
 from tollhouse.keys.model import Identity
 from tollhouse.policy.model import AsyncRoute, Policy
 
-POLICY = Policy(source="<test>", async_routes=(AsyncRoute("POST /v1/score", concurrency=3),))
+POLICY = Policy(
+    source="<test>",
+    async_routes=(AsyncRoute("POST /v1/score", concurrency=3, validator="score"),),
+)
 SCORE = {
     "applicationId": "app_1",
     "jobId": "job_1",

@@ -43,10 +43,11 @@ def _get_routes() -> set[str]:
         paths |= set(endpoints.OPS_PATHS)
     except ImportError:  # pragma: no cover - the ops endpoints are optional
         pass
-    jobs: Any = app.inner
-    platform: Any = jobs.fallback.platform
+    for endpoint in app.routes.endpoints:
+        if "GET" in endpoint.methods and endpoint.group != "dashboard":
+            paths.add(endpoint.path.rstrip("/") or "/")
     upstream: Any = app.upstream
-    for route in [*jobs.routes, *platform.routes, *upstream.routes]:
+    for route in upstream.routes:
         if isinstance(route, Route) and "GET" in (route.methods or ()):
             paths.add(route.path.rstrip("/") or "/")
     return paths

@@ -10,6 +10,7 @@ from tollhouse.cli import (
     example,
     keys,
     limits,
+    routes,
     score,
     serve,
     status,
@@ -35,6 +36,7 @@ app.command("status")(status.status)
 app.command("score")(score.score)
 app.command("audit")(audit.audit)
 app.command("dead-letters")(deadletters.dead_letters)
+app.command("routes")(routes.routes)
 app.add_typer(example.app, name="example")
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import logging.config
 import os
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 import typer
 import uvicorn
@@ -36,6 +37,14 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option("--workers", help="Server processes.")] = 1,
+    ops_port: Annotated[
+        int | None,
+        typer.Option(
+            "--ops-port",
+            help="Serve /metrics, /readyz and /healthz on this port (same --host) instead "
+            "of --port, where those paths then go to the upstream.",
+        ),
+    ] = None,
     database_url: DatabaseOpt = None,
     redis_url: Annotated[
         str | None, typer.Option("--redis-url", help=f"Shared limits. Env: {REDIS_URL.env}.")
@@ -88,8 +97,17 @@ def serve(
             "(or run with --workers 1 to keep limits in process memory)",
             2,
         )
+    if ops_port is not None:
+        if not 0 < ops_port < 65536 or ops_port == port:
+            fail("--ops-port must be a TCP port other than --port", 2)
+        if workers > 1:
+            fail(
+                "--ops-port serves one process's metrics: run it with --workers 1 "
+                "(or scrape each process on --port)",
+                2,
+            )
     try:
-        app = Tollhouse(settings=settings)
+        app = Tollhouse(settings=settings, ops_listener=ops_port is not None)
     except TollhouseError as exc:
         fail(str(exc), 2)
     try:
@@ -107,7 +125,7 @@ def serve(
             extra={"url": f"http://{host}:{port}", "workers": workers},
         )
     else:
-        _banner(settings, host, port, demo, workers)
+        _banner(settings, host, port, demo, workers, ops_port)
     options = {
         "host": host,
         "port": port,
@@ -124,6 +142,9 @@ def serve(
         "h11_max_incomplete_event_size": settings.policy.limits.max_header_bytes,
         "timeout_keep_alive": keep_alive,
     }
+    if workers == 1 and ops_port is not None:
+        _serve_with_ops(app, options, ops_port)
+        return
     if workers == 1:
         uvicorn.run(app, **options)  # type: ignore[arg-type]
         return
@@ -134,6 +155,24 @@ def serve(
         workers=workers,
         **options,  # type: ignore[arg-type]
     )
+
+
+def _serve_with_ops(app: Tollhouse, options: dict[str, Any], ops_port: int) -> None:
+    """Serve ``app`` and, on ``ops_port``, its operations endpoints (one event loop,
+    two listeners; stopping the main one stops both)."""
+    main = uvicorn.Server(uvicorn.Config(app, **options))
+    ops_options = {**options, "port": ops_port, "lifespan": "off", "access_log": False}
+    ops = uvicorn.Server(uvicorn.Config(app.ops_app, **ops_options))
+
+    async def both() -> None:
+        ops_task = asyncio.create_task(ops.serve())
+        try:
+            await main.serve()
+        finally:
+            ops.should_exit = True
+            await ops_task
+
+    asyncio.run(both())
 
 
 def worker_environ(settings: Settings, workers: int) -> dict[str, str]:
@@ -157,7 +196,14 @@ async def _prepare(settings: Settings) -> str | None:
         await engine.dispose()
 
 
-def _banner(settings: Settings, host: str, port: int, demo: str | None, workers: int) -> None:
+def _banner(
+    settings: Settings,
+    host: str,
+    port: int,
+    demo: str | None,
+    workers: int,
+    ops_port: int | None = None,
+) -> None:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown}:{port}"
     policy = settings.config_path or "built-in (docs/policy.md)"
@@ -170,7 +216,10 @@ def _banner(settings: Settings, host: str, port: int, demo: str | None, workers:
     console.print(f"  limits:   {settings.redis_url or 'in process memory'}", highlight=False)
     if workers > 1:
         console.print(f"  workers:  {workers} processes sharing Redis", highlight=False)
-    console.print(f"  health:   {base}/healthz", highlight=False)
+    health = f"http://{shown}:{ops_port}" if ops_port is not None else base
+    console.print(f"  health:   {health}/healthz", highlight=False)
+    if ops_port is not None:
+        console.print(f"  ops:      {health} (/metrics, /readyz, /healthz)", highlight=False)
     console.print(
         f"  dashboard: {base}/dashboard (sign in with a root or manager key)", highlight=False
     )

@@ -7,8 +7,8 @@ shapes are in docs/api-shapes.md), the rate-limit status, the queue and webhook
 deliveries — each call carrying the key in ``X-API-Key``. Nothing here touches storage or
 identities.
 
-:class:`Tollhouse <tollhouse.http.app.Tollhouse>` routes ``/dashboard`` and
-``/dashboard/…`` here before the gateway with one prefix check (:func:`is_dashboard_path`).
+:class:`Tollhouse <tollhouse.http.app.Tollhouse>` puts ``/dashboard`` and ``/dashboard/…``
+in the gateway's route table as keyless endpoints (under ``[platform] prefix`` when set).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from tollhouse.http.gateway import Receive, Scope, Send
+    from tollhouse.http.asgi import Receive, Scope, Send
 
 __all__ = ["PREFIX", "DashboardApp", "is_dashboard_path"]
 

@@ -14,7 +14,8 @@ own: the gateway in front authenticates and forwards these headers.
 * ``x-request-id``: echoed in error bodies (``req_`` + 12 hex characters when absent).
 
 Mounted in-process behind the gateway, the org and environment come from the caller's
-key instead (``scope["state"]["identity"]``), which gives the same values.
+key instead (``scope["state"]["identity"]``), which gives the same values, and the request
+id from ``scope["state"]["request_id"]`` (the one the gateway puts on the answer).
 
 Endpoints (bodies are JSON; unknown fields are ignored)::
 
@@ -38,7 +39,8 @@ Because ``POST /v1/criteria/generate`` and ``/questions`` are matched first, job
 ``generate`` or ``questions`` take new criteria through ``/v1/jobs/{jobId}/criteria``.
 
 Errors use tollhouse's envelope (:func:`tollhouse.errors.error_body`): 400 ``BAD_REQUEST``
-for a body that is not a JSON object, 404 ``NOT_FOUND``, 405 ``METHOD_NOT_ALLOWED``,
+for a body that is not a JSON object, 404 ``NOT_FOUND``, 405 ``METHOD_NOT_ALLOWED`` (its
+``Allow`` lists every method of the path; ``HEAD`` goes wherever ``GET`` does),
 413 ``PAYLOAD_TOO_LARGE`` past 32 MiB, 422 ``VALIDATION_FAILED`` naming the field (or the
 header), 503 ``SERVICE_UNAVAILABLE`` while the database cannot be reached.
 
@@ -79,6 +81,7 @@ from starlette.routing import BaseRoute, Route
 from tollhouse.errors import (
     ApiError,
     ConfigError,
+    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
@@ -134,12 +137,6 @@ MAX_CRITERIA_PER_JOB = 100
 Clock = Callable[[], datetime]
 
 
-class _MethodNotAllowed(ApiError):
-    """The path exists but not for this method (e.g. ``GET /v1/score/batch``)."""
-
-    status, code, slug = 405, "METHOD_NOT_ALLOWED", "method-not-allowed"
-
-
 class _OrjsonResponse(Response):
     media_type = "application/json"
 
@@ -160,6 +157,15 @@ def _error(error: ApiError, request_id: str) -> Response:
 def new_request_id() -> str:
     """A request id for a request that came without one: ``req_`` + 12 hex characters."""
     return "req_" + secrets.token_hex(6)
+
+
+def _request_id(request: Request) -> str:
+    """The gateway's id in-process, else the forwarded header, else a new one."""
+    state = request.scope.get("state")
+    found = state.get("request_id") if isinstance(state, Mapping) else None
+    if isinstance(found, str) and found:
+        return found
+    return request.headers.get(REQUEST_ID_HEADER) or new_request_id()
 
 
 def _utc_now() -> datetime:
@@ -213,7 +219,7 @@ def _endpoint(handler: _Handler) -> Callable[[Request], Awaitable[Response]]:
     """Wrap a handler: request id, owner, the delay hook, and errors as the envelope."""
 
     async def endpoint(request: Request) -> Response:
-        request_id = request.headers.get(REQUEST_ID_HEADER) or new_request_id()
+        request_id = _request_id(request)
         try:
             delay_ms = _delay_ms(request.headers.get(DELAY_HEADER))
             if delay_ms:
@@ -230,6 +236,18 @@ def _endpoint(handler: _Handler) -> Callable[[Request], Awaitable[Response]]:
                 headers={"Retry-After": "1"},
             )
             return _error(unavailable, request_id)
+
+    return endpoint
+
+
+def _by_method(handlers: dict[str, _Handler]) -> Callable[[Request], Awaitable[Response]]:
+    """One endpoint for a path's methods (``HEAD`` answered as ``GET``)."""
+    wrapped = {method: _endpoint(handler) for method, handler in handlers.items()}
+    if "GET" in wrapped:
+        wrapped["HEAD"] = wrapped["GET"]
+
+    async def endpoint(request: Request) -> Response:
+        return await wrapped[request.method](request)
 
     return endpoint
 
@@ -548,7 +566,7 @@ class _ExampleApi:
     async def get_score(self, call: _Call) -> Response:
         scoring_job_id = call.path("scoringJobId")
         if scoring_job_id == "batch":
-            raise _MethodNotAllowed("/v1/score/batch takes POST only", headers={"Allow": "POST"})
+            raise MethodNotAllowed("/v1/score/batch takes POST only", headers={"Allow": "POST"})
         # An id longer than its column cannot exist: no need to ask the database.
         result = (
             await self.store.get_result(call.owner, scoring_job_id)
@@ -567,27 +585,34 @@ class _ExampleApi:
         return _json(_result_json(result))
 
     def routes(self) -> list[BaseRoute]:
-        """The routes, most specific first (Starlette takes the first full match)."""
-
-        def route(path: str, handler: _Handler, *methods: str) -> Route:
-            return Route(path, _endpoint(handler), methods=list(methods))
-
+        """The routes, most specific first (Starlette takes the first full match): one
+        per path with all of its methods, so a 405's ``Allow`` names every one."""
+        by_path: dict[str, dict[str, _Handler]] = {
+            "/v1/criteria/generate": {"POST": self.generate},
+            "/v1/criteria/questions": {"POST": self.questions},
+            "/v1/criteria/{jobId}": {
+                "GET": self.get_criteria,
+                "POST": self.add_criterion,
+                "DELETE": self.delete_criteria,
+            },
+            "/v1/criteria/{jobId}/{criterionId}": {
+                "PATCH": self.patch_criterion,
+                "DELETE": self.delete_criterion,
+            },
+            "/v1/jobs/{jobId}/criteria": {
+                "GET": self.get_criteria,
+                "POST": self.add_criterion,
+                "PATCH": self.patch_criteria,
+            },
+            "/v1/jobs/{jobId}/criteria/archive": {"POST": self.archive_criteria},
+            "/v1/score": {"POST": self.score},
+            "/v1/score/batch": {"POST": self.score_batch},
+            "/v1/score/application/{applicationId}": {"GET": self.get_application_score},
+            "/v1/score/{scoringJobId}": {"GET": self.get_score},
+        }
         return [
-            route("/v1/criteria/generate", self.generate, "POST"),
-            route("/v1/criteria/questions", self.questions, "POST"),
-            route("/v1/criteria/{jobId}", self.get_criteria, "GET"),
-            route("/v1/criteria/{jobId}", self.add_criterion, "POST"),
-            route("/v1/criteria/{jobId}", self.delete_criteria, "DELETE"),
-            route("/v1/criteria/{jobId}/{criterionId}", self.patch_criterion, "PATCH"),
-            route("/v1/criteria/{jobId}/{criterionId}", self.delete_criterion, "DELETE"),
-            route("/v1/jobs/{jobId}/criteria", self.get_criteria, "GET"),
-            route("/v1/jobs/{jobId}/criteria", self.add_criterion, "POST"),
-            route("/v1/jobs/{jobId}/criteria", self.patch_criteria, "PATCH"),
-            route("/v1/jobs/{jobId}/criteria/archive", self.archive_criteria, "POST"),
-            route("/v1/score", self.score, "POST"),
-            route("/v1/score/batch", self.score_batch, "POST"),
-            route("/v1/score/application/{applicationId}", self.get_application_score, "GET"),
-            route("/v1/score/{scoringJobId}", self.get_score, "GET"),
+            Route(path, _by_method(handlers), methods=list(handlers))
+            for path, handlers in by_path.items()
         ]
 
 
@@ -605,7 +630,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     """Router errors (no such path, wrong method) in the same envelope as the handlers'."""
     if not isinstance(exc, HTTPException):  # registered for HTTPException only
         raise exc
-    request_id = request.headers.get(REQUEST_ID_HEADER) or new_request_id()
+    request_id = _request_id(request)
     status = exc.status_code
     headers = dict(exc.headers or {})
     where = f"{request.method} {request.url.path}"
@@ -613,7 +638,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         error: ApiError = NotFound(f"no route matches {where}")
     elif status == HTTPStatus.METHOD_NOT_ALLOWED:
         allowed = headers.get("Allow") or headers.get("allow") or ""
-        error = _MethodNotAllowed(f"{where} is not allowed; allowed: {allowed}", headers=headers)
+        error = MethodNotAllowed(f"{where} is not allowed; allowed: {allowed}", headers=headers)
     else:
         try:
             phrase = HTTPStatus(status).phrase

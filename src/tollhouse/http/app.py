@@ -1,4 +1,10 @@
-"""``Tollhouse``: the whole product as one ASGI app (gateway, platform routes, upstream)."""
+"""``Tollhouse``: the whole product as one ASGI app (gateway, route table, upstream).
+
+Everything tollhouse answers itself is one route table, held by the gateway
+(:mod:`tollhouse.http.routes`): health and rate-limit status (the gateway's), the
+platform routes, the jobs routes, ``/metrics`` and ``/readyz``, the dashboard. Every other
+path goes to the upstream. ``tollhouse routes`` prints the table.
+"""
 
 from __future__ import annotations
 
@@ -11,22 +17,26 @@ from typing import Any, cast
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollhouse.dashboard import PREFIX as DASHBOARD_PREFIX
-from tollhouse.dashboard import DashboardApp, is_dashboard_path
+from tollhouse.dashboard import DashboardApp
 from tollhouse.errors import ConfigError
-from tollhouse.http.dispatch import PlatformDispatch
+from tollhouse.http.asgi import ASGIApp, Receive, Scope, Send
+from tollhouse.http.checks import CheckCache
+from tollhouse.http.counters import GatewayCounters
 from tollhouse.http.forwarded import TrustedProxies
-from tollhouse.http.gateway import ASGIApp, Gateway, Receive, Scope, Send
-from tollhouse.http.jobs_app import create_jobs_app
+from tollhouse.http.gateway import HEALTH, Gateway
+from tollhouse.http.jobs_app import JobsRoutes
 from tollhouse.http.lifespan import InnerLifespan
-from tollhouse.http.platform import create_platform_app
+from tollhouse.http.platform import PlatformRoutes
+from tollhouse.http.routes import Endpoint, RouteTable, TableApp
 from tollhouse.jobs import Worker, build_handler, create_job_schema, open_queue, settings_for
+from tollhouse.jobs.model import utc_now
 from tollhouse.jobs.webhooks import WebhookStore
 from tollhouse.keys.cache import KeyCache
 from tollhouse.keys.store import KeyStore
 from tollhouse.limits import LimitStore, open_store
 from tollhouse.limits.overrides import OverrideCache, OverrideStore
 from tollhouse.metering import UsageMeter
-from tollhouse.ops.endpoints import OPS_PATHS, OpsEndpoints
+from tollhouse.ops.endpoints import METRICS_PATH, READY_PATH, OpsEndpoints
 from tollhouse.ops.metrics import OpsMetrics
 from tollhouse.policy.model import Policy
 from tollhouse.settings import Settings, load_settings
@@ -84,6 +94,9 @@ class Tollhouse:
             (a reverse proxy to ``url``, an imported ``app``, or the bundled example).
         config: a policy file (TOML); None uses ``TOLLHOUSE_CONFIG`` or the built-in policy.
         settings: fully resolved settings (overrides ``config``).
+        ops_listener: ``/metrics``, ``/readyz`` and ``/healthz`` are served by
+            :attr:`ops_app` on a listener of their own (``tollhouse serve --ops-port``);
+            on this app those paths go to the upstream.
 
     Example::
 
@@ -97,6 +110,7 @@ class Tollhouse:
         *,
         config: str | Path | None = None,
         settings: Settings | None = None,
+        ops_listener: bool = False,
     ) -> None:
         self.settings = settings or load_settings(config)
         policy = self.settings.policy
@@ -115,35 +129,8 @@ class Tollhouse:
             self.engine, allow_private_targets=self.settings.allow_private_targets
         )
         # Usage: every admitted call is metered in memory and flushed in batches; the platform
-        # app answers the analytics and events routes (call counts, catalogue metrics).
+        # routes answer the analytics and events routes (call counts, catalogue metrics).
         self.meter = UsageMeter(self.engine)
-        platform = cast(
-            ASGIApp,
-            create_platform_app(
-                engine=self.engine,
-                policy=policy,
-                meter=self.meter,
-                example_upstream=app is None and not (policy.upstream.url or policy.upstream.app),
-            ),
-        )
-        self.inner: ASGIApp = cast(
-            ASGIApp,
-            create_jobs_app(
-                queue=self.queue,
-                policy=policy,
-                webhooks=self.webhooks,
-                fallback=PlatformDispatch(platform, self.upstream),
-            ),
-        )
-        self.worker: Worker | None = None
-        if policy.async_routes and self.settings.embedded_workers:
-            self.worker = Worker(
-                self.queue,
-                # Jobs for an HTTP upstream go straight to it on their own pool, not
-                # through the reverse proxy.
-                build_handler(policy, None if self._proxied else self.upstream),
-                webhooks=self.webhooks,
-            )
         self.key_store = KeyStore(self.engine)
         self.keys = KeyCache(self.key_store)
         self.limits: LimitStore = open_store(
@@ -155,29 +142,64 @@ class Tollhouse:
             reserve=self.settings.limits_reserve,
             on_store_failure=policy.limits.on_store_failure,
         )
-        self.gateway = Gateway(
-            self.inner, policy=policy, limits=self.limits, keys=self.keys, meter=self.meter
-        )
-        self.overrides = OverrideCache(
-            OverrideStore(self.engine), on_change=self.gateway.forget_checks
-        )
-        self.gateway.overrides = self.overrides
-        # GET /metrics and GET /readyz, answered before the gateway (tollhouse.ops).
+        # /metrics reads the gateway's counters; the worker's hooks report to it.
+        self.counters = GatewayCounters()
         self.metrics = OpsMetrics(
-            self.gateway, queue=self.queue if policy.async_routes else None, meter=self.meter
+            self.counters,
+            limits=self.limits,
+            queue=self.queue if policy.async_routes else None,
+            meter=self.meter,
         )
-        if self.worker is not None:
-            self.worker.dispatcher.on_event = self.metrics.job_finished
-            if self.worker.sender is not None:
-                self.worker.sender.on_attempt = self.metrics.webhook_attempt
+        self.worker: Worker | None = None
+        if policy.async_routes and self.settings.embedded_workers:
+            self.worker = Worker(
+                self.queue,
+                # Jobs for an HTTP upstream go straight to it on their own pool, not
+                # through the reverse proxy.
+                build_handler(policy, None if self._proxied else self.upstream),
+                webhooks=self.webhooks,
+                on_event=self.metrics.job_finished,
+                on_webhook_attempt=self.metrics.webhook_attempt,
+            )
+        # A changed override empties the cache of built limit checks.
+        checks = CheckCache()
+        self.overrides = OverrideCache(OverrideStore(self.engine), on_change=checks.clear)
         self.ops = OpsEndpoints(
             self.metrics, self.engine, self.limits, self.settings.metrics_token or None
         )
+        self.dashboard = DashboardApp()
+        platform = PlatformRoutes(
+            engine=self.engine,
+            policy=policy,
+            meter=self.meter,
+            example_upstream=app is None and not (policy.upstream.url or policy.upstream.app),
+            ops=not ops_listener,
+        )
+        jobs = JobsRoutes(queue=self.queue, policy=policy, webhooks=self.webhooks, clock=utc_now)
+        ops = self._ops_endpoints()
+        self.gateway = Gateway(
+            self.upstream,
+            policy=policy,
+            limits=self.limits,
+            keys=self.keys,
+            meter=self.meter,
+            overrides=self.overrides,
+            counters=self.counters,
+            checks=checks,
+            endpoints=[
+                *jobs.endpoints(),
+                *platform.endpoints(),
+                *ops,
+                *self._dashboard_endpoints(),
+            ],
+            disable=("ops",) if ops_listener else (),
+        )
+        #: The operations endpoints on their own (``tollhouse serve --ops-port``).
+        self.ops_app = TableApp(RouteTable([HEALTH, *ops]))
         self.trusted = (
             TrustedProxies(policy.proxy.trusted_proxies) if policy.proxy.trusted_proxies else None
         )
-        self._inner_lifespan = InnerLifespan(self.inner)
-        self.dashboard = DashboardApp()
+        self._inner_lifespan = InnerLifespan(self.upstream)
         self._started = False
         self._start_lock: asyncio.Lock | None = None
 
@@ -219,28 +241,43 @@ class Tollhouse:
         await self.limits.aclose()
         await self.engine.dispose()
 
+    def _ops_endpoints(self) -> list[Endpoint]:
+        ops = self.ops
+        return [
+            Endpoint(METRICS_PATH, ("GET",), ops, "ops", "ops", keyless=True),
+            Endpoint(READY_PATH, ("GET",), ops, "ops", "ops", keyless=True),
+        ]
+
+    def _dashboard_endpoints(self) -> list[Endpoint]:
+        # Static files need no key (every data call the page makes carries one).
+        board = _mounted(self.dashboard, self.settings.policy.platform.prefix)
+        return [
+            Endpoint(DASHBOARD_PREFIX, ("GET",), board, "dashboard", "dashboard", keyless=True),
+            Endpoint(
+                DASHBOARD_PREFIX + "/{file:path}",
+                ("GET",),
+                board,
+                "dashboard",
+                "dashboard",
+                keyless=True,
+            ),
+        ]
+
+    @property
+    def routes(self) -> RouteTable:
+        """Every path tollhouse answers itself (the rest go to the upstream)."""
+        return self.gateway.table
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
             await self._lifespan(receive, send)
             return
-        if self.trusted is not None and kind != "lifespan":
+        if self.trusted is not None:
             # Behind a trusted load balancer: the client address limits, metering and
             # logs use comes from its X-Forwarded-For.
             self.trusted.resolve(scope)
-        if kind == "http":
-            path: str = scope["path"]
-            # The dashboard's static files need no key (every data call the page makes
-            # carries one); one prefix check keeps product traffic on its path.
-            if path.startswith(DASHBOARD_PREFIX) and is_dashboard_path(path):
-                await self.dashboard(scope, receive, send)
-                return
-            if not self._started:
-                await self.startup()
-            if path in OPS_PATHS:
-                await self.ops(scope, receive, send)
-                return
-        elif not self._started:
+        if not self._started:
             await self.startup()
         await self.gateway(scope, receive, send)
 
@@ -258,6 +295,20 @@ class Tollhouse:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _mounted(app: ASGIApp, prefix: str) -> ASGIApp:
+    """``app`` under ``prefix``: it sees its path without it (and the prefix in
+    ``root_path``, for the URLs it writes)."""
+    if not prefix:
+        return app
+
+    async def mounted(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["root_path"] = scope.get("root_path", "") + prefix
+        scope["path"] = scope["path"][len(prefix) :]
+        await app(scope, receive, send)
+
+    return mounted
 
 
 def app_from_env() -> Tollhouse:

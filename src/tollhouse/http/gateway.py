@@ -2,170 +2,131 @@
 
 For every HTTP request it
 
-1. authenticates the key (``Authorization: Bearer sk_…`` or ``X-API-Key``) from the
-   in-memory key cache;
-2. matches the route against the policy (cached per method and path) on the canonical
+1. matches the route against the policy (cached per method and path) on the canonical
    path, which is also the path passed on (:mod:`tollhouse.policy.paths`; a path with no
    single canonical form is refused with 400);
-3. checks the role and the ``X-Tenant-Id`` rule of the matching access rules;
-4. asks the limit store, in one atomic call, whether every bucket and pool admits the
+2. when the path is one of tollhouse's own (one ``startswith`` against the route table's
+   prefixes, :mod:`tollhouse.http.routes`), asks the route table: a wrong method is a 405
+   with ``Allow`` (no key read, no bucket spent), a keyless endpoint (health, readiness,
+   metrics, the dashboard, the OpenAPI document) is answered at once, any other endpoint
+   is admitted below and answered by the table instead of the upstream;
+3. authenticates the key (``Authorization: Bearer sk_…`` or ``X-API-Key``) from the
+   in-memory key cache;
+4. checks the role and the ``X-Tenant-Id`` rule of the matching access rules;
+5. asks the limit store, in one atomic call, whether every bucket and pool admits the
    request — a rejected request consumes nothing;
-5. passes the request to the inner app (reverse proxy, in-process app or the bundled
-   example) with ``X-RateLimit-*``, ``RateLimit-Policy``, ``RateLimit`` and
+6. passes the request to its endpoint or the upstream (reverse proxy, in-process app or
+   the bundled example) with ``X-RateLimit-*``, ``RateLimit-Policy``, ``RateLimit`` and
    ``X-Request-Id`` added to its response, holding any pool slot until the request ends,
-   errors or the client disconnects.
+   errors or the client disconnects (:mod:`tollhouse.http.passing`).
 
-``GET /healthz`` needs no key. ``GET /v1/rate-limit/status`` is answered here, after its
-own ``rate_limit_status`` bucket admitted it.
+Every answer carries ``X-Request-Id``, equal to the ``requestId`` of an error body.
+The gateway answers two paths itself, through the table: ``GET /healthz`` (no key) and
+``GET /v1/rate-limit/status`` (after its own ``rate_limit_status`` bucket admitted it).
 
 With ``[cors]`` allowing some origin, a CORS preflight is answered here before step 1
 (no key, no bucket), and every answer gets the policy's CORS headers
 (:mod:`tollhouse.http.cors`); with it off, that costs one attribute check.
 
-A WebSocket handshake is admitted by the same steps, as ``GET`` on its path, and its pool
-slots are held until the connection ends; a refused one gets the usual error answer
-through the ``websocket.http.response`` extension, or a ``websocket.close`` (1008) on
-servers without it. Other scopes (lifespan) pass through.
+A WebSocket handshake is admitted by the same steps, as ``GET`` on its path
+(:mod:`tollhouse.http.gateway_ws`). Other scopes (lifespan) pass through.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import itertools
 import logging
-import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Coroutine, Iterable
 from time import perf_counter
 from typing import Any
 from urllib.parse import parse_qs
 
-import orjson
-
 from tollhouse.errors import (
     ApiError,
-    ConcurrencyLimited,
     Forbidden,
-    InternalError,
     PayloadTooLarge,
-    RateLimited,
     ServiceUnavailable,
     StorageError,
     TenantRequired,
     Unauthorized,
-    error_json,
 )
+from tollhouse.http.answers import (
+    JSON,
+    REQUEST_ID,
+    error_parts,
+    reject_websocket,
+    send_error,
+    send_json,
+    with_request_id,
+)
+from tollhouse.http.asgi import ASGIApp, Message, Receive, Scope, Send
+from tollhouse.http.checks import CheckCache, Checks, denial, iso, status_body
+from tollhouse.http.context import identity_of, new_request_id
 from tollhouse.http.cors import ORIGIN, REQUEST_HEADERS, REQUEST_METHOD, CorsHeaders, find_header
+from tollhouse.http.counters import GatewayCounters
+from tollhouse.http.gateway_ws import admit_websocket
+from tollhouse.http.passing import BODY_METHODS, Passer
+from tollhouse.http.routes import Endpoint, Resolved, RouteTable, method_not_allowed
 from tollhouse.keys.cache import MISS, KeyCache
 from tollhouse.keys.model import Identity
-from tollhouse.limits.headers import (
-    Header,
-    limit_headers,
-    policy_header,
-    pool_headers,
-    retry_after_header,
-)
-from tollhouse.limits.maths import Outcome
-from tollhouse.limits.naming import bucket_key, pool_key
+from tollhouse.limits.headers import Header as LimitHeader
+from tollhouse.limits.headers import pool_headers
 from tollhouse.limits.overrides import OverrideCache
-from tollhouse.limits.store import BucketCheck, Lease, LimitStore, PoolCheck, Verdict
+from tollhouse.limits.store import Lease, LimitStore, Verdict
 from tollhouse.metering.record import CallRecord, Meter
 from tollhouse.ops.logs import request_id_var
 from tollhouse.policy.match import RouteMatch, Router
-from tollhouse.policy.model import Bucket, Policy, Pool
+from tollhouse.policy.model import Bucket, Policy
 from tollhouse.policy.paths import canonical, encode_path, needs_canonical, respell
+
+__all__ = [
+    "HEALTH",
+    "HEALTH_PATH",
+    "JSON",
+    "STATUS_PATH",
+    "ASGIApp",
+    "Gateway",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "iso",
+    "new_request_id",
+    "reject_websocket",
+]
 
 logger = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: What admitting a request yields: the caller's identity, the rate-limit headers for its
-#: answer, the pool slots it holds, its declared body length (see ``Gateway._admit``).
-Admission = tuple[Identity, list[Header], tuple[Lease, ...], int | None]
+#: answer, the pool slots it holds, its declared body length (see ``Gateway.admit``).
+Admission = tuple[Identity, list[LimitHeader], tuple[Lease, ...], int | None]
 
 HEALTH_PATH = "/healthz"
 STATUS_PATH = "/v1/rate-limit/status"
-REQUEST_ID = b"x-request-id"
-JSON = (b"content-type", b"application/json")
-#: Per-match cache of built checks, per caller; emptied when it fills.
-CHECKS_PER_MATCH = 1024
+_HEALTHY = b'{"status":"ok","service":"tollhouse"}'
 #: An ``X-Request-Id`` sent by the caller is kept when it looks like an id.
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-
-_REQUEST_PREFIX = "req_" + os.urandom(4).hex()
-_request_seq = itertools.count(int.from_bytes(os.urandom(3), "big"))
-
-
-def new_request_id() -> str:
-    """``req_`` + 16 hex characters: 8 random per process, then a counter.
-
-    Unique across processes and cheap (no system call per request); request ids are
-    for correlation, not secrets.
-    """
-    return f"{_REQUEST_PREFIX}{next(_request_seq) & 0xFFFFFFFF:08x}"
-
-
-def iso(ts: float) -> str:
-    """Epoch seconds → ISO 8601 UTC with ``Z`` and milliseconds."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class _Checks:
-    """What one caller's request on one route asks of the limit store, and the constant
-    parts of its headers (built once per caller and route, reused)."""
-
-    __slots__ = ("buckets", "decided", "limits", "names", "policy", "pools", "shadow")
-
-    def __init__(
-        self,
-        buckets: tuple[BucketCheck, ...],
-        pools: tuple[PoolCheck, ...],
-        shadow: tuple[BucketCheck, ...] = (),
-    ) -> None:
-        self.buckets = buckets
-        self.pools = pools
-        self.shadow = shadow
-        self.policy = policy_header(buckets) if buckets else None
-        self.names = tuple(f'"{c.name}";r='.encode() for c in buckets)
-        #: Every bucket and pool an admitted request passed (the metrics' counter key).
-        self.decided = tuple(c.name for c in buckets) + tuple(p.name for p in pools)
-        self.limits = tuple(str(c.limit).encode() for c in buckets)
-
-    def headers(self, outcomes: list[Outcome], now: float) -> list[Header]:
-        """All rate-limit headers for one decided request (without ``Retry-After``)."""
-        assert self.policy is not None
-        return limit_headers(outcomes, self.names, self.limits, self.policy, now)
-
-
-def _bucket_check(b: Bucket, identity: Identity, client_ip: str | None, limit: int) -> BucketCheck:
-    return BucketCheck(
-        bucket_key(b, identity, client_ip), b.name, limit, b.window, b.algorithm, b.cost
-    )
-
-
-def _pool_check(p: Pool, identity: Identity) -> PoolCheck:
-    return PoolCheck(pool_key(p, identity), p.name, p.limit, p.lease)
 
 
 class Gateway:
     """Raw ASGI middleware enforcing a policy in front of ``app``.
 
     Args:
-        app: the inner ASGI app requests are passed to once admitted.
-        policy: the loaded policy.
+        app: the upstream: the inner ASGI app admitted requests are passed to when the
+            route table does not answer them.
+        policy: the loaded policy (``[platform]`` mounts and turns off the table's groups).
         limits: the limit store (memory or Redis).
         keys: the auth cache.
         clock: wall clock in epoch seconds (injected in tests).
         meter: takes one :class:`CallRecord` per answered call of an authenticated key.
         overrides: per-org and per-key limits from the database.
+        counters: the counters ``/metrics`` reads (a new set when None).
+        checks: the cache of built limit checks (emptied by ``overrides`` on a change).
+        endpoints: tollhouse's own routes besides the gateway's (health, rate-limit
+            status): platform, jobs, operations, dashboard.
+        disable: groups left out of the table besides ``[platform] disable`` (``ops``
+            when the operations endpoints have their own listener).
     """
 
     def __init__(
@@ -178,6 +139,10 @@ class Gateway:
         clock: Callable[[], float] = time.time,
         meter: Meter | None = None,
         overrides: OverrideCache | None = None,
+        counters: GatewayCounters | None = None,
+        checks: CheckCache | None = None,
+        endpoints: Iterable[Endpoint] = (),
+        disable: Iterable[str] = (),
     ) -> None:
         self.app = app
         self.policy = policy
@@ -189,23 +154,32 @@ class Gateway:
         self.forward_authorization = policy.upstream.forward_authorization
         self.meter = meter
         self.overrides = overrides
+        self.counters = counters if counters is not None else GatewayCounters()
+        self.checks = checks if checks is not None else CheckCache()
+        self._limit_of = self._limit
+        self.passer = Passer(limits, clock, self.max_body)
         #: ``[cors]``, compiled; None when no origin is allowed (CORS off).
         self.cors = CorsHeaders(policy.cors) if policy.cors.enabled else None
-        #: (org scope, bucket) → requests a shadow bucket would have denied (this process).
-        self.shadow_denials: dict[tuple[str, str], int] = {}
-        # Plain counters read by /metrics at scrape time (tollhouse.ops.metrics): the
-        # hot path only adds to ints here.
-        #: (endpoint group key, status) → answered requests.
-        self.responses: dict[tuple[str | None, int], int] = {}
-        #: buckets and pools of an admitted request → admitted requests.
-        self.admitted: dict[tuple[str, ...], int] = {}
-        #: the bucket or pool that denied → denied requests.
-        self.denied: dict[str, int] = {}
+        platform = policy.platform
+        #: Every path tollhouse answers itself (``tollhouse routes`` prints it).
+        self.table = RouteTable(
+            [*self._endpoints(), *endpoints],
+            prefix=platform.prefix,
+            disable=(*platform.disable, *disable),
+        )
+        self.status_path = platform.prefix + STATUS_PATH
+        self._owned = self.table.prefixes
+
+    def _endpoints(self) -> list[Endpoint]:
+        return [
+            HEALTH,
+            Endpoint(STATUS_PATH, ("GET",), self._status, "rate-limit-status", "gateway"),
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "websocket":
-                await self._websocket(scope, receive, send)
+                await admit_websocket(self, scope, receive, send)
             else:
                 await self.app(scope, receive, send)  # lifespan
             return
@@ -220,9 +194,6 @@ class Gateway:
                     await self._preflight(scope, send, self.cors, origin, asked)
                     return
             send = self.cors.wrap(send, origin)
-        if path == HEALTH_PATH:
-            await _send_json(send, 200, b'{"status":"ok","service":"tollhouse"}', [])
-            return
         t0 = perf_counter()
         arrived = self.clock()
         request_id = new_request_id()
@@ -233,43 +204,92 @@ class Gateway:
         request_id_var.set(request_id)  # every log line of this request carries it
         match: RouteMatch | None = None
         method: str = scope["method"]
+        app = self.app
+        sent = path
+        keyless = False
         try:
-            # Route here, then auth, access and limits in _admit (shared with websockets).
-            match, path = self._route(scope, method, path)
-            admitted = self._admit(scope, state, match, method, path, arrived)
-            if not isinstance(admitted, tuple):
-                admitted = await admitted  # a key to look up, a store to wait for
-            identity, headers, leases, length = admitted
+            # Route here, then auth, access and limits in admit (shared with websockets).
+            match, path = self.route(scope, method, path)
+            if path.startswith(self._owned):
+                found = self.table.resolve(method, path)
+                if found.endpoint is None and found.allow is not None:
+                    await self._refuse_method(send, match, method, path, found, request_id)
+                    return
+                if found.endpoint is not None:
+                    scope["path_params"] = found.params
+                    app = found.endpoint.app
+                    if found.endpoint.keyless:
+                        # Static files and probes see the path as sent (the dashboard
+                        # redirects /dashboard to /dashboard/).
+                        scope["path"] = sent
+                        keyless = True
+            admitted: Admission | None = None
+            if not keyless:
+                pending = self.admit(scope, state, match, method, path, arrived)
+                # A coroutine when a key is to be looked up or a store waited for.
+                admitted = pending if isinstance(pending, tuple) else await pending
         except ApiError as exc:
             request_id = state["request_id"]
-            await _send_error(
+            await send_error(
                 send, exc, request_id, match.error_format if match is not None else "envelope"
             )
-            self._account(match, state.get("identity"), method, exc.status, arrived, t0, scope)
+            self.account(match, state.get("identity"), method, exc.status, arrived, t0, scope)
             return
+        if keyless:
+            # Answered outside the error handling above: no key, no bucket, not metered.
+            await app(scope, receive, with_request_id(send, request_id))
+            return
+        assert admitted is not None
+        identity, headers, leases, length = admitted
         request_id = state["request_id"]
-        is_status = path == STATUS_PATH and (method == "GET" or method == "HEAD")
         if headers:
             state["limited"] = True  # the proxy drops an upstream's own rate-limit headers
         headers.append((REQUEST_ID, request_id.encode()))
-
-        if is_status:
-            body = await self.status_body(identity, scope)
-            await _send_json(send, 200, body, headers, head=method == "HEAD")
-            status = 200
-        elif leases or (length is None and method in _BODY_METHODS):
-            status = await self._pass(scope, receive, send, headers, leases, length, request_id)
+        if leases or (length is None and method in BODY_METHODS):
+            status = await self.passer.counted(
+                app, scope, receive, send, headers, leases, length, request_id
+            )
         else:
-            status = await self._pass_plain(scope, receive, send, headers, request_id)
+            status = await self.passer.plain(app, scope, receive, send, headers, request_id)
         if "aborted" in state:
             # The reverse proxy cut the answer off: 502 when the upstream failed mid-body
             # (whatever status had started), 499 when the caller left first.
             status = state["aborted"]
         group = match.endpoint_group
-        counted = (group.key if group is not None else None, status)
-        self.responses[counted] = self.responses.get(counted, 0) + 1
+        self.counters.answered(group.key if group is not None else None, status)
         if self.meter is not None:
             self._record(identity, match, method, status, arrived, t0, scope)
+
+    async def _refuse_method(
+        self,
+        send: Send,
+        match: RouteMatch,
+        method: str,
+        path: str,
+        found: Resolved,
+        request_id: str,
+    ) -> None:
+        """A 405 for a path of the table: no key read, no bucket spent, nothing metered."""
+        assert found.allow is not None and found.refused is not None
+        error = method_not_allowed(method, path, found.allow)
+        await send_error(send, error, request_id, found.refused.error_format)
+        group = match.endpoint_group
+        self.counters.answered(group.key if group is not None else None, error.status)
+
+    async def _status(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /v1/rate-limit/status``: every bucket and pool of the caller, read without
+        consuming anything (its own bucket admitted it already)."""
+        identity = identity_of(scope)
+        body = await status_body(
+            self.policy,
+            self.limits,
+            self._limit_of,
+            self.counters,
+            identity,
+            scope,
+            self.clock(),
+        )
+        await send_json(send, 200, body, [], head=scope["method"] == "HEAD")
 
     async def _preflight(
         self, scope: Scope, send: Send, cors: CorsHeaders, origin: bytes, method: bytes
@@ -293,14 +313,13 @@ class Gateway:
         else:
             error = Forbidden(refused)
             status = error.status
-            error_headers, body = _error_parts(error, request_id)
+            error_headers, body = error_parts(error, request_id)
             headers = error_headers + headers
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        counted = (None, status)
-        self.responses[counted] = self.responses.get(counted, 0) + 1
+        self.counters.answered(None, status)
 
-    def _route(self, scope: Scope, method: str, path: str) -> tuple[RouteMatch, str]:
+    def route(self, scope: Scope, method: str, path: str) -> tuple[RouteMatch, str]:
         """The policy's match for a request, and the path it was matched on.
 
         The policy is matched on the canonical path, and the scope is rewritten to it, so
@@ -320,7 +339,7 @@ class Gateway:
             scope["raw_path"] = respell(raw, match.spellings)
         return match, path
 
-    def _admit(
+    def admit(
         self,
         scope: Scope,
         state: dict[str, Any],
@@ -405,7 +424,7 @@ class Gateway:
         if (
             match.tenant_required
             and tenant is None
-            and not (path == STATUS_PATH and (method == "GET" or method == "HEAD"))
+            and not (path == self.status_path and (method == "GET" or method == "HEAD"))
         ):
             raise TenantRequired(
                 f"{method} {path} acts for one of your customers: send the X-Tenant-Id header."
@@ -417,7 +436,7 @@ class Gateway:
                 else "The Content-Length header is not a valid number."
             )
 
-        checks = self._checks(match, identity, scope)
+        checks = self.checks.get(match, identity, scope, self._limit_of)
         if checks.shadow:
             return self._admit_waiting(checks, identity, now, length)
         if not (checks.buckets or checks.pools):
@@ -446,13 +465,13 @@ class Gateway:
                 "The key store is unavailable; retry shortly.",
                 headers={"Retry-After": "1"},
             ) from None
-        admitted = self._admit(scope, state, match, method, path, now, found)
+        admitted = self.admit(scope, state, match, method, path, now, found)
         if not isinstance(admitted, tuple):
             admitted = await admitted
         return admitted
 
     async def _admit_waiting(
-        self, checks: _Checks, identity: Identity, now: float, length: int | None
+        self, checks: Checks, identity: Identity, now: float, length: int | None
     ) -> Admission:
         """:meth:`_admit`'s limits when the store has to be waited for (or shadow
         buckets counted first)."""
@@ -467,7 +486,7 @@ class Gateway:
 
     def _settle(
         self,
-        checks: _Checks,
+        checks: Checks,
         verdict: Verdict,
         identity: Identity,
         now: float,
@@ -479,13 +498,15 @@ class Gateway:
             if verdict.pool_denied:
                 headers = pool_headers(checks.pools, verdict.denied_by, verdict.retry_after, now)
             denier = verdict.denied_by or "unknown"
-            self.denied[denier] = self.denied.get(denier, 0) + 1
-            raise self._denied(verdict, headers)
+            denied = self.counters.denied
+            denied[denier] = denied.get(denier, 0) + 1
+            raise denial(verdict, headers)
         decided = checks.decided
-        self.admitted[decided] = self.admitted.get(decided, 0) + 1
+        admitted = self.counters.admitted
+        admitted[decided] = admitted.get(decided, 0) + 1
         return identity, headers, verdict.leases, length
 
-    def _account(
+    def account(
         self,
         match: RouteMatch | None,
         identity: object,
@@ -497,197 +518,9 @@ class Gateway:
     ) -> None:
         """Count one answer by status, and meter it when the key is known."""
         group = match.endpoint_group if match is not None else None
-        counted = (group.key if group is not None else None, status)
-        self.responses[counted] = self.responses.get(counted, 0) + 1
+        self.counters.answered(group.key if group is not None else None, status)
         if self.meter is not None and match is not None and isinstance(identity, Identity):
             self._record(identity, match, method, status, arrived, t0, scope)
-
-    # -- websockets ------------------------------------------------------------------------
-
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A WebSocket handshake, admitted like ``GET path``: same keys, policy match on
-        the path with method ``GET``, roles, tenants, buckets consumed now; a pool slot is
-        held until the connection ends. Refused handshakes get the error envelope (see
-        :func:`reject_websocket`)."""
-        path: str = scope["path"]
-        t0 = perf_counter()
-        arrived = self.clock()
-        state = scope.get("state")
-        if state is None:
-            state = scope["state"] = {}
-        request_id = state["request_id"] = new_request_id()
-        request_id_var.set(request_id)
-        match: RouteMatch | None = None
-        method = "GET"  # the handshake is a GET request; policies name it so
-        try:
-            match, path = self._route(scope, method, path)
-            admitted = self._admit(scope, state, match, method, path, arrived)
-            if not isinstance(admitted, tuple):
-                admitted = await admitted
-            identity, headers, leases, _ = admitted
-        except ApiError as exc:
-            request_id = state["request_id"]
-            if (await receive())["type"] == "websocket.connect":
-                error_headers, body = _error_parts(
-                    exc, request_id, match.error_format if match is not None else "envelope"
-                )
-                await reject_websocket(scope, send, exc.status, error_headers, body, exc.code)
-            self._account(match, state.get("identity"), method, exc.status, arrived, t0, scope)
-            return
-        if headers:
-            state["limited"] = True  # the proxy drops an upstream's own rate-limit headers
-        headers.append((REQUEST_ID, state["request_id"].encode()))
-        await self._pass_websocket(
-            scope, receive, send, headers, leases, identity, match, arrived, t0
-        )
-
-    async def _pass_websocket(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        headers: list[Header],
-        leases: tuple[Lease, ...],
-        identity: Identity,
-        match: RouteMatch,
-        arrived: float,
-        t0: float,
-    ) -> None:
-        """Run the app on an admitted WebSocket connection.
-
-        ``headers`` go on the handshake's answer (the 101, or the app's own refusal). The
-        connection is counted and metered once, when its handshake is answered: 101 when
-        accepted, the status of an HTTP refusal, 403 for a close before accepting, 500
-        when the app failed first, 499 when the caller left first.
-
-        Pool slots are given back as soon as the connection ends — the app closes it or
-        refuses the handshake, the caller closes or goes away, the app fails or returns.
-        While slots are held the gateway reads the caller's messages one ahead of the app
-        (a bounded hand-over, never a buffer), so a caller leaving is noticed even by an
-        app that is not reading.
-        """
-        request_id: str = scope["state"]["request_id"]
-        answered = False
-        closed = False
-        gone = False
-        held = bool(leases)
-
-        def answer(status: int) -> None:
-            nonlocal answered
-            answered = True
-            self._account(match, identity, "GET", status, arrived, t0, scope)
-
-        async def release() -> None:
-            nonlocal held
-            if held:
-                held = False
-                now = self.clock()
-                for lease in leases:
-                    await self.limits.release(lease, now)
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal closed
-            kind = message["type"]
-            if not answered:
-                if kind == "websocket.accept" or kind == "websocket.http.response.start":
-                    message["headers"] = [*message.get("headers", ()), *headers]
-                    answer(101 if kind == "websocket.accept" else message["status"])
-                elif kind == "websocket.close":
-                    answer(403)  # servers refuse the handshake with a 403
-            if kind == "websocket.close" or (
-                kind == "websocket.http.response.body" and not message.get("more_body", False)
-            ):
-                # The connection ends here: the slot is free before the caller hears it.
-                closed = True
-                await release()
-            await send(message)
-
-        app_receive = receive
-        pump: asyncio.Future[None] | None = None
-        if held:
-            inbox: asyncio.Queue[Message] = asyncio.Queue(maxsize=1)
-
-            async def read_ahead() -> None:
-                nonlocal gone
-                try:
-                    while True:
-                        message = await receive()
-                        if message["type"] == "websocket.disconnect":
-                            gone = True
-                            await release()
-                            await inbox.put(message)
-                            return
-                        await inbox.put(message)
-                except Exception:
-                    # A server failing on receive: for the app, the caller has left.
-                    gone = True
-                    await release()
-                    await inbox.put({"type": "websocket.disconnect", "code": 1006})
-                    raise
-
-            pump = asyncio.ensure_future(read_ahead())
-            app_receive = inbox.get
-        try:
-            await self.app(scope, app_receive, send_wrapper)
-        except Exception as exc:
-            if isinstance(exc, OSError):  # e.g. a send after the caller left
-                logger.info("websocket app stopped: %r", exc, extra={"request_id": request_id})
-            else:
-                logger.exception("inner app failed", extra={"request_id": request_id})
-            error = InternalError("The connection failed inside the API; it has been logged.")
-            await release()
-            with contextlib.suppress(Exception):
-                if not answered:
-                    answer(error.status)
-                    error_headers, body = _error_parts(error, request_id)
-                    await reject_websocket(
-                        scope, send, error.status, error_headers, body, error.code
-                    )
-                elif not closed:
-                    await send(
-                        {"type": "websocket.close", "code": INTERNAL_ERROR, "reason": error.code}
-                    )
-        finally:
-            if pump is not None:
-                pump.cancel()
-                await asyncio.wait((pump,))
-                if not pump.cancelled() and pump.exception() is not None:
-                    logger.warning(
-                        "websocket receive failed",
-                        exc_info=pump.exception(),
-                        extra={"request_id": request_id},
-                    )
-            await release()
-        if not answered:
-            # Returned without answering the handshake: the server refuses it with a 500.
-            answer(499 if gone else InternalError.status)
-
-    async def _pass_plain(
-        self, scope: Scope, receive: Receive, send: Send, headers: list[Header], request_id: str
-    ) -> int:
-        """Pass a request that holds no slot and has no body to count; returns the status."""
-        status = 0
-
-        async def send_with_headers(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), *headers]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_headers)
-        except Exception:
-            logger.exception("inner app failed", extra={"request_id": request_id})
-            if not status:
-                await _send_error(
-                    send,
-                    InternalError("The request failed inside the API; it has been logged."),
-                    request_id,
-                )
-                status = InternalError.status
-        # An app that returned without answering: the server sends a 500 for it.
-        return status or InternalError.status
 
     def _record(
         self,
@@ -734,20 +567,6 @@ class Gateway:
             )
         )
 
-    @staticmethod
-    def _denied(verdict: Verdict, headers: list[Header]) -> ApiError:
-        headers.append(retry_after_header(verdict.retry_after))
-        extra = {k.decode(): v.decode() for k, v in headers}
-        if verdict.pool_denied:
-            return ConcurrencyLimited(
-                f"Too many requests in flight ({verdict.denied_by}); retry after "
-                f"{extra['retry-after']} s.",
-                headers=extra,
-            )
-        return RateLimited(
-            "Rate limit exceeded. Please retry after the specified delay.", headers=extra
-        )
-
     def _limit(self, bucket: Bucket, identity: Identity) -> int:
         """The bucket's effective limit for this caller (overrides > policy)."""
         if self.overrides is None:
@@ -756,9 +575,9 @@ class Gateway:
 
     def forget_checks(self) -> None:
         """Drop every cached check (limits changed): they are rebuilt on next use."""
-        self.router.clear()
+        self.checks.clear()
 
-    async def _shadow(self, checks: _Checks, identity: Identity, now: float) -> None:
+    async def _shadow(self, checks: Checks, identity: Identity, now: float) -> None:
         verdict = self.limits.decide_nowait(checks.shadow, (), now)
         if verdict is None:
             verdict = await self.limits.decide(checks.shadow, (), now)
@@ -766,285 +585,18 @@ class Gateway:
             for c, o in zip(checks.shadow, verdict.outcomes, strict=True):
                 if not o.allowed:
                     key = (identity.org_scope, c.name)
-                    self.shadow_denials[key] = self.shadow_denials.get(key, 0) + 1
+                    shadow = self.counters.shadow_denials
+                    shadow[key] = shadow.get(key, 0) + 1
                     logger.info(
                         "shadow bucket would deny",
                         extra={"bucket": c.name, "org": identity.org_scope},
                     )
 
-    def _checks(self, match: RouteMatch, identity: Identity, scope: Scope) -> _Checks:
-        ip_scoped = match.ip_scoped
-        cache_key = (identity.key_id, identity.tenant)
-        if not ip_scoped:
-            found: _Checks | None = match.checks.get(cache_key)
-            if found is not None:
-                return found
-        client = scope.get("client")
-        ip = client[0] if client else None
-        built = _Checks(
-            tuple(
-                _bucket_check(b, identity, ip, self._limit(b, identity))
-                for b in match.buckets
-                if not b.shadow
-            ),
-            tuple(_pool_check(p, identity) for p in match.pools),
-            tuple(
-                _bucket_check(b, identity, ip, self._limit(b, identity))
-                for b in match.buckets
-                if b.shadow
-            ),
-        )
-        if not ip_scoped:
-            if len(match.checks) >= CHECKS_PER_MATCH:
-                match.checks.clear()
-            match.checks[cache_key] = built
-        return built
 
-    async def _pass(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        headers: list[Header],
-        leases: tuple[Lease, ...],
-        length: int | None,
-        request_id: str,
-    ) -> int:
-        """Pass a request that holds pool slots or streams a body of unknown length;
-        returns the response status."""
-        started = False
-        status = 0
-        finished = False
-        too_large = False
-        received = 0
-        limit = self.max_body
-        watch_body = length is None and scope["method"] in _BODY_METHODS
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started, finished, status
-            if too_large and not started:
-                return  # the app's answer to a cut-off body is replaced by our 413
-            kind = message["type"]
-            if kind == "http.response.start":
-                started = True
-                status = message["status"]
-                message["headers"] = list(message.get("headers", ())) + headers
-            elif kind == "http.response.body" and not message.get("more_body", False):
-                finished = True
-            await send(message)
-
-        def count(message: Message) -> Message:
-            # Bodies without Content-Length are counted as they stream in; past the limit
-            # the app is told the client left, and the caller gets a 413.
-            nonlocal received, too_large
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    too_large = True
-                    return {"type": "http.disconnect"}
-            return message
-
-        async def receive_counted() -> Message:
-            if too_large:
-                return {"type": "http.disconnect"}
-            return count(await receive())
-
-        try:
-            if leases:
-                await self._run_holding(
-                    scope, receive, send_wrapper, count, leases, lambda: finished
-                )
-            else:
-                await self.app(scope, receive_counted if watch_body else receive, send_wrapper)
-        except Exception:
-            if not too_large:
-                logger.exception("inner app failed", extra={"request_id": request_id})
-                if not started:
-                    await _send_error(
-                        send,
-                        InternalError("The request failed inside the API; it has been logged."),
-                        request_id,
-                    )
-                    return InternalError.status
-        if too_large and not started:
-            await _send_error(
-                send,
-                PayloadTooLarge(f"The request body exceeds the limit of {self.max_body} bytes."),
-                request_id,
-            )
-            return PayloadTooLarge.status
-        # 499 (client closed request) when the client left before any answer.
-        return status or 499
-
-    async def _run_holding(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        count: Callable[[Message], Message],
-        leases: tuple[Lease, ...],
-        finished: Callable[[], bool],
-    ) -> None:
-        """Run the app while holding pool slots, giving them back the moment the request
-        ends — completion, error, or the client going away.
-
-        The gateway owns the receive channel here: a pump reads it (so a client that
-        disconnects is noticed even while the app is busy and not reading) and feeds the
-        app through a queue. On disconnect the app is cancelled and the slots released.
-        """
-        inbox: asyncio.Queue[Message] = asyncio.Queue()
-        app_task = asyncio.ensure_future(self.app(scope, inbox.get, send))
-        gone = False
-
-        async def pump() -> None:
-            nonlocal gone
-            while True:
-                message = count(await receive())
-                inbox.put_nowait(message)
-                if message["type"] == "http.disconnect":
-                    # After a complete response the app may still run background work:
-                    # only a client leaving mid-request cancels it.
-                    if not app_task.done() and not finished():
-                        gone = True
-                        app_task.cancel()
-                    return
-
-        pump_task = asyncio.ensure_future(pump())
-        try:
-            await app_task
-        except asyncio.CancelledError:
-            if not gone:
-                app_task.cancel()
-                raise
-        finally:
-            pump_task.cancel()
-            now = self.clock()
-            for lease in leases:
-                await self.limits.release(lease, now)
-
-    async def status_body(self, identity: Identity, scope: Scope) -> bytes:
-        """The partner rate-limit status and scoring API shapes' status (docs/api-shapes.md),
-        read without consuming anything."""
-        client = scope.get("client")
-        ip = client[0] if client else None
-        policy = self.policy
-        bchecks = tuple(
-            _bucket_check(b, identity, ip, self._limit(b, identity)) for b in policy.buckets
-        )
-        pchecks = tuple(_pool_check(p, identity) for p in policy.pools)
-        now = self.clock()
-        bstats, pstats = await self.limits.peek(bchecks, pchecks, now)
-        stamp = iso(now)
-        categories = []
-        buckets: dict[str, Any] = {}
-        for b, c, s in zip(policy.buckets, bchecks, bstats, strict=True):
-            reset = int(-(-s.reset_at // 1))
-            category: dict[str, Any] = {
-                "category": b.name,
-                "displayName": b.display_name,
-                "endpoints": list(b.endpoints),
-                "limit": c.limit,
-                "used": s.used,
-                "remaining": s.remaining,
-                "resetAt": reset if s.touched else 0,
-                "windowSeconds": b.window_seconds,
-            }
-            bucket: dict[str, Any] = {
-                "limit": c.limit,
-                "remaining": s.remaining,
-                "resetAt": reset,
-                "resetInSeconds": max(0, reset - int(now)),
-            }
-            if b.shadow:
-                # Additive fields: a shadow bucket denies nothing, it counts.
-                denied = self.shadow_denials.get((identity.org_scope, b.name), 0)
-                for section in (category, bucket):
-                    section["shadow"] = True
-                    section["shadowDenied"] = denied
-            categories.append(category)
-            buckets[b.name] = bucket
-        body: dict[str, Any] = {
-            "partnerId": identity.org,
-            "environment": identity.environment,
-            "generatedAt": stamp,
-            "degraded": bool(self.limits.degraded),
-            "buckets": buckets,
-        }
-        for p, s2 in zip(policy.pools, pstats, strict=True):
-            body[p.name] = {
-                "limit": p.limit,
-                "active": s2.active,
-                "retryAfterSeconds": int(-(-s2.retry_after // 1)),
-            }
-        body["categories"] = categories
-        body["timestamp"] = stamp
-        return orjson.dumps(body)
+async def _health(scope: Scope, receive: Receive, send: Send) -> None:
+    """``GET /healthz``: liveness, answered as long as the process is."""
+    await send_json(send, 200, _HEALTHY, [], head=scope["method"] == "HEAD")
 
 
-async def _send_json(
-    send: Send, status: int, body: bytes, headers: list[Header], *, head: bool = False
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [JSON, (b"content-length", str(len(body)).encode()), *headers],
-        }
-    )
-    await send({"type": "http.response.body", "body": b"" if head else body})
-
-
-#: ``{"detail": ...}`` bodies (error_format = "detail"); the metrics catalogue shape words its
-#: 429 so.
-_DETAIL_MESSAGES = {429: "Rate limit exceeded"}
-
-
-def _error_parts(
-    exc: ApiError, request_id: str, error_format: str = "envelope"
-) -> tuple[list[Header], bytes]:
-    """Headers and body of the answer for ``exc``."""
-    if error_format == "detail":
-        body = orjson.dumps({"detail": _DETAIL_MESSAGES.get(exc.status, exc.message)})
-    else:
-        body = error_json(exc, request_id)
-    headers = [JSON, (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-    headers.append((REQUEST_ID, request_id.encode()))
-    return headers, body
-
-
-async def _send_error(
-    send: Send, exc: ApiError, request_id: str, error_format: str = "envelope"
-) -> None:
-    headers, body = _error_parts(exc, request_id, error_format)
-    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-#: The ASGI extension that lets a WebSocket app refuse a handshake with an HTTP response.
-HTTP_RESPONSE_EXTENSION = "websocket.http.response"
-#: Close codes of a refused handshake on servers without that extension.
-POLICY_VIOLATION = 1008
-INTERNAL_ERROR = 1011
-#: Longest close reason, in bytes (a close frame's payload is 125 bytes with the code).
-_MAX_CLOSE_REASON = 123
-
-
-async def reject_websocket(
-    scope: Scope, send: Send, status: int, headers: list[Header], body: bytes, reason: str
-) -> None:
-    """Refuse a WebSocket handshake whose ``websocket.connect`` has been received.
-
-    With the ``websocket.http.response`` extension in ``scope["extensions"]`` the caller
-    gets an HTTP response: ``status``, ``headers``, ``body``. Without it the handshake is
-    refused with ``websocket.close`` — code 1008 (policy violation) for a 4xx status,
-    1011 (internal error) otherwise, ``reason`` (e.g. ``RATE_LIMITED``) as its reason —
-    which servers answer with a 403.
-    """
-    if HTTP_RESPONSE_EXTENSION in (scope.get("extensions") or ()):
-        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
-        await send({"type": "websocket.http.response.body", "body": body})
-        return
-    code = POLICY_VIOLATION if status < 500 else INTERNAL_ERROR
-    short = reason.encode()[:_MAX_CLOSE_REASON].decode(errors="ignore")
-    await send({"type": "websocket.close", "code": code, "reason": short})
+#: ``GET /healthz``, keyless (group ``ops``: on ``--ops-port`` when it is given).
+HEALTH = Endpoint(HEALTH_PATH, ("GET",), _health, "ops", "gateway", keyless=True)

@@ -1,10 +1,13 @@
-"""The jobs app: async routes answered with 202, polling, batches, webhook deliveries
+"""The jobs routes: async routes answered with 202, polling, batches, webhook deliveries
 and scoring volume (the scoring API and scoring-volume shapes, docs/api-shapes.md), for
-requests the gateway has already admitted.
+requests the gateway has already admitted (:class:`JobsRoutes` gives the route table's
+endpoints; :func:`create_jobs_app` serves them on their own).
 
 The gateway puts the caller's :class:`~tollhouse.keys.model.Identity` in
-``scope["state"]["identity"]`` (and ``request_id``) before calling this app. Every read is
+``scope["state"]["identity"]`` (and ``request_id``) before calling a route. Every read is
 scoped to the identity's org: another org's job id is a 404, exactly like an unknown one.
+A submitted body must be JSON (415 for another ``Content-Type``) and pass the async
+route's own ``validator``; its ``id_field`` names what ``…/application/{id}`` looks up.
 
 For each async route of the policy, e.g. ``POST /v1/score``::
 
@@ -25,7 +28,6 @@ and always::
 
 ``Idempotency-Key`` on the POSTs: the same org and key give the same job and the same
 202 body (with ``Idempotent-Replayed: true``); the key with another body is a 422.
-Anything else goes to ``fallback`` (the upstream), or is a 404.
 """
 
 from __future__ import annotations
@@ -34,25 +36,25 @@ import base64
 import binascii
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match, Route
 
 from tollhouse.errors import (
     ApiError,
     BadRequest,
+    MethodNotAllowed,
     NotFound,
-    ServiceUnavailable,
-    StorageError,
-    Unauthorized,
     ValidationFailed,
 )
 from tollhouse.example import bodies
+from tollhouse.http.answers import endpoint, json_response
+from tollhouse.http.asgi import ASGIApp
+from tollhouse.http.context import identity_of, request_id_of
+from tollhouse.http.routes import Endpoint, RouteTable, TableApp
 from tollhouse.jobs.eta import estimate_wait
 from tollhouse.jobs.model import Enqueued, IdempotencyKeyReused, Job, NewJob, WireStatus, utc_now
 from tollhouse.jobs.queue import Clock, JobQueue
@@ -63,9 +65,6 @@ from tollhouse.keys.model import Identity
 from tollhouse.policy.model import AsyncRoute, Policy
 
 logger = logging.getLogger(__name__)
-
-Scope = dict[str, Any]
-ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 IDEMPOTENCY_HEADER = "idempotency-key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -88,29 +87,17 @@ class IdempotencyConflict(ApiError):
     status, code, slug = 422, "IDEMPOTENCY_KEY_REUSED", "idempotency-key-reused"
 
 
-class MethodNotAllowed(ApiError):
-    """The path exists, not for this method."""
-
-    status, code, slug = 405, "METHOD_NOT_ALLOWED", "method-not-allowed"
-
-
-def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(content), status, headers, media_type="application/json")
+#: The 503 of a jobs route whose database is away.
+JOBS_UNAVAILABLE = "The job store is unavailable; retry shortly."
+_json = json_response
 
 
 def _request_id(request: Request) -> str:
-    state = request.scope.get("state") or {}
-    rid = state.get("request_id") or request.headers.get("x-request-id")
-    return str(rid) if rid else "req_unknown"
+    return request_id_of(request.scope)
 
 
 def _identity(request: Request) -> Identity:
-    state = request.scope.get("state") or {}
-    identity = state.get("identity")
-    if not isinstance(identity, Identity):
-        # Only reachable when the app is mounted without the gateway in front.
-        raise Unauthorized("No API key: this endpoint is served behind the tollhouse gateway.")
-    return identity
+    return identity_of(request.scope)
 
 
 def encode_cursor(job: Job) -> str:
@@ -183,9 +170,11 @@ class _AsyncRouteApi:
         self.route = route
         self.queue = queue
         self.path = route.route.split()[-1].rstrip("/")
-        # The scoring API shape's score body is checked as the example upstream checks it;
-        # other async routes take any JSON object.
-        self.score_body = self.path.endswith("/score")
+        # The route's own rules (the policy's validator and id field): "score" checks the
+        # scoring API shape's score body as the example upstream does; "object" takes any
+        # JSON object.
+        self.score_body = route.validator == "score"
+        self.id_field = route.id_field
 
     def _new_job(
         self,
@@ -196,11 +185,11 @@ class _AsyncRouteApi:
     ) -> NewJob:
         if not isinstance(body, dict):
             raise ValidationFailed("each item must be a JSON object")
-        application_id: str | None
         if self.score_body:
-            application_id = bodies.score_request(body).application_id
-        else:
-            found = body.get("applicationId")
+            bodies.score_request(body)  # raises ValidationFailed naming the field
+        application_id: str | None = None
+        if self.id_field:
+            found = body.get(self.id_field)
             application_id = found if isinstance(found, str) and found else None
         return NewJob(
             org=identity.org,
@@ -296,40 +285,24 @@ class _AsyncRouteApi:
                 job = await self.queue.get(job.org, job.id) or job
         return _json(job_json(job, standing))
 
-    def routes(self) -> list[Route]:
+    def endpoints(self) -> list[Endpoint]:
+        """The four endpoints of the route, most specific first."""
         method = self.route.route.split()[0].split("/")[0].upper()
+
+        def jobs(path: str, handler: Any, verb: str, json_body: bool = False) -> Endpoint:
+            app = endpoint(handler, json_body=json_body, unavailable=JOBS_UNAVAILABLE)
+            return Endpoint(path, (verb,), app, "jobs", "jobs")
+
         return [
-            Route(self.path, _endpoint(self.submit), methods=[method]),
-            Route(self.path + "/batch", _endpoint(self.submit_batch), methods=["POST"]),
-            Route(
-                self.path + "/application/{applicationId}",
-                _endpoint(self.by_application),
-                methods=["GET"],
-            ),
-            Route(self.path + "/{scoringJobId}", _endpoint(self.get), methods=["GET"]),
+            jobs(self.path, self.submit, method, json_body=True),
+            jobs(self.path + "/batch", self.submit_batch, "POST", json_body=True),
+            jobs(self.path + "/application/{applicationId}", self.by_application, "GET"),
+            jobs(self.path + "/{scoringJobId}", self.get, "GET"),
         ]
 
 
-def _endpoint(
-    handler: Callable[[Request], Awaitable[Response]],
-) -> Callable[[Request], Awaitable[Response]]:
-    """Errors in the error envelope; a failing database as 503."""
-
-    async def endpoint(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            return _json(exc.body(_request_id(request)), exc.status, exc.headers)
-        except StorageError:
-            logger.exception("job storage failed", extra={"request_id": _request_id(request)})
-            exc2 = ServiceUnavailable("The job store is unavailable; retry shortly.")
-            return _json(exc2.body(_request_id(request)), exc2.status, {"Retry-After": "1"})
-
-    return endpoint
-
-
-class JobsApp:
-    """Raw ASGI: the jobs routes, else ``fallback``. Build it with :func:`create_jobs_app`."""
+class JobsRoutes:
+    """The jobs routes (see the module's notes); :meth:`endpoints` for the route table."""
 
     def __init__(
         self,
@@ -337,60 +310,27 @@ class JobsApp:
         queue: JobQueue,
         policy: Policy,
         webhooks: WebhookStore | None,
-        fallback: ASGIApp | None,
         clock: Clock,
     ) -> None:
         self.queue = queue
         self.policy = policy
         self.webhooks = webhooks
-        self.fallback = fallback
         self.clock = clock
-        routes: list[Route] = []
-        prefixes = [DELIVERIES_PATH, VOLUME_PATH, QUEUE_PATH]
-        for async_route in policy.async_routes:
-            api = _AsyncRouteApi(async_route, queue)
-            routes += api.routes()
-            prefixes.append(api.path)
-        # Every other request (most traffic) is the upstream's: one startswith decides,
-        # before any route's regular expression runs.
-        self._prefixes = tuple(prefixes)
-        routes.append(Route(DELIVERIES_PATH, _endpoint(self.deliveries), methods=["GET"]))
-        routes.append(Route(VOLUME_PATH, _endpoint(self.scoring_volume), methods=["GET"]))
-        routes.append(Route(QUEUE_PATH, _endpoint(self.queue_page), methods=["GET"]))
-        self.routes = routes
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            # Lifespan and websockets belong to the upstream.
-            if self.fallback is not None:
-                await self.fallback(scope, receive, send)
-            return
-        if not scope["path"].startswith(self._prefixes) and self.fallback is not None:
-            await self.fallback(scope, receive, send)
-            return
-        partial: Route | None = None
-        for route in self.routes:
-            match, child = route.matches(scope)
-            if match is Match.FULL:
-                scope.update(child)
-                await route.handle(scope, receive, send)
-                return
-            if match is Match.PARTIAL and partial is None:
-                partial = route
-        if partial is None and self.fallback is not None:
-            await self.fallback(scope, receive, send)
-            return
-        state = scope.get("state") or {}
-        request_id = str(state.get("request_id") or "req_unknown")
-        where = f"{scope['method']} {scope['path']}"
-        error: ApiError
-        if partial is not None:
-            allowed = ", ".join(sorted(partial.methods or ()))
-            error = MethodNotAllowed(f"{where} is not allowed; allowed: {allowed}")
-            error.headers["Allow"] = allowed
-        else:
-            error = NotFound(f"no route matches {where}")
-        await _json(error.body(request_id), error.status, error.headers)(scope, receive, send)
+    def endpoints(self) -> list[Endpoint]:
+        """Every async route's four endpoints, the queue, deliveries and scoring volume."""
+        found: list[Endpoint] = []
+        for async_route in self.policy.async_routes:
+            found += _AsyncRouteApi(async_route, self.queue).endpoints()
+
+        def get(path: str, handler: Any, group: str) -> Endpoint:
+            app = endpoint(handler, unavailable=JOBS_UNAVAILABLE)
+            return Endpoint(path, ("GET",), app, group, "jobs")
+
+        found.append(get(DELIVERIES_PATH, self.deliveries, "webhooks"))
+        found.append(get(VOLUME_PATH, self.scoring_volume, "analytics"))
+        found.append(get(QUEUE_PATH, self.queue_page, "queue"))
+        return found
 
     async def deliveries(self, request: Request) -> Response:
         """``GET /v1/webhooks/deliveries?jobId=``: the org's deliveries, newest first."""
@@ -471,7 +411,7 @@ def create_jobs_app(
     webhooks: WebhookStore | None = None,
     fallback: ASGIApp | None = None,
     clock: Clock = utc_now,
-) -> JobsApp:
+) -> TableApp:
     """The jobs ASGI app for ``policy``'s async routes.
 
     Args:
@@ -483,10 +423,13 @@ def create_jobs_app(
         clock: for the scoring-volume period (tests).
 
     Returns:
-        A raw ASGI app; it expects ``scope["state"]["identity"]`` set by the gateway.
+        A raw ASGI app serving the jobs routes on their own (behind the gateway the
+        route table holds them); it expects ``scope["state"]["identity"]`` set by the
+        gateway.
     """
     if webhooks is None:
         engine = getattr(queue, "engine", None)
         if engine is not None:
             webhooks = WebhookStore(engine)
-    return JobsApp(queue=queue, policy=policy, webhooks=webhooks, fallback=fallback, clock=clock)
+    routes = JobsRoutes(queue=queue, policy=policy, webhooks=webhooks, clock=clock)
+    return TableApp(RouteTable(routes.endpoints()), fallback)

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from tollhouse.errors import ConfigError
-from tollhouse.http.gateway import ASGIApp, Message
+from tollhouse.http.asgi import ASGIApp, Message
 
 logger = logging.getLogger(__name__)
 

@@ -1,23 +1,26 @@
-"""The platform routes of usage analytics (FastAPI): events in; call counts and catalogue
-metrics out, in the call-counts and metrics catalogue shapes (docs/api-shapes.md).
+"""The platform routes of usage analytics: events in; call counts and catalogue metrics
+out, in the call-counts and metrics catalogue shapes (docs/api-shapes.md); and the
+OpenAPI document.
 
-Mounted behind the gateway, which authenticates the key, applies the rate limits and
-puts the caller in ``scope["state"]["identity"]`` (a
-:class:`~tollhouse.keys.model.Identity`) and ``scope["state"]["request_id"]``. Every
-query here is scoped to that identity's org and environment; without one the answer is
-401. Routes:
+Answered behind the gateway, which authenticates the key, applies the rate limits and
+puts the caller in ``scope["state"]`` (read with :func:`~tollhouse.http.context.identity_of`).
+Every query here is scoped to that identity's org and environment; without one the
+answer is 401. Routes (:func:`platform_endpoints`):
 
-* ``POST /v1/events`` — product events (any role);
+* ``POST /v1/events`` — product events (any role; a JSON body);
 * ``GET /call-counts/historical/``, ``/call-counts/historical/{label}/`` — roles root and
   manager; ``/call-counts/historical/SCENARIOS/{reco_type}/{name}/`` — also backend
   (trailing slash optional);
-* ``GET /v1/analytics/{metric}`` — the metrics catalogue (any role).
+* ``GET /v1/analytics/{metric}`` — the metrics catalogue (any role);
+* ``GET /v1/platform/openapi.json`` — the OpenAPI document, without a key (it describes
+  the API, it reveals nothing).
 
-Errors: the metrics catalogue routes answer in that shape's own bodies (``{"detail": "…"}``
-for 400/404 and ``{"detail": [{"loc", "msg", "type"}]}`` for 422, pydantic-v1 wording);
-everything else in the tollhouse error envelope. The gateway answers its own errors on the
-catalogue routes as ``{"detail": …}`` too (429: ``{"detail": "Rate limit exceeded"}``,
-the built-in policy's ``error_format = "detail"``) — see docs/analytics.md.
+Errors: the metrics catalogue route answers in that shape's own bodies (``{"detail": "…"}``
+for 400/404/405 and ``{"detail": [{"loc", "msg", "type"}]}`` for 422, in the wording of
+the service it reproduces, checked by :func:`analytics_query`); everything else in the
+tollhouse error envelope. The gateway answers its own errors on the catalogue routes as
+``{"detail": …}`` too (429: ``{"detail": "Rate limit exceeded"}``, the built-in policy's
+``error_format = "detail"``) — see docs/analytics.md.
 """
 
 from __future__ import annotations
@@ -25,34 +28,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
-from pydantic import AwareDatetime
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 
 from tollhouse.analytics import call_counts
 from tollhouse.analytics.buckets import floor_to, metric_step
 from tollhouse.analytics.catalogue import CATALOGUE, TIME
 from tollhouse.analytics.events import ingest, parse_body
 from tollhouse.analytics.metrics import run_metric
-from tollhouse.errors import (
-    ApiError,
-    BadRequest,
-    Forbidden,
-    ServiceUnavailable,
-    StorageError,
-    Unauthorized,
-    ValidationFailed,
-    error_body,
-)
-from tollhouse.http.gateway import new_request_id
+from tollhouse.errors import BadRequest, Forbidden, StorageError
+from tollhouse.http.answers import endpoint, json_response, read_json
+from tollhouse.http.context import identity_of
+from tollhouse.http.routes import Endpoint, RouteTable, TableApp
 from tollhouse.keys.model import Identity
 from tollhouse.metering.meter import UsageMeter
 from tollhouse.metering.retention import Retention
@@ -69,61 +62,95 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE = 2**31 - 1
 #: Most buckets of a time-series metric (a barchart): ten years of days.
 MAX_BARS = 3660
-
-# Pydantic v2 error types → the pydantic v1 wording of the metrics catalogue shape.
-_V1_ERRORS: dict[str, tuple[str, str]] = {
-    "less_than_equal": (
-        "ensure this value is less than or equal to {le}",
-        "value_error.number.not_le",
-    ),
-    "greater_than_equal": (
-        "ensure this value is greater than or equal to {ge}",
-        "value_error.number.not_ge",
-    ),
-    "int_parsing": ("value is not a valid integer", "type_error.integer"),
-    "int_type": ("value is not a valid integer", "type_error.integer"),
-    "int_from_float": ("value is not a valid integer", "type_error.integer"),
-    "missing": ("field required", "value_error.missing"),
-    "datetime_parsing": ("invalid datetime format", "value_error.datetime"),
-    "datetime_from_date_parsing": ("invalid datetime format", "value_error.datetime"),
-    "datetime_type": ("invalid datetime format", "value_error.datetime"),
-    "timezone_aware": (
-        "datetime must include a timezone offset (e.g. 2026-01-01T00:00:00Z)",
-        "value_error.datetime.timezone",
-    ),
-}
+#: The 503 of a route whose usage database is away.
+USAGE_UNAVAILABLE = "The usage database is unavailable; retry shortly."
 
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+@dataclass(frozen=True, slots=True)
+class AnalyticsQuery:
+    """The query of ``GET /v1/analytics/{metric}``, checked."""
+
+    start: float
+    end: float
+    page: int
+    page_size: int
 
 
-def _state(request: Request, name: str) -> Any:
-    # The gateway puts a dict in scope["state"]; tolerate an attribute-style state too.
-    state = request.scope.get("state")
-    if isinstance(state, Mapping):
-        return state.get(name)
-    return getattr(state, name, None)
+def _problem(name: str, msg: str, kind: str) -> dict[str, Any]:
+    return {"loc": ["query", name], "msg": msg, "type": kind}
 
 
-def _request_id(request: Request) -> str:
-    found = _state(request, "request_id")
-    return found if isinstance(found, str) else new_request_id()
-
-
-def identity_of(request: Request) -> Identity:
-    """The caller the gateway authenticated.
-
-    Raises:
-        Unauthorized: no identity in ``scope["state"]`` (the app is not behind the gateway).
-    """
-    found = _state(request, "identity")
-    if not isinstance(found, Identity):
-        raise Unauthorized(
-            'No API key: send "Authorization: Bearer sk_test_…" (or sk_live_…) or '
-            '"X-API-Key: sk_…".'
+def _aware(name: str, raw: str | None, problems: list[dict[str, Any]]) -> float:
+    if raw is None:
+        problems.append(_problem(name, "field required", "value_error.missing"))
+        return 0.0
+    text = raw.strip()
+    try:
+        if text and text.lstrip("+-").replace(".", "", 1).isdigit() and len(text) < 24:
+            return float(text)  # Unix time (UTC)
+        moment = datetime.fromisoformat(text)
+    except (ValueError, OverflowError):
+        problems.append(_problem(name, "invalid datetime format", "value_error.datetime"))
+        return 0.0
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        problems.append(
+            _problem(
+                name,
+                "datetime must include a timezone offset (e.g. 2026-01-01T00:00:00Z)",
+                "value_error.datetime.timezone",
+            )
         )
-    return found
+        return 0.0
+    return moment.timestamp()
+
+
+def _bounded(
+    name: str, raw: str | None, default: int, top: int, problems: list[dict[str, Any]]
+) -> int:
+    if raw is None:
+        return default
+    text = raw.strip()
+    digits = text[1:] if text[:1] in "+-" else text
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 20):
+        problems.append(_problem(name, "value is not a valid integer", "type_error.integer"))
+        return default
+    value = int(text)
+    if value < 1:
+        problems.append(
+            _problem(
+                name, "ensure this value is greater than or equal to 1", "value_error.number.not_ge"
+            )
+        )
+    elif value > top:
+        problems.append(
+            _problem(
+                name,
+                f"ensure this value is less than or equal to {top}",
+                "value_error.number.not_le",
+            )
+        )
+    return value
+
+
+def analytics_query(query: Mapping[str, str]) -> AnalyticsQuery | list[dict[str, Any]]:
+    """Check the catalogue's query parameters: the query, or every problem found, in the
+    ``{"loc", "msg", "type"}`` items of the shape's 422 (parameters in order: time_start,
+    time_end, page, page_size).
+
+    ``time_start`` and ``time_end`` are required ISO 8601 date-times with a timezone
+    offset (or Unix seconds); ``page`` is 1 to 2³¹−1 (default 1), ``page_size`` 1 to 200
+    (default 50).
+    """
+    problems: list[dict[str, Any]] = []
+    start = _aware("time_start", query.get("time_start"), problems)
+    end = _aware("time_end", query.get("time_end"), problems)
+    page = _bounded("page", query.get("page"), 1, MAX_PAGE, problems)
+    page_size = _bounded(
+        "page_size", query.get("page_size"), DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, problems
+    )
+    if problems:
+        return problems
+    return AnalyticsQuery(start, end, page, page_size)
 
 
 def _require(identity: Identity, roles: frozenset[str], what: str) -> None:
@@ -134,23 +161,218 @@ def _require(identity: Identity, roles: frozenset[str], what: str) -> None:
         )
 
 
-def _v1_error(err: Any) -> dict[str, Any]:
-    kind = str(err.get("type", ""))
-    loc = list(err.get("loc", ()))
-    found = _V1_ERRORS.get(kind)
-    if found is None:
-        return {"loc": loc, "msg": str(err.get("msg", "")), "type": kind}
-    msg, v1 = found
-    ctx = err.get("ctx") or {}
-    return {"loc": loc, "msg": msg.format(**{k: v for k, v in ctx.items()}), "type": v1}
-
-
 def _groups(policy: Policy | Sequence[EndpointGroup] | None) -> tuple[EndpointGroup, ...]:
     if policy is None:
         return ()
     if isinstance(policy, Policy):
         return policy.endpoint_groups
     return tuple(policy)
+
+
+class PlatformRoutes:
+    """The handlers of the platform routes (see the module's notes).
+
+    Args:
+        engine: the database holding usage (schema created by ``create_schema``).
+        policy: the policy (or its endpoint groups) — ENDPOINTS keys and descriptions.
+        meter: the process's meter; reads flush it first, so a caller sees its own calls.
+        retention: what the usage tables keep (chooses rollups, explains gaps).
+        clock: wall clock, epoch seconds (injected in tests).
+        example_upstream: the bundled example is the upstream (its routes are documented).
+        ops: the operations endpoints answer on the same listener (documented here).
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: AsyncEngine,
+        policy: Policy | Sequence[EndpointGroup] | None = None,
+        meter: UsageMeter | None = None,
+        retention: Retention | None = None,
+        clock: Callable[[], float] = time.time,
+        example_upstream: bool = False,
+        ops: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.ops = ops
+        self.policy = policy if isinstance(policy, Policy) else None
+        self.groups = _groups(policy)
+        self.meter = meter
+        self.kept = retention or Retention()
+        self.clock = clock
+        self.example_upstream = example_upstream
+        self._document: bytes | None = None
+
+    async def _fresh(self) -> None:
+        # Read-your-writes within one process; other processes lag by a flush interval.
+        meter = self.meter
+        if meter is not None and meter.has_pending:
+            try:
+                await meter.flush()
+            except StorageError:
+                logger.warning("could not flush usage before a read", exc_info=True)
+
+    async def post_events(self, request: Request) -> Response:
+        """Store product events (idempotent per org and event id)."""
+        who = identity_of(request.scope)
+        body = read_json(await request.body())
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        events = parse_body(body, now)
+        result = await ingest(self.engine, who.org, who.environment, events, now)
+        return json_response(
+            {
+                "received": result.received,
+                "inserted": result.inserted,
+                "duplicates": result.duplicates,
+            }
+        )
+
+    @staticmethod
+    def _stamps(request: Request) -> tuple[float | None, float | None]:
+        q = request.query_params
+        return (
+            call_counts.parse_timestamp(q.get("start_timestamp"), "start_timestamp"),
+            call_counts.parse_timestamp(q.get("end_timestamp"), "end_timestamp"),
+        )
+
+    async def historical(self, request: Request) -> Response:
+        """Call counts of the caller's org over time (the call-counts shape)."""
+        who = identity_of(request.scope)
+        _require(who, call_counts.ROLES, "call counts")
+        start, end = self._stamps(request)
+        await self._fresh()
+        body = await call_counts.historical(
+            self.engine,
+            org=who.org,
+            environment=who.environment,
+            start=start,
+            end=end,
+            now=self.clock(),
+            retention=self.kept,
+        )
+        return json_response(body)
+
+    async def by_scenario(self, request: Request) -> Response:
+        """Call counts of one scenario over time (the call-counts shape)."""
+        who = identity_of(request.scope)
+        _require(who, call_counts.SCENARIO_ROLES, "scenario call counts")
+        reco_type = str(request.path_params["reco_type"])
+        name = str(request.path_params["name"])
+        if "\x00" in reco_type or "\x00" in name:
+            raise BadRequest("reco_type and name must not contain NUL (%00) characters.")
+        start, end = self._stamps(request)
+        await self._fresh()
+        body = await call_counts.historical(
+            self.engine,
+            org=who.org,
+            environment=who.environment,
+            start=start,
+            end=end,
+            now=self.clock(),
+            retention=self.kept,
+            reco_type=reco_type,
+            scenario=name,
+        )
+        return json_response(body)
+
+    async def by_label(self, request: Request) -> Response:
+        """Call counts per series of a label, paged (the call-counts shape)."""
+        who = identity_of(request.scope)
+        _require(who, call_counts.ROLES, "call counts")
+        start, end = self._stamps(request)
+        amt = call_counts.parse_amt(request.query_params.get("amt"))
+        await self._fresh()
+        body = await call_counts.historical_by_label(
+            self.engine,
+            str(request.path_params["label"]),
+            org=who.org,
+            environment=who.environment,
+            start=start,
+            end=end,
+            now=self.clock(),
+            amt=amt,
+            cursor=request.query_params.get("cursor") or None,
+            groups=self.groups,
+            retention=self.kept,
+        )
+        return json_response(body)
+
+    async def analytics(self, request: Request) -> Response:
+        """One metric of the catalogue over a time range (the metrics catalogue shape)."""
+        checked = analytics_query(request.query_params)
+        if isinstance(checked, list):
+            return json_response({"detail": checked}, 422)
+        who = identity_of(request.scope)
+        metric = str(request.path_params["metric"])
+        definition = CATALOGUE.get(metric)
+        if definition is None:
+            return json_response({"detail": f"Unknown metric {metric!r}"}, 404)
+        start, end = checked.start, checked.end
+        if start >= end:
+            return json_response({"detail": "time_start must be before time_end"}, 400)
+        if definition.group_by == (TIME,):
+            step = metric_step(start, end)
+            bars = (floor_to(end, step) - floor_to(start, step)) // step + 1
+            if bars > MAX_BARS:
+                # One bar per bucket: a range of centuries would build millions of them.
+                return json_response(
+                    {
+                        "detail": f"time range too long for {metric}: {bars} daily buckets, "
+                        f"at most {MAX_BARS} (about 10 years); narrow time_start..time_end"
+                    },
+                    400,
+                )
+        if definition.source != "events":
+            await self._fresh()
+        body = await run_metric(
+            self.engine,
+            definition,
+            org=who.org,
+            environment=who.environment,
+            start=start,
+            end=end,
+            now=self.clock(),
+            retention=self.kept,
+            page=checked.page,
+            page_size=checked.page_size,
+        )
+        return json_response(body)
+
+    async def openapi_document(self, request: Request) -> Response:
+        """tollhouse's OpenAPI 3.1 document: every public route (docs/openapi.md)."""
+        if self._document is None:
+            self._document = orjson.dumps(
+                build_document(self.policy, example_upstream=self.example_upstream, ops=self.ops)
+            )
+        return Response(self._document, media_type="application/json")
+
+    def endpoints(self) -> list[Endpoint]:
+        """The platform routes, for the route table."""
+
+        def get(path: str, handler: Any, group: str, **options: Any) -> Endpoint:
+            app = endpoint(handler, unavailable=USAGE_UNAVAILABLE)
+            return Endpoint(path, ("GET",), app, group, "platform", **options)
+
+        counts = "/call-counts/historical"
+        scenario = counts + "/SCENARIOS/{reco_type}/{name}"
+        label = counts + "/{label}"
+        return [
+            Endpoint(
+                "/v1/events",
+                ("POST",),
+                endpoint(self.post_events, json_body=True, unavailable=USAGE_UNAVAILABLE),
+                "events",
+                "platform",
+            ),
+            get(counts + "/", self.historical, "call-counts"),
+            get(counts, self.historical, "call-counts", documented=False),
+            get(scenario + "/", self.by_scenario, "call-counts"),
+            get(scenario, self.by_scenario, "call-counts", documented=False),
+            get(label + "/", self.by_label, "call-counts"),
+            get(label, self.by_label, "call-counts", documented=False),
+            get(ANALYTICS_PREFIX + "{metric}", self.analytics, "analytics", error_format="detail"),
+            get(OPENAPI_PATH, self.openapi_document, "openapi", keyless=True),
+        ]
 
 
 def create_platform_app(
@@ -161,219 +383,15 @@ def create_platform_app(
     retention: Retention | None = None,
     clock: Callable[[], float] = time.time,
     example_upstream: bool = False,
-) -> FastAPI:
-    """The usage platform routes as an ASGI app, to mount behind the gateway.
-
-    Args:
-        engine: the database holding usage (schema created by ``create_schema``).
-        policy: the policy (or its endpoint groups) — ENDPOINTS keys and descriptions.
-        meter: the process's meter; reads flush it first, so a caller sees its own calls.
-        retention: what the usage tables keep (chooses rollups, explains gaps).
-        clock: wall clock, epoch seconds (injected in tests).
-        example_upstream: the bundled example is the upstream (its routes are documented).
-    """
-    groups = _groups(policy)
-    kept = retention or Retention()
-    app = FastAPI(
-        title="tollhouse platform",
-        docs_url=None,
-        redoc_url=None,
-        # The full document (every public route) is served below, at OPENAPI_PATH.
-        openapi_url=None,
+) -> TableApp:
+    """The platform routes as an ASGI app of their own (see :class:`PlatformRoutes` for
+    the arguments); other paths are a 404 envelope."""
+    routes = PlatformRoutes(
+        engine=engine,
+        policy=policy,
+        meter=meter,
+        retention=retention,
+        clock=clock,
+        example_upstream=example_upstream,
     )
-    document: dict[str, Any] = {}
-
-    async def fresh() -> None:
-        # Read-your-writes within one process; other processes lag by a flush interval.
-        if meter is not None and meter.has_pending:
-            try:
-                await meter.flush()
-            except StorageError:
-                logger.warning("could not flush usage before a read", exc_info=True)
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> Response:
-        return _json(exc.body(_request_id(request)), exc.status, exc.headers)
-
-    @app.exception_handler(StorageError)
-    async def storage_error(request: Request, exc: StorageError) -> Response:
-        logger.error("usage storage failed", extra={"error": str(exc)})
-        err = ServiceUnavailable("The usage database is unavailable; retry shortly.")
-        return _json(err.body(_request_id(request)), err.status, {"Retry-After": "1"})
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        # No route (or method) here: ``{"detail"}`` under the catalogue's prefix, else the
-        # envelope.
-        headers = dict(exc.headers) if exc.headers else None
-        if request.url.path.startswith(ANALYTICS_PREFIX):
-            return _json({"detail": exc.detail}, exc.status_code, headers)
-        name = HTTPStatus(exc.status_code).name
-        message = f"{exc.detail}: {request.method} {request.url.path}"
-        body = error_body(
-            exc.status_code, name, name.lower().replace("_", "-"), message, _request_id(request)
-        )
-        return _json(body, exc.status_code, headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> Response:
-        errors = list(exc.errors())
-        if request.url.path.startswith(ANALYTICS_PREFIX):
-            return _json({"detail": [_v1_error(e) for e in errors]}, 422)
-        first = _v1_error(errors[0]) if errors else {"loc": [], "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"][1:]) or "request"
-        err = ValidationFailed(f"{where}: {first['msg']}")
-        return _json(err.body(_request_id(request)), err.status)
-
-    @app.post("/v1/events")
-    async def post_events(request: Request) -> Response:
-        """Store product events (idempotent per org and event id)."""
-        who = identity_of(request)
-        raw = await request.body()
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise ValidationFailed(f"The body is not valid JSON: {exc}") from None
-        now = datetime.fromtimestamp(clock(), UTC)
-        events = parse_body(body, now)
-        result = await ingest(engine, who.org, who.environment, events, now)
-        return _json(
-            {
-                "received": result.received,
-                "inserted": result.inserted,
-                "duplicates": result.duplicates,
-            }
-        )
-
-    def _stamps(request: Request) -> tuple[float | None, float | None]:
-        q = request.query_params
-        return (
-            call_counts.parse_timestamp(q.get("start_timestamp"), "start_timestamp"),
-            call_counts.parse_timestamp(q.get("end_timestamp"), "end_timestamp"),
-        )
-
-    @app.get("/call-counts/historical/", include_in_schema=True)
-    @app.get("/call-counts/historical", include_in_schema=False)
-    async def historical(request: Request) -> Response:
-        """Call counts of the caller's org over time (the call-counts shape)."""
-        who = identity_of(request)
-        _require(who, call_counts.ROLES, "call counts")
-        start, end = _stamps(request)
-        await fresh()
-        body = await call_counts.historical(
-            engine,
-            org=who.org,
-            environment=who.environment,
-            start=start,
-            end=end,
-            now=clock(),
-            retention=kept,
-        )
-        return _json(body)
-
-    @app.get("/call-counts/historical/SCENARIOS/{reco_type}/{name}/", include_in_schema=True)
-    @app.get("/call-counts/historical/SCENARIOS/{reco_type}/{name}", include_in_schema=False)
-    async def by_scenario(request: Request, reco_type: str, name: str) -> Response:
-        """Call counts of one scenario over time (the call-counts shape)."""
-        who = identity_of(request)
-        _require(who, call_counts.SCENARIO_ROLES, "scenario call counts")
-        if "\x00" in reco_type or "\x00" in name:
-            raise BadRequest("reco_type and name must not contain NUL (%00) characters.")
-        start, end = _stamps(request)
-        await fresh()
-        body = await call_counts.historical(
-            engine,
-            org=who.org,
-            environment=who.environment,
-            start=start,
-            end=end,
-            now=clock(),
-            retention=kept,
-            reco_type=reco_type,
-            scenario=name,
-        )
-        return _json(body)
-
-    @app.get("/call-counts/historical/{label}/", include_in_schema=True)
-    @app.get("/call-counts/historical/{label}", include_in_schema=False)
-    async def by_label(request: Request, label: str) -> Response:
-        """Call counts per series of a label, paged (the call-counts shape)."""
-        who = identity_of(request)
-        _require(who, call_counts.ROLES, "call counts")
-        start, end = _stamps(request)
-        amt = call_counts.parse_amt(request.query_params.get("amt"))
-        await fresh()
-        body = await call_counts.historical_by_label(
-            engine,
-            label,
-            org=who.org,
-            environment=who.environment,
-            start=start,
-            end=end,
-            now=clock(),
-            amt=amt,
-            cursor=request.query_params.get("cursor") or None,
-            groups=groups,
-            retention=kept,
-        )
-        return _json(body)
-
-    @app.get("/v1/analytics/{metric}")
-    async def analytics(
-        request: Request,
-        metric: str,
-        time_start: Annotated[AwareDatetime, Query()],
-        time_end: Annotated[AwareDatetime, Query()],
-        page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
-        page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
-    ) -> Response:
-        """One metric of the catalogue over a time range (the metrics catalogue shape)."""
-        who = identity_of(request)
-        definition = CATALOGUE.get(metric)
-        if definition is None:
-            return _json({"detail": f"Unknown metric {metric!r}"}, 404)
-        start, end = time_start.timestamp(), time_end.timestamp()
-        if start >= end:
-            return _json({"detail": "time_start must be before time_end"}, 400)
-        if definition.group_by == (TIME,):
-            step = metric_step(start, end)
-            bars = (floor_to(end, step) - floor_to(start, step)) // step + 1
-            if bars > MAX_BARS:
-                # One bar per bucket: a range of centuries would build millions of them.
-                return _json(
-                    {
-                        "detail": f"time range too long for {metric}: {bars} daily buckets, "
-                        f"at most {MAX_BARS} (about 10 years); narrow time_start..time_end"
-                    },
-                    400,
-                )
-        if definition.source != "events":
-            await fresh()
-        body = await run_metric(
-            engine,
-            definition,
-            org=who.org,
-            environment=who.environment,
-            start=start,
-            end=end,
-            now=clock(),
-            retention=kept,
-            page=page,
-            page_size=page_size,
-        )
-        return _json(body)
-
-    @app.get(OPENAPI_PATH, include_in_schema=False)
-    async def openapi_document(request: Request) -> Response:
-        """tollhouse's OpenAPI 3.1 document: every public route (docs/openapi.md)."""
-        if not document:
-            document.update(
-                build_document(
-                    app.openapi(),
-                    policy if isinstance(policy, Policy) else None,
-                    example_upstream=example_upstream,
-                )
-            )
-        return _json(document)
-
-    return app
+    return TableApp(RouteTable(routes.endpoints()))

@@ -585,6 +585,7 @@ class WebhookSender:
         timeout: float = 15.0,
         poll_interval: float = 1.0,
         client: httpx.AsyncClient | None = None,
+        on_attempt: Callable[[AttemptResult, str], None] | None = None,
     ) -> None:
         self.store = store
         self.concurrency = concurrency
@@ -598,7 +599,7 @@ class WebhookSender:
         self._stopping = False
         #: Called after every recorded attempt with its result and the delivery's new
         #: status (``/metrics`` counts attempts by outcome through it).
-        self.on_attempt: Callable[[AttemptResult, str], None] | None = None
+        self.on_attempt = on_attempt
 
     def wake(self) -> None:
         """Look for due deliveries now (called when a job finishes in this process)."""

@@ -25,7 +25,7 @@ from tollhouse.errors import StorageError
 from tollhouse.jobs.handlers import JobHandler
 from tollhouse.jobs.model import Finish, JobFailed, JobRetry, Lease, Outcome
 from tollhouse.jobs.queue import JobQueue, Listener
-from tollhouse.jobs.webhooks import WebhookSender, WebhookStore
+from tollhouse.jobs.webhooks import AttemptResult, WebhookSender, WebhookStore
 
 logger = logging.getLogger(__name__)
 
@@ -420,6 +420,8 @@ class Worker:
         slots: jobs run at once by this worker.
         webhook_concurrency: webhook attempts in flight at once.
         webhook_timeout: seconds one webhook attempt may take.
+        on_webhook_attempt: called after every recorded webhook attempt (the sender's
+            ``on_attempt``).
         dispatcher_options: passed on to :class:`Dispatcher` (poll/heartbeat/reap intervals).
     """
 
@@ -432,11 +434,17 @@ class Worker:
         slots: int = 500,
         webhook_concurrency: int = 50,
         webhook_timeout: float = 15.0,
+        on_webhook_attempt: Callable[[AttemptResult, str], None] | None = None,
         **dispatcher_options: Any,
     ) -> None:
         self.dispatcher = Dispatcher(queue, handler, slots=slots, **dispatcher_options)
         self.sender = (
-            WebhookSender(webhooks, concurrency=webhook_concurrency, timeout=webhook_timeout)
+            WebhookSender(
+                webhooks,
+                concurrency=webhook_concurrency,
+                timeout=webhook_timeout,
+                on_attempt=on_webhook_attempt,
+            )
             if webhooks is not None
             else None
         )

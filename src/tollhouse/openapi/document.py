@@ -1,16 +1,16 @@
 """tollhouse's OpenAPI 3.1 document: every public route, in the shapes of the APIs it
 reproduces (docs/api-shapes.md).
 
-The platform app (FastAPI) generates the skeleton of its own routes (events, call counts,
-the analytics catalogue); the routes answered in raw ASGI — health, rate-limit status, the
-jobs routes of the policy's async routes, the queue, webhook deliveries, scoring volume —
-and the bundled example upstream's routes are written here as data. Every operation then
-gets hand-written parameters, bodies and responses (the FastAPI ones only say "any JSON"),
-so the document can be checked against the running server (``tests/fuzz/``).
+Every route tollhouse answers — health, readiness, metrics, rate-limit status, the
+platform routes (events, call counts, the analytics catalogue), the jobs routes of the
+policy's async routes, the queue, webhook deliveries, scoring volume — and the bundled
+example upstream's routes are written here as data, with their parameters, bodies and
+responses, so the document can be checked against the running server (``tests/fuzz/``).
 
 What is documented follows the policy: each async route gets its four job routes, the
-``X-Tenant-Id`` header is required where an access rule says so, and the example
-upstream's routes appear only when it is the upstream.
+``X-Tenant-Id`` header is required where an access rule says so, ``[platform] prefix``
+and ``disable`` move and drop tollhouse's own routes as the route table does, and the
+example upstream's routes appear only when it is the upstream.
 """
 
 from __future__ import annotations
@@ -116,10 +116,13 @@ def _op(
     parameters: list[Schema] | None = None,
     body: Schema | None = None,
     description: str | None = None,
+    operation_id: str | None = None,
 ) -> Schema:
     op: Schema = {"summary": summary, "tags": [tag], "responses": responses}
     if description:
         op["description"] = description
+    if operation_id:
+        op["operationId"] = operation_id
     if parameters:
         op["parameters"] = parameters
     if body is not None:
@@ -349,7 +352,7 @@ def _job_paths(policy: Policy) -> dict[str, dict[str, Schema]]:
     return paths
 
 
-# ---- the platform app's routes (FastAPI) ----------------------------------------------------
+# ---- the platform routes ----------------------------------------------------------------------
 
 
 def _stamps() -> list[Schema]:
@@ -383,6 +386,8 @@ def _platform_overlays() -> dict[str, dict[str, Schema]]:
                     **_errors(*_GATEWAY_BODY, 422),
                 },
                 body=_body(events_body, 'A JSON array of events, or {"events": [...]}.'),
+                operation_id="post_events_v1_events_post",
+                description="Store product events (idempotent per org and event id).",
             )
         },
         "/call-counts/historical/": {
@@ -392,6 +397,7 @@ def _platform_overlays() -> dict[str, dict[str, Schema]]:
                 counts,
                 parameters=_stamps(),
                 description="Roles root and manager.",
+                operation_id="historical_call_counts_historical__get",
             )
         },
         "/call-counts/historical/{label}/": {
@@ -418,6 +424,7 @@ def _platform_overlays() -> dict[str, dict[str, Schema]]:
                     _query("cursor", {"type": "string"}, "next_cursor of the previous page."),
                 ],
                 description="Roles root and manager.",
+                operation_id="by_label_call_counts_historical__label___get",
             )
         },
         "/call-counts/historical/SCENARIOS/{reco_type}/{name}/": {
@@ -431,6 +438,7 @@ def _platform_overlays() -> dict[str, dict[str, Schema]]:
                     *_stamps(),
                 ],
                 description="Roles root, manager and backend.",
+                operation_id="by_scenario_call_counts_historical_SCENARIOS__reco_type___name___get",
             )
         },
         "/v1/analytics/{metric}": {
@@ -467,6 +475,7 @@ def _platform_overlays() -> dict[str, dict[str, Schema]]:
                     ),
                 ],
                 description='Errors as {"detail": "…"}, and 422 as detail[].',
+                operation_id="analytics_v1_analytics__metric__get",
             )
         },
     }
@@ -552,17 +561,24 @@ def _example_paths() -> dict[str, dict[str, Schema]]:
 # ---- assembly ---------------------------------------------------------------------------------
 
 
-def _merge_operation(generated: Schema, written: Schema) -> Schema:
-    """The generated operation (operationId, description) under the written one."""
-    out = {**generated, **written}
-    params: dict[tuple[str, str], Schema] = {
-        (p["name"], p["in"]): p for p in generated.get("parameters", ())
-    }
-    for p in written.get("parameters", ()):
-        params[(p["name"], p["in"])] = p
-    if params:
-        out["parameters"] = list(params.values())
-    return out
+_OPS_PATHS: Final = ("/healthz", "/readyz", "/metrics")
+#: The group of each of tollhouse's own API paths (``[platform] prefix`` and ``disable``).
+_GROUP_OF: Final = (
+    ("/v1/events", "events"),
+    ("/call-counts/", "call-counts"),
+    ("/v1/analytics/", "analytics"),
+    ("/v1/queue", "queue"),
+    ("/v1/webhooks/", "webhooks"),
+    ("/v1/rate-limit/status", "rate-limit-status"),
+    (OPENAPI_PATH, "openapi"),
+)
+
+
+def _platform_group(path: str) -> str | None:
+    for start, group in _GROUP_OF:
+        if path.startswith(start):
+            return group
+    return None
 
 
 def _tenant_header(policy: Policy, paths: dict[str, dict[str, Schema]]) -> None:
@@ -588,40 +604,60 @@ def _tenant_header(policy: Policy, paths: dict[str, dict[str, Schema]]) -> None:
 
 
 def build_document(
-    generated: dict[str, Any],
     policy: Policy | None,
     *,
     example_upstream: bool = False,
+    ops: bool = True,
 ) -> dict[str, Any]:
     """The full OpenAPI 3.1 document.
 
     Args:
-        generated: the platform FastAPI app's own ``openapi()`` (not changed).
-        policy: the running policy (async routes, tenant rules); None documents only the
-            platform, status and health routes.
+        policy: the running policy (async routes, tenant rules, ``[platform]``); None
+            documents only the platform, status and health routes.
         example_upstream: document the bundled example upstream's routes too.
+        ops: the operations endpoints answer on this listener (not on ``--ops-port``).
 
     Returns:
         A new dict, JSON-serialisable.
     """
-    doc = copy.deepcopy(generated)
-    doc["openapi"] = "3.1.0"
+    doc: dict[str, Any] = {"openapi": "3.1.0"}
     doc["info"] = {
-        **doc.get("info", {}),
         "title": "tollhouse",
+        "version": "0.1.0",
         "description": (
             "API keys, rate limits, async jobs with webhooks and usage analytics in front "
             "of an HTTP API. Send the key as `Authorization: Bearer sk_…` or `X-API-Key`."
         ),
     }
     paths: dict[str, dict[str, Schema]] = doc.setdefault("paths", {})
-    for path, item in _platform_overlays().items():
-        merged = dict(paths.get(path, {}))
-        for method, written in item.items():
-            merged[method] = _merge_operation(merged.get(method, {}), written)
-        paths[path] = merged
+    paths.update(_platform_overlays())
     for path, item in _gateway_paths().items():
-        paths[path] = item
+        if ops or not path.startswith(_OPS_PATHS):
+            paths[path] = item
+    paths[OPENAPI_PATH] = {
+        "get": {
+            "summary": "This document",
+            "tags": ["operations"],
+            "security": [],
+            "description": "Served without a key, so generators can fetch it by URL.",
+            "responses": {
+                "200": {
+                    "description": "OpenAPI 3.1.",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+        }
+    }
+    platform = policy.platform if policy is not None else None
+    if platform is not None and (platform.prefix or platform.disable):
+        moved: dict[str, dict[str, Schema]] = {}
+        for path, item in paths.items():
+            group = _platform_group(path)
+            if group is None:
+                moved[path] = item
+            elif group not in platform.disable:
+                moved[platform.prefix + path] = item
+        doc["paths"] = paths = moved
     if policy is not None:
         for path, item in _job_paths(policy).items():
             paths[path] = item
@@ -629,16 +665,6 @@ def build_document(
             for path, item in _example_paths().items():
                 paths.setdefault(path, item)
         _tenant_header(policy, paths)
-    paths[OPENAPI_PATH] = {
-        "get": _op(
-            "This document",
-            "operations",
-            {
-                "200": _response("OpenAPI 3.1.", {"type": "object"}),
-                **_errors(*_GATEWAY),
-            },
-        )
-    }
     for path, item in paths.items():
         for method, op in item.items():
             if method in _HTTP_METHODS and "operationId" not in op:

@@ -1,5 +1,6 @@
-"""``GET /metrics`` and ``GET /readyz``: raw ASGI, answered before the gateway (no API
-key, no limit bucket, not metered).
+"""``GET /metrics`` and ``GET /readyz``: raw ASGI, keyless endpoints of the route table
+(no API key, no limit bucket, not metered; on their own listener with
+``tollhouse serve --ops-port``).
 
 * ``/metrics`` — Prometheus text exposition (see :mod:`tollhouse.ops.metrics`). Open by
   default like ``/healthz`` (it carries no org, key or tenant label); with a metrics
@@ -22,8 +23,9 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tollhouse.errors import ApiError, Unauthorized, error_json
-from tollhouse.http.gateway import Receive, Scope, Send, new_request_id
+from tollhouse.errors import ApiError, MethodNotAllowed, Unauthorized, error_json
+from tollhouse.http.asgi import Receive, Scope, Send
+from tollhouse.http.context import request_id_of
 from tollhouse.limits.store import LimitStore
 from tollhouse.ops.metrics import CONTENT_TYPE, OpsMetrics
 
@@ -34,12 +36,6 @@ READY_PATH = "/readyz"
 OPS_PATHS = frozenset({METRICS_PATH, READY_PATH})
 #: Seconds the database gets to answer ``SELECT 1`` before it counts as unavailable.
 READY_TIMEOUT = 2.0
-
-
-class MethodNotAllowed(ApiError):
-    """The operations endpoints answer GET and HEAD only."""
-
-    status, code, slug = 405, "METHOD_NOT_ALLOWED", "method-not-allowed"
 
 
 async def readiness(engine: AsyncEngine, limits: LimitStore) -> tuple[bool, dict[str, str]]:
@@ -88,7 +84,7 @@ class OpsEndpoints:
             await _send(
                 send,
                 refused.status,
-                error_json(refused, new_request_id()),
+                error_json(refused, request_id_of(scope)),
                 b"application/json",
                 [(b"allow", b"GET, HEAD")],
             )
@@ -109,7 +105,7 @@ class OpsEndpoints:
             await _send(
                 send,
                 exc.status,
-                error_json(exc, new_request_id()),
+                error_json(exc, request_id_of(scope)),
                 b"application/json",
                 [(b"www-authenticate", b"Bearer")],
             )

@@ -1,10 +1,11 @@
 """Prometheus metrics, read from plain counters at scrape time.
 
-The hot path never calls prometheus-client: the gateway adds to ints in dicts it owns
-(responses by endpoint group and status, decisions by bucket); job and webhook hooks do
-the same. :class:`OpsCollector` turns those into metric families when ``/metrics`` is
-scraped. Queue depth is read from the queue's per-org counters (one small query) at most
-every :data:`QUEUE_TTL` seconds, never per request.
+The hot path never calls prometheus-client: the gateway adds to ints in the
+:class:`~tollhouse.http.counters.GatewayCounters` it is given (responses by endpoint group
+and status, decisions by bucket); job and webhook hooks do the same.
+:class:`OpsCollector` turns those into metric families when ``/metrics`` is scraped.
+Queue depth is read from the queue's per-org counters (one small query) at most every
+:data:`QUEUE_TTL` seconds, never per request.
 
 No metric has an org, key or tenant label: label values would grow with customers and
 would tell anyone who may scrape who the customers are.
@@ -34,10 +35,11 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from tollhouse.metering.deadletters import COUNTS as DEAD_LETTER_COUNTS
 
 if TYPE_CHECKING:
-    from tollhouse.http.gateway import Gateway
+    from tollhouse.http.counters import GatewayCounters
     from tollhouse.jobs.queue import JobQueue
     from tollhouse.jobs.webhooks import AttemptResult
     from tollhouse.jobs.worker import JobEvent
+    from tollhouse.limits.store import LimitStore
     from tollhouse.metering import UsageMeter
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -83,8 +85,9 @@ class OpsMetrics:
     """What ``/metrics`` reports for one process, and the hooks that feed it.
 
     Args:
-        gateway: the gateway (its response and decision counters, its limit store); None
-            in a ``tollhouse worker`` process, which reports jobs, webhooks and the queue.
+        counters: the gateway's response and decision counters; None in a
+            ``tollhouse worker`` process, which reports jobs, webhooks and the queue.
+        limits: the gateway's limit store (whether it is degraded).
         queue: the job queue, or None when the policy has no async routes.
         meter: the usage meter, or None.
         clock: monotonic seconds (injected in tests).
@@ -92,13 +95,15 @@ class OpsMetrics:
 
     def __init__(
         self,
-        gateway: Gateway | None,
+        counters: GatewayCounters | None,
         *,
+        limits: LimitStore | None = None,
         queue: JobQueue | None = None,
         meter: UsageMeter | None = None,
         clock: Any = time.monotonic,
     ) -> None:
-        self.gateway = gateway
+        self.counters = counters
+        self.limits = limits
         self.queue = queue
         self.meter = meter
         self.clock = clock
@@ -158,8 +163,8 @@ class OpsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         m = self.metrics
-        if m.gateway is not None:
-            yield from _gateway_families(m.gateway)
+        if m.counters is not None:
+            yield from _gateway_families(m.counters, m.limits)
 
         if m.queue is not None:
             depth = GaugeMetricFamily(
@@ -235,7 +240,7 @@ def _meter_families(meter: UsageMeter) -> Iterator[Metric]:
     )
 
 
-def _gateway_families(gw: Gateway) -> Iterator[Metric]:
+def _gateway_families(gw: GatewayCounters, limits: LimitStore | None) -> Iterator[Metric]:
     requests = CounterMetricFamily(
         "tollhouse_requests",
         "Answered requests through the gateway, by endpoint group and status class.",
@@ -270,5 +275,5 @@ def _gateway_families(gw: Gateway) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "tollhouse_limits_degraded",
         "1 while the shared limit store (Redis) is unreachable and limits are enforced locally.",
-        value=1 if gw.limits.degraded else 0,
+        value=1 if limits is not None and limits.degraded else 0,
     )

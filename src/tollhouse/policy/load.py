@@ -12,10 +12,12 @@ from typing import Any, TypeVar, cast
 from tollhouse.errors import PolicyError
 from tollhouse.keys.model import ROLES
 from tollhouse.policy.model import (
+    ASYNC_VALIDATORS,
     CORS_ALLOW_HEADERS,
     CORS_EXPOSE_HEADERS,
     CORS_METHODS,
     DEFAULT_DATABASE_URL,
+    PLATFORM_GROUPS,
     AccessRule,
     AsyncRoute,
     Bucket,
@@ -23,6 +25,7 @@ from tollhouse.policy.model import (
     EndpointGroup,
     Label,
     Limits,
+    Platform,
     Policy,
     Pool,
     Proxy,
@@ -38,6 +41,8 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 #: A serialized origin: scheme, host (a name or a bracketed IPv6 address), optional port.
+#: ``[platform] prefix``: plain path segments only.
+_PREFIX_SEGMENT = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 _ORIGIN = re.compile(r"([a-z][a-z0-9+.-]*)://(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(:[0-9]{1,5})?")
 _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 #: What ``[cors] allow_methods = ["*"]`` stands for.
@@ -232,6 +237,7 @@ class _Reader:
                 "security",
                 "routing",
                 "cors",
+                "platform",
             },
             "",
         )
@@ -259,6 +265,7 @@ class _Reader:
             security=self.security(self.table(raw, "security", "")),
             routing=self.routing(self.table(raw, "routing", "")),
             cors=self.cors(self.table(raw, "cors", "")),
+            platform=self.platform(self.table(raw, "platform", "")),
             buckets=buckets,
             pools=pools,
             endpoint_groups=groups,
@@ -592,14 +599,50 @@ class _Reader:
         )
 
     def async_route(self, raw: dict[str, Any], w: str) -> AsyncRoute:
-        self.unknown(raw, {"route", "concurrency", "handler"}, w)
+        self.unknown(raw, {"route", "concurrency", "handler", "validator", "id_field"}, w)
         route = self.get(raw, "route", str, w)
         try:
             parse_route(route)
         except ValueError as exc:
             raise self.fail(f"{w}.route", str(exc)) from None
+        validator = self.get(raw, "validator", str, w, "object")
+        if validator not in ASYNC_VALIDATORS:
+            raise self.fail(
+                f"{w}.validator", f"{validator!r} must be one of {', '.join(ASYNC_VALIDATORS)}"
+            )
+        id_field = self.get(raw, "id_field", str, w, "applicationId").strip()
         return AsyncRoute(
             route=route,
             concurrency=self.positive_int(raw, "concurrency", w, 500),
             handler=self.get(raw, "handler", str, w, "upstream"),
+            validator=validator,
+            id_field=id_field,
         )
+
+    def platform(self, raw: dict[str, Any]) -> Platform:
+        w = "platform"
+        self.unknown(raw, {"prefix", "disable"}, w)
+        prefix = self.get(raw, "prefix", str, w, "").strip()
+        if prefix == "/":
+            prefix = ""
+        if prefix:
+            prefix = prefix.rstrip("/")
+            segments = prefix.split("/")
+            if (
+                not prefix.startswith("/")
+                or any(not s for s in segments[1:])
+                or not _PREFIX_SEGMENT.fullmatch(prefix)
+            ):
+                raise self.fail(
+                    f"{w}.prefix",
+                    f"{prefix!r} must be a path such as /_tollhouse: segments of letters, "
+                    "digits, '-', '_', '.' and '~'",
+                )
+        disable = self.strings(raw, "disable", w, [])
+        for i, group in enumerate(disable):
+            if group not in PLATFORM_GROUPS:
+                raise self.fail(
+                    f"{w}.disable[{i}]",
+                    f"{group!r} is not a group; choose from {', '.join(PLATFORM_GROUPS)}",
+                )
+        return Platform(prefix=prefix, disable=tuple(dict.fromkeys(disable)))

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 from tollhouse.policy.load import parse_route
 from tollhouse.policy.model import (
@@ -130,9 +129,13 @@ def _compile(pattern: str, routing: Routing) -> _Pattern:
     return _Pattern(methods, path, segments, tuple(spelled), prefix, rank)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class RouteMatch:
-    """Everything the gateway needs to know about one (method, path)."""
+    """Everything the gateway needs to know about one (method, path).
+
+    Compared and hashed by identity: the gateway caches what it builds per match
+    (:class:`tollhouse.http.checks.CheckCache`).
+    """
 
     template: str | None
     """The most specific matching pattern's path, e.g. ``/v1/score/{scoringJobId}``."""
@@ -152,8 +155,6 @@ class RouteMatch:
     """The async (job) route this request is, if any."""
     error_format: str = "envelope"
     """The most specific matching access rule's error format."""
-    checks: dict[Any, Any] = field(default_factory=dict)
-    """Per-scope cache of the store checks built for this match (owned by the gateway)."""
     ip_scoped: bool = False
     """True when a bucket counts per client IP (its checks cannot be cached per key)."""
     respelled: str | None = None
@@ -195,7 +196,7 @@ class Router:
             self._targets.append((_compile(r, self.routing), target))
 
     def clear(self) -> None:
-        """Forget every cached answer (and the checks the gateway cached on them)."""
+        """Forget every cached answer."""
         self._cache = {}
 
     def match(self, method: str, path: str) -> RouteMatch:

@@ -175,6 +175,42 @@ class AsyncRoute:
     route: str
     concurrency: int = 500
     handler: str = "upstream"
+    validator: str = "object"
+    """What a submitted body must be: ``object`` (any JSON object) or ``score`` (the
+    scoring API shape's score request, checked as the bundled example checks it)."""
+    id_field: str = "applicationId"
+    """The body field (a non-empty string) naming what a job is for, looked up by
+    ``GET <route>/application/{id}``; empty: jobs are found by job id only."""
+
+
+#: The validators an async route may name (``[[async_routes]] validator``).
+ASYNC_VALIDATORS: tuple[str, ...] = ("object", "score")
+
+#: Groups of tollhouse's own routes that ``[platform] disable`` may turn off (their paths
+#: then go to the upstream, :mod:`tollhouse.http.routes`).
+PLATFORM_GROUPS: tuple[str, ...] = (
+    "events",
+    "call-counts",
+    "analytics",
+    "queue",
+    "webhooks",
+    "rate-limit-status",
+    "openapi",
+    "dashboard",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Platform:
+    """Where tollhouse's own API routes live (``tollhouse routes`` lists them)."""
+
+    prefix: str = ""
+    """Mount point of every tollhouse-owned API route and the dashboard, e.g.
+    ``/_tollhouse`` (``/v1/events`` is then ``/_tollhouse/v1/events``); empty: none. The
+    policy's async routes and the operations endpoints keep their paths; route patterns
+    in the policy name paths as callers send them, the prefix included."""
+    disable: tuple[str, ...] = ()
+    """Groups of :data:`PLATFORM_GROUPS` turned off: their paths go to the upstream."""
 
 
 StoreFailure = Literal["local", "deny", "allow"]
@@ -300,6 +336,7 @@ class Policy:
     security: Security = field(default_factory=Security)
     routing: Routing = field(default_factory=Routing)
     cors: Cors = field(default_factory=Cors)
+    platform: Platform = field(default_factory=Platform)
     buckets: tuple[Bucket, ...] = ()
     pools: tuple[Pool, ...] = ()
     endpoint_groups: tuple[EndpointGroup, ...] = ()
