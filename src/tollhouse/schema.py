@@ -19,7 +19,7 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollhouse.example.schema import migrate_example
-from tollhouse.jobs.schema import migrate_jobs
+from tollhouse.jobs.schema import migrate_jobs, separate_environments
 from tollhouse.keys.schema import api_keys, orgs
 from tollhouse.metering import schema as usage
 from tollhouse.security.audit import migrate_security
@@ -42,6 +42,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "audit log; api key expiry (rotation)", migrate_security),
     Migration(6, "example upstream: criteria per job, scoring results", migrate_example),
     Migration(7, "job queue and webhooks (adopted when made before this step)", migrate_jobs),
+    Migration(
+        9,
+        "sandbox apart from production: jobs, queue counters, webhooks and events per "
+        "org and environment",
+        separate_environments,
+    ),
 )
 check_steps(MIGRATIONS)
 
