@@ -290,7 +290,19 @@ def main(argv: list[str] | None = None) -> None:
         ]
         hook_url, receiver = start_receiver(tally)
         for i in range(args.orgs):
-            tollhouse(cwd, env, "webhooks", "add", "--org", f"soak{i}", "--url", hook_url)
+            # The keys are sandbox keys (sk_test_): their jobs' events go to sandbox endpoints.
+            tollhouse(
+                cwd,
+                env,
+                "webhooks",
+                "add",
+                "--org",
+                f"soak{i}",
+                "--url",
+                hook_url,
+                "--environment",
+                "SANDBOX",
+            )
         port = free_port()
         log = (cwd / "serve.log").open("wb")
         server = subprocess.Popen(

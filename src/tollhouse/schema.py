@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollhouse.example.schema import migrate_example
-from tollhouse.jobs.schema import migrate_jobs, migrate_workers
+from tollhouse.jobs.schema import migrate_jobs, migrate_workers, separate_environments
 from tollhouse.keys.schema import api_keys, orgs
 from tollhouse.metering import schema as usage
 from tollhouse.metering.deadletters import dead_letters
@@ -51,6 +51,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "example upstream: criteria per job, scoring results", migrate_example),
     Migration(7, "job queue and webhooks (adopted when made before this step)", migrate_jobs),
     Migration(8, "dead letters; job workers' presence", _dead_letters_and_workers),
+    Migration(
+        9,
+        "sandbox apart from production: jobs, queue counters, webhooks and events per "
+        "org and environment",
+        separate_environments,
+    ),
 )
 check_steps(MIGRATIONS)
 

@@ -60,6 +60,25 @@ def test_events_are_stored_once_per_org_and_id(database_url: str) -> None:
     run_with(database_url, go)
 
 
+def test_event_ids_are_per_environment(database_url: str) -> None:
+    """A sandbox event never hides (or replaces) a production event with the same id."""
+
+    async def go(engine: AsyncEngine) -> None:
+        async with platform(engine, who("acme", environment="SANDBOX"), now=NOW) as sandbox:
+            r = await sandbox.post("/v1/events", json=[flow(1, workflow="sandbox")])
+            assert r.json()["inserted"] == 1
+        async with platform(engine, who("acme", environment="PRODUCTION"), now=NOW) as live:
+            r = await live.post("/v1/events", json=[flow(1, workflow="live"), flow(1)])
+            assert r.json() == {"received": 2, "inserted": 1, "duplicates": 1}
+        rows = await stored(engine, "acme")
+        assert sorted((r.environment, r.event_id, r.workflow) for r in rows) == [
+            ("PRODUCTION", "evt_1", "live"),
+            ("SANDBOX", "evt_1", "sandbox"),
+        ]
+
+    run_with(database_url, go)
+
+
 def test_typed_columns_and_unknown_fields_and_types(database_url: str) -> None:
     events = [
         {

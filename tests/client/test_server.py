@@ -550,7 +550,15 @@ def test_a_delivered_webhook_verifies_and_shows_in_deliveries(
     key = keys[("hooks", "root")]
     recorder, url = receiver
     added = default_server.cli(
-        "webhooks", "add", "--org", key["org"], "--url", url + "/hook", "--json"
+        "webhooks",
+        "add",
+        "--org",
+        key["org"],
+        "--url",
+        url + "/hook",
+        "--json",
+        "--environment",
+        "SANDBOX",  # the key's environment (sk_test_)
     )
     secret = orjson.loads(added.stdout)["secret"]
     with Client(key["key"], default_server.url, tenant_id=TENANT) as c:

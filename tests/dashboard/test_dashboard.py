@@ -140,7 +140,18 @@ def receiver_url() -> Iterator[str]:
 def busy(server: Server, receiver_url: str) -> Busy:
     made_key = server.key("dash-busy", role="root")
     key = made_key["key"]
-    server.cli("webhooks", "add", "--org", "dash-busy", "--url", receiver_url, "--json")
+    # The key is a sandbox key (sk_test_): its jobs' events go to sandbox endpoints.
+    server.cli(
+        "webhooks",
+        "add",
+        "--org",
+        "dash-busy",
+        "--url",
+        receiver_url,
+        "--json",
+        "--environment",
+        "SANDBOX",
+    )
     auth = {"X-API-Key": key, **TENANT}
     with httpx.Client(base_url=server.url, headers=auth, timeout=30) as c:
         made = c.post(

@@ -111,7 +111,11 @@ async def _chaos(url: str, tmp: Path) -> None:
                 running = (
                     select(func.count())
                     .select_from(jobs)
-                    .where(jobs.c.org_id == job_orgs.c.org_id, jobs.c.status == "running")
+                    .where(
+                        jobs.c.org_id == job_orgs.c.org_id,
+                        jobs.c.environment == job_orgs.c.environment,
+                        jobs.c.status == "running",
+                    )
                     .scalar_subquery()
                 )
                 async with engine.connect() as conn:

@@ -91,7 +91,7 @@ def test_a_job_is_never_counted_twice(db_url: str) -> None:
             # A replayed outcome is refused by the fencing token; a second write of the
             # same job's event (the reaper racing a worker) is ignored by (org, id).
             assert await queue.complete(lease, {}) is None
-            job = await queue.get("acme", lease.job.id)
+            job = await queue.get("acme", lease.job.id, environment="PRODUCTION")
             assert job is not None
             before = await _events(engine)
             clock.advance(60)

@@ -39,7 +39,8 @@ WAIT = 20.0
 
 
 class AsGateway:
-    """Sets ``scope["state"]`` as the gateway does; the org comes from ``x-test-org``."""
+    """Sets ``scope["state"]`` as the gateway does; the org comes from ``x-test-org``, the
+    environment from ``x-test-env`` (PRODUCTION, a live key's, unless it says SANDBOX)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -48,12 +49,14 @@ class AsGateway:
         if scope["type"] == "http":
             headers = dict(scope["headers"])
             org = headers.get(b"x-test-org", b"acme").decode()
+            environment = headers.get(b"x-test-env", b"PRODUCTION").decode()
+            assert environment in ("SANDBOX", "PRODUCTION")
             tenant = headers.get(b"x-tenant-id")
             scope["state"] = {
                 "identity": Identity(
                     key_id="key_1",
                     org=org,
-                    environment="SANDBOX",
+                    environment=environment,  # type: ignore[arg-type]
                     role="root",
                     tenant=tenant.decode() if tenant else None,
                 ),

@@ -96,7 +96,7 @@ def test_stale_token_is_fenced_after_reap(db_url: str, clock: FakeClock) -> None
             assert await q.fail(old, {"code": "X"}, retryable=True) is None
             assert await q.release(old) is False
             assert await q.complete(new, {"ok": True}) == "completed"
-            done = await q.get("acme", new.job.id)
+            done = await q.get("acme", new.job.id, environment="PRODUCTION")
             assert done is not None and done.result == {"ok": True} and done.state == "completed"
 
     run(body())
@@ -131,14 +131,14 @@ def test_retries_back_off_then_dead(db_url: str, clock: FakeClock) -> None:
                 outcomes.append(await q.fail(lease, {"code": "BOOM"}, retryable=True))
                 if attempt < 3:
                     assert await q.claim("w", 1) == []  # backing off
-                    waiting = await q.get("acme", e.job.id)
+                    waiting = await q.get("acme", e.job.id, environment="PRODUCTION")
                     assert waiting is not None
                     delay = (waiting.run_after - clock.now).total_seconds()
                     ceiling = min(100, 10 * 2 ** (attempt - 1))
                     assert ceiling / 2 <= delay <= ceiling
                     clock.advance(delay)
             assert outcomes == ["retrying", "retrying", "dead"]
-            dead = await q.get("acme", e.job.id)
+            dead = await q.get("acme", e.job.id, environment="PRODUCTION")
             assert dead is not None and dead.status == "failed" and dead.error == {"code": "BOOM"}
             [c] = await q.counters()
             assert (c.running, c.queued) == (0, 0)
@@ -154,7 +154,7 @@ def test_permanent_failure_and_release(db_url: str, clock: FakeClock) -> None:
             a, b = await q.claim("w", 2)
             assert await q.fail(a, {"code": "BAD"}, retryable=False) == "failed"
             assert await q.release(b) is True
-            again = await q.get("acme", b.job.id)
+            again = await q.get("acme", b.job.id, environment="PRODUCTION")
             assert again is not None and again.state == "queued" and again.attempts == 0
             [c] = await q.counters()
             assert (c.running, c.queued) == (0, 1)
@@ -213,10 +213,10 @@ def test_other_org_cannot_read(db_url: str, clock: FakeClock) -> None:
         async with database(db_url) as engine:
             q = queue_on(engine, clock)
             [e] = await q.enqueue([job("acme", 0, application_id="app_1")])
-            assert await q.get("evil", e.job.id) is None
-            assert await q.latest_for_application("evil", "app_1") is None
+            assert await q.get("evil", e.job.id, environment="PRODUCTION") is None
+            assert await q.latest_for_application("evil", "app_1", environment="PRODUCTION") is None
             await q.enqueue([job("acme", 1, application_id="app_1")])
-            latest = await q.latest_for_application("acme", "app_1")
+            latest = await q.latest_for_application("acme", "app_1", environment="PRODUCTION")
             assert latest is not None and latest.payload["i"] == 1
 
     run(body())
@@ -235,11 +235,11 @@ def test_volume_and_outbox(db_url: str, clock: FakeClock) -> None:
             await q.complete(leases[1], {"score": 2})
             await q.fail(leases[2], {"code": "NO"}, retryable=False)
             start = clock.now - timedelta(hours=3)
-            hours = await q.volume("acme", start, clock.now, "hour")
+            hours = await q.volume("acme", start, clock.now, "hour", environment="PRODUCTION")
             assert [(c, f) for _, c, f in hours] == [(1, 0), (1, 1)]
             assert hours[0][0].minute == 0 and hours[0][0].tzinfo is not None
-            assert await q.volume("other", start, clock.now, "hour") == []
-            deliveries = await store.deliveries("acme")
+            assert await q.volume("other", start, clock.now, "hour", environment="PRODUCTION") == []
+            deliveries = await store.deliveries("acme", environment="PRODUCTION")
             assert sorted(d.event_type for d in deliveries) == [
                 "score.completed",
                 "score.completed",
@@ -267,10 +267,10 @@ def test_batched_finish_writes_each_outcome_and_fences_stale_leases(
             )
             assert outcomes == ["completed", "completed", "completed", None]
             for i, lease in enumerate(leases[:3]):
-                done = await q.get("acme", lease.job.id)
+                done = await q.get("acme", lease.job.id, environment="PRODUCTION")
                 assert done is not None and done.state == "completed"
                 assert done.result == {"n": i} and done.finished_at is not None
-            untouched = await q.get("acme", leases[3].job.id)
+            untouched = await q.get("acme", leases[3].job.id, environment="PRODUCTION")
             assert untouched is not None and untouched.state == "running"
             assert untouched.result is None
             [c] = await q.counters()
@@ -283,7 +283,9 @@ def test_batched_finish_writes_each_outcome_and_fences_stale_leases(
                 ]
             )
             assert mixed == ["completed", "failed", "retrying"]
-            states = [await q.get("acme", lease.job.id) for lease in leases[3:]]
+            states = [
+                await q.get("acme", lease.job.id, environment="PRODUCTION") for lease in leases[3:]
+            ]
             assert [s.state if s else None for s in states] == ["completed", "failed", "queued"]
             assert states[0] is not None and states[0].result == {"n": 3}
             [c] = await q.counters()

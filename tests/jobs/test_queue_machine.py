@@ -3,11 +3,12 @@ fail, crash, advance the clock, reap — with an injected clock, never sleeping.
 
 After every step it checks against the database that
 
-* each org's running jobs equal its counter and never exceed its cap, and its queued
-  jobs equal the queued counter;
+* each queue's (an org in one environment: SANDBOX and PRODUCTION queue apart) running
+  jobs equal its counter and never exceed its cap, and its queued jobs equal the queued
+  counter;
 * every accepted job is in exactly one known state, and none is lost;
 * every running job is held by exactly one live lease the model knows of;
-* first attempts start in FIFO order per org;
+* first attempts start in FIFO order per queue;
 
 and on the way that a stale token can neither heartbeat nor complete, and that the
 reaper takes exactly the leases that expired.
@@ -43,6 +44,7 @@ from tollhouse.jobs.sql import SqlJobQueue
 from tollhouse.storage.engine import make_engine
 
 ORGS = ("a", "b", "c")
+ENVIRONMENTS = ("PRODUCTION", "SANDBOX")
 DEFAULT_CAP = 2
 CAPS = {"a": DEFAULT_CAP, "b": DEFAULT_CAP, "c": 1}
 LEASE = 10.0
@@ -78,7 +80,7 @@ def machine_for(url: str, loop: asyncio.AbstractEventLoop, engine: AsyncEngine) 
             self.crashed: list[_Live] = []
             self.stale: list[Lease] = []
             self.accepted = 0
-            self.first_starts: dict[str, list[int]] = defaultdict(list)
+            self.first_starts: dict[tuple[str, str], list[int]] = defaultdict(list)
             self.started: set[str] = set()
 
         def do(self, coro: Any) -> Any:
@@ -92,13 +94,21 @@ def machine_for(url: str, loop: asyncio.AbstractEventLoop, engine: AsyncEngine) 
                         await conn.execute(delete(table))
 
             self.do(wipe())
-            self.do(self.queue.set_cap("c", CAPS["c"]))
+            for environment in ENVIRONMENTS:
+                self.do(self.queue.set_cap("c", CAPS["c"], environment=environment))
 
         # --- rules -------------------------------------------------------------------
 
-        @rule(org=st.sampled_from(ORGS), n=st.integers(1, 3))
-        def enqueue(self, org: str, n: int) -> None:
-            new = [NewJob(org=org, route="POST /v1/score", payload={"n": i}) for i in range(n)]
+        @rule(
+            org=st.sampled_from(ORGS),
+            environment=st.sampled_from(ENVIRONMENTS),
+            n=st.integers(1, 3),
+        )
+        def enqueue(self, org: str, environment: str, n: int) -> None:
+            new = [
+                NewJob(org=org, route="POST /v1/score", payload={"n": i}, environment=environment)
+                for i in range(n)
+            ]
             out = self.do(self.queue.enqueue(new))
             assert all(e.created for e in out)
             self.accepted += n
@@ -111,7 +121,8 @@ def machine_for(url: str, loop: asyncio.AbstractEventLoop, engine: AsyncEngine) 
                 self.held.append(_Live(lease, lease.expires_at))
                 if lease.job.id not in self.started:
                     self.started.add(lease.job.id)
-                    self.first_starts[lease.job.org].append(lease.job.seq)
+                    scope = (lease.job.org, lease.job.environment)
+                    self.first_starts[scope].append(lease.job.seq)
 
         @precondition(lambda self: self.held)
         @rule(data=st.data())
@@ -183,29 +194,32 @@ def machine_for(url: str, loop: asyncio.AbstractEventLoop, engine: AsyncEngine) 
                 async with engine.connect() as conn:
                     per = (
                         await conn.execute(
-                            select(jobs.c.org_id, jobs.c.status, func.count()).group_by(
-                                jobs.c.org_id, jobs.c.status
-                            )
+                            select(
+                                jobs.c.org_id, jobs.c.environment, jobs.c.status, func.count()
+                            ).group_by(jobs.c.org_id, jobs.c.environment, jobs.c.status)
                         )
                     ).all()
                     counters = (await conn.execute(select(job_orgs))).all()
                 return per, counters
 
             per, counters = self.do(read())
-            counts: Counter[tuple[str, str]] = Counter()
+            counts: Counter[tuple[str, str, str]] = Counter()
             total = 0
-            for org, status, n in per:
+            for org, environment, status, n in per:
                 assert status in STATES
-                counts[(org, status)] += n
+                counts[(org, environment, status)] += n
                 total += n
             assert total == self.accepted
-            live = Counter(x.lease.job.org for x in self.held + self.crashed)
+            live = Counter(
+                (x.lease.job.org, x.lease.job.environment) for x in self.held + self.crashed
+            )
             for row in counters:
-                running = counts[(row.org_id, "running")]
+                scope = (row.org_id, row.environment)
+                running = counts[(*scope, "running")]
                 assert row.running == running
                 assert running <= CAPS[row.org_id]
-                assert row.queued == counts[(row.org_id, "queued")]
-                assert live[row.org_id] == running
+                assert row.queued == counts[(*scope, "queued")]
+                assert live[scope] == running
 
         @invariant()
         def fifo_first_attempts(self) -> None:

@@ -251,13 +251,13 @@ def test_schema_adds_the_paging_index_to_an_existing_database(db_url: str) -> No
     async def go() -> None:
         async with database(db_url) as engine:
             async with engine.begin() as conn:
-                await conn.exec_driver_sql("DROP INDEX ix_jobs_org_created")
+                await conn.exec_driver_sql("DROP INDEX ix_jobs_scope_created")
             await create_job_schema(engine)
             await create_job_schema(engine)  # and again: nothing left to do
             async with engine.connect() as conn:
                 names = await conn.run_sync(
                     lambda sync: {ix["name"] for ix in inspect(sync).get_indexes("jobs")}
                 )
-            assert "ix_jobs_org_created" in names
+            assert "ix_jobs_scope_created" in names
 
     run(go())

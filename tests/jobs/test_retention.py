@@ -74,7 +74,7 @@ def test_prune_deletes_only_finished_rows_past_their_age(db_url: str) -> None:
                 "webhook_deliveries": 2,
                 "webhook_attempts": 2,
             }
-            left = await store.deliveries("acme")
+            left = await store.deliveries("acme", environment="PRODUCTION")
             assert [d.job_id for d in left] == [dead.id] and left[0].status == "pending"
 
             clock.advance(30 * DAY)
@@ -85,10 +85,10 @@ def test_prune_deletes_only_finished_rows_past_their_age(db_url: str) -> None:
             }
             # Queued and running jobs stay, however old; so does the org's counters row.
             for job in (done, failed, dead):
-                assert await queue.get("acme", job.id) is None
-            still_running = await queue.get("acme", running.id)
+                assert await queue.get("acme", job.id, environment="PRODUCTION") is None
+            still_running = await queue.get("acme", running.id, environment="PRODUCTION")
             assert still_running is not None and still_running.state == "running"
-            still_queued = await queue.get("acme", queued.id)
+            still_queued = await queue.get("acme", queued.id, environment="PRODUCTION")
             assert still_queued is not None and still_queued.state == "queued"
             [counters] = await queue.counters()
             assert (counters.running, counters.queued) == (1, 1)
@@ -110,7 +110,7 @@ def test_none_keeps_forever(sqlite_url: str) -> None:
             await queue.complete(lease, {})
             clock.advance(10_000 * DAY)
             assert sum((await queue.prune()).values()) == 0
-            assert await queue.get("acme", lease.job.id) is not None
+            assert await queue.get("acme", lease.job.id, environment="PRODUCTION") is not None
 
     run(go())
 
@@ -136,14 +136,16 @@ def test_the_dispatcher_prunes_in_its_housekeeping_loop(sqlite_url: str) -> None
             try:
 
                 async def finished() -> bool:
-                    job = await queue.get("acme", accepted.job.id)
+                    job = await queue.get("acme", accepted.job.id, environment="PRODUCTION")
                     return job is not None and job.state == "completed"
 
                 await until(finished, "the job to finish")
                 clock.advance(2 * DAY)
 
                 async def gone() -> bool:
-                    return await queue.get("acme", accepted.job.id) is None
+                    return (
+                        await queue.get("acme", accepted.job.id, environment="PRODUCTION") is None
+                    )
 
                 await until(gone, "the finished job to be pruned")
             finally:

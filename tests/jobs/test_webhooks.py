@@ -164,7 +164,9 @@ def test_retries_until_delivered_with_a_stable_id(
             sender = WebhookSender(store, timeout=5, poll_interval=0.02)
             await sender.start()
             try:
-                [d] = await _until(lambda: store.deliveries("acme", job_id), _settled)
+                [d] = await _until(
+                    lambda: store.deliveries("acme", job_id, environment="PRODUCTION"), _settled
+                )
             finally:
                 await sender.stop()
             assert d.status == "delivered"
@@ -194,7 +196,9 @@ def test_timeouts_are_recorded_then_gives_up(
             sender = WebhookSender(store, timeout=0.3, poll_interval=0.02)
             await sender.start()
             try:
-                [d] = await _until(lambda: store.deliveries("acme", job_id), _settled)
+                [d] = await _until(
+                    lambda: store.deliveries("acme", job_id, environment="PRODUCTION"), _settled
+                )
             finally:
                 await sender.stop()
             assert d.status == "failed" and d.event_type == "score.failed"
@@ -217,7 +221,9 @@ def test_gone_disables_the_endpoint(sqlite_url: str, receiver: tuple[Receiver, s
             sender = WebhookSender(store, timeout=5, poll_interval=0.02)
             await sender.start()
             try:
-                ds = await _until(lambda: store.deliveries("acme", job_id), _settled)
+                ds = await _until(
+                    lambda: store.deliveries("acme", job_id, environment="PRODUCTION"), _settled
+                )
             finally:
                 await sender.stop()
             by_url = {d.url: d for d in ds}
@@ -229,7 +235,9 @@ def test_gone_disables_the_endpoint(sqlite_url: str, receiver: tuple[Receiver, s
             assert not disabled.enabled and "410" in (disabled.disabled_reason or "")
             # The next event is not even staged for it.
             second = await _finish_job(engine, "acme")
-            assert [d.url for d in await store.deliveries("acme", second)] == [base + "/ok"]
+            assert [
+                d.url for d in await store.deliveries("acme", second, environment="PRODUCTION")
+            ] == [base + "/ok"]
 
     run(body())
 
@@ -248,7 +256,7 @@ def test_retry_after_and_redirects(sqlite_url: str, receiver: tuple[Receiver, st
             await sender.start()
             try:
                 ds = await _until(
-                    lambda: store.deliveries("acme", job_id),
+                    lambda: store.deliveries("acme", job_id, environment="PRODUCTION"),
                     # Attempts and the delivery row are read one after the other: wait
                     # for both to show the attempt's outcome (not the claim's lease hold).
                     lambda found: (
@@ -320,3 +328,36 @@ def test_cli_add_list_remove(tmp_path: Path) -> None:
         webhooks_cli, ["add", "--org", "acme", "--url", "ftp://x", "--database-url", db]
     )
     assert bad.exit_code == 2
+
+
+def test_cli_environment(tmp_path: Path) -> None:
+    """``--environment`` picks whose jobs an endpoint receives; PRODUCTION by default, for
+    ``add`` and ``list`` alike."""
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    cli = CliRunner()
+
+    def run_json(*args: str) -> Any:
+        result = cli.invoke(webhooks_cli, [*args, "--json", "--database-url", db])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    live = run_json("add", "--org", "acme", "--url", "https://example.test/live")
+    test = run_json(
+        "add", "--org", "acme", "--url", "https://example.test/test", "--environment", "sandbox"
+    )
+    also_test = run_json(
+        "add", "--org", "acme", "--url", "https://example.test/t2", "--environment", "test"
+    )
+    assert live["environment"] == "PRODUCTION"
+    assert test["environment"] == also_test["environment"] == "SANDBOX"
+    assert [e["id"] for e in run_json("list")] == [live["id"]]
+    assert [e["id"] for e in run_json("list", "--environment", "PRODUCTION")] == [live["id"]]
+    listed = run_json("list", "--org", "acme", "--environment", "SANDBOX")
+    assert [e["id"] for e in listed] == [test["id"], also_test["id"]]
+    table = cli.invoke(webhooks_cli, ["list", "--environment", "SANDBOX", "--database-url", db])
+    assert test["id"] in table.stdout and live["id"] not in table.stdout
+    bad = cli.invoke(
+        webhooks_cli,
+        ["add", "--org", "acme", "--url", "https://example.test/x", "--environment", "staging"],
+    )
+    assert bad.exit_code == 2 and "--environment" in bad.output

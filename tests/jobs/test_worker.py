@@ -29,7 +29,7 @@ async def until(check: Callable[[], Any], what: str) -> None:
 
 
 async def _state(queue: JobQueue, job_id: str) -> str:
-    job = await queue.get("acme", job_id)
+    job = await queue.get("acme", job_id, environment="PRODUCTION")
     assert job is not None
     return job.state
 
@@ -60,7 +60,7 @@ def test_graceful_stop_finishes_or_releases(sqlite_url: str) -> None:
             release.set()  # the quick one finishes inside the grace period
             await stopping
             assert await _state(queue, quick.job.id) == "completed"
-            back = await queue.get("acme", slow.job.id)
+            back = await queue.get("acme", slow.job.id, environment="PRODUCTION")
             assert back is not None and back.state == "queued" and back.attempts == 0
             [c] = await queue.counters()
             assert (c.running, c.queued) == (0, 1)
@@ -130,10 +130,10 @@ def test_failures_retry_then_die(sqlite_url: str) -> None:
                 await until(lambda: _both_done(queue, boom.job.id, bad.job.id), "both terminal")
             finally:
                 await d.stop()
-            dead = await queue.get("acme", boom.job.id)
+            dead = await queue.get("acme", boom.job.id, environment="PRODUCTION")
             assert dead is not None and dead.state == "dead" and dead.attempts == 3
             assert dead.error == {"code": "HANDLER_ERROR", "message": "RuntimeError: boom"}
-            failed = await queue.get("acme", bad.job.id)
+            failed = await queue.get("acme", bad.job.id, environment="PRODUCTION")
             assert failed is not None and failed.state == "failed" and failed.attempts == 1
             assert failed.error == {"code": "BAD_INPUT", "message": "bad input", "field": "x"}
 
@@ -142,7 +142,7 @@ def test_failures_retry_then_die(sqlite_url: str) -> None:
 
 async def _both_done(queue: JobQueue, *ids: str) -> bool:
     for job_id in ids:
-        job = await queue.get("acme", job_id)
+        job = await queue.get("acme", job_id, environment="PRODUCTION")
         if job is None or not job.terminal:
             return False
     return True

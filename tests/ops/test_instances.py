@@ -161,7 +161,8 @@ def test_two_instances_share_limits_keys_jobs_and_the_upstream(
         assert read.status_code == 200, read.text
         assert read.json()["criteria"] == generated.json()["criteria"]
 
-        # Webhooks for the org, signed with the secret given once.
+        # Webhooks for the org's sandbox (the key's environment), signed with the secret
+        # given once.
         added = cli(
             tmp_path,
             env,
@@ -171,6 +172,8 @@ def test_two_instances_share_limits_keys_jobs_and_the_upstream(
             org,
             "--url",
             receiver_url + "/hook",
+            "--environment",
+            "SANDBOX",
             "--json",
         )
         hook_secret = orjson.loads(added)["secret"]

@@ -138,7 +138,9 @@ def test_jobs_webhooks_and_queue_depth(tmp_path: Path) -> None:
             engine = make_engine(f"sqlite:///{db}")
             await create_job_schema(engine)
             await WebhookStore(engine, allow_private_targets=True).add_endpoint(
-                "acme", hooks + "/hook"
+                "acme",
+                hooks + "/hook",
+                environment="SANDBOX",  # the key's: sk_test_
             )
             await engine.dispose()
 

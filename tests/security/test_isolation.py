@@ -1,7 +1,12 @@
 """Isolation matrix: org A makes data of every kind (calls, events, jobs, webhook
-deliveries, webhooks, keys, overrides); org B then calls every read endpoint with its own
-key and A's identifiers. Nothing of A's comes back, and A's job and application ids are
-404 (not 403: not even their existence leaks).
+deliveries, webhooks, keys, overrides) in one environment; then two callers call every read
+endpoint with their own key and A's identifiers: org B (same environment), and org A
+itself with a key of the *other* environment (a sandbox key looking at production, and
+the reverse). Nothing of A's comes back, and A's job and application ids are 404 (not 403:
+not even their existence leaks).
+
+The matrix runs on SQLite (the embedded default) and on PostgreSQL, with A's data made
+in SANDBOX (``sk_test_``) and in PRODUCTION (``sk_live_``).
 
 The endpoints are listed from the app's own routes, so a new read route fails
 :func:`test_every_read_route_is_covered` until it is added here.
@@ -53,11 +58,19 @@ def _get_routes() -> set[str]:
     return paths
 
 
+#: --env of `keys create` per environment, and the other environment.
+KEY_ENV = {"SANDBOX": "test", "PRODUCTION": "live"}
+OTHER = {"SANDBOX": "PRODUCTION", "PRODUCTION": "SANDBOX"}
+VIEWERS = ("other org", "other environment")
+
+
 @dataclass
 class OrgA:
-    """Everything org A made, and the strings that must never reach org B."""
+    """Everything org A made, and the strings that must never reach another org or A's
+    other environment."""
 
     org: str
+    environment: str
     key: str
     key_ids: list[str]
     job_id: str
@@ -68,10 +81,14 @@ class OrgA:
     event_id: str
     hook_path: str
 
-    @property
-    def markers(self) -> list[str]:
+    viewers: dict[str, str] | None = None
+    """Viewer → its key: ``other org`` (B, same environment) and ``other environment``
+    (A's own org, a key of the other environment)."""
+
+    def markers(self, viewer: str) -> list[str]:
+        # The org's name is the other-environment viewer's own: it may see it.
         return [
-            self.org,
+            *([self.org] if viewer == "other org" else []),
             *self.key_ids,
             self.job_id,
             self.application_id,
@@ -84,10 +101,10 @@ class OrgA:
 
 
 class Receiver:
-    """A webhook receiver (ASGI) answering 204 and counting what it got."""
+    """A webhook receiver (ASGI) answering 204 and recording the paths it got."""
 
     def __init__(self) -> None:
-        self.calls = 0
+        self.paths: list[str] = []
         self.lock = threading.Lock()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -96,7 +113,7 @@ class Receiver:
         while (await receive()).get("more_body"):
             pass
         with self.lock:
-            self.calls += 1
+            self.paths.append(scope["path"])
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
@@ -114,7 +131,9 @@ LIMIT_A = 7919
 def _cli(server: Server, *args: str) -> str:
     """The CLI in-process (no interpreter start per call) on the server's database, with
     private webhook targets allowed like the server (the receiver is on loopback)."""
-    db = f"sqlite:///{server.cwd}/.tollhouse/tollhouse.db"
+    db = (server.env or {}).get("TOLLHOUSE_DATABASE_URL") or (
+        f"sqlite:///{server.cwd}/.tollhouse/tollhouse.db"
+    )
     result = CliRunner().invoke(cli_app, [*args, "--database-url", db], env=server.env)
     assert result.exit_code == 0, result.output
     return result.stdout
@@ -129,28 +148,51 @@ def _until(fn: Callable[[], bool], what: str, within: float = 30.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture(scope="module")
-def world(default_server: Server, receiver: tuple[Receiver, str]) -> tuple[OrgA, str]:
+def _key(server: Server, org: str, environment: str, *extra: str) -> dict[str, str]:
+    args = ("--org", org, "--env", KEY_ENV[environment], *extra, "--json")
+    found: dict[str, str] = json.loads(_cli(server, "keys", "create", *args))
+    return found
+
+
+@pytest.fixture(scope="module", params=["SANDBOX", "PRODUCTION"])
+def world(request: pytest.FixtureRequest, server: Server, receiver: tuple[Receiver, str]) -> OrgA:
+    environment = str(request.param)
     tag = secrets.token_hex(4)
     org_a, org_b = f"iso-a-{tag}", f"iso-b-{tag}"
-    root = json.loads(
-        _cli(default_server, "keys", "create", "--org", org_a, "--role", "root", "--json")
-    )
-    extra = json.loads(
-        _cli(default_server, "keys", "create", "--org", org_a, "--name", f"name-{tag}", "--json")
-    )
-    b = json.loads(
-        _cli(default_server, "keys", "create", "--org", org_b, "--role", "root", "--json")
-    )
+    root = _key(server, org_a, environment, "--role", "root")
+    extra = _key(server, org_a, environment, "--name", f"name-{tag}")
+    b = _key(server, org_b, environment, "--role", "root")
+    a_other = _key(server, org_a, OTHER[environment], "--role", "root")
     rec, url = receiver
     hook_path = f"/hook-a-{tag}"
-    _cli(default_server, "webhooks", "add", "--org", org_a, "--url", url + hook_path)
-    bucket = load_policy(None).buckets[0].name
     _cli(
-        default_server, "limits", "set", "--org", org_a, "--bucket", bucket, "--limit", str(LIMIT_A)
+        server,
+        "webhooks",
+        "add",
+        "--org",
+        org_a,
+        "--url",
+        url + hook_path,
+        "--environment",
+        environment,
     )
+    # An endpoint of A's other environment, too: A's events must not reach it.
+    _cli(
+        server,
+        "webhooks",
+        "add",
+        "--org",
+        org_a,
+        "--url",
+        url + hook_path + "-other",
+        "--environment",
+        OTHER[environment],
+    )
+    bucket = load_policy(None).buckets[0].name
+    _cli(server, "limits", "set", "--org", org_a, "--bucket", bucket, "--limit", str(LIMIT_A))
     a = OrgA(
         org=org_a,
+        environment=environment,
         key=root["key"],
         key_ids=[root["id"], extra["id"]],
         job_id="",
@@ -160,9 +202,10 @@ def world(default_server: Server, receiver: tuple[Receiver, str]) -> tuple[OrgA,
         user=f"user-a-{tag}",
         event_id=f"evt-a-{tag}",
         hook_path=hook_path,
+        viewers={"other org": b["key"], "other environment": a_other["key"]},
     )
     with httpx.Client(
-        base_url=default_server.url,
+        base_url=server.url,
         headers={"Authorization": f"Bearer {a.key}", "X-Tenant-Id": a.tenant},
         timeout=15,
     ) as c:
@@ -198,12 +241,17 @@ def world(default_server: Server, receiver: tuple[Receiver, str]) -> tuple[OrgA,
             lambda: c.get(f"/v1/score/{a.job_id}").json().get("status") == "completed",
             "A's job",
         )
-        _until(lambda: rec.calls >= 1, "A's webhook delivery")
+        _until(lambda: rec.paths.count(hook_path) >= 1, "A's webhook delivery")
         _until(
             lambda: a.user in c.get("/v1/analytics/flow_per_user", params=_range()).text,
             "A's event in analytics",
         )
-    return a, b["key"]
+        # The job's one delivery is to A's endpoint of the job's environment: none was
+        # staged for the other environment's endpoint (both would be, in one transaction).
+        listed = c.get("/v1/webhooks/deliveries", params={"jobId": a.job_id}).json()["data"]
+        assert [d["url"] for d in listed] == [url + hook_path]
+    assert hook_path + "-other" not in rec.paths
+    return a
 
 
 def _range() -> dict[str, str]:
@@ -276,14 +324,17 @@ def test_every_read_route_is_covered() -> None:
     assert not gone, f"isolation cases for routes that no longer exist: {sorted(gone)}"
 
 
+@pytest.mark.parametrize("viewer", VIEWERS)
 @pytest.mark.parametrize("route", sorted(CASES))
-def test_org_b_sees_nothing_of_org_a(
-    route: str, world: tuple[OrgA, str], default_server: Server
+def test_nothing_of_a_reaches_another_org_or_environment(
+    route: str, viewer: str, world: OrgA, server: Server
 ) -> None:
-    a, b_key = world
+    a = world
+    assert a.viewers is not None
+    b_key = a.viewers[viewer]
     build, allowed, a_sees_it = CASES[route]
     path, params = build(a)
-    with httpx.Client(base_url=default_server.url, timeout=15) as c:
+    with httpx.Client(base_url=server.url, timeout=15) as c:
         # The tenant header too: a tenant name is not a way into another org.
         b = c.get(
             path,
@@ -300,9 +351,10 @@ def test_org_b_sees_nothing_of_org_a(
         assert b.status_code in allowed, (route, b.status_code, b.text[:300])
         # An error may echo what B itself sent (the id in the path): that reveals nothing.
         sent = path + json.dumps(params)
-        leaked = [m for m in a.markers if m in b.text and m not in sent]
-        assert not leaked, (route, leaked)
-        if route == "/v1/rate-limit/status":
+        leaked = [m for m in a.markers(viewer) if m in b.text and m not in sent]
+        assert not leaked, (route, viewer, leaked)
+        if route == "/v1/rate-limit/status" and viewer == "other org":
+            # (Limit overrides are set per org by the operator, for both environments.)
             assert str(LIMIT_A) not in json.dumps(
                 [v.get("limit") for v in b.json()["buckets"].values()]
             )
@@ -318,4 +370,4 @@ def test_org_b_sees_nothing_of_org_a(
                 headers={"Authorization": f"Bearer {a.key}", "X-Tenant-Id": a.tenant},
             )
             assert own.status_code == 200, (route, own.status_code, own.text[:300])
-            assert any(m in own.text for m in a.markers), route
+            assert any(m in own.text for m in a.markers(viewer)), route

@@ -188,7 +188,9 @@ def listener() -> Iterator[Listener]:
 
 async def _deliver_once(store: WebhookStore) -> Delivery:
     async with write_transaction(store.engine, "test") as conn:
-        await stage_events(conn, [("acme", None, "test.event", {"n": 1})], datetime.now(UTC))
+        await stage_events(
+            conn, [("acme", "PRODUCTION", None, "test.event", {"n": 1})], datetime.now(UTC)
+        )
     sender = WebhookSender(store, timeout=5, poll_interval=0.02)
     await sender.start()
     try:
@@ -197,7 +199,7 @@ async def _deliver_once(store: WebhookStore) -> Delivery:
             later = datetime.now(UTC) + timedelta(seconds=600)
             done = [
                 d
-                for d in await store.deliveries("acme")
+                for d in await store.deliveries("acme", environment="PRODUCTION")
                 if d.attempts
                 and (d.status != "pending" or (d.next_attempt_at and d.next_attempt_at > later))
             ]

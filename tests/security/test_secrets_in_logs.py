@@ -71,7 +71,7 @@ async def _prepare(cwd: Path, hook_url: str) -> tuple[str, str, str]:
         gone, revoked = await keys.create("secrets-org", "test", "member")
         await keys.revoke(gone.id)
         hooks = WebhookStore(engine, allow_private_targets=True)
-        _, hook_secret = await hooks.add_endpoint("secrets-org", hook_url)
+        _, hook_secret = await hooks.add_endpoint("secrets-org", hook_url, environment="SANDBOX")
         return good, revoked, hook_secret
     finally:
         await engine.dispose()

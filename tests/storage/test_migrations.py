@@ -104,7 +104,7 @@ def test_jobs_tables_made_before_their_step_are_adopted(database_url: str, recor
         queue = open_queue(engine)
         [accepted] = await queue.enqueue([NewJob(org="acme", route="POST /v1/score", payload={})])
         async with engine.begin() as conn:
-            await conn.execute(text("DROP INDEX ix_jobs_org_created"))
+            await conn.execute(text("DROP INDEX ix_jobs_scope_created"))
         if recorded:
             assert await migrate(engine, MIGRATIONS[:recorded]) == (0, recorded)
         assert await schema_version(engine) == recorded
@@ -112,8 +112,8 @@ def test_jobs_tables_made_before_their_step_are_adopted(database_url: str, recor
         assert await migrate(engine) == (recorded, LATEST)
         async with engine.connect() as conn:
             indexes = await conn.run_sync(lambda c: inspect(c).get_indexes("jobs"))
-        assert "ix_jobs_org_created" in {ix["name"] for ix in indexes}
-        job = await queue.get("acme", accepted.job.id)
+        assert "ix_jobs_scope_created" in {ix["name"] for ix in indexes}
+        job = await queue.get("acme", accepted.job.id, environment="PRODUCTION")
         assert job is not None and job.state == "queued"
         assert await migrate(engine) == (LATEST, LATEST)
 

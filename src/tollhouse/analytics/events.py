@@ -4,8 +4,10 @@ The types and their fields are tollhouse's own (docs/analytics.md, docs/api-shap
 the metrics catalogue and the CHAT and LLM call counts read them.
 
 An event is ``{"id", "type", "time", "data": {…}}``. ``id`` is the caller's; a second
-event with the same id in the same org is ignored (idempotent retries), on every engine,
-through ``INSERT … ON CONFLICT (org, event_id) DO NOTHING``.
+event with the same id in the same org and environment is ignored (idempotent retries),
+on every engine, through ``INSERT … ON CONFLICT (org, environment, event_id) DO NOTHING``.
+The same id in the org's other environment is another event: sandbox and production
+never touch each other's events.
 
 The fields the metric catalogue reads (:data:`FIELDS`) are validated per type
 (:data:`EVENT_TYPES`) and copied into typed columns of ``product_events``; ``data`` keeps
@@ -366,7 +368,8 @@ async def ingest(
     *,
     request_id: str | None = None,
 ) -> IngestResult:
-    """Store events for ``org``, ignoring ids it already has (batched, one transaction).
+    """Store events for ``org`` in ``environment``, ignoring ids it already has there
+    (batched, one transaction).
 
     When the database refuses a value of the batch (a data error, not an outage), the
     batch is bisected, each part in its own transaction: every event the database takes
@@ -418,7 +421,11 @@ async def _insert(engine: AsyncEngine, rows: Sequence[dict[str, Any]]) -> int:
             stmt = (
                 dialect.insert(conn.dialect.name, product_events)
                 .on_conflict_do_nothing(
-                    index_elements=[product_events.c.org, product_events.c.event_id]
+                    index_elements=[
+                        product_events.c.org,
+                        product_events.c.environment,
+                        product_events.c.event_id,
+                    ]
                 )
                 .returning(product_events.c.event_id)
             )

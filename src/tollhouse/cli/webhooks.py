@@ -1,4 +1,9 @@
-"""``tollhouse webhooks add | list | remove``."""
+"""``tollhouse webhooks add | list | remove``.
+
+An endpoint receives the events of one org in one environment: ``--environment`` is
+``PRODUCTION`` (the default: the jobs of ``sk_live_`` keys) or ``SANDBOX`` (``sk_test_``
+keys); ``live`` and ``test`` are accepted too, as ``keys create --env`` spells them.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +46,32 @@ def _iso(value: Any) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
+#: ``--environment`` values (any case) → the environment stored.
+ENVIRONMENT_NAMES: dict[str, str] = {
+    "production": "PRODUCTION",
+    "live": "PRODUCTION",
+    "sandbox": "SANDBOX",
+    "test": "SANDBOX",
+}
+
+EnvironmentOpt = Annotated[
+    str,
+    typer.Option(
+        "--environment",
+        help="PRODUCTION (sk_live_ keys' jobs; the default) or SANDBOX (sk_test_ keys'); "
+        "live and test work too.",
+    ),
+]
+
+
+def environment_option(value: str) -> str:
+    """The environment an ``--environment`` value names; fails with usage (exit 2) else."""
+    found = ENVIRONMENT_NAMES.get(value.strip().lower())
+    if found is None:
+        fail(f"--environment {value!r}: use PRODUCTION or SANDBOX (or live, test)", 2)
+    return found
+
+
 def endpoint_json(endpoint: Endpoint, secret: str | None = None) -> dict[str, Any]:
     """The JSON of an endpoint, as ``--json`` prints it (docs/api-shapes.md); ``secret`` only at
     creation."""
@@ -50,6 +81,7 @@ def endpoint_json(endpoint: Endpoint, secret: str | None = None) -> dict[str, An
     out.update(
         {
             "org": endpoint.org,
+            "environment": endpoint.environment,
             "status": "enabled" if endpoint.enabled else "disabled",
             "created_at": _iso(endpoint.created_at),
             "disabled_at": _iso(endpoint.disabled_at),
@@ -82,13 +114,16 @@ def with_store(
 def add(
     org: Annotated[str, typer.Option("--org", help="The org whose events are sent.")],
     url: Annotated[str, typer.Option("--url", help="Where to POST events (http or https).")],
+    environment: EnvironmentOpt = "PRODUCTION",
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     database_url: DatabaseOpt = None,
 ) -> None:
-    """Add an endpoint; its signing secret (whsec_…) is printed once."""
+    """Add an endpoint for one org's jobs in one environment; its signing secret (whsec_…)
+    is printed once."""
     if not ORG_PATTERN.match(org):
         fail(f"--org {org!r}: use letters, digits, _ . - (at most 64 characters)", 2)
+    scope = environment_option(environment)
     settings = settings_from(config, database_url)
     try:
         clean = check_url(url)
@@ -104,13 +139,13 @@ def add(
     endpoint, secret = with_store(
         config,
         database_url,
-        lambda s: s.add_endpoint(org, url, actor=cli_actor()),
+        lambda s: s.add_endpoint(org, url, environment=scope, actor=cli_actor()),
         settings,
     )
     if as_json:
         write_json(endpoint_json(endpoint, secret))
         return
-    console.print(f"Added [bold]{endpoint.id}[/] for org [bold]{org}[/]: {endpoint.url}")
+    console.print(f"Added [bold]{endpoint.id}[/] for org [bold]{org}[/] ({scope}): {endpoint.url}")
     console.print(f"  secret: [bold green]{secret}[/]", highlight=False)
     console.print(
         "  Verify each request's webhook-signature with it (Standard Webhooks). "
@@ -121,27 +156,33 @@ def add(
 @app.command("list")
 def list_endpoints(
     org: Annotated[str | None, typer.Option("--org", help="Only this org's endpoints.")] = None,
+    environment: EnvironmentOpt = "PRODUCTION",
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     database_url: DatabaseOpt = None,
 ) -> None:
-    """List endpoints (never their secrets)."""
-    endpoints = with_store(config, database_url, lambda s: s.list_endpoints(org))
+    """List one environment's endpoints (PRODUCTION unless --environment; never their
+    secrets)."""
+    scope = environment_option(environment)
+    endpoints = with_store(config, database_url, lambda s: s.list_endpoints(org, environment=scope))
     if as_json:
         write_json([endpoint_json(e) for e in endpoints])
         return
     if not endpoints:
         console.print(
-            "No webhook endpoints: add one with `tollhouse webhooks add --org ORG --url URL`."
+            f"No {scope} webhook endpoints: add one with "
+            f"`tollhouse webhooks add --org ORG --url URL --environment {scope}`."
         )
         return
     table = Table()
     table.add_column("id", no_wrap=True)
-    for heading in ("org", "url", "status", "created"):
+    for heading in ("org", "environment", "url", "status", "created"):
         table.add_column(heading)
     for e in endpoints:
         status = "enabled" if e.enabled else f"disabled ({e.disabled_reason or ''})"
-        table.add_row(e.id, e.org, e.url, status, e.created_at.strftime("%Y-%m-%d %H:%MZ"))
+        table.add_row(
+            e.id, e.org, e.environment, e.url, status, e.created_at.strftime("%Y-%m-%d %H:%MZ")
+        )
     console.print(table)
 
 

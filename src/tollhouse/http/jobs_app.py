@@ -260,7 +260,11 @@ class _AsyncRouteApi:
             raise MethodNotAllowed(f"{self.path}/batch takes POST only", headers={"Allow": "POST"})
         # Ids are short and NUL-free (PostgreSQL text holds no NUL): others cannot exist.
         exists = len(job_id) <= MAX_JOB_ID and "\x00" not in job_id
-        job = await self.queue.get(identity.org, job_id) if exists else None
+        job = (
+            await self.queue.get(identity.org, job_id, environment=identity.environment)
+            if exists
+            else None
+        )
         if job is None:
             raise NotFound(f'scoring job "{job_id}" not found')
         return await self._job_response(job)
@@ -269,7 +273,9 @@ class _AsyncRouteApi:
         identity = _identity(request)
         application_id = str(request.path_params["applicationId"])
         job = (
-            await self.queue.latest_for_application(identity.org, application_id)
+            await self.queue.latest_for_application(
+                identity.org, application_id, environment=identity.environment
+            )
             if "\x00" not in application_id
             else None
         )
@@ -282,7 +288,7 @@ class _AsyncRouteApi:
         if job.state == "queued":
             standing = await self.queue.standing(job)
             if standing is None:  # it left the queue meanwhile: show where it is now
-                job = await self.queue.get(job.org, job.id) or job
+                job = await self.queue.get(job.org, job.id, environment=job.environment) or job
         return _json(job_json(job, standing))
 
     def endpoints(self) -> list[Endpoint]:
@@ -337,7 +343,7 @@ class JobsRoutes:
         identity = _identity(request)
         job_id = request.query_params.get("jobId") or None
         found = (
-            await self.webhooks.deliveries(identity.org, job_id)
+            await self.webhooks.deliveries(identity.org, job_id, environment=identity.environment)
             # No job id holds a NUL: no delivery can match one.
             if self.webhooks is not None and "\x00" not in (job_id or "")
             else []
@@ -358,9 +364,10 @@ class JobsRoutes:
         limit = _queue_limit(params.get("limit"))
         cursor = params.get("cursor")
         before = decode_cursor(cursor) if cursor is not None else None
-        counters = await self.queue.org_counters(identity.org)
+        counters = await self.queue.org_counters(identity.org, environment=identity.environment)
         found = await self.queue.page(
             identity.org,
+            environment=identity.environment,
             status=cast(WireStatus | None, status),
             limit=limit,
             before=before,
@@ -397,7 +404,9 @@ class JobsRoutes:
             problem = "is required" if not time_range else f"must be one of {choices}"
             raise ValidationFailed(f'query parameter "timeRange" {problem} ({choices})')
         start, end, granularity = window(time_range, self.clock())
-        counts = await self.queue.volume(identity.org, start, end, granularity)
+        counts = await self.queue.volume(
+            identity.org, start, end, granularity, environment=identity.environment
+        )
         return _json(
             volume_body(start, end, granularity, counts),
             headers={"Cache-Control": CACHE_CONTROL},

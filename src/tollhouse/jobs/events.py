@@ -2,9 +2,11 @@
 
 The event goes into the same ``product_events`` table ``POST /v1/events`` writes, inside
 the transaction that moves the job to its terminal state, so an outcome and its event
-are stored together or not at all. Its id is the job id: the table is unique per
-``(org, event_id)`` and the insert ignores a conflict, so a job can never be counted
-twice (a replayed finish, a reaper racing a worker).
+are stored together or not at all. It has the job's org and environment, so it counts
+where the job was submitted (a sandbox job never in production's metrics). Its id is the
+job id: the table is unique per ``(org, environment, event_id)`` and the insert ignores a
+conflict, so a job can never be counted twice (a replayed finish, a reaper racing a
+worker).
 
 ``data`` = ``{"job_id", "route", "status": "completed"|"failed", "attempts",
 "duration_ms", "queue_ms"}``: ``queue_ms`` from submission to the first attempt's start,
@@ -84,7 +86,11 @@ async def record_job_events(conn: AsyncConnection, finished: Sequence[Job], now:
 # Built once per dialect: every batch of finished jobs runs one.
 _INSERTS = {
     name: insert(product_events).on_conflict_do_nothing(
-        index_elements=[product_events.c.org, product_events.c.event_id]
+        index_elements=[
+            product_events.c.org,
+            product_events.c.environment,
+            product_events.c.event_id,
+        ]
     )
     for name, insert in (("sqlite", sqlite_insert), ("postgresql", pg_insert))
 }

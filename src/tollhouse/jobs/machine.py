@@ -1,8 +1,10 @@
 r"""The job queue's state machine: enqueue, claim, heartbeat, finish, release, reap.
 
-Every state change is one write transaction that also moves the org's counters
-(``job_orgs``), so ``running`` always equals the org's running jobs and the cap holds
-across processes:
+Every state change is one write transaction that also moves the counters of the job's
+scope — its org in its environment (``job_orgs``) — so ``running`` always equals the
+scope's running jobs and the cap holds across processes. An org's SANDBOX and PRODUCTION
+jobs are two scopes: their own FIFO, cap, counters and round-robin turn, as apart as two
+orgs.
 
 * **PostgreSQL**: a claim locks the least recently served orgs that are under their cap
   (``FOR UPDATE SKIP LOCKED``), so claimers in other processes serve other orgs instead of
@@ -45,6 +47,7 @@ from tollhouse.jobs.eta import (
     share_slots,
 )
 from tollhouse.jobs.model import (
+    PRODUCTION,
     Clock,
     Enqueued,
     Finish,
@@ -120,22 +123,30 @@ class QueueMachine:
         s = self.settings
         slots: list[Enqueued | NewJob] = []
         async with self._write() as conn:
-            # 1. Idempotency-Key matches return the existing job (the same 202 body).
+            # 1. Idempotency-Key matches return the existing job (the same 202 body). A key
+            #    names a job within its org *and* environment: the same key in the other
+            #    environment is a new job.
             keyed = [n for n in new if n.idempotency_key is not None]
-            existing: dict[tuple[str, str], Job] = {}
+            existing: dict[tuple[str, str, str], Job] = {}
             for n in keyed:
                 assert n.idempotency_key is not None
                 found = (
                     await conn.execute(
                         select(jobs).where(
-                            jobs.c.org_id == n.org, jobs.c.idempotency_key == n.idempotency_key
+                            jobs.c.org_id == n.org,
+                            jobs.c.environment == n.environment,
+                            jobs.c.idempotency_key == n.idempotency_key,
                         )
                     )
                 ).first()
                 if found is not None:
-                    existing[(n.org, n.idempotency_key)] = row_job(found)
+                    existing[(n.org, n.environment, n.idempotency_key)] = row_job(found)
             for n in new:
-                job = existing.get((n.org, n.idempotency_key)) if n.idempotency_key else None
+                job = (
+                    existing.get((n.org, n.environment, n.idempotency_key))
+                    if n.idempotency_key
+                    else None
+                )
                 if job is None:
                     slots.append(n)
                     continue
@@ -151,23 +162,33 @@ class QueueMachine:
             fresh = [n for n in slots if isinstance(n, NewJob)]
             if not fresh:
                 return [e for e in slots if isinstance(e, Enqueued)]
-            # 2. One upsert per org counts the new jobs and returns what the estimate
-            #    needs (running, cap, mean time) and the queue length before them.
-            per_org: dict[str, int] = defaultdict(int)
+            # 2. One upsert per scope (org, environment) counts the new jobs and returns
+            #    what the estimate needs (running, cap, mean time) and the queue length
+            #    before them.
+            per_scope: dict[tuple[str, str], int] = defaultdict(int)
             for n in fresh:
-                per_org[n.org] += 1
-            before: dict[str, Any] = {}
-            for org in sorted(per_org):
-                count = per_org[org]
+                per_scope[(n.org, n.environment)] += 1
+            before: dict[tuple[str, str], Any] = {}
+            for org, environment in sorted(per_scope):
+                count = per_scope[(org, environment)]
                 row = (
-                    await conn.execute(self.sql.count_queued, {"u_org": org, "u_count": count})
+                    await conn.execute(
+                        self.sql.count_queued,
+                        {"u_org": org, "u_env": environment, "u_count": count},
+                    )
                 ).one()
                 workers = any_worker_running(as_utc(row.workers_seen), now, s.worker_seen_seconds)
-                before[org] = [row.queued - count, row.running, row.cap, row.avg_seconds, workers]
+                before[(org, environment)] = [
+                    row.queued - count,
+                    row.running,
+                    row.cap,
+                    row.avg_seconds,
+                    workers,
+                ]
             # 3. The jobs themselves, in one multi-row INSERT.
             values = []
             for n in fresh:
-                state = before[n.org]
+                state = before[(n.org, n.environment)]
                 state[0] += 1
                 position = state[0]
                 processing = state[3] if state[3] is not None else s.default_processing_seconds
@@ -280,6 +301,7 @@ class QueueMachine:
                     claim,
                     {
                         "p_org": org.org_id,
+                        "p_env": org.environment,
                         "p_now": now,
                         "p_share": share,
                         "p_batch": batch,
@@ -293,7 +315,14 @@ class QueueMachine:
             for row in rows:
                 leases.append(Lease(row_job(row), row.lease_token, expires))
             if self.sqlite:
-                served.append({"c_org": org.org_id, "c_count": len(rows), "c_now": now})
+                served.append(
+                    {
+                        "c_org": org.org_id,
+                        "c_env": org.environment,
+                        "c_count": len(rows),
+                        "c_now": now,
+                    }
+                )
         if served:
             # Served, even with nothing ready (all in backoff): it goes to the back. The
             # rows are locked already; one executemany moves every org's counters.
@@ -378,7 +407,9 @@ class QueueMachine:
             "queued": job_orgs.c.queued + (0 if terminal else 1),
         }
         await conn.execute(
-            update(job_orgs).where(job_orgs.c.org_id == job.org).values(**org_values)
+            update(job_orgs)
+            .where(job_orgs.c.org_id == job.org, job_orgs.c.environment == job.environment)
+            .values(**org_values)
         )
         settled = replace(
             job,
@@ -435,7 +466,8 @@ class QueueMachine:
     ) -> tuple[list[Outcome | None], int]:
         s = self.settings
         outcomes: list[Outcome | None] = []
-        deltas: dict[str, list[Any]] = {}  # org → [running delta, queued delta, samples]
+        # (org, environment) → [running delta, queued delta, samples]
+        deltas: dict[tuple[str, str], list[Any]] = {}
         finished: list[Job] = []
         # One statement finds (and locks) the jobs these leases still hold; the token
         # fixes the attempt, so every outcome is decided here. Only the columns that
@@ -501,7 +533,7 @@ class QueueMachine:
                     "b_finished_at": now if terminal else None,
                 }
             )
-            delta = deltas.setdefault(job.org, [0, 0, []])
+            delta = deltas.setdefault((job.org, job.environment), [0, 0, []])
             delta[0] -= 1
             if terminal:
                 finished.append(
@@ -541,8 +573,8 @@ class QueueMachine:
         # the samples alone. One executemany (one round trip on PostgreSQL) for every
         # org, in sorted order so concurrent finishers lock org rows in the same order.
         org_params: list[dict[str, Any]] = []
-        for org in sorted(deltas):
-            running, queued, samples = deltas[org]
+        for org, environment in sorted(deltas):
+            running, queued, samples = deltas[(org, environment)]
             decay, offset = ewma_terms(samples, s.ewma_alpha)
             fresh: float | None = None
             for sample in samples:
@@ -550,6 +582,7 @@ class QueueMachine:
             org_params.append(
                 {
                     "o_org": org,
+                    "o_env": environment,
                     "o_running": running,
                     "o_queued": queued,
                     "o_fresh": fresh,
@@ -635,12 +668,16 @@ class QueueMachine:
                 self.wakeups.notify("deliveries")
         return len(rows)
 
-    async def set_cap(self, org: str, cap: int | None) -> None:
-        """Give ``org`` its own cap (None: the default again)."""
+    async def set_cap(self, org: str, cap: int | None, *, environment: str = PRODUCTION) -> None:
+        """Give ``org`` its own cap in ``environment`` (None: the default again)."""
         if cap is not None and cap < 1:
             raise ValueError("cap must be at least 1")
         async with self._write() as conn:
-            await conn.execute(self.sql.ensure_org, {"e_org": org})
-            await conn.execute(update(job_orgs).where(job_orgs.c.org_id == org).values(cap=cap))
+            await conn.execute(self.sql.ensure_org, {"e_org": org, "e_env": environment})
+            await conn.execute(
+                update(job_orgs)
+                .where(job_orgs.c.org_id == org, job_orgs.c.environment == environment)
+                .values(cap=cap)
+            )
             await announce(conn, "jobs")
         self.wakeups.notify("jobs")

@@ -38,6 +38,13 @@ Wakeup = Callable[[], None]
 Topic = Literal["jobs", "deliveries"]
 TOPICS: tuple[Topic, ...] = ("jobs", "deliveries")
 
+#: The environments a key's data is kept apart by (``sk_live_`` → PRODUCTION, ``sk_test_`` →
+#: SANDBOX): every job, queue, webhook endpoint and delivery belongs to an org in one.
+ENVIRONMENTS: tuple[str, ...] = ("PRODUCTION", "SANDBOX")
+#: The environment of a job enqueued (or an endpoint added) without one: production, as
+#: for every row made before environments were kept apart.
+PRODUCTION = "PRODUCTION"
+
 STATES: tuple[JobState, ...] = ("queued", "running", "completed", "failed", "dead")
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "dead"})
 
@@ -122,19 +129,21 @@ class NewJob:
     """A job to enqueue, as the HTTP app hands it to the queue."""
 
     org: str
-    """The org the job belongs to; every read is scoped to it."""
+    """The org the job belongs to; every read is scoped to it and to ``environment``."""
     route: str
     """The async route that accepted it, e.g. ``POST /v1/score``."""
     payload: dict[str, Any]
     """The request body, handed to the handler as is."""
-    environment: str = ""
-    """SANDBOX or PRODUCTION (the key's environment); informational."""
+    environment: str = PRODUCTION
+    """SANDBOX or PRODUCTION (the key's environment). The job is queued, read, counted and
+    sent to webhooks within its org *and* environment only; the handler forwards it to
+    the upstream (``x-tollhouse-environment``)."""
     tenant: str | None = None
     """The ``X-Tenant-Id`` the request carried, forwarded to the upstream."""
     application_id: str | None = None
     """For ``GET …/application/{applicationId}``: the latest job of an application."""
     idempotency_key: str | None = None
-    """Same org + key → the same job (and the same 202 body)."""
+    """Same org + environment + key → the same job (and the same 202 body)."""
     request_hash: str | None = None
     """Fingerprint of route + body; a reused key with another body is refused."""
     request_id: str | None = None
@@ -159,7 +168,8 @@ class Job:
     created_at: datetime
     run_after: datetime
     """Not claimed before this time (backoff after a failed attempt)."""
-    environment: str = ""
+    environment: str = PRODUCTION
+    """SANDBOX or PRODUCTION: with ``org``, who may see the job."""
     tenant: str | None = None
     application_id: str | None = None
     idempotency_key: str | None = None
@@ -237,9 +247,11 @@ class Enqueued:
 
 @dataclass(frozen=True, slots=True)
 class OrgCounters:
-    """An org's row in the queue: counters kept in step with job states."""
+    """An org's row in the queue for one environment: counters kept in step with job
+    states (an org's SANDBOX and PRODUCTION jobs queue apart, each under its own cap)."""
 
     org: str
+    environment: str
     running: int
     queued: int
     cap: int | None

@@ -28,27 +28,36 @@ from tollhouse.jobs.events import record_job_events
 from tollhouse.jobs.model import Job, iso
 from tollhouse.jobs.schema import webhook_deliveries, webhook_endpoints
 
-#: The enabled endpoints of some orgs (built once: jobs finish by the hundred).
-_ACTIVE_ENDPOINTS = select(webhook_endpoints.c.id, webhook_endpoints.c.org_id).where(
+#: The enabled endpoints of some orgs, in every environment (built once: jobs finish by
+#: the hundred); each event picks those of its own environment.
+_ACTIVE_ENDPOINTS = select(
+    webhook_endpoints.c.id, webhook_endpoints.c.org_id, webhook_endpoints.c.environment
+).where(
     webhook_endpoints.c.org_id.in_(bindparam("orgs", expanding=True)),
     webhook_endpoints.c.disabled_at.is_(None),
     webhook_endpoints.c.removed_at.is_(None),
 )
 
+#: What :func:`stage_events` takes per event: ``(org, environment, job id, event type,
+#: data)``.
+StagedEvent = tuple[str, str, str | None, str, dict[str, Any] | Callable[[], dict[str, Any]]]
+
 
 async def stage_events(
     conn: AsyncConnection,
-    events: Sequence[tuple[str, str | None, str, dict[str, Any] | Callable[[], dict[str, Any]]]],
+    events: Sequence[StagedEvent],
     now: datetime,
 ) -> int:
-    """Write one pending delivery per enabled endpoint of each event's org, inside the
-    caller's transaction. Returns how many were written.
+    """Write one pending delivery per enabled endpoint of each event's org *in the event's
+    environment*, inside the caller's transaction: a sandbox job's events go to sandbox
+    endpoints only, a production job's to production endpoints only. Returns how many
+    were written.
 
     Args:
         conn: a connection in the caller's write transaction.
-        events: ``(org, job id, event type, data)`` per event; ``data`` may be a
-            function making it, called only when the org has an endpoint (most orgs
-            have none, and the job queue finishes jobs by the hundred).
+        events: ``(org, environment, job id, event type, data)`` per event; ``data`` may
+            be a function making it, called only when the org has an endpoint there
+            (most orgs have none, and the job queue finishes jobs by the hundred).
         now: the events' time.
 
     The body is ``{"type", "timestamp", "data"}`` (Standard Webhooks' recommended shape).
@@ -56,12 +65,13 @@ async def stage_events(
     if not events:
         return 0
     orgs = sorted({org for org, *_ in events})
-    endpoints: dict[str, list[str]] = {org: [] for org in orgs}
-    for endpoint_id, org_id in await conn.execute(_ACTIVE_ENDPOINTS, {"orgs": orgs}):
-        endpoints[org_id].append(endpoint_id)
+    endpoints: dict[tuple[str, str], list[str]] = {}
+    for endpoint_id, org_id, environment in await conn.execute(_ACTIVE_ENDPOINTS, {"orgs": orgs}):
+        endpoints.setdefault((org_id, environment), []).append(endpoint_id)
     rows = []
-    for org, job_id, event_type, data in events:
-        if not endpoints[org]:
+    for org, environment, job_id, event_type, data in events:
+        targets = endpoints.get((org, environment))
+        if not targets:
             continue
         message_id = "msg_" + secrets.token_hex(12)
         if callable(data):
@@ -73,6 +83,7 @@ async def stage_events(
                 "message_id": message_id,
                 "endpoint_id": endpoint_id,
                 "org_id": org,
+                "environment": environment,
                 "job_id": job_id,
                 "event_type": event_type,
                 "payload": body,
@@ -81,7 +92,7 @@ async def stage_events(
                 "next_attempt_at": now,
                 "created_at": now,
             }
-            for endpoint_id in endpoints[org]
+            for endpoint_id in targets
         ]
     if rows:
         await conn.execute(webhook_deliveries.insert(), rows)
@@ -102,6 +113,9 @@ async def stage_finished(conn: AsyncConnection, finished: Sequence[Job], now: da
     await record_job_events(conn, finished, now)
     return await stage_events(
         conn,
-        [(j.org, j.id, shapes.event_type(j), partial(shapes.job_json, j)) for j in finished],
+        [
+            (j.org, j.environment, j.id, shapes.event_type(j), partial(shapes.job_json, j))
+            for j in finished
+        ],
         now,
     )

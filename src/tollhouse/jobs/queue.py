@@ -5,13 +5,15 @@ SQLite (embedded; writers serialised with ``BEGIN IMMEDIATE``) and PostgreSQL (c
 with ``SELECT … FOR UPDATE SKIP LOCKED``). The protocol is what the worker, the HTTP app
 and the tests rely on.
 
-Guarantees every implementation keeps:
+Guarantees every implementation keeps. A *scope* is an org in one environment (SANDBOX or
+PRODUCTION, its key's): an org's sandbox and production jobs are two scopes, as apart as
+two orgs — reads, Idempotency-Keys, counters, caps and turns never mix them.
 
-* FIFO per org: an org's queued jobs are claimed in submission order (retries wait out
+* FIFO per scope: a scope's queued jobs are claimed in submission order (retries wait out
   their backoff and then go first again, being older).
-* A per-org cap: an org never has more than its cap running; the running counter changes
-  in the same transaction as the job's state.
-* Round robin across orgs: a claim serves the least recently served orgs first.
+* A per-scope cap: a scope never has more than its cap running; the running counter
+  changes in the same transaction as the job's state.
+* Round robin across scopes: a claim serves the least recently served scopes first.
 * Fencing: heartbeat, complete, fail and release need the lease's token; after a reap or
   a new claim the old token is refused.
 """
@@ -68,7 +70,8 @@ class JobQueue(Protocol):
     settings: QueueSettings
 
     async def enqueue(self, new: Sequence[NewJob]) -> list[Enqueued]:
-        """Store jobs (one transaction); an Idempotency-Key match returns the existing job.
+        """Store jobs (one transaction); an Idempotency-Key match in the job's org and
+        environment returns the existing job.
 
         Raises:
             IdempotencyKeyReused: a key was reused with another route or body.
@@ -129,46 +132,52 @@ class JobQueue(Protocol):
         older than the settings' retention; returns rows deleted per table."""
         ...
 
-    async def get(self, org: str, job_id: str) -> Job | None:
-        """The org's job with that id, or None (another org's job is None too)."""
+    async def get(self, org: str, job_id: str, *, environment: str) -> Job | None:
+        """The job with that id of ``org`` in ``environment``, or None (another org's or
+        another environment's job is None too)."""
         ...
 
-    async def latest_for_application(self, org: str, application_id: str) -> Job | None:
-        """The org's most recently submitted job for an application, or None."""
+    async def latest_for_application(
+        self, org: str, application_id: str, *, environment: str
+    ) -> Job | None:
+        """The most recently submitted job for an application of ``org`` in
+        ``environment``, or None."""
         ...
 
     async def standing(self, job: Job) -> Standing | None:
         """Where a queued job stands now; None once it left the queue."""
         ...
 
-    async def org_counters(self, org: str) -> OrgCounters:
-        """One org's counters (zeros and the default cap for an org with no jobs yet)."""
+    async def org_counters(self, org: str, *, environment: str) -> OrgCounters:
+        """One scope's counters (zeros and the default cap before its first job)."""
         ...
 
     async def page(
         self,
         org: str,
         *,
+        environment: str,
         status: WireStatus | None = None,
         limit: int = 20,
         before: tuple[datetime, str] | None = None,
     ) -> JobPage:
-        """The org's jobs newest first by ``(created_at, id)``, strictly older than
-        ``before`` when given; ``status`` filters on the wire status."""
+        """The jobs of ``org`` in ``environment`` newest first by ``(created_at, id)``,
+        strictly older than ``before`` when given; ``status`` filters on the wire status."""
         ...
 
-    async def set_cap(self, org: str, cap: int | None) -> None:
-        """Give an org its own cap (None: back to the default)."""
+    async def set_cap(self, org: str, cap: int | None, *, environment: str = "PRODUCTION") -> None:
+        """Give an org its own cap in one environment (None: back to the default)."""
         ...
 
     async def counters(self) -> list[OrgCounters]:
-        """Every org's counters (for status pages and tests)."""
+        """Every scope's counters (for status pages and tests)."""
         ...
 
     async def volume(
-        self, org: str, start: datetime, end: datetime, granularity: str
+        self, org: str, start: datetime, end: datetime, granularity: str, *, environment: str
     ) -> list[tuple[datetime, int, int]]:
-        """Finished jobs of an org per bucket: ``(bucket start, completed, failed)``."""
+        """Finished jobs of ``org`` in ``environment`` per bucket: ``(bucket start,
+        completed, failed)``."""
         ...
 
     def subscribe(self, wakeup: Wakeup, topic: Topic = "jobs") -> None:

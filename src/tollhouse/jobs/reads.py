@@ -3,13 +3,14 @@ org's page of jobs, the counters and the finished volume.
 
 Reads never write and take no write lock: they run on a plain connection
 (:func:`tollhouse.storage.transactions.read_connection`), so polling callers never queue
-behind claims and completions. Every read is scoped to an org: another org's job reads
-as missing, exactly like a job that does not exist.
+behind claims and completions. Every read is scoped to an org *and* an environment
+(SANDBOX or PRODUCTION, the caller key's): another org's job, or the same org's job of
+the other environment, reads as missing, exactly like a job that does not exist.
 
-Where a queued job stands is computed, not stored: its place is the org's queued jobs
+Where a queued job stands is computed, not stored: its place is its scope's queued jobs
 ahead of it plus one, and the wait estimate (:func:`tollhouse.jobs.eta.estimate_wait`)
-comes from the org's running count, cap and moving average of processing time — or is
-None while no worker has recorded itself recently
+comes from the scope's running count, cap and moving average of processing time — or
+is None while no worker has recorded itself recently
 (:attr:`~tollhouse.jobs.model.QueueSettings.worker_seen_seconds`).
 """
 
@@ -81,19 +82,33 @@ class QueueReads:
     def _read(self) -> AbstractAsyncContextManager[AsyncConnection]:
         return read_connection(self.engine, "job queue")
 
-    async def get(self, org: str, job_id: str) -> Job | None:
-        """The org's job ``job_id``, or None (also for another org's job)."""
+    async def get(self, org: str, job_id: str, *, environment: str) -> Job | None:
+        """The job ``job_id`` of ``org`` in ``environment``, or None (also for another
+        org's job or another environment's)."""
         async with self._read() as conn:
             row = (
-                await conn.execute(select(jobs).where(jobs.c.id == job_id, jobs.c.org_id == org))
+                await conn.execute(
+                    select(jobs).where(
+                        jobs.c.id == job_id,
+                        jobs.c.org_id == org,
+                        jobs.c.environment == environment,
+                    )
+                )
             ).first()
         return row_job(row) if row is not None else None
 
-    async def latest_for_application(self, org: str, application_id: str) -> Job | None:
-        """The org's most recently submitted job for ``application_id``, or None."""
+    async def latest_for_application(
+        self, org: str, application_id: str, *, environment: str
+    ) -> Job | None:
+        """The most recently submitted job for ``application_id`` of ``org`` in
+        ``environment``, or None."""
         q = (
             select(jobs)
-            .where(jobs.c.org_id == org, jobs.c.application_id == application_id)
+            .where(
+                jobs.c.org_id == org,
+                jobs.c.environment == environment,
+                jobs.c.application_id == application_id,
+            )
             .order_by(jobs.c.seq.desc())
             .limit(1)
         )
@@ -102,9 +117,9 @@ class QueueReads:
         return row_job(row) if row is not None else None
 
     async def standing(self, job: Job) -> Standing | None:
-        """Where a job stands now, if still queued: jobs of its org ahead of it + 1, and
-        the scoring API shape's wait estimate from the org's running count, cap and mean
-        time."""
+        """Where a job stands now, if still queued: jobs of its org and environment ahead
+        of it + 1, and the scoring API shape's wait estimate from their running count, cap
+        and mean time."""
         async with self._read() as conn:
             status = (
                 await conn.execute(select(jobs.c.status).where(jobs.c.id == job.id))
@@ -117,43 +132,58 @@ class QueueReads:
                     .select_from(jobs)
                     .where(
                         jobs.c.org_id == job.org,
+                        jobs.c.environment == job.environment,
                         jobs.c.status == "queued",
                         jobs.c.seq < job.seq,
                     )
                 )
             ).scalar_one()
-            org = (await conn.execute(self.sql.org_estimate, {"s_org": job.org})).first()
+            org = (
+                await conn.execute(
+                    self.sql.org_estimate, {"s_org": job.org, "s_env": job.environment}
+                )
+            ).first()
             workers = await self._workers(conn, org)
         running, cap, avg = (org.running, org.cap, org.avg_seconds) if org else (0, 1, None)
         processing = avg if avg is not None else self.settings.default_processing_seconds
         position = int(ahead) + 1
         return Standing(position, quoted_wait(position, running, cap, processing, workers))
 
-    async def org_counters(self, org: str) -> OrgCounters:
-        """``org``'s counters; an org with no jobs yet has zeros and the default cap."""
+    async def org_counters(self, org: str, *, environment: str) -> OrgCounters:
+        """``org``'s counters in ``environment``; with no jobs there yet, zeros and the
+        default cap."""
         async with self._read() as conn:
-            row = (await conn.execute(select(job_orgs).where(job_orgs.c.org_id == org))).first()
+            row = (
+                await conn.execute(
+                    select(job_orgs).where(
+                        job_orgs.c.org_id == org, job_orgs.c.environment == environment
+                    )
+                )
+            ).first()
         if row is None:
-            return OrgCounters(org, 0, 0, None, None)
-        return OrgCounters(org, row.running, row.queued, row.cap, row.avg_seconds)
+            return OrgCounters(org, environment, 0, 0, None, None)
+        return _counters(row)
 
     async def page(
         self,
         org: str,
         *,
+        environment: str,
         status: WireStatus | None = None,
         limit: int = 20,
         before: tuple[datetime, str] | None = None,
     ) -> JobPage:
-        """``org``'s jobs newest first by ``(created_at, id)``; see :meth:`JobQueue.page`.
+        """``org``'s jobs in ``environment`` newest first by ``(created_at, id)``; see
+        :meth:`JobQueue.page`.
 
         Queued jobs of the page get their standing from two more statements whatever the
-        page size: the org's queued jobs before the page's oldest queued one, and the
+        page size: the scope's queued jobs before the page's oldest queued one, and the
         queued seqs within the page's range.
         """
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        q = select(jobs).where(jobs.c.org_id == org)
+        scope = (jobs.c.org_id == org, jobs.c.environment == environment)
+        q = select(jobs).where(*scope)
         if status == "failed":
             q = q.where(jobs.c.status.in_(FAILED_STATES))
         elif status is not None:
@@ -171,11 +201,7 @@ class QueueReads:
                     await conn.execute(
                         select(func.count())
                         .select_from(jobs)
-                        .where(
-                            jobs.c.org_id == org,
-                            jobs.c.status == "queued",
-                            jobs.c.seq < waiting[0],
-                        )
+                        .where(*scope, jobs.c.status == "queued", jobs.c.seq < waiting[0])
                     )
                 ).scalar_one()
                 queued_seqs = (
@@ -183,7 +209,7 @@ class QueueReads:
                         await conn.execute(
                             select(jobs.c.seq)
                             .where(
-                                jobs.c.org_id == org,
+                                *scope,
                                 jobs.c.status == "queued",
                                 jobs.c.seq >= waiting[0],
                                 jobs.c.seq <= waiting[-1],
@@ -194,7 +220,9 @@ class QueueReads:
                     .scalars()
                     .all()
                 )
-                org_row = (await conn.execute(self.sql.org_estimate, {"s_org": org})).first()
+                org_row = (
+                    await conn.execute(self.sql.org_estimate, {"s_org": org, "s_env": environment})
+                ).first()
                 workers = await self._workers(conn, org_row)
         if waiting:
             running, cap, avg = (
@@ -213,16 +241,20 @@ class QueueReads:
         return JobPage(found, standings, len(rows) > limit)
 
     async def counters(self) -> list[OrgCounters]:
-        """Every org's counters."""
+        """Every org's counters, one per environment it has jobs in."""
         async with self._read() as conn:
-            rows = (await conn.execute(select(job_orgs).order_by(job_orgs.c.org_id))).all()
-        return [OrgCounters(r.org_id, r.running, r.queued, r.cap, r.avg_seconds) for r in rows]
+            rows = (
+                await conn.execute(
+                    select(job_orgs).order_by(job_orgs.c.org_id, job_orgs.c.environment)
+                )
+            ).all()
+        return [_counters(r) for r in rows]
 
     async def volume(
-        self, org: str, start: datetime, end: datetime, granularity: str
+        self, org: str, start: datetime, end: datetime, granularity: str, *, environment: str
     ) -> list[tuple[datetime, int, int]]:
-        """Finished jobs of ``org`` with ``start <= finished_at <= end`` per bucket
-        (``minute``, ``hour`` or ``day``): ``(bucket start, completed, failed)``."""
+        """Finished jobs of ``org`` in ``environment`` with ``start <= finished_at <= end``
+        per bucket (``minute``, ``hour`` or ``day``): ``(bucket start, completed, failed)``."""
         bucket = finished_bucket(self.dialect, granularity)
         completed = func.sum(case((jobs.c.status == "completed", 1), else_=0))
         failed = func.sum(case((jobs.c.status.in_(FAILED_STATES), 1), else_=0))
@@ -230,6 +262,7 @@ class QueueReads:
             select(bucket.label("bucket"), completed.label("completed"), failed.label("failed"))
             .where(
                 jobs.c.org_id == org,
+                jobs.c.environment == environment,
                 jobs.c.finished_at >= start,
                 jobs.c.finished_at <= end,
                 jobs.c.status.in_(("completed", *FAILED_STATES)),
@@ -246,3 +279,9 @@ class QueueReads:
                 moment = datetime.fromisoformat(moment)
             out.append((moment.replace(tzinfo=UTC), int(r.completed or 0), int(r.failed or 0)))
         return out
+
+
+def _counters(row: Any) -> OrgCounters:
+    return OrgCounters(
+        row.org_id, row.environment, row.running, row.queued, row.cap, row.avg_seconds
+    )

@@ -11,11 +11,17 @@ of failing on it.
 :func:`create_job_schema` stays for a process that needs only the queue's tables and must
 not depend on the rest of the schema (it is the same step, without the version
 bookkeeping); :func:`tollhouse.schema.create_schema` is the one path that records it.
+
+Every row belongs to an org *and* an environment (SANDBOX or PRODUCTION, the key's):
+jobs, the queue's counters (``job_orgs``, one row per org and environment), webhook
+endpoints and deliveries. :func:`separate_environments` is the step that brought tables
+made before that to this layout; :func:`create_job_schema` runs it too.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -25,16 +31,23 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    MetaData,
     String,
     Table,
     Text,
     UniqueConstraint,
+    func,
+    inspect,
+    select,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.schema import CreateIndex, CreateTable
 
 from tollhouse.metering.schema import product_events
-from tollhouse.storage.migrations import ensure_tables
+from tollhouse.storage.migrations import create_tables, ensure_tables
 from tollhouse.storage.schema import metadata
+from tollhouse.storage.transactions import write_transaction
+from tollhouse.times import as_utc
 
 #: SQLite only makes ``INTEGER PRIMARY KEY`` an auto-incrementing rowid; PostgreSQL gets a
 #: 64-bit identity.
@@ -49,7 +62,8 @@ jobs = Table(
     Column("seq", _Seq, primary_key=True, autoincrement=True),
     Column("id", String(40), nullable=False, unique=True),
     Column("org_id", String(64), nullable=False),
-    Column("environment", String(16), nullable=False, default=""),
+    # SANDBOX or PRODUCTION, from the key: every read and write is scoped by org and it.
+    Column("environment", String(16), nullable=False),
     Column("tenant", String(200), nullable=True),
     Column("route", String(200), nullable=False),
     Column("application_id", String(256), nullable=True),
@@ -72,22 +86,26 @@ jobs = Table(
     Column("error", Text, nullable=True),
     Column("accepted_position", Integer, nullable=True),
     Column("accepted_wait", Integer, nullable=True),
-    UniqueConstraint("org_id", "idempotency_key", name="uq_jobs_org_idempotency"),
-    # Claims: the org's ready jobs in FIFO order; positions: queued jobs ahead of one.
-    Index("ix_jobs_org_status_seq", "org_id", "status", "seq"),
+    # An Idempotency-Key names one job per org *and* environment (:func:`separate_environments`).
+    UniqueConstraint("org_id", "environment", "idempotency_key", name="uq_jobs_scope_idempotency"),
+    # Claims: a scope's ready jobs in FIFO order; positions: queued jobs ahead of one.
+    Index("ix_jobs_scope_status_seq", "org_id", "environment", "status", "seq"),
     # The reaper: running jobs whose lease ran out.
     Index("ix_jobs_status_lease", "status", "lease_expires_at"),
-    Index("ix_jobs_org_application", "org_id", "application_id", "seq"),
-    # scoring-volume: an org's outcomes over a time range.
-    Index("ix_jobs_org_finished", "org_id", "finished_at"),
-    # GET /v1/queue: an org's jobs newest first, keyset paging on (created_at, id).
-    Index("ix_jobs_org_created", "org_id", "created_at", "id"),
+    Index("ix_jobs_scope_application", "org_id", "environment", "application_id", "seq"),
+    # scoring-volume: a scope's outcomes over a time range.
+    Index("ix_jobs_scope_finished", "org_id", "environment", "finished_at"),
+    # GET /v1/queue: a scope's jobs newest first, keyset paging on (created_at, id).
+    Index("ix_jobs_scope_created", "org_id", "environment", "created_at", "id"),
 )
 
+#: One row per queue scope, an org in one environment (SANDBOX and PRODUCTION queue apart:
+#: their own cap, counters and round-robin turn).
 job_orgs = Table(
     "job_orgs",
     metadata,
     Column("org_id", String(64), primary_key=True),
+    Column("environment", String(16), primary_key=True),
     # Changed in the same transaction as every job state change: the cap's source of truth.
     Column("running", Integer, nullable=False, default=0),
     Column("queued", Integer, nullable=False, default=0),
@@ -104,6 +122,8 @@ webhook_endpoints = Table(
     metadata,
     Column("id", String(40), primary_key=True),
     Column("org_id", String(64), nullable=False),
+    # Only jobs of this environment are sent here (:func:`separate_environments`).
+    Column("environment", String(16), nullable=False),
     Column("url", String(2048), nullable=False),
     # Kept in clear: signing needs it. Shown once, at creation.
     Column("secret", String(200), nullable=False),
@@ -111,7 +131,7 @@ webhook_endpoints = Table(
     Column("disabled_at", DateTime(timezone=True), nullable=True),
     Column("disabled_reason", String(200), nullable=True),
     Column("removed_at", DateTime(timezone=True), nullable=True),
-    Index("ix_webhook_endpoints_org", "org_id"),
+    Index("ix_webhook_endpoints_scope", "org_id", "environment"),
 )
 
 webhook_deliveries = Table(
@@ -123,6 +143,8 @@ webhook_deliveries = Table(
     Column("message_id", String(40), nullable=False),
     Column("endpoint_id", String(40), nullable=False),
     Column("org_id", String(64), nullable=False),
+    # The endpoint's environment (= the job's): who may list the delivery.
+    Column("environment", String(16), nullable=False),
     Column("job_id", String(40), nullable=True),
     Column("event_type", String(64), nullable=False),
     Column("payload", Text, nullable=False),
@@ -135,7 +157,7 @@ webhook_deliveries = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
-    Index("ix_webhook_deliveries_org_job", "org_id", "job_id"),
+    Index("ix_webhook_deliveries_scope_job", "org_id", "environment", "job_id"),
 )
 
 webhook_attempts = Table(
@@ -175,17 +197,193 @@ def migrate_workers(conn: Connection) -> None:
     ensure_tables(conn, (job_workers,))
 
 
+#: The environment given to rows made before environments were kept apart that recorded
+#: none (webhook endpoints and their deliveries; jobs enqueued through the Python API):
+#: production, so an integration set up before then keeps working as it did.
+LEGACY_ENVIRONMENT = "PRODUCTION"
+#: Indexes that led with ``org_id`` alone, by table; replaced by ones on (org, environment).
+_ORG_INDEXES: dict[str, tuple[str, ...]] = {
+    "jobs": (
+        "ix_jobs_org_status_seq",
+        "ix_jobs_org_application",
+        "ix_jobs_org_finished",
+        "ix_jobs_org_created",
+    ),
+    "webhook_endpoints": ("ix_webhook_endpoints_org",),
+    "webhook_deliveries": ("ix_webhook_deliveries_org_job",),
+}
+
+
+def separate_environments(conn: Connection) -> None:
+    """Migration step: sandbox apart from production in the queue, webhooks and events.
+
+    Idempotent (each change is made only where the catalog shows the old layout), so a
+    database created from the current definitions goes through unchanged, and
+    :func:`create_job_schema` runs it too.
+
+    * ``jobs``: rows without an environment (made through the Python API before it was
+      required) become PRODUCTION; the Idempotency-Key is unique per org *and*
+      environment; the per-org indexes become per (org, environment).
+    * ``job_orgs``: one row per (org, environment). Each org's row is copied to both
+      environments (its cap, round-robin turn and moving average go with it) and the
+      counters are counted again from the jobs of each environment.
+    * ``webhook_endpoints`` and ``webhook_deliveries`` gain ``environment``; existing
+      rows are PRODUCTION (endpoints were added with no environment, and a delivery
+      belongs where its endpoint is).
+    * ``product_events``: an event id is unique per org *and* environment, so a sandbox
+      event can no longer hide a production one with the same id.
+
+    SQLite cannot drop a table's constraint: ``jobs`` and ``product_events`` are copied
+    into a table of the current definition there (in this step's transaction).
+    """
+    if not _before_environments(conn):
+        return
+    if conn.dialect.name == "postgresql":
+        # Workers may keep running during an upgrade: nothing moves the counters while
+        # they are counted again. (Taken only when there is something to change: every
+        # process start runs this.)
+        conn.exec_driver_sql(
+            "LOCK TABLE jobs, job_orgs, webhook_endpoints, webhook_deliveries, product_events "
+            "IN ACCESS EXCLUSIVE MODE"
+        )
+    conn.execute(
+        jobs.update()
+        .where(jobs.c.environment.not_in(("SANDBOX", "PRODUCTION")))
+        .values(environment=LEGACY_ENVIRONMENT)
+    )
+    _replace_unique(conn, jobs, "uq_jobs_org_idempotency", "uq_jobs_scope_idempotency")
+    _replace_unique(
+        conn, product_events, "uq_product_events_org_event", "uq_product_events_scope_event"
+    )
+    _scope_job_orgs(conn)
+    for table in (webhook_endpoints, webhook_deliveries):
+        _add_environment(conn, table)
+    for names in _ORG_INDEXES.values():
+        for name in names:
+            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
+    ensure_tables(conn, (*JOB_TABLES, product_events))
+
+
+def _before_environments(conn: Connection) -> bool:
+    """Whether any of the tables still has a layout of before environments were apart."""
+    catalog = inspect(conn)
+    uniques = {
+        uc["name"]
+        for table in (jobs, product_events)
+        for uc in catalog.get_unique_constraints(table.name)
+    }
+    if uniques & {"uq_jobs_org_idempotency", "uq_product_events_org_event"}:
+        return True
+    for table in (job_orgs, webhook_endpoints, webhook_deliveries):
+        if "environment" not in {c["name"] for c in catalog.get_columns(table.name)}:
+            return True
+    indexes = {ix["name"] for name in _ORG_INDEXES for ix in catalog.get_indexes(name)}
+    return any(name in indexes for names in _ORG_INDEXES.values() for name in names)
+
+
+def _replace_unique(conn: Connection, table: Table, old: str, new: str) -> None:
+    """Swap the unique constraint ``old`` for the definition's ``new``, where ``old`` is."""
+    names = {uc["name"] for uc in inspect(conn).get_unique_constraints(table.name)}
+    if old not in names:
+        return
+    if conn.dialect.name == "sqlite":
+        _rebuild(conn, table)
+        return
+    [wanted] = [c for c in table.constraints if isinstance(c, UniqueConstraint) and c.name == new]
+    columns = ", ".join(c.name for c in wanted.columns)
+    conn.exec_driver_sql(f"ALTER TABLE {table.name} DROP CONSTRAINT {old}")
+    conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD CONSTRAINT {new} UNIQUE ({columns})")
+
+
+def _rebuild(conn: Connection, table: Table) -> None:
+    """SQLite: make ``table`` again from its current definition, keeping every row (the
+    columns both layouts have), its indexes included."""
+    copy = table.to_metadata(MetaData(), name=f"{table.name}_rebuilt")
+    conn.execute(CreateTable(copy))
+    present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+    columns = ", ".join(f'"{c.name}"' for c in table.columns if c.name in present)
+    conn.exec_driver_sql(
+        f'INSERT INTO "{copy.name}" ({columns}) SELECT {columns} FROM "{table.name}"'
+    )
+    conn.exec_driver_sql(f'DROP TABLE "{table.name}"')  # its indexes go with it
+    conn.exec_driver_sql(f'ALTER TABLE "{copy.name}" RENAME TO "{table.name}"')
+    for index in sorted(table.indexes, key=lambda i: str(i.name)):
+        conn.execute(CreateIndex(index))
+
+
+def _add_environment(conn: Connection, table: Table) -> None:
+    """Add ``environment`` to a table without it; existing rows get PRODUCTION."""
+    if "environment" in {c["name"] for c in inspect(conn).get_columns(table.name)}:
+        return
+    conn.exec_driver_sql(
+        f"ALTER TABLE {table.name} ADD COLUMN environment VARCHAR(16) NOT NULL "
+        f"DEFAULT '{LEGACY_ENVIRONMENT}'"
+    )
+    if conn.dialect.name == "postgresql":
+        # As the definition: every insert names its environment. (SQLite cannot drop a
+        # column default; the code never relies on it.)
+        conn.exec_driver_sql(f"ALTER TABLE {table.name} ALTER COLUMN environment DROP DEFAULT")
+
+
+def _scope_job_orgs(conn: Connection) -> None:
+    """``job_orgs`` from one row per org to one per (org, environment)."""
+    if "environment" in {c["name"] for c in inspect(conn).get_columns(job_orgs.name)}:
+        return
+    o = job_orgs.c
+    old = conn.execute(select(o.org_id, o.cap, o.last_served_at, o.avg_seconds, o.samples)).all()
+    counted = conn.execute(
+        select(jobs.c.org_id, jobs.c.environment, jobs.c.status, func.count())
+        .where(jobs.c.status.in_(("queued", "running")))
+        .group_by(jobs.c.org_id, jobs.c.environment, jobs.c.status)
+    ).all()
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_job_orgs_served")
+    conn.exec_driver_sql("DROP TABLE job_orgs")
+    create_tables(conn, (job_orgs,))
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def row(org: str, environment: str) -> dict[str, Any]:
+        return rows.setdefault(
+            (org, environment),
+            {
+                "org_id": org,
+                "environment": environment,
+                "running": 0,
+                "queued": 0,
+                "cap": None,
+                "last_served_at": EPOCH,
+                "avg_seconds": None,
+                "samples": 0,
+            },
+        )
+
+    for r in old:
+        for environment in ("PRODUCTION", "SANDBOX"):
+            row(r.org_id, environment).update(
+                cap=r.cap,
+                last_served_at=as_utc(r.last_served_at) or EPOCH,
+                avg_seconds=r.avg_seconds,
+                samples=r.samples or 0,
+            )
+    for org, environment, status, count in counted:
+        row(org, environment)[status] = int(count)
+    if rows:
+        conn.execute(job_orgs.insert(), list(rows.values()))
+
+
 async def create_job_schema(engine: AsyncEngine) -> None:
     """Create the jobs and webhooks tables, and their indexes, when missing (idempotent).
 
     Also ``product_events`` (the analytics table jobs write their outcome events to), so
     a ``tollhouse worker`` can run before any ``serve`` migrated the database; the
-    migration runner adopts both (its steps use ``IF NOT EXISTS`` too). Records no
-    version: :func:`tollhouse.schema.create_schema` does.
+    migration runner adopts both (its steps use ``IF NOT EXISTS`` too). Tables of an
+    older layout get :func:`separate_environments` (it changes only what is still old).
+    Records no version: :func:`tollhouse.schema.create_schema` does.
     """
 
     def create(conn: Connection) -> None:
         ensure_tables(conn, (*JOB_TABLES, job_workers, product_events))
+        # Tables made before environments were kept apart are brought to today's layout.
+        separate_environments(conn)
 
-    async with engine.begin() as conn:
+    async with write_transaction(engine, "could not create the job queue's tables") as conn:
         await conn.run_sync(create)

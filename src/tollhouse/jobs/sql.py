@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tollhouse.jobs import retention
 from tollhouse.jobs.machine import QueueMachine
 from tollhouse.jobs.model import (
+    PRODUCTION,
     Clock,
     Enqueued,
     Finish,
@@ -147,9 +148,9 @@ class SqlJobQueue:
         """True when a worker recorded itself recently."""
         return await self.reads.workers_running()
 
-    async def set_cap(self, org: str, cap: int | None) -> None:
-        """Give ``org`` its own cap (None: the default again)."""
-        await self.machine.set_cap(org, cap)
+    async def set_cap(self, org: str, cap: int | None, *, environment: str = PRODUCTION) -> None:
+        """Give ``org`` its own cap in ``environment`` (None: the default again)."""
+        await self.machine.set_cap(org, cap, environment=environment)
 
     # --- retention -----------------------------------------------------------------------
 
@@ -160,39 +161,46 @@ class SqlJobQueue:
 
     # --- the read model ------------------------------------------------------------------
 
-    async def get(self, org: str, job_id: str) -> Job | None:
-        """The org's job ``job_id``, or None (also for another org's job)."""
-        return await self.reads.get(org, job_id)
+    async def get(self, org: str, job_id: str, *, environment: str) -> Job | None:
+        """The job ``job_id`` of ``org`` in ``environment``, or None (also for another
+        org's or another environment's job)."""
+        return await self.reads.get(org, job_id, environment=environment)
 
-    async def latest_for_application(self, org: str, application_id: str) -> Job | None:
-        """The org's most recently submitted job for ``application_id``, or None."""
-        return await self.reads.latest_for_application(org, application_id)
+    async def latest_for_application(
+        self, org: str, application_id: str, *, environment: str
+    ) -> Job | None:
+        """The most recent job for ``application_id`` of ``org`` in ``environment``."""
+        return await self.reads.latest_for_application(org, application_id, environment=environment)
 
     async def standing(self, job: Job) -> Standing | None:
         """Where a job stands now, if still queued."""
         return await self.reads.standing(job)
 
-    async def org_counters(self, org: str) -> OrgCounters:
-        """``org``'s counters; an org with no jobs yet has zeros and the default cap."""
-        return await self.reads.org_counters(org)
+    async def org_counters(self, org: str, *, environment: str) -> OrgCounters:
+        """``org``'s counters in ``environment`` (zeros and the default cap before any job)."""
+        return await self.reads.org_counters(org, environment=environment)
 
     async def page(
         self,
         org: str,
         *,
+        environment: str,
         status: WireStatus | None = None,
         limit: int = 20,
         before: tuple[datetime, str] | None = None,
     ) -> JobPage:
-        """``org``'s jobs newest first by ``(created_at, id)``; see :meth:`JobQueue.page`."""
-        return await self.reads.page(org, status=status, limit=limit, before=before)
+        """``org``'s jobs in ``environment`` newest first; see :meth:`JobQueue.page`."""
+        return await self.reads.page(
+            org, environment=environment, status=status, limit=limit, before=before
+        )
 
     async def counters(self) -> list[OrgCounters]:
         """Every org's counters."""
         return await self.reads.counters()
 
     async def volume(
-        self, org: str, start: datetime, end: datetime, granularity: str
+        self, org: str, start: datetime, end: datetime, granularity: str, *, environment: str
     ) -> list[tuple[datetime, int, int]]:
-        """Finished jobs of ``org`` per bucket: ``(bucket start, completed, failed)``."""
-        return await self.reads.volume(org, start, end, granularity)
+        """Finished jobs of ``org`` in ``environment`` per bucket: ``(bucket start,
+        completed, failed)``."""
+        return await self.reads.volume(org, start, end, granularity, environment=environment)

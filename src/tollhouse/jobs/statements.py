@@ -117,6 +117,7 @@ class QueueStatements:
         # Built once: constructing an upsert costs more than running it on SQLite.
         upsert = dialect.insert(dialect_name, job_orgs).values(
             org_id=bindparam("u_org"),
+            environment=bindparam("u_env"),
             running=0,
             queued=bindparam("u_count"),
             last_served_at=EPOCH,
@@ -126,7 +127,7 @@ class QueueStatements:
         # in the same statement, so the estimate costs no extra round trip.
         self.workers_seen = select(func.max(job_workers.c.seen_at)).scalar_subquery()
         self.count_queued = upsert.on_conflict_do_update(
-            index_elements=["org_id"],
+            index_elements=["org_id", "environment"],
             set_={"queued": job_orgs.c.queued + upsert.excluded.queued},
         ).returning(
             job_orgs.c.running,
@@ -137,12 +138,22 @@ class QueueStatements:
         )
         self.ensure_org = (
             dialect.insert(dialect_name, job_orgs)
-            .values(org_id=bindparam("e_org"), running=0, queued=0, last_served_at=EPOCH, samples=0)
-            .on_conflict_do_nothing(index_elements=["org_id"])
+            .values(
+                org_id=bindparam("e_org"),
+                environment=bindparam("e_env"),
+                running=0,
+                queued=0,
+                last_served_at=EPOCH,
+                samples=0,
+            )
+            .on_conflict_do_nothing(index_elements=["org_id", "environment"])
         )
         self.finish_orgs = (
             update(job_orgs)
-            .where(job_orgs.c.org_id == bindparam("o_org"))
+            .where(
+                job_orgs.c.org_id == bindparam("o_org"),
+                job_orgs.c.environment == bindparam("o_env"),
+            )
             .values(
                 running=job_orgs.c.running + bindparam("o_running", type_=Integer),
                 queued=job_orgs.c.queued + bindparam("o_queued", type_=Integer),
@@ -156,7 +167,10 @@ class QueueStatements:
         )
         self.claimed_orgs = (
             update(job_orgs)
-            .where(job_orgs.c.org_id == bindparam("c_org"))
+            .where(
+                job_orgs.c.org_id == bindparam("c_org"),
+                job_orgs.c.environment == bindparam("c_env"),
+            )
             .values(
                 running=job_orgs.c.running + bindparam("c_count", type_=Integer),
                 queued=job_orgs.c.queued - bindparam("c_count", type_=Integer),
@@ -167,19 +181,25 @@ class QueueStatements:
         # The claim's and the completion's statements.
         when = jobs.c.run_after.type
         self.claim_orgs = (
-            select(job_orgs.c.org_id, job_orgs.c.running, self.cap.label("cap"))
+            select(
+                job_orgs.c.org_id,
+                job_orgs.c.environment,
+                job_orgs.c.running,
+                self.cap.label("cap"),
+            )
             .where(job_orgs.c.queued > 0, job_orgs.c.running < self.cap)
-            .order_by(job_orgs.c.last_served_at, job_orgs.c.org_id)
+            .order_by(job_orgs.c.last_served_at, job_orgs.c.org_id, job_orgs.c.environment)
             .limit(bindparam("c_limit", type_=Integer))
             .with_for_update(skip_locked=True)
         )
-        # Pick (and lock) an org's oldest ready jobs and lease them in one statement.
+        # Pick (and lock) a scope's oldest ready jobs and lease them in one statement.
         # One random part per claim; each job's token is it + the job id, so one UPDATE
         # sets every lease of an org and tokens still differ per job and per claim.
         pick = (
             select(jobs.c.seq)
             .where(
                 jobs.c.org_id == bindparam("p_org", type_=String),
+                jobs.c.environment == bindparam("p_env", type_=String),
                 jobs.c.status == "queued",
                 jobs.c.run_after <= bindparam("p_now", type_=when),
             )
@@ -207,7 +227,10 @@ class QueueStatements:
         count = select(func.count()).select_from(claimed).scalar_subquery()
         bump = (
             update(job_orgs)
-            .where(job_orgs.c.org_id == bindparam("p_org", type_=String))
+            .where(
+                job_orgs.c.org_id == bindparam("p_org", type_=String),
+                job_orgs.c.environment == bindparam("p_env", type_=String),
+            )
             .values(
                 running=job_orgs.c.running + count,
                 queued=job_orgs.c.queued - count,
@@ -236,13 +259,16 @@ class QueueStatements:
             .returning(*DECIDE, jobs.c.run_after)
         )
         self.decide = select(*DECIDE, jobs.c.run_after).where(*fence).with_for_update()
-        # Where a queued job stands needs its org's running count, cap and mean time.
+        # Where a queued job stands needs its scope's running count, cap and mean time.
         self.org_estimate = select(
             job_orgs.c.running,
             self.cap.label("cap"),
             job_orgs.c.avg_seconds,
             self.workers_seen.label("workers_seen"),
-        ).where(job_orgs.c.org_id == bindparam("s_org", type_=String))
+        ).where(
+            job_orgs.c.org_id == bindparam("s_org", type_=String),
+            job_orgs.c.environment == bindparam("s_env", type_=String),
+        )
         # A worker records itself (and forgets workers gone for a day: ids are host:pid).
         upsert_worker = dialect.insert(dialect_name, job_workers).values(
             worker_id=bindparam("w_id", type_=String),

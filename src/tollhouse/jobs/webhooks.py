@@ -1,5 +1,9 @@
-"""Signed webhooks (Standard Webhooks): endpoints per org, an outbox of deliveries,
-a sender with a retry schedule, and every attempt recorded.
+"""Signed webhooks (Standard Webhooks): endpoints per org and environment, an outbox of
+deliveries, a sender with a retry schedule, and every attempt recorded.
+
+* **Environments**: an endpoint belongs to an org in one environment (SANDBOX or
+  PRODUCTION); a job's events go only to the endpoints of its own org and environment,
+  and a key lists only the deliveries of its own.
 
 * **Signing**: ``webhook-id`` (the event's message id, the same for every retry),
   ``webhook-timestamp`` (Unix seconds of this attempt) and
@@ -7,7 +11,8 @@ a sender with a retry schedule, and every attempt recorded.
   base64-decoded part of the endpoint's ``whsec_<base64>`` secret — by
   :func:`tollhouse.webhooks.sign`, the function receivers verify with.
 * **Outbox**: when a job finishes, :func:`tollhouse.jobs.outbox.stage_events` writes one
-  delivery per enabled endpoint of the org in the job's own transaction; the body is
+  delivery per enabled endpoint of the job's org and environment in the job's own
+  transaction; the body is
   fixed then, so every retry sends the same bytes. It lives in its own module because
   the queue's state machine calls it: the queue needs the outbox, not the sender.
 * **Schedule**: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (±10 % jitter);
@@ -40,7 +45,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tollhouse.errors import StorageError
-from tollhouse.jobs.model import Clock, iso, utc_now
+from tollhouse.jobs.model import ENVIRONMENTS, PRODUCTION, Clock, iso, utc_now
 from tollhouse.jobs.outbox import stage_events
 from tollhouse.jobs.schema import webhook_attempts, webhook_deliveries, webhook_endpoints
 from tollhouse.security import audit
@@ -148,7 +153,8 @@ def check_url(url: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A URL an org receives events at (never its secret, shown once at creation)."""
+    """A URL an org receives one environment's events at (never its secret, shown once at
+    creation)."""
 
     id: str
     org: str
@@ -156,6 +162,8 @@ class Endpoint:
     created_at: datetime
     disabled_at: datetime | None = None
     disabled_reason: str | None = None
+    environment: str = PRODUCTION
+    """SANDBOX or PRODUCTION: only jobs of this environment are sent here."""
 
     @property
     def enabled(self) -> bool:
@@ -290,24 +298,36 @@ class WebhookStore:
     # endpoints
 
     async def add_endpoint(
-        self, org: str, url: str, *, actor: str | None = None
+        self,
+        org: str,
+        url: str,
+        *,
+        environment: str = PRODUCTION,
+        actor: str | None = None,
     ) -> tuple[Endpoint, str]:
-        """Register ``url`` for ``org``; returns the endpoint and its secret (shown once).
-        With an ``actor``, the change is audited in the same transaction.
+        """Register ``url`` for the events of ``org`` in ``environment``; returns the
+        endpoint and its secret (shown once). With an ``actor``, the change is audited in
+        the same transaction.
 
         Raises:
             ValueError: the URL is not an absolute http(s) URL, or reaches a private
-                address (:class:`tollhouse.security.net.TargetRefused`).
+                address (:class:`tollhouse.security.net.TargetRefused`), or the
+                environment is not SANDBOX or PRODUCTION.
         """
+        if environment not in ENVIRONMENTS:
+            raise ValueError(f"environment must be one of {', '.join(ENVIRONMENTS)}")
         clean = check_url(url)
         await check_target(clean, allow_private=self.allow_private_targets)
         secret = new_secret()
-        endpoint = Endpoint("we_" + secrets.token_hex(10), org, clean, self.clock())
+        endpoint = Endpoint(
+            "we_" + secrets.token_hex(10), org, clean, self.clock(), environment=environment
+        )
         async with write_transaction(self.engine, "webhooks") as conn:
             await conn.execute(
                 webhook_endpoints.insert().values(
                     id=endpoint.id,
                     org_id=org,
+                    environment=environment,
                     url=clean,
                     secret=secret,
                     created_at=endpoint.created_at,
@@ -320,15 +340,19 @@ class WebhookStore:
                     action="webhook.added",
                     org=org,
                     target_id=endpoint.id,
-                    details={"url": audit.safe_url(clean)},
+                    details={"url": audit.safe_url(clean), "environment": environment},
                 )
         return endpoint, secret
 
-    async def list_endpoints(self, org: str | None = None) -> list[Endpoint]:
-        """Endpoints not removed, oldest first, optionally of one org."""
+    async def list_endpoints(
+        self, org: str | None = None, *, environment: str | None = None
+    ) -> list[Endpoint]:
+        """Endpoints not removed, oldest first, optionally of one org and one environment."""
         q = select(webhook_endpoints).where(webhook_endpoints.c.removed_at.is_(None))
         if org is not None:
             q = q.where(webhook_endpoints.c.org_id == org)
+        if environment is not None:
+            q = q.where(webhook_endpoints.c.environment == environment)
         q = q.order_by(webhook_endpoints.c.created_at, webhook_endpoints.c.id)
         async with read_connection(self.engine, "webhooks") as conn:
             rows = (await conn.execute(q)).all()
@@ -475,14 +499,15 @@ class WebhookStore:
         return str(values.get("status", "pending"))
 
     async def deliveries(
-        self, org: str, job_id: str | None = None, limit: int = 100
+        self, org: str, job_id: str | None = None, limit: int = 100, *, environment: str
     ) -> list[Delivery]:
-        """An org's deliveries with their attempts, newest first (optionally of one job)."""
+        """The deliveries of ``org`` in ``environment`` with their attempts, newest first
+        (optionally of one job)."""
         d, e = webhook_deliveries, webhook_endpoints
         q = (
             select(d, e.c.url)
             .join(e, e.c.id == d.c.endpoint_id)
-            .where(d.c.org_id == org)
+            .where(d.c.org_id == org, d.c.environment == environment)
             .order_by(d.c.created_at.desc(), d.c.id)
             .limit(limit)
         )
@@ -532,6 +557,7 @@ def _endpoint(row: Any) -> Endpoint:
         created_at=as_utc(row.created_at),
         disabled_at=as_utc(row.disabled_at),
         disabled_reason=row.disabled_reason,
+        environment=row.environment,
     )
 
 

@@ -14,8 +14,9 @@ microseconds and costs in micro-dollars.
   version 4, :func:`upgrade_rollups_v4`), duration sum/min/max and the latency histogram
   ``h00``…``h39`` (:mod:`tollhouse.metering.histogram`).
 * ``usage_calls`` — one row per call, paged by ``(time_us, id)``.
-* ``product_events`` — ``POST /v1/events``; unique per ``(org, event_id)``. The fields the
-  metric catalogue reads are copied into typed columns at ingest; ``data`` keeps all.
+* ``product_events`` — ``POST /v1/events``; unique per ``(org, environment, event_id)``.
+  The fields the metric catalogue reads are copied into typed columns at ingest; ``data``
+  keeps all.
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ product_events = Table(
     Column("tokens_out", BigInteger),
     Column("cost_micros", BigInteger),
     Column("data", _JSON, nullable=False),
-    UniqueConstraint("org", "event_id", name="uq_product_events_org_event"),
+    # Per org *and* environment: a sandbox event never hides a production one.
+    UniqueConstraint("org", "environment", "event_id", name="uq_product_events_scope_event"),
     Index("ix_product_events_scope", "org", "environment", "type", "time_us"),
     Index("ix_product_events_time", "time_us"),
 )

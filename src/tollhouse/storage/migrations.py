@@ -69,7 +69,9 @@ def ensure_tables(conn: Connection, tables: Iterable[Table]) -> None:
     For steps that adopt tables made outside the runner, and for code that makes sure of
     its tables at every start. Indexes are looked up in the catalog first: even with
     ``IF NOT EXISTS``, PostgreSQL's ``CREATE INDEX`` takes a SHARE lock on the table before
-    looking, which would queue every writer behind each starting process.
+    looking, which would queue every writer behind each starting process. An index over
+    a column the existing table does not have yet is left to the later step that adds the
+    column (and then calls this again).
     """
     existing = set(inspect(conn).get_table_names())
     for table in tables:
@@ -77,8 +79,9 @@ def ensure_tables(conn: Connection, tables: Iterable[Table]) -> None:
             create_tables(conn, (table,))
             continue
         have = {ix["name"] for ix in inspect(conn).get_indexes(table.name)}
+        columns = {c["name"] for c in inspect(conn).get_columns(table.name)}
         for index in sorted(table.indexes, key=lambda i: str(i.name)):
-            if index.name not in have:
+            if index.name not in have and all(c.name in columns for c in index.columns):
                 conn.execute(CreateIndex(index, if_not_exists=True))
 
 
