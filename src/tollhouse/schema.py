@@ -20,6 +20,7 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollhouse.example.schema import migrate_example
+from tollhouse.fairuse.schema import migrate_fair_use
 from tollhouse.jobs.schema import migrate_jobs, migrate_workers
 from tollhouse.keys.schema import api_keys, orgs
 from tollhouse.metering import schema as usage
@@ -51,6 +52,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "example upstream: criteria per job, scoring results", migrate_example),
     Migration(7, "job queue and webhooks (adopted when made before this step)", migrate_jobs),
     Migration(8, "dead letters; job workers' presence", _dead_letters_and_workers),
+    Migration(10, "fair-use signals: tallies, jobs, flags, watermark", migrate_fair_use),
 )
 check_steps(MIGRATIONS)
 

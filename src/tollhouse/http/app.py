@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -13,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tollhouse.dashboard import PREFIX as DASHBOARD_PREFIX
 from tollhouse.dashboard import DashboardApp, is_dashboard_path
 from tollhouse.errors import ConfigError
+from tollhouse.fairuse import FairUsePass, FairUseTap, GenerationCapture
+from tollhouse.fairuse.tap import generation_routes
 from tollhouse.http.dispatch import PlatformDispatch
 from tollhouse.http.forwarded import TrustedProxies
 from tollhouse.http.gateway import ASGIApp, Gateway, Receive, Scope, Send
@@ -135,6 +138,16 @@ class Tollhouse:
                 fallback=PlatformDispatch(platform, self.upstream),
             ),
         )
+        # Fair use: the tap counts generations per jobId and early retries after 429s,
+        # flushed with the meter; the pass judges them every few minutes.
+        self.fair_use_tap = FairUseTap()
+        generations = [r for r in policy.fair_use if r.signal == "regeneration_loop"]
+        if generations:
+            routes = generation_routes(generations[0].routes)
+            self.inner = GenerationCapture(self.inner, self.fair_use_tap, routes, time.time)
+        self.meter.aggregator.observers.append(self.fair_use_tap.observe)
+        self.meter.flusher.companions.append(self.fair_use_tap.flush)
+        self.fair_use = FairUsePass(self.engine, policy.fair_use, tap=self.fair_use_tap)
         self.worker: Worker | None = None
         if policy.async_routes and self.settings.embedded_workers:
             self.worker = Worker(
@@ -162,6 +175,7 @@ class Tollhouse:
             OverrideStore(self.engine), on_change=self.gateway.forget_checks
         )
         self.gateway.overrides = self.overrides
+        self.gateway.on_refused = self.fair_use_tap.refused
         # GET /metrics and GET /readyz, answered before the gateway (tollhouse.ops).
         self.metrics = OpsMetrics(
             self.gateway, queue=self.queue if policy.async_routes else None, meter=self.meter
@@ -198,6 +212,7 @@ class Tollhouse:
             await self._inner_lifespan.startup()
             if self.worker is not None:
                 await self.worker.start()
+            await self.fair_use.start()
             self._started = True
             # Everything loaded so far lives as long as the process: move it out of the
             # cyclic collector's sight so collections stay proportional to per-request
@@ -211,6 +226,7 @@ class Tollhouse:
                 # Running jobs get a grace period; the rest go back on the queue.
                 await self.worker.stop(grace=10.0)
             await self._inner_lifespan.shutdown()
+            await self.fair_use.stop()
             await self.keys.stop()
             await self.overrides.stop()
             # Last: everything metered up to here is flushed.

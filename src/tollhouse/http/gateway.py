@@ -201,6 +201,8 @@ class Gateway:
         self.admitted: dict[tuple[str, ...], int] = {}
         #: the bucket or pool that denied → denied requests.
         self.denied: dict[str, int] = {}
+        #: Told of every 429 sent (identity, arrival, its headers): the fair-use tap.
+        self.on_refused: Callable[[object, float, dict[str, str]], None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -245,6 +247,8 @@ class Gateway:
             await _send_error(
                 send, exc, request_id, match.error_format if match is not None else "envelope"
             )
+            if exc.status == 429 and self.on_refused is not None:
+                self.on_refused(state.get("identity"), arrived, exc.headers)
             self._account(match, state.get("identity"), method, exc.status, arrived, t0, scope)
             return
         request_id = state["request_id"]
