@@ -20,6 +20,7 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollhouse.example.schema import migrate_example
+from tollhouse.fairuse.schema import migrate_fair_use
 from tollhouse.jobs.schema import migrate_jobs, migrate_workers, separate_environments
 from tollhouse.keys.schema import api_keys, orgs
 from tollhouse.metering import schema as usage
@@ -57,6 +58,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "org and environment",
         separate_environments,
     ),
+    Migration(10, "fair-use signals: tallies, jobs, flags, watermark", migrate_fair_use),
 )
 check_steps(MIGRATIONS)
 

@@ -1,11 +1,12 @@
-"""``tollhouse usage calls | metric | log | volume | metrics | prune`` — analytics in the
-terminal, read from a running server through the SDK.
+"""``tollhouse usage calls | metric | log | volume | metrics | prune | fair-use`` —
+analytics in the terminal, read from a running server through the SDK.
 
-Every view but ``prune`` is an HTTP client of the public API, exactly as an integrator's
-script would be: the key decides the org and environment, ``--json`` prints the body the
-API answered, and the tables carry bar charts scaled to the terminal's width (``#`` bars
-when the output is not a terminal). ``prune`` is the operator's maintenance step on the
-database the server writes; it has no HTTP counterpart.
+Every view but ``prune`` and ``fair-use`` is an HTTP client of the public API, exactly as
+an integrator's script would be: the key decides the org and environment, ``--json``
+prints the body the API answered, and the tables carry bar charts scaled to the
+terminal's width (``#`` bars when the output is not a terminal). ``prune`` is the
+operator's maintenance step on the database the server writes; ``fair-use`` is the
+provider's view of every org's fair-use signals, read from that database.
 """
 
 from __future__ import annotations
@@ -512,3 +513,94 @@ def prune_cmd(
         return
     for table_name, n in deleted.items():
         console.print(f"{table_name}: {n} rows deleted")
+
+
+@app.command("fair-use")
+def fair_use_cmd(
+    org: Annotated[str | None, typer.Option("--org", help="One org (default: every org).")] = None,
+    environment: Annotated[
+        str | None,
+        typer.Option("--environment", help="SANDBOX or PRODUCTION (default: both)."),
+    ] = None,
+    time_range: Annotated[
+        str, typer.Option("--time-range", help=f"Lookback: {', '.join(RANGES)}.")
+    ] = "7d",
+    run: Annotated[
+        bool, typer.Option("--run", help="Run the scheduled fair-use pass once first.")
+    ] = False,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Fair-use signals per org and environment, from the database the server writes:
+    value, threshold, status (ok / watch / flagged), the jobIds or keys involved, first
+    and last seen."""
+    from tollhouse.fairuse import evaluate, run_pass
+    from tollhouse.jobs.volume import TIME_RANGES
+
+    if time_range not in TIME_RANGES:
+        fail(f"--time-range {time_range!r}: use one of {', '.join(TIME_RANGES)}", 2)
+    env = environment.upper() if environment else None
+    if env is not None and env not in ("SANDBOX", "PRODUCTION"):
+        fail(f"--environment {environment!r}: use SANDBOX or PRODUCTION", 2)
+    settings = settings_from(config, database_url)
+    rules = settings.policy.fair_use
+    if not rules:
+        fail("the policy has no [[fair_use]] signals", 2)
+    end = time.time()
+    start = end - TIME_RANGES[time_range][0].total_seconds()
+
+    async def read(engine: Any) -> list[dict[str, Any]]:
+        from sqlalchemy import select
+
+        from tollhouse.metering.schema import usage_dims
+
+        if run:
+            await run_pass(engine, rules, now=end)
+        query = select(usage_dims.c.org, usage_dims.c.environment).distinct()
+        if org is not None:
+            query = query.where(usage_dims.c.org == org)
+        if env is not None:
+            query = query.where(usage_dims.c.environment == env)
+        async with engine.connect() as conn:
+            pairs = sorted((o, e) for o, e in await conn.execute(query))
+        if org is not None and not pairs:
+            pairs = [(org, e) for e in ([env] if env else ["SANDBOX", "PRODUCTION"])]
+        out = []
+        for o, e in pairs:
+            found = await evaluate(engine, rules, o, e, start, end)
+            out.append({"org": o, "environment": e, "signals": [r.to_json() for r in found]})
+        return out
+
+    results = with_database(settings, read)
+    if as_json:
+        write_json({"timeRange": time_range, "orgs": results})
+        return
+    if not results:
+        console.print("no usage recorded")
+        return
+    styles = {"ok": "green", "watch": "yellow", "flagged": "bold red"}
+    for entry in results:
+        table = Table(title=f"{entry['org']} · {entry['environment']} · last {time_range}")
+        for name in (
+            "signal",
+            "value",
+            "threshold",
+            "status",
+            "involved",
+            "first seen",
+            "last seen",
+        ):
+            table.add_column(name)
+        for sig in entry["signals"]:
+            involved = ", ".join(f"{s['id']} ({_shown(s['count'])})" for s in sig["involved"])
+            table.add_row(
+                sig["signal"],
+                _shown(sig["value"]),
+                _shown(sig["threshold"]),
+                Text(sig["status"], style=styles[sig["status"]]),
+                involved or "—",
+                sig["firstSeen"] or "—",
+                sig["lastSeen"] or "—",
+            )
+        console.print(table)

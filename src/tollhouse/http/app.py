@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,6 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tollhouse.dashboard import PREFIX as DASHBOARD_PREFIX
 from tollhouse.dashboard import DashboardApp
 from tollhouse.errors import ConfigError
+from tollhouse.fairuse import FairUsePass, FairUseTap, GenerationCapture
+from tollhouse.fairuse.tap import generation_routes
 from tollhouse.http.asgi import ASGIApp, Receive, Scope, Send
 from tollhouse.http.checks import CheckCache
 from tollhouse.http.counters import GatewayCounters
@@ -131,6 +134,16 @@ class Tollhouse:
         # Usage: every admitted call is metered in memory and flushed in batches; the platform
         # routes answer the analytics and events routes (call counts, catalogue metrics).
         self.meter = UsageMeter(self.engine)
+        # Fair use: the tap counts generations per jobId and early retries after 429s,
+        # flushed with the meter; the pass judges them every few minutes.
+        self.fair_use_tap = FairUseTap()
+        generations = [r for r in policy.fair_use if r.signal == "regeneration_loop"]
+        if generations:
+            routes = generation_routes(generations[0].routes)
+            self.upstream = GenerationCapture(self.upstream, self.fair_use_tap, routes, time.time)
+        self.meter.aggregator.observers.append(self.fair_use_tap.observe)
+        self.meter.flusher.companions.append(self.fair_use_tap.flush)
+        self.fair_use = FairUsePass(self.engine, policy.fair_use, tap=self.fair_use_tap)
         self.key_store = KeyStore(self.engine)
         self.keys = KeyCache(self.key_store)
         self.limits: LimitStore = open_store(
@@ -193,6 +206,7 @@ class Tollhouse:
                 *self._dashboard_endpoints(),
             ],
             disable=("ops",) if ops_listener else (),
+            on_refused=self.fair_use_tap.refused,
         )
         #: The operations endpoints on their own (``tollhouse serve --ops-port``).
         self.ops_app = TableApp(RouteTable([HEALTH, *ops]))
@@ -220,6 +234,7 @@ class Tollhouse:
             await self._inner_lifespan.startup()
             if self.worker is not None:
                 await self.worker.start()
+            await self.fair_use.start()
             self._started = True
             # Everything loaded so far lives as long as the process: move it out of the
             # cyclic collector's sight so collections stay proportional to per-request
@@ -233,6 +248,7 @@ class Tollhouse:
                 # Running jobs get a grace period; the rest go back on the queue.
                 await self.worker.stop(grace=10.0)
             await self._inner_lifespan.shutdown()
+            await self.fair_use.stop()
             await self.keys.stop()
             await self.overrides.stop()
             # Last: everything metered up to here is flushed.

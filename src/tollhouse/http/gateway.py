@@ -127,6 +127,8 @@ class Gateway:
             status): platform, jobs, operations, dashboard.
         disable: groups left out of the table besides ``[platform] disable`` (``ops``
             when the operations endpoints have their own listener).
+        on_refused: told of every 429 sent (identity, arrival, its headers): the
+            fair-use tap (:mod:`tollhouse.fairuse`).
     """
 
     def __init__(
@@ -143,8 +145,11 @@ class Gateway:
         checks: CheckCache | None = None,
         endpoints: Iterable[Endpoint] = (),
         disable: Iterable[str] = (),
+        on_refused: Callable[[object, float, dict[str, str]], None] | None = None,
     ) -> None:
         self.app = app
+        #: Told of every 429 sent (identity, arrival, its headers): the fair-use tap.
+        self.on_refused = on_refused
         self.policy = policy
         self.router = Router(policy)
         self.limits = limits
@@ -233,6 +238,8 @@ class Gateway:
             await send_error(
                 send, exc, request_id, match.error_format if match is not None else "envelope"
             )
+            if exc.status == 429 and self.on_refused is not None:
+                self.on_refused(state.get("identity"), arrived, exc.headers)
             self.account(match, state.get("identity"), method, exc.status, arrived, t0, scope)
             return
         if keyless:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 from bisect import bisect_right
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tollhouse.metering.histogram import BOUNDS_US
@@ -198,6 +199,10 @@ class Aggregator:
         self._dropped = 0
         self._rejected = 0
         self._since: float | None = None
+        self.observers: list[Callable[[list[CallRecord]], None]] = []
+        """Called with each pass's calls after they are aggregated (once per pass of up
+        to :data:`INBOX` calls, never per call; they must not raise): the fair-use tap
+        (:mod:`tollhouse.fairuse.tap`) watches 429s and the next arrivals here."""
 
     def record(self, call: CallRecord) -> None:
         """Account one call: memory only, never blocks, never raises.
@@ -302,6 +307,8 @@ class Aggregator:
         self._recorded += accounted
         self._dropped += dropped
         self._since = since
+        for observe in self.observers:
+            observe(calls)
 
     @property
     def recorded_calls(self) -> int:

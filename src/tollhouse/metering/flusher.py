@@ -29,7 +29,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -580,6 +580,10 @@ class Flusher:
         self._lock: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_prune = 0.0
+        self.companions: list[Callable[[AsyncEngine], Awaitable[object]]] = []
+        """Flushed after each background flush and at stop, into the same database:
+        counters kept beside the meter (the fair-use tap). Each keeps what it could not
+        write and raises :class:`StorageError`, which is logged."""
 
     @property
     def engine(self) -> AsyncEngine:
@@ -697,6 +701,7 @@ class Flusher:
         while True:
             try:
                 await self.flush()
+                await self._flush_companions()
                 return
             except StorageError:
                 if time.monotonic() + delay > deadline:
@@ -731,7 +736,15 @@ class Flusher:
                 logger.exception("usage flush crashed; retrying")
                 streak += 1
                 continue
+            try:
+                await self._flush_companions()
+            except StorageError:
+                logger.warning("flush beside the meter failed; retrying", exc_info=True)
             await self._maybe_prune()
+
+    async def _flush_companions(self) -> None:
+        for companion in self.companions:
+            await companion(self.engine)
 
     async def _maybe_prune(self) -> None:
         if self.retention is None:

@@ -17,12 +17,15 @@ from tollhouse.policy.model import (
     CORS_EXPOSE_HEADERS,
     CORS_METHODS,
     DEFAULT_DATABASE_URL,
+    FAIR_USE_DEFAULTS,
+    FAIR_USE_SIGNALS,
     PLATFORM_GROUPS,
     AccessRule,
     AsyncRoute,
     Bucket,
     Cors,
     EndpointGroup,
+    FairUseRule,
     Label,
     Limits,
     Platform,
@@ -238,6 +241,7 @@ class _Reader:
                 "routing",
                 "cors",
                 "platform",
+                "fair_use",
             },
             "",
         )
@@ -256,6 +260,11 @@ class _Reader:
         if len(set(keys)) != len(keys):
             dup = next(k for k in keys if keys.count(k) > 1)
             raise self.fail("endpoint_groups", f"key {dup!r} is used twice")
+        signals: set[str] = set()
+        fair_use = tuple(
+            self.fair_use(f, f"fair_use[{i}]", signals, buckets)
+            for i, f in enumerate(self.array(raw, "fair_use"))
+        )
         return Policy(
             source=self.source,
             upstream=self.upstream(self.table(raw, "upstream", "")),
@@ -279,6 +288,7 @@ class _Reader:
                 self.async_route(a, f"async_routes[{i}]")
                 for i, a in enumerate(self.array(raw, "async_routes"))
             ),
+            fair_use=fair_use,
         )
 
     def upstream(self, raw: dict[str, Any]) -> Upstream:
@@ -646,3 +656,60 @@ class _Reader:
                     f"{group!r} is not a group; choose from {', '.join(PLATFORM_GROUPS)}",
                 )
         return Platform(prefix=prefix, disable=tuple(dict.fromkeys(disable)))
+
+    def fair_use(
+        self, raw: dict[str, Any], w: str, seen: set[str], buckets: tuple[Bucket, ...]
+    ) -> FairUseRule:
+        self.unknown(
+            raw,
+            {"signal", "threshold", "window", "action", "after", "routes", "bucket", "limit"},
+            w,
+        )
+        signal = self.get(raw, "signal", str, w)
+        if signal not in FAIR_USE_SIGNALS:
+            raise self.fail(
+                f"{w}.signal", f"{signal!r} is not a signal; one of {', '.join(FAIR_USE_SIGNALS)}"
+            )
+        if signal in seen:
+            raise self.fail(f"{w}.signal", f"{signal!r} is listed twice")
+        seen.add(signal)
+        base = FAIR_USE_DEFAULTS[signal]
+        threshold = float(self.get(raw, "threshold", (int, float), w, base.threshold))
+        if threshold < 0:
+            raise self.fail(f"{w}.threshold", f"must be 0 or more, got {raw['threshold']!r}")
+        if "after" in raw and signal != "criteria_without_scoring":
+            raise self.fail(f"{w}.after", "only criteria_without_scoring has an after (T)")
+        action = self.get(raw, "action", str, w, "flag")
+        if action not in ("flag", "throttle"):
+            raise self.fail(f"{w}.action", f"{action!r} must be flag or throttle")
+        bucket: str | None = None
+        limit: int | None = None
+        if action == "throttle":
+            bucket = self.get(raw, "bucket", str, w)
+            if bucket not in {b.name for b in buckets}:
+                raise self.fail(f"{w}.bucket", f"{bucket!r} is not a bucket of this policy")
+            limit = self.positive_int(raw, "limit", w)
+        elif "bucket" in raw or "limit" in raw:
+            field_name = "bucket" if "bucket" in raw else "limit"
+            raise self.fail(
+                f"{w}.{field_name}", 'only action = "throttle" takes a bucket and limit'
+            )
+        routes = self.routes(raw, w) if "routes" in raw else base.routes
+        if signal == "regeneration_loop":
+            for i, r in enumerate(routes):
+                if "{" in r or r.endswith("*"):
+                    raise self.fail(
+                        f"{w}.routes[{i}]",
+                        f"{r!r}: generation routes are literal paths (the jobId is read "
+                        "from the JSON body)",
+                    )
+        return FairUseRule(
+            signal=signal,
+            threshold=threshold,
+            window=self.duration(raw, "window", w, base.window),
+            action=action,
+            after=self.duration(raw, "after", w, base.after) if base.after else 0.0,
+            routes=routes,
+            bucket=bucket,
+            limit=limit,
+        )

@@ -323,6 +323,73 @@ class Cors:
         return bool(self.allow_origins)
 
 
+#: The fair-use signals a ``[[fair_use]]`` table may name (docs/analytics.md#fair-use).
+FAIR_USE_SIGNALS: tuple[str, ...] = (
+    "regeneration_loop",
+    "criteria_without_scoring",
+    "polling_instead_of_webhooks",
+    "ignored_retry_after",
+    "burst_submission",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FairUseRule:
+    """One ``[[fair_use]]`` table: a usage pattern watched for, and what a flag does.
+
+    A table naming only ``signal`` gets the documented defaults of that signal
+    (:data:`FAIR_USE_DEFAULTS`).
+    """
+
+    signal: str
+    """One of :data:`FAIR_USE_SIGNALS`."""
+    threshold: float
+    """Flagged above it: generations of one job, polls per completed job, or a share."""
+    window: float
+    """Seconds the signal is judged over (the sliding window of ``regeneration_loop``,
+    the day of ``burst_submission``, the span the scheduled pass looks back)."""
+    action: str = "flag"
+    """``flag`` (shown, and sent as an event) or ``throttle`` (also a bucket override
+    for the org until the window ends)."""
+    after: float = 0.0
+    """``criteria_without_scoring``: how long after its criteria a job counts as never
+    scored (T)."""
+    routes: tuple[str, ...] = ()
+    """The routes the signal reads (generations, polls, submissions, scores)."""
+    bucket: str | None = None
+    """``throttle``: the bucket overridden."""
+    limit: int | None = None
+    """``throttle``: the limit the override sets."""
+
+
+#: Each signal's defaults: what a ``[[fair_use]]`` table leaves out (docs/policy.md).
+FAIR_USE_DEFAULTS: dict[str, FairUseRule] = {
+    "regeneration_loop": FairUseRule(
+        "regeneration_loop",
+        threshold=3,
+        window=86400.0,
+        routes=("POST /v1/criteria/generate", "POST /v1/criteria/questions"),
+    ),
+    "criteria_without_scoring": FairUseRule(
+        "criteria_without_scoring",
+        threshold=0.5,
+        window=7 * 86400.0,
+        after=7 * 86400.0,
+        routes=("POST /v1/score",),
+    ),
+    "polling_instead_of_webhooks": FairUseRule(
+        "polling_instead_of_webhooks",
+        threshold=5,
+        window=86400.0,
+        routes=("GET /v1/score/{scoringJobId}", "GET /v1/score/application/{applicationId}"),
+    ),
+    "ignored_retry_after": FairUseRule("ignored_retry_after", threshold=0.2, window=86400.0),
+    "burst_submission": FairUseRule(
+        "burst_submission", threshold=0.1, window=86400.0, routes=("POST /v1/score",)
+    ),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """The whole policy of one tollhouse deployment."""
@@ -343,6 +410,8 @@ class Policy:
     access: tuple[AccessRule, ...] = ()
     labels: tuple[Label, ...] = ()
     async_routes: tuple[AsyncRoute, ...] = ()
+    fair_use: tuple[FairUseRule, ...] = ()
+    """The ``[[fair_use]]`` signals; none: nothing is watched."""
 
     def bucket(self, name: str) -> Bucket | None:
         """The bucket called ``name``, or None."""
