@@ -30,6 +30,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import Server, serve_in_thread
 from tollhouse.cli.main import app as cli_app
+from tollhouse.fairuse import GenerationCapture
 from tollhouse.http import gateway
 from tollhouse.http.app import Tollhouse
 from tollhouse.policy.load import load_policy
@@ -52,6 +53,8 @@ def _get_routes() -> set[str]:
         if "GET" in endpoint.methods and endpoint.group != "dashboard":
             paths.add(endpoint.path.rstrip("/") or "/")
     upstream: Any = app.upstream
+    if isinstance(upstream, GenerationCapture):  # the fair-use tap around the upstream
+        upstream = upstream.app
     for route in upstream.routes:
         if isinstance(route, Route) and "GET" in (route.methods or ()):
             paths.add(route.path.rstrip("/") or "/")

@@ -373,7 +373,8 @@ export class ScoreApiMany {
         index: c.index,
         body: c.body,
         scoringJobId: item.scoringJobId,
-        staleAt: now + item.estimatedWaitSeconds + (this.options.staleAfter ?? 120),
+        // No estimate (null) while no worker runs: the stale timer counts from now.
+        staleAt: now + (item.estimatedWaitSeconds ?? 0) + (this.options.staleAfter ?? 120),
       });
       this.createdFloor.set(item.scoringJobId, serverNow - SINCE_MARGIN);
     }

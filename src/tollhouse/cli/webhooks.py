@@ -58,6 +58,7 @@ EnvironmentOpt = Annotated[
     str,
     typer.Option(
         "--environment",
+        "--env",
         help="PRODUCTION (sk_live_ keys' jobs; the default) or SANDBOX (sk_test_ keys'); "
         "live and test work too.",
     ),

@@ -111,7 +111,9 @@ def _bounded(
         return default
     text = raw.strip()
     digits = text[1:] if text[:1] in "+-" else text
-    if not (digits.isascii() and digits.isdigit() and len(digits) <= 20):
+    # Any length is an integer (a huge one is then out of range, not malformed); the cap
+    # only keeps int() below Python's limit on digits.
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 4000):
         problems.append(_problem(name, "value is not a valid integer", "type_error.integer"))
         return default
     value = int(text)

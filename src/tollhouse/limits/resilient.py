@@ -18,9 +18,12 @@ Never a fresh local window
       from it is **written back** to Redis before anything else once it answers
       (``lua/settle.lua``), so the window goes on from the true count.
 
-    Without a share (Redis never answered in this window), a request is denied with
-    ``Retry-After`` until Redis answers again. Pools keep a local cap of ``limit ÷
-    instances`` slots (slots are not windows: they come back when requests end).
+    A window that began while Redis was away (no answer of Redis covers it) gets a
+    **local window** of ``limit ÷ instances``: an outage that cuts every instance off
+    admits at most the limit across the fleet, and what was admitted is written back
+    once Redis answers. Beyond its share a request is denied with ``Retry-After``.
+    Pools keep a local cap of ``limit ÷ instances`` slots (slots are not windows: they
+    come back when requests end).
 
 ``on_store_failure`` (``[limits]`` in the policy)
     ``local`` (default) as above; ``deny``: every limited request is refused while Redis
@@ -157,6 +160,9 @@ class Fallback:
         self.spent: dict[str, tuple[Outcome, int]] = {}
         #: key → units admitted here that Redis has not counted yet.
         self.unsettled: dict[str, Unsettled] = {}
+        #: key → the share of a window Redis never answered for (see
+        #: :meth:`_local_window`); what is spent from it is written back.
+        self.local: dict[str, Outcome] = {}
         self._scaled: dict[
             tuple[int, int], tuple[tuple[PoolCheck, ...], tuple[PoolCheck, ...]]
         ] = {}
@@ -204,7 +210,9 @@ class Fallback:
             share.reset_at <= now and not (self.alone and check.algorithm == "gcra")
         ):
             # Alone on Redis, a GCRA bucket's remaining only grows with time.
-            return 0
+            if self.on_failure != "local" or (share is not None and share.reset_at > now):
+                return 0
+            share = self._local_window(check, now)
         spent = self.spent.get(check.key)
         used = spent[1] if spent is not None and spent[0] is share else 0
         unsettled = self.unsettled.get(check.key)
@@ -212,6 +220,24 @@ class Fallback:
             # Not yet in what Redis said: admitted here, written back later.
             used = max(used, unsettled.units)
         return max(0, share.remaining - used)
+
+    def _local_window(self, check: BucketCheck, now: float) -> Outcome:
+        """A share for a window no answer of Redis covers (Redis has been away since
+        before it began): ``limit ÷ instances`` of it, so an outage that cuts every
+        instance off admits at most the limit across the fleet, and nothing more than a
+        window's worth on its own. What is admitted from it is written back to Redis
+        when it answers (:attr:`unsettled`), so the window goes on from the true count."""
+        if check.algorithm == "fixed_window":
+            end = now - now % check.window + check.window
+        else:
+            end = now + check.window
+        share = _new(Outcome, (True, None, check.limit // self.instances, end, 0.0))
+        if len(self.shares) >= SHARES:
+            self.shares.clear()
+            self.local.clear()
+        self.shares[check.key] = share
+        self.local[check.key] = share
+        return share
 
     def give_back(self, check: BucketCheck, now: float) -> int:
         """Drop this instance's share of ``check``; returns the units it still held."""
@@ -256,7 +282,11 @@ class Fallback:
             else:
                 remaining = self.held(c, now) if share is not None else c.limit
                 reset_at = share.reset_at if share is not None and share.reset_at > now else now
-            if self.alone or mode == "allow":
+            if (
+                self.alone
+                or mode == "allow"
+                or (share is not None and self.local.get(c.key) is share)
+            ):
                 self._unsettle(c, share, now)
             outcomes.append(_new(Outcome, (True, None, max(0, remaining), reset_at, 0.0)))
         return Verdict(True, outcomes, None, 0.0, leases)

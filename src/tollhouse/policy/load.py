@@ -615,7 +615,11 @@ class _Reader:
             parse_route(route)
         except ValueError as exc:
             raise self.fail(f"{w}.route", str(exc)) from None
-        validator = self.get(raw, "validator", str, w, "object")
+        # Default: the scoring API shape's rules for a route ending in /score (as policies
+        # written before validators were named expect), any JSON object otherwise.
+        path = route.split()[-1].rstrip("/")
+        default = "score" if path.endswith("/score") else "object"
+        validator = self.get(raw, "validator", str, w, default)
         if validator not in ASYNC_VALIDATORS:
             raise self.fail(
                 f"{w}.validator", f"{validator!r} must be one of {', '.join(ASYNC_VALIDATORS)}"
