@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tollhouse.errors import ConfigError
-from tollhouse.policy.load import load_policy
+from tollhouse.policy.load import load_policy, udp_address
 from tollhouse.policy.model import DEFAULT_DATABASE_URL, Policy
 
 # --- parsers -----------------------------------------------------------------------------
@@ -125,7 +125,18 @@ def _choice(*names: str) -> Parser:
     return Parser(f"{', '.join(others)} or {last}", parse)
 
 
+def _udp(text: str, name: str) -> str:
+    value = text.strip()
+    if value:
+        try:
+            udp_address(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name}={text!r}: {exc}") from None
+    return value
+
+
 TEXT = Parser("text", _text)
+UDP = Parser("`udp://HOST:PORT`", _udp)
 URL = Parser("URL", _text)
 PATH = Parser("path", _path, lambda value: "" if value is None else str(value))
 FLAG = Parser("`1` `true` `yes` `on` / `0` `false` `no` `off`", parse_bool, _flag_text)
@@ -279,6 +290,16 @@ JOB_LEASE_SECONDS = Setting(
     "How long the embedded worker's claim on a job lasts without a heartbeat: a crashed "
     "process's running jobs run again this long (plus up to 5 s) later.",
 )
+ACCESS_LOG_LISTEN = Setting(
+    "access_log_listen",
+    "TOLLHOUSE_ACCESS_LOG_LISTEN",
+    "forward_auth.access_log_listen",
+    UDP,
+    "",
+    "Forward-auth: where the proxy's JSON access-log lines (syslog over UDP) are received, "
+    "joining upstream status and latency to decided calls and freeing their pool slots "
+    "(docs/forward-auth.md); one process only. Flag `serve --access-log-listen`.",
+)
 LOG_BODIES = Setting(
     "log_bodies",
     "TOLLHOUSE_LOG_BODIES",
@@ -386,6 +407,7 @@ TABLE: tuple[Setting, ...] = (
     ALLOW_PRIVATE_TARGETS,
     METRICS_TOKEN,
     JOB_LEASE_SECONDS,
+    ACCESS_LOG_LISTEN,
     LOG_BODIES,
     KEEP_ALIVE,
     LOG_FORMAT,
@@ -421,6 +443,7 @@ class Settings:
     allow_private_targets: bool = ALLOW_PRIVATE_TARGETS.default
     metrics_token: str = METRICS_TOKEN.default
     job_lease_seconds: float = JOB_LEASE_SECONDS.default
+    access_log_listen: str = ACCESS_LOG_LISTEN.default
     log_bodies: bool = LOG_BODIES.default
 
     @property
@@ -439,6 +462,7 @@ def load_settings(
     redis_url: str | None = None,
     instances: int | None = None,
     log_bodies: bool | None = None,
+    access_log_listen: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Resolve settings: explicit arguments (flags) win over the environment, which wins
@@ -452,6 +476,7 @@ def load_settings(
         redis_url: ``--redis-url``.
         instances: processes sharing the limits.
         log_bodies: ``serve --log-bodies`` (None or False: the variable decides).
+        access_log_listen: ``serve --access-log-listen``.
         environ: the variables to read (default ``os.environ``).
 
     Raises:
@@ -465,6 +490,7 @@ def load_settings(
         REDIS_URL.field: redis_url,
         INSTANCES.field: instances,
         LOG_BODIES.field: log_bodies or None,
+        ACCESS_LOG_LISTEN.field: access_log_listen,
     }
     path: Path | None = _resolve(CONFIG_PATH, flags, env, None)
     policy = load_policy(path)

@@ -276,6 +276,13 @@ CASES: dict[str, Case] = {
     "/readyz": (lambda a: ("/readyz", {}), frozenset({200, 503}), False),
     "/metrics": (lambda a: ("/metrics", {}), frozenset({200, 401}), False),
     "/v1/rate-limit/status": (lambda a: ("/v1/rate-limit/status", {}), OK, False),
+    # Forward-auth's decision endpoint answers trusted proxies only (none here): 403.
+    "/v1/platform/authorize": (lambda a: ("/v1/platform/authorize", {}), frozenset({403}), False),
+    "/v1/platform/authorize/{original:path}": (
+        lambda a: (f"/v1/platform/authorize/v1/score/{a.job_id}", {}),
+        frozenset({403}),
+        False,
+    ),
     "/v1/score/{scoringJobId}": (lambda a: (f"/v1/score/{a.job_id}", {}), NOT_FOUND, True),
     "/v1/score/application/{applicationId}": (
         lambda a: (f"/v1/score/application/{a.application_id}", {}),

@@ -21,6 +21,7 @@ from tollhouse.ops.logs import LogFormat, log_config
 from tollhouse.schema import create_schema
 from tollhouse.security.server import LimitedHttpToolsProtocol
 from tollhouse.settings import (
+    ACCESS_LOG_LISTEN,
     KEEP_ALIVE,
     LOG_BODIES,
     LOG_FORMAT,
@@ -50,6 +51,14 @@ def serve(
         str | None, typer.Option("--redis-url", help=f"Shared limits. Env: {REDIS_URL.env}.")
     ] = None,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+    access_log_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--access-log-listen",
+            help="Forward-auth: receive the proxy's JSON access-log lines (syslog) on "
+            f"udp://HOST:PORT (docs/forward-auth.md). Env: {ACCESS_LOG_LISTEN.env}.",
+        ),
+    ] = None,
     keep_alive: Annotated[
         float,
         typer.Option(
@@ -85,7 +94,13 @@ def serve(
     ] = False,
 ) -> None:
     """Run the gateway in front of the configured upstream (or the bundled example)."""
-    settings = settings_from(config, database_url, redis_url=redis_url, log_bodies=log_bodies)
+    settings = settings_from(
+        config,
+        database_url,
+        redis_url=redis_url,
+        log_bodies=log_bodies,
+        access_log_listen=access_log_listen,
+    )
     if workers < 1:
         fail("--workers must be at least 1", 2)
     if not 0 < keep_alive <= 3600:
@@ -95,6 +110,12 @@ def serve(
             f"--workers {workers} needs Redis so the processes share one set of limits: "
             f"set --redis-url, {REDIS_URL.env} or [storage] redis_url "
             "(or run with --workers 1 to keep limits in process memory)",
+            2,
+        )
+    if workers > 1 and settings.access_log_listen:
+        fail(
+            "--access-log-listen joins each line to the call one process decided: run it "
+            "with --workers 1",
             2,
         )
     if ops_port is not None:

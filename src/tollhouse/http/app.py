@@ -22,6 +22,7 @@ from tollhouse.dashboard import DashboardApp
 from tollhouse.errors import ConfigError
 from tollhouse.fairuse import FairUsePass, FairUseTap, GenerationCapture
 from tollhouse.fairuse.tap import generation_routes
+from tollhouse.http.access_log import AwaitingLog, listen
 from tollhouse.http.asgi import ASGIApp, Receive, Scope, Send
 from tollhouse.http.checks import CheckCache
 from tollhouse.http.counters import GatewayCounters
@@ -213,6 +214,13 @@ class Tollhouse:
         self.trusted = (
             TrustedProxies(policy.proxy.trusted_proxies) if policy.proxy.trusted_proxies else None
         )
+        # Forward-auth: decided calls wait for the proxy's access-log line.
+        self._access_log: asyncio.DatagramTransport | None = None
+        self._access_expiry: asyncio.Task[None] | None = None
+        if self.settings.access_log_listen:
+            self.gateway.awaiting_log = AwaitingLog(
+                self.meter, self.limits, time.time, policy.forward_auth.log_wait
+            )
         self._inner_lifespan = InnerLifespan(self.upstream)
         self._started = False
         self._start_lock: asyncio.Lock | None = None
@@ -235,6 +243,12 @@ class Tollhouse:
             if self.worker is not None:
                 await self.worker.start()
             await self.fair_use.start()
+            awaiting = self.gateway.awaiting_log
+            if awaiting is not None:
+                self._access_log, _ = await listen(
+                    self.settings.access_log_listen, awaiting, self.trusted
+                )
+                self._access_expiry = asyncio.create_task(_expire_every_second(awaiting))
             self._started = True
             # Everything loaded so far lives as long as the process: move it out of the
             # cyclic collector's sight so collections stay proportional to per-request
@@ -251,6 +265,14 @@ class Tollhouse:
             await self.fair_use.stop()
             await self.keys.stop()
             await self.overrides.stop()
+            if self._access_log is not None:
+                self._access_log.close()
+                self._access_log = None
+            if self._access_expiry is not None:
+                self._access_expiry.cancel()
+                self._access_expiry = None
+            if self.gateway.awaiting_log is not None:
+                self.gateway.awaiting_log.close()  # metered as unknown, then flushed
             # Last: everything metered up to here is flushed.
             await self.meter.stop()
             self._started = False
@@ -311,6 +333,13 @@ class Tollhouse:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def _expire_every_second(awaiting: AwaitingLog) -> None:
+    """Meter the decided calls whose access-log line did not come in time."""
+    while True:
+        await asyncio.sleep(1.0)
+        awaiting.expire(time.time())
 
 
 def _mounted(app: ASGIApp, prefix: str) -> ASGIApp:

@@ -51,6 +51,7 @@ from tollhouse.errors import (
     TenantRequired,
     Unauthorized,
 )
+from tollhouse.http.access_log import AwaitingLog
 from tollhouse.http.answers import (
     JSON,
     REQUEST_ID,
@@ -65,6 +66,8 @@ from tollhouse.http.checks import CheckCache, Checks, denial, iso, status_body
 from tollhouse.http.context import identity_of, new_request_id
 from tollhouse.http.cors import ORIGIN, REQUEST_HEADERS, REQUEST_METHOD, CorsHeaders, find_header
 from tollhouse.http.counters import GatewayCounters
+from tollhouse.http.forward_auth import AUTHORIZE_PATH, authorize
+from tollhouse.http.forwarded import TrustedProxies
 from tollhouse.http.gateway_ws import admit_websocket
 from tollhouse.http.passing import BODY_METHODS, Passer
 from tollhouse.http.routes import Endpoint, Resolved, RouteTable, method_not_allowed
@@ -174,11 +177,30 @@ class Gateway:
         )
         self.status_path = platform.prefix + STATUS_PATH
         self._owned = self.table.prefixes
+        #: The decision endpoint (forward-auth); a path no request has when it is off.
+        self.authorize_path = (
+            "\x00"
+            if "forward-auth" in (*platform.disable, *disable)
+            else platform.prefix + AUTHORIZE_PATH
+        )
+        #: The peers the decision endpoint answers (``[proxy] trusted_proxies``).
+        self.proxies = TrustedProxies(policy.proxy.trusted_proxies)
+        #: Decided calls waiting for the proxy's access-log line (forward-auth), if any.
+        self.awaiting_log: AwaitingLog | None = None
 
     def _endpoints(self) -> list[Endpoint]:
         return [
             HEALTH,
             Endpoint(STATUS_PATH, ("GET",), self._status, "rate-limit-status", "gateway"),
+            Endpoint(AUTHORIZE_PATH, ("GET",), self._authorize, "forward-auth", "gateway"),
+            Endpoint(
+                AUTHORIZE_PATH + "/{original:path}",
+                ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"),
+                self._authorize,
+                "forward-auth",
+                "gateway",
+                documented=False,
+            ),
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -189,6 +211,12 @@ class Gateway:
                 await self.app(scope, receive, send)  # lifespan
             return
         path: str = scope["path"]
+        if path.startswith(self.authorize_path):
+            # Forward-auth: a proxy's decision request, any method (its own steps).
+            n = len(self.authorize_path)
+            if len(path) == n or path[n] == "/":
+                await authorize(self, scope, send)
+                return
         if self.cors is not None:
             # [cors]: a preflight is answered here, before auth, and every other answer,
             # the gateway's own errors included, gets the CORS headers.
@@ -282,6 +310,10 @@ class Gateway:
         await send_error(send, error, request_id, found.refused.error_format)
         group = match.endpoint_group
         self.counters.answered(group.key if group is not None else None, error.status)
+
+    async def _authorize(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The decision endpoint as the table's app (requests reach it before the table)."""
+        await authorize(self, scope, send)
 
     async def _status(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /v1/rate-limit/status``: every bucket and pool of the caller, read without
@@ -539,6 +571,20 @@ class Gateway:
         t0: float,
         scope: Scope,
     ) -> None:
+        assert self.meter is not None
+        self.meter.record(self.call_record(identity, match, method, status, arrived, t0, scope))
+
+    def call_record(
+        self,
+        identity: Identity,
+        match: RouteMatch,
+        method: str,
+        status: int,
+        arrived: float,
+        t0: float,
+        scope: Scope,
+    ) -> CallRecord:
+        """The metering record of one answered call."""
         labels = match.path_labels
         if match.header_labels or match.query_labels:
             labels = dict(labels)
@@ -555,23 +601,20 @@ class Gateway:
                     if values:
                         labels[name] = values[0]
         group = match.endpoint_group
-        assert self.meter is not None
         # Positional: this runs once per request.
-        self.meter.record(
-            CallRecord(
-                arrived,
-                identity.org,
-                identity.environment,
-                identity.key_id,
-                identity.tenant,
-                group.key if group is not None else None,
-                method,
-                match.template,
-                status,
-                (perf_counter() - t0) * 1000.0,
-                labels,
-                scope["state"]["request_id"],
-            )
+        return CallRecord(
+            arrived,
+            identity.org,
+            identity.environment,
+            identity.key_id,
+            identity.tenant,
+            group.key if group is not None else None,
+            method,
+            match.template,
+            status,
+            (perf_counter() - t0) * 1000.0,
+            labels,
+            scope["state"]["request_id"],
         )
 
     def _limit(self, bucket: Bucket, identity: Identity) -> int:

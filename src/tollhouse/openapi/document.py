@@ -197,6 +197,42 @@ def _gateway_paths() -> dict[str, dict[str, Schema]]:
                 ),
             )
         },
+        "/v1/platform/authorize": {
+            "get": _op(
+                "Forward-auth decision",
+                "forward auth",
+                {
+                    "200": {
+                        "description": (
+                            "Admitted: no body; X-Tollhouse-Org, -Environment, -Key-Id, "
+                            "-Role, X-Request-Id and the rate-limit headers to copy."
+                        )
+                    },
+                    **_errors(*_GATEWAY_BODY),
+                },
+                parameters=[
+                    {
+                        "name": name,
+                        "in": "header",
+                        "required": False,
+                        "description": text,
+                        "schema": {"type": "string"},
+                    }
+                    for name, text in (
+                        ("X-Original-Method", "nginx: the original method."),
+                        ("X-Original-URI", "nginx: the original path and query."),
+                        ("X-Forwarded-Method", "Traefik, Caddy: the original method."),
+                        ("X-Forwarded-Uri", "Traefik, Caddy: the original path and query."),
+                    )
+                ],
+                description=(
+                    "Asked by a proxy in [proxy] trusted_proxies (anyone else: 403) whether "
+                    "the original request may pass; any method is accepted and the body is "
+                    "ignored. Refusals carry the envelope in the body and in "
+                    "X-Tollhouse-Error (docs/forward-auth.md)."
+                ),
+            )
+        },
     }
 
 
@@ -570,6 +606,7 @@ _GROUP_OF: Final = (
     ("/v1/queue", "queue"),
     ("/v1/webhooks/", "webhooks"),
     ("/v1/rate-limit/status", "rate-limit-status"),
+    ("/v1/platform/authorize", "forward-auth"),
     (OPENAPI_PATH, "openapi"),
 )
 

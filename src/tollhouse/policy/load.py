@@ -26,6 +26,7 @@ from tollhouse.policy.model import (
     Cors,
     EndpointGroup,
     FairUseRule,
+    ForwardAuth,
     Label,
     Limits,
     Platform,
@@ -89,6 +90,18 @@ def parse_policy(text: str, source: str) -> Policy:
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(source, "", f"not valid TOML: {exc}") from None
     return _Reader(source).policy(raw)
+
+
+def udp_address(url: str) -> tuple[str, int]:
+    """``udp://HOST:PORT`` → ``(host, port)`` (``[::1]`` for IPv6).
+
+    Raises:
+        ValueError: anything else, saying what to write.
+    """
+    m = re.fullmatch(r"udp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})", url.strip())
+    if m is None or not 0 < int(m.group(2)) < 65536:
+        raise ValueError(f"{url!r} must look like udp://127.0.0.1:5140")
+    return m.group(1).strip("[]"), int(m.group(2))
 
 
 def parse_duration(value: object) -> float:
@@ -229,6 +242,7 @@ class _Reader:
             {
                 "upstream",
                 "proxy",
+                "forward_auth",
                 "storage",
                 "limits",
                 "buckets",
@@ -269,6 +283,7 @@ class _Reader:
             source=self.source,
             upstream=self.upstream(self.table(raw, "upstream", "")),
             proxy=self.proxy(self.table(raw, "proxy", "")),
+            forward_auth=self.forward_auth(self.table(raw, "forward_auth", "")),
             storage=self.storage(self.table(raw, "storage", "")),
             limits=self.limits(self.table(raw, "limits", "")),
             security=self.security(self.table(raw, "security", "")),
@@ -349,6 +364,20 @@ class _Reader:
                 ) from None
             cidrs.append(cidr.strip())
         return Proxy(trusted_proxies=tuple(cidrs))
+
+    def forward_auth(self, raw: dict[str, Any]) -> ForwardAuth:
+        w = "forward_auth"
+        self.unknown(raw, {"access_log_listen", "log_wait"}, w)
+        listen = self.get(raw, "access_log_listen", str, w, "").strip()
+        if listen:
+            try:
+                udp_address(listen)
+            except ValueError as exc:
+                raise self.fail(f"{w}.access_log_listen", str(exc)) from None
+        log_wait = self.duration(raw, "log_wait", w, 60.0)
+        if log_wait <= 0:
+            raise self.fail(f"{w}.log_wait", "must be more than 0")
+        return ForwardAuth(access_log_listen=listen, log_wait=log_wait)
 
     def storage(self, raw: dict[str, Any]) -> Storage:
         w = "storage"

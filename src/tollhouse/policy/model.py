@@ -69,6 +69,20 @@ class Proxy:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardAuth:
+    """tollhouse as the decision service of a proxy in front of the API (nginx
+    ``auth_request``, Envoy ``ext_authz``, Traefik ``ForwardAuth``, Caddy ``forward_auth``)."""
+
+    access_log_listen: str = ""
+    """``udp://HOST:PORT`` where the proxy's JSON access-log lines (syslog) are received, to
+    join each decided call's upstream status and latency by request id and give its pool
+    slots back; empty: not listened for (calls are metered with status unknown)."""
+    log_wait: float = 60.0
+    """Seconds a call decided with 200 waits for its access-log line before it is metered
+    with status unknown (0)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Storage:
     """Where state lives; URLs choose the backend by scheme."""
 
@@ -197,6 +211,7 @@ PLATFORM_GROUPS: tuple[str, ...] = (
     "rate-limit-status",
     "openapi",
     "dashboard",
+    "forward-auth",
 )
 
 
@@ -398,6 +413,7 @@ class Policy:
     """The file it was read from, or ``<built-in>``."""
     upstream: Upstream = field(default_factory=Upstream)
     proxy: Proxy = field(default_factory=Proxy)
+    forward_auth: ForwardAuth = field(default_factory=ForwardAuth)
     storage: Storage = field(default_factory=Storage)
     limits: Limits = field(default_factory=Limits)
     security: Security = field(default_factory=Security)

@@ -1,0 +1,142 @@
+"""The access-log join of forward-auth, on its own: calls decided with 200 wait for their
+line, are metered with its status and time, and give their pool slots back; calls whose
+line never comes are metered with status 0 and keep their slots until the lease."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tollhouse.errors import ConfigError, PolicyError
+from tollhouse.http.access_log import UNKNOWN_STATUS, AccessLogReceiver, AwaitingLog
+from tollhouse.http.forwarded import TrustedProxies
+from tollhouse.limits.memory import MemoryStore
+from tollhouse.limits.store import Lease, PoolCheck
+from tollhouse.metering.record import CallRecord
+from tollhouse.policy.load import parse_policy
+from tollhouse.settings import load_settings
+
+POOL = PoolCheck("pool:acme", "held", 1, 300.0)
+
+
+class Calls:
+    def __init__(self) -> None:
+        self.recorded: list[CallRecord] = []
+
+    def record(self, call: CallRecord) -> None:
+        self.recorded.append(call)
+
+
+def _call(rid: str) -> CallRecord:
+    return CallRecord(
+        1000.0, "acme", "SANDBOX", "key_1", None, "API", "GET", "/v1/x", 0, 0.5, {}, rid
+    )
+
+
+async def _take(store: MemoryStore, now: float) -> tuple[Lease, ...]:
+    verdict = await store.decide((), (POOL,), now)
+    assert verdict.allowed
+    return verdict.leases
+
+
+async def _active(store: MemoryStore, now: float) -> int:
+    _, pools = await store.peek((), (POOL,), now)
+    return pools[0].active
+
+
+def test_a_line_meters_the_call_and_frees_its_slot() -> None:
+    async def go() -> None:
+        store, calls = MemoryStore(), Calls()
+        awaiting = AwaitingLog(calls, store, lambda: 1001.0, wait=60.0)
+        awaiting.hold("req_a", _call("req_a"), await _take(store, 1000.0), 1000.0)
+        assert not (await store.decide((), (POOL,), 1000.5)).allowed  # the slot is held
+        receiver = AccessLogReceiver(awaiting, TrustedProxies(["127.0.0.1"]))
+        line = (
+            b'<190>Jan  1 00:00:00 nginx: {"request_id":"req_a","status":503,"request_time":0.25}'
+        )
+        receiver.datagram_received(line, ("127.0.0.1", 5000))
+        await asyncio.sleep(0)  # the release runs as a task
+        await asyncio.sleep(0)
+        assert [(c.status, c.duration_ms) for c in calls.recorded] == [(503, 250.0)]
+        assert await _active(store, 1001.0) == 0
+        # The same line again, or a line for nobody: nothing more.
+        receiver.datagram_received(line, ("127.0.0.1", 5000))
+        assert len(calls.recorded) == 1 and receiver.lines == 2
+
+    asyncio.run(go())
+
+
+def test_untrusted_senders_and_malformed_lines_are_refused() -> None:
+    async def go() -> None:
+        store, calls = MemoryStore(), Calls()
+        awaiting = AwaitingLog(calls, store, lambda: 1001.0, wait=60.0)
+        awaiting.hold("req_b", _call("req_b"), (), 1000.0)
+        receiver = AccessLogReceiver(awaiting, TrustedProxies(["127.0.0.1"]))
+        good = b'{"request_id":"req_b","status":"200","request_time":"0.010"}'
+        receiver.datagram_received(good, ("10.0.0.9", 5000))
+        receiver.datagram_received(b'{"status":200}\n{not json', ("127.0.0.1", 5000))
+        assert (receiver.refused, calls.recorded, len(awaiting)) == (3, [], 1)
+        receiver.datagram_received(good, ("127.0.0.1", 5000))
+        assert [c.status for c in calls.recorded] == [200] and len(awaiting) == 0
+
+    asyncio.run(go())
+
+
+def test_calls_without_a_line_are_metered_unknown_and_keep_their_slot() -> None:
+    async def go() -> None:
+        store, calls = MemoryStore(), Calls()
+        awaiting = AwaitingLog(calls, store, lambda: 1000.0, wait=5.0)
+        awaiting.hold("req_c", _call("req_c"), await _take(store, 1000.0), 1000.0)
+        assert awaiting.expire(1004.0) == 0
+        assert awaiting.expire(1005.0) == 1
+        assert [(c.status, c.duration_ms) for c in calls.recorded] == [(UNKNOWN_STATUS, 0.5)]
+        assert await _active(store, 1005.0) == 1  # left to the pool's lease
+        assert await _active(store, 1301.0) == 0
+
+    asyncio.run(go())
+
+
+def test_a_reused_request_id_does_not_free_the_earlier_slot() -> None:
+    async def go() -> None:
+        store, calls = MemoryStore(), Calls()
+        awaiting = AwaitingLog(calls, store, lambda: 1000.0, wait=60.0, cap=2)
+        awaiting.hold("same", _call("same"), await _take(store, 1000.0), 1000.0)
+        awaiting.hold("same", _call("same"), (), 1000.0)
+        assert [c.status for c in calls.recorded] == [UNKNOWN_STATUS]
+        assert awaiting.arrived("same", 200, 0.1)
+        await asyncio.sleep(0)
+        assert await _active(store, 1000.0) == 1
+        # Past the cap, the oldest waiting call is metered as unknown.
+        for rid in ("r1", "r2", "r3"):
+            awaiting.hold(rid, _call(rid), (), 1000.0)
+        assert len(awaiting) == 2 and awaiting.unknown == 2
+
+    asyncio.run(go())
+
+
+def test_the_forward_auth_table_and_setting_are_checked() -> None:
+    for text, field in [
+        (
+            '[forward_auth]\naccess_log_listen = "tcp://127.0.0.1:5140"',
+            "forward_auth.access_log_listen",
+        ),
+        (
+            '[forward_auth]\naccess_log_listen = "udp://127.0.0.1:70000"',
+            "forward_auth.access_log_listen",
+        ),
+        ('[forward_auth]\nlog_wait = "0s"', "forward_auth.log_wait"),
+        ("[forward_auth]\nlisten = 1", "forward_auth.listen"),
+    ]:
+        with pytest.raises(PolicyError) as caught:
+            parse_policy(text, "t.toml")
+        assert caught.value.field == field, (text, caught.value)
+    policy = parse_policy('[forward_auth]\naccess_log_listen = "udp://[::1]:5140"', "t")
+    assert (policy.forward_auth.access_log_listen, policy.forward_auth.log_wait) == (
+        "udp://[::1]:5140",
+        60.0,
+    )
+    env = {"TOLLHOUSE_ACCESS_LOG_LISTEN": "udp://127.0.0.1:5141"}
+    assert load_settings(environ=env).access_log_listen == "udp://127.0.0.1:5141"
+    with pytest.raises(ConfigError, match="TOLLHOUSE_ACCESS_LOG_LISTEN"):
+        load_settings(environ={"TOLLHOUSE_ACCESS_LOG_LISTEN": "5140"})

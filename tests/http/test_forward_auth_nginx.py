@@ -1,0 +1,499 @@
+"""Forward-auth with a real nginx from Debian: tollhouse as its ``auth_request``.
+
+nginx (started here on loopback with its own configuration, the one docs/forward-auth.md
+gives) proxies a small upstream and asks tollhouse's ``/v1/platform/authorize`` about
+every request; refusals come back through ``error_page`` with the envelope and headers a
+direct call gets, and nginx's JSON access log reaches tollhouse over syslog (UDP), which
+joins each decided call's upstream status to its metering and frees its pool slot.
+
+Every test runs on SQLite and on PostgreSQL (keys and metering live there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from sqlalchemy import select
+
+from tests.conftest import free_port, serve_in_thread
+from tests.services import PostgresServer, missing
+from tollhouse import Tollhouse
+from tollhouse.keys.store import KeyStore
+from tollhouse.metering.schema import usage_calls
+from tollhouse.schema import create_schema
+from tollhouse.storage.engine import make_engine
+
+pytestmark = pytest.mark.integration
+
+POLICY = """
+[upstream]
+url = "http://127.0.0.1:9"   # never used: nginx sends the requests upstream
+
+[proxy]
+trusted_proxies = ["127.0.0.1/32"]
+
+[forward_auth]
+access_log_listen = "udp://127.0.0.1:{log_port}"
+log_wait = "1s"
+
+[storage]
+database_url = "{db}"
+
+[[buckets]]
+name = "limited"
+limit = 3
+window = "3650d"
+scope = "key"
+routes = ["GET /v1/limited"]
+
+[[pools]]
+name = "held"
+limit = 1
+routes = ["GET /v1/hold"]
+
+[[access]]
+routes = ["* /v1/admin/*"]
+roles = ["root"]
+
+[[endpoint_groups]]
+key = "API"
+description = "the upstream"
+routes = ["* /v1/*"]
+"""
+
+#: The configuration of docs/forward-auth.md, with the test's ports and paths.
+NGINX = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+
+    log_format tollhouse escape=json
+        '{{"request_id":"$th_request_id","status":$status,"request_time":$request_time}}';
+    access_log syslog:server=127.0.0.1:{log_port},nohostname,tag=nginx tollhouse;
+
+    upstream tollhouse {{ server {tollhouse}; keepalive 32; }}
+    upstream api {{ server {api}; keepalive 32; }}
+
+    server {{
+        listen 127.0.0.1:{port};
+
+        location / {{
+            auth_request /_tollhouse/authorize;
+            auth_request_set $th_status $upstream_status;
+            auth_request_set $th_request_id $upstream_http_x_request_id;
+            auth_request_set $th_org $upstream_http_x_tollhouse_org;
+            auth_request_set $th_environment $upstream_http_x_tollhouse_environment;
+            auth_request_set $th_key_id $upstream_http_x_tollhouse_key_id;
+            auth_request_set $th_role $upstream_http_x_tollhouse_role;
+            auth_request_set $th_limit $upstream_http_x_ratelimit_limit;
+            auth_request_set $th_remaining $upstream_http_x_ratelimit_remaining;
+            auth_request_set $th_reset $upstream_http_x_ratelimit_reset;
+            auth_request_set $th_ratelimit $upstream_http_ratelimit;
+            auth_request_set $th_ratelimit_policy $upstream_http_ratelimit_policy;
+            auth_request_set $th_retry_after $upstream_http_retry_after;
+            auth_request_set $th_error $upstream_http_x_tollhouse_error;
+            error_page 400 401 403 413 429 500 503 = @tollhouse_refused;
+
+            proxy_pass http://api;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "";
+            proxy_set_header X-API-Key "";
+            proxy_set_header X-Request-Id $th_request_id;
+            proxy_set_header X-Tollhouse-Org $th_org;
+            proxy_set_header X-Tollhouse-Environment $th_environment;
+            proxy_set_header X-Tollhouse-Key-Id $th_key_id;
+            proxy_set_header X-Tollhouse-Role $th_role;
+            proxy_hide_header X-Request-Id;
+            add_header X-Request-Id $th_request_id always;
+            add_header X-RateLimit-Limit $th_limit always;
+            add_header X-RateLimit-Remaining $th_remaining always;
+            add_header X-RateLimit-Reset $th_reset always;
+            add_header RateLimit $th_ratelimit always;
+            add_header RateLimit-Policy $th_ratelimit_policy always;
+        }}
+
+        location = /_tollhouse/authorize {{
+            internal;
+            proxy_pass http://tollhouse/v1/platform/authorize;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Original-Method $request_method;
+            proxy_set_header X-Original-URI $request_uri;
+            proxy_set_header X-Forwarded-For $remote_addr;
+        }}
+
+        location @tollhouse_refused {{
+            default_type application/json;
+            add_header X-Request-Id $th_request_id always;
+            add_header X-RateLimit-Limit $th_limit always;
+            add_header X-RateLimit-Remaining $th_remaining always;
+            add_header X-RateLimit-Reset $th_reset always;
+            add_header RateLimit $th_ratelimit always;
+            add_header RateLimit-Policy $th_ratelimit_policy always;
+            add_header Retry-After $th_retry_after always;
+            if ($th_status = 400) {{ return 400 $th_error; }}
+            if ($th_status = 401) {{ return 401 $th_error; }}
+            if ($th_status = 403) {{ return 403 $th_error; }}
+            if ($th_status = 413) {{ return 413 $th_error; }}
+            if ($th_status = 429) {{ return 429 $th_error; }}
+            if ($th_status = 503) {{ return 503 $th_error; }}
+            return 502;
+        }}
+    }}
+}}
+"""
+
+
+class Upstream:
+    """The API behind nginx: echoes what it was sent; ``/v1/status/N`` answers N;
+    ``/v1/hold`` answers once :attr:`release` is set."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, str]] = []
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        self.seen.append({"path": scope["path"], **headers})
+        path: str = scope["path"]
+        status = 200
+        if path.startswith("/v1/status/"):
+            status = int(path.rsplit("/", 1)[1])
+        elif path == "/v1/hold":
+            self.holding.set()
+            # Held until the test lets it go (a thread's event: the test is not async).
+            await asyncio.get_running_loop().run_in_executor(None, self.release.wait, 30)
+        body = orjson.dumps({"path": path, "headers": headers})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+@dataclass
+class Stack:
+    nginx: str
+    tollhouse: str
+    upstream: Upstream
+    app: Tollhouse
+    database: str
+
+    def key(self, org: str, role: str = "root", env: str = "test") -> str:
+        async def make() -> str:
+            engine = make_engine(self.database)
+            try:
+                return (await KeyStore(engine).create(org, env, role))[1]
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(make())
+
+    def get(self, path: str, key: str | None = None, **headers: str) -> httpx.Response:
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        return httpx.get(self.nginx + path, headers=headers, timeout=10)
+
+    def calls(self, org: str) -> list[tuple[str, str, str, int]]:
+        """``(environment, key_id, route, status)`` of every metered call of ``org``,
+        once the meter has written them."""
+        self.app.meter.aggregator.absorb()
+
+        async def read() -> list[tuple[str, str, str, int]]:
+            engine = make_engine(self.database)
+            try:
+                async with engine.connect() as conn:
+                    c = usage_calls.c
+                    rows = await conn.execute(
+                        select(c.environment, c.key_id, c.route, c.status)
+                        .where(c.org == org)
+                        .order_by(c.time_us)
+                    )
+                    return [tuple(r) for r in rows]  # type: ignore[misc]
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(read())
+
+
+def _nginx_binary() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "")
+    if not found:
+        missing("nginx", "apt-get install nginx-light")
+    return found
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """nginx (auth_request → tollhouse) in front of :class:`Upstream`."""
+    nginx_binary = _nginx_binary()
+    tmp = tmp_path_factory.mktemp("forward-auth")
+    if request.param == "sqlite":
+        database = f"sqlite:///{tmp / 't.db'}"
+    else:
+        pg: PostgresServer = request.getfixturevalue("postgres_service")
+        database = pg.create_database(f"fwdauth_{secrets.token_hex(4)}")
+
+    async def schema() -> None:
+        engine = make_engine(database)
+        await create_schema(engine)
+        await engine.dispose()
+
+    asyncio.run(schema())
+    log_port = free_port()
+    config = tmp / "tollhouse.toml"
+    config.write_text(POLICY.format(db=database, log_port=log_port))
+    upstream = Upstream()
+    app = Tollhouse(config=config)
+    with serve_in_thread(upstream) as api, serve_in_thread(app) as tollhouse:
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (tmp / sub).mkdir()
+        port = free_port()
+        conf = tmp / "nginx.conf"
+        conf.write_text(
+            NGINX.format(
+                tmp=tmp,
+                port=port,
+                log_port=log_port,
+                tollhouse=tollhouse.removeprefix("http://"),
+                api=api.removeprefix("http://"),
+            )
+        )
+        proc = subprocess.Popen([nginx_binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            for _ in range(200):
+                try:
+                    httpx.get(url + "/", timeout=1)
+                    break
+                except httpx.TransportError:
+                    assert proc.poll() is None, (tmp / "error.log").read_text()
+                    time.sleep(0.05)
+            yield Stack(url, tollhouse, upstream, app, database)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def _org() -> str:
+    return "org_" + secrets.token_hex(4)
+
+
+def _envelope(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"] == "application/json"
+    error: dict[str, Any] = r.json()["error"]
+    assert (error["status"], error["code"]) == (status, code), error
+    assert error["requestId"] == r.headers["x-request-id"]
+    assert error["type"] == "https://tollhouse.dev/errors/" + code.lower().replace("_", "-")
+    return error
+
+
+def test_admitted_calls_reach_the_upstream_with_the_decision_headers(stack: Stack) -> None:
+    org = _org()
+    key = stack.key(org)
+    r = stack.get("/v1/limited?x=1", key, **{"X-Tollhouse-Org": "forged", "X-Tenant-Id": "t1"})
+    assert r.status_code == 200, r.text
+    seen = r.json()["headers"]
+    # What the upstream got: the caller's identity from tollhouse (not the forged one),
+    # tollhouse's request id, the tenant as sent, and no credential.
+    assert seen["x-tollhouse-org"] == org
+    assert seen["x-tollhouse-environment"] == "SANDBOX"
+    assert seen["x-tollhouse-key-id"].startswith("key_")
+    assert seen["x-tollhouse-role"] == "root"
+    assert seen["x-tenant-id"] == "t1"
+    assert "authorization" not in seen
+    # What the client got: the rate-limit headers and the same request id.
+    assert r.headers["x-request-id"] == seen["x-request-id"]
+    assert r.headers["x-request-id"].startswith("req_")
+    assert (r.headers["x-ratelimit-limit"], r.headers["x-ratelimit-remaining"]) == ("3", "2")
+    assert int(r.headers["x-ratelimit-reset"]) > time.time()
+    assert r.headers["ratelimit-policy"] == '"limited";q=3;w=315360000'
+    assert r.headers["ratelimit"].startswith('"limited";r=2;t=')
+    # A route without buckets: no rate-limit headers at all.
+    other = stack.get("/v1/open", key)
+    assert other.status_code == 200
+    assert "x-ratelimit-limit" not in other.headers and "ratelimit" not in other.headers
+
+
+def test_unauthenticated_calls_get_401_from_nginx(stack: Stack) -> None:
+    before = len(stack.upstream.seen)
+    _envelope(stack.get("/v1/limited"), 401, "UNAUTHORIZED")
+    _envelope(stack.get("/v1/limited", "sk_test_" + "0" * 40), 401, "UNAUTHORIZED")
+    assert len(stack.upstream.seen) == before  # nothing reached the upstream
+
+
+def test_past_the_limit_nginx_answers_429_with_retry_after(stack: Stack) -> None:
+    key = stack.key(_org())
+    for remaining in ("2", "1", "0"):
+        assert stack.get("/v1/limited", key).headers["x-ratelimit-remaining"] == remaining
+    before = len(stack.upstream.seen)
+    refused = stack.get("/v1/limited", key)
+    _envelope(refused, 429, "RATE_LIMITED")
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["x-ratelimit-remaining"] == "0"
+    assert refused.headers["ratelimit"].startswith('"limited";r=0;t=')
+    assert len(stack.upstream.seen) == before
+    # Every spelling of the route is the same route: the same bucket refuses it.
+    _envelope(stack.get("/V1//Limited/", key), 429, "RATE_LIMITED")
+
+
+def test_role_rules_hold_through_nginx(stack: Stack) -> None:
+    org = _org()
+    member = stack.key(org, role="member")
+    error = _envelope(stack.get("/v1/admin/purge", member), 403, "FORBIDDEN")
+    assert "'member'" in error["message"]
+    assert stack.get("/v1/admin/purge", stack.key(org)).status_code == 200
+
+
+def test_paths_without_one_canonical_form_are_refused(stack: Stack) -> None:
+    key = stack.key(_org())
+    error = _envelope(stack.get("/v1/a%2Fb", key), 400, "BAD_REQUEST")
+    assert "%2F" in error["message"]
+
+
+def test_the_decision_endpoint_refuses_bad_input_directly(stack: Stack) -> None:
+    key = stack.key(_org())
+    auth = {"Authorization": f"Bearer {key}"}
+    url = stack.tollhouse + "/v1/platform/authorize"
+    missing_uri = httpx.get(url, headers=auth)
+    assert "X-Original-URI" in _envelope(missing_uri, 400, "BAD_REQUEST")["message"]
+    missing_method = httpx.get(url, headers={**auth, "X-Forwarded-Uri": "/v1/open"})
+    assert "X-Forwarded-Method" in _envelope(missing_method, 400, "BAD_REQUEST")["message"]
+    dots = httpx.get(
+        url, headers={**auth, "X-Original-URI": "/v1/../admin/x", "X-Original-Method": "GET"}
+    )
+    _envelope(dots, 400, "BAD_REQUEST")
+    # Traefik and Caddy's headers, and Envoy's prefixed path, decide alike.
+    forwarded = {"X-Forwarded-Uri": "/v1/limited", "X-Forwarded-Method": "GET"}
+    ok = httpx.get(url, headers={**auth, **forwarded, "X-Forwarded-Host": "api.example"})
+    assert (ok.status_code, ok.headers["x-ratelimit-remaining"]) == (200, "2"), ok.text
+    envoy = httpx.get(url + "/v1/limited", headers=auth)
+    assert (envoy.status_code, envoy.headers["x-ratelimit-remaining"]) == (200, "1")
+    # Only trusted proxies are answered: 127.0.0.2 is not one.
+    transport = httpx.HTTPTransport(local_address="127.0.0.2")
+    with httpx.Client(transport=transport) as stranger:
+        refused = stranger.get(url, headers={**auth, **forwarded})
+    assert "trusted_proxies" in _envelope(refused, 403, "FORBIDDEN")["message"]
+
+
+def _pool_active(stack: Stack, key: str) -> int:
+    status = httpx.get(
+        stack.tollhouse + "/v1/rate-limit/status", headers={"Authorization": f"Bearer {key}"}
+    )
+    assert status.status_code == 200, status.text
+    return int(status.json()["held"]["active"])
+
+
+def test_a_pool_slot_is_held_until_the_access_log_line_comes(stack: Stack) -> None:
+    key = stack.key(_org())
+    stack.upstream.holding.clear()
+    stack.upstream.release.clear()
+    first: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: first.append(stack.get("/v1/hold", key)))
+    thread.start()
+    try:
+        assert stack.upstream.holding.wait(10)
+        refused = stack.get("/v1/hold", key)
+        error = _envelope(refused, 429, "CONCURRENCY_LIMITED")
+        assert "held" in error["message"]
+        assert int(refused.headers["retry-after"]) >= 1
+        assert _pool_active(stack, key) == 1
+    finally:
+        stack.upstream.release.set()
+        thread.join(10)
+    assert first[0].status_code == 200
+    # nginx logs the finished request; its line frees the slot (the pool's lease is 300 s).
+    deadline = time.monotonic() + 10
+    while _pool_active(stack, key) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _pool_active(stack, key) == 0
+    assert stack.get("/v1/hold", key).status_code == 200
+
+
+def _calls_when_written(stack: Stack, org: str, count: int) -> list[tuple[str, str, str, int]]:
+    deadline = time.monotonic() + 15
+    calls = stack.calls(org)
+    while len(calls) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+        calls = stack.calls(org)
+    return calls
+
+
+def test_metering_joins_the_upstream_status_from_the_access_log(stack: Stack) -> None:
+    org = _org()
+    key = stack.key(org)
+    got = [stack.get(f"/v1/status/{code}", key).status_code for code in (200, 404, 503)]
+    assert got == [200, 404, 503]
+    _envelope(stack.get("/v1/admin/x", stack.key(org, role="member")), 403, "FORBIDDEN")
+    # Asked directly, without nginx: no log line will ever come for this call.
+    direct = httpx.get(
+        stack.tollhouse + "/v1/platform/authorize",
+        headers={
+            "Authorization": f"Bearer {key}",
+            "X-Original-URI": "/v1/status/201",
+            "X-Original-Method": "GET",
+        },
+    )
+    assert direct.status_code == 200
+    calls = _calls_when_written(stack, org, 5)
+    statuses = sorted(status for _, _, _, status in calls)
+    # The upstream's statuses as the client got them, the refusal as decided, and the
+    # call whose line never came with status 0 (unknown) after [forward_auth] log_wait.
+    assert statuses == [0, 200, 403, 404, 503], calls
+    assert {route for _, _, route, _ in calls} == {"/v1/*", "/v1/admin/*"}
+    assert all(env == "SANDBOX" for env, *_ in calls)
+
+
+def test_orgs_and_environments_stay_apart_through_nginx(stack: Stack) -> None:
+    a_org, b_org = _org(), _org()
+    a_test, a_live, b_test = stack.key(a_org), stack.key(a_org, env="live"), stack.key(b_org)
+    for _ in range(3):
+        assert stack.get("/v1/limited", a_test).status_code == 200
+    _envelope(stack.get("/v1/limited", a_test), 429, "RATE_LIMITED")
+    # A's spent bucket is A's sandbox key's alone.
+    for key, org, env in ((a_live, a_org, "PRODUCTION"), (b_test, b_org, "SANDBOX")):
+        r = stack.get("/v1/limited", key, **{"X-Tollhouse-Org": a_org})
+        assert r.status_code == 200, r.text
+        assert r.headers["x-ratelimit-remaining"] == "2"
+        seen = r.json()["headers"]
+        assert (seen["x-tollhouse-org"], seen["x-tollhouse-environment"]) == (org, env)
+    a_calls = _calls_when_written(stack, a_org, 5)
+    b_calls = _calls_when_written(stack, b_org, 1)
+    assert sorted(env for env, *_ in a_calls) == ["PRODUCTION"] + ["SANDBOX"] * 4
+    assert [env for env, *_ in b_calls] == ["SANDBOX"]
+    b_keys = {key_id for _, key_id, _, _ in b_calls}
+    assert not b_keys & {key_id for _, key_id, _, _ in a_calls}
