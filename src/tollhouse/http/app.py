@@ -22,6 +22,7 @@ from tollhouse.dashboard import DashboardApp
 from tollhouse.errors import ConfigError
 from tollhouse.fairuse import FairUsePass, FairUseTap, GenerationCapture
 from tollhouse.fairuse.tap import generation_routes
+from tollhouse.http.admin import AdminRoutes
 from tollhouse.http.asgi import ASGIApp, Receive, Scope, Send
 from tollhouse.http.checks import CheckCache
 from tollhouse.http.counters import GatewayCounters
@@ -35,6 +36,7 @@ from tollhouse.jobs import Worker, build_handler, create_job_schema, open_queue,
 from tollhouse.jobs.model import utc_now
 from tollhouse.jobs.webhooks import WebhookStore
 from tollhouse.keys.cache import KeyCache
+from tollhouse.keys.last_used import KeyUse
 from tollhouse.keys.store import KeyStore
 from tollhouse.limits import LimitStore, open_store
 from tollhouse.limits.overrides import OverrideCache, OverrideStore
@@ -143,6 +145,10 @@ class Tollhouse:
             self.upstream = GenerationCapture(self.upstream, self.fair_use_tap, routes, time.time)
         self.meter.aggregator.observers.append(self.fair_use_tap.observe)
         self.meter.flusher.companions.append(self.fair_use_tap.flush)
+        # Keys' lastUsedAt, written with the usage flush (never per request).
+        self.key_use = KeyUse()
+        self.meter.aggregator.observers.append(self.key_use.observe)
+        self.meter.flusher.companions.append(self.key_use.flush)
         self.fair_use = FairUsePass(self.engine, policy.fair_use, tap=self.fair_use_tap)
         self.key_store = KeyStore(self.engine)
         self.keys = KeyCache(self.key_store)
@@ -189,6 +195,9 @@ class Tollhouse:
             ops=not ops_listener,
         )
         jobs = JobsRoutes(queue=self.queue, policy=policy, webhooks=self.webhooks, clock=utc_now)
+        admin = AdminRoutes(
+            engine=self.engine, policy=policy, admin_token=self.settings.admin_token
+        )
         ops = self._ops_endpoints()
         self.gateway = Gateway(
             self.upstream,
@@ -202,6 +211,7 @@ class Tollhouse:
             endpoints=[
                 *jobs.endpoints(),
                 *platform.endpoints(),
+                *admin.endpoints(),
                 *ops,
                 *self._dashboard_endpoints(),
             ],

@@ -48,6 +48,7 @@ GROUPS: tuple[str, ...] = (
     "rate-limit-status",
     "openapi",
     "dashboard",
+    "admin",
 )
 
 

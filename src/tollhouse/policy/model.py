@@ -197,6 +197,7 @@ PLATFORM_GROUPS: tuple[str, ...] = (
     "rate-limit-status",
     "openapi",
     "dashboard",
+    "admin",
 )
 
 
