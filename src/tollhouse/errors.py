@@ -10,10 +10,17 @@
     └── ApiError                         client-visible: type, code, status, message
         ├── BadRequest            400    BAD_REQUEST
         ├── Unauthorized          401    UNAUTHORIZED
+        │   ├── KeyExpired        401    KEY_EXPIRED
+        │   └── AdminTokenRequired 401   ADMIN_TOKEN_REQUIRED
         ├── Forbidden             403    FORBIDDEN
+        │   ├── OrgSuspended      403    ORG_SUSPENDED
+        │   ├── AdminOnly         403    ADMIN_ONLY
+        │   ├── RoleEscalation    403    ROLE_ESCALATION
+        │   └── EnvironmentEscalation 403 ENVIRONMENT_ESCALATION
         ├── TenantRequired        400    TENANT_REQUIRED
         ├── NotFound              404    NOT_FOUND
         ├── MethodNotAllowed      405    METHOD_NOT_ALLOWED
+        ├── Conflict              409    CONFLICT
         ├── PayloadTooLarge       413    PAYLOAD_TOO_LARGE
         ├── UnsupportedMediaType  415    UNSUPPORTED_MEDIA_TYPE
         ├── ValidationFailed      422    VALIDATION_FAILED
@@ -113,8 +120,45 @@ class Unauthorized(ApiError):
     status, code, slug = 401, "UNAUTHORIZED", "unauthorized"
 
 
+class KeyExpired(Unauthorized):
+    """The key existed and has expired (its ``expiresAt`` passed, or a rotation's overlap
+    ended)."""
+
+    code, slug = "KEY_EXPIRED", "key-expired"
+
+
+class AdminTokenRequired(Unauthorized):
+    """A provider API route was called without a valid admin token."""
+
+    code, slug = "ADMIN_TOKEN_REQUIRED", "admin-token-required"
+
+
 class Forbidden(ApiError):
     status, code, slug = 403, "FORBIDDEN", "forbidden"
+
+
+class OrgSuspended(Forbidden):
+    """The key's org is suspended (``PATCH /v1/admin/orgs/{orgId}`` ``suspended``)."""
+
+    code, slug = "ORG_SUSPENDED", "org-suspended"
+
+
+class AdminOnly(Forbidden):
+    """An org's API key was sent to a provider API route (admin tokens only)."""
+
+    code, slug = "ADMIN_ONLY", "admin-only"
+
+
+class RoleEscalation(Forbidden):
+    """A key asked for a key with a role above its own."""
+
+    code, slug = "ROLE_ESCALATION", "role-escalation"
+
+
+class EnvironmentEscalation(Forbidden):
+    """A SANDBOX key asked for a PRODUCTION key."""
+
+    code, slug = "ENVIRONMENT_ESCALATION", "environment-escalation"
 
 
 class NotFound(ApiError):
@@ -125,6 +169,12 @@ class MethodNotAllowed(ApiError):
     """The path exists, not for this method; ``headers`` carry its ``Allow``."""
 
     status, code, slug = 405, "METHOD_NOT_ALLOWED", "method-not-allowed"
+
+
+class Conflict(ApiError):
+    """The change clashes with what exists (a duplicate id, a key that cannot be rotated)."""
+
+    status, code, slug = 409, "CONFLICT", "conflict"
 
 
 class PayloadTooLarge(ApiError):

@@ -25,7 +25,7 @@ from tollhouse.jobs.schema import migrate_jobs, migrate_workers, separate_enviro
 from tollhouse.keys.schema import api_keys, orgs
 from tollhouse.metering import schema as usage
 from tollhouse.metering.deadletters import dead_letters
-from tollhouse.security.audit import migrate_security
+from tollhouse.security.audit import migrate_admin, migrate_security
 from tollhouse.storage.migrations import Migration, check_steps, create_tables
 from tollhouse.storage.migrations import migrate as run_steps
 
@@ -59,6 +59,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         separate_environments,
     ),
     Migration(10, "fair-use signals: tallies, jobs, flags, watermark", migrate_fair_use),
+    Migration(
+        11,
+        "provider API: org name and suspension, key last use and meta, audit address, admin tokens",
+        migrate_admin,
+    ),
 )
 check_steps(MIGRATIONS)
 

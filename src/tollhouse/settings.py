@@ -281,6 +281,16 @@ METRICS_TOKEN = Setting(
     "",
     "When set, `GET /metrics` needs `Authorization: Bearer <token>`; empty leaves it open.",
 )
+ADMIN_TOKEN = Setting(
+    "admin_token",
+    "TOLLHOUSE_ADMIN_TOKEN",
+    None,
+    TEXT,
+    "",
+    "An admin token for the provider API (`/v1/admin/*`, `Authorization: Bearer <token>`), "
+    "beside the stored ones of `tollhouse admin-tokens create`; the commands' `--url` send "
+    "it. Empty: stored tokens only.",
+)
 JOB_LEASE_SECONDS = Setting(
     "job_lease_seconds",
     "TOLLHOUSE_JOB_LEASE_SECONDS",
@@ -406,6 +416,7 @@ TABLE: tuple[Setting, ...] = (
     EMBEDDED_WORKERS,
     ALLOW_PRIVATE_TARGETS,
     METRICS_TOKEN,
+    ADMIN_TOKEN,
     JOB_LEASE_SECONDS,
     ACCESS_LOG_LISTEN,
     LOG_BODIES,
@@ -442,6 +453,7 @@ class Settings:
     limits_reserve: float = LIMITS_RESERVE.default
     allow_private_targets: bool = ALLOW_PRIVATE_TARGETS.default
     metrics_token: str = METRICS_TOKEN.default
+    admin_token: str = ADMIN_TOKEN.default
     job_lease_seconds: float = JOB_LEASE_SECONDS.default
     access_log_listen: str = ACCESS_LOG_LISTEN.default
     log_bodies: bool = LOG_BODIES.default

@@ -16,6 +16,9 @@ from tests.conftest import TESTS, Server, start_server, stop_server
 
 FUZZ_POLICY = TESTS / "data" / "fuzz.toml"
 TENANT = "fuzz-tenant"
+#: The fuzz servers' admin token: the provider API's operations are fuzzed with it.
+ADMIN_TOKEN = "adm_" + "f" * 40
+ADMIN_ENV = {"TOLLHOUSE_ADMIN_TOKEN": ADMIN_TOKEN}
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ def caller(server: Server, org: str) -> Caller:
 @pytest.fixture(scope="session")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`tollhouse serve --config tests/data/fuzz.toml` (high limits, example upstream)."""
-    server = start_server(tmp_path_factory.mktemp("fuzz"), FUZZ_POLICY)
+    server = start_server(tmp_path_factory.mktemp("fuzz"), FUZZ_POLICY, env=ADMIN_ENV)
     yield server
     stop_server(server)
 
@@ -88,7 +91,9 @@ def pg_fuzz_caller(
     """The same on a server whose database is PostgreSQL (stricter about text than SQLite)."""
     url = postgres_service.create_database("fuzz")
     server = start_server(
-        tmp_path_factory.mktemp("fuzz-pg"), FUZZ_POLICY, env={"TOLLHOUSE_DATABASE_URL": url}
+        tmp_path_factory.mktemp("fuzz-pg"),
+        FUZZ_POLICY,
+        env={"TOLLHOUSE_DATABASE_URL": url, **ADMIN_ENV},
     )
     yield seeded(server)
     stop_server(server)

@@ -1,5 +1,6 @@
-"""The audit log: every key, webhook and limit change is recorded with its actor, in the
-change's own transaction, and no secret (sk_…, whsec_…) reaches the table or the output."""
+"""The audit log: every org, key, webhook, limit and admin token change is recorded with
+its actor, in the change's own transaction, and no secret (sk_…, whsec_…, adm_…) reaches
+the table or the output."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from typer.testing import CliRunner
 from tollhouse.cli.main import app
 from tollhouse.security.audit import ACTIONS, safe_url
 
-SECRET = re.compile(r"(sk_(test|live)_[A-Za-z0-9]{32}|whsec_[A-Za-z0-9+/=]{8,})")
+SECRET = re.compile(
+    r"(sk_(test|live)_[A-Za-z0-9]{32}|whsec_[A-Za-z0-9+/=]{8,}|adm_[A-Za-z0-9]{40})"
+)
 
 
 def _cli(db: str, *args: str, code: int = 0) -> str:
@@ -48,18 +51,32 @@ def test_every_change_is_audited_and_no_secret_is_kept(tmp_path: Path) -> None:
         rotated["id"],
     )
     _cli(db, "limits", "clear", "--org", "acme", "--bucket", "scoring")
-    secrets = [created["key"], other["key"], rotated["key"], hook["secret"]]
+    made = json.loads(_cli(db, "orgs", "create", "initech", "--key-env", "live", "--json"))
+    _cli(db, "orgs", "update", "initech", "--suspend")
+    token = json.loads(_cli(db, "admin-tokens", "create", "--name", "support", "--json"))
+    _cli(db, "admin-tokens", "revoke", token["id"])
+    secrets = [
+        created["key"],
+        other["key"],
+        rotated["key"],
+        hook["secret"],
+        made["firstKey"]["key"],
+        token["token"],
+    ]
 
     # A failed change leaves no audit row (same transaction): a revoked key cannot rotate.
     _cli(db, "keys", "rotate", other["id"], code=1)
     _cli(db, "limits", "clear", "--org", "acme", "--bucket", "scoring", code=1)
+    _cli(db, "orgs", "create", "initech", code=1)  # taken
+    _cli(db, "orgs", "update", "initech", "--suspend")  # no change: nothing audited
 
     entries = json.loads(_cli(db, "audit", "--json"))
     outputs.append(json.dumps(entries))
     outputs.append(_cli(db, "audit"))
     assert {e["action"] for e in entries} == set(ACTIONS)
     seen = [(e["action"], e["org"], e["targetId"]) for e in entries]
-    assert seen == [
+    seen_sorted = seen[:9] + sorted(seen[9:11]) + seen[11:]
+    assert seen_sorted == [
         ("key.created", "acme", created["id"]),
         ("key.created", "globex", other["id"]),
         ("key.rotated", "acme", created["id"]),
@@ -69,7 +86,15 @@ def test_every_change_is_audited_and_no_secret_is_kept(tmp_path: Path) -> None:
         ("limit.set", "acme", "scoring"),
         ("limit.set", "acme", f"scoring/{rotated['id']}"),
         ("limit.cleared", "acme", "scoring"),
+        # An org and its first key: one transaction, one time (either order).
+        *sorted(seen[9:11]),
+        ("org.updated", "initech", "initech"),
+        ("admin_token.created", "", token["id"]),
+        ("admin_token.revoked", "", token["id"]),
     ]
+    assert sorted(seen[9:11]) == sorted(
+        [("org.created", "initech", "initech"), ("key.created", "initech", made["firstKey"]["id"])]
+    )
     assert all(e["actor"].startswith("cli") for e in entries)
     assert all(e["at"].endswith("Z") for e in entries)
     rotation = entries[2]["details"]
@@ -84,7 +109,7 @@ def test_every_change_is_audited_and_no_secret_is_kept(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         rows = conn.execute("select * from audit_log").fetchall()
     dump = json.dumps(rows) + "".join(outputs)
-    assert len(rows) == 9
+    assert len(rows) == 14
     for secret in secrets:
         assert secret not in dump
         assert secret[8:] not in dump  # not even without the prefix

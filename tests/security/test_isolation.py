@@ -270,6 +270,7 @@ def _range() -> dict[str, str]:
 Case = tuple[Callable[[OrgA], tuple[str, dict[str, str]]], frozenset[int], bool]
 NOT_FOUND = frozenset({404})
 OK = frozenset({200})
+ADMIN_ONLY = frozenset({403})
 
 CASES: dict[str, Case] = {
     "/healthz": (lambda a: ("/healthz", {}), OK, False),
@@ -323,6 +324,20 @@ CASES: dict[str, Case] = {
         NOT_FOUND,
         True,
     ),
+    # The provider API: no org key reaches it, A's own included (403 ADMIN_ONLY).
+    "/v1/admin/orgs": (lambda a: ("/v1/admin/orgs", {}), ADMIN_ONLY, False),
+    "/v1/admin/orgs/{orgId}": (lambda a: (f"/v1/admin/orgs/{a.org}", {}), ADMIN_ONLY, False),
+    "/v1/admin/orgs/{orgId}/keys": (
+        lambda a: (f"/v1/admin/orgs/{a.org}/keys", {}),
+        ADMIN_ONLY,
+        False,
+    ),
+    "/v1/admin/orgs/{orgId}/limits": (
+        lambda a: (f"/v1/admin/orgs/{a.org}/limits", {}),
+        ADMIN_ONLY,
+        False,
+    ),
+    "/v1/admin/audit": (lambda a: ("/v1/admin/audit", {"org": a.org}), ADMIN_ONLY, False),
 }
 
 
@@ -381,3 +396,51 @@ def test_nothing_of_a_reaches_another_org_or_environment(
             )
             assert own.status_code == 200, (route, own.status_code, own.text[:300])
             assert any(m in own.text for m in a.markers(viewer)), route
+
+
+def _admin_requests(a: OrgA) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """Every method of every provider API route, filled with A's ids (from the app's own
+    route table, so a new admin route is covered here without a change)."""
+    app = Tollhouse(settings=load_settings(environ={}))
+    values = {"orgId": a.org, "keyId": a.key_ids[0], "bucket": load_policy(None).buckets[0].name}
+    bodies: dict[str, dict[str, Any]] = {
+        "POST /v1/admin/orgs": {"id": a.org + "-copy"},
+        "PATCH /v1/admin/orgs/{orgId}": {"suspended": True},
+        "POST /v1/admin/orgs/{orgId}/keys": {"environment": a.environment, "role": "root"},
+        "PUT /v1/admin/orgs/{orgId}/limits/{bucket}": {"limit": 1},
+        "POST /v1/admin/keys/{keyId}/rotate": {"overlapSeconds": 0},
+    }
+    found = []
+    for endpoint in app.routes.endpoints:
+        if endpoint.group != "admin":
+            continue
+        path = endpoint.path
+        for name, value in values.items():
+            path = path.replace("{" + name + "}", value)
+        for method in endpoint.methods:
+            found.append((method, path, bodies.get(f"{method} {endpoint.path}")))
+    return found
+
+
+def test_no_org_key_reaches_the_provider_api(world: OrgA, server: Server) -> None:
+    """An org's own root key, and another org's, are refused on every provider API route
+    and method (403 ADMIN_ONLY), and nothing of A changes: its key still works."""
+    a = world
+    assert a.viewers is not None
+    requests = _admin_requests(a)
+    assert len(requests) >= 12
+    with httpx.Client(base_url=server.url, timeout=15) as c:
+        for key in (a.key, *a.viewers.values()):
+            for method, path, body in requests:
+                answer = c.request(
+                    method, path, json=body, headers={"Authorization": f"Bearer {key}"}
+                )
+                assert answer.status_code == 403, (method, path, answer.text[:300])
+                assert answer.json()["error"]["code"] == "ADMIN_ONLY"
+                leaked = [m for m in a.markers("other org") if m in answer.text]
+                assert not leaked, (method, path, leaked)
+        own = c.get(
+            f"/v1/score/{a.job_id}",
+            headers={"Authorization": f"Bearer {a.key}", "X-Tenant-Id": a.tenant},
+        )
+        assert own.status_code == 200, own.text  # not suspended, not revoked

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import Server
 from tollhouse.cli.main import app as cli_app
-from tollhouse.keys.cache import MISS, KeyCache
+from tollhouse.keys.cache import MISS, KeyCache, Refusal
 from tollhouse.keys.store import KeyStore
 from tollhouse.schema import create_schema
 from tollhouse.storage.engine import make_engine
@@ -97,9 +97,10 @@ def test_cache_refuses_the_old_key_once_the_overlap_ends(tmp_path: Path) -> None
         clocks.advance(61)
         # No SQL needed to know the fresh entry ended; the lookup after it refuses the key.
         assert fresh.cached(old_secret.encode()) is MISS
-        assert await fresh.authenticate(old_secret) is None
+        # Refused as expired (401 KEY_EXPIRED), not as unknown.
+        assert await fresh.authenticate(old_secret) == Refusal(True, "acme")
         assert await cache.poll_revocations() == 1
-        assert await cache.authenticate(old_secret) is None
+        assert await cache.authenticate(old_secret) == Refusal(True, "acme")
         assert await cache.authenticate(new_secret) is not None
         assert await fresh.authenticate(new_secret) is not None
 

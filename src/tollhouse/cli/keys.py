@@ -20,6 +20,7 @@ from tollhouse.cli.common import (
     with_database,
     write_json,
 )
+from tollhouse.cli.remote import AdminTokenOpt, UrlOpt, call, iso
 from tollhouse.keys.model import ROLES, KeyRecord
 from tollhouse.keys.store import KeyStore
 from tollhouse.policy.load import parse_duration
@@ -55,6 +56,28 @@ def key_json(record: KeyRecord, secret: str | None = None) -> dict[str, Any]:
     return out
 
 
+def remote_key_json(key: Any) -> dict[str, Any]:
+    """The JSON of a key the provider API answered (a
+    :class:`~tollhouse.client.AdminKey`), in :func:`key_json`'s shape."""
+    out: dict[str, Any] = {"id": key.id}
+    if key.key is not None:
+        out["key"] = key.key
+    out.update(
+        {
+            "org": key.org,
+            "environment": "test" if key.environment == "SANDBOX" else "live",
+            "role": key.role,
+            "name": key.name,
+            "prefix": key.prefix,
+            "created_at": iso(key.created_at),
+            "revoked_at": iso(key.revoked_at),
+            "expires_at": iso(key.expires_at),
+            "last_used_at": iso(key.last_used_at),
+        }
+    )
+    return out
+
+
 def with_store(
     config: str | None, database_url: str | None, fn: Callable[[KeyStore], Awaitable[T]]
 ) -> T:
@@ -73,23 +96,42 @@ def create(
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     database_url: DatabaseOpt = None,
+    url: UrlOpt = None,
+    admin_token: AdminTokenOpt = None,
 ) -> None:
-    """Create a key; its secret is printed once and stored only as a hash."""
+    """Create a key; its secret is printed once and stored only as a hash. With --url the
+    org must exist (`tollhouse orgs create`); on the database it is made if new."""
     if not ORG_PATTERN.match(org):
         fail(f"--org {org!r}: use letters, digits, _ . - (at most 64 characters)", 2)
     if env not in ("test", "live"):
         fail(f"--env {env!r}: use test or live", 2)
     if role not in ROLES:
         fail(f"--role {role!r}: use one of {', '.join(ROLES)}", 2)
+    if url is not None:
+        environment = "SANDBOX" if env == "test" else "PRODUCTION"
+        made = call(
+            url,
+            admin_token,
+            lambda c: c.keys.create(org, environment=environment, role=role, name=name),
+        )
+        out = remote_key_json(made)
+        if as_json:
+            write_json(out)
+            return
+        _print_created(made.id, org, made.environment, role, made.key)
+        return
     record, secret = with_store(
         config, database_url, lambda s: s.create(org, env, role, name, actor=cli_actor())
     )
     if as_json:
         write_json(key_json(record, secret))
         return
-    console.print(
-        f"Created [bold]{record.id}[/] for org [bold]{org}[/] ({record.environment}, {role})"
-    )
+    _print_created(record.id, org, record.environment, role, secret)
+
+
+def _print_created(key_id: str, org: str, environment: str, role: str, secret: str | None) -> None:
+    record_id = key_id
+    console.print(f"Created [bold]{record_id}[/] for org [bold]{org}[/] ({environment}, {role})")
     console.print(f"  key: [bold green]{secret}[/]", highlight=False)
     console.print("  Store it now: tollhouse keeps only its hash and cannot show it again.")
 
@@ -100,9 +142,22 @@ def list_keys(
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     database_url: DatabaseOpt = None,
+    url: UrlOpt = None,
+    admin_token: AdminTokenOpt = None,
 ) -> None:
-    """List keys (never their secrets)."""
-    records = with_store(config, database_url, lambda s: s.list_keys(org))
+    """List keys (never their secrets); with --url, one org's (--org)."""
+    if url is not None:
+        if org is None:
+            fail("--url lists one org's keys: give --org", 2)
+        found = call(
+            url, admin_token, lambda c: [k for page in c.keys.iter(org) for k in page.data]
+        )
+        if as_json:
+            write_json([remote_key_json(k) for k in found])
+            return
+        records = [_as_record(k) for k in found]
+    else:
+        records = with_store(config, database_url, lambda s: s.list_keys(org))
     if as_json:
         write_json([key_json(r) for r in records])
         return
@@ -139,8 +194,17 @@ def revoke(
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     database_url: DatabaseOpt = None,
+    url: UrlOpt = None,
+    admin_token: AdminTokenOpt = None,
 ) -> None:
     """Revoke a key; running servers refuse it within a second."""
+    if url is not None:
+        revoked = call(url, admin_token, lambda c: c.keys.revoke(key_id))
+        if as_json:
+            write_json(remote_key_json(revoked))
+            return
+        console.print(f"Revoked [bold]{revoked.id}[/] (org {revoked.org}).")
+        return
     record = with_store(config, database_url, lambda s: s.revoke(key_id, actor=cli_actor()))
     if record is None:
         fail(f"no key with id {key_id!r}; see `tollhouse keys list`")
@@ -163,6 +227,8 @@ def rotate(
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     database_url: DatabaseOpt = None,
+    url: UrlOpt = None,
+    admin_token: AdminTokenOpt = None,
 ) -> None:
     """Make a new secret for the same org, environment, role and name; the old key keeps
     working until the overlap ends."""
@@ -173,6 +239,17 @@ def rotate(
             window = timedelta(seconds=parse_duration(overlap))
         except ValueError as exc:
             fail(f"--overlap {overlap!r}: {exc}", 2)
+    if url is not None:
+        seconds = int(window.total_seconds())
+        made = call(url, admin_token, lambda c: c.keys.rotate(key_id, overlap_seconds=seconds))
+        assert made.replaces is not None
+        was = made.replaces
+        until = iso(was.revoked_at or was.expires_at)
+        if as_json:
+            write_json({**remote_key_json(made), "replaces": was.id, "oldKeyExpiresAt": until})
+            return
+        _print_rotated(made.id, was.id, made.org, made.environment, made.role, made.key, until)
+        return
 
     async def go(store: KeyStore) -> tuple[KeyRecord, str, KeyRecord] | str | None:
         try:
@@ -190,12 +267,41 @@ def rotate(
     if as_json:
         write_json({**key_json(record, secret), "replaces": old.id, "oldKeyExpiresAt": _iso(ends)})
         return
+    _print_rotated(
+        record.id, old.id, record.org, record.environment, record.role, secret, _iso(ends)
+    )
+
+
+def _print_rotated(
+    new_id: str,
+    old_id: str,
+    org: str,
+    environment: str,
+    role: str,
+    secret: str | None,
+    ends: str | None,
+) -> None:
     console.print(
-        f"Created [bold]{record.id}[/] replacing [bold]{old.id}[/] "
-        f"(org {record.org}, {record.environment}, {record.role})"
+        f"Created [bold]{new_id}[/] replacing [bold]{old_id}[/] (org {org}, {environment}, {role})"
     )
     console.print(f"  key: [bold green]{secret}[/]", highlight=False)
-    console.print(f"  {old.id} stops working at {_iso(ends)}.", highlight=False)
+    console.print(f"  {old_id} stops working at {ends}.", highlight=False)
     console.print(
         "  Store the new key now: tollhouse keeps only its hash and cannot show it again."
+    )
+
+
+def _as_record(key: Any) -> KeyRecord:
+    """A key the provider API answered, as the table prints database keys."""
+    return KeyRecord(
+        id=key.id,
+        org=key.org,
+        environment=key.environment,
+        role=key.role,
+        name=key.name,
+        prefix=key.prefix,
+        created_at=key.created_at,
+        revoked_at=key.revoked_at,
+        expires_at=key.expires_at,
+        last_used_at=key.last_used_at,
     )

@@ -18,6 +18,7 @@ from tollhouse.cli.common import (
     with_database,
     write_json,
 )
+from tollhouse.cli.remote import AdminTokenOpt, UrlOpt, call
 from tollhouse.limits.overrides import Override, OverrideStore
 from tollhouse.security.audit import cli_actor
 from tollhouse.settings import Settings
@@ -65,13 +66,22 @@ def set_limit(
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     database_url: DatabaseOpt = None,
+    url: UrlOpt = None,
+    admin_token: AdminTokenOpt = None,
 ) -> None:
-    """Set an override; running servers apply it within a second."""
-    settings = settings_from(config, database_url)
-    _check_bucket(settings, bucket)
+    """Set an override; running servers apply it within a second. With --url the server
+    checks the bucket against its own policy."""
     if limit < 1:
         fail("--limit must be at least 1", 2)
-    override = _with_store(settings, lambda s: s.set(org, bucket, limit, key, actor=cli_actor()))
+    if url is not None:
+        made = call(url, admin_token, lambda c: c.limits.set(org, bucket, limit, key_id=key))
+        override = Override(made.org, made.key_id, made.bucket, made.limit, made.updated_at)
+    else:
+        settings = settings_from(config, database_url)
+        _check_bucket(settings, bucket)
+        override = _with_store(
+            settings, lambda s: s.set(org, bucket, limit, key, actor=cli_actor())
+        )
     if as_json:
         write_json(override_json(override))
         return
@@ -85,17 +95,25 @@ def list_limits(
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     database_url: DatabaseOpt = None,
+    url: UrlOpt = None,
+    admin_token: AdminTokenOpt = None,
 ) -> None:
-    """List overrides next to the policy's limits."""
-    settings = settings_from(config, database_url)
-    overrides = _with_store(settings, lambda s: s.list(org))
+    """List overrides next to the policy's limits (with --url, one org's: --org)."""
+    if url is not None:
+        if org is None:
+            fail("--url lists one org's overrides: give --org", 2)
+        found = call(url, admin_token, lambda c: c.limits.get(org))
+        overrides, policy = _remote_overrides(found)
+    else:
+        settings = settings_from(config, database_url)
+        overrides = _with_store(settings, lambda s: s.list(org))
+        policy = {b.name: b.limit for b in settings.policy.buckets}
     if as_json:
         write_json([override_json(o) for o in overrides])
         return
     if not overrides:
         console.print("No overrides: every org gets the policy's limits.")
         return
-    policy = {b.name: b.limit for b in settings.policy.buckets}
     table = Table("org", "key", "bucket", "limit", "policy limit", "updated")
     for o in overrides:
         table.add_row(
@@ -116,9 +134,28 @@ def clear_limit(
     key: KeyOpt = None,
     config: ConfigOpt = None,
     database_url: DatabaseOpt = None,
+    url: UrlOpt = None,
+    admin_token: AdminTokenOpt = None,
 ) -> None:
     """Remove an override: the policy's limit applies again."""
+    if url is not None:
+        call(url, admin_token, lambda c: c.limits.clear(org, bucket, key_id=key))
+        console.print(f"Cleared: {bucket} for {'key ' + key if key else 'org ' + org}.")
+        return
     settings = settings_from(config, database_url)
     if not _with_store(settings, lambda s: s.clear(org, bucket, key, actor=cli_actor())):
         fail(f"no override of {bucket!r} for {'key ' + key if key else 'org ' + org}")
     console.print(f"Cleared: {bucket} for {'key ' + key if key else 'org ' + org}.")
+
+
+def _remote_overrides(limits: Any) -> tuple[list[Override], dict[str, int]]:
+    """The overrides in an org's limits as the provider API answered them (an
+    :class:`~tollhouse.client.OrgLimits`), and the server's policy limits."""
+    out: list[Override] = []
+    for b in limits.buckets:
+        if b.overridden and b.updated_at is not None:
+            out.append(Override(limits.org, None, b.name, b.limit, b.updated_at))
+        for k in b.key_overrides:
+            out.append(Override(limits.org, k.key_id, b.name, k.limit, k.updated_at))
+    out.sort(key=lambda o: (o.key_id or "", o.bucket))
+    return out, {b.name: b.policy_limit for b in limits.buckets}

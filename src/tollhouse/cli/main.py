@@ -5,11 +5,13 @@ from __future__ import annotations
 import typer
 
 from tollhouse.cli import (
+    admin_tokens,
     audit,
     deadletters,
     example,
     keys,
     limits,
+    orgs,
     routes,
     score,
     serve,
@@ -28,6 +30,8 @@ app = typer.Typer(
 )
 app.command("serve")(serve.serve)
 app.add_typer(keys.app, name="keys")
+app.add_typer(orgs.app, name="orgs")
+app.add_typer(admin_tokens.app, name="admin-tokens")
 app.add_typer(limits.app, name="limits")
 app.add_typer(webhooks.app, name="webhooks")
 app.add_typer(usage.app, name="usage")

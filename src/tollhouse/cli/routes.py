@@ -47,6 +47,8 @@ def routes(
     table.add_column("path", overflow="fold")
     table.columns.insert(0, table.columns.pop())
     for path, methods, who, key in rows:
-        table.add_row(path, methods, who, "yes" if key else "no")
+        table.add_row(
+            path, methods, who, "admin token" if who == "admin" else "yes" if key else "no"
+        )
     console.print(table)
     console.print("Every other path: the upstream (after key, access and limits).")

@@ -13,12 +13,39 @@
 Both clients wait out 429s (``Retry-After`` plus jitter), back off exponentially on
 repeated failures, 502/503/504 and connection errors, throttle ahead of an exhausted
 window (``X-RateLimit-Remaining``/``Reset``), cap requests in flight, and raise typed
-errors (:class:`TollhouseAPIError` and its subclasses) once the retries are used up. See
-``docs/sdk.md``.
+errors (:class:`TollhouseAPIError` and its subclasses) once the retries are used up.
+:class:`AdminClient` and :class:`AsyncAdminClient` call the provider API
+(``/v1/admin/*``) with an admin token. See ``docs/sdk.md``.
 """
 
 from __future__ import annotations
 
+from tollhouse.client._admin_client import (
+    AdminClient,
+    AuditAdmin,
+    KeysAdmin,
+    LimitsAdmin,
+    OrgsAdmin,
+)
+from tollhouse.client._admin_models import (
+    AdminKey,
+    AuditEntry,
+    BucketLimit,
+    KeyOverride,
+    LimitOverride,
+    Org,
+    OrgLimits,
+    Page,
+    PoolLimit,
+)
+from tollhouse.client._admin_ops import ENV_ADMIN_TOKEN
+from tollhouse.client._async_admin_client import (
+    AsyncAdminClient,
+    AsyncAuditAdmin,
+    AsyncKeysAdmin,
+    AsyncLimitsAdmin,
+    AsyncOrgsAdmin,
+)
 from tollhouse.client._async_client import (
     AsyncAnalyticsApi,
     AsyncCallCountsApi,
@@ -84,18 +111,29 @@ from tollhouse.client._retry import RetryDecision, RetryPolicy, backoff, decide
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "ENV_ADMIN_TOKEN",
     "ENV_API_KEY",
     "ENV_BASE_URL",
+    "AdminClient",
+    "AdminKey",
     "AnalyticsApi",
     "ArchiveResult",
+    "AsyncAdminClient",
     "AsyncAnalyticsApi",
+    "AsyncAuditAdmin",
     "AsyncCallCountsApi",
     "AsyncClient",
     "AsyncCriteriaApi",
     "AsyncEventsApi",
+    "AsyncKeysAdmin",
+    "AsyncLimitsAdmin",
+    "AsyncOrgsAdmin",
+    "AuditAdmin",
+    "AuditEntry",
     "AuthenticationError",
     "BadRequestError",
     "BatchItem",
+    "BucketLimit",
     "BucketStatus",
     "BulkProgress",
     "CallCounts",
@@ -114,11 +152,20 @@ __all__ = [
     "InterviewQuestions",
     "JobCriteria",
     "JournalError",
+    "KeyOverride",
+    "KeysAdmin",
     "Label",
     "LabelCounts",
+    "LimitOverride",
+    "LimitsAdmin",
     "MetricResult",
     "NotFoundError",
+    "Org",
+    "OrgLimits",
+    "OrgsAdmin",
+    "Page",
     "PermissionDeniedError",
+    "PoolLimit",
     "PoolStatus",
     "QueuePage",
     "QueueSummary",

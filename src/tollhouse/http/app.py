@@ -23,6 +23,7 @@ from tollhouse.errors import ConfigError
 from tollhouse.fairuse import FairUsePass, FairUseTap, GenerationCapture
 from tollhouse.fairuse.tap import generation_routes
 from tollhouse.http.access_log import AwaitingLog, listen
+from tollhouse.http.admin import AdminRoutes
 from tollhouse.http.asgi import ASGIApp, Receive, Scope, Send
 from tollhouse.http.checks import CheckCache
 from tollhouse.http.counters import GatewayCounters
@@ -36,6 +37,7 @@ from tollhouse.jobs import Worker, build_handler, create_job_schema, open_queue,
 from tollhouse.jobs.model import utc_now
 from tollhouse.jobs.webhooks import WebhookStore
 from tollhouse.keys.cache import KeyCache
+from tollhouse.keys.last_used import KeyUse
 from tollhouse.keys.store import KeyStore
 from tollhouse.limits import LimitStore, open_store
 from tollhouse.limits.overrides import OverrideCache, OverrideStore
@@ -144,6 +146,10 @@ class Tollhouse:
             self.upstream = GenerationCapture(self.upstream, self.fair_use_tap, routes, time.time)
         self.meter.aggregator.observers.append(self.fair_use_tap.observe)
         self.meter.flusher.companions.append(self.fair_use_tap.flush)
+        # Keys' lastUsedAt, written with the usage flush (never per request).
+        self.key_use = KeyUse()
+        self.meter.aggregator.observers.append(self.key_use.observe)
+        self.meter.flusher.companions.append(self.key_use.flush)
         self.fair_use = FairUsePass(self.engine, policy.fair_use, tap=self.fair_use_tap)
         self.key_store = KeyStore(self.engine)
         self.keys = KeyCache(self.key_store)
@@ -190,6 +196,9 @@ class Tollhouse:
             ops=not ops_listener,
         )
         jobs = JobsRoutes(queue=self.queue, policy=policy, webhooks=self.webhooks, clock=utc_now)
+        admin = AdminRoutes(
+            engine=self.engine, policy=policy, admin_token=self.settings.admin_token
+        )
         ops = self._ops_endpoints()
         self.gateway = Gateway(
             self.upstream,
@@ -203,6 +212,7 @@ class Tollhouse:
             endpoints=[
                 *jobs.endpoints(),
                 *platform.endpoints(),
+                *admin.endpoints(),
                 *ops,
                 *self._dashboard_endpoints(),
             ],

@@ -71,7 +71,7 @@ from tollhouse.http.forwarded import TrustedProxies
 from tollhouse.http.gateway_ws import admit_websocket
 from tollhouse.http.passing import BODY_METHODS, Passer
 from tollhouse.http.routes import Endpoint, Resolved, RouteTable, method_not_allowed
-from tollhouse.keys.cache import MISS, KeyCache
+from tollhouse.keys.cache import MISS, KeyCache, Refusal
 from tollhouse.keys.model import Identity
 from tollhouse.limits.headers import Header as LimitHeader
 from tollhouse.limits.headers import pool_headers
@@ -447,6 +447,8 @@ class Gateway:
         if identity is MISS:
             return self._admit_uncached(scope, state, match, method, path, now, secret)
         if not isinstance(identity, Identity):
+            if isinstance(identity, Refusal):
+                raise identity.error()  # expired (401), or its org suspended (403)
             raise Unauthorized(
                 "The API key is not valid or has been revoked; check the key or create "
                 "one with `tollhouse keys create`."

@@ -49,6 +49,7 @@ GROUPS: tuple[str, ...] = (
     "openapi",
     "dashboard",
     "forward-auth",
+    "admin",
 )
 
 

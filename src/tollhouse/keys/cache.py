@@ -7,6 +7,11 @@ expiry in its cache entry: the entry lasts no longer than the key, and the next 
 finds it expired (the poll also evicts keys whose overlap ended, for entries cached before
 the rotation). Unknown secrets are cached as
 misses for ``negative_ttl`` so a client hammering with a bad key costs one query a second.
+
+A key that exists but may not be used for a reason the caller should hear — it expired, or
+its org is suspended — is cached as a :class:`Refusal` (401 ``KEY_EXPIRED``, 403
+``ORG_SUSPENDED``). Suspending or reinstating an org stamps ``orgs.updated_at``; the poll
+evicts that org's keys, so the change is seen within a second too.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from tollhouse.errors import StorageError
+from tollhouse.errors import ApiError, KeyExpired, OrgSuspended, StorageError
 from tollhouse.keys.hashing import SECRET_LENGTH, same_hash
 from tollhouse.keys.model import PREFIX_ENVIRONMENT, Identity
 from tollhouse.keys.store import KeyStore
@@ -36,6 +42,24 @@ KEY_LENGTH = 8 + SECRET_LENGTH
 MAX_ENTRIES = 100_000
 #: Revocations older than this before the last poll are read again (clock skew between hosts).
 REVOCATION_OVERLAP = timedelta(seconds=2)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A known key that is refused with its own error (a new one per request)."""
+
+    expired: bool
+    """True: the key expired (401); False: its org is suspended (403)."""
+    org: str
+
+    def error(self) -> ApiError:
+        """The error to answer with."""
+        if self.expired:
+            return KeyExpired("The API key has expired; use its replacement or create a new key.")
+        return OrgSuspended(
+            f"The org {self.org!r} is suspended: its keys are refused until the provider "
+            "reinstates it."
+        )
 
 
 class KeyCache:
@@ -58,15 +82,15 @@ class KeyCache:
         self.clock = clock
         self.wall_clock = wall_clock or (lambda: datetime.now(UTC))
         # Keyed by the raw SHA-256 digest of the secret (the database keeps its hex form).
-        self._entries: dict[bytes, tuple[Identity | None, float]] = {}
-        self._inflight: dict[bytes, asyncio.Future[Identity | None]] = {}
+        self._entries: dict[bytes, tuple[Identity | Refusal | None, float]] = {}
+        self._inflight: dict[bytes, asyncio.Future[Identity | Refusal | None]] = {}
         self._since = self.wall_clock()
         self._poller = Poller(self.poll_revocations, poll_interval, "key revocations")
 
-    def cached(self, secret: bytes) -> Identity | object | None:
-        """The answer for ``secret`` if memory has it (an identity, or None for a known bad
-        key), else :data:`MISS`: then ``await authenticate(secret)``. No I/O, no coroutine:
-        this is the gateway's hot path."""
+    def cached(self, secret: bytes) -> Identity | Refusal | object | None:
+        """The answer for ``secret`` if memory has it (an identity, a :class:`Refusal`, or
+        None for a bad key), else :data:`MISS`: then ``await authenticate(secret)``. No
+        I/O, no coroutine: this is the gateway's hot path."""
         if len(secret) != KEY_LENGTH or secret[:8] not in _PREFIXES:
             return None
         entry = self._entries.get(hashlib.sha256(secret).digest())
@@ -74,8 +98,9 @@ class KeyCache:
             return entry[0]
         return MISS
 
-    async def authenticate(self, secret: str | bytes) -> Identity | None:
-        """The identity of an active key with this secret, or None.
+    async def authenticate(self, secret: str | bytes) -> Identity | Refusal | None:
+        """The identity of an active key with this secret, a :class:`Refusal` for an
+        expired key or a key of a suspended org, or None.
 
         Raises:
             StorageError: the key is not cached and the database cannot be reached.
@@ -91,7 +116,7 @@ class KeyCache:
         pending = self._inflight.get(digest)
         if pending is not None:
             return await asyncio.shield(pending)
-        fut: asyncio.Future[Identity | None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Identity | Refusal | None] = asyncio.get_running_loop().create_future()
         self._inflight[digest] = fut
         try:
             identity = await self._load(digest, entry)
@@ -105,22 +130,30 @@ class KeyCache:
             del self._inflight[digest]
 
     async def _load(
-        self, digest: bytes, stale: tuple[Identity | None, float] | None
-    ) -> Identity | None:
+        self, digest: bytes, stale: tuple[Identity | Refusal | None, float] | None
+    ) -> Identity | Refusal | None:
         try:
             found = await self.store.by_hash(digest.hex())
         except StorageError:
-            if stale is not None and stale[0] is not None:
+            if stale is not None and isinstance(stale[0], Identity):
                 # The database is away: keep honouring a key we knew was valid.
                 logger.warning("key lookup failed; serving cached identity")
                 return stale[0]
             raise
-        identity: Identity | None = None
+        identity: Identity | Refusal | None = None
         ttl = self.negative_ttl
         wall = self.wall_clock()
         if found is not None:
             record, stored = found
-            if same_hash(stored, digest.hex()) and record.active(wall):
+            if not same_hash(stored, digest.hex()) or record.revoked_at is not None:
+                pass
+            elif record.org_suspended:
+                identity = Refusal(False, record.org)
+                ttl = self.ttl  # the poll evicts it when the org is reinstated
+            elif not record.active(wall):
+                identity = Refusal(True, record.org)
+                ttl = self.ttl
+            else:
                 identity = Identity(record.id, record.org, record.environment, record.role)
                 ttl = self.ttl
                 if record.expires_at is not None:

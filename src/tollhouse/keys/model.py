@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 Environment = Literal["SANDBOX", "PRODUCTION"]
 Role = Literal["root", "manager", "backend", "member"]
@@ -38,7 +38,14 @@ class KeyRecord:
     revoked_at: datetime | None = None
     """When the key was revoked, or None while it is active."""
     expires_at: datetime | None = None
-    """When a rotated-out key stops working (``keys rotate``), or None."""
+    """When the key stops working (given at creation, or set by ``keys rotate`` on the
+    key it replaced), or None."""
+    last_used_at: datetime | None = None
+    """When the key last made a call (written with the usage flush), or None."""
+    meta: dict[str, Any] | None = None
+    """Free-form JSON given at creation (never a secret of tollhouse's)."""
+    org_suspended: bool = False
+    """The key's org is suspended (read with the key by the key cache's lookup)."""
 
     def active(self, now: datetime) -> bool:
         """Neither revoked nor expired at ``now``."""

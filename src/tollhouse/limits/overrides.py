@@ -9,9 +9,10 @@ database. The request path reads the snapshot, a dict, never SQL.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -27,7 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tollhouse.errors import StorageError
+from tollhouse.errors import NotFound, StorageError
+from tollhouse.policy.model import Bucket, Pool
 from tollhouse.security import audit
 from tollhouse.storage.poll import Poller
 from tollhouse.storage.schema import metadata
@@ -73,9 +75,11 @@ class OverrideStore:
         key_id: str | None = None,
         *,
         actor: str | None = None,
+        address: str | None = None,
     ) -> Override:
         """Create or replace the override of ``bucket`` for an org (or one of its keys).
-        With an ``actor``, the change is audited in the same transaction."""
+        With an ``actor``, the change is audited in the same transaction (``address``: the
+        caller's, for a change made over HTTP)."""
         now = datetime.now(UTC)
         where = (
             (limit_overrides.c.org_id == org)
@@ -99,13 +103,20 @@ class OverrideStore:
                         target_id=bucket + (f"/{key_id}" if key_id else ""),
                         details={"bucket": bucket, "key": key_id, "limit": limit},
                         at=now,
+                        address=address,
                     )
         except SQLAlchemyError as exc:
             raise StorageError(f"could not set the override: {exc}") from exc
         return Override(org, key_id, bucket, limit, now)
 
     async def clear(
-        self, org: str, bucket: str, key_id: str | None = None, *, actor: str | None = None
+        self,
+        org: str,
+        bucket: str,
+        key_id: str | None = None,
+        *,
+        actor: str | None = None,
+        address: str | None = None,
     ) -> bool:
         """Remove an override; False when there was none. With an ``actor``, the change is
         audited in the same transaction."""
@@ -125,6 +136,7 @@ class OverrideStore:
                         org=org,
                         target_id=bucket + (f"/{key_id}" if key_id else ""),
                         details={"bucket": bucket, "key": key_id},
+                        address=address,
                     )
         except SQLAlchemyError as exc:
             raise StorageError(f"could not clear the override: {exc}") from exc
@@ -157,6 +169,71 @@ class OverrideStore:
         except SQLAlchemyError as exc:
             raise StorageError(f"could not read overrides: {exc}") from exc
         return int(count), str(latest)
+
+
+def check_bucket(buckets: Iterable[Bucket], name: str) -> Bucket:
+    """The policy's bucket called ``name``.
+
+    Raises:
+        NotFound: the policy has no such bucket (404, naming the buckets it has).
+    """
+    known = list(buckets)
+    for bucket in known:
+        if bucket.name == name:
+            return bucket
+    names = ", ".join(b.name for b in known) or "none"
+    raise NotFound(f"The policy has no bucket {name!r}; its buckets: {names}.")
+
+
+def _stamp(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def effective_limits(
+    buckets: Iterable[Bucket], pools: Iterable[Pool], overrides: Iterable[Override]
+) -> dict[str, Any]:
+    """One org's limits as the provider API shows them: every bucket with the policy's
+    limit, the org's override (when set) and the limit its keys get without a key
+    override, its keys' overrides; every pool (pools take no override).
+
+    Args:
+        buckets: the policy's buckets.
+        pools: the policy's pools.
+        overrides: the org's overrides (:meth:`OverrideStore.list` of the org).
+    """
+    by_bucket: dict[str, list[Override]] = {}
+    for o in overrides:
+        by_bucket.setdefault(o.bucket, []).append(o)
+    out_buckets = []
+    for b in buckets:
+        mine = by_bucket.get(b.name, [])
+        org_wide = next((o for o in mine if o.key_id is None), None)
+        out_buckets.append(
+            {
+                "name": b.name,
+                "displayName": b.display_name,
+                "windowSeconds": b.window_seconds,
+                "scope": b.scope,
+                "policyLimit": b.limit,
+                "limit": org_wide.limit if org_wide is not None else b.limit,
+                "overridden": org_wide is not None,
+                "override": (
+                    {"limit": org_wide.limit, "updatedAt": _stamp(org_wide.updated_at)}
+                    if org_wide is not None
+                    else None
+                ),
+                "keyOverrides": [
+                    {"keyId": o.key_id, "limit": o.limit, "updatedAt": _stamp(o.updated_at)}
+                    for o in mine
+                    if o.key_id is not None
+                ],
+                "shadow": b.shadow,
+            }
+        )
+    return {
+        "buckets": out_buckets,
+        "pools": [{"name": p.name, "limit": p.limit, "overridden": False} for p in pools],
+    }
 
 
 #: (org, key id or "", bucket) → limit

@@ -21,6 +21,12 @@ from typing import Any, Final
 
 from tollhouse.analytics.call_counts import DEFAULT_AMT, LABELS, MAX_AMT
 from tollhouse.analytics.catalogue import CATALOGUE
+from tollhouse.openapi.admin import (
+    ADMIN_RESPONSES,
+    ADMIN_SCHEMAS,
+    ADMIN_SECURITY_SCHEME,
+    admin_paths,
+)
 from tollhouse.openapi.components import (
     HEADERS,
     RESPONSES,
@@ -608,6 +614,7 @@ _GROUP_OF: Final = (
     ("/v1/rate-limit/status", "rate-limit-status"),
     ("/v1/platform/authorize", "forward-auth"),
     (OPENAPI_PATH, "openapi"),
+    ("/v1/admin/", "admin"),
 )
 
 
@@ -625,6 +632,8 @@ def _tenant_header(policy: Policy, paths: dict[str, dict[str, Schema]]) -> None:
         for method, op in item.items():
             if method not in _HTTP_METHODS or not op.get("security", True):
                 continue
+            if op.get("tags") == ["admin"]:
+                continue  # the provider's, not an org's: no tenant
             required = router.match(method.upper(), path).tenant_required
             if path == "/v1/rate-limit/status":
                 required = False
@@ -685,6 +694,7 @@ def build_document(
             },
         }
     }
+    paths.update(admin_paths(policy))
     platform = policy.platform if policy is not None else None
     if platform is not None and (platform.prefix or platform.disable):
         moved: dict[str, dict[str, Schema]] = {}
@@ -710,9 +720,13 @@ def build_document(
                 op["operationId"] = "_".join([method, *words])
     components = doc.setdefault("components", {})
     components.setdefault("schemas", {}).update(copy.deepcopy(SCHEMAS))
-    components["responses"] = copy.deepcopy(RESPONSES)
+    components["schemas"].update(copy.deepcopy(ADMIN_SCHEMAS))
+    components["responses"] = {**copy.deepcopy(RESPONSES), **copy.deepcopy(ADMIN_RESPONSES)}
     components["headers"] = copy.deepcopy(HEADERS)
-    components["securitySchemes"] = copy.deepcopy(SECURITY_SCHEMES)
+    components["securitySchemes"] = {
+        **copy.deepcopy(SECURITY_SCHEMES),
+        "adminToken": copy.deepcopy(ADMIN_SECURITY_SCHEME),
+    }
     doc["security"] = copy.deepcopy(SECURITY)
     return doc
 

@@ -212,6 +212,7 @@ PLATFORM_GROUPS: tuple[str, ...] = (
     "openapi",
     "dashboard",
     "forward-auth",
+    "admin",
 )
 
 

@@ -1,0 +1,245 @@
+"""The provider API's synchronous client: :class:`AdminClient`.
+
+It sends through a :class:`~tollhouse.client.Client` of its own (the same send loop,
+retries and typed errors) with the admin token in place of a key; only the operations
+(:mod:`tollhouse.client._admin_ops`) and the models differ.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from tollhouse.client import _admin_models as am
+from tollhouse.client import _admin_ops as ops
+from tollhouse.client._base import RetryEvent
+from tollhouse.client._client import Client
+from tollhouse.client._retry import RetryPolicy
+
+
+class AdminClient:
+    """A synchronous client of the provider API (``/v1/admin/*``).
+
+    Args:
+        admin_token: an admin token; default ``TOLLHOUSE_ADMIN_TOKEN``. Never an org's key.
+        base_url: default ``TOLLHOUSE_URL``, else ``http://127.0.0.1:8000``.
+        timeout: seconds per request attempt.
+        max_retries: retries per call (overrides ``retry.max_retries``); calls that are
+            not idempotent (making an org or a key, a rotation) are not retried once they
+            may have been sent.
+        retry: the full retry policy.
+        http_client: an ``httpx.Client`` to send with; not closed by :meth:`close`.
+        on_retry: called with a :class:`RetryEvent` before each retry's wait.
+        rng: randomness for jitter.
+        sleep: how to wait.
+        clock: Unix time.
+
+    Example::
+
+        with AdminClient(admin_token="adm_…", base_url="https://api.example.com") as admin:
+            org = admin.orgs.create("acme", name="Acme", first_key={"environment": "SANDBOX"})
+            admin.limits.set("acme", "scoring", 5000)
+    """
+
+    def __init__(
+        self,
+        admin_token: str | None = None,
+        base_url: str | None = None,
+        *,
+        timeout: float = 30.0,
+        max_retries: int | None = None,
+        retry: RetryPolicy | None = None,
+        http_client: httpx.Client | None = None,
+        on_retry: Callable[[RetryEvent], None] | None = None,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], None] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._client = Client(
+            api_key=ops.resolve_admin_token(admin_token),
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            throttle=False,
+            retry=retry,
+            http_client=http_client,
+            on_retry=on_retry,
+            rng=rng,
+            sleep=sleep,
+            clock=clock,
+        )
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL."""
+        return self._client.base_url
+
+    @property
+    def orgs(self) -> OrgsAdmin:
+        """Orgs: make, list, read, rename, suspend and reinstate."""
+        return OrgsAdmin(self._client)
+
+    @property
+    def keys(self) -> KeysAdmin:
+        """Keys of any org: make, list, revoke, rotate."""
+        return KeysAdmin(self._client)
+
+    @property
+    def limits(self) -> LimitsAdmin:
+        """Per-org and per-key limit overrides."""
+        return LimitsAdmin(self._client)
+
+    @property
+    def audit(self) -> AuditAdmin:
+        """The audit log."""
+        return AuditAdmin(self._client)
+
+    def close(self) -> None:
+        """Close the connections (unless the ``http_client`` was passed in)."""
+        self._client.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class OrgsAdmin:
+    """Orgs (``admin.orgs``)."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def create(
+        self,
+        org_id: str,
+        *,
+        name: str | None = None,
+        first_key: dict[str, Any] | None = None,
+    ) -> am.Org:
+        """``POST /v1/admin/orgs``: an org, and its first key with it when ``first_key``
+        (``{"environment", "role"?, "name"?, "expiresAt"?, "meta"?}``) is given — both
+        or neither. The key's secret is in ``org.first_key.key``, once."""
+        return self._c._call(ops.create_org(org_id, name, first_key))
+
+    def list(self, *, limit: int | None = None, cursor: str | None = None) -> am.Page[am.Org]:
+        """``GET /v1/admin/orgs``: one page, newest first."""
+        return self._c._call(ops.list_orgs(limit, cursor))
+
+    def iter(self, *, limit: int | None = None) -> Iterator[am.Page[am.Org]]:
+        """Every page of orgs, following ``nextCursor``."""
+        return self._c._pages(ops.org_pages(limit))
+
+    def get(self, org_id: str) -> am.Org:
+        """``GET /v1/admin/orgs/{orgId}``."""
+        return self._c._call(ops.get_org(org_id))
+
+    def update(
+        self, org_id: str, *, name: str | None = None, suspended: bool | None = None
+    ) -> am.Org:
+        """``PATCH /v1/admin/orgs/{orgId}``: rename, suspend (its keys get 403
+        ``ORG_SUSPENDED`` within a second) or reinstate."""
+        return self._c._call(ops.update_org(org_id, name, suspended))
+
+
+class KeysAdmin:
+    """Keys (``admin.keys``)."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def create(
+        self,
+        org_id: str,
+        *,
+        environment: str,
+        role: str | None = None,
+        name: str | None = None,
+        expires_at: datetime | str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> am.AdminKey:
+        """``POST /v1/admin/orgs/{orgId}/keys``: the secret is in ``.key``, once."""
+        body = ops.key_body(environment, role, name, expires_at, meta)
+        return self._c._call(ops.create_key(org_id, body))
+
+    def list(
+        self,
+        org_id: str,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+        environment: str | None = None,
+    ) -> am.Page[am.AdminKey]:
+        """``GET /v1/admin/orgs/{orgId}/keys``: one page (never a secret)."""
+        return self._c._call(ops.list_keys(org_id, limit, cursor, environment))
+
+    def iter(
+        self, org_id: str, *, limit: int | None = None, environment: str | None = None
+    ) -> Iterator[am.Page[am.AdminKey]]:
+        """Every page of an org's keys."""
+        return self._c._pages(ops.key_pages(org_id, limit, environment))
+
+    def revoke(self, key_id: str) -> am.AdminKey:
+        """``DELETE /v1/admin/keys/{keyId}``: refused by running servers within a second."""
+        return self._c._call(ops.revoke_key(key_id))
+
+    def rotate(self, key_id: str, *, overlap_seconds: int | None = None) -> am.AdminKey:
+        """``POST /v1/admin/keys/{keyId}/rotate``: the new key (secret in ``.key``) and the
+        old one in ``.replaces``, working until the overlap ends (default 24 h)."""
+        return self._c._call(ops.rotate_key(key_id, overlap_seconds))
+
+
+class LimitsAdmin:
+    """Limit overrides (``admin.limits``)."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def get(self, org_id: str) -> am.OrgLimits:
+        """``GET /v1/admin/orgs/{orgId}/limits``: effective buckets and pools."""
+        return self._c._call(ops.get_limits(org_id))
+
+    def set(
+        self, org_id: str, bucket: str, limit: int, *, key_id: str | None = None
+    ) -> am.LimitOverride:
+        """``PUT /v1/admin/orgs/{orgId}/limits/{bucket}``: exact key > org > policy."""
+        return self._c._call(ops.set_limit(org_id, bucket, limit, key_id))
+
+    def clear(self, org_id: str, bucket: str, *, key_id: str | None = None) -> None:
+        """``DELETE /v1/admin/orgs/{orgId}/limits/{bucket}``."""
+        self._c._call(ops.clear_limit(org_id, bucket, key_id))
+
+
+class AuditAdmin:
+    """The audit log (``admin.audit``)."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def list(
+        self,
+        *,
+        org: str | None = None,
+        action: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> am.Page[am.AuditEntry]:
+        """``GET /v1/admin/audit``: one page, newest first."""
+        return self._c._call(ops.audit(org, action, limit, cursor))
+
+    def iter(
+        self, *, org: str | None = None, action: str | None = None, limit: int | None = None
+    ) -> Iterator[am.Page[am.AuditEntry]]:
+        """Every page of the audit log."""
+        return self._c._pages(ops.audit_pages(org, action, limit))

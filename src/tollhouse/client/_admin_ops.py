@@ -1,0 +1,261 @@
+"""The provider API's calls as :class:`~tollhouse.client._base.Operation` values (no I/O):
+what :class:`~tollhouse.client.AdminClient` and its async twin send."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from tollhouse.client import _admin_models as am
+from tollhouse.client._base import Operation, Pages, _no_content, _seg, fields
+from tollhouse.client._errors import ClientError
+
+#: The variable an admin client reads its token from.
+ENV_ADMIN_TOKEN = "TOLLHOUSE_ADMIN_TOKEN"
+ADMIN = "/v1/admin"
+
+
+def resolve_admin_token(admin_token: str | None) -> str:
+    """The admin token: the argument, else ``TOLLHOUSE_ADMIN_TOKEN``.
+
+    Raises:
+        ClientError: none anywhere, or an org's key (``sk_…``) was given instead.
+    """
+    token = admin_token or os.environ.get(ENV_ADMIN_TOKEN)
+    if not token:
+        raise ClientError(
+            f"No admin token: pass admin_token=... or set {ENV_ADMIN_TOKEN} "
+            "(or create one with `tollhouse admin-tokens create`)."
+        )
+    if token.startswith("sk_"):
+        raise ClientError("An org's API key is not an admin token (the provider API refuses it).")
+    return token
+
+
+def _time(value: datetime | str) -> str:
+    if isinstance(value, str):
+        return value
+    if value.tzinfo is None:
+        raise ValueError("expires_at must be timezone-aware")
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _paging(limit: int | None, cursor: str | None) -> dict[str, str | int | float]:
+    params: dict[str, str | int | float] = {}
+    if limit is not None:
+        params["limit"] = limit
+    if cursor is not None:
+        params["cursor"] = cursor
+    return params
+
+
+def key_body(
+    environment: str,
+    role: str | None,
+    name: str | None,
+    expires_at: datetime | str | None,
+    meta: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The JSON of a key to make."""
+    body: dict[str, Any] = {"environment": environment}
+    if role is not None:
+        body["role"] = role
+    if name is not None:
+        body["name"] = name
+    if expires_at is not None:
+        body["expiresAt"] = _time(expires_at)
+    if meta is not None:
+        body["meta"] = meta
+    return body
+
+
+# orgs -------------------------------------------------------------------------------------
+
+
+def create_org(
+    org_id: str, name: str | None, first_key: dict[str, Any] | None
+) -> Operation[am.Org]:
+    body: dict[str, Any] = {"id": org_id}
+    if name is not None:
+        body["name"] = name
+    if first_key is not None:
+        body["firstKey"] = first_key
+    return Operation(
+        "POST",
+        f"{ADMIN}/orgs",
+        "POST /v1/admin/orgs",
+        lambda r: am.parse_org(fields(r)),
+        json=body,
+        idempotent=False,  # a second try is a 409 for the first one's org
+    )
+
+
+def list_orgs(limit: int | None, cursor: str | None) -> Operation[am.Page[am.Org]]:
+    return Operation(
+        "GET",
+        f"{ADMIN}/orgs",
+        "GET /v1/admin/orgs",
+        lambda r: am.parse_org_page(fields(r)),
+        params=_paging(limit, cursor),
+    )
+
+
+def org_pages(limit: int | None) -> Pages[am.Page[am.Org]]:
+    def after(page: am.Page[am.Org]) -> Operation[am.Page[am.Org]] | None:
+        return list_orgs(limit, page.next_cursor) if page.has_more and page.next_cursor else None
+
+    return Pages(list_orgs(limit, None), after)
+
+
+def get_org(org_id: str) -> Operation[am.Org]:
+    return Operation(
+        "GET",
+        f"{ADMIN}/orgs/{_seg(org_id, 'org_id')}",
+        "GET /v1/admin/orgs/{orgId}",
+        lambda r: am.parse_org(fields(r)),
+    )
+
+
+def update_org(org_id: str, name: str | None, suspended: bool | None) -> Operation[am.Org]:
+    body: dict[str, Any] = {}
+    if name is not None:
+        body["name"] = name
+    if suspended is not None:
+        body["suspended"] = suspended
+    return Operation(
+        "PATCH",
+        f"{ADMIN}/orgs/{_seg(org_id, 'org_id')}",
+        "PATCH /v1/admin/orgs/{orgId}",
+        lambda r: am.parse_org(fields(r)),
+        json=body,
+    )
+
+
+# keys -------------------------------------------------------------------------------------
+
+
+def create_key(org_id: str, body: dict[str, Any]) -> Operation[am.AdminKey]:
+    return Operation(
+        "POST",
+        f"{ADMIN}/orgs/{_seg(org_id, 'org_id')}/keys",
+        "POST /v1/admin/orgs/{orgId}/keys",
+        lambda r: am.parse_key(fields(r)),
+        json=body,
+        idempotent=False,  # each call makes one more key
+    )
+
+
+def list_keys(
+    org_id: str, limit: int | None, cursor: str | None, environment: str | None
+) -> Operation[am.Page[am.AdminKey]]:
+    params = _paging(limit, cursor)
+    if environment is not None:
+        params["environment"] = environment
+    return Operation(
+        "GET",
+        f"{ADMIN}/orgs/{_seg(org_id, 'org_id')}/keys",
+        "GET /v1/admin/orgs/{orgId}/keys",
+        lambda r: am.parse_key_page(fields(r)),
+        params=params,
+    )
+
+
+def key_pages(
+    org_id: str, limit: int | None, environment: str | None
+) -> Pages[am.Page[am.AdminKey]]:
+    def after(page: am.Page[am.AdminKey]) -> Operation[am.Page[am.AdminKey]] | None:
+        if not page.has_more or not page.next_cursor:
+            return None
+        return list_keys(org_id, limit, page.next_cursor, environment)
+
+    return Pages(list_keys(org_id, limit, None, environment), after)
+
+
+def revoke_key(key_id: str) -> Operation[am.AdminKey]:
+    return Operation(
+        "DELETE",
+        f"{ADMIN}/keys/{_seg(key_id, 'key_id')}",
+        "DELETE /v1/admin/keys/{keyId}",
+        lambda r: am.parse_key(fields(r)),
+    )
+
+
+def rotate_key(key_id: str, overlap_seconds: int | None) -> Operation[am.AdminKey]:
+    body = {} if overlap_seconds is None else {"overlapSeconds": overlap_seconds}
+    return Operation(
+        "POST",
+        f"{ADMIN}/keys/{_seg(key_id, 'key_id')}/rotate",
+        "POST /v1/admin/keys/{keyId}/rotate",
+        lambda r: am.parse_key(fields(r)),
+        json=body,
+        idempotent=False,  # a second rotation replaces the new key too
+    )
+
+
+# limits -----------------------------------------------------------------------------------
+
+
+def get_limits(org_id: str) -> Operation[am.OrgLimits]:
+    return Operation(
+        "GET",
+        f"{ADMIN}/orgs/{_seg(org_id, 'org_id')}/limits",
+        "GET /v1/admin/orgs/{orgId}/limits",
+        lambda r: am.parse_limits(fields(r)),
+    )
+
+
+def set_limit(
+    org_id: str, bucket: str, limit: int, key_id: str | None
+) -> Operation[am.LimitOverride]:
+    body: dict[str, Any] = {"limit": limit}
+    if key_id is not None:
+        body["keyId"] = key_id
+    return Operation(
+        "PUT",
+        f"{ADMIN}/orgs/{_seg(org_id, 'org_id')}/limits/{_seg(bucket, 'bucket')}",
+        "PUT /v1/admin/orgs/{orgId}/limits/{bucket}",
+        lambda r: am.parse_override(fields(r)),
+        json=body,
+    )
+
+
+def clear_limit(org_id: str, bucket: str, key_id: str | None) -> Operation[None]:
+    return Operation(
+        "DELETE",
+        f"{ADMIN}/orgs/{_seg(org_id, 'org_id')}/limits/{_seg(bucket, 'bucket')}",
+        "DELETE /v1/admin/orgs/{orgId}/limits/{bucket}",
+        _no_content,
+        params={"keyId": key_id} if key_id is not None else None,
+    )
+
+
+# audit ------------------------------------------------------------------------------------
+
+
+def audit(
+    org: str | None, action: str | None, limit: int | None, cursor: str | None
+) -> Operation[am.Page[am.AuditEntry]]:
+    params = _paging(limit, cursor)
+    if org is not None:
+        params["org"] = org
+    if action is not None:
+        params["action"] = action
+    return Operation(
+        "GET",
+        f"{ADMIN}/audit",
+        "GET /v1/admin/audit",
+        lambda r: am.parse_audit_page(fields(r)),
+        params=params,
+    )
+
+
+def audit_pages(
+    org: str | None, action: str | None, limit: int | None
+) -> Pages[am.Page[am.AuditEntry]]:
+    def after(page: am.Page[am.AuditEntry]) -> Operation[am.Page[am.AuditEntry]] | None:
+        if not page.has_more or not page.next_cursor:
+            return None
+        return audit(org, action, limit, page.next_cursor)
+
+    return Pages(audit(org, action, limit, None), after)

@@ -1,0 +1,441 @@
+"""The provider API's part of the OpenAPI document (``/v1/admin/*``, tag ``admin``).
+
+Its operations are called with an admin token (security scheme ``adminToken``), not an
+org's key; they carry no rate-limit headers (no bucket applies to them) and no
+``X-Tenant-Id``. See :mod:`tollhouse.http.admin`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from tollhouse.keys.model import ROLES
+from tollhouse.openapi.components import Schema, header, nullable, ref
+from tollhouse.policy.model import Policy
+from tollhouse.security.audit import ACTIONS
+
+#: The admin token, as the security requirement of every provider API operation.
+ADMIN_SECURITY: Final[list[dict[str, list[str]]]] = [{"adminToken": []}]
+ADMIN_SECURITY_SCHEME: Final[Schema] = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "An admin token: TOLLHOUSE_ADMIN_TOKEN, or one from "
+    "`tollhouse admin-tokens create` (`adm_…`). Never an org's key.",
+}
+
+_TIME: Final[Schema] = {"type": "string", "format": "date-time"}
+_NAME: Final[Schema] = {"type": "string", "maxLength": 200}
+_ORG_ID: Final[Schema] = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
+_KEY_ID: Final[Schema] = {"type": "string", "pattern": "^key_[0-9a-f]{16}$"}
+_ENVIRONMENT: Final[Schema] = {"enum": ["SANDBOX", "PRODUCTION"]}
+_LIMIT: Final[Schema] = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
+
+
+def _object(required: dict[str, Schema], optional: dict[str, Schema] | None = None) -> Schema:
+    return {
+        "type": "object",
+        "required": list(required),
+        "properties": {**required, **(optional or {})},
+    }
+
+
+def _closed(schema: Schema) -> Schema:
+    return {**schema, "additionalProperties": False}
+
+
+def _page(item: str) -> Schema:
+    return _object(
+        {
+            "data": {"type": "array", "items": ref(item)},
+            "hasMore": {"type": "boolean"},
+            "nextCursor": nullable({"type": "string"}),
+        }
+    )
+
+
+_KEY_FIELDS: Final[dict[str, Schema]] = {
+    "id": _KEY_ID,
+    "org": _ORG_ID,
+    "environment": _ENVIRONMENT,
+    "role": {"enum": list(ROLES)},
+    "name": _NAME,
+    "prefix": {"type": "string"},
+    "status": {"enum": ["active", "revoked", "expired"]},
+    "createdAt": _TIME,
+    "expiresAt": nullable(_TIME),
+    "revokedAt": nullable(_TIME),
+    "lastUsedAt": nullable(_TIME),
+    "meta": nullable({"type": "object"}),
+}
+_SECRET: Final[Schema] = {
+    "type": "string",
+    "pattern": "^sk_(test|live)_",
+    "description": "The secret: shown here once, stored only as a hash.",
+}
+
+ADMIN_SCHEMAS: Final[dict[str, Schema]] = {
+    "AdminOrg": {
+        "description": "An org. `firstKey` only in the answer to a creation that asked for it.",
+        **_object(
+            {
+                "id": _ORG_ID,
+                "name": _NAME,
+                "createdAt": _TIME,
+                "suspended": {"type": "boolean"},
+                "suspendedAt": nullable(_TIME),
+            },
+            {"firstKey": ref("AdminCreatedKey")},
+        ),
+    },
+    "AdminOrgPage": {"description": "Orgs, newest first.", **_page("AdminOrg")},
+    "AdminNewKey": {
+        "description": "A key to make. expiresAt: ISO 8601 with an offset, in the future.",
+        **_closed(
+            _object(
+                {"environment": _ENVIRONMENT},
+                {
+                    "role": {"enum": list(ROLES), "default": "member"},
+                    "name": _NAME,
+                    "expiresAt": _TIME,
+                    "meta": {"type": "object", "description": "At most 4096 bytes of JSON."},
+                },
+            )
+        ),
+    },
+    "AdminNewOrg": {
+        "description": "An org to make; with firstKey, its first key in the same "
+        "transaction (both or neither).",
+        **_closed(_object({"id": _ORG_ID}, {"name": _NAME, "firstKey": ref("AdminNewKey")})),
+    },
+    "AdminOrgChanges": {
+        "description": "suspended: true refuses every key of the org (403 ORG_SUSPENDED) "
+        "within a second; false lets them in again.",
+        **_closed(_object({}, {"name": _NAME, "suspended": {"type": "boolean"}})),
+    },
+    "AdminKey": {"description": "A key (never its secret).", **_object(_KEY_FIELDS)},
+    "AdminCreatedKey": {
+        "description": "A key just made, with its secret (`key`) shown once.",
+        **_object({**_KEY_FIELDS, "key": _SECRET}),
+    },
+    "AdminRotatedKey": {
+        "description": "The new key with its secret, and the key it replaces as it is now.",
+        **_object({**_KEY_FIELDS, "key": _SECRET, "replaces": ref("AdminKey")}),
+    },
+    "AdminKeyPage": {"description": "An org's keys, newest first.", **_page("AdminKey")},
+    "AdminRotation": {
+        "description": "overlapSeconds: how long the old key keeps working (default 86400; "
+        "0 revokes it at once).",
+        **_closed(
+            _object({}, {"overlapSeconds": {"type": "integer", "minimum": 0, "maximum": 2592000}})
+        ),
+    },
+    "AdminOrgLimits": {
+        "description": "An org's effective limits: each bucket with the policy's limit, "
+        "the org's override and its keys' overrides; the pools.",
+        **_object(
+            {
+                "org": _ORG_ID,
+                "buckets": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "name": {"type": "string"},
+                            "displayName": {"type": "string"},
+                            "windowSeconds": {"type": "integer", "minimum": 1},
+                            "scope": {"type": "string"},
+                            "policyLimit": {"type": "integer"},
+                            "limit": {"type": "integer"},
+                            "overridden": {"type": "boolean"},
+                            "override": nullable(
+                                _object({"limit": {"type": "integer"}, "updatedAt": _TIME})
+                            ),
+                            "keyOverrides": {
+                                "type": "array",
+                                "items": _object(
+                                    {
+                                        "keyId": _KEY_ID,
+                                        "limit": {"type": "integer"},
+                                        "updatedAt": _TIME,
+                                    }
+                                ),
+                            },
+                            "shadow": {"type": "boolean"},
+                        }
+                    ),
+                },
+                "pools": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "name": {"type": "string"},
+                            "limit": {"type": "integer"},
+                            "overridden": {"const": False},
+                        }
+                    ),
+                },
+            }
+        ),
+    },
+    "AdminLimitChange": {
+        "description": "The new limit per window; with keyId, for that key of the org only.",
+        **_closed(_object({"limit": _LIMIT}, {"keyId": _KEY_ID})),
+    },
+    "AdminOverride": {
+        "description": "An override as stored.",
+        **_object(
+            {
+                "org": _ORG_ID,
+                "bucket": {"type": "string"},
+                "keyId": nullable(_KEY_ID),
+                "limit": _LIMIT,
+                "updatedAt": _TIME,
+            }
+        ),
+    },
+    "AuditEntry": {
+        "description": "One audited change: who (admin token id, key id or cli:<user>), "
+        "what, when, from which address. Never a secret.",
+        **_object(
+            {
+                "id": {"type": "string"},
+                "at": _TIME,
+                "actor": {"type": "string"},
+                "action": {"enum": list(ACTIONS)},
+                "org": {"type": "string"},
+                "targetId": {"type": "string"},
+                "details": {"type": "object"},
+                "address": nullable({"type": "string"}),
+            }
+        ),
+    },
+    "AuditPage": {"description": "Audit entries, newest first.", **_page("AuditEntry")},
+}
+
+
+def _error(description: str) -> Schema:
+    return {
+        "description": description,
+        "headers": {"X-Request-Id": header("X-Request-Id")},
+        "content": {"application/json": {"schema": ref("ErrorEnvelope")}},
+    }
+
+
+ADMIN_RESPONSES: Final[dict[str, Schema]] = {
+    "AdminBadRequest": _error("Malformed JSON, cursor or query parameter (BAD_REQUEST)."),
+    "AdminUnauthorized": _error(
+        "No admin token, or an unknown or revoked one (ADMIN_TOKEN_REQUIRED)."
+    ),
+    "AdminForbidden": _error("An org's API key was sent instead of an admin token (ADMIN_ONLY)."),
+    "AdminNotFound": _error("No org, key, bucket or override under this id (NOT_FOUND)."),
+    "AdminConflict": _error(
+        "The org id is taken, or the key is revoked or expired already (CONFLICT)."
+    ),
+    "AdminPayloadTooLarge": _error("The body exceeds the limit (PAYLOAD_TOO_LARGE)."),
+    "AdminUnsupportedMediaType": _error("The body is not JSON (UNSUPPORTED_MEDIA_TYPE)."),
+    "AdminValidationFailed": _error("A field of the body is invalid (VALIDATION_FAILED)."),
+}
+_CODES: Final = {
+    400: "AdminBadRequest",
+    401: "AdminUnauthorized",
+    403: "AdminForbidden",
+    404: "AdminNotFound",
+    409: "AdminConflict",
+    413: "AdminPayloadTooLarge",
+    415: "AdminUnsupportedMediaType",
+    422: "AdminValidationFailed",
+}
+_WRITE: Final = (400, 401, 403, 413, 415, 422)
+
+
+def _answer(description: str, schema: str | None) -> Schema:
+    out: Schema = {"description": description, "headers": {"X-Request-Id": header("X-Request-Id")}}
+    if schema is not None:
+        out["content"] = {"application/json": {"schema": ref(schema)}}
+    return out
+
+
+def _op(
+    summary: str,
+    status: int,
+    answer: Schema,
+    codes: tuple[int, ...],
+    *,
+    parameters: list[Schema] | None = None,
+    body: str | None = None,
+    description: str | None = None,
+) -> Schema:
+    responses: dict[str, Any] = {str(status): answer}
+    for code in sorted(set(codes)):
+        responses[str(code)] = {"$ref": "#/components/responses/" + _CODES[code]}
+    op: Schema = {
+        "summary": summary,
+        "tags": ["admin"],
+        "security": ADMIN_SECURITY,
+        "responses": responses,
+    }
+    if description:
+        op["description"] = description
+    if parameters:
+        op["parameters"] = parameters
+    if body is not None:
+        op["requestBody"] = {
+            "required": body != "AdminRotation",
+            "content": {"application/json": {"schema": ref(body)}},
+        }
+    return op
+
+
+def _param(name: str, where: str, schema: Schema, description: str) -> Schema:
+    return {
+        "name": name,
+        "in": where,
+        "required": where == "path",
+        "schema": schema,
+        "description": description,
+    }
+
+
+def admin_paths(policy: Policy | None) -> dict[str, dict[str, Schema]]:
+    """The provider API's paths (the policy's bucket names are the ``{bucket}`` values)."""
+    org = _param("orgId", "path", _ORG_ID, "The org's id.")
+    key = _param("keyId", "path", _KEY_ID, "The key's id.")
+    buckets = [b.name for b in policy.buckets] if policy is not None else []
+    bucket = _param(
+        "bucket",
+        "path",
+        {"enum": buckets} if buckets else {"type": "string"},
+        "A bucket of the policy.",
+    )
+    paging = [
+        _param(
+            "limit",
+            "query",
+            {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+            "Items per page.",
+        ),
+        _param("cursor", "query", {"type": "string"}, "nextCursor of the previous page."),
+    ]
+    return {
+        "/v1/admin/orgs": {
+            "post": _op(
+                "Make an org (and its first key)",
+                201,
+                _answer("The org; firstKey with its secret when asked.", "AdminOrg"),
+                (*_WRITE, 409),
+                body="AdminNewOrg",
+            ),
+            "get": _op(
+                "List orgs",
+                200,
+                _answer("One page of orgs.", "AdminOrgPage"),
+                (400, 401, 403),
+                parameters=paging,
+            ),
+        },
+        "/v1/admin/orgs/{orgId}": {
+            "get": _op(
+                "One org", 200, _answer("The org.", "AdminOrg"), (401, 403, 404), parameters=[org]
+            ),
+            "patch": _op(
+                "Rename, suspend or reinstate an org",
+                200,
+                _answer("The org as it is now.", "AdminOrg"),
+                (*_WRITE, 404),
+                parameters=[org],
+                body="AdminOrgChanges",
+            ),
+        },
+        "/v1/admin/orgs/{orgId}/keys": {
+            "post": _op(
+                "Make a key of an org",
+                201,
+                _answer("The key, with its secret (once).", "AdminCreatedKey"),
+                (*_WRITE, 404),
+                parameters=[org],
+                body="AdminNewKey",
+            ),
+            "get": _op(
+                "List an org's keys",
+                200,
+                _answer("One page of keys (never a secret), with lastUsedAt.", "AdminKeyPage"),
+                (400, 401, 403, 404),
+                parameters=[
+                    org,
+                    *paging,
+                    _param("environment", "query", _ENVIRONMENT, "Only this environment's."),
+                ],
+            ),
+        },
+        "/v1/admin/orgs/{orgId}/limits": {
+            "get": _op(
+                "An org's effective limits",
+                200,
+                _answer("Buckets (overrides marked) and pools.", "AdminOrgLimits"),
+                (401, 403, 404),
+                parameters=[org],
+            ),
+        },
+        "/v1/admin/orgs/{orgId}/limits/{bucket}": {
+            "put": _op(
+                "Set an override",
+                200,
+                _answer("The override; running servers apply it within a second.", "AdminOverride"),
+                (*_WRITE, 404),
+                parameters=[org, bucket],
+                body="AdminLimitChange",
+                description="Exact key > org > policy, as `tollhouse limits set`.",
+            ),
+            "delete": _op(
+                "Clear an override",
+                204,
+                _answer("Cleared.", None),
+                (400, 401, 403, 404),
+                parameters=[
+                    org,
+                    bucket,
+                    _param("keyId", "query", _KEY_ID, "The key's override, not the org's."),
+                ],
+            ),
+        },
+        "/v1/admin/keys/{keyId}": {
+            "delete": _op(
+                "Revoke a key",
+                200,
+                _answer("The key, revoked; refused within a second.", "AdminKey"),
+                (401, 403, 404),
+                parameters=[key],
+            ),
+        },
+        "/v1/admin/keys/{keyId}/rotate": {
+            "post": _op(
+                "Rotate a key",
+                201,
+                _answer("The new key with its secret, and the old one.", "AdminRotatedKey"),
+                (*_WRITE, 404, 409),
+                parameters=[key],
+                body="AdminRotation",
+            ),
+        },
+        "/v1/admin/audit": {
+            "get": _op(
+                "The audit log",
+                200,
+                _answer("One page of changes.", "AuditPage"),
+                (400, 401, 403),
+                parameters=[
+                    *paging,
+                    _param("org", "query", _ORG_ID, "Only this org's changes."),
+                    _param("action", "query", {"enum": list(ACTIONS)}, "Only this action."),
+                ],
+            ),
+        },
+    }
+
+
+__all__ = [
+    "ADMIN_RESPONSES",
+    "ADMIN_SCHEMAS",
+    "ADMIN_SECURITY",
+    "ADMIN_SECURITY_SCHEME",
+    "admin_paths",
+]

@@ -1,0 +1,174 @@
+"""``AdminClient`` and ``AsyncAdminClient`` against a real server (SQLite and PostgreSQL):
+the provider API's calls, typed models, typed errors; and the two clients' parity."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import serve_in_thread
+from tests.storage.support import database_url
+from tollhouse.client import (
+    AdminClient,
+    AsyncAdminClient,
+    AuthenticationError,
+    Client,
+    ClientError,
+    NotFoundError,
+    PermissionDeniedError,
+    TollhouseAPIError,
+)
+from tollhouse.http.app import Tollhouse
+from tollhouse.policy.load import load_policy
+from tollhouse.settings import load_settings
+
+__all__ = ["database_url"]
+
+TOKEN = "adm_" + "s" * 40
+BUCKET = load_policy(None).buckets[0].name
+
+
+@pytest.fixture
+def url(database_url: str) -> Iterator[str]:
+    settings = load_settings(
+        environ={"TOLLHOUSE_DATABASE_URL": database_url, "TOLLHOUSE_ADMIN_TOKEN": TOKEN}
+    )
+    with serve_in_thread(Tollhouse(settings=settings)) as base:
+        yield base
+
+
+@pytest.mark.integration
+def test_sync_admin_client(url: str) -> None:
+    with AdminClient(admin_token=TOKEN, base_url=url) as admin:
+        org = admin.orgs.create(
+            "acme", name="Acme", first_key={"environment": "SANDBOX", "role": "root"}
+        )
+        assert org.id == "acme" and not org.suspended and org.first_key is not None
+        secret = org.first_key.key
+        assert secret is not None and secret.startswith("sk_test_")
+        with Client(api_key=secret, base_url=url) as c:
+            assert c.rate_limit_status().buckets  # a live key
+        key = admin.keys.create("acme", environment="PRODUCTION", name="ci", meta={"team": "x"})
+        assert key.key is not None and key.meta == {"team": "x"} and key.status == "active"
+        pages = list(admin.keys.iter("acme", limit=1))
+        assert [k.id for p in pages for k in p.data] == [key.id, org.first_key.id]
+        assert all(k.key is None for p in pages for k in p.data)
+
+        override = admin.limits.set("acme", BUCKET, 42)
+        assert (override.limit, override.key_id) == (42, None)
+        admin.limits.set("acme", BUCKET, 7, key_id=key.id)
+        limits = admin.limits.get("acme")
+        bucket = limits.bucket(BUCKET)
+        assert bucket.overridden and bucket.limit == 42 and bucket.updated_at is not None
+        assert [(k.key_id, k.limit) for k in bucket.key_overrides] == [(key.id, 7)]
+        admin.limits.clear("acme", BUCKET, key_id=key.id)
+        assert admin.limits.get("acme").bucket(BUCKET).key_overrides == ()
+
+        rotated = admin.keys.rotate(key.id, overlap_seconds=60)
+        assert rotated.replaces is not None and rotated.replaces.id == key.id
+        assert rotated.replaces.expires_at is not None
+        assert admin.keys.revoke(rotated.id).status == "revoked"
+
+        assert admin.orgs.update("acme", suspended=True).suspended
+        assert admin.orgs.get("acme").suspended_at is not None
+        assert [o.id for p in admin.orgs.iter() for o in p.data] == ["acme"]
+        actions = [e.action for p in admin.audit.iter(org="acme", limit=2) for e in p.data]
+        assert actions[0] == "org.updated" and "key.rotated" in actions
+        assert {e.actor for e in admin.audit.list(org="acme").data} == {"adt_env"}
+
+        with pytest.raises(NotFoundError) as missing:
+            admin.orgs.get("ghost")
+        assert missing.value.code == "NOT_FOUND" and missing.value.request_id
+        with pytest.raises(TollhouseAPIError) as taken:
+            admin.orgs.create("acme")
+        assert taken.value.status == 409 and taken.value.code == "CONFLICT"
+    with AdminClient(admin_token="adm_" + "n" * 40, base_url=url) as stranger:
+        with pytest.raises(AuthenticationError) as refused:
+            stranger.orgs.list()
+        assert refused.value.code == "ADMIN_TOKEN_REQUIRED"
+
+
+@pytest.mark.integration
+def test_async_admin_client(url: str) -> None:
+    async def go() -> None:
+        async with AsyncAdminClient(admin_token=TOKEN, base_url=url) as admin:
+            org = await admin.orgs.create("async-org", first_key={"environment": "PRODUCTION"})
+            assert org.first_key is not None and org.first_key.environment == "PRODUCTION"
+            await admin.limits.set("async-org", BUCKET, 9)
+            assert (await admin.limits.get("async-org")).bucket(BUCKET).limit == 9
+            pages = [p async for p in admin.orgs.iter(limit=1)]
+            assert [o.id for p in pages for o in p.data] == ["async-org"]
+            seen = [e.action async for p in admin.audit.iter() for e in p.data]
+            assert sorted(seen) == ["key.created", "limit.set", "org.created"]
+            revoked = await admin.keys.revoke(org.first_key.id)
+            assert revoked.revoked_at is not None
+            await admin.limits.clear("async-org", BUCKET)
+            assert not (await admin.limits.get("async-org")).bucket(BUCKET).overridden
+            with pytest.raises(NotFoundError):
+                await admin.keys.rotate("key_0000000000000000")
+
+    asyncio.run(go())
+
+
+@pytest.mark.integration
+def test_an_org_key_is_not_an_admin_token(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ClientError, match="not an admin token"):
+        AdminClient(admin_token="sk_test_" + "x" * 32, base_url=url)
+    monkeypatch.delenv("TOLLHOUSE_ADMIN_TOKEN", raising=False)
+    with pytest.raises(ClientError, match="No admin token"):
+        AdminClient(base_url=url)
+    monkeypatch.setenv("TOLLHOUSE_ADMIN_TOKEN", TOKEN)
+    with AdminClient(base_url=url) as admin:
+        assert admin.orgs.list().data == ()
+    # The server refuses an org key sent anyway (403 ADMIN_ONLY).
+    with AdminClient(admin_token=TOKEN, base_url=url) as admin:
+        org = admin.orgs.create("o", first_key={"environment": "SANDBOX", "role": "root"})
+    assert org.first_key is not None and org.first_key.key is not None
+    sneaky = AdminClient(admin_token=TOKEN, base_url=url)
+    sneaky._client._core.api_key = org.first_key.key
+    with pytest.raises(PermissionDeniedError) as refused:
+        sneaky.orgs.list()
+    assert refused.value.code == "ADMIN_ONLY"
+    sneaky.close()
+
+
+# --- parity ----------------------------------------------------------------------------------
+
+PAIRS = [
+    (AdminClient, AsyncAdminClient),
+    *(
+        (
+            inspect.signature(getattr(AdminClient, name).fget).return_annotation,
+            inspect.signature(getattr(AsyncAdminClient, name).fget).return_annotation,
+        )
+        for name in ("orgs", "keys", "limits", "audit")
+    ),
+]
+
+
+def _public(cls: type) -> set[str]:
+    return {n for n in dir(cls) if not n.startswith("_")}
+
+
+def test_the_async_admin_client_mirrors_the_sync_one() -> None:
+    import tollhouse.client as sdk
+
+    for sync_name, async_name in PAIRS:
+        sync = getattr(sdk, sync_name) if isinstance(sync_name, str) else sync_name
+        twin = getattr(sdk, async_name) if isinstance(async_name, str) else async_name
+        assert {"aclose" if n == "close" else n for n in _public(sync)} == _public(twin)
+        for name in _public(sync) - {"close", "base_url", "orgs", "keys", "limits", "audit"}:
+            own, other = getattr(sync, name), getattr(twin, name)
+            assert list(inspect.signature(own).parameters) == list(
+                inspect.signature(other).parameters
+            ), name
+            if name == "iter":
+                assert not inspect.iscoroutinefunction(other), name
+            else:
+                assert inspect.iscoroutinefunction(other), name
+        assert list(inspect.signature(sync.__init__).parameters) == list(
+            inspect.signature(twin.__init__).parameters
+        )
