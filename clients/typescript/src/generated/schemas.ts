@@ -3,50 +3,6 @@
 
 /** components.schemas of the document (JSON Schema 2020-12). */
 export const SCHEMAS: Record<string, unknown> = {
-  "HTTPValidationError": {
-    "properties": {
-      "detail": {
-        "items": {
-          "$ref": "#/components/schemas/ValidationError"
-        },
-        "type": "array"
-      }
-    },
-    "type": "object"
-  },
-  "ValidationError": {
-    "properties": {
-      "loc": {
-        "items": {
-          "anyOf": [
-            {
-              "type": "string"
-            },
-            {
-              "type": "integer"
-            }
-          ]
-        },
-        "type": "array"
-      },
-      "msg": {
-        "type": "string"
-      },
-      "type": {
-        "type": "string"
-      },
-      "input": {},
-      "ctx": {
-        "type": "object"
-      }
-    },
-    "type": "object",
-    "required": [
-      "loc",
-      "msg",
-      "type"
-    ]
-  },
   "ErrorEnvelope": {
     "type": "object",
     "required": [
@@ -385,8 +341,15 @@ export const SCHEMAS: Record<string, unknown> = {
         "minimum": 0
       },
       "estimatedWaitSeconds": {
-        "type": "number",
-        "minimum": 0
+        "anyOf": [
+          {
+            "type": "number",
+            "minimum": 0
+          },
+          {
+            "type": "null"
+          }
+        ]
       }
     }
   },
@@ -433,8 +396,15 @@ export const SCHEMAS: Record<string, unknown> = {
         "minimum": 0
       },
       "estimatedWaitSeconds": {
-        "type": "number",
-        "minimum": 0
+        "anyOf": [
+          {
+            "type": "number",
+            "minimum": 0
+          },
+          {
+            "type": "null"
+          }
+        ]
       },
       "nextAttemptAt": {
         "type": "string",
@@ -496,8 +466,15 @@ export const SCHEMAS: Record<string, unknown> = {
                   "minimum": 0
                 },
                 "estimatedWaitSeconds": {
-                  "type": "number",
-                  "minimum": 0
+                  "anyOf": [
+                    {
+                      "type": "number",
+                      "minimum": 0
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
                 }
               }
             },
@@ -531,6 +508,29 @@ export const SCHEMAS: Record<string, unknown> = {
       "rejected": {
         "type": "integer",
         "minimum": 0
+      }
+    }
+  },
+  "JobStatuses": {
+    "type": "object",
+    "required": [
+      "data",
+      "notFound"
+    ],
+    "properties": {
+      "data": {
+        "type": "array",
+        "maxItems": 100,
+        "items": {
+          "$ref": "#/components/schemas/Job"
+        }
+      },
+      "notFound": {
+        "type": "array",
+        "maxItems": 100,
+        "items": {
+          "type": "string"
+        }
       }
     }
   },
@@ -577,8 +577,15 @@ export const SCHEMAS: Record<string, unknown> = {
             ]
           },
           "estimatedWaitSeconds": {
-            "type": "number",
-            "minimum": 0
+            "anyOf": [
+              {
+                "type": "number",
+                "minimum": 0
+              },
+              {
+                "type": "null"
+              }
+            ]
           }
         }
       },
@@ -1523,11 +1530,11 @@ export const RESPONSES: Record<string, unknown> = {
   "GET /call-counts/historical/": {
     "$ref": "#/components/schemas/CallCounts"
   },
-  "GET /call-counts/historical/SCENARIOS/{reco_type}/{name}/": {
-    "$ref": "#/components/schemas/CallCounts"
-  },
   "GET /call-counts/historical/{label}/": {
     "$ref": "#/components/schemas/CallCountsByLabel"
+  },
+  "GET /call-counts/historical/SCENARIOS/{reco_type}/{name}/": {
+    "$ref": "#/components/schemas/CallCounts"
   },
   "GET /v1/analytics/{metric}": {
     "$ref": "#/components/schemas/AnalyticsResponse"
@@ -1540,6 +1547,12 @@ export const RESPONSES: Record<string, unknown> = {
   },
   "GET /v1/rate-limit/status": {
     "$ref": "#/components/schemas/RateLimitStatus"
+  },
+  "GET /v1/platform/openapi.json": {
+    "type": "object"
+  },
+  "GET /v1/score": {
+    "$ref": "#/components/schemas/JobStatuses"
   },
   "POST /v1/score": {
     "$ref": "#/components/schemas/Accepted"
@@ -1588,8 +1601,5 @@ export const RESPONSES: Record<string, unknown> = {
   },
   "PATCH /v1/criteria/{jobId}/{criterionId}": {
     "$ref": "#/components/schemas/Criterion"
-  },
-  "GET /v1/platform/openapi.json": {
-    "type": "object"
   }
 };
