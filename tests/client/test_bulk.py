@@ -16,6 +16,7 @@ from tollhouse.client._models import (
     ScoreAccepted,
     ScoreBatchResult,
     ScoreJob,
+    ScoreJobs,
 )
 
 T0 = 1_800_000_000.0
@@ -49,6 +50,10 @@ def job(sj: str, status: str = "completed", estimate: int | None = None) -> Scor
     )
 
 
+def jobs(*found: ScoreJob, not_found: tuple[str, ...] = ()) -> ScoreJobs:
+    return ScoreJobs(tuple(found), not_found)
+
+
 def drive(run: BulkRun, now: float = T0) -> list[Any]:
     """Run to the end: accept every batch, complete every poll; return the outcomes."""
     out = []
@@ -56,7 +61,11 @@ def drive(run: BulkRun, now: float = T0) -> list[Any]:
         if isinstance(action, Wait):
             now += action.seconds or 1.0
             continue
-        result = accept(action) if isinstance(action, Submit) else job(action.scoring_job_id)
+        result = (
+            accept(action)
+            if isinstance(action, Submit)
+            else jobs(*(job(i) for i in action.scoring_job_ids))
+        )
         for o in run.apply(action, result, now):
             out.append(o)
             run.delivered(o)
@@ -76,15 +85,13 @@ def test_batches_polls_and_results() -> None:
     wait = run.next_action(T0)
     assert isinstance(wait, Wait) and wait.seconds == 1.0  # first poll after poll_interval
     poll = run.next_action(T0 + 1)
-    assert isinstance(poll, Poll) and poll.scoring_job_id == "sj_a0"
-    [outcome] = run.apply(poll, job("sj_a0"), T0 + 1)
-    assert (outcome.key, outcome.status, outcome.score, outcome.index) == (
-        "j/a0",
-        "completed",
-        50.0,
-        0,
-    )
-    run.delivered(outcome)
+    # The four due jobs in one status read.
+    assert isinstance(poll, Poll) and poll.scoring_job_ids == ("sj_a0", "sj_a1", "sj_a2", "sj_a3")
+    outcomes = run.apply(poll, jobs(job("sj_a0"), job("sj_a1", "running")), T0 + 1)
+    assert [(o.key, o.status, o.score, o.index) for o in outcomes] == [
+        ("j/a0", "completed", 50.0, 0)
+    ]
+    run.delivered(outcomes[0])
     rest = drive(run, T0 + 1)
     assert sorted(o.key for o in rest) == ["j/a1", "j/a2", "j/a3", "j/a4"]
     assert run.progress.completed == 5 and run.progress.pending == 0
@@ -98,7 +105,7 @@ def test_unfinished_jobs_are_polled_again_later() -> None:
     assert run.next_action(T0) == Wait(5.0)  # the server's estimate
     poll = run.next_action(T0 + 5)
     assert isinstance(poll, Poll)
-    assert run.apply(poll, job("sj_a0", "queued", estimate=12), T0 + 5) == []
+    assert run.apply(poll, jobs(job("sj_a0", "queued", estimate=12)), T0 + 5) == []
     assert run.next_action(T0 + 5) == Wait(12.0)
 
 
@@ -150,9 +157,56 @@ def test_a_vanished_job_is_reported_failed() -> None:
     run.apply(submit, accept(submit), T0)
     poll = run.next_action(T0 + 1)
     assert isinstance(poll, Poll)
-    [outcome] = run.apply(poll, NotFoundError(404, "NOT_FOUND", "gone"), T0 + 1)
+    [outcome] = run.apply(poll, jobs(not_found=("sj_a0",)), T0 + 1)
     assert outcome.status == "failed" and outcome.error is not None
-    assert outcome.error.code == "NOT_FOUND"
+    assert (outcome.error.code, outcome.error.status) == ("NOT_FOUND", 404)
+    assert run.next_action(T0 + 1) is None
+
+
+def test_a_failed_status_read_ends_the_run_and_keeps_the_jobs() -> None:
+    run = BulkRun([cand(0)], Journal(None), BulkSettings(chunk_size=1, max_pending=1), T0)
+    submit = run.next_action(T0)
+    assert isinstance(submit, Submit)
+    run.apply(submit, accept(submit), T0)
+    poll = run.next_action(T0 + 1)
+    assert isinstance(poll, Poll)
+    with pytest.raises(NotFoundError):
+        run.apply(poll, NotFoundError(404, "NOT_FOUND", "no route"), T0 + 1)
+    assert run.progress.pending == 1
+
+
+def test_due_jobs_are_read_100_per_request_in_rounds() -> None:
+    """250 jobs due at once: one round of ceil(250 / 100) = 3 reads; the last, partly
+    filled read is topped up with jobs due later; the next round waits poll_interval."""
+    settings = BulkSettings(chunk_size=50, max_pending=400, poll_interval=2.0)
+    run = BulkRun([cand(i) for i in range(300)], Journal(None), settings, T0)
+    for _ in range(5):  # 250 accepted at T0
+        submit = run.next_action(T0)
+        assert isinstance(submit, Submit)
+        run.apply(submit, accept(submit), T0)
+    submit = run.next_action(T0)
+    assert isinstance(submit, Submit)  # 50 more, due a second later
+    run.apply(submit, accept(submit), T0 + 1)
+    reads = []
+    while isinstance(action := run.next_action(T0 + 2), Poll):
+        reads.append(action.scoring_job_ids)
+    assert [len(r) for r in reads] == [100, 100, 100]  # 250 due, topped up with 50 more
+    assert len({i for r in reads for i in r}) == 300
+    assert action == Wait(None)  # every job is being read: wait for the answers
+    # Every job still running: each read again no earlier than its own backoff.
+    for r in reads:
+        run.apply(Poll(r), jobs(*(job(i, "running") for i in r)), T0 + 2)
+    wait = run.next_action(T0 + 2)
+    assert isinstance(wait, Wait) and wait.seconds == 3.0  # 2 × 1.5
+    reads = []
+    while isinstance(action := run.next_action(T0 + 5), Poll):
+        reads.append(action.scoring_job_ids)
+    assert [len(r) for r in reads] == [100, 100, 100]
+    for r in reads:
+        outcomes = run.apply(Poll(r), jobs(*(job(i) for i in r)), T0 + 5)
+        assert len(outcomes) == len(r)
+    assert run.next_action(T0 + 5) is None
+    assert run.progress.completed == 300
 
 
 def test_duplicates_in_the_input_are_sent_once() -> None:

@@ -106,3 +106,40 @@ def test_routes_are_independent() -> None:
     assert th.acquire("GET /v1/score/{scoringJobId}", T0) == 0
     th.forget()
     assert th.acquire(ROUTE, T0) == 0
+
+
+def test_routes_sharing_a_bucket_see_each_others_use() -> None:
+    """Submissions and status reads both count against "scoring": a read that used the
+    last request of the window holds the next submission too."""
+
+    def answer(bucket_left: int, other: str) -> dict[str, str]:
+        return {
+            "x-ratelimit-limit": "3",
+            "x-ratelimit-remaining": str(bucket_left),
+            "x-ratelimit-reset": str(int(T0) + 60),
+            "ratelimit-policy": f'"scoring";q=3;w=60, "{other}";q=50;w=1',
+            "ratelimit": f'"scoring";r={bucket_left};t=60, "{other}";r=40;t=1',
+        }
+
+    th = Throttle()
+    submit, read = "POST /v1/score/batch", "GET /v1/score"
+    th.observe(submit, 202, answer(2, "intake"), T0)
+    th.observe(read, 200, answer(1, "reads"), T0 + 0.1)
+    assert th.acquire(read, T0 + 0.2) == 0  # the last one
+    wait = th.acquire(submit, T0 + 0.2)
+    assert 59 < wait <= 60  # "scoring" is used up, whichever route used it
+
+
+def test_a_429_naming_one_bucket_keeps_the_routes_other_buckets() -> None:
+    th = Throttle()
+    th.observe(ROUTE, 200, headers(1, int(T0) + 1, 1), T0)
+    denied = {
+        "x-ratelimit-limit": "100",
+        "x-ratelimit-remaining": "0",
+        "x-ratelimit-reset": str(int(T0) + 40),
+        "ratelimit-policy": '"other";q=100;w=60',
+        "ratelimit": '"other";r=0;t=40',
+    }
+    th.observe(ROUTE, 429, denied, T0 + 0.1)
+    assert 39 < th.acquire(ROUTE, T0 + 0.2) <= 40
+    assert th.acquire(ROUTE, T0 + 41) == 0  # both windows rolled over

@@ -139,6 +139,10 @@ def test_table_semantics() -> None:
     assert (batch.endpoint, batch.allow) == (None, "POST")
     # Allow lists every method of every endpoint on the path.
     assert table.resolve("PUT", "/p/v1/y").allow == "DELETE, GET, HEAD"
+    # Two literal endpoints of one path each take their own method.
+    for method in ("GET", "DELETE"):
+        found = table.resolve(method, "/p/v1/y").endpoint
+        assert found is not None and found.methods == (method,)
     assert table.resolve("GET", "/v1/y").endpoint is None  # mounted under the prefix
     assert table.resolve("GET", "/p/v1/z").allow is None  # not the table's
     off = RouteTable([Endpoint("/v1/y", ("GET",), _noop, "queue", "jobs")], disable=["queue"])
@@ -179,7 +183,7 @@ def test_wrong_methods_are_405_with_the_whole_allow(served: Served) -> None:
         ("PUT", "/v1/rate-limit/status", "GET, HEAD"),
         ("POST", "/v1/platform/openapi.json", "GET, HEAD"),
         ("PATCH", "/v1/events", "POST"),
-        ("GET", "/v1/render", "POST"),
+        ("DELETE", "/v1/render", "GET, HEAD, POST"),
         ("GET", "/v1/render/batch", "POST"),
         ("POST", "/dashboard/", "GET, HEAD"),
     ]:

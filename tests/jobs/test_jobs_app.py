@@ -215,8 +215,8 @@ def test_routing_and_fallback(sqlite_url: str) -> None:
         async with client_for(sqlite_url) as (client, _, _):
             r = await client.get("/v1/criteria/x")
             assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
-            r = await client.get("/v1/score")
-            assert r.status_code == 405 and r.headers["allow"] == "POST"
+            r = await client.delete("/v1/score")
+            assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD, POST"
         async with client_for(sqlite_url, fallback=upstream) as (client, _, _):
             r = await client.get("/v1/criteria/x")
             assert (r.status_code, r.text) == (299, "upstream")

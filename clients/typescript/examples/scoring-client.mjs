@@ -5,8 +5,8 @@
 //   TOLLHOUSE_API_KEY=sk_test_… TOLLHOUSE_URL=http://127.0.0.1:8000 \
 //   WEBHOOK_PORT=9000 WEBHOOK_SECRET=whsec_… CANDIDATES=500 node examples/scoring-client.mjs
 //
-// (`tollhouse webhooks add --org ORG --env test --url http://127.0.0.1:9000/hooks` first,
-// with the environment of the key: test for sk_test_ keys.)
+// (`tollhouse webhooks add --org ORG --environment SANDBOX --url http://127.0.0.1:9000/hooks`
+// first: an sk_test_ key's jobs are sandbox jobs.)
 import { createServer } from "node:http";
 import { Tollhouse, webhooks } from "@tollhouse/sdk";
 

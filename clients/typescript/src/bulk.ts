@@ -12,13 +12,13 @@
  *   rerun of the same input replay too.
  * * Outcomes: with `webhook: true` it only submits — each accepted candidate is a
  *   `queued` outcome and your webhook receiver collects the results. Otherwise it learns
- *   outcomes from a {@link StatusSource} — by default {@link queueListing}, which reads
- *   finished jobs 100 per request from `GET /v1/queue` instead of one
- *   `GET /v1/score/{id}` per job per poll. A server endpoint answering many jobs' status
- *   in one call would replace that one function.
+ *   outcomes from a {@link StatusSource} — by default {@link jobStatuses}, which reads
+ *   the awaited jobs 100 per request from `GET /v1/score?ids=` instead of one
+ *   `GET /v1/score/{id}` per job per poll ({@link queueListing}, reading finished jobs
+ *   from `GET /v1/queue` pages, is the other one offered).
  */
 import type { Tollhouse } from "./client.js";
-import { MAX_BATCH_ITEMS, newIdempotencyKey } from "./core.js";
+import { MAX_BATCH_ITEMS, MAX_STATUS_IDS, newIdempotencyKey } from "./core.js";
 import { ConfigurationError, NotFoundError, RateLimitError, ServerError, TransportError, ValidationError } from "./errors.js";
 import type { BatchItem, Job, ScoreBatchResult, ScoreRequest } from "./types.js";
 import { FINAL_STATUSES } from "./types.js";
@@ -82,11 +82,29 @@ export interface StatusQuery {
 export type StatusSource = (client: Tollhouse, query: StatusQuery) => Promise<Job[]>;
 
 /**
- * The default {@link StatusSource}: the finished jobs, 100 per request, from
- * `GET /v1/queue?status=completed|failed` (newest first), read until every awaited job
- * was seen or the listing reaches jobs created before `since`. `GET /v1/queue` is in no
- * bucket of the built-in policy, so learning outcomes spends none of the `scoring`
- * bucket that submissions use.
+ * The default {@link StatusSource}: every awaited job, 100 per request, from
+ * `GET /v1/score?ids=` — `ceil(ids / 100)` requests per read, each one unit of the
+ * built-in policy's `scoring` bucket, like one poll. An id the server has no job of for
+ * this key (`notFound`) is left out, as unfinished: the run's safety net reads it on its
+ * own after `staleAfter` and reports its 404 as a `failed` outcome.
+ */
+export const jobStatuses: StatusSource = async (client, query) => {
+  const ids = [...query.ids];
+  const found: Job[] = [];
+  for (let start = 0; start < ids.length; start += MAX_STATUS_IDS) {
+    query.counted();
+    const chunk = ids.slice(start, start + MAX_STATUS_IDS);
+    const answer = await client.score.getMany(chunk, query.signal ? { signal: query.signal } : undefined);
+    found.push(...answer.data);
+  }
+  return found;
+};
+
+/**
+ * A {@link StatusSource} for servers without `GET /v1/score?ids=`: the finished jobs,
+ * 100 per request, from `GET /v1/queue?status=completed|failed` (newest first), read
+ * until every awaited job was seen or the listing reaches jobs created before `since`.
+ * `GET /v1/queue` is in no bucket of the built-in policy.
  */
 export const queueListing: StatusSource = async (client, query) => {
   const found: Job[] = [];
@@ -134,7 +152,7 @@ export interface ManyOptions {
   /** A candidate's key (default `"{jobId}/{applicationId}"`). */
   key?: (body: ScoreRequest) => string;
   onProgress?: (summary: ManySummary) => void;
-  /** How outcomes are learned in polling mode (default {@link queueListing}). */
+  /** How outcomes are learned in polling mode (default {@link jobStatuses}). */
   statusSource?: StatusSource;
   /** Full rounds of the send loop's retries a batch gets before the run gives up (default 3). */
   submitAttempts?: number;
@@ -373,7 +391,6 @@ export class ScoreApiMany {
         index: c.index,
         body: c.body,
         scoringJobId: item.scoringJobId,
-        // No estimate (null) while no worker runs: the stale timer counts from now.
         staleAt: now + (item.estimatedWaitSeconds ?? 0) + (this.options.staleAfter ?? 120),
       });
       this.createdFloor.set(item.scoringJobId, serverNow - SINCE_MARGIN);
@@ -402,7 +419,7 @@ export class ScoreApiMany {
   /** One status read: hand out what finished; true when something did. */
   private async sweep(): Promise<boolean> {
     if (this.pending.size === 0) return false;
-    const source = this.options.statusSource ?? queueListing;
+    const source = this.options.statusSource ?? jobStatuses;
     const ids = new Set(this.pending.keys());
     let since = Infinity;
     for (const floor of this.createdFloor.values()) since = Math.min(since, floor);

@@ -8,13 +8,14 @@ import {
   type ClientOptions,
   Core,
   MAX_BATCH_ITEMS,
+  MAX_STATUS_IDS,
   MAX_EVENTS_PER_REQUEST,
   type Operation,
   type RequestOptions,
   newIdempotencyKey,
 } from "./core.js";
 
-export { MAX_BATCH_ITEMS, MAX_EVENTS_PER_REQUEST, newIdempotencyKey };
+export { MAX_BATCH_ITEMS, MAX_EVENTS_PER_REQUEST, MAX_STATUS_IDS, newIdempotencyKey };
 import { ConfigurationError } from "./errors.js";
 import type {
   AnalyticsResponse,
@@ -28,6 +29,7 @@ import type {
   InterviewQuestions,
   Job,
   JobCriteria,
+  JobStatuses,
   Label,
   LabelCounts,
   QueuePage,
@@ -218,6 +220,27 @@ export class ScoreApi {
     );
   }
 
+  /**
+   * `GET /v1/score?ids=`: up to 100 jobs in one request (one poll's cost): the jobs found,
+   * in the order asked (`data`), and the ids the key's org and environment have no job of
+   * (`notFound`).
+   */
+  async getMany(scoringJobIds: readonly string[], options?: RequestOptions): Promise<JobStatuses> {
+    const ids = [...new Set(scoringJobIds)];
+    if (ids.length < 1 || ids.length > MAX_STATUS_IDS) {
+      throw new ConfigurationError(`getMany takes 1 to ${MAX_STATUS_IDS} ids, not ${ids.length}`);
+    }
+    for (const id of ids) {
+      if (typeof id !== "string" || !id || id.includes(",")) {
+        throw new ConfigurationError(`scoringJobIds: ${JSON.stringify(id)} is not a scoring job id`);
+      }
+    }
+    return this.c.call(
+      { method: "GET", path: "/v1/score", route: "GET /v1/score", query: { ids: ids.join(",") }, idempotent: true },
+      options,
+    );
+  }
+
   /** `GET /v1/score/application/{applicationId}`: the application's latest job. */
   byApplication(applicationId: string, options?: RequestOptions): Promise<Job> {
     return this.c.call(
@@ -234,8 +257,8 @@ export class ScoreApi {
   /**
    * Score many candidates within the limits: batches of 100, never one candidate twice,
    * outcomes to `onResult`. With `webhook: true` it only submits (outcomes `queued`; your
-   * receiver collects the results); otherwise it learns outcomes from the queue listing
-   * (a page answers up to 100 jobs), not one poll per job. See docs/sdk.md.
+   * receiver collects the results); otherwise it learns outcomes 100 jobs per request
+   * (`GET /v1/score?ids=`), not one poll per job. See docs/sdk.md.
    */
   many(
     candidates: Iterable<ScoreRequest> | AsyncIterable<ScoreRequest>,

@@ -26,6 +26,8 @@ export const DOWN_SECONDS = 5;
 export const MAX_EVENTS_PER_REQUEST = 1000;
 /** Items one `POST /v1/score/batch` takes. */
 export const MAX_BATCH_ITEMS = 100;
+/** The most job ids `GET /v1/score?ids=` answers in one request. */
+export const MAX_STATUS_IDS = 100;
 
 /** A fresh `Idempotency-Key` for one logical call (its retries reuse it). */
 export function newIdempotencyKey(): string {

@@ -22,6 +22,7 @@ export {
   WebhooksApi,
   MAX_BATCH_ITEMS,
   MAX_EVENTS_PER_REQUEST,
+  MAX_STATUS_IDS,
   newIdempotencyKey,
   type EventInput,
   type MetricOptions,
@@ -40,6 +41,7 @@ export {
   type ThrottleEvent,
 } from "./core.js";
 export {
+  jobStatuses,
   queueListing,
   type ManyOptions,
   type ManySummary,

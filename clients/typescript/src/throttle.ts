@@ -4,9 +4,12 @@
  *
  * Every limited answer carries `X-RateLimit-Limit/Remaining/Reset` for the tightest
  * bucket the route hit, and the IETF `RateLimit`/`RateLimit-Policy` fields for every
- * bucket. The throttle remembers, per route (`"GET /v1/score/{scoringJobId}"`), the
- * tightest window: how many requests are left and when it resets. Before a request it
- * reserves one, or says how long to wait for the reset when none are left.
+ * bucket. The throttle remembers each bucket's window by name (how many requests are
+ * left and when it resets) and which buckets each route (`"GET /v1/score/{scoringJobId}"`)
+ * hit. Before a request it reserves one in every bucket of the route, or says how long to
+ * wait for the reset when one of them has none left. Buckets are shared: routes counting
+ * against one bucket (submissions and status reads against `scoring`) see each other's
+ * use. An answer without `RateLimit` items is kept per route, from the trio alone.
  *
  * Clock skew: `X-RateLimit-Reset` is absolute, on the server's clock; the `RateLimit`
  * field's `t` is relative, so the reset is kept within `[now + t - 1, now + t]`.
@@ -53,18 +56,21 @@ function int(value: string | undefined): number | undefined {
   return /^-?[0-9]+$/.test(text) ? Number(text) : undefined;
 }
 
-/** Per-route view of the server's announced limits. */
+/** The server's announced limits, per bucket, and the buckets of each route. */
 export class Throttle {
+  /** Bucket name (or `"route:" + route` without `RateLimit` items) → its window. */
   private readonly windows = new Map<string, Window>();
+  /** Route → the windows its requests count against. */
+  private readonly routes = new Map<string, string[]>();
   /** route → when its first request left, while its answer is awaited. */
   private readonly probing = new Map<string, number>();
   /** Routes whose answers carry no rate-limit headers. */
   private readonly unlimited = new Set<string>();
 
-  /** Reserve one request on `route`: 0 when it may go now, else seconds to wait first. */
+  /** Reserve one request on `route` (one in each of its buckets): 0 when it may go now, else seconds to wait first. */
   acquire(route: string, now: number): number {
-    const w = this.windows.get(route);
-    if (w === undefined) {
+    const names = this.routes.get(route);
+    if (names === undefined) {
       if (this.unlimited.has(route)) return 0;
       // Nothing known yet: one request finds out the limit, the others wait briefly
       // rather than send a burst into an unknown window.
@@ -73,60 +79,85 @@ export class Throttle {
       this.probing.set(route, now);
       return 0;
     }
-    if (now >= w.resetAt) {
-      if (w.window === undefined) {
-        this.windows.delete(route);
-        return 0;
+    let wait = 0;
+    const held: Window[] = [];
+    for (const name of names) {
+      const w = this.windows.get(name);
+      if (w === undefined) continue;
+      if (now >= w.resetAt) {
+        if (w.window === undefined) {
+          // Window length unknown: forget it and let the next answer teach us.
+          this.windows.delete(name);
+          continue;
+        }
+        // Fixed windows follow one another: assume a fresh one, so callers that waited
+        // for the reset do not all rush through at once.
+        const periods = Math.floor((now - w.resetAt) / w.window) + 1;
+        w.resetAt += periods * w.window;
+        w.remaining = w.limit;
       }
-      // Fixed windows follow one another: assume a fresh one, so callers that waited for
-      // the reset do not all rush through at once.
-      const periods = Math.floor((now - w.resetAt) / w.window) + 1;
-      w.resetAt += periods * w.window;
-      w.remaining = w.limit;
+      if (w.remaining <= 0) wait = Math.max(wait, w.resetAt - now, 0.001);
+      held.push(w);
     }
-    if (w.remaining > 0) {
-      w.remaining -= 1;
-      return 0;
-    }
-    return Math.max(w.resetAt - now, 0.001);
+    if (wait) return wait;
+    for (const w of held) w.remaining -= 1;
+    return 0;
   }
 
   /** Learn from an answer's status and headers (lower-case names). */
   observe(route: string, status: number, headers: Record<string, string>, now: number): void {
     const limit = int(headers["x-ratelimit-limit"]);
-    let remaining = int(headers["x-ratelimit-remaining"]);
+    const remaining = int(headers["x-ratelimit-remaining"]);
     const reset = int(headers["x-ratelimit-reset"]);
     if (limit === undefined || remaining === undefined || reset === undefined) {
       this.probing.delete(route);
       if (status >= 200 && status < 300) this.unlimited.add(route);
       return;
     }
-    let resetAt = reset;
-    let window: number | undefined;
+    const learned = new Map<string, Window>();
+    // The IETF items: one per bucket the request counted against.
     const current = parseStructured(headers["ratelimit"]);
     const policy = parseStructured(headers["ratelimit-policy"]);
-    let matched = false;
     for (const [name, params] of Object.entries(current)) {
-      if (int(params.r) !== remaining) continue;
-      const quota = int(policy[name]?.q);
-      if (quota !== undefined && quota !== limit) continue;
+      const r = int(params.r);
       const t = int(params.t);
-      if (t !== undefined) resetAt = Math.min(Math.max(resetAt, now + t - 1), now + t);
+      const quota = int(policy[name]?.q);
+      if (r === undefined || t === undefined) continue;
+      const tightest = r === remaining && (quota === undefined || quota === limit);
+      const q = quota ?? (tightest ? limit : undefined);
+      if (q === undefined) continue;
+      // The absolute reset names the tightest bucket's moment; the relative t (whole
+      // seconds, rounded up) bounds it against clock skew.
+      const base = tightest ? reset : now + t;
       const w = int(policy[name]?.w);
-      window = w ? w : undefined;
-      matched = true;
-      break;
+      learned.set(name, {
+        limit: q,
+        remaining: Math.max(r, 0),
+        resetAt: Math.min(Math.max(base, now + t - 1), now + t),
+        window: w ? w : undefined,
+      });
     }
-    // Without a relative reset, distrust an absolute one far off (skew).
-    if (!matched && resetAt - now > 3600) resetAt = now + 1;
+    if (learned.size === 0) {
+      // Without a relative reset, distrust an absolute one far off (skew).
+      const resetAt = reset - now > 3600 ? now + 1 : reset;
+      learned.set("route:" + route, { limit, remaining: Math.max(remaining, 0), resetAt, window: undefined });
+    }
     this.probing.delete(route);
-    const known = this.windows.get(route);
-    if (known !== undefined && Math.abs(known.resetAt - resetAt) < 0.5) {
-      // Same window: answers arrive out of order, and reservations made since this
-      // request left are not in its count; the lower count is right.
-      remaining = Math.min(remaining, known.remaining);
+    for (const [name, window] of learned) {
+      const known = this.windows.get(name);
+      // Resets estimated from whole seconds differ by up to one between answers of one
+      // window; windows of a second or two need the tighter reading.
+      const same = window.window === undefined || window.window > 2 ? 1 : 0.5;
+      if (known !== undefined && Math.abs(known.resetAt - window.resetAt) < same) {
+        // Same window: answers arrive out of order, and reservations made since this
+        // request left are not in its count; the lower count is right.
+        window.remaining = Math.min(window.remaining, known.remaining);
+      }
+      this.windows.set(name, window);
     }
-    this.windows.set(route, { limit, remaining: Math.max(remaining, 0), resetAt, window });
+    // A 429 may name only the denying buckets: keep those learned before.
+    const before = this.routes.get(route) ?? [];
+    this.routes.set(route, [...before, ...[...learned.keys()].filter((n) => !before.includes(n))]);
   }
 
   /** A request got no answer: let the next one probe at once. */
@@ -137,6 +168,7 @@ export class Throttle {
   /** Drop everything learned. */
   forget(): void {
     this.windows.clear();
+    this.routes.clear();
     this.probing.clear();
     this.unlimited.clear();
   }

@@ -1,5 +1,6 @@
 // score.many against a real `tollhouse serve`: within the limits, each candidate once,
-// outcomes from the queue listing rather than a poll per job, through a server restart.
+// outcomes 100 jobs per status read (GET /v1/score?ids=) rather than a poll per job,
+// through a server restart.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Tollhouse } from "@tollhouse/sdk";
@@ -28,7 +29,13 @@ async function jobs(tollhouse) {
 
 test("polling: every outcome, repeats dropped, rejects named, no 429, few status reads", async () => {
   const statuses = [];
-  const tollhouse = await client("many", { onRetry: (e) => statuses.push(e.status) });
+  const reads = [];
+  const recording = (input, init) => {
+    const url = new URL(String(input));
+    if (init?.method === "GET" && url.pathname.startsWith("/v1/score")) reads.push(url);
+    return fetch(input, init);
+  };
+  const tollhouse = await client("many", { onRetry: (e) => statuses.push(e), fetch: recording });
   const input = Array.from({ length: 230 }, (_, i) => candidate(i, "job_1"));
   input.push(candidate(3, "job_1")); // a repeat
   input.push({ applicationId: "app_bad", jobId: "job_1", candidate: { name: "No resume" } });
@@ -43,9 +50,14 @@ test("polling: every outcome, repeats dropped, rejects named, no 429, few status
   assert.equal(bad.applicationId, "app_bad");
   assert.match(bad.error.message, /resume/);
   for (const o of outcomes.filter((o) => o.status === "completed")) assert.equal(typeof o.job.result.score, "number");
-  assert.deepEqual(statuses.filter((s) => s === 429), []);
-  // A page of the listing answers up to 100 jobs: far fewer reads than jobs.
+  assert.deepEqual(statuses.filter((e) => e.status === 429).map((e) => e.route), []);
+  // Outcomes come from GET /v1/score?ids=, up to 100 jobs per read: at most
+  // ceil(230 / 100) = 3 reads per round, far fewer reads than jobs, no poll per job.
   assert.ok(summary.statusRequests < 230 / 4, `${summary.statusRequests} status reads for 230 jobs`);
+  assert.ok(reads.length > 0 && reads.every((u) => u.pathname === "/v1/score"), reads.map(String).join(" "));
+  const sizes = reads.map((u) => u.searchParams.get("ids").split(",").length);
+  assert.ok(sizes.every((n) => n >= 1 && n <= 100), String(sizes));
+  assert.equal(reads.length, summary.statusRequests);
   assert.equal((await jobs(tollhouse)).length, 230);
 });
 

@@ -9,6 +9,7 @@ import { promisify } from "node:util";
 import {
   AuthenticationError,
   BadRequestError,
+  ConfigurationError,
   NotFoundError,
   PermissionDeniedError,
   Tollhouse,
@@ -76,6 +77,20 @@ describe("endpoints", () => {
     assert.equal(job.status, "completed");
     assert.equal(typeof job.result.score, "number");
     assert.equal((await tollhouse.score.byApplication("app_1")).scoringJobId, first.scoringJobId);
+    // Many jobs' status in one call: in the order asked; another org's ids are not found.
+    const accepted = batch.results.find((r) => r.status === "queued");
+    const stranger = new Tollhouse({ apiKey: await server.key(org("stranger"), "root"), baseURL: server.url, tenantId: "acme" });
+    const many = await tollhouse.score.getMany([accepted.scoringJobId, first.scoringJobId, "sj_missing", first.scoringJobId]);
+    assert.deepEqual(many.data.map((j) => j.scoringJobId), [accepted.scoringJobId, first.scoringJobId]);
+    assert.deepEqual(many.notFound, ["sj_missing"]);
+    assert.equal(many.data[1].status, "completed");
+    assert.deepEqual(await stranger.score.getMany([first.scoringJobId]), { data: [], notFound: [first.scoringJobId] });
+    await assert.rejects(tollhouse.score.getMany([]), ConfigurationError);
+    await assert.rejects(tollhouse.score.getMany(Array.from({ length: 101 }, (_, i) => `sj_${i}`)), ConfigurationError);
+    await assert.rejects(
+      tollhouse.score.getMany(["not an id"]),
+      (e) => e instanceof BadRequestError && e.status === 400 && /query parameter "ids"/.test(e.detail),
+    );
     const page = await tollhouse.queue.list({ limit: 1 });
     assert.equal(page.data.length, 1);
     let jobs = 0;

@@ -101,12 +101,9 @@ export async function startServer() {
       const out = await tollhouse(dir, "keys", "create", "--org", org, "--role", role, "--json");
       return JSON.parse(out).key;
     },
-    /** A webhook endpoint of `org` at `url` for the environment of `key()`'s keys
-     * (test: SANDBOX); its whsec_ secret. */
-    async webhook(org, url, env = "test") {
-      const out = await tollhouse(
-        dir, "webhooks", "add", "--org", org, "--url", url, "--env", env, "--json",
-      );
+    /** A webhook endpoint of `org` at `url`, for the jobs of its sandbox (`sk_test_`) keys; its whsec_ secret. */
+    async webhook(org, url) {
+      const out = await tollhouse(dir, "webhooks", "add", "--org", org, "--url", url, "--environment", "SANDBOX", "--json");
       return JSON.parse(out).secret;
     },
   };

@@ -80,6 +80,22 @@ describe("Throttle", () => {
     assert.ok(t.acquire("GET /x", 100.1) > 0, "window used up: wait for the reset");
     assert.equal(t.acquire("GET /x", 101.01), 0, "a fresh window after the reset");
   });
+  test("routes sharing a bucket see each other's use", () => {
+    // Submissions and status reads both count against "scoring".
+    const answer = (left, other) => ({
+      "x-ratelimit-limit": "3",
+      "x-ratelimit-remaining": String(left),
+      "x-ratelimit-reset": "160",
+      "ratelimit-policy": `"scoring";q=3;w=60, "${other}";q=50;w=1`,
+      ratelimit: `"scoring";r=${left};t=60, "${other}";r=40;t=1`,
+    });
+    const t = new Throttle();
+    t.observe("POST /v1/score/batch", 202, answer(2, "intake"), 100);
+    t.observe("GET /v1/score", 200, answer(1, "reads"), 100.1);
+    assert.equal(t.acquire("GET /v1/score", 100.2), 0, "the last one");
+    const wait = t.acquire("POST /v1/score/batch", 100.2);
+    assert.ok(wait > 59 && wait <= 60, `"scoring" is used up, whichever route used it (${wait})`);
+  });
   test("a route without rate-limit headers is never held", () => {
     const t = new Throttle();
     t.acquire("GET /q", 5);

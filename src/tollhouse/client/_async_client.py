@@ -197,6 +197,11 @@ class AsyncClient(ClientBase):
         """``GET /v1/score/{scoringJobId}``."""
         return await self._call(ops.get_score(scoring_job_id))
 
+    async def get_scores(self, scoring_job_ids: Sequence[str]) -> m.ScoreJobs:
+        """``GET /v1/score?ids=``: up to 100 jobs in one request; see
+        :meth:`tollhouse.client.Client.get_scores`."""
+        return await self._call(ops.get_scores(scoring_job_ids))
+
     async def get_score_by_application(self, application_id: str) -> m.ScoreJob:
         """``GET /v1/score/application/{applicationId}``: the application's latest job."""
         return await self._call(ops.get_score_by_application(application_id))
@@ -233,6 +238,7 @@ class AsyncClient(ClientBase):
         chunk_size: int = 100,
         max_pending: int = 1000,
         wait: bool = True,
+        webhook: bool = False,
         poll_interval: float = 1.0,
         max_poll_interval: float = 30.0,
         key: Callable[[Mapping[str, Any]], str] | None = None,
@@ -247,7 +253,7 @@ class AsyncClient(ClientBase):
             when stopping early, so the requests in flight are cancelled at once.
         """
         settings = BulkSettings(
-            chunk_size, max_pending, wait, poll_interval, max_poll_interval, job_id
+            chunk_size, max_pending, wait and not webhook, poll_interval, max_poll_interval, job_id
         )
         return self._score_many(candidates, state, settings, key, on_progress)
 
@@ -255,7 +261,7 @@ class AsyncClient(ClientBase):
         try:
             if isinstance(action, Submit):
                 return await self.score_batch(action.bodies, idempotency_key=action.idempotency_key)
-            return await self.get_score(action.scoring_job_id)
+            return await self.get_scores(action.scoring_job_ids)
         except ClientError as exc:
             return exc
 

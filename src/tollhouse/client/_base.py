@@ -572,6 +572,27 @@ def get_score(scoring_job_id: str) -> Operation[m.ScoreJob]:
     )
 
 
+#: ``GET /v1/score?ids=``: the most ids one call answers.
+MAX_STATUS_IDS = 100
+
+
+def get_scores(scoring_job_ids: Sequence[str]) -> Operation[m.ScoreJobs]:
+    ids = list(dict.fromkeys(scoring_job_ids))
+    if not 1 <= len(ids) <= MAX_STATUS_IDS:
+        raise ValueError(f"get_scores takes 1 to {MAX_STATUS_IDS} ids, not {len(ids)}")
+    for i in ids:
+        _seg(i, "scoring_job_ids[]")
+        if "," in i:
+            raise ValueError(f"scoring job ids hold no comma: {i!r}")
+    return Operation(
+        "GET",
+        "/v1/score",
+        "GET /v1/score",
+        lambda r: m.parse_score_jobs(fields(r)),
+        params={"ids": ",".join(ids)},
+    )
+
+
 def get_score_by_application(application_id: str) -> Operation[m.ScoreJob]:
     return Operation(
         "GET",

@@ -8,15 +8,18 @@ Both stay inside the limits through the client's own send loop (429s, throttling
 
 Scheduling, in order:
 
-1. poll a job whose next poll is due (results first: they free room);
+1. read the status of the jobs whose next poll is due, up to 100 per request
+   (``GET /v1/score?ids=``; results first: they free room);
 2. submit the next batch of up to ``chunk_size`` candidates, while fewer than
    ``max_pending`` accepted jobs are unfinished;
 3. wait for the earliest due poll (or, async, for an action in flight);
 4. stop when the input is used up and every accepted job has finished.
 
-A job is first polled after the server's ``estimatedWaitSeconds`` (at least
+A job is first due after the server's ``estimatedWaitSeconds`` (at least
 ``poll_interval``), then at intervals growing by half each time up to
-``max_poll_interval``.
+``max_poll_interval``. Due jobs are read together in *rounds* at most one per
+``poll_interval``: a round is ``ceil(due / 100)`` requests, and its last, partly filled
+request is topped up with the jobs due soonest after (the request costs the same).
 """
 
 from __future__ import annotations
@@ -27,15 +30,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tollhouse.client._errors import NotFoundError, ValidationError
+from tollhouse.client._errors import ValidationError
 from tollhouse.client._inputs import ScoreInput, body_hash, score_body
 from tollhouse.client._journal import Journal
-from tollhouse.client._models import ErrorDetail, ScoreBatchResult, ScoreJob
+from tollhouse.client._models import ErrorDetail, ScoreBatchResult, ScoreJob, ScoreJobs
 
 COMPLETED = "completed"
 FAILED = "failed"
 REJECTED = "rejected"
 QUEUED = "queued"
+#: Jobs read per status request (``GET /v1/score?ids=`` takes up to 100).
+POLL_CHUNK = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +115,8 @@ class BulkSettings:
     Attributes:
         chunk_size: candidates per ``POST /v1/score/batch`` (1–100).
         max_pending: accepted jobs allowed to be unfinished at once.
-        wait: poll until each job finishes; False yields ``queued`` outcomes and leaves
-            results to webhooks.
+        wait: learn each job's outcome; False (webhook mode) yields ``queued`` outcomes
+            and leaves results to the caller's webhook receiver.
         poll_interval: the shortest wait before a poll, in seconds.
         max_poll_interval: the longest wait between polls of one job.
         job_id: ``jobId`` for candidates that have none.
@@ -173,9 +178,9 @@ class Submit:
 
 @dataclass(frozen=True, slots=True)
 class Poll:
-    """Read this job."""
+    """Read these jobs (1 to 100) in one request."""
 
-    scoring_job_id: str
+    scoring_job_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +236,8 @@ class BulkRun:
         self._tracked: dict[str, _Tracked] = {}
         self._due: list[tuple[float, int, str]] = []
         self._seq = 0
+        #: No new poll round starts before this (Unix seconds).
+        self._next_round = now
         self._submitting = 0
         self._in_flight = 0
         self._rejected_hash: dict[str, str] = {}
@@ -247,14 +254,9 @@ class BulkRun:
 
     def next_action(self, now: float) -> Action | None:
         """What to do now; None when the run is over."""
-        while self._due and self._due[0][0] <= now:
-            _, _, scoring_job_id = heapq.heappop(self._due)
-            tracked = self._tracked.get(scoring_job_id)
-            if tracked is None or tracked.polling:
-                continue
-            tracked.polling = True
-            self._in_flight += 1
-            return Poll(scoring_job_id)
+        self._drop_stale()
+        if self._due and self._due[0][0] <= now and now >= self._next_round:
+            return self._poll(now)
         room = (
             not self.settings.wait
             or len(self._tracked) + self._submitting + self.settings.chunk_size
@@ -268,7 +270,7 @@ class BulkRun:
                 self._in_flight += 1
                 return Submit(chunk, self._idempotency_key(chunk))
         if self._due:
-            return Wait(max(self._due[0][0] - now, 0.0))
+            return Wait(max(self._due[0][0] - now, self._next_round - now, 0.0))
         if self._in_flight:
             return Wait(None)
         if not self._exhausted:
@@ -276,6 +278,33 @@ class BulkRun:
             # in-flight accounting, but never report "done" with input left.
             return Wait(self.settings.poll_interval)
         return None
+
+    def _drop_stale(self) -> None:
+        """Pop heap entries of jobs finished or being read (they are pushed again)."""
+        while self._due:
+            tracked = self._tracked.get(self._due[0][2])
+            if tracked is not None and not tracked.polling:
+                return
+            heapq.heappop(self._due)
+
+    def _poll(self, now: float) -> Poll:
+        """The next request of this round: up to 100 due jobs, topped up with the jobs
+        due soonest after them when fewer are due (the request costs the same)."""
+        ids: list[str] = []
+        while self._due and len(ids) < POLL_CHUNK:
+            _, _, scoring_job_id = heapq.heappop(self._due)
+            tracked = self._tracked.get(scoring_job_id)
+            if tracked is None or tracked.polling:
+                continue
+            tracked.polling = True
+            ids.append(scoring_job_id)
+        self._drop_stale()
+        # Due jobs come off the heap first: with none left due, the round is over (with
+        # some, the request was full of due ones and the round goes on).
+        if not self._due or self._due[0][0] > now:
+            self._next_round = now + self.settings.poll_interval
+        self._in_flight += 1
+        return Poll(tuple(ids))
 
     def _take(self, n: int) -> tuple[_Candidate, ...]:
         chunk: list[_Candidate] = []
@@ -393,60 +422,68 @@ class BulkRun:
         )
 
     def _polled(self, action: Poll, result: Any, now: float) -> list[ScoreOutcome]:
-        tracked = self._tracked[action.scoring_job_id]
-        tracked.polling = False
-        if isinstance(result, NotFoundError):
-            # The job is gone for this key's org (e.g. a state file used with another
-            # org's key): report it rather than poll forever.
-            del self._tracked[action.scoring_job_id]
-            self._counts.failed += 1
-            detail = ErrorDetail(
-                result.code, result.message, result.status, result.type, result.request_id
-            )
-            return [
-                ScoreOutcome(
-                    tracked.key,
-                    FAILED,
-                    None,
-                    None,
-                    tracked.scoring_job_id,
-                    error=detail,
-                    index=tracked.index,
-                )
-            ]
+        polled = [self._tracked[i] for i in action.scoring_job_ids if i in self._tracked]
+        for tracked in polled:
+            tracked.polling = False
         if isinstance(result, BaseException):
-            self._track(tracked, now + self.settings.poll_interval)
+            for tracked in polled:
+                self._track(tracked, now + self.settings.poll_interval)
             raise result
-        assert isinstance(result, ScoreJob)
-        if not result.done:
-            tracked.polls += 1
-            interval = min(
-                self.settings.poll_interval * 1.5**tracked.polls, self.settings.max_poll_interval
-            )
-            if result.estimated_wait_seconds:
-                interval = max(
-                    interval, min(result.estimated_wait_seconds, self.settings.max_poll_interval)
+        assert isinstance(result, ScoreJobs)
+        outcomes: list[ScoreOutcome] = []
+        answered = {job.scoring_job_id: job for job in result.data}
+        missing = set(result.not_found)
+        for tracked in polled:
+            job = answered.get(tracked.scoring_job_id)
+            if job is not None and job.done:
+                outcomes.append(self._finished(tracked, job))
+            elif job is None and tracked.scoring_job_id in missing:
+                outcomes.append(self._vanished(tracked))
+            else:
+                tracked.polls += 1
+                interval = min(
+                    self.settings.poll_interval * 1.5**tracked.polls,
+                    self.settings.max_poll_interval,
                 )
-            self._track(tracked, now + interval)
-            return []
-        del self._tracked[action.scoring_job_id]
-        status = COMPLETED if result.status == COMPLETED else FAILED
+                wait = job.estimated_wait_seconds if job is not None else None
+                if wait:
+                    interval = max(interval, min(wait, self.settings.max_poll_interval))
+                self._track(tracked, now + interval)
+        return outcomes
+
+    def _finished(self, tracked: _Tracked, job: ScoreJob) -> ScoreOutcome:
+        del self._tracked[tracked.scoring_job_id]
+        status = COMPLETED if job.status == COMPLETED else FAILED
         if status == COMPLETED:
             self._counts.completed += 1
         else:
             self._counts.failed += 1
-        return [
-            ScoreOutcome(
-                tracked.key,
-                status,
-                result.application_id,
-                result.job_id,
-                result.scoring_job_id,
-                job=result,
-                error=result.error,
-                index=tracked.index,
-            )
-        ]
+        return ScoreOutcome(
+            tracked.key,
+            status,
+            job.application_id,
+            job.job_id,
+            job.scoring_job_id,
+            job=job,
+            error=job.error,
+            index=tracked.index,
+        )
+
+    def _vanished(self, tracked: _Tracked) -> ScoreOutcome:
+        # The job is gone for this key's org (e.g. a state file used with another org's
+        # key, or pruned): report it rather than poll forever.
+        del self._tracked[tracked.scoring_job_id]
+        self._counts.failed += 1
+        detail = ErrorDetail("NOT_FOUND", f'scoring job "{tracked.scoring_job_id}" not found', 404)
+        return ScoreOutcome(
+            tracked.key,
+            FAILED,
+            None,
+            None,
+            tracked.scoring_job_id,
+            error=detail,
+            index=tracked.index,
+        )
 
     def delivered(self, outcome: ScoreOutcome) -> None:
         """Record that the caller took ``outcome`` (a crash before this hands it out again)."""

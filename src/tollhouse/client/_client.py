@@ -214,6 +214,18 @@ class Client(ClientBase):
         """``GET /v1/score/{scoringJobId}``: the job, with its result once completed."""
         return self._call(ops.get_score(scoring_job_id))
 
+    def get_scores(self, scoring_job_ids: Sequence[str]) -> m.ScoreJobs:
+        """``GET /v1/score?ids=``: up to 100 jobs in one request (one poll's cost).
+
+        Args:
+            scoring_job_ids: 1 to 100 ids (repeats count once).
+
+        Returns:
+            The jobs found, in the order asked, and the ids not found (unknown, or of
+            another org or environment).
+        """
+        return self._call(ops.get_scores(scoring_job_ids))
+
     def get_score_by_application(self, application_id: str) -> m.ScoreJob:
         """``GET /v1/score/application/{applicationId}``: the application's latest job."""
         return self._call(ops.get_score_by_application(application_id))
@@ -250,6 +262,7 @@ class Client(ClientBase):
         chunk_size: int = 100,
         max_pending: int = 1000,
         wait: bool = True,
+        webhook: bool = False,
         poll_interval: float = 1.0,
         max_poll_interval: float = 30.0,
         key: Callable[[Mapping[str, Any]], str] | None = None,
@@ -258,9 +271,11 @@ class Client(ClientBase):
         """Score many candidates within the limits, yielding outcomes as jobs finish.
 
         Candidates go in batches (``POST /v1/score/batch``) while fewer than
-        ``max_pending`` jobs are unfinished; finished jobs are yielded as polls find
-        them. With ``state``, the run is resumable: run it again with the same file and
-        candidates already accepted are not sent again (see ``docs/sdk.md``).
+        ``max_pending`` jobs are unfinished; finished jobs are yielded as status reads
+        find them, up to 100 jobs per read (``GET /v1/score?ids=``). With ``webhook``,
+        it only submits and the caller's webhook receiver collects the results. With
+        ``state``, the run is resumable: run it again with the same file and candidates
+        already accepted are not sent again (see ``docs/sdk.md``).
 
         Args:
             candidates: score requests (read lazily: a generator over a file is fine).
@@ -268,8 +283,11 @@ class Client(ClientBase):
             job_id: ``jobId`` for candidates without one.
             chunk_size: candidates per batch request (1–100).
             max_pending: unfinished jobs allowed at once.
-            wait: poll until each job finishes; False yields ``queued`` outcomes.
-            poll_interval: shortest wait before polling a job, in seconds.
+            wait: learn each job's outcome; False is the same as ``webhook=True``.
+            webhook: only submit: yield ``queued`` outcomes (with their
+                ``scoring_job_id``) and leave the results to your webhook receiver.
+            poll_interval: shortest wait before polling a job, and between two rounds
+                of status reads, in seconds.
             max_poll_interval: longest wait between polls of one job.
             key: a candidate's identity for resuming (default ``jobId/applicationId``).
             on_progress: called with the counts after every step.
@@ -279,7 +297,7 @@ class Client(ClientBase):
             yet taken are handed out again by a resumed run).
         """
         settings = BulkSettings(
-            chunk_size, max_pending, wait, poll_interval, max_poll_interval, job_id
+            chunk_size, max_pending, wait and not webhook, poll_interval, max_poll_interval, job_id
         )
         return self._score_many(candidates, state, settings, key, on_progress)
 
@@ -309,7 +327,7 @@ class Client(ClientBase):
                             action.bodies, idempotency_key=action.idempotency_key
                         )
                     else:
-                        result = self.get_score(action.scoring_job_id)
+                        result = self.get_scores(action.scoring_job_ids)
                 except ClientError as exc:
                     result = exc
                 for outcome in run.apply(action, result, clock()):

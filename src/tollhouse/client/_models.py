@@ -390,6 +390,30 @@ class QueueSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class ScoreJobs:
+    """``GET /v1/score?ids=``: many jobs' status in one call.
+
+    Attributes:
+        data: the jobs found, in the order asked, as ``GET /v1/score/{scoringJobId}``
+            shows each.
+        not_found: the ids asked for that the key's org and environment have no job of.
+        raw: the body as received.
+    """
+
+    data: tuple[ScoreJob, ...]
+    not_found: tuple[str, ...]
+    raw: Mapping[str, Any] = _raw()
+
+
+def parse_score_jobs(f: Fields) -> ScoreJobs:
+    return ScoreJobs(
+        data=tuple(parse_score_job(j) for j in f.objects("data")),
+        not_found=f.texts("notFound"),
+        raw=dict(f.data),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class QueuePage:
     """One page of ``GET /v1/queue``: the queue's counts and the org's jobs, newest first.
 

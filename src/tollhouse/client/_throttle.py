@@ -3,10 +3,14 @@ learning about it from a 429.
 
 Every limited answer carries ``X-RateLimit-Limit/Remaining/Reset`` for the tightest bucket
 the route hit, and the IETF ``RateLimit``/``RateLimit-Policy`` fields for every bucket.
-:class:`Throttle` remembers, per route (``"GET /v1/score/{id}"``), the tightest window:
-how many requests are left and when it resets. Before a request it reserves one of the
-remaining requests, or says how long to wait for the reset when none are left (the scoring
-API shape advises watching ``X-RateLimit-Remaining`` to slow down before a limit is hit).
+:class:`Throttle` remembers each bucket's window by name (how many requests are left and
+when it resets) and which buckets each route (``"GET /v1/score/{id}"``) hit. Before a
+request it reserves one request in every bucket of the route, or says how long to wait for
+the reset when one of them has none left (the scoring API shape advises watching
+``X-RateLimit-Remaining`` to slow down before a limit is hit). Buckets are shared: routes
+that count against one bucket (submissions and status reads against ``scoring``) see each
+other's use. An answer without ``RateLimit`` items is kept per route, from the
+``X-RateLimit-*`` trio alone.
 
 The state is plain data with the time passed in; the clients do the waiting.
 
@@ -63,13 +67,16 @@ def _int(value: str | None) -> int | None:
 
 
 class Throttle:
-    """Per-route view of the server's announced limits.
+    """The server's announced limits, per bucket, and the buckets of each route.
 
     Thread-safe: the sync client may be shared between threads.
     """
 
     def __init__(self) -> None:
+        #: bucket name (or ``"route:" + route`` without ``RateLimit`` items) → its window.
         self._windows: dict[str, _Window] = {}
+        #: route → the windows its requests count against.
+        self._routes: dict[str, tuple[str, ...]] = {}
         #: route → when its first request left, while its answer is awaited.
         self._probing: dict[str, float] = {}
         #: routes whose answers carry no rate-limit headers.
@@ -77,15 +84,15 @@ class Throttle:
         self._lock = threading.Lock()
 
     def acquire(self, route: str, now: float) -> float:
-        """Reserve one request on ``route``.
+        """Reserve one request on ``route`` (one in each of its buckets).
 
         Returns:
             0 when the request may go now (one request is reserved), else the seconds to
             wait before asking again.
         """
         with self._lock:
-            w = self._windows.get(route)
-            if w is None:
+            names = self._routes.get(route)
+            if names is None:
                 if route in self._unlimited:
                     return 0.0
                 # Nothing known yet: let one request find out the limit, and hold the
@@ -95,20 +102,30 @@ class Throttle:
                     return PROBE_WAIT
                 self._probing[route] = now
                 return 0.0
-            if now >= w.reset_at:
-                if w.window is None:
-                    # Window length unknown: forget it and let the next answer teach us.
-                    del self._windows[route]
-                    return 0.0
-                # Fixed windows follow one another: assume a fresh one, so callers that
-                # waited for the reset do not all rush through at once.
-                periods = math.floor((now - w.reset_at) / w.window) + 1
-                w.reset_at += periods * w.window
-                w.remaining = w.limit
-            if w.remaining > 0:
+            wait = 0.0
+            held: list[_Window] = []
+            for name in names:
+                w = self._windows.get(name)
+                if w is None:
+                    continue
+                if now >= w.reset_at:
+                    if w.window is None:
+                        # Window length unknown: forget it and let the next answer teach us.
+                        del self._windows[name]
+                        continue
+                    # Fixed windows follow one another: assume a fresh one, so callers that
+                    # waited for the reset do not all rush through at once.
+                    periods = math.floor((now - w.reset_at) / w.window) + 1
+                    w.reset_at += periods * w.window
+                    w.remaining = w.limit
+                if w.remaining <= 0:
+                    wait = max(wait, w.reset_at - now, 0.001)
+                held.append(w)
+            if wait:
+                return wait
+            for w in held:
                 w.remaining -= 1
-                return 0.0
-            return max(w.reset_at - now, 0.001)
+            return 0.0
 
     def observe(self, route: str, status: int, headers: Mapping[str, str], now: float) -> None:
         """Learn from an answer's status and rate-limit headers (lower-case names)."""
@@ -121,34 +138,48 @@ class Throttle:
                 if 200 <= status < 300:
                     self._unlimited.add(route)  # a success without limits: none to keep
             return
-        reset_at = float(reset)
-        window: float | None = None
-        # The tightest bucket's IETF items: the one whose remaining and limit match.
+        learned: dict[str, _Window] = {}
+        # The IETF items: one per bucket the request counted against.
         current = parse_structured(headers.get("ratelimit"))
         policy = parse_structured(headers.get("ratelimit-policy"))
         for name, params in current.items():
-            if _int(params.get("r")) != remaining:
+            r, t = _int(params.get("r")), _int(params.get("t"))
+            quota = _int(policy.get(name, {}).get("q"))
+            if r is None or t is None:
                 continue
-            if _int(policy.get(name, {}).get("q")) not in (None, limit):
+            tightest = r == remaining and quota in (None, limit)
+            q = quota if quota is not None else (limit if tightest else None)
+            if q is None:
                 continue
-            t = _int(params.get("t"))
-            if t is not None:
-                reset_at = min(max(reset_at, now + t - 1), now + t)
+            # The absolute reset names the tightest bucket's moment; the relative t
+            # (whole seconds, rounded up) bounds it against clock skew.
+            base = float(reset) if tightest else now + t
             w = _int(policy.get(name, {}).get("w"))
-            window = float(w) if w else None
-            break
-        else:
+            learned[name] = _Window(
+                q, max(r, 0), min(max(base, now + t - 1), now + t), float(w) if w else None
+            )
+        if not learned:
+            reset_at = float(reset)
             if reset_at - now > 3600:
                 # Without a relative reset, distrust an absolute one far off (skew).
                 reset_at = now + 1
+            learned["route:" + route] = _Window(limit, max(remaining, 0), reset_at, None)
         with self._lock:
             self._probing.pop(route, None)
-            known = self._windows.get(route)
-            if known is not None and abs(known.reset_at - reset_at) < 0.5:
-                # Same window: answers arrive out of order, and reservations made since
-                # this request was sent are not in its count; the lower count is right.
-                remaining = min(remaining, known.remaining)
-            self._windows[route] = _Window(limit, max(remaining, 0), reset_at, window)
+            for name, window in learned.items():
+                known = self._windows.get(name)
+                # Resets estimated from whole seconds differ by up to one between answers
+                # of one window; windows of a second or two need the tighter reading.
+                same = 1.0 if window.window is None or window.window > 2 else 0.5
+                if known is not None and abs(known.reset_at - window.reset_at) < same:
+                    # Same window: answers arrive out of order, and reservations made
+                    # since this request was sent are not in its count; the lower count
+                    # is right.
+                    window.remaining = min(window.remaining, known.remaining)
+                self._windows[name] = window
+            # A 429 may name only the denying buckets: keep those learned before.
+            before = self._routes.get(route, ())
+            self._routes[route] = before + tuple(n for n in learned if n not in before)
 
     def failed(self, route: str) -> None:
         """A request got no answer: let the next one probe at once."""
@@ -159,5 +190,6 @@ class Throttle:
         """Drop everything learned."""
         with self._lock:
             self._windows.clear()
+            self._routes.clear()
             self._probing.clear()
             self._unlimited.clear()

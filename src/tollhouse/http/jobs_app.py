@@ -16,6 +16,7 @@ For each async route of the policy, e.g. ``POST /v1/score``::
     POST /v1/score/batch   {"items": [1..100]}  → 202 {results: [{index, …202 body}|{index,
                                                        status: "error", error}], accepted,
                                                        rejected}
+    GET  /v1/score?ids=a,b,c                    → {data: [up to 100 jobs], notFound: [ids]}
     GET  /v1/score/{scoringJobId}               → the job (status, result or error, position)
     GET  /v1/score/application/{applicationId}  → the application's latest job
 
@@ -36,6 +37,7 @@ import base64
 import binascii
 import hashlib
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -58,7 +60,7 @@ from tollhouse.http.routes import Endpoint, RouteTable, TableApp
 from tollhouse.jobs.eta import estimate_wait
 from tollhouse.jobs.model import Enqueued, IdempotencyKeyReused, Job, NewJob, WireStatus, utc_now
 from tollhouse.jobs.queue import Clock, JobQueue
-from tollhouse.jobs.shapes import accepted_json, job_json
+from tollhouse.jobs.shapes import MAX_STATUS_IDS, STATUS_ID_PATTERN, accepted_json, job_json
 from tollhouse.jobs.volume import CACHE_CONTROL, TIME_RANGES, volume_body, window
 from tollhouse.jobs.webhooks import WebhookStore, delivery_json
 from tollhouse.keys.model import Identity
@@ -79,6 +81,7 @@ QUEUE_MAX_LIMIT = 100
 VOLUME_PATH = "/v1/analytics/scoring-volume"
 #: Longest job id looked up; longer ones cannot exist.
 MAX_JOB_ID = 64
+_STATUS_ID = re.compile(STATUS_ID_PATTERN)
 
 
 class IdempotencyConflict(ApiError):
@@ -146,6 +149,28 @@ def _queue_limit(raw: str | None) -> int:
     return limit
 
 
+def status_ids(values: list[str]) -> list[str]:
+    """The job ids of ``GET /v1/score?ids=a,b,c`` (the parameter may also repeat), each
+    once, in the order given.
+
+    Raises:
+        BadRequest: none given, more than :data:`MAX_STATUS_IDS`, or one that is empty or
+            not 1–64 letters, digits, ``_`` or ``-`` (no job id looks otherwise).
+    """
+    wanted = f"1 to {MAX_STATUS_IDS} scoring job ids, comma-separated"
+    given = [part for value in values for part in value.split(",")]
+    if not values or given == [""]:
+        raise BadRequest(f'query parameter "ids" is required: {wanted}')
+    if len(given) > MAX_STATUS_IDS:
+        raise BadRequest(f'query parameter "ids" takes {wanted}; got {len(given)}')
+    for part in given:
+        if _STATUS_ID.fullmatch(part) is None:
+            raise BadRequest(
+                f'query parameter "ids" takes {wanted}; {part[:40]!r} is not a scoring job id'
+            )
+    return list(dict.fromkeys(given))
+
+
 def _request_hash(route: str, body: dict[str, Any]) -> str:
     canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(route.encode() + b"\n" + canonical).hexdigest()
@@ -164,7 +189,7 @@ def _idempotency_key(request: Request) -> str | None:
 
 
 class _AsyncRouteApi:
-    """The four endpoints of one async route."""
+    """The endpoints of one async route."""
 
     def __init__(self, route: AsyncRoute, queue: JobQueue) -> None:
         self.route = route
@@ -269,6 +294,20 @@ class _AsyncRouteApi:
             raise NotFound(f'scoring job "{job_id}" not found')
         return await self._job_response(job)
 
+    async def statuses(self, request: Request) -> Response:
+        """``GET /v1/score?ids=a,b,c``: up to 100 jobs in one call, in the order asked;
+        ids the caller's org and environment have no job of are listed in ``notFound``
+        (another org's job is not found, exactly like an unknown one)."""
+        identity = _identity(request)
+        ids = status_ids(request.query_params.getlist("ids"))
+        found = await self.queue.get_many(identity.org, ids, environment=identity.environment)
+        known = {j.id for j in found.jobs}
+        body = {
+            "data": [job_json(j, found.standings.get(j.id)) for j in found.jobs],
+            "notFound": [i for i in ids if i not in known],
+        }
+        return _json(body)
+
     async def by_application(self, request: Request) -> Response:
         identity = _identity(request)
         application_id = str(request.path_params["applicationId"])
@@ -292,19 +331,24 @@ class _AsyncRouteApi:
         return _json(job_json(job, standing))
 
     def endpoints(self) -> list[Endpoint]:
-        """The four endpoints of the route, most specific first."""
+        """The route's endpoints (submit, many jobs' status, batch, by application, one
+        job), most specific first."""
         method = self.route.route.split()[0].split("/")[0].upper()
 
         def jobs(path: str, handler: Any, verb: str, json_body: bool = False) -> Endpoint:
             app = endpoint(handler, json_body=json_body, unavailable=JOBS_UNAVAILABLE)
             return Endpoint(path, (verb,), app, "jobs", "jobs")
 
-        return [
+        found = [
             jobs(self.path, self.submit, method, json_body=True),
             jobs(self.path + "/batch", self.submit_batch, "POST", json_body=True),
             jobs(self.path + "/application/{applicationId}", self.by_application, "GET"),
             jobs(self.path + "/{scoringJobId}", self.get, "GET"),
         ]
+        if method != "GET":
+            # Many jobs' status in one call, on the route's own path.
+            found.insert(1, jobs(self.path, self.statuses, "GET"))
+        return found
 
 
 class JobsRoutes:
@@ -324,7 +368,7 @@ class JobsRoutes:
         self.clock = clock
 
     def endpoints(self) -> list[Endpoint]:
-        """Every async route's four endpoints, the queue, deliveries and scoring volume."""
+        """Every async route's endpoints, the queue, deliveries and scoring volume."""
         found: list[Endpoint] = []
         for async_route in self.policy.async_routes:
             found += _AsyncRouteApi(async_route, self.queue).endpoints()

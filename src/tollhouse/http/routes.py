@@ -10,7 +10,8 @@ against all of them with Starlette's semantics, by construction:
 * a path some endpoint answers, with a method none of them takes, is a 405 whose
   ``Allow`` lists every method of every endpoint on that path — and a path with a literal
   endpoint (``/v1/score/batch``) is not taken by a template (``/v1/score/{id}``) for
-  another method;
+  another method, while two literal endpoints of one path (``POST /v1/score``, ``GET
+  /v1/score``) each take their own;
 * a path no endpoint answers is not the table's: it goes on to the upstream.
 
 The gateway asks the table only for paths under one of its :attr:`RouteTable.prefixes`
@@ -164,7 +165,9 @@ class RouteTable:
             m = c.regex.match(path)
             if m is None:
                 continue
-            if method in c.allowed and not (partial is not None and partial.literal):
+            if method in c.allowed and not (
+                partial is not None and partial.literal and not c.literal
+            ):
                 params = {k: c.convertors[k].convert(v) for k, v in m.groupdict().items()}
                 return Resolved(c.endpoint, params)
             if partial is None:

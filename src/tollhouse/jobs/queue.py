@@ -137,6 +137,12 @@ class JobQueue(Protocol):
         another environment's job is None too)."""
         ...
 
+    async def get_many(self, org: str, job_ids: Sequence[str], *, environment: str) -> JobPage:
+        """The jobs of ``org`` in ``environment`` among ``job_ids``, in the order asked
+        (each once), with the standing of each queued one (``standings``); unknown ids,
+        and ids of another org or environment, are left out alike."""
+        ...
+
     async def latest_for_application(
         self, org: str, application_id: str, *, environment: str
     ) -> Job | None:

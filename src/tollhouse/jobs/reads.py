@@ -17,6 +17,7 @@ is None while no worker has recorded itself recently
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any
@@ -191,54 +192,83 @@ class QueueReads:
         if before is not None:
             q = q.where(tuple_(jobs.c.created_at, jobs.c.id) < tuple_(before[0], before[1]))
         q = q.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit + 1)
-        standings: dict[str, Standing] = {}
         async with self._read() as conn:
             rows = (await conn.execute(q)).all()
             found = [row_job(r) for r in rows[:limit]]
-            waiting = sorted(j.seq for j in found if j.state == "queued")
-            if waiting:
-                ahead = (
-                    await conn.execute(
-                        select(func.count())
-                        .select_from(jobs)
-                        .where(*scope, jobs.c.status == "queued", jobs.c.seq < waiting[0])
-                    )
-                ).scalar_one()
-                queued_seqs = (
-                    (
-                        await conn.execute(
-                            select(jobs.c.seq)
-                            .where(
-                                *scope,
-                                jobs.c.status == "queued",
-                                jobs.c.seq >= waiting[0],
-                                jobs.c.seq <= waiting[-1],
-                            )
-                            .order_by(jobs.c.seq)
-                        )
-                    )
-                    .scalars()
-                    .all()
-                )
-                org_row = (
-                    await conn.execute(self.sql.org_estimate, {"s_org": org, "s_env": environment})
-                ).first()
-                workers = await self._workers(conn, org_row)
-        if waiting:
-            running, cap, avg = (
-                (org_row.running, org_row.cap, org_row.avg_seconds)
-                if org_row is not None
-                else (0, self.settings.default_cap, None)
-            )
-            processing = avg if avg is not None else self.settings.default_processing_seconds
-            for job in found:
-                if job.state != "queued":
-                    continue
-                position = int(ahead) + bisect_left(queued_seqs, job.seq) + 1
-                standings[job.id] = Standing(
-                    position, quoted_wait(position, running, cap, processing, workers)
-                )
+            standings = await self._standings(conn, org, environment, found)
         return JobPage(found, standings, len(rows) > limit)
+
+    async def get_many(self, org: str, job_ids: Sequence[str], *, environment: str) -> JobPage:
+        """The jobs of ``org`` in ``environment`` among ``job_ids``, in the order asked
+        (ids of other orgs or environments, and unknown ones, are left out), with the
+        standing of each queued one: one statement for the jobs, and, when some are
+        queued, the same three for their standings as :meth:`page`."""
+        if not job_ids:
+            return JobPage([], {}, False)
+        q = select(jobs).where(
+            jobs.c.org_id == org,
+            jobs.c.environment == environment,
+            jobs.c.id.in_(list(job_ids)),
+        )
+        async with self._read() as conn:
+            rows = (await conn.execute(q)).all()
+            by_id = {j.id: j for j in map(row_job, rows)}
+            found = [by_id[i] for i in dict.fromkeys(job_ids) if i in by_id]
+            standings = await self._standings(conn, org, environment, found)
+        return JobPage(found, standings, False)
+
+    async def _standings(
+        self, conn: AsyncConnection, org: str, environment: str, found: list[Job]
+    ) -> dict[str, Standing]:
+        """Where each queued job of ``found`` (all of ``org`` in ``environment``) stands,
+        from three statements whatever their number: the scope's queued jobs before the
+        oldest of them, the queued seqs up to the newest, and the scope's estimate row."""
+        waiting = sorted(j.seq for j in found if j.state == "queued")
+        if not waiting:
+            return {}
+        scope = (jobs.c.org_id == org, jobs.c.environment == environment)
+        ahead = (
+            await conn.execute(
+                select(func.count())
+                .select_from(jobs)
+                .where(*scope, jobs.c.status == "queued", jobs.c.seq < waiting[0])
+            )
+        ).scalar_one()
+        queued_seqs = (
+            (
+                await conn.execute(
+                    select(jobs.c.seq)
+                    .where(
+                        *scope,
+                        jobs.c.status == "queued",
+                        jobs.c.seq >= waiting[0],
+                        jobs.c.seq <= waiting[-1],
+                    )
+                    .order_by(jobs.c.seq)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        org_row = (
+            await conn.execute(self.sql.org_estimate, {"s_org": org, "s_env": environment})
+        ).first()
+        workers = await self._workers(conn, org_row)
+        running, cap, avg = (
+            (org_row.running, org_row.cap, org_row.avg_seconds)
+            if org_row is not None
+            else (0, self.settings.default_cap, None)
+        )
+        processing = avg if avg is not None else self.settings.default_processing_seconds
+        standings: dict[str, Standing] = {}
+        for job in found:
+            if job.state != "queued":
+                continue
+            position = int(ahead) + bisect_left(queued_seqs, job.seq) + 1
+            standings[job.id] = Standing(
+                position, quoted_wait(position, running, cap, processing, workers)
+            )
+        return standings
 
     async def counters(self) -> list[OrgCounters]:
         """Every org's counters, one per environment it has jobs in."""

@@ -6,6 +6,12 @@ from typing import Any
 
 from tollhouse.jobs.model import Job, Standing, iso
 
+#: ``GET /v1/score?ids=``: the most job ids one call answers (as many as one page of the
+#: queue listing or one batch of submissions) ...
+MAX_STATUS_IDS = 100
+#: ... and what each may look like (job ids are ``sj_`` + hex; none looks otherwise).
+STATUS_ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+
 
 def resource_name(route: str) -> str:
     """The noun of an async route, for event types: ``POST /v1/score`` → ``score``."""

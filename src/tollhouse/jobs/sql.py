@@ -166,6 +166,11 @@ class SqlJobQueue:
         org's or another environment's job)."""
         return await self.reads.get(org, job_id, environment=environment)
 
+    async def get_many(self, org: str, job_ids: Sequence[str], *, environment: str) -> JobPage:
+        """The jobs among ``job_ids`` of ``org`` in ``environment``, in the order asked,
+        with the standings of the queued ones; see :meth:`JobQueue.get_many`."""
+        return await self.reads.get_many(org, job_ids, environment=environment)
+
     async def latest_for_application(
         self, org: str, application_id: str, *, environment: str
     ) -> Job | None:

@@ -252,6 +252,16 @@ SCHEMAS: Final[dict[str, Schema]] = {
             }
         ),
     },
+    "JobStatuses": {
+        "description": "Many jobs' status (GET /v1/score?ids=): the jobs found, in the order "
+        "asked, and the ids the caller has no job of.",
+        **_object(
+            {
+                "data": {"type": "array", "maxItems": 100, "items": ref("Job")},
+                "notFound": {"type": "array", "maxItems": 100, "items": _STRING},
+            }
+        ),
+    },
     "QueuePage": {
         "description": "The caller's queue and one page of its jobs, newest first.",
         **_object(

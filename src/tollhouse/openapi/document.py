@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from tollhouse.analytics.call_counts import DEFAULT_AMT, LABELS, MAX_AMT
 from tollhouse.analytics.catalogue import CATALOGUE
+from tollhouse.jobs.shapes import MAX_STATUS_IDS, STATUS_ID_PATTERN
 from tollhouse.openapi.admin import (
     ADMIN_RESPONSES,
     ADMIN_SCHEMAS,
@@ -44,6 +45,8 @@ from tollhouse.policy.model import Policy
 OPENAPI_PATH: Final = "/v1/platform/openapi.json"
 _HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 _ID: Final[Schema] = {"type": "string", "minLength": 1, "maxLength": 256}
+#: ``GET /v1/score?ids=``: 1 to 100 ids of 1-64 letters, digits, ``_`` or ``-``.
+_STATUS_IDS: Final = f"^{STATUS_ID_PATTERN}(,{STATUS_ID_PATTERN}){{0,{MAX_STATUS_IDS - 1}}}$"
 #: The call-counts shape's timestamp bounds.
 _STAMP: Final[Schema] = {"type": "number", "minimum": -150000000000.0, "maximum": 3500000000.0}
 
@@ -297,6 +300,29 @@ def _job_paths(policy: Policy) -> dict[str, dict[str, Schema]]:
                 body=_body(item, "The job's payload."),
             )
         }
+        if verb != "get":
+            paths[base]["get"] = _op(
+                "Many jobs' status in one call",
+                "jobs",
+                {
+                    "200": _response("The jobs found, in the order asked.", ref("JobStatuses")),
+                    **_errors(*_GATEWAY),
+                },
+                parameters=[
+                    _query(
+                        "ids",
+                        {"type": "string", "pattern": _STATUS_IDS},
+                        f"1 to {MAX_STATUS_IDS} scoring job ids, comma-separated.",
+                        required=True,
+                    )
+                ],
+                description=(
+                    "Each job as a poll of it answers; ids the caller's org and environment "
+                    "have no job of (another org's too) are listed in notFound. Limited as one "
+                    "poll. No ids, more than 100, or one that is not 1-64 letters, digits, _ "
+                    "or - is a 400 naming the parameter."
+                ),
+            )
         paths[base + "/batch"] = {
             "post": _op(
                 "Submit up to 100 jobs",

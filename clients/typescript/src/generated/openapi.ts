@@ -176,6 +176,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/platform/authorize": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Forward-auth decision
+         * @description Asked by a proxy in [proxy] trusted_proxies (anyone else: 403) whether the original request may pass; any method is accepted and the body is ignored. Refusals carry the envelope in the body and in X-Tollhouse-Error (docs/forward-auth.md).
+         */
+        get: operations["get_v1_platform_authorize"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/platform/openapi.json": {
         parameters: {
             query?: never;
@@ -196,7 +216,78 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/score": {
+    "/v1/admin/orgs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List orgs */
+        get: operations["get_v1_admin_orgs"];
+        put?: never;
+        /** Make an org (and its first key) */
+        post: operations["post_v1_admin_orgs"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/orgs/{orgId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One org */
+        get: operations["get_v1_admin_orgs_orgId"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        /** Rename, suspend or reinstate an org */
+        patch: operations["patch_v1_admin_orgs_orgId"];
+        trace?: never;
+    };
+    "/v1/admin/orgs/{orgId}/keys": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List an org's keys */
+        get: operations["get_v1_admin_orgs_orgId_keys"];
+        put?: never;
+        /** Make a key of an org */
+        post: operations["post_v1_admin_orgs_orgId_keys"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/orgs/{orgId}/limits": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** An org's effective limits */
+        get: operations["get_v1_admin_orgs_orgId_limits"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/orgs/{orgId}/limits/{bucket}": {
         parameters: {
             query?: never;
             header?: never;
@@ -204,6 +295,82 @@ export interface paths {
             cookie?: never;
         };
         get?: never;
+        /**
+         * Set an override
+         * @description Exact key > org > policy, as `tollhouse limits set`.
+         */
+        put: operations["put_v1_admin_orgs_orgId_limits_bucket"];
+        post?: never;
+        /** Clear an override */
+        delete: operations["delete_v1_admin_orgs_orgId_limits_bucket"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/keys/{keyId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Revoke a key */
+        delete: operations["delete_v1_admin_keys_keyId"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/keys/{keyId}/rotate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Rotate a key */
+        post: operations["post_v1_admin_keys_keyId_rotate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/audit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The audit log */
+        get: operations["get_v1_admin_audit"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/score": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Many jobs' status in one call
+         * @description Each job as a poll of it answers; ids the caller's org and environment have no job of (another org's too) are listed in notFound. Limited as one poll. No ids, more than 100, or one that is not 1-64 letters, digits, _ or - is a 400 naming the parameter.
+         */
+        get: operations["get_v1_score"];
         put?: never;
         /** Submit a job (POST /v1/score) */
         post: operations["post_v1_score"];
@@ -572,6 +739,11 @@ export interface components {
             accepted: number;
             rejected: number;
         };
+        /** @description Many jobs' status (GET /v1/score?ids=): the jobs found, in the order asked, and the ids the caller has no job of. */
+        JobStatuses: {
+            data: components["schemas"]["Job"][];
+            notFound: string[];
+        };
         /** @description The caller's queue and one page of its jobs, newest first. */
         QueuePage: {
             queue: {
@@ -791,6 +963,184 @@ export interface components {
         ScoreBatch: {
             items: components["schemas"]["ScoreRequest"][];
         };
+        /** @description An org. `firstKey` only in the answer to a creation that asked for it. */
+        AdminOrg: {
+            id: string;
+            name: string;
+            /** Format: date-time */
+            createdAt: string;
+            suspended: boolean;
+            suspendedAt: string | null;
+            firstKey?: components["schemas"]["AdminCreatedKey"];
+        };
+        /** @description Orgs, newest first. */
+        AdminOrgPage: {
+            data: components["schemas"]["AdminOrg"][];
+            hasMore: boolean;
+            nextCursor: string | null;
+        };
+        /** @description A key to make. expiresAt: ISO 8601 with an offset, in the future. */
+        AdminNewKey: {
+            /** @enum {unknown} */
+            environment: "SANDBOX" | "PRODUCTION";
+            /**
+             * @default member
+             * @enum {unknown}
+             */
+            role: "root" | "manager" | "backend" | "member";
+            name?: string;
+            /** Format: date-time */
+            expiresAt?: string;
+            /** @description At most 4096 bytes of JSON. */
+            meta?: Record<string, unknown>;
+        };
+        /** @description An org to make; with firstKey, its first key in the same transaction (both or neither). */
+        AdminNewOrg: {
+            id: string;
+            name?: string;
+            firstKey?: components["schemas"]["AdminNewKey"];
+        };
+        /** @description suspended: true refuses every key of the org (403 ORG_SUSPENDED) within a second; false lets them in again. */
+        AdminOrgChanges: {
+            name?: string;
+            suspended?: boolean;
+        };
+        /** @description A key (never its secret). */
+        AdminKey: {
+            id: string;
+            org: string;
+            /** @enum {unknown} */
+            environment: "SANDBOX" | "PRODUCTION";
+            /** @enum {unknown} */
+            role: "root" | "manager" | "backend" | "member";
+            name: string;
+            prefix: string;
+            /** @enum {unknown} */
+            status: "active" | "revoked" | "expired";
+            /** Format: date-time */
+            createdAt: string;
+            expiresAt: string | null;
+            revokedAt: string | null;
+            lastUsedAt: string | null;
+            meta: Record<string, unknown> | null;
+        };
+        /** @description A key just made, with its secret (`key`) shown once. */
+        AdminCreatedKey: {
+            id: string;
+            org: string;
+            /** @enum {unknown} */
+            environment: "SANDBOX" | "PRODUCTION";
+            /** @enum {unknown} */
+            role: "root" | "manager" | "backend" | "member";
+            name: string;
+            prefix: string;
+            /** @enum {unknown} */
+            status: "active" | "revoked" | "expired";
+            /** Format: date-time */
+            createdAt: string;
+            expiresAt: string | null;
+            revokedAt: string | null;
+            lastUsedAt: string | null;
+            meta: Record<string, unknown> | null;
+            /** @description The secret: shown here once, stored only as a hash. */
+            key: string;
+        };
+        /** @description The new key with its secret, and the key it replaces as it is now. */
+        AdminRotatedKey: {
+            id: string;
+            org: string;
+            /** @enum {unknown} */
+            environment: "SANDBOX" | "PRODUCTION";
+            /** @enum {unknown} */
+            role: "root" | "manager" | "backend" | "member";
+            name: string;
+            prefix: string;
+            /** @enum {unknown} */
+            status: "active" | "revoked" | "expired";
+            /** Format: date-time */
+            createdAt: string;
+            expiresAt: string | null;
+            revokedAt: string | null;
+            lastUsedAt: string | null;
+            meta: Record<string, unknown> | null;
+            /** @description The secret: shown here once, stored only as a hash. */
+            key: string;
+            replaces: components["schemas"]["AdminKey"];
+        };
+        /** @description An org's keys, newest first. */
+        AdminKeyPage: {
+            data: components["schemas"]["AdminKey"][];
+            hasMore: boolean;
+            nextCursor: string | null;
+        };
+        /** @description overlapSeconds: how long the old key keeps working (default 86400; 0 revokes it at once). */
+        AdminRotation: {
+            overlapSeconds?: number;
+        };
+        /** @description An org's effective limits: each bucket with the policy's limit, the org's override and its keys' overrides; the pools. */
+        AdminOrgLimits: {
+            org: string;
+            buckets: {
+                name: string;
+                displayName: string;
+                windowSeconds: number;
+                scope: string;
+                policyLimit: number;
+                limit: number;
+                overridden: boolean;
+                override: {
+                    limit: number;
+                    /** Format: date-time */
+                    updatedAt: string;
+                } | null;
+                keyOverrides: {
+                    keyId: string;
+                    limit: number;
+                    /** Format: date-time */
+                    updatedAt: string;
+                }[];
+                shadow: boolean;
+            }[];
+            pools: {
+                name: string;
+                limit: number;
+                /** @constant */
+                overridden: false;
+            }[];
+        };
+        /** @description The new limit per window; with keyId, for that key of the org only. */
+        AdminLimitChange: {
+            limit: number;
+            keyId?: string;
+        };
+        /** @description An override as stored. */
+        AdminOverride: {
+            org: string;
+            bucket: string;
+            keyId: string | null;
+            limit: number;
+            /** Format: date-time */
+            updatedAt: string;
+        };
+        /** @description One audited change: who (admin token id, key id or cli:<user>), what, when, from which address. Never a secret. */
+        AuditEntry: {
+            id: string;
+            /** Format: date-time */
+            at: string;
+            actor: string;
+            /** @enum {unknown} */
+            action: "org.created" | "org.updated" | "admin_token.created" | "admin_token.revoked" | "key.created" | "key.revoked" | "key.rotated" | "webhook.added" | "webhook.removed" | "limit.set" | "limit.cleared";
+            org: string;
+            targetId: string;
+            details: Record<string, unknown>;
+            address: string | null;
+        };
+        /** @description Audit entries, newest first. */
+        AuditPage: {
+            data: components["schemas"]["AuditEntry"][];
+            hasMore: boolean;
+            nextCursor: string | null;
+        };
     };
     responses: {
         /** @description Bad request (BAD_REQUEST), or X-Tenant-Id missing where required (TENANT_REQUIRED). */
@@ -942,6 +1292,86 @@ export interface components {
             };
             content: {
                 "application/json": components["schemas"]["DetailError"];
+            };
+        };
+        /** @description Malformed JSON, cursor or query parameter (BAD_REQUEST). */
+        AdminBadRequest: {
+            headers: {
+                "X-Request-Id": components["headers"]["X-Request-Id"];
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["ErrorEnvelope"];
+            };
+        };
+        /** @description No admin token, or an unknown or revoked one (ADMIN_TOKEN_REQUIRED). */
+        AdminUnauthorized: {
+            headers: {
+                "X-Request-Id": components["headers"]["X-Request-Id"];
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["ErrorEnvelope"];
+            };
+        };
+        /** @description An org's API key was sent instead of an admin token (ADMIN_ONLY). */
+        AdminForbidden: {
+            headers: {
+                "X-Request-Id": components["headers"]["X-Request-Id"];
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["ErrorEnvelope"];
+            };
+        };
+        /** @description No org, key, bucket or override under this id (NOT_FOUND). */
+        AdminNotFound: {
+            headers: {
+                "X-Request-Id": components["headers"]["X-Request-Id"];
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["ErrorEnvelope"];
+            };
+        };
+        /** @description The org id is taken, or the key is revoked or expired already (CONFLICT). */
+        AdminConflict: {
+            headers: {
+                "X-Request-Id": components["headers"]["X-Request-Id"];
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["ErrorEnvelope"];
+            };
+        };
+        /** @description The body exceeds the limit (PAYLOAD_TOO_LARGE). */
+        AdminPayloadTooLarge: {
+            headers: {
+                "X-Request-Id": components["headers"]["X-Request-Id"];
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["ErrorEnvelope"];
+            };
+        };
+        /** @description The body is not JSON (UNSUPPORTED_MEDIA_TYPE). */
+        AdminUnsupportedMediaType: {
+            headers: {
+                "X-Request-Id": components["headers"]["X-Request-Id"];
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["ErrorEnvelope"];
+            };
+        };
+        /** @description A field of the body is invalid (VALIDATION_FAILED). */
+        AdminValidationFailed: {
+            headers: {
+                "X-Request-Id": components["headers"]["X-Request-Id"];
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["ErrorEnvelope"];
             };
         };
     };
@@ -1296,6 +1726,40 @@ export interface operations {
             429: components["responses"]["RateLimited"];
         };
     };
+    get_v1_platform_authorize: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description nginx: the original method. */
+                "X-Original-Method"?: string;
+                /** @description nginx: the original path and query. */
+                "X-Original-URI"?: string;
+                /** @description Traefik, Caddy: the original method. */
+                "X-Forwarded-Method"?: string;
+                /** @description Traefik, Caddy: the original path and query. */
+                "X-Forwarded-Uri"?: string;
+                /** @description Your end customer (optional here). */
+                "X-Tenant-Id"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Admitted: no body; X-Tollhouse-Org, -Environment, -Key-Id, -Role, X-Request-Id and the rate-limit headers to copy. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            413: components["responses"]["PayloadTooLarge"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
     get_v1_platform_openapi_json: {
         parameters: {
             query?: never;
@@ -1314,6 +1778,426 @@ export interface operations {
                     "application/json": Record<string, unknown>;
                 };
             };
+        };
+    };
+    get_v1_admin_orgs: {
+        parameters: {
+            query?: {
+                /** @description Items per page. */
+                limit?: number;
+                /** @description nextCursor of the previous page. */
+                cursor?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One page of orgs. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminOrgPage"];
+                };
+            };
+            400: components["responses"]["AdminBadRequest"];
+            401: components["responses"]["AdminUnauthorized"];
+            403: components["responses"]["AdminForbidden"];
+        };
+    };
+    post_v1_admin_orgs: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AdminNewOrg"];
+            };
+        };
+        responses: {
+            /** @description The org; firstKey with its secret when asked. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminOrg"];
+                };
+            };
+            400: components["responses"]["AdminBadRequest"];
+            401: components["responses"]["AdminUnauthorized"];
+            403: components["responses"]["AdminForbidden"];
+            409: components["responses"]["AdminConflict"];
+            413: components["responses"]["AdminPayloadTooLarge"];
+            415: components["responses"]["AdminUnsupportedMediaType"];
+            422: components["responses"]["AdminValidationFailed"];
+        };
+    };
+    get_v1_admin_orgs_orgId: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The org's id. */
+                orgId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The org. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminOrg"];
+                };
+            };
+            401: components["responses"]["AdminUnauthorized"];
+            403: components["responses"]["AdminForbidden"];
+            404: components["responses"]["AdminNotFound"];
+        };
+    };
+    patch_v1_admin_orgs_orgId: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The org's id. */
+                orgId: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AdminOrgChanges"];
+            };
+        };
+        responses: {
+            /** @description The org as it is now. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminOrg"];
+                };
+            };
+            400: components["responses"]["AdminBadRequest"];
+            401: components["responses"]["AdminUnauthorized"];
+            403: components["responses"]["AdminForbidden"];
+            404: components["responses"]["AdminNotFound"];
+            413: components["responses"]["AdminPayloadTooLarge"];
+            415: components["responses"]["AdminUnsupportedMediaType"];
+            422: components["responses"]["AdminValidationFailed"];
+        };
+    };
+    get_v1_admin_orgs_orgId_keys: {
+        parameters: {
+            query?: {
+                /** @description Items per page. */
+                limit?: number;
+                /** @description nextCursor of the previous page. */
+                cursor?: string;
+                /** @description Only this environment's. */
+                environment?: "SANDBOX" | "PRODUCTION";
+            };
+            header?: never;
+            path: {
+                /** @description The org's id. */
+                orgId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One page of keys (never a secret), with lastUsedAt. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminKeyPage"];
+                };
+            };
+            400: components["responses"]["AdminBadRequest"];
+            401: components["responses"]["AdminUnauthorized"];
+            403: components["responses"]["AdminForbidden"];
+            404: components["responses"]["AdminNotFound"];
+        };
+    };
+    post_v1_admin_orgs_orgId_keys: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The org's id. */
+                orgId: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AdminNewKey"];
+            };
+        };
+        responses: {
+            /** @description The key, with its secret (once). */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminCreatedKey"];
+                };
+            };
+            400: components["responses"]["AdminBadRequest"];
+            401: components["responses"]["AdminUnauthorized"];
+            403: components["responses"]["AdminForbidden"];
+            404: components["responses"]["AdminNotFound"];
+            413: components["responses"]["AdminPayloadTooLarge"];
+            415: components["responses"]["AdminUnsupportedMediaType"];
+            422: components["responses"]["AdminValidationFailed"];
+        };
+    };
+    get_v1_admin_orgs_orgId_limits: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The org's id. */
+                orgId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Buckets (overrides marked) and pools. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminOrgLimits"];
+                };
+            };
+            401: components["responses"]["AdminUnauthorized"];
+            403: components["responses"]["AdminForbidden"];
+            404: components["responses"]["AdminNotFound"];
+        };
+    };
+    put_v1_admin_orgs_orgId_limits_bucket: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The org's id. */
+                orgId: string;
+                /** @description A bucket of the policy. */
+                bucket: "criteria_ai" | "criteria_current_reads" | "scoring_intake_batch" | "scoring_intake_single" | "read_and_ops" | "rate_limit_status" | "analytics" | "scoring" | "criteria_generation" | "criteria_operations";
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AdminLimitChange"];
+            };
+        };
+        responses: {
+            /** @description The override; running servers apply it within a second. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminOverride"];
+                };
+            };
+            400: components["responses"]["AdminBadRequest"];
+            401: components["responses"]["AdminUnauthorized"];
+            403: components["responses"]["AdminForbidden"];
+            404: components["responses"]["AdminNotFound"];
+            413: components["responses"]["AdminPayloadTooLarge"];
+            415: components["responses"]["AdminUnsupportedMediaType"];
+            422: components["responses"]["AdminValidationFailed"];
+        };
+    };
+    delete_v1_admin_orgs_orgId_limits_bucket: {
+        parameters: {
+            query?: {
+                /** @description The key's override, not the org's. */
+                keyId?: string;
+            };
+            header?: never;
+            path: {
+                /** @description The org's id. */
+                orgId: string;
+                /** @description A bucket of the policy. */
+                bucket: "criteria_ai" | "criteria_current_reads" | "scoring_intake_batch" | "scoring_intake_single" | "read_and_ops" | "rate_limit_status" | "analytics" | "scoring" | "criteria_generation" | "criteria_operations";
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Cleared. */
+            204: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["AdminBadRequest"];
+            401: components["responses"]["AdminUnauthorized"];
+            403: components["responses"]["AdminForbidden"];
+            404: components["responses"]["AdminNotFound"];
+        };
+    };
+    delete_v1_admin_keys_keyId: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's id. */
+                keyId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The key, revoked; refused within a second. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminKey"];
+                };
+            };
+            401: components["responses"]["AdminUnauthorized"];
+            403: components["responses"]["AdminForbidden"];
+            404: components["responses"]["AdminNotFound"];
+        };
+    };
+    post_v1_admin_keys_keyId_rotate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's id. */
+                keyId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["AdminRotation"];
+            };
+        };
+        responses: {
+            /** @description The new key with its secret, and the old one. */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminRotatedKey"];
+                };
+            };
+            400: components["responses"]["AdminBadRequest"];
+            401: components["responses"]["AdminUnauthorized"];
+            403: components["responses"]["AdminForbidden"];
+            404: components["responses"]["AdminNotFound"];
+            409: components["responses"]["AdminConflict"];
+            413: components["responses"]["AdminPayloadTooLarge"];
+            415: components["responses"]["AdminUnsupportedMediaType"];
+            422: components["responses"]["AdminValidationFailed"];
+        };
+    };
+    get_v1_admin_audit: {
+        parameters: {
+            query?: {
+                /** @description Items per page. */
+                limit?: number;
+                /** @description nextCursor of the previous page. */
+                cursor?: string;
+                /** @description Only this org's changes. */
+                org?: string;
+                /** @description Only this action. */
+                action?: "org.created" | "org.updated" | "admin_token.created" | "admin_token.revoked" | "key.created" | "key.revoked" | "key.rotated" | "webhook.added" | "webhook.removed" | "limit.set" | "limit.cleared";
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One page of changes. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditPage"];
+                };
+            };
+            400: components["responses"]["AdminBadRequest"];
+            401: components["responses"]["AdminUnauthorized"];
+            403: components["responses"]["AdminForbidden"];
+        };
+    };
+    get_v1_score: {
+        parameters: {
+            query: {
+                /** @description 1 to 100 scoring job ids, comma-separated. */
+                ids: string;
+            };
+            header: {
+                /** @description Your end customer (required here). */
+                "X-Tenant-Id": string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The jobs found, in the order asked. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
+                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
+                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobStatuses"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["RateLimited"];
         };
     };
     post_v1_score: {

@@ -511,6 +511,29 @@ export const SCHEMAS: Record<string, unknown> = {
       }
     }
   },
+  "JobStatuses": {
+    "type": "object",
+    "required": [
+      "data",
+      "notFound"
+    ],
+    "properties": {
+      "data": {
+        "type": "array",
+        "maxItems": 100,
+        "items": {
+          "$ref": "#/components/schemas/Job"
+        }
+      },
+      "notFound": {
+        "type": "array",
+        "maxItems": 100,
+        "items": {
+          "type": "string"
+        }
+      }
+    }
+  },
   "QueuePage": {
     "type": "object",
     "required": [
@@ -1496,6 +1519,779 @@ export const SCHEMAS: Record<string, unknown> = {
         }
       }
     }
+  },
+  "AdminOrg": {
+    "type": "object",
+    "required": [
+      "id",
+      "name",
+      "createdAt",
+      "suspended",
+      "suspendedAt"
+    ],
+    "properties": {
+      "id": {
+        "type": "string",
+        "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+      },
+      "name": {
+        "type": "string",
+        "maxLength": 200
+      },
+      "createdAt": {
+        "type": "string",
+        "format": "date-time"
+      },
+      "suspended": {
+        "type": "boolean"
+      },
+      "suspendedAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "firstKey": {
+        "$ref": "#/components/schemas/AdminCreatedKey"
+      }
+    }
+  },
+  "AdminOrgPage": {
+    "type": "object",
+    "required": [
+      "data",
+      "hasMore",
+      "nextCursor"
+    ],
+    "properties": {
+      "data": {
+        "type": "array",
+        "items": {
+          "$ref": "#/components/schemas/AdminOrg"
+        }
+      },
+      "hasMore": {
+        "type": "boolean"
+      },
+      "nextCursor": {
+        "anyOf": [
+          {
+            "type": "string"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      }
+    }
+  },
+  "AdminNewKey": {
+    "type": "object",
+    "required": [
+      "environment"
+    ],
+    "properties": {
+      "environment": {
+        "enum": [
+          "SANDBOX",
+          "PRODUCTION"
+        ]
+      },
+      "role": {
+        "enum": [
+          "root",
+          "manager",
+          "backend",
+          "member"
+        ],
+        "default": "member"
+      },
+      "name": {
+        "type": "string",
+        "maxLength": 200
+      },
+      "expiresAt": {
+        "type": "string",
+        "format": "date-time"
+      },
+      "meta": {
+        "type": "object"
+      }
+    },
+    "additionalProperties": false
+  },
+  "AdminNewOrg": {
+    "type": "object",
+    "required": [
+      "id"
+    ],
+    "properties": {
+      "id": {
+        "type": "string",
+        "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+      },
+      "name": {
+        "type": "string",
+        "maxLength": 200
+      },
+      "firstKey": {
+        "$ref": "#/components/schemas/AdminNewKey"
+      }
+    },
+    "additionalProperties": false
+  },
+  "AdminOrgChanges": {
+    "type": "object",
+    "required": [],
+    "properties": {
+      "name": {
+        "type": "string",
+        "maxLength": 200
+      },
+      "suspended": {
+        "type": "boolean"
+      }
+    },
+    "additionalProperties": false
+  },
+  "AdminKey": {
+    "type": "object",
+    "required": [
+      "id",
+      "org",
+      "environment",
+      "role",
+      "name",
+      "prefix",
+      "status",
+      "createdAt",
+      "expiresAt",
+      "revokedAt",
+      "lastUsedAt",
+      "meta"
+    ],
+    "properties": {
+      "id": {
+        "type": "string",
+        "pattern": "^key_[0-9a-f]{16}$"
+      },
+      "org": {
+        "type": "string",
+        "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+      },
+      "environment": {
+        "enum": [
+          "SANDBOX",
+          "PRODUCTION"
+        ]
+      },
+      "role": {
+        "enum": [
+          "root",
+          "manager",
+          "backend",
+          "member"
+        ]
+      },
+      "name": {
+        "type": "string",
+        "maxLength": 200
+      },
+      "prefix": {
+        "type": "string"
+      },
+      "status": {
+        "enum": [
+          "active",
+          "revoked",
+          "expired"
+        ]
+      },
+      "createdAt": {
+        "type": "string",
+        "format": "date-time"
+      },
+      "expiresAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "revokedAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "lastUsedAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "meta": {
+        "anyOf": [
+          {
+            "type": "object"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      }
+    }
+  },
+  "AdminCreatedKey": {
+    "type": "object",
+    "required": [
+      "id",
+      "org",
+      "environment",
+      "role",
+      "name",
+      "prefix",
+      "status",
+      "createdAt",
+      "expiresAt",
+      "revokedAt",
+      "lastUsedAt",
+      "meta",
+      "key"
+    ],
+    "properties": {
+      "id": {
+        "type": "string",
+        "pattern": "^key_[0-9a-f]{16}$"
+      },
+      "org": {
+        "type": "string",
+        "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+      },
+      "environment": {
+        "enum": [
+          "SANDBOX",
+          "PRODUCTION"
+        ]
+      },
+      "role": {
+        "enum": [
+          "root",
+          "manager",
+          "backend",
+          "member"
+        ]
+      },
+      "name": {
+        "type": "string",
+        "maxLength": 200
+      },
+      "prefix": {
+        "type": "string"
+      },
+      "status": {
+        "enum": [
+          "active",
+          "revoked",
+          "expired"
+        ]
+      },
+      "createdAt": {
+        "type": "string",
+        "format": "date-time"
+      },
+      "expiresAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "revokedAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "lastUsedAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "meta": {
+        "anyOf": [
+          {
+            "type": "object"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "key": {
+        "type": "string",
+        "pattern": "^sk_(test|live)_"
+      }
+    }
+  },
+  "AdminRotatedKey": {
+    "type": "object",
+    "required": [
+      "id",
+      "org",
+      "environment",
+      "role",
+      "name",
+      "prefix",
+      "status",
+      "createdAt",
+      "expiresAt",
+      "revokedAt",
+      "lastUsedAt",
+      "meta",
+      "key",
+      "replaces"
+    ],
+    "properties": {
+      "id": {
+        "type": "string",
+        "pattern": "^key_[0-9a-f]{16}$"
+      },
+      "org": {
+        "type": "string",
+        "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+      },
+      "environment": {
+        "enum": [
+          "SANDBOX",
+          "PRODUCTION"
+        ]
+      },
+      "role": {
+        "enum": [
+          "root",
+          "manager",
+          "backend",
+          "member"
+        ]
+      },
+      "name": {
+        "type": "string",
+        "maxLength": 200
+      },
+      "prefix": {
+        "type": "string"
+      },
+      "status": {
+        "enum": [
+          "active",
+          "revoked",
+          "expired"
+        ]
+      },
+      "createdAt": {
+        "type": "string",
+        "format": "date-time"
+      },
+      "expiresAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "revokedAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "lastUsedAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "meta": {
+        "anyOf": [
+          {
+            "type": "object"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "key": {
+        "type": "string",
+        "pattern": "^sk_(test|live)_"
+      },
+      "replaces": {
+        "$ref": "#/components/schemas/AdminKey"
+      }
+    }
+  },
+  "AdminKeyPage": {
+    "type": "object",
+    "required": [
+      "data",
+      "hasMore",
+      "nextCursor"
+    ],
+    "properties": {
+      "data": {
+        "type": "array",
+        "items": {
+          "$ref": "#/components/schemas/AdminKey"
+        }
+      },
+      "hasMore": {
+        "type": "boolean"
+      },
+      "nextCursor": {
+        "anyOf": [
+          {
+            "type": "string"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      }
+    }
+  },
+  "AdminRotation": {
+    "type": "object",
+    "required": [],
+    "properties": {
+      "overlapSeconds": {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": 2592000
+      }
+    },
+    "additionalProperties": false
+  },
+  "AdminOrgLimits": {
+    "type": "object",
+    "required": [
+      "org",
+      "buckets",
+      "pools"
+    ],
+    "properties": {
+      "org": {
+        "type": "string",
+        "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+      },
+      "buckets": {
+        "type": "array",
+        "items": {
+          "type": "object",
+          "required": [
+            "name",
+            "displayName",
+            "windowSeconds",
+            "scope",
+            "policyLimit",
+            "limit",
+            "overridden",
+            "override",
+            "keyOverrides",
+            "shadow"
+          ],
+          "properties": {
+            "name": {
+              "type": "string"
+            },
+            "displayName": {
+              "type": "string"
+            },
+            "windowSeconds": {
+              "type": "integer",
+              "minimum": 1
+            },
+            "scope": {
+              "type": "string"
+            },
+            "policyLimit": {
+              "type": "integer"
+            },
+            "limit": {
+              "type": "integer"
+            },
+            "overridden": {
+              "type": "boolean"
+            },
+            "override": {
+              "anyOf": [
+                {
+                  "type": "object",
+                  "required": [
+                    "limit",
+                    "updatedAt"
+                  ],
+                  "properties": {
+                    "limit": {
+                      "type": "integer"
+                    },
+                    "updatedAt": {
+                      "type": "string",
+                      "format": "date-time"
+                    }
+                  }
+                },
+                {
+                  "type": "null"
+                }
+              ]
+            },
+            "keyOverrides": {
+              "type": "array",
+              "items": {
+                "type": "object",
+                "required": [
+                  "keyId",
+                  "limit",
+                  "updatedAt"
+                ],
+                "properties": {
+                  "keyId": {
+                    "type": "string",
+                    "pattern": "^key_[0-9a-f]{16}$"
+                  },
+                  "limit": {
+                    "type": "integer"
+                  },
+                  "updatedAt": {
+                    "type": "string",
+                    "format": "date-time"
+                  }
+                }
+              }
+            },
+            "shadow": {
+              "type": "boolean"
+            }
+          }
+        }
+      },
+      "pools": {
+        "type": "array",
+        "items": {
+          "type": "object",
+          "required": [
+            "name",
+            "limit",
+            "overridden"
+          ],
+          "properties": {
+            "name": {
+              "type": "string"
+            },
+            "limit": {
+              "type": "integer"
+            },
+            "overridden": {
+              "const": false
+            }
+          }
+        }
+      }
+    }
+  },
+  "AdminLimitChange": {
+    "type": "object",
+    "required": [
+      "limit"
+    ],
+    "properties": {
+      "limit": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 2147483647
+      },
+      "keyId": {
+        "type": "string",
+        "pattern": "^key_[0-9a-f]{16}$"
+      }
+    },
+    "additionalProperties": false
+  },
+  "AdminOverride": {
+    "type": "object",
+    "required": [
+      "org",
+      "bucket",
+      "keyId",
+      "limit",
+      "updatedAt"
+    ],
+    "properties": {
+      "org": {
+        "type": "string",
+        "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+      },
+      "bucket": {
+        "type": "string"
+      },
+      "keyId": {
+        "anyOf": [
+          {
+            "type": "string",
+            "pattern": "^key_[0-9a-f]{16}$"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "limit": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 2147483647
+      },
+      "updatedAt": {
+        "type": "string",
+        "format": "date-time"
+      }
+    }
+  },
+  "AuditEntry": {
+    "type": "object",
+    "required": [
+      "id",
+      "at",
+      "actor",
+      "action",
+      "org",
+      "targetId",
+      "details",
+      "address"
+    ],
+    "properties": {
+      "id": {
+        "type": "string"
+      },
+      "at": {
+        "type": "string",
+        "format": "date-time"
+      },
+      "actor": {
+        "type": "string"
+      },
+      "action": {
+        "enum": [
+          "org.created",
+          "org.updated",
+          "admin_token.created",
+          "admin_token.revoked",
+          "key.created",
+          "key.revoked",
+          "key.rotated",
+          "webhook.added",
+          "webhook.removed",
+          "limit.set",
+          "limit.cleared"
+        ]
+      },
+      "org": {
+        "type": "string"
+      },
+      "targetId": {
+        "type": "string"
+      },
+      "details": {
+        "type": "object"
+      },
+      "address": {
+        "anyOf": [
+          {
+            "type": "string"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      }
+    }
+  },
+  "AuditPage": {
+    "type": "object",
+    "required": [
+      "data",
+      "hasMore",
+      "nextCursor"
+    ],
+    "properties": {
+      "data": {
+        "type": "array",
+        "items": {
+          "$ref": "#/components/schemas/AuditEntry"
+        }
+      },
+      "hasMore": {
+        "type": "boolean"
+      },
+      "nextCursor": {
+        "anyOf": [
+          {
+            "type": "string"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      }
+    }
   }
 };
 
@@ -1527,6 +2323,42 @@ export const RESPONSES: Record<string, unknown> = {
   },
   "GET /v1/platform/openapi.json": {
     "type": "object"
+  },
+  "GET /v1/admin/orgs": {
+    "$ref": "#/components/schemas/AdminOrgPage"
+  },
+  "POST /v1/admin/orgs": {
+    "$ref": "#/components/schemas/AdminOrg"
+  },
+  "GET /v1/admin/orgs/{orgId}": {
+    "$ref": "#/components/schemas/AdminOrg"
+  },
+  "PATCH /v1/admin/orgs/{orgId}": {
+    "$ref": "#/components/schemas/AdminOrg"
+  },
+  "GET /v1/admin/orgs/{orgId}/keys": {
+    "$ref": "#/components/schemas/AdminKeyPage"
+  },
+  "POST /v1/admin/orgs/{orgId}/keys": {
+    "$ref": "#/components/schemas/AdminCreatedKey"
+  },
+  "GET /v1/admin/orgs/{orgId}/limits": {
+    "$ref": "#/components/schemas/AdminOrgLimits"
+  },
+  "PUT /v1/admin/orgs/{orgId}/limits/{bucket}": {
+    "$ref": "#/components/schemas/AdminOverride"
+  },
+  "DELETE /v1/admin/keys/{keyId}": {
+    "$ref": "#/components/schemas/AdminKey"
+  },
+  "POST /v1/admin/keys/{keyId}/rotate": {
+    "$ref": "#/components/schemas/AdminRotatedKey"
+  },
+  "GET /v1/admin/audit": {
+    "$ref": "#/components/schemas/AuditPage"
+  },
+  "GET /v1/score": {
+    "$ref": "#/components/schemas/JobStatuses"
   },
   "POST /v1/score": {
     "$ref": "#/components/schemas/Accepted"
