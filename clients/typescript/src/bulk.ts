@@ -84,9 +84,9 @@ export type StatusSource = (client: Tollhouse, query: StatusQuery) => Promise<Jo
 /**
  * The default {@link StatusSource}: the finished jobs, 100 per request, from
  * `GET /v1/queue?status=completed|failed` (newest first), read until every awaited job
- * was seen or the listing reaches jobs created before `since`. `GET /v1/queue` is in no
- * bucket of the built-in policy, so learning outcomes spends none of the `scoring`
- * bucket that submissions use.
+ * was seen or the listing reaches jobs created before `since`. `GET /v1/queue` has its
+ * own bucket in the built-in policy (`queue_reads`), so learning outcomes spends none of
+ * the `scoring` bucket that submissions use; the throttle keeps to `queue_reads`.
  */
 export const queueListing: StatusSource = async (client, query) => {
   const found: Job[] = [];
