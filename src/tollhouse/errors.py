@@ -20,6 +20,7 @@
         ├── TenantRequired        400    TENANT_REQUIRED
         ├── NotFound              404    NOT_FOUND
         ├── MethodNotAllowed      405    METHOD_NOT_ALLOWED
+        ├── RequestTimeout        408    REQUEST_TIMEOUT
         ├── Conflict              409    CONFLICT
         ├── PayloadTooLarge       413    PAYLOAD_TOO_LARGE
         ├── UnsupportedMediaType  415    UNSUPPORTED_MEDIA_TYPE
@@ -169,6 +170,12 @@ class MethodNotAllowed(ApiError):
     """The path exists, not for this method; ``headers`` carry its ``Allow``."""
 
     status, code, slug = 405, "METHOD_NOT_ALLOWED", "method-not-allowed"
+
+
+class RequestTimeout(ApiError):
+    """The request body did not arrive within its deadline (``[limits] body_timeout``)."""
+
+    status, code, slug = 408, "REQUEST_TIMEOUT", "request-timeout"
 
 
 class Conflict(ApiError):

@@ -21,7 +21,7 @@ from tollhouse.http.counters import GatewayCounters
 from tollhouse.keys.model import Identity
 from tollhouse.limits.headers import limit_headers, policy_header, retry_after_header
 from tollhouse.limits.maths import Outcome
-from tollhouse.limits.naming import bucket_key, pool_key
+from tollhouse.limits.naming import bucket_key, ip_bucket_key, pool_key
 from tollhouse.limits.store import BucketCheck, LimitStore, PoolCheck, Verdict
 from tollhouse.policy.match import RouteMatch
 from tollhouse.policy.model import Bucket, Policy, Pool
@@ -32,6 +32,7 @@ __all__ = [
     "Checks",
     "bucket_check",
     "denial",
+    "keyless_checks",
     "pool_check",
     "status_body",
 ]
@@ -76,6 +77,19 @@ def bucket_check(b: Bucket, identity: Identity, client_ip: str | None, limit: in
     """The store check of bucket ``b`` for a caller."""
     return BucketCheck(
         bucket_key(b, identity, client_ip), b.name, limit, b.window, b.algorithm, b.cost
+    )
+
+
+def keyless_checks(match: RouteMatch, client_ip: str | None) -> Checks:
+    """The checks of a request answered without a key: its route's ``ip``-scoped buckets
+    (no org to count the others for), at their policy limits."""
+    return Checks(
+        tuple(
+            BucketCheck(ip_bucket_key(b, client_ip), b.name, b.limit, b.window, b.algorithm, b.cost)
+            for b in match.buckets
+            if b.scope == "ip" and not b.shadow
+        ),
+        (),
     )
 
 

@@ -8,17 +8,24 @@ For every HTTP request it
 2. when the path is one of tollhouse's own (one ``startswith`` against the route table's
    prefixes, :mod:`tollhouse.http.routes`), asks the route table: a wrong method is a 405
    with ``Allow`` (no key read, no bucket spent), a keyless endpoint (health, readiness,
-   metrics, the dashboard, the OpenAPI document) is answered at once, any other endpoint
-   is admitted below and answered by the table instead of the upstream;
+   metrics, the dashboard, the OpenAPI document) is answered at once — after its
+   ``ip``-scoped buckets, if the policy gives it any —, any other endpoint is admitted
+   below and answered by the table instead of the upstream;
 3. authenticates the key (``Authorization: Bearer sk_…`` or ``X-API-Key``) from the
-   in-memory key cache;
+   in-memory key cache; a key not known valid there is refused with 429, unlooked-up,
+   from a client address over ``[limits] failed_auth``, and counts against its address
+   when it is not valid (:mod:`tollhouse.http.failed_auth`);
 4. checks the role and the ``X-Tenant-Id`` rule of the matching access rules;
-5. asks the limit store, in one atomic call, whether every bucket and pool admits the
+5. on a route with a pool, reads the request body whole, within its deadline
+   (``[limits] body_timeout``, 408 after it), so a pool slot is taken only by a request
+   ready to run;
+6. asks the limit store, in one atomic call, whether every bucket and pool admits the
    request — a rejected request consumes nothing;
-6. passes the request to its endpoint or the upstream (reverse proxy, in-process app or
+7. passes the request to its endpoint or the upstream (reverse proxy, in-process app or
    the bundled example) with ``X-RateLimit-*``, ``RateLimit-Policy``, ``RateLimit`` and
    ``X-Request-Id`` added to its response, holding any pool slot until the request ends,
-   errors or the client disconnects (:mod:`tollhouse.http.passing`).
+   errors or the client disconnects, and giving a body still to come its deadline
+   (:mod:`tollhouse.http.passing`).
 
 Every answer carries ``X-Request-Id``, equal to the ``requestId`` of an error body.
 The gateway answers two paths itself, through the table: ``GET /healthz`` (no key) and
@@ -62,14 +69,15 @@ from tollhouse.http.answers import (
     with_request_id,
 )
 from tollhouse.http.asgi import ASGIApp, Message, Receive, Scope, Send
-from tollhouse.http.checks import CheckCache, Checks, denial, iso, status_body
+from tollhouse.http.checks import CheckCache, Checks, denial, iso, keyless_checks, status_body
 from tollhouse.http.context import identity_of, new_request_id
 from tollhouse.http.cors import ORIGIN, REQUEST_HEADERS, REQUEST_METHOD, CorsHeaders, find_header
 from tollhouse.http.counters import GatewayCounters
+from tollhouse.http.failed_auth import AuthFailures
 from tollhouse.http.forward_auth import AUTHORIZE_PATH, authorize
 from tollhouse.http.forwarded import TrustedProxies
 from tollhouse.http.gateway_ws import admit_websocket
-from tollhouse.http.passing import BODY_METHODS, Passer
+from tollhouse.http.passing import BODY_METHODS, BodyReader, ClientGone, Passer, body_expected
 from tollhouse.http.routes import Endpoint, Resolved, RouteTable, method_not_allowed
 from tollhouse.keys.cache import MISS, KeyCache, Refusal
 from tollhouse.keys.model import Identity
@@ -165,7 +173,9 @@ class Gateway:
         self.counters = counters if counters is not None else GatewayCounters()
         self.checks = checks if checks is not None else CheckCache()
         self._limit_of = self._limit
-        self.passer = Passer(limits, clock, self.max_body)
+        self.passer = Passer(limits, clock, self.max_body, policy.limits.body_deadline)
+        #: ``[limits] failed_auth``: client addresses over it (:class:`AuthFailures`).
+        self.auth_failures = AuthFailures(policy.limits.failed_auth, limits, self.counters)
         #: ``[cors]``, compiled; None when no origin is allowed (CORS off).
         self.cors = CorsHeaders(policy.cors) if policy.cors.enabled else None
         platform = policy.platform
@@ -257,10 +267,20 @@ class Gateway:
                         scope["path"] = sent
                         keyless = True
             admitted: Admission | None = None
-            if not keyless:
-                pending = self.admit(scope, state, match, method, path, arrived)
+            keyless_headers: list[LimitHeader] | None = None
+            # A route with a pool has its body read before the pool is asked.
+            reader = BodyReader(receive) if match.pools else None
+            if keyless:
+                if match.ip_scoped:  # e.g. the OpenAPI document: limited per address
+                    keyless_headers = await self._admit_keyless(scope, match, arrived)
+            else:
+                pending = self.admit(scope, state, match, method, path, arrived, body=reader)
                 # A coroutine when a key is to be looked up or a store waited for.
                 admitted = pending if isinstance(pending, tuple) else await pending
+        except ClientGone:
+            # The caller left while its body was read for a pool route: nobody to answer.
+            self.account(match, state.get("identity"), method, 499, arrived, t0, scope)
+            return
         except ApiError as exc:
             request_id = state["request_id"]
             await send_error(
@@ -271,8 +291,12 @@ class Gateway:
             self.account(match, state.get("identity"), method, exc.status, arrived, t0, scope)
             return
         if keyless:
-            # Answered outside the error handling above: no key, no bucket, not metered.
-            await app(scope, receive, with_request_id(send, request_id))
+            # Answered outside the error handling above: no key, not metered.
+            if keyless_headers:
+                keyless_headers.append((REQUEST_ID, request_id.encode()))
+                await self.passer.plain(app, scope, receive, send, keyless_headers, request_id)
+            else:
+                await app(scope, receive, with_request_id(send, request_id))
             return
         assert admitted is not None
         identity, headers, leases, length = admitted
@@ -280,7 +304,9 @@ class Gateway:
         if headers:
             state["limited"] = True  # the proxy drops an upstream's own rate-limit headers
         headers.append((REQUEST_ID, request_id.encode()))
-        if leases or (length is None and method in BODY_METHODS):
+        if reader is not None:
+            receive = reader.replay  # the body read before the pool was asked
+        if leases or length or (length is None and method in BODY_METHODS):
             status = await self.passer.counted(
                 app, scope, receive, send, headers, leases, length, request_id
             )
@@ -387,6 +413,7 @@ class Gateway:
         path: str,
         now: float,
         found: Identity | object | None = MISS,
+        body: BodyReader | None = None,
     ) -> Admission | Coroutine[Any, Any, Admission]:
         """Auth, access and limits for a request (or a WebSocket handshake) on ``match``.
 
@@ -401,7 +428,13 @@ class Gateway:
         ``state["identity"]`` (the caller meters refusals with them).
 
         ``found`` is the key's identity when the caller looked it up already (None: no
-        such key); by default the key cache is asked.
+        such key); by default the key cache is asked. A key not known valid from memory
+        is not looked up for a client address over ``[limits] failed_auth`` (429), and
+        one found not valid counts against it.
+
+        ``body``: on a route with a pool, the request's body is read with it (within its
+        deadline) before the limits are asked, so a slot is taken only when the request
+        is ready to run.
         """
         secret: bytes | None = None
         tenant: str | None = None
@@ -444,15 +477,20 @@ class Gateway:
                 '"X-API-Key: sk_…".'
             )
         identity = self.keys.cached(secret) if found is MISS else found
-        if identity is MISS:
-            return self._admit_uncached(scope, state, match, method, path, now, secret)
         if not isinstance(identity, Identity):
+            # Not known valid: refused at once from an address over [limits] failed_auth.
+            failures = self.auth_failures
+            if failures.blocked:
+                failures.check(scope, now)
+            if identity is MISS:
+                return self._admit_uncached(scope, state, match, method, path, now, secret, body)
             if isinstance(identity, Refusal):
-                raise identity.error()  # expired (401), or its org suspended (403)
-            raise Unauthorized(
-                "The API key is not valid or has been revoked; check the key or create "
-                "one with `tollhouse keys create`."
-            )
+                # A known key, refused with its reason: expired (401), or its org
+                # suspended (403). Remembered by the key cache: no lookup to protect.
+                raise identity.error()
+            if failures.limit:
+                return failures.failed(scope, now)
+            raise failures.refusal()
         if tenant is not None:
             identity = self.keys.with_tenant(identity, tenant)
         state["identity"] = identity
@@ -478,6 +516,8 @@ class Gateway:
             )
 
         checks = self.checks.get(match, identity, scope, self._limit_of)
+        if body is not None and body_expected(method, length):
+            return self._admit_after_body(body, checks, identity, length)
         if checks.shadow:
             return self._admit_waiting(checks, identity, now, length)
         if not (checks.buckets or checks.pools):
@@ -496,6 +536,7 @@ class Gateway:
         path: str,
         now: float,
         secret: bytes,
+        body: BodyReader | None,
     ) -> Admission:
         """:meth:`_admit` for a key not in the cache: look it up, then admit."""
         try:
@@ -506,10 +547,39 @@ class Gateway:
                 "The key store is unavailable; retry shortly.",
                 headers={"Retry-After": "1"},
             ) from None
-        admitted = self.admit(scope, state, match, method, path, now, found)
+        admitted = self.admit(scope, state, match, method, path, now, found, body)
         if not isinstance(admitted, tuple):
             admitted = await admitted
         return admitted
+
+    async def _admit_after_body(
+        self, body: BodyReader, checks: Checks, identity: Identity, length: int | None
+    ) -> Admission:
+        """:meth:`_admit`'s limits for a route with a pool: the body first (408 when it
+        misses its deadline, 413 past the size limit), then the store, at the time the
+        request is ready to run."""
+        limits = self.policy.limits
+        await body.read(length, limits.body_deadline(length), self.max_body)
+        return await self._admit_waiting(checks, identity, self.clock(), length)
+
+    async def _admit_keyless(
+        self, scope: Scope, match: RouteMatch, now: float
+    ) -> list[LimitHeader]:
+        """The ``ip``-scoped buckets of a route answered without a key (the OpenAPI
+        document): the rate-limit headers of its answer, or the 429."""
+        client = scope.get("client")
+        checks = keyless_checks(match, client[0] if client else None)
+        if not checks.buckets:
+            return []
+        verdict = self.limits.decide_nowait(checks.buckets, (), now)
+        if verdict is None:
+            verdict = await self.limits.decide(checks.buckets, (), now)
+        headers = checks.headers(verdict.outcomes, now)
+        if not verdict.allowed:
+            denier = verdict.denied_by or "unknown"
+            self.counters.denied[denier] = self.counters.denied.get(denier, 0) + 1
+            raise denial(verdict, headers)
+        return headers
 
     async def _admit_waiting(
         self, checks: Checks, identity: Identity, now: float, length: int | None

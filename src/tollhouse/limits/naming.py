@@ -20,7 +20,19 @@ def bucket_key(bucket: Bucket, identity: Identity, client_ip: str | None) -> str
         return f"{{{identity.org_scope}}}:b:{bucket.name}:k:{identity.key_id}"
     if scope == "tenant":
         return f"{{{identity.org_scope}}}:b:{bucket.name}:t:{identity.tenant or '-'}"
+    return ip_bucket_key(bucket, client_ip)
+
+
+def ip_bucket_key(bucket: Bucket, client_ip: str | None) -> str:
+    """The counter key of an ``ip``-scoped bucket for one client address (keyless routes
+    have no org to name)."""
     return f"{{ip:{client_ip or '-'}}}:b:{bucket.name}"
+
+
+def failed_auth_key(client_ip: str | None) -> str:
+    """The counter of failed authentications from one client address (``[limits]
+    failed_auth``); apart from every bucket's key."""
+    return f"{{ip:{client_ip or '-'}}}:a:failed"
 
 
 def pool_key(pool: Pool, identity: Identity) -> str:

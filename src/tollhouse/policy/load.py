@@ -25,6 +25,7 @@ from tollhouse.policy.model import (
     Bucket,
     Cors,
     EndpointGroup,
+    FailedAuth,
     FairUseRule,
     ForwardAuth,
     Label,
@@ -394,15 +395,44 @@ class _Reader:
 
     def limits(self, raw: dict[str, Any]) -> Limits:
         w = "limits"
-        self.unknown(raw, {"max_body_bytes", "max_header_bytes", "on_store_failure"}, w)
+        self.unknown(
+            raw,
+            {
+                "max_body_bytes",
+                "max_header_bytes",
+                "on_store_failure",
+                "body_timeout",
+                "body_timeout_per_mb",
+                "failed_auth",
+            },
+            w,
+        )
         failure = self.get(raw, "on_store_failure", str, w, "local")
         if failure not in ("local", "deny", "allow"):
             raise self.fail(f"{w}.on_store_failure", f"{failure!r} must be local, deny or allow")
+        per_mb = raw.get("body_timeout_per_mb")
         return Limits(
             max_body_bytes=self.positive_int(raw, "max_body_bytes", w, 1_048_576),
             max_header_bytes=self.positive_int(raw, "max_header_bytes", w, 16_384),
             on_store_failure=failure,
+            body_timeout=self.duration(raw, "body_timeout", w, 10.0),
+            # 0 is allowed here: one deadline for every body, whatever its size.
+            body_timeout_per_mb=(
+                0.0
+                if per_mb in (0, "0", "0s")
+                else self.duration(raw, "body_timeout_per_mb", w, 5.0)
+            ),
+            failed_auth=self.failed_auth(raw, w),
         )
+
+    def failed_auth(self, raw: dict[str, Any], w: str) -> FailedAuth:
+        given = self.get(raw, "failed_auth", dict, w, {})
+        where = f"{w}.failed_auth"
+        self.unknown(given, {"limit", "window"}, where)
+        limit: int = self.get(given, "limit", int, where, 20)
+        if limit < 0:
+            raise self.fail(f"{where}.limit", f"must be 0 (off) or more, got {limit}")
+        return FailedAuth(limit=limit, window=self.duration(given, "window", where, 60.0))
 
     def security(self, raw: dict[str, Any]) -> Security:
         w = "security"

@@ -233,6 +233,17 @@ StoreFailure = Literal["local", "deny", "allow"]
 
 
 @dataclass(frozen=True, slots=True)
+class FailedAuth:
+    """How many failed authentications one client address may make (``[limits]
+    failed_auth``); past them the address gets 429 without any key being looked up."""
+
+    limit: int = 20
+    """Failed authentications (a key that is not valid) per window; 0 turns the limit off."""
+    window: float = 60.0
+    """Window length in seconds (fixed, aligned to the epoch like a bucket's)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     """Request-size limits enforced by the gateway before anything else, and what limits
     do while their shared store is away."""
@@ -246,6 +257,19 @@ class Limits:
     """While the shared limit store (Redis) cannot be asked: ``local`` admits only from
     the share of each limit this instance holds, ``deny`` refuses every limited request,
     ``allow`` admits every request (counted in Redis once it answers)."""
+    body_timeout: float = 10.0
+    """Seconds a request body may take to arrive, at least (the floor of its deadline);
+    a body not received in time gets 408."""
+    body_timeout_per_mb: float = 5.0
+    """Seconds added to a body's deadline per MiB of its declared ``Content-Length`` (of
+    ``max_body_bytes`` for a body streamed without one)."""
+    failed_auth: FailedAuth = field(default_factory=FailedAuth)
+    """Failed authentications allowed per client address."""
+
+    def body_deadline(self, length: int | None) -> float:
+        """Seconds a body of ``length`` bytes (None: not declared) may take to arrive."""
+        size = self.max_body_bytes if length is None else length
+        return self.body_timeout + self.body_timeout_per_mb * size / 1_048_576
 
 
 @dataclass(frozen=True, slots=True)

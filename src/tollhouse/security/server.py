@@ -12,6 +12,11 @@ every byte received resets it. :class:`LimitedHttpToolsProtocol` adds two limits
   :data:`HEADER_TIMEOUT` seconds of its first byte (or of connecting). A client trickling
   headers byte by byte (slow loris) gets ``408 Request Timeout`` and the connection is
   closed, so it cannot hold a connection for ever.
+* **No unread body after an answer**: a request answered before its body was all in (a
+  refusal that never read it, the gateway's 408) has its connection closed once the
+  answer is out. uvicorn would otherwise read and drop the rest of the body for as long
+  as the client trickles it, every byte putting off the keep-alive timeout. (The body's
+  own deadline is the gateway's, ``[limits] body_timeout``, so it holds in-process too.)
 """
 
 from __future__ import annotations
@@ -121,6 +126,20 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._cancel_head_timer()
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and cycle.response_complete
+            and cycle.more_body
+            and not self.transport.is_closing()
+        ):
+            # Answered before its body was all in: close rather than drain the rest.
+            self.server_state.total_requests += 1
+            self.transport.close()
+            return
+        super().on_response_complete()
 
     def send_400_response(self, msg: str) -> None:
         if self._head_too_large:
