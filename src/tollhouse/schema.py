@@ -21,7 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollhouse.example.schema import migrate_example
 from tollhouse.fairuse.schema import migrate_fair_use
-from tollhouse.jobs.schema import migrate_jobs, migrate_workers, separate_environments
+from tollhouse.jobs.schema import (
+    add_portal_columns,
+    migrate_jobs,
+    migrate_workers,
+    separate_environments,
+)
 from tollhouse.keys.schema import api_keys, orgs
 from tollhouse.metering import schema as usage
 from tollhouse.metering.deadletters import dead_letters
@@ -59,6 +64,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         separate_environments,
     ),
     Migration(10, "fair-use signals: tallies, jobs, flags, watermark", migrate_fair_use),
+    Migration(
+        11,
+        "webhook endpoints: previous secret (rotation overlap), event-type filter; "
+        "attempts: response excerpt",
+        add_portal_columns,
+    ),
 )
 check_steps(MIGRATIONS)
 

@@ -373,7 +373,8 @@ export class ScoreApiMany {
         index: c.index,
         body: c.body,
         scoringJobId: item.scoringJobId,
-        staleAt: now + item.estimatedWaitSeconds + (this.options.staleAfter ?? 120),
+        // No estimate while no worker is running: then only staleAfter counts.
+        staleAt: now + (item.estimatedWaitSeconds ?? 0) + (this.options.staleAfter ?? 120),
       });
       this.createdFloor.set(item.scoringJobId, serverNow - SINCE_MARGIN);
     }

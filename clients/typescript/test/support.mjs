@@ -103,7 +103,8 @@ export async function startServer() {
     },
     /** A webhook endpoint of `org` at `url`; its whsec_ secret. */
     async webhook(org, url) {
-      const out = await tollhouse(dir, "webhooks", "add", "--org", org, "--url", url, "--json");
+      // The suite's keys are sandbox keys: their jobs' events go to sandbox endpoints.
+      const out = await tollhouse(dir, "webhooks", "add", "--org", org, "--url", url, "--environment", "SANDBOX", "--json");
       return JSON.parse(out).secret;
     },
   };

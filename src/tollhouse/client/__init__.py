@@ -25,6 +25,10 @@ from tollhouse.client._async_client import (
     AsyncClient,
     AsyncCriteriaApi,
     AsyncEventsApi,
+    AsyncKeysApi,
+    AsyncWebhookDeliveriesApi,
+    AsyncWebhookEndpointsApi,
+    AsyncWebhooksApi,
 )
 from tollhouse.client._base import (
     DEFAULT_BASE_URL,
@@ -37,7 +41,17 @@ from tollhouse.client._base import (
     TimeRange,
 )
 from tollhouse.client._bulk import BulkProgress, ScoreOutcome
-from tollhouse.client._client import AnalyticsApi, CallCountsApi, Client, CriteriaApi, EventsApi
+from tollhouse.client._client import (
+    AnalyticsApi,
+    CallCountsApi,
+    Client,
+    CriteriaApi,
+    EventsApi,
+    KeysApi,
+    WebhookDeliveriesApi,
+    WebhookEndpointsApi,
+    WebhooksApi,
+)
 from tollhouse.client._errors import (
     AuthenticationError,
     BadRequestError,
@@ -54,6 +68,7 @@ from tollhouse.client._errors import (
 from tollhouse.client._inputs import Event, ScoreRequest
 from tollhouse.client._journal import JournalError
 from tollhouse.client._models import (
+    ApiKey,
     ArchiveResult,
     BatchItem,
     BucketStatus,
@@ -79,6 +94,7 @@ from tollhouse.client._models import (
     Series,
     VolumePoint,
     WebhookDelivery,
+    WebhookEndpoint,
 )
 from tollhouse.client._retry import RetryDecision, RetryPolicy, backoff, decide
 
@@ -87,12 +103,17 @@ __all__ = [
     "ENV_API_KEY",
     "ENV_BASE_URL",
     "AnalyticsApi",
+    "ApiKey",
     "ArchiveResult",
     "AsyncAnalyticsApi",
     "AsyncCallCountsApi",
     "AsyncClient",
     "AsyncCriteriaApi",
     "AsyncEventsApi",
+    "AsyncKeysApi",
+    "AsyncWebhookDeliveriesApi",
+    "AsyncWebhookEndpointsApi",
+    "AsyncWebhooksApi",
     "AuthenticationError",
     "BadRequestError",
     "BatchItem",
@@ -114,6 +135,7 @@ __all__ = [
     "InterviewQuestions",
     "JobCriteria",
     "JournalError",
+    "KeysApi",
     "Label",
     "LabelCounts",
     "MetricResult",
@@ -143,7 +165,11 @@ __all__ = [
     "UnexpectedResponse",
     "ValidationError",
     "VolumePoint",
+    "WebhookDeliveriesApi",
     "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEndpointsApi",
+    "WebhooksApi",
     "backoff",
     "decide",
 ]

@@ -30,6 +30,7 @@ from tollhouse.http.gateway import HEALTH, Gateway
 from tollhouse.http.jobs_app import JobsRoutes
 from tollhouse.http.lifespan import InnerLifespan
 from tollhouse.http.platform import PlatformRoutes
+from tollhouse.http.portal import PortalRoutes
 from tollhouse.http.routes import Endpoint, RouteTable, TableApp
 from tollhouse.jobs import Worker, build_handler, create_job_schema, open_queue, settings_for
 from tollhouse.jobs.model import utc_now
@@ -189,6 +190,10 @@ class Tollhouse:
             ops=not ops_listener,
         )
         jobs = JobsRoutes(queue=self.queue, policy=policy, webhooks=self.webhooks, clock=utc_now)
+        # The self-serve API: an org's own keys and webhook endpoints.
+        portal = PortalRoutes(
+            keys=self.key_store, key_cache=self.keys, webhooks=self.webhooks, meter=self.meter
+        )
         ops = self._ops_endpoints()
         self.gateway = Gateway(
             self.upstream,
@@ -202,6 +207,7 @@ class Tollhouse:
             endpoints=[
                 *jobs.endpoints(),
                 *platform.endpoints(),
+                *portal.endpoints(),
                 *ops,
                 *self._dashboard_endpoints(),
             ],

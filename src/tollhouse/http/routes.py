@@ -45,6 +45,7 @@ GROUPS: tuple[str, ...] = (
     "analytics",
     "queue",
     "webhooks",
+    "keys",
     "rate-limit-status",
     "openapi",
     "dashboard",

@@ -38,7 +38,9 @@ def _record(row: Any) -> KeyRecord:
 _ENV_ARG = {"SANDBOX": "test", "PRODUCTION": "live"}
 
 
-def _new_row(org: str, env: str, role: str, name: str, now: datetime) -> tuple[dict[str, Any], str]:
+def _new_row(
+    org: str, env: str, role: str, name: str, now: datetime, expires_at: datetime | None = None
+) -> tuple[dict[str, Any], str]:
     secret = new_secret(env)
     return {
         "id": new_key_id(),
@@ -49,12 +51,26 @@ def _new_row(org: str, env: str, role: str, name: str, now: datetime) -> tuple[d
         "prefix": secret[:SHOWN_PREFIX],
         "secret_hash": hash_secret(secret),
         "created_at": now,
+        "expires_at": expires_at,
     }, secret
 
 
-def _details(row: dict[str, Any]) -> dict[str, Any]:
+def _details(row: dict[str, Any], address: str | None = None) -> dict[str, Any]:
     # What the audit log keeps of a key: never the secret, its hash or its prefix.
-    return {"environment": row["environment"], "role": row["role"], "name": row["name"]}
+    out = {"environment": row["environment"], "role": row["role"], "name": row["name"]}
+    return _from(out, address)
+
+
+def _from(details: dict[str, Any], address: str | None) -> dict[str, Any]:
+    """``details`` with the client address a change came from (self-serve API calls)."""
+    return {**details, "address": address} if address is not None else details
+
+
+def _in_scope(row: Any, org: str | None, environment: str | None) -> bool:
+    """Whether a stored key belongs to ``org`` and ``environment`` (None: any)."""
+    return (org is None or row.org_id == org) and (
+        environment is None or row.environment == environment
+    )
 
 
 class KeyStore:
@@ -71,14 +87,17 @@ class KeyStore:
         name: str = "",
         *,
         actor: str = "system",
+        expires_at: datetime | None = None,
+        address: str | None = None,
     ) -> tuple[KeyRecord, str]:
         """Make a key for ``org`` (created if new). Returns the record and the secret.
 
         The secret is returned once and never stored: only its hash is. The change is
-        audited (``key.created``) in the same transaction.
+        audited (``key.created``, with the client ``address`` when given) in the same
+        transaction. A key with ``expires_at`` is refused from then on.
         """
         now = datetime.now(UTC)
-        row, secret = _new_row(org, env, role, name, now)
+        row, secret = _new_row(org, env, role, name, now, expires_at)
         try:
             async with self.engine.begin() as conn:
                 # Two keys of a new org may be created at once: the org row is inserted
@@ -95,7 +114,7 @@ class KeyStore:
                     action="key.created",
                     org=org,
                     target_id=row["id"],
-                    details=_details(row),
+                    details=_details(row, address),
                     at=now,
                 )
         except SQLAlchemyError as exc:
@@ -103,14 +122,25 @@ class KeyStore:
         return _record(_Row(row)), secret
 
     async def rotate(
-        self, key_id: str, overlap: timedelta, *, actor: str = "system"
+        self,
+        key_id: str,
+        overlap: timedelta,
+        *,
+        actor: str = "system",
+        org: str | None = None,
+        environment: str | None = None,
+        address: str | None = None,
     ) -> tuple[KeyRecord, str, KeyRecord] | None:
         """Replace a key: a new secret for the same org, environment, role and name; the
         old key keeps working for ``overlap`` (0 revokes it at once).
 
+        Args:
+            org, environment: only a key of this org and environment (the self-serve
+                API's scope); another's is reported as unknown.
+
         Returns:
             The new record, its secret (shown once) and the old record as it is now, or
-            None when no key has that id.
+            None when no key has that id (in the scope).
 
         Raises:
             ValueError: the key is revoked or has expired already.
@@ -119,7 +149,7 @@ class KeyStore:
         # BEGIN IMMEDIATE on SQLite: two rotations of one key cannot both read it active.
         async with write_transaction(self.engine, f"could not rotate {key_id}") as conn:
             found = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
-            if found is None:
+            if found is None or not _in_scope(found, org, environment):
                 return None
             old = _record(found)
             if not old.active(now):
@@ -144,7 +174,7 @@ class KeyStore:
                 org=old.org,
                 target_id=key_id,
                 details={
-                    **_details(row),
+                    **_details(row, address),
                     "newKeyId": row["id"],
                     "overlapSeconds": max(0, int(overlap.total_seconds())),
                     "oldKeyExpiresAt": (
@@ -157,11 +187,15 @@ class KeyStore:
             )
         return _record(_Row(row)), secret, _record(after)
 
-    async def list_keys(self, org: str | None = None) -> list[KeyRecord]:
-        """Keys, newest first, optionally of one org."""
+    async def list_keys(
+        self, org: str | None = None, *, environment: str | None = None
+    ) -> list[KeyRecord]:
+        """Keys, newest first, optionally of one org (and one environment)."""
         q = select(api_keys).order_by(api_keys.c.created_at.desc(), api_keys.c.id)
         if org is not None:
             q = q.where(api_keys.c.org_id == org)
+        if environment is not None:
+            q = q.where(api_keys.c.environment == environment)
         try:
             async with self.engine.connect() as conn:
                 rows = (await conn.execute(q)).all()
@@ -169,18 +203,32 @@ class KeyStore:
             raise StorageError(f"could not list keys: {exc}") from exc
         return [_record(r) for r in rows]
 
-    async def revoke(self, key_id: str, *, actor: str = "system") -> KeyRecord | None:
+    async def revoke(
+        self,
+        key_id: str,
+        *,
+        actor: str = "system",
+        org: str | None = None,
+        environment: str | None = None,
+        address: str | None = None,
+    ) -> KeyRecord | None:
         """Revoke a key; returns it (already-revoked keys keep their first revocation time),
-        or None when no key has that id. A revocation is audited (``key.revoked``)."""
+        or None when no key has that id — of ``org`` and ``environment`` when given. A
+        revocation is audited (``key.revoked``)."""
         now = datetime.now(UTC)
+        scope = [api_keys.c.id == key_id]
+        if org is not None:
+            scope.append(api_keys.c.org_id == org)
+        if environment is not None:
+            scope.append(api_keys.c.environment == environment)
         try:
             async with self.engine.begin() as conn:
                 changed = await conn.execute(
                     update(api_keys)
-                    .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                    .where(*scope, api_keys.c.revoked_at.is_(None))
                     .values(revoked_at=now)
                 )
-                row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+                row = (await conn.execute(select(api_keys).where(*scope))).first()
                 if row is not None and changed.rowcount:
                     await audit(
                         conn,
@@ -188,7 +236,7 @@ class KeyStore:
                         action="key.revoked",
                         org=row.org_id,
                         target_id=key_id,
-                        details={"environment": row.environment, "role": row.role},
+                        details=_from({"environment": row.environment, "role": row.role}, address),
                         at=now,
                     )
         except SQLAlchemyError as exc:

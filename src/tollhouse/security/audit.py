@@ -32,6 +32,10 @@ Action = Literal[
     "key.rotated",
     "webhook.added",
     "webhook.removed",
+    "webhook.updated",
+    "webhook.secret_rotated",
+    "webhook.tested",
+    "webhook.replayed",
     "limit.set",
     "limit.cleared",
 ]
@@ -43,6 +47,10 @@ ACTIONS: tuple[Action, ...] = (
     "key.rotated",
     "webhook.added",
     "webhook.removed",
+    "webhook.updated",
+    "webhook.secret_rotated",
+    "webhook.tested",
+    "webhook.replayed",
     "limit.set",
     "limit.cleared",
 )
@@ -101,7 +109,8 @@ class AuditEntry:
     id: str
     at: datetime
     actor: str
-    """``cli:<user>``, ``cli``, ``system`` or the key id that made the change."""
+    """``cli:<user>``, ``cli``, ``system`` or the key id that made the change (then
+    ``details["address"]`` is the client address it came from)."""
     action: str
     org: str
     target_id: str

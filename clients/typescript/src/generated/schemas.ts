@@ -3,50 +3,6 @@
 
 /** components.schemas of the document (JSON Schema 2020-12). */
 export const SCHEMAS: Record<string, unknown> = {
-  "HTTPValidationError": {
-    "properties": {
-      "detail": {
-        "items": {
-          "$ref": "#/components/schemas/ValidationError"
-        },
-        "type": "array"
-      }
-    },
-    "type": "object"
-  },
-  "ValidationError": {
-    "properties": {
-      "loc": {
-        "items": {
-          "anyOf": [
-            {
-              "type": "string"
-            },
-            {
-              "type": "integer"
-            }
-          ]
-        },
-        "type": "array"
-      },
-      "msg": {
-        "type": "string"
-      },
-      "type": {
-        "type": "string"
-      },
-      "input": {},
-      "ctx": {
-        "type": "object"
-      }
-    },
-    "type": "object",
-    "required": [
-      "loc",
-      "msg",
-      "type"
-    ]
-  },
   "ErrorEnvelope": {
     "type": "object",
     "required": [
@@ -385,8 +341,15 @@ export const SCHEMAS: Record<string, unknown> = {
         "minimum": 0
       },
       "estimatedWaitSeconds": {
-        "type": "number",
-        "minimum": 0
+        "anyOf": [
+          {
+            "type": "number",
+            "minimum": 0
+          },
+          {
+            "type": "null"
+          }
+        ]
       }
     }
   },
@@ -433,8 +396,15 @@ export const SCHEMAS: Record<string, unknown> = {
         "minimum": 0
       },
       "estimatedWaitSeconds": {
-        "type": "number",
-        "minimum": 0
+        "anyOf": [
+          {
+            "type": "number",
+            "minimum": 0
+          },
+          {
+            "type": "null"
+          }
+        ]
       },
       "nextAttemptAt": {
         "type": "string",
@@ -496,8 +466,15 @@ export const SCHEMAS: Record<string, unknown> = {
                   "minimum": 0
                 },
                 "estimatedWaitSeconds": {
-                  "type": "number",
-                  "minimum": 0
+                  "anyOf": [
+                    {
+                      "type": "number",
+                      "minimum": 0
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
                 }
               }
             },
@@ -577,8 +554,15 @@ export const SCHEMAS: Record<string, unknown> = {
             ]
           },
           "estimatedWaitSeconds": {
-            "type": "number",
-            "minimum": 0
+            "anyOf": [
+              {
+                "type": "number",
+                "minimum": 0
+              },
+              {
+                "type": "null"
+              }
+            ]
           }
         }
       },
@@ -603,43 +587,111 @@ export const SCHEMAS: Record<string, unknown> = {
       }
     }
   },
-  "Deliveries": {
+  "Delivery": {
     "type": "object",
     "required": [
-      "data"
+      "id",
+      "messageId",
+      "endpointId",
+      "url",
+      "jobId",
+      "eventType",
+      "status",
+      "createdAt",
+      "nextAttemptAt",
+      "finishedAt",
+      "attempts"
     ],
     "properties": {
-      "data": {
+      "id": {
+        "type": "string"
+      },
+      "messageId": {
+        "type": "string"
+      },
+      "endpointId": {
+        "type": "string"
+      },
+      "url": {
+        "type": "string"
+      },
+      "jobId": {
+        "anyOf": [
+          {
+            "type": "string"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "eventType": {
+        "type": "string"
+      },
+      "status": {
+        "type": "string"
+      },
+      "createdAt": {
+        "type": "string",
+        "format": "date-time"
+      },
+      "nextAttemptAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "finishedAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "attempts": {
         "type": "array",
         "items": {
           "type": "object",
           "required": [
-            "id",
-            "messageId",
-            "endpointId",
-            "url",
-            "jobId",
-            "eventType",
-            "status",
-            "createdAt",
-            "nextAttemptAt",
-            "finishedAt",
-            "attempts"
+            "attempt",
+            "at",
+            "statusCode",
+            "durationMs",
+            "error"
           ],
           "properties": {
-            "id": {
-              "type": "string"
+            "attempt": {
+              "type": "integer",
+              "minimum": 1
             },
-            "messageId": {
-              "type": "string"
+            "at": {
+              "type": "string",
+              "format": "date-time"
             },
-            "endpointId": {
-              "type": "string"
+            "statusCode": {
+              "anyOf": [
+                {
+                  "type": "integer"
+                },
+                {
+                  "type": "null"
+                }
+              ]
             },
-            "url": {
-              "type": "string"
+            "durationMs": {
+              "type": "number",
+              "minimum": 0
             },
-            "jobId": {
+            "error": {
               "anyOf": [
                 {
                   "type": "string"
@@ -649,87 +701,357 @@ export const SCHEMAS: Record<string, unknown> = {
                 }
               ]
             },
-            "eventType": {
-              "type": "string"
-            },
-            "status": {
-              "type": "string"
-            },
-            "createdAt": {
-              "type": "string",
-              "format": "date-time"
-            },
-            "nextAttemptAt": {
+            "responseBody": {
               "anyOf": [
                 {
-                  "type": "string",
-                  "format": "date-time"
+                  "type": "string"
                 },
                 {
                   "type": "null"
                 }
               ]
-            },
-            "finishedAt": {
-              "anyOf": [
-                {
-                  "type": "string",
-                  "format": "date-time"
-                },
-                {
-                  "type": "null"
-                }
-              ]
-            },
-            "attempts": {
-              "type": "array",
-              "items": {
-                "type": "object",
-                "required": [
-                  "attempt",
-                  "at",
-                  "statusCode",
-                  "durationMs",
-                  "error"
-                ],
-                "properties": {
-                  "attempt": {
-                    "type": "integer",
-                    "minimum": 1
-                  },
-                  "at": {
-                    "type": "string",
-                    "format": "date-time"
-                  },
-                  "statusCode": {
-                    "anyOf": [
-                      {
-                        "type": "integer"
-                      },
-                      {
-                        "type": "null"
-                      }
-                    ]
-                  },
-                  "durationMs": {
-                    "type": "number",
-                    "minimum": 0
-                  },
-                  "error": {
-                    "anyOf": [
-                      {
-                        "type": "string"
-                      },
-                      {
-                        "type": "null"
-                      }
-                    ]
-                  }
-                }
-              }
             }
           }
         }
+      }
+    }
+  },
+  "Deliveries": {
+    "type": "object",
+    "required": [
+      "data"
+    ],
+    "properties": {
+      "data": {
+        "type": "array",
+        "items": {
+          "$ref": "#/components/schemas/Delivery"
+        }
+      }
+    }
+  },
+  "Key": {
+    "type": "object",
+    "required": [
+      "id",
+      "name",
+      "role",
+      "environment",
+      "prefix",
+      "status",
+      "createdAt",
+      "expiresAt",
+      "revokedAt",
+      "lastUsedAt"
+    ],
+    "properties": {
+      "id": {
+        "type": "string"
+      },
+      "name": {
+        "type": "string"
+      },
+      "role": {
+        "enum": [
+          "root",
+          "manager",
+          "backend",
+          "member"
+        ]
+      },
+      "environment": {
+        "enum": [
+          "SANDBOX",
+          "PRODUCTION"
+        ]
+      },
+      "prefix": {
+        "type": "string"
+      },
+      "status": {
+        "enum": [
+          "active",
+          "revoked",
+          "expired"
+        ]
+      },
+      "createdAt": {
+        "type": "string",
+        "format": "date-time"
+      },
+      "expiresAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "revokedAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "lastUsedAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      }
+    }
+  },
+  "KeyCreated": {
+    "allOf": [
+      {
+        "$ref": "#/components/schemas/Key"
+      },
+      {
+        "type": "object",
+        "required": [
+          "secret"
+        ],
+        "properties": {
+          "secret": {
+            "type": "string"
+          }
+        }
+      }
+    ]
+  },
+  "KeyRotated": {
+    "allOf": [
+      {
+        "$ref": "#/components/schemas/KeyCreated"
+      },
+      {
+        "type": "object",
+        "required": [
+          "replaces"
+        ],
+        "properties": {
+          "replaces": {
+            "$ref": "#/components/schemas/Key"
+          }
+        }
+      }
+    ]
+  },
+  "Keys": {
+    "type": "object",
+    "required": [
+      "data"
+    ],
+    "properties": {
+      "data": {
+        "type": "array",
+        "items": {
+          "$ref": "#/components/schemas/Key"
+        }
+      }
+    }
+  },
+  "NewKey": {
+    "type": "object",
+    "additionalProperties": false,
+    "properties": {
+      "name": {
+        "type": "string",
+        "maxLength": 200
+      },
+      "role": {
+        "enum": [
+          "root",
+          "manager",
+          "backend",
+          "member"
+        ],
+        "default": "member"
+      },
+      "environment": {
+        "enum": [
+          "SANDBOX",
+          "PRODUCTION"
+        ]
+      },
+      "expiresAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      }
+    }
+  },
+  "WebhookEndpoint": {
+    "type": "object",
+    "required": [
+      "id",
+      "url",
+      "environment",
+      "enabled",
+      "disabledReason",
+      "eventTypes",
+      "createdAt",
+      "previousSecretExpiresAt"
+    ],
+    "properties": {
+      "id": {
+        "type": "string"
+      },
+      "url": {
+        "type": "string"
+      },
+      "environment": {
+        "enum": [
+          "SANDBOX",
+          "PRODUCTION"
+        ]
+      },
+      "enabled": {
+        "type": "boolean"
+      },
+      "disabledReason": {
+        "anyOf": [
+          {
+            "type": "string"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "eventTypes": {
+        "anyOf": [
+          {
+            "type": "array",
+            "items": {
+              "type": "string"
+            }
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "createdAt": {
+        "type": "string",
+        "format": "date-time"
+      },
+      "previousSecretExpiresAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      }
+    }
+  },
+  "WebhookEndpointCreated": {
+    "allOf": [
+      {
+        "$ref": "#/components/schemas/WebhookEndpoint"
+      },
+      {
+        "type": "object",
+        "required": [
+          "secret"
+        ],
+        "properties": {
+          "secret": {
+            "type": "string"
+          }
+        }
+      }
+    ]
+  },
+  "WebhookEndpoints": {
+    "type": "object",
+    "required": [
+      "data"
+    ],
+    "properties": {
+      "data": {
+        "type": "array",
+        "items": {
+          "$ref": "#/components/schemas/WebhookEndpoint"
+        }
+      }
+    }
+  },
+  "NewWebhookEndpoint": {
+    "type": "object",
+    "additionalProperties": false,
+    "required": [
+      "url"
+    ],
+    "properties": {
+      "url": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 2048
+      },
+      "eventTypes": {
+        "anyOf": [
+          {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 20,
+            "items": {
+              "type": "string",
+              "pattern": "^[A-Za-z0-9._-]{1,64}$"
+            }
+          },
+          {
+            "type": "null"
+          }
+        ]
+      }
+    }
+  },
+  "WebhookEndpointChanges": {
+    "type": "object",
+    "additionalProperties": false,
+    "properties": {
+      "enabled": {
+        "type": "boolean"
+      },
+      "eventTypes": {
+        "anyOf": [
+          {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 20,
+            "items": {
+              "type": "string",
+              "pattern": "^[A-Za-z0-9._-]{1,64}$"
+            }
+          },
+          {
+            "type": "null"
+          }
+        ]
       }
     }
   },
@@ -1523,14 +1845,47 @@ export const RESPONSES: Record<string, unknown> = {
   "GET /call-counts/historical/": {
     "$ref": "#/components/schemas/CallCounts"
   },
-  "GET /call-counts/historical/SCENARIOS/{reco_type}/{name}/": {
-    "$ref": "#/components/schemas/CallCounts"
-  },
   "GET /call-counts/historical/{label}/": {
     "$ref": "#/components/schemas/CallCountsByLabel"
   },
+  "GET /call-counts/historical/SCENARIOS/{reco_type}/{name}/": {
+    "$ref": "#/components/schemas/CallCounts"
+  },
   "GET /v1/analytics/{metric}": {
     "$ref": "#/components/schemas/AnalyticsResponse"
+  },
+  "GET /v1/keys": {
+    "$ref": "#/components/schemas/Keys"
+  },
+  "POST /v1/keys": {
+    "$ref": "#/components/schemas/KeyCreated"
+  },
+  "DELETE /v1/keys/{keyId}": {
+    "$ref": "#/components/schemas/Key"
+  },
+  "POST /v1/keys/{keyId}/rotate": {
+    "$ref": "#/components/schemas/KeyRotated"
+  },
+  "GET /v1/webhooks/endpoints": {
+    "$ref": "#/components/schemas/WebhookEndpoints"
+  },
+  "POST /v1/webhooks/endpoints": {
+    "$ref": "#/components/schemas/WebhookEndpointCreated"
+  },
+  "PATCH /v1/webhooks/endpoints/{endpointId}": {
+    "$ref": "#/components/schemas/WebhookEndpoint"
+  },
+  "DELETE /v1/webhooks/endpoints/{endpointId}": {
+    "$ref": "#/components/schemas/WebhookEndpoint"
+  },
+  "POST /v1/webhooks/endpoints/{endpointId}/rotate-secret": {
+    "$ref": "#/components/schemas/WebhookEndpointCreated"
+  },
+  "POST /v1/webhooks/endpoints/{endpointId}/test": {
+    "$ref": "#/components/schemas/Delivery"
+  },
+  "POST /v1/webhooks/deliveries/{deliveryId}/replay": {
+    "$ref": "#/components/schemas/Delivery"
   },
   "GET /healthz": {
     "$ref": "#/components/schemas/Health"
@@ -1540,6 +1895,9 @@ export const RESPONSES: Record<string, unknown> = {
   },
   "GET /v1/rate-limit/status": {
     "$ref": "#/components/schemas/RateLimitStatus"
+  },
+  "GET /v1/platform/openapi.json": {
+    "type": "object"
   },
   "POST /v1/score": {
     "$ref": "#/components/schemas/Accepted"
@@ -1588,8 +1946,5 @@ export const RESPONSES: Record<string, unknown> = {
   },
   "PATCH /v1/criteria/{jobId}/{criterionId}": {
     "$ref": "#/components/schemas/Criterion"
-  },
-  "GET /v1/platform/openapi.json": {
-    "type": "object"
   }
 };
