@@ -174,8 +174,13 @@ def start_server(
             raise AssertionError(f"tollhouse serve exited:\n{log.read_text()}")
         try:
             if httpx.get(health or url + "/healthz", timeout=1).status_code == 200:
+                if health is not None:
+                    # The probes have their own listener, which may be up first: the
+                    # main port must accept connections too.
+                    with socket.create_connection(("127.0.0.1", port), timeout=1):
+                        pass
                 return Server(url, cwd, proc, config, env, log=log)
-        except httpx.TransportError:
+        except (httpx.TransportError, OSError):
             time.sleep(0.05)
     proc.kill()
     raise AssertionError("tollhouse serve did not become healthy within 30 s")

@@ -21,7 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollhouse.example.schema import migrate_example
 from tollhouse.fairuse.schema import migrate_fair_use
-from tollhouse.jobs.schema import migrate_jobs, migrate_workers, separate_environments
+from tollhouse.jobs.schema import (
+    add_portal_columns,
+    migrate_jobs,
+    migrate_workers,
+    separate_environments,
+)
 from tollhouse.keys.schema import api_keys, orgs
 from tollhouse.metering import schema as usage
 from tollhouse.metering.deadletters import dead_letters
@@ -63,6 +68,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         11,
         "provider API: org name and suspension, key last use and meta, audit address, admin tokens",
         migrate_admin,
+    ),
+    Migration(
+        12,
+        "webhook endpoints: previous secret (rotation overlap), event-type filter; "
+        "attempts: response excerpt",
+        add_portal_columns,
     ),
 )
 check_steps(MIGRATIONS)

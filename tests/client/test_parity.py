@@ -1,7 +1,8 @@
 """``Client`` and ``AsyncClient`` offer the same calls with the same parameters.
 
 Each public name of the sync client (and of each of its namespaces: ``criteria``,
-``analytics``, ``call_counts``, ``events``) has its async twin: a coroutine function with
+``analytics``, ``call_counts``, ``events``, ``keys``, ``webhooks`` and the latter's
+``endpoints`` and ``deliveries``) has its async twin: a coroutine function with
 the same parameters, or — where the sync one returns an iterator — a function with the
 same parameters returning an async iterator. Only ``close`` is spelt ``aclose``.
 """
@@ -44,10 +45,31 @@ def namespaces(cls: type) -> dict[str, type]:
 
 
 def pairs() -> list[tuple[type, type]]:
-    """(sync class, async class): the clients, then each namespace."""
+    """(sync class, async class): the clients, then each namespace (nested ones too)."""
     sync, async_ = namespaces(Client), namespaces(AsyncClient)
-    assert set(sync) == set(async_) == {"criteria", "analytics", "call_counts", "events"}
-    return [(Client, AsyncClient)] + [(sync[name], async_[name]) for name in sorted(sync)]
+    assert (
+        set(sync)
+        == set(async_)
+        == {
+            "criteria",
+            "analytics",
+            "call_counts",
+            "events",
+            "keys",
+            "webhooks",
+        }
+    )
+    found = [(Client, AsyncClient)]
+    todo = [(sync[name], async_[name]) for name in sorted(sync)]
+    while todo:
+        pair = todo.pop(0)
+        found.append(pair)
+        inner, inner_async = namespaces(pair[0]), namespaces(pair[1])
+        assert set(inner) == set(inner_async), pair
+        todo += [(inner[name], inner_async[name]) for name in sorted(inner)]
+    names = {cls.__name__ for cls, _ in found}
+    assert {"WebhookEndpointsApi", "WebhookDeliveriesApi"} <= names
+    return found
 
 
 def renames() -> dict[str, str]:

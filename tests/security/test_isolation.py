@@ -187,7 +187,8 @@ def world(request: pytest.FixtureRequest, server: Server, receiver: tuple[Receiv
         "--org",
         org_a,
         "--url",
-        url + hook_path + "-other",
+        # (A path not containing A's: the other environment's key may list this one.)
+        url + f"/other-env-{tag}",
         "--environment",
         OTHER[environment],
     )
@@ -253,7 +254,7 @@ def world(request: pytest.FixtureRequest, server: Server, receiver: tuple[Receiv
         # staged for the other environment's endpoint (both would be, in one transaction).
         listed = c.get("/v1/webhooks/deliveries", params={"jobId": a.job_id}).json()["data"]
         assert [d["url"] for d in listed] == [url + hook_path]
-    assert hook_path + "-other" not in rec.paths
+    assert f"/other-env-{tag}" not in rec.paths
     return a
 
 
@@ -285,6 +286,8 @@ CASES: dict[str, Case] = {
         False,
     ),
     "/v1/score/{scoringJobId}": (lambda a: (f"/v1/score/{a.job_id}", {}), NOT_FOUND, True),
+    # Many jobs' status: another org's (or environment's) ids are only listed in notFound.
+    "/v1/score": (lambda a: ("/v1/score", {"ids": a.job_id}), OK, True),
     "/v1/score/application/{applicationId}": (
         lambda a: (f"/v1/score/application/{a.application_id}", {}),
         NOT_FOUND,
@@ -301,6 +304,8 @@ CASES: dict[str, Case] = {
         False,
     ),
     "/v1/queue": (lambda a: ("/v1/queue", {}), OK, False),
+    "/v1/keys": (lambda a: ("/v1/keys", {}), OK, True),
+    "/v1/webhooks/endpoints": (lambda a: ("/v1/webhooks/endpoints", {}), OK, True),
     "/call-counts/historical": (
         lambda a: ("/call-counts/historical/", {"label": "ENDPOINTS"}),
         frozenset({200, 400, 422}),

@@ -52,6 +52,10 @@ from tollhouse.client._async_client import (
     AsyncClient,
     AsyncCriteriaApi,
     AsyncEventsApi,
+    AsyncKeysApi,
+    AsyncWebhookDeliveriesApi,
+    AsyncWebhookEndpointsApi,
+    AsyncWebhooksApi,
 )
 from tollhouse.client._base import (
     DEFAULT_BASE_URL,
@@ -64,7 +68,17 @@ from tollhouse.client._base import (
     TimeRange,
 )
 from tollhouse.client._bulk import BulkProgress, ScoreOutcome
-from tollhouse.client._client import AnalyticsApi, CallCountsApi, Client, CriteriaApi, EventsApi
+from tollhouse.client._client import (
+    AnalyticsApi,
+    CallCountsApi,
+    Client,
+    CriteriaApi,
+    EventsApi,
+    KeysApi,
+    WebhookDeliveriesApi,
+    WebhookEndpointsApi,
+    WebhooksApi,
+)
 from tollhouse.client._errors import (
     AuthenticationError,
     BadRequestError,
@@ -81,6 +95,7 @@ from tollhouse.client._errors import (
 from tollhouse.client._inputs import Event, ScoreRequest
 from tollhouse.client._journal import JournalError
 from tollhouse.client._models import (
+    ApiKey,
     ArchiveResult,
     BatchItem,
     BucketStatus,
@@ -107,6 +122,7 @@ from tollhouse.client._models import (
     Series,
     VolumePoint,
     WebhookDelivery,
+    WebhookEndpoint,
 )
 from tollhouse.client._retry import RetryDecision, RetryPolicy, backoff, decide
 
@@ -118,6 +134,7 @@ __all__ = [
     "AdminClient",
     "AdminKey",
     "AnalyticsApi",
+    "ApiKey",
     "ArchiveResult",
     "AsyncAdminClient",
     "AsyncAnalyticsApi",
@@ -127,8 +144,12 @@ __all__ = [
     "AsyncCriteriaApi",
     "AsyncEventsApi",
     "AsyncKeysAdmin",
+    "AsyncKeysApi",
     "AsyncLimitsAdmin",
     "AsyncOrgsAdmin",
+    "AsyncWebhookDeliveriesApi",
+    "AsyncWebhookEndpointsApi",
+    "AsyncWebhooksApi",
     "AuditAdmin",
     "AuditEntry",
     "AuthenticationError",
@@ -155,6 +176,7 @@ __all__ = [
     "JournalError",
     "KeyOverride",
     "KeysAdmin",
+    "KeysApi",
     "Label",
     "LabelCounts",
     "LimitOverride",
@@ -192,7 +214,11 @@ __all__ = [
     "UnexpectedResponse",
     "ValidationError",
     "VolumePoint",
+    "WebhookDeliveriesApi",
     "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEndpointsApi",
+    "WebhooksApi",
     "backoff",
     "decide",
 ]

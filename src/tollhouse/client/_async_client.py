@@ -118,6 +118,16 @@ class AsyncClient(ClientBase):
         """Product events."""
         return AsyncEventsApi(self)
 
+    @property
+    def keys(self) -> AsyncKeysApi:
+        """The org's own API keys (root and manager keys)."""
+        return AsyncKeysApi(self)
+
+    @property
+    def webhooks(self) -> AsyncWebhooksApi:
+        """Webhook endpoints and deliveries (root and manager keys)."""
+        return AsyncWebhooksApi(self)
+
     # --- the send loop -------------------------------------------------------------------
 
     async def _call(self, op: Operation[T]) -> T:
@@ -468,3 +478,115 @@ class AsyncEventsApi:
         return ops.sum_ingested(
             [await self._c._call(ops.ingest_events(chunk)) for chunk in ops.event_chunks(events)]
         )
+
+
+class AsyncKeysApi:
+    """The org's own API keys (``client.keys``): root and manager keys only, within the
+    caller's org and environment."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def list(self) -> list[m.ApiKey]:
+        """``GET /v1/keys``: the keys, newest first, with ``last_used_at`` (no secrets)."""
+        return await self._c._call(ops.list_keys())
+
+    async def create(
+        self,
+        *,
+        name: str = "",
+        role: str = "member",
+        environment: str | None = None,
+        expires_at: datetime | str | None = None,
+    ) -> m.ApiKey:
+        """``POST /v1/keys``: a new key; its ``secret`` is in this answer only. Never a
+        role above the caller's, nor PRODUCTION from a SANDBOX key (403)."""
+        return await self._c._call(ops.create_key(name, role, environment, expires_at))
+
+    async def revoke(self, key_id: str) -> m.ApiKey:
+        """``DELETE /v1/keys/{keyId}``: refused from then on."""
+        return await self._c._call(ops.revoke_key(key_id))
+
+    async def rotate(self, key_id: str, *, overlap_seconds: int | None = None) -> m.ApiKey:
+        """``POST /v1/keys/{keyId}/rotate``: a new key (its ``secret`` once, ``replaces``
+        the old one), the old one working ``overlap_seconds`` more (server default 1 day)."""
+        return await self._c._call(ops.rotate_key(key_id, overlap_seconds))
+
+
+class AsyncWebhooksApi:
+    """Webhooks (``client.webhooks``): ``endpoints`` and ``deliveries``."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    @property
+    def endpoints(self) -> AsyncWebhookEndpointsApi:
+        """The org's webhook endpoints."""
+        return AsyncWebhookEndpointsApi(self._c)
+
+    @property
+    def deliveries(self) -> AsyncWebhookDeliveriesApi:
+        """Deliveries and their attempts."""
+        return AsyncWebhookDeliveriesApi(self._c)
+
+
+class AsyncWebhookEndpointsApi:
+    """The org's webhook endpoints (``client.webhooks.endpoints``): root and manager keys."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def list(self) -> list[m.WebhookEndpoint]:
+        """``GET /v1/webhooks/endpoints`` (no secrets)."""
+        return await self._c._call(ops.list_endpoints())
+
+    async def create(
+        self, url: str, *, event_types: Sequence[str] | None = None
+    ) -> m.WebhookEndpoint:
+        """``POST /v1/webhooks/endpoints``: its ``whsec_`` ``secret`` is in this answer only."""
+        return await self._c._call(ops.create_endpoint(url, event_types))
+
+    async def update(
+        self,
+        endpoint_id: str,
+        *,
+        enabled: bool | None = None,
+        event_types: Sequence[str] | None = None,
+        every_event: bool = False,
+    ) -> m.WebhookEndpoint:
+        """``PATCH /v1/webhooks/endpoints/{endpointId}``: enable or disable it, filter its
+        event types, or (``every_event``) clear the filter."""
+        return await self._c._call(
+            ops.update_endpoint(endpoint_id, enabled, event_types, every_event)
+        )
+
+    async def delete(self, endpoint_id: str) -> m.WebhookEndpoint:
+        """``DELETE /v1/webhooks/endpoints/{endpointId}``: its pending deliveries end."""
+        return await self._c._call(ops.delete_endpoint(endpoint_id))
+
+    async def rotate_secret(
+        self, endpoint_id: str, *, overlap_seconds: int | None = None
+    ) -> m.WebhookEndpoint:
+        """``POST …/rotate-secret``: a new ``secret`` (once); the old one signs too for
+        ``overlap_seconds`` (server default 1 day)."""
+        return await self._c._call(ops.rotate_endpoint_secret(endpoint_id, overlap_seconds))
+
+    async def test(self, endpoint_id: str) -> m.WebhookDelivery:
+        """``POST …/test``: a signed ``ping``, with its first attempt."""
+        return await self._c._call(ops.ping_endpoint(endpoint_id))
+
+
+class AsyncWebhookDeliveriesApi:
+    """Webhook deliveries (``client.webhooks.deliveries``)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def list(self, job_id: str | None = None) -> list[m.WebhookDelivery]:
+        """``GET /v1/webhooks/deliveries``: newest first, with their attempts."""
+        return await self._c._call(ops.webhook_deliveries(job_id))
+
+    async def replay(self, delivery_id: str) -> m.WebhookDelivery:
+        """``POST /v1/webhooks/deliveries/{deliveryId}/replay``: the same event (same
+        ``webhook-id``) again, as a new delivery, with its first attempt."""
+        return await self._c._call(ops.replay_delivery(delivery_id))

@@ -612,6 +612,146 @@ def webhook_deliveries(job_id: str | None) -> Operation[list[m.WebhookDelivery]]
     )
 
 
+# the self-serve API: keys and webhook endpoints ----------------------------------------
+
+
+def list_keys() -> Operation[list[m.ApiKey]]:
+    return Operation("GET", "/v1/keys", "GET /v1/keys", lambda r: m.parse_api_keys(fields(r)))
+
+
+def create_key(
+    name: str, role: str, environment: str | None, expires_at: datetime | str | None
+) -> Operation[m.ApiKey]:
+    body: dict[str, Any] = {"name": name, "role": role}
+    if environment is not None:
+        body["environment"] = environment
+    if expires_at is not None:
+        body["expiresAt"] = wire_time(expires_at)
+    return Operation(
+        "POST",
+        "/v1/keys",
+        "POST /v1/keys",
+        lambda r: m.parse_api_key(fields(r)),
+        json=body,
+        idempotent=False,  # a second key each time
+    )
+
+
+def revoke_key(key_id: str) -> Operation[m.ApiKey]:
+    return Operation(
+        "DELETE",
+        f"/v1/keys/{_seg(key_id, 'key_id')}",
+        "DELETE /v1/keys/{keyId}",
+        lambda r: m.parse_api_key(fields(r)),
+    )
+
+
+def _overlap(overlap_seconds: int | None) -> dict[str, Any]:
+    return {} if overlap_seconds is None else {"overlapSeconds": overlap_seconds}
+
+
+def rotate_key(key_id: str, overlap_seconds: int | None) -> Operation[m.ApiKey]:
+    return Operation(
+        "POST",
+        f"/v1/keys/{_seg(key_id, 'key_id')}/rotate",
+        "POST /v1/keys/{keyId}/rotate",
+        lambda r: m.parse_api_key(fields(r)),
+        json=_overlap(overlap_seconds),
+        idempotent=False,  # each rotation makes another key
+    )
+
+
+ENDPOINTS_PATH = "/v1/webhooks/endpoints"
+
+
+def list_endpoints() -> Operation[list[m.WebhookEndpoint]]:
+    return Operation(
+        "GET",
+        ENDPOINTS_PATH,
+        "GET " + ENDPOINTS_PATH,
+        lambda r: m.parse_webhook_endpoints(fields(r)),
+    )
+
+
+def create_endpoint(url: str, event_types: Sequence[str] | None) -> Operation[m.WebhookEndpoint]:
+    body: dict[str, Any] = {"url": url}
+    if event_types is not None:
+        body["eventTypes"] = list(event_types)
+    return Operation(
+        "POST",
+        ENDPOINTS_PATH,
+        "POST " + ENDPOINTS_PATH,
+        lambda r: m.parse_webhook_endpoint(fields(r)),
+        json=body,
+        idempotent=False,
+    )
+
+
+def _endpoint_path(endpoint_id: str, action: str = "") -> str:
+    return f"{ENDPOINTS_PATH}/{_seg(endpoint_id, 'endpoint_id')}{action}"
+
+
+def update_endpoint(
+    endpoint_id: str, enabled: bool | None, event_types: Sequence[str] | None, every_event: bool
+) -> Operation[m.WebhookEndpoint]:
+    body: dict[str, Any] = {}
+    if enabled is not None:
+        body["enabled"] = enabled
+    if every_event:
+        body["eventTypes"] = None
+    elif event_types is not None:
+        body["eventTypes"] = list(event_types)
+    return Operation(
+        "PATCH",
+        _endpoint_path(endpoint_id),
+        "PATCH /v1/webhooks/endpoints/{endpointId}",
+        lambda r: m.parse_webhook_endpoint(fields(r)),
+        json=body,
+    )
+
+
+def delete_endpoint(endpoint_id: str) -> Operation[m.WebhookEndpoint]:
+    return Operation(
+        "DELETE",
+        _endpoint_path(endpoint_id),
+        "DELETE /v1/webhooks/endpoints/{endpointId}",
+        lambda r: m.parse_webhook_endpoint(fields(r)),
+    )
+
+
+def rotate_endpoint_secret(
+    endpoint_id: str, overlap_seconds: int | None
+) -> Operation[m.WebhookEndpoint]:
+    return Operation(
+        "POST",
+        _endpoint_path(endpoint_id, "/rotate-secret"),
+        "POST /v1/webhooks/endpoints/{endpointId}/rotate-secret",
+        lambda r: m.parse_webhook_endpoint(fields(r)),
+        json=_overlap(overlap_seconds),
+        idempotent=False,  # each call makes another secret
+    )
+
+
+def ping_endpoint(endpoint_id: str) -> Operation[m.WebhookDelivery]:
+    return Operation(
+        "POST",
+        _endpoint_path(endpoint_id, "/test"),
+        "POST /v1/webhooks/endpoints/{endpointId}/test",
+        lambda r: m.parse_delivery(fields(r)),
+        idempotent=False,
+    )
+
+
+def replay_delivery(delivery_id: str) -> Operation[m.WebhookDelivery]:
+    return Operation(
+        "POST",
+        f"/v1/webhooks/deliveries/{_seg(delivery_id, 'delivery_id')}/replay",
+        "POST /v1/webhooks/deliveries/{deliveryId}/replay",
+        lambda r: m.parse_delivery(fields(r)),
+        idempotent=False,
+    )
+
+
 def queue(status: str | None, limit: int | None, cursor: str | None) -> Operation[m.QueuePage]:
     params: dict[str, str | int | float] = {}
     if status is not None:

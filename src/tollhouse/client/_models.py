@@ -807,6 +807,8 @@ class DeliveryAttempt:
         status_code: the receiver's status (None when it never answered).
         duration_ms: how long it took.
         error: e.g. ``timed out`` or ``HTTP 500`` (None when delivered).
+        response_body: the start of the receiver's answer (None when it sent none, or
+            from a server that does not report it).
     """
 
     attempt: int
@@ -814,6 +816,7 @@ class DeliveryAttempt:
     status_code: int | None
     duration_ms: float | None
     error: str | None
+    response_body: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -847,29 +850,141 @@ class WebhookDelivery:
     attempts: tuple[DeliveryAttempt, ...]
 
 
+def parse_delivery(d: Fields) -> WebhookDelivery:
+    return WebhookDelivery(
+        id=d.text("id"),
+        message_id=d.text("messageId"),
+        endpoint_id=d.text("endpointId"),
+        url=d.text("url"),
+        job_id=d.opt_text("jobId"),
+        event_type=d.text("eventType"),
+        status=d.text("status"),
+        created_at=d.when("createdAt"),
+        next_attempt_at=d.opt_when("nextAttemptAt"),
+        finished_at=d.opt_when("finishedAt"),
+        attempts=tuple(
+            DeliveryAttempt(
+                attempt=a.integer("attempt"),
+                at=a.when("at"),
+                status_code=a.opt_integer("statusCode"),
+                duration_ms=a.opt_number("durationMs"),
+                error=a.opt_text("error"),
+                response_body=a.opt_text("responseBody"),
+            )
+            for a in d.objects("attempts")
+        ),
+    )
+
+
 def parse_deliveries(f: Fields) -> list[WebhookDelivery]:
-    return [
-        WebhookDelivery(
-            id=d.text("id"),
-            message_id=d.text("messageId"),
-            endpoint_id=d.text("endpointId"),
-            url=d.text("url"),
-            job_id=d.opt_text("jobId"),
-            event_type=d.text("eventType"),
-            status=d.text("status"),
-            created_at=d.when("createdAt"),
-            next_attempt_at=d.opt_when("nextAttemptAt"),
-            finished_at=d.opt_when("finishedAt"),
-            attempts=tuple(
-                DeliveryAttempt(
-                    attempt=a.integer("attempt"),
-                    at=a.when("at"),
-                    status_code=a.opt_integer("statusCode"),
-                    duration_ms=a.opt_number("durationMs"),
-                    error=a.opt_text("error"),
-                )
-                for a in d.objects("attempts")
-            ),
-        )
-        for d in f.objects("data")
-    ]
+    return [parse_delivery(d) for d in f.objects("data")]
+
+
+# --- the self-serve API: keys and webhook endpoints ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key of the caller's org (``client.keys``).
+
+    Attributes:
+        id: ``key_…``.
+        name: free text given at creation.
+        role: ``root``, ``manager``, ``backend`` or ``member``.
+        environment: ``SANDBOX`` or ``PRODUCTION``.
+        prefix: the secret's first characters, to recognise it.
+        status: ``active``, ``revoked`` or ``expired``.
+        created_at: when it was made.
+        expires_at: when it stops working (a rotation's overlap, or its expiry).
+        revoked_at: when it was revoked.
+        last_used_at: start of the latest minute (hour, day) it made a call in.
+        secret: the key itself — only in the answer that made it, never again.
+        replaces: after a rotation, the key it replaces (as it is now).
+        raw: the JSON object as received.
+    """
+
+    id: str
+    name: str
+    role: str
+    environment: str
+    prefix: str
+    status: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    secret: str | None = None
+    replaces: ApiKey | None = None
+    raw: Mapping[str, Any] = _raw()
+
+
+def parse_api_key(f: Fields) -> ApiKey:
+    replaced = f.opt_obj("replaces")
+    return ApiKey(
+        id=f.text("id"),
+        name=f.text("name"),
+        role=f.text("role"),
+        environment=f.text("environment"),
+        prefix=f.text("prefix"),
+        status=f.text("status"),
+        created_at=f.when("createdAt"),
+        expires_at=f.opt_when("expiresAt"),
+        revoked_at=f.opt_when("revokedAt"),
+        last_used_at=f.opt_when("lastUsedAt"),
+        secret=f.opt_text("secret"),
+        replaces=parse_api_key(replaced) if replaced is not None else None,
+        raw=f.data,
+    )
+
+
+def parse_api_keys(f: Fields) -> list[ApiKey]:
+    return [parse_api_key(k) for k in f.objects("data")]
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEndpoint:
+    """A URL the org receives its environment's events at (``client.webhooks.endpoints``).
+
+    Attributes:
+        id: ``we_…``.
+        url: where deliveries are sent.
+        environment: ``SANDBOX`` or ``PRODUCTION``: whose events it gets.
+        enabled: False once disabled (by the org, or a 410 from the receiver).
+        disabled_reason: why it was disabled.
+        event_types: the event types sent here; None sends every type.
+        created_at: when it was registered.
+        previous_secret_expires_at: after a secret rotation, until when the old secret
+            signs too.
+        secret: the ``whsec_…`` secret — only in the answer that made (or rotated) it.
+        raw: the JSON object as received.
+    """
+
+    id: str
+    url: str
+    environment: str
+    enabled: bool
+    disabled_reason: str | None
+    event_types: tuple[str, ...] | None
+    created_at: datetime
+    previous_secret_expires_at: datetime | None
+    secret: str | None = None
+    raw: Mapping[str, Any] = _raw()
+
+
+def parse_webhook_endpoint(f: Fields) -> WebhookEndpoint:
+    return WebhookEndpoint(
+        id=f.text("id"),
+        url=f.text("url"),
+        environment=f.text("environment"),
+        enabled=f.flag("enabled"),
+        disabled_reason=f.opt_text("disabledReason"),
+        event_types=f.texts("eventTypes") if f.has("eventTypes") else None,
+        created_at=f.when("createdAt"),
+        previous_secret_expires_at=f.opt_when("previousSecretExpiresAt"),
+        secret=f.opt_text("secret"),
+        raw=f.data,
+    )
+
+
+def parse_webhook_endpoints(f: Fields) -> list[WebhookEndpoint]:
+    return [parse_webhook_endpoint(e) for e in f.objects("data")]

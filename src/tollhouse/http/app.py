@@ -32,6 +32,7 @@ from tollhouse.http.gateway import HEALTH, Gateway
 from tollhouse.http.jobs_app import JobsRoutes
 from tollhouse.http.lifespan import InnerLifespan
 from tollhouse.http.platform import PlatformRoutes
+from tollhouse.http.portal import PortalRoutes
 from tollhouse.http.routes import Endpoint, RouteTable, TableApp
 from tollhouse.jobs import Worker, build_handler, create_job_schema, open_queue, settings_for
 from tollhouse.jobs.model import utc_now
@@ -199,6 +200,10 @@ class Tollhouse:
         admin = AdminRoutes(
             engine=self.engine, policy=policy, admin_token=self.settings.admin_token
         )
+        # The self-serve API: an org's own keys and webhook endpoints.
+        portal = PortalRoutes(
+            keys=self.key_store, key_cache=self.keys, webhooks=self.webhooks, meter=self.meter
+        )
         ops = self._ops_endpoints()
         self.gateway = Gateway(
             self.upstream,
@@ -213,6 +218,7 @@ class Tollhouse:
                 *jobs.endpoints(),
                 *platform.endpoints(),
                 *admin.endpoints(),
+                *portal.endpoints(),
                 *ops,
                 *self._dashboard_endpoints(),
             ],

@@ -46,6 +46,7 @@ GROUPS: tuple[str, ...] = (
     "analytics",
     "queue",
     "webhooks",
+    "keys",
     "rate-limit-status",
     "openapi",
     "dashboard",

@@ -31,7 +31,10 @@ from tollhouse.jobs.schema import webhook_deliveries, webhook_endpoints
 #: The enabled endpoints of some orgs, in every environment (built once: jobs finish by
 #: the hundred); each event picks those of its own environment.
 _ACTIVE_ENDPOINTS = select(
-    webhook_endpoints.c.id, webhook_endpoints.c.org_id, webhook_endpoints.c.environment
+    webhook_endpoints.c.id,
+    webhook_endpoints.c.org_id,
+    webhook_endpoints.c.environment,
+    webhook_endpoints.c.event_types,
 ).where(
     webhook_endpoints.c.org_id.in_(bindparam("orgs", expanding=True)),
     webhook_endpoints.c.disabled_at.is_(None),
@@ -50,8 +53,8 @@ async def stage_events(
 ) -> int:
     """Write one pending delivery per enabled endpoint of each event's org *in the event's
     environment*, inside the caller's transaction: a sandbox job's events go to sandbox
-    endpoints only, a production job's to production endpoints only. Returns how many
-    were written.
+    endpoints only, a production job's to production endpoints only; an endpoint with an
+    event-type filter gets only the types it names. Returns how many were written.
 
     Args:
         conn: a connection in the caller's write transaction.
@@ -65,12 +68,19 @@ async def stage_events(
     if not events:
         return 0
     orgs = sorted({org for org, *_ in events})
-    endpoints: dict[tuple[str, str], list[str]] = {}
-    for endpoint_id, org_id, environment in await conn.execute(_ACTIVE_ENDPOINTS, {"orgs": orgs}):
-        endpoints.setdefault((org_id, environment), []).append(endpoint_id)
+    endpoints: dict[tuple[str, str], list[tuple[str, frozenset[str] | None]]] = {}
+    for endpoint_id, org_id, environment, types in await conn.execute(
+        _ACTIVE_ENDPOINTS, {"orgs": orgs}
+    ):
+        wanted = frozenset(orjson.loads(types)) if types else None
+        endpoints.setdefault((org_id, environment), []).append((endpoint_id, wanted))
     rows = []
     for org, environment, job_id, event_type, data in events:
-        targets = endpoints.get((org, environment))
+        targets = [
+            endpoint_id
+            for endpoint_id, wanted in endpoints.get((org, environment), ())
+            if wanted is None or event_type in wanted
+        ]
         if not targets:
             continue
         message_id = "msg_" + secrets.token_hex(12)

@@ -131,6 +131,12 @@ webhook_endpoints = Table(
     Column("disabled_at", DateTime(timezone=True), nullable=True),
     Column("disabled_reason", String(200), nullable=True),
     Column("removed_at", DateTime(timezone=True), nullable=True),
+    # After a secret rotation the old secret keeps signing beside the new one until
+    # ``previous_secret_expires_at`` (step 11, :func:`add_portal_columns`).
+    Column("previous_secret", String(200), nullable=True),
+    Column("previous_secret_expires_at", DateTime(timezone=True), nullable=True),
+    # JSON array of the event types sent here; NULL sends every type (step 11).
+    Column("event_types", Text, nullable=True),
     Index("ix_webhook_endpoints_scope", "org_id", "environment"),
 )
 
@@ -170,6 +176,8 @@ webhook_attempts = Table(
     Column("status_code", Integer, nullable=True),
     Column("duration_ms", Float, nullable=False),
     Column("error", String(500), nullable=True),
+    # The start of the receiver's answer, for people reading the deliveries (step 11).
+    Column("response_excerpt", String(500), nullable=True),
     Index("ix_webhook_attempts_delivery", "delivery_id", "attempt"),
 )
 
@@ -262,6 +270,32 @@ def separate_environments(conn: Connection) -> None:
         for name in names:
             conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
     ensure_tables(conn, (*JOB_TABLES, product_events))
+
+
+#: Columns step 11 adds where missing: ``(table, column)``.
+_PORTAL_COLUMNS: tuple[tuple[Table, str], ...] = (
+    (webhook_endpoints, "previous_secret"),
+    (webhook_endpoints, "previous_secret_expires_at"),
+    (webhook_endpoints, "event_types"),
+    (webhook_attempts, "response_excerpt"),
+)
+
+
+def add_portal_columns(conn: Connection) -> None:
+    """Migration step: what the self-serve API keeps of webhooks — an endpoint's previous
+    secret and when it stops signing (secret rotation), its event-type filter, and the
+    start of each attempt's response. Added only where missing (idempotent): tables
+    created from the current definitions already have them, and
+    :func:`create_job_schema` runs this too."""
+    catalog = inspect(conn)
+    present: dict[str, set[str]] = {}
+    for table, column in _PORTAL_COLUMNS:
+        if table.name not in present:
+            present[table.name] = {c["name"] for c in catalog.get_columns(table.name)}
+        if column in present[table.name]:
+            continue
+        kind = table.c[column].type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column} {kind}")
 
 
 def _before_environments(conn: Connection) -> bool:
@@ -384,6 +418,7 @@ async def create_job_schema(engine: AsyncEngine) -> None:
         ensure_tables(conn, (*JOB_TABLES, job_workers, product_events))
         # Tables made before environments were kept apart are brought to today's layout.
         separate_environments(conn)
+        add_portal_columns(conn)
 
     async with write_transaction(engine, "could not create the job queue's tables") as conn:
         await conn.run_sync(create)

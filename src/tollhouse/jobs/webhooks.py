@@ -9,7 +9,16 @@ deliveries, a sender with a retry schedule, and every attempt recorded.
   ``webhook-timestamp`` (Unix seconds of this attempt) and
   ``webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">``, keyed with the
   base64-decoded part of the endpoint's ``whsec_<base64>`` secret — by
-  :func:`tollhouse.webhooks.sign`, the function receivers verify with.
+  :func:`tollhouse.webhooks.sign`, the function receivers verify with. For an overlap
+  after :meth:`WebhookStore.rotate_secret` the old secret signs too: the header carries
+  both signatures, space-separated (Standard Webhooks allows several), so a receiver
+  verifies with either secret until the overlap ends.
+* **Event types**: an endpoint with an event-type filter gets only those events
+  (``ping`` test messages always go through).
+* **Test and replay**: :meth:`WebhookStore.ping` and :meth:`WebhookStore.replay` stage
+  one delivery already held by the caller, who sends its first attempt at once
+  (:func:`send_attempt`, :meth:`WebhookStore.record`); a failed one is retried on the
+  schedule like any other.
 * **Outbox**: when a job finishes, :func:`tollhouse.jobs.outbox.stage_events` writes one
   delivery per enabled endpoint of the job's org and environment in the job's own
   transaction; the body is
@@ -37,10 +46,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -63,10 +73,13 @@ __all__ = [
     "Delivery",
     "DeliveryTask",
     "Endpoint",
+    "EndpointChanges",
     "WebhookSender",
     "WebhookStore",
+    "check_event_types",
     "check_url",
     "delivery_json",
+    "endpoint_json",
     "new_secret",
     "next_delay",
     "send_attempt",
@@ -84,6 +97,13 @@ MAX_RETRY_AFTER = 36000.0
 #: Longest URL accepted for an endpoint.
 MAX_URL_CHARS = 2048
 USER_AGENT = "tollhouse-webhooks/1"
+#: The event type of a test message (:meth:`WebhookStore.ping`); never filtered out.
+PING: Final = "ping"
+#: Most event types one endpoint's filter names, and the longest one.
+MAX_EVENT_TYPES = 20
+MAX_EVENT_TYPE_CHARS = 64
+#: Characters of a receiver's answer kept with each attempt.
+EXCERPT_CHARS = 500
 
 # --- signing (pure) ----------------------------------------------------------------------
 
@@ -93,14 +113,24 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def signed_headers(secret: str, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
-    """Every header of one attempt."""
+def signed_headers(
+    secret: str,
+    message_id: str,
+    timestamp: int,
+    body: bytes,
+    previous_secret: str | None = None,
+) -> dict[str, str]:
+    """Every header of one attempt; with ``previous_secret`` (a rotation's overlap) the
+    signature header carries a signature by each secret, space-separated."""
+    signature = sign(body, secret, message_id, timestamp)
+    if previous_secret is not None:
+        signature += " " + sign(body, previous_secret, message_id, timestamp)
     return {
         "content-type": "application/json",
         "user-agent": USER_AGENT,
         HEADER_ID: message_id,
         HEADER_TIMESTAMP: str(timestamp),
-        HEADER_SIGNATURE: sign(body, secret, message_id, timestamp),
+        HEADER_SIGNATURE: signature,
     }
 
 
@@ -148,6 +178,33 @@ def check_url(url: str) -> str:
     return text
 
 
+def check_event_types(value: Any) -> tuple[str, ...] | None:
+    """An endpoint's event-type filter as stored: None (every type) or 1 to
+    :data:`MAX_EVENT_TYPES` distinct names such as ``score.completed``.
+
+    Raises:
+        ValueError: not null or a non-empty list of such names.
+    """
+    if value is None:
+        return None
+    problem = (
+        f'"eventTypes" must be null (every event) or a list of 1 to {MAX_EVENT_TYPES} event '
+        f"types such as \"score.completed\" (letters, digits, '.', '_', '-'; at most "
+        f"{MAX_EVENT_TYPE_CHARS} characters each)"
+    )
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_EVENT_TYPES:
+        raise ValueError(problem)
+    for item in value:
+        if (
+            not isinstance(item, str)
+            or not 1 <= len(item) <= MAX_EVENT_TYPE_CHARS
+            or not item.isascii()
+            or not item.replace(".", "").replace("_", "").replace("-", "").isalnum()
+        ):
+            raise ValueError(problem)
+    return tuple(dict.fromkeys(value))
+
+
 # --- values ------------------------------------------------------------------------------
 
 
@@ -164,11 +221,34 @@ class Endpoint:
     disabled_reason: str | None = None
     environment: str = PRODUCTION
     """SANDBOX or PRODUCTION: only jobs of this environment are sent here."""
+    event_types: tuple[str, ...] | None = None
+    """The event types sent here; None sends every type."""
+    previous_secret_expires_at: datetime | None = None
+    """After a secret rotation: until when the old secret signs too."""
 
     @property
     def enabled(self) -> bool:
-        """False once disabled (a 410 from the receiver)."""
+        """False once disabled (by its org, or a 410 from the receiver)."""
         return self.disabled_at is None
+
+
+class _Keep:
+    """:class:`EndpointChanges`' "leave as it is"."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP: Final = _Keep()
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointChanges:
+    """What ``PATCH /v1/webhooks/endpoints/{id}`` changes (None: leave as it is)."""
+
+    enabled: bool | None = None
+    event_types: tuple[str, ...] | _Keep | None = KEEP
+    """A new filter, None for every type, :data:`KEEP` to leave it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +262,8 @@ class Attempt:
     duration_ms: float
     error: str | None
     """Why it failed, None for a 2xx."""
+    response_excerpt: str | None = None
+    """The start of the receiver's answer (None when it sent none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +298,8 @@ class DeliveryTask:
     attempts: int
     """Attempts made before this one."""
     token: str
+    previous_secret: str | None = None
+    """The endpoint's old secret while a rotation's overlap lasts: it signs too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +310,7 @@ class AttemptResult:
     duration_ms: float
     error: str | None
     retry_after: float | None = None
+    response_excerpt: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -255,9 +340,26 @@ def delivery_json(d: Delivery) -> dict[str, Any]:
                 "statusCode": a.status_code,
                 "durationMs": round(a.duration_ms, 1),
                 "error": a.error,
+                "responseBody": a.response_excerpt,
             }
             for a in d.attempts
         ],
+    }
+
+
+def endpoint_json(e: Endpoint) -> dict[str, Any]:
+    """An endpoint as the self-serve API shows it (never its secret)."""
+    return {
+        "id": e.id,
+        "url": e.url,
+        "environment": e.environment,
+        "enabled": e.enabled,
+        "disabledReason": e.disabled_reason,
+        "eventTypes": list(e.event_types) if e.event_types is not None else None,
+        "createdAt": iso(e.created_at),
+        "previousSecretExpiresAt": (
+            iso(e.previous_secret_expires_at) if e.previous_secret_expires_at else None
+        ),
     }
 
 
@@ -304,10 +406,13 @@ class WebhookStore:
         *,
         environment: str = PRODUCTION,
         actor: str | None = None,
+        event_types: tuple[str, ...] | None = None,
+        address: str | None = None,
     ) -> tuple[Endpoint, str]:
-        """Register ``url`` for the events of ``org`` in ``environment``; returns the
-        endpoint and its secret (shown once). With an ``actor``, the change is audited in
-        the same transaction.
+        """Register ``url`` for the events of ``org`` in ``environment`` (only
+        ``event_types`` when given); returns the endpoint and its secret (shown once).
+        With an ``actor``, the change is audited in the same transaction (with the client
+        ``address`` when given).
 
         Raises:
             ValueError: the URL is not an absolute http(s) URL, or reaches a private
@@ -320,7 +425,12 @@ class WebhookStore:
         await check_target(clean, allow_private=self.allow_private_targets)
         secret = new_secret()
         endpoint = Endpoint(
-            "we_" + secrets.token_hex(10), org, clean, self.clock(), environment=environment
+            "we_" + secrets.token_hex(10),
+            org,
+            clean,
+            self.clock(),
+            environment=environment,
+            event_types=event_types,
         )
         async with write_transaction(self.engine, "webhooks") as conn:
             await conn.execute(
@@ -331,6 +441,7 @@ class WebhookStore:
                     url=clean,
                     secret=secret,
                     created_at=endpoint.created_at,
+                    event_types=_types_column(event_types),
                 )
             )
             if actor is not None:
@@ -340,7 +451,12 @@ class WebhookStore:
                     action="webhook.added",
                     org=org,
                     target_id=endpoint.id,
-                    details={"url": audit.safe_url(clean), "environment": environment},
+                    details={
+                        "url": audit.safe_url(clean),
+                        "environment": environment,
+                        "eventTypes": list(event_types) if event_types else None,
+                    },
+                    address=address,
                 )
         return endpoint, secret
 
@@ -359,19 +475,23 @@ class WebhookStore:
         return [_endpoint(r) for r in rows]
 
     async def remove_endpoint(
-        self, endpoint_id: str, *, actor: str | None = None
+        self,
+        endpoint_id: str,
+        *,
+        actor: str | None = None,
+        org: str | None = None,
+        environment: str | None = None,
+        address: str | None = None,
     ) -> Endpoint | None:
-        """Remove an endpoint (its pending deliveries are cancelled); None if unknown.
-        With an ``actor``, the change is audited in the same transaction."""
+        """Remove an endpoint (its pending deliveries are cancelled); None if unknown —
+        or not of ``org`` and ``environment``, when given. With an ``actor``, the change
+        is audited in the same transaction."""
         now = self.clock()
         async with write_transaction(self.engine, "webhooks") as conn:
             row = (
                 await conn.execute(
                     update(webhook_endpoints)
-                    .where(
-                        webhook_endpoints.c.id == endpoint_id,
-                        webhook_endpoints.c.removed_at.is_(None),
-                    )
+                    .where(*_scope(endpoint_id, org, environment))
                     .values(removed_at=now)
                     .returning(*webhook_endpoints.c)
                 )
@@ -387,8 +507,264 @@ class WebhookStore:
                     org=row.org_id,
                     target_id=endpoint_id,
                     details={"url": audit.safe_url(row.url)},
+                    address=address,
                 )
         return _endpoint(row)
+
+    async def get_endpoint(self, endpoint_id: str, org: str, environment: str) -> Endpoint | None:
+        """The endpoint of ``org`` in ``environment`` with this id (not removed), or None."""
+        async with read_connection(self.engine, "webhooks") as conn:
+            row = (
+                await conn.execute(
+                    select(webhook_endpoints).where(*_scope(endpoint_id, org, environment))
+                )
+            ).first()
+        return _endpoint(row) if row is not None else None
+
+    async def update_endpoint(
+        self,
+        endpoint_id: str,
+        changes: EndpointChanges,
+        *,
+        org: str,
+        environment: str,
+        actor: str,
+        address: str | None = None,
+    ) -> Endpoint | None:
+        """Enable, disable or change the event-type filter of an endpoint of ``org`` in
+        ``environment``; None if it has none with this id. Disabling cancels its pending
+        deliveries; enabling clears why it was disabled. Audited (``webhook.updated``)."""
+        now = self.clock()
+        values: dict[str, Any] = {}
+        details: dict[str, Any] = {}
+        if changes.enabled is not None:
+            details["enabled"] = changes.enabled
+            values["disabled_at"] = None if changes.enabled else now
+            values["disabled_reason"] = None if changes.enabled else f"disabled by {actor}"
+        if not isinstance(changes.event_types, _Keep):
+            values["event_types"] = _types_column(changes.event_types)
+            details["eventTypes"] = (
+                list(changes.event_types) if changes.event_types is not None else None
+            )
+        e = webhook_endpoints.c
+        async with write_transaction(self.engine, "webhooks") as conn:
+            row = (
+                await conn.execute(
+                    select(webhook_endpoints)
+                    .where(*_scope(endpoint_id, org, environment))
+                    .with_for_update()
+                )
+            ).first()
+            if row is None:
+                return None
+            if changes.enabled is not None and changes.enabled == (row.disabled_at is None):
+                # Already so: keep when (and why) it was disabled.
+                values.pop("disabled_at")
+                values.pop("disabled_reason")
+            if values:
+                await conn.execute(
+                    update(webhook_endpoints).where(e.id == endpoint_id).values(**values)
+                )
+            if changes.enabled is False:
+                await self._cancel_pending(conn, endpoint_id, now)
+            await audit.record(
+                conn,
+                actor=actor,
+                action="webhook.updated",
+                org=org,
+                target_id=endpoint_id,
+                details=details,
+                address=address,
+            )
+            row = (await conn.execute(select(webhook_endpoints).where(e.id == endpoint_id))).one()
+        return _endpoint(row)
+
+    async def rotate_secret(
+        self,
+        endpoint_id: str,
+        overlap: timedelta,
+        *,
+        org: str,
+        environment: str,
+        actor: str,
+        address: str | None = None,
+    ) -> tuple[Endpoint, str] | None:
+        """A new secret for an endpoint of ``org`` in ``environment``; the old one keeps
+        signing beside it for ``overlap`` (0: the new one alone, at once). Returns the
+        endpoint and the new secret (shown once), or None if there is no such endpoint.
+        Audited (``webhook.secret_rotated``), never with either secret."""
+        now = self.clock()
+        secret = new_secret()
+        e = webhook_endpoints.c
+        async with write_transaction(self.engine, "webhooks") as conn:
+            row = (
+                await conn.execute(
+                    select(webhook_endpoints)
+                    .where(*_scope(endpoint_id, org, environment))
+                    .with_for_update()
+                )
+            ).first()
+            if row is None:
+                return None
+            keep = overlap > timedelta(0)
+            await conn.execute(
+                update(webhook_endpoints)
+                .where(e.id == endpoint_id)
+                .values(
+                    secret=secret,
+                    previous_secret=row.secret if keep else None,
+                    previous_secret_expires_at=now + overlap if keep else None,
+                )
+            )
+            await audit.record(
+                conn,
+                actor=actor,
+                action="webhook.secret_rotated",
+                org=org,
+                target_id=endpoint_id,
+                details={"overlapSeconds": max(0, int(overlap.total_seconds()))},
+                address=address,
+            )
+            row = (await conn.execute(select(webhook_endpoints).where(e.id == endpoint_id))).one()
+        return _endpoint(row), secret
+
+    async def ping(
+        self,
+        endpoint_id: str,
+        *,
+        org: str,
+        environment: str,
+        actor: str,
+        address: str | None = None,
+    ) -> DeliveryTask | None:
+        """Stage a signed ``ping`` for an endpoint of ``org`` in ``environment``, held by
+        the caller: send its first attempt (:func:`send_attempt`) and :meth:`record` it.
+        None if there is no such endpoint.
+
+        Raises:
+            ValueError: the endpoint is disabled.
+        """
+        now = self.clock()
+        message_id = "msg_" + secrets.token_hex(12)
+        body = orjson.dumps(
+            {"type": PING, "timestamp": iso(now), "data": {"endpointId": endpoint_id}}
+        ).decode()
+        async with write_transaction(self.engine, "webhooks") as conn:
+            row = (
+                await conn.execute(
+                    select(webhook_endpoints).where(*_scope(endpoint_id, org, environment))
+                )
+            ).first()
+            if row is None:
+                return None
+            task = await self._stage_held(conn, row, message_id, None, PING, body, now)
+            await audit.record(
+                conn,
+                actor=actor,
+                action="webhook.tested",
+                org=org,
+                target_id=endpoint_id,
+                details={"deliveryId": task.id},
+                address=address,
+            )
+        return task
+
+    async def replay(
+        self,
+        delivery_id: str,
+        *,
+        org: str,
+        environment: str,
+        actor: str,
+        address: str | None = None,
+    ) -> DeliveryTask | None:
+        """Send a delivery of ``org`` in ``environment`` again: a new delivery with the
+        same ``webhook-id`` (receivers deduplicate on it) and the same body, to the same
+        endpoint, held by the caller as :meth:`ping`'s. None if there is no such delivery
+        (or its endpoint was removed).
+
+        Raises:
+            ValueError: the endpoint is disabled.
+        """
+        now = self.clock()
+        d = webhook_deliveries.c
+        async with write_transaction(self.engine, "webhooks") as conn:
+            found = (
+                await conn.execute(
+                    select(webhook_deliveries).where(
+                        d.id == delivery_id, d.org_id == org, d.environment == environment
+                    )
+                )
+            ).first()
+            if found is None:
+                return None
+            row = (
+                await conn.execute(
+                    select(webhook_endpoints).where(*_scope(found.endpoint_id, org, environment))
+                )
+            ).first()
+            if row is None:
+                return None
+            task = await self._stage_held(
+                conn, row, found.message_id, found.job_id, found.event_type, found.payload, now
+            )
+            await audit.record(
+                conn,
+                actor=actor,
+                action="webhook.replayed",
+                org=org,
+                target_id=row.id,
+                details={"deliveryId": task.id, "replayOf": delivery_id},
+                address=address,
+            )
+        return task
+
+    async def _stage_held(
+        self,
+        conn: AsyncConnection,
+        endpoint: Any,
+        message_id: str,
+        job_id: str | None,
+        event_type: str,
+        body: str,
+        now: datetime,
+    ) -> DeliveryTask:
+        """Insert one delivery to ``endpoint`` already claimed (leased) by the caller."""
+        if endpoint.disabled_at is not None:
+            raise ValueError(
+                f"webhook endpoint {endpoint.id} is disabled ({endpoint.disabled_reason}); "
+                "enable it first"
+            )
+        token = secrets.token_hex(16)
+        delivery_id = "dlv_" + secrets.token_hex(12)
+        await conn.execute(
+            webhook_deliveries.insert().values(
+                id=delivery_id,
+                message_id=message_id,
+                endpoint_id=endpoint.id,
+                org_id=endpoint.org_id,
+                environment=endpoint.environment,
+                job_id=job_id,
+                event_type=event_type,
+                payload=body,
+                status="pending",
+                attempts=0,
+                next_attempt_at=now + timedelta(seconds=self.lease_seconds),
+                lease_token=token,
+                created_at=now,
+            )
+        )
+        return DeliveryTask(
+            id=delivery_id,
+            message_id=message_id,
+            endpoint_id=endpoint.id,
+            url=endpoint.url,
+            secret=endpoint.secret,
+            body=body.encode(),
+            attempts=0,
+            token=token,
+            previous_secret=_previous(endpoint, now),
+        )
 
     async def _cancel_pending(self, conn: AsyncConnection, endpoint_id: str, now: datetime) -> None:
         await conn.execute(
@@ -413,7 +789,15 @@ class WebhookStore:
         async with write_transaction(self.engine, "webhooks") as conn:
             rows = (
                 await conn.execute(
-                    select(d, e.c.url, e.c.secret, e.c.disabled_at, e.c.removed_at)
+                    select(
+                        d,
+                        e.c.url,
+                        e.c.secret,
+                        e.c.previous_secret,
+                        e.c.previous_secret_expires_at,
+                        e.c.disabled_at,
+                        e.c.removed_at,
+                    )
                     .join(e, e.c.id == d.c.endpoint_id)
                     .where(d.c.status == "pending", d.c.next_attempt_at <= now)
                     .order_by(d.c.next_attempt_at, d.c.id)
@@ -443,6 +827,7 @@ class WebhookStore:
                         body=r.payload.encode(),
                         attempts=r.attempts,
                         token=token,
+                        previous_secret=_previous(r, now),
                     )
                 )
         return tasks
@@ -462,6 +847,7 @@ class WebhookStore:
                     status_code=result.status_code,
                     duration_ms=result.duration_ms,
                     error=(result.error or "")[:500] or None,
+                    response_excerpt=result.response_excerpt,
                 )
             )
             held = (
@@ -499,10 +885,16 @@ class WebhookStore:
         return str(values.get("status", "pending"))
 
     async def deliveries(
-        self, org: str, job_id: str | None = None, limit: int = 100, *, environment: str
+        self,
+        org: str,
+        job_id: str | None = None,
+        limit: int = 100,
+        *,
+        environment: str,
+        delivery_id: str | None = None,
     ) -> list[Delivery]:
         """The deliveries of ``org`` in ``environment`` with their attempts, newest first
-        (optionally of one job)."""
+        (optionally of one job, or the one delivery ``delivery_id``)."""
         d, e = webhook_deliveries, webhook_endpoints
         q = (
             select(d, e.c.url)
@@ -513,6 +905,8 @@ class WebhookStore:
         )
         if job_id is not None:
             q = q.where(d.c.job_id == job_id)
+        if delivery_id is not None:
+            q = q.where(d.c.id == delivery_id)
         async with read_connection(self.engine, "webhooks") as conn:
             rows = (await conn.execute(q)).all()
             ids = [r.id for r in rows]
@@ -527,7 +921,12 @@ class WebhookStore:
                 ).all():
                     attempts[a.delivery_id].append(
                         Attempt(
-                            a.attempt, as_utc(a.started_at), a.status_code, a.duration_ms, a.error
+                            a.attempt,
+                            as_utc(a.started_at),
+                            a.status_code,
+                            a.duration_ms,
+                            a.error,
+                            a.response_excerpt,
                         )
                     )
         return [
@@ -550,6 +949,8 @@ class WebhookStore:
 
 
 def _endpoint(row: Any) -> Endpoint:
+    types = orjson.loads(row.event_types) if row.event_types else None
+    ends = as_utc(row.previous_secret_expires_at)
     return Endpoint(
         id=row.id,
         org=row.org_id,
@@ -558,7 +959,32 @@ def _endpoint(row: Any) -> Endpoint:
         disabled_at=as_utc(row.disabled_at),
         disabled_reason=row.disabled_reason,
         environment=row.environment,
+        event_types=tuple(types) if types is not None else None,
+        previous_secret_expires_at=ends if row.previous_secret else None,
     )
+
+
+def _scope(endpoint_id: str, org: str | None, environment: str | None) -> list[Any]:
+    """WHERE clauses: the endpoint (not removed), of ``org`` and ``environment`` if given."""
+    e = webhook_endpoints.c
+    clauses = [e.id == endpoint_id, e.removed_at.is_(None)]
+    if org is not None:
+        clauses.append(e.org_id == org)
+    if environment is not None:
+        clauses.append(e.environment == environment)
+    return clauses
+
+
+def _previous(row: Any, now: datetime) -> str | None:
+    """The endpoint's old secret while its overlap lasts, else None."""
+    ends = as_utc(row.previous_secret_expires_at)
+    if row.previous_secret and ends is not None and ends > now:
+        return str(row.previous_secret)
+    return None
+
+
+def _types_column(types: tuple[str, ...] | None) -> str | None:
+    return orjson.dumps(list(types)).decode() if types is not None else None
 
 
 # --- sending -----------------------------------------------------------------------------
@@ -569,7 +995,9 @@ async def send_attempt(
 ) -> AttemptResult:
     """POST one signed attempt; never raises for the receiver's failures."""
     timestamp = int(now.timestamp())
-    headers = signed_headers(task.secret, task.message_id, timestamp, task.body)
+    headers = signed_headers(
+        task.secret, task.message_id, timestamp, task.body, task.previous_secret
+    )
     started = time.perf_counter()
     try:
         response = await client.post(task.url, content=task.body, headers=headers)
@@ -579,13 +1007,16 @@ async def send_attempt(
         return AttemptResult(None, _ms(started), f"{type(exc).__name__}: {exc}"[:500])
     duration = _ms(started)
     status = response.status_code
+    # PostgreSQL text holds no NUL.
+    text = response.content[: EXCERPT_CHARS * 4].decode("utf-8", "replace")
+    excerpt = text[:EXCERPT_CHARS].replace("\x00", "\ufffd")
     if 200 <= status < 300:
-        return AttemptResult(status, duration, None)
+        return AttemptResult(status, duration, None, response_excerpt=excerpt or None)
     error = f"HTTP {status}"
     if 300 <= status < 400:
         error += " (redirects are not followed)"
     retry_after = parse_retry_after(response.headers.get("retry-after"), now.timestamp())
-    return AttemptResult(status, duration, error, retry_after)
+    return AttemptResult(status, duration, error, retry_after, excerpt or None)
 
 
 def _ms(started: float) -> float:

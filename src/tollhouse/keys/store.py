@@ -184,6 +184,7 @@ class KeyStore:
         actor: str = "system",
         address: str | None = None,
         org: str | None = None,
+        environment: str | None = None,
     ) -> tuple[KeyRecord, str, KeyRecord] | None:
         """Replace a key: a new secret for the same org, environment, role and name; the
         old key keeps working for ``overlap`` (0 revokes it at once).
@@ -194,10 +195,11 @@ class KeyStore:
             actor: who rotates it (the audit log's actor).
             address: the caller's address, for a change made over HTTP.
             org: only a key of this org (another org's key is None, like an unknown one).
+            environment: only a key of this environment too (the self-serve API's scope).
 
         Returns:
             The new record, its secret (shown once) and the old record as it is now, or
-            None when no key has that id.
+            None when no key has that id (in the scope).
 
         Raises:
             NotRotatable: the key is revoked or has expired already (a ValueError, 409).
@@ -206,7 +208,7 @@ class KeyStore:
         # BEGIN IMMEDIATE on SQLite: two rotations of one key cannot both read it active.
         async with write_transaction(self.engine, f"could not rotate {key_id}") as conn:
             found = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
-            if found is None or (org is not None and found.org_id != org):
+            if found is None or not _in_scope(found, org, environment):
                 return None
             old = _record(found)
             if not old.active(now):
@@ -247,11 +249,15 @@ class KeyStore:
             )
         return _record(_Row(row)), secret, _record(after)
 
-    async def list_keys(self, org: str | None = None) -> list[KeyRecord]:
-        """Keys, newest first, optionally of one org."""
+    async def list_keys(
+        self, org: str | None = None, *, environment: str | None = None
+    ) -> list[KeyRecord]:
+        """Keys, newest first, optionally of one org (and one environment)."""
         q = select(api_keys).order_by(api_keys.c.created_at.desc(), api_keys.c.id)
         if org is not None:
             q = q.where(api_keys.c.org_id == org)
+        if environment is not None:
+            q = q.where(api_keys.c.environment == environment)
         try:
             async with self.engine.connect() as conn:
                 rows = (await conn.execute(q)).all()
@@ -310,19 +316,22 @@ class KeyStore:
         actor: str = "system",
         address: str | None = None,
         org: str | None = None,
+        environment: str | None = None,
     ) -> KeyRecord | None:
         """Revoke a key; returns it (already-revoked keys keep their first revocation time),
-        or None when no key has that id (or it is not ``org``'s, when given). A revocation
-        is audited (``key.revoked``)."""
+        or None when no key has that id — of ``org`` and ``environment`` when given. A
+        revocation is audited (``key.revoked``)."""
         now = datetime.now(UTC)
         try:
             async with self.engine.begin() as conn:
                 where = [api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None)]
                 if org is not None:
                     where.append(api_keys.c.org_id == org)
+                if environment is not None:
+                    where.append(api_keys.c.environment == environment)
                 changed = await conn.execute(update(api_keys).where(*where).values(revoked_at=now))
                 row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
-                if row is not None and org is not None and row.org_id != org:
+                if row is not None and not _in_scope(row, org, environment):
                     row = None
                 if row is not None and changed.rowcount:
                     await audit(
@@ -379,6 +388,13 @@ class KeyStore:
         if found is None or not found[0].active(datetime.now(UTC)):
             return None
         return found[0]
+
+
+def _in_scope(row: Any, org: str | None, environment: str | None) -> bool:
+    """Whether a stored key belongs to ``org`` and ``environment`` (None: any)."""
+    return (org is None or row.org_id == org) and (
+        environment is None or row.environment == environment
+    )
 
 
 class _Row:

@@ -40,6 +40,18 @@ _WAIT: Final[Schema] = {
 }
 #: UTC ISO 8601 with ``Z`` (``2026-03-01T00:00:00.000Z``).
 _TIME: Final[Schema] = {"type": "string", "format": "date-time"}
+#: A webhook endpoint's event-type filter: null sends every type.
+_EVENT_TYPES: Final[Schema] = {
+    **nullable(
+        {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 20,
+            "items": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+        }
+    ),
+    "description": "Only these event types (e.g. score.completed); null: every type.",
+}
 
 
 _FIELD_KINDS: Final[dict[str, Schema]] = {
@@ -281,41 +293,119 @@ SCHEMAS: Final[dict[str, Schema]] = {
             }
         ),
     },
-    "Deliveries": {
-        "description": "The caller's webhook deliveries and their attempts, newest first.",
+    "Delivery": {
+        "description": "One event's delivery to one endpoint, with its attempts.",
         **_object(
             {
-                "data": {
+                "id": _STRING,
+                "messageId": _STRING,
+                "endpointId": _STRING,
+                "url": _STRING,
+                "jobId": nullable(_STRING),
+                "eventType": _STRING,
+                "status": _STRING,
+                "createdAt": _TIME,
+                "nextAttemptAt": nullable(_TIME),
+                "finishedAt": nullable(_TIME),
+                "attempts": {
                     "type": "array",
                     "items": _object(
                         {
-                            "id": _STRING,
-                            "messageId": _STRING,
-                            "endpointId": _STRING,
-                            "url": _STRING,
-                            "jobId": nullable(_STRING),
-                            "eventType": _STRING,
-                            "status": _STRING,
-                            "createdAt": _TIME,
-                            "nextAttemptAt": nullable(_TIME),
-                            "finishedAt": nullable(_TIME),
-                            "attempts": {
-                                "type": "array",
-                                "items": _object(
-                                    {
-                                        "attempt": {"type": "integer", "minimum": 1},
-                                        "at": _TIME,
-                                        "statusCode": nullable(_INT),
-                                        "durationMs": {"type": "number", "minimum": 0},
-                                        "error": nullable(_STRING),
-                                    }
-                                ),
-                            },
-                        }
+                            "attempt": {"type": "integer", "minimum": 1},
+                            "at": _TIME,
+                            "statusCode": nullable(_INT),
+                            "durationMs": {"type": "number", "minimum": 0},
+                            "error": nullable(_STRING),
+                        },
+                        {"responseBody": nullable(_STRING)},
                     ),
-                }
+                },
             }
         ),
+    },
+    "Deliveries": {
+        "description": "The caller's webhook deliveries and their attempts, newest first.",
+        **_object({"data": {"type": "array", "items": ref("Delivery")}}),
+    },
+    # ---- the self-serve API: keys and webhook endpoints -------------------------------
+    "Key": {
+        "description": "An API key of the caller's org (never its secret).",
+        **_object(
+            {
+                "id": _STRING,
+                "name": _STRING,
+                "role": {"enum": ["root", "manager", "backend", "member"]},
+                "environment": {"enum": ["SANDBOX", "PRODUCTION"]},
+                "prefix": _STRING,
+                "status": {"enum": ["active", "revoked", "expired"]},
+                "createdAt": _TIME,
+                "expiresAt": nullable(_TIME),
+                "revokedAt": nullable(_TIME),
+                "lastUsedAt": {
+                    **nullable(_TIME),
+                    "description": "Start of the latest minute (hour, day) with a call.",
+                },
+            }
+        ),
+    },
+    "KeyCreated": {
+        "description": "A new key: its secret is shown this once.",
+        "allOf": [ref("Key"), _object({"secret": _STRING})],
+    },
+    "KeyRotated": {
+        "description": "The new key (its secret once) and the key it replaces.",
+        "allOf": [ref("KeyCreated"), _object({"replaces": ref("Key")})],
+    },
+    "Keys": _object({"data": {"type": "array", "items": ref("Key")}}),
+    "NewKey": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "maxLength": 200},
+            "role": {"enum": ["root", "manager", "backend", "member"], "default": "member"},
+            "environment": {
+                "enum": ["SANDBOX", "PRODUCTION"],
+                "description": "Default: the caller's.",
+            },
+            "expiresAt": {**nullable(_TIME), "description": "In the future; null: never."},
+        },
+    },
+    "WebhookEndpoint": {
+        "description": "A URL the org receives its environment's events at.",
+        **_object(
+            {
+                "id": _STRING,
+                "url": _STRING,
+                "environment": {"enum": ["SANDBOX", "PRODUCTION"]},
+                "enabled": {"type": "boolean"},
+                "disabledReason": nullable(_STRING),
+                "eventTypes": nullable({"type": "array", "items": _STRING}),
+                "createdAt": _TIME,
+                "previousSecretExpiresAt": {
+                    **nullable(_TIME),
+                    "description": "After a rotation: until when the old secret signs too.",
+                },
+            }
+        ),
+    },
+    "WebhookEndpointCreated": {
+        "description": "The endpoint and its whsec_ secret, shown this once.",
+        "allOf": [ref("WebhookEndpoint"), _object({"secret": _STRING})],
+    },
+    "WebhookEndpoints": _object({"data": {"type": "array", "items": ref("WebhookEndpoint")}}),
+    "NewWebhookEndpoint": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["url"],
+        "properties": {
+            "url": {"type": "string", "minLength": 1, "maxLength": 2048},
+            "eventTypes": _EVENT_TYPES,
+        },
+    },
+    "WebhookEndpointChanges": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"enabled": {"type": "boolean"}, "eventTypes": _EVENT_TYPES},
     },
     "ScoringVolume": {
         "description": "Finished jobs per time bucket.",

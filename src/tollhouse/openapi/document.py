@@ -420,6 +420,171 @@ def _job_paths(policy: Policy) -> dict[str, dict[str, Schema]]:
     return paths
 
 
+# ---- the self-serve routes: an org's own keys and webhook endpoints ---------------------------
+
+
+def _optional_body(schema: Schema, description: str) -> Schema:
+    return {**_body(schema, description), "required": False}
+
+
+def _portal_paths() -> dict[str, dict[str, Schema]]:
+    """The self-serve API (root and manager keys; 403 for the others)."""
+    managing = (
+        "Root and manager keys only (other roles: 403). Scoped to the caller's org and "
+        "environment: another org's id is a 404, exactly like an unknown one."
+    )
+    overlap = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "overlapSeconds": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 2592000,
+                "description": "How long the old one keeps working (default 86400; 0: ends now).",
+            }
+        },
+    }
+    key_id = _path("keyId", "The key (key_…).")
+    endpoint_id = _path("endpointId", "The webhook endpoint (we_…).")
+    with_body = (*_GATEWAY_BODY, 422)
+    one = "/v1/webhooks/endpoints/{endpointId}"
+    return {
+        "/v1/keys": {
+            "get": _op(
+                "The org's keys of the caller's environment",
+                "keys",
+                {
+                    "200": _response("Newest first; never a secret.", ref("Keys")),
+                    **_errors(*_GATEWAY),
+                },
+                description=managing,
+            ),
+            "post": _op(
+                "Create a key",
+                "keys",
+                {
+                    "201": _response("The key, with its secret (shown once).", ref("KeyCreated")),
+                    **_errors(*with_body),
+                },
+                body=_body(ref("NewKey"), "Name, role, environment, expiry."),
+                description=managing
+                + " A key never creates one with a higher role than its own, nor a "
+                "PRODUCTION key when it is a SANDBOX one (403 naming why).",
+            ),
+        },
+        "/v1/keys/{keyId}": {
+            "delete": _op(
+                "Revoke a key",
+                "keys",
+                {"200": _response("The key, revoked.", ref("Key")), **_errors(*_GATEWAY, 404)},
+                parameters=[key_id],
+                description=managing,
+            )
+        },
+        "/v1/keys/{keyId}/rotate": {
+            "post": _op(
+                "Rotate a key",
+                "keys",
+                {
+                    "201": _response("The new key with its secret (once).", ref("KeyRotated")),
+                    **_errors(*with_body, 404),
+                },
+                parameters=[key_id],
+                body=_optional_body(overlap, "The old key's overlap."),
+                description=managing,
+            )
+        },
+        "/v1/webhooks/endpoints": {
+            "get": _op(
+                "The org's webhook endpoints",
+                "webhooks",
+                {"200": _response("Oldest first.", ref("WebhookEndpoints")), **_errors(*_GATEWAY)},
+                description=managing,
+            ),
+            "post": _op(
+                "Register a webhook endpoint",
+                "webhooks",
+                {
+                    "201": _response(
+                        "The endpoint, with its whsec_ secret (shown once).",
+                        ref("WebhookEndpointCreated"),
+                    ),
+                    **_errors(*with_body),
+                },
+                body=_body(ref("NewWebhookEndpoint"), "The URL and an event-type filter."),
+                description=managing + " A private or unresolvable target is a 400.",
+            ),
+        },
+        one: {
+            "patch": _op(
+                "Enable, disable or filter an endpoint",
+                "webhooks",
+                {
+                    "200": _response("The endpoint.", ref("WebhookEndpoint")),
+                    **_errors(*with_body, 404),
+                },
+                parameters=[endpoint_id],
+                body=_body(ref("WebhookEndpointChanges"), "What changes."),
+                description=managing,
+            ),
+            "delete": _op(
+                "Remove an endpoint",
+                "webhooks",
+                {
+                    "200": _response("The endpoint, removed.", ref("WebhookEndpoint")),
+                    **_errors(*_GATEWAY, 404),
+                },
+                parameters=[endpoint_id],
+                description=managing + " Its pending deliveries are cancelled.",
+            ),
+        },
+        one + "/rotate-secret": {
+            "post": _op(
+                "Rotate an endpoint's secret",
+                "webhooks",
+                {
+                    "200": _response(
+                        "The endpoint and its new secret.", ref("WebhookEndpointCreated")
+                    ),
+                    **_errors(*with_body, 404),
+                },
+                parameters=[endpoint_id],
+                body=_optional_body(overlap, "How long the old secret signs too."),
+                description=managing
+                + " During the overlap webhook-signature carries a signature by each secret.",
+            )
+        },
+        one + "/test": {
+            "post": _op(
+                "Send a signed ping",
+                "webhooks",
+                {
+                    "200": _response("The delivery after its first attempt.", ref("Delivery")),
+                    **_errors(*_GATEWAY_BODY, 404),
+                },
+                parameters=[endpoint_id],
+                description=managing + " A disabled endpoint is a 400.",
+            )
+        },
+        "/v1/webhooks/deliveries/{deliveryId}/replay": {
+            "post": _op(
+                "Send a delivery again",
+                "webhooks",
+                {
+                    "200": _response(
+                        "A new delivery (same webhook-id and body) after its first attempt.",
+                        ref("Delivery"),
+                    ),
+                    **_errors(*_GATEWAY_BODY, 404),
+                },
+                parameters=[_path("deliveryId", "The delivery (dlv_…).")],
+                description=managing + " A disabled endpoint is a 400.",
+            )
+        },
+    }
+
+
 # ---- the platform routes ----------------------------------------------------------------------
 
 
@@ -637,6 +802,7 @@ _GROUP_OF: Final = (
     ("/v1/analytics/", "analytics"),
     ("/v1/queue", "queue"),
     ("/v1/webhooks/", "webhooks"),
+    ("/v1/keys", "keys"),
     ("/v1/rate-limit/status", "rate-limit-status"),
     ("/v1/platform/authorize", "forward-auth"),
     (OPENAPI_PATH, "openapi"),
@@ -703,6 +869,7 @@ def build_document(
     }
     paths: dict[str, dict[str, Schema]] = doc.setdefault("paths", {})
     paths.update(_platform_overlays())
+    paths.update(_portal_paths())
     for path, item in _gateway_paths().items():
         if ops or not path.startswith(_OPS_PATHS):
             paths[path] = item

@@ -208,6 +208,7 @@ PLATFORM_GROUPS: tuple[str, ...] = (
     "analytics",
     "queue",
     "webhooks",
+    "keys",
     "rate-limit-status",
     "openapi",
     "dashboard",

@@ -54,6 +54,10 @@ Action = Literal[
     "key.rotated",
     "webhook.added",
     "webhook.removed",
+    "webhook.updated",
+    "webhook.secret_rotated",
+    "webhook.tested",
+    "webhook.replayed",
     "limit.set",
     "limit.cleared",
 ]
@@ -69,6 +73,10 @@ ACTIONS: tuple[Action, ...] = (
     "key.rotated",
     "webhook.added",
     "webhook.removed",
+    "webhook.updated",
+    "webhook.secret_rotated",
+    "webhook.tested",
+    "webhook.replayed",
     "limit.set",
     "limit.cleared",
 )

@@ -69,5 +69,24 @@ export function createApi(key, { base, onRateLimited = () => {} } = {}) {
     }
   }
 
-  return { get };
+  /** One change (POST, PATCH, DELETE) with a JSON body; never repeated (not idempotent). */
+  async function send(method, path, body) {
+    const response = await fetch(new URL(path, root), {
+      method,
+      headers: { "X-API-Key": key, Accept: "application/json", "Content-Type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: "no-store",
+      credentials: "omit",
+    });
+    let answer = null;
+    try {
+      answer = await response.json();
+    } catch {
+      answer = null;
+    }
+    if (!response.ok) throw new ApiError(response.status, messageOf(answer, response), answer);
+    return answer;
+  }
+
+  return { get, send };
 }

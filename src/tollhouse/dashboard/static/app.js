@@ -1,6 +1,7 @@
 // tollhouse dashboard: sign-in, the range picker and every panel, from the public API.
 import { ApiError, createApi } from "./api.js";
 import { empty, failed, gauge, h, loading, rankedRows, readyPanel, round, table, timeSeries } from "./charts.js";
+import { copyText, createPortal } from "./portal.js";
 
 const KEY_STORAGE = "tollhouse.dashboard.apiKey";
 const RANGES = { "1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400, "90d": 90 * 86400 };
@@ -27,6 +28,8 @@ const state = {
   timers: new Set(),
   statusPolls: 0,
   limited: new Map(), // source → seconds it is waiting after a 429
+  portal: null, // the Keys and Webhooks pages of the signed-in key
+  tab: "usage",
 };
 
 // ---- session --------------------------------------------------------------------------------
@@ -57,7 +60,10 @@ function apiFor(key) {
     }
     return clients.get(source);
   };
-  return { get: (source, path, params, options) => client(source).get(path, params, options) };
+  return {
+    get: (source, path, params, options) => client(source).get(path, params, options),
+    send: (method, path, body) => client("portal").send(method, path, body),
+  };
 }
 
 async function signIn(key, { remembered = false } = {}) {
@@ -83,6 +89,7 @@ async function signIn(key, { remembered = false } = {}) {
   }
   sessionStorage.setItem(KEY_STORAGE, key);
   state.api = api;
+  state.portal = createPortal(api, messageFor);
   showBoard();
 }
 
@@ -91,6 +98,10 @@ function showSignIn() {
   state.api = null;
   $("[data-signin]").hidden = false;
   $("[data-board]").hidden = true;
+  $("[data-tabs]").hidden = true;
+  for (const view of document.querySelectorAll("[data-view]")) view.hidden = true;
+  for (const box of document.querySelectorAll("[data-new-secret], [data-new-whsec]")) box.hidden = true;
+  state.portal = null;
   $("[data-signout]").hidden = true;
   $("[data-who]").hidden = true;
   $("#api_key").value = "";
@@ -124,12 +135,30 @@ function later(fn, ms) {
 
 function showBoard() {
   $("[data-signin]").hidden = true;
-  $("[data-board]").hidden = false;
+  $("[data-tabs]").hidden = false;
   $("[data-signout]").hidden = false;
+  selectTab("usage");
+}
+
+// ---- pages: usage (the board), keys, webhooks -------------------------------------------
+
+function selectTab(tab) {
+  state.tab = tab;
+  for (const button of document.querySelectorAll("[data-tab]")) {
+    button.setAttribute("aria-selected", String(button.dataset.tab === tab));
+  }
+  $("[data-board]").hidden = tab !== "usage";
+  for (const view of document.querySelectorAll("[data-view]")) view.hidden = view.dataset.view !== tab;
   stopAll();
-  selectRange(state.range);
-  pollStatus(state.generation);
-  pollQueue(state.generation);
+  if (tab === "usage") {
+    selectRange(state.range);
+    pollStatus(state.generation);
+    pollQueue(state.generation);
+  } else if (tab === "keys") {
+    state.portal.loadKeys();
+  } else {
+    state.portal.loadWebhooks();
+  }
 }
 
 // ---- range ----------------------------------------------------------------------------------
@@ -480,6 +509,19 @@ function start() {
     if (key) signIn(key);
   });
   $("[data-signout]").addEventListener("click", signOut);
+  for (const button of document.querySelectorAll("[data-tab]")) {
+    button.addEventListener("click", () => selectTab(button.dataset.tab));
+  }
+  $("[data-key-form]").addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (state.portal) state.portal.createKey(event.target);
+  });
+  $("[data-endpoint-form]").addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (state.portal) state.portal.addEndpoint(event.target);
+  });
+  $("[data-copy]").addEventListener("click", () => copyText($("[data-secret]"), $("[data-copied]")));
+  $("[data-copy-whsec]").addEventListener("click", () => copyText($("[data-whsec]")));
   for (const button of document.querySelectorAll("[data-range]")) {
     button.addEventListener("click", () => selectRange(button.dataset.range));
   }
