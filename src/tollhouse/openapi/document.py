@@ -21,6 +21,16 @@ from typing import Any, Final
 
 from tollhouse.analytics.call_counts import DEFAULT_AMT, LABELS, MAX_AMT
 from tollhouse.analytics.catalogue import CATALOGUE
+from tollhouse.identifiers import (
+    APPLICATION_ID,
+    CRITERION_ID,
+    CURSOR,
+    IDEMPOTENCY_KEY,
+    LABEL_VALUE,
+    POSTING_ID,
+    SCORING_JOB_ID,
+    TENANT,
+)
 from tollhouse.openapi.components import (
     HEADERS,
     RESPONSES,
@@ -37,7 +47,6 @@ from tollhouse.policy.model import Policy
 #: Where the document is served (contract: the platform app's original path).
 OPENAPI_PATH: Final = "/v1/platform/openapi.json"
 _HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
-_ID: Final[Schema] = {"type": "string", "minLength": 1, "maxLength": 256}
 #: The call-counts shape's timestamp bounds.
 _STAMP: Final[Schema] = {"type": "number", "minimum": -150000000000.0, "maximum": 3500000000.0}
 
@@ -90,7 +99,7 @@ def _query(name: str, schema: Schema, description: str, *, required: bool = Fals
     }
 
 
-def _path(name: str, description: str, schema: Schema = _ID) -> Schema:
+def _path(name: str, description: str, schema: Schema) -> Schema:
     return {
         "name": name,
         "in": "path",
@@ -207,12 +216,7 @@ def _job_paths(policy: Policy) -> dict[str, dict[str, Schema]]:
         "in": "header",
         "required": False,
         "description": "The same key and body give the same job (Idempotent-Replayed: true).",
-        "schema": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 255,
-            "pattern": r"^[\x21-\x7e]+$",
-        },
+        "schema": IDEMPOTENCY_KEY.schema(),
     }
     for route in policy.async_routes:
         method, _, path = route.route.partition(" ")
@@ -276,7 +280,9 @@ def _job_paths(policy: Policy) -> dict[str, dict[str, Schema]]:
                 "The latest job of an application",
                 "jobs",
                 {"200": _response("The job.", ref("Job")), **_errors(*_GATEWAY, 404)},
-                parameters=[_path("applicationId", "The application's id.")],
+                parameters=[
+                    _path("applicationId", "The application's id.", APPLICATION_ID.schema())
+                ],
             )
         }
         paths[base + "/{scoringJobId}"] = {
@@ -287,7 +293,7 @@ def _job_paths(policy: Policy) -> dict[str, dict[str, Schema]]:
                     "200": _response("The job.", ref("Job")),
                     **_errors(*_GATEWAY, 404, 405),
                 },
-                parameters=[_path("scoringJobId", "The id the 202 gave.")],
+                parameters=[_path("scoringJobId", "The id the 202 gave.", SCORING_JOB_ID.schema())],
                 description="Another org's job is a 404, exactly like an unknown one.",
             )
         }
@@ -310,7 +316,7 @@ def _job_paths(policy: Policy) -> dict[str, dict[str, Schema]]:
                     {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
                     "Jobs per page.",
                 ),
-                _query("cursor", {"type": "string"}, "nextCursor of the previous page."),
+                _query("cursor", CURSOR.schema(), "nextCursor of the previous page."),
             ],
         )
     }
@@ -319,7 +325,7 @@ def _job_paths(policy: Policy) -> dict[str, dict[str, Schema]]:
             "Webhook deliveries and their attempts",
             "jobs",
             {"200": _response("Newest first.", ref("Deliveries")), **_errors(*_GATEWAY)},
-            parameters=[_query("jobId", {"type": "string"}, "Only this job's deliveries.")],
+            parameters=[_query("jobId", SCORING_JOB_ID.schema(), "Only this job's deliveries.")],
         )
     }
     paths["/v1/analytics/scoring-volume"] = {
@@ -433,8 +439,8 @@ def _platform_overlays() -> dict[str, dict[str, Schema]]:
                 "analytics",
                 counts,
                 parameters=[
-                    _path("reco_type", "Recommendation type."),
-                    _path("name", "Scenario name."),
+                    _path("reco_type", "Recommendation type.", LABEL_VALUE.schema()),
+                    _path("name", "Scenario name.", LABEL_VALUE.schema()),
                     *_stamps(),
                 ],
                 description="Roles root, manager and backend.",
@@ -485,8 +491,8 @@ def _platform_overlays() -> dict[str, dict[str, Schema]]:
 
 
 def _example_paths() -> dict[str, dict[str, Schema]]:
-    job = _path("jobId", "The job posting's id.")
-    criterion = _path("criterionId", "The criterion's id.")
+    job = _path("jobId", "The job posting's id.", POSTING_ID.schema())
+    criterion = _path("criterionId", "The criterion's id.", CRITERION_ID.schema())
     read = {**_errors(*_GATEWAY, 404, 405, 422)}
     write = {**_errors(*_GATEWAY_BODY, 404, 405, 422)}
     no_content = {"description": "Done.", "headers": limit_headers()}
@@ -598,7 +604,7 @@ def _tenant_header(policy: Policy, paths: dict[str, dict[str, Schema]]) -> None:
                     "required": required,
                     "description": "Your end customer"
                     + (" (required here)." if required else " (optional here)."),
-                    "schema": {"type": "string", "minLength": 1, "pattern": r"^[\x21-\x7e]+$"},
+                    "schema": TENANT.schema(),
                 }
             )
 

@@ -42,26 +42,6 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/call-counts/historical/SCENARIOS/{reco_type}/{name}/": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /**
-         * Call counts of one scenario
-         * @description Roles root, manager and backend.
-         */
-        get: operations["by_scenario_call_counts_historical_SCENARIOS__reco_type___name___get"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
     "/call-counts/historical/{label}/": {
         parameters: {
             query?: never;
@@ -74,6 +54,26 @@ export interface paths {
          * @description Roles root and manager.
          */
         get: operations["by_label_call_counts_historical__label___get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/call-counts/historical/SCENARIOS/{reco_type}/{name}/": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Call counts of one scenario
+         * @description Roles root, manager and backend.
+         */
+        get: operations["by_scenario_call_counts_historical_SCENARIOS__reco_type___name___get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -168,6 +168,26 @@ export interface paths {
          * @description Reads every bucket and pool of the caller without consuming anything but its own rate_limit_status bucket. X-Tenant-Id is not required.
          */
         get: operations["get_v1_rate_limit_status"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/platform/openapi.json": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * This document
+         * @description Served without a key, so generators can fetch it by URL.
+         */
+        get: operations["get_v1_platform_openapi_json"];
         put?: never;
         post?: never;
         delete?: never;
@@ -405,45 +425,10 @@ export interface paths {
         patch: operations["patch_v1_criteria_jobId_criterionId"];
         trace?: never;
     };
-    "/v1/platform/openapi.json": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /** This document */
-        get: operations["get_v1_platform_openapi_json"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
-        /** HTTPValidationError */
-        HTTPValidationError: {
-            /** Detail */
-            detail?: components["schemas"]["ValidationError"][];
-        };
-        /** ValidationError */
-        ValidationError: {
-            /** Location */
-            loc: (string | number)[];
-            /** Message */
-            msg: string;
-            /** Error Type */
-            type: string;
-            /** Input */
-            input?: unknown;
-            /** Context */
-            ctx?: Record<string, unknown>;
-        };
         /** @description The error envelope: every tollhouse error but the analytics catalogue's. */
         ErrorEnvelope: {
             error: components["schemas"]["Error"];
@@ -540,7 +525,8 @@ export interface components {
             /** @constant */
             status: "queued";
             queuePosition: number;
-            estimatedWaitSeconds: number;
+            /** @description Seconds until the job starts; null while no worker is running. */
+            estimatedWaitSeconds: number | null;
         };
         /** @description A job as polled (and as webhooks carry it): queued jobs carry their position and wait, completed ones the handler's result, failed ones an error. */
         Job: {
@@ -555,7 +541,8 @@ export interface components {
             /** Format: date-time */
             startedAt?: string;
             queuePosition?: number;
-            estimatedWaitSeconds?: number;
+            /** @description Seconds until the job starts; null while no worker is running. */
+            estimatedWaitSeconds?: number | null;
             /** Format: date-time */
             nextAttemptAt?: string;
             lastError?: components["schemas"]["JobError"];
@@ -574,7 +561,8 @@ export interface components {
                 /** @constant */
                 status: "queued";
                 queuePosition: number;
-                estimatedWaitSeconds: number;
+                /** @description Seconds until the job starts; null while no worker is running. */
+                estimatedWaitSeconds: number | null;
             } | {
                 index: number;
                 /** @constant */
@@ -591,7 +579,8 @@ export interface components {
                 running: number;
                 cap: number;
                 meanProcessingSeconds: number | null;
-                estimatedWaitSeconds: number;
+                /** @description Seconds until the job starts; null while no worker is running. */
+                estimatedWaitSeconds: number | null;
             };
             data: components["schemas"]["Job"][];
             hasMore: boolean;
@@ -1059,50 +1048,6 @@ export interface operations {
             429: components["responses"]["RateLimited"];
         };
     };
-    by_scenario_call_counts_historical_SCENARIOS__reco_type___name___get: {
-        parameters: {
-            query?: {
-                /** @description Start, epoch seconds. */
-                start_timestamp?: number;
-                /** @description End, epoch seconds. */
-                end_timestamp?: number;
-            };
-            header?: {
-                /** @description Your end customer (optional here). */
-                "X-Tenant-Id"?: string;
-            };
-            path: {
-                /** @description Recommendation type. */
-                reco_type: string;
-                /** @description Scenario name. */
-                name: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Counts. */
-            200: {
-                headers: {
-                    "X-Request-Id": components["headers"]["X-Request-Id"];
-                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
-                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
-                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
-                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
-                    RateLimit: components["headers"]["RateLimit"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["CallCounts"];
-                };
-            };
-            400: components["responses"]["BadRequest"];
-            401: components["responses"]["Unauthorized"];
-            403: components["responses"]["Forbidden"];
-            404: components["responses"]["NotFound"];
-            429: components["responses"]["RateLimited"];
-        };
-    };
     by_label_call_counts_historical__label___get: {
         parameters: {
             query?: {
@@ -1140,6 +1085,50 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["CallCountsByLabel"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    by_scenario_call_counts_historical_SCENARIOS__reco_type___name___get: {
+        parameters: {
+            query?: {
+                /** @description Start, epoch seconds. */
+                start_timestamp?: number;
+                /** @description End, epoch seconds. */
+                end_timestamp?: number;
+            };
+            header?: {
+                /** @description Your end customer (optional here). */
+                "X-Tenant-Id"?: string;
+            };
+            path: {
+                /** @description Recommendation type. */
+                reco_type: string;
+                /** @description Scenario name. */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Counts. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
+                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
+                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CallCounts"];
                 };
             };
             400: components["responses"]["BadRequest"];
@@ -1305,6 +1294,26 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             429: components["responses"]["RateLimited"];
+        };
+    };
+    get_v1_platform_openapi_json: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OpenAPI 3.1. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": Record<string, unknown>;
+                };
+            };
         };
     };
     post_v1_score: {
@@ -2044,36 +2053,6 @@ export interface operations {
             405: components["responses"]["MethodNotAllowed"];
             413: components["responses"]["PayloadTooLarge"];
             422: components["responses"]["ValidationFailed"];
-            429: components["responses"]["RateLimited"];
-        };
-    };
-    get_v1_platform_openapi_json: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description OpenAPI 3.1. */
-            200: {
-                headers: {
-                    "X-Request-Id": components["headers"]["X-Request-Id"];
-                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
-                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
-                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
-                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
-                    RateLimit: components["headers"]["RateLimit"];
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": Record<string, unknown>;
-                };
-            };
-            400: components["responses"]["BadRequest"];
-            401: components["responses"]["Unauthorized"];
-            403: components["responses"]["Forbidden"];
             429: components["responses"]["RateLimited"];
         };
     };

@@ -3,50 +3,6 @@
 
 /** components.schemas of the document (JSON Schema 2020-12). */
 export const SCHEMAS: Record<string, unknown> = {
-  "HTTPValidationError": {
-    "properties": {
-      "detail": {
-        "items": {
-          "$ref": "#/components/schemas/ValidationError"
-        },
-        "type": "array"
-      }
-    },
-    "type": "object"
-  },
-  "ValidationError": {
-    "properties": {
-      "loc": {
-        "items": {
-          "anyOf": [
-            {
-              "type": "string"
-            },
-            {
-              "type": "integer"
-            }
-          ]
-        },
-        "type": "array"
-      },
-      "msg": {
-        "type": "string"
-      },
-      "type": {
-        "type": "string"
-      },
-      "input": {},
-      "ctx": {
-        "type": "object"
-      }
-    },
-    "type": "object",
-    "required": [
-      "loc",
-      "msg",
-      "type"
-    ]
-  },
   "ErrorEnvelope": {
     "type": "object",
     "required": [
@@ -385,8 +341,15 @@ export const SCHEMAS: Record<string, unknown> = {
         "minimum": 0
       },
       "estimatedWaitSeconds": {
-        "type": "number",
-        "minimum": 0
+        "anyOf": [
+          {
+            "type": "number",
+            "minimum": 0
+          },
+          {
+            "type": "null"
+          }
+        ]
       }
     }
   },
@@ -433,8 +396,15 @@ export const SCHEMAS: Record<string, unknown> = {
         "minimum": 0
       },
       "estimatedWaitSeconds": {
-        "type": "number",
-        "minimum": 0
+        "anyOf": [
+          {
+            "type": "number",
+            "minimum": 0
+          },
+          {
+            "type": "null"
+          }
+        ]
       },
       "nextAttemptAt": {
         "type": "string",
@@ -496,8 +466,15 @@ export const SCHEMAS: Record<string, unknown> = {
                   "minimum": 0
                 },
                 "estimatedWaitSeconds": {
-                  "type": "number",
-                  "minimum": 0
+                  "anyOf": [
+                    {
+                      "type": "number",
+                      "minimum": 0
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
                 }
               }
             },
@@ -577,8 +554,15 @@ export const SCHEMAS: Record<string, unknown> = {
             ]
           },
           "estimatedWaitSeconds": {
-            "type": "number",
-            "minimum": 0
+            "anyOf": [
+              {
+                "type": "number",
+                "minimum": 0
+              },
+              {
+                "type": "null"
+              }
+            ]
           }
         }
       },
@@ -830,11 +814,14 @@ export const SCHEMAS: Record<string, unknown> = {
       "id": {
         "type": "string",
         "minLength": 1,
-        "maxLength": 200
+        "maxLength": 200,
+        "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
       },
       "type": {
         "type": "string",
-        "pattern": "^[a-z][a-z0-9_.]{0,63}$"
+        "minLength": 1,
+        "maxLength": 64,
+        "pattern": "^[a-z][a-z0-9_.]*$"
       },
       "time": {
         "type": "string",
@@ -849,7 +836,8 @@ export const SCHEMAS: Record<string, unknown> = {
           "conversation_id": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 200,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "cost": {
             "type": "number",
@@ -858,7 +846,8 @@ export const SCHEMAS: Record<string, unknown> = {
           "document_id": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 200,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "duration_ms": {
             "type": "number",
@@ -870,42 +859,50 @@ export const SCHEMAS: Record<string, unknown> = {
           "file_type": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 64,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "kb": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 200,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "model": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 200,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "node": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 200,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "role": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 32,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "run_id": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 200,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "source": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 32,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "status": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 32,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "tokens_in": {
             "type": "integer",
@@ -918,22 +915,26 @@ export const SCHEMAS: Record<string, unknown> = {
           "tool": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 64,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "trigger_id": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 200,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "user": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 200,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "workflow": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 200,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           }
         }
       }
@@ -1289,7 +1290,8 @@ export const SCHEMAS: Record<string, unknown> = {
       "jobId": {
         "type": "string",
         "minLength": 1,
-        "maxLength": 256
+        "maxLength": 256,
+        "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
       }
     }
   },
@@ -1429,7 +1431,8 @@ export const SCHEMAS: Record<string, unknown> = {
                 "id": {
                   "type": "string",
                   "minLength": 1,
-                  "maxLength": 256
+                  "maxLength": 256,
+                  "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
                 }
               }
             }
@@ -1469,12 +1472,14 @@ export const SCHEMAS: Record<string, unknown> = {
       "applicationId": {
         "type": "string",
         "minLength": 1,
-        "maxLength": 256
+        "maxLength": 256,
+        "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
       },
       "jobId": {
         "type": "string",
         "minLength": 1,
-        "maxLength": 256
+        "maxLength": 256,
+        "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
       },
       "candidate": {
         "type": "object",
@@ -1523,11 +1528,11 @@ export const RESPONSES: Record<string, unknown> = {
   "GET /call-counts/historical/": {
     "$ref": "#/components/schemas/CallCounts"
   },
-  "GET /call-counts/historical/SCENARIOS/{reco_type}/{name}/": {
-    "$ref": "#/components/schemas/CallCounts"
-  },
   "GET /call-counts/historical/{label}/": {
     "$ref": "#/components/schemas/CallCountsByLabel"
+  },
+  "GET /call-counts/historical/SCENARIOS/{reco_type}/{name}/": {
+    "$ref": "#/components/schemas/CallCounts"
   },
   "GET /v1/analytics/{metric}": {
     "$ref": "#/components/schemas/AnalyticsResponse"
@@ -1540,6 +1545,9 @@ export const RESPONSES: Record<string, unknown> = {
   },
   "GET /v1/rate-limit/status": {
     "$ref": "#/components/schemas/RateLimitStatus"
+  },
+  "GET /v1/platform/openapi.json": {
+    "type": "object"
   },
   "POST /v1/score": {
     "$ref": "#/components/schemas/Accepted"
@@ -1588,8 +1596,5 @@ export const RESPONSES: Record<string, unknown> = {
   },
   "PATCH /v1/criteria/{jobId}/{criterionId}": {
     "$ref": "#/components/schemas/Criterion"
-  },
-  "GET /v1/platform/openapi.json": {
-    "type": "object"
   }
 };
