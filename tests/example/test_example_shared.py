@@ -60,7 +60,15 @@ def assert_422(response: httpx.Response, named: str) -> None:
     assert f'"{named}"' in error["message"], error["message"]
 
 
-def test_values_too_long_for_a_column_are_422_and_the_longest_allowed_fit(
+def assert_path_400(response: httpx.Response, named: str) -> None:
+    """An id in the path against its rule: 400 naming the path parameter."""
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "BAD_REQUEST"
+    assert f'path parameter "{named}"' in error["message"], error["message"]
+
+
+def test_values_too_long_for_a_column_are_refused_and_the_longest_allowed_fit(
     database_url: str,
 ) -> None:
     async def scenario(url: str) -> None:
@@ -75,8 +83,8 @@ def test_values_too_long_for_a_column_are_422_and_the_longest_allowed_fit(
             )
             assert generated.status_code == 200, generated.text
             assert (await client.get(f"/v1/criteria/{longest_id}")).status_code == 200
-            assert_422(await client.get(f"/v1/criteria/{too_long}"), "jobId")
-            assert_422(
+            assert_path_400(await client.get(f"/v1/criteria/{too_long}"), "jobId")
+            assert_path_400(
                 await client.post(f"/v1/jobs/{too_long}/criteria", json={"name": "x"}), "jobId"
             )
 
@@ -88,9 +96,11 @@ def test_values_too_long_for_a_column_are_422_and_the_longest_allowed_fit(
             assert scored.status_code == 200, scored.text
             latest = await client.get(f"/v1/score/application/{'a' * 256}")
             assert latest.json() == scored.json()
-            assert_422(await client.get(f"/v1/score/application/{'a' * 257}"), "applicationId")
-            unknown = await client.get(f"/v1/score/sj_{'0' * 250}")
+            assert_path_400(await client.get(f"/v1/score/application/{'a' * 257}"), "applicationId")
+            # Longer than the example's own ids (32) but within the rule (40): unknown.
+            unknown = await client.get(f"/v1/score/sj_{'0' * 37}")
             assert unknown.status_code == 404
+            assert_path_400(await client.get(f"/v1/score/sj_{'0' * 250}"), "scoringJobId")
             batch = await client.post(
                 "/v1/score/batch", json={"items": [score_body("b", "j" * 300)]}
             )
@@ -111,7 +121,7 @@ def test_values_too_long_for_a_column_are_422_and_the_longest_allowed_fit(
                 ),
                 "x-tollhouse-environment",
             )
-            assert_422(await client.get("/v1/criteria/job%00"), "jobId")
+            assert_path_400(await client.get("/v1/criteria/job%00"), "jobId")
 
     run(database_url, scenario)
 

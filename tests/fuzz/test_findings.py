@@ -189,10 +189,11 @@ NUL_WRITES = [
         "jobId",
     ),
 ]
+#: An id holding NUL breaks its rule (tollhouse.identifiers): 400 naming it, on every engine.
 NUL_READS = [
-    ("/v1/score/application/a%00b", 404),
-    ("/v1/score/sj_%00", 404),
-    ("/v1/webhooks/deliveries?jobId=%00", 200),
+    ("/v1/score/application/a%00b", 400),
+    ("/v1/score/sj_%00", 400),
+    ("/v1/webhooks/deliveries?jobId=%00", 400),
     ("/call-counts/historical/SCENARIOS/a%00/b/", 400),
 ]
 
@@ -217,5 +218,4 @@ def test_nul_in_ids_reads_nothing_on_postgresql(
 ) -> None:
     answer = pg_fuzz_caller.get(path)
     assert answer.status_code == status, answer.text
-    if status == 200:
-        assert answer.json() == {"data": []}
+    assert answer.json()["error"]["code"] == "BAD_REQUEST"

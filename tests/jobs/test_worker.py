@@ -17,6 +17,7 @@ from tollhouse.jobs import Dispatcher, Job, NewJob, QueueSettings, open_queue
 from tollhouse.jobs.handlers import FunctionHandler, UpstreamHandler, import_function
 from tollhouse.jobs.model import JobFailed, JobRetry
 from tollhouse.jobs.queue import JobQueue
+from tollhouse.jobs.worker import HANDLER_ERROR
 
 WAIT = 10.0
 
@@ -103,14 +104,14 @@ def test_lost_lease_cancels_the_handler(sqlite_url: str) -> None:
     run(body())
 
 
-def test_failures_retry_then_die(sqlite_url: str) -> None:
+def test_failures_retry_then_die(sqlite_url: str, caplog: pytest.LogCaptureFixture) -> None:
     calls: list[int] = []
 
     async def handler(job: Job) -> dict[str, Any]:
         calls.append(job.attempts)
         if job.payload["kind"] == "bad":
             raise JobFailed("bad input", "BAD_INPUT", field="x")
-        raise RuntimeError("boom")
+        raise RuntimeError("boom: /srv/app/secret.py line 3")
 
     async def body() -> None:
         async with database(sqlite_url) as engine:
@@ -132,7 +133,13 @@ def test_failures_retry_then_die(sqlite_url: str) -> None:
                 await d.stop()
             dead = await queue.get("acme", boom.job.id, environment="PRODUCTION")
             assert dead is not None and dead.state == "dead" and dead.attempts == 3
-            assert dead.error == {"code": "HANDLER_ERROR", "message": "RuntimeError: boom"}
+            # Finding 2: a job's error never carries a Python exception's text; the log
+            # does, with the job's id.
+            assert dead.error == HANDLER_ERROR
+            assert "boom" not in str(dead.error) and "RuntimeError" not in str(dead.error)
+            logged = [r for r in caplog.records if r.getMessage() == "job handler failed"]
+            assert logged and all(getattr(r, "job", None) == boom.job.id for r in logged)
+            assert logged[0].exc_info is not None and "boom" in str(logged[0].exc_info[1])
             failed = await queue.get("acme", bad.job.id, environment="PRODUCTION")
             assert failed is not None and failed.state == "failed" and failed.attempts == 1
             assert failed.error == {"code": "BAD_INPUT", "message": "bad input", "field": "x"}
@@ -201,6 +208,8 @@ class _ScriptedUpstream:
             b'{"error": {"code": "VALIDATION_FAILED", "message": "x"}}',
         ),
         "html": (200, b"text/html", b"<html>"),
+        # Deeper than a job's result can be stored (orjson writes 254 levels at most).
+        "deep": (200, b"application/json", b'{"a":' * 300 + b"1" + b"}" * 300),
     }
 
     def __init__(self) -> None:
@@ -252,6 +261,9 @@ def test_upstream_handler_maps_statuses(over: str) -> None:
         assert failed.value.error()["code"] == "VALIDATION_FAILED"
         with pytest.raises(JobFailed):
             await h(_job(payload={"kind": "html"}))
+        with pytest.raises(JobFailed) as deep:
+            await h(_job(payload={"kind": "deep"}))
+        assert deep.value.error()["code"] == "UPSTREAM_BAD_RESPONSE"
         await h.aclose()
 
     if over == "http":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +27,8 @@ from typing import Any, Literal
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollhouse.errors import DataRejected, ValidationFailed
+from tollhouse.identifiers import EVENT_ID, EVENT_TYPE, event_field
+from tollhouse.identifiers import Rule as IdRule
 from tollhouse.metering.deadletters import DeadLetter, set_aside
 from tollhouse.metering.schema import product_events
 from tollhouse.ops.logs import request_id_var
@@ -39,8 +40,8 @@ logger = logging.getLogger(__name__)
 
 #: Events accepted in one request.
 MAX_EVENTS = 1000
-#: Longest id, type and string field accepted.
-MAX_STRING = 200
+#: Longest id accepted (its rule: :data:`tollhouse.identifiers.EVENT_ID`).
+MAX_STRING = EVENT_ID.max_length
 #: How far in the future an event's time may be (clock skew).
 MAX_FUTURE = timedelta(days=1)
 #: Largest number stored for a numeric field (after scaling): far above any real value,
@@ -48,7 +49,6 @@ MAX_FUTURE = timedelta(days=1)
 MAX_STORED = 10**15
 #: PostgreSQL text and JSONB cannot hold NUL (U+0000); every engine refuses it alike.
 NUL_PROBLEM = "must not contain NUL (\\u0000) characters"
-TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Kind = Literal["str", "bool", "int", "number"]
@@ -70,6 +70,13 @@ class Field:
     """Divide a stored aggregate by this to report it in the field's own unit."""
     decimals: int | None = None
     """Rounding of reported values (None: integers stay integers)."""
+    max_length: int = 200
+    """A string field's longest value: its column's width (``product_events``)."""
+
+    @property
+    def rule(self) -> IdRule:
+        """A string field's identifier rule (:func:`tollhouse.identifiers.event_field`)."""
+        return _FIELD_RULES[self.name]
 
 
 #: Every field the catalogue can read, by its name in ``data``.
@@ -77,26 +84,31 @@ FIELDS: dict[str, Field] = {
     f.name: f
     for f in (
         Field("run_id", "run_id", "str"),
-        Field("status", "status", "str"),
-        Field("source", "source", "str"),
+        Field("status", "status", "str", max_length=32),
+        Field("source", "source", "str", max_length=32),
         Field("user", "user_id", "str"),
         Field("workflow", "workflow", "str"),
         Field("node", "node", "str"),
-        Field("tool", "tool", "str"),
+        Field("tool", "tool", "str", max_length=64),
         Field("model", "model", "str"),
         Field("conversation_id", "conversation_id", "str"),
         Field("trigger_id", "trigger_id", "str"),
         Field("enabled", "enabled", "bool"),
-        Field("role", "role", "str"),
+        Field("role", "role", "str", max_length=32),
         Field("kb", "kb", "str"),
         Field("document_id", "document_id", "str"),
-        Field("file_type", "file_type", "str"),
+        Field("file_type", "file_type", "str", max_length=64),
         Field("cached", "cached", "bool"),
         Field("duration_ms", "duration_us", "number", 1000, 1000, 1),
         Field("tokens_in", "tokens_in", "int"),
         Field("tokens_out", "tokens_out", "int"),
         Field("cost", "cost_micros", "number", 1_000_000, 1_000_000, 6),
     )
+}
+
+
+_FIELD_RULES: dict[str, IdRule] = {
+    f.name: event_field(f.name, f.max_length) for f in FIELDS.values() if f.kind == "str"
 }
 
 
@@ -236,10 +248,9 @@ def _field_value(field: Field, value: Any, where: str) -> Any:
     if field.kind == "str":
         if not isinstance(value, str) or not value:
             raise _invalid(where, "must be a non-empty string")
-        if "\x00" in value:
-            raise _invalid(where, NUL_PROBLEM)
-        if len(value) > MAX_STRING:
-            raise _invalid(where, f"must be at most {MAX_STRING} characters")
+        problem = field.rule.problem(value)
+        if problem is not None:
+            raise _invalid(where, problem)
         return value
     if field.kind == "bool":
         if not isinstance(value, bool):
@@ -282,12 +293,11 @@ def parse_event(raw: Any, index: int, now: datetime) -> ParsedEvent:
     event_id = raw.get("id")
     if not isinstance(event_id, str) or not event_id.strip():
         raise _invalid(f"{at}.id", "is required: a non-empty string unique per event")
-    if len(event_id) > MAX_STRING:
-        raise _invalid(f"{at}.id", f"must be at most {MAX_STRING} characters")
-    if "\x00" in event_id:
-        raise _invalid(f"{at}.id", NUL_PROBLEM)
+    problem = EVENT_ID.problem(event_id)
+    if problem is not None:
+        raise _invalid(f"{at}.id", problem)
     kind = raw.get("type")
-    if not isinstance(kind, str) or not TYPE_PATTERN.match(kind):
+    if not isinstance(kind, str) or not EVENT_TYPE.admits(kind):
         raise _invalid(
             f"{at}.type",
             "is required: lower-case letters, digits, _ or . (e.g. flow_run, llm_call)",

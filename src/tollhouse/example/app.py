@@ -104,6 +104,7 @@ from tollhouse.example.store import (
     criterion_id,
     question_id,
 )
+from tollhouse.json_reader import read_object
 from tollhouse.settings import (
     DATABASE_URL,
     EXAMPLE_MAX_JOBS,
@@ -209,7 +210,7 @@ class _Call:
             if size > MAX_BODY_BYTES:
                 raise PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
             chunks.append(chunk)
-        return bodies.json_object(b"".join(chunks))
+        return read_object(b"".join(chunks))
 
 
 _Handler = Callable[[_Call], Awaitable[Response]]

@@ -1,8 +1,10 @@
 """Request bodies of the example upstream, checked and turned into plain values.
 
-Every check raises :class:`~tollhouse.errors.BadRequest` (400: not JSON, not an object) or
-:class:`~tollhouse.errors.ValidationFailed` (422) with a message that names the field by its
-path, e.g. ``field "candidate.resume" is required``. Unknown fields are ignored. ``null``
+Bodies are read by :mod:`tollhouse.json_reader` (400: not JSON, too deep, not an object);
+every check here raises :class:`~tollhouse.errors.ValidationFailed` (422) with a message
+that names the field by its path, e.g. ``field "candidate.resume" is required``, or, for
+an id in the path, :class:`~tollhouse.errors.BadRequest` (400) naming the parameter.
+Identifiers follow their rules in :mod:`tollhouse.identifiers`. Unknown fields are ignored. ``null``
 counts as missing.
 """
 
@@ -12,14 +14,21 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from tollhouse.errors import BadRequest, ValidationFailed
+from tollhouse.identifiers import (
+    APPLICATION_ID,
+    CRITERION_ID,
+    POSTING_ID,
+    SCORING_JOB_ID,
+    Rule,
+)
+from tollhouse.json_reader import json_type as _json_type
 
 #: Longest accepted texts, in characters; far above real postings and resumes, low enough
-#: that one request cannot hold the process's memory or CPU for long. Ids are stored in
-#: ``VARCHAR(MAX_ID_CHARS)`` columns (:mod:`tollhouse.example.schema`).
-MAX_ID_CHARS = 256
+#: that one request cannot hold the process's memory or CPU for long. Ids follow their
+#: rules (:mod:`tollhouse.identifiers`) and are stored in ``VARCHAR(MAX_ID_CHARS)``
+#: columns (:mod:`tollhouse.example.schema`).
+MAX_ID_CHARS = POSTING_ID.max_length
 MAX_TITLE_CHARS = 500
 MAX_DESCRIPTION_CHARS = 100_000
 MAX_RESUME_CHARS = 200_000
@@ -35,29 +44,6 @@ DEFAULT_WEIGHT = 0.1
 _MISSING = object()
 
 
-def json_object(raw: bytes) -> dict[str, Any]:
-    """Parse a request body that must be a JSON object.
-
-    Args:
-        raw: the body bytes.
-
-    Returns:
-        The object.
-
-    Raises:
-        BadRequest: the body is empty, not JSON, or JSON but not an object.
-    """
-    if not raw.strip():
-        raise BadRequest("request body is empty; send a JSON object")
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise BadRequest(f"request body must be a JSON object, not {_json_type(value)}")
-    return value
-
-
 @dataclass(frozen=True, slots=True)
 class JobPosting:
     """Body of ``POST /v1/criteria/generate`` and ``/questions``."""
@@ -70,7 +56,7 @@ class JobPosting:
 def job_posting(body: dict[str, Any]) -> JobPosting:
     """Check a generate/questions body: ``jobId``, ``title``, ``description``."""
     return JobPosting(
-        job_id=text_field(body, "jobId", "jobId", MAX_ID_CHARS),
+        job_id=id_field(body, "jobId", "jobId", POSTING_ID),
         title=text_field(body, "title", "title", MAX_TITLE_CHARS),
         description=text_field(body, "description", "description", MAX_DESCRIPTION_CHARS),
     )
@@ -141,7 +127,7 @@ def criteria_patch(body: dict[str, Any]) -> list[tuple[str, CriterionChanges]]:
             raise ValidationFailed(
                 f'field "criteria[{i}]" must be an object, not {_json_type(item)}'
             )
-        criterion_id = text_field(item, "id", prefix + "id", MAX_ID_CHARS)
+        criterion_id = id_field(item, "id", prefix + "id", CRITERION_ID)
         changes.append((criterion_id, criterion_changes(item, prefix)))
     return changes
 
@@ -158,8 +144,8 @@ class ScoreRequest:
 
 def score_request(body: dict[str, Any]) -> ScoreRequest:
     """Check a score body: ``applicationId``, ``jobId``, ``candidate.{name,resume}``."""
-    application_id = text_field(body, "applicationId", "applicationId", MAX_ID_CHARS)
-    job_id = text_field(body, "jobId", "jobId", MAX_ID_CHARS)
+    application_id = id_field(body, "applicationId", "applicationId", APPLICATION_ID)
+    job_id = id_field(body, "jobId", "jobId", POSTING_ID)
     candidate = body.get("candidate")
     if candidate is None:
         raise ValidationFailed('field "candidate" is required')
@@ -184,13 +170,42 @@ def batch_items(body: dict[str, Any]) -> list[Any]:
     return items
 
 
+#: The rule of each path parameter the example reads.
+PATH_RULES: dict[str, Rule] = {
+    "jobId": POSTING_ID,
+    "criterionId": CRITERION_ID,
+    "applicationId": APPLICATION_ID,
+    "scoringJobId": SCORING_JOB_ID,
+}
+
+
 def path_id(value: str, name: str) -> str:
-    """Check an id taken from the URL path (the router guarantees it is non-empty)."""
-    if len(value) > MAX_ID_CHARS:
-        raise ValidationFailed(f'path parameter "{name}" must be at most {MAX_ID_CHARS} characters')
-    if "\x00" in value:
-        # A percent-encoded NUL (%00) arrives decoded; PostgreSQL text cannot hold it.
-        raise ValidationFailed(f'path parameter "{name}" must not contain NUL characters')
+    """Check an id taken from the URL path against its rule (:data:`PATH_RULES`).
+
+    Raises:
+        BadRequest: naming the path parameter (400, as every identifier outside a body).
+    """
+    problem = PATH_RULES[name].problem(value)
+    if problem is not None:
+        # A percent-encoded NUL (%00) arrives decoded: refused here like any control.
+        raise BadRequest(f'path parameter "{name}" {problem}')
+    return value
+
+
+def id_field(body: dict[str, Any], key: str, path: str, rule: Rule) -> str:
+    """A required identifier field, checked against its rule.
+
+    Raises:
+        ValidationFailed: missing, null, not a string, or against the rule (naming ``path``).
+    """
+    value = body.get(key)
+    if value is None:
+        raise ValidationFailed(f'field "{path}" is required')
+    if not isinstance(value, str):
+        raise ValidationFailed(f'field "{path}" must be a string, not {_json_type(value)}')
+    problem = rule.problem(value)
+    if problem is not None:
+        raise ValidationFailed(f'field "{path}" {problem}')
     return value
 
 
@@ -244,18 +259,3 @@ def _weight(body: dict[str, Any], key: str, path: str) -> float | None:
     if not (math.isfinite(weight) and 0 < weight <= 1):
         raise ValidationFailed(f'field "{path}" must be greater than 0 and at most 1')
     return weight
-
-
-def _json_type(value: object) -> str:
-    """The JSON name of a parsed value's type, for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"

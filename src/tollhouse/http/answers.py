@@ -25,13 +25,13 @@ from starlette.responses import Response
 
 from tollhouse.errors import (
     ApiError,
-    BadRequest,
     ServiceUnavailable,
     StorageError,
     UnsupportedMediaType,
 )
 from tollhouse.http.asgi import ASGIApp, Header, Message, Receive, Scope, Send
 from tollhouse.http.context import request_id_of
+from tollhouse.json_reader import read_json
 
 __all__ = [
     "INTERNAL_ERROR",
@@ -132,18 +132,6 @@ def json_response(
 ) -> Response:
     """A JSON :class:`~starlette.responses.Response` (orjson)."""
     return Response(orjson.dumps(content), status, headers, media_type="application/json")
-
-
-def read_json(raw: bytes) -> Any:
-    """A request body parsed as JSON.
-
-    Raises:
-        BadRequest: the body is not JSON (400, as on every route).
-    """
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"The body is not valid JSON: {exc}") from None
 
 
 def _json_type(value: bytes) -> bool:

@@ -11,11 +11,14 @@ For every HTTP request it
    metrics, the dashboard, the OpenAPI document) is answered at once — after its
    ``ip``-scoped buckets, if the policy gives it any —, any other endpoint is admitted
    below and answered by the table instead of the upstream;
-3. authenticates the key (``Authorization: Bearer sk_…`` or ``X-API-Key``) from the
-   in-memory key cache; a key not known valid there is refused with 429, unlooked-up,
-   from a client address over ``[limits] failed_auth``, and counts against its address
-   when it is not valid (:mod:`tollhouse.http.failed_auth`);
-4. checks the role and the ``X-Tenant-Id`` rule of the matching access rules;
+3. authenticates the key (``Authorization: Bearer sk_…`` or ``X-API-Key``; two naming
+   different keys are a 400, whatever their order) from the in-memory key cache; a key
+   not known valid there is refused with 429, unlooked-up, from a client address over
+   ``[limits] failed_auth``, and counts against its address when it is not valid
+   (:mod:`tollhouse.http.failed_auth`);
+4. checks the role and the ``X-Tenant-Id`` rule of the matching access rules, and the
+   tenant and any call-count label values against their rules
+   (:mod:`tollhouse.identifiers`: 400 naming them);
 5. on a route with a pool, reads the request body whole, within its deadline
    (``[limits] body_timeout``, 408 after it), so a pool slot is taken only by a request
    ready to run;
@@ -51,6 +54,7 @@ from urllib.parse import parse_qs
 
 from tollhouse.errors import (
     ApiError,
+    BadRequest,
     Forbidden,
     PayloadTooLarge,
     ServiceUnavailable,
@@ -79,6 +83,7 @@ from tollhouse.http.forwarded import TrustedProxies
 from tollhouse.http.gateway_ws import admit_websocket
 from tollhouse.http.passing import BODY_METHODS, BodyReader, ClientGone, Passer, body_expected
 from tollhouse.http.routes import Endpoint, Resolved, RouteTable, method_not_allowed
+from tollhouse.identifiers import LABEL_VALUE, TENANT
 from tollhouse.keys.cache import MISS, KeyCache, Refusal
 from tollhouse.keys.model import Identity
 from tollhouse.limits.headers import Header as LimitHeader
@@ -436,7 +441,9 @@ class Gateway:
         deadline) before the limits are asked, so a slot is taken only when the request
         is ready to run.
         """
-        secret: bytes | None = None
+        bearer: bytes | None = None
+        api_key: bytes | None = None
+        malformed = False
         tenant: str | None = None
         length: int | None = None
         # With [upstream] forward_authorization, a key in X-API-Key leaves the
@@ -449,15 +456,18 @@ class Gateway:
                 if api_key_first:
                     continue  # the caller's own credentials for the upstream
                 token = value[7:].strip() if value[:7].lower() == b"bearer " else b""
-                if token:
-                    secret = token
-                elif secret is None:
-                    raise Unauthorized(
-                        'The Authorization header must be "Bearer sk_test_…" or "Bearer sk_live_…".'
-                    )
+                if not token:
+                    malformed = True
+                elif bearer is None:
+                    bearer = token
+                elif token != bearer:
+                    raise _two_keys("two Authorization headers")
             elif name == b"x-api-key":
-                if secret is None or api_key_first:
-                    secret = value.strip() or None
+                given = value.strip() or None
+                if api_key is None:
+                    api_key = given
+                elif given is not None and given != api_key:
+                    raise _two_keys("two X-API-Key headers")
             elif name == b"x-tenant-id":
                 tenant = value.decode("latin-1").strip() or None
             elif name == b"content-length":
@@ -467,11 +477,19 @@ class Gateway:
                     length = -1
             elif name == REQUEST_ID:
                 # The caller's (or the load balancer's) id, when it is a sane one.
-                given = value.decode("latin-1")
-                if _CLIENT_REQUEST_ID.fullmatch(given):
-                    state["request_id"] = given
-                    request_id_var.set(given)
+                given_id = value.decode("latin-1")
+                if _CLIENT_REQUEST_ID.fullmatch(given_id):
+                    state["request_id"] = given_id
+                    request_id_var.set(given_id)
+        if bearer is not None and api_key is not None and bearer != api_key:
+            # Whichever came first must not decide who the caller is.
+            raise _two_keys("Authorization and X-API-Key")
+        secret = bearer if bearer is not None else api_key
         if secret is None:
+            if malformed:
+                raise Unauthorized(
+                    'The Authorization header must be "Bearer sk_test_…" or "Bearer sk_live_…".'
+                )
             raise Unauthorized(
                 'No API key: send "Authorization: Bearer sk_test_…" (or sk_live_…) or '
                 '"X-API-Key: sk_…".'
@@ -492,6 +510,9 @@ class Gateway:
                 return failures.failed(scope, now)
             raise failures.refusal()
         if tenant is not None:
+            if not TENANT.admits(tenant):
+                state["identity"] = identity  # metered as the key's, without the tenant
+                raise BadRequest(f'header "X-Tenant-Id" {TENANT.problem(tenant)}')
             identity = self.keys.with_tenant(identity, tenant)
         state["identity"] = identity
 
@@ -500,6 +521,11 @@ class Gateway:
                 f"This key's role {identity.role!r} may not call {method} {path}; "
                 f"allowed roles: {', '.join(sorted(match.roles))}."
             )
+        if match.path_labels or match.header_labels or match.query_labels:
+            for name, value in label_values(scope, match).items():
+                problem = LABEL_VALUE.problem(value)
+                if problem is not None:
+                    raise BadRequest(f'the value of label "{name}" {problem}')
         if (
             match.tenant_required
             and tenant is None
@@ -658,20 +684,9 @@ class Gateway:
     ) -> CallRecord:
         """The metering record of one answered call."""
         labels = match.path_labels
-        if match.header_labels or match.query_labels:
-            labels = dict(labels)
-            if match.header_labels:
-                wanted = dict((h, name) for name, h in match.header_labels)
-                for h, value in scope["headers"]:
-                    name = wanted.get(h)
-                    if name is not None:
-                        labels[name] = value.decode("latin-1")
-            if match.query_labels:
-                query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-                for name, key in match.query_labels:
-                    values = query.get(key)
-                    if values:
-                        labels[name] = values[0]
+        if labels or match.header_labels or match.query_labels:
+            # A value its rule refuses was answered 400 at the door: not recorded.
+            labels = {k: v for k, v in label_values(scope, match).items() if LABEL_VALUE.admits(v)}
         group = match.endpoint_group
         # Positional: this runs once per request.
         return CallRecord(
@@ -713,6 +728,33 @@ class Gateway:
                         "shadow bucket would deny",
                         extra={"bucket": c.name, "org": identity.org_scope},
                     )
+
+
+def label_values(scope: Scope, match: RouteMatch) -> dict[str, str]:
+    """The call-count labels of a request (``[[labels]]`` of the policy): from its path,
+    headers and query, by label name."""
+    labels = dict(match.path_labels)
+    if match.header_labels:
+        wanted = dict((h, name) for name, h in match.header_labels)
+        for h, value in scope["headers"]:
+            name = wanted.get(h)
+            if name is not None:
+                labels[name] = value.decode("latin-1")
+    if match.query_labels:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        for name, key in match.query_labels:
+            values = query.get(key)
+            if values:
+                labels[name] = values[0]
+    return labels
+
+
+def _two_keys(what: str) -> BadRequest:
+    """The 400 of a request naming two different keys (never the keys themselves)."""
+    return BadRequest(
+        f"{what} name different API keys; send one key, in Authorization "
+        '("Bearer sk_…") or X-API-Key.'
+    )
 
 
 async def _health(scope: Scope, receive: Receive, send: Send) -> None:

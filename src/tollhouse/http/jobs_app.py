@@ -29,6 +29,9 @@ and always::
 
 ``Idempotency-Key`` on the POSTs: the same org and key give the same job and the same
 202 body (with ``Idempotent-Replayed: true``); the key with another body is a 422.
+Identifiers in headers, paths and queries (``Idempotency-Key``, ``scoringJobId``,
+``applicationId``, ``jobId``, ``cursor``) follow their rules
+(:mod:`tollhouse.identifiers`): a 400 naming them otherwise.
 """
 
 from __future__ import annotations
@@ -57,12 +60,20 @@ from tollhouse.http.answers import endpoint, json_response
 from tollhouse.http.asgi import ASGIApp
 from tollhouse.http.context import identity_of, request_id_of
 from tollhouse.http.routes import Endpoint, RouteTable, TableApp
+from tollhouse.identifiers import (
+    APPLICATION_ID,
+    CURSOR,
+    IDEMPOTENCY_KEY,
+    SCORING_JOB_ID,
+    Rule,
+)
 from tollhouse.jobs.eta import estimate_wait
 from tollhouse.jobs.model import Enqueued, IdempotencyKeyReused, Job, NewJob, WireStatus, utc_now
 from tollhouse.jobs.queue import Clock, JobQueue
 from tollhouse.jobs.shapes import MAX_STATUS_IDS, STATUS_ID_PATTERN, accepted_json, job_json
 from tollhouse.jobs.volume import CACHE_CONTROL, TIME_RANGES, volume_body, window
 from tollhouse.jobs.webhooks import WebhookStore, delivery_json
+from tollhouse.json_reader import read_object
 from tollhouse.keys.model import Identity
 from tollhouse.policy.model import AsyncRoute, Policy
 
@@ -70,8 +81,6 @@ logger = logging.getLogger(__name__)
 
 IDEMPOTENCY_HEADER = "idempotency-key"
 REPLAYED_HEADER = "Idempotent-Replayed"
-#: Longest Idempotency-Key accepted (Stripe's limit).
-MAX_IDEMPOTENCY_KEY = 255
 DELIVERIES_PATH = "/v1/webhooks/deliveries"
 QUEUE_PATH = "/v1/queue"
 #: ``GET /v1/queue``: the wire statuses it filters on, and its page sizes.
@@ -79,8 +88,6 @@ QUEUE_STATUSES = ("queued", "running", "completed", "failed")
 QUEUE_DEFAULT_LIMIT = 20
 QUEUE_MAX_LIMIT = 100
 VOLUME_PATH = "/v1/analytics/scoring-volume"
-#: Longest job id looked up; longer ones cannot exist.
-MAX_JOB_ID = 64
 _STATUS_ID = re.compile(STATUS_ID_PATTERN)
 
 
@@ -119,7 +126,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     problem = BadRequest(
         'query parameter "cursor" is malformed; pass the "nextCursor" of a previous page'
     )
-    if not cursor or len(cursor) > 200:
+    if not CURSOR.admits(cursor):
         raise problem
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
@@ -129,7 +136,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         created = datetime.fromisoformat(moment)
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
         raise problem from None
-    if created.tzinfo is None or not job_id or len(job_id) > MAX_JOB_ID:
+    if created.tzinfo is None or not SCORING_JOB_ID.admits(job_id):
         raise problem
     return created, job_id
 
@@ -181,11 +188,19 @@ def _idempotency_key(request: Request) -> str | None:
     if raw is None:
         return None
     key = raw.strip()
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
-        raise ValidationFailed(
-            f'header "Idempotency-Key" must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters'
-        )
+    problem = IDEMPOTENCY_KEY.problem(key)
+    if problem is not None:
+        raise BadRequest(f'header "Idempotency-Key" {problem}')
     return key
+
+
+def _path_id(request: Request, name: str, rule: Rule) -> str:
+    """A path parameter checked against its rule (400 naming it)."""
+    value = str(request.path_params[name])
+    problem = rule.problem(value)
+    if problem is not None:
+        raise BadRequest(f'path parameter "{name}" {problem}')
+    return value
 
 
 class _AsyncRouteApi:
@@ -215,7 +230,11 @@ class _AsyncRouteApi:
         application_id: str | None = None
         if self.id_field:
             found = body.get(self.id_field)
-            application_id = found if isinstance(found, str) and found else None
+            if isinstance(found, str) and found:
+                problem = APPLICATION_ID.problem(found)
+                if problem is not None:
+                    raise ValidationFailed(f'field "{self.id_field}" {problem}')
+                application_id = found
         return NewJob(
             org=identity.org,
             route=self.route.route,
@@ -237,7 +256,7 @@ class _AsyncRouteApi:
     async def submit(self, request: Request) -> Response:
         identity = _identity(request)
         key = _idempotency_key(request)
-        body = bodies.json_object(await request.body())
+        body = read_object(await request.body())
         new = self._new_job(identity, body, key, _request_id(request))
         [done] = await self._enqueue([new])
         headers = {"Location": f"{self.path}/{done.job.id}"}
@@ -249,7 +268,7 @@ class _AsyncRouteApi:
         identity = _identity(request)
         key = _idempotency_key(request)
         request_id = _request_id(request)
-        items = bodies.batch_items(bodies.json_object(await request.body()))
+        items = bodies.batch_items(read_object(await request.body()))
         results: list[dict[str, Any] | None] = [None] * len(items)
         new: list[NewJob] = []
         where: list[int] = []
@@ -280,16 +299,10 @@ class _AsyncRouteApi:
 
     async def get(self, request: Request) -> Response:
         identity = _identity(request)
-        job_id = str(request.path_params["scoringJobId"])
-        if job_id == "batch":
+        if request.path_params["scoringJobId"] == "batch":
             raise MethodNotAllowed(f"{self.path}/batch takes POST only", headers={"Allow": "POST"})
-        # Ids are short and NUL-free (PostgreSQL text holds no NUL): others cannot exist.
-        exists = len(job_id) <= MAX_JOB_ID and "\x00" not in job_id
-        job = (
-            await self.queue.get(identity.org, job_id, environment=identity.environment)
-            if exists
-            else None
-        )
+        job_id = _path_id(request, "scoringJobId", SCORING_JOB_ID)
+        job = await self.queue.get(identity.org, job_id, environment=identity.environment)
         if job is None:
             raise NotFound(f'scoring job "{job_id}" not found')
         return await self._job_response(job)
@@ -310,13 +323,9 @@ class _AsyncRouteApi:
 
     async def by_application(self, request: Request) -> Response:
         identity = _identity(request)
-        application_id = str(request.path_params["applicationId"])
-        job = (
-            await self.queue.latest_for_application(
-                identity.org, application_id, environment=identity.environment
-            )
-            if "\x00" not in application_id
-            else None
+        application_id = _path_id(request, "applicationId", APPLICATION_ID)
+        job = await self.queue.latest_for_application(
+            identity.org, application_id, environment=identity.environment
         )
         if job is None:
             raise NotFound(f'application "{application_id}" has no scoring job')
@@ -386,10 +395,13 @@ class JobsRoutes:
         """``GET /v1/webhooks/deliveries?jobId=``: the org's deliveries, newest first."""
         identity = _identity(request)
         job_id = request.query_params.get("jobId") or None
+        if job_id is not None:
+            problem = SCORING_JOB_ID.problem(job_id)
+            if problem is not None:
+                raise BadRequest(f'query parameter "jobId" {problem}')
         found = (
             await self.webhooks.deliveries(identity.org, job_id, environment=identity.environment)
-            # No job id holds a NUL: no delivery can match one.
-            if self.webhooks is not None and "\x00" not in (job_id or "")
+            if self.webhooks is not None
             else []
         )
         return _json({"data": [delivery_json(d) for d in found]})

@@ -46,6 +46,7 @@ from tollhouse.errors import BadRequest, Forbidden, StorageError
 from tollhouse.http.answers import endpoint, json_response, read_json
 from tollhouse.http.context import identity_of
 from tollhouse.http.routes import Endpoint, RouteTable, TableApp
+from tollhouse.identifiers import LABEL_VALUE
 from tollhouse.keys.model import Identity
 from tollhouse.metering.meter import UsageMeter
 from tollhouse.metering.retention import Retention
@@ -260,8 +261,10 @@ class PlatformRoutes:
         _require(who, call_counts.SCENARIO_ROLES, "scenario call counts")
         reco_type = str(request.path_params["reco_type"])
         name = str(request.path_params["name"])
-        if "\x00" in reco_type or "\x00" in name:
-            raise BadRequest("reco_type and name must not contain NUL (%00) characters.")
+        for param, value in (("reco_type", reco_type), ("name", name)):
+            problem = LABEL_VALUE.problem(value)
+            if problem is not None:
+                raise BadRequest(f'path parameter "{param}" {problem}')
         start, end = self._stamps(request)
         await self._fresh()
         body = await call_counts.historical(

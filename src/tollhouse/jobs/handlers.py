@@ -28,6 +28,7 @@ import orjson
 
 from tollhouse.errors import ConfigError
 from tollhouse.jobs.model import Job, JobFailed, JobRetry
+from tollhouse.json_reader import MAX_DEPTH, depth_exceeds
 from tollhouse.policy.model import Policy
 from tollhouse.upstream import (
     UpstreamConnectTimeout,
@@ -156,8 +157,10 @@ class UpstreamHandler:
 
 def _header(text: str) -> bytes:
     """A header value as it came in: the gateway reads header bytes as latin-1, so
-    latin-1 gives the caller's very bytes back (a UTF-8 tenant stays UTF-8, never encoded
-    twice); text from elsewhere that latin-1 cannot hold is sent as UTF-8."""
+    latin-1 gives the caller's very bytes back. Tenants are visible ASCII
+    (:data:`tollhouse.identifiers.TENANT`), but jobs stored before that rule may hold a
+    UTF-8 tenant read as latin-1: it leaves as the bytes it came in as, never encoded
+    twice; text from elsewhere that latin-1 cannot hold is sent as UTF-8."""
     try:
         return text.encode("latin-1")
     except UnicodeEncodeError:
@@ -171,6 +174,14 @@ def _outcome(status: int, content: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         body = None
     if 200 <= status < 300:
+        if isinstance(body, dict) and depth_exceeds(body):
+            # Stored as the job's result, it could not be written back out (orjson stops
+            # at 254 levels): the same limit as on requests (tollhouse.json_reader).
+            raise JobFailed(
+                f"the upstream answered {status} with JSON nested more than {MAX_DEPTH} "
+                "levels deep",
+                "UPSTREAM_BAD_RESPONSE",
+            )
         if isinstance(body, dict):
             return body
         raise JobFailed(

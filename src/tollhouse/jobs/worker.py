@@ -29,6 +29,13 @@ from tollhouse.jobs.webhooks import AttemptResult, WebhookSender, WebhookStore
 
 logger = logging.getLogger(__name__)
 
+#: The error of an attempt whose handler raised something unexpected (a bug, not a
+#: ``JobFailed``/``JobRetry``): the same words for every such failure, in the API and in
+#: webhooks; what was raised is logged with the job id.
+HANDLER_ERROR: dict[str, str] = {
+    "code": "HANDLER_ERROR",
+    "message": "The job's handler failed unexpectedly; the operator's logs have the details.",
+}
 #: Outcomes written per transaction at most.
 FINISH_BATCH = 200
 #: Outcomes written per transaction when few are waiting: a transaction's time grows
@@ -319,8 +326,12 @@ class Dispatcher:
             except JobRetry as exc:
                 outcome = await self._finish(lease, exc.error(), retryable=True)
             except Exception as exc:
-                logger.exception("job handler failed", extra={"job": job.id})
-                error = {"code": "HANDLER_ERROR", "message": f"{type(exc).__name__}: {exc}"}
+                # The exception's text stays in the log (with the job id): it can name
+                # internals, or echo the caller's data, so the job's error never carries it.
+                logger.exception(
+                    "job handler failed", extra={"job": job.id, "error": type(exc).__name__}
+                )
+                error = dict(HANDLER_ERROR)
                 outcome = await self._finish(lease, error, retryable=True)
             else:
                 outcome = await self._finish(lease, result)

@@ -13,6 +13,13 @@ from __future__ import annotations
 from typing import Any, Final
 
 from tollhouse.analytics.events import FIELDS
+from tollhouse.identifiers import (
+    APPLICATION_ID,
+    CRITERION_ID,
+    EVENT_ID,
+    EVENT_TYPE,
+    POSTING_ID,
+)
 
 Schema = dict[str, Any]
 
@@ -55,7 +62,6 @@ _EVENT_TYPES: Final[Schema] = {
 
 
 _FIELD_KINDS: Final[dict[str, Schema]] = {
-    "str": {"type": "string", "minLength": 1, "maxLength": 200},
     "bool": {"type": "boolean"},
     "int": {"type": "integer", "minimum": 0},
     "number": {"type": "number", "minimum": 0},
@@ -434,14 +440,15 @@ SCHEMAS: Final[dict[str, Schema]] = {
         "type": "object",
         "required": ["id", "type", "time"],
         "properties": {
-            "id": {"type": "string", "minLength": 1, "maxLength": 200},
-            "type": {"type": "string", "pattern": "^[a-z][a-z0-9_.]{0,63}$"},
+            "id": EVENT_ID.schema(),
+            "type": EVENT_TYPE.schema(),
             "time": _TIME,
             "data": {
                 "type": "object",
                 "description": "Free-form; the fields the analytics catalogue reads are typed.",
                 "properties": {
-                    name: _FIELD_KINDS[field.kind] for name, field in sorted(FIELDS.items())
+                    name: field.rule.schema() if field.kind == "str" else _FIELD_KINDS[field.kind]
+                    for name, field in sorted(FIELDS.items())
                 },
             },
         },
@@ -561,7 +568,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
         "type": "object",
         "required": ["jobId", "title", "description"],
         "properties": {
-            "jobId": {"type": "string", "minLength": 1, "maxLength": 256},
+            "jobId": POSTING_ID.schema(),
             "title": {"type": "string", "minLength": 1, "maxLength": 500},
             "description": {"type": "string", "minLength": 1, "maxLength": 100_000},
         },
@@ -617,9 +624,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
                         {
                             "type": "object",
                             "required": ["id"],
-                            "properties": {
-                                "id": {"type": "string", "minLength": 1, "maxLength": 256}
-                            },
+                            "properties": {"id": CRITERION_ID.schema()},
                         },
                     ]
                 },
@@ -631,8 +636,8 @@ SCHEMAS: Final[dict[str, Schema]] = {
         "type": "object",
         "required": ["applicationId", "jobId", "candidate"],
         "properties": {
-            "applicationId": {"type": "string", "minLength": 1, "maxLength": 256},
-            "jobId": {"type": "string", "minLength": 1, "maxLength": 256},
+            "applicationId": APPLICATION_ID.schema(),
+            "jobId": POSTING_ID.schema(),
             "candidate": {
                 "type": "object",
                 "required": ["name", "resume"],

@@ -21,6 +21,16 @@ from typing import Any, Final
 
 from tollhouse.analytics.call_counts import DEFAULT_AMT, LABELS, MAX_AMT
 from tollhouse.analytics.catalogue import CATALOGUE
+from tollhouse.identifiers import (
+    APPLICATION_ID,
+    CRITERION_ID,
+    CURSOR,
+    IDEMPOTENCY_KEY,
+    LABEL_VALUE,
+    POSTING_ID,
+    SCORING_JOB_ID,
+    TENANT,
+)
 from tollhouse.jobs.shapes import MAX_STATUS_IDS, STATUS_ID_PATTERN
 from tollhouse.openapi.admin import (
     ADMIN_RESPONSES,
@@ -99,7 +109,7 @@ def _query(name: str, schema: Schema, description: str, *, required: bool = Fals
     }
 
 
-def _path(name: str, description: str, schema: Schema = _ID) -> Schema:
+def _path(name: str, description: str, schema: Schema) -> Schema:
     return {
         "name": name,
         "in": "path",
@@ -252,12 +262,7 @@ def _job_paths(policy: Policy) -> dict[str, dict[str, Schema]]:
         "in": "header",
         "required": False,
         "description": "The same key and body give the same job (Idempotent-Replayed: true).",
-        "schema": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 255,
-            "pattern": r"^[\x21-\x7e]+$",
-        },
+        "schema": IDEMPOTENCY_KEY.schema(),
     }
     for route in policy.async_routes:
         method, _, path = route.route.partition(" ")
@@ -344,7 +349,9 @@ def _job_paths(policy: Policy) -> dict[str, dict[str, Schema]]:
                 "The latest job of an application",
                 "jobs",
                 {"200": _response("The job.", ref("Job")), **_errors(*_GATEWAY, 404)},
-                parameters=[_path("applicationId", "The application's id.")],
+                parameters=[
+                    _path("applicationId", "The application's id.", APPLICATION_ID.schema())
+                ],
             )
         }
         paths[base + "/{scoringJobId}"] = {
@@ -355,7 +362,7 @@ def _job_paths(policy: Policy) -> dict[str, dict[str, Schema]]:
                     "200": _response("The job.", ref("Job")),
                     **_errors(*_GATEWAY, 404, 405),
                 },
-                parameters=[_path("scoringJobId", "The id the 202 gave.")],
+                parameters=[_path("scoringJobId", "The id the 202 gave.", SCORING_JOB_ID.schema())],
                 description="Another org's job is a 404, exactly like an unknown one.",
             )
         }
@@ -378,7 +385,7 @@ def _job_paths(policy: Policy) -> dict[str, dict[str, Schema]]:
                     {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
                     "Jobs per page.",
                 ),
-                _query("cursor", {"type": "string"}, "nextCursor of the previous page."),
+                _query("cursor", CURSOR.schema(), "nextCursor of the previous page."),
             ],
         )
     }
@@ -387,7 +394,7 @@ def _job_paths(policy: Policy) -> dict[str, dict[str, Schema]]:
             "Webhook deliveries and their attempts",
             "jobs",
             {"200": _response("Newest first.", ref("Deliveries")), **_errors(*_GATEWAY)},
-            parameters=[_query("jobId", {"type": "string"}, "Only this job's deliveries.")],
+            parameters=[_query("jobId", SCORING_JOB_ID.schema(), "Only this job's deliveries.")],
         )
     }
     paths["/v1/analytics/scoring-volume"] = {
@@ -445,8 +452,8 @@ def _portal_paths() -> dict[str, dict[str, Schema]]:
             }
         },
     }
-    key_id = _path("keyId", "The key (key_…).")
-    endpoint_id = _path("endpointId", "The webhook endpoint (we_…).")
+    key_id = _path("keyId", "The key (key_…).", _ID)
+    endpoint_id = _path("endpointId", "The webhook endpoint (we_…).", _ID)
     with_body = (*_GATEWAY_BODY, 422)
     one = "/v1/webhooks/endpoints/{endpointId}"
     return {
@@ -578,7 +585,7 @@ def _portal_paths() -> dict[str, dict[str, Schema]]:
                     ),
                     **_errors(*_GATEWAY_BODY, 404),
                 },
-                parameters=[_path("deliveryId", "The delivery (dlv_…).")],
+                parameters=[_path("deliveryId", "The delivery (dlv_…).", _ID)],
                 description=managing + " A disabled endpoint is a 400.",
             )
         },
@@ -666,8 +673,8 @@ def _platform_overlays() -> dict[str, dict[str, Schema]]:
                 "analytics",
                 counts,
                 parameters=[
-                    _path("reco_type", "Recommendation type."),
-                    _path("name", "Scenario name."),
+                    _path("reco_type", "Recommendation type.", LABEL_VALUE.schema()),
+                    _path("name", "Scenario name.", LABEL_VALUE.schema()),
                     *_stamps(),
                 ],
                 description="Roles root, manager and backend.",
@@ -718,8 +725,8 @@ def _platform_overlays() -> dict[str, dict[str, Schema]]:
 
 
 def _example_paths() -> dict[str, dict[str, Schema]]:
-    job = _path("jobId", "The job posting's id.")
-    criterion = _path("criterionId", "The criterion's id.")
+    job = _path("jobId", "The job posting's id.", POSTING_ID.schema())
+    criterion = _path("criterionId", "The criterion's id.", CRITERION_ID.schema())
     read = {**_errors(*_GATEWAY, 404, 405, 422)}
     write = {**_errors(*_GATEWAY_BODY, 404, 405, 422)}
     no_content = {"description": "Done.", "headers": limit_headers()}
@@ -836,7 +843,7 @@ def _tenant_header(policy: Policy, paths: dict[str, dict[str, Schema]]) -> None:
                     "required": required,
                     "description": "Your end customer"
                     + (" (required here)." if required else " (optional here)."),
-                    "schema": {"type": "string", "minLength": 1, "pattern": r"^[\x21-\x7e]+$"},
+                    "schema": TENANT.schema(),
                 }
             )
 

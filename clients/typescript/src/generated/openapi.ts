@@ -102,6 +102,178 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/keys": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The org's keys of the caller's environment
+         * @description Root and manager keys only (other roles: 403). Scoped to the caller's org and environment: another org's id is a 404, exactly like an unknown one.
+         */
+        get: operations["get_v1_keys"];
+        put?: never;
+        /**
+         * Create a key
+         * @description Root and manager keys only (other roles: 403). Scoped to the caller's org and environment: another org's id is a 404, exactly like an unknown one. A key never creates one with a higher role than its own, nor a PRODUCTION key when it is a SANDBOX one (403 naming why).
+         */
+        post: operations["post_v1_keys"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/keys/{keyId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Revoke a key
+         * @description Root and manager keys only (other roles: 403). Scoped to the caller's org and environment: another org's id is a 404, exactly like an unknown one.
+         */
+        delete: operations["delete_v1_keys_keyId"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/keys/{keyId}/rotate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Rotate a key
+         * @description Root and manager keys only (other roles: 403). Scoped to the caller's org and environment: another org's id is a 404, exactly like an unknown one.
+         */
+        post: operations["post_v1_keys_keyId_rotate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/endpoints": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The org's webhook endpoints
+         * @description Root and manager keys only (other roles: 403). Scoped to the caller's org and environment: another org's id is a 404, exactly like an unknown one.
+         */
+        get: operations["get_v1_webhooks_endpoints"];
+        put?: never;
+        /**
+         * Register a webhook endpoint
+         * @description Root and manager keys only (other roles: 403). Scoped to the caller's org and environment: another org's id is a 404, exactly like an unknown one. A private or unresolvable target is a 400.
+         */
+        post: operations["post_v1_webhooks_endpoints"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/endpoints/{endpointId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Remove an endpoint
+         * @description Root and manager keys only (other roles: 403). Scoped to the caller's org and environment: another org's id is a 404, exactly like an unknown one. Its pending deliveries are cancelled.
+         */
+        delete: operations["delete_v1_webhooks_endpoints_endpointId"];
+        options?: never;
+        head?: never;
+        /**
+         * Enable, disable or filter an endpoint
+         * @description Root and manager keys only (other roles: 403). Scoped to the caller's org and environment: another org's id is a 404, exactly like an unknown one.
+         */
+        patch: operations["patch_v1_webhooks_endpoints_endpointId"];
+        trace?: never;
+    };
+    "/v1/webhooks/endpoints/{endpointId}/rotate-secret": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Rotate an endpoint's secret
+         * @description Root and manager keys only (other roles: 403). Scoped to the caller's org and environment: another org's id is a 404, exactly like an unknown one. During the overlap webhook-signature carries a signature by each secret.
+         */
+        post: operations["post_v1_webhooks_endpoints_endpointId_rotate_secret"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/endpoints/{endpointId}/test": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Send a signed ping
+         * @description Root and manager keys only (other roles: 403). Scoped to the caller's org and environment: another org's id is a 404, exactly like an unknown one. A disabled endpoint is a 400.
+         */
+        post: operations["post_v1_webhooks_endpoints_endpointId_test"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhooks/deliveries/{deliveryId}/replay": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Send a delivery again
+         * @description Root and manager keys only (other roles: 403). Scoped to the caller's org and environment: another org's id is a 404, exactly like an unknown one. A disabled endpoint is a 400.
+         */
+        post: operations["post_v1_webhooks_deliveries_deliveryId_replay"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/healthz": {
         parameters: {
             query?: never;
@@ -758,29 +930,107 @@ export interface components {
             hasMore: boolean;
             nextCursor: string | null;
         };
+        /** @description One event's delivery to one endpoint, with its attempts. */
+        Delivery: {
+            id: string;
+            messageId: string;
+            endpointId: string;
+            url: string;
+            jobId: string | null;
+            eventType: string;
+            status: string;
+            /** Format: date-time */
+            createdAt: string;
+            nextAttemptAt: string | null;
+            finishedAt: string | null;
+            attempts: {
+                attempt: number;
+                /** Format: date-time */
+                at: string;
+                statusCode: number | null;
+                durationMs: number;
+                error: string | null;
+                responseBody?: string | null;
+            }[];
+        };
         /** @description The caller's webhook deliveries and their attempts, newest first. */
         Deliveries: {
-            data: {
-                id: string;
-                messageId: string;
-                endpointId: string;
-                url: string;
-                jobId: string | null;
-                eventType: string;
-                status: string;
-                /** Format: date-time */
-                createdAt: string;
-                nextAttemptAt: string | null;
-                finishedAt: string | null;
-                attempts: {
-                    attempt: number;
-                    /** Format: date-time */
-                    at: string;
-                    statusCode: number | null;
-                    durationMs: number;
-                    error: string | null;
-                }[];
-            }[];
+            data: components["schemas"]["Delivery"][];
+        };
+        /** @description An API key of the caller's org (never its secret). */
+        Key: {
+            id: string;
+            name: string;
+            /** @enum {unknown} */
+            role: "root" | "manager" | "backend" | "member";
+            /** @enum {unknown} */
+            environment: "SANDBOX" | "PRODUCTION";
+            prefix: string;
+            /** @enum {unknown} */
+            status: "active" | "revoked" | "expired";
+            /** Format: date-time */
+            createdAt: string;
+            expiresAt: string | null;
+            revokedAt: string | null;
+            /** @description Start of the latest minute (hour, day) with a call. */
+            lastUsedAt: string | null;
+        };
+        /** @description A new key: its secret is shown this once. */
+        KeyCreated: components["schemas"]["Key"] & {
+            secret: string;
+        };
+        /** @description The new key (its secret once) and the key it replaces. */
+        KeyRotated: components["schemas"]["KeyCreated"] & {
+            replaces: components["schemas"]["Key"];
+        };
+        Keys: {
+            data: components["schemas"]["Key"][];
+        };
+        NewKey: {
+            name?: string;
+            /**
+             * @default member
+             * @enum {unknown}
+             */
+            role: "root" | "manager" | "backend" | "member";
+            /**
+             * @description Default: the caller's.
+             * @enum {unknown}
+             */
+            environment?: "SANDBOX" | "PRODUCTION";
+            /** @description In the future; null: never. */
+            expiresAt?: string | null;
+        };
+        /** @description A URL the org receives its environment's events at. */
+        WebhookEndpoint: {
+            id: string;
+            url: string;
+            /** @enum {unknown} */
+            environment: "SANDBOX" | "PRODUCTION";
+            enabled: boolean;
+            disabledReason: string | null;
+            eventTypes: string[] | null;
+            /** Format: date-time */
+            createdAt: string;
+            /** @description After a rotation: until when the old secret signs too. */
+            previousSecretExpiresAt: string | null;
+        };
+        /** @description The endpoint and its whsec_ secret, shown this once. */
+        WebhookEndpointCreated: components["schemas"]["WebhookEndpoint"] & {
+            secret: string;
+        };
+        WebhookEndpoints: {
+            data: components["schemas"]["WebhookEndpoint"][];
+        };
+        NewWebhookEndpoint: {
+            url: string;
+            /** @description Only these event types (e.g. score.completed); null: every type. */
+            eventTypes?: string[] | null;
+        };
+        WebhookEndpointChanges: {
+            enabled?: boolean;
+            /** @description Only these event types (e.g. score.completed); null: every type. */
+            eventTypes?: string[] | null;
         };
         /** @description Finished jobs per time bucket. */
         ScoringVolume: {
@@ -1129,7 +1379,7 @@ export interface components {
             at: string;
             actor: string;
             /** @enum {unknown} */
-            action: "org.created" | "org.updated" | "admin_token.created" | "admin_token.revoked" | "key.created" | "key.revoked" | "key.rotated" | "webhook.added" | "webhook.removed" | "limit.set" | "limit.cleared";
+            action: "org.created" | "org.updated" | "admin_token.created" | "admin_token.revoked" | "key.created" | "key.revoked" | "key.rotated" | "webhook.added" | "webhook.removed" | "webhook.updated" | "webhook.secret_rotated" | "webhook.tested" | "webhook.replayed" | "limit.set" | "limit.cleared";
             org: string;
             targetId: string;
             details: Record<string, unknown>;
@@ -1615,6 +1865,440 @@ export interface operations {
             429: components["responses"]["DetailRateLimited"];
         };
     };
+    get_v1_keys: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Your end customer (optional here). */
+                "X-Tenant-Id"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Newest first; never a secret. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
+                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
+                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Keys"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    post_v1_keys: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Your end customer (optional here). */
+                "X-Tenant-Id"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        /** @description Name, role, environment, expiry. */
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NewKey"];
+            };
+        };
+        responses: {
+            /** @description The key, with its secret (shown once). */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
+                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
+                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KeyCreated"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            413: components["responses"]["PayloadTooLarge"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    delete_v1_keys_keyId: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Your end customer (optional here). */
+                "X-Tenant-Id"?: string;
+            };
+            path: {
+                /** @description The key (key_…). */
+                keyId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The key, revoked. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
+                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
+                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Key"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    post_v1_keys_keyId_rotate: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Your end customer (optional here). */
+                "X-Tenant-Id"?: string;
+            };
+            path: {
+                /** @description The key (key_…). */
+                keyId: string;
+            };
+            cookie?: never;
+        };
+        /** @description The old key's overlap. */
+        requestBody?: {
+            content: {
+                "application/json": {
+                    /** @description How long the old one keeps working (default 86400; 0: ends now). */
+                    overlapSeconds?: number;
+                };
+            };
+        };
+        responses: {
+            /** @description The new key with its secret (once). */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
+                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
+                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KeyRotated"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            413: components["responses"]["PayloadTooLarge"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    get_v1_webhooks_endpoints: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Your end customer (optional here). */
+                "X-Tenant-Id"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Oldest first. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
+                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
+                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpoints"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    post_v1_webhooks_endpoints: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Your end customer (optional here). */
+                "X-Tenant-Id"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        /** @description The URL and an event-type filter. */
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NewWebhookEndpoint"];
+            };
+        };
+        responses: {
+            /** @description The endpoint, with its whsec_ secret (shown once). */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
+                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
+                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpointCreated"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            413: components["responses"]["PayloadTooLarge"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    delete_v1_webhooks_endpoints_endpointId: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Your end customer (optional here). */
+                "X-Tenant-Id"?: string;
+            };
+            path: {
+                /** @description The webhook endpoint (we_…). */
+                endpointId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The endpoint, removed. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
+                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
+                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpoint"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    patch_v1_webhooks_endpoints_endpointId: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Your end customer (optional here). */
+                "X-Tenant-Id"?: string;
+            };
+            path: {
+                /** @description The webhook endpoint (we_…). */
+                endpointId: string;
+            };
+            cookie?: never;
+        };
+        /** @description What changes. */
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookEndpointChanges"];
+            };
+        };
+        responses: {
+            /** @description The endpoint. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
+                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
+                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpoint"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            413: components["responses"]["PayloadTooLarge"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    post_v1_webhooks_endpoints_endpointId_rotate_secret: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Your end customer (optional here). */
+                "X-Tenant-Id"?: string;
+            };
+            path: {
+                /** @description The webhook endpoint (we_…). */
+                endpointId: string;
+            };
+            cookie?: never;
+        };
+        /** @description How long the old secret signs too. */
+        requestBody?: {
+            content: {
+                "application/json": {
+                    /** @description How long the old one keeps working (default 86400; 0: ends now). */
+                    overlapSeconds?: number;
+                };
+            };
+        };
+        responses: {
+            /** @description The endpoint and its new secret. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
+                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
+                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpointCreated"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            413: components["responses"]["PayloadTooLarge"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    post_v1_webhooks_endpoints_endpointId_test: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Your end customer (optional here). */
+                "X-Tenant-Id"?: string;
+            };
+            path: {
+                /** @description The webhook endpoint (we_…). */
+                endpointId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The delivery after its first attempt. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
+                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
+                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Delivery"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            413: components["responses"]["PayloadTooLarge"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    post_v1_webhooks_deliveries_deliveryId_replay: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Your end customer (optional here). */
+                "X-Tenant-Id"?: string;
+            };
+            path: {
+                /** @description The delivery (dlv_…). */
+                deliveryId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A new delivery (same webhook-id and body) after its first attempt. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
+                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
+                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Delivery"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            413: components["responses"]["PayloadTooLarge"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
     get_healthz: {
         parameters: {
             query?: never;
@@ -2008,7 +2692,7 @@ export interface operations {
                 /** @description The org's id. */
                 orgId: string;
                 /** @description A bucket of the policy. */
-                bucket: "criteria_ai" | "criteria_current_reads" | "scoring_intake_batch" | "scoring_intake_single" | "read_and_ops" | "rate_limit_status" | "analytics" | "scoring" | "criteria_generation" | "criteria_operations";
+                bucket: "criteria_ai" | "criteria_current_reads" | "scoring_intake_batch" | "scoring_intake_single" | "read_and_ops" | "rate_limit_status" | "analytics" | "events" | "queue_reads" | "webhook_deliveries" | "self_serve" | "openapi" | "scoring" | "criteria_generation" | "criteria_operations";
             };
             cookie?: never;
         };
@@ -2048,7 +2732,7 @@ export interface operations {
                 /** @description The org's id. */
                 orgId: string;
                 /** @description A bucket of the policy. */
-                bucket: "criteria_ai" | "criteria_current_reads" | "scoring_intake_batch" | "scoring_intake_single" | "read_and_ops" | "rate_limit_status" | "analytics" | "scoring" | "criteria_generation" | "criteria_operations";
+                bucket: "criteria_ai" | "criteria_current_reads" | "scoring_intake_batch" | "scoring_intake_single" | "read_and_ops" | "rate_limit_status" | "analytics" | "events" | "queue_reads" | "webhook_deliveries" | "self_serve" | "openapi" | "scoring" | "criteria_generation" | "criteria_operations";
             };
             cookie?: never;
         };
@@ -2141,7 +2825,7 @@ export interface operations {
                 /** @description Only this org's changes. */
                 org?: string;
                 /** @description Only this action. */
-                action?: "org.created" | "org.updated" | "admin_token.created" | "admin_token.revoked" | "key.created" | "key.revoked" | "key.rotated" | "webhook.added" | "webhook.removed" | "limit.set" | "limit.cleared";
+                action?: "org.created" | "org.updated" | "admin_token.created" | "admin_token.revoked" | "key.created" | "key.revoked" | "key.rotated" | "webhook.added" | "webhook.removed" | "webhook.updated" | "webhook.secret_rotated" | "webhook.tested" | "webhook.replayed" | "limit.set" | "limit.cleared";
             };
             header?: never;
             path?: never;

@@ -610,43 +610,111 @@ export const SCHEMAS: Record<string, unknown> = {
       }
     }
   },
-  "Deliveries": {
+  "Delivery": {
     "type": "object",
     "required": [
-      "data"
+      "id",
+      "messageId",
+      "endpointId",
+      "url",
+      "jobId",
+      "eventType",
+      "status",
+      "createdAt",
+      "nextAttemptAt",
+      "finishedAt",
+      "attempts"
     ],
     "properties": {
-      "data": {
+      "id": {
+        "type": "string"
+      },
+      "messageId": {
+        "type": "string"
+      },
+      "endpointId": {
+        "type": "string"
+      },
+      "url": {
+        "type": "string"
+      },
+      "jobId": {
+        "anyOf": [
+          {
+            "type": "string"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "eventType": {
+        "type": "string"
+      },
+      "status": {
+        "type": "string"
+      },
+      "createdAt": {
+        "type": "string",
+        "format": "date-time"
+      },
+      "nextAttemptAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "finishedAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "attempts": {
         "type": "array",
         "items": {
           "type": "object",
           "required": [
-            "id",
-            "messageId",
-            "endpointId",
-            "url",
-            "jobId",
-            "eventType",
-            "status",
-            "createdAt",
-            "nextAttemptAt",
-            "finishedAt",
-            "attempts"
+            "attempt",
+            "at",
+            "statusCode",
+            "durationMs",
+            "error"
           ],
           "properties": {
-            "id": {
-              "type": "string"
+            "attempt": {
+              "type": "integer",
+              "minimum": 1
             },
-            "messageId": {
-              "type": "string"
+            "at": {
+              "type": "string",
+              "format": "date-time"
             },
-            "endpointId": {
-              "type": "string"
+            "statusCode": {
+              "anyOf": [
+                {
+                  "type": "integer"
+                },
+                {
+                  "type": "null"
+                }
+              ]
             },
-            "url": {
-              "type": "string"
+            "durationMs": {
+              "type": "number",
+              "minimum": 0
             },
-            "jobId": {
+            "error": {
               "anyOf": [
                 {
                   "type": "string"
@@ -656,87 +724,357 @@ export const SCHEMAS: Record<string, unknown> = {
                 }
               ]
             },
-            "eventType": {
-              "type": "string"
-            },
-            "status": {
-              "type": "string"
-            },
-            "createdAt": {
-              "type": "string",
-              "format": "date-time"
-            },
-            "nextAttemptAt": {
+            "responseBody": {
               "anyOf": [
                 {
-                  "type": "string",
-                  "format": "date-time"
+                  "type": "string"
                 },
                 {
                   "type": "null"
                 }
               ]
-            },
-            "finishedAt": {
-              "anyOf": [
-                {
-                  "type": "string",
-                  "format": "date-time"
-                },
-                {
-                  "type": "null"
-                }
-              ]
-            },
-            "attempts": {
-              "type": "array",
-              "items": {
-                "type": "object",
-                "required": [
-                  "attempt",
-                  "at",
-                  "statusCode",
-                  "durationMs",
-                  "error"
-                ],
-                "properties": {
-                  "attempt": {
-                    "type": "integer",
-                    "minimum": 1
-                  },
-                  "at": {
-                    "type": "string",
-                    "format": "date-time"
-                  },
-                  "statusCode": {
-                    "anyOf": [
-                      {
-                        "type": "integer"
-                      },
-                      {
-                        "type": "null"
-                      }
-                    ]
-                  },
-                  "durationMs": {
-                    "type": "number",
-                    "minimum": 0
-                  },
-                  "error": {
-                    "anyOf": [
-                      {
-                        "type": "string"
-                      },
-                      {
-                        "type": "null"
-                      }
-                    ]
-                  }
-                }
-              }
             }
           }
         }
+      }
+    }
+  },
+  "Deliveries": {
+    "type": "object",
+    "required": [
+      "data"
+    ],
+    "properties": {
+      "data": {
+        "type": "array",
+        "items": {
+          "$ref": "#/components/schemas/Delivery"
+        }
+      }
+    }
+  },
+  "Key": {
+    "type": "object",
+    "required": [
+      "id",
+      "name",
+      "role",
+      "environment",
+      "prefix",
+      "status",
+      "createdAt",
+      "expiresAt",
+      "revokedAt",
+      "lastUsedAt"
+    ],
+    "properties": {
+      "id": {
+        "type": "string"
+      },
+      "name": {
+        "type": "string"
+      },
+      "role": {
+        "enum": [
+          "root",
+          "manager",
+          "backend",
+          "member"
+        ]
+      },
+      "environment": {
+        "enum": [
+          "SANDBOX",
+          "PRODUCTION"
+        ]
+      },
+      "prefix": {
+        "type": "string"
+      },
+      "status": {
+        "enum": [
+          "active",
+          "revoked",
+          "expired"
+        ]
+      },
+      "createdAt": {
+        "type": "string",
+        "format": "date-time"
+      },
+      "expiresAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "revokedAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "lastUsedAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      }
+    }
+  },
+  "KeyCreated": {
+    "allOf": [
+      {
+        "$ref": "#/components/schemas/Key"
+      },
+      {
+        "type": "object",
+        "required": [
+          "secret"
+        ],
+        "properties": {
+          "secret": {
+            "type": "string"
+          }
+        }
+      }
+    ]
+  },
+  "KeyRotated": {
+    "allOf": [
+      {
+        "$ref": "#/components/schemas/KeyCreated"
+      },
+      {
+        "type": "object",
+        "required": [
+          "replaces"
+        ],
+        "properties": {
+          "replaces": {
+            "$ref": "#/components/schemas/Key"
+          }
+        }
+      }
+    ]
+  },
+  "Keys": {
+    "type": "object",
+    "required": [
+      "data"
+    ],
+    "properties": {
+      "data": {
+        "type": "array",
+        "items": {
+          "$ref": "#/components/schemas/Key"
+        }
+      }
+    }
+  },
+  "NewKey": {
+    "type": "object",
+    "additionalProperties": false,
+    "properties": {
+      "name": {
+        "type": "string",
+        "maxLength": 200
+      },
+      "role": {
+        "enum": [
+          "root",
+          "manager",
+          "backend",
+          "member"
+        ],
+        "default": "member"
+      },
+      "environment": {
+        "enum": [
+          "SANDBOX",
+          "PRODUCTION"
+        ]
+      },
+      "expiresAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      }
+    }
+  },
+  "WebhookEndpoint": {
+    "type": "object",
+    "required": [
+      "id",
+      "url",
+      "environment",
+      "enabled",
+      "disabledReason",
+      "eventTypes",
+      "createdAt",
+      "previousSecretExpiresAt"
+    ],
+    "properties": {
+      "id": {
+        "type": "string"
+      },
+      "url": {
+        "type": "string"
+      },
+      "environment": {
+        "enum": [
+          "SANDBOX",
+          "PRODUCTION"
+        ]
+      },
+      "enabled": {
+        "type": "boolean"
+      },
+      "disabledReason": {
+        "anyOf": [
+          {
+            "type": "string"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "eventTypes": {
+        "anyOf": [
+          {
+            "type": "array",
+            "items": {
+              "type": "string"
+            }
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "createdAt": {
+        "type": "string",
+        "format": "date-time"
+      },
+      "previousSecretExpiresAt": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      }
+    }
+  },
+  "WebhookEndpointCreated": {
+    "allOf": [
+      {
+        "$ref": "#/components/schemas/WebhookEndpoint"
+      },
+      {
+        "type": "object",
+        "required": [
+          "secret"
+        ],
+        "properties": {
+          "secret": {
+            "type": "string"
+          }
+        }
+      }
+    ]
+  },
+  "WebhookEndpoints": {
+    "type": "object",
+    "required": [
+      "data"
+    ],
+    "properties": {
+      "data": {
+        "type": "array",
+        "items": {
+          "$ref": "#/components/schemas/WebhookEndpoint"
+        }
+      }
+    }
+  },
+  "NewWebhookEndpoint": {
+    "type": "object",
+    "additionalProperties": false,
+    "required": [
+      "url"
+    ],
+    "properties": {
+      "url": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 2048
+      },
+      "eventTypes": {
+        "anyOf": [
+          {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 20,
+            "items": {
+              "type": "string",
+              "pattern": "^[A-Za-z0-9._-]{1,64}$"
+            }
+          },
+          {
+            "type": "null"
+          }
+        ]
+      }
+    }
+  },
+  "WebhookEndpointChanges": {
+    "type": "object",
+    "additionalProperties": false,
+    "properties": {
+      "enabled": {
+        "type": "boolean"
+      },
+      "eventTypes": {
+        "anyOf": [
+          {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 20,
+            "items": {
+              "type": "string",
+              "pattern": "^[A-Za-z0-9._-]{1,64}$"
+            }
+          },
+          {
+            "type": "null"
+          }
+        ]
       }
     }
   },
@@ -837,11 +1175,14 @@ export const SCHEMAS: Record<string, unknown> = {
       "id": {
         "type": "string",
         "minLength": 1,
-        "maxLength": 200
+        "maxLength": 200,
+        "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
       },
       "type": {
         "type": "string",
-        "pattern": "^[a-z][a-z0-9_.]{0,63}$"
+        "minLength": 1,
+        "maxLength": 64,
+        "pattern": "^[a-z][a-z0-9_.]*$"
       },
       "time": {
         "type": "string",
@@ -856,7 +1197,8 @@ export const SCHEMAS: Record<string, unknown> = {
           "conversation_id": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 200,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "cost": {
             "type": "number",
@@ -865,7 +1207,8 @@ export const SCHEMAS: Record<string, unknown> = {
           "document_id": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 200,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "duration_ms": {
             "type": "number",
@@ -877,42 +1220,50 @@ export const SCHEMAS: Record<string, unknown> = {
           "file_type": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 64,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "kb": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 200,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "model": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 200,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "node": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 200,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "role": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 32,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "run_id": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 200,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "source": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 32,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "status": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 32,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "tokens_in": {
             "type": "integer",
@@ -925,22 +1276,26 @@ export const SCHEMAS: Record<string, unknown> = {
           "tool": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 64,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "trigger_id": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 200,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "user": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 200,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           },
           "workflow": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 200,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
           }
         }
       }
@@ -1296,7 +1651,8 @@ export const SCHEMAS: Record<string, unknown> = {
       "jobId": {
         "type": "string",
         "minLength": 1,
-        "maxLength": 256
+        "maxLength": 256,
+        "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
       }
     }
   },
@@ -1436,7 +1792,8 @@ export const SCHEMAS: Record<string, unknown> = {
                 "id": {
                   "type": "string",
                   "minLength": 1,
-                  "maxLength": 256
+                  "maxLength": 256,
+                  "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
                 }
               }
             }
@@ -1476,12 +1833,14 @@ export const SCHEMAS: Record<string, unknown> = {
       "applicationId": {
         "type": "string",
         "minLength": 1,
-        "maxLength": 256
+        "maxLength": 256,
+        "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
       },
       "jobId": {
         "type": "string",
         "minLength": 1,
-        "maxLength": 256
+        "maxLength": 256,
+        "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
       },
       "candidate": {
         "type": "object",
@@ -2239,6 +2598,10 @@ export const SCHEMAS: Record<string, unknown> = {
           "key.rotated",
           "webhook.added",
           "webhook.removed",
+          "webhook.updated",
+          "webhook.secret_rotated",
+          "webhook.tested",
+          "webhook.replayed",
           "limit.set",
           "limit.cleared"
         ]
@@ -2311,6 +2674,39 @@ export const RESPONSES: Record<string, unknown> = {
   },
   "GET /v1/analytics/{metric}": {
     "$ref": "#/components/schemas/AnalyticsResponse"
+  },
+  "GET /v1/keys": {
+    "$ref": "#/components/schemas/Keys"
+  },
+  "POST /v1/keys": {
+    "$ref": "#/components/schemas/KeyCreated"
+  },
+  "DELETE /v1/keys/{keyId}": {
+    "$ref": "#/components/schemas/Key"
+  },
+  "POST /v1/keys/{keyId}/rotate": {
+    "$ref": "#/components/schemas/KeyRotated"
+  },
+  "GET /v1/webhooks/endpoints": {
+    "$ref": "#/components/schemas/WebhookEndpoints"
+  },
+  "POST /v1/webhooks/endpoints": {
+    "$ref": "#/components/schemas/WebhookEndpointCreated"
+  },
+  "PATCH /v1/webhooks/endpoints/{endpointId}": {
+    "$ref": "#/components/schemas/WebhookEndpoint"
+  },
+  "DELETE /v1/webhooks/endpoints/{endpointId}": {
+    "$ref": "#/components/schemas/WebhookEndpoint"
+  },
+  "POST /v1/webhooks/endpoints/{endpointId}/rotate-secret": {
+    "$ref": "#/components/schemas/WebhookEndpointCreated"
+  },
+  "POST /v1/webhooks/endpoints/{endpointId}/test": {
+    "$ref": "#/components/schemas/Delivery"
+  },
+  "POST /v1/webhooks/deliveries/{deliveryId}/replay": {
+    "$ref": "#/components/schemas/Delivery"
   },
   "GET /healthz": {
     "$ref": "#/components/schemas/Health"
