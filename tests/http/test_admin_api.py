@@ -133,9 +133,28 @@ def test_empty_database_to_a_live_key_and_an_override_over_http_only(
         assert {e["actor"] for e in audit} == {ENV_TOKEN_ID}
         assert {e["address"] for e in audit} == {"127.0.0.1"}
         assert secret not in str(audit)
-    # The webhook endpoint of the "done when" is the self-serve API's
-    # (POST /v1/webhooks/endpoints), built beside this one: its assertion joins here once
-    # both are in one tree.
+
+        # A live key from the provider API, and with it the org's webhook endpoint
+        # through the self-serve API: all over HTTP.
+        live = c.post(
+            "/v1/admin/orgs/acme/keys",
+            headers=ADMIN,
+            json={"environment": "PRODUCTION", "role": "root", "name": "live"},
+        )
+        assert live.status_code == 201, live.text
+        live_secret = live.json()["key"]
+        assert live_secret.startswith("sk_live_")
+        hook = c.post(
+            "/v1/webhooks/endpoints",
+            headers={"Authorization": f"Bearer {live_secret}"},
+            json={"url": "https://example.com/tollhouse-hooks"},
+        )
+        assert hook.status_code == 201, hook.text
+        assert hook.json()["secret"].startswith("whsec_")
+        listed_hooks = c.get(
+            "/v1/webhooks/endpoints", headers={"Authorization": f"Bearer {live_secret}"}
+        ).json()["data"]
+        assert [h["environment"] for h in listed_hooks] == ["PRODUCTION"]
 
 
 def test_admin_tokens_only(server: tuple[str, str]) -> None:

@@ -26,6 +26,12 @@ authenticated it, counted it against its limits and put ``request_id`` and ``ide
   connection: the caller sees a broken response, never a clean end of a short body;
 * a client that goes away cancels the upstream exchange (checked once a request has run
   for :data:`WATCH_AFTER` seconds), so the gateway's in-flight slot is released at once.
+
+Why one module of this size: each rule above is a few lines on the same exchange (the
+request's headers, its body, the answer's headers, its body, the failure paths), and
+they read best in the order a request meets them; the upstream client itself
+(connections, pooling, framing) is :mod:`tollhouse.upstream`, the WebSocket relay
+:mod:`tollhouse.http.websocket`, the shared header sets :mod:`tollhouse.http.fields`.
 """
 
 from __future__ import annotations
