@@ -12,10 +12,12 @@ every byte received resets it. :class:`LimitedHttpToolsProtocol` adds two limits
   :data:`HEADER_TIMEOUT` seconds of its first byte (or of connecting). A client trickling
   headers byte by byte (slow loris) gets ``408 Request Timeout`` and the connection is
   closed, so it cannot hold a connection for ever.
-* **No unread body after an answer**: a request answered before its body was all in (a
-  refusal that never read it, the gateway's 408) has its connection closed once the
-  answer is out. uvicorn would otherwise read and drop the rest of the body for as long
-  as the client trickles it, every byte putting off the keep-alive timeout. (The body's
+* **No unread body after an answer for long**: a request answered before its body was
+  all in (a refusal that never read it, the gateway's 408) has :data:`DRAIN_TIMEOUT`
+  seconds for the rest to arrive (read and dropped, so the answer is not reset under
+  the client by a close with unread data), then its connection is closed. uvicorn
+  alone would drop the rest for as long as the client trickles it, every byte putting
+  off the keep-alive timeout. (The body's
   own deadline is the gateway's, ``[limits] body_timeout``, so it holds in-process too.)
 """
 
@@ -29,6 +31,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 #: Seconds a client has to send a complete request head.
 HEADER_TIMEOUT = 10.0
+#: Seconds the rest of a body answered before it was all in may take to arrive (it is
+#: read and dropped) before the connection is closed.
+DRAIN_TIMEOUT = 5.0
 #: The default cap on a request head (request line + headers), in bytes.
 DEFAULT_MAX_HEADER_BYTES = 16_384
 
@@ -98,6 +103,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_too_large = False
         self._head_timer: asyncio.TimerHandle | None = None
+        self.drain_timeout: float = DRAIN_TIMEOUT
+        self._drain_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -108,6 +115,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_drain_timer()
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
@@ -135,11 +143,27 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             and cycle.more_body
             and not self.transport.is_closing()
         ):
-            # Answered before its body was all in: close rather than drain the rest.
-            self.server_state.total_requests += 1
-            self.transport.close()
-            return
+            # Answered before its body was all in: the rest may still come (a client
+            # that sent head and body in two writes), and is read and dropped for at
+            # most DRAIN_TIMEOUT; closing at once could reset the connection under the
+            # answer (unread data makes the kernel send RST). Past that, it is closed.
+            self._cancel_drain_timer()
+            self._drain_timer = self.loop.call_later(self.drain_timeout, self._drain_timed_out)
         super().on_response_complete()
+
+    def on_message_complete(self) -> None:
+        self._cancel_drain_timer()
+        super().on_message_complete()
+
+    def _cancel_drain_timer(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+
+    def _drain_timed_out(self) -> None:
+        self._drain_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         if self._head_too_large:
