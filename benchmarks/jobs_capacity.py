@@ -94,7 +94,9 @@ async def run(
         async with httpx.AsyncClient(base_url=upstream) as client:
             for org in names:
                 made = await client.post(
-                    "/v1/criteria/generate", json=JOB, headers={"x-tollhouse-org": org}
+                    "/v1/criteria/generate",
+                    json=JOB,
+                    headers={"x-tollhouse-org": org, "x-tollhouse-environment": "PRODUCTION"},
                 )
                 made.raise_for_status()
     for org in names:
