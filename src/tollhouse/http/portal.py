@@ -54,7 +54,6 @@ from tollhouse.keys.cache import KeyCache
 from tollhouse.keys.grants import check_grant, management_refusal
 from tollhouse.keys.model import ROLES, Identity, KeyRecord
 from tollhouse.keys.store import KeyStore
-from tollhouse.metering.last_used import last_used
 from tollhouse.metering.meter import UsageMeter
 from tollhouse.security.net import webhook_client
 
@@ -182,12 +181,15 @@ class PortalRoutes:
     async def list_keys(self, request: Request) -> Response:
         """``GET /v1/keys``: the org's keys of the caller's environment, newest first."""
         who = _manager(request, "keys")
-        if self.meter is not None and self.meter.has_pending:
-            await self.meter.flush()
+        if self.meter is not None:
+            # Calls still in this process's meter: their keys' last use is written with
+            # them (tollhouse.keys.last_used, beside the usage flush).
+            if self.meter.has_pending:
+                await self.meter.flush()
+            await self.meter.flusher.flush_companions()
         records = await self.keys.list_keys(who.org, environment=who.environment)
-        used = await last_used(self.keys.engine, who.org, who.environment)
         now = datetime.now(UTC)
-        return json_response({"data": [key_json(r, now, used.get(r.id)) for r in records]})
+        return json_response({"data": [key_json(r, now, r.last_used_at) for r in records]})
 
     async def create_key(self, request: Request) -> Response:
         """``POST /v1/keys``: a new key of the caller's org; its secret once."""

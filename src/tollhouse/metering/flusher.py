@@ -701,7 +701,7 @@ class Flusher:
         while True:
             try:
                 await self.flush()
-                await self._flush_companions()
+                await self.flush_companions()
                 return
             except StorageError:
                 if time.monotonic() + delay > deadline:
@@ -737,12 +737,13 @@ class Flusher:
                 streak += 1
                 continue
             try:
-                await self._flush_companions()
+                await self.flush_companions()
             except StorageError:
                 logger.warning("flush beside the meter failed; retrying", exc_info=True)
             await self._maybe_prune()
 
-    async def _flush_companions(self) -> None:
+    async def flush_companions(self) -> None:
+        """Write what the companions (flushed beside the meter) hold now."""
         for companion in self.companions:
             await companion(self.engine)
 
