@@ -19,6 +19,13 @@ export { MAX_BATCH_ITEMS, MAX_EVENTS_PER_REQUEST, MAX_STATUS_IDS, newIdempotency
 import { ConfigurationError } from "./errors.js";
 import type {
   AnalyticsResponse,
+  ApiKey,
+  ApiKeyCreated,
+  ApiKeyRotated,
+  Environment,
+  Role,
+  WebhookEndpoint,
+  WebhookEndpointCreated,
   ArchiveResult,
   CallCounts,
   Criterion,
@@ -44,16 +51,16 @@ import type {
 } from "./types.js";
 import { verify, type VerifyOptions, type WebhookHeaders } from "./webhooks.js";
 
-/** One path parameter, encoded whole so `/` or `?` in an id cannot change the route. */
-function seg(value: string, name: string): string {
+/** @internal One path parameter, encoded whole so `/` or `?` in an id cannot change the route. */
+export function seg(value: string, name: string): string {
   if (typeof value !== "string" || value === "") {
     throw new ConfigurationError(`${name} must be a non-empty string`);
   }
   return encodeURIComponent(value);
 }
 
-/** ISO 8601 for the metrics catalogue (`Z` for a Date). */
-function isoTime(value: Time, name: string): string {
+/** @internal ISO 8601 for the metrics catalogue and body fields (`Z` for a Date). */
+export function isoTime(value: Time, name: string): string {
   if (value instanceof Date) {
     if (Number.isNaN(value.getTime())) throw new ConfigurationError(`${name} is an invalid Date`);
     return value.toISOString();
@@ -118,6 +125,7 @@ export class Tollhouse {
   readonly events: EventsApi;
   readonly queue: QueueApi;
   readonly webhooks: WebhooksApi;
+  readonly keys: KeysApi;
   readonly platform: PlatformApi;
 
   constructor(options: ClientOptions = {}, shared?: Core) {
@@ -131,6 +139,7 @@ export class Tollhouse {
     this.events = new EventsApi(this);
     this.queue = new QueueApi(this);
     this.webhooks = new WebhooksApi(this);
+    this.keys = new KeysApi(this);
     this.platform = new PlatformApi(this);
   }
 
@@ -572,27 +581,198 @@ export class QueueApi {
   }
 }
 
-/** `client.webhooks`: deliveries, and checking a received webhook. */
+/** Overlap of a rotation: how long the old key or secret keeps working. */
+export interface RotateOptions extends RequestOptions {
+  /** Seconds (the server's default when omitted; 0 ends the old one at once). */
+  overlapSeconds?: number;
+}
+
+function overlap(options: RotateOptions | undefined): Record<string, number> {
+  return options?.overlapSeconds === undefined ? {} : { overlapSeconds: options.overlapSeconds };
+}
+
+/** ISO 8601 for a body field (`Z` for a Date). */
+function wireTime(value: Time | undefined, name: string): string | undefined {
+  return value === undefined ? undefined : isoTime(value, name);
+}
+
+/**
+ * `client.keys`: the org's own API keys (root and manager keys; others get
+ * {@link PermissionDeniedError}), within the key's org and environment.
+ */
+export class KeysApi {
+  constructor(private readonly c: Tollhouse) {}
+
+  /** `GET /v1/keys`: the org's keys, with `lastUsedAt`, never a secret. */
+  async list(options?: RequestOptions): Promise<ApiKey[]> {
+    const body = await this.c.call<{ data: ApiKey[] }>(
+      { method: "GET", path: "/v1/keys", route: "GET /v1/keys", idempotent: true },
+      options,
+    );
+    return body.data;
+  }
+
+  /**
+   * `POST /v1/keys`: a new key, with its `secret` this once. Never a higher role than the
+   * caller's, nor a PRODUCTION key from a SANDBOX one (403). Not sent again once it may
+   * have been sent (it would make another key).
+   */
+  create(
+    params: { name?: string; role?: Role; environment?: Environment; expiresAt?: Time | null } & RequestOptions = {},
+  ): Promise<ApiKeyCreated> {
+    const body: Record<string, unknown> = { role: params.role ?? "member" };
+    if (params.name !== undefined) body.name = params.name;
+    if (params.environment !== undefined) body.environment = params.environment;
+    if (params.expiresAt !== undefined) {
+      body.expiresAt = params.expiresAt === null ? null : wireTime(params.expiresAt, "expiresAt");
+    }
+    return this.c.call({ method: "POST", path: "/v1/keys", route: "POST /v1/keys", body, idempotent: false }, params);
+  }
+
+  /** `DELETE /v1/keys/{keyId}`: revoke a key; the key as it is now. */
+  revoke(keyId: string, options?: RequestOptions): Promise<ApiKey> {
+    return this.c.call(
+      { method: "DELETE", path: `/v1/keys/${seg(keyId, "keyId")}`, route: "DELETE /v1/keys/{keyId}", idempotent: true },
+      options,
+    );
+  }
+
+  /** `POST /v1/keys/{keyId}/rotate`: a new key replacing this one (its `secret` once). */
+  rotate(keyId: string, options?: RotateOptions): Promise<ApiKeyRotated> {
+    return this.c.call(
+      {
+        method: "POST",
+        path: `/v1/keys/${seg(keyId, "keyId")}/rotate`,
+        route: "POST /v1/keys/{keyId}/rotate",
+        body: overlap(options),
+        idempotent: false, // each rotation makes another key
+      },
+      options,
+    );
+  }
+}
+
+const ENDPOINTS = "/v1/webhooks/endpoints";
+
+/** `client.webhooks.endpoints`: where the org's events are sent (root and manager keys). */
+export class WebhookEndpointsApi {
+  constructor(private readonly c: Tollhouse) {}
+
+  private path(endpointId: string, action = ""): string {
+    return `${ENDPOINTS}/${seg(endpointId, "endpointId")}${action}`;
+  }
+
+  /** `GET /v1/webhooks/endpoints`: the endpoints of the key's environment. */
+  async list(options?: RequestOptions): Promise<WebhookEndpoint[]> {
+    const body = await this.c.call<{ data: WebhookEndpoint[] }>(
+      { method: "GET", path: ENDPOINTS, route: `GET ${ENDPOINTS}`, idempotent: true },
+      options,
+    );
+    return body.data;
+  }
+
+  /**
+   * `POST /v1/webhooks/endpoints`: a new endpoint with its `whsec_` secret this once. The
+   * URL passes the server's SSRF guard or is a {@link BadRequestError}.
+   */
+  create(params: { url: string; eventTypes?: readonly string[] | null } & RequestOptions): Promise<WebhookEndpointCreated> {
+    const body: Record<string, unknown> = { url: params.url };
+    if (params.eventTypes !== undefined) body.eventTypes = params.eventTypes === null ? null : [...params.eventTypes];
+    return this.c.call({ method: "POST", path: ENDPOINTS, route: `POST ${ENDPOINTS}`, body, idempotent: false }, params);
+  }
+
+  /**
+   * `PATCH /v1/webhooks/endpoints/{endpointId}`: enable or disable it, or change its
+   * event types (`null`: every type).
+   */
+  update(
+    endpointId: string,
+    changes: { enabled?: boolean; eventTypes?: readonly string[] | null } & RequestOptions,
+  ): Promise<WebhookEndpoint> {
+    const body: Record<string, unknown> = {};
+    if (changes.enabled !== undefined) body.enabled = changes.enabled;
+    if (changes.eventTypes !== undefined) body.eventTypes = changes.eventTypes === null ? null : [...changes.eventTypes];
+    return this.c.call(
+      { method: "PATCH", path: this.path(endpointId), route: `PATCH ${ENDPOINTS}/{endpointId}`, body, idempotent: true },
+      changes,
+    );
+  }
+
+  /** `DELETE /v1/webhooks/endpoints/{endpointId}`: remove it; the endpoint as it was. */
+  delete(endpointId: string, options?: RequestOptions): Promise<WebhookEndpoint> {
+    return this.c.call(
+      { method: "DELETE", path: this.path(endpointId), route: `DELETE ${ENDPOINTS}/{endpointId}`, idempotent: true },
+      options,
+    );
+  }
+
+  /**
+   * `POST /v1/webhooks/endpoints/{endpointId}/rotate-secret`: a new secret (returned this
+   * once); the old one keeps signing alongside it for `overlapSeconds`.
+   */
+  rotateSecret(endpointId: string, options?: RotateOptions): Promise<WebhookEndpointCreated> {
+    return this.c.call(
+      {
+        method: "POST",
+        path: this.path(endpointId, "/rotate-secret"),
+        route: `POST ${ENDPOINTS}/{endpointId}/rotate-secret`,
+        body: overlap(options),
+        idempotent: false, // each call makes another secret
+      },
+      options,
+    );
+  }
+
+  /** `POST /v1/webhooks/endpoints/{endpointId}/test`: send a signed `ping`; its delivery after the first attempt. */
+  test(endpointId: string, options?: RequestOptions): Promise<WebhookDelivery> {
+    return this.c.call(
+      { method: "POST", path: this.path(endpointId, "/test"), route: `POST ${ENDPOINTS}/{endpointId}/test`, idempotent: false },
+      options,
+    );
+  }
+}
+
+/** `client.webhooks.deliveries`. */
+export class WebhookDeliveriesApi {
+  constructor(private readonly c: Tollhouse) {}
+
+  /** `GET /v1/webhooks/deliveries`: the org's deliveries (of one job), newest first, with their attempts. */
+  async list(params?: { jobId?: string } & RequestOptions): Promise<WebhookDelivery[]> {
+    const body = await this.c.call<{ data: WebhookDelivery[] }>(
+      {
+        method: "GET",
+        path: "/v1/webhooks/deliveries",
+        route: "GET /v1/webhooks/deliveries",
+        query: { jobId: params?.jobId },
+        idempotent: true,
+      },
+      params,
+    );
+    return body.data;
+  }
+
+  /** `POST /v1/webhooks/deliveries/{deliveryId}/replay`: send it again as a new delivery (same message id). */
+  replay(deliveryId: string, options?: RequestOptions): Promise<WebhookDelivery> {
+    return this.c.call(
+      {
+        method: "POST",
+        path: `/v1/webhooks/deliveries/${seg(deliveryId, "deliveryId")}/replay`,
+        route: "POST /v1/webhooks/deliveries/{deliveryId}/replay",
+        idempotent: false, // each replay is another delivery
+      },
+      options,
+    );
+  }
+}
+
+/** `client.webhooks`: endpoints, deliveries, and checking a received webhook. */
 export class WebhooksApi {
-  readonly deliveries: { list: (params?: { jobId?: string } & RequestOptions) => Promise<WebhookDelivery[]> };
+  readonly endpoints: WebhookEndpointsApi;
+  readonly deliveries: WebhookDeliveriesApi;
 
   constructor(c: Tollhouse) {
-    this.deliveries = {
-      /** `GET /v1/webhooks/deliveries`: the org's deliveries (of one job), newest first. */
-      list: async (params) => {
-        const body = await c.call<{ data: WebhookDelivery[] }>(
-          {
-            method: "GET",
-            path: "/v1/webhooks/deliveries",
-            route: "GET /v1/webhooks/deliveries",
-            query: { jobId: params?.jobId },
-            idempotent: true,
-          },
-          params,
-        );
-        return body.data;
-      },
-    };
+    this.endpoints = new WebhookEndpointsApi(c);
+    this.deliveries = new WebhookDeliveriesApi(c);
   }
 
   /** Check a received webhook's Standard Webhooks signature; its parsed JSON. */

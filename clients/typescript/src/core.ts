@@ -19,8 +19,10 @@ export const DEFAULT_BASE_URL = "http://127.0.0.1:8000";
 export const ENV_API_KEY = "TOLLHOUSE_API_KEY";
 export const ENV_BASE_URL = "TOLLHOUSE_URL";
 export const USER_AGENT = "tollhouse-typescript/0.1.0";
-/** Seconds a base URL that refused a connection is passed over (while another is up). */
-export const DOWN_SECONDS = 5;
+/** Seconds a base URL that failed is passed over (while another one is available). */
+export const COOL_DOWN_SECONDS = 5;
+/** Statuses that say an instance (or what is behind it) is failing, not the request. */
+export const INSTANCE_FAILURE_STATUSES: ReadonlySet<number> = new Set([502, 503, 504]);
 
 /** Events one `POST /v1/events` takes; longer lists are sent in several requests. */
 export const MAX_EVENTS_PER_REQUEST = 1000;
@@ -50,7 +52,7 @@ export interface RetryEvent {
   route: string;
   /** Which retry this will be (1 for the first). */
   retry: number;
-  /** Seconds the client waits first (0 when it fails over to another base URL). */
+  /** Seconds the client waits first (0 when it moves to another base URL). */
   delay: number;
   reason: string;
   status?: number;
@@ -72,9 +74,11 @@ export interface ClientOptions {
   /** Sent as `X-Tenant-Id` on every request. */
   tenantId?: string;
   /**
-   * The API's base URL, or several (round robin; a URL that refuses connections is
-   * passed over while another answers). Default `TOLLHOUSE_URL` (Node, comma-separated
-   * for several), then `http://127.0.0.1:8000`.
+   * The API's base URL, or several: round robin; an instance that gets no answer or a
+   * 502/503/504 is passed over for `COOL_DOWN_SECONDS` while another is available, and
+   * the request moves to the next one when the retry rules allow sending it again.
+   * Default `TOLLHOUSE_URL` (Node, comma-separated for several), then
+   * `http://127.0.0.1:8000`.
    */
   baseURL?: string | readonly string[];
   /** Retries per call (default 5). */
@@ -93,14 +97,15 @@ export interface ClientOptions {
   validate?: boolean;
   onRetry?: (event: RetryEvent) => void;
   onThrottle?: (event: ThrottleEvent) => void;
-  /** For tests: a fixed random source and a fake wait. */
+  /** For tests: a fixed random source, a fake wait, and a clock (Unix seconds). */
   random?: () => number;
   sleep?: (seconds: number, signal?: AbortSignal) => Promise<void>;
+  clock?: () => number;
 }
 
 /** One endpoint call, before any I/O. */
 export interface Operation {
-  method: "GET" | "POST" | "PATCH" | "DELETE";
+  method: "GET" | "POST" | "PUT" | "PATCH" | "DELETE";
   /** The path with its parameters filled in and encoded. */
   path: string;
   /** The OpenAPI path template (`"GET /v1/score/{scoringJobId}"`): throttling and checks. */
@@ -126,47 +131,72 @@ function env(name: string): string | undefined {
   return value ? value : undefined;
 }
 
-/** The base URLs in turn, passing over those that refused a connection lately. */
+/**
+ * The instance for the next attempt: the first from `start` on (wrapping round) whose
+ * cool-down is over at `now`; if every one is cooling down, the one that comes back
+ * first. Pure.
+ */
+export function chooseBaseURL(start: number, coolingUntil: readonly number[], now: number): number {
+  const n = coolingUntil.length;
+  for (let i = 0; i < n; i++) {
+    const index = (start + i) % n;
+    if ((coolingUntil[index] ?? 0) <= now) return index;
+  }
+  let best = start % n;
+  for (let i = 1; i < n; i++) {
+    const index = (start + i) % n;
+    if ((coolingUntil[index] ?? 0) < (coolingUntil[best] ?? 0)) best = index;
+  }
+  return best;
+}
+
+/** Whether an instance other than `index` is not cooling down at `now`. Pure. */
+export function otherAvailable(index: number, coolingUntil: readonly number[], now: number): boolean {
+  return coolingUntil.some((until, i) => i !== index && until <= now);
+}
+
+/**
+ * The rotation over a client's base URLs and their cool-downs (no I/O; times are Unix
+ * seconds passed in). `withTenant` copies share it.
+ */
 export class BaseURLs {
   readonly urls: readonly string[];
+  /** Seconds a failed instance is passed over. */
+  coolDown: number;
   private next = 0;
-  private readonly downUntil: number[];
+  private readonly coolingUntil: number[];
 
-  constructor(urls: readonly string[]) {
+  constructor(urls: readonly string[], coolDown = COOL_DOWN_SECONDS) {
     this.urls = urls;
-    this.downUntil = urls.map(() => 0);
+    this.coolDown = coolDown;
+    this.coolingUntil = urls.map(() => 0);
   }
 
-  /** The next base URL to use at `now` (Unix seconds), and whether any other is up. */
+  /** The index of the instance the next attempt goes to; the rotation moves on. */
   pick(now: number): number {
-    const n = this.urls.length;
-    for (let i = 0; i < n; i++) {
-      const index = (this.next + i) % n;
-      if ((this.downUntil[index] ?? 0) <= now) {
-        this.next = (index + 1) % n;
-        return index;
-      }
-    }
-    // All down: the one that comes back first.
-    let best = 0;
-    for (let i = 1; i < n; i++) if ((this.downUntil[i] ?? 0) < (this.downUntil[best] ?? 0)) best = i;
-    this.next = (best + 1) % n;
-    return best;
+    const index = chooseBaseURL(this.next, this.coolingUntil, now);
+    this.next = (index + 1) % this.urls.length;
+    return index;
   }
 
-  /** The URL at `index` got no answer: pass it over for a while. */
-  down(index: number, now: number): void {
-    this.downUntil[index] = now + DOWN_SECONDS;
+  /** The attempt sent to `index` got no answer, or a 502/503/504: cool it down. */
+  failed(index: number, now: number): void {
+    if (this.urls.length > 1) this.coolingUntil[index] = now + this.coolDown;
   }
 
-  /** The URL at `index` answered. */
-  up(index: number): void {
-    this.downUntil[index] = 0;
+  /** The instance at `index` answered (anything but a 502/503/504). */
+  answered(index: number): void {
+    this.coolingUntil[index] = 0;
   }
 
-  /** Whether a URL other than `index` is not marked down at `now`. */
-  otherUp(index: number, now: number): boolean {
-    return this.downUntil.some((until, i) => i !== index && until <= now);
+  /** Whether an instance other than `index` is not cooling down at `now`. */
+  otherAvailable(index: number, now: number): boolean {
+    return otherAvailable(index, this.coolingUntil, now);
+  }
+
+  /** The base URLs cooling down at `now`. */
+  cooling(now: number): string[] {
+    return this.urls.filter((_, i) => (this.coolingUntil[i] ?? 0) > now);
   }
 }
 
@@ -262,6 +292,7 @@ export class Core {
   readonly validate: boolean;
   readonly random: () => number;
   readonly wait: (seconds: number, signal?: AbortSignal) => Promise<void>;
+  private readonly clock: () => number;
   private readonly fetcher: typeof fetch;
   private readonly onRetry: ((event: RetryEvent) => void) | undefined;
   private readonly onThrottle: ((event: ThrottleEvent) => void) | undefined;
@@ -306,6 +337,7 @@ export class Core {
     this.validate = options.validate !== false;
     this.random = options.random ?? Math.random;
     this.wait = options.sleep ?? sleep;
+    this.clock = options.clock ?? (() => Date.now() / 1000);
     const fetcher = options.fetch ?? (globalThis.fetch as typeof fetch | undefined);
     if (typeof fetcher !== "function") {
       throw new ConfigurationError("No fetch: use Node 18 or later, or pass { fetch }");
@@ -316,7 +348,7 @@ export class Core {
   }
 
   private now(): number {
-    return Date.now() / 1000;
+    return this.clock();
   }
 
   private async throttleWait(route: string, signal?: AbortSignal): Promise<void> {
@@ -337,6 +369,8 @@ export class Core {
     const idempotent = op.idempotent || op.idempotencyKey !== undefined;
     let retry = 0;
     let attempts = 0;
+    // Moves to another instance that spent no retry: at most one per other instance.
+    let hops = 0;
     for (;;) {
       if (signal?.aborted) throw abortReason(signal);
       await this.throttleWait(op.route, signal);
@@ -359,11 +393,13 @@ export class Core {
         if (signal?.aborted) throw abortReason(signal);
         const failure: Failure = error instanceof Timeout ? "maybe_sent" : failureKind(error);
         const now = this.now();
-        this.baseURLs.down(index, now);
+        this.baseURLs.failed(index, now);
         const reason = error instanceof Error ? error.message : String(error);
-        if (failure === "not_sent" && this.baseURLs.otherUp(index, now)) {
-          // Another instance may answer at once: fail over without spending a retry.
-          this.onRetry?.({ route: op.route, retry: retry + 1, delay: 0, reason: `failover: ${reason}`, baseURL: base });
+        const other = this.baseURLs.otherAvailable(index, now);
+        if (failure === "not_sent" && other && hops < this.baseURLs.urls.length - 1) {
+          // Nothing was sent: another instance takes it at once, without spending a retry.
+          hops += 1;
+          this.onRetry?.({ route: op.route, retry: retry + 1, delay: 0, reason: `failing over: ${reason}`, baseURL: base });
           continue;
         }
         const decision = decide({ retry, policy: this.retry, random: this.random, now, idempotent, failure });
@@ -374,35 +410,41 @@ export class Core {
             cause: error,
           });
         }
+        // Another instance is available: go there at once instead of backing off.
+        const delay = other ? 0 : decision.delay;
         this.onRetry?.({
           route: op.route,
           retry: retry + 1,
-          delay: decision.delay,
+          delay,
           reason: `${decision.reason}: ${reason}`,
           baseURL: base,
         });
-        await this.wait(decision.delay, signal);
+        if (delay > 0) await this.wait(delay, signal);
         retry += 1;
         continue;
       }
       const { status, headers, text } = answer;
-      this.baseURLs.up(index);
       const now = this.now();
+      const instanceFailed = INSTANCE_FAILURE_STATUSES.has(status);
+      if (instanceFailed) this.baseURLs.failed(index, now);
+      else this.baseURLs.answered(index);
       this.throttle?.observe(op.route, status, headers, now);
       if (status < 400) return { status, headers, body: this.parse<T>(op, status, text) };
       const decision = decide({ retry, policy: this.retry, random: this.random, now, idempotent, status, headers });
       if (!decision.retry) throw apiError(status, headers, text, attempts);
+      // This instance is failing; another one may answer at once.
+      const failover = instanceFailed && this.baseURLs.otherAvailable(index, now);
       const event: RetryEvent = {
         route: op.route,
         retry: retry + 1,
-        delay: decision.delay,
-        reason: decision.reason,
+        delay: failover ? 0 : decision.delay,
+        reason: failover ? `${decision.reason}; failing over` : decision.reason,
         status,
         baseURL: base,
       };
       if (headers["x-request-id"]) event.requestId = headers["x-request-id"];
       this.onRetry?.(event);
-      await this.wait(decision.delay, signal);
+      if (event.delay > 0) await this.wait(event.delay, signal);
       retry += 1;
     }
   }

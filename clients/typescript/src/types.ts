@@ -39,6 +39,36 @@ export type JobCriteria = S["JobCriteria"];
 export type ArchiveResult = S["Archived"];
 export type ErrorBody = S["Error"];
 
+// The self-serve API (an org's root and manager keys).
+/** An API key of the caller's org (never its secret). */
+export type ApiKey = S["Key"];
+/** A key just made: its `secret` is shown this once. */
+export type ApiKeyCreated = S["KeyCreated"];
+/** The new key of a rotation (its `secret` once) and the key it `replaces`. */
+export type ApiKeyRotated = S["KeyRotated"];
+/** The body of `POST /v1/keys`. */
+export type NewApiKey = S["NewKey"];
+export type Role = ApiKey["role"];
+export type Environment = ApiKey["environment"];
+export type WebhookEndpoint = S["WebhookEndpoint"];
+/** An endpoint with its `whsec_` secret (after creating it or rotating its secret). */
+export type WebhookEndpointCreated = S["WebhookEndpointCreated"];
+
+// The provider API (an admin token).
+export type AdminOrg = S["AdminOrg"];
+export type AdminOrgPage = S["AdminOrgPage"];
+/** A key to make for an org (also an org's `firstKey`). */
+export type AdminNewKey = S["AdminNewKey"];
+export type AdminKey = S["AdminKey"];
+/** A key just made, with its secret (`key`) shown once. */
+export type AdminCreatedKey = S["AdminCreatedKey"];
+export type AdminRotatedKey = S["AdminRotatedKey"];
+export type AdminKeyPage = S["AdminKeyPage"];
+export type AdminOrgLimits = S["AdminOrgLimits"];
+export type AdminOverride = S["AdminOverride"];
+export type AuditEntry = S["AuditEntry"];
+export type AuditPage = S["AuditPage"];
+
 /** The body of `POST /v1/score`: at least these fields; others are passed on. */
 export interface ScoreRequest {
   applicationId: string;

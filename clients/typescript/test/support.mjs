@@ -51,9 +51,10 @@ export async function tollhouse(cwd, ...args) {
 /**
  * `tollhouse serve` (built-in policy, SQLite, the bundled example upstream) on a free
  * port in a new temporary directory. `stop()` ends it; `start()` runs it again on the same
- * port and database (a restart).
+ * port and database (a restart). `env` adds to its environment (e.g.
+ * `TOLLHOUSE_DATABASE_URL` for two servers on one database, `TOLLHOUSE_ADMIN_TOKEN`).
  */
-export async function startServer() {
+export async function startServer({ env = {} } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "tollhouse-ts-"));
   const port = await freePort();
   const server = {
@@ -65,7 +66,7 @@ export async function startServer() {
       const log = openSync(join(dir, "serve.log"), "a");
       const proc = spawn(TOLLHOUSE_BIN, ["serve", "--port", String(port)], {
         cwd: dir,
-        env: serverEnv(),
+        env: serverEnv(env),
         stdio: ["ignore", log, log],
       });
       this.proc = proc;

@@ -7,6 +7,7 @@ import {
   APIError,
   AuthenticationError,
   BaseURLs,
+  COOL_DOWN_SECONDS,
   ConfigurationError,
   DEFAULT_RETRY,
   NotFoundError,
@@ -20,7 +21,9 @@ import {
   apiError,
   backoff,
   checkShape,
+  chooseBaseURL,
   decide,
+  otherAvailable,
   parseRetryAfter,
 } from "@tollhouse/sdk";
 import { freePort } from "./support.mjs";
@@ -105,15 +108,30 @@ describe("Throttle", () => {
   });
 });
 
-test("BaseURLs: round robin, passing over a URL that is down", () => {
+test("chooseBaseURL: round robin, passing over instances cooling down (pure)", () => {
+  assert.equal(chooseBaseURL(0, [0, 0, 0], 10), 0);
+  assert.equal(chooseBaseURL(2, [0, 0, 0], 10), 2);
+  assert.equal(chooseBaseURL(0, [15, 0, 0], 10), 1);
+  assert.equal(chooseBaseURL(2, [0, 0, 15], 10), 0, "wraps round");
+  assert.equal(chooseBaseURL(0, [15, 0, 0], 15), 0, "its cool-down is over");
+  assert.equal(chooseBaseURL(0, [14, 12, 13], 10), 1, "all cooling: the one back first");
+  assert.equal(otherAvailable(0, [0, 15], 10), false);
+  assert.equal(otherAvailable(1, [0, 15], 10), true);
+});
+
+test("BaseURLs: round robin, cool-down, an answer ends it", () => {
   const urls = new BaseURLs(["a", "b", "c"]);
   assert.deepEqual([urls.pick(0), urls.pick(0), urls.pick(0), urls.pick(0)], [0, 1, 2, 0]);
-  urls.down(1, 0);
+  urls.failed(1, 0);
   assert.deepEqual([urls.pick(1), urls.pick(1), urls.pick(1)], [2, 0, 2]);
-  assert.equal(urls.otherUp(0, 1), true);
-  urls.down(0, 1);
-  urls.down(2, 2);
-  assert.equal(urls.pick(3), 1, "all down: the one back first");
+  assert.deepEqual(urls.cooling(1), ["b"]);
+  assert.equal(urls.otherAvailable(0, 1), true);
+  urls.failed(0, 1);
+  urls.failed(2, 2);
+  assert.equal(urls.pick(3), 1, "all cooling down: the one back first");
+  assert.equal(urls.pick(COOL_DOWN_SECONDS), 1, "b is back");
+  urls.answered(0);
+  assert.deepEqual(urls.cooling(COOL_DOWN_SECONDS), ["c"]);
 });
 
 describe("apiError: both error shapes", () => {
@@ -234,8 +252,47 @@ describe("the send loop against a scripted server", () => {
     const c = new Tollhouse({ apiKey: "k", baseURL: [dead, url], onRetry: (e) => events.push(e) });
     for (let i = 0; i < 4; i++) assert.equal((await c.health()).status, "ok");
     assert.equal(events.length, 1, "the dead URL is passed over after it refused once");
-    assert.match(events[0].reason, /^failover/);
+    assert.match(events[0].reason, /^failing over/);
     assert.equal(events[0].baseURL, dead);
+  });
+
+  test("a 502/503/504 moves a call that is safe to send again to the next instance", async () => {
+    const failing = [];
+    const bad = createServer((req, res) => {
+      failing.push(`${req.method} ${req.url}`);
+      res.writeHead(502, { "content-type": "application/json" });
+      res.end(JSON.stringify({ error: { code: "BAD_GATEWAY", message: "upstream down" } }));
+    });
+    const port = await freePort();
+    await new Promise((r) => bad.listen(port, "127.0.0.1", r));
+    const badURL = `http://127.0.0.1:${port}`;
+    try {
+      const events = [];
+      const waits = [];
+      const options = { apiKey: "k", baseURL: [badURL, url], onRetry: (e) => events.push(e), sleep: async (s) => void waits.push(s) };
+      const c = new Tollhouse(options);
+      assert.equal((await c.health()).status, "ok");
+      assert.deepEqual(events.map((e) => [e.status, e.delay, e.baseURL]), [[502, 0, badURL]]);
+      assert.match(events[0].reason, /failing over/);
+      for (let i = 0; i < 3; i++) await c.health();
+      assert.equal(failing.length, 1, "passed over during its cool-down");
+      assert.deepEqual(c.core.baseURLs.cooling(Date.now() / 1000), [badURL]);
+      // A POST with an idempotency key is safe to send again: it moves too.
+      script.push({ status: 202, body: { scoringJobId: "sj_9", status: "queued", queuePosition: 1, estimatedWaitSeconds: 0 } });
+      const fresh = new Tollhouse(options);
+      const accepted = await fresh.score.create({ applicationId: "a", jobId: "j", candidate: { name: "n", resume: "r" } });
+      assert.equal(accepted.scoringJobId, "sj_9");
+      assert.equal(failing.at(-1), "POST /v1/score");
+      // One without (adding a criterion) is not: the upstream may have done it.
+      await assert.rejects(
+        new Tollhouse(options).criteria.add("j", { name: "n" }),
+        (e) => e instanceof ServerError && e.status === 502 && e.attempts === 1,
+      );
+      assert.equal(failing.at(-1), "POST /v1/jobs/j/criteria");
+      assert.deepEqual(waits, [], "nothing was waited for: another instance was up each time");
+    } finally {
+      await new Promise((r) => bad.close(r));
+    }
   });
 
   test("nothing answers: TransportError after the retries", async () => {

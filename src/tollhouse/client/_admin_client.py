@@ -8,7 +8,7 @@ retries and typed errors) with the admin token in place of a key; only the opera
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -27,7 +27,8 @@ class AdminClient:
 
     Args:
         admin_token: an admin token; default ``TOLLHOUSE_ADMIN_TOKEN``. Never an org's key.
-        base_url: default ``TOLLHOUSE_URL``, else ``http://127.0.0.1:8000``.
+        base_url: one URL or several (as :class:`~tollhouse.client.Client`'s); default
+            ``TOLLHOUSE_URL``, else ``http://127.0.0.1:8000``.
         timeout: seconds per request attempt.
         max_retries: retries per call (overrides ``retry.max_retries``); calls that are
             not idempotent (making an org or a key, a rotation) are not retried once they
@@ -49,7 +50,7 @@ class AdminClient:
     def __init__(
         self,
         admin_token: str | None = None,
-        base_url: str | None = None,
+        base_url: str | Sequence[str] | None = None,
         *,
         timeout: float = 30.0,
         max_retries: int | None = None,

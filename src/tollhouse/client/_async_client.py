@@ -64,7 +64,7 @@ class AsyncClient(ClientBase):
     def __init__(
         self,
         api_key: str | None = None,
-        base_url: str | None = None,
+        base_url: str | Sequence[str] | None = None,
         *,
         tenant_id: str | None = None,
         timeout: float = 30.0,
@@ -132,24 +132,24 @@ class AsyncClient(ClientBase):
 
     async def _call(self, op: Operation[T]) -> T:
         core = self._core
-        retry = 0
+        call = core.start(op)
         while True:
             while (wait := core.throttle_wait(op)) > 0:
                 await self._sleep(wait)
-            request = self._http.build_request(**core.request_args(op), timeout=self._timeout)
+            request = self._http.build_request(**core.next_attempt(call), timeout=self._timeout)
             try:
                 async with self._slots:
                     response = await self._http.send(request)
             except httpx.TransportError as exc:
-                delay = core.after_failure(op, exc, retry)
+                delay = core.after_failure(call, exc)
                 if delay is None:
-                    raise core.transport_error(op, exc, retry + 1) from exc
+                    raise core.transport_error(call, exc) from exc
             else:
-                delay = core.after_answer(op, response, retry)
+                delay = core.after_answer(call, response)
                 if delay is None:
-                    return core.finish(op, response, retry + 1)
-            await self._sleep(delay)
-            retry += 1
+                    return core.finish(call, response)
+            if delay > 0:
+                await self._sleep(delay)
 
     async def _pages(self, pages: Pages[T]) -> AsyncIterator[T]:
         op: Operation[T] | None = pages.first

@@ -43,6 +43,7 @@ from tollhouse.client._inputs import (
     score_body,
     wire_time,
 )
+from tollhouse.client._instances import INSTANCE_FAILURE_STATUSES, Instances, parse_base_urls
 from tollhouse.client._parse import Fields
 from tollhouse.client._retry import Failure, RetryPolicy, decide
 from tollhouse.client._throttle import Throttle
@@ -112,6 +113,7 @@ class RetryEvent:
         reason: e.g. ``"429 Retry-After 1 s"``.
         status: the status that caused it (None for a connection failure).
         request_id: the failed answer's ``X-Request-Id``, if any.
+        base_url: the base URL the failed attempt went to.
     """
 
     route: str
@@ -120,6 +122,7 @@ class RetryEvent:
     reason: str
     status: int | None = None
     request_id: str | None = None
+    base_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,12 +157,31 @@ class Pages(Generic[T]):
 
 
 @dataclass(slots=True)
+class Call(Generic[T]):
+    """One call's way through the send loop: the operation and what happened so far.
+
+    Attributes:
+        op: the endpoint call.
+        retries: retries spent (of the policy's ``max_retries``).
+        attempts: requests sent (or tried).
+        hops: attempts moved to another instance without spending a retry.
+        instance: the index of the base URL of the latest attempt.
+    """
+
+    op: Operation[T]
+    retries: int = 0
+    attempts: int = 0
+    hops: int = 0
+    instance: int = 0
+
+
+@dataclass(slots=True)
 class ClientCore:
     """A client's settings and the decisions made from them (no I/O).
 
     Attributes:
         api_key: the secret (``sk_test_…``/``sk_live_…``).
-        base_url: the API's base URL, without a trailing slash.
+        instances: the API's base URLs (one or several) and their rotation.
         tenant_id: sent as ``X-Tenant-Id`` on every request when set.
         retry: the retry policy.
         throttle: proactive throttling state, or None when disabled.
@@ -170,7 +192,7 @@ class ClientCore:
     """
 
     api_key: str
-    base_url: str
+    instances: Instances
     tenant_id: str | None
     retry: RetryPolicy
     throttle: Throttle | None
@@ -194,7 +216,22 @@ class ClientCore:
                 self.on_throttle(ThrottleEvent(op.route, wait))
         return wait
 
-    def request_args(self, op: Operation[Any]) -> dict[str, Any]:
+    @property
+    def base_url(self) -> str:
+        """The first base URL."""
+        return self.instances.urls[0]
+
+    def start(self, op: Operation[T]) -> Call[T]:
+        """A call of ``op``, before its first attempt."""
+        return Call(op)
+
+    def next_attempt(self, call: Call[Any]) -> dict[str, Any]:
+        """Choose the instance for the call's next attempt; the request's arguments."""
+        call.instance = self.instances.pick(self.clock())
+        call.attempts += 1
+        return self.request_args(call.op, self.instances.urls[call.instance])
+
+    def request_args(self, op: Operation[Any], base_url: str | None = None) -> dict[str, Any]:
         """Keyword arguments for ``httpx.Client.build_request`` (or the async one)."""
         headers = {
             "Authorization": f"Bearer {self.api_key}",
@@ -207,7 +244,7 @@ class ClientCore:
             headers[IDEMPOTENCY_HEADER] = op.idempotency_key
         args: dict[str, Any] = {
             "method": op.method,
-            "url": self.base_url + op.path,
+            "url": (base_url or self.base_url) + op.path,
             "headers": headers,
         }
         if op.params:
@@ -219,64 +256,89 @@ class ClientCore:
 
     # --- after an attempt ----------------------------------------------------------------
 
-    def after_answer(
-        self, op: Operation[Any], response: httpx.Response, retry: int
-    ) -> float | None:
-        """Learn from an answer; return the seconds to wait before retrying, or None."""
-        now = self.clock()
-        headers = response.headers
+    def after_answer(self, call: Call[Any], response: httpx.Response) -> float | None:
+        """Learn from an answer; return the seconds to wait before the next attempt, or
+        None (the answer is final)."""
+        op, now = call.op, self.clock()
+        status, headers = response.status_code, response.headers
+        if status in INSTANCE_FAILURE_STATUSES:
+            self.instances.failed(call.instance, now)
+        else:
+            self.instances.answered(call.instance)
         if self.throttle is not None:
-            self.throttle.observe(op.route, response.status_code, headers, now)
-        if response.status_code < 400:
+            self.throttle.observe(op.route, status, headers, now)
+        if status < 400:
             return None
         decision = decide(
-            retry=retry,
+            retry=call.retries,
             policy=self.retry,
             rng=self.rng,
             now=now,
             idempotent=op.idempotent or op.idempotency_key is not None,
-            status=response.status_code,
+            status=status,
             headers=headers,
         )
         if not decision.retry:
             return None
-        self._retrying(
-            RetryEvent(
-                op.route,
-                retry + 1,
-                decision.delay,
-                decision.reason,
-                response.status_code,
-                headers.get(REQUEST_ID_HEADER),
-            )
-        )
-        return decision.delay
+        delay, reason = decision.delay, decision.reason
+        if status in INSTANCE_FAILURE_STATUSES and self.instances.other_available(
+            call.instance, now
+        ):
+            # This instance is failing; another one may answer at once.
+            delay, reason = 0.0, f"{reason}; failing over"
+        return self._retrying(call, delay, reason, status, headers.get(REQUEST_ID_HEADER))
 
-    def after_failure(
-        self, op: Operation[Any], exc: httpx.TransportError, retry: int
-    ) -> float | None:
-        """Decide on a connection failure; the seconds to wait before retrying, or None."""
+    def after_failure(self, call: Call[Any], exc: httpx.TransportError) -> float | None:
+        """Decide on an attempt that got no answer; the seconds to wait before the next
+        attempt, or None (raise :meth:`transport_error`)."""
+        op, now = call.op, self.clock()
         if self.throttle is not None:
             self.throttle.failed(op.route)
         failure = failure_kind(exc)
         if failure is None:
             return None
+        self.instances.failed(call.instance, now)
+        other = self.instances.other_available(call.instance, now)
+        if failure is Failure.NOT_SENT and other and call.hops < len(self.instances.urls) - 1:
+            # Nothing was sent: another instance takes it at once, without spending a
+            # retry (at most once per other instance, so a call cannot hop forever).
+            call.hops += 1
+            self._retrying(call, 0.0, f"failing over: {exc!r}", spend=False)
+            return 0.0
         decision = decide(
-            retry=retry,
+            retry=call.retries,
             policy=self.retry,
             rng=self.rng,
-            now=self.clock(),
+            now=now,
             idempotent=op.idempotent or op.idempotency_key is not None,
             failure=failure,
         )
         if not decision.retry:
             return None
-        self._retrying(
-            RetryEvent(op.route, retry + 1, decision.delay, f"{decision.reason}: {exc!r}")
-        )
-        return decision.delay
+        delay = 0.0 if other else decision.delay
+        return self._retrying(call, delay, f"{decision.reason}: {exc!r}")
 
-    def _retrying(self, event: RetryEvent) -> None:
+    def _retrying(
+        self,
+        call: Call[Any],
+        delay: float,
+        reason: str,
+        status: int | None = None,
+        request_id: str | None = None,
+        *,
+        spend: bool = True,
+    ) -> float:
+        event = RetryEvent(
+            call.op.route,
+            call.retries + 1,
+            delay,
+            reason,
+            status,
+            request_id,
+            self.instances.urls[call.instance],
+        )
+        if spend:
+            call.retries += 1
         logger.info(
             "retrying",
             extra={
@@ -285,24 +347,26 @@ class ClientCore:
                 "delay": round(event.delay, 3),
                 "reason": event.reason,
                 "request_id": event.request_id,
+                "base_url": event.base_url,
             },
         )
         if self.on_retry is not None:
             self.on_retry(event)
+        return delay
 
-    def finish(self, op: Operation[T], response: httpx.Response, attempts: int) -> T:
+    def finish(self, call: Call[T], response: httpx.Response) -> T:
         """The parsed result of a final answer, or its typed error."""
         if response.status_code >= 400:
-            raise api_error(response, attempts)
-        return op.parse(response)
+            raise api_error(response, call.attempts)
+        return call.op.parse(response)
 
-    def transport_error(
-        self, op: Operation[Any], exc: httpx.TransportError, attempts: int
-    ) -> TransportError:
+    def transport_error(self, call: Call[Any], exc: httpx.TransportError) -> TransportError:
         """The error for a call that got no answer."""
+        op, attempts = call.op, call.attempts
         tries = f" after {attempts} attempts" if attempts > 1 else ""
+        base = self.instances.urls[call.instance]
         return TransportError(
-            f"{op.method} {self.base_url}{op.path} failed{tries}: {exc!r}", attempts=attempts
+            f"{op.method} {base}{op.path} failed{tries}: {exc!r}", attempts=attempts
         )
 
 
@@ -317,11 +381,15 @@ def failure_kind(exc: httpx.TransportError) -> Failure | None:
     return Failure.MAYBE_SENT
 
 
-def resolve_settings(api_key: str | None, base_url: str | None) -> tuple[str, str]:
-    """The key and base URL: arguments, else ``TOLLHOUSE_API_KEY`` / ``TOLLHOUSE_URL``.
+def resolve_settings(
+    api_key: str | None, base_url: str | Sequence[str] | None
+) -> tuple[str, tuple[str, ...]]:
+    """The key and base URLs: arguments, else ``TOLLHOUSE_API_KEY`` / ``TOLLHOUSE_URL``
+    (comma-separated for several), else :data:`DEFAULT_BASE_URL`.
 
     Raises:
         ClientError: no key anywhere.
+        ValueError: a base URL that is not an http(s) URL.
     """
     key = api_key or os.environ.get(ENV_API_KEY)
     if not key:
@@ -329,8 +397,7 @@ def resolve_settings(api_key: str | None, base_url: str | None) -> tuple[str, st
             f"No API key: pass api_key=... or set {ENV_API_KEY} "
             "(create one with `tollhouse keys create --org ORG`)."
         )
-    url = (base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL).rstrip("/")
-    return key, url
+    return key, parse_base_urls(base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL)
 
 
 class ClientBase:
@@ -348,7 +415,7 @@ class ClientBase:
     def _configure(
         self,
         api_key: str | None,
-        base_url: str | None,
+        base_url: str | Sequence[str] | None,
         *,
         tenant_id: str | None,
         timeout: float,
@@ -364,7 +431,7 @@ class ClientBase:
     ) -> httpx.Limits:
         """Check and keep the settings; return the connection limits for an own httpx
         client (as many connections as requests may be in flight)."""
-        key, url = resolve_settings(api_key, base_url)
+        key, urls = resolve_settings(api_key, base_url)
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         policy = retry or RetryPolicy()
@@ -372,7 +439,7 @@ class ClientBase:
             policy = dataclasses.replace(policy, max_retries=max_retries)
         self._core = ClientCore(
             api_key=key,
-            base_url=url,
+            instances=Instances(urls),
             tenant_id=tenant_id,
             retry=policy,
             throttle=Throttle() if throttle else None,
@@ -392,8 +459,13 @@ class ClientBase:
 
     @property
     def base_url(self) -> str:
-        """The API's base URL."""
+        """The API's (first) base URL."""
         return self._core.base_url
+
+    @property
+    def base_urls(self) -> tuple[str, ...]:
+        """Every base URL, in rotation order."""
+        return self._core.instances.urls
 
     @property
     def tenant_id(self) -> str | None:

@@ -44,7 +44,10 @@ class Client(ClientBase):
 
     Args:
         api_key: ``sk_test_…`` or ``sk_live_…``; default ``TOLLHOUSE_API_KEY``.
-        base_url: default ``TOLLHOUSE_URL``, else ``http://127.0.0.1:8000``.
+        base_url: one URL or several (round robin; an instance that fails is passed over
+            for a few seconds and the request moves to the next: see docs/sdk.md);
+            default ``TOLLHOUSE_URL`` (comma-separated for several), else
+            ``http://127.0.0.1:8000``.
         tenant_id: sent as ``X-Tenant-Id`` (required by the product endpoints of the
             built-in policy); see also :meth:`with_tenant`.
         timeout: seconds per request attempt.
@@ -71,7 +74,7 @@ class Client(ClientBase):
     def __init__(
         self,
         api_key: str | None = None,
-        base_url: str | None = None,
+        base_url: str | Sequence[str] | None = None,
         *,
         tenant_id: str | None = None,
         timeout: float = 30.0,
@@ -139,24 +142,24 @@ class Client(ClientBase):
 
     def _call(self, op: Operation[T]) -> T:
         core = self._core
-        retry = 0
+        call = core.start(op)
         while True:
             while (wait := core.throttle_wait(op)) > 0:
                 self._sleep(wait)
-            request = self._http.build_request(**core.request_args(op), timeout=self._timeout)
+            request = self._http.build_request(**core.next_attempt(call), timeout=self._timeout)
             try:
                 with self._slots:
                     response = self._http.send(request)
             except httpx.TransportError as exc:
-                delay = core.after_failure(op, exc, retry)
+                delay = core.after_failure(call, exc)
                 if delay is None:
-                    raise core.transport_error(op, exc, retry + 1) from exc
+                    raise core.transport_error(call, exc) from exc
             else:
-                delay = core.after_answer(op, response, retry)
+                delay = core.after_answer(call, response)
                 if delay is None:
-                    return core.finish(op, response, retry + 1)
-            self._sleep(delay)
-            retry += 1
+                    return core.finish(call, response)
+            if delay > 0:
+                self._sleep(delay)
 
     def _pages(self, pages: Pages[T]) -> Iterator[T]:
         op: Operation[T] | None = pages.first

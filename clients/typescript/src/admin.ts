@@ -1,0 +1,290 @@
+/**
+ * `AdminClient`: the provider API (`/v1/admin/*`) with an admin token, as the Python
+ * SDK's `AdminClient` (the same namespaces and names, camelCase). It sends through the
+ * same send loop as `Tollhouse` — retries, backoff, several base URLs, typed errors —
+ * without throttling (no bucket applies to the provider API).
+ */
+import { isoTime, seg } from "./client.js";
+import { type ClientOptions, Core, type Operation, type RequestOptions } from "./core.js";
+import { ConfigurationError } from "./errors.js";
+import type {
+  AdminCreatedKey,
+  AdminKey,
+  AdminKeyPage,
+  AdminNewKey,
+  AdminOrg,
+  AdminOrgLimits,
+  AdminOrgPage,
+  AdminOverride,
+  AdminRotatedKey,
+  AuditEntry,
+  AuditPage,
+  Environment,
+  Role,
+  Time,
+} from "./types.js";
+
+/** The variable an admin client reads its token from (Node). */
+export const ENV_ADMIN_TOKEN = "TOLLHOUSE_ADMIN_TOKEN";
+const ADMIN = "/v1/admin";
+
+export interface AdminClientOptions extends Omit<ClientOptions, "apiKey" | "tenantId" | "throttle"> {
+  /** An admin token; default `TOLLHOUSE_ADMIN_TOKEN` (Node). Never an org's key. */
+  adminToken?: string;
+}
+
+/** One page of a cursor-paged listing. */
+export interface PageOptions extends RequestOptions {
+  limit?: number;
+  cursor?: string;
+}
+
+function env(name: string): string | undefined {
+  const process = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process;
+  return process?.env?.[name] || undefined;
+}
+
+/** A key to make: `expiresAt` may be a Date or Unix seconds here. */
+export type AdminKeyInput = Omit<AdminNewKey, "role" | "expiresAt"> & { role?: Role; expiresAt?: Time };
+
+function keyBody(key: AdminKeyInput): AdminNewKey {
+  const body: Record<string, unknown> = { ...key, role: key.role ?? "member" };
+  if (key.expiresAt !== undefined) body.expiresAt = isoTime(key.expiresAt, "expiresAt");
+  return body as AdminNewKey;
+}
+
+/**
+ * A client of the provider API.
+ *
+ * ```ts
+ * const admin = new AdminClient({ adminToken: "adm_…", baseURL: "https://api.example.com" });
+ * const org = await admin.orgs.create("acme", { name: "Acme", firstKey: { environment: "SANDBOX", role: "root" } });
+ * console.log(org.firstKey?.key);   // the secret, this once
+ * ```
+ */
+export class AdminClient {
+  /** @internal */
+  readonly core: Core;
+  readonly orgs: OrgsAdmin;
+  readonly keys: KeysAdmin;
+  readonly limits: LimitsAdmin;
+  readonly audit: AuditAdmin;
+
+  constructor(options: AdminClientOptions = {}) {
+    const token = options.adminToken ?? env(ENV_ADMIN_TOKEN);
+    if (!token) {
+      throw new ConfigurationError(
+        `No admin token: pass { adminToken } or set ${ENV_ADMIN_TOKEN} (or create one with \`tollhouse admin-tokens create\`).`,
+      );
+    }
+    if (token.startsWith("sk_")) {
+      throw new ConfigurationError("An org's API key is not an admin token (the provider API refuses it).");
+    }
+    const { adminToken: _, ...rest } = options;
+    this.core = new Core({ ...rest, apiKey: token, throttle: false });
+    this.orgs = new OrgsAdmin(this);
+    this.keys = new KeysAdmin(this);
+    this.limits = new LimitsAdmin(this);
+    this.audit = new AuditAdmin(this);
+  }
+
+  /** The base URLs, in rotation order. */
+  get baseURLs(): readonly string[] {
+    return this.core.baseURLs.urls;
+  }
+
+  /** @internal Send one operation; its checked body. */
+  async call<T>(op: Operation, options?: RequestOptions): Promise<T> {
+    return (await this.core.send<T>(op, undefined, options)).body;
+  }
+
+  /** @internal Every page from `first`, following `nextCursor`. */
+  async *pages<P extends { hasMore: boolean; nextCursor: string | null }>(
+    op: (cursor: string | undefined) => Operation,
+    options?: RequestOptions,
+  ): AsyncGenerator<P> {
+    let cursor: string | undefined;
+    for (;;) {
+      const page: P = await this.call<P>(op(cursor), options);
+      yield page;
+      if (!page.hasMore || !page.nextCursor) return;
+      cursor = page.nextCursor;
+    }
+  }
+}
+
+function paging(params: PageOptions | undefined, cursor = params?.cursor): Record<string, string | number | undefined> {
+  return { limit: params?.limit, cursor };
+}
+
+/** `admin.orgs`. */
+export class OrgsAdmin {
+  constructor(private readonly a: AdminClient) {}
+
+  /**
+   * `POST /v1/admin/orgs`: an org, and its first key with it when `firstKey` is given —
+   * both or neither. The key's secret is `org.firstKey.key`, this once. A taken id is a
+   * 409 `APIError`. Not sent again once it may have been sent.
+   */
+  create(orgId: string, params: { name?: string; firstKey?: AdminKeyInput } & RequestOptions = {}): Promise<AdminOrg> {
+    const body: Record<string, unknown> = { id: orgId };
+    if (params.name !== undefined) body.name = params.name;
+    if (params.firstKey !== undefined) body.firstKey = keyBody(params.firstKey);
+    return this.a.call({ method: "POST", path: `${ADMIN}/orgs`, route: "POST /v1/admin/orgs", body, idempotent: false }, params);
+  }
+
+  private listOp(params: PageOptions | undefined, cursor?: string): Operation {
+    return { method: "GET", path: `${ADMIN}/orgs`, route: "GET /v1/admin/orgs", query: paging(params, cursor), idempotent: true };
+  }
+
+  /** `GET /v1/admin/orgs`: one page, newest first. */
+  list(params?: PageOptions): Promise<AdminOrgPage> {
+    return this.a.call(this.listOp(params), params);
+  }
+
+  /** Every page of orgs, following `nextCursor`. */
+  iter(params?: Omit<PageOptions, "cursor">): AsyncGenerator<AdminOrgPage> {
+    return this.a.pages((cursor) => this.listOp(params, cursor), params);
+  }
+
+  /** `GET /v1/admin/orgs/{orgId}`. */
+  get(orgId: string, options?: RequestOptions): Promise<AdminOrg> {
+    const path = `${ADMIN}/orgs/${seg(orgId, "orgId")}`;
+    return this.a.call({ method: "GET", path, route: "GET /v1/admin/orgs/{orgId}", idempotent: true }, options);
+  }
+
+  /** `PATCH /v1/admin/orgs/{orgId}`: rename, suspend (its keys get 403 `ORG_SUSPENDED`) or reinstate. */
+  update(orgId: string, changes: { name?: string; suspended?: boolean } & RequestOptions): Promise<AdminOrg> {
+    const body: Record<string, unknown> = {};
+    if (changes.name !== undefined) body.name = changes.name;
+    if (changes.suspended !== undefined) body.suspended = changes.suspended;
+    const path = `${ADMIN}/orgs/${seg(orgId, "orgId")}`;
+    return this.a.call({ method: "PATCH", path, route: "PATCH /v1/admin/orgs/{orgId}", body, idempotent: true }, changes);
+  }
+}
+
+/** `admin.keys`. */
+export class KeysAdmin {
+  constructor(private readonly a: AdminClient) {}
+
+  /** `POST /v1/admin/orgs/{orgId}/keys`: a key with its secret (`key`) this once. */
+  create(orgId: string, key: AdminKeyInput & RequestOptions): Promise<AdminCreatedKey> {
+    const { signal, ...fields } = key;
+    return this.a.call(
+      {
+        method: "POST",
+        path: `${ADMIN}/orgs/${seg(orgId, "orgId")}/keys`,
+        route: "POST /v1/admin/orgs/{orgId}/keys",
+        body: keyBody(fields),
+        idempotent: false, // each call makes one more key
+      },
+      signal === undefined ? undefined : { signal },
+    );
+  }
+
+  private listOp(orgId: string, params: (PageOptions & { environment?: Environment }) | undefined, cursor?: string): Operation {
+    return {
+      method: "GET",
+      path: `${ADMIN}/orgs/${seg(orgId, "orgId")}/keys`,
+      route: "GET /v1/admin/orgs/{orgId}/keys",
+      query: { ...paging(params, cursor), environment: params?.environment },
+      idempotent: true,
+    };
+  }
+
+  /** `GET /v1/admin/orgs/{orgId}/keys`: one page, newest first, never a secret, with `lastUsedAt`. */
+  list(orgId: string, params?: PageOptions & { environment?: Environment }): Promise<AdminKeyPage> {
+    return this.a.call(this.listOp(orgId, params), params);
+  }
+
+  /** Every page of an org's keys, following `nextCursor`. */
+  iter(orgId: string, params?: Omit<PageOptions, "cursor"> & { environment?: Environment }): AsyncGenerator<AdminKeyPage> {
+    return this.a.pages((cursor) => this.listOp(orgId, params, cursor), params);
+  }
+
+  /** `DELETE /v1/admin/keys/{keyId}`: revoke it; the key as it is now. */
+  revoke(keyId: string, options?: RequestOptions): Promise<AdminKey> {
+    const path = `${ADMIN}/keys/${seg(keyId, "keyId")}`;
+    return this.a.call({ method: "DELETE", path, route: "DELETE /v1/admin/keys/{keyId}", idempotent: true }, options);
+  }
+
+  /** `POST /v1/admin/keys/{keyId}/rotate`: a new key (secret once) replacing it; the old one works for `overlapSeconds`. */
+  rotate(keyId: string, options?: { overlapSeconds?: number } & RequestOptions): Promise<AdminRotatedKey> {
+    return this.a.call(
+      {
+        method: "POST",
+        path: `${ADMIN}/keys/${seg(keyId, "keyId")}/rotate`,
+        route: "POST /v1/admin/keys/{keyId}/rotate",
+        body: options?.overlapSeconds === undefined ? {} : { overlapSeconds: options.overlapSeconds },
+        idempotent: false, // a second rotation would replace the new key too
+      },
+      options,
+    );
+  }
+}
+
+/** `admin.limits`: an org's effective limits and its overrides. */
+export class LimitsAdmin {
+  constructor(private readonly a: AdminClient) {}
+
+  /** `GET /v1/admin/orgs/{orgId}/limits`: each bucket (policy limit, override, key overrides) and the pools. */
+  get(orgId: string, options?: RequestOptions): Promise<AdminOrgLimits> {
+    const path = `${ADMIN}/orgs/${seg(orgId, "orgId")}/limits`;
+    return this.a.call({ method: "GET", path, route: "GET /v1/admin/orgs/{orgId}/limits", idempotent: true }, options);
+  }
+
+  /** `PUT /v1/admin/orgs/{orgId}/limits/{bucket}`: the org's limit (or one key's, with `keyId`). */
+  set(orgId: string, bucket: string, limit: number, options?: { keyId?: string } & RequestOptions): Promise<AdminOverride> {
+    const body: Record<string, unknown> = { limit };
+    if (options?.keyId !== undefined) body.keyId = options.keyId;
+    return this.a.call(
+      {
+        method: "PUT",
+        path: `${ADMIN}/orgs/${seg(orgId, "orgId")}/limits/${seg(bucket, "bucket")}`,
+        route: "PUT /v1/admin/orgs/{orgId}/limits/{bucket}",
+        body,
+        idempotent: true,
+      },
+      options,
+    );
+  }
+
+  /** `DELETE /v1/admin/orgs/{orgId}/limits/{bucket}`: back to the policy's limit. */
+  async clear(orgId: string, bucket: string, options?: { keyId?: string } & RequestOptions): Promise<void> {
+    await this.a.call(
+      {
+        method: "DELETE",
+        path: `${ADMIN}/orgs/${seg(orgId, "orgId")}/limits/${seg(bucket, "bucket")}`,
+        route: "DELETE /v1/admin/orgs/{orgId}/limits/{bucket}",
+        query: { keyId: options?.keyId },
+        idempotent: true,
+      },
+      options,
+    );
+  }
+}
+
+/** `admin.audit`: every change, who made it, when and from where. */
+export class AuditAdmin {
+  constructor(private readonly a: AdminClient) {}
+
+  private listOp(params: (PageOptions & { org?: string; action?: AuditEntry["action"] }) | undefined, cursor?: string): Operation {
+    return {
+      method: "GET",
+      path: `${ADMIN}/audit`,
+      route: "GET /v1/admin/audit",
+      query: { ...paging(params, cursor), org: params?.org, action: params?.action },
+      idempotent: true,
+    };
+  }
+
+  /** `GET /v1/admin/audit`: one page, newest first, filtered by org and action. */
+  list(params?: PageOptions & { org?: string; action?: AuditEntry["action"] }): Promise<AuditPage> {
+    return this.a.call(this.listOp(params), params);
+  }
+
+  /** Every page of the audit log, following `nextCursor`. */
+  iter(params?: Omit<PageOptions, "cursor"> & { org?: string; action?: AuditEntry["action"] }): AsyncGenerator<AuditPage> {
+    return this.a.pages((cursor) => this.listOp(params, cursor), params);
+  }
+}

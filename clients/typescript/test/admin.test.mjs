@@ -1,0 +1,193 @@
+// The provider API (AdminClient, with an admin token) and the self-serve API
+// (`keys`, `webhooks.endpoints`, `webhooks.deliveries.replay`) against a real
+// `tollhouse serve`: the provider makes an org and its first key over HTTP, then that
+// org's key manages its own keys and webhook endpoints.
+import assert from "node:assert/strict";
+import { createServer } from "node:http";
+import { after, before, describe, test } from "node:test";
+import {
+  APIError,
+  AdminClient,
+  AuthenticationError,
+  BadRequestError,
+  ConfigurationError,
+  NotFoundError,
+  PermissionDeniedError,
+  Tollhouse,
+  ValidationError,
+  webhooks,
+} from "@tollhouse/sdk";
+import { freePort, org, startServer } from "./support.mjs";
+
+const TOKEN = `adm_${"a".repeat(40)}`;
+let server;
+let admin;
+
+before(async () => {
+  server = await startServer({ env: { TOLLHOUSE_ADMIN_TOKEN: TOKEN } });
+  admin = new AdminClient({ adminToken: TOKEN, baseURL: server.url });
+});
+after(() => server?.close());
+
+/** A webhook receiver on loopback that answers 204 and keeps what it got. */
+async function receiver() {
+  const got = [];
+  const http = createServer((req, res) => {
+    const chunks = [];
+    req.on("data", (c) => chunks.push(c));
+    req.on("end", () => {
+      got.push({ body: Buffer.concat(chunks).toString("utf8"), headers: req.headers });
+      res.writeHead(204).end();
+    });
+  });
+  const port = await freePort();
+  await new Promise((r) => http.listen(port, "127.0.0.1", r));
+  return { url: `http://127.0.0.1:${port}/hooks`, got, close: () => new Promise((r) => http.close(r)) };
+}
+
+describe("AdminClient", () => {
+  test("an org with its first key, more keys, limits, audit — over HTTP only", async () => {
+    const id = org("prov");
+    const made = await admin.orgs.create(id, { name: "Acme", firstKey: { environment: "SANDBOX", role: "root", name: "first" } });
+    assert.equal(made.id, id);
+    assert.equal(made.suspended, false);
+    assert.match(made.firstKey.key, /^sk_test_/);
+    const tollhouse = new Tollhouse({ apiKey: made.firstKey.key, baseURL: server.url });
+    assert.equal((await tollhouse.rateLimit.status()).environment, "SANDBOX", "a live key");
+
+    const prod = await admin.keys.create(id, { environment: "PRODUCTION", name: "ci", meta: { team: "x" }, expiresAt: new Date(Date.now() + 86_400_000) });
+    assert.match(prod.key, /^sk_live_/);
+    assert.deepEqual(prod.meta, { team: "x" });
+    const pages = [];
+    for await (const page of admin.keys.iter(id, { limit: 1 })) pages.push(page);
+    assert.deepEqual(pages.flatMap((p) => p.data.map((k) => k.id)), [prod.id, made.firstKey.id]);
+    assert.ok(pages.every((p) => p.data.every((k) => !("key" in k))), "never a secret");
+    assert.deepEqual((await admin.keys.list(id, { environment: "SANDBOX" })).data.map((k) => k.id), [made.firstKey.id]);
+
+    const limits = await admin.limits.get(id);
+    const bucket = limits.buckets[0];
+    const override = await admin.limits.set(id, bucket.name, 42);
+    assert.equal(override.limit, 42);
+    const after = (await admin.limits.get(id)).buckets.find((b) => b.name === bucket.name);
+    assert.equal(after.limit, 42);
+    assert.equal(after.overridden, true);
+    await admin.limits.set(id, bucket.name, 7, { keyId: prod.id });
+    await admin.limits.clear(id, bucket.name);
+    await admin.limits.clear(id, bucket.name, { keyId: prod.id });
+    assert.equal((await admin.limits.get(id)).buckets.find((b) => b.name === bucket.name).overridden, false);
+
+    const rotated = await admin.keys.rotate(prod.id, { overlapSeconds: 0 });
+    assert.equal(rotated.replaces.id, prod.id);
+    assert.match(rotated.key, /^sk_live_/);
+    assert.equal((await admin.keys.revoke(rotated.id)).status, "revoked");
+
+    assert.equal((await admin.orgs.update(id, { suspended: true })).suspended, true);
+    assert.equal((await admin.orgs.update(id, { suspended: false, name: "Acme Inc" })).name, "Acme Inc");
+    assert.equal((await admin.orgs.get(id)).name, "Acme Inc");
+    assert.ok((await admin.orgs.list({ limit: 100 })).data.some((o) => o.id === id));
+
+    const actions = [];
+    for await (const page of admin.audit.iter({ org: id, limit: 2 })) actions.push(...page.data.map((e) => e.action));
+    for (const action of ["org.created", "key.created", "limit.set", "limit.cleared", "key.rotated", "key.revoked", "org.updated"]) {
+      assert.ok(actions.includes(action), `${action} in ${actions}`);
+    }
+    const created = await admin.audit.list({ org: id, action: "key.created" });
+    assert.ok(created.data.every((e) => e.action === "key.created" && e.org === id));
+  });
+
+  test("bad input: typed errors", async () => {
+    assert.throws(() => new AdminClient({ adminToken: "sk_test_nope", baseURL: server.url }), ConfigurationError);
+    const saved = process.env.TOLLHOUSE_ADMIN_TOKEN;
+    delete process.env.TOLLHOUSE_ADMIN_TOKEN;
+    try {
+      assert.throws(() => new AdminClient({ baseURL: server.url }), (e) => e instanceof ConfigurationError && /TOLLHOUSE_ADMIN_TOKEN/.test(e.message));
+    } finally {
+      if (saved !== undefined) process.env.TOLLHOUSE_ADMIN_TOKEN = saved;
+    }
+    const id = org("dup");
+    await admin.orgs.create(id);
+    await assert.rejects(admin.orgs.create(id), (e) => e instanceof APIError && e.status === 409 && e.code === "CONFLICT");
+    await assert.rejects(admin.orgs.get(org("nobody")), NotFoundError);
+    await assert.rejects(admin.keys.revoke("key_nope"), NotFoundError);
+    await assert.rejects(admin.keys.create(id, { environment: "STAGING" }), (e) => e instanceof ValidationError && /environment/.test(e.detail));
+    const stranger = new AdminClient({ adminToken: `adm_${"z".repeat(40)}`, baseURL: server.url });
+    await assert.rejects(stranger.orgs.list(), AuthenticationError);
+  });
+});
+
+describe("self-serve: an org's own keys and webhooks", () => {
+  let id;
+  let root;
+  let tollhouse;
+
+  before(async () => {
+    id = org("self");
+    const made = await admin.orgs.create(id, { firstKey: { environment: "SANDBOX", role: "root" } });
+    root = made.firstKey;
+    tollhouse = new Tollhouse({ apiKey: root.key, baseURL: server.url });
+  });
+
+  test("keys: list, create, rotate, revoke; never above the caller", async () => {
+    const listed = await tollhouse.keys.list();
+    assert.deepEqual(listed.map((k) => k.id), [root.id]);
+    assert.ok(listed.every((k) => !("secret" in k)));
+    const member = await tollhouse.keys.create({ name: "reporting", role: "member" });
+    assert.match(member.secret, /^sk_test_/);
+    assert.equal(member.environment, "SANDBOX");
+    const weak = new Tollhouse({ apiKey: member.secret, baseURL: server.url });
+    await assert.rejects(weak.keys.list(), PermissionDeniedError);
+    await assert.rejects(tollhouse.keys.create({ environment: "PRODUCTION" }), PermissionDeniedError);
+
+    const manager = await tollhouse.keys.create({ name: "ops", role: "manager", expiresAt: new Date(Date.now() + 3_600_000) });
+    const managerClient = new Tollhouse({ apiKey: manager.secret, baseURL: server.url });
+    await assert.rejects(managerClient.keys.create({ role: "root" }), (e) => e instanceof PermissionDeniedError && /role/i.test(e.detail));
+
+    const rotated = await tollhouse.keys.rotate(member.id, { overlapSeconds: 0 });
+    assert.equal(rotated.replaces.id, member.id);
+    await assert.rejects(weak.rateLimit.status(), AuthenticationError);
+    const revoked = await tollhouse.keys.revoke(rotated.id);
+    assert.equal(revoked.status, "revoked");
+    await assert.rejects(tollhouse.keys.revoke("key_nope"), NotFoundError);
+    const other = await admin.orgs.create(org("other"), { firstKey: { environment: "SANDBOX", role: "root" } });
+    await assert.rejects(tollhouse.keys.revoke(other.firstKey.id), NotFoundError, "another org's key is not found");
+  });
+
+  test("webhook endpoints: create, update, test (signed ping), rotate the secret, replay, delete", async () => {
+    const hooks = await receiver();
+    try {
+      const endpoint = await tollhouse.webhooks.endpoints.create({ url: hooks.url, eventTypes: ["score.completed"] });
+      assert.match(endpoint.secret, /^whsec_/);
+      assert.equal(endpoint.environment, "SANDBOX");
+      assert.deepEqual((await tollhouse.webhooks.endpoints.list()).map((e) => e.id), [endpoint.id]);
+
+      const ping = await tollhouse.webhooks.endpoints.test(endpoint.id);
+      assert.equal(ping.eventType, "ping");
+      assert.equal(ping.attempts[0].statusCode, 204);
+      const event = await webhooks.verify(hooks.got[0].body, hooks.got[0].headers, endpoint.secret);
+      assert.equal(event.type, "ping");
+
+      const rotated = await tollhouse.webhooks.endpoints.rotateSecret(endpoint.id, { overlapSeconds: 60 });
+      assert.notEqual(rotated.secret, endpoint.secret);
+      assert.ok(rotated.previousSecretExpiresAt);
+      const replayed = await tollhouse.webhooks.deliveries.replay(ping.id);
+      assert.equal(replayed.messageId, ping.messageId);
+      assert.notEqual(replayed.id, ping.id);
+      const last = hooks.got.at(-1);
+      // Both secrets sign during the overlap.
+      await webhooks.verify(last.body, last.headers, rotated.secret);
+      await webhooks.verify(last.body, last.headers, endpoint.secret);
+      const deliveries = await tollhouse.webhooks.deliveries.list();
+      assert.ok(deliveries.some((d) => d.id === replayed.id));
+
+      const disabled = await tollhouse.webhooks.endpoints.update(endpoint.id, { enabled: false, eventTypes: null });
+      assert.equal(disabled.enabled, false);
+      assert.equal(disabled.eventTypes, null);
+      assert.equal((await tollhouse.webhooks.endpoints.delete(endpoint.id)).id, endpoint.id);
+      assert.deepEqual(await tollhouse.webhooks.endpoints.list(), []);
+      await assert.rejects(tollhouse.webhooks.endpoints.delete(endpoint.id), NotFoundError);
+      await assert.rejects(tollhouse.webhooks.endpoints.create({ url: "not a url" }), BadRequestError);
+    } finally {
+      await hooks.close();
+    }
+  });
+});
