@@ -1,6 +1,6 @@
-"""The commands' ``--url`` mode: keys, orgs, limits and audit through the provider API of a
-real server (SQLite and PostgreSQL), with ``TOLLHOUSE_ADMIN_TOKEN``; and ``admin-tokens``
-on the database."""
+"""The commands' ``--url`` mode: keys, orgs, limits, webhooks and audit through the provider
+API of a real server (SQLite and PostgreSQL), with ``TOLLHOUSE_ADMIN_TOKEN``; and
+``admin-tokens`` on the database."""
 
 from __future__ import annotations
 
@@ -22,20 +22,26 @@ __all__ = ["database_url"]
 pytestmark = pytest.mark.integration
 
 TOKEN = "adm_" + "c" * 40
+#: Webhook receivers on loopback are allowed (nothing is sent to them here).
+PRIVATE = {"TOLLHOUSE_ALLOW_PRIVATE_TARGETS": "1"}
 BUCKET = load_policy(None).buckets[0].name
 
 
 @pytest.fixture
 def served(database_url: str) -> Iterator[tuple[str, str]]:
     settings = load_settings(
-        environ={"TOLLHOUSE_DATABASE_URL": database_url, "TOLLHOUSE_ADMIN_TOKEN": TOKEN}
+        environ={
+            "TOLLHOUSE_DATABASE_URL": database_url,
+            "TOLLHOUSE_ADMIN_TOKEN": TOKEN,
+            **PRIVATE,
+        }
     )
     with serve_in_thread(Tollhouse(settings=settings)) as url:
         yield url, database_url
 
 
 def _cli(*args: str, token: str | None = TOKEN, code: int = 0) -> str:
-    env = {"TOLLHOUSE_ADMIN_TOKEN": token} if token else {"TOLLHOUSE_ADMIN_TOKEN": ""}
+    env = {"TOLLHOUSE_ADMIN_TOKEN": token or "", **PRIVATE}
     result = CliRunner().invoke(app, list(args), env=env)
     assert result.exit_code == code, result.output
     return result.output
@@ -121,6 +127,93 @@ def test_keys_orgs_limits_and_audit_over_http(served: tuple[str, str]) -> None:
     only = json.loads(_cli("audit", "--action", "key.rotated", "--url", url, "--json"))
     assert [e["targetId"] for e in only] == [key["id"]]
     assert "adt_env" in _cli("audit", "--limit", "2", "--url", url)
+
+
+def test_webhooks_over_http(served: tuple[str, str]) -> None:
+    url, db = served
+    _cli("orgs", "create", "acme", "--url", url)
+    receiver = "http://127.0.0.1:9/hooks"
+    made = json.loads(
+        _cli(
+            "webhooks",
+            "add",
+            "--org",
+            "acme",
+            "--endpoint",
+            receiver + "/sandbox",
+            "--environment",
+            "sandbox",
+            "--url",
+            url,
+            "--json",
+        )
+    )
+    assert made["secret"].startswith("whsec_") and made["environment"] == "SANDBOX"
+    assert (made["org"], made["status"], made["url"]) == ("acme", "enabled", receiver + "/sandbox")
+    out = _cli("webhooks", "add", "--org", "acme", "--endpoint", receiver + "/live", "--url", url)
+    assert "whsec_" in out and "(PRODUCTION)" in out
+
+    # The same JSON over HTTP as on the database.
+    remote = json.loads(
+        _cli("webhooks", "list", "--org", "acme", "--env", "test", "--url", url, "--json")
+    )
+    local = json.loads(
+        _cli("webhooks", "list", "--org", "acme", "--env", "test", "--database-url", db, "--json")
+    )
+    # (The API's times have milliseconds; the database's, microseconds.)
+    stamps = [
+        (r.pop("created_at"), o.pop("created_at")) for r, o in zip(remote, local, strict=True)
+    ]
+    assert all(r[:23] == o[:23] for r, o in stamps), stamps
+    assert remote == local and [e["id"] for e in remote] == [made["id"]]
+    assert "secret" not in remote[0]
+    assert made["id"] not in _cli("webhooks", "list", "--org", "acme", "--url", url)
+    assert made["id"] in _cli("webhooks", "list", "--org", "acme", "--env", "test", "--url", url)
+    _cli("webhooks", "list", "--url", url, code=2)  # one org's endpoints: --org needed
+
+    # remove: scoped by org and environment (PRODUCTION unless --environment).
+    assert "not found" in _cli(
+        "webhooks", "remove", made["id"], "--org", "acme", "--url", url, code=1
+    )
+    _cli("orgs", "create", "other", "--url", url)
+    args = ("webhooks", "remove", made["id"], "--env", "sandbox", "--url", url)
+    assert "not found" in _cli(*args, "--org", "other", code=1)
+    _cli("webhooks", "remove", made["id"], "--url", url, code=2)  # --org needed
+    removed = json.loads(_cli(*args, "--org", "acme", "--json"))
+    assert removed["id"] == made["id"] and "secret" not in removed
+    assert (
+        json.loads(
+            _cli("webhooks", "list", "--org", "acme", "--env", "test", "--url", url, "--json")
+        )
+        == []
+    )
+
+    # The older spelling, on the database: --url is the receiver when --endpoint is not given.
+    old = json.loads(
+        _cli(
+            "webhooks",
+            "add",
+            "--org",
+            "acme",
+            "--url",
+            receiver + "/old",
+            "--database-url",
+            db,
+            "--json",
+        )
+    )
+    assert old["url"] == receiver + "/old" and old["environment"] == "PRODUCTION"
+    _cli("webhooks", "add", "--org", "acme", "--database-url", db, code=2)  # no receiver
+
+    entries = json.loads(
+        _cli("audit", "--org", "acme", "--action", "webhook.added", "--url", url, "--json")
+    )
+    over_http = [e for e in entries if e["actor"] == "adt_env"]
+    assert len(over_http) == 2 and {e["address"] for e in over_http} == {"127.0.0.1"}
+    gone = json.loads(
+        _cli("audit", "--org", "acme", "--action", "webhook.removed", "--url", url, "--json")
+    )
+    assert [e["targetId"] for e in gone] == [made["id"]]
 
 
 def test_errors_over_http(served: tuple[str, str]) -> None:

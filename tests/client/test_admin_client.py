@@ -5,21 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import secrets
 from collections.abc import Iterator
 
 import pytest
 
 from tests.conftest import serve_in_thread
+from tests.security.test_self_serve import Receiver
 from tests.storage.support import database_url
 from tollhouse.client import (
     AdminClient,
     AsyncAdminClient,
+    AsyncWebhookDeliveriesAdmin,
+    AsyncWebhookEndpointsAdmin,
+    AsyncWebhooksAdmin,
     AuthenticationError,
     Client,
     ClientError,
     NotFoundError,
     PermissionDeniedError,
     TollhouseAPIError,
+    WebhookDeliveriesAdmin,
+    WebhookEndpointsAdmin,
+    WebhooksAdmin,
 )
 from tollhouse.http.app import Tollhouse
 from tollhouse.policy.load import load_policy
@@ -34,7 +42,12 @@ BUCKET = load_policy(None).buckets[0].name
 @pytest.fixture
 def url(database_url: str) -> Iterator[str]:
     settings = load_settings(
-        environ={"TOLLHOUSE_DATABASE_URL": database_url, "TOLLHOUSE_ADMIN_TOKEN": TOKEN}
+        environ={
+            "TOLLHOUSE_DATABASE_URL": database_url,
+            "TOLLHOUSE_ADMIN_TOKEN": TOKEN,
+            # The webhook tests' receiver listens on loopback.
+            "TOLLHOUSE_ALLOW_PRIVATE_TARGETS": "1",
+        }
     )
     with serve_in_thread(Tollhouse(settings=settings)) as base:
         yield base
@@ -113,6 +126,78 @@ def test_async_admin_client(url: str) -> None:
     asyncio.run(go())
 
 
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[tuple[Receiver, str]]:
+    r = Receiver()
+    with serve_in_thread(r) as base:  # type: ignore[arg-type]
+        yield r, base
+
+
+@pytest.mark.integration
+def test_webhooks_of_an_org(url: str, receiver: tuple[Receiver, str]) -> None:
+    rec, hook = receiver
+    path = f"/sdk-{secrets.token_hex(4)}"
+    with AdminClient(admin_token=TOKEN, base_url=url) as admin:
+        admin.orgs.create("hooks")
+        hooks = admin.webhooks
+        made = hooks.endpoints.create(
+            "hooks", hook + path, environment="SANDBOX", event_types=["score.failed"]
+        )
+        assert made.secret is not None and made.secret.startswith("whsec_")
+        assert (made.org, made.environment, made.event_types) == (
+            "hooks",
+            "SANDBOX",
+            ("score.failed",),
+        )
+        assert [e.id for e in hooks.endpoints.list("hooks", environment="SANDBOX")] == [made.id]
+        assert hooks.endpoints.list("hooks", environment="PRODUCTION") == []
+        ping = hooks.endpoints.test("hooks", made.id, environment="SANDBOX")
+        assert ping.status == "delivered" and len(rec.at(path)) == 1
+        again = hooks.deliveries.replay("hooks", ping.id, environment="SANDBOX")
+        assert again.message_id == ping.message_id and len(rec.at(path)) == 2
+        listed = hooks.deliveries.list("hooks", environment="SANDBOX")
+        assert {d.id for d in listed} == {ping.id, again.id}
+        rotated = hooks.endpoints.rotate_secret(
+            "hooks", made.id, environment="SANDBOX", overlap_seconds=0
+        )
+        assert rotated.secret not in (None, made.secret)
+        assert rotated.previous_secret_expires_at is None
+        off = hooks.endpoints.update("hooks", made.id, environment="SANDBOX", enabled=False)
+        assert not off.enabled and off.disabled_at is not None
+        every = hooks.endpoints.update("hooks", made.id, environment="SANDBOX", every_event=True)
+        assert every.event_types is None and not every.enabled
+        with pytest.raises(NotFoundError):  # the other environment's: not found
+            hooks.endpoints.delete("hooks", made.id, environment="PRODUCTION")
+        assert hooks.endpoints.delete("hooks", made.id, environment="SANDBOX").id == made.id
+
+    async def go() -> None:
+        async with AsyncAdminClient(admin_token=TOKEN, base_url=url) as admin:
+            made = await admin.webhooks.endpoints.create(
+                "hooks", hook + path, environment="PRODUCTION"
+            )
+            ping = await admin.webhooks.endpoints.test("hooks", made.id, environment="PRODUCTION")
+            assert ping.status == "delivered" and len(rec.at(path)) == 3
+            replayed = await admin.webhooks.deliveries.replay(
+                "hooks", ping.id, environment="PRODUCTION"
+            )
+            assert replayed.message_id == ping.message_id
+            found = await admin.webhooks.deliveries.list("hooks", environment="PRODUCTION")
+            assert {d.id for d in found} == {ping.id, replayed.id}
+            await admin.webhooks.endpoints.update(
+                "hooks", made.id, environment="PRODUCTION", enabled=False
+            )
+            rotated = await admin.webhooks.endpoints.rotate_secret(
+                "hooks", made.id, environment="PRODUCTION"
+            )
+            assert rotated.previous_secret_expires_at is not None
+            [listed] = await admin.webhooks.endpoints.list("hooks", environment="PRODUCTION")
+            assert not listed.enabled and listed.secret is None
+            await admin.webhooks.endpoints.delete("hooks", made.id, environment="PRODUCTION")
+            assert await admin.webhooks.endpoints.list("hooks", environment="PRODUCTION") == []
+
+    asyncio.run(go())
+
+
 @pytest.mark.integration
 def test_an_org_key_is_not_an_admin_token(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ClientError, match="not an admin token"):
@@ -144,9 +229,14 @@ PAIRS = [
             inspect.signature(getattr(AdminClient, name).fget).return_annotation,
             inspect.signature(getattr(AsyncAdminClient, name).fget).return_annotation,
         )
-        for name in ("orgs", "keys", "limits", "audit")
+        for name in ("orgs", "keys", "limits", "audit", "webhooks")
     ),
+    (WebhooksAdmin, AsyncWebhooksAdmin),
+    (WebhookEndpointsAdmin, AsyncWebhookEndpointsAdmin),
+    (WebhookDeliveriesAdmin, AsyncWebhookDeliveriesAdmin),
 ]
+#: The namespace properties (not calls).
+NAMESPACES = {"orgs", "keys", "limits", "audit", "webhooks", "endpoints", "deliveries"}
 
 
 def _public(cls: type) -> set[str]:
@@ -160,7 +250,7 @@ def test_the_async_admin_client_mirrors_the_sync_one() -> None:
         sync = getattr(sdk, sync_name) if isinstance(sync_name, str) else sync_name
         twin = getattr(sdk, async_name) if isinstance(async_name, str) else async_name
         assert {"aclose" if n == "close" else n for n in _public(sync)} == _public(twin)
-        for name in _public(sync) - {"close", "base_url", "orgs", "keys", "limits", "audit"}:
+        for name in _public(sync) - {"close", "base_url", *NAMESPACES}:
             own, other = getattr(sync, name), getattr(twin, name)
             assert list(inspect.signature(own).parameters) == list(
                 inspect.signature(other).parameters
@@ -169,6 +259,9 @@ def test_the_async_admin_client_mirrors_the_sync_one() -> None:
                 assert not inspect.iscoroutinefunction(other), name
             else:
                 assert inspect.iscoroutinefunction(other), name
+        for name in _public(sync) & NAMESPACES:
+            own, other = inspect.getattr_static(sync, name), inspect.getattr_static(twin, name)
+            assert isinstance(own, property) and isinstance(other, property), name
         assert list(inspect.signature(sync.__init__).parameters) == list(
             inspect.signature(twin.__init__).parameters
         )

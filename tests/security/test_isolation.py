@@ -305,6 +305,8 @@ CASES: dict[str, Case] = {
     ),
     "/v1/queue": (lambda a: ("/v1/queue", {}), OK, False),
     "/v1/keys": (lambda a: ("/v1/keys", {}), OK, True),
+    # The org's limits: B never sees A's override (checked below).
+    "/v1/limits": (lambda a: ("/v1/limits", {}), OK, False),
     "/v1/webhooks/endpoints": (lambda a: ("/v1/webhooks/endpoints", {}), OK, True),
     "/call-counts/historical": (
         lambda a: ("/call-counts/historical/", {"label": "ENDPOINTS"}),
@@ -343,6 +345,19 @@ CASES: dict[str, Case] = {
         False,
     ),
     "/v1/admin/audit": (lambda a: ("/v1/admin/audit", {"org": a.org}), ADMIN_ONLY, False),
+    "/v1/admin/orgs/{orgId}/webhooks/endpoints": (
+        lambda a: (f"/v1/admin/orgs/{a.org}/webhooks/endpoints", {"environment": a.environment}),
+        ADMIN_ONLY,
+        False,
+    ),
+    "/v1/admin/orgs/{orgId}/webhooks/deliveries": (
+        lambda a: (
+            f"/v1/admin/orgs/{a.org}/webhooks/deliveries",
+            {"environment": a.environment, "jobId": a.job_id},
+        ),
+        ADMIN_ONLY,
+        False,
+    ),
 }
 
 
@@ -388,6 +403,10 @@ def test_nothing_of_a_reaches_another_org_or_environment(
             assert str(LIMIT_A) not in json.dumps(
                 [v.get("limit") for v in b.json()["buckets"].values()]
             )
+        if route == "/v1/limits" and viewer == "other org":
+            assert str(LIMIT_A) not in b.text
+            own = c.get(path, headers={"Authorization": f"Bearer {a.key}"})
+            assert str(LIMIT_A) in own.text  # (A's own page shows it: the check can fail)
         if route == "/v1/analytics/scoring-volume":
             # Counts carry no marker: B's are zero while A's show its completed job.
             assert sum(d["total"] for d in b.json()["data"]) == 0
@@ -407,13 +426,22 @@ def _admin_requests(a: OrgA) -> list[tuple[str, str, dict[str, Any] | None]]:
     """Every method of every provider API route, filled with A's ids (from the app's own
     route table, so a new admin route is covered here without a change)."""
     app = Tollhouse(settings=load_settings(environ={}))
-    values = {"orgId": a.org, "keyId": a.key_ids[0], "bucket": load_policy(None).buckets[0].name}
+    values = {
+        "orgId": a.org,
+        "keyId": a.key_ids[0],
+        "bucket": load_policy(None).buckets[0].name,
+        # (Ids of the right shape: the token check comes before any lookup.)
+        "endpointId": "we_" + "0" * 20,
+        "deliveryId": "dlv_" + "0" * 24,
+    }
     bodies: dict[str, dict[str, Any]] = {
         "POST /v1/admin/orgs": {"id": a.org + "-copy"},
         "PATCH /v1/admin/orgs/{orgId}": {"suspended": True},
         "POST /v1/admin/orgs/{orgId}/keys": {"environment": a.environment, "role": "root"},
         "PUT /v1/admin/orgs/{orgId}/limits/{bucket}": {"limit": 1},
         "POST /v1/admin/keys/{keyId}/rotate": {"overlapSeconds": 0},
+        "POST /v1/admin/orgs/{orgId}/webhooks/endpoints": {"url": "https://example.com/h"},
+        "PATCH /v1/admin/orgs/{orgId}/webhooks/endpoints/{endpointId}": {"enabled": False},
     }
     found = []
     for endpoint in app.routes.endpoints:
@@ -423,6 +451,8 @@ def _admin_requests(a: OrgA) -> list[tuple[str, str, dict[str, Any] | None]]:
         for name, value in values.items():
             path = path.replace("{" + name + "}", value)
         for method in endpoint.methods:
+            if "/webhooks/" in path:  # scoped by environment too
+                path += f"?environment={a.environment}"
             found.append((method, path, bodies.get(f"{method} {endpoint.path}")))
     return found
 

@@ -136,7 +136,11 @@ def test_keys_lifecycle_and_audit(server: Server, org: str) -> None:
             assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"
             _until_refused(newest)
         assert c.delete(f"/v1/keys/{fresh['id']}").status_code == 200  # already revoked
-        assert c.post(f"/v1/keys/{fresh['id']}/rotate").status_code == 400
+        # A revoked key cannot be rotated: 409 CONFLICT, as in the provider API.
+        again = c.post(f"/v1/keys/{fresh['id']}/rotate")
+        assert again.status_code == 409, again.text
+        assert again.json()["error"]["code"] == "CONFLICT"
+        assert "revoked or expired" in again.json()["error"]["message"]
 
     entries = [e for e in _audit(server, org) if e["actor"].startswith("key_")]
     assert [e["action"] for e in entries] == [
@@ -357,3 +361,48 @@ def test_another_orgs_ids_are_404_to_every_change(
         assert keys[key_id]["status"] == "active"
         [endpoint] = a.get("/v1/webhooks/endpoints").json()["data"]
         assert endpoint["enabled"] and endpoint["previousSecretExpiresAt"] is None
+
+
+def test_limits_are_read_only_and_scoped(server: Server, org: str) -> None:
+    """``GET /v1/limits``: the org's override marked, the key overrides of the caller's
+    environment only; another org sees none of them; member keys are refused; nothing
+    changes an override through it."""
+    from tollhouse.policy.load import load_policy
+
+    bucket = load_policy(None).buckets[0].name
+    root = _key(server, org)
+    live_root = _key(server, org, environment="PRODUCTION")
+    member = _key(server, org, role="member")
+    other = _key(server, f"{org}-other")
+    with _as(server, root) as c:
+        [mine] = [k for k in c.get("/v1/keys").json()["data"] if k["role"] == "root"]
+    with _as(server, live_root) as c:
+        [live] = [k for k in c.get("/v1/keys").json()["data"] if k["role"] == "root"]
+    _cli(server, "limits", "set", "--org", org, "--bucket", bucket, "--limit", "6151")
+    for key_id, limit in ((mine["id"], "6143"), (live["id"], "6133")):
+        args = ("--bucket", bucket, "--limit", limit, "--key", key_id)
+        _cli(server, "limits", "set", "--org", org, *args)
+
+    with _as(server, root) as c:
+        answer = c.get("/v1/limits")
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert (body["org"], body["environment"]) == (org, "SANDBOX")
+        [row] = [b for b in body["buckets"] if b["name"] == bucket]
+        assert row["overridden"] is True and row["limit"] == 6151
+        assert row["policyLimit"] != 6151
+        # Only this environment's key override: the PRODUCTION key's is not shown.
+        assert [(k["keyId"], k["limit"]) for k in row["keyOverrides"]] == [(mine["id"], 6143)]
+        others = [b for b in body["buckets"] if b["name"] != bucket]
+        assert all(not b["overridden"] for b in others)
+        assert c.put("/v1/limits", json={}).status_code == 405  # read-only
+    with _as(server, live_root) as c:
+        [row] = [b for b in c.get("/v1/limits").json()["buckets"] if b["name"] == bucket]
+        assert [k["keyId"] for k in row["keyOverrides"]] == [live["id"]]
+    with _as(server, other) as c:
+        seen = c.get("/v1/limits")
+        assert seen.status_code == 200 and seen.json()["org"] == f"{org}-other"
+        assert not any(n in seen.text for n in ("6151", "6143", "6133", mine["id"], org + '"'))
+    with _as(server, member) as c:
+        refused = c.get("/v1/limits")
+        assert refused.status_code == 403 and "limits" in refused.json()["error"]["message"]

@@ -17,6 +17,7 @@ import httpx
 
 from tollhouse.client import _admin_models as am
 from tollhouse.client import _admin_ops as ops
+from tollhouse.client import _models as m
 from tollhouse.client._base import RetryEvent
 from tollhouse.client._client import Client
 from tollhouse.client._retry import RetryPolicy
@@ -99,6 +100,11 @@ class AdminClient:
     def audit(self) -> AuditAdmin:
         """The audit log."""
         return AuditAdmin(self._client)
+
+    @property
+    def webhooks(self) -> WebhooksAdmin:
+        """An org's webhook endpoints and deliveries, per environment."""
+        return WebhooksAdmin(self._client)
 
     def close(self) -> None:
         """Close the connections (unless the ``http_client`` was passed in)."""
@@ -244,3 +250,102 @@ class AuditAdmin:
     ) -> Iterator[am.Page[am.AuditEntry]]:
         """Every page of the audit log."""
         return self._c._pages(ops.audit_pages(org, action, limit))
+
+
+class WebhooksAdmin:
+    """An org's webhooks (``admin.webhooks``): ``endpoints`` and ``deliveries``. Every
+    call names the org and the environment (``SANDBOX`` or ``PRODUCTION``); another org's
+    or environment's id is a :class:`~tollhouse.client.NotFoundError`."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    @property
+    def endpoints(self) -> WebhookEndpointsAdmin:
+        """An org's webhook endpoints."""
+        return WebhookEndpointsAdmin(self._c)
+
+    @property
+    def deliveries(self) -> WebhookDeliveriesAdmin:
+        """An org's webhook deliveries and their replay."""
+        return WebhookDeliveriesAdmin(self._c)
+
+
+class WebhookEndpointsAdmin:
+    """An org's webhook endpoints (``admin.webhooks.endpoints``)."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def list(self, org_id: str, *, environment: str) -> list[am.AdminWebhookEndpoint]:
+        """``GET /v1/admin/orgs/{orgId}/webhooks/endpoints``: oldest first (no secrets)."""
+        return self._c._call(ops.list_endpoints(org_id, environment))
+
+    def create(
+        self,
+        org_id: str,
+        url: str,
+        *,
+        environment: str,
+        event_types: Sequence[str] | None = None,
+    ) -> am.AdminWebhookEndpoint:
+        """``POST /v1/admin/orgs/{orgId}/webhooks/endpoints``: its ``whsec_`` ``secret`` is
+        in this answer only."""
+        return self._c._call(ops.create_endpoint(org_id, url, environment, event_types))
+
+    def update(
+        self,
+        org_id: str,
+        endpoint_id: str,
+        *,
+        environment: str,
+        enabled: bool | None = None,
+        event_types: Sequence[str] | None = None,
+        every_event: bool = False,
+    ) -> am.AdminWebhookEndpoint:
+        """``PATCH …/endpoints/{endpointId}``: enable or disable it, filter its event
+        types, or (``every_event``) clear the filter."""
+        return self._c._call(
+            ops.update_endpoint(org_id, endpoint_id, environment, enabled, event_types, every_event)
+        )
+
+    def delete(self, org_id: str, endpoint_id: str, *, environment: str) -> am.AdminWebhookEndpoint:
+        """``DELETE …/endpoints/{endpointId}``: its pending deliveries end."""
+        return self._c._call(ops.delete_endpoint(org_id, endpoint_id, environment))
+
+    def rotate_secret(
+        self,
+        org_id: str,
+        endpoint_id: str,
+        *,
+        environment: str,
+        overlap_seconds: int | None = None,
+    ) -> am.AdminWebhookEndpoint:
+        """``POST …/rotate-secret``: a new ``secret`` (once); the old one signs too for
+        ``overlap_seconds`` (server default 1 day)."""
+        return self._c._call(
+            ops.rotate_endpoint_secret(org_id, endpoint_id, environment, overlap_seconds)
+        )
+
+    def test(self, org_id: str, endpoint_id: str, *, environment: str) -> m.WebhookDelivery:
+        """``POST …/test``: a signed ``ping``, with its first attempt."""
+        return self._c._call(ops.ping_endpoint(org_id, endpoint_id, environment))
+
+
+class WebhookDeliveriesAdmin:
+    """An org's webhook deliveries (``admin.webhooks.deliveries``)."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def list(
+        self, org_id: str, *, environment: str, job_id: str | None = None
+    ) -> list[m.WebhookDelivery]:
+        """``GET /v1/admin/orgs/{orgId}/webhooks/deliveries``: newest first, with their
+        attempts."""
+        return self._c._call(ops.list_deliveries(org_id, environment, job_id))
+
+    def replay(self, org_id: str, delivery_id: str, *, environment: str) -> m.WebhookDelivery:
+        """``POST …/deliveries/{deliveryId}/replay``: the same event (same ``webhook-id``)
+        again, as a new delivery, with its first attempt."""
+        return self._c._call(ops.replay_delivery(org_id, delivery_id, environment))

@@ -308,3 +308,58 @@ def parse_override(f: Fields) -> LimitOverride:
         updated_at=f.when("updatedAt"),
         raw=f.data,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class AdminWebhookEndpoint:
+    """An org's webhook endpoint as the provider API shows it (``admin.webhooks.endpoints``).
+
+    Attributes:
+        id: ``we_…``.
+        org: the org whose events it gets.
+        url: where deliveries are sent.
+        environment: ``SANDBOX`` or ``PRODUCTION``: whose events it gets.
+        enabled: False once disabled (by the org, the provider, or a 410 from the receiver).
+        disabled_at: since when, or None.
+        disabled_reason: why it was disabled.
+        event_types: the event types sent there; None sends every type.
+        created_at: when it was registered.
+        previous_secret_expires_at: after a secret rotation, until when the old secret
+            signs too.
+        secret: the ``whsec_…`` secret — only in the answer that made (or rotated) it.
+        raw: the JSON object as received.
+    """
+
+    id: str
+    org: str
+    url: str
+    environment: str
+    enabled: bool
+    disabled_at: datetime | None
+    disabled_reason: str | None
+    event_types: tuple[str, ...] | None
+    created_at: datetime
+    previous_secret_expires_at: datetime | None
+    secret: str | None = None
+    raw: Mapping[str, Any] = _raw()
+
+
+def parse_webhook_endpoint(f: Fields) -> AdminWebhookEndpoint:
+    return AdminWebhookEndpoint(
+        id=f.text("id"),
+        org=f.text("org"),
+        url=f.text("url"),
+        environment=f.text("environment"),
+        enabled=f.flag("enabled"),
+        disabled_at=f.opt_when("disabledAt"),
+        disabled_reason=f.opt_text("disabledReason"),
+        event_types=f.texts("eventTypes") if f.has("eventTypes") else None,
+        created_at=f.when("createdAt"),
+        previous_secret_expires_at=f.opt_when("previousSecretExpiresAt"),
+        secret=f.opt_text("secret"),
+        raw=f.data,
+    )
+
+
+def parse_webhook_endpoints(f: Fields) -> list[AdminWebhookEndpoint]:
+    return [parse_webhook_endpoint(e) for e in f.objects("data")]

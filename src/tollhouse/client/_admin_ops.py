@@ -4,10 +4,12 @@ what :class:`~tollhouse.client.AdminClient` and its async twin send."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from tollhouse.client import _admin_models as am
+from tollhouse.client import _models as m
 from tollhouse.client._base import Operation, Pages, _no_content, _seg, fields
 from tollhouse.client._errors import ClientError
 
@@ -259,3 +261,134 @@ def audit_pages(
         return audit(org, action, limit, page.next_cursor)
 
     return Pages(audit(org, action, limit, None), after)
+
+
+# webhooks ---------------------------------------------------------------------------------
+
+
+def _hooks(org_id: str, rest: str = "") -> str:
+    return f"{ADMIN}/orgs/{_seg(org_id, 'org_id')}/webhooks{rest}"
+
+
+def _endpoint(org_id: str, endpoint_id: str, action: str = "") -> str:
+    return _hooks(org_id, f"/endpoints/{_seg(endpoint_id, 'endpoint_id')}{action}")
+
+
+_ONE = "/v1/admin/orgs/{orgId}/webhooks/endpoints/{endpointId}"
+
+
+def list_endpoints(org_id: str, environment: str) -> Operation[list[am.AdminWebhookEndpoint]]:
+    return Operation(
+        "GET",
+        _hooks(org_id, "/endpoints"),
+        "GET /v1/admin/orgs/{orgId}/webhooks/endpoints",
+        lambda r: am.parse_webhook_endpoints(fields(r)),
+        params={"environment": environment},
+    )
+
+
+def create_endpoint(
+    org_id: str, url: str, environment: str, event_types: Sequence[str] | None
+) -> Operation[am.AdminWebhookEndpoint]:
+    body: dict[str, Any] = {"url": url}
+    if event_types is not None:
+        body["eventTypes"] = list(event_types)
+    return Operation(
+        "POST",
+        _hooks(org_id, "/endpoints"),
+        "POST /v1/admin/orgs/{orgId}/webhooks/endpoints",
+        lambda r: am.parse_webhook_endpoint(fields(r)),
+        params={"environment": environment},
+        json=body,
+        idempotent=False,  # each call registers one more endpoint
+    )
+
+
+def update_endpoint(
+    org_id: str,
+    endpoint_id: str,
+    environment: str,
+    enabled: bool | None,
+    event_types: Sequence[str] | None,
+    every_event: bool,
+) -> Operation[am.AdminWebhookEndpoint]:
+    body: dict[str, Any] = {}
+    if enabled is not None:
+        body["enabled"] = enabled
+    if every_event:
+        body["eventTypes"] = None
+    elif event_types is not None:
+        body["eventTypes"] = list(event_types)
+    return Operation(
+        "PATCH",
+        _endpoint(org_id, endpoint_id),
+        "PATCH " + _ONE,
+        lambda r: am.parse_webhook_endpoint(fields(r)),
+        params={"environment": environment},
+        json=body,
+    )
+
+
+def delete_endpoint(
+    org_id: str, endpoint_id: str, environment: str
+) -> Operation[am.AdminWebhookEndpoint]:
+    return Operation(
+        "DELETE",
+        _endpoint(org_id, endpoint_id),
+        "DELETE " + _ONE,
+        lambda r: am.parse_webhook_endpoint(fields(r)),
+        params={"environment": environment},
+    )
+
+
+def rotate_endpoint_secret(
+    org_id: str, endpoint_id: str, environment: str, overlap_seconds: int | None
+) -> Operation[am.AdminWebhookEndpoint]:
+    return Operation(
+        "POST",
+        _endpoint(org_id, endpoint_id, "/rotate-secret"),
+        "POST " + _ONE + "/rotate-secret",
+        lambda r: am.parse_webhook_endpoint(fields(r)),
+        params={"environment": environment},
+        json={} if overlap_seconds is None else {"overlapSeconds": overlap_seconds},
+        idempotent=False,  # each call makes another secret
+    )
+
+
+def ping_endpoint(org_id: str, endpoint_id: str, environment: str) -> Operation[m.WebhookDelivery]:
+    return Operation(
+        "POST",
+        _endpoint(org_id, endpoint_id, "/test"),
+        "POST " + _ONE + "/test",
+        lambda r: m.parse_delivery(fields(r)),
+        params={"environment": environment},
+        idempotent=False,  # each call sends another ping
+    )
+
+
+def list_deliveries(
+    org_id: str, environment: str, job_id: str | None
+) -> Operation[list[m.WebhookDelivery]]:
+    params: dict[str, str | int | float] = {"environment": environment}
+    if job_id is not None:
+        params["jobId"] = job_id
+    return Operation(
+        "GET",
+        _hooks(org_id, "/deliveries"),
+        "GET /v1/admin/orgs/{orgId}/webhooks/deliveries",
+        lambda r: m.parse_deliveries(fields(r)),
+        params=params,
+    )
+
+
+def replay_delivery(
+    org_id: str, delivery_id: str, environment: str
+) -> Operation[m.WebhookDelivery]:
+    return Operation(
+        "POST",
+        _hooks(org_id, f"/deliveries/{_seg(delivery_id, 'delivery_id')}/replay"),
+        "POST /v1/admin/orgs/{orgId}/webhooks/deliveries/{deliveryId}/replay",
+        lambda r: m.parse_delivery(fields(r)),
+        params={"environment": environment},
+        idempotent=False,  # each call sends the event again
+    )

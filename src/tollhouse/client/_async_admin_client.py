@@ -17,6 +17,7 @@ import httpx
 
 from tollhouse.client import _admin_models as am
 from tollhouse.client import _admin_ops as ops
+from tollhouse.client import _models as m
 from tollhouse.client._async_client import AsyncClient
 from tollhouse.client._base import RetryEvent
 from tollhouse.client._retry import RetryPolicy
@@ -100,6 +101,11 @@ class AsyncAdminClient:
     def audit(self) -> AsyncAuditAdmin:
         """The audit log."""
         return AsyncAuditAdmin(self._client)
+
+    @property
+    def webhooks(self) -> AsyncWebhooksAdmin:
+        """An org's webhook endpoints and deliveries, per environment."""
+        return AsyncWebhooksAdmin(self._client)
 
     async def aclose(self) -> None:
         """Close the connections (unless the ``http_client`` was passed in)."""
@@ -245,3 +251,104 @@ class AsyncAuditAdmin:
     ) -> AsyncIterator[am.Page[am.AuditEntry]]:
         """Every page of the audit log."""
         return self._c._pages(ops.audit_pages(org, action, limit))
+
+
+class AsyncWebhooksAdmin:
+    """An org's webhooks (``admin.webhooks``): ``endpoints`` and ``deliveries``. Every
+    call names the org and the environment (``SANDBOX`` or ``PRODUCTION``); another org's
+    or environment's id is a :class:`~tollhouse.client.NotFoundError`."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    @property
+    def endpoints(self) -> AsyncWebhookEndpointsAdmin:
+        """An org's webhook endpoints."""
+        return AsyncWebhookEndpointsAdmin(self._c)
+
+    @property
+    def deliveries(self) -> AsyncWebhookDeliveriesAdmin:
+        """An org's webhook deliveries and their replay."""
+        return AsyncWebhookDeliveriesAdmin(self._c)
+
+
+class AsyncWebhookEndpointsAdmin:
+    """An org's webhook endpoints (``admin.webhooks.endpoints``)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def list(self, org_id: str, *, environment: str) -> list[am.AdminWebhookEndpoint]:
+        """``GET /v1/admin/orgs/{orgId}/webhooks/endpoints``: oldest first (no secrets)."""
+        return await self._c._call(ops.list_endpoints(org_id, environment))
+
+    async def create(
+        self,
+        org_id: str,
+        url: str,
+        *,
+        environment: str,
+        event_types: Sequence[str] | None = None,
+    ) -> am.AdminWebhookEndpoint:
+        """``POST /v1/admin/orgs/{orgId}/webhooks/endpoints``: its ``whsec_`` ``secret`` is
+        in this answer only."""
+        return await self._c._call(ops.create_endpoint(org_id, url, environment, event_types))
+
+    async def update(
+        self,
+        org_id: str,
+        endpoint_id: str,
+        *,
+        environment: str,
+        enabled: bool | None = None,
+        event_types: Sequence[str] | None = None,
+        every_event: bool = False,
+    ) -> am.AdminWebhookEndpoint:
+        """``PATCH …/endpoints/{endpointId}``: enable or disable it, filter its event
+        types, or (``every_event``) clear the filter."""
+        return await self._c._call(
+            ops.update_endpoint(org_id, endpoint_id, environment, enabled, event_types, every_event)
+        )
+
+    async def delete(
+        self, org_id: str, endpoint_id: str, *, environment: str
+    ) -> am.AdminWebhookEndpoint:
+        """``DELETE …/endpoints/{endpointId}``: its pending deliveries end."""
+        return await self._c._call(ops.delete_endpoint(org_id, endpoint_id, environment))
+
+    async def rotate_secret(
+        self,
+        org_id: str,
+        endpoint_id: str,
+        *,
+        environment: str,
+        overlap_seconds: int | None = None,
+    ) -> am.AdminWebhookEndpoint:
+        """``POST …/rotate-secret``: a new ``secret`` (once); the old one signs too for
+        ``overlap_seconds`` (server default 1 day)."""
+        return await self._c._call(
+            ops.rotate_endpoint_secret(org_id, endpoint_id, environment, overlap_seconds)
+        )
+
+    async def test(self, org_id: str, endpoint_id: str, *, environment: str) -> m.WebhookDelivery:
+        """``POST …/test``: a signed ``ping``, with its first attempt."""
+        return await self._c._call(ops.ping_endpoint(org_id, endpoint_id, environment))
+
+
+class AsyncWebhookDeliveriesAdmin:
+    """An org's webhook deliveries (``admin.webhooks.deliveries``)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def list(
+        self, org_id: str, *, environment: str, job_id: str | None = None
+    ) -> list[m.WebhookDelivery]:
+        """``GET /v1/admin/orgs/{orgId}/webhooks/deliveries``: newest first, with their
+        attempts."""
+        return await self._c._call(ops.list_deliveries(org_id, environment, job_id))
+
+    async def replay(self, org_id: str, delivery_id: str, *, environment: str) -> m.WebhookDelivery:
+        """``POST …/deliveries/{deliveryId}/replay``: the same event (same ``webhook-id``)
+        again, as a new delivery, with its first attempt."""
+        return await self._c._call(ops.replay_delivery(org_id, delivery_id, environment))

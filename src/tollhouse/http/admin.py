@@ -14,7 +14,9 @@ Routes (:meth:`AdminRoutes.endpoints`):
   ``POST /v1/admin/keys/{keyId}/rotate`` ``{"overlapSeconds"}``;
 * ``GET /v1/admin/orgs/{orgId}/limits``; ``PUT``/``DELETE
   /v1/admin/orgs/{orgId}/limits/{bucket}`` (``keyId`` for one key's override);
-* ``GET /v1/admin/audit`` (cursor paging; ``org`` and ``action`` filters).
+* ``GET /v1/admin/audit`` (cursor paging; ``org`` and ``action`` filters);
+* an org's webhook endpoints and deliveries, per environment:
+  :mod:`tollhouse.http.admin_webhooks`.
 
 Every change is made by the domain stores (:mod:`tollhouse.keys.orgs`,
 :mod:`tollhouse.keys.store`, :mod:`tollhouse.limits.overrides`) and audited in its own
@@ -46,8 +48,10 @@ from tollhouse.errors import (
     PayloadTooLarge,
     ValidationFailed,
 )
+from tollhouse.http.admin_webhooks import AdminWebhookRoutes
 from tollhouse.http.answers import check_json_type, endpoint, json_response, read_json
 from tollhouse.http.routes import Endpoint
+from tollhouse.jobs.webhooks import WebhookStore
 from tollhouse.keys.admin_tokens import AdminTokenStore
 from tollhouse.keys.model import ROLES, KeyRecord, Role
 from tollhouse.keys.orgs import MAX_NAME, ORG_ID, FirstKey, OrgRecord, OrgStore
@@ -321,6 +325,8 @@ class AdminRoutes:
         policy: the running policy (its buckets and pools, for the limits routes).
         admin_token: ``TOLLHOUSE_ADMIN_TOKEN`` (empty: only stored tokens).
         clock: wall clock (tests).
+        webhooks: the orgs' webhook endpoints and deliveries (their routes:
+            :mod:`tollhouse.http.admin_webhooks`); None leaves those routes out.
     """
 
     def __init__(
@@ -330,7 +336,9 @@ class AdminRoutes:
         policy: Policy,
         admin_token: str = "",
         clock: Callable[[], datetime] | None = None,
+        webhooks: WebhookStore | None = None,
     ) -> None:
+        self.webhooks = webhooks
         self.engine = engine
         self.policy = policy
         self.tokens = AdminTokenStore(engine, admin_token)
@@ -370,6 +378,14 @@ class AdminRoutes:
                 "`tollhouse admin-tokens create` (not revoked)."
             )
         return Caller(actor, address_of(request))
+
+    def org_of(self, request: Request) -> str:
+        """The ``{orgId}`` of a request's path (malformed: 404, as an unknown org)."""
+        return _org_id(request)
+
+    async def body_of(self, request: Request) -> dict[str, Any]:
+        """A request's JSON object body (empty: ``{}``), within the body limit."""
+        return await _object(request, self.max_body, empty_ok=True)
 
     # orgs ----------------------------------------------------------------------------------
 
@@ -607,6 +623,8 @@ class AdminRoutes:
             "/keys/{keyId}/rotate": {"POST": self.rotate_key},
             "/audit": {"GET": self.audit},
         }
+        if self.webhooks is not None:
+            table.update(AdminWebhookRoutes(self, self.webhooks).table())
         out = []
         for path, handlers in table.items():
             out.append(

@@ -198,11 +198,19 @@ class Tollhouse:
         )
         jobs = JobsRoutes(queue=self.queue, policy=policy, webhooks=self.webhooks, clock=utc_now)
         admin = AdminRoutes(
-            engine=self.engine, policy=policy, admin_token=self.settings.admin_token
+            engine=self.engine,
+            policy=policy,
+            admin_token=self.settings.admin_token,
+            webhooks=self.webhooks,
         )
         # The self-serve API: an org's own keys and webhook endpoints.
         portal = PortalRoutes(
-            keys=self.key_store, key_cache=self.keys, webhooks=self.webhooks, meter=self.meter
+            keys=self.key_store,
+            key_cache=self.keys,
+            webhooks=self.webhooks,
+            meter=self.meter,
+            policy=policy,
+            overrides=self.overrides.store,
         )
         ops = self._ops_endpoints()
         self.gateway = Gateway(

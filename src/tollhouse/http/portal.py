@@ -17,11 +17,18 @@ Keys of the roles ``backend`` and ``member`` get 403. Routes (:meth:`PortalRoute
     POST   /v1/webhooks/endpoints/{endpointId}/rotate-secret
     POST   /v1/webhooks/endpoints/{endpointId}/test  a signed ping, sent at once
     POST   /v1/webhooks/deliveries/{deliveryId}/replay
+    GET    /v1/limits                                the org's effective limits (read-only)
 
 A key never creates a key more privileged than itself (a higher role, or PRODUCTION from
 SANDBOX: 403 naming why, :mod:`tollhouse.keys.grants`), nor rotates or revokes one (a
 rotation hands out the rotated key's powers). Every change is in the audit log with the
 calling key's id as actor and the client address it came from.
+
+``GET /v1/limits`` shows the org's effective limits as the provider API's
+``GET /v1/admin/orgs/{orgId}/limits`` does (overrides marked), with the key overrides of
+the caller's environment only. It is read-only: overrides are the provider's to set
+(``PUT /v1/admin/orgs/{orgId}/limits/{bucket}``), never an org's own key's — an org able to
+raise its own limits would make them no limits at all.
 """
 
 from __future__ import annotations
@@ -54,16 +61,26 @@ from tollhouse.keys.cache import KeyCache
 from tollhouse.keys.grants import check_grant, management_refusal
 from tollhouse.keys.model import ROLES, Identity, KeyRecord
 from tollhouse.keys.store import KeyStore
+from tollhouse.limits.overrides import OverrideStore, effective_limits
 from tollhouse.metering.meter import UsageMeter
+from tollhouse.policy.model import Policy
 from tollhouse.security.net import webhook_client
 
-__all__ = ["KEYS_PATH", "WEBHOOK_ENDPOINTS_PATH", "PortalRoutes", "key_json"]
+__all__ = [
+    "KEYS_PATH",
+    "WEBHOOK_ENDPOINTS_PATH",
+    "PortalRoutes",
+    "event_types",
+    "key_json",
+    "send_now",
+]
 
 logger = logging.getLogger(__name__)
 
 KEYS_PATH = "/v1/keys"
 WEBHOOK_ENDPOINTS_PATH = "/v1/webhooks/endpoints"
 REPLAY_PATH = "/v1/webhooks/deliveries/{deliveryId}/replay"
+LIMITS_PATH = "/v1/limits"
 #: Longest key name, as the table holds it.
 MAX_NAME = 200
 #: Longest overlap of a rotation (a key's or a webhook secret's).
@@ -161,6 +178,9 @@ class PortalRoutes:
             (other processes within their revocation poll).
         webhooks: endpoints and deliveries.
         meter: flushed before ``lastUsedAt`` is read, so a caller sees its own last call.
+        policy: the running policy (its buckets and pools, for ``GET /v1/limits``).
+        overrides: the limit overrides (``GET /v1/limits``); with ``policy``, both or
+            neither — without them the route is left out.
     """
 
     def __init__(
@@ -170,11 +190,15 @@ class PortalRoutes:
         key_cache: KeyCache | None,
         webhooks: WebhookStore,
         meter: UsageMeter | None = None,
+        policy: Policy | None = None,
+        overrides: OverrideStore | None = None,
     ) -> None:
         self.keys = keys
         self.key_cache = key_cache
         self.webhooks = webhooks
         self.meter = meter
+        self.policy = policy
+        self.overrides = overrides
 
     # --- keys --------------------------------------------------------------------------
 
@@ -256,17 +280,15 @@ class PortalRoutes:
         _unknown(body, ("overlapSeconds",))
         overlap = _overlap(body, KEY_OVERLAP_DEFAULT)
         await self._own_key(who, key_id, "rotate")
-        try:
-            rotated = await self.keys.rotate(
-                key_id,
-                overlap,
-                actor=who.key_id,
-                org=who.org,
-                environment=who.environment,
-                address=_address(request),
-            )
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
+        # A revoked or expired key: 409 CONFLICT (NotRotatable), as the provider API says.
+        rotated = await self.keys.rotate(
+            key_id,
+            overlap,
+            actor=who.key_id,
+            org=who.org,
+            environment=who.environment,
+            address=_address(request),
+        )
         if rotated is None:
             raise NotFound(f"key {key_id!r} not found")
         record, secret, old = rotated
@@ -281,6 +303,20 @@ class PortalRoutes:
         # their revocation poll (docs/security.md).
         if self.key_cache is not None:
             await self.key_cache.poll_revocations()
+
+    # --- limits ------------------------------------------------------------------------
+
+    async def limits(self, request: Request) -> Response:
+        """``GET /v1/limits``: the org's effective limits, overrides marked; the key
+        overrides of the caller's environment only. Read-only (see the module's notes)."""
+        who = _manager(request, "limits")
+        assert self.policy is not None and self.overrides is not None  # route only with both
+        mine = {r.id for r in await self.keys.list_keys(who.org, environment=who.environment)}
+        found = [
+            o for o in await self.overrides.list(who.org) if o.key_id is None or o.key_id in mine
+        ]
+        body = effective_limits(self.policy.buckets, self.policy.pools, found)
+        return json_response({"org": who.org, "environment": who.environment, **body})
 
     # --- webhook endpoints -------------------------------------------------------------
 
@@ -298,7 +334,7 @@ class PortalRoutes:
         url = body.get("url")
         if not isinstance(url, str) or not url.strip() or "\x00" in url:
             raise ValidationFailed('"url" is required: an absolute http:// or https:// URL')
-        types = _event_types(body.get("eventTypes"))
+        types = event_types(body.get("eventTypes"))
         try:
             added, secret = await self.webhooks.add_endpoint(
                 who.org,
@@ -323,7 +359,7 @@ class PortalRoutes:
             raise ValidationFailed('"enabled" must be true or false')
         changes = EndpointChanges(
             enabled=enabled,
-            event_types=_event_types(body["eventTypes"]) if "eventTypes" in body else KEEP,
+            event_types=event_types(body["eventTypes"]) if "eventTypes" in body else KEEP,
         )
         updated = await self.webhooks.update_endpoint(
             endpoint_id,
@@ -411,17 +447,7 @@ class PortalRoutes:
         return await self._send_now(task, who)
 
     async def _send_now(self, task: DeliveryTask, who: Identity) -> Response:
-        """Make the held delivery's first attempt; answer with the delivery as it is then
-        (a failed attempt leaves it pending, retried on the schedule)."""
-        store = self.webhooks
-        async with webhook_client(
-            allow_private=store.allow_private_targets, timeout=SEND_TIMEOUT, max_connections=1
-        ) as client:
-            started = store.clock()
-            result = await send_attempt(client, task, started)
-        await store.record(task, result, started)
-        [done] = await store.deliveries(who.org, environment=who.environment, delivery_id=task.id)
-        return json_response(delivery_json(done))
+        return json_response(await send_now(self.webhooks, task, who.org, who.environment))
 
     def endpoints(self) -> list[Endpoint]:
         """The self-serve routes, for the route table: one endpoint per path (the table
@@ -442,7 +468,12 @@ class PortalRoutes:
 
         hooks = WEBHOOK_ENDPOINTS_PATH
         one = hooks + "/{endpointId}"
+        limits = []
+        if self.policy is not None and self.overrides is not None:
+            # Read with one's limits, so turned off with /v1/rate-limit/status.
+            limits = [route(LIMITS_PATH, "rate-limit-status", get=self.limits)]
         return [
+            *limits,
             route(KEYS_PATH, "keys", get=self.list_keys, post=self.create_key),
             route(KEYS_PATH + "/{keyId}", "keys", delete=self.revoke_key),
             route(KEYS_PATH + "/{keyId}/rotate", "keys", post=self.rotate_key),
@@ -454,7 +485,24 @@ class PortalRoutes:
         ]
 
 
-def _event_types(value: Any) -> tuple[str, ...] | None:
+async def send_now(
+    store: WebhookStore, task: DeliveryTask, org: str, environment: str
+) -> dict[str, Any]:
+    """Make a held delivery's first attempt (a test or a replay); the delivery as it is
+    then (a failed attempt leaves it pending, retried on the schedule). The provider API
+    sends its tests and replays the same way."""
+    async with webhook_client(
+        allow_private=store.allow_private_targets, timeout=SEND_TIMEOUT, max_connections=1
+    ) as client:
+        started = store.clock()
+        result = await send_attempt(client, task, started)
+    await store.record(task, result, started)
+    [done] = await store.deliveries(org, environment=environment, delivery_id=task.id)
+    return delivery_json(done)
+
+
+def event_types(value: Any) -> tuple[str, ...] | None:
+    """An ``eventTypes`` field (None: every type); 422 when it is not a list of types."""
     try:
         return check_event_types(value)
     except ValueError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from tollhouse.identifiers import SCORING_JOB_ID
 from tollhouse.keys.model import ROLES
 from tollhouse.openapi.components import Schema, header, nullable, ref
 from tollhouse.policy.model import Policy
@@ -176,6 +177,13 @@ ADMIN_SCHEMAS: Final[dict[str, Schema]] = {
             }
         ),
     },
+    "AdminSecretRotation": {
+        "description": "overlapSeconds: how long the old secret signs too (default 86400; "
+        "0: the new one alone, at once).",
+        **_closed(
+            _object({}, {"overlapSeconds": {"type": "integer", "minimum": 0, "maximum": 2592000}})
+        ),
+    },
     "AdminLimitChange": {
         "description": "The new limit per window; with keyId, for that key of the org only.",
         **_closed(_object({"limit": _LIMIT}, {"keyId": _KEY_ID})),
@@ -209,6 +217,21 @@ ADMIN_SCHEMAS: Final[dict[str, Schema]] = {
         ),
     },
     "AuditPage": {"description": "Audit entries, newest first.", **_page("AuditEntry")},
+    "AdminWebhookEndpoint": {
+        "description": "An org's webhook endpoint (never its secret): the self-serve shape "
+        "with the org and when it was disabled.",
+        "allOf": [
+            ref("WebhookEndpoint"),
+            _object({"org": _ORG_ID, "disabledAt": nullable(_TIME)}),
+        ],
+    },
+    "AdminWebhookEndpointCreated": {
+        "description": "The endpoint and its whsec_ secret, shown this once.",
+        "allOf": [ref("AdminWebhookEndpoint"), _object({"secret": {"type": "string"}})],
+    },
+    "AdminWebhookEndpoints": _object(
+        {"data": {"type": "array", "items": ref("AdminWebhookEndpoint")}}
+    ),
 }
 
 
@@ -226,7 +249,9 @@ ADMIN_RESPONSES: Final[dict[str, Schema]] = {
         "No admin token, or an unknown or revoked one (ADMIN_TOKEN_REQUIRED)."
     ),
     "AdminForbidden": _error("An org's API key was sent instead of an admin token (ADMIN_ONLY)."),
-    "AdminNotFound": _error("No org, key, bucket or override under this id (NOT_FOUND)."),
+    "AdminNotFound": _error(
+        "No org, key, bucket, override, webhook endpoint or delivery under this id (NOT_FOUND)."
+    ),
     "AdminConflict": _error(
         "The org id is taken, or the key is revoked or expired already (CONFLICT)."
     ),
@@ -279,10 +304,14 @@ def _op(
         op["parameters"] = parameters
     if body is not None:
         op["requestBody"] = {
-            "required": body != "AdminRotation",
+            "required": body not in _OPTIONAL_BODIES,
             "content": {"application/json": {"schema": ref(body)}},
         }
     return op
+
+
+#: Bodies that may be left out (every field has a default).
+_OPTIONAL_BODIES: Final = ("AdminRotation", "AdminSecretRotation")
 
 
 def _param(name: str, where: str, schema: Schema, description: str) -> Schema:
@@ -416,6 +445,7 @@ def admin_paths(policy: Policy | None) -> dict[str, dict[str, Schema]]:
                 body="AdminRotation",
             ),
         },
+        **_webhook_paths(org),
         "/v1/admin/audit": {
             "get": _op(
                 "The audit log",
@@ -427,6 +457,115 @@ def admin_paths(policy: Policy | None) -> dict[str, dict[str, Schema]]:
                     _param("org", "query", _ORG_ID, "Only this org's changes."),
                     _param("action", "query", {"enum": list(ACTIONS)}, "Only this action."),
                 ],
+            ),
+        },
+    }
+
+
+def _webhook_paths(org: Schema) -> dict[str, dict[str, Schema]]:
+    """An org's webhook endpoints and deliveries (:mod:`tollhouse.http.admin_webhooks`)."""
+    environment = {
+        **_param(
+            "environment",
+            "query",
+            _ENVIRONMENT,
+            "The environment whose endpoints and deliveries these are (required).",
+        ),
+        "required": True,
+    }
+    endpoint = _param("endpointId", "path", {"type": "string"}, "The endpoint (we_…).")
+    delivery = _param("deliveryId", "path", {"type": "string"}, "The delivery (dlv_…).")
+    scoped = "Scoped by the org and the environment: another org's or environment's id is a 404."
+    hooks = "/v1/admin/orgs/{orgId}/webhooks"
+    one = hooks + "/endpoints/{endpointId}"
+    return {
+        hooks + "/endpoints": {
+            "get": _op(
+                "An org's webhook endpoints",
+                200,
+                _answer("Oldest first; never a secret.", "AdminWebhookEndpoints"),
+                (400, 401, 403, 404),
+                parameters=[org, environment],
+            ),
+            "post": _op(
+                "Register a webhook endpoint for an org",
+                201,
+                _answer(
+                    "The endpoint, with its whsec_ secret (once).", "AdminWebhookEndpointCreated"
+                ),
+                (*_WRITE, 404),
+                parameters=[org, environment],
+                body="NewWebhookEndpoint",
+                description="The URL goes through the SSRF guard: a private or unresolvable "
+                "target is a 400 with the guard's message.",
+            ),
+        },
+        one: {
+            "patch": _op(
+                "Enable, disable or filter an org's endpoint",
+                200,
+                _answer("The endpoint.", "AdminWebhookEndpoint"),
+                (*_WRITE, 404),
+                parameters=[org, endpoint, environment],
+                body="WebhookEndpointChanges",
+                description=scoped,
+            ),
+            "delete": _op(
+                "Remove an org's endpoint",
+                200,
+                _answer(
+                    "The endpoint, removed; its pending deliveries end.", "AdminWebhookEndpoint"
+                ),
+                (400, 401, 403, 404),
+                parameters=[org, endpoint, environment],
+                description=scoped,
+            ),
+        },
+        one + "/rotate-secret": {
+            "post": _op(
+                "Rotate an endpoint's secret",
+                200,
+                _answer("The endpoint and its new secret (once).", "AdminWebhookEndpointCreated"),
+                (*_WRITE, 404),
+                parameters=[org, endpoint, environment],
+                body="AdminSecretRotation",
+                description=scoped + " The old secret signs too for the overlap.",
+            ),
+        },
+        one + "/test": {
+            "post": _op(
+                "Send an endpoint a signed ping",
+                200,
+                _answer("The delivery after its first attempt.", "Delivery"),
+                (400, 401, 403, 404),
+                parameters=[org, endpoint, environment],
+                description=scoped + " A disabled endpoint is a 400.",
+            ),
+        },
+        hooks + "/deliveries": {
+            "get": _op(
+                "An org's webhook deliveries",
+                200,
+                _answer("Newest first (the latest 100), with their attempts.", "Deliveries"),
+                (400, 401, 403, 404),
+                parameters=[
+                    org,
+                    environment,
+                    _param("jobId", "query", SCORING_JOB_ID.schema(), "Only this job's."),
+                ],
+            ),
+        },
+        hooks + "/deliveries/{deliveryId}/replay": {
+            "post": _op(
+                "Send a delivery again",
+                200,
+                _answer(
+                    "A new delivery (same webhook-id and body) after its first attempt.",
+                    "Delivery",
+                ),
+                (400, 401, 403, 404),
+                parameters=[org, delivery, environment],
+                description=scoped + " A disabled endpoint is a 400.",
             ),
         },
     }

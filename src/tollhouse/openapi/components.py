@@ -746,6 +746,7 @@ RESPONSES: Final[dict[str, Schema]] = {
     "Forbidden": _error("The key's role may not call this (FORBIDDEN)."),
     "NotFound": _error("Nothing of the caller's org under this id (NOT_FOUND)."),
     "MethodNotAllowed": _error("The path exists, not for this method (METHOD_NOT_ALLOWED)."),
+    "Conflict": _error("The key is revoked or expired already: nothing to rotate (CONFLICT)."),
     "PayloadTooLarge": _error("The body exceeds the limit (PAYLOAD_TOO_LARGE)."),
     "ValidationFailed": _error("The body or a parameter is invalid (VALIDATION_FAILED)."),
     "RateLimited": _limited(

@@ -75,6 +75,7 @@ def _errors(*codes: int, detail: bool = False) -> dict[str, Schema]:
         403: "Forbidden",
         404: "NotFound",
         405: "MethodNotAllowed",
+        409: "Conflict",
         413: "PayloadTooLarge",
         422: "ValidationFailed",
         429: "RateLimited",
@@ -457,6 +458,33 @@ def _portal_paths() -> dict[str, dict[str, Schema]]:
     with_body = (*_GATEWAY_BODY, 422)
     one = "/v1/webhooks/endpoints/{endpointId}"
     return {
+        "/v1/limits": {
+            "get": _op(
+                "The org's effective limits",
+                "rate limits",
+                {
+                    "200": _response(
+                        "Each bucket with the policy's limit and the org's (overrides "
+                        "marked, key overrides of this environment), and the pools.",
+                        {
+                            "allOf": [
+                                ref("AdminOrgLimits"),
+                                {
+                                    "type": "object",
+                                    "required": ["environment"],
+                                    "properties": {
+                                        "environment": {"enum": ["SANDBOX", "PRODUCTION"]}
+                                    },
+                                },
+                            ]
+                        },
+                    ),
+                    **_errors(*_GATEWAY),
+                },
+                description=managing
+                + " Read-only: overrides are set by the API provider (the provider API).",
+            )
+        },
         "/v1/keys": {
             "get": _op(
                 "The org's keys of the caller's environment",
@@ -495,11 +523,11 @@ def _portal_paths() -> dict[str, dict[str, Schema]]:
                 "keys",
                 {
                     "201": _response("The new key with its secret (once).", ref("KeyRotated")),
-                    **_errors(*with_body, 404),
+                    **_errors(*with_body, 404, 409),
                 },
                 parameters=[key_id],
                 body=_optional_body(overlap, "The old key's overlap."),
-                description=managing,
+                description=managing + " A revoked or expired key is a 409 CONFLICT.",
             )
         },
         "/v1/webhooks/endpoints": {
@@ -811,6 +839,7 @@ _GROUP_OF: Final = (
     ("/v1/webhooks/", "webhooks"),
     ("/v1/keys", "keys"),
     ("/v1/rate-limit/status", "rate-limit-status"),
+    ("/v1/limits", "rate-limit-status"),
     ("/v1/platform/authorize", "forward-auth"),
     (OPENAPI_PATH, "openapi"),
     ("/v1/admin/", "admin"),

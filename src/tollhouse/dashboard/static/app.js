@@ -1,6 +1,7 @@
 // tollhouse dashboard: sign-in, the range picker and every panel, from the public API.
 import { ApiError, createApi } from "./api.js";
 import { empty, failed, gauge, h, loading, rankedRows, readyPanel, round, table, timeSeries } from "./charts.js";
+import { createLimits } from "./limits.js";
 import { copyText, createPortal } from "./portal.js";
 
 const KEY_STORAGE = "tollhouse.dashboard.apiKey";
@@ -29,6 +30,8 @@ const state = {
   statusPolls: 0,
   limited: new Map(), // source → seconds it is waiting after a 429
   portal: null, // the Keys and Webhooks pages of the signed-in key
+  limits: null, // the Limits page
+  provider: false, // signed in with an admin token: the Limits page of every org only
   tab: "usage",
 };
 
@@ -71,9 +74,12 @@ async function signIn(key, { remembered = false } = {}) {
   error.hidden = true;
   const api = apiFor(key);
   const now = Math.floor(Date.now() / 1000);
+  // An admin token is the provider's: the provider API, not an org's data.
+  const provider = key.startsWith("adm_");
   try {
+    if (provider) await api.get("signin", "v1/admin/orgs", { limit: 1 });
     // Call counts need root or manager: the same check the dashboard's panels need.
-    await api.get("signin", "call-counts/historical/", { start_timestamp: now - 60, end_timestamp: now });
+    else await api.get("signin", "call-counts/historical/", { start_timestamp: now - 60, end_timestamp: now });
   } catch (err) {
     if (remembered) sessionStorage.removeItem(KEY_STORAGE);
     showSignIn();
@@ -89,7 +95,9 @@ async function signIn(key, { remembered = false } = {}) {
   }
   sessionStorage.setItem(KEY_STORAGE, key);
   state.api = api;
-  state.portal = createPortal(api, messageFor);
+  state.provider = provider;
+  state.portal = provider ? null : createPortal(api, messageFor);
+  state.limits = createLimits(api, { provider }, messageFor);
   showBoard();
 }
 
@@ -102,6 +110,8 @@ function showSignIn() {
   for (const view of document.querySelectorAll("[data-view]")) view.hidden = true;
   for (const box of document.querySelectorAll("[data-new-secret], [data-new-whsec]")) box.hidden = true;
   state.portal = null;
+  state.limits = null;
+  state.provider = false;
   $("[data-signout]").hidden = true;
   $("[data-who]").hidden = true;
   $("#api_key").value = "";
@@ -137,7 +147,11 @@ function showBoard() {
   $("[data-signin]").hidden = true;
   $("[data-tabs]").hidden = false;
   $("[data-signout]").hidden = false;
-  selectTab("usage");
+  // The provider sees the Limits page only: the other pages are one org's own data.
+  for (const button of document.querySelectorAll("[data-tab]")) {
+    button.hidden = state.provider && button.dataset.tab !== "limits";
+  }
+  selectTab(state.provider ? "limits" : "usage");
 }
 
 // ---- pages: usage (the board), keys, webhooks -------------------------------------------
@@ -156,6 +170,8 @@ function selectTab(tab) {
     pollQueue(state.generation);
   } else if (tab === "keys") {
     state.portal.loadKeys();
+  } else if (tab === "limits") {
+    state.limits.load();
   } else {
     state.portal.loadWebhooks();
   }
@@ -515,6 +531,10 @@ function start() {
   $("[data-key-form]").addEventListener("submit", (event) => {
     event.preventDefault();
     if (state.portal) state.portal.createKey(event.target);
+  });
+  $("[data-org-form]").addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (state.limits) state.limits.choose(event.target);
   });
   $("[data-endpoint-form]").addEventListener("submit", (event) => {
     event.preventDefault();
