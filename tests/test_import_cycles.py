@@ -28,12 +28,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parent.parent / "src"
 
 #: Edges (importer, imported) left out of the graph, each with the reason it still exists.
-ALLOWED: dict[tuple[str, str], str] = {
-    # TODO: remove once tollhouse/http/app.py and tests/http/ import create_schema from
-    # tollhouse.schema (those files are being edited for the CORS work). The deprecated
-    # alias in storage.schema is the one upward import left in storage/.
-    ("tollhouse.storage.schema", "tollhouse.schema"): "create_schema compatibility alias",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def _modules() -> dict[str, Path]:

@@ -24,6 +24,7 @@ from tollhouse.settings import (
     EXAMPLE_MAX_RESULTS,
     LOADED,
     LOG_BODIES,
+    RAW_CALL_LOG,
     TABLE,
     Setting,
     Settings,
@@ -159,6 +160,7 @@ def test_every_boolean_row_uses_the_strict_parser() -> None:
         EMBEDDED_WORKERS.env,
         ALLOW_PRIVATE_TARGETS.env,
         LOG_BODIES.env,
+        RAW_CALL_LOG.env,
     }
     assert all(row.parser.parse is parse_bool for row in BOOLEANS)
     bool_fields = {f.name for f in dataclasses.fields(Settings) if f.type == "bool"}

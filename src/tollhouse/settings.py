@@ -320,6 +320,16 @@ LOG_BODIES = Setting(
     "key hashes, webhook secrets, request bodies): off at every log level, debug included, "
     "unless this or `serve --log-bodies` is set.",
 )
+RAW_CALL_LOG = Setting(
+    "raw_call_log",
+    "TOLLHOUSE_RAW_CALL_LOG",
+    None,
+    FLAG,
+    True,
+    "Keep the raw call log (`api_calls_log`, one row per call); off: the rollups and every "
+    "count stay exact, `api_calls_log` stays empty and a flush writes no row per call "
+    "(docs/analytics.md).",
+)
 KEEP_ALIVE = Setting(
     "keep_alive",
     "TOLLHOUSE_KEEP_ALIVE",
@@ -420,6 +430,7 @@ TABLE: tuple[Setting, ...] = (
     JOB_LEASE_SECONDS,
     ACCESS_LOG_LISTEN,
     LOG_BODIES,
+    RAW_CALL_LOG,
     KEEP_ALIVE,
     LOG_FORMAT,
     LOG_LEVEL,
@@ -457,6 +468,7 @@ class Settings:
     job_lease_seconds: float = JOB_LEASE_SECONDS.default
     access_log_listen: str = ACCESS_LOG_LISTEN.default
     log_bodies: bool = LOG_BODIES.default
+    raw_call_log: bool = RAW_CALL_LOG.default
 
     @property
     def is_embedded_default(self) -> bool:

@@ -23,8 +23,8 @@ from starlette.types import Receive, Scope, Send
 from tests.conftest import serve_in_thread
 from tollhouse import Tollhouse
 from tollhouse.keys.store import KeyStore
+from tollhouse.schema import create_schema
 from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 LIMIT = 2
 #: Spellings of GET /v1/expensive that a lenient upstream serves as that route.

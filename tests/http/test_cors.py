@@ -24,8 +24,8 @@ from tollhouse import Tollhouse
 from tollhouse.http.cors import CorsHeaders, find_header
 from tollhouse.keys.store import KeyStore
 from tollhouse.policy.model import Cors
+from tollhouse.schema import create_schema
 from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 APP = "http://app.test"
 EVIL = "http://evil.test"

@@ -21,8 +21,8 @@ from tollhouse.keys.store import KeyStore
 from tollhouse.limits import MemoryStore
 from tollhouse.metering.record import CallRecord
 from tollhouse.policy.load import parse_policy
+from tollhouse.schema import create_schema
 from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 POLICY = """
 [[buckets]]

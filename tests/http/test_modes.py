@@ -27,8 +27,8 @@ from tests.conftest import (
 from tollhouse import Tollhouse, load_settings
 from tollhouse.example import create_app
 from tollhouse.keys.store import KeyStore
+from tollhouse.schema import create_schema
 from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 GEN = {"jobId": "job_9", "title": "Data Engineer", "description": "Spark, SQL and Airflow."}
 

@@ -23,8 +23,8 @@ from tollhouse.errors import PolicyError
 from tollhouse.http.routes import Endpoint, RouteTable
 from tollhouse.keys.store import KeyStore
 from tollhouse.policy.load import parse_policy
+from tollhouse.schema import create_schema
 from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 #: A policy with the default example upstream, a tight bucket on the status path (any
 #: method) and on the OpenAPI document, and one async route that is not a scoring route.

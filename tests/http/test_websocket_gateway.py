@@ -38,8 +38,8 @@ from tollhouse.limits.naming import pool_key
 from tollhouse.limits.store import PoolCheck
 from tollhouse.metering.record import CallRecord
 from tollhouse.policy.load import parse_policy
+from tollhouse.schema import create_schema
 from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 POLICY = """
 [[buckets]]

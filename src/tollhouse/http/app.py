@@ -34,7 +34,7 @@ from tollhouse.http.lifespan import InnerLifespan
 from tollhouse.http.platform import PlatformRoutes
 from tollhouse.http.portal import PortalRoutes
 from tollhouse.http.routes import Endpoint, RouteTable, TableApp
-from tollhouse.jobs import Worker, build_handler, create_job_schema, open_queue, settings_for
+from tollhouse.jobs import Worker, build_handler, open_queue, settings_for
 from tollhouse.jobs.model import utc_now
 from tollhouse.jobs.webhooks import WebhookStore
 from tollhouse.keys.cache import KeyCache
@@ -46,9 +46,9 @@ from tollhouse.metering import UsageMeter
 from tollhouse.ops.endpoints import METRICS_PATH, READY_PATH, OpsEndpoints
 from tollhouse.ops.metrics import OpsMetrics
 from tollhouse.policy.model import Policy
+from tollhouse.schema import create_schema
 from tollhouse.settings import Settings, load_settings
 from tollhouse.storage.engine import make_engine
-from tollhouse.storage.schema import create_schema
 
 
 def import_app(spec: str) -> ASGIApp:
@@ -137,7 +137,7 @@ class Tollhouse:
         )
         # Usage: every admitted call is metered in memory and flushed in batches; the platform
         # routes answer the analytics and events routes (call counts, catalogue metrics).
-        self.meter = UsageMeter(self.engine)
+        self.meter = UsageMeter(self.engine, keep_raw_log=self.settings.raw_call_log)
         # Fair use: the tap counts generations per jobId and early retries after 429s,
         # flushed with the meter; the pass judges them every few minutes.
         self.fair_use_tap = FairUseTap()
@@ -258,8 +258,7 @@ class Tollhouse:
         async with self._start_lock:
             if self._started:
                 return
-            await create_schema(self.engine)
-            await create_job_schema(self.engine)
+            await create_schema(self.engine)  # every table, the jobs' included
             self.keys.start()
             await self.overrides.start()
             await self.meter.start()

@@ -31,6 +31,7 @@ from urllib.parse import unquote
 from tollhouse.errors import ApiError, BadRequest, Forbidden
 from tollhouse.http.answers import REQUEST_ID, error_parts
 from tollhouse.http.asgi import Header, Scope, Send
+from tollhouse.http.call_records import call_record
 from tollhouse.http.context import new_request_id, state_of
 from tollhouse.keys.model import Identity
 from tollhouse.ops.logs import request_id_var
@@ -160,7 +161,7 @@ async def authorize(gw: Gateway, scope: Scope, send: Send) -> None:
     await send({"type": "http.response.body", "body": b""})
     group = match.endpoint_group
     gw.counters.answered(group.key if group is not None else None, 200)
-    call = gw.call_record(identity, match, method, 0, arrived, t0, scope) if gw.meter else None
+    call = call_record(identity, match, method, 0, arrived, t0, scope) if gw.meter else None
     awaiting = gw.awaiting_log
     if awaiting is not None:
         awaiting.hold(request_id, call, leases, arrived)

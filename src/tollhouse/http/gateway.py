@@ -31,8 +31,10 @@ For every HTTP request it
    (:mod:`tollhouse.http.passing`).
 
 Every answer carries ``X-Request-Id``, equal to the ``requestId`` of an error body.
-The gateway answers two paths itself, through the table: ``GET /healthz`` (no key) and
-``GET /v1/rate-limit/status`` (after its own ``rate_limit_status`` bucket admitted it).
+What the gateway answers itself — ``GET /healthz`` (no key), ``GET /v1/rate-limit/status``
+(after its own bucket admitted it), 405s, CORS preflights — is in
+:mod:`tollhouse.http.gateway_own`; the meter's record of an answer in
+:mod:`tollhouse.http.call_records`.
 
 With ``[cors]`` allowing some origin, a CORS preflight is answered here before step 1
 (no key, no bucket), and every answer gets the policy's CORS headers
@@ -50,7 +52,6 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from time import perf_counter
 from typing import Any
-from urllib.parse import parse_qs
 
 from tollhouse.errors import (
     ApiError,
@@ -66,23 +67,32 @@ from tollhouse.http.access_log import AwaitingLog
 from tollhouse.http.answers import (
     JSON,
     REQUEST_ID,
-    error_parts,
     reject_websocket,
     send_error,
-    send_json,
     with_request_id,
 )
 from tollhouse.http.asgi import ASGIApp, Message, Receive, Scope, Send
-from tollhouse.http.checks import CheckCache, Checks, denial, iso, keyless_checks, status_body
-from tollhouse.http.context import identity_of, new_request_id
-from tollhouse.http.cors import ORIGIN, REQUEST_HEADERS, REQUEST_METHOD, CorsHeaders, find_header
+from tollhouse.http.call_records import call_record, label_values
+from tollhouse.http.checks import CheckCache, Checks, denial, iso
+from tollhouse.http.context import new_request_id
+from tollhouse.http.cors import ORIGIN, REQUEST_METHOD, CorsHeaders, find_header
 from tollhouse.http.counters import GatewayCounters
 from tollhouse.http.failed_auth import AuthFailures
 from tollhouse.http.forward_auth import AUTHORIZE_PATH, authorize
 from tollhouse.http.forwarded import TrustedProxies
+from tollhouse.http.gateway_own import (
+    HEALTH,
+    HEALTH_PATH,
+    STATUS_PATH,
+    admit_keyless,
+    count_shadow,
+    own_endpoints,
+    preflight,
+    refuse_method,
+)
 from tollhouse.http.gateway_ws import admit_websocket
 from tollhouse.http.passing import BODY_METHODS, BodyReader, ClientGone, Passer, body_expected
-from tollhouse.http.routes import Endpoint, Resolved, RouteTable, method_not_allowed
+from tollhouse.http.routes import Endpoint, RouteTable
 from tollhouse.identifiers import LABEL_VALUE, TENANT
 from tollhouse.keys.cache import MISS, KeyCache, Refusal
 from tollhouse.keys.model import Identity
@@ -90,7 +100,7 @@ from tollhouse.limits.headers import Header as LimitHeader
 from tollhouse.limits.headers import pool_headers
 from tollhouse.limits.overrides import OverrideCache
 from tollhouse.limits.store import Lease, LimitStore, Verdict
-from tollhouse.metering.record import CallRecord, Meter
+from tollhouse.metering.record import Meter
 from tollhouse.ops.logs import request_id_var
 from tollhouse.policy.match import RouteMatch, Router
 from tollhouse.policy.model import Bucket, Policy
@@ -118,9 +128,6 @@ logger = logging.getLogger(__name__)
 #: answer, the pool slots it holds, its declared body length (see ``Gateway.admit``).
 Admission = tuple[Identity, list[LimitHeader], tuple[Lease, ...], int | None]
 
-HEALTH_PATH = "/healthz"
-STATUS_PATH = "/v1/rate-limit/status"
-_HEALTHY = b'{"status":"ok","service":"tollhouse"}'
 #: An ``X-Request-Id`` sent by the caller is kept when it looks like an id.
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
@@ -186,7 +193,7 @@ class Gateway:
         platform = policy.platform
         #: Every path tollhouse answers itself (``tollhouse routes`` prints it).
         self.table = RouteTable(
-            [*self._endpoints(), *endpoints],
+            [*own_endpoints(self), *endpoints],
             prefix=platform.prefix,
             disable=(*platform.disable, *disable),
         )
@@ -202,21 +209,6 @@ class Gateway:
         self.proxies = TrustedProxies(policy.proxy.trusted_proxies)
         #: Decided calls waiting for the proxy's access-log line (forward-auth), if any.
         self.awaiting_log: AwaitingLog | None = None
-
-    def _endpoints(self) -> list[Endpoint]:
-        return [
-            HEALTH,
-            Endpoint(STATUS_PATH, ("GET",), self._status, "rate-limit-status", "gateway"),
-            Endpoint(AUTHORIZE_PATH, ("GET",), self._authorize, "forward-auth", "gateway"),
-            Endpoint(
-                AUTHORIZE_PATH + "/{original:path}",
-                ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"),
-                self._authorize,
-                "forward-auth",
-                "gateway",
-                documented=False,
-            ),
-        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -239,7 +231,7 @@ class Gateway:
             if origin is not None and scope["method"] == "OPTIONS":
                 asked = find_header(scope["headers"], REQUEST_METHOD)
                 if asked is not None:
-                    await self._preflight(scope, send, self.cors, origin, asked)
+                    await preflight(self, scope, send, self.cors, origin, asked)
                     return
             send = self.cors.wrap(send, origin)
         t0 = perf_counter()
@@ -261,7 +253,7 @@ class Gateway:
             if path.startswith(self._owned):
                 found = self.table.resolve(method, path)
                 if found.endpoint is None and found.allow is not None:
-                    await self._refuse_method(send, match, method, path, found, request_id)
+                    await refuse_method(self, send, match, method, path, found, request_id)
                     return
                 if found.endpoint is not None:
                     scope["path_params"] = found.params
@@ -277,7 +269,7 @@ class Gateway:
             reader = BodyReader(receive) if match.pools else None
             if keyless:
                 if match.ip_scoped:  # e.g. the OpenAPI document: limited per address
-                    keyless_headers = await self._admit_keyless(scope, match, arrived)
+                    keyless_headers = await admit_keyless(self, scope, match, arrived)
             else:
                 pending = self.admit(scope, state, match, method, path, arrived, body=reader)
                 # A coroutine when a key is to be looked up or a store waited for.
@@ -323,71 +315,9 @@ class Gateway:
             status = state["aborted"]
         group = match.endpoint_group
         self.counters.answered(group.key if group is not None else None, status)
-        if self.meter is not None:
-            self._record(identity, match, method, status, arrived, t0, scope)
-
-    async def _refuse_method(
-        self,
-        send: Send,
-        match: RouteMatch,
-        method: str,
-        path: str,
-        found: Resolved,
-        request_id: str,
-    ) -> None:
-        """A 405 for a path of the table: no key read, no bucket spent, nothing metered."""
-        assert found.allow is not None and found.refused is not None
-        error = method_not_allowed(method, path, found.allow)
-        await send_error(send, error, request_id, found.refused.error_format)
-        group = match.endpoint_group
-        self.counters.answered(group.key if group is not None else None, error.status)
-
-    async def _authorize(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The decision endpoint as the table's app (requests reach it before the table)."""
-        await authorize(self, scope, send)
-
-    async def _status(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``GET /v1/rate-limit/status``: every bucket and pool of the caller, read without
-        consuming anything (its own bucket admitted it already)."""
-        identity = identity_of(scope)
-        body = await status_body(
-            self.policy,
-            self.limits,
-            self._limit_of,
-            self.counters,
-            identity,
-            scope,
-            self.clock(),
-        )
-        await send_json(send, 200, body, [], head=scope["method"] == "HEAD")
-
-    async def _preflight(
-        self, scope: Scope, send: Send, cors: CorsHeaders, origin: bytes, method: bytes
-    ) -> None:
-        """Answer a CORS preflight: 204 with the preflight headers, or 403 ``FORBIDDEN``
-        naming the origin, method or header not allowed. No key is read, no bucket or
-        pool is touched and nothing is metered; the answer is counted under its status."""
-        request_id = new_request_id()
-        state = scope.get("state")
-        if state is None:
-            state = scope["state"] = {}
-        state["request_id"] = request_id
-        request_id_var.set(request_id)
-        headers, refused = cors.preflight(
-            origin, method, find_header(scope["headers"], REQUEST_HEADERS)
-        )
-        if refused is None:
-            status = 204
-            headers.append((REQUEST_ID, request_id.encode()))
-            body = b""
-        else:
-            error = Forbidden(refused)
-            status = error.status
-            error_headers, body = error_parts(error, request_id)
-            headers = error_headers + headers
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-        self.counters.answered(None, status)
+        meter = self.meter
+        if meter is not None:
+            meter.record(call_record(identity, match, method, status, arrived, t0, scope))
 
     def route(self, scope: Scope, method: str, path: str) -> tuple[RouteMatch, str]:
         """The policy's match for a request, and the path it was matched on.
@@ -588,32 +518,13 @@ class Gateway:
         await body.read(length, limits.body_deadline(length), self.max_body)
         return await self._admit_waiting(checks, identity, self.clock(), length)
 
-    async def _admit_keyless(
-        self, scope: Scope, match: RouteMatch, now: float
-    ) -> list[LimitHeader]:
-        """The ``ip``-scoped buckets of a route answered without a key (the OpenAPI
-        document): the rate-limit headers of its answer, or the 429."""
-        client = scope.get("client")
-        checks = keyless_checks(match, client[0] if client else None)
-        if not checks.buckets:
-            return []
-        verdict = self.limits.decide_nowait(checks.buckets, (), now)
-        if verdict is None:
-            verdict = await self.limits.decide(checks.buckets, (), now)
-        headers = checks.headers(verdict.outcomes, now)
-        if not verdict.allowed:
-            denier = verdict.denied_by or "unknown"
-            self.counters.denied[denier] = self.counters.denied.get(denier, 0) + 1
-            raise denial(verdict, headers)
-        return headers
-
     async def _admit_waiting(
         self, checks: Checks, identity: Identity, now: float, length: int | None
     ) -> Admission:
         """:meth:`_admit`'s limits when the store has to be waited for (or shadow
         buckets counted first)."""
         if checks.shadow:
-            await self._shadow(checks, identity, now)
+            await count_shadow(self, checks, identity, now)
         if not (checks.buckets or checks.pools):
             return identity, [], (), length
         verdict = self.limits.decide_nowait(checks.buckets, checks.pools, now)
@@ -657,52 +568,7 @@ class Gateway:
         group = match.endpoint_group if match is not None else None
         self.counters.answered(group.key if group is not None else None, status)
         if self.meter is not None and match is not None and isinstance(identity, Identity):
-            self._record(identity, match, method, status, arrived, t0, scope)
-
-    def _record(
-        self,
-        identity: Identity,
-        match: RouteMatch,
-        method: str,
-        status: int,
-        arrived: float,
-        t0: float,
-        scope: Scope,
-    ) -> None:
-        assert self.meter is not None
-        self.meter.record(self.call_record(identity, match, method, status, arrived, t0, scope))
-
-    def call_record(
-        self,
-        identity: Identity,
-        match: RouteMatch,
-        method: str,
-        status: int,
-        arrived: float,
-        t0: float,
-        scope: Scope,
-    ) -> CallRecord:
-        """The metering record of one answered call."""
-        labels = match.path_labels
-        if labels or match.header_labels or match.query_labels:
-            # A value its rule refuses was answered 400 at the door: not recorded.
-            labels = {k: v for k, v in label_values(scope, match).items() if LABEL_VALUE.admits(v)}
-        group = match.endpoint_group
-        # Positional: this runs once per request.
-        return CallRecord(
-            arrived,
-            identity.org,
-            identity.environment,
-            identity.key_id,
-            identity.tenant,
-            group.key if group is not None else None,
-            method,
-            match.template,
-            status,
-            (perf_counter() - t0) * 1000.0,
-            labels,
-            scope["state"]["request_id"],
-        )
+            self.meter.record(call_record(identity, match, method, status, arrived, t0, scope))
 
     def _limit(self, bucket: Bucket, identity: Identity) -> int:
         """The bucket's effective limit for this caller (overrides > policy)."""
@@ -714,40 +580,6 @@ class Gateway:
         """Drop every cached check (limits changed): they are rebuilt on next use."""
         self.checks.clear()
 
-    async def _shadow(self, checks: Checks, identity: Identity, now: float) -> None:
-        verdict = self.limits.decide_nowait(checks.shadow, (), now)
-        if verdict is None:
-            verdict = await self.limits.decide(checks.shadow, (), now)
-        if not verdict.allowed:
-            for c, o in zip(checks.shadow, verdict.outcomes, strict=True):
-                if not o.allowed:
-                    key = (identity.org_scope, c.name)
-                    shadow = self.counters.shadow_denials
-                    shadow[key] = shadow.get(key, 0) + 1
-                    logger.info(
-                        "shadow bucket would deny",
-                        extra={"bucket": c.name, "org": identity.org_scope},
-                    )
-
-
-def label_values(scope: Scope, match: RouteMatch) -> dict[str, str]:
-    """The call-count labels of a request (``[[labels]]`` of the policy): from its path,
-    headers and query, by label name."""
-    labels = dict(match.path_labels)
-    if match.header_labels:
-        wanted = dict((h, name) for name, h in match.header_labels)
-        for h, value in scope["headers"]:
-            name = wanted.get(h)
-            if name is not None:
-                labels[name] = value.decode("latin-1")
-    if match.query_labels:
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        for name, key in match.query_labels:
-            values = query.get(key)
-            if values:
-                labels[name] = values[0]
-    return labels
-
 
 def _two_keys(what: str) -> BadRequest:
     """The 400 of a request naming two different keys (never the keys themselves)."""
@@ -755,12 +587,3 @@ def _two_keys(what: str) -> BadRequest:
         f"{what} name different API keys; send one key, in Authorization "
         '("Bearer sk_…") or X-API-Key.'
     )
-
-
-async def _health(scope: Scope, receive: Receive, send: Send) -> None:
-    """``GET /healthz``: liveness, answered as long as the process is."""
-    await send_json(send, 200, _HEALTHY, [], head=scope["method"] == "HEAD")
-
-
-#: ``GET /healthz``, keyless (group ``ops``: on ``--ops-port`` when it is given).
-HEALTH = Endpoint(HEALTH_PATH, ("GET",), _health, "ops", "gateway", keyless=True)

@@ -9,7 +9,6 @@ versioned steps that create them and exposes :func:`tollhouse.schema.create_sche
 from __future__ import annotations
 
 from sqlalchemy import Column, Integer, MetaData, Table
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 metadata = MetaData()
 
@@ -20,17 +19,3 @@ schema_info = Table(
     Column("id", Integer, primary_key=True),
     Column("version", Integer, nullable=False),
 )
-
-
-async def create_schema(engine: AsyncEngine) -> None:
-    """Deprecated spelling of :func:`tollhouse.schema.create_schema`; use that one.
-
-    Raises:
-        StorageError: the database could not be reached or a migration failed.
-    """
-    # TODO: delete once tollhouse/http/app.py and tests/http/ import create_schema from
-    # tollhouse.schema (the CORS work has those files open). Until then this is the one
-    # upward import left in storage/: the import-cycle test allows exactly this edge.
-    from tollhouse.schema import create_schema as create
-
-    await create(engine)
