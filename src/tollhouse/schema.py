@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollhouse.example.schema import migrate_example
-from tollhouse.fairuse.schema import migrate_fair_use
+from tollhouse.fairuse.schema import add_flag_columns, migrate_fair_use
 from tollhouse.jobs.schema import (
     add_portal_columns,
     migrate_jobs,
@@ -74,6 +74,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "webhook endpoints: previous secret (rotation overlap), event-type filter; "
         "attempts: response excerpt",
         add_portal_columns,
+    ),
+    Migration(
+        13,
+        "fair-use flags: subjects involved, the throttle override and when it is lifted",
+        add_flag_columns,
     ),
 )
 check_steps(MIGRATIONS)

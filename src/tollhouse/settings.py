@@ -291,6 +291,15 @@ ADMIN_TOKEN = Setting(
     "beside the stored ones of `tollhouse admin-tokens create`; the commands' `--url` send "
     "it. Empty: stored tokens only.",
 )
+FAIR_USE_WEBHOOK_ORG = Setting(
+    "fair_use_webhook_org",
+    "TOLLHOUSE_FAIR_USE_WEBHOOK_ORG",
+    None,
+    TEXT,
+    "",
+    "The provider's own org: its webhook endpoints (in the flagged environment) get one "
+    "`fair_use.flagged` event per signal, org and window. Empty: no events.",
+)
 JOB_LEASE_SECONDS = Setting(
     "job_lease_seconds",
     "TOLLHOUSE_JOB_LEASE_SECONDS",
@@ -427,6 +436,7 @@ TABLE: tuple[Setting, ...] = (
     ALLOW_PRIVATE_TARGETS,
     METRICS_TOKEN,
     ADMIN_TOKEN,
+    FAIR_USE_WEBHOOK_ORG,
     JOB_LEASE_SECONDS,
     ACCESS_LOG_LISTEN,
     LOG_BODIES,
@@ -465,6 +475,7 @@ class Settings:
     allow_private_targets: bool = ALLOW_PRIVATE_TARGETS.default
     metrics_token: str = METRICS_TOKEN.default
     admin_token: str = ADMIN_TOKEN.default
+    fair_use_webhook_org: str = FAIR_USE_WEBHOOK_ORG.default
     job_lease_seconds: float = JOB_LEASE_SECONDS.default
     access_log_listen: str = ACCESS_LOG_LISTEN.default
     log_bodies: bool = LOG_BODIES.default

@@ -42,7 +42,7 @@ DESCRIPTION = "Python, PostgreSQL and Redis; 5 years building APIs."
 RESUME = "Built Python APIs on PostgreSQL and Redis for 6 years."
 TIME_SERIES = ("calls-by-group", "status-classes", "latency", "scoring-volume")
 ROWS = ("top-accounts", "top-endpoints")
-PANELS = (*TIME_SERIES, *ROWS, "rate-limits", "queue")
+PANELS = (*TIME_SERIES, *ROWS, "fair-use", "rate-limits", "queue")
 WAIT_MS = 20_000
 
 try:
@@ -342,6 +342,19 @@ def test_every_panel_renders_with_data(server: Server, busy: Busy, tab: Tab) -> 
     assert top.get_attribute("data-key") == busy.key_id  # the key that made the traffic
     assert "3 completed · 1 failed" in page.inner_text('[data-headline="scoring"]')
     assert "4xx" in page.inner_text('[data-headline="error-rate"]')
+    # Fair use: the org has a webhook endpoint and polled its jobs, so polling is flagged
+    # (any poll, with webhooks); the other signals are ok.
+    signals = page.locator('[data-chart="fair-use"] [data-signal]').evaluate_all(
+        "rows => Object.fromEntries(rows.map(r => [r.dataset.signal, r.dataset.status]))"
+    )
+    assert signals == {
+        "regeneration_loop": "ok",
+        "criteria_without_scoring": "ok",
+        "polling_instead_of_webhooks": "flagged",
+        "ignored_retry_after": "ok",
+        "burst_submission": "ok",
+    }
+    assert "1 flagged" in page.inner_text('[data-headline="fair-use"]')
     scoring = page.locator('[data-chart="rate-limits"] [data-bucket="scoring"]')
     assert int(scoring.get_attribute("data-limit") or 0) == 1000
     assert (
@@ -387,6 +400,8 @@ def test_the_range_picker_drives_every_panel(server: Server, busy: Busy, tab: Ta
     made = tab.requests[before:]
     [volume] = _range_requests(made, "/v1/analytics/scoring-volume")
     assert volume["timeRange"] == ["7d"]
+    [fair_use] = _range_requests(made, "/v1/analytics/fair-use")
+    assert fair_use["timeRange"] == ["7d"]
     for path in ("/call-counts/historical/ENDPOINTS/", "/call-counts/historical/ACCOUNTS/"):
         [query] = _range_requests(made, path)
         span = float(query["end_timestamp"][0]) - float(query["start_timestamp"][0])

@@ -72,10 +72,10 @@ threshold = 0.2
 """
 
 
-def policy_file(tmp_path: Path) -> Path:
+def policy_file(tmp_path: Path, fair_use: str = FAIR_USE) -> Path:
     base = DEFAULT_POLICY.read_text().split("# ---- fair use")[0]
     path = tmp_path / "fair.toml"
-    path.write_text(base + FAIR_USE)
+    path.write_text(base + fair_use)
     return path
 
 
@@ -127,16 +127,21 @@ class Running:
 
 
 @contextmanager
-def running(url: str, tmp_path: Path) -> Iterator[Running]:
+def running(
+    url: str,
+    tmp_path: Path,
+    fair_use: str = FAIR_USE,
+    environ: dict[str, str] | None = None,
+) -> Iterator[Running]:
     async def make_key(engine: Any) -> str:
         _, secret = await KeyStore(engine).create("acme", "test", "root")
         return secret
 
     key = run_with(url, make_key)
     settings = load_settings(
-        policy_file(tmp_path),
+        policy_file(tmp_path, fair_use),
         database_url=url,
-        environ={"TOLLHOUSE_ALLOW_PRIVATE_TARGETS": "1"},
+        environ={"TOLLHOUSE_ALLOW_PRIVATE_TARGETS": "1", **(environ or {})},
     )
     app = Tollhouse(settings=settings)
     with serve_in_thread(app) as base:

@@ -303,6 +303,12 @@ CASES: dict[str, Case] = {
         OK,
         False,
     ),
+    # Fair use: B's signals are B's own (no key id or jobId of A among them).
+    "/v1/analytics/fair-use": (
+        lambda a: ("/v1/analytics/fair-use", {"timeRange": "24h"}),
+        OK,
+        False,
+    ),
     "/v1/queue": (lambda a: ("/v1/queue", {}), OK, False),
     "/v1/keys": (lambda a: ("/v1/keys", {}), OK, True),
     # The org's limits: B never sees A's override (checked below).

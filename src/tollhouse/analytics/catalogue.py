@@ -19,7 +19,9 @@ Definitions where the shape is terse (docs/analytics.md explains each choice):
 * **cost per run** is the cost of LLM calls made by flows (``tool = "flow"``) over runs.
 
 :data:`ADDITIONS` are tollhouse's own metrics beyond the shape's (calls by status class,
-latency percentiles), defined and answered the same way.
+latency percentiles, fair-use flags), defined and answered the same way; the fair-use
+ones read ``fair_use_flags`` (source ``fair_use``: the windows flagged by the scheduled
+pass that overlap the range, :mod:`tollhouse.fairuse.run`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Output = Literal["simple", "table", "barchart", "horizontal-barchart", "paginated-table"]
-Source = Literal["events", "calls", "call_log"]
+Source = Literal["events", "calls", "call_log", "fair_use"]
 Aggregation = Literal[
     "count", "count_distinct", "sum", "avg", "ratio", "percentile", "latest_count"
 ]
@@ -590,6 +592,25 @@ ADDITIONS: tuple[Metric, ...] = (
             for q in (0.5, 0.9, 0.99)
         ),
         group_by=(TIME,),
+    ),
+    Metric(
+        "fair_use_flags",
+        "Fair-use signals flagged, per signal and action (windows flagged, jobs or keys involved)",
+        "table",
+        "fair_use",
+        (Measure("Flags", "count"), Measure("Involved", "sum", ("involved",))),
+        group_by=("signal", "action"),
+        headings=("Signal", "Action"),
+    ),
+    Metric(
+        "regeneration_loops",
+        "Jobs whose criteria or questions were generated more than the threshold times "
+        "in a window (summed over the windows flagged)",
+        "simple",
+        "fair_use",
+        (Measure("jobs", "sum", ("involved",)),),
+        where=(eq("signal", "regeneration_loop"),),
+        suffix=" jobs",
     ),
 )
 

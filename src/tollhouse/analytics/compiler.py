@@ -15,6 +15,10 @@ Statements per metric (only those it needs):
 * ``latest`` — entities whose latest event is in a state (``ROW_NUMBER() OVER``);
 * ``log`` / ``log_total`` — a page of the raw call log and its size.
 
+Fair-use metrics (source ``fair_use``) aggregate ``fair_use_flags``: the rows of the
+window's org and environment whose flagged span (first flagged → last updated) overlaps
+the range.
+
 Integer division of integer columns renders as ``/`` on both engines and, with the
 origin at or before every row, truncates the same way: time buckets agree everywhere.
 """
@@ -43,6 +47,7 @@ from sqlalchemy import (
 
 from tollhouse.analytics.catalogue import TIME, Cond, Measure, Metric
 from tollhouse.analytics.events import FIELDS
+from tollhouse.fairuse.schema import fair_use_flags
 from tollhouse.metering.histogram import BOUNDS_US
 from tollhouse.metering.histogram import COLUMNS as HIST
 from tollhouse.metering.schema import product_events, usage_calls, usage_dims
@@ -404,6 +409,46 @@ def _granularity(rollup: Table) -> int:
     return GRANULARITY[rollup.name]
 
 
+# ---- fair-use flags ---------------------------------------------------------------------------
+
+#: Fields fair-use metrics group or filter by, and the ones they sum.
+FLAG_DIMENSIONS = ("signal", "action")
+FLAG_COUNTERS = ("involved",)
+
+
+def _compile_fair_use(metric: Metric, w: Window, out: Compiled) -> None:
+    f = fair_use_flags.c
+
+    def column_of(name: str) -> Any:
+        if name in FLAG_DIMENSIONS:
+            return f[name]
+        raise CompileError(f"fair-use flags cannot be filtered or grouped by {name!r}")
+
+    where: list[ColumnElement[bool]] = [
+        f.org == w.org,
+        f.environment == w.environment,
+        f.flagged_us <= _big(w.end_us),
+        f.updated_us >= _big(w.start_us),
+        *(_condition(c, column_of) for c in metric.where),
+    ]
+    groups = [column_of(name).label(f"g{i}") for i, name in enumerate(metric.group_by)]
+    out.group_labels = tuple(g.name for g in groups)
+    columns: list[ColumnElement[Any]] = [*groups, func.count().label("_n")]
+    for i, m in enumerate(metric.measures):
+        if m.where or m.event_type:
+            raise CompileError(f"measure {m.name!r}: fair-use measures take no conditions")
+        parts: list[tuple[str, ColumnElement[Any]]]
+        if m.agg == "count":
+            parts = [("n", func.count())]
+        elif m.agg == "sum" and len(m.fields) == 1 and m.fields[0] in FLAG_COUNTERS:
+            parts = [("sum", func.sum(f[m.fields[0]]))]
+        else:
+            raise CompileError(f"measure {m.name!r}: {m.agg} is not available for fair use")
+        out.parts[m.name] = tuple(f"m{i}_{k}" for k, _ in parts)
+        columns.extend(e.label(f"m{i}_{k}") for k, e in parts)
+    out.aggregate = select(*columns).where(*where).group_by(*groups)
+
+
 # ---- raw call log ----------------------------------------------------------------------------
 
 
@@ -454,6 +499,8 @@ def compile_metric(
         _compile_calls(metric, window, rollup, out)
     elif metric.source == "call_log":
         _compile_log(window, page, page_size, out)
+    elif metric.source == "fair_use":
+        _compile_fair_use(metric, window, out)
     else:
         raise CompileError(f"metric {metric.name!r}: unknown source {metric.source!r}")
     return out

@@ -556,7 +556,9 @@ def fair_use_cmd(
         from tollhouse.metering.schema import usage_dims
 
         if run:
-            await run_pass(engine, rules, now=end)
+            await run_pass(
+                engine, rules, now=end, webhook_org=settings.fair_use_webhook_org or None
+            )
         query = select(usage_dims.c.org, usage_dims.c.environment).distinct()
         if org is not None:
             query = query.where(usage_dims.c.org == org)

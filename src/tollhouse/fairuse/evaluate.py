@@ -320,6 +320,7 @@ def _result(
         first_seen_us=min((f for f, _ in spans), default=None),
         last_seen_us=max((la for _, la in spans), default=None),
         detail=dict(detail),
+        involved_count=len(involved) if state != "ok" else 0,
     )
 
 

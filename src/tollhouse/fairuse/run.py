@@ -11,7 +11,15 @@ once), then
    pairs active in the interval (calls in the minute rollups, tallies) and for those
    whose generated jobs reach their ``after`` (T) in it;
 3. records the flagged ones in ``fair_use_flags``, one row per signal, org,
-   environment and window (its epoch-aligned start), updated while the window lasts.
+   environment and window (its epoch-aligned start), updated while the window lasts;
+4. the first time a row is flagged, stages one ``fair_use.flagged`` event to the
+   webhook endpoints of the provider's own org (``TOLLHOUSE_FAIR_USE_WEBHOOK_ORG``), in
+   the flagged environment, through the same outbox as job events (signed and retried
+   by the same sender): once per signal, org, environment and window, never per call;
+5. for a ``throttle`` rule, the first time a row is flagged, sets the rule's bucket
+   override for the org (``limit_overrides``, as ``tollhouse limits set`` does) unless
+   the org already has one for that bucket, and lifts the overrides whose window has
+   ended (only if the override still holds the limit the pass set).
 
 Nothing is scanned beyond the interval, the rules' windows and the orgs involved.
 :class:`FairUsePass` runs it every ``interval`` seconds inside ``tollhouse serve``;
@@ -30,7 +38,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import func, select, union, update
+from sqlalchemy import delete, func, select, union, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tollhouse.errors import StorageError
@@ -42,11 +50,14 @@ from tollhouse.fairuse.schema import (
     fair_use_state,
     fair_use_tallies,
 )
-from tollhouse.fairuse.signals import SignalResult
+from tollhouse.fairuse.signals import SignalResult, iso
 from tollhouse.fairuse.tap import FairUseTap
+from tollhouse.jobs.outbox import stage_events
 from tollhouse.jobs.schema import job_orgs, jobs
+from tollhouse.limits.overrides import limit_overrides
 from tollhouse.metering.schema import usage_dims, usage_rollup_1m
 from tollhouse.policy.model import FairUseRule
+from tollhouse.security import audit
 from tollhouse.storage import dialect
 from tollhouse.storage.transactions import write_transaction
 
@@ -59,6 +70,10 @@ FIRST_LOOKBACK = 86400.0
 #: Re-read this much before the watermark: rows flushed late for the last minutes.
 OVERLAP = 120.0
 _WATERMARK = "pass"
+#: The webhook event of a newly flagged signal.
+FLAGGED_EVENT = "fair_use.flagged"
+#: Who the audit log says set and lifted a throttle override.
+ACTOR = "fair-use"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +86,12 @@ class PassResult:
     """Org and environment pairs evaluated."""
     flagged: list[tuple[str, str, SignalResult]] = field(default_factory=list)
     """``(org, environment, result)`` of every flagged signal."""
+    notified: int = 0
+    """``fair_use.flagged`` events staged (rows newly flagged, with a webhook org)."""
+    throttled: list[tuple[str, str]] = field(default_factory=list)
+    """``(org, bucket)`` of every override set by this pass."""
+    lifted: list[tuple[str, str]] = field(default_factory=list)
+    """``(org, bucket)`` of every override lifted by this pass."""
 
 
 async def _claim(engine: AsyncEngine, now: float) -> float | None:
@@ -197,7 +218,8 @@ async def _active_pairs(
 
 async def _record_flag(
     conn: AsyncConnection, org: str, env: str, rule: FairUseRule, res: SignalResult, now: float
-) -> None:
+) -> int:
+    """Upsert the flag's row; returns its window start."""
     now_us = round(now * 1_000_000)
     window_start = int(now // rule.window * rule.window)
     f = fair_use_flags.c
@@ -215,6 +237,7 @@ async def _record_flag(
                 "last_us": ex.last_us,
                 "updated_us": ex.updated_us,
                 "action": ex.action,
+                "involved": ex.involved,
             },
         ),
         {
@@ -230,8 +253,159 @@ async def _record_flag(
             "flagged_us": now_us,
             "updated_us": now_us,
             "action": rule.action,
+            "involved": res.involved_count,
         },
     )
+    return window_start
+
+
+def _flag_row(org: str, env: str, signal: str, window_start: int) -> list[Any]:
+    f = fair_use_flags.c
+    return [
+        f.org == org,
+        f.environment == env,
+        f.signal == signal,
+        f.window_start == window_start,
+    ]
+
+
+async def _notify(
+    conn: AsyncConnection,
+    webhook_org: str,
+    org: str,
+    env: str,
+    rule: FairUseRule,
+    res: SignalResult,
+    window_start: int,
+    now: float,
+) -> bool:
+    """Stage the ``fair_use.flagged`` event of a flag row not yet notified (claimed with
+    ``notified_us``, in the pass's transaction: once per row)."""
+    claimed = await conn.execute(
+        update(fair_use_flags)
+        .where(
+            *_flag_row(org, env, rule.signal, window_start),
+            fair_use_flags.c.notified_us.is_(None),
+        )
+        .values(notified_us=round(now * 1_000_000))
+    )
+    if claimed.rowcount != 1:
+        return False
+    window_end = window_start + rule.window
+    data = {
+        "org": org,
+        "environment": env,
+        **res.to_json(),
+        "window": {
+            "start": iso(window_start * 1_000_000),
+            "end": iso(round(window_end * 1_000_000)),
+        },
+    }
+    moment = datetime.fromtimestamp(now, UTC)
+    await stage_events(conn, [(webhook_org, env, None, FLAGGED_EVENT, data)], moment)
+    return True
+
+
+async def _throttle(
+    conn: AsyncConnection, org: str, env: str, rule: FairUseRule, window_start: int, now: float
+) -> bool:
+    """Set a ``throttle`` rule's override for the org, once per flag row, unless the org
+    already has an override of that bucket (an operator's: never replaced)."""
+    if rule.bucket is None or rule.limit is None:
+        return False
+    f = fair_use_flags.c
+    row = _flag_row(org, env, rule.signal, window_start)
+    done = (await conn.execute(select(f.throttle_bucket).where(*row))).scalar_one_or_none()
+    if done is not None:
+        return False
+    moment = datetime.fromtimestamp(now, UTC)
+    ins = dialect.insert(conn.dialect.name, limit_overrides).on_conflict_do_nothing(
+        index_elements=[
+            limit_overrides.c.org_id,
+            limit_overrides.c.key_id,
+            limit_overrides.c.bucket,
+        ]
+    )
+    values = {
+        "org_id": org,
+        "key_id": "",
+        "bucket": rule.bucket,
+        "limit": rule.limit,
+        "updated_at": moment,
+    }
+    if (await conn.execute(ins, values)).rowcount != 1:
+        logger.info(
+            "fair-use throttle skipped: the org has an override of the bucket",
+            extra={"org": org, "bucket": rule.bucket, "signal": rule.signal},
+        )
+        return False
+    until = window_start + rule.window
+    await conn.execute(
+        update(fair_use_flags)
+        .where(*row)
+        .values(
+            throttle_bucket=rule.bucket,
+            throttle_limit=rule.limit,
+            throttle_until_us=round(until * 1_000_000),
+        )
+    )
+    await audit.record(
+        conn,
+        actor=ACTOR,
+        action="limit.set",
+        org=org,
+        target_id=rule.bucket,
+        details={
+            "bucket": rule.bucket,
+            "key": None,
+            "limit": rule.limit,
+            "signal": rule.signal,
+            "environment": env,
+            "until": iso(round(until * 1_000_000)),
+        },
+        at=moment,
+    )
+    return True
+
+
+async def _lift(conn: AsyncConnection, now: float) -> list[tuple[str, str]]:
+    """Remove the overrides set by ``throttle`` rules whose window has ended — those still
+    holding the limit the pass set (one an operator changed since is theirs now)."""
+    f = fair_use_flags.c
+    now_us = round(now * 1_000_000)
+    due = (
+        await conn.execute(
+            select(
+                f.org, f.environment, f.signal, f.window_start, f.throttle_bucket, f.throttle_limit
+            ).where(f.throttle_until_us.is_not(None), f.throttle_until_us <= now_us)
+        )
+    ).all()
+    lifted: list[tuple[str, str]] = []
+    o = limit_overrides.c
+    moment = datetime.fromtimestamp(now, UTC)
+    for org, env, signal, window_start, bucket, limit in due:
+        await conn.execute(
+            update(fair_use_flags)
+            .where(*_flag_row(org, env, signal, window_start))
+            .values(throttle_until_us=None)
+        )
+        gone = await conn.execute(
+            delete(limit_overrides).where(
+                o.org_id == org, o.key_id == "", o.bucket == bucket, o.limit == limit
+            )
+        )
+        if gone.rowcount:
+            lifted.append((org, bucket))
+            await audit.record(
+                conn,
+                actor=ACTOR,
+                action="limit.cleared",
+                org=org,
+                target_id=bucket,
+                details={"bucket": bucket, "key": None, "signal": signal},
+                at=moment,
+            )
+    return lifted
 
 
 async def run_pass(
@@ -240,6 +414,7 @@ async def run_pass(
     *,
     now: float | None = None,
     tap: FairUseTap | None = None,
+    webhook_org: str | None = None,
 ) -> PassResult | None:
     """One pass over the interval since the watermark (see the module's docstring).
 
@@ -248,6 +423,8 @@ async def run_pass(
         rules: the policy's ``[[fair_use]]`` signals.
         now: the pass's clock (epoch s); injected by tests to reach ``after`` (T).
         tap: this process's tap, flushed first so its counts are included.
+        webhook_org: the provider's own org, whose webhook endpoints get the
+            ``fair_use.flagged`` events; None: no events.
 
     Returns:
         What the pass did; None when there was nothing to claim (another process
@@ -269,18 +446,30 @@ async def run_pass(
             await _fold(conn, rules, since, until)
             pairs = await _active_pairs(conn, rules, since, until)
             flagged: list[tuple[str, str, SignalResult]] = []
+            notified = 0
+            throttled: list[tuple[str, str]] = []
+            lifted = await _lift(conn, until)
             for org, env in pairs:
                 for rule in rules:
                     res = await evaluate_rule(conn, rule, org, env, until - rule.window, until)
-                    if res.status == "flagged":
-                        await _record_flag(conn, org, env, rule, res, until)
-                        flagged.append((org, env, res))
+                    if res.status != "flagged":
+                        continue
+                    window_start = await _record_flag(conn, org, env, rule, res, until)
+                    flagged.append((org, env, res))
+                    if webhook_org and await _notify(
+                        conn, webhook_org, org, env, rule, res, window_start, until
+                    ):
+                        notified += 1
+                    if rule.action == "throttle" and await _throttle(
+                        conn, org, env, rule, window_start, until
+                    ):
+                        throttled.append((org, str(rule.bucket)))
     except StorageError:
         await _unclaim(engine, since, until)
         raise
     if flagged:
         logger.info("fair-use signals flagged", extra={"flags": len(flagged)})
-    return PassResult(since, until, len(pairs), flagged)
+    return PassResult(since, until, len(pairs), flagged, notified, throttled, lifted)
 
 
 async def _unclaim(engine: AsyncEngine, since: float, until: float) -> None:
@@ -304,6 +493,7 @@ class FairUsePass:
         tap: this process's tap.
         interval: seconds between passes.
         clock: wall clock, epoch seconds.
+        webhook_org: the provider's own org, whose endpoints get ``fair_use.flagged``.
     """
 
     def __init__(
@@ -314,8 +504,10 @@ class FairUsePass:
         tap: FairUseTap | None = None,
         interval: float = DEFAULT_INTERVAL,
         clock: Callable[[], float] = time.time,
+        webhook_org: str | None = None,
     ) -> None:
         self.engine = engine
+        self.webhook_org = webhook_org or None
         self.rules = tuple(rules)
         self.tap = tap
         self.interval = interval
@@ -325,7 +517,13 @@ class FairUsePass:
 
     async def run_once(self) -> PassResult | None:
         """One pass now."""
-        result = await run_pass(self.engine, self.rules, now=self.clock(), tap=self.tap)
+        result = await run_pass(
+            self.engine,
+            self.rules,
+            now=self.clock(),
+            tap=self.tap,
+            webhook_org=self.webhook_org,
+        )
         if result is not None:
             self.last = result
         return result

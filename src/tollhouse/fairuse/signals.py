@@ -49,6 +49,8 @@ class SignalResult:
     last_seen_us: int | None = None
     detail: dict[str, Any] = field(default_factory=dict)
     """What the value was computed from (numerator, denominator…)."""
+    involved_count: int = 0
+    """How many jobIds or keys were involved (``subjects`` lists the first ones)."""
 
     def to_json(self) -> dict[str, Any]:
         """The result as the CLI's ``--json`` prints it (camelCase, ISO 8601 times)."""
@@ -59,6 +61,7 @@ class SignalResult:
             "status": self.status,
             "action": self.action,
             "involved": [{"id": s.id, "count": s.count} for s in self.subjects],
+            "involvedCount": self.involved_count,
             "firstSeen": iso(self.first_seen_us),
             "lastSeen": iso(self.last_seen_us),
             "detail": self.detail,

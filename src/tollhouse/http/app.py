@@ -151,7 +151,12 @@ class Tollhouse:
         self.key_use = KeyUse()
         self.meter.aggregator.observers.append(self.key_use.observe)
         self.meter.flusher.companions.append(self.key_use.flush)
-        self.fair_use = FairUsePass(self.engine, policy.fair_use, tap=self.fair_use_tap)
+        self.fair_use = FairUsePass(
+            self.engine,
+            policy.fair_use,
+            tap=self.fair_use_tap,
+            webhook_org=self.settings.fair_use_webhook_org,
+        )
         self.key_store = KeyStore(self.engine)
         self.keys = KeyCache(self.key_store)
         self.limits: LimitStore = open_store(

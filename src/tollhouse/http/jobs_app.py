@@ -71,7 +71,7 @@ from tollhouse.jobs.eta import estimate_wait
 from tollhouse.jobs.model import Enqueued, IdempotencyKeyReused, Job, NewJob, WireStatus, utc_now
 from tollhouse.jobs.queue import Clock, JobQueue
 from tollhouse.jobs.shapes import MAX_STATUS_IDS, STATUS_ID_PATTERN, accepted_json, job_json
-from tollhouse.jobs.volume import CACHE_CONTROL, TIME_RANGES, volume_body, window
+from tollhouse.jobs.volume import CACHE_CONTROL, check_time_range, volume_body, window
 from tollhouse.jobs.webhooks import WebhookStore, delivery_json
 from tollhouse.json_reader import read_object
 from tollhouse.keys.model import Identity
@@ -454,11 +454,7 @@ class JobsRoutes:
     async def scoring_volume(self, request: Request) -> Response:
         """``GET /v1/analytics/scoring-volume?timeRange=`` (the scoring-volume shape)."""
         identity = _identity(request)
-        time_range = request.query_params.get("timeRange")
-        if time_range not in TIME_RANGES:
-            choices = ", ".join(TIME_RANGES)
-            problem = "is required" if not time_range else f"must be one of {choices}"
-            raise ValidationFailed(f'query parameter "timeRange" {problem} ({choices})')
+        time_range = check_time_range(request.query_params.get("timeRange"))
         start, end, granularity = window(time_range, self.clock())
         counts = await self.queue.volume(
             identity.org, start, end, granularity, environment=identity.environment

@@ -12,6 +12,8 @@ answer is 401. Routes (:func:`platform_endpoints`):
   manager; ``/call-counts/historical/SCENARIOS/{reco_type}/{name}/`` — also backend
   (trailing slash optional);
 * ``GET /v1/analytics/{metric}`` — the metrics catalogue (any role);
+* ``GET /v1/analytics/fair-use?timeRange=`` — the caller's fair-use signals (any role;
+  ``timeRange`` checked as scoring volume checks it, errors in the envelope);
 * ``GET /v1/platform/openapi.json`` — the OpenAPI document, without a key (it describes
   the API, it reveals nothing).
 
@@ -43,10 +45,13 @@ from tollhouse.analytics.catalogue import CATALOGUE, TIME
 from tollhouse.analytics.events import ingest, parse_body
 from tollhouse.analytics.metrics import run_metric
 from tollhouse.errors import BadRequest, Forbidden, StorageError
+from tollhouse.fairuse.evaluate import evaluate as evaluate_fair_use
+from tollhouse.fairuse.signals import iso as iso_us
 from tollhouse.http.answers import endpoint, json_response, read_json
 from tollhouse.http.context import identity_of
 from tollhouse.http.routes import Endpoint, RouteTable, TableApp
 from tollhouse.identifiers import LABEL_VALUE
+from tollhouse.jobs.volume import TIME_RANGES, check_time_range
 from tollhouse.keys.model import Identity
 from tollhouse.metering.meter import UsageMeter
 from tollhouse.metering.retention import Retention
@@ -56,6 +61,7 @@ from tollhouse.policy.model import EndpointGroup, Policy
 logger = logging.getLogger(__name__)
 
 ANALYTICS_PREFIX = "/v1/analytics/"
+FAIR_USE_PATH = ANALYTICS_PREFIX + "fair-use"
 #: The metrics catalogue shape's page size bounds.
 MAX_PAGE_SIZE = 200
 DEFAULT_PAGE_SIZE = 50
@@ -343,6 +349,32 @@ class PlatformRoutes:
         )
         return json_response(body)
 
+    async def fair_use(self, request: Request) -> Response:
+        """``GET /v1/analytics/fair-use?timeRange=``: every fair-use signal of the caller's
+        org and environment over the range ending now (docs/analytics.md#fair-use)."""
+        time_range = check_time_range(request.query_params.get("timeRange"))
+        who = identity_of(request.scope)
+        end = self.clock()
+        start = end - TIME_RANGES[time_range][0].total_seconds()
+        rules = self.policy.fair_use if self.policy is not None else ()
+        await self._fresh()
+        if self.meter is not None:
+            try:
+                await self.meter.flusher.flush_companions()  # the fair-use tap's counts
+            except StorageError:
+                logger.warning("could not flush fair-use counts before a read", exc_info=True)
+        found = await evaluate_fair_use(self.engine, rules, who.org, who.environment, start, end)
+        body = {
+            "timeRange": time_range,
+            "period": {
+                "start": iso_us(round(start * 1_000_000)),
+                "end": iso_us(round(end * 1_000_000)),
+            },
+            "environment": who.environment,
+            "signals": [r.to_json() for r in found],
+        }
+        return json_response(body)
+
     async def openapi_document(self, request: Request) -> Response:
         """tollhouse's OpenAPI 3.1 document: every public route (docs/openapi.md)."""
         if self._document is None:
@@ -375,6 +407,7 @@ class PlatformRoutes:
             get(scenario, self.by_scenario, "call-counts", documented=False),
             get(label + "/", self.by_label, "call-counts"),
             get(label, self.by_label, "call-counts", documented=False),
+            get(FAIR_USE_PATH, self.fair_use, "analytics"),
             get(ANALYTICS_PREFIX + "{metric}", self.analytics, "analytics", error_format="detail"),
             get(OPENAPI_PATH, self.openapi_document, "openapi", keyless=True),
         ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from tollhouse.errors import ValidationFailed
 from tollhouse.jobs.model import iso
 
 #: timeRange → (lookback, granularity), exactly as the scoring-volume shape defines them.
@@ -43,6 +44,20 @@ def floor_to(moment: datetime, granularity: str) -> datetime:
     if granularity == "day":
         return m.replace(hour=0, minute=0, second=0, microsecond=0)
     raise ValueError(f"unknown granularity {granularity!r}")
+
+
+def check_time_range(raw: str | None) -> str:
+    """``raw`` if it is one of :data:`TIME_RANGES` — the one check of a ``timeRange``
+    query parameter (scoring volume, fair use).
+
+    Raises:
+        ValidationFailed: missing or not one of them (422, the error envelope).
+    """
+    if raw not in TIME_RANGES:
+        choices = ", ".join(TIME_RANGES)
+        problem = "is required" if not raw else f"must be one of {choices}"
+        raise ValidationFailed(f'query parameter "timeRange" {problem} ({choices})')
+    return raw
 
 
 def window(time_range: str, now: datetime) -> tuple[datetime, datetime, str]:

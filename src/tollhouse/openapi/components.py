@@ -20,6 +20,8 @@ from tollhouse.identifiers import (
     EVENT_TYPE,
     POSTING_ID,
 )
+from tollhouse.jobs.volume import TIME_RANGES
+from tollhouse.policy.model import FAIR_USE_SIGNALS
 
 Schema = dict[str, Any]
 
@@ -430,6 +432,38 @@ SCHEMAS: Final[dict[str, Schema]] = {
                         }
                     ),
                 },
+            }
+        ),
+    },
+    "FairUse": {
+        "description": "The caller's fair-use signals over the range (docs/analytics.md).",
+        **_object(
+            {
+                "timeRange": {"enum": list(TIME_RANGES)},
+                "period": _object({"start": _TIME, "end": _TIME}),
+                "environment": {"enum": ["SANDBOX", "PRODUCTION"]},
+                "signals": {"type": "array", "items": ref("FairUseSignal")},
+            }
+        ),
+    },
+    "FairUseSignal": {
+        "description": "One signal: ok, watch (above half the threshold) or flagged.",
+        **_object(
+            {
+                "signal": {"enum": list(FAIR_USE_SIGNALS)},
+                "value": _NUMBER,
+                "threshold": _NUMBER,
+                "status": {"enum": ["ok", "watch", "flagged"]},
+                "action": {"enum": ["flag", "throttle"]},
+                "involved": {
+                    "type": "array",
+                    "description": "The jobIds or key ids involved, most first (at most 20).",
+                    "items": _object({"id": {"type": "string"}, "count": _NUMBER}),
+                },
+                "involvedCount": _COUNT,
+                "firstSeen": nullable(_TIME),
+                "lastSeen": nullable(_TIME),
+                "detail": {"type": "object", "description": "What the value was computed from."},
             }
         ),
     },

@@ -32,6 +32,7 @@ from tollhouse.identifiers import (
     TENANT,
 )
 from tollhouse.jobs.shapes import MAX_STATUS_IDS, STATUS_ID_PATTERN
+from tollhouse.jobs.volume import TIME_RANGES
 from tollhouse.openapi.admin import (
     ADMIN_RESPONSES,
     ADMIN_SCHEMAS,
@@ -707,6 +708,25 @@ def _platform_overlays() -> dict[str, dict[str, Schema]]:
                 ],
                 description="Roles root, manager and backend.",
                 operation_id="by_scenario_call_counts_historical_SCENARIOS__reco_type___name___get",
+            )
+        },
+        "/v1/analytics/fair-use": {
+            "get": _op(
+                "Fair-use signals",
+                "analytics",
+                {
+                    "200": _response("Every signal of the policy.", ref("FairUse")),
+                    **_errors(*_GATEWAY, 422),
+                },
+                parameters=[
+                    _query(
+                        "timeRange",
+                        {"enum": list(TIME_RANGES)},
+                        "Lookback window, ending now.",
+                        required=True,
+                    )
+                ],
+                description="The caller's org and environment; errors in the envelope.",
             )
         },
         "/v1/analytics/{metric}": {

@@ -422,7 +422,12 @@ FAIR_USE_DEFAULTS: dict[str, FairUseRule] = {
         "polling_instead_of_webhooks",
         threshold=5,
         window=86400.0,
-        routes=("GET /v1/score/{scoringJobId}", "GET /v1/score/application/{applicationId}"),
+        # GET /v1/score?ids= (up to 100 jobs' status) is one poll, as it costs one.
+        routes=(
+            "GET /v1/score/{scoringJobId}",
+            "GET /v1/score",
+            "GET /v1/score/application/{applicationId}",
+        ),
     ),
     "ignored_retry_after": FairUseRule("ignored_retry_after", threshold=0.2, window=86400.0),
     "burst_submission": FairUseRule(

@@ -82,6 +82,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/analytics/fair-use": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Fair-use signals
+         * @description The caller's org and environment; errors in the envelope.
+         */
+        get: operations["get_v1_analytics_fair_use"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/analytics/{metric}": {
         parameters: {
             query?: never;
@@ -1050,6 +1070,41 @@ export interface components {
                 failed: number;
             }[];
         };
+        /** @description The caller's fair-use signals over the range (docs/analytics.md). */
+        FairUse: {
+            /** @enum {unknown} */
+            timeRange: "1h" | "24h" | "7d" | "30d" | "90d";
+            period: {
+                /** Format: date-time */
+                start: string;
+                /** Format: date-time */
+                end: string;
+            };
+            /** @enum {unknown} */
+            environment: "SANDBOX" | "PRODUCTION";
+            signals: components["schemas"]["FairUseSignal"][];
+        };
+        /** @description One signal: ok, watch (above half the threshold) or flagged. */
+        FairUseSignal: {
+            /** @enum {unknown} */
+            signal: "regeneration_loop" | "criteria_without_scoring" | "polling_instead_of_webhooks" | "ignored_retry_after" | "burst_submission";
+            value: number;
+            threshold: number;
+            /** @enum {unknown} */
+            status: "ok" | "watch" | "flagged";
+            /** @enum {unknown} */
+            action: "flag" | "throttle";
+            /** @description The jobIds or key ids involved, most first (at most 20). */
+            involved: {
+                id: string;
+                count: number;
+            }[];
+            involvedCount: number;
+            firstSeen: string | null;
+            lastSeen: string | null;
+            /** @description What the value was computed from. */
+            detail: Record<string, unknown>;
+        };
         EventsIngested: {
             received: number;
             inserted: number;
@@ -1818,6 +1873,43 @@ export interface operations {
             429: components["responses"]["RateLimited"];
         };
     };
+    get_v1_analytics_fair_use: {
+        parameters: {
+            query: {
+                /** @description Lookback window, ending now. */
+                timeRange: "1h" | "24h" | "7d" | "30d" | "90d";
+            };
+            header?: {
+                /** @description Your end customer (optional here). */
+                "X-Tenant-Id"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Every signal of the policy. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
+                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
+                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FairUse"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
     analytics_v1_analytics__metric__get: {
         parameters: {
             query: {
@@ -1836,7 +1928,7 @@ export interface operations {
             };
             path: {
                 /** @description A metric of the catalogue. */
-                metric: "active_runs" | "active_triggers" | "active_users" | "agent_runs" | "ai_models_total_cost" | "ai_models_total_tokens" | "ai_operations_per_tool" | "ai_operations_per_user" | "api_calls_by_status_class" | "api_calls_log" | "api_calls_per_date" | "api_calls_per_endpoint" | "api_latency_percentiles" | "average_cost_per_run" | "average_run_time" | "conversation_chat_costs_total" | "conversation_tokens_cost" | "conversation_tokens_cost_by_user" | "conversation_users" | "conversations_started" | "conversations_started_by_user" | "conversations_started_over_time" | "errors" | "errors_over_time" | "flow_per_user" | "flow_runs" | "flow_runs_distribution" | "kb_contributors" | "kb_document_types" | "kb_documents_by_user" | "kb_documents_over_time" | "kb_documents_per_kb" | "kb_failed_documents" | "kb_overview" | "kb_processed_successfully" | "kb_total_documents" | "kb_user_activity" | "manual_runs" | "messages_per_conversation" | "messages_sent" | "messages_sent_by_user" | "messages_sent_over_time" | "model_tokens_per_tool" | "model_tokens_per_user" | "model_tokens_total_cost" | "run_time_over_time" | "tokens_cost" | "tokens_cost_by_node" | "tokens_cost_by_user" | "tokens_cost_by_workflow" | "trigger_runs";
+                metric: "active_runs" | "active_triggers" | "active_users" | "agent_runs" | "ai_models_total_cost" | "ai_models_total_tokens" | "ai_operations_per_tool" | "ai_operations_per_user" | "api_calls_by_status_class" | "api_calls_log" | "api_calls_per_date" | "api_calls_per_endpoint" | "api_latency_percentiles" | "average_cost_per_run" | "average_run_time" | "conversation_chat_costs_total" | "conversation_tokens_cost" | "conversation_tokens_cost_by_user" | "conversation_users" | "conversations_started" | "conversations_started_by_user" | "conversations_started_over_time" | "errors" | "errors_over_time" | "fair_use_flags" | "flow_per_user" | "flow_runs" | "flow_runs_distribution" | "kb_contributors" | "kb_document_types" | "kb_documents_by_user" | "kb_documents_over_time" | "kb_documents_per_kb" | "kb_failed_documents" | "kb_overview" | "kb_processed_successfully" | "kb_total_documents" | "kb_user_activity" | "manual_runs" | "messages_per_conversation" | "messages_sent" | "messages_sent_by_user" | "messages_sent_over_time" | "model_tokens_per_tool" | "model_tokens_per_user" | "model_tokens_total_cost" | "regeneration_loops" | "run_time_over_time" | "tokens_cost" | "tokens_cost_by_node" | "tokens_cost_by_user" | "tokens_cost_by_workflow" | "trigger_runs";
             };
             cookie?: never;
         };

@@ -1142,6 +1142,147 @@ export const SCHEMAS: Record<string, unknown> = {
       }
     }
   },
+  "FairUse": {
+    "type": "object",
+    "required": [
+      "timeRange",
+      "period",
+      "environment",
+      "signals"
+    ],
+    "properties": {
+      "timeRange": {
+        "enum": [
+          "1h",
+          "24h",
+          "7d",
+          "30d",
+          "90d"
+        ]
+      },
+      "period": {
+        "type": "object",
+        "required": [
+          "start",
+          "end"
+        ],
+        "properties": {
+          "start": {
+            "type": "string",
+            "format": "date-time"
+          },
+          "end": {
+            "type": "string",
+            "format": "date-time"
+          }
+        }
+      },
+      "environment": {
+        "enum": [
+          "SANDBOX",
+          "PRODUCTION"
+        ]
+      },
+      "signals": {
+        "type": "array",
+        "items": {
+          "$ref": "#/components/schemas/FairUseSignal"
+        }
+      }
+    }
+  },
+  "FairUseSignal": {
+    "type": "object",
+    "required": [
+      "signal",
+      "value",
+      "threshold",
+      "status",
+      "action",
+      "involved",
+      "involvedCount",
+      "firstSeen",
+      "lastSeen",
+      "detail"
+    ],
+    "properties": {
+      "signal": {
+        "enum": [
+          "regeneration_loop",
+          "criteria_without_scoring",
+          "polling_instead_of_webhooks",
+          "ignored_retry_after",
+          "burst_submission"
+        ]
+      },
+      "value": {
+        "type": "number"
+      },
+      "threshold": {
+        "type": "number"
+      },
+      "status": {
+        "enum": [
+          "ok",
+          "watch",
+          "flagged"
+        ]
+      },
+      "action": {
+        "enum": [
+          "flag",
+          "throttle"
+        ]
+      },
+      "involved": {
+        "type": "array",
+        "items": {
+          "type": "object",
+          "required": [
+            "id",
+            "count"
+          ],
+          "properties": {
+            "id": {
+              "type": "string"
+            },
+            "count": {
+              "type": "number"
+            }
+          }
+        }
+      },
+      "involvedCount": {
+        "type": "integer",
+        "minimum": 0
+      },
+      "firstSeen": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "lastSeen": {
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "detail": {
+        "type": "object"
+      }
+    }
+  },
   "EventsIngested": {
     "type": "object",
     "required": [
@@ -2671,6 +2812,9 @@ export const RESPONSES: Record<string, unknown> = {
   },
   "GET /call-counts/historical/SCENARIOS/{reco_type}/{name}/": {
     "$ref": "#/components/schemas/CallCounts"
+  },
+  "GET /v1/analytics/fair-use": {
+    "$ref": "#/components/schemas/FairUse"
   },
   "GET /v1/analytics/{metric}": {
     "$ref": "#/components/schemas/AnalyticsResponse"

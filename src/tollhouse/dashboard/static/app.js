@@ -235,6 +235,18 @@ function loadRange(range, start, end) {
     const body = await state.api.get("scoring", "v1/analytics/scoring-volume", { timeRange: range });
     if (current()) renderScoring(el, body);
   });
+  guard("fair-use", async (el) => {
+    let body;
+    try {
+      body = await state.api.get("fair-use", "v1/analytics/fair-use", { timeRange: range });
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 404) {
+        throw new Error("This server has no fair-use signals (GET /v1/analytics/fair-use); upgrade tollhouse to see this panel.");
+      }
+      throw err;
+    }
+    if (current()) renderFairUse(el, body);
+  });
 }
 
 async function metric(name, timeStart, timeEnd) {
@@ -376,6 +388,48 @@ function renderScoring(el, body) {
       { label: "failed", values: failedJobs, color: "#dc2626", bars: true },
     ],
     { yLabel: "jobs" },
+  );
+}
+
+const SIGNAL_NAMES = {
+  regeneration_loop: "Regeneration loops",
+  criteria_without_scoring: "Criteria never scored",
+  polling_instead_of_webhooks: "Polling instead of webhooks",
+  ignored_retry_after: "Retries before Retry-After",
+  burst_submission: "Burst submissions",
+};
+
+/** The org's fair-use signals (docs/analytics.md#fair-use): one row each, ok / watch / flagged. */
+function renderFairUse(el, body) {
+  const signals = body.signals || [];
+  const headline = $('[data-headline="fair-use"]');
+  headline.textContent = "";
+  if (!signals.length) {
+    empty(el, "This server's policy watches no fair-use signals ([[fair_use]] tables, docs/policy.md).");
+    return;
+  }
+  const flagged = signals.filter((s) => s.status === "flagged").length;
+  const watched = signals.filter((s) => s.status === "watch").length;
+  headline.textContent = flagged || watched ? `${flagged} flagged · ${watched} to watch` : "all ok";
+  headline.dataset.flagged = String(flagged);
+  const badge = { ok: "good", watch: "warn", flagged: "bad" };
+  const rows = signals.map((s) => {
+    const involved = (s.involved || []).slice(0, 3).map((i) => i.id).join(", ");
+    const more = s.involvedCount > 3 ? ` +${s.involvedCount - 3}` : "";
+    return h(
+      "tr",
+      { class: "table-row", dataset: { signal: s.signal, status: s.status } },
+      h("td", { title: s.signal, text: SIGNAL_NAMES[s.signal] || s.signal }),
+      h("td", {}, h("span", { class: `badge ${badge[s.status] || ""}`, text: s.status })),
+      h("td", { class: "value", text: `${round(s.value)} / ${round(s.threshold)}` }),
+      h("td", { text: involved ? involved + more : "—" }),
+      h("td", { text: s.lastSeen ? new Date(s.lastSeen).toLocaleString("en") : "—" }),
+    );
+  });
+  const head = h("tr", {}, ["Signal", "Status", "Value / threshold", "Involved", "Last seen"].map((t) => h("th", { scope: "col", text: t })));
+  readyPanel(el).append(
+    h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, head), h("tbody", {}, rows))),
+    h("p", { class: "note", text: "Shown, never enforced: no hard quotas. Flagged above the threshold, watched above half of it." }),
   );
 }
 
