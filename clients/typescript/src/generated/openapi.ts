@@ -122,6 +122,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/limits": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The org's effective limits
+         * @description Root and manager keys only (other roles: 403). Scoped to the caller's org and environment: another org's id is a 404, exactly like an unknown one. Read-only: overrides are set by the API provider (the provider API).
+         */
+        get: operations["get_v1_limits"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/keys": {
         parameters: {
             query?: never;
@@ -177,7 +197,7 @@ export interface paths {
         put?: never;
         /**
          * Rotate a key
-         * @description Root and manager keys only (other roles: 403). Scoped to the caller's org and environment: another org's id is a 404, exactly like an unknown one.
+         * @description Root and manager keys only (other roles: 403). Scoped to the caller's org and environment: another org's id is a 404, exactly like an unknown one. A revoked or expired key is a 409 CONFLICT.
          */
         post: operations["post_v1_keys_keyId_rotate"];
         delete?: never;
@@ -528,6 +548,128 @@ export interface paths {
         put?: never;
         /** Rotate a key */
         post: operations["post_v1_admin_keys_keyId_rotate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/orgs/{orgId}/webhooks/endpoints": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** An org's webhook endpoints */
+        get: operations["get_v1_admin_orgs_orgId_webhooks_endpoints"];
+        put?: never;
+        /**
+         * Register a webhook endpoint for an org
+         * @description The URL goes through the SSRF guard: a private or unresolvable target is a 400 with the guard's message.
+         */
+        post: operations["post_v1_admin_orgs_orgId_webhooks_endpoints"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/orgs/{orgId}/webhooks/endpoints/{endpointId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Remove an org's endpoint
+         * @description Scoped by the org and the environment: another org's or environment's id is a 404.
+         */
+        delete: operations["delete_v1_admin_orgs_orgId_webhooks_endpoints_endpointId"];
+        options?: never;
+        head?: never;
+        /**
+         * Enable, disable or filter an org's endpoint
+         * @description Scoped by the org and the environment: another org's or environment's id is a 404.
+         */
+        patch: operations["patch_v1_admin_orgs_orgId_webhooks_endpoints_endpointId"];
+        trace?: never;
+    };
+    "/v1/admin/orgs/{orgId}/webhooks/endpoints/{endpointId}/rotate-secret": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Rotate an endpoint's secret
+         * @description Scoped by the org and the environment: another org's or environment's id is a 404. The old secret signs too for the overlap.
+         */
+        post: operations["post_v1_admin_orgs_orgId_webhooks_endpoints_endpointId_rotate_secret"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/orgs/{orgId}/webhooks/endpoints/{endpointId}/test": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Send an endpoint a signed ping
+         * @description Scoped by the org and the environment: another org's or environment's id is a 404. A disabled endpoint is a 400.
+         */
+        post: operations["post_v1_admin_orgs_orgId_webhooks_endpoints_endpointId_test"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/orgs/{orgId}/webhooks/deliveries": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** An org's webhook deliveries */
+        get: operations["get_v1_admin_orgs_orgId_webhooks_deliveries"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/orgs/{orgId}/webhooks/deliveries/{deliveryId}/replay": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Send a delivery again
+         * @description Scoped by the org and the environment: another org's or environment's id is a 404. A disabled endpoint is a 400.
+         */
+        post: operations["post_v1_admin_orgs_orgId_webhooks_deliveries_deliveryId_replay"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1413,6 +1555,10 @@ export interface components {
                 overridden: false;
             }[];
         };
+        /** @description overlapSeconds: how long the old secret signs too (default 86400; 0: the new one alone, at once). */
+        AdminSecretRotation: {
+            overlapSeconds?: number;
+        };
         /** @description The new limit per window; with keyId, for that key of the org only. */
         AdminLimitChange: {
             limit: number;
@@ -1445,6 +1591,18 @@ export interface components {
             data: components["schemas"]["AuditEntry"][];
             hasMore: boolean;
             nextCursor: string | null;
+        };
+        /** @description An org's webhook endpoint (never its secret): the self-serve shape with the org and when it was disabled. */
+        AdminWebhookEndpoint: components["schemas"]["WebhookEndpoint"] & {
+            org: string;
+            disabledAt: string | null;
+        };
+        /** @description The endpoint and its whsec_ secret, shown this once. */
+        AdminWebhookEndpointCreated: components["schemas"]["AdminWebhookEndpoint"] & {
+            secret: string;
+        };
+        AdminWebhookEndpoints: {
+            data: components["schemas"]["AdminWebhookEndpoint"][];
         };
     };
     responses: {
@@ -1490,6 +1648,16 @@ export interface components {
         };
         /** @description The path exists, not for this method (METHOD_NOT_ALLOWED). */
         MethodNotAllowed: {
+            headers: {
+                "X-Request-Id": components["headers"]["X-Request-Id"];
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["ErrorEnvelope"];
+            };
+        };
+        /** @description The key is revoked or expired already: nothing to rotate (CONFLICT). */
+        Conflict: {
             headers: {
                 "X-Request-Id": components["headers"]["X-Request-Id"];
                 [name: string]: unknown;
@@ -1629,7 +1797,7 @@ export interface components {
                 "application/json": components["schemas"]["ErrorEnvelope"];
             };
         };
-        /** @description No org, key, bucket or override under this id (NOT_FOUND). */
+        /** @description No org, key, bucket, override, webhook endpoint or delivery under this id (NOT_FOUND). */
         AdminNotFound: {
             headers: {
                 "X-Request-Id": components["headers"]["X-Request-Id"];
@@ -1957,6 +2125,42 @@ export interface operations {
             429: components["responses"]["DetailRateLimited"];
         };
     };
+    get_v1_limits: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Your end customer (optional here). */
+                "X-Tenant-Id"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Each bucket with the policy's limit and the org's (overrides marked, key overrides of this environment), and the pools. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    "X-RateLimit-Limit": components["headers"]["X-RateLimit-Limit"];
+                    "X-RateLimit-Remaining": components["headers"]["X-RateLimit-Remaining"];
+                    "X-RateLimit-Reset": components["headers"]["X-RateLimit-Reset"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminOrgLimits"] & {
+                        /** @enum {unknown} */
+                        environment: "SANDBOX" | "PRODUCTION";
+                    };
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
     get_v1_keys: {
         parameters: {
             query?: never;
@@ -2109,6 +2313,7 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
             413: components["responses"]["PayloadTooLarge"];
             422: components["responses"]["ValidationFailed"];
             429: components["responses"]["RateLimited"];
@@ -2905,6 +3110,287 @@ export interface operations {
             413: components["responses"]["AdminPayloadTooLarge"];
             415: components["responses"]["AdminUnsupportedMediaType"];
             422: components["responses"]["AdminValidationFailed"];
+        };
+    };
+    get_v1_admin_orgs_orgId_webhooks_endpoints: {
+        parameters: {
+            query: {
+                /** @description The environment whose endpoints and deliveries these are (required). */
+                environment: "SANDBOX" | "PRODUCTION";
+            };
+            header?: never;
+            path: {
+                /** @description The org's id. */
+                orgId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Oldest first; never a secret. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminWebhookEndpoints"];
+                };
+            };
+            400: components["responses"]["AdminBadRequest"];
+            401: components["responses"]["AdminUnauthorized"];
+            403: components["responses"]["AdminForbidden"];
+            404: components["responses"]["AdminNotFound"];
+        };
+    };
+    post_v1_admin_orgs_orgId_webhooks_endpoints: {
+        parameters: {
+            query: {
+                /** @description The environment whose endpoints and deliveries these are (required). */
+                environment: "SANDBOX" | "PRODUCTION";
+            };
+            header?: never;
+            path: {
+                /** @description The org's id. */
+                orgId: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NewWebhookEndpoint"];
+            };
+        };
+        responses: {
+            /** @description The endpoint, with its whsec_ secret (once). */
+            201: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminWebhookEndpointCreated"];
+                };
+            };
+            400: components["responses"]["AdminBadRequest"];
+            401: components["responses"]["AdminUnauthorized"];
+            403: components["responses"]["AdminForbidden"];
+            404: components["responses"]["AdminNotFound"];
+            413: components["responses"]["AdminPayloadTooLarge"];
+            415: components["responses"]["AdminUnsupportedMediaType"];
+            422: components["responses"]["AdminValidationFailed"];
+        };
+    };
+    delete_v1_admin_orgs_orgId_webhooks_endpoints_endpointId: {
+        parameters: {
+            query: {
+                /** @description The environment whose endpoints and deliveries these are (required). */
+                environment: "SANDBOX" | "PRODUCTION";
+            };
+            header?: never;
+            path: {
+                /** @description The org's id. */
+                orgId: string;
+                /** @description The endpoint (we_…). */
+                endpointId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The endpoint, removed; its pending deliveries end. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminWebhookEndpoint"];
+                };
+            };
+            400: components["responses"]["AdminBadRequest"];
+            401: components["responses"]["AdminUnauthorized"];
+            403: components["responses"]["AdminForbidden"];
+            404: components["responses"]["AdminNotFound"];
+        };
+    };
+    patch_v1_admin_orgs_orgId_webhooks_endpoints_endpointId: {
+        parameters: {
+            query: {
+                /** @description The environment whose endpoints and deliveries these are (required). */
+                environment: "SANDBOX" | "PRODUCTION";
+            };
+            header?: never;
+            path: {
+                /** @description The org's id. */
+                orgId: string;
+                /** @description The endpoint (we_…). */
+                endpointId: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookEndpointChanges"];
+            };
+        };
+        responses: {
+            /** @description The endpoint. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminWebhookEndpoint"];
+                };
+            };
+            400: components["responses"]["AdminBadRequest"];
+            401: components["responses"]["AdminUnauthorized"];
+            403: components["responses"]["AdminForbidden"];
+            404: components["responses"]["AdminNotFound"];
+            413: components["responses"]["AdminPayloadTooLarge"];
+            415: components["responses"]["AdminUnsupportedMediaType"];
+            422: components["responses"]["AdminValidationFailed"];
+        };
+    };
+    post_v1_admin_orgs_orgId_webhooks_endpoints_endpointId_rotate_secret: {
+        parameters: {
+            query: {
+                /** @description The environment whose endpoints and deliveries these are (required). */
+                environment: "SANDBOX" | "PRODUCTION";
+            };
+            header?: never;
+            path: {
+                /** @description The org's id. */
+                orgId: string;
+                /** @description The endpoint (we_…). */
+                endpointId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["AdminSecretRotation"];
+            };
+        };
+        responses: {
+            /** @description The endpoint and its new secret (once). */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminWebhookEndpointCreated"];
+                };
+            };
+            400: components["responses"]["AdminBadRequest"];
+            401: components["responses"]["AdminUnauthorized"];
+            403: components["responses"]["AdminForbidden"];
+            404: components["responses"]["AdminNotFound"];
+            413: components["responses"]["AdminPayloadTooLarge"];
+            415: components["responses"]["AdminUnsupportedMediaType"];
+            422: components["responses"]["AdminValidationFailed"];
+        };
+    };
+    post_v1_admin_orgs_orgId_webhooks_endpoints_endpointId_test: {
+        parameters: {
+            query: {
+                /** @description The environment whose endpoints and deliveries these are (required). */
+                environment: "SANDBOX" | "PRODUCTION";
+            };
+            header?: never;
+            path: {
+                /** @description The org's id. */
+                orgId: string;
+                /** @description The endpoint (we_…). */
+                endpointId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The delivery after its first attempt. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Delivery"];
+                };
+            };
+            400: components["responses"]["AdminBadRequest"];
+            401: components["responses"]["AdminUnauthorized"];
+            403: components["responses"]["AdminForbidden"];
+            404: components["responses"]["AdminNotFound"];
+        };
+    };
+    get_v1_admin_orgs_orgId_webhooks_deliveries: {
+        parameters: {
+            query: {
+                /** @description The environment whose endpoints and deliveries these are (required). */
+                environment: "SANDBOX" | "PRODUCTION";
+                /** @description Only this job's. */
+                jobId?: string;
+            };
+            header?: never;
+            path: {
+                /** @description The org's id. */
+                orgId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Newest first (the latest 100), with their attempts. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Deliveries"];
+                };
+            };
+            400: components["responses"]["AdminBadRequest"];
+            401: components["responses"]["AdminUnauthorized"];
+            403: components["responses"]["AdminForbidden"];
+            404: components["responses"]["AdminNotFound"];
+        };
+    };
+    post_v1_admin_orgs_orgId_webhooks_deliveries_deliveryId_replay: {
+        parameters: {
+            query: {
+                /** @description The environment whose endpoints and deliveries these are (required). */
+                environment: "SANDBOX" | "PRODUCTION";
+            };
+            header?: never;
+            path: {
+                /** @description The org's id. */
+                orgId: string;
+                /** @description The delivery (dlv_…). */
+                deliveryId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A new delivery (same webhook-id and body) after its first attempt. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Delivery"];
+                };
+            };
+            400: components["responses"]["AdminBadRequest"];
+            401: components["responses"]["AdminUnauthorized"];
+            403: components["responses"]["AdminForbidden"];
+            404: components["responses"]["AdminNotFound"];
         };
     };
     get_v1_admin_audit: {

@@ -2648,6 +2648,18 @@ export const SCHEMAS: Record<string, unknown> = {
       }
     }
   },
+  "AdminSecretRotation": {
+    "type": "object",
+    "required": [],
+    "properties": {
+      "overlapSeconds": {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": 2592000
+      }
+    },
+    "additionalProperties": false
+  },
   "AdminLimitChange": {
     "type": "object",
     "required": [
@@ -2796,6 +2808,69 @@ export const SCHEMAS: Record<string, unknown> = {
         ]
       }
     }
+  },
+  "AdminWebhookEndpoint": {
+    "allOf": [
+      {
+        "$ref": "#/components/schemas/WebhookEndpoint"
+      },
+      {
+        "type": "object",
+        "required": [
+          "org",
+          "disabledAt"
+        ],
+        "properties": {
+          "org": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+          },
+          "disabledAt": {
+            "anyOf": [
+              {
+                "type": "string",
+                "format": "date-time"
+              },
+              {
+                "type": "null"
+              }
+            ]
+          }
+        }
+      }
+    ]
+  },
+  "AdminWebhookEndpointCreated": {
+    "allOf": [
+      {
+        "$ref": "#/components/schemas/AdminWebhookEndpoint"
+      },
+      {
+        "type": "object",
+        "required": [
+          "secret"
+        ],
+        "properties": {
+          "secret": {
+            "type": "string"
+          }
+        }
+      }
+    ]
+  },
+  "AdminWebhookEndpoints": {
+    "type": "object",
+    "required": [
+      "data"
+    ],
+    "properties": {
+      "data": {
+        "type": "array",
+        "items": {
+          "$ref": "#/components/schemas/AdminWebhookEndpoint"
+        }
+      }
+    }
   }
 };
 
@@ -2818,6 +2893,27 @@ export const RESPONSES: Record<string, unknown> = {
   },
   "GET /v1/analytics/{metric}": {
     "$ref": "#/components/schemas/AnalyticsResponse"
+  },
+  "GET /v1/limits": {
+    "allOf": [
+      {
+        "$ref": "#/components/schemas/AdminOrgLimits"
+      },
+      {
+        "type": "object",
+        "required": [
+          "environment"
+        ],
+        "properties": {
+          "environment": {
+            "enum": [
+              "SANDBOX",
+              "PRODUCTION"
+            ]
+          }
+        }
+      }
+    ]
   },
   "GET /v1/keys": {
     "$ref": "#/components/schemas/Keys"
@@ -2893,6 +2989,30 @@ export const RESPONSES: Record<string, unknown> = {
   },
   "POST /v1/admin/keys/{keyId}/rotate": {
     "$ref": "#/components/schemas/AdminRotatedKey"
+  },
+  "GET /v1/admin/orgs/{orgId}/webhooks/endpoints": {
+    "$ref": "#/components/schemas/AdminWebhookEndpoints"
+  },
+  "POST /v1/admin/orgs/{orgId}/webhooks/endpoints": {
+    "$ref": "#/components/schemas/AdminWebhookEndpointCreated"
+  },
+  "PATCH /v1/admin/orgs/{orgId}/webhooks/endpoints/{endpointId}": {
+    "$ref": "#/components/schemas/AdminWebhookEndpoint"
+  },
+  "DELETE /v1/admin/orgs/{orgId}/webhooks/endpoints/{endpointId}": {
+    "$ref": "#/components/schemas/AdminWebhookEndpoint"
+  },
+  "POST /v1/admin/orgs/{orgId}/webhooks/endpoints/{endpointId}/rotate-secret": {
+    "$ref": "#/components/schemas/AdminWebhookEndpointCreated"
+  },
+  "POST /v1/admin/orgs/{orgId}/webhooks/endpoints/{endpointId}/test": {
+    "$ref": "#/components/schemas/Delivery"
+  },
+  "GET /v1/admin/orgs/{orgId}/webhooks/deliveries": {
+    "$ref": "#/components/schemas/Deliveries"
+  },
+  "POST /v1/admin/orgs/{orgId}/webhooks/deliveries/{deliveryId}/replay": {
+    "$ref": "#/components/schemas/Delivery"
   },
   "GET /v1/admin/audit": {
     "$ref": "#/components/schemas/AuditPage"
