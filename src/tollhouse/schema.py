@@ -75,6 +75,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "attempts: response excerpt",
         add_portal_columns,
     ),
+    Migration(14, "usage rollups: unknown-status counter", usage.upgrade_rollups_unknown),
 )
 check_steps(MIGRATIONS)
 
