@@ -80,6 +80,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "fair-use flags: subjects involved, the throttle override and when it is lifted",
         add_flag_columns,
     ),
+    Migration(14, "usage rollups: unknown-status counter", usage.upgrade_rollups_unknown),
 )
 check_steps(MIGRATIONS)
 

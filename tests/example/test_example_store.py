@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,8 +66,8 @@ def test_ids_are_sha1_of_org_job_and_name() -> None:
     assert question_id("acme", "job-1", "Python") == "q_" + digest
 
 
-def test_bounds_must_be_positive() -> None:
-    engine = make_engine("sqlite:///unused.db")  # never connected
+def test_bounds_must_be_positive(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'unused.db'}")  # never connected
     with pytest.raises(ValueError, match="at least 1"):
         ExampleStore(engine, max_jobs_per_org=0)
     with pytest.raises(ValueError, match="at least 1"):

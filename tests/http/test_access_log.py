@@ -1,6 +1,7 @@
 """The access-log join of forward-auth, on its own: calls decided with 200 wait for their
 line, are metered with its status and time, and give their pool slots back; calls whose
-line never comes are metered with status 0 and keep their slots until the lease."""
+line never comes are metered with status 0 and keep their slots until the lease; a line
+that comes after that moves its call from unknown to its status, once."""
 
 from __future__ import annotations
 
@@ -23,9 +24,13 @@ POOL = PoolCheck("pool:acme", "held", 1, 300.0)
 class Calls:
     def __init__(self) -> None:
         self.recorded: list[CallRecord] = []
+        self.moved: list[tuple[str, int, float]] = []
 
     def record(self, call: CallRecord) -> None:
         self.recorded.append(call)
+
+    def reclassify(self, call: CallRecord, status: int, duration_ms: float) -> None:
+        self.moved.append((call.request_id, status, duration_ms))
 
 
 def _call(rid: str) -> CallRecord:
@@ -140,3 +145,69 @@ def test_the_forward_auth_table_and_setting_are_checked() -> None:
     assert load_settings(environ=env).access_log_listen == "udp://127.0.0.1:5141"
     with pytest.raises(ConfigError, match="TOLLHOUSE_ACCESS_LOG_LISTEN"):
         load_settings(environ={"TOLLHOUSE_ACCESS_LOG_LISTEN": "5140"})
+
+
+def test_a_late_line_moves_an_unknown_call_once_and_frees_its_slot() -> None:
+    async def go() -> None:
+        store, calls = MemoryStore(), Calls()
+        answered: list[tuple[str | None, int]] = []
+        awaiting = AwaitingLog(
+            calls,
+            store,
+            lambda: 1010.0,
+            wait=5.0,
+            late=100.0,
+            answered=lambda group, status: answered.append((group, status)),
+        )
+        awaiting.hold("req_d", _call("req_d"), await _take(store, 1000.0), 1000.0, "API")
+        awaiting.hold("req_e", _call("req_e"), (), 1000.0, "API")
+        assert awaiting.expire(1005.0) == 2
+        assert [c.status for c in calls.recorded] == [UNKNOWN_STATUS, UNKNOWN_STATUS]
+        assert answered == [("API", UNKNOWN_STATUS)] * 2
+        receiver = AccessLogReceiver(awaiting, None)
+        line = b'<190>nginx: {"request_id":"req_d","status":502,"request_time":75.5}'
+        receiver.datagram_received(line, ("127.0.0.1", 5000))
+        receiver.datagram_received(line, ("127.0.0.1", 5000))  # a second line: nothing
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert calls.moved == [("req_d", 502, 75500.0)]
+        assert len(calls.recorded) == 2 and awaiting.late_joined == 1
+        assert answered == [("API", UNKNOWN_STATUS)] * 2  # counters only go up
+        assert await _active(store, 1010.0) == 0  # given back before its lease
+        # A line past the late window finds nobody; nor does one for a reused id.
+        awaiting.hold("req_f", _call("req_f"), (), 1006.0)
+        assert awaiting.expire(1106.0) == 1
+        assert not awaiting.arrived("req_e", 200, 0.1)  # remembered until 1105
+        awaiting.hold("req_f", _call("req_f"), (), 1107.0)  # its id taken again
+        assert awaiting.arrived("req_f", 204, 0.1)  # the new call's line
+        assert calls.moved == [("req_d", 502, 75500.0)]
+        assert [c.status for c in calls.recorded][-1] == 204
+
+    asyncio.run(go())
+
+
+def test_caddy_json_access_log_lines_are_joined_by_their_answer_request_id() -> None:
+    async def go() -> None:
+        store, calls = MemoryStore(), Calls()
+        awaiting = AwaitingLog(calls, store, lambda: 1001.0, wait=60.0)
+        awaiting.hold("req_g", _call("req_g"), (), 1000.0)
+        receiver = AccessLogReceiver(awaiting, None)
+        # As Caddy 2.6 writes it with `log { output net udp/… format json }`.
+        line = (
+            b'{"level":"error","ts":1796541067.3,"logger":"http.log.access.log0",'
+            b'"msg":"handled request","request":{"remote_ip":"127.0.0.1","method":"GET",'
+            b'"uri":"/x","headers":{"Accept":["*/*"]}},"user_id":"","duration":0.25,'
+            b'"size":2,"status":503,"resp_headers":{"X-Request-Id":["req_g"],'
+            b'"Server":["Caddy"]}}\n'
+        )
+        for bad in (
+            b'{"level":"info","msg":"serving initial configuration"}',  # not an access line
+            b'{"status":200,"resp_headers":{"X-Request-Id":[]}}',
+            b'{"status":200,"resp_headers":["X-Request-Id"]}',
+        ):
+            receiver.datagram_received(bad, ("127.0.0.1", 5000))
+        assert receiver.refused == 3 and not calls.recorded
+        receiver.datagram_received(line, ("127.0.0.1", 5000))
+        assert [(c.status, c.duration_ms) for c in calls.recorded] == [(503, 250.0)]
+
+    asyncio.run(go())

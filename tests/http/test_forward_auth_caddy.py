@@ -3,8 +3,9 @@
 Caddy (started here on loopback with the Caddyfile docs/forward-auth.md gives) proxies
 the upstream of the nginx tests and asks ``/v1/platform/authorize`` about every request,
 sending the original request in ``X-Forwarded-Method`` and ``X-Forwarded-Uri``. It returns
-tollhouse's refusals to the client as they are (status, headers, envelope). Runs on
-SQLite and on PostgreSQL.
+tollhouse's refusals to the client as they are (status, headers, envelope), and sends its
+JSON access log to tollhouse over UDP, which joins each admitted call's status to its
+metering. Runs on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ import httpx
 import pytest
 
 from tests.conftest import free_port, serve_in_thread
-from tests.http.test_forward_auth_nginx import Stack, Upstream, _envelope, _org
+from tests.http.test_forward_auth_nginx import (
+    Stack,
+    Upstream,
+    _calls_when_written,
+    _decide_directly,
+    _envelope,
+    _org,
+)
 from tests.services import PostgresServer, missing
 from tollhouse import Tollhouse
 from tollhouse.schema import create_schema
@@ -35,6 +43,10 @@ url = "http://127.0.0.1:9"   # never used: Caddy sends the requests upstream
 
 [proxy]
 trusted_proxies = ["127.0.0.1/32"]
+
+[forward_auth]
+access_log_listen = "udp://127.0.0.1:{log_port}"
+log_wait = "1s"
 
 [storage]
 database_url = "{db}"
@@ -59,6 +71,11 @@ CADDYFILE = r"""
 	storage file_system {tmp}/data
 }}
 http://127.0.0.1:{port} {{
+	# The JSON access log tollhouse joins to its decisions (see Metering below).
+	log {{
+		output net udp/127.0.0.1:{log_port}
+		format json
+	}}
 	# Caddy 2.6 copies a header the decision lacks (a route without buckets) as its
 	# placeholder's text: those are dropped; the others are set on the answer.
 	@no_limits header_regexp X-RateLimit-Limit ^\{{
@@ -127,7 +144,8 @@ def caddy(
 
     asyncio.run(schema())
     config = tmp / "tollhouse.toml"
-    config.write_text(POLICY.format(db=database))
+    log_port = free_port()
+    config.write_text(POLICY.format(db=database, log_port=log_port))
     upstream = Upstream()
     app = Tollhouse(config=config)
     with serve_in_thread(upstream) as api, serve_in_thread(app) as tollhouse:
@@ -137,6 +155,7 @@ def caddy(
             CADDYFILE.format(
                 tmp=tmp,
                 port=port,
+                log_port=log_port,
                 tollhouse=tollhouse.removeprefix("http://"),
                 api=api.removeprefix("http://"),
             )
@@ -157,7 +176,7 @@ def caddy(
                 except httpx.TransportError:
                     assert proc.poll() is None, (tmp / "caddy.log").read_text()
                     time.sleep(0.05)
-            yield Stack(url, tollhouse, upstream, app, database)
+            yield Stack(url, tollhouse, upstream, app, database, log_port)
         finally:
             proc.terminate()
             proc.wait(10)
@@ -188,3 +207,13 @@ def test_caddy_copies_the_decision_and_returns_refusals(caddy: Stack) -> None:
     other = caddy.get("/v1/open", key)
     assert other.status_code == 200
     assert "x-ratelimit-limit" not in other.headers and "ratelimit" not in other.headers
+
+
+def test_metering_joins_the_upstream_status_from_caddys_access_log(caddy: Stack) -> None:
+    org = _org()
+    key = caddy.key(org)
+    got = [caddy.get(f"/v1/status/{code}", key).status_code for code in (201, 404, 503)]
+    assert got == [201, 404, 503]
+    _decide_directly(caddy, key)  # no line will ever come for this one: status unknown
+    calls = _calls_when_written(caddy, org, 4)
+    assert sorted(status for *_, status in calls) == [0, 201, 404, 503], calls

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -30,6 +31,8 @@ from sqlalchemy import select
 from tests.conftest import free_port, serve_in_thread
 from tests.services import PostgresServer, missing
 from tollhouse import Tollhouse
+from tollhouse.analytics.catalogue import CATALOGUE
+from tollhouse.analytics.metrics import run_metric
 from tollhouse.keys.store import KeyStore
 from tollhouse.metering.schema import usage_calls
 from tollhouse.schema import create_schema
@@ -169,7 +172,7 @@ http {{
 
 class Upstream:
     """The API behind nginx: echoes what it was sent; ``/v1/status/N`` answers N;
-    ``/v1/hold`` answers once :attr:`release` is set."""
+    ``/v1/hold`` answers once :attr:`release` is set (``?status=N``: with N)."""
 
     def __init__(self) -> None:
         self.seen: list[dict[str, str]] = []
@@ -186,6 +189,9 @@ class Upstream:
         if path.startswith("/v1/status/"):
             status = int(path.rsplit("/", 1)[1])
         elif path == "/v1/hold":
+            query = scope["query_string"].decode()
+            if query.startswith("status="):
+                status = int(query.removeprefix("status="))
             self.holding.set()
             # Held until the test lets it go (a thread's event: the test is not async).
             await asyncio.get_running_loop().run_in_executor(None, self.release.wait, 30)
@@ -207,6 +213,7 @@ class Stack:
     upstream: Upstream
     app: Tollhouse
     database: str
+    log_port: int
 
     def key(self, org: str, role: str = "root", env: str = "test") -> str:
         async def make() -> str:
@@ -302,7 +309,7 @@ def stack(
                 except httpx.TransportError:
                     assert proc.poll() is None, (tmp / "error.log").read_text()
                     time.sleep(0.05)
-            yield Stack(url, tollhouse, upstream, app, database)
+            yield Stack(url, tollhouse, upstream, app, database, log_port)
         finally:
             proc.terminate()
             proc.wait(10)
@@ -497,3 +504,105 @@ def test_orgs_and_environments_stay_apart_through_nginx(stack: Stack) -> None:
     assert [env for env, *_ in b_calls] == ["SANDBOX"]
     b_keys = {key_id for _, key_id, _, _ in b_calls}
     assert not b_keys & {key_id for _, key_id, _, _ in a_calls}
+
+
+def _status_classes(stack: Stack, org: str) -> dict[str, int]:
+    """The org's sandbox calls per status class over the last hour, as the analytics
+    metric answers them from the rollups (read here, not over HTTP: a read through the
+    API would be a metered call of the org itself)."""
+
+    async def read() -> dict[str, Any]:
+        engine = make_engine(stack.database)
+        try:
+            now = time.time()
+            return await run_metric(
+                engine,
+                CATALOGUE["api_calls_by_status_class"],
+                org=org,
+                environment="SANDBOX",
+                start=now - 3600,
+                end=now,
+                now=now,
+            )
+        finally:
+            await engine.dispose()
+
+    body = asyncio.run(read())
+    totals: dict[str, int] = {}
+    if body["type"] == "empty":  # no call in the range yet
+        return totals
+    for bar in body["value"]["values"]:
+        for name, n in bar["values"].items():
+            totals[name] = totals.get(name, 0) + int(n or 0)
+    return totals
+
+
+def _classes_when(stack: Stack, org: str, **want: int) -> dict[str, int]:
+    """The status classes once ``want`` holds (the wait, the line and the meter's flush
+    each take a moment), or as they are after 15 s."""
+    deadline = time.monotonic() + 15
+    got = _status_classes(stack, org)
+    while any(got.get(k) != v for k, v in want.items()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        got = _status_classes(stack, org)
+    return got
+
+
+def _decide_directly(stack: Stack, key: str) -> str:
+    """A call decided without nginx (no line will come for it); returns its request id."""
+    direct = httpx.get(
+        stack.tollhouse + "/v1/platform/authorize",
+        headers={
+            "Authorization": f"Bearer {key}",
+            "X-Original-URI": "/v1/status/201",
+            "X-Original-Method": "GET",
+        },
+    )
+    assert direct.status_code == 200, direct.text
+    return direct.headers["x-request-id"]
+
+
+def _send_line(stack: Stack, line: dict[str, Any]) -> None:
+    """An access-log line as nginx sends it (syslog over UDP), from this process."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"<190>nginx: " + orjson.dumps(line), ("127.0.0.1", stack.log_port))
+
+
+def test_a_late_line_moves_its_call_from_unknown_to_its_class_once(stack: Stack) -> None:
+    org = _org()
+    key = stack.key(org)
+    none = {"2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0}
+    never = _decide_directly(stack, key)  # no line will ever come for this one
+    # A call through nginx that outlasts [forward_auth] log_wait (1 s): the upstream holds
+    # it until both calls are metered as unknown, so its line comes late.
+    stack.upstream.holding.clear()
+    stack.upstream.release.clear()
+    answers: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: answers.append(stack.get("/v1/hold?status=503", key)))
+    thread.start()
+    try:
+        assert stack.upstream.holding.wait(10)
+        assert _classes_when(stack, org, unknown=2) == {**none, "unknown": 2}
+        assert _pool_active(stack, key) == 1
+    finally:
+        stack.upstream.release.set()
+        thread.join(10)
+    held = answers[0]
+    assert held.status_code == 503
+    late = held.headers["x-request-id"]
+    assert late != never
+    # nginx's line for it comes now: the call moves from unknown to 5xx, its pool slot
+    # is given back (the pool's lease is 300 s), and the raw call log says 503. (Each
+    # rate-limit status read is a 2xx call of the org's own.)
+    after = _classes_when(stack, org, unknown=1, **{"2xx": 1})
+    assert after == {**none, "2xx": 1, "5xx": 1, "unknown": 1}
+    assert _pool_active(stack, key) == 0
+    # The same line again moves nothing: a marker sent after it (a call decided now
+    # and its line) shows it was read.
+    _send_line(stack, {"request_id": late, "status": 200, "request_time": 0.5})
+    marker = _decide_directly(stack, key)
+    _send_line(stack, {"request_id": marker, "status": 404, "request_time": 0.01})
+    got = _classes_when(stack, org, **{"4xx": 1, "2xx": 2})
+    assert got == {**none, "2xx": 2, "4xx": 1, "5xx": 1, "unknown": 1}
+    statuses = sorted(status for *_, status in _calls_when_written(stack, org, 5))
+    assert statuses == [0, 200, 200, 404, 503]

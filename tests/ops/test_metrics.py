@@ -100,6 +100,31 @@ def test_counts_requests_and_decisions_without_org_labels(tmp_path: Path, policy
     assert secret not in text
 
 
+def test_forward_auth_calls_without_an_access_log_count_as_status_unknown(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "tollhouse.toml"
+    trusted = '[proxy]\ntrusted_proxies = ["127.0.0.1/32"]\n'
+    config.write_text(trusted + POLICY.format(db=tmp_path / "t.db"))
+    secret = _key(tmp_path / "t.db", "acme")
+    with serve_in_thread(Tollhouse(INNER, config=config)) as url:
+        # Asked as a proxy would: admitted, and without an access log its status stays
+        # unknown; a refusal counts under its own status.
+        headers = {"X-Original-URI": "/v1/thing/1", "X-Original-Method": "GET"}
+        asked = [
+            httpx.get(url + "/v1/platform/authorize", headers={**headers, **auth}).status_code
+            for auth in ({"Authorization": f"Bearer {secret}"}, {})
+        ]
+        assert asked == [200, 401]
+        found = samples(httpx.get(url + "/metrics").text)
+    requests = {
+        dict(pairs)["status_class"]: n
+        for (name, pairs), n in found.items()
+        if name == "tollhouse_requests_total" and dict(pairs)["endpoint_group"] == "THINGS"
+    }
+    assert requests == {"unknown": 1, "4xx": 1}
+
+
 def test_metrics_token_is_required_when_set(tmp_path: Path, policy: Path) -> None:
     settings = load_settings(policy, environ={"TOLLHOUSE_METRICS_TOKEN": "scrape-me"})
     with serve_in_thread(Tollhouse(INNER, settings=settings)) as url:

@@ -573,12 +573,16 @@ _METRICS: tuple[Metric, ...] = (
 ADDITIONS: tuple[Metric, ...] = (
     Metric(
         "api_calls_by_status_class",
-        "API calls over time by response status class (2xx, 3xx, 4xx, 5xx)",
+        "API calls over time by response status class (2xx, 3xx, 4xx, 5xx, unknown)",
         "barchart",
         "calls",
-        tuple(
-            Measure(f"{k}xx", "sum", (f"status_{k}xx",))
-            for k in (2, 3, 4, 5)  # 4xx includes 429s; error rate = 5xx / all four
+        (
+            *(
+                Measure(f"{k}xx", "sum", (f"status_{k}xx",))
+                for k in (2, 3, 4, 5)  # 4xx includes 429s; error rate = 5xx / all five
+            ),
+            # Forward-auth calls whose access-log line never came (status 0).
+            Measure("unknown", "sum", ("status_unknown",)),
         ),
         group_by=(TIME,),
     ),

@@ -55,23 +55,27 @@ from tollhouse.metering.schema import product_events, usage_calls, usage_dims
 #: Counter fields of the call rollups, by the name metrics use: each is a signed sum of
 #: rollup columns. The ``status_*`` fields split calls by status class (every call is in
 #: exactly one): 5xx are the errors, 4xx the client errors and the throttled (429), 3xx
-#: the redirects, and 2xx everything else (status < 300).
+#: the redirects, unknown the calls metered with status 0 (a forward-auth call whose
+#: access-log line never came), and 2xx everything else (status 100–299).
 CALL_COUNTERS: dict[str, tuple[tuple[str, int], ...]] = {
     "calls": (("count", 1),),
     "errors": (("errors", 1),),
     "client_errors": (("client_errors", 1),),
     "throttled": (("throttled", 1),),
     "redirects": (("redirects", 1),),
+    "unknown": (("unknown", 1),),
     "status_2xx": (
         ("count", 1),
         ("redirects", -1),
         ("client_errors", -1),
         ("throttled", -1),
         ("errors", -1),
+        ("unknown", -1),
     ),
     "status_3xx": (("redirects", 1),),
     "status_4xx": (("client_errors", 1), ("throttled", 1)),
     "status_5xx": (("errors", 1),),
+    "status_unknown": (("unknown", 1),),
 }
 #: Dimension fields calls can be grouped or filtered by.
 CALL_DIMENSIONS = (

@@ -248,7 +248,11 @@ class Tollhouse:
         self._access_expiry: asyncio.Task[None] | None = None
         if self.settings.access_log_listen:
             self.gateway.awaiting_log = AwaitingLog(
-                self.meter, self.limits, time.time, policy.forward_auth.log_wait
+                self.meter,
+                self.limits,
+                time.time,
+                policy.forward_auth.log_wait,
+                answered=self.gateway.counters.answered,
             )
         self._inner_lifespan = InnerLifespan(self.upstream)
         self._started = False

@@ -160,11 +160,15 @@ async def authorize(gw: Gateway, scope: Scope, send: Send) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": b""})
     group = match.endpoint_group
-    gw.counters.answered(group.key if group is not None else None, 200)
+    group_key = group.key if group is not None else None
     call = call_record(identity, match, method, 0, arrived, t0, scope) if gw.meter else None
     awaiting = gw.awaiting_log
     if awaiting is not None:
-        awaiting.hold(request_id, call, leases, arrived)
-    elif call is not None:
+        # Counted (and metered) with the call's status once its access-log line says it.
+        awaiting.hold(request_id, call, leases, arrived, group_key)
+        return
+    # No access log to learn the status from: unknown (status 0).
+    gw.counters.answered(group_key, 0)
+    if call is not None:
         assert gw.meter is not None
-        gw.meter.record(call)  # status 0: no access log to learn it from
+        gw.meter.record(call)

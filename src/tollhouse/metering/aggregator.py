@@ -21,10 +21,16 @@ What counts as what (documented in docs/analytics.md):
 * ``errors`` — status ≥ 500: the API failed;
 * ``client_errors`` — 400–499 except 429: the caller sent something wrong;
 * ``throttled`` — 429: refused by a rate limit or in-flight cap;
-* ``redirects`` — 300–399.
+* ``redirects`` — 300–399;
+* ``unknown`` — below 100: status 0, a call decided in forward-auth mode whose access-log
+  line never came (:mod:`tollhouse.http.access_log`).
 
-Everything else (status < 300) is a success; with these, every call falls in exactly one
-status class (2xx, 3xx, 4xx = client errors + throttled, 5xx = errors).
+Everything else (100–299) is a success; with these, every call falls in exactly one
+status class (2xx, 3xx, 4xx = client errors + throttled, 5xx = errors, unknown). When
+the line of a call counted as unknown comes late, :meth:`Aggregator.reclassify` moves it
+to its class: a cell of corrections (count 0, unknown −1, the class +1, the latency
+moved), added to the rollups like any other, and the raw call-log row's status and
+duration set (:attr:`Batch.fixes`).
 """
 
 from __future__ import annotations
@@ -57,6 +63,24 @@ FlatKey = tuple[int, str, str, str, str, str, str, str, tuple[tuple[str, str], .
 #: What a raw call-log entry holds of its own: ``(time_us, status, duration_us)``; the
 #: rest of the row is its cell's dimension set.
 LogValues = tuple[int, int, int]
+#: A raw call-log row to correct (a late access-log line): ``(dims, time_us,
+#: old_duration_us, status, duration_us)`` — the row of that dimension set and time with
+#: status unknown and the old duration gets the status and duration.
+LogFix = tuple[Dimensions, int, int, int, int]
+#: Statuses below this are "unknown" (status 0: no access-log line); HTTP's start at 100.
+UNKNOWN_BELOW = 100
+
+
+def status_kind(status: int) -> int:
+    """A status's class as :meth:`Aggregator.absorb` counts it: 0 success (100–299),
+    1 redirect, 2 client error, 3 throttled (429), 4 error (≥ 500), 5 unknown (< 100)."""
+    if status < 300:
+        return 0 if status >= UNKNOWN_BELOW else 5
+    if status >= 500:
+        return 4
+    if status < 400:
+        return 1
+    return 3 if status == 429 else 2
 
 
 class Cell:
@@ -79,6 +103,7 @@ class Cell:
         "redirects",
         "request_id",
         "throttled",
+        "unknown",
     )
 
     def __init__(self, dims: Dimensions | None = None) -> None:
@@ -91,6 +116,9 @@ class Cell:
         self.client_errors = 0
         self.throttled = 0
         self.redirects = 0
+        self.unknown = 0
+        """Calls with status unknown; negative in a cell of corrections (calls moved out
+        of it by late access-log lines, :meth:`Aggregator.reclassify`)."""
         self.dur_sum = 0
         self.dur_min = 0
         self.dur_max = 0
@@ -98,20 +126,24 @@ class Cell:
         """Sparse latency histogram: bucket index → count."""
 
     def merge(self, other: Cell) -> None:
-        """Add ``other``'s calls to this cell."""
-        if other.count == 0:
+        """Add ``other``'s calls (or corrections) to this cell."""
+        if other.count == 0 and other.unknown == 0:
             return
         if not self.request_id:
             self.request_id = other.request_id
-        if self.count == 0 or other.dur_min < self.dur_min:
+        # A cell of corrections has count 0 and unknown < 0: its min and max are the
+        # moved calls' durations.
+        blank = self.count == 0 and self.unknown == 0
+        if blank or other.dur_min < self.dur_min:
             self.dur_min = other.dur_min
-        if self.count == 0 or other.dur_max > self.dur_max:
+        if blank or other.dur_max > self.dur_max:
             self.dur_max = other.dur_max
         self.count += other.count
         self.errors += other.errors
         self.client_errors += other.client_errors
         self.throttled += other.throttled
         self.redirects += other.redirects
+        self.unknown += other.unknown
         self.dur_sum += other.dur_sum
         hist = self.hist
         for b, c in other.hist.items():
@@ -157,11 +189,14 @@ class Batch:
     is the rest of the entry's row."""
     since: float | None = None
     """Arrival time (epoch s) of the oldest call in this batch; None if empty."""
+    fixes: list[LogFix] = field(default_factory=list)
+    """Raw call-log rows to correct, written after :attr:`log` (calls that were
+    unknown and whose line came late); their rollup corrections are in :attr:`cells`."""
 
     @property
     def empty(self) -> bool:
         """True when there is nothing to write."""
-        return not self.cells and not self.log
+        return not self.cells and not self.log and not self.fixes
 
     @property
     def call_count(self) -> int:
@@ -195,6 +230,7 @@ class Aggregator:
         self._cells: dict[FlatKey, Cell] = {}
         self._log: deque[LogValues] = deque()
         self._log_cells: deque[Cell] = deque()
+        self._fixes: list[LogFix] = []
         self._recorded = 0
         self._dropped = 0
         self._rejected = 0
@@ -250,9 +286,11 @@ class Aggregator:
                     tuple(labels.items()) if labels else (),
                 )
                 b = bisect_right(BOUNDS_US, us)
-                # 0: success, 1: redirect, 2: client error, 3: throttled, 4: error.
+                # 0: success, 1: redirect, 2: client error, 3: throttled, 4: error,
+                # 5: unknown (status_kind, inlined; 100 is UNKNOWN_BELOW, a literal
+                # here to spare a global lookup per call).
                 if status < 300:
-                    kind = 0
+                    kind = 0 if status >= 100 else 5
                 elif status >= 500:
                     kind = 4
                 elif status < 400:
@@ -273,7 +311,7 @@ class Aggregator:
                 continue
             # Cell.merge of a one-call cell, inlined.
             n = cell.count
-            if n == 0:
+            if n == 0 and not cell.unknown:  # (unknown < 0: a cell of corrections)
                 cell.dur_min = cell.dur_max = us
             elif us < cell.dur_min:
                 cell.dur_min = us
@@ -288,8 +326,10 @@ class Aggregator:
                     cell.redirects += 1
                 elif kind == 2:
                     cell.client_errors += 1
-                else:
+                elif kind == 3:
                     cell.throttled += 1
+                else:
+                    cell.unknown += 1
             hist = cell.hist
             hist[b] = hist.get(b, 0) + 1
             accounted += 1
@@ -309,6 +349,59 @@ class Aggregator:
         self._since = since
         for observe in self.observers:
             observe(calls)
+
+    def reclassify(self, call: CallRecord, status: int, duration_ms: float) -> None:
+        """Move ``call``, recorded earlier with status unknown, to the class of
+        ``status`` with ``duration_ms`` — a forward-auth call whose access-log line came
+        after it was metered as unknown. Call it once per such call (the access-log join
+        makes sure); the call's count does not change.
+
+        Its minute's cell gets a correction — unknown −1, the class +1, the latency moved
+        from the old duration's bucket to the new one's — and its raw call-log row is
+        corrected when the batch is written. A status that is itself unknown changes
+        nothing.
+        """
+        kind = status_kind(status)
+        if kind == 5:
+            return
+        self.absorb()  # the unknown record may still be in the inbox: it goes first
+        try:
+            dims = dimensions(call)
+            t_us = round(call.time * 1_000_000)
+            old_us = duration_us(call)
+        except Exception:
+            self._rejected += 1
+            logger.exception("could not reclassify a call")
+            return
+        new_us = max(0, round(duration_ms * 1000))
+        key: FlatKey = (t_us // 60_000_000 * 60, *dims)
+        cell = self._cells.get(key)
+        if cell is None:
+            cell = self._cells[key] = Cell(dims)
+            cell.request_id = call.request_id
+        if cell.count == 0 and cell.unknown == 0:
+            cell.dur_min = cell.dur_max = new_us
+        else:
+            cell.dur_min = min(cell.dur_min, new_us)
+            cell.dur_max = max(cell.dur_max, new_us)
+        cell.unknown -= 1
+        if kind == 0:
+            pass  # success: count − the other classes
+        elif kind == 4:
+            cell.errors += 1
+        elif kind == 1:
+            cell.redirects += 1
+        elif kind == 2:
+            cell.client_errors += 1
+        else:
+            cell.throttled += 1
+        cell.dur_sum += new_us - old_us
+        hist = cell.hist
+        old_b, new_b = bisect_right(BOUNDS_US, old_us), bisect_right(BOUNDS_US, new_us)
+        hist[old_b] = hist.get(old_b, 0) - 1
+        hist[new_b] = hist.get(new_b, 0) + 1
+        if self.keep_raw_log:
+            self._fixes.append((dims, t_us, old_us, status, new_us))
 
     @property
     def recorded_calls(self) -> int:
@@ -350,7 +443,8 @@ class Aggregator:
         """Take everything recorded so far (the aggregator starts empty again)."""
         self.absorb()
         cells: dict[CellKey, Cell] = {(key[0], key[1:]): cell for key, cell in self._cells.items()}
-        batch = Batch(cells, list(self._log), list(self._log_cells), self._since)
+        batch = Batch(cells, list(self._log), list(self._log_cells), self._since, self._fixes)
+        self._fixes = []
         self._cells = {}
         self._log = deque()
         self._log_cells = deque()
@@ -376,6 +470,8 @@ class Aggregator:
                 cells[key] = cell
             else:
                 mine.merge(cell)
+        if batch.fixes:
+            self._fixes[:0] = batch.fixes
         if not batch.log:
             return
         log: deque[LogValues] = deque(batch.log)

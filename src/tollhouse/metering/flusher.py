@@ -35,11 +35,19 @@ from itertools import chain
 from typing import Any
 
 import orjson
-from sqlalchemy import Table
+from sqlalchemy import Table, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tollhouse.errors import DataRejected, StorageError
-from tollhouse.metering.aggregator import Aggregator, Batch, Cell, Dimensions, LogValues
+from tollhouse.metering.aggregator import (
+    UNKNOWN_BELOW,
+    Aggregator,
+    Batch,
+    Cell,
+    Dimensions,
+    LogFix,
+    LogValues,
+)
 from tollhouse.metering.deadletters import MAX_LOG_ENTRIES, DeadLetter, set_aside
 from tollhouse.metering.histogram import BUCKETS
 from tollhouse.metering.histogram import COLUMNS as HIST
@@ -60,6 +68,7 @@ ADDITIVE = (
     "client_errors",
     "throttled",
     "redirects",
+    "unknown",
     "dur_sum_us",
     *HIST,
 )
@@ -110,6 +119,7 @@ def rollup_values(ident: int, bucket: int, cell: Cell) -> tuple[int, ...]:
         cell.client_errors,
         cell.throttled,
         cell.redirects,
+        cell.unknown,
         cell.dur_sum,
         cell.dur_min,
         cell.dur_max,
@@ -309,6 +319,11 @@ def split_by_dimensions(batch: Batch) -> list[Batch]:
         if part is None:
             part = parts[key[1]] = Batch(since=batch.since)
         part.cells[key] = cell
+    for fix in batch.fixes:
+        part = parts.get(fix[0])
+        if part is None:  # pragma: no cover - every fix's correction cell is in the batch
+            part = parts[fix[0]] = Batch(since=batch.since)
+        part.fixes.append(fix)
     for values, cell in zip(batch.log, batch.log_cells, strict=True):
         assert cell.dims is not None, "a raw call-log entry of a cell without dimensions"
         part = parts.get(cell.dims)
@@ -326,6 +341,7 @@ def join_batches(parts: Sequence[Batch], since: float | None) -> Batch:
     entries: list[tuple[LogValues, Cell]] = []
     for part in parts:
         out.cells.update(part.cells)
+        out.fixes.extend(part.fixes)
         entries.extend(zip(part.log, part.log_cells, strict=True))
     if len(parts) > 1:
         entries.sort(key=lambda entry: entry[0][0])
@@ -368,6 +384,7 @@ def usage_letter(part: Batch, error: str) -> DeadLetter:
                     "clientErrors": c.client_errors,
                     "throttled": c.throttled,
                     "redirects": c.redirects,
+                    "unknown": c.unknown,
                     "durationSumUs": c.dur_sum,
                     "durationMinUs": c.dur_min,
                     "durationMaxUs": c.dur_max,
@@ -444,6 +461,8 @@ class BatchWriter:
                     await self._write_rollup(conn, table, minutes)
                 if batch.log:
                     await self._write_log(conn, log_groups(batch))
+                if batch.fixes:
+                    await self._fix_log(conn, batch.fixes)
         except (*DATABASE_ERRORS, *_driver_errors(), *DATA_PYTHON_ERRORS) as exc:
             raise storage_error("could not write usage", exc) from exc
         self._written.update(new_dims)
@@ -479,6 +498,43 @@ class BatchWriter:
         sql = self._statement(conn, usage_calls.name, lambda: usage_calls.insert(), CALL_COLUMNS)
         for start in range(0, len(rows), CHUNK):
             await conn.exec_driver_sql(sql, rows[start : start + CHUNK])
+
+    async def _fix_log(self, conn: AsyncConnection, fixes: list[LogFix]) -> None:
+        """Give the raw call-log rows of calls that were unknown their status and duration
+        (late access-log lines: rare, so one statement per row is fine). Each changes one
+        row at most: the unknown-status row of that dimension set, time and duration,
+        found through ``ix_usage_calls_org_time``; a row already dropped changes nothing."""
+        sql = self._sql.get(("fix-log", conn.dialect.name))
+        if sql is None:
+            q = conn.dialect.identifier_preparer.quote
+            table = q(usage_calls.name)
+            match = " AND ".join(
+                f"{q(c)} = :{c}" for c in ("org", "environment", "time_us", "key_id", "method")
+            )
+            sql = self._sql[("fix-log", conn.dialect.name)] = (
+                f"UPDATE {table} SET status = :status, duration_us = :duration_us "
+                f"WHERE id = (SELECT id FROM {table} WHERE {match} "
+                f"AND status < {UNKNOWN_BELOW} AND duration_us = :old_us "
+                "AND COALESCE(tenant, '') = :tenant AND COALESCE(route, '') = :route "
+                "ORDER BY id LIMIT 1)"
+            )
+        for dims, t_us, old_us, status, new_us in fixes:
+            org, env, key, tenant, _, method, route, _ = dims
+            await conn.execute(
+                text(sql),
+                {
+                    "org": org,
+                    "environment": env,
+                    "time_us": t_us,
+                    "key_id": key,
+                    "method": method,
+                    "tenant": tenant,
+                    "route": route,
+                    "old_us": old_us,
+                    "status": status,
+                    "duration_us": new_us,
+                },
+            )
 
     def _sqlite_log_sql(self, conn: AsyncConnection, rows: int) -> str:
         key = ("sqlite-log", str(rows))

@@ -131,6 +131,11 @@ class UsageMeter:
         ``record`` is :meth:`Aggregator.record` itself)."""
         self.aggregator.record(call)
 
+    def reclassify(self, call: CallRecord, status: int, duration_ms: float) -> None:
+        """Move ``call``, recorded earlier with status unknown, to ``status`` and
+        ``duration_ms`` (:meth:`Aggregator.reclassify`): memory only, never raises."""
+        self.aggregator.reclassify(call, status, duration_ms)
+
     async def flush(self) -> FlushResult:
         """Write everything recorded so far now.
 

@@ -43,3 +43,13 @@ class Meter(Protocol):
     def record(self, call: CallRecord) -> None:
         """Account one call."""
         ...
+
+
+class ReclassifyingMeter(Meter, Protocol):
+    """A :class:`Meter` that can also move a call it recorded with status unknown (0) to
+    the status learnt later (forward-auth: an access-log line that came late)."""
+
+    def reclassify(self, call: CallRecord, status: int, duration_ms: float) -> None:
+        """Move ``call`` (recorded before, status unknown) to ``status`` and
+        ``duration_ms``; its count does not change. Memory only, never raises."""
+        ...

@@ -11,8 +11,9 @@ microseconds and costs in micro-dollars.
   computed by the flusher, so no process ever waits for an id from the database.
 * ``usage_rollup_1m`` / ``_1h`` / ``_1d`` — per dimension and bucket: count, errors
   (status ≥ 500), client errors (4xx but 429), throttled (429), redirects (3xx; schema
-  version 4, :func:`upgrade_rollups_v4`), duration sum/min/max and the latency histogram
-  ``h00``…``h39`` (:mod:`tollhouse.metering.histogram`).
+  version 4, :func:`upgrade_rollups_v4`), unknown (status 0: a forward-auth call whose
+  access-log line never came; :func:`upgrade_rollups_unknown`), duration sum/min/max and
+  the latency histogram ``h00``…``h39`` (:mod:`tollhouse.metering.histogram`).
 * ``usage_calls`` — one row per call, paged by ``(time_us, id)``.
 * ``product_events`` — ``POST /v1/events``; unique per ``(org, environment, event_id)``.
   The fields the metric catalogue reads are copied into typed columns at ingest; ``data``
@@ -85,6 +86,7 @@ def _rollup(name: str) -> Table:
         Column("client_errors", BigInteger, nullable=False),
         Column("throttled", BigInteger, nullable=False),
         Column("redirects", BigInteger, nullable=False, server_default="0"),
+        Column("unknown", BigInteger, nullable=False, server_default="0"),
         Column("dur_sum_us", BigInteger, nullable=False),
         Column("dur_min_us", BigInteger, nullable=False),
         Column("dur_max_us", BigInteger, nullable=False),
@@ -123,6 +125,19 @@ def upgrade_rollups_v4(conn: Connection) -> None:
         if "redirects" not in present:
             conn.exec_driver_sql(
                 f"ALTER TABLE {table.name} ADD COLUMN redirects BIGINT NOT NULL DEFAULT 0"
+            )
+
+
+def upgrade_rollups_unknown(conn: Connection) -> None:
+    """The rollups' ``unknown`` counter (calls metered with status 0, "unknown": a
+    forward-auth call whose access-log line never came), added where missing — tables
+    created after this step already have it. Rows written earlier read 0: their unknown
+    calls stay counted among the 2xx."""
+    for table in ROLLUPS:
+        present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+        if "unknown" not in present:
+            conn.exec_driver_sql(
+                f"ALTER TABLE {table.name} ADD COLUMN unknown BIGINT NOT NULL DEFAULT 0"
             )
 
 

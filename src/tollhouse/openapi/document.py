@@ -762,7 +762,12 @@ def _platform_overlays() -> dict[str, dict[str, Schema]]:
                         "Items per page.",
                     ),
                 ],
-                description='Errors as {"detail": "…"}, and 422 as detail[].',
+                description=(
+                    'Errors as {"detail": "…"}, and 422 as detail[]. api_calls_by_status_class '
+                    "is a barchart whose values per bucket are 2xx, 3xx, 4xx, 5xx and unknown "
+                    "(calls metered with status 0: forward-auth calls whose access-log line "
+                    "never came)."
+                ),
                 operation_id="analytics_v1_analytics__metric__get",
             )
         },

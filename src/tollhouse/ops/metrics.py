@@ -248,7 +248,8 @@ def _gateway_families(gw: GatewayCounters, limits: LimitStore | None) -> Iterato
     )
     by_class: dict[tuple[str, str], int] = {}
     for (group, status), n in list(gw.responses.items()):
-        key = (group or _NO_GROUP, f"{status // 100}xx")
+        # Status 0: a forward-auth call whose access-log line never came.
+        key = (group or _NO_GROUP, f"{status // 100}xx" if status >= 100 else "unknown")
         by_class[key] = by_class.get(key, 0) + n
     for labels, n in sorted(by_class.items()):
         requests.add_metric(list(labels), n)

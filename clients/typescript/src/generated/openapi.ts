@@ -111,7 +111,7 @@ export interface paths {
         };
         /**
          * One metric of the analytics catalogue
-         * @description Errors as {"detail": "…"}, and 422 as detail[].
+         * @description Errors as {"detail": "…"}, and 422 as detail[]. api_calls_by_status_class is a barchart whose values per bucket are 2xx, 3xx, 4xx, 5xx and unknown (calls metered with status 0: forward-auth calls whose access-log line never came).
          */
         get: operations["analytics_v1_analytics__metric__get"];
         put?: never;

@@ -327,25 +327,31 @@ function hasData(values, keys) {
 
 function renderStatusClasses(el, body) {
   const { x, keys, values } = bars(body);
-  const classes = keys.filter((k) => /^[1-5]xx$/i.test(k));
+  // "unknown": forward-auth calls whose access-log line never came (status 0).
+  const classes = keys.filter((k) => /^([1-5]xx|unknown)$/i.test(k));
   const headline = $('[data-headline="error-rate"]');
   headline.textContent = "";
   if (!classes.length || !hasData(values, classes)) {
     empty(el, "No API calls in this range yet — try:", tryCommand("/v1/rate-limit/status"));
     return;
   }
-  // Error rate: the share of 5xx answers (server errors); 4xx (the caller's errors,
-  // 429s included) are shown as their own class and share.
+  // Error rate: the share of 5xx answers (server errors) among the calls whose status is
+  // known; 4xx (the caller's errors, 429s included) are shown as their own class and
+  // share, and unknown calls as their share of all calls.
   const sumAt = (test, i) => classes.filter((k) => test.test(k)).reduce((a, k) => a + (values[k][i] || 0), 0);
-  const totals = x.map((_, i) => sumAt(/./, i));
+  const totals = x.map((_, i) => sumAt(/xx$/i, i));
   const errors = x.map((_, i) => sumAt(/^5/, i));
   const rate = totals.map((t, i) => (t ? (100 * errors[i]) / t : null));
-  const all = totals.reduce((a, b) => a + b, 0);
+  const known = totals.reduce((a, b) => a + b, 0);
+  const unknown = x.reduce((a, _, i) => a + sumAt(/^unknown$/i, i), 0);
   const serverErrors = errors.reduce((a, b) => a + b, 0);
   const clientErrors = x.reduce((a, _, i) => a + sumAt(/^4/, i), 0);
-  headline.textContent = `${round((100 * serverErrors) / all)}% errors (5xx) · ${round((100 * clientErrors) / all)}% 4xx`;
-  headline.dataset.value = String((100 * serverErrors) / all);
-  const colors = { "1xx": "#6b7280", "2xx": "#16a34a", "3xx": "#0891b2", "4xx": "#d97706", "5xx": "#dc2626" };
+  const share = (n, of) => (of ? round((100 * n) / of) : 0);
+  headline.textContent =
+    `${share(serverErrors, known)}% errors (5xx) · ${share(clientErrors, known)}% 4xx` +
+    (unknown ? ` · ${share(unknown, known + unknown)}% status unknown` : "");
+  headline.dataset.value = String(known ? (100 * serverErrors) / known : 0);
+  const colors = { "1xx": "#6b7280", "2xx": "#16a34a", "3xx": "#0891b2", "4xx": "#d97706", "5xx": "#dc2626", unknown: "#9ca3af" };
   timeSeries(
     el,
     x,
