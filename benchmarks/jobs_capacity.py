@@ -10,6 +10,18 @@ the rate of completions between the end of the first round (the C × orgs-th
 completion) and the start of the last one (the C × orgs-th before the end): what a
 queue that is never empty delivers.
 
+Both count completions between two moments, so both move with how the rounds are laid
+out, not only with the queue: every slot starts at once, handlers that vary in length
+smear the rounds apart as the run goes on (the last round then drains slot by slot, with
+nothing left to claim), and the steady-state window holds fewer completions than a
+steady rate would fill it with: the jobs in flight when it ends have run longer, on
+average, than those in flight when it starts (the rounds are wider by then). A third
+line says where the slots were over that window, averaged over time (exact, from the
+handlers' and outcomes' stamps): running a handler, between a handler's end and its
+outcome's write (the transaction that also refills the slot), or empty (no job held).
+Running ÷ C is the queue's part of the share of C ÷ T, T ÷ the mean handler time the
+handler's (over HTTP: the upstream's).
+
     .venv/bin/python benchmarks/jobs_capacity.py [--cap 50] [--seconds 1 0.2] [--rounds 20]
         [--orgs 2] [--engine sqlite|postgres|both] [--loop uvloop|asyncio] [--over http]
 
@@ -201,6 +213,8 @@ async def run(
     idle = (elapsed * cap * orgs - total * seconds) / total
     first, last = cap * orgs - 1, total - cap * orgs - 1
     steady = (last - first) / (ended[last] - ended[first]) if last > first else None
+    if last > first:
+        print_occupancy(starts, ends, ended, (ended[first], ended[last]), cap * orgs, seconds)
     return total / elapsed, steady, max(peak.values()), cpu / total * 1000, idle * 1000, probe
 
 
@@ -223,6 +237,45 @@ def print_refill(starts: list[float], ends: list[float], slots: int) -> None:
         f"{ms(lags, 0.9):.0f} ms (p90), {sum(lags) / len(lags) * 1000:.0f} ms (mean) after "
         f"its last call ended; a round's {slots} ends arrive within "
         f"{ms(spread, 0.5):.0f} ms (median round)"
+    )
+
+
+def print_occupancy(
+    starts: list[float],
+    ends: list[float],
+    written: list[float],
+    window: tuple[float, float],
+    slots: int,
+    seconds: float,
+) -> None:
+    """Where the slots were over the steady-state window, on average: running a handler,
+    between a handler's end and its outcome's write (``written``: the dispatcher's event,
+    after the transaction that also refilled the slot), or empty (no job held). Exact,
+    not sampled: over [a, b], the time-weighted count of stamps passed is
+    Σ (b − clamp(stamp, a, b)) ÷ (b − a), so no pairing of starts with ends is needed.
+
+    Counting completions between two moments (the steady-state rate) is swayed by where
+    those moments fall in the rounds; occupancy is not. With it, the share of C ÷ T the
+    queue delivers splits into the two factors: slots running handlers ÷ C (the queue's
+    part) × T ÷ the mean handler time (the upstream's part)."""
+    a, b = window
+    if b <= a or not ends:
+        return
+
+    def passed(stamps: list[float]) -> float:
+        return sum(b - min(max(s, a), b) for s in stamps) / (b - a)
+
+    running = passed(starts) - passed(ends)
+    writing = passed(ends) - passed(written)
+    empty = max(0.0, slots - running - writing)
+    # Every handler started has ended by now: the mean over all of them.
+    mean = (sum(ends) - sum(starts)) / len(ends)
+    share = running / slots * (seconds / mean)
+    print(
+        f"  slots in the steady state (time-weighted, of {slots}): {running:.1f} running "
+        f"handlers, {writing:.1f} between a handler's end and its outcome's write, "
+        f"{empty:.1f} empty; {running / slots:.1%} running × T ÷ mean handler time "
+        f"({mean * 1000:.0f} ms) = {share:.1%} of C ÷ T"
     )
 
 

@@ -1,4 +1,4 @@
-"""The dispatcher and handlers: graceful stop, lost leases, retries, upstream mapping."""
+"""The dispatcher and handlers: refills, graceful stop, lost leases, retries, upstream mapping."""
 
 from __future__ import annotations
 
@@ -153,6 +153,70 @@ async def _both_done(queue: JobQueue, *ids: str) -> bool:
         if job is None or not job.terminal:
             return False
     return True
+
+
+def test_finishing_jobs_refill_every_slot_they_free(db_url: str) -> None:
+    """The transaction that writes outcomes claims as many jobs as it frees slots, at
+    once: the claim loop only polls (once an hour here) and nothing wakes it, so a slot
+    left to it would stay empty. The org's cap equals the slots, so the claim fits only
+    because the finished jobs left the org's running count in that same transaction."""
+    slots = 4
+    started: list[str] = []
+    gates: dict[str, asyncio.Event] = {}
+    held = True  # handlers wait for their gate
+    inside = 0
+    peak = 0
+
+    async def handler(job: Job) -> dict[str, Any]:
+        nonlocal inside, peak
+        started.append(job.id)
+        inside += 1
+        peak = max(peak, inside)
+        try:
+            if held:
+                await gates.setdefault(job.id, asyncio.Event()).wait()
+        finally:
+            inside -= 1
+        return {"ok": True}
+
+    def open_gates(ids: list[str]) -> None:
+        for job_id in ids:
+            gates.setdefault(job_id, asyncio.Event()).set()
+
+    async def body() -> None:
+        nonlocal held
+        async with database(db_url) as engine:
+            queue = open_queue(engine, QueueSettings(default_cap=slots))
+            queued = await queue.enqueue(
+                [NewJob(org="acme", route="POST /v1/score", payload={}) for _ in range(3 * slots)]
+            )
+            ids = [e.job.id for e in queued]
+            d = Dispatcher(queue, handler, slots=slots, poll_interval=3600, listen=False)
+            await d.start()
+            try:
+                await until(lambda: _true(len(started) == slots), "the first claim")
+                # One job ends: its transaction claims the next one.
+                open_gates(started[:1])
+                await until(lambda: _true(len(started) == slots + 1), "its slot refilled")
+                # The rest of the first round ends together: every slot is refilled.
+                open_gates(started[1:slots])
+                await until(lambda: _true(len(started) == 2 * slots), "the round's slots refilled")
+                [counters] = await queue.counters()
+                assert inside == counters.running == slots
+                # The rest runs through, never past the cap.
+                held = False
+                open_gates(started)
+                await until(lambda: _both_done(queue, *ids), "every job completed")
+            finally:
+                held = False
+                open_gates(ids)
+                await d.stop()
+            assert started == ids  # each once, oldest first
+            assert peak == slots
+            [counters] = await queue.counters()
+            assert (counters.running, counters.queued) == (0, 0)
+
+    run(body())
 
 
 def test_function_handlers() -> None:
