@@ -445,6 +445,36 @@ def test_client_disconnect_cancels_the_upstream_call(
     assert gateway.errors == []
 
 
+def test_callers_leaving_one_after_another_each_cancel_their_upstream_call(
+    upstream: tuple[str, Upstream], proxy: tuple[str, Gateway]
+) -> None:
+    # The disconnect watches of a proxy share one timer: each caller's watch must start
+    # in its turn, with quick requests finishing (and their watches stopping) in between.
+    url, gateway = proxy
+
+    def leave_after(tag: str, seconds: float) -> None:
+        with (
+            httpx.Client(base_url=url, timeout=seconds) as client,
+            pytest.raises(httpx.ReadTimeout),
+        ):
+            client.get("/slow", params={"delay": 30, "tag": tag})
+
+    callers = [
+        threading.Thread(target=leave_after, args=(f"turn-{i}", 0.7 + 0.3 * i)) for i in range(3)
+    ]
+    for i, caller in enumerate(callers):
+        caller.start()
+        with httpx.Client(base_url=url, timeout=WAIT) as client:
+            assert client.get("/echo", params={"n": i}).status_code == 200
+    for caller in callers:
+        caller.join(WAIT)
+    for i in range(3):
+        tag = f"turn-{i}"
+        assert gateway.returned[tag].wait(WAIT), f"the proxy kept waiting on {tag}"
+        assert upstream[1].disconnected[tag].wait(WAIT), f"{tag}'s upstream call went on"
+    assert gateway.errors == []
+
+
 def test_client_disconnect_while_sending_its_body(
     upstream: tuple[str, Upstream], proxy: tuple[str, Gateway]
 ) -> None:

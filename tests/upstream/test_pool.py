@@ -186,6 +186,102 @@ def test_interim_answers_are_skipped_and_head_has_no_body() -> None:
     run(body)
 
 
+def test_one_connection_reads_answers_of_every_framing_in_turn() -> None:
+    # Each answer is parsed by the connection's one parser, reused from answer to answer:
+    # what one framing leaves behind must not leak into the next answer.
+    answers = {
+        b"/length": OK,
+        b"/chunked": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"/no-content": b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"/not-modified": b"HTTP/1.1 304 Not Modified\r\ncontent-length: 99\r\n\r\n",
+        b"/empty": b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+    }
+
+    async def script(method: bytes, target: bytes, body: bytes, w: asyncio.StreamWriter) -> None:
+        if method == b"HEAD":
+            w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")
+        elif target == b"/early":
+            # The interim answer on its own, the final one after it.
+            w.write(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n")
+            await w.drain()
+            await asyncio.sleep(0.05)
+            w.write(OK)
+        else:
+            w.write(answers[target])
+
+    expected = {
+        b"/length": (200, b"ok"),
+        b"/chunked": (200, b"ok"),
+        b"/no-content": (204, b""),
+        b"/not-modified": (304, b""),
+        b"/empty": (200, b""),
+        b"/early": (200, b"ok"),
+    }
+
+    async def body() -> None:
+        async with scripted(script) as (pool, requests):
+            for _ in range(2):
+                for target, answer in expected.items():
+                    response = await pool.request(b"GET", target, HOST)
+                    assert (response.status, await response.read()) == answer, target
+                head = await pool.request(b"HEAD", b"/length", HOST)
+                assert (head.status, await head.read()) == (200, b"")
+            assert requests.connections == 1
+
+    run(body)
+
+
+def test_a_header_block_and_a_declared_length() -> None:
+    async def script(method: bytes, target: bytes, body: bytes, w: asyncio.StreamWriter) -> None:
+        w.write(OK)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"hello "
+        yield b"world"
+
+    async def body() -> None:
+        async with scripted(script) as (pool, requests):
+            block = b"host: upstream\r\nx-one: 1\r\n"
+            await (await pool.request(b"GET", b"/block", block)).read()
+            await (await pool.request(b"PUT", b"/known", block, chunks(), length=11)).read()
+            await (await pool.request(b"PATCH", b"/none", block)).read()
+        (m1, t1, h1, b1), (_, _, h2, b2), (_, _, h3, b3) = requests.seen
+        assert (m1, t1, b1) == (b"GET", b"/block", b"")
+        assert h1 == {b"host": b"upstream", b"x-one": b"1"}
+        assert h2[b"content-length"] == b"11" and b2 == b"hello world"
+        assert b"transfer-encoding" not in h2
+        assert h3[b"content-length"] == b"0" and b3 == b""
+
+    run(body)
+
+
+def test_bytes_after_an_answer_close_its_connection() -> None:
+    async def script(method: bytes, target: bytes, body: bytes, w: asyncio.StreamWriter) -> None:
+        if target == b"/partial":
+            # A complete answer and, in the same write, the start of another nobody asked for.
+            w.write(OK + b"HTTP/1.1 200 OK\r\ncontent-len")
+        elif target == b"/garbage":
+            w.write(OK + b"NOT HTTP")
+        else:
+            w.write(OK)
+
+    async def body() -> None:
+        async with scripted(script) as (pool, requests):
+            for target in (b"/partial", b"/garbage"):
+                response = await pool.request(b"GET", target, HOST)
+                assert (response.status, await response.read()) == (200, b"ok")
+                # The next request is not answered by what was left over: a new connection.
+                again = await pool.request(b"GET", b"/x", HOST)
+                assert (again.status, again.headers, await again.read()) == (
+                    200,
+                    [(b"content-length", b"2")],
+                    b"ok",
+                )
+            assert requests.connections == 3
+
+    run(body)
+
+
 def test_read_until_close_body() -> None:
     async def script(method: bytes, target: bytes, body: bytes, w: asyncio.StreamWriter) -> None:
         w.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
@@ -284,6 +380,35 @@ def test_garbage_is_a_protocol_error_and_silence_a_read_timeout() -> None:
             with pytest.raises(UpstreamReadTimeout):
                 await stalled.next_chunk()
             assert pool.open_connections == 0  # every failed connection was closed
+
+    run(body)
+
+
+def test_the_read_timeout_counts_from_the_latest_progress() -> None:
+    async def script(method: bytes, target: bytes, body: bytes, w: asyncio.StreamWriter) -> None:
+        if target == b"/trickle":
+            # Longer in all than the read timeout, never silent for as long as it.
+            w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n")
+            for _ in range(8):
+                await w.drain()
+                await asyncio.sleep(0.25)
+                w.write(b"x")
+        elif target == b"/silent":
+            await asyncio.sleep(WAIT)
+        else:
+            w.write(OK)
+
+    async def body() -> None:
+        async with scripted(script) as (pool, requests):
+            trickle = await pool.request(b"GET", b"/trickle", HOST, read_timeout=1.0)
+            assert await trickle.read() == b"x" * 8
+            # The connection's timer was armed for a long timeout; a shorter one on the
+            # same connection still applies (long before the test's own guard).
+            await (await pool.request(b"GET", b"/x", HOST, read_timeout=WAIT)).read()
+            async with asyncio.timeout(WAIT / 2):
+                with pytest.raises(UpstreamReadTimeout):
+                    await pool.request(b"GET", b"/silent", HOST, read_timeout=0.2)
+            assert requests.connections == 1
 
     run(body)
 

@@ -123,6 +123,28 @@ _LOCATIONS: Final = (b"location", b"content-location")
 
 _JSON_HEADERS: Final = ((b"content-type", b"application/json"),)
 
+# The proxy's own request fields, in the order they follow the caller's: one ``%`` each
+# for the common cases instead of a tuple and a join per field.
+_FORWARDED_FIELDS: Final = (
+    b"x-forwarded-for: %s\r\nx-real-ip: %s\r\n"
+    b'forwarded: for=%s;proto=%s;host="%s"\r\n'
+    b"x-forwarded-proto: %s\r\nx-forwarded-host: %s\r\n"
+)
+_FORWARDED_FIELDS_NO_HOST: Final = (
+    b"x-forwarded-for: %s\r\nx-real-ip: %s\r\n"
+    b"forwarded: for=%s;proto=%s\r\n"
+    b"x-forwarded-proto: %s\r\n"
+)
+_IDENTIFIED_FIELDS: Final = (
+    b"x-request-id: %s\r\n"
+    b"x-tollhouse-org: %s\r\nx-tollhouse-environment: %s\r\n"
+    b"x-tollhouse-key-id: %s\r\nx-tollhouse-role: %s\r\n"
+)
+
+#: Seconds a timer may fire early (the loop clock's resolution is a millisecond) and still
+#: count as on time.
+_TIMER_SLACK: Final = 0.001
+
 # Every printable ASCII byte, '%' included, so existing escapes in a target stay as they are
 # and only bytes the upstream connection could not carry get percent-encoded.
 _PRINTABLE_ASCII: Final = "".join(map(chr, range(0x21, 0x7F)))
@@ -139,24 +161,76 @@ class _BodyTooLarge(TollhouseError):
     """The request body grew past ``max_body_size`` while it was being streamed."""
 
 
+class _Watches:
+    """When the disconnect watches of a proxy's requests start: one timer for them all.
+
+    Every watch waits the same :data:`WATCH_AFTER`, so the armed ones are due in the
+    order they were armed: the timer only ever waits for the first. Arming and stopping a
+    watch is a dict insert and delete; an event-loop timer per request would cost more
+    than the rest of the proxy's Python.
+    """
+
+    __slots__ = ("armed", "loop", "timer")
+
+    def __init__(self) -> None:
+        #: Armed watches (insertion order is due order) → their loop time to start.
+        self.armed: dict[_Watch, float] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def arm(self, watch: _Watch) -> None:
+        loop = watch.loop
+        if loop is not self.loop:
+            # First use, or a new event loop (the old one's timer will never fire).
+            self.armed.clear()
+            self.loop = loop
+            self.timer = None
+        due = loop.time() + WATCH_AFTER
+        self.armed[watch] = due
+        if self.timer is None:
+            self.timer = loop.call_at(due, self._fire)
+
+    def _fire(self) -> None:
+        self.timer = None
+        loop = self.loop
+        assert loop is not None
+        armed = self.armed
+        now = loop.time()
+        while armed:
+            watch = next(iter(armed))
+            due = armed[watch]
+            if due - now > _TIMER_SLACK:
+                self.timer = loop.call_at(due, self._fire)
+                return
+            del armed[watch]
+            watch.start()
+
+
 class _Watch:
-    """The disconnect watch of one request: armed by a timer, a task only if it fires."""
+    """The disconnect watch of one request: armed in :class:`_Watches`, a task only if
+    its request is still running when it is due."""
 
-    __slots__ = ("gone", "receive", "task", "timer", "watcher")
+    __slots__ = ("gone", "loop", "receive", "task", "watcher", "watches")
 
-    def __init__(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+    def __init__(
+        self,
+        receive: Receive,
+        task: asyncio.Task[Any],
+        loop: asyncio.AbstractEventLoop,
+        watches: _Watches,
+    ) -> None:
         self.receive = receive
         self.task = task
+        self.loop = loop
+        self.watches = watches
         self.gone = False
-        self.timer: asyncio.TimerHandle | None = None
         self.watcher: asyncio.Task[None] | None = None
 
-    def arm(self, delay: float) -> None:
-        self.timer = asyncio.get_running_loop().call_later(delay, self._start)
+    def arm(self) -> None:
+        self.watches.arm(self)
 
-    def _start(self) -> None:
-        self.timer = None
-        self.watcher = asyncio.ensure_future(self._watch())
+    def start(self) -> None:
+        self.watcher = self.loop.create_task(self._watch())
 
     async def _watch(self) -> None:
         while (await self.receive())["type"] != "http.disconnect":
@@ -165,9 +239,7 @@ class _Watch:
         self.task.cancel()
 
     def stop(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.watches.armed.pop(self, None)
         if self.watcher is not None:
             self.watcher.cancel()
             self.watcher = None
@@ -250,9 +322,12 @@ class ReverseProxy:
         self._max_body_size = max_body_size
         self._preserve_host = preserve_host
         self._forward_authorization = forward_authorization
-        self._basic: bytes | None = None
+        self._watches = _Watches()
+        self._host_field = b"host: %s\r\n" % origin.authority
+        self._basic_field: bytes | None = None
         if origin.userinfo:
-            self._basic = b"Basic " + base64.b64encode(origin.userinfo.encode("utf-8"))
+            basic = b"Basic " + base64.b64encode(origin.userinfo.encode("utf-8"))
+            self._basic_field = b"authorization: %s\r\n" % basic
         # Absolute Location values that name the upstream itself, with and without an
         # explicit default port (nginx's default proxy_redirect).
         base = f"{origin.scheme}://".encode() + origin.authority
@@ -307,7 +382,7 @@ class ReverseProxy:
             headers = [*_JSON_HEADERS, (b"x-request-id", request_id.encode())]
             await reject_websocket(scope, send, 400, headers, body, error.code)
             return
-        headers, _, _ = self._request_headers(scope, state, request_id)
+        block, _, _ = self._request_headers(scope, state, request_id)
         scheme = "wss" if self.origin.scheme == "https" else "ws"
         url = f"{scheme}://{self.origin.authority.decode('latin-1')}{target.decode('ascii')}"
         await proxy_websocket(
@@ -315,7 +390,7 @@ class ReverseProxy:
             receive,
             send,
             url=url,
-            headers=headers,
+            headers=_fields(block),
             request_id=request_id,
             connect_timeout=self._connect_timeout,
             open_timeout=self._timeout,
@@ -355,7 +430,9 @@ class ReverseProxy:
         body: bytes | AsyncIterator[bytes] | None
         task = asyncio.current_task()
         assert task is not None
-        watch = _Watch(receive, task)
+        # The loop from the task: asking asyncio for the running loop again costs a
+        # getpid() system call on Python 3.11.
+        watch = _Watch(receive, task, task.get_loop(), self._watches)
         more = message.get("more_body", False)
         if more and content_length is None:
             # A body of unknown length (chunked): a small one is gathered and sent with a
@@ -374,26 +451,42 @@ class ReverseProxy:
                 more = message.get("more_body", False)
             first = b"".join(parts)
         if more:
-            if content_length is not None:
-                headers.append((b"content-length", str(content_length).encode()))
+            # Streamed: with the caller's Content-Length when it gave one, else chunked.
             body = self._stream_body(first, receive, watch)
         else:
+            content_length = None  # a body in bytes gets its Content-Length from the pool
             if limit is not None and len(first) > limit:
                 await _reply_error(send, _too_large(limit), request_id)
                 return
             body = first or None
-            watch.arm(WATCH_AFTER)
+            watch.arm()
 
         started = False
         try:
             if self._total_timeout is not None:
                 async with asyncio.timeout(self._total_timeout):
                     started = await self._exchange(
-                        scope, send, body, target, headers, request_id, state, caller_host
+                        scope,
+                        send,
+                        body,
+                        content_length,
+                        target,
+                        headers,
+                        request_id,
+                        state,
+                        caller_host,
                     )
             else:
                 started = await self._exchange(
-                    scope, send, body, target, headers, request_id, state, caller_host
+                    scope,
+                    send,
+                    body,
+                    content_length,
+                    target,
+                    headers,
+                    request_id,
+                    state,
+                    caller_host,
                 )
         except asyncio.CancelledError:
             if not watch.gone:
@@ -425,8 +518,9 @@ class ReverseProxy:
         scope: Scope,
         send: Send,
         body: bytes | AsyncIterator[bytes] | None,
+        length: int | None,
         target: bytes,
-        headers: list[tuple[bytes, bytes]],
+        headers: bytes,
         request_id: str,
         state: dict[str, Any],
         caller_host: bytes | None,
@@ -434,7 +528,7 @@ class ReverseProxy:
         """Send the request upstream and stream the answer back (or an error envelope)."""
         try:
             response = await self.pool.request(
-                scope["method"].encode("ascii"), target, headers, body
+                scope["method"].encode("ascii"), target, headers, body, length=length
             )
         except _ClientGone:
             state["aborted"] = 499
@@ -541,61 +635,83 @@ class ReverseProxy:
 
     def _request_headers(
         self, scope: Scope, state: dict[str, Any], request_id: str
-    ) -> tuple[list[tuple[bytes, bytes]], int | None, bytes | None]:
-        """Headers for the upstream in the caller's order, the declared body length, and
-        the caller's ``Host``."""
-        headers: list[tuple[bytes, bytes]] = [(b"host", self.origin.authority)]
+    ) -> tuple[bytes, int | None, bytes | None]:
+        """The header block for the upstream, the declared body length, and the caller's
+        ``Host``.
+
+        The block is what goes on the wire, each field ``name: value\\r\\n``: ``Host``
+        first, then the caller's fields that may go on, in their order, then the proxy's
+        own (credentials for the upstream, forwarded headers, request id, identity).
+        """
+        kept: list[tuple[bytes, bytes]] = []
+        # Fields the proxy owns or drops: set aside in one test per field, looked at after.
+        owned: list[tuple[bytes, bytes]] = []
+        drop = _REQUEST_DROP
+        prefix = IDENTITY_HEADER_PREFIX
+        for field in scope["headers"]:
+            name = field[0]
+            if name in drop or name.startswith(prefix):
+                owned.append(field)
+            else:
+                kept.append(field)
+
         connection: list[bytes] | None = None
         caller_host: bytes | None = None
         content_length: bytes | None = None
         forwarded: list[tuple[bytes, bytes]] | None = None
         authorization: bytes | None = None
         api_key = False
-        drop = _REQUEST_DROP
-        for name, value in scope["headers"]:
-            if name in drop:
-                if name == b"host":
-                    caller_host = value
-                elif name == b"content-length":
-                    content_length = value
-                elif name == b"connection":
-                    connection = [*(connection or ()), value]
-                elif name in FORWARDED_HEADERS:
-                    forwarded = [*(forwarded or ()), (name, value)]
-                elif name == b"authorization":
-                    authorization = value
-                elif name == b"x-api-key":
-                    api_key = True
-                continue
-            if name.startswith(IDENTITY_HEADER_PREFIX):
-                continue
-            headers.append((name, value))
+        for name, value in owned:
+            if name == b"host":
+                caller_host = value
+            elif name == b"content-length":
+                content_length = value
+            elif name == b"connection":
+                connection = [*(connection or ()), value]
+            elif name in FORWARDED_HEADERS:
+                forwarded = [*(forwarded or ()), (name, value)]
+            elif name == b"authorization":
+                authorization = value
+            elif name == b"x-api-key":
+                api_key = True
+            # anything else (hop-by-hop, x-tollhouse-*, expect, ...) is dropped
 
         if connection:
             named = _connection_tokens(connection)
             named.discard(b"host")  # the upstream's own Host is ours to send
-            headers = [item for item in headers if item[0] not in named]
+            kept = [item for item in kept if item[0] not in named]
             if forwarded:
                 forwarded = [item for item in forwarded if item[0] not in named]
             if b"content-length" in named:
                 content_length = None
 
+        host = self._host_field
         if self._preserve_host and caller_host is not None:
-            headers[0] = (b"host", caller_host)
-        if self._basic is not None:
-            headers.append((b"authorization", self._basic))
-        elif self._forward_authorization and api_key and authorization is not None:
-            headers.append((b"authorization", authorization))
-        self._forwarded_headers(headers, scope, state, forwarded, caller_host)
-        headers.append((b"x-request-id", request_id.encode("latin-1")))
+            host = b"host: %s\r\n" % caller_host
+        credentials = self._basic_field
+        forward = self._forward_authorization and api_key and authorization is not None
+        if credentials is None and forward:
+            credentials = b"authorization: %s\r\n" % authorization
         identity = state.get("identity")
         if isinstance(identity, Identity):
-            headers += (
-                (b"x-tollhouse-org", identity.org.encode("utf-8")),
-                (b"x-tollhouse-environment", identity.environment.encode("utf-8")),
-                (b"x-tollhouse-key-id", identity.key_id.encode("utf-8")),
-                (b"x-tollhouse-role", identity.role.encode("utf-8")),
+            own = _IDENTIFIED_FIELDS % (
+                request_id.encode("latin-1"),
+                identity.org.encode("utf-8"),
+                identity.environment.encode("utf-8"),
+                identity.key_id.encode("utf-8"),
+                identity.role.encode("utf-8"),
             )
+        else:
+            own = b"x-request-id: %s\r\n" % request_id.encode("latin-1")
+        block = b"".join(
+            (
+                host,
+                b"".join([b"%s: %s\r\n" % field for field in kept]),
+                credentials or b"",
+                self._forwarded_fields(scope, state, forwarded, caller_host),
+                own,
+            )
+        )
 
         length: int | None = None
         if content_length is not None:
@@ -603,17 +719,16 @@ class ReverseProxy:
                 length = int(content_length)
             except ValueError:  # the server has validated it; never fail on it here
                 length = None
-        return headers, length, caller_host
+        return block, length, caller_host
 
-    def _forwarded_headers(
+    def _forwarded_fields(
         self,
-        headers: list[tuple[bytes, bytes]],
         scope: Scope,
         state: dict[str, Any],
         given: list[tuple[bytes, bytes]] | None,
         caller_host: bytes | None,
-    ) -> None:
-        """Append ``X-Forwarded-*``, ``Forwarded`` and ``X-Real-IP``.
+    ) -> bytes:
+        """``X-Forwarded-*``, ``Forwarded`` and ``X-Real-IP``, as header block lines.
 
         From an untrusted peer, whatever the caller sent under these names is dropped and
         the proxy's own account replaces it. From a trusted proxy (``scope["state"]["peer"]``
@@ -622,37 +737,41 @@ class ReverseProxy:
         peer is appended to the chain.
         """
         client = scope.get("client")
-        client_host = str(client[0]) if client else None
+        client_host = str(client[0]).encode("latin-1") if client else None
         scheme = str(scope.get("scheme") or "http").encode("ascii")
         peer = state.get("peer")
         if peer is not None and given:
-            peer_host = str(peer[0]).encode("latin-1")
+            fields: list[tuple[bytes, bytes]] = []
             chain = [v for n, v in given if n == b"x-forwarded-for"]
-            chain.append(peer_host)
-            headers.append((b"x-forwarded-for", b", ".join(chain)))
+            chain.append(str(peer[0]).encode("latin-1"))
+            fields.append((b"x-forwarded-for", b", ".join(chain)))
             kept = {n for n, _ in given}
             for name, value in given:
                 if name in (b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"):
-                    headers.append((name, value))
+                    fields.append((name, value))
             if b"x-forwarded-proto" not in kept:
-                headers.append((b"x-forwarded-proto", scheme))
+                fields.append((b"x-forwarded-proto", scheme))
             if b"x-forwarded-host" not in kept and caller_host is not None:
-                headers.append((b"x-forwarded-host", caller_host))
+                fields.append((b"x-forwarded-host", caller_host))
             if client_host is not None:
-                headers.append((b"x-real-ip", client_host.encode("latin-1")))
-            return
-        if client_host is not None:
-            host_bytes = client_host.encode("latin-1")
-            headers.append((b"x-forwarded-for", host_bytes))
-            headers.append((b"x-real-ip", host_bytes))
-            node = b'"[' + host_bytes + b']"' if b":" in host_bytes else host_bytes
-            element = b"for=" + node + b";proto=" + scheme
-            if caller_host is not None:
-                element += b';host="' + caller_host.replace(b'"', b"") + b'"'
-            headers.append((b"forwarded", element))
-        headers.append((b"x-forwarded-proto", scheme))
-        if caller_host is not None:
-            headers.append((b"x-forwarded-host", caller_host))
+                fields.append((b"x-real-ip", client_host))
+            return b"".join([b"%s: %s\r\n" % field for field in fields])
+        if client_host is None:
+            if caller_host is None:
+                return b"x-forwarded-proto: %s\r\n" % scheme
+            return b"x-forwarded-proto: %s\r\nx-forwarded-host: %s\r\n" % (scheme, caller_host)
+        node = b'"[' + client_host + b']"' if b":" in client_host else client_host
+        if caller_host is None:
+            return _FORWARDED_FIELDS_NO_HOST % (client_host, client_host, node, scheme, scheme)
+        return _FORWARDED_FIELDS % (
+            client_host,
+            client_host,
+            node,
+            scheme,
+            caller_host.replace(b'"', b""),
+            scheme,
+            caller_host,
+        )
 
     def _rewrite_location(self, value: bytes, scope: Scope, caller_host: bytes | None) -> bytes:
         """An absolute URL at the upstream's own origin → the same place at the caller's."""
@@ -686,9 +805,19 @@ class ReverseProxy:
             if limit is not None and size > limit:
                 raise _BodyTooLarge
             if not more:
-                watch.arm(WATCH_AFTER)  # receive() is free now: the watch may take it over
+                watch.arm()  # receive() is free now: the watch may take it over
             if chunk:
                 yield chunk
+
+
+def _fields(block: bytes) -> list[tuple[bytes, bytes]]:
+    """A header block (``name: value\\r\\n`` lines) as ``(name, value)`` pairs."""
+    return [
+        (name, value)
+        for line in block.split(b"\r\n")
+        if line
+        for name, _, value in (line.partition(b": "),)
+    ]
 
 
 def _connection_tokens(values: list[bytes]) -> set[bytes]:

@@ -1,10 +1,14 @@
 """Connections to one upstream origin: an asyncio protocol per connection, a pool of them.
 
 The per-request cost is what this module is about. A request on a pooled connection is:
-pop an idle connection, one ``transport.write`` of head and body, one future awaited for
-the head (a timer armed only if the head has not already arrived), the body chunks taken
-from a deque. No objects per header beyond the parser's own, no per-request imports, no
-``Request``/``URL`` objects.
+pop an idle connection, one ``transport.write`` of head and body (built with one join;
+the proxy hands over its header block already encoded), one future awaited for the head,
+the body chunks taken from a deque. The connection's response parser is reused from one
+answer to the next, and the read timeout costs no timer per request: each connection
+keeps one timer that, when it fires, re-arms itself for the current deadline if the
+connection has heard from the upstream since (an event-loop timer costs more to create
+and cancel than the rest of the client's Python per request). No objects per header
+beyond the parser's own, no per-request imports, no ``Request``/``URL`` objects.
 """
 
 from __future__ import annotations
@@ -40,8 +44,15 @@ _LOW_WATER: Final = 64 * 1024
 #: byte of the answer came back (RFC 9110 §9.2.2).
 _IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
-_CRLF: Final = b"\r\n"
+_NO_BODY: Final = b"\r\n"
+_EMPTY_BODY: Final = b"content-length: 0\r\n\r\n"
+_CHUNKED: Final = b"transfer-encoding: chunked\r\n\r\n"
 _LAST_CHUNK: Final = b"0\r\n\r\n"
+_BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
+
+#: Seconds a timer may fire early (the loop clock's resolution is a millisecond) and still
+#: count as on time.
+_TIMER_SLACK: Final = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,12 +132,18 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = False
         self.body_done = False
+        self.interim = False  # in an interim (1xx) answer, between its head and its end
         self.framed = False  # Content-Length or chunked: EOF before the end is an error
         self.chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self.reading_paused = False
         self.error: UpstreamError | None = None
         self.waiter: asyncio.Future[None] | None = None
+        # The read timeout: the loop time by which the awaited answer must show progress,
+        # and the connection's one timer (armed for ``timer_due``, at or before it).
+        self.due = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_due = 0.0
         self.drain: asyncio.Future[None] | None = None
         self.writing_paused = False
         self.got_bytes = False
@@ -152,7 +169,9 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamProtocolError("the upstream switched protocols unasked"))
             self.abort()
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamProtocolError(f"invalid HTTP from the upstream: {exc}"))
+            if not self.body_done:
+                self._fail(UpstreamProtocolError(f"invalid HTTP from the upstream: {exc}"))
+            # else: bytes after a complete answer; the answer stands, the connection goes.
             self.abort()
 
     def eof_received(self) -> bool | None:
@@ -160,6 +179,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            timer.cancel()
         if self.parser is not None and not self.body_done:
             if self.head_done and not self.framed:
                 # Read-until-close framing: the end of the connection is the end of the body.
@@ -184,6 +207,13 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.body_done:
+            # Another message after the complete answer, in the same read: the upstream's
+            # framing cannot be trusted (and a reused parser must not carry a part of it
+            # into the next answer). Stops the parser; ``data_received`` closes.
+            raise UpstreamProtocolError("the upstream sent bytes after its answer")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
 
@@ -192,8 +222,10 @@ class _Connection(asyncio.Protocol):
         assert parser is not None
         status = parser.get_status_code()
         if 100 <= status < 200:
-            # An interim answer (103 Early Hints, an unasked 100): the final one follows.
+            # An interim answer (103 Early Hints, an unasked 100): the final one follows
+            # (llhttp calls ``on_message_complete`` for the interim one: see there).
             self.headers = []
+            self.interim = True
             return
         self.status = status
         self.head_done = True
@@ -222,6 +254,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False  # the end of an interim answer, not of the answer
+            return
         if not self.body_done:
             parser = self.parser
             # Asked here: once the message is over, llhttp has reset its flags.
@@ -233,12 +268,18 @@ class _Connection(asyncio.Protocol):
 
     def begin(self, head_only: bool) -> None:
         """Get ready to read the answer to a new request."""
-        self.parser = httptools.HttpResponseParser(self)
+        if self.parser is None or self.head_only:
+            # After a HEAD answer llhttp may still expect the body its Content-Length
+            # announced (see ``on_headers_complete``): that parser is not reused. Any other
+            # parser that got here read its last answer whole (the connection was reusable)
+            # and is ready for the next one.
+            self.parser = httptools.HttpResponseParser(self)
         self.head_only = head_only
         self.status = 0
         self.headers = []
         self.head_done = False
         self.body_done = False
+        self.interim = False
         self.framed = False
         self.chunks.clear()
         self.buffered = 0
@@ -273,19 +314,35 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     async def wait(self, idle: float) -> None:
-        """Wait for the next event of the answer (head, body bytes, end or error)."""
-        waiter = self.waiter = self.loop.create_future()
-        timer = self.loop.call_later(idle, self._read_timed_out, waiter)
+        """Wait for the next event of the answer (head, body bytes, end or error); fail
+        with :class:`UpstreamReadTimeout` after ``idle`` seconds without one."""
+        loop = self.loop
+        due = self.due = loop.time() + idle
+        if self.timer is None or self.timer_due > due:
+            # No timer yet, or one armed for later than this (shorter) timeout allows.
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = loop.call_at(due, self._check_read_timeout)
+            self.timer_due = due
+        waiter = self.waiter = loop.create_future()
         try:
             await waiter
         finally:
-            timer.cancel()
             self.waiter = None
 
-    def _read_timed_out(self, waiter: asyncio.Future[None]) -> None:
-        if not waiter.done():
-            self._fail(UpstreamReadTimeout("the upstream sent nothing within the read timeout"))
-            self.abort()
+    def _check_read_timeout(self) -> None:
+        self.timer = None
+        waiter = self.waiter
+        if waiter is None or waiter.done() or self.closed:
+            return  # nothing awaited now: the next wait arms the timer again
+        due = self.due
+        if due - self.loop.time() > _TIMER_SLACK:
+            # Progress since the timer was armed moved the deadline: wait for the new one.
+            self.timer = self.loop.call_at(due, self._check_read_timeout)
+            self.timer_due = due
+            return
+        self._fail(UpstreamReadTimeout("the upstream sent nothing within the read timeout"))
+        self.abort()
 
     async def write_body(self, body: AsyncIterable[bytes], chunked: bool, idle: float) -> None:
         """Stream a request body, waiting out the upstream's back-pressure."""
@@ -491,9 +548,10 @@ class UpstreamPool:
         self,
         method: bytes,
         target: bytes,
-        headers: list[tuple[bytes, bytes]],
+        headers: list[tuple[bytes, bytes]] | bytes,
         body: bytes | AsyncIterable[bytes] | None = None,
         *,
+        length: int | None = None,
         read_timeout: float | None = None,
     ) -> UpstreamResponse:
         """Send one request; return once the answer's head has arrived.
@@ -501,11 +559,15 @@ class UpstreamPool:
         Args:
             method: e.g. ``b"GET"``.
             target: the request target as sent (``b"/v1/x?y=1"``).
-            headers: every header to send, ``Host`` included; ``Transfer-Encoding`` must
-                not be among them, nor ``Content-Length`` unless ``body`` is an iterable.
+            headers: every header to send, ``Host`` included, as ``(name, value)`` pairs or
+                already encoded as a header block (each field ``name: value\\r\\n``, no
+                blank line after the last); ``Transfer-Encoding`` must not be among them,
+                nor ``Content-Length`` unless ``body`` is an iterable.
             body: bytes (sent with ``Content-Length``), an async iterable of chunks, or
-                None. An iterable is sent chunked, or as it is when ``headers`` declare a
-                ``Content-Length`` (the caller then vouches for the length).
+                None. An iterable is sent chunked, or as it is when ``length`` (or a
+                ``Content-Length`` among the header pairs) gives its length: the caller
+                then vouches for it.
+            length: the length of an iterable ``body``, sent as its ``Content-Length``.
             read_timeout: overrides the pool's read timeout for this request.
 
         Raises:
@@ -514,7 +576,7 @@ class UpstreamPool:
         timeout = self.read_timeout if read_timeout is None else read_timeout
         conn = await self._acquire()
         try:
-            return await self._send(conn, method, target, headers, body, timeout)
+            return await self._send(conn, method, target, headers, body, length, timeout)
         except UpstreamDisconnected:
             self._release(conn)
             # A pooled connection the upstream closed just as it was reused: nothing of
@@ -532,7 +594,7 @@ class UpstreamPool:
             raise
         conn = await self._acquire(fresh=True)
         try:
-            return await self._send(conn, method, target, headers, body, timeout)
+            return await self._send(conn, method, target, headers, body, length, timeout)
         except BaseException:
             self._release(conn)
             raise
@@ -542,31 +604,35 @@ class UpstreamPool:
         conn: _Connection,
         method: bytes,
         target: bytes,
-        headers: list[tuple[bytes, bytes]],
+        headers: list[tuple[bytes, bytes]] | bytes,
         body: bytes | AsyncIterable[bytes] | None,
+        length: int | None,
         idle: float,
     ) -> UpstreamResponse:
         conn.begin(method == b"HEAD")
         transport = conn.transport
         assert transport is not None
-        lines = [method, b" ", target, b" HTTP/1.1\r\n"]
-        for name, value in headers:
-            lines += (name, b": ", value, _CRLF)
-        if body is None:
-            if method in (b"POST", b"PUT", b"PATCH"):
-                lines.append(b"content-length: 0\r\n")
-            lines.append(_CRLF)
-            transport.write(b"".join(lines))
-        elif isinstance(body, bytes | bytearray | memoryview):
-            lines += (b"content-length: ", str(len(body)).encode(), b"\r\n\r\n", bytes(body))
-            transport.write(b"".join(lines))
+        declared = False  # a Content-Length among the header pairs
+        if isinstance(headers, bytes):
+            block = headers
         else:
+            block = b"".join([b"%s: %s\r\n" % field for field in headers])
             declared = any(name == b"content-length" for name, _ in headers)
-            if not declared:
-                lines.append(b"transfer-encoding: chunked\r\n")
-            lines.append(_CRLF)
-            transport.write(b"".join(lines))
-            await conn.write_body(body, not declared, idle)
+        head = (method, b" ", target, b" HTTP/1.1\r\n", block)
+        if body is None:
+            end = _EMPTY_BODY if method in _BODY_METHODS else _NO_BODY
+            transport.write(b"".join((*head, end)))
+        elif isinstance(body, bytes | bytearray | memoryview):
+            # One write, head and body together: one system call, one segment.
+            end = b"content-length: %d\r\n\r\n" % len(body)
+            transport.write(b"".join((*head, end, body)))
+        else:
+            if length is not None:
+                end = b"content-length: %d\r\n\r\n" % length
+            else:
+                end = _NO_BODY if declared else _CHUNKED
+            transport.write(b"".join((*head, end)))
+            await conn.write_body(body, length is None and not declared, idle)
         while not conn.head_done:
             if conn.error is not None:
                 raise conn.error
@@ -641,7 +707,8 @@ class UpstreamPool:
 
     def _release(self, conn: _Connection) -> None:
         if conn.reusable() and not self._closed:
-            conn.parser = None
+            # The parser stays for the next answer; until ``begin`` is called for it,
+            # ``body_done`` makes any byte the upstream sends close the connection.
             self._give_back(conn)
         else:
             self._discard(conn)
