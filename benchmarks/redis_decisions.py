@@ -13,11 +13,19 @@
      (target: tollhouse ≥ 50 % of ``-P 16``, what Redis does with this script when the
      client costs nearly nothing).
    Each is run ``--rounds`` times, interleaved; the best round of each counts.
+   * tollhouse on a Redis Cluster of six `redis-server` processes on this machine (three
+     masters, a replica each; ``redis+cluster://``): the same decisions, routed by slot
+     (the 1,000 callers' hash tags spread over the three masters), one write per master
+     per round trip, each write confirmed by a replica (``WAIT 1``) before its decisions
+     count. Reported with its ratio to the single Redis above. On one machine a cluster
+     is not faster: the same two cores run four times the servers, a round trip waits
+     for the slowest of three masters and for a replica's acknowledgement. A cluster
+     buys room (memory, and cores on separate hosts), not speed on one host.
 2. Added latency per decision, p50 and p99, calling as the gateway does
    (``decide_nowait``, else ``await decide``): one caller at a time, and each call of the
    64-task load; with Redis up, then with Redis killed (degraded: decided locally).
 
-    .venv/bin/python benchmarks/redis_decisions.py [--calls 100000] [--rounds 5]
+    .venv/bin/python benchmarks/redis_decisions.py [--calls 100000] [--rounds 5] [--no-cluster]
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from limits.aio.strategies import FixedWindowRateLimiter
 
 from limits import RateLimitItemPerMinute
 from tollhouse.limits import BucketCheck
+from tollhouse.limits.cluster import ClusterStore
 from tollhouse.limits.redis import DECIDE, RedisStore
 
 TASKS = 64
@@ -59,6 +68,7 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra: list[str] = []
 
     @property
     def url(self) -> str:
@@ -78,6 +88,7 @@ class Server:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -95,6 +106,56 @@ class Server:
             self.proc.kill()
             self.proc.wait()
             self.proc = None
+
+
+class Cluster:
+    """Six cluster-enabled redis-servers made one Redis Cluster (three masters, three
+    replicas) by ``redis-cli --cluster create``."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.nodes = []
+        for i in range(6):
+            node_dir = workdir / f"node{i}"
+            node_dir.mkdir()
+            self.nodes.append(Server(node_dir))
+        # The cluster bus listens on port + 10000.
+        for node in self.nodes:
+            while node.port > 55535:
+                node.port = Server(node.workdir).port
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self) -> None:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise SystemExit("redis-cli is not installed (apt-get install redis-server)")
+        for node in self.nodes:
+            node.extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+            node.start()
+        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            states = [
+                subprocess.run(
+                    [cli, "-p", str(n.port), "CLUSTER", "INFO"], capture_output=True, text=True
+                ).stdout
+                for n in self.nodes
+            ]
+            if all("cluster_state:ok" in s for s in states):
+                return
+            time.sleep(0.1)
+        raise SystemExit("the Redis Cluster did not become ok")
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()
 
 
 def checks() -> list[tuple[BucketCheck, ...]]:
@@ -120,7 +181,7 @@ async def concurrently(calls: int, one: Callable[[int], Awaitable[object]]) -> f
 async def bench_tollhouse(url: str, calls: int) -> float | None:
     """Decisions per second; None when some were made locally (a round trip timed out
     on this busy machine and the breaker opened): that round measured no Redis."""
-    store = RedisStore(url)
+    store = ClusterStore(url) if url.startswith("redis+cluster://") else RedisStore(url)
     all_checks = checks()
 
     async def one(n: int) -> object:
@@ -227,11 +288,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-cluster", action="store_true", help="skip the Redis Cluster row")
     args = parser.parse_args()
 
+    clustered: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(Path(tmp))
         server.start()
+        cluster = None
+        if not args.no_cluster:
+            (Path(tmp) / "cluster").mkdir()
+            cluster = Cluster(Path(tmp) / "cluster")
+            cluster.start()
         try:
             ours: list[float] = []
             theirs: list[float] = []
@@ -243,6 +311,12 @@ def main() -> None:
                     print("(a tollhouse round fell back to local limits: not counted)")
                 else:
                     ours.append(rate)
+                if cluster is not None:
+                    rate = asyncio.run(bench_tollhouse(cluster.url, args.calls))
+                    if rate is None:
+                        print("(a cluster round fell back to local limits: not counted)")
+                    else:
+                        clustered.append(rate)
                 theirs.append(asyncio.run(bench_limits(server.url, args.calls // 4)))
                 for pipeline, into in ((1, bench_p1), (16, bench_p16)):
                     rps = bench_redis_benchmark(server.port, args.calls, pipeline)
@@ -251,6 +325,8 @@ def main() -> None:
             lat = asyncio.run(latencies(server.url, server, args.calls // 4))
         finally:
             server.kill()
+            if cluster is not None:
+                cluster.kill()
 
     if not ours:
         raise SystemExit("every tollhouse round fell back to local limits: machine too busy")
@@ -259,6 +335,14 @@ def main() -> None:
     print(f"  tollhouse RedisStore.decide        {best:>10,.0f}")
     print(f"  limits RedisStorage + FixedWindow  {max(theirs):>10,.0f}")
     print(f"  ratio                              {best / max(theirs):>10.1f}×   (target ≥ 5×)")
+    if clustered:
+        print(f"  tollhouse on a Redis Cluster       {max(clustered):>10,.0f}")
+        print(
+            f"  cluster / one Redis                {max(clustered) / best:>10.0%}"
+            "   (3 masters + 3 replicas on this one machine: not faster)"
+        )
+    elif not args.no_cluster:
+        print("  every cluster round fell back to local limits: machine too busy")
     if bench_p16:
         print(f"  redis-benchmark same EVALSHA -P 1  {max(bench_p1):>10,.0f}")
         print(f"  redis-benchmark same EVALSHA -P 16 {max(bench_p16):>10,.0f}")

@@ -224,6 +224,14 @@ def redis_service() -> Iterator[services.RedisServer]:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster_service() -> Iterator[services.RedisClusterNodes]:
+    """A real six-node Redis Cluster on loopback (three masters, three replicas) for the
+    whole session; tests that kill nodes start their own (``services.redis_cluster``)."""
+    with services.redis_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
 def postgres_service() -> Iterator[services.PostgresServer]:
     """A throwaway PostgreSQL cluster on loopback for the whole session."""
     with services.postgres_server() as server:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -207,3 +208,169 @@ def postgres_server() -> Iterator[PostgresServer]:
             server.stop("immediate")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def free_cluster_port() -> int:
+    """A loopback port whose Cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port > 55535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+class RedisClusterNodes:
+    """Six `redis-server --cluster-enabled yes` on loopback made one Redis Cluster by
+    `redis-cli --cluster create … --cluster-replicas 1`: three masters, a replica each.
+    Nodes can be SIGKILLed (a replica then takes over) and asked about the slot map."""
+
+    NODES = 6
+
+    def __init__(self, binary: str, cli: str, workdir: Path) -> None:
+        self.binary = binary
+        self.cli = cli
+        self.workdir = workdir
+        self.ports = [free_cluster_port() for _ in range(self.NODES)]
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://`` with every node as a startup node."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def start_node(self, port: int) -> None:
+        node_dir = self.workdir / str(port)
+        node_dir.mkdir(exist_ok=True)
+        self.procs[port] = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"nodes-{port}.conf",
+                "--cluster-node-timeout",
+                "2000",
+                "--appendonly",
+                "no",
+                "--save",
+                "",
+                "--dir",
+                str(node_dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_port(port, self.procs[port])
+
+    def create(self) -> None:
+        for port in self.ports:
+            self.start_node(port)
+        subprocess.run(
+            [
+                self.cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in self.ports),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.wait_ok()
+
+    def call(self, port: int, *args: str) -> Any:
+        """One command to one node."""
+        import redis
+
+        with redis.Redis(port=port, socket_timeout=5, decode_responses=True) as client:
+            return client.execute_command(*args)
+
+    def alive(self) -> list[int]:
+        return [p for p, proc in self.procs.items() if proc.poll() is None]
+
+    def wait_ok(self, timeout: float = 60) -> None:
+        """Until every live node says ``cluster_state:ok`` and agrees on who serves every
+        slot (a hang guard, not a timed assertion)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                states = [self.call(p, "CLUSTER", "INFO") for p in self.alive()]
+                maps = {repr(self.slot_map(p)) for p in self.alive()}
+                if all("cluster_state:ok" in s for s in states) and len(maps) == 1:
+                    return
+            except Exception:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not become ok")
+            time.sleep(0.1)
+
+    def slot_map(self, port: int) -> list[tuple[int, int, int]]:
+        """(first slot, last slot, master port) as ``port`` sees them."""
+        return sorted(
+            (int(r[0]), int(r[1]), int(r[2][1])) for r in self.call(port, "CLUSTER", "SLOTS")
+        )
+
+    def master_of(self, slot: int) -> int:
+        """The port of the master serving ``slot`` (as a live node sees it)."""
+        for first, last, port in self.slot_map(self.alive()[0]):
+            if first <= slot <= last:
+                return port
+        raise LookupError(f"no master serves slot {slot}")
+
+    def wait_failover(self, killed: int, timeout: float = 60) -> None:
+        """Until no live node names ``killed`` as a master any more (a replica took its
+        slots), then until the cluster is ok (a hang guard, not a timed assertion)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                maps = [self.slot_map(p) for p in self.alive()]
+                if all(master != killed for m in maps for _, _, master in m):
+                    break
+            except Exception:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no replica took over from {killed}")
+            time.sleep(0.1)
+        self.wait_ok(timeout)
+
+    def node_id(self, port: int) -> str:
+        return str(self.call(port, "CLUSTER", "MYID"))
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node, as in a crash."""
+        proc = self.procs.pop(port)
+        proc.kill()
+        proc.wait()
+
+    def stop(self) -> None:
+        for port in list(self.procs):
+            self.kill(port)
+
+
+@contextmanager
+def redis_cluster() -> Iterator[RedisClusterNodes]:
+    """A fresh six-node Redis Cluster on loopback (three masters, three replicas)."""
+    binary = shutil.which("redis-server")
+    cli = shutil.which("redis-cli")
+    if binary is None or cli is None:
+        missing("redis-server and redis-cli", "apt-get install redis-server")
+        raise AssertionError("unreachable")
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = RedisClusterNodes(binary, cli, Path(tmp))
+        try:
+            cluster.create()
+            yield cluster
+        finally:
+            cluster.stop()

@@ -208,7 +208,8 @@ REDIS_URL = Setting(
     "storage.redis_url",
     URL,
     "",
-    "Shared limits (`redis://host:port/db`); empty — even over the file — keeps them in "
+    "Shared limits (`redis://host:port/db`, or a Redis Cluster by its startup nodes: "
+    "`redis+cluster://host:port[,host:port…]`); empty — even over the file — keeps them in "
     "process memory. Flag `serve --redis-url`.",
     keeps_empty=True,
 )

@@ -171,9 +171,9 @@ def test_concurrent_decisions_share_round_trips(
     trips: list[int] = []
     round_trip = _Link.round_trip
 
-    async def counted(self: _Link, commands: list[bytes]) -> list[Any]:
+    async def counted(self: _Link, commands: list[bytes], slots: list[int]) -> list[Any]:
         trips.append(len(commands))
-        return await round_trip(self, commands)
+        return await round_trip(self, commands, slots)
 
     monkeypatch.setattr(_Link, "round_trip", counted)
     c = (bucket("shared", 150),)
@@ -199,7 +199,7 @@ def test_denials_are_answered_from_the_local_cache(
         denied = await store.decide(hot, (), NOW + 1)
         assert not denied.allowed
 
-        async def no_redis(self: _Link, commands: list[bytes]) -> list[Any]:
+        async def no_redis(self: _Link, commands: list[bytes], slots: list[int]) -> list[Any]:
             raise AssertionError("asked Redis")
 
         monkeypatch.setattr(_Link, "round_trip", no_redis)
@@ -415,10 +415,12 @@ def test_a_share_set_aside_is_spent_without_redis_and_the_fleet_admits_the_limit
             first = await a.decide(b, (), NOW)
             assert first.allowed and first.outcomes[0].remaining == 14  # 1 + 5 set aside
 
-            async def a_is_cut_off(link: _Link, commands: list[bytes]) -> list[Any]:
+            async def a_is_cut_off(
+                link: _Link, commands: list[bytes], slots: list[int]
+            ) -> list[Any]:
                 if link in a._links:
                     raise StorageError("no answer from Redis")
-                return await real(link, commands)
+                return await real(link, commands, slots)
 
             monkeypatch.setattr(_Link, "round_trip", a_is_cut_off)
             alone = [(await a.decide(b, (), NOW)).allowed for _ in range(7)]
@@ -445,10 +447,10 @@ def test_one_failed_round_trip_keeps_the_breaker_closed_and_is_written_back(
     real = _Link.round_trip
     failures = [1]
 
-    async def once(link: _Link, commands: list[bytes]) -> list[Any]:
+    async def once(link: _Link, commands: list[bytes], slots: list[int]) -> list[Any]:
         if failures and failures.pop():
             raise StorageError("no answer from Redis within 0.1 s")
-        return await real(link, commands)
+        return await real(link, commands, slots)
 
     async def scenario(store: RedisStore) -> None:
         assert [(await store.decide(b, (), NOW)).allowed for _ in range(2)] == [True, True]

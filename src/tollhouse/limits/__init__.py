@@ -44,7 +44,10 @@ def open_store(
     Args:
         url: empty or ``memory://`` keeps limits in this process;
             ``redis://[user:password@]host:port/db`` or ``rediss://…`` shares them through
-            Redis (:class:`tollhouse.limits.redis.RedisStore`, connected lazily).
+            Redis (:class:`tollhouse.limits.redis.RedisStore`, connected lazily);
+            ``redis+cluster://[user:password@]host:port[,host:port…]`` through a Redis
+            Cluster whose startup nodes these are
+            (:class:`tollhouse.limits.cluster.ClusterStore`: they are asked once here).
         instances: how many tollhouse instances share the limits (workers × replicas).
         timeout: seconds a Redis round trip may take before it counts as failed.
         failures_to_open: consecutive failed round trips that stop asking Redis.
@@ -55,14 +58,15 @@ def open_store(
             (:mod:`tollhouse.limits.resilient`). None of these apply to memory.
 
     Raises:
-        ConfigError: the scheme is not supported, the URL is malformed, or the Redis
-            client is not installed.
+        ConfigError: the scheme is not supported, the URL is malformed, the Redis
+            client is not installed, or no startup node of a cluster answers.
     """
     if not url or url.startswith("memory://"):
         return MemoryStore()
-    if url.startswith(("redis://", "rediss://")):
+    if url.startswith(("redis://", "rediss://", "redis+cluster://")):
         try:
             # Imported here: the embedded default must not need a Redis client.
+            from tollhouse.limits.cluster import ClusterStore
             from tollhouse.limits.redis import RedisStore
         except ImportError as exc:
             if exc.name not in ("redis", "hiredis") and not str(exc.name).startswith("redis."):
@@ -81,5 +85,9 @@ def open_store(
             )
             if value is not None
         }
-        return RedisStore(url, instances=instances, on_store_failure=on_store_failure, **options)
-    raise ConfigError(f"limit store URL {url!r}: use memory:// or redis://host:port/db")
+        store = ClusterStore if url.startswith("redis+cluster://") else RedisStore
+        return store(url, instances=instances, on_store_failure=on_store_failure, **options)
+    raise ConfigError(
+        f"limit store URL {url!r}: use memory://, redis://host:port/db or "
+        "redis+cluster://host:port[,host:port…]"
+    )

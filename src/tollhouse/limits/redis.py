@@ -4,9 +4,10 @@ One decision, one script
     Every bucket and pool a request hits is decided by one ``EVALSHA`` of
     ``lua/decide.lua``, all or nothing, with the formulas of :mod:`.maths` (fixed window
     and GCRA in integer microseconds) and the pool rules of :mod:`.memory`. All keys of a
-    request share one ``{org:ENV}`` hash tag (:mod:`.naming`), so the script is Cluster
-    safe. Every key has a TTL (the end of its state plus a second), so memory is bounded
-    by the callers active in one window. ``lua/peek.lua`` reads for the status endpoint,
+    request share one hash tag (:mod:`.naming`), so the script is Cluster safe (on a
+    cluster, :mod:`.cluster` sends each command to the master of its keys' slot). Every
+    key has a TTL (the end of its state plus a second), so memory is bounded by the
+    callers active in one window. ``lua/peek.lua`` reads for the status endpoint,
     ``lua/release.lua`` gives a pool slot back. A pool is a sorted set of slots scored by
     lease expiry (expired ones are removed before counting); a slot's member is
     ``acquired_at|token``, which gives the retry estimate the age of the oldest slot, and
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import itertools
 import logging
@@ -60,9 +62,10 @@ import os
 import time
 from collections import deque
 from importlib import resources
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from tollhouse.errors import ConfigError, StorageError
@@ -114,6 +117,10 @@ PROBE_KEY = "{tollhouse:probe}:b:probe"
 
 _new = tuple.__new__
 
+#: A command queued for the next round trip: its bytes, the future of its reply and the
+#: Cluster slot of its keys (what a cluster routes it by; a single Redis ignores it).
+_Queued = tuple[bytes, asyncio.Future[Any], int]
+
 
 class _Script:
     """A Lua file of ``lua/`` and its SHA-1 (what ``EVALSHA`` names it by)."""
@@ -159,7 +166,7 @@ class _Shape:
     per bucket (empty when it keeps none).
     """
 
-    __slots__ = ("buckets", "head", "middle", "pools", "shares", "whole")
+    __slots__ = ("buckets", "head", "middle", "pools", "shares", "slot", "whole")
 
     def __init__(
         self,
@@ -173,6 +180,9 @@ class _Shape:
         self.pools = pools
         self.shares = shares if any(shares) else ()
         keys = [c.key.encode() for c in buckets]
+        # Every key of a request shares one hash tag (naming.py), so the first names the
+        # slot of all.
+        self.slot = key_slot(keys[0] if keys else pools[0].key.encode())
         for p in pools:
             keys += [p.key.encode(), (p.key + HOLD_SUFFIX).encode()]
         argv = [str(len(buckets)).encode(), str(len(pools)).encode()]
@@ -191,6 +201,15 @@ class _Shape:
         self.whole = (
             None if caller_clock or pools else self.head + _bulk(b"") + self.middle + _bulk(b"")
         )
+
+
+class _Carrier(Protocol):
+    """What carries batches of commands: :class:`_Link` (one Redis), or a cluster's link
+    to every master (:mod:`.cluster`)."""
+
+    async def round_trip(self, commands: list[bytes], slots: list[int]) -> list[Any]: ...
+
+    async def drop(self) -> None: ...
 
 
 class _Denial(NamedTuple):
@@ -287,14 +306,8 @@ class RedisStore:
     ) -> None:
         if timeout <= 0 or probe_interval <= 0 or connections < 1:
             raise ConfigError("timeout, probe_interval and connections must be positive")
-        try:
-            # No socket timeout on reads: one deadline covers each whole round trip.
-            self._pool = ConnectionPool.from_url(
-                url, socket_timeout=None, socket_connect_timeout=timeout
-            )
-        except ValueError as exc:
-            raise ConfigError(f"redis_url {url!r}: {exc}") from None
         self.url = url
+        self._open(url, timeout)
         self.degraded = False
         self.local_decisions = 0
         self._timeout = timeout
@@ -304,9 +317,9 @@ class RedisStore:
         self._breaker = Breaker(failures_to_open)
         self._local = Fallback(instances, on_store_failure, reserve)
         self._alone = self._local.alone and on_store_failure == "local"
-        self._links = [_Link(self._pool, timeout) for _ in range(connections)]
+        self._links = [self._link() for _ in range(connections)]
         self._idle = list(self._links)
-        self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._pending: list[_Queued] = []
         self._dispatching = False
         self._in_flight: set[asyncio.Task[None]] = set()
         self._prober: asyncio.Task[None] | None = None
@@ -319,7 +332,7 @@ class RedisStore:
         self._tokens = itertools.count(1)
         probe = BucketCheck(PROBE_KEY, "probe", 2**31, 1.0, "fixed_window", 1)
         self._probe_shape = _Shape((probe,), (), KEY_SLACK_MS, False)
-        #: The write-back in flight (kept to be restored if its round trip fails).
+        #: The write-backs in flight (kept to be restored if their round trip fails).
         self._settling: list[Unsettled] = []
         #: Bucket keys whose share is being given back (a round trip in flight).
         self._giving_back: set[str] = set()
@@ -344,7 +357,7 @@ class RedisStore:
         if command is None or spec:
             command = self._command(shape, now, spec)
         try:
-            reply = await self._call(command)
+            reply = await self._call(command, shape.slot)
         except StorageError:
             return self._decide_locally(buckets, pools, now)
         verdict = _verdict(reply, buckets, pools)
@@ -412,7 +425,7 @@ class RedisStore:
         keys = [c.key for c, b in zip(shape.buckets, backs, strict=True) if b]
         self._giving_back.update(keys)
         try:
-            reply = await self._call(self._command(shape, now, spec))
+            reply = await self._call(self._command(shape, now, spec), shape.slot)
         except StorageError:
             return verdict  # what was given back may be free again: never spend it twice
         finally:
@@ -481,7 +494,7 @@ class RedisStore:
             str(HOLD_TTL_MS).encode(),
         )
         try:
-            await self._call(command)
+            await self._call(command, key_slot(lease.key.encode()))
         except StorageError:
             self._orphans.append(lease)
 
@@ -509,7 +522,7 @@ class RedisStore:
             argv += [str(p.limit).encode(), _num(p.lease)]
         command = _command([b"EVALSHA", PEEK.sha, str(len(keys)).encode()], *keys, *argv)
         try:
-            reply = await self._call(command)
+            reply = await self._call(command, key_slot(keys[0]))
         except StorageError:
             return await self._local.peek(buckets, pools, now)
         stats: list[BucketStatus] = []
@@ -537,7 +550,30 @@ class RedisStore:
         self._fail_pending()
         for link in self._links:
             await link.drop()
+        await self._close()
+
+    # ---- the connections (a cluster has its own: .cluster) -----------------------------
+
+    def _open(self, url: str, timeout: float) -> None:
+        """Check the URL and make the connection pool (nothing connects yet)."""
+        try:
+            # No socket timeout on reads: one deadline covers each whole round trip.
+            self._pool = ConnectionPool.from_url(
+                url, socket_timeout=None, socket_connect_timeout=timeout
+            )
+        except ValueError as exc:
+            raise ConfigError(f"redis_url {url!r}: {exc}") from None
+
+    def _link(self) -> _Carrier:
+        """One more connection carrying whole batches."""
+        return _Link(self._pool, self._timeout)
+
+    async def _close(self) -> None:
         await self._pool.aclose()
+
+    async def _probe_round_trip(self, command: bytes) -> Any:
+        """The probe's decision (its reply or error reply); raises when Redis fails."""
+        return (await self._links[0].round_trip([command], [0]))[0]
 
     # ---- round trips ------------------------------------------------------------------
 
@@ -553,15 +589,15 @@ class RedisStore:
         self._shapes[key] = shape
         return shape
 
-    def _call(self, command: bytes) -> asyncio.Future[Any]:
-        """Queue one command for the next round trip; its future holds the reply, or
-        :class:`StorageError`."""
+    def _call(self, command: bytes, slot: int) -> asyncio.Future[Any]:
+        """Queue one command (over keys of Cluster ``slot``) for the next round trip; its
+        future holds the reply, or :class:`StorageError`."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if self._closed:
             future.set_exception(StorageError("the Redis limit store is closed"))
             return future
-        self._pending.append((command, future))
+        self._pending.append((command, future, slot))
         if not self._dispatching:
             # After every task woken in this turn of the loop has queued its call.
             self._dispatching = True
@@ -582,7 +618,7 @@ class RedisStore:
         parts = min(len(idle), max(1, len(pending) // MIN_SPLIT))
         if self._local.unsettled and not self._settling:
             # Written back before any decision: one round trip, the write-back first.
-            pending.insert(0, self._settle())
+            pending[:0] = self._settle()
             parts = 1
         size = min(MAX_BATCH, -(-len(pending) // parts))
         loop = asyncio.get_running_loop()
@@ -595,30 +631,40 @@ class RedisStore:
             if not pending:
                 break
 
-    async def _send(self, link: _Link, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
+    async def _send(self, link: _Carrier, batch: list[_Queued]) -> None:
         """One round trip: the batch's replies into its futures."""
         started = time.monotonic()
         try:
-            replies = await link.round_trip([command for command, _ in batch])
+            replies = await link.round_trip(
+                [command for command, _, _ in batch], [slot for _, _, slot in batch]
+            )
         except (RedisError, OSError, StorageError) as exc:
             self._idle.append(link)
             self._failed(exc, started)
-            for _, future in batch:
+            for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(StorageError(f"Redis failed: {exc!r}"))
         except BaseException:
             self._idle.append(link)
-            for _, future in batch:
+            for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(StorageError("the Redis limit store is closed"))
             raise
         else:
             self._idle.append(link)
-            self._breaker.success()
-            for (_, future), reply in zip(batch, replies, strict=True):
+            # A cluster answers per node: the commands of a node that failed get the
+            # failure as their reply, the others their answers.
+            failure = next((r for r in replies if isinstance(r, StorageError)), None)
+            if failure is None:
+                self._breaker.success()
+            else:
+                self._failed(failure, started)
+            for (_, future, _), reply in zip(batch, replies, strict=True):
                 if future.done():
                     continue  # the caller went away
-                if isinstance(reply, ResponseError):
+                if isinstance(reply, StorageError):
+                    future.set_exception(reply)
+                elif isinstance(reply, ResponseError):
                     logger.error("Redis script error", extra={"error": str(reply)})
                     future.set_exception(StorageError(f"Redis script error: {reply}"))
                 else:
@@ -628,7 +674,7 @@ class RedisStore:
 
     def _fail_pending(self) -> None:
         pending, self._pending = self._pending, []
-        for _, future in pending:
+        for _, future, _ in pending:
             if not future.done():
                 future.set_exception(StorageError("Redis is unreachable"))
 
@@ -640,28 +686,41 @@ class RedisStore:
         self.local_decisions += 1
         return self._local.decide(buckets, pools, now)
 
-    def _settle(self) -> tuple[bytes, asyncio.Future[Any]]:
-        """The command writing back what was admitted without Redis (settle.lua), and
-        its future: restored to be written back later if its round trip fails."""
+    def _settle(self) -> list[_Queued]:
+        """The commands writing back what was admitted without Redis (settle.lua), one
+        per Cluster slot (a single Redis: one), and their futures: what a failed one
+        carried is restored to be written back later."""
         local = self._local
         self._settling = list(local.unsettled.values())
         local.unsettled.clear()
-        keys: list[bytes] = []
-        # With the caller's clock: the time of the last decision (tests replay a clock).
-        argv = [_num(self._now) if self._caller_clock else b"", str(self._slack_ms).encode()]
+        by_slot: dict[int, list[Unsettled]] = {}
         for u in self._settling:
-            c = u.check
-            keys.append(c.key.encode())
-            algorithm = b"f" if c.algorithm == "fixed_window" else b"g"
-            argv += [algorithm, str(c.limit).encode(), _num(c.window)]
-            argv += [_num(u.window_end), str(u.units).encode()]
-        command = _command([b"EVALSHA", SETTLE.sha, str(len(keys)).encode()], *keys, *argv)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(self._settled)
-        return command, future
+            by_slot.setdefault(self._slot_of(u.check.key), []).append(u)
+        loop = asyncio.get_running_loop()
+        queued: list[_Queued] = []
+        for slot, group in by_slot.items():
+            keys: list[bytes] = []
+            # With the caller's clock: the time of the last decision (tests replay a clock).
+            argv = [_num(self._now) if self._caller_clock else b"", str(self._slack_ms).encode()]
+            for u in group:
+                c = u.check
+                keys.append(c.key.encode())
+                algorithm = b"f" if c.algorithm == "fixed_window" else b"g"
+                argv += [algorithm, str(c.limit).encode(), _num(c.window)]
+                argv += [_num(u.window_end), str(u.units).encode()]
+            command = _command([b"EVALSHA", SETTLE.sha, str(len(keys)).encode()], *keys, *argv)
+            future: asyncio.Future[Any] = loop.create_future()
+            future.add_done_callback(functools.partial(self._settled, settling=group))
+            queued.append((command, future, slot))
+        return queued
 
-    def _settled(self, future: asyncio.Future[Any]) -> None:
-        settling, self._settling = self._settling, []
+    def _slot_of(self, key: str) -> int:
+        """The slot commands over ``key`` are grouped by (one Redis: all in one)."""
+        return 0
+
+    def _settled(self, future: asyncio.Future[Any], settling: list[Unsettled]) -> None:
+        done = {id(u) for u in settling}
+        self._settling = [u for u in self._settling if id(u) not in done]
         if future.cancelled() or future.exception() is not None:
             local = self._local
             for u in settling:
@@ -701,11 +760,11 @@ class RedisStore:
         while not self._closed:
             await asyncio.sleep(self._probe_interval)
             try:
-                reply = (await self._links[0].round_trip([command]))[0]
+                reply = await self._probe_round_trip(command)
             except (RedisError, OSError, StorageError) as exc:
                 logger.debug("Redis probe failed", extra={"error": repr(exc)})
                 continue
-            if isinstance(reply, ResponseError):
+            if isinstance(reply, (ResponseError, StorageError)):
                 logger.debug("Redis probe failed", extra={"error": str(reply)})
                 continue
             break
@@ -748,8 +807,9 @@ class _Link:
         # The probe uses link 0 while a last batch may still be in flight on it.
         self.lock = asyncio.Lock()
 
-    async def round_trip(self, commands: list[bytes]) -> list[Any]:
-        """Write ``commands`` at once and read every reply (error replies as values).
+    async def round_trip(self, commands: list[bytes], slots: list[int]) -> list[Any]:
+        """Write ``commands`` at once and read every reply (error replies as values);
+        ``slots`` (their keys' Cluster slots) routes them on a cluster only.
 
         Raises:
             StorageError: no complete answer within the timeout.

@@ -389,8 +389,12 @@ class _Reader:
                 f"{w}.database_url", f"{db!r}: use sqlite:///path/file.db or postgresql://…"
             )
         redis = self.get(raw, "redis_url", str, w, "")
-        if redis and not re.match(r"^rediss?://", redis):
-            raise self.fail(f"{w}.redis_url", f"{redis!r}: use redis://host:port/db or leave empty")
+        if redis and not re.match(r"^(rediss?|redis\+cluster)://", redis):
+            raise self.fail(
+                f"{w}.redis_url",
+                f"{redis!r}: use redis://host:port/db, redis+cluster://host:port[,host:port…] "
+                "or leave empty",
+            )
         return Storage(database_url=db, redis_url=redis)
 
     def limits(self, raw: dict[str, Any]) -> Limits:
