@@ -7,9 +7,11 @@ import asyncio
 import inspect
 import secrets
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from tests.client.support import open_client
 from tests.conftest import serve_in_thread
 from tests.security.test_self_serve import Receiver
 from tests.storage.support import database_url
@@ -20,9 +22,13 @@ from tollhouse.client import (
     AsyncWebhookEndpointsAdmin,
     AsyncWebhooksAdmin,
     AuthenticationError,
+    BadRequestError,
     Client,
     ClientError,
+    FairUse,
+    FairUseSignal,
     NotFoundError,
+    OrgLimits,
     PermissionDeniedError,
     TollhouseAPIError,
     WebhookDeliveriesAdmin,
@@ -124,6 +130,78 @@ def test_async_admin_client(url: str) -> None:
                 await admin.keys.rotate("key_0000000000000000")
 
     asyncio.run(go())
+
+
+def _loop(client: Any, job_id: str) -> None:
+    """Criteria generated four times for one jobId: a regeneration loop (threshold 3)."""
+    for _ in range(4):
+        client.criteria.generate(job_id, "Backend Engineer", "Python and SQL, 5 years.")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_fair_use_and_limits_seen_by_the_org_and_the_provider(url: str, kind: str) -> None:
+    org_id = f"fair-{kind}"
+    with AdminClient(admin_token=TOKEN, base_url=url) as admin:
+        made = admin.orgs.create(org_id, first_key={"environment": "SANDBOX", "role": "root"})
+        assert made.first_key is not None and made.first_key.key is not None
+        admin.limits.set(org_id, BUCKET, 77)
+        root = made.first_key.key
+    with open_client(kind, api_key=root, base_url=url, tenant_id="acme") as c:
+        limits = c.limits.get()
+        assert isinstance(limits, OrgLimits)
+        assert (limits.org, limits.environment) == (org_id, "SANDBOX")
+        bucket = limits.bucket(BUCKET)
+        assert (bucket.limit, bucket.overridden) == (77, True) and bucket.policy_limit != 77
+        assert {b.name for b in limits.buckets} == {b.name for b in load_policy(None).buckets}
+
+        before = c.analytics.fair_use("24h").signal("regeneration_loop")
+        assert (before.value, before.status) == (0, "ok")
+        _loop(c, "job_loop")
+        own = c.analytics.fair_use(time_range="24h")
+    assert isinstance(own, FairUse) and own.org is None
+    assert (own.time_range, own.environment) == ("24h", "SANDBOX")
+    assert own.period_start < own.period_end
+    loop = own.signal("regeneration_loop")
+    assert isinstance(loop, FairUseSignal)
+    assert (loop.value, loop.threshold, loop.status, loop.action) == (4, 3, "flagged", "flag")
+    assert [(s.id, s.count) for s in loop.involved] == [("job_loop", 4)]
+    assert loop.involved_count == 1 and isinstance(loop.detail, dict)
+    assert loop.first_seen is not None and loop.last_seen is not None
+    assert loop.first_seen <= loop.last_seen
+    assert [s.signal for s in own.flagged] == ["regeneration_loop"]
+
+    async def provider_async(environment: str) -> FairUse:
+        async with AsyncAdminClient(admin_token=TOKEN, base_url=url) as admin:
+            return await admin.orgs.fair_use(org_id, environment=environment, time_range="24h")
+
+    def provider(environment: str) -> FairUse:
+        if kind == "async":
+            return asyncio.run(provider_async(environment))
+        with AdminClient(admin_token=TOKEN, base_url=url) as admin:
+            return admin.orgs.fair_use(org_id, environment=environment, time_range="24h")
+
+    theirs = provider("SANDBOX")
+    assert (theirs.org, theirs.environment) == (org_id, "SANDBOX")
+    assert theirs.signals == own.signals  # the same answer as the org's own key reads
+    other = provider("PRODUCTION").signal("regeneration_loop")
+    assert (other.value, other.status) == (0, "ok")
+    with AdminClient(admin_token=TOKEN, base_url=url) as admin:
+        with pytest.raises(NotFoundError):
+            admin.orgs.fair_use("no-such-org", environment="SANDBOX")
+        with pytest.raises(BadRequestError):
+            admin.orgs.fair_use(org_id, environment="STAGING")
+    with open_client(kind, api_key=_member(url, org_id), base_url=url) as member:
+        with pytest.raises(PermissionDeniedError):
+            member.limits.get()
+        assert member.analytics.fair_use().signal("regeneration_loop").flagged  # any role
+
+
+def _member(url: str, org_id: str) -> str:
+    with AdminClient(admin_token=TOKEN, base_url=url) as admin:
+        key = admin.keys.create(org_id, environment="SANDBOX", role="member")
+    assert key.key is not None
+    return key.key
 
 
 @pytest.fixture(scope="module")

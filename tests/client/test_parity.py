@@ -1,7 +1,7 @@
 """``Client`` and ``AsyncClient`` offer the same calls with the same parameters.
 
 Each public name of the sync client (and of each of its namespaces: ``criteria``,
-``analytics``, ``call_counts``, ``events``, ``keys``, ``webhooks`` and the latter's
+``analytics``, ``call_counts``, ``events``, ``keys``, ``limits``, ``webhooks`` and the latter's
 ``endpoints`` and ``deliveries``) has its async twin: a coroutine function with
 the same parameters, or — where the sync one returns an iterator — a function with the
 same parameters returning an async iterator. Only ``close`` is spelt ``aclose``.
@@ -57,6 +57,7 @@ def pairs() -> list[tuple[type, type]]:
             "events",
             "keys",
             "webhooks",
+            "limits",
         }
     )
     found = [(Client, AsyncClient)]

@@ -87,3 +87,67 @@ def test_time_range_checked_like_scoring_volume(run: Running, params: dict[str, 
         k: v for k, v in theirs.json()["error"].items() if k not in strip
     }
     assert "timeRange" in mine.json()["error"]["message"]
+
+
+TOKEN = "adm_" + "f" * 40
+
+
+@pytest.fixture
+def provider(database_url: str, tmp_path: Path) -> Iterator[Running]:
+    with running(database_url, tmp_path, environ={"TOLLHOUSE_ADMIN_TOKEN": TOKEN}) as r:
+        yield r
+
+
+def admin_fair_use(run: Running, org: str = "acme", **params: str) -> httpx.Response:
+    return httpx.get(
+        f"{run.url}/v1/admin/orgs/{org}/fair-use",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        params=params,
+        timeout=30,
+    )
+
+
+def test_the_provider_reads_an_org_s_signals_as_its_keys_do(provider: Running) -> None:
+    for _ in range(4):
+        generate(provider, "job_loop")
+    own = fair_use(provider, timeRange="24h").json()
+    theirs = admin_fair_use(provider, environment=ENV, timeRange="24h")
+    assert theirs.status_code == 200, theirs.text
+    body = theirs.json()
+    assert body["org"] == "acme" and body["environment"] == ENV
+    assert body["timeRange"] == "24h" and set(body["period"]) == {"start", "end"}
+    assert body["signals"] == own["signals"]  # the same function answers both
+    assert by_signal(theirs)["regeneration_loop"]["status"] == "flagged"
+    # The other environment of the same org: nothing of the sandbox's.
+    other = by_signal(admin_fair_use(provider, environment="PRODUCTION", timeRange="24h"))
+    assert (other["regeneration_loop"]["value"], other["regeneration_loop"]["status"]) == (0, "ok")
+
+
+@pytest.mark.parametrize(
+    ("org", "params", "status", "code"),
+    [
+        ("acme", {"timeRange": "24h"}, 400, "BAD_REQUEST"),
+        ("acme", {"environment": "sandbox", "timeRange": "24h"}, 400, "BAD_REQUEST"),
+        ("acme", {"environment": ENV}, 422, "VALIDATION_FAILED"),
+        ("acme", {"environment": ENV, "timeRange": "2d"}, 422, "VALIDATION_FAILED"),
+        ("globex", {"environment": ENV, "timeRange": "24h"}, 404, "NOT_FOUND"),
+        ("no such org", {"environment": ENV, "timeRange": "24h"}, 404, "NOT_FOUND"),
+    ],
+)
+def test_the_provider_route_checks_its_input(
+    provider: Running, org: str, params: dict[str, str], status: int, code: str
+) -> None:
+    answer = admin_fair_use(provider, org, **params)
+    assert answer.status_code == status, answer.text
+    assert answer.json()["error"]["code"] == code
+
+
+def test_the_provider_route_needs_an_admin_token(provider: Running) -> None:
+    path = f"{provider.url}/v1/admin/orgs/acme/fair-use"
+    params = {"environment": ENV, "timeRange": "24h"}
+    nobody = httpx.get(path, params=params, timeout=30)
+    assert nobody.status_code == 401
+    assert nobody.json()["error"]["code"] == "ADMIN_TOKEN_REQUIRED"
+    org_key = httpx.get(path, params=params, headers=provider.headers(), timeout=30)
+    assert org_key.status_code == 403
+    assert org_key.json()["error"]["code"] == "ADMIN_ONLY"

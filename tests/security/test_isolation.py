@@ -350,6 +350,14 @@ CASES: dict[str, Case] = {
         ADMIN_ONLY,
         False,
     ),
+    "/v1/admin/orgs/{orgId}/fair-use": (
+        lambda a: (
+            f"/v1/admin/orgs/{a.org}/fair-use",
+            {"environment": a.environment, "timeRange": "24h"},
+        ),
+        ADMIN_ONLY,
+        False,
+    ),
     "/v1/admin/audit": (lambda a: ("/v1/admin/audit", {"org": a.org}), ADMIN_ONLY, False),
     "/v1/admin/orgs/{orgId}/webhooks/endpoints": (
         lambda a: (f"/v1/admin/orgs/{a.org}/webhooks/endpoints", {"environment": a.environment}),

@@ -9,6 +9,7 @@ import { type ClientOptions, Core, type Operation, type RequestOptions } from ".
 import { ConfigurationError } from "./errors.js";
 import type {
   AdminCreatedKey,
+  AdminFairUse,
   AdminKey,
   AdminKeyPage,
   AdminNewKey,
@@ -22,6 +23,7 @@ import type {
   Environment,
   Role,
   Time,
+  TimeRange,
 } from "./types.js";
 
 /** The variable an admin client reads its token from (Node). */
@@ -160,6 +162,24 @@ export class OrgsAdmin {
     if (changes.suspended !== undefined) body.suspended = changes.suspended;
     const path = `${ADMIN}/orgs/${seg(orgId, "orgId")}`;
     return this.a.call({ method: "PATCH", path, route: "PATCH /v1/admin/orgs/{orgId}", body, idempotent: true }, changes);
+  }
+
+  /**
+   * `GET /v1/admin/orgs/{orgId}/fair-use`: the org's fair-use signals in `environment` over
+   * `timeRange` (default `24h`), ending now — what its own keys of that environment read
+   * from `GET /v1/analytics/fair-use`, with `org`.
+   */
+  fairUse(orgId: string, params: { environment: Environment; timeRange?: TimeRange } & RequestOptions): Promise<AdminFairUse> {
+    return this.a.call(
+      {
+        method: "GET",
+        path: `${ADMIN}/orgs/${seg(orgId, "orgId")}/fair-use`,
+        route: "GET /v1/admin/orgs/{orgId}/fair-use",
+        query: { environment: params.environment, timeRange: params.timeRange ?? "24h" },
+        idempotent: true,
+      },
+      params,
+    );
   }
 }
 

@@ -31,6 +31,7 @@ import type {
   Criterion,
   Event,
   EventsIngested,
+  FairUse,
   GeneratedCriteria,
   Health,
   InterviewQuestions,
@@ -39,6 +40,7 @@ import type {
   JobStatuses,
   Label,
   LabelCounts,
+  Limits,
   QueuePage,
   RateLimitStatus,
   ScoreAccepted,
@@ -126,6 +128,7 @@ export class Tollhouse {
   readonly queue: QueueApi;
   readonly webhooks: WebhooksApi;
   readonly keys: KeysApi;
+  readonly limits: LimitsApi;
   readonly platform: PlatformApi;
 
   constructor(options: ClientOptions = {}, shared?: Core) {
@@ -140,6 +143,7 @@ export class Tollhouse {
     this.queue = new QueueApi(this);
     this.webhooks = new WebhooksApi(this);
     this.keys = new KeysApi(this);
+    this.limits = new LimitsApi(this);
     this.platform = new PlatformApi(this);
   }
 
@@ -412,6 +416,24 @@ export class AnalyticsApi {
     );
   }
 
+  /**
+   * `GET /v1/analytics/fair-use?timeRange=`: every fair-use signal of the key's org and
+   * environment over the range ending now — value, threshold, status (`ok` / `watch` /
+   * `flagged`), action, the jobIds or keys involved, first and last seen. Any role.
+   */
+  fairUse(params: { timeRange: TimeRange } & RequestOptions): Promise<FairUse> {
+    return this.c.call(
+      {
+        method: "GET",
+        path: "/v1/analytics/fair-use",
+        route: "GET /v1/analytics/fair-use",
+        query: { timeRange: params.timeRange },
+        idempotent: true,
+      },
+      params,
+    );
+  }
+
   /** `GET /v1/analytics/{metric}`: one catalogue metric over a time range. */
   metric(name: string, params: MetricOptions): Promise<AnalyticsResponse> {
     return this.c.call(
@@ -649,6 +671,22 @@ export class KeysApi {
       },
       options,
     );
+  }
+}
+
+/**
+ * `client.limits`: the org's effective limits (root and manager keys; others get
+ * {@link PermissionDeniedError}). Read-only: overrides are the API provider's to set.
+ */
+export class LimitsApi {
+  constructor(private readonly c: Tollhouse) {}
+
+  /**
+   * `GET /v1/limits`: each bucket's policy limit and the org's (`overridden`, `override`,
+   * the `keyOverrides` of this environment's keys), the pools, and the caller's `environment`.
+   */
+  get(options?: RequestOptions): Promise<Limits> {
+    return this.c.call({ method: "GET", path: "/v1/limits", route: "GET /v1/limits", idempotent: true }, options);
   }
 }
 

@@ -21,6 +21,7 @@ export {
   ScoreApi,
   WebhooksApi,
   KeysApi,
+  LimitsApi,
   WebhookEndpointsApi,
   WebhookDeliveriesApi,
   MAX_BATCH_ITEMS,

@@ -4,7 +4,7 @@
  * the server sent them (camelCase as on the wire), after a check against the same
  * document (validate.ts).
  */
-import type { components } from "./generated/openapi.js";
+import type { components, paths } from "./generated/openapi.js";
 
 type S = components["schemas"];
 
@@ -27,6 +27,10 @@ export type JobStatuses = S["JobStatuses"];
 export type QueuePage = S["QueuePage"];
 export type WebhookDelivery = S["Deliveries"]["data"][number];
 export type ScoringVolume = S["ScoringVolume"];
+/** `GET /v1/analytics/fair-use`: every fair-use signal of the key's org and environment. */
+export type FairUse = S["FairUse"];
+/** One signal: value, threshold, status (`ok` / `watch` / `flagged`), action, who was involved. */
+export type FairUseSignal = S["FairUseSignal"];
 export type EventsIngested = S["EventsIngested"];
 export type Event = S["Event"];
 export type CallCounts = S["CallCounts"];
@@ -53,6 +57,8 @@ export type Environment = ApiKey["environment"];
 export type WebhookEndpoint = S["WebhookEndpoint"];
 /** An endpoint with its `whsec_` secret (after creating it or rotating its secret). */
 export type WebhookEndpointCreated = S["WebhookEndpointCreated"];
+/** `GET /v1/limits`: the org's effective limits (overrides marked) and the caller's environment. */
+export type Limits = paths["/v1/limits"]["get"]["responses"][200]["content"]["application/json"];
 
 // The provider API (an admin token).
 export type AdminOrg = S["AdminOrg"];
@@ -66,6 +72,8 @@ export type AdminRotatedKey = S["AdminRotatedKey"];
 export type AdminKeyPage = S["AdminKeyPage"];
 export type AdminOrgLimits = S["AdminOrgLimits"];
 export type AdminOverride = S["AdminOverride"];
+/** `GET /v1/admin/orgs/{orgId}/fair-use`: an org's fair-use signals in one environment, with `org`. */
+export type AdminFairUse = S["AdminFairUse"];
 export type AuditEntry = S["AuditEntry"];
 export type AuditPage = S["AuditPage"];
 

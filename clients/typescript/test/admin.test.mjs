@@ -191,3 +191,52 @@ describe("self-serve: an org's own keys and webhooks", () => {
     }
   });
 });
+
+describe("limits and fair use: the org's own view and the provider's", () => {
+  test("client.limits.get, analytics.fairUse and admin.orgs.fairUse agree", async () => {
+    const id = org("fair");
+    const made = await admin.orgs.create(id, { firstKey: { environment: "SANDBOX", role: "root" } });
+    const bucket = (await admin.limits.get(id)).buckets[0];
+    await admin.limits.set(id, bucket.name, 77);
+    const tollhouse = new Tollhouse({ apiKey: made.firstKey.key, baseURL: server.url, tenantId: "acme" });
+
+    const limits = await tollhouse.limits.get();
+    assert.equal(limits.org, id);
+    assert.equal(limits.environment, "SANDBOX");
+    const mine = limits.buckets.find((b) => b.name === bucket.name);
+    assert.equal(mine.limit, 77);
+    assert.equal(mine.overridden, true);
+    assert.notEqual(mine.policyLimit, 77);
+    assert.ok(limits.pools.length > 0);
+
+    const before = await tollhouse.analytics.fairUse({ timeRange: "24h" });
+    const loop0 = before.signals.find((s) => s.signal === "regeneration_loop");
+    assert.deepEqual([loop0.value, loop0.status], [0, "ok"]);
+    // Criteria generated four times for one jobId: a regeneration loop (threshold 3).
+    for (let i = 0; i < 4; i++) await tollhouse.criteria.generate({ jobId: "job_loop", title: "Backend Engineer", description: "Python and SQL." });
+    const own = await tollhouse.analytics.fairUse({ timeRange: "24h" });
+    assert.equal(own.timeRange, "24h");
+    assert.equal(own.environment, "SANDBOX");
+    const loop = own.signals.find((s) => s.signal === "regeneration_loop");
+    assert.deepEqual([loop.value, loop.threshold, loop.status, loop.action], [4, 3, "flagged", "flag"]);
+    assert.deepEqual(loop.involved, [{ id: "job_loop", count: 4 }]);
+    assert.equal(loop.involvedCount, 1);
+    assert.ok(loop.firstSeen && loop.lastSeen && loop.firstSeen <= loop.lastSeen);
+    assert.equal(typeof loop.detail, "object");
+
+    const theirs = await admin.orgs.fairUse(id, { environment: "SANDBOX", timeRange: "24h" });
+    assert.equal(theirs.org, id);
+    assert.deepEqual(theirs.signals, own.signals, "the same answer as the org's own key reads");
+    const production = await admin.orgs.fairUse(id, { environment: "PRODUCTION" });
+    assert.equal(production.timeRange, "24h");
+    assert.equal(production.signals.find((s) => s.signal === "regeneration_loop").status, "ok");
+
+    await assert.rejects(admin.orgs.fairUse(org("nobody"), { environment: "SANDBOX" }), NotFoundError);
+    await assert.rejects(admin.orgs.fairUse(id, { environment: "STAGING" }), BadRequestError);
+    await assert.rejects(tollhouse.analytics.fairUse({ timeRange: "2d" }), ValidationError);
+    const member = await admin.keys.create(id, { environment: "SANDBOX", role: "member" });
+    const memberClient = new Tollhouse({ apiKey: member.key, baseURL: server.url });
+    await assert.rejects(memberClient.limits.get(), PermissionDeniedError);
+    assert.equal((await memberClient.analytics.fairUse({ timeRange: "1h" })).environment, "SANDBOX", "any role");
+  });
+});

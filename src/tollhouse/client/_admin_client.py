@@ -18,7 +18,7 @@ import httpx
 from tollhouse.client import _admin_models as am
 from tollhouse.client import _admin_ops as ops
 from tollhouse.client import _models as m
-from tollhouse.client._base import RetryEvent
+from tollhouse.client._base import RetryEvent, TimeRange
 from tollhouse.client._client import Client
 from tollhouse.client._retry import RetryPolicy
 
@@ -158,6 +158,15 @@ class OrgsAdmin:
         """``PATCH /v1/admin/orgs/{orgId}``: rename, suspend (its keys get 403
         ``ORG_SUSPENDED`` within a second) or reinstate."""
         return self._c._call(ops.update_org(org_id, name, suspended))
+
+    def fair_use(
+        self, org_id: str, *, environment: str, time_range: TimeRange = "24h"
+    ) -> m.FairUse:
+        """``GET /v1/admin/orgs/{orgId}/fair-use?environment=&timeRange=``: the org's
+        fair-use signals in ``environment`` (``SANDBOX`` or ``PRODUCTION``) over the range
+        ending now — what its own keys read from ``GET /v1/analytics/fair-use``, with
+        ``org`` set."""
+        return self._c._call(ops.org_fair_use(org_id, environment, time_range))
 
 
 class KeysAdmin:

@@ -144,11 +144,18 @@ class PoolLimit:
 
 @dataclass(frozen=True, slots=True)
 class OrgLimits:
-    """An org's effective limits."""
+    """An org's effective limits (``GET /v1/admin/orgs/{orgId}/limits``, and an org's own
+    ``GET /v1/limits``).
+
+    Attributes:
+        environment: the caller's environment in an org's own answer (whose keys'
+            overrides it lists); None in the provider's.
+    """
 
     org: str
     buckets: tuple[BucketLimit, ...]
     pools: tuple[PoolLimit, ...]
+    environment: str | None = None
     raw: Mapping[str, Any] = _raw()
 
     def bucket(self, name: str) -> BucketLimit:
@@ -295,6 +302,7 @@ def parse_limits(f: Fields) -> OrgLimits:
             for b in f.objects("buckets")
         ),
         pools=tuple(PoolLimit(p.text("name"), p.integer("limit")) for p in f.objects("pools")),
+        environment=f.opt_text("environment"),
         raw=f.data,
     )
 

@@ -232,6 +232,16 @@ def clear_limit(org_id: str, bucket: str, key_id: str | None) -> Operation[None]
     )
 
 
+def org_fair_use(org_id: str, environment: str, time_range: str) -> Operation[m.FairUse]:
+    return Operation(
+        "GET",
+        f"{ADMIN}/orgs/{_seg(org_id, 'org_id')}/fair-use",
+        "GET /v1/admin/orgs/{orgId}/fair-use",
+        lambda r: m.parse_fair_use(fields(r)),
+        params={"environment": environment, "timeRange": time_range},
+    )
+
+
 # audit ------------------------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ import httpx
 
 from tollhouse.client import _base as ops
 from tollhouse.client import _models as m
+from tollhouse.client._admin_models import OrgLimits
 from tollhouse.client._base import (
     ClientBase,
     Label,
@@ -127,6 +128,11 @@ class AsyncClient(ClientBase):
     def webhooks(self) -> AsyncWebhooksApi:
         """Webhook endpoints and deliveries (root and manager keys)."""
         return AsyncWebhooksApi(self)
+
+    @property
+    def limits(self) -> AsyncLimitsApi:
+        """The org's effective limits (root and manager keys)."""
+        return AsyncLimitsApi(self)
 
     # --- the send loop -------------------------------------------------------------------
 
@@ -396,6 +402,12 @@ class AsyncAnalyticsApi:
         """``GET /v1/analytics/scoring-volume?timeRange=``."""
         return await self._c._call(ops.scoring_volume(time_range))
 
+    async def fair_use(self, time_range: TimeRange = "24h") -> m.FairUse:
+        """``GET /v1/analytics/fair-use?timeRange=``: every fair-use signal of the key's
+        org and environment over the range ending now (value, threshold, status, action,
+        the jobIds or keys involved, first and last seen); any role."""
+        return await self._c._call(ops.fair_use(time_range))
+
     async def metric(
         self,
         name: str,
@@ -478,6 +490,19 @@ class AsyncEventsApi:
         return ops.sum_ingested(
             [await self._c._call(ops.ingest_events(chunk)) for chunk in ops.event_chunks(events)]
         )
+
+
+class AsyncLimitsApi:
+    """The org's effective limits (``client.limits``): root and manager keys."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def get(self) -> OrgLimits:
+        """``GET /v1/limits``: the org's effective limits — each bucket's policy limit and
+        the org's, overrides marked (with the key overrides of this environment's keys) —
+        and the pools; root and manager keys. Read-only: overrides are the provider's."""
+        return await self._c._call(ops.limits())
 
 
 class AsyncKeysApi:

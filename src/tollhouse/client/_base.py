@@ -26,6 +26,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from tollhouse.client import _admin_models as am
 from tollhouse.client import _models as m
 from tollhouse.client._errors import (
     ClientError,
@@ -976,6 +977,20 @@ def scoring_volume(time_range: str) -> Operation[m.ScoringVolume]:
         lambda r: m.parse_scoring_volume(fields(r)),
         params={"timeRange": time_range},
     )
+
+
+def fair_use(time_range: str) -> Operation[m.FairUse]:
+    return Operation(
+        "GET",
+        "/v1/analytics/fair-use",
+        "GET /v1/analytics/fair-use",
+        lambda r: m.parse_fair_use(fields(r)),
+        params={"timeRange": time_range},
+    )
+
+
+def limits() -> Operation[am.OrgLimits]:
+    return Operation("GET", "/v1/limits", "GET /v1/limits", lambda r: am.parse_limits(fields(r)))
 
 
 def metric(

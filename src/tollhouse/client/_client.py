@@ -15,6 +15,7 @@ import httpx
 
 from tollhouse.client import _base as ops
 from tollhouse.client import _models as m
+from tollhouse.client._admin_models import OrgLimits
 from tollhouse.client._base import (
     ClientBase,
     Label,
@@ -137,6 +138,11 @@ class Client(ClientBase):
     def webhooks(self) -> WebhooksApi:
         """Webhook endpoints and deliveries (root and manager keys)."""
         return WebhooksApi(self)
+
+    @property
+    def limits(self) -> LimitsApi:
+        """The org's effective limits (root and manager keys)."""
+        return LimitsApi(self)
 
     # --- the send loop -------------------------------------------------------------------
 
@@ -417,6 +423,12 @@ class AnalyticsApi:
         """``GET /v1/analytics/scoring-volume?timeRange=``: completed and failed jobs."""
         return self._c._call(ops.scoring_volume(time_range))
 
+    def fair_use(self, time_range: TimeRange = "24h") -> m.FairUse:
+        """``GET /v1/analytics/fair-use?timeRange=``: every fair-use signal of the key's
+        org and environment over the range ending now (value, threshold, status, action,
+        the jobIds or keys involved, first and last seen); any role."""
+        return self._c._call(ops.fair_use(time_range))
+
     def metric(
         self,
         name: str,
@@ -506,6 +518,19 @@ class EventsApi:
         return ops.sum_ingested(
             self._c._call(ops.ingest_events(chunk)) for chunk in ops.event_chunks(events)
         )
+
+
+class LimitsApi:
+    """The org's effective limits (``client.limits``): root and manager keys."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def get(self) -> OrgLimits:
+        """``GET /v1/limits``: the org's effective limits — each bucket's policy limit and
+        the org's, overrides marked (with the key overrides of this environment's keys) —
+        and the pools; root and manager keys. Read-only: overrides are the provider's."""
+        return self._c._call(ops.limits())
 
 
 class KeysApi:

@@ -629,6 +629,122 @@ def parse_scoring_volume(f: Fields) -> ScoringVolume:
 
 
 @dataclass(frozen=True, slots=True)
+class FairUseSubject:
+    """A jobId or key involved in a fair-use signal.
+
+    Attributes:
+        id: the jobId or key id.
+        count: how often it was involved (generations, polls, early retries…).
+    """
+
+    id: str
+    count: float
+
+
+@dataclass(frozen=True, slots=True)
+class FairUseSignal:
+    """One fair-use signal over the range (docs/analytics.md#fair-use).
+
+    Attributes:
+        signal: e.g. ``regeneration_loop``, ``polling_instead_of_webhooks``.
+        value: what was measured (a count, a ratio or a share, per signal).
+        threshold: the policy's threshold: above it the signal is ``flagged``.
+        status: ``ok``, ``watch`` (above half the threshold) or ``flagged``.
+        action: ``flag`` or ``throttle`` (the policy's action once flagged).
+        involved: the jobIds or keys involved, most involved first (at most 20).
+        involved_count: how many were involved in all.
+        first_seen: the first occurrence counted in ``value`` (None when none was).
+        last_seen: the last one.
+        detail: what the value was computed from.
+    """
+
+    signal: str
+    value: float
+    threshold: float
+    status: str
+    action: str
+    involved: tuple[FairUseSubject, ...]
+    involved_count: int
+    first_seen: datetime | None
+    last_seen: datetime | None
+    detail: Mapping[str, Any]
+
+    @property
+    def flagged(self) -> bool:
+        """Whether the value is above the threshold."""
+        return self.status == "flagged"
+
+
+@dataclass(frozen=True, slots=True)
+class FairUse:
+    """``GET /v1/analytics/fair-use`` (and the provider's ``GET
+    /v1/admin/orgs/{orgId}/fair-use``): every fair-use signal of one org and environment.
+
+    Attributes:
+        time_range: the ``timeRange`` asked for.
+        period_start: start of the range.
+        period_end: its end (now).
+        environment: ``SANDBOX`` or ``PRODUCTION``.
+        signals: every signal of the server's policy (empty: it watches none).
+        org: the org (the provider's answer only; None in an org's own).
+        raw: the body as received.
+    """
+
+    time_range: str
+    period_start: datetime
+    period_end: datetime
+    environment: str
+    signals: tuple[FairUseSignal, ...]
+    org: str | None = None
+    raw: Mapping[str, Any] = _raw()
+
+    def signal(self, name: str) -> FairUseSignal:
+        """The signal called ``name``.
+
+        Raises:
+            KeyError: the server's policy does not watch it.
+        """
+        for s in self.signals:
+            if s.signal == name:
+                return s
+        raise KeyError(name)
+
+    @property
+    def flagged(self) -> tuple[FairUseSignal, ...]:
+        """The signals above their threshold."""
+        return tuple(s for s in self.signals if s.flagged)
+
+
+def parse_fair_use(f: Fields) -> FairUse:
+    period = f.obj("period")
+    return FairUse(
+        time_range=f.text("timeRange"),
+        period_start=period.when("start"),
+        period_end=period.when("end"),
+        environment=f.text("environment"),
+        signals=tuple(
+            FairUseSignal(
+                signal=s.text("signal"),
+                value=s.number("value"),
+                threshold=s.number("threshold"),
+                status=s.text("status"),
+                action=s.text("action"),
+                involved=tuple(
+                    FairUseSubject(i.text("id"), i.number("count")) for i in s.objects("involved")
+                ),
+                involved_count=s.integer("involvedCount"),
+                first_seen=s.opt_when("firstSeen"),
+                last_seen=s.opt_when("lastSeen"),
+                detail=s.mapping("detail"),
+            )
+            for s in f.objects("signals")
+        ),
+        org=f.opt_text("org"),
+        raw=dict(f.data),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class MetricResult:
     """``GET /v1/analytics/{metric}`` (the metrics catalogue shape): an ``AnalyticsResponse``.
 

@@ -15,6 +15,8 @@ Routes (:meth:`AdminRoutes.endpoints`):
 * ``GET /v1/admin/orgs/{orgId}/limits``; ``PUT``/``DELETE
   /v1/admin/orgs/{orgId}/limits/{bucket}`` (``keyId`` for one key's override);
 * ``GET /v1/admin/audit`` (cursor paging; ``org`` and ``action`` filters);
+* ``GET /v1/admin/orgs/{orgId}/fair-use?environment=&timeRange=``: an org's fair-use
+  signals in one environment, the answer ``GET /v1/analytics/fair-use`` gives its keys;
 * an org's webhook endpoints and deliveries, per environment:
   :mod:`tollhouse.http.admin_webhooks`.
 
@@ -48,15 +50,18 @@ from tollhouse.errors import (
     PayloadTooLarge,
     ValidationFailed,
 )
+from tollhouse.fairuse.report import fair_use_report
 from tollhouse.http.admin_webhooks import AdminWebhookRoutes
 from tollhouse.http.answers import check_json_type, endpoint, json_response, read_json
 from tollhouse.http.routes import Endpoint
+from tollhouse.jobs.volume import check_time_range
 from tollhouse.jobs.webhooks import WebhookStore
 from tollhouse.keys.admin_tokens import AdminTokenStore
 from tollhouse.keys.model import ROLES, KeyRecord, Role
 from tollhouse.keys.orgs import MAX_NAME, ORG_ID, FirstKey, OrgRecord, OrgStore
 from tollhouse.keys.store import KeyStore
 from tollhouse.limits.overrides import Override, OverrideStore, check_bucket, effective_limits
+from tollhouse.metering.meter import UsageMeter
 from tollhouse.policy.model import Policy
 from tollhouse.security.audit import ACTIONS, read_page
 
@@ -327,6 +332,7 @@ class AdminRoutes:
         clock: wall clock (tests).
         webhooks: the orgs' webhook endpoints and deliveries (their routes:
             :mod:`tollhouse.http.admin_webhooks`); None leaves those routes out.
+        meter: this process's meter, flushed before a fair-use read (None: not flushed).
     """
 
     def __init__(
@@ -337,8 +343,10 @@ class AdminRoutes:
         admin_token: str = "",
         clock: Callable[[], datetime] | None = None,
         webhooks: WebhookStore | None = None,
+        meter: UsageMeter | None = None,
     ) -> None:
         self.webhooks = webhooks
+        self.meter = meter
         self.engine = engine
         self.policy = policy
         self.tokens = AdminTokenStore(engine, admin_token)
@@ -586,6 +594,28 @@ class AdminRoutes:
             raise NotFound(f"No override of {bucket!r} for {whose}.")
         return Response(status_code=204)
 
+    # fair use ------------------------------------------------------------------------------
+
+    async def fair_use(self, request: Request) -> Response:
+        """``GET /v1/admin/orgs/{orgId}/fair-use?environment=&timeRange=``: the org's
+        fair-use signals in that environment, as its own keys read them."""
+        await self.caller(request)
+        org_id = _org_id(request)
+        params = request.query_params
+        environment = params.get("environment")
+        if environment is None or environment not in _ENVIRONMENTS:
+            shown = "missing" if environment is None else repr(environment[:40])
+            raise BadRequest(
+                f'query parameter "environment" is required: SANDBOX or PRODUCTION ({shown})'
+            )
+        time_range = check_time_range(params.get("timeRange"))
+        await self.orgs.require(org_id)
+        now = self.clock().timestamp()
+        body = await fair_use_report(
+            self.engine, self.policy.fair_use, org_id, environment, time_range, now, self.meter
+        )
+        return json_response({"org": org_id, **body})
+
     # audit ---------------------------------------------------------------------------------
 
     async def audit(self, request: Request) -> Response:
@@ -619,6 +649,7 @@ class AdminRoutes:
             "/orgs/{orgId}/keys": {"POST": self.create_key, "GET": self.list_keys},
             "/orgs/{orgId}/limits": {"GET": self.limits},
             "/orgs/{orgId}/limits/{bucket}": {"PUT": self.put_limit, "DELETE": self.delete_limit},
+            "/orgs/{orgId}/fair-use": {"GET": self.fair_use},
             "/keys/{keyId}": {"DELETE": self.revoke_key},
             "/keys/{keyId}/rotate": {"POST": self.rotate_key},
             "/audit": {"GET": self.audit},

@@ -207,6 +207,7 @@ class Tollhouse:
             policy=policy,
             admin_token=self.settings.admin_token,
             webhooks=self.webhooks,
+            meter=self.meter,
         )
         # The self-serve API: an org's own keys and webhook endpoints.
         portal = PortalRoutes(

@@ -45,13 +45,12 @@ from tollhouse.analytics.catalogue import CATALOGUE, TIME
 from tollhouse.analytics.events import ingest, parse_body
 from tollhouse.analytics.metrics import run_metric
 from tollhouse.errors import BadRequest, Forbidden, StorageError
-from tollhouse.fairuse.evaluate import evaluate as evaluate_fair_use
-from tollhouse.fairuse.signals import iso as iso_us
+from tollhouse.fairuse.report import fair_use_report
 from tollhouse.http.answers import endpoint, json_response, read_json
 from tollhouse.http.context import identity_of
 from tollhouse.http.routes import Endpoint, RouteTable, TableApp
 from tollhouse.identifiers import LABEL_VALUE
-from tollhouse.jobs.volume import TIME_RANGES, check_time_range
+from tollhouse.jobs.volume import check_time_range
 from tollhouse.keys.model import Identity
 from tollhouse.metering.meter import UsageMeter
 from tollhouse.metering.retention import Retention
@@ -354,25 +353,10 @@ class PlatformRoutes:
         org and environment over the range ending now (docs/analytics.md#fair-use)."""
         time_range = check_time_range(request.query_params.get("timeRange"))
         who = identity_of(request.scope)
-        end = self.clock()
-        start = end - TIME_RANGES[time_range][0].total_seconds()
         rules = self.policy.fair_use if self.policy is not None else ()
-        await self._fresh()
-        if self.meter is not None:
-            try:
-                await self.meter.flusher.flush_companions()  # the fair-use tap's counts
-            except StorageError:
-                logger.warning("could not flush fair-use counts before a read", exc_info=True)
-        found = await evaluate_fair_use(self.engine, rules, who.org, who.environment, start, end)
-        body = {
-            "timeRange": time_range,
-            "period": {
-                "start": iso_us(round(start * 1_000_000)),
-                "end": iso_us(round(end * 1_000_000)),
-            },
-            "environment": who.environment,
-            "signals": [r.to_json() for r in found],
-        }
+        body = await fair_use_report(
+            self.engine, rules, who.org, who.environment, time_range, self.clock(), self.meter
+        )
         return json_response(body)
 
     async def openapi_document(self, request: Request) -> Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from tollhouse.identifiers import SCORING_JOB_ID
+from tollhouse.jobs.volume import TIME_RANGES
 from tollhouse.keys.model import ROLES
 from tollhouse.openapi.components import Schema, header, nullable, ref
 from tollhouse.policy.model import Policy
@@ -229,6 +230,11 @@ ADMIN_SCHEMAS: Final[dict[str, Schema]] = {
         "description": "The endpoint and its whsec_ secret, shown this once.",
         "allOf": [ref("AdminWebhookEndpoint"), _object({"secret": {"type": "string"}})],
     },
+    "AdminFairUse": {
+        "description": "An org's fair-use signals in one environment over the range: "
+        "what GET /v1/analytics/fair-use answers the org's own keys, with the org.",
+        "allOf": [ref("FairUse"), _object({"org": _ORG_ID})],
+    },
     "AdminWebhookEndpoints": _object(
         {"data": {"type": "array", "items": ref("AdminWebhookEndpoint")}}
     ),
@@ -257,7 +263,9 @@ ADMIN_RESPONSES: Final[dict[str, Schema]] = {
     ),
     "AdminPayloadTooLarge": _error("The body exceeds the limit (PAYLOAD_TOO_LARGE)."),
     "AdminUnsupportedMediaType": _error("The body is not JSON (UNSUPPORTED_MEDIA_TYPE)."),
-    "AdminValidationFailed": _error("A field of the body is invalid (VALIDATION_FAILED)."),
+    "AdminValidationFailed": _error(
+        "A field of the body, or the timeRange query parameter, is invalid (VALIDATION_FAILED)."
+    ),
 }
 _CODES: Final = {
     400: "AdminBadRequest",
@@ -424,6 +432,33 @@ def admin_paths(policy: Policy | None) -> dict[str, dict[str, Schema]]:
                     bucket,
                     _param("keyId", "query", _KEY_ID, "The key's override, not the org's."),
                 ],
+            ),
+        },
+        "/v1/admin/orgs/{orgId}/fair-use": {
+            "get": _op(
+                "An org's fair-use signals",
+                200,
+                _answer("Every signal of the policy, ok, watch or flagged.", "AdminFairUse"),
+                (400, 401, 403, 404, 422),
+                parameters=[
+                    org,
+                    {
+                        **_param("environment", "query", _ENVIRONMENT, "The environment."),
+                        "required": True,
+                    },
+                    {
+                        **_param(
+                            "timeRange",
+                            "query",
+                            {"enum": list(TIME_RANGES)},
+                            "Lookback window, ending now.",
+                        ),
+                        "required": True,
+                    },
+                ],
+                description="The same answer as GET /v1/analytics/fair-use gives the org's "
+                "keys of that environment. A missing or unknown environment is a 400, a "
+                "missing or unknown timeRange a 422.",
             ),
         },
         "/v1/admin/keys/{keyId}": {

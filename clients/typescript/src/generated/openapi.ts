@@ -520,6 +520,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/orgs/{orgId}/fair-use": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * An org's fair-use signals
+         * @description The same answer as GET /v1/analytics/fair-use gives the org's keys of that environment. A missing or unknown environment is a 400, a missing or unknown timeRange a 422.
+         */
+        get: operations["get_v1_admin_orgs_orgId_fair_use"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/admin/keys/{keyId}": {
         parameters: {
             query?: never;
@@ -1601,6 +1621,10 @@ export interface components {
         AdminWebhookEndpointCreated: components["schemas"]["AdminWebhookEndpoint"] & {
             secret: string;
         };
+        /** @description An org's fair-use signals in one environment over the range: what GET /v1/analytics/fair-use answers the org's own keys, with the org. */
+        AdminFairUse: components["schemas"]["FairUse"] & {
+            org: string;
+        };
         AdminWebhookEndpoints: {
             data: components["schemas"]["AdminWebhookEndpoint"][];
         };
@@ -1837,7 +1861,7 @@ export interface components {
                 "application/json": components["schemas"]["ErrorEnvelope"];
             };
         };
-        /** @description A field of the body is invalid (VALIDATION_FAILED). */
+        /** @description A field of the body, or the timeRange query parameter, is invalid (VALIDATION_FAILED). */
         AdminValidationFailed: {
             headers: {
                 "X-Request-Id": components["headers"]["X-Request-Id"];
@@ -3047,6 +3071,40 @@ export interface operations {
             401: components["responses"]["AdminUnauthorized"];
             403: components["responses"]["AdminForbidden"];
             404: components["responses"]["AdminNotFound"];
+        };
+    };
+    get_v1_admin_orgs_orgId_fair_use: {
+        parameters: {
+            query: {
+                /** @description The environment. */
+                environment: "SANDBOX" | "PRODUCTION";
+                /** @description Lookback window, ending now. */
+                timeRange: "1h" | "24h" | "7d" | "30d" | "90d";
+            };
+            header?: never;
+            path: {
+                /** @description The org's id. */
+                orgId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Every signal of the policy, ok, watch or flagged. */
+            200: {
+                headers: {
+                    "X-Request-Id": components["headers"]["X-Request-Id"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminFairUse"];
+                };
+            };
+            400: components["responses"]["AdminBadRequest"];
+            401: components["responses"]["AdminUnauthorized"];
+            403: components["responses"]["AdminForbidden"];
+            404: components["responses"]["AdminNotFound"];
+            422: components["responses"]["AdminValidationFailed"];
         };
     };
     delete_v1_admin_keys_keyId: {

@@ -2858,6 +2858,25 @@ export const SCHEMAS: Record<string, unknown> = {
       }
     ]
   },
+  "AdminFairUse": {
+    "allOf": [
+      {
+        "$ref": "#/components/schemas/FairUse"
+      },
+      {
+        "type": "object",
+        "required": [
+          "org"
+        ],
+        "properties": {
+          "org": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+          }
+        }
+      }
+    ]
+  },
   "AdminWebhookEndpoints": {
     "type": "object",
     "required": [
@@ -2983,6 +3002,9 @@ export const RESPONSES: Record<string, unknown> = {
   },
   "PUT /v1/admin/orgs/{orgId}/limits/{bucket}": {
     "$ref": "#/components/schemas/AdminOverride"
+  },
+  "GET /v1/admin/orgs/{orgId}/fair-use": {
+    "$ref": "#/components/schemas/AdminFairUse"
   },
   "DELETE /v1/admin/keys/{keyId}": {
     "$ref": "#/components/schemas/AdminKey"

@@ -1,6 +1,7 @@
 // tollhouse dashboard: sign-in, the range picker and every panel, from the public API.
 import { ApiError, createApi } from "./api.js";
 import { empty, failed, gauge, h, loading, rankedRows, readyPanel, round, table, timeSeries } from "./charts.js";
+import { createFairUse, fairUseHeadline, signalsTable } from "./fairuse.js";
 import { createLimits } from "./limits.js";
 import { copyText, createPortal } from "./portal.js";
 
@@ -10,6 +11,8 @@ const DEFAULT_RANGE = "24h";
 const STATUS_EVERY_MS = 3000; // the status bucket allows 2/s: one call every 3 s is far below
 const QUEUE_EVERY_MS = 5000;
 const RECENT_JOBS = 8;
+// The pages of an admin token (the provider's): every other page is one org's own data.
+const PROVIDER_TABS = ["limits", "fair-use"];
 
 const $ = (selector) => document.querySelector(selector);
 const chart = (name) => document.querySelector(`[data-chart="${name}"]`);
@@ -31,7 +34,8 @@ const state = {
   limited: new Map(), // source → seconds it is waiting after a 429
   portal: null, // the Keys and Webhooks pages of the signed-in key
   limits: null, // the Limits page
-  provider: false, // signed in with an admin token: the Limits page of every org only
+  fairUse: null, // the provider's Fair use page
+  provider: false, // signed in with an admin token: the Limits and Fair use pages of every org
   tab: "usage",
 };
 
@@ -98,6 +102,7 @@ async function signIn(key, { remembered = false } = {}) {
   state.provider = provider;
   state.portal = provider ? null : createPortal(api, messageFor);
   state.limits = createLimits(api, { provider }, messageFor);
+  state.fairUse = provider ? createFairUse(api, messageFor) : null;
   showBoard();
 }
 
@@ -111,6 +116,7 @@ function showSignIn() {
   for (const box of document.querySelectorAll("[data-new-secret], [data-new-whsec]")) box.hidden = true;
   state.portal = null;
   state.limits = null;
+  state.fairUse = null;
   state.provider = false;
   $("[data-signout]").hidden = true;
   $("[data-who]").hidden = true;
@@ -147,9 +153,10 @@ function showBoard() {
   $("[data-signin]").hidden = true;
   $("[data-tabs]").hidden = false;
   $("[data-signout]").hidden = false;
-  // The provider sees the Limits page only: the other pages are one org's own data.
+  // The provider sees its own pages only; an org sees its fair use on the Usage board.
   for (const button of document.querySelectorAll("[data-tab]")) {
-    button.hidden = state.provider && button.dataset.tab !== "limits";
+    const providers = PROVIDER_TABS.includes(button.dataset.tab);
+    button.hidden = state.provider ? !providers : button.dataset.tab === "fair-use";
   }
   selectTab(state.provider ? "limits" : "usage");
 }
@@ -172,6 +179,8 @@ function selectTab(tab) {
     state.portal.loadKeys();
   } else if (tab === "limits") {
     state.limits.load();
+  } else if (tab === "fair-use") {
+    state.fairUse.load();
   } else {
     state.portal.loadWebhooks();
   }
@@ -397,14 +406,6 @@ function renderScoring(el, body) {
   );
 }
 
-const SIGNAL_NAMES = {
-  regeneration_loop: "Regeneration loops",
-  criteria_without_scoring: "Criteria never scored",
-  polling_instead_of_webhooks: "Polling instead of webhooks",
-  ignored_retry_after: "Retries before Retry-After",
-  burst_submission: "Burst submissions",
-};
-
 /** The org's fair-use signals (docs/analytics.md#fair-use): one row each, ok / watch / flagged. */
 function renderFairUse(el, body) {
   const signals = body.signals || [];
@@ -414,29 +415,10 @@ function renderFairUse(el, body) {
     empty(el, "This server's policy watches no fair-use signals ([[fair_use]] tables, docs/policy.md).");
     return;
   }
-  const flagged = signals.filter((s) => s.status === "flagged").length;
-  const watched = signals.filter((s) => s.status === "watch").length;
-  headline.textContent = flagged || watched ? `${flagged} flagged · ${watched} to watch` : "all ok";
+  const { flagged, text } = fairUseHeadline(signals);
+  headline.textContent = text;
   headline.dataset.flagged = String(flagged);
-  const badge = { ok: "good", watch: "warn", flagged: "bad" };
-  const rows = signals.map((s) => {
-    const involved = (s.involved || []).slice(0, 3).map((i) => i.id).join(", ");
-    const more = s.involvedCount > 3 ? ` +${s.involvedCount - 3}` : "";
-    return h(
-      "tr",
-      { class: "table-row", dataset: { signal: s.signal, status: s.status } },
-      h("td", { title: s.signal, text: SIGNAL_NAMES[s.signal] || s.signal }),
-      h("td", {}, h("span", { class: `badge ${badge[s.status] || ""}`, text: s.status })),
-      h("td", { class: "value", text: `${round(s.value)} / ${round(s.threshold)}` }),
-      h("td", { text: involved ? involved + more : "—" }),
-      h("td", { text: s.lastSeen ? new Date(s.lastSeen).toLocaleString("en") : "—" }),
-    );
-  });
-  const head = h("tr", {}, ["Signal", "Status", "Value / threshold", "Involved", "Last seen"].map((t) => h("th", { scope: "col", text: t })));
-  readyPanel(el).append(
-    h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, head), h("tbody", {}, rows))),
-    h("p", { class: "note", text: "Shown, never enforced: no hard quotas. Flagged above the threshold, watched above half of it." }),
-  );
+  readyPanel(el).append(...signalsTable(signals));
 }
 
 // ---- live: rate limits ----------------------------------------------------------------------
@@ -595,6 +577,10 @@ function start() {
   $("[data-org-form]").addEventListener("submit", (event) => {
     event.preventDefault();
     if (state.limits) state.limits.choose(event.target);
+  });
+  $("[data-fairuse-form]").addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (state.fairUse) state.fairUse.choose(event.target);
   });
   $("[data-endpoint-form]").addEventListener("submit", (event) => {
     event.preventDefault();

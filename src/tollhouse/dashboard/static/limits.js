@@ -27,13 +27,17 @@ export function createLimits(api, { provider }, onError) {
     $("[data-limits-error]").hidden = true;
   };
 
+  let loads = 0; // bumps on every load: an answer for an older one is dropped
+
   async function load(keepError = false) {
+    const mine = ++loads;
     $("[data-limits-provider]").hidden = !provider;
     $("[data-limits-note]").textContent = provider
       ? "Choose an org: set an override for a bucket, or clear one to go back to the policy's limit. Running servers apply a change within a second."
       : "Your org's limits per window. Overridden limits are marked; they are set by your API provider and cannot be changed here.";
     if (provider) {
       await loadOrgs();
+      if (mine !== loads) return;
       if (!org) {
         render(null);
         return;
@@ -41,9 +45,12 @@ export function createLimits(api, { provider }, onError) {
     }
     try {
       const path = provider ? `v1/admin/orgs/${encodeURIComponent(org)}/limits` : "v1/limits";
-      render(await api.get("limits", path));
+      const body = await api.get("limits", path);
+      if (mine !== loads) return;
+      render(body);
       if (!keepError) hide();
     } catch (err) {
+      if (mine !== loads) return;
       render(null);
       show(err);
     }
