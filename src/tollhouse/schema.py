@@ -23,6 +23,7 @@ from tollhouse.example.schema import migrate_example
 from tollhouse.fairuse.schema import add_flag_columns, migrate_fair_use
 from tollhouse.jobs.schema import (
     add_portal_columns,
+    add_queue_places,
     migrate_jobs,
     migrate_workers,
     separate_environments,
@@ -81,6 +82,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         add_flag_columns,
     ),
     Migration(14, "usage rollups: unknown-status counter", usage.upgrade_rollups_unknown),
+    # Placeholder for step 15 (another branch's): drop it when that step is merged.
+    Migration(15, "reserved", lambda c: None),
+    Migration(
+        16,
+        "job queue: each job's place in its queue, the queue's last place and the highest "
+        "claimed (positions read, not counted)",
+        add_queue_places,
+    ),
 )
 check_steps(MIGRATIONS)
 

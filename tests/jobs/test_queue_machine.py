@@ -9,6 +9,9 @@ After every step it checks against the database that
 * every accepted job is in exactly one known state, and none is lost;
 * every running job is held by exactly one live lease the model knows of;
 * first attempts start in FIFO order per queue;
+* every queued job's position — from a poll (``standing``) and from ``get_many`` — is
+  exactly its queue's queued jobs before it + 1 as counted, and every job placed above
+  its queue's ``claimed_through`` is queued (what lets positions be read, not counted);
 
 and on the way that a stale token can neither heartbeat nor complete, and that the
 reaper takes exactly the leases that expired.
@@ -38,9 +41,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.jobs.conftest import FakeClock
 from tollhouse.jobs import NewJob, QueueSettings
-from tollhouse.jobs.model import STATES, Lease
+from tollhouse.jobs.model import STATES, Job, Lease
 from tollhouse.jobs.schema import JOB_TABLES, create_job_schema, job_orgs, jobs
 from tollhouse.jobs.sql import SqlJobQueue
+from tollhouse.jobs.statements import row_job
 from tollhouse.storage.engine import make_engine
 
 ORGS = ("a", "b", "c")
@@ -155,6 +159,15 @@ def machine_for(url: str, loop: asyncio.AbstractEventLoop, engine: AsyncEngine) 
 
         @precondition(lambda self: self.held)
         @rule(data=st.data())
+        def release(self, data: st.DataObject) -> None:
+            # A graceful shutdown gives the job back untried.
+            live = data.draw(st.sampled_from(self.held))
+            self.held.remove(live)
+            assert self.do(self.queue.release(live.lease)) is True
+            self.stale.append(live.lease)
+
+        @precondition(lambda self: self.held)
+        @rule(data=st.data())
         def crash(self, data: st.DataObject) -> None:
             # The worker vanishes: nobody heartbeats or completes this lease again.
             live = data.draw(st.sampled_from(self.held))
@@ -225,6 +238,43 @@ def machine_for(url: str, loop: asyncio.AbstractEventLoop, engine: AsyncEngine) 
         def fifo_first_attempts(self) -> None:
             for seqs in self.first_starts.values():
                 assert seqs == sorted(seqs)
+
+        @invariant()
+        def positions_are_exact(self) -> None:
+            async def read() -> tuple[list[Job], dict[tuple[str, str], int]]:
+                async with engine.connect() as conn:
+                    rows = (await conn.execute(select(jobs).order_by(jobs.c.seq))).all()
+                    through = {
+                        (r.org_id, r.environment): r.claimed_through
+                        for r in (await conn.execute(select(job_orgs))).all()
+                    }
+                return [row_job(r) for r in rows], through
+
+            found, through = self.do(read())
+            expected: dict[str, int] = {}
+            ahead: Counter[tuple[str, str]] = Counter()
+            for job in found:  # in seq order
+                scope = (job.org, job.environment)
+                assert job.place is not None
+                if job.place > through[scope]:
+                    assert job.state == "queued"
+                if job.state == "queued":
+                    ahead[scope] += 1
+                    expected[job.id] = ahead[scope]
+            for org, environment in {(j.org, j.environment) for j in found}:
+                mine = [j for j in found if (j.org, j.environment) == (org, environment)]
+                ids = [j.id for j in mine]
+                page = self.do(self.queue.get_many(org, ids, environment=environment))
+                assert {i: s.position for i, s in page.standings.items()} == {
+                    i: p for i, p in expected.items() if i in ids
+                }
+            # A poll of one job reads otherwise: the oldest and newest queued job (often
+            # one back after a claim, and one never claimed).
+            waiting = [j for j in found if j.state == "queued"]
+            for job in {j.id: j for j in waiting[:1] + waiting[-1:]}.values():
+                standing = self.do(self.queue.standing(job))
+                assert standing is not None
+                assert standing.position == expected[job.id]
 
     return QueueMachine
 

@@ -36,6 +36,33 @@ def estimate_wait(position: int, running: int, cap: int, processing_seconds: flo
     return math.floor(waiting / max(1, cap) * processing_seconds + 0.5)
 
 
+def place_position(
+    place: int | None, queued: int, enqueued: int, claimed_through: int
+) -> int | None:
+    """A queued job's 1-based position from its queue's counters, without counting.
+
+    Jobs leave ``queued`` only by a claim, and a claim takes a queue's jobs in order
+    (its places), so every job placed above ``claimed_through`` (the highest place a
+    claim took) is still queued. For such a job the ``enqueued − place`` jobs placed
+    after it are all among the ``queued``, and every other queued job is ahead of it:
+    its position is ``queued − (enqueued − place)``. A job placed at or below
+    ``claimed_through`` went back to the queue after a claim (a retry, a release, a
+    reaped lease); jobs after it may be running, so only counting answers (None).
+
+    Args:
+        place: the job's place (None for a job no process numbered: count it).
+        queued: the queue's queued counter.
+        enqueued: the last place the queue gave.
+        claimed_through: the highest place a claim of the queue took.
+
+    Returns:
+        The position, or None when the queued jobs ahead must be counted.
+    """
+    if place is None or place <= claimed_through:
+        return None
+    return queued - (enqueued - place)
+
+
 def any_worker_running(last_seen: datetime | None, now: datetime, within: float) -> bool:
     """True when a worker recorded itself at most ``within`` seconds before ``now``
     (``last_seen`` is the latest record of any worker, None when there is none).

@@ -184,12 +184,14 @@ class QueueMachine:
                     row.cap,
                     row.avg_seconds,
                     workers,
+                    row.enqueued - count,
                 ]
             # 3. The jobs themselves, in one multi-row INSERT.
             values = []
             for n in fresh:
                 state = before[(n.org, n.environment)]
                 state[0] += 1
+                state[5] += 1
                 position = state[0]
                 processing = state[3] if state[3] is not None else s.default_processing_seconds
                 values.append(
@@ -210,6 +212,7 @@ class QueueMachine:
                         "run_after": now,
                         "created_at": now,
                         "accepted_position": position,
+                        "place": state[5],
                         "accepted_wait": quoted_wait(
                             position, state[1], state[2], processing, state[4]
                         ),
@@ -251,6 +254,7 @@ class QueueMachine:
                 request_id=n.request_id,
                 accepted_position=v["accepted_position"],
                 accepted_wait=v["accepted_wait"],
+                place=v["place"],
             )
             out.append(Enqueued(job, True, Standing(v["accepted_position"], v["accepted_wait"])))
         return out
@@ -315,12 +319,14 @@ class QueueMachine:
             for row in rows:
                 leases.append(Lease(row_job(row), row.lease_token, expires))
             if self.sqlite:
+                places = [r.place for r in rows if r.place is not None]
                 served.append(
                     {
                         "c_org": org.org_id,
                         "c_env": org.environment,
                         "c_count": len(rows),
                         "c_now": now,
+                        "c_through": max(places, default=0),
                     }
                 )
         if served:

@@ -188,6 +188,10 @@ class Job:
     """``queuePosition`` as first answered (replayed for the same Idempotency-Key)."""
     accepted_wait: int | None = None
     """``estimatedWaitSeconds`` as first answered (None: no worker was running)."""
+    place: int | None = None
+    """Its number in its queue (1, 2, 3… per org and environment, in ``seq`` order); where
+    it stands is read from this and the queue's counters
+    (:func:`tollhouse.jobs.eta.place_position`)."""
 
     @property
     def status(self) -> WireStatus:

@@ -7,8 +7,12 @@ behind claims and completions. Every read is scoped to an org *and* an environme
 (SANDBOX or PRODUCTION, the caller key's): another org's job, or the same org's job of
 the other environment, reads as missing, exactly like a job that does not exist.
 
-Where a queued job stands is computed, not stored: its place is its scope's queued jobs
-ahead of it plus one, and the wait estimate (:func:`tollhouse.jobs.eta.estimate_wait`)
+Where a queued job stands is read, not counted: a job that no claim has passed yet (the
+usual case) has its position from its place in the queue and the scope's counters, in
+the statement that reads the job (:func:`tollhouse.jobs.eta.place_position`); only a job
+back in the queue after a claim (a retry waiting out its backoff, a release, a reaped
+lease) counts the queued jobs ahead of it, which are then all such jobs too — never
+the fresh backlog. The wait estimate (:func:`tollhouse.jobs.eta.estimate_wait`)
 comes from the scope's running count, cap and moving average of processing time — or
 is None while no worker has recorded itself recently
 (:attr:`~tollhouse.jobs.model.QueueSettings.worker_seen_seconds`).
@@ -25,7 +29,7 @@ from typing import Any
 from sqlalchemy import Select, case, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tollhouse.jobs.eta import any_worker_running, quoted_wait
+from tollhouse.jobs.eta import any_worker_running, place_position, quoted_wait
 from tollhouse.jobs.model import (
     Clock,
     Job,
@@ -120,35 +124,41 @@ class QueueReads:
     async def standing(self, job: Job) -> Standing | None:
         """Where a job stands now, if still queued: jobs of its org and environment ahead
         of it + 1, and the scoring API shape's wait estimate from their running count, cap
-        and mean time."""
+        and mean time. One statement reads the job's state and place with its scope's
+        counters; a job back in the queue after a claim counts the jobs ahead instead."""
         async with self._read() as conn:
-            status = (
-                await conn.execute(select(jobs.c.status).where(jobs.c.id == job.id))
-            ).scalar_one_or_none()
-            if status != "queued":
+            row = (await conn.execute(self.sql.job_standing, {"s_id": job.id})).first()
+            if row is None or row.status != "queued":
                 return None
-            ahead = (
+            position = None
+            if row.enqueued is not None:
+                position = place_position(row.place, row.queued, row.enqueued, row.claimed_through)
+            if position is None:
+                position = await self._ahead(conn, job.org, job.environment, row.seq) + 1
+            workers = await self._workers(conn, row if row.enqueued is not None else None)
+        running, cap, avg = (
+            (row.running, row.cap, row.avg_seconds) if row.enqueued is not None else (0, 1, None)
+        )
+        processing = avg if avg is not None else self.settings.default_processing_seconds
+        return Standing(position, quoted_wait(position, running, cap, processing, workers))
+
+    async def _ahead(self, conn: AsyncConnection, org: str, environment: str, seq: int) -> int:
+        """The scope's queued jobs before ``seq``, counted (index range on
+        ``ix_jobs_scope_status_seq``)."""
+        return int(
+            (
                 await conn.execute(
                     select(func.count())
                     .select_from(jobs)
                     .where(
-                        jobs.c.org_id == job.org,
-                        jobs.c.environment == job.environment,
+                        jobs.c.org_id == org,
+                        jobs.c.environment == environment,
                         jobs.c.status == "queued",
-                        jobs.c.seq < job.seq,
+                        jobs.c.seq < seq,
                     )
                 )
             ).scalar_one()
-            org = (
-                await conn.execute(
-                    self.sql.org_estimate, {"s_org": job.org, "s_env": job.environment}
-                )
-            ).first()
-            workers = await self._workers(conn, org)
-        running, cap, avg = (org.running, org.cap, org.avg_seconds) if org else (0, 1, None)
-        processing = avg if avg is not None else self.settings.default_processing_seconds
-        position = int(ahead) + 1
-        return Standing(position, quoted_wait(position, running, cap, processing, workers))
+        )
 
     async def org_counters(self, org: str, *, environment: str) -> OrgCounters:
         """``org``'s counters in ``environment``; with no jobs there yet, zeros and the
@@ -177,9 +187,9 @@ class QueueReads:
         """``org``'s jobs in ``environment`` newest first by ``(created_at, id)``; see
         :meth:`JobQueue.page`.
 
-        Queued jobs of the page get their standing from two more statements whatever the
-        page size: the scope's queued jobs before the page's oldest queued one, and the
-        queued seqs within the page's range.
+        Queued jobs of the page get their standing from one more statement whatever the
+        page size (the scope's counters), plus two when some went back to the queue after
+        a claim (see :meth:`_standings`).
         """
         if limit < 1:
             raise ValueError("limit must be at least 1")
@@ -202,7 +212,7 @@ class QueueReads:
         """The jobs of ``org`` in ``environment`` among ``job_ids``, in the order asked
         (ids of other orgs or environments, and unknown ones, are left out), with the
         standing of each queued one: one statement for the jobs, and, when some are
-        queued, the same three for their standings as :meth:`page`."""
+        queued, the same for their standings as :meth:`page`."""
         if not job_ids:
             return JobPage([], {}, False)
         q = select(jobs).where(
@@ -220,36 +230,16 @@ class QueueReads:
     async def _standings(
         self, conn: AsyncConnection, org: str, environment: str, found: list[Job]
     ) -> dict[str, Standing]:
-        """Where each queued job of ``found`` (all of ``org`` in ``environment``) stands,
-        from three statements whatever their number: the scope's queued jobs before the
-        oldest of them, the queued seqs up to the newest, and the scope's estimate row."""
-        waiting = sorted(j.seq for j in found if j.state == "queued")
-        if not waiting:
+        """Where each queued job of ``found`` (all of ``org`` in ``environment``) stands.
+
+        One statement reads the scope's counters; jobs no claim has passed yet take their
+        position from them (:func:`tollhouse.jobs.eta.place_position`). Jobs back in the
+        queue after a claim are counted with two more statements whatever their number:
+        the scope's queued jobs before the oldest of them, and the queued seqs up to the
+        newest (jobs back after a claim only, never the fresh backlog).
+        """
+        if not any(j.state == "queued" for j in found):
             return {}
-        scope = (jobs.c.org_id == org, jobs.c.environment == environment)
-        ahead = (
-            await conn.execute(
-                select(func.count())
-                .select_from(jobs)
-                .where(*scope, jobs.c.status == "queued", jobs.c.seq < waiting[0])
-            )
-        ).scalar_one()
-        queued_seqs = (
-            (
-                await conn.execute(
-                    select(jobs.c.seq)
-                    .where(
-                        *scope,
-                        jobs.c.status == "queued",
-                        jobs.c.seq >= waiting[0],
-                        jobs.c.seq <= waiting[-1],
-                    )
-                    .order_by(jobs.c.seq)
-                )
-            )
-            .scalars()
-            .all()
-        )
         org_row = (
             await conn.execute(self.sql.org_estimate, {"s_org": org, "s_env": environment})
         ).first()
@@ -260,15 +250,52 @@ class QueueReads:
             else (0, self.settings.default_cap, None)
         )
         processing = avg if avg is not None else self.settings.default_processing_seconds
-        standings: dict[str, Standing] = {}
+        positions: dict[str, int] = {}
+        counted: list[Job] = []
         for job in found:
             if job.state != "queued":
                 continue
-            position = int(ahead) + bisect_left(queued_seqs, job.seq) + 1
-            standings[job.id] = Standing(
-                position, quoted_wait(position, running, cap, processing, workers)
+            position = None
+            if org_row is not None:
+                position = place_position(
+                    job.place, org_row.queued, org_row.enqueued, org_row.claimed_through
+                )
+            if position is None:
+                counted.append(job)
+            else:
+                positions[job.id] = position
+        if counted:
+            positions.update(await self._counted(conn, org, environment, counted))
+        return {
+            job_id: Standing(position, quoted_wait(position, running, cap, processing, workers))
+            for job_id, position in positions.items()
+        }
+
+    async def _counted(
+        self, conn: AsyncConnection, org: str, environment: str, waiting: list[Job]
+    ) -> dict[str, int]:
+        """Positions of queued jobs by counting: the scope's queued jobs before the oldest
+        of ``waiting``, and the queued seqs from it to the newest."""
+        seqs = sorted(j.seq for j in waiting)
+        scope = (jobs.c.org_id == org, jobs.c.environment == environment)
+        ahead = await self._ahead(conn, org, environment, seqs[0])
+        queued_seqs = (
+            (
+                await conn.execute(
+                    select(jobs.c.seq)
+                    .where(
+                        *scope,
+                        jobs.c.status == "queued",
+                        jobs.c.seq >= seqs[0],
+                        jobs.c.seq <= seqs[-1],
+                    )
+                    .order_by(jobs.c.seq)
+                )
             )
-        return standings
+            .scalars()
+            .all()
+        )
+        return {j.id: ahead + bisect_left(queued_seqs, j.seq) + 1 for j in waiting}
 
     async def counters(self) -> list[OrgCounters]:
         """Every org's counters, one per environment it has jobs in."""

@@ -86,6 +86,11 @@ jobs = Table(
     Column("error", Text, nullable=True),
     Column("accepted_position", Integer, nullable=True),
     Column("accepted_wait", Integer, nullable=True),
+    # The job's number in its queue (1, 2, 3… per org and environment, in ``seq`` order),
+    # from ``job_orgs.enqueued``: where it stands is read from the counters, not counted
+    # (:func:`add_queue_places`). NULL only for a row no process numbered (never after
+    # step 16 on a database that only current processes write).
+    Column("place", BigInteger, nullable=True),
     # An Idempotency-Key names one job per org *and* environment (:func:`separate_environments`).
     UniqueConstraint("org_id", "environment", "idempotency_key", name="uq_jobs_scope_idempotency"),
     # Claims: a scope's ready jobs in FIFO order; positions: queued jobs ahead of one.
@@ -114,6 +119,11 @@ job_orgs = Table(
     Column("last_served_at", DateTime(timezone=True), nullable=False),
     Column("avg_seconds", Float, nullable=True),
     Column("samples", BigInteger, nullable=False, default=0),
+    # The last place given to a job of the queue (``jobs.place``), and the highest place
+    # a claim has taken: every job placed above ``claimed_through`` is still queued, so
+    # such a job's position is ``queued − (enqueued − place)`` (:func:`add_queue_places`).
+    Column("enqueued", BigInteger, nullable=False, server_default="0"),
+    Column("claimed_through", BigInteger, nullable=False, server_default="0"),
     Index("ix_job_orgs_served", "last_served_at"),
 )
 
@@ -298,6 +308,56 @@ def add_portal_columns(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column} {kind}")
 
 
+#: Columns step 16 adds where missing: ``(table, column, SQL type and default)``.
+_PLACE_COLUMNS: tuple[tuple[Table, str, str], ...] = (
+    (jobs, "place", "BIGINT"),
+    (job_orgs, "enqueued", "BIGINT NOT NULL DEFAULT 0"),
+    (job_orgs, "claimed_through", "BIGINT NOT NULL DEFAULT 0"),
+)
+
+
+def add_queue_places(conn: Connection) -> None:
+    """Migration step: where a queued job stands, read instead of counted.
+
+    ``jobs.place`` numbers each queue's jobs (1, 2, 3… per org and environment, in ``seq``
+    order); ``job_orgs.enqueued`` is the last place given and ``claimed_through`` the
+    highest place a claim took. Jobs leave ``queued`` only by a claim, so every job placed
+    above ``claimed_through`` is queued, and such a job has ``queued − (enqueued −
+    place)`` − 1 queued jobs ahead of it: its position without counting the backlog.
+
+    Adds the columns where missing and numbers the jobs that have no place yet (after the
+    queue's last place, in ``seq`` order), then moves each queue's ``enqueued`` and
+    ``claimed_through`` up to what its jobs show. Idempotent: with every job placed it
+    changes nothing, so :func:`create_job_schema` runs it too.
+    """
+    catalog = inspect(conn)
+    for table, column, kind in _PLACE_COLUMNS:
+        if column not in {c["name"] for c in catalog.get_columns(table.name)}:
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column} {kind}")
+    if conn.execute(select(jobs.c.seq).where(jobs.c.place.is_(None)).limit(1)).first() is None:
+        return
+    # UPDATE … FROM: PostgreSQL, and SQLite since 3.33.
+    conn.exec_driver_sql(
+        "UPDATE jobs SET place = numbered.place FROM ("
+        " SELECT j.seq, o.enqueued + ROW_NUMBER() OVER ("
+        "  PARTITION BY j.org_id, j.environment ORDER BY j.seq) AS place"
+        " FROM jobs j JOIN job_orgs o"
+        "  ON o.org_id = j.org_id AND o.environment = j.environment"
+        " WHERE j.place IS NULL) AS numbered"
+        " WHERE jobs.seq = numbered.seq"
+    )
+    higher = "GREATEST" if conn.dialect.name == "postgresql" else "MAX"
+    scope = "j.org_id = job_orgs.org_id AND j.environment = job_orgs.environment"
+    conn.exec_driver_sql(
+        f"UPDATE job_orgs SET"
+        f" enqueued = {higher}(enqueued,"
+        f"  COALESCE((SELECT MAX(j.place) FROM jobs j WHERE {scope}), 0)),"
+        f" claimed_through = {higher}(claimed_through,"
+        f"  COALESCE((SELECT MAX(j.place) FROM jobs j WHERE {scope}"
+        f"   AND j.status <> 'queued'), 0))"
+    )
+
+
 def _before_environments(conn: Connection) -> bool:
     """Whether any of the tables still has a layout of before environments were apart."""
     catalog = inspect(conn)
@@ -419,6 +479,7 @@ async def create_job_schema(engine: AsyncEngine) -> None:
         # Tables made before environments were kept apart are brought to today's layout.
         separate_environments(conn)
         add_portal_columns(conn)
+        add_queue_places(conn)
 
     async with write_transaction(engine, "could not create the job queue's tables") as conn:
         await conn.run_sync(create)

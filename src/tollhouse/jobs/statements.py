@@ -18,7 +18,19 @@ import secrets
 from typing import Any
 
 import orjson
-from sqlalchemy import Float, Integer, String, Text, bindparam, case, func, select, tuple_, update
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    case,
+    func,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.sql.elements import ColumnElement
 
 from tollhouse.jobs.model import Job
@@ -75,6 +87,7 @@ def row_job(row: Any) -> Job:
         error=loads(row.error),
         accepted_position=row.accepted_position,
         accepted_wait=row.accepted_wait,
+        place=row.place,
     )
 
 
@@ -122,16 +135,22 @@ class QueueStatements:
             queued=bindparam("u_count"),
             last_served_at=EPOCH,
             samples=0,
+            enqueued=bindparam("u_count"),
+            claimed_through=0,
         )
         # When a worker last recorded itself (any worker): read with the org's counters,
         # in the same statement, so the estimate costs no extra round trip.
         self.workers_seen = select(func.max(job_workers.c.seen_at)).scalar_subquery()
         self.count_queued = upsert.on_conflict_do_update(
             index_elements=["org_id", "environment"],
-            set_={"queued": job_orgs.c.queued + upsert.excluded.queued},
+            set_={
+                "queued": job_orgs.c.queued + upsert.excluded.queued,
+                "enqueued": job_orgs.c.enqueued + upsert.excluded.enqueued,
+            },
         ).returning(
             job_orgs.c.running,
             job_orgs.c.queued,
+            job_orgs.c.enqueued,
             self.cap.label("cap"),
             job_orgs.c.avg_seconds,
             self.workers_seen.label("workers_seen"),
@@ -145,6 +164,8 @@ class QueueStatements:
                 queued=0,
                 last_served_at=EPOCH,
                 samples=0,
+                enqueued=0,
+                claimed_through=0,
             )
             .on_conflict_do_nothing(index_elements=["org_id", "environment"])
         )
@@ -165,6 +186,8 @@ class QueueStatements:
                 samples=job_orgs.c.samples + bindparam("o_samples", type_=Integer),
             )
         )
+        # The higher of two values: SQLite's two-argument MAX, PostgreSQL's GREATEST.
+        higher = func.max if dialect_name == "sqlite" else func.greatest
         self.claimed_orgs = (
             update(job_orgs)
             .where(
@@ -175,6 +198,9 @@ class QueueStatements:
                 running=job_orgs.c.running + bindparam("c_count", type_=Integer),
                 queued=job_orgs.c.queued - bindparam("c_count", type_=Integer),
                 last_served_at=bindparam("c_now", type_=job_orgs.c.last_served_at.type),
+                claimed_through=higher(
+                    job_orgs.c.claimed_through, bindparam("c_through", type_=BigInteger)
+                ),
             )
         )
 
@@ -225,6 +251,7 @@ class QueueStatements:
         # CTE), one round trip fewer per claim than the executemany SQLite uses.
         claimed = self.claim_jobs.cte("claimed")
         count = select(func.count()).select_from(claimed).scalar_subquery()
+        through = select(func.coalesce(func.max(claimed.c.place), 0)).scalar_subquery()
         bump = (
             update(job_orgs)
             .where(
@@ -235,6 +262,7 @@ class QueueStatements:
                 running=job_orgs.c.running + count,
                 queued=job_orgs.c.queued - count,
                 last_served_at=bindparam("p_now", type_=when),
+                claimed_through=higher(job_orgs.c.claimed_through, through),
             )
         )
         self.claim_jobs_counted = select(claimed).add_cte(bump.cte("bumped"))
@@ -259,8 +287,12 @@ class QueueStatements:
             .returning(*DECIDE, jobs.c.run_after)
         )
         self.decide = select(*DECIDE, jobs.c.run_after).where(*fence).with_for_update()
-        # Where a queued job stands needs its scope's running count, cap and mean time.
+        # Where a queued job stands needs its scope's running count, cap and mean time, and
+        # (a job placed above ``claimed_through``) its queued count and last place.
         self.org_estimate = select(
+            job_orgs.c.queued,
+            job_orgs.c.enqueued,
+            job_orgs.c.claimed_through,
             job_orgs.c.running,
             self.cap.label("cap"),
             job_orgs.c.avg_seconds,
@@ -268,6 +300,29 @@ class QueueStatements:
         ).where(
             job_orgs.c.org_id == bindparam("s_org", type_=String),
             job_orgs.c.environment == bindparam("s_env", type_=String),
+        )
+        # A job's state and place with its scope's counters, read in one statement (one
+        # snapshot: a claim moves both together, so they always agree).
+        self.job_standing = (
+            select(
+                jobs.c.status,
+                jobs.c.seq,
+                jobs.c.place,
+                job_orgs.c.queued,
+                job_orgs.c.enqueued,
+                job_orgs.c.claimed_through,
+                job_orgs.c.running,
+                self.cap.label("cap"),
+                job_orgs.c.avg_seconds,
+                self.workers_seen.label("workers_seen"),
+            )
+            .select_from(jobs)
+            .outerjoin(
+                job_orgs,
+                (job_orgs.c.org_id == jobs.c.org_id)
+                & (job_orgs.c.environment == jobs.c.environment),
+            )
+            .where(jobs.c.id == bindparam("s_id", type_=String))
         )
         # A worker records itself (and forgets workers gone for a day: ids are host:pid).
         upsert_worker = dialect.insert(dialect_name, job_workers).values(
