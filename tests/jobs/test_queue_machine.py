@@ -299,10 +299,14 @@ def _run_machine(url: str, examples: int) -> None:
         loop.close()
 
 
+# 60 examples of 30 steps, each step checked against a model: about a minute on a busy
+# 2-core machine, so the hang guard is wider than the suite's default.
+@pytest.mark.timeout(240)
 def test_queue_state_machine_sqlite(sqlite_url: str) -> None:
     _run_machine(sqlite_url, examples=60)
 
 
 @pytest.mark.postgres
+@pytest.mark.timeout(240)
 def test_queue_state_machine_postgres(pg_url: str) -> None:
     _run_machine(pg_url, examples=30)
