@@ -88,7 +88,8 @@ def test_rules_refuse_what_would_crash_or_mislead() -> None:
     assert APPLICATION_ID.admits("Bewerbung ü 1") and not APPLICATION_ID.admits("a\x00")
     assert APPLICATION_ID.problem("   ") == "must not be empty"
     assert not SCORING_JOB_ID.admits("sj_%00") and SCORING_JOB_ID.admits("sj_0123abc")
-    assert CURSOR.admits("eyJhIjoxfQ") and not CURSOR.admits("a=b")
+    assert CURSOR.admits("1767225600000000_c2pfMQ") and CURSOR.admits("0_")
+    assert not CURSOR.admits("a=b") and not CURSOR.admits("0") and not CURSOR.admits("0_a")
 
 
 def test_the_openapi_document_uses_the_rules() -> None:
@@ -102,9 +103,40 @@ def test_the_openapi_document_uses_the_rules() -> None:
     assert request["jobId"] == POSTING_ID.schema()
     poll = doc["paths"]["/v1/score/{scoringJobId}"]["get"]["parameters"]
     assert {p["name"]: p["schema"] for p in poll}["scoringJobId"] == SCORING_JOB_ID.schema()
-    event = doc["components"]["schemas"]["Event"]["properties"]
-    assert event["id"] == EVENT_ID.schema() and event["type"] == EVENT_TYPE.schema()
-    assert event["data"]["properties"]["tool"]["maxLength"] == FIELDS["tool"].max_length == 64
+    event = doc["components"]["schemas"]["Event"]
+    assert event["properties"]["id"] == EVENT_ID.schema()
+    assert event["properties"]["type"] == EVENT_TYPE.schema()
+    [llm] = [
+        t["then"] for t in event["allOf"] if t["if"]["properties"]["type"]["const"] == "llm_call"
+    ]
+    tool = llm["properties"]["data"]["properties"]["tool"]
+    assert tool == {"anyOf": [FIELDS["tool"].rule.schema(), {"type": "null"}]}
+    assert FIELDS["tool"].max_length == 64
+
+
+def test_path_parameters_hold_one_segment() -> None:
+    """Whatever its rule, no path parameter of the document admits what the gateway
+    refuses in a path: "/", "\\", "." or ".." (400 before any route)."""
+    doc = document_for(DEFAULT_POLICY)
+    seen = 0
+    for item in doc["paths"].values():
+        for op in item.values():
+            for p in op.get("parameters", ()) if isinstance(op, dict) else ():
+                schema = p["schema"]
+                if p["in"] != "path" or "enum" in schema:
+                    continue
+                seen += 1
+                pattern = re.compile(schema["pattern"][1:-1])
+                for value in ("a/b", "a\\b", "/", "\\"):
+                    assert pattern.fullmatch(value) is None, (p["name"], value)
+                refused = schema.get("not", {}).get("enum", [])
+                for dots in (".", ".."):
+                    assert pattern.fullmatch(dots) is None or dots in refused, p["name"]
+                assert pattern.fullmatch("a.b") is not None or p["name"] in (
+                    "keyId",
+                    "scoringJobId",
+                )
+    assert seen > 10
 
 
 def test_docs_list_the_rules_as_they_are() -> None:

@@ -16,7 +16,7 @@ import orjson
 
 from tollhouse.errors import BadRequest
 
-__all__ = ["MAX_DEPTH", "depth_exceeds", "read_json", "read_object"]
+__all__ = ["MAX_DEPTH", "depth_exceeds", "json_integer", "read_json", "read_object"]
 
 #: Deepest nesting of arrays and objects read (the top-level value is level 1).
 MAX_DEPTH: Final = 64
@@ -74,6 +74,19 @@ def read_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadRequest(f"request body must be a JSON object, not {json_type(value)}")
     return value
+
+
+def json_integer(value: object) -> int | None:
+    """``value`` as an integer when JSON Schema's ``integer`` admits it — a number
+    without a fraction, ``1800.0`` as well as ``1800`` — else None (booleans too, which
+    Python counts as ints)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 def json_type(value: object) -> str:

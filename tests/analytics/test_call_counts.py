@@ -197,7 +197,16 @@ def test_series_are_paged_by_cursor_with_shared_timestamps(database_url: str) ->
 
 
 def test_cursor_round_trip() -> None:
-    assert decode_cursor("DBS", encode_cursor("DBS", "db/ü")) == "db/ü"
+    assert decode_cursor(encode_cursor("db/ü")) == "db/ü"
+    assert decode_cursor(encode_cursor("")) == ""
+
+
+@pytest.mark.parametrize("cursor", ["0_", "0_AAA", "7_____", "0_gICA"])
+def test_every_cursor_of_the_rule_is_a_place(cursor: str) -> None:
+    """A cursor tollhouse did not make still reads as a key: bytes that are not UTF-8
+    become U+FFFD and NUL is dropped (no database text holds one)."""
+    key = decode_cursor(cursor)
+    assert "\x00" not in key
 
 
 ROLES = [
@@ -232,12 +241,11 @@ BAD = [
     ("/call-counts/historical/", {"end_timestamp": "3500000000.5"}, 400, "end_timestamp"),
     ("/call-counts/historical/", {"start_timestamp": "soon"}, 400, "start_timestamp"),
     ("/call-counts/historical/", {"start_timestamp": "nan"}, 400, "start_timestamp"),
-    ("/call-counts/historical/", {"start_timestamp": 20, "end_timestamp": 10}, 400, "after"),
     ("/call-counts/historical/DBS/", {"amt": "129"}, 400, "amt"),
     ("/call-counts/historical/DBS/", {"amt": "0"}, 400, "amt"),
     ("/call-counts/historical/DBS/", {"amt": "many"}, 400, "amt"),
     ("/call-counts/historical/DBS/", {"cursor": "garbage!"}, 400, "cursor"),
-    ("/call-counts/historical/DBS/", {"cursor": encode_cursor("LLM", "x")}, 400, "cursor"),
+    ("/call-counts/historical/DBS/", {"cursor": ""}, 400, "cursor"),
     ("/call-counts/historical/PLANETS/", {}, 404, "PLANETS"),
 ]
 

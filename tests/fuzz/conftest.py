@@ -53,9 +53,9 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop_server(server)
 
 
-def seeded(server: Server) -> Caller:
-    """A root key of org ``fuzz``, with data behind the routes the fuzzer reads."""
-    c = caller(server, "fuzz")
+def seeded(server: Server, org: str = "fuzz") -> Caller:
+    """A root key of ``org``, with data behind the routes the fuzzer reads."""
+    c = caller(server, org)
     posting = {"jobId": "job_1", "title": "Backend Engineer", "description": "Python and Redis."}
     assert c.post("/v1/criteria/generate", posting).status_code == 200
     score = {

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 
-from tests.fuzz.conftest import Caller
+from tests.fuzz.conftest import ADMIN_TOKEN, Caller
 
 pytestmark = pytest.mark.integration
 
@@ -219,3 +220,113 @@ def test_nul_in_ids_reads_nothing_on_postgresql(
     answer = pg_fuzz_caller.get(path)
     assert answer.status_code == status, answer.text
     assert answer.json()["error"]["code"] == "BAD_REQUEST"
+
+
+# --- schemathesis with every phase and check (docs/openapi.md, "How it is checked") ------
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "shape"),
+    [
+        ("/v1/queue", {"limit": "5", "colour": "red"}, "envelope"),
+        ("/v1/rate-limit/status", {"colour": "red"}, "envelope"),
+        (
+            "/v1/analytics/flow_runs",
+            {
+                "time_start": "2026-01-01T00:00:00Z",
+                "time_end": "2026-01-02T00:00:00Z",
+                "colour": "red",
+            },
+            "detail",
+        ),
+    ],
+)
+def test_an_unknown_query_parameter_is_refused_naming_it(
+    fuzz_caller: Caller, path: str, params: dict[str, str], shape: str
+) -> None:
+    """tollhouse's own routes take exactly the query parameters the document lists; the
+    analytics route answers in its own ``{"detail"}`` shape."""
+    answer = fuzz_caller.get(path, params=params)
+    assert answer.status_code == 400, answer.text
+    message = answer.json()["detail"] if shape == "detail" else answer.json()["error"]["message"]
+    assert 'unknown query parameter "colour"' in message
+
+
+def test_the_documented_query_parameters_are_taken(fuzz_caller: Caller) -> None:
+    assert fuzz_caller.get("/v1/queue", params={"limit": "5", "status": "queued"}).is_success
+
+
+def test_an_empty_tenant_header_is_refused(fuzz_caller: Caller) -> None:
+    """``X-Tenant-Id:`` with nothing after it was read as no tenant at all."""
+    answer = httpx.get(
+        fuzz_caller.url + "/v1/rate-limit/status",
+        headers={"Authorization": fuzz_caller.headers["Authorization"], "X-Tenant-Id": ""},
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"]["message"] == 'header "X-Tenant-Id" must not be empty'
+
+
+@pytest.mark.parametrize("cursor", ["0_", "1767225600000000_c2pfMQ", "99999999999999999999_AAA"])
+def test_any_cursor_of_the_rule_is_a_place_in_the_queue(fuzz_caller: Caller, cursor: str) -> None:
+    """The document's cursor pattern is exactly what is accepted: a cursor the server did
+    not make reads as a place in the listing (here: before or after every job)."""
+    answer = fuzz_caller.get("/v1/queue", params={"cursor": cursor})
+    assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.parametrize("cursor", ["", "0", "0_a", "eyJhIjoxfQ"])
+def test_a_cursor_outside_the_rule_is_refused(fuzz_caller: Caller, cursor: str) -> None:
+    answer = fuzz_caller.get("/v1/queue", params={"cursor": cursor})
+    assert answer.status_code == 400
+    assert 'query parameter "cursor"' in answer.json()["error"]["message"]
+
+
+def test_the_queue_pages_with_its_own_cursors(fuzz_caller: Caller) -> None:
+    score = {
+        "applicationId": "app_paged",
+        "jobId": "job_1",
+        "candidate": {"name": "Ada", "resume": "Python"},
+    }
+    assert fuzz_caller.post("/v1/score", score).status_code == 202
+    first = fuzz_caller.get("/v1/queue", params={"limit": "1"}).json()
+    assert first["data"] and first["hasMore"] and first["nextCursor"]
+    after = fuzz_caller.get("/v1/queue", params={"limit": "1", "cursor": first["nextCursor"]})
+    assert after.status_code == 200
+    assert after.json()["data"][0]["scoringJobId"] != first["data"][0]["scoringJobId"]
+
+
+def test_a_call_counts_range_ending_before_it_starts_is_empty(fuzz_caller: Caller) -> None:
+    answer = fuzz_caller.get(
+        "/call-counts/historical/ENDPOINTS/",
+        params={"start_timestamp": "1767225600", "end_timestamp": "1767139200"},
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["series"] == [] and body["timestamps"] == []
+    assert any("is after end_timestamp" in w for w in body["warnings"])
+
+
+def test_a_literal_path_allows_only_its_own_methods(fuzz_caller: Caller) -> None:
+    """/v1/score/batch is not the job "batch" of GET /v1/score/{scoringJobId}."""
+    answer = httpx.request(
+        "OPTIONS", fuzz_caller.url + "/v1/score/batch", headers=fuzz_caller.headers
+    )
+    assert answer.status_code == 405
+    assert answer.headers["Allow"] == "POST"
+
+
+def test_a_whole_number_float_is_an_integer(fuzz_caller: Caller) -> None:
+    """JSON Schema's integer admits 5.0; the provider API refused it."""
+    answer = httpx.put(
+        fuzz_caller.url + "/v1/admin/orgs/fuzz/limits/scoring",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        json={"limit": 5000000.0},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["limit"] == 5000000
+    refused = httpx.put(
+        fuzz_caller.url + "/v1/admin/orgs/fuzz/limits/scoring",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        json={"limit": 5000000.5},
+    )
+    assert refused.status_code == 422

@@ -302,7 +302,7 @@ def test_webhook_endpoints_test_rotate_and_replay(
         assert off.status_code == 200
         assert off.json()["enabled"] is False and off.json()["eventTypes"] == ["score.failed"]
         refused = c.post(f"/v1/webhooks/endpoints/{eid}/test")
-        assert refused.status_code == 400 and "disabled" in refused.json()["error"]["message"]
+        assert refused.status_code == 409 and "disabled" in refused.json()["error"]["message"]
         on = c.patch(f"/v1/webhooks/endpoints/{eid}", json={"enabled": True, "eventTypes": None})
         assert on.json()["enabled"] is True and on.json()["eventTypes"] is None
         assert c.delete(f"/v1/webhooks/endpoints/{eid}").status_code == 200

@@ -10,7 +10,7 @@
 import { readFile, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import openapiTS, { astToString } from "openapi-typescript";
+import openapiTS, { astToString, UNKNOWN } from "openapi-typescript";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 export const OUTPUTS = {
@@ -39,6 +39,9 @@ export async function generate(document) {
     // `{"type": "object"}` without properties (a job's result, extra_data) is free-form
     // data, not an object that must stay empty.
     emptyObjectsUnknown: true,
+    // A recursive "any JSON value" (x-json-value: an event's data) is `unknown`: TypeScript
+    // cannot spell an array of itself inside the generated interface.
+    transform: (schema) => (schema["x-json-value"] ? UNKNOWN : undefined),
   });
   const types = BANNER + "\n" + astToString(ast);
   return { types, schemas: schemasModule(document) };

@@ -19,17 +19,15 @@ organization": one series keyed by the org.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from sqlalchemy import BigInteger, ColumnElement, Table, distinct, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tollhouse import cursors
 from tollhouse.analytics.buckets import DAY, HOUR, MINUTE, floor_to, fold, native_step
 from tollhouse.analytics.sources import granularity, retention_days
 from tollhouse.errors import BadRequest, NotFound, StorageError
@@ -66,6 +64,11 @@ class Range:
     step: int
     """Seconds per native bucket."""
     warnings: tuple[str, ...]
+
+    @property
+    def empty(self) -> bool:
+        """Start after end: no time in between, nothing to read."""
+        return self.start > self.end
 
 
 def parse_timestamp(raw: str | None, name: str) -> float | None:
@@ -126,15 +129,17 @@ def resolve_range(
         days_kept: retention per bucket size when reading events (exact times, so the
             bucket size is never coarsened; only deleted data is warned about).
 
-    Raises:
-        BadRequest: ``start`` is after ``end``.
+    A ``start`` after ``end`` is a range holding no time (:attr:`Range.empty`): its
+    answer is empty, with a warning saying why.
     """
     if end is None:
         end = min(max(now, MIN_TIMESTAMP), MAX_TIMESTAMP)
     if start is None:
         start = max(end - DEFAULT_SPAN, MIN_TIMESTAMP)
     if start > end:
-        raise BadRequest(f"start_timestamp ({start}) must not be after end_timestamp ({end}).")
+        return Range(
+            start, end, MINUTE, (f"start_timestamp ({start}) is after end_timestamp ({end}).",)
+        )
     kept = days_kept or {granularity(t): retention_days(retention, t) for t in ROLLUPS}
     step = native_step(end - start, _STEPS)
     warnings: list[str] = []
@@ -229,28 +234,20 @@ async def _event_series(
     return out
 
 
-def encode_cursor(label: str, last_key: str) -> str:
-    """An opaque cursor: the label and the last series key of the page."""
-    raw = orjson.dumps({"l": label, "k": last_key})
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def encode_cursor(last_key: str) -> str:
+    """The ``next_cursor`` of the page after the series ``last_key`` (tollhouse.cursors:
+    number 0, the key as text)."""
+    return cursors.encode(0, last_key)
 
 
-def decode_cursor(label: str, cursor: str) -> str:
-    """The last series key a cursor points after.
+def decode_cursor(cursor: str) -> str:
+    """The series key a cursor points after: any cursor of the rule is a place in the
+    key order (one from another label too).
 
     Raises:
-        BadRequest: not a cursor of this label.
+        BadRequest: not a cursor.
     """
-    try:
-        data = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if isinstance(data, dict) and data.get("l") == label and isinstance(data.get("k"), str):
-            return str(data["k"])
-    except (ValueError, binascii.Error, orjson.JSONDecodeError):
-        pass
-    raise BadRequest(
-        f"cursor is not a next_cursor of /call-counts/historical/{label}/: "
-        "repeat the request without it to start from the first page."
-    )
+    return cursors.decode(cursor)[1]
 
 
 async def historical(
@@ -278,7 +275,9 @@ async def historical(
         where = [usage_dims.c.reco_type == (reco_type or ""), usage_dims.c.scenario == scenario]
     try:
         async with engine.connect() as conn:
-            series = await _rollup_series(conn, org, environment, rng, (), where)
+            series = (
+                {} if rng.empty else await _rollup_series(conn, org, environment, rng, (), where)
+            )
     except DATABASE_ERRORS as exc:
         raise StorageError(f"could not read call counts: {exc}") from exc
     total = series.get((), {})
@@ -399,7 +398,7 @@ async def historical_by_label(
     """
     if label not in LABELS:
         raise NotFound(f"Unknown label {label!r}: use one of {', '.join(LABELS)}.")
-    after = decode_cursor(label, cursor) if cursor else None
+    after = decode_cursor(cursor) if cursor is not None else None
     retention = retention or Retention()
     days_kept = None
     if label in ("CHAT", "LLM"):
@@ -407,7 +406,9 @@ async def historical_by_label(
     rng = resolve_range(start, end, now=now, retention=retention, days_kept=days_kept)
     try:
         async with engine.connect() as conn:
-            described = await _label_series(conn, label, org, environment, rng, groups)
+            described = (
+                [] if rng.empty else await _label_series(conn, label, org, environment, rng, groups)
+            )
     except DATABASE_ERRORS as exc:
         raise StorageError(f"could not read call counts: {exc}") from exc
     described.sort(key=lambda s: s.key)
@@ -423,6 +424,6 @@ async def historical_by_label(
             for s, c in zip(page, folded, strict=True)
         ],
         "has_next": has_next,
-        "next_cursor": encode_cursor(label, page[-1].key) if has_next else None,
+        "next_cursor": encode_cursor(page[-1].key) if has_next else None,
         "warnings": list(rng.warnings),
     }

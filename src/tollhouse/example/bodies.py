@@ -21,6 +21,7 @@ from tollhouse.identifiers import (
     POSTING_ID,
     SCORING_JOB_ID,
     Rule,
+    blank,
 )
 from tollhouse.json_reader import json_type as _json_type
 
@@ -100,7 +101,7 @@ def criterion_changes(body: dict[str, Any], prefix: str = "") -> CriterionChange
         prefix: path of that object in the request, e.g. ``"criteria[2]."``.
     """
     name = optional_text(body, "name", prefix + "name", MAX_NAME_CHARS)
-    if name is not None and not name.strip():
+    if name is not None and blank(name):
         raise ValidationFailed(f'field "{prefix}name" must not be empty')
     return CriterionChanges(
         name=name,
@@ -224,7 +225,7 @@ def text_field(body: dict[str, Any], key: str, path: str, max_chars: int) -> str
     value = optional_text(body, key, path, max_chars)
     if value is None:
         raise ValidationFailed(f'field "{path}" is required')
-    if not value.strip():
+    if blank(value):
         raise ValidationFailed(f'field "{path}" must not be empty')
     return value
 

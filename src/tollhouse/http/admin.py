@@ -29,8 +29,6 @@ transaction with the token's id as the actor and the caller's address. Listings 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tollhouse.cursors import decode_keyset, encode_keyset
 from tollhouse.errors import (
     AdminOnly,
     AdminTokenRequired,
@@ -56,6 +55,7 @@ from tollhouse.http.answers import check_json_type, endpoint, json_response, rea
 from tollhouse.http.routes import Endpoint
 from tollhouse.jobs.volume import check_time_range
 from tollhouse.jobs.webhooks import WebhookStore
+from tollhouse.json_reader import json_integer
 from tollhouse.keys.admin_tokens import AdminTokenStore
 from tollhouse.keys.model import ROLES, KeyRecord, Role
 from tollhouse.keys.orgs import MAX_NAME, ORG_ID, FirstKey, OrgRecord, OrgStore
@@ -140,36 +140,6 @@ def _override_json(o: Override) -> dict[str, Any]:
 # --- reading requests ---------------------------------------------------------------------
 
 
-def encode_cursor(at: datetime, item_id: str) -> str:
-    """An opaque ``nextCursor``: where the page after ``(at, item_id)`` starts."""
-    raw = orjson.dumps([at.astimezone(UTC).isoformat(), item_id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """The ``(at, id)`` a cursor from :func:`encode_cursor` holds.
-
-    Raises:
-        BadRequest: the cursor was not made by :func:`encode_cursor`.
-    """
-    problem = BadRequest(
-        'query parameter "cursor" is malformed; pass the "nextCursor" of a previous page'
-    )
-    if not cursor or len(cursor) > 300:
-        raise problem
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        moment, item_id = orjson.loads(raw)
-        if not isinstance(moment, str) or not isinstance(item_id, str):
-            raise ValueError(cursor)
-        at = datetime.fromisoformat(moment)
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
-        raise problem from None
-    if at.tzinfo is None or not item_id or len(item_id) > 100 or "\x00" in item_id:
-        raise problem
-    return at, item_id
-
-
 def _page_args(request: Request) -> tuple[int, tuple[datetime, str] | None]:
     params = request.query_params
     raw = params.get("limit")
@@ -184,7 +154,7 @@ def _page_args(request: Request) -> tuple[int, tuple[datetime, str] | None]:
             )
         limit = int(raw)
     cursor = params.get("cursor")
-    return limit, decode_cursor(cursor) if cursor is not None else None
+    return limit, decode_keyset(cursor) if cursor is not None else None
 
 
 async def _object(request: Request, max_body: int, *, empty_ok: bool = False) -> dict[str, Any]:
@@ -432,7 +402,7 @@ class AdminRoutes:
                 "data": [org_json(o) for o in found],
                 "hasMore": more,
                 "nextCursor": (
-                    encode_cursor(last.created_at, last.id) if more and last is not None else None
+                    encode_keyset(last.created_at, last.id) if more and last is not None else None
                 ),
             }
         )
@@ -497,7 +467,7 @@ class AdminRoutes:
                 "data": [key_json(k, None, now) for k in found],
                 "hasMore": more,
                 "nextCursor": (
-                    encode_cursor(last.created_at, last.id) if more and last is not None else None
+                    encode_keyset(last.created_at, last.id) if more and last is not None else None
                 ),
             }
         )
@@ -518,12 +488,8 @@ class AdminRoutes:
         key_id = _key_id(str(request.path_params["keyId"]))
         body = await _object(request, self.max_body, empty_ok=True)
         _known(body, ("overlapSeconds",))
-        overlap = body.get("overlapSeconds", 86400)
-        if (
-            isinstance(overlap, bool)
-            or not isinstance(overlap, int)
-            or not 0 <= overlap <= MAX_OVERLAP_SECONDS
-        ):
+        overlap = json_integer(body.get("overlapSeconds", 86400))
+        if overlap is None or not 0 <= overlap <= MAX_OVERLAP_SECONDS:
             raise ValidationFailed(
                 f"overlapSeconds must be an integer from 0 to {MAX_OVERLAP_SECONDS}."
             )
@@ -566,12 +532,8 @@ class AdminRoutes:
         who = await self.caller(request)
         body = await _object(request, self.max_body)
         _known(body, ("limit", "keyId"))
-        limit = body.get("limit")
-        if (
-            isinstance(limit, bool)
-            or not isinstance(limit, int)
-            or not 1 <= limit <= MAX_LIMIT_VALUE
-        ):
+        limit = json_integer(body.get("limit"))
+        if limit is None or not 1 <= limit <= MAX_LIMIT_VALUE:
             raise ValidationFailed(f"limit must be an integer from 1 to {MAX_LIMIT_VALUE}.")
         org_id, bucket, key_id = await self._override_target(request, body.get("keyId"))
         override = await self.overrides.set(
@@ -637,7 +599,7 @@ class AdminRoutes:
             {
                 "data": [e.as_json() for e in found],
                 "hasMore": more,
-                "nextCursor": encode_cursor(last.at, last.id) if more and last else None,
+                "nextCursor": encode_keyset(last.at, last.id) if more and last else None,
             }
         )
 

@@ -43,6 +43,7 @@ from tollhouse.keys.store import KeyStore
 from tollhouse.limits import LimitStore, open_store
 from tollhouse.limits.overrides import OverrideCache, OverrideStore
 from tollhouse.metering import UsageMeter
+from tollhouse.openapi import build_document, query_parameters
 from tollhouse.ops.endpoints import METRICS_PATH, READY_PATH, OpsEndpoints
 from tollhouse.ops.metrics import OpsMetrics
 from tollhouse.policy.model import Policy
@@ -238,6 +239,9 @@ class Tollhouse:
             ],
             disable=("ops",) if ops_listener else (),
             on_refused=self.fair_use_tap.refused,
+        )
+        self.gateway.query_names = query_parameters(
+            build_document(policy, example_upstream=platform.example_upstream, ops=not ops_listener)
         )
         #: The operations endpoints on their own (``tollhouse serve --ops-port``).
         self.ops_app = TableApp(RouteTable([HEALTH, *ops]))

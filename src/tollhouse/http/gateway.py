@@ -52,6 +52,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from time import perf_counter
 from typing import Any
+from urllib.parse import unquote_plus
 
 from tollhouse.errors import (
     ApiError,
@@ -199,6 +200,9 @@ class Gateway:
         )
         self.status_path = platform.prefix + STATUS_PATH
         self._owned = self.table.prefixes
+        #: ``(METHOD, path template) → query parameters taken`` (the OpenAPI document's):
+        #: any other on such an endpoint is a 400 naming it. Empty: not checked.
+        self.query_names: dict[tuple[str, str], frozenset[str]] = {}
         #: The decision endpoint (forward-auth); a path no request has when it is off.
         self.authorize_path = (
             "\x00"
@@ -256,6 +260,8 @@ class Gateway:
                     await refuse_method(self, send, match, method, path, found, request_id)
                     return
                 if found.endpoint is not None:
+                    if scope["query_string"] and self.query_names:
+                        self._check_query(scope, method, found.endpoint.path)
                     scope["path_params"] = found.params
                     app = found.endpoint.app
                     if found.endpoint.keyless:
@@ -318,6 +324,20 @@ class Gateway:
         meter = self.meter
         if meter is not None:
             meter.record(call_record(identity, match, method, status, arrived, t0, scope))
+
+    def _check_query(self, scope: Scope, method: str, template: str) -> None:
+        """Refuse a query parameter the endpoint's operation does not list (400)."""
+        taken = self.query_names.get(("GET" if method == "HEAD" else method, template))
+        if taken is None:
+            return  # not in the document (e.g. the dashboard's files)
+        query: bytes = scope["query_string"]
+        for pair in query.split(b"&"):
+            name = unquote_plus(pair.split(b"=", 1)[0].decode("latin-1"))
+            if pair and name not in taken:
+                takes = ", ".join(sorted(taken)) if taken else "none"
+                raise BadRequest(
+                    f'unknown query parameter "{name[:100]}": {method} {template} takes {takes}'
+                )
 
     def route(self, scope: Scope, method: str, path: str) -> tuple[RouteMatch, str]:
         """The policy's match for a request, and the path it was matched on.
@@ -399,7 +419,7 @@ class Gateway:
                 elif given is not None and given != api_key:
                     raise _two_keys("two X-API-Key headers")
             elif name == b"x-tenant-id":
-                tenant = value.decode("latin-1").strip() or None
+                tenant = value.decode("latin-1").strip()  # empty: refused below
             elif name == b"content-length":
                 try:
                     length = int(value)

@@ -36,18 +36,16 @@ Identifiers in headers, paths and queries (``Idempotency-Key``, ``scoringJobId``
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import logging
 import re
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tollhouse.cursors import decode_keyset, encode_keyset
 from tollhouse.errors import (
     ApiError,
     BadRequest,
@@ -62,13 +60,12 @@ from tollhouse.http.context import identity_of, request_id_of
 from tollhouse.http.routes import Endpoint, RouteTable, TableApp
 from tollhouse.identifiers import (
     APPLICATION_ID,
-    CURSOR,
     IDEMPOTENCY_KEY,
     SCORING_JOB_ID,
     Rule,
 )
 from tollhouse.jobs.eta import estimate_wait
-from tollhouse.jobs.model import Enqueued, IdempotencyKeyReused, Job, NewJob, WireStatus, utc_now
+from tollhouse.jobs.model import Enqueued, IdempotencyKeyReused, NewJob, WireStatus, utc_now
 from tollhouse.jobs.queue import Clock, JobQueue
 from tollhouse.jobs.shapes import MAX_STATUS_IDS, STATUS_ID_PATTERN, accepted_json, job_json
 from tollhouse.jobs.volume import CACHE_CONTROL, check_time_range, volume_body, window
@@ -108,37 +105,6 @@ def _request_id(request: Request) -> str:
 
 def _identity(request: Request) -> Identity:
     return identity_of(request.scope)
-
-
-def encode_cursor(job: Job) -> str:
-    """An opaque ``nextCursor``: where the page after ``job`` starts (keyset on
-    ``(created_at, id)``)."""
-    raw = orjson.dumps([job.created_at.astimezone(UTC).isoformat(), job.id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """The ``(created_at, id)`` a cursor from :func:`encode_cursor` holds.
-
-    Raises:
-        BadRequest: the cursor was not made by :func:`encode_cursor`.
-    """
-    problem = BadRequest(
-        'query parameter "cursor" is malformed; pass the "nextCursor" of a previous page'
-    )
-    if not CURSOR.admits(cursor):
-        raise problem
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        moment, job_id = orjson.loads(raw)
-        if not isinstance(moment, str) or not isinstance(job_id, str):
-            raise ValueError(cursor)
-        created = datetime.fromisoformat(moment)
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
-        raise problem from None
-    if created.tzinfo is None or not SCORING_JOB_ID.admits(job_id):
-        raise problem
-    return created, job_id
 
 
 def _queue_limit(raw: str | None) -> int:
@@ -394,8 +360,8 @@ class JobsRoutes:
     async def deliveries(self, request: Request) -> Response:
         """``GET /v1/webhooks/deliveries?jobId=``: the org's deliveries, newest first."""
         identity = _identity(request)
-        job_id = request.query_params.get("jobId") or None
-        if job_id is not None:
+        job_id = request.query_params.get("jobId")
+        if job_id is not None:  # empty too: refused by the rule
             problem = SCORING_JOB_ID.problem(job_id)
             if problem is not None:
                 raise BadRequest(f'query parameter "jobId" {problem}')
@@ -419,7 +385,7 @@ class JobsRoutes:
             )
         limit = _queue_limit(params.get("limit"))
         cursor = params.get("cursor")
-        before = decode_cursor(cursor) if cursor is not None else None
+        before = decode_keyset(cursor) if cursor is not None else None
         counters = await self.queue.org_counters(identity.org, environment=identity.environment)
         found = await self.queue.page(
             identity.org,
@@ -447,7 +413,9 @@ class JobsRoutes:
             },
             "data": [job_json(j, found.standings.get(j.id)) for j in found.jobs],
             "hasMore": found.has_more,
-            "nextCursor": encode_cursor(found.jobs[-1]) if found.has_more else None,
+            "nextCursor": encode_keyset(found.jobs[-1].created_at, found.jobs[-1].id)
+            if found.has_more
+            else None,
         }
         return _json(body)
 

@@ -301,7 +301,7 @@ class PlatformRoutes:
             end=end,
             now=self.clock(),
             amt=amt,
-            cursor=request.query_params.get("cursor") or None,
+            cursor=request.query_params.get("cursor"),
             groups=self.groups,
             retention=self.kept,
         )

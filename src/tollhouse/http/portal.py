@@ -41,7 +41,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tollhouse.errors import BadRequest, Forbidden, NotFound, ValidationFailed
+from tollhouse.errors import BadRequest, Conflict, Forbidden, NotFound, ValidationFailed
 from tollhouse.http.answers import endpoint, json_response, read_json
 from tollhouse.http.asgi import Receive, Scope, Send
 from tollhouse.http.context import identity_of
@@ -57,6 +57,7 @@ from tollhouse.jobs.webhooks import (
     endpoint_json,
     send_attempt,
 )
+from tollhouse.json_reader import json_integer
 from tollhouse.keys.cache import KeyCache
 from tollhouse.keys.grants import check_grant, management_refusal
 from tollhouse.keys.model import ROLES, Identity, KeyRecord
@@ -140,8 +141,8 @@ def _unknown(body: dict[str, Any], known: tuple[str, ...]) -> None:
 
 
 def _overlap(body: dict[str, Any], default: int) -> timedelta:
-    value = body.get("overlapSeconds", default)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_OVERLAP:
+    value = json_integer(body.get("overlapSeconds", default))
+    if value is None or not 0 <= value <= MAX_OVERLAP:
         raise ValidationFailed(
             f'"overlapSeconds" must be an integer from 0 to {MAX_OVERLAP} (30 days); '
             f"0 ends the old one at once (default {default})"
@@ -423,7 +424,7 @@ class PortalRoutes:
                 address=_address(request),
             )
         except ValueError as exc:
-            raise BadRequest(str(exc)) from None
+            raise Conflict(str(exc)) from None  # the endpoint is disabled
         if task is None:
             raise NotFound(f"webhook endpoint {endpoint_id!r} not found")
         return await self._send_now(task, who)
@@ -441,7 +442,7 @@ class PortalRoutes:
                 address=_address(request),
             )
         except ValueError as exc:
-            raise BadRequest(str(exc)) from None
+            raise Conflict(str(exc)) from None  # the endpoint is disabled
         if task is None:
             raise NotFound(f"webhook delivery {delivery_id!r} not found")
         return await self._send_now(task, who)

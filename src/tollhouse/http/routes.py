@@ -176,10 +176,13 @@ class RouteTable:
             allow |= c.allowed
         if partial is None:
             return _NO_MATCH
-        if method in allow:
-            # A literal path refused the method, and a template took it: the literal wins
-            # (GET /v1/score/batch is not the job "batch").
-            allow = set(partial.allowed)
+        # A literal path is not a template's value: its own methods are all it takes
+        # (GET /v1/score/batch is not the job "batch"; its Allow is POST alone).
+        literal = {
+            m for c in self._compiled if c.literal and c.regex.match(path) for m in c.allowed
+        }
+        if literal:
+            allow = literal
         return Resolved(None, allow=", ".join(sorted(allow)), refused=partial.endpoint)
 
     def rows(self) -> list[tuple[str, str, str, bool]]:

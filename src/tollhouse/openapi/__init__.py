@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from tollhouse.openapi.document import OPENAPI_PATH, build_document
+from tollhouse.openapi.document import OPENAPI_PATH, build_document, query_parameters
 
-__all__ = ["OPENAPI_PATH", "build_document"]
+__all__ = ["OPENAPI_PATH", "build_document", "query_parameters"]

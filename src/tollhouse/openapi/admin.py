@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from tollhouse.identifiers import SCORING_JOB_ID
+from tollhouse.identifiers import CURSOR, SCORING_JOB_ID
 from tollhouse.jobs.volume import TIME_RANGES
 from tollhouse.keys.model import ROLES
 from tollhouse.openapi.components import Schema, header, nullable, ref
@@ -26,7 +26,8 @@ ADMIN_SECURITY_SCHEME: Final[Schema] = {
 }
 
 _TIME: Final[Schema] = {"type": "string", "format": "date-time"}
-_NAME: Final[Schema] = {"type": "string", "maxLength": 200}
+#: A name as sent: no NUL; null is the same as "".
+_NAME: Final[Schema] = {"type": ["string", "null"], "maxLength": 200, "pattern": "^[^\\x00]*$"}
 _ORG_ID: Final[Schema] = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
 _KEY_ID: Final[Schema] = {"type": "string", "pattern": "^key_[0-9a-f]{16}$"}
 _ENVIRONMENT: Final[Schema] = {"enum": ["SANDBOX", "PRODUCTION"]}
@@ -91,14 +92,15 @@ ADMIN_SCHEMAS: Final[dict[str, Schema]] = {
     },
     "AdminOrgPage": {"description": "Orgs, newest first.", **_page("AdminOrg")},
     "AdminNewKey": {
-        "description": "A key to make. expiresAt: ISO 8601 with an offset, in the future.",
+        "description": "A key to make. expiresAt: ISO 8601 with an offset, in the future; "
+        "null or absent: never.",
         **_closed(
             _object(
                 {"environment": _ENVIRONMENT},
                 {
                     "role": {"enum": list(ROLES), "default": "member"},
                     "name": _NAME,
-                    "expiresAt": _TIME,
+                    "expiresAt": nullable(_TIME),
                     "meta": {"type": "object", "description": "At most 4096 bytes of JSON."},
                 },
             )
@@ -107,12 +109,14 @@ ADMIN_SCHEMAS: Final[dict[str, Schema]] = {
     "AdminNewOrg": {
         "description": "An org to make; with firstKey, its first key in the same "
         "transaction (both or neither).",
-        **_closed(_object({"id": _ORG_ID}, {"name": _NAME, "firstKey": ref("AdminNewKey")})),
+        **_closed(
+            _object({"id": _ORG_ID}, {"name": _NAME, "firstKey": nullable(ref("AdminNewKey"))})
+        ),
     },
     "AdminOrgChanges": {
         "description": "suspended: true refuses every key of the org (403 ORG_SUSPENDED) "
-        "within a second; false lets them in again.",
-        **_closed(_object({}, {"name": _NAME, "suspended": {"type": "boolean"}})),
+        "within a second; false lets them in again; null or absent: unchanged.",
+        **_closed(_object({}, {"name": _NAME, "suspended": nullable({"type": "boolean"})})),
     },
     "AdminKey": {"description": "A key (never its secret).", **_object(_KEY_FIELDS)},
     "AdminCreatedKey": {
@@ -187,7 +191,7 @@ ADMIN_SCHEMAS: Final[dict[str, Schema]] = {
     },
     "AdminLimitChange": {
         "description": "The new limit per window; with keyId, for that key of the org only.",
-        **_closed(_object({"limit": _LIMIT}, {"keyId": _KEY_ID})),
+        **_closed(_object({"limit": _LIMIT}, {"keyId": nullable(_KEY_ID)})),
     },
     "AdminOverride": {
         "description": "An override as stored.",
@@ -350,7 +354,7 @@ def admin_paths(policy: Policy | None) -> dict[str, dict[str, Schema]]:
             {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
             "Items per page.",
         ),
-        _param("cursor", "query", {"type": "string"}, "nextCursor of the previous page."),
+        _param("cursor", "query", CURSOR.schema(), "nextCursor of the previous page."),
     ]
     return {
         "/v1/admin/orgs": {

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from tollhouse.analytics.events import FIELDS
+from tollhouse.analytics.events import EVENT_TYPES, FIELDS, MAX_STORED
 from tollhouse.identifiers import (
     APPLICATION_ID,
     CRITERION_ID,
     EVENT_ID,
     EVENT_TYPE,
     POSTING_ID,
+    free_text,
 )
 from tollhouse.jobs.volume import TIME_RANGES
 from tollhouse.policy.model import FAIR_USE_SIGNALS
@@ -42,6 +43,8 @@ _STRING: Final[Schema] = {"type": "string"}
 _INT: Final[Schema] = {"type": "integer"}
 _COUNT: Final[Schema] = {"type": "integer", "minimum": 0}
 _NUMBER: Final[Schema] = {"type": "number"}
+#: A criterion's weight as sent; null is the same as leaving it out.
+_REQUEST_WEIGHT: Final[Schema] = nullable({"type": "number", "exclusiveMinimum": 0, "maximum": 1})
 #: ``estimatedWaitSeconds``: null while no worker is running (docs/jobs.md).
 _WAIT: Final[Schema] = {
     **nullable({"type": "number", "minimum": 0}),
@@ -63,11 +66,72 @@ _EVENT_TYPES: Final[Schema] = {
 }
 
 
-_FIELD_KINDS: Final[dict[str, Schema]] = {
-    "bool": {"type": "boolean"},
-    "int": {"type": "integer", "minimum": 0},
-    "number": {"type": "number", "minimum": 0},
-}
+_NO_NUL: Final = "^[^\\x00]*$"
+
+
+def _event_field(name: str) -> Schema:
+    field = FIELDS[name]
+    if field.kind == "str":
+        return field.rule.schema()
+    if field.kind == "bool":
+        return {"type": "boolean"}
+    # Stored as round(value × scale) in a 64-bit column (analytics.events.MAX_STORED).
+    most = MAX_STORED // field.scale
+    return {"type": "integer" if field.kind == "int" else "number", "minimum": 0, "maximum": most}
+
+
+def _event_schema() -> Schema:
+    """A product event, exactly as ``POST /v1/events`` checks it: the known types' fields
+    typed (required ones required; null is absent), the rest of ``data`` any JSON without
+    NUL."""
+    typed = []
+    for name, kind in sorted(EVENT_TYPES.items()):
+        properties: dict[str, Schema] = {}
+        required = []
+        for field, rule in kind.fields.items():
+            schema = _event_field(field)
+            if rule.choices is not None:
+                schema = {"enum": list(rule.choices)}
+            if rule.required:
+                required.append(field)
+            else:
+                schema = nullable(schema)
+            properties[field] = schema
+        data: Schema = {"type": "object", "properties": properties, "required": required}
+        then: Schema = {"properties": {"data": data if required else nullable(data)}}
+        if required:
+            then["required"] = ["data"]
+        typed.append({"if": {"properties": {"type": {"const": name}}}, "then": then})
+    return {
+        "description": "A product event; unknown types and data fields are kept.",
+        "type": "object",
+        "required": ["id", "type", "time"],
+        "properties": {
+            "id": EVENT_ID.schema(),
+            "type": EVENT_TYPE.schema(),
+            "time": {
+                "description": "ISO 8601 with a timezone offset, or seconds since the epoch "
+                "(years 1 to 9999); at most a day in the future (422).",
+                "anyOf": [
+                    _TIME,
+                    {"type": "number", "minimum": -62_135_596_800, "maximum": 253_402_300_799},
+                ],
+            },
+            "data": {
+                "description": "Free-form; the fields the analytics catalogue reads for the "
+                "known types are typed.",
+                "anyOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "propertyNames": {"pattern": _NO_NUL},
+                        "additionalProperties": ref("EventValue"),
+                    },
+                ],
+            },
+        },
+        "allOf": typed,
+    }
 
 
 def _object(required: dict[str, Schema], optional: dict[str, Schema] | None = None) -> Schema:
@@ -406,14 +470,24 @@ SCHEMAS: Final[dict[str, Schema]] = {
         "additionalProperties": False,
         "required": ["url"],
         "properties": {
-            "url": {"type": "string", "minLength": 1, "maxLength": 2048},
+            "url": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 2048,
+                # An absolute http(s) URL with a host (and a port of up to 4 digits).
+                "pattern": r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,4})?(?:/[\x21-\x7e]*)?$",
+                "description": "Where deliveries go. Unless the policy allows private "
+                "targets, a host resolving to a loopback, private or link-local address is "
+                "refused (400).",
+            },
             "eventTypes": _EVENT_TYPES,
         },
     },
     "WebhookEndpointChanges": {
         "type": "object",
         "additionalProperties": False,
-        "properties": {"enabled": {"type": "boolean"}, "eventTypes": _EVENT_TYPES},
+        # enabled: null leaves it as it is.
+        "properties": {"enabled": nullable({"type": "boolean"}), "eventTypes": _EVENT_TYPES},
     },
     "ScoringVolume": {
         "description": "Finished jobs per time bucket.",
@@ -469,23 +543,20 @@ SCHEMAS: Final[dict[str, Schema]] = {
     },
     # ---- usage analytics (the call-counts and metrics catalogue shapes) ----------------
     "EventsIngested": _object({"received": _COUNT, "inserted": _COUNT, "duplicates": _COUNT}),
-    "Event": {
-        "description": "A product event; unknown types and data fields are kept.",
-        "type": "object",
-        "required": ["id", "type", "time"],
-        "properties": {
-            "id": EVENT_ID.schema(),
-            "type": EVENT_TYPE.schema(),
-            "time": _TIME,
-            "data": {
+    "Event": _event_schema(),
+    "EventValue": {
+        "description": "Any JSON value without NUL (\\u0000) in a string or a key.",
+        "x-json-value": True,
+        "anyOf": [
+            {"type": ["null", "boolean", "number"]},
+            {"type": "string", "pattern": _NO_NUL},
+            {"type": "array", "items": ref("EventValue")},
+            {
                 "type": "object",
-                "description": "Free-form; the fields the analytics catalogue reads are typed.",
-                "properties": {
-                    name: field.rule.schema() if field.kind == "str" else _FIELD_KINDS[field.kind]
-                    for name, field in sorted(FIELDS.items())
-                },
+                "propertyNames": {"pattern": _NO_NUL},
+                "additionalProperties": ref("EventValue"),
             },
-        },
+        ],
     },
     "CallCounts": {
         "description": "Call counts of the org (or one scenario) over time.",
@@ -603,8 +674,8 @@ SCHEMAS: Final[dict[str, Schema]] = {
         "required": ["jobId", "title", "description"],
         "properties": {
             "jobId": POSTING_ID.schema(),
-            "title": {"type": "string", "minLength": 1, "maxLength": 500},
-            "description": {"type": "string", "minLength": 1, "maxLength": 100_000},
+            "title": free_text(500, required=True),
+            "description": free_text(100_000, required=True),
         },
     },
     "Criterion": _object(
@@ -632,17 +703,18 @@ SCHEMAS: Final[dict[str, Schema]] = {
         "type": "object",
         "required": ["name"],
         "properties": {
-            "name": {"type": "string", "minLength": 1, "maxLength": 200},
-            "description": {"type": "string", "maxLength": 5000},
-            "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+            "name": free_text(200, required=True),
+            "description": free_text(5000, required=False),
+            "weight": _REQUEST_WEIGHT,
         },
     },
     "CriterionChanges": {
         "type": "object",
         "properties": {
-            "name": {"type": "string", "minLength": 1, "maxLength": 200},
-            "description": {"type": "string", "maxLength": 5000},
-            "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+            # null or absent: unchanged; present, not blank.
+            "name": {**free_text(200, required=True), "type": ["string", "null"]},
+            "description": free_text(5000, required=False),
+            "weight": _REQUEST_WEIGHT,
         },
     },
     "CriteriaPatch": {
@@ -676,8 +748,8 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 "type": "object",
                 "required": ["name", "resume"],
                 "properties": {
-                    "name": {"type": "string", "minLength": 1, "maxLength": 200},
-                    "resume": {"type": "string", "minLength": 1, "maxLength": 200_000},
+                    "name": free_text(200, required=True),
+                    "resume": free_text(200_000, required=True),
                 },
             },
         },
@@ -780,7 +852,7 @@ RESPONSES: Final[dict[str, Schema]] = {
     "Forbidden": _error("The key's role may not call this (FORBIDDEN)."),
     "NotFound": _error("Nothing of the caller's org under this id (NOT_FOUND)."),
     "MethodNotAllowed": _error("The path exists, not for this method (METHOD_NOT_ALLOWED)."),
-    "Conflict": _error("The key is revoked or expired already: nothing to rotate (CONFLICT)."),
+    "Conflict": _error("The resource's state refuses this (CONFLICT)."),
     "PayloadTooLarge": _error("The body exceeds the limit (PAYLOAD_TOO_LARGE)."),
     "ValidationFailed": _error("The body or a parameter is invalid (VALIDATION_FAILED)."),
     "RateLimited": _limited(

@@ -30,6 +30,7 @@ from tollhouse.identifiers import (
     POSTING_ID,
     SCORING_JOB_ID,
     TENANT,
+    path_segment,
 )
 from tollhouse.jobs.shapes import MAX_STATUS_IDS, STATUS_ID_PATTERN
 from tollhouse.jobs.volume import TIME_RANGES
@@ -503,7 +504,9 @@ def _portal_paths() -> dict[str, dict[str, Schema]]:
                     "201": _response("The key, with its secret (shown once).", ref("KeyCreated")),
                     **_errors(*with_body),
                 },
-                body=_body(ref("NewKey"), "Name, role, environment, expiry."),
+                body=_optional_body(
+                    ref("NewKey"), "Name, role, environment, expiry (none: defaults)."
+                ),
                 description=managing
                 + " A key never creates one with a higher role than its own, nor a "
                 "PRODUCTION key when it is a SANDBOX one (403 naming why).",
@@ -561,7 +564,7 @@ def _portal_paths() -> dict[str, dict[str, Schema]]:
                     **_errors(*with_body, 404),
                 },
                 parameters=[endpoint_id],
-                body=_body(ref("WebhookEndpointChanges"), "What changes."),
+                body=_optional_body(ref("WebhookEndpointChanges"), "What changes (none: nothing)."),
                 description=managing,
             ),
             "delete": _op(
@@ -597,10 +600,10 @@ def _portal_paths() -> dict[str, dict[str, Schema]]:
                 "webhooks",
                 {
                     "200": _response("The delivery after its first attempt.", ref("Delivery")),
-                    **_errors(*_GATEWAY_BODY, 404),
+                    **_errors(*_GATEWAY_BODY, 404, 409),
                 },
                 parameters=[endpoint_id],
-                description=managing + " A disabled endpoint is a 400.",
+                description=managing + " A disabled endpoint is a 409 (CONFLICT).",
             )
         },
         "/v1/webhooks/deliveries/{deliveryId}/replay": {
@@ -612,10 +615,10 @@ def _portal_paths() -> dict[str, dict[str, Schema]]:
                         "A new delivery (same webhook-id and body) after its first attempt.",
                         ref("Delivery"),
                     ),
-                    **_errors(*_GATEWAY_BODY, 404),
+                    **_errors(*_GATEWAY_BODY, 404, 409),
                 },
                 parameters=[_path("deliveryId", "The delivery (dlv_…).", _ID)],
-                description=managing + " A disabled endpoint is a 400.",
+                description=managing + " A disabled endpoint is a 409 (CONFLICT).",
             )
         },
     }
@@ -690,7 +693,7 @@ def _platform_overlays() -> dict[str, dict[str, Schema]]:
                         },
                         "Series per page.",
                     ),
-                    _query("cursor", {"type": "string"}, "next_cursor of the previous page."),
+                    _query("cursor", CURSOR.schema(), "next_cursor of the previous page."),
                 ],
                 description="Roles root and manager.",
                 operation_id="by_label_call_counts_historical__label___get",
@@ -968,7 +971,12 @@ def build_document(
         _tenant_header(policy, paths)
     for path, item in paths.items():
         for method, op in item.items():
-            if method in _HTTP_METHODS and "operationId" not in op:
+            if method not in _HTTP_METHODS:
+                continue
+            for parameter in op.get("parameters", ()):
+                if parameter.get("in") == "path":
+                    parameter["schema"] = path_segment(parameter["schema"])
+            if "operationId" not in op:
                 # e.g. get_v1_score_scoringJobId: unique, stable, usable as a function name.
                 words = re.findall(r"[A-Za-z0-9]+", path)
                 op["operationId"] = "_".join([method, *words])
@@ -985,4 +993,17 @@ def build_document(
     return doc
 
 
-__all__ = ["OPENAPI_PATH", "build_document"]
+def query_parameters(document: dict[str, Any]) -> dict[tuple[str, str], frozenset[str]]:
+    """``(METHOD, path template) → the query parameters it takes``, for every operation of
+    ``document``: the gateway refuses any other on tollhouse's own routes (400 naming it),
+    so the document's parameter lists are exactly what is accepted."""
+    found: dict[tuple[str, str], frozenset[str]] = {}
+    for path, item in document["paths"].items():
+        for method, op in item.items():
+            if method in _HTTP_METHODS:
+                names = {p["name"] for p in op.get("parameters", ()) if p.get("in") == "query"}
+                found[(method.upper(), path)] = frozenset(names)
+    return found
+
+
+__all__ = ["OPENAPI_PATH", "build_document", "query_parameters"]

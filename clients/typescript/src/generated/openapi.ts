@@ -285,7 +285,7 @@ export interface paths {
         put?: never;
         /**
          * Send a signed ping
-         * @description Root and manager keys only (other roles: 403). Scoped to the caller's org and environment: another org's id is a 404, exactly like an unknown one. A disabled endpoint is a 400.
+         * @description Root and manager keys only (other roles: 403). Scoped to the caller's org and environment: another org's id is a 404, exactly like an unknown one. A disabled endpoint is a 409 (CONFLICT).
          */
         post: operations["post_v1_webhooks_endpoints_endpointId_test"];
         delete?: never;
@@ -305,7 +305,7 @@ export interface paths {
         put?: never;
         /**
          * Send a delivery again
-         * @description Root and manager keys only (other roles: 403). Scoped to the caller's org and environment: another org's id is a 404, exactly like an unknown one. A disabled endpoint is a 400.
+         * @description Root and manager keys only (other roles: 403). Scoped to the caller's org and environment: another org's id is a 404, exactly like an unknown one. A disabled endpoint is a 409 (CONFLICT).
          */
         post: operations["post_v1_webhooks_deliveries_deliveryId_replay"];
         delete?: never;
@@ -1205,12 +1205,13 @@ export interface components {
             data: components["schemas"]["WebhookEndpoint"][];
         };
         NewWebhookEndpoint: {
+            /** @description Where deliveries go. Unless the policy allows private targets, a host resolving to a loopback, private or link-local address is refused (400). */
             url: string;
             /** @description Only these event types (e.g. score.completed); null: every type. */
             eventTypes?: string[] | null;
         };
         WebhookEndpointChanges: {
-            enabled?: boolean;
+            enabled?: boolean | null;
             /** @description Only these event types (e.g. score.completed); null: every type. */
             eventTypes?: string[] | null;
         };
@@ -1276,32 +1277,15 @@ export interface components {
         Event: {
             id: string;
             type: string;
-            /** Format: date-time */
-            time: string;
-            /** @description Free-form; the fields the analytics catalogue reads are typed. */
-            data?: {
-                cached?: boolean;
-                conversation_id?: string;
-                cost?: number;
-                document_id?: string;
-                duration_ms?: number;
-                enabled?: boolean;
-                file_type?: string;
-                kb?: string;
-                model?: string;
-                node?: string;
-                role?: string;
-                run_id?: string;
-                source?: string;
-                status?: string;
-                tokens_in?: number;
-                tokens_out?: number;
-                tool?: string;
-                trigger_id?: string;
-                user?: string;
-                workflow?: string;
+            /** @description ISO 8601 with a timezone offset, or seconds since the epoch (years 1 to 9999); at most a day in the future (422). */
+            time: string | number;
+            /** @description Free-form; the fields the analytics catalogue reads for the known types are typed. */
+            data?: null | {
+                [key: string]: components["schemas"]["EventValue"];
             };
-        };
+        } & (unknown & unknown & unknown & unknown & unknown & unknown);
+        /** @description Any JSON value without NUL (\u0000) in a string or a key. */
+        EventValue: unknown;
         /** @description Call counts of the org (or one scenario) over time. */
         CallCounts: {
             timestamps: number[];
@@ -1399,13 +1383,13 @@ export interface components {
         };
         NewCriterion: {
             name: string;
-            description?: string;
-            weight?: number;
+            description?: string | null;
+            weight?: number | null;
         };
         CriterionChanges: {
-            name?: string;
-            description?: string;
-            weight?: number;
+            name?: string | null;
+            description?: string | null;
+            weight?: number | null;
         };
         CriteriaPatch: {
             criteria: (components["schemas"]["CriterionChanges"] & {
@@ -1433,7 +1417,7 @@ export interface components {
         /** @description An org. `firstKey` only in the answer to a creation that asked for it. */
         AdminOrg: {
             id: string;
-            name: string;
+            name: string | null;
             /** Format: date-time */
             createdAt: string;
             suspended: boolean;
@@ -1446,7 +1430,7 @@ export interface components {
             hasMore: boolean;
             nextCursor: string | null;
         };
-        /** @description A key to make. expiresAt: ISO 8601 with an offset, in the future. */
+        /** @description A key to make. expiresAt: ISO 8601 with an offset, in the future; null or absent: never. */
         AdminNewKey: {
             /** @enum {unknown} */
             environment: "SANDBOX" | "PRODUCTION";
@@ -1455,22 +1439,21 @@ export interface components {
              * @enum {unknown}
              */
             role: "root" | "manager" | "backend" | "member";
-            name?: string;
-            /** Format: date-time */
-            expiresAt?: string;
+            name?: string | null;
+            expiresAt?: string | null;
             /** @description At most 4096 bytes of JSON. */
             meta?: Record<string, unknown>;
         };
         /** @description An org to make; with firstKey, its first key in the same transaction (both or neither). */
         AdminNewOrg: {
             id: string;
-            name?: string;
-            firstKey?: components["schemas"]["AdminNewKey"];
+            name?: string | null;
+            firstKey?: components["schemas"]["AdminNewKey"] | null;
         };
-        /** @description suspended: true refuses every key of the org (403 ORG_SUSPENDED) within a second; false lets them in again. */
+        /** @description suspended: true refuses every key of the org (403 ORG_SUSPENDED) within a second; false lets them in again; null or absent: unchanged. */
         AdminOrgChanges: {
-            name?: string;
-            suspended?: boolean;
+            name?: string | null;
+            suspended?: boolean | null;
         };
         /** @description A key (never its secret). */
         AdminKey: {
@@ -1480,7 +1463,7 @@ export interface components {
             environment: "SANDBOX" | "PRODUCTION";
             /** @enum {unknown} */
             role: "root" | "manager" | "backend" | "member";
-            name: string;
+            name: string | null;
             prefix: string;
             /** @enum {unknown} */
             status: "active" | "revoked" | "expired";
@@ -1499,7 +1482,7 @@ export interface components {
             environment: "SANDBOX" | "PRODUCTION";
             /** @enum {unknown} */
             role: "root" | "manager" | "backend" | "member";
-            name: string;
+            name: string | null;
             prefix: string;
             /** @enum {unknown} */
             status: "active" | "revoked" | "expired";
@@ -1520,7 +1503,7 @@ export interface components {
             environment: "SANDBOX" | "PRODUCTION";
             /** @enum {unknown} */
             role: "root" | "manager" | "backend" | "member";
-            name: string;
+            name: string | null;
             prefix: string;
             /** @enum {unknown} */
             status: "active" | "revoked" | "expired";
@@ -1582,7 +1565,7 @@ export interface components {
         /** @description The new limit per window; with keyId, for that key of the org only. */
         AdminLimitChange: {
             limit: number;
-            keyId?: string;
+            keyId?: string | null;
         };
         /** @description An override as stored. */
         AdminOverride: {
@@ -1680,7 +1663,7 @@ export interface components {
                 "application/json": components["schemas"]["ErrorEnvelope"];
             };
         };
-        /** @description The key is revoked or expired already: nothing to rotate (CONFLICT). */
+        /** @description The resource's state refuses this (CONFLICT). */
         Conflict: {
             headers: {
                 "X-Request-Id": components["headers"]["X-Request-Id"];
@@ -2228,8 +2211,8 @@ export interface operations {
             path?: never;
             cookie?: never;
         };
-        /** @description Name, role, environment, expiry. */
-        requestBody: {
+        /** @description Name, role, environment, expiry (none: defaults). */
+        requestBody?: {
             content: {
                 "application/json": components["schemas"]["NewKey"];
             };
@@ -2466,8 +2449,8 @@ export interface operations {
             };
             cookie?: never;
         };
-        /** @description What changes. */
-        requestBody: {
+        /** @description What changes (none: nothing). */
+        requestBody?: {
             content: {
                 "application/json": components["schemas"]["WebhookEndpointChanges"];
             };
@@ -2578,6 +2561,7 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
             413: components["responses"]["PayloadTooLarge"];
             429: components["responses"]["RateLimited"];
         };
@@ -2616,6 +2600,7 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
             413: components["responses"]["PayloadTooLarge"];
             429: components["responses"]["RateLimited"];
         };

@@ -1033,7 +1033,8 @@ export const SCHEMAS: Record<string, unknown> = {
       "url": {
         "type": "string",
         "minLength": 1,
-        "maxLength": 2048
+        "maxLength": 2048,
+        "pattern": "^https?://[A-Za-z0-9.-]+(?::[0-9]{1,4})?(?:/[\\x21-\\x7e]*)?$"
       },
       "eventTypes": {
         "anyOf": [
@@ -1058,7 +1059,14 @@ export const SCHEMAS: Record<string, unknown> = {
     "additionalProperties": false,
     "properties": {
       "enabled": {
-        "type": "boolean"
+        "anyOf": [
+          {
+            "type": "boolean"
+          },
+          {
+            "type": "null"
+          }
+        ]
       },
       "eventTypes": {
         "anyOf": [
@@ -1326,121 +1334,508 @@ export const SCHEMAS: Record<string, unknown> = {
         "pattern": "^[a-z][a-z0-9_.]*$"
       },
       "time": {
-        "type": "string",
-        "format": "date-time"
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "number",
+            "minimum": -62135596800,
+            "maximum": 253402300799
+          }
+        ]
       },
       "data": {
-        "type": "object",
-        "properties": {
-          "cached": {
-            "type": "boolean"
+        "anyOf": [
+          {
+            "type": "null"
           },
-          "conversation_id": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 200,
-            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
-          },
-          "cost": {
-            "type": "number",
-            "minimum": 0
-          },
-          "document_id": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 200,
-            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
-          },
-          "duration_ms": {
-            "type": "number",
-            "minimum": 0
-          },
-          "enabled": {
-            "type": "boolean"
-          },
-          "file_type": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 64,
-            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
-          },
-          "kb": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 200,
-            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
-          },
-          "model": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 200,
-            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
-          },
-          "node": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 200,
-            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
-          },
-          "role": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 32,
-            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
-          },
-          "run_id": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 200,
-            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
-          },
-          "source": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 32,
-            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
-          },
-          "status": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 32,
-            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
-          },
-          "tokens_in": {
-            "type": "integer",
-            "minimum": 0
-          },
-          "tokens_out": {
-            "type": "integer",
-            "minimum": 0
-          },
-          "tool": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 64,
-            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
-          },
-          "trigger_id": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 200,
-            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
-          },
-          "user": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 200,
-            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
-          },
-          "workflow": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 200,
-            "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+          {
+            "type": "object",
+            "propertyNames": {
+              "pattern": "^[^\\x00]*$"
+            },
+            "additionalProperties": {
+              "$ref": "#/components/schemas/EventValue"
+            }
           }
+        ]
+      }
+    },
+    "allOf": [
+      {
+        "if": {
+          "properties": {
+            "type": {
+              "const": "conversation_started"
+            }
+          }
+        },
+        "then": {
+          "properties": {
+            "data": {
+              "type": "object",
+              "properties": {
+                "conversation_id": {
+                  "type": "string",
+                  "minLength": 1,
+                  "maxLength": 200,
+                  "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+                },
+                "user": {
+                  "anyOf": [
+                    {
+                      "type": "string",
+                      "minLength": 1,
+                      "maxLength": 200,
+                      "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
+                }
+              },
+              "required": [
+                "conversation_id"
+              ]
+            }
+          },
+          "required": [
+            "data"
+          ]
+        }
+      },
+      {
+        "if": {
+          "properties": {
+            "type": {
+              "const": "flow_run"
+            }
+          }
+        },
+        "then": {
+          "properties": {
+            "data": {
+              "type": "object",
+              "properties": {
+                "run_id": {
+                  "type": "string",
+                  "minLength": 1,
+                  "maxLength": 200,
+                  "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+                },
+                "status": {
+                  "enum": [
+                    "running",
+                    "succeeded",
+                    "failed"
+                  ]
+                },
+                "source": {
+                  "anyOf": [
+                    {
+                      "enum": [
+                        "manual",
+                        "trigger",
+                        "agent"
+                      ]
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
+                },
+                "user": {
+                  "anyOf": [
+                    {
+                      "type": "string",
+                      "minLength": 1,
+                      "maxLength": 200,
+                      "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
+                },
+                "workflow": {
+                  "anyOf": [
+                    {
+                      "type": "string",
+                      "minLength": 1,
+                      "maxLength": 200,
+                      "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
+                },
+                "duration_ms": {
+                  "anyOf": [
+                    {
+                      "type": "number",
+                      "minimum": 0,
+                      "maximum": 1000000000000
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
+                }
+              },
+              "required": [
+                "run_id",
+                "status"
+              ]
+            }
+          },
+          "required": [
+            "data"
+          ]
+        }
+      },
+      {
+        "if": {
+          "properties": {
+            "type": {
+              "const": "kb_document"
+            }
+          }
+        },
+        "then": {
+          "properties": {
+            "data": {
+              "type": "object",
+              "properties": {
+                "kb": {
+                  "type": "string",
+                  "minLength": 1,
+                  "maxLength": 200,
+                  "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+                },
+                "document_id": {
+                  "type": "string",
+                  "minLength": 1,
+                  "maxLength": 200,
+                  "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+                },
+                "user": {
+                  "anyOf": [
+                    {
+                      "type": "string",
+                      "minLength": 1,
+                      "maxLength": 200,
+                      "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
+                },
+                "file_type": {
+                  "anyOf": [
+                    {
+                      "type": "string",
+                      "minLength": 1,
+                      "maxLength": 64,
+                      "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
+                },
+                "status": {
+                  "anyOf": [
+                    {
+                      "enum": [
+                        "processed",
+                        "failed"
+                      ]
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
+                }
+              },
+              "required": [
+                "kb",
+                "document_id"
+              ]
+            }
+          },
+          "required": [
+            "data"
+          ]
+        }
+      },
+      {
+        "if": {
+          "properties": {
+            "type": {
+              "const": "llm_call"
+            }
+          }
+        },
+        "then": {
+          "properties": {
+            "data": {
+              "type": "object",
+              "properties": {
+                "model": {
+                  "type": "string",
+                  "minLength": 1,
+                  "maxLength": 200,
+                  "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+                },
+                "tokens_in": {
+                  "anyOf": [
+                    {
+                      "type": "integer",
+                      "minimum": 0,
+                      "maximum": 1000000000000000
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
+                },
+                "tokens_out": {
+                  "anyOf": [
+                    {
+                      "type": "integer",
+                      "minimum": 0,
+                      "maximum": 1000000000000000
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
+                },
+                "cached": {
+                  "anyOf": [
+                    {
+                      "type": "boolean"
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
+                },
+                "cost": {
+                  "anyOf": [
+                    {
+                      "type": "number",
+                      "minimum": 0,
+                      "maximum": 1000000000
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
+                },
+                "user": {
+                  "anyOf": [
+                    {
+                      "type": "string",
+                      "minLength": 1,
+                      "maxLength": 200,
+                      "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
+                },
+                "workflow": {
+                  "anyOf": [
+                    {
+                      "type": "string",
+                      "minLength": 1,
+                      "maxLength": 200,
+                      "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
+                },
+                "node": {
+                  "anyOf": [
+                    {
+                      "type": "string",
+                      "minLength": 1,
+                      "maxLength": 200,
+                      "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
+                },
+                "tool": {
+                  "anyOf": [
+                    {
+                      "type": "string",
+                      "minLength": 1,
+                      "maxLength": 64,
+                      "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
+                },
+                "conversation_id": {
+                  "anyOf": [
+                    {
+                      "type": "string",
+                      "minLength": 1,
+                      "maxLength": 200,
+                      "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
+                }
+              },
+              "required": [
+                "model"
+              ]
+            }
+          },
+          "required": [
+            "data"
+          ]
+        }
+      },
+      {
+        "if": {
+          "properties": {
+            "type": {
+              "const": "message_sent"
+            }
+          }
+        },
+        "then": {
+          "properties": {
+            "data": {
+              "type": "object",
+              "properties": {
+                "conversation_id": {
+                  "type": "string",
+                  "minLength": 1,
+                  "maxLength": 200,
+                  "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+                },
+                "user": {
+                  "anyOf": [
+                    {
+                      "type": "string",
+                      "minLength": 1,
+                      "maxLength": 200,
+                      "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
+                },
+                "role": {
+                  "anyOf": [
+                    {
+                      "type": "string",
+                      "minLength": 1,
+                      "maxLength": 32,
+                      "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+                    },
+                    {
+                      "type": "null"
+                    }
+                  ]
+                }
+              },
+              "required": [
+                "conversation_id"
+              ]
+            }
+          },
+          "required": [
+            "data"
+          ]
+        }
+      },
+      {
+        "if": {
+          "properties": {
+            "type": {
+              "const": "trigger"
+            }
+          }
+        },
+        "then": {
+          "properties": {
+            "data": {
+              "type": "object",
+              "properties": {
+                "trigger_id": {
+                  "type": "string",
+                  "minLength": 1,
+                  "maxLength": 200,
+                  "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+                },
+                "enabled": {
+                  "type": "boolean"
+                }
+              },
+              "required": [
+                "trigger_id",
+                "enabled"
+              ]
+            }
+          },
+          "required": [
+            "data"
+          ]
         }
       }
-    }
+    ]
+  },
+  "EventValue": {
+    "x-json-value": true,
+    "anyOf": [
+      {
+        "type": [
+          "null",
+          "boolean",
+          "number"
+        ]
+      },
+      {
+        "type": "string",
+        "pattern": "^[^\\x00]*$"
+      },
+      {
+        "type": "array",
+        "items": {
+          "$ref": "#/components/schemas/EventValue"
+        }
+      },
+      {
+        "type": "object",
+        "propertyNames": {
+          "pattern": "^[^\\x00]*$"
+        },
+        "additionalProperties": {
+          "$ref": "#/components/schemas/EventValue"
+        }
+      }
+    ]
   },
   "CallCounts": {
     "type": "object",
@@ -1793,7 +2188,13 @@ export const SCHEMAS: Record<string, unknown> = {
         "type": "string",
         "minLength": 1,
         "maxLength": 256,
-        "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+        "pattern": "^[^\\x00-\\x1f\\x7f/\\\\]*[^\\x00-\\x20\\x7f/\\\\][^\\x00-\\x1f\\x7f/\\\\]*$",
+        "not": {
+          "enum": [
+            ".",
+            ".."
+          ]
+        }
       }
     }
   },
@@ -1886,12 +2287,20 @@ export const SCHEMAS: Record<string, unknown> = {
       "name": {
         "type": "string",
         "minLength": 1,
-        "maxLength": 200
+        "maxLength": 200,
+        "pattern": "^[^\\x00]*[^\\x00\\t\\n\\r ][^\\x00]*$"
       },
       "weight": {
-        "type": "number",
-        "exclusiveMinimum": 0,
-        "maximum": 1
+        "anyOf": [
+          {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 1
+          },
+          {
+            "type": "null"
+          }
+        ]
       }
     }
   },
@@ -1899,14 +2308,25 @@ export const SCHEMAS: Record<string, unknown> = {
     "type": "object",
     "properties": {
       "name": {
-        "type": "string",
+        "type": [
+          "string",
+          "null"
+        ],
         "minLength": 1,
-        "maxLength": 200
+        "maxLength": 200,
+        "pattern": "^[^\\x00]*[^\\x00\\t\\n\\r ][^\\x00]*$"
       },
       "weight": {
-        "type": "number",
-        "exclusiveMinimum": 0,
-        "maximum": 1
+        "anyOf": [
+          {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 1
+          },
+          {
+            "type": "null"
+          }
+        ]
       }
     }
   },
@@ -1934,7 +2354,13 @@ export const SCHEMAS: Record<string, unknown> = {
                   "type": "string",
                   "minLength": 1,
                   "maxLength": 256,
-                  "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+                  "pattern": "^[^\\x00-\\x1f\\x7f/\\\\]*[^\\x00-\\x20\\x7f/\\\\][^\\x00-\\x1f\\x7f/\\\\]*$",
+                  "not": {
+                    "enum": [
+                      ".",
+                      ".."
+                    ]
+                  }
                 }
               }
             }
@@ -1975,13 +2401,25 @@ export const SCHEMAS: Record<string, unknown> = {
         "type": "string",
         "minLength": 1,
         "maxLength": 256,
-        "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+        "pattern": "^[^\\x00-\\x1f\\x7f/\\\\]*[^\\x00-\\x20\\x7f/\\\\][^\\x00-\\x1f\\x7f/\\\\]*$",
+        "not": {
+          "enum": [
+            ".",
+            ".."
+          ]
+        }
       },
       "jobId": {
         "type": "string",
         "minLength": 1,
         "maxLength": 256,
-        "pattern": "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*$"
+        "pattern": "^[^\\x00-\\x1f\\x7f/\\\\]*[^\\x00-\\x20\\x7f/\\\\][^\\x00-\\x1f\\x7f/\\\\]*$",
+        "not": {
+          "enum": [
+            ".",
+            ".."
+          ]
+        }
       },
       "candidate": {
         "type": "object",
@@ -1993,12 +2431,14 @@ export const SCHEMAS: Record<string, unknown> = {
           "name": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 200,
+            "pattern": "^[^\\x00]*[^\\x00\\t\\n\\r ][^\\x00]*$"
           },
           "resume": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200000
+            "maxLength": 200000,
+            "pattern": "^[^\\x00]*[^\\x00\\t\\n\\r ][^\\x00]*$"
           }
         }
       }
@@ -2035,8 +2475,12 @@ export const SCHEMAS: Record<string, unknown> = {
         "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
       },
       "name": {
-        "type": "string",
-        "maxLength": 200
+        "type": [
+          "string",
+          "null"
+        ],
+        "maxLength": 200,
+        "pattern": "^[^\\x00]*$"
       },
       "createdAt": {
         "type": "string",
@@ -2112,12 +2556,23 @@ export const SCHEMAS: Record<string, unknown> = {
         "default": "member"
       },
       "name": {
-        "type": "string",
-        "maxLength": 200
+        "type": [
+          "string",
+          "null"
+        ],
+        "maxLength": 200,
+        "pattern": "^[^\\x00]*$"
       },
       "expiresAt": {
-        "type": "string",
-        "format": "date-time"
+        "anyOf": [
+          {
+            "type": "string",
+            "format": "date-time"
+          },
+          {
+            "type": "null"
+          }
+        ]
       },
       "meta": {
         "type": "object"
@@ -2136,11 +2591,22 @@ export const SCHEMAS: Record<string, unknown> = {
         "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
       },
       "name": {
-        "type": "string",
-        "maxLength": 200
+        "type": [
+          "string",
+          "null"
+        ],
+        "maxLength": 200,
+        "pattern": "^[^\\x00]*$"
       },
       "firstKey": {
-        "$ref": "#/components/schemas/AdminNewKey"
+        "anyOf": [
+          {
+            "$ref": "#/components/schemas/AdminNewKey"
+          },
+          {
+            "type": "null"
+          }
+        ]
       }
     },
     "additionalProperties": false
@@ -2150,11 +2616,22 @@ export const SCHEMAS: Record<string, unknown> = {
     "required": [],
     "properties": {
       "name": {
-        "type": "string",
-        "maxLength": 200
+        "type": [
+          "string",
+          "null"
+        ],
+        "maxLength": 200,
+        "pattern": "^[^\\x00]*$"
       },
       "suspended": {
-        "type": "boolean"
+        "anyOf": [
+          {
+            "type": "boolean"
+          },
+          {
+            "type": "null"
+          }
+        ]
       }
     },
     "additionalProperties": false
@@ -2199,8 +2676,12 @@ export const SCHEMAS: Record<string, unknown> = {
         ]
       },
       "name": {
-        "type": "string",
-        "maxLength": 200
+        "type": [
+          "string",
+          "null"
+        ],
+        "maxLength": 200,
+        "pattern": "^[^\\x00]*$"
       },
       "prefix": {
         "type": "string"
@@ -2302,8 +2783,12 @@ export const SCHEMAS: Record<string, unknown> = {
         ]
       },
       "name": {
-        "type": "string",
-        "maxLength": 200
+        "type": [
+          "string",
+          "null"
+        ],
+        "maxLength": 200,
+        "pattern": "^[^\\x00]*$"
       },
       "prefix": {
         "type": "string"
@@ -2410,8 +2895,12 @@ export const SCHEMAS: Record<string, unknown> = {
         ]
       },
       "name": {
-        "type": "string",
-        "maxLength": 200
+        "type": [
+          "string",
+          "null"
+        ],
+        "maxLength": 200,
+        "pattern": "^[^\\x00]*$"
       },
       "prefix": {
         "type": "string"
@@ -2672,8 +3161,15 @@ export const SCHEMAS: Record<string, unknown> = {
         "maximum": 2147483647
       },
       "keyId": {
-        "type": "string",
-        "pattern": "^key_[0-9a-f]{16}$"
+        "anyOf": [
+          {
+            "type": "string",
+            "pattern": "^key_[0-9a-f]{16}$"
+          },
+          {
+            "type": "null"
+          }
+        ]
       }
     },
     "additionalProperties": false
