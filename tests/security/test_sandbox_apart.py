@@ -2,7 +2,12 @@
 a ``member`` key of each environment (``sk_test_`` → SANDBOX, ``sk_live_`` → PRODUCTION).
 Each reproduces a way a sandbox key once reached production data (and checks the
 reverse): reading a live scoring result, deleting live criteria, and a live
-``POST /v1/score`` replaying a sandbox job through a shared ``Idempotency-Key``."""
+``POST /v1/score`` replaying a sandbox job through a shared ``Idempotency-Key``.
+
+Besides the example upstream mounted in-process, the tests run with it as its own
+process (`tollhouse example serve`, on PostgreSQL) behind ``[upstream] url``, as the
+finding's deployment had it: there the environment reaches the upstream only as the
+``X-Tollhouse-Environment`` header the proxy and the job handler send."""
 
 from __future__ import annotations
 
@@ -10,12 +15,15 @@ import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Server
+from tests import services
+from tests.conftest import ALLOW_PRIVATE_TARGETS, Server, start_server, stop_server
+from tests.example.support import start_example
 
 pytestmark = pytest.mark.integration
 
@@ -25,6 +33,43 @@ SCORE = {
     "candidate": {"name": "Ada", "resume": "Python and PostgreSQL for six years."},
 }
 POSTING = {"jobId": "posting-1", "title": "Engineer", "description": "Python, PostgreSQL, APIs."}
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("example over http", marks=pytest.mark.postgres),
+    ],
+)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """`tollhouse serve` with the built-in policy on the embedded SQLite default, on
+    PostgreSQL, or on PostgreSQL in front of `tollhouse example serve` (same database)."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("default_server")
+        return
+    pg: services.PostgresServer = request.getfixturevalue("postgres_service")
+    url = pg.create_database(f"apart_{secrets.token_hex(4)}")
+    cwd = tmp_path_factory.mktemp("apart")
+    env = {**ALLOW_PRIVATE_TARGETS, "TOLLHOUSE_DATABASE_URL": url}
+    if request.param == "postgres":
+        started = start_server(cwd, env=env)
+        yield started
+        stop_server(started)
+        return
+    example = start_example(cwd, {"TOLLHOUSE_DATABASE_URL": url})
+    policy = resources.files("tollhouse.policy").joinpath("default.toml").read_text("utf-8")
+    config = cwd / "tollhouse.toml"
+    config.write_text(policy.replace("[upstream]\n", f'[upstream]\nurl = "{example.url}"\n', 1))
+    try:
+        started = start_server(cwd, config, env=env)
+        yield started
+        stop_server(started)
+    finally:
+        example.stop()
 
 
 @dataclass
