@@ -30,6 +30,7 @@ from tollhouse.jobs.schema import (
 from tollhouse.keys.schema import api_keys, orgs
 from tollhouse.metering import schema as usage
 from tollhouse.metering.deadletters import dead_letters
+from tollhouse.metering.partitions import partition_calls
 from tollhouse.security.audit import migrate_admin, migrate_security
 from tollhouse.storage.migrations import Migration, check_steps, create_tables
 from tollhouse.storage.migrations import migrate as run_steps
@@ -81,6 +82,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         add_flag_columns,
     ),
     Migration(14, "usage rollups: unknown-status counter", usage.upgrade_rollups_unknown),
+    Migration(
+        15,
+        "raw call log partitioned by day on PostgreSQL (rows moved; SQLite unchanged)",
+        partition_calls,
+    ),
 )
 check_steps(MIGRATIONS)
 
