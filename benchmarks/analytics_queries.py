@@ -1,6 +1,6 @@
-"""Analytics reads on SQLite: rollups vs scanning the raw call log, same answers, same run.
+"""Analytics reads on SQLite or PostgreSQL: rollups vs the raw call log, same answers, same run.
 
-Builds a SQLite database with N metered calls spread over 90 days (20 orgs × 10 keys,
+Builds a database with N metered calls spread over 90 days (20 orgs × 10 keys,
 Zipf traffic, two or three routes per key) through the real meter — rollups 1 m / 1 h /
 1 d and the raw call log — then applies the default retention to the rollups (minute
 rollups kept 7 days), as a server would have; the raw log is kept whole so that it can
@@ -14,29 +14,42 @@ answer over 90 days too. For the busiest org it times, p50 over repeated runs:
 each against the same answer computed from the raw call log (an indexed ``GROUP BY``
 over the org's rows), checked equal, and prints the ratio.
 
+On PostgreSQL (``--engine postgresql``) the build is bulk by default (:func:`bulk_build`:
+the raw log by binary ``COPY`` into its day partitions, rollups from it in SQL;
+``--build meter`` goes through the meter as the SQLite build does). It then makes one
+finished scoring job per ``POST /v1/score`` call (``INSERT … SELECT`` from the log) and
+runs ``VACUUM ANALYZE`` (what autovacuum does on a live server), so that the scoring
+volume (``GET /v1/analytics/scoring-volume?timeRange=90d``, jobs per day) is timed
+too, against the same counts from the raw log. It prints the disk each table takes.
+
     .venv/bin/python benchmarks/analytics_queries.py              # 1 M calls, ~1 min
     .venv/bin/python benchmarks/analytics_queries.py --calls 10000000 --keep DIR
                                                                   # 10 M calls, ~10 min
+    .venv/bin/python benchmarks/analytics_queries.py --engine postgresql --calls 10000000
 
-``--keep DIR`` leaves the database in DIR (and reuses it when it is already there), so
-the 10 M build is paid once.
+``--keep DIR`` leaves the SQLite database in DIR (and reuses it when it is already
+there), so the 10 M build is paid once. On PostgreSQL a throwaway cluster is started
+(tests/services.py) unless ``--postgres-url`` names a database; a database that already
+holds calls is reused as it is.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import random
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, func, literal, select
+from sqlalchemy import BigInteger, case, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -45,8 +58,14 @@ from tollhouse.analytics import call_counts
 from tollhouse.analytics.buckets import DAY, fold
 from tollhouse.analytics.catalogue import CATALOGUE
 from tollhouse.analytics.metrics import run_metric
+from tollhouse.jobs import open_queue
+from tollhouse.jobs.volume import volume_body, window
 from tollhouse.metering import CallRecord, Retention, UsageMeter, prune
-from tollhouse.metering.schema import usage_calls
+from tollhouse.metering.flusher import LOG_COLUMNS, dim_id, dim_row
+from tollhouse.metering.histogram import BOUNDS_US
+from tollhouse.metering.histogram import COLUMNS as HISTOGRAM
+from tollhouse.metering.partitions import ensure_days
+from tollhouse.metering.schema import ROLLUPS, usage_calls, usage_dims
 from tollhouse.policy.model import EndpointGroup
 from tollhouse.schema import create_schema
 from tollhouse.storage.engine import make_engine
@@ -102,6 +121,135 @@ async def build(engine: AsyncEngine, n: int, seed: int = 1) -> None:
     # (not 30 days) so that the baseline can answer over 90 days too.
     deleted = await prune(engine, Retention(calls_days=None), END)
     print(f"\n  retention applied at the range end: {deleted}")
+    if engine.dialect.name == "postgresql":
+        await build_jobs(engine)
+
+
+def _rollup_select(source: str, step_us: int, where: str = "") -> str:
+    """Rollup rows per dimension set and bucket from raw call-log rows, counted as the
+    meter counts them (:func:`tollhouse.metering.aggregator.status_kind`, histogram
+    bucket = ``bisect_right(BOUNDS_US, duration)`` = ``width_bucket``)."""
+    bounds = ",".join(map(str, BOUNDS_US))
+    hist = ", ".join(f"count(*) FILTER (WHERE hb = {i})" for i in range(len(HISTOGRAM)))
+    return (
+        f"SELECT d.id, (c.time_us / {step_us}) * {step_us // 1_000_000}, count(*), "
+        "count(*) FILTER (WHERE status >= 500), "
+        "count(*) FILTER (WHERE status >= 400 AND status < 500 AND status <> 429), "
+        "count(*) FILTER (WHERE status = 429), "
+        "count(*) FILTER (WHERE status >= 300 AND status < 400), "
+        "count(*) FILTER (WHERE status < 100), "
+        f"sum(duration_us), min(duration_us), max(duration_us), {hist} "
+        f"FROM (SELECT *, width_bucket(duration_us, ARRAY[{bounds}]::bigint[]) AS hb "
+        f"FROM {source} {where}) c "
+        "JOIN usage_dims d ON d.org = c.org AND d.environment = c.environment "
+        "AND d.key_id = c.key_id AND d.method = c.method AND d.route = coalesce(c.route, '') "
+        "AND d.endpoint_group = coalesce(c.endpoint_group, '') "
+        "AND d.tenant = coalesce(c.tenant, '') GROUP BY 1, 2"
+    )
+
+
+async def bulk_build(engine: AsyncEngine, n: int, seed: int = 1) -> None:
+    """PostgreSQL's bulk build, same traffic as :func:`build`: the raw log by binary
+    ``COPY`` (rows made in time order, straight into the day partitions), then the
+    rollups from it in SQL, counted as the meter counts — hourly from the log, daily from
+    the hourly rows, minutes for the last 8 days only (retention keeps 7) — and the
+    default retention applied. The meter's own path (``--build meter``) writes ~5 k
+    calls/s here because 90 days of spread-out calls make about one minute row per
+    call; this one is what a 100 M build needs."""
+    rng = random.Random(seed)
+    keys = []
+    for k in range(200):
+        keys.append((f"org{k % 20}", f"key_{k}", rng.sample(ROUTES, rng.randint(2, 3))))
+    weights = [1 / (k + 1) ** 1.1 for k in range(len(keys))]
+    dims = {
+        (org, ENV, key, "", group, method, route, ())
+        for org, key, routes in keys
+        for method, route, group in routes
+    }
+    rows = [dim_row(dim_id(d), d) for d in dims]
+    async with engine.begin() as conn:
+        await conn.execute(usage_dims.insert(), rows)
+        # The partitions of the 90 days, as the flusher makes them for its batches.
+        await ensure_days(conn, range(START // 86400, END // 86400 + 1))
+    statuses = (200, 200, 200, 201, 404, 429, 500)
+    chunk = 500_000
+    slices = max(1, math.ceil(n / chunk))
+    span = (END - START) / slices
+    t0 = time.perf_counter()
+    done = 0
+    for i in range(slices):
+        count = min(chunk, n - done)
+        low = START + i * span
+        times = sorted(round((low + rng.random() * span) * 1e6) for _ in range(count))
+        picks = rng.choices(keys, weights, k=count)
+        records = []
+        for t, (org, key, routes) in zip(times, picks, strict=True):
+            method, route, group = rng.choice(routes)
+            us = round(rng.lognormvariate(3, 1) * 1000)
+            records.append(
+                (org, ENV, key, None, group, method, route, "{}", t, rng.choice(statuses), us)
+            )
+        async with engine.begin() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            await driver.copy_records_to_table("usage_calls", records=records, columns=LOG_COLUMNS)
+        done += count
+        print(f"\r  copied {done:,} calls ({time.perf_counter() - t0:.0f} s)", end="", flush=True)
+    print()
+    steps = [
+        ("usage_rollup_1h", _rollup_select("usage_calls", 3_600_000_000)),
+        (
+            "usage_rollup_1m",
+            _rollup_select(
+                "usage_calls", 60_000_000, f"WHERE time_us >= {(END - 8 * DAY) * 1_000_000}"
+            ),
+        ),
+    ]
+    cols = ", ".join(c.name for c in ROLLUPS[0].columns)
+    for table, sql in steps:
+        t = time.perf_counter()
+        async with engine.begin() as conn:
+            # One hash aggregate in memory instead of spilling its 50 sums to disk.
+            await conn.exec_driver_sql("SET LOCAL work_mem = '512MB'")
+            await conn.exec_driver_sql(f"INSERT INTO {table} ({cols}) {sql}")
+        print(f"  {table} from the log in {time.perf_counter() - t:.0f} s")
+    t = time.perf_counter()
+    add = ", ".join(f"sum({c})" for c in ("count", "errors", "client_errors", "throttled",
+                                           "redirects", "unknown", "dur_sum_us"))  # fmt: skip
+    hist = ", ".join(f"sum({h})" for h in HISTOGRAM)
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql(
+            f"INSERT INTO usage_rollup_1d ({cols}) SELECT dim_id, bucket / 86400 * 86400, "
+            f"{add}, min(dur_min_us), max(dur_max_us), {hist} FROM usage_rollup_1h GROUP BY 1, 2"
+        )
+    print(f"  usage_rollup_1d from the hourly rows in {time.perf_counter() - t:.0f} s")
+    deleted = await prune(engine, Retention(calls_days=None), END)
+    print(f"  retention applied at the range end: {deleted}")
+    await build_jobs(engine)
+
+
+async def build_jobs(engine: AsyncEngine) -> None:
+    """One finished scoring job per ``POST /v1/score`` call, finished when the call was
+    made (failed when it answered 5xx), made in the database from the log; then
+    ``VACUUM ANALYZE``, as autovacuum would have done on a server."""
+    t = time.perf_counter()
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql(
+            "INSERT INTO jobs (id, org_id, environment, route, payload, status, attempts, "
+            "max_attempts, run_after, created_at, finished_at) "
+            "SELECT 'job_' || id, org, environment, route, '{}', "
+            "CASE WHEN status >= 500 THEN 'failed' ELSE 'completed' END, 1, 3, "
+            "to_timestamp(time_us / 1e6), to_timestamp(time_us / 1e6), "
+            "to_timestamp(time_us / 1e6) "
+            "FROM usage_calls WHERE method = 'POST' AND route = '/v1/score'"
+        )
+    print(f"  scoring jobs made in {time.perf_counter() - t:.0f} s")
+    t = time.perf_counter()
+    async with engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.exec_driver_sql("VACUUM ANALYZE")
+    print(f"  VACUUM ANALYZE in {time.perf_counter() - t:.0f} s")
 
 
 async def p50(fn: Callable[[], Awaitable[Any]], rounds: int) -> tuple[float, Any]:
@@ -217,6 +365,9 @@ async def bench(engine: AsyncEngine, rounds: int) -> None:
     assert got == b, "api_calls_per_endpoint differs"
     rows.append(("api_calls_per_endpoint, 90 days", t_roll, t_raw))
 
+    if engine.dialect.name == "postgresql":
+        rows.append(await bench_scoring_volume(engine, rounds))
+
     async with engine.connect() as conn:
         org_calls = (
             await conn.execute(
@@ -227,9 +378,121 @@ async def bench(engine: AsyncEngine, rounds: int) -> None:
     print(f"  {'query':<34} {'rollups':>10} {'raw log':>10} {'ratio':>8}")
     for name, roll, raw in rows:
         print(f"  {name:<34} {roll * 1000:>8.2f}ms {raw * 1000:>8.1f}ms {raw / roll:>7.0f}×")
+    if engine.dialect.name == "postgresql":
+        await print_sizes(engine)
+
+
+async def raw_scoring_volume(engine: AsyncEngine, start: float, end: float) -> dict[int, tuple]:
+    """The busiest org's ``POST /v1/score`` calls per day from the raw log: (completed,
+    failed) as the jobs made from them finished."""
+    c = usage_calls.c
+    origin = math.floor(start / DAY) * DAY
+    idx = (c.time_us - _big(origin * 1_000_000)) // _big(DAY * 1_000_000)
+    stmt = (
+        select(
+            idx,
+            func.sum(case((c.status < 500, 1), else_=0)),
+            func.sum(case((c.status >= 500, 1), else_=0)),
+        )
+        .where(
+            c.org == ORG,
+            c.environment == ENV,
+            c.method == "POST",
+            c.route == "/v1/score",
+            c.time_us >= _big(int(start * 1_000_000)),
+            c.time_us <= _big(int(end * 1_000_000)),
+        )
+        .group_by(idx)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return {origin + int(r[0]) * DAY: (int(r[1]), int(r[2])) for r in rows}
+
+
+async def bench_scoring_volume(engine: AsyncEngine, rounds: int) -> tuple[str, float, float]:
+    """``GET /v1/analytics/scoring-volume?timeRange=90d``: the route's query and body."""
+    queue = open_queue(engine)
+    start, end, granularity = window("90d", datetime.fromtimestamp(END, UTC))
+
+    async def answer() -> dict[str, Any]:
+        counts = await queue.volume(ORG, start, end, granularity, environment=ENV)
+        return volume_body(start, end, granularity, counts)
+
+    t_jobs, body = await p50(answer, rounds)
+    t_raw, raw = await p50(
+        lambda: raw_scoring_volume(engine, start.timestamp(), end.timestamp()), rounds
+    )
+    got = {
+        int(datetime.fromisoformat(d["timestamp"].replace("Z", "+00:00")).timestamp()): (
+            d["completed"],
+            d["failed"],
+        )
+        for d in body["data"]
+        if d["total"]
+    }
+    assert got == raw, "scoring volume differs"
+    return ("scoring-volume 90d (jobs table)", t_jobs, t_raw)
+
+
+async def print_sizes(engine: AsyncEngine) -> None:
+    """Disk per table (partitions summed into their table), rows per table."""
+    async with engine.connect() as conn:
+        sizes = (
+            await conn.execute(
+                text(
+                    "SELECT coalesce(p.relname, c.relname) AS name, "
+                    "sum(pg_table_size(c.oid)) AS heap, sum(pg_indexes_size(c.oid)) AS idx, "
+                    "sum(c.reltuples) AS rows, count(*) AS parts "
+                    "FROM pg_class c LEFT JOIN pg_inherits i ON i.inhrelid = c.oid "
+                    "LEFT JOIN pg_class p ON p.oid = i.inhparent "
+                    "WHERE c.relkind = 'r' AND c.relnamespace = 'public'::regnamespace "
+                    "AND (c.relname LIKE 'usage%' OR c.relname = 'jobs') "
+                    "GROUP BY 1 ORDER BY 2 DESC"
+                )
+            )
+        ).all()
+        total = (await conn.execute(text("SELECT pg_database_size(current_database())"))).scalar()
+    print(f"  {'table':<18} {'rows (est.)':>14} {'heap':>10} {'indexes':>10} {'parts':>6}")
+    for name, heap, idx, n, parts in sizes:
+        print(f"  {name:<18} {int(n):>14,} {heap / 2**20:>8.0f}MB {idx / 2**20:>8.0f}MB {parts:>6}")
+    print(f"  database total {total / 2**30:.2f} GB")
+
+
+async def run_postgres(url: str, args: argparse.Namespace) -> None:
+    engine = make_engine(url)
+    try:
+        await create_schema(engine)
+        async with engine.connect() as conn:
+            have = (await conn.execute(select(func.count()).select_from(usage_calls))).scalar()
+        if not have:
+            print(f"building {args.calls:,} calls over 90 days into PostgreSQL ({args.build})")
+            t = time.perf_counter()
+            if args.build == "bulk":
+                await bulk_build(engine, args.calls)
+            else:
+                await build(engine, args.calls)
+            print(f"  built in {time.perf_counter() - t:.0f} s")
+        await bench(engine, args.rounds)
+    finally:
+        await engine.dispose()
+
+
+@contextlib.contextmanager
+def postgres(url: str | None) -> Iterator[str]:
+    if url:
+        yield url
+        return
+    from tests.services import postgres_server
+
+    with postgres_server() as server:
+        yield server.create_database("bench_analytics")
 
 
 async def main_async(args: argparse.Namespace) -> None:
+    if args.engine == "postgresql":
+        with postgres(args.postgres_url) as url:
+            await run_postgres(url, args)
+        return
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="tollhouse-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     db = folder / f"analytics-{args.calls}.db"
@@ -255,7 +518,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--keep", help="keep (and reuse) the database in this folder")
+    parser.add_argument("--keep", help="keep (and reuse) the SQLite database in this folder")
+    parser.add_argument("--engine", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--postgres-url", help="an existing database (default: a throwaway one)")
+    parser.add_argument(
+        "--build",
+        choices=("bulk", "meter"),
+        default="bulk",
+        help="PostgreSQL: COPY + rollups in SQL (default), or through the meter",
+    )
     asyncio.run(main_async(parser.parse_args()))
 
 

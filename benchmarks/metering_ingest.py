@@ -6,7 +6,9 @@
    (rollups 1 m / 1 h / 1 d with histograms, plus the raw call log), as calls/s end to
    end, against the baseline of writing one plain 7-column row per call (no aggregation,
    the driver's executemany, one transaction per second) in the same run; and with the
-   raw log switched off (rollups only). On PostgreSQL, also with the portable per-row
+   raw log switched off (rollups only). On PostgreSQL also the raw log alone
+   (``usage_calls`` rows by the flusher's binary ``COPY`` into the day partitions, one
+   transaction per simulated second). On PostgreSQL, also with the portable per-row
    statements instead of the bulk path (``unnest`` upserts, ``COPY``), for comparison.
 
 Traffic: 20 orgs × 10 keys (Zipf: a few keys do most calls), two or three routes per
@@ -38,7 +40,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tollhouse.metering import CallRecord, UsageMeter
-from tollhouse.metering.flusher import driver_sql
+from tollhouse.metering.aggregator import Dimensions
+from tollhouse.metering.flusher import _copy_calls as copy_calls
+from tollhouse.metering.flusher import canonical, driver_sql, log_head
+from tollhouse.metering.partitions import days_of
 from tollhouse.schema import create_schema
 from tollhouse.storage.engine import make_engine
 
@@ -99,6 +104,13 @@ def traffic(n: int, rate: float, seed: int = 1) -> list[CallRecord]:
     return out
 
 
+def dims_of(c: CallRecord) -> Dimensions:
+    """A call's dimension set, as the aggregator keys it."""
+    labels = tuple(c.labels.items())
+    return (c.org, c.environment, c.key_id, c.tenant or "", c.endpoint_group or "", c.method,
+            c.route or "", labels)  # fmt: skip
+
+
 def bench_hot_path(calls: list[CallRecord]) -> tuple[float, float]:
     best_meter = best_append = 0.0
     for _ in range(3):
@@ -146,6 +158,21 @@ async def bench_engine(url: str, calls: list[CallRecord], rate: float) -> dict[s
                 chunk = [tuple(r.values()) for r in rows[i : i + per_flush]]
                 await conn.exec_driver_sql(sql, chunk)
         out["plain rows"] = len(calls) / (time.perf_counter() - t)
+        if engine.dialect.name == "postgresql":
+            # The raw log alone (usage_calls, day partitions): the flusher's binary COPY
+            # of each simulated second's rows in a transaction of its own.
+            log_rows = [
+                (*log_head(canonical(dims_of(c))), round(c.time * 1e6), c.status,
+                 round(c.duration_ms * 1000))
+                for c in calls
+            ]  # fmt: skip
+            writer = UsageMeter(engine).flusher.writer
+            await writer.prepare_days(days_of([r[8] for r in log_rows]))
+            t = time.perf_counter()
+            for i in range(0, len(log_rows), per_flush):
+                async with engine.begin() as conn:
+                    await copy_calls(conn, log_rows[i : i + per_flush])
+            out["raw log alone, COPY"] = len(calls) / (time.perf_counter() - t)
         passes = [("rollups only", False, True), ("rollups + raw log", True, True)]
         if engine.dialect.name == "postgresql":
             # The portable per-row statements, for comparison with the bulk path

@@ -31,6 +31,7 @@ from tollhouse.jobs.schema import (
 from tollhouse.keys.schema import api_keys, orgs
 from tollhouse.metering import schema as usage
 from tollhouse.metering.deadletters import dead_letters
+from tollhouse.metering.partitions import partition_calls
 from tollhouse.security.audit import migrate_admin, migrate_security
 from tollhouse.storage.migrations import Migration, check_steps, create_tables
 from tollhouse.storage.migrations import migrate as run_steps
@@ -82,8 +83,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         add_flag_columns,
     ),
     Migration(14, "usage rollups: unknown-status counter", usage.upgrade_rollups_unknown),
-    # Placeholder for step 15 (another branch's): drop it when that step is merged.
-    Migration(15, "reserved", lambda c: None),
+    Migration(
+        15,
+        "raw call log partitioned by day on PostgreSQL (rows moved; SQLite unchanged)",
+        partition_calls,
+    ),
     Migration(
         16,
         "job queue: each job's place in its queue, the queue's last place and the highest "

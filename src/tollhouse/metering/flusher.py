@@ -6,7 +6,9 @@ aggregates to the 1 m, 1 h and 1 d rollups with
 (the same effect on SQLite and PostgreSQL, so several processes can flush into one
 database), and appends the raw call log. On PostgreSQL each rollup's rows go in one
 ``INSERT … SELECT * FROM unnest($1::bigint[], …) ON CONFLICT …`` and the raw log by
-binary ``COPY`` (one execution each, not one per row). On SQLite the raw log goes in
+binary ``COPY`` (one execution each, not one per row) into its day partitions
+(:mod:`tollhouse.metering.partitions`: a batch's missing days are made first, today's
+and the next days' after each background flush). On SQLite the raw log goes in
 multi-row ``INSERT``\\ s whose dimension columns are bound once per statement
 (:func:`sqlite_log_insert`). A flush that fails because the database is away puts the
 batch back into the aggregator and is retried with backoff; :meth:`Flusher.stop` flushes
@@ -32,6 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -51,6 +54,7 @@ from tollhouse.metering.aggregator import (
 from tollhouse.metering.deadletters import MAX_LOG_ENTRIES, DeadLetter, set_aside
 from tollhouse.metering.histogram import BUCKETS
 from tollhouse.metering.histogram import COLUMNS as HIST
+from tollhouse.metering.partitions import days_ahead, days_of, ensure_days
 from tollhouse.metering.retention import Retention, prune
 from tollhouse.metering.schema import GRANULARITY, ROLLUPS, usage_calls, usage_dims
 from tollhouse.storage import dialect
@@ -414,6 +418,35 @@ class BatchWriter:
         self._ids: dict[Dimensions, tuple[int, Dimensions]] = {}
         self._written: set[int] = set()
         self._sql: dict[tuple[str, str], str] = {}
+        self._days: set[int] = set()
+        """Days known to have a raw call-log partition (PostgreSQL)."""
+        self._partitioned = engine.dialect.name == "postgresql"
+        """False once the raw log is known not to be partitioned (SQLite, old schema)."""
+
+    def forget_days(self) -> None:
+        """Read the partitions from the catalog again before the next write needs one."""
+        self._days = set()
+
+    def needs_days(self, days: Iterable[int]) -> bool:
+        """True when some of ``days`` may lack a raw call-log partition (no SQL)."""
+        return self._partitioned and not self._days.issuperset(days)
+
+    async def prepare_days(self, days: Iterable[int]) -> None:
+        """Make the raw call-log partitions of ``days`` that are missing
+        (:func:`~.partitions.ensure_days`), in their own short transaction.
+
+        Raises:
+            StorageError: the database failed.
+        """
+        try:
+            async with self.engine.begin() as conn:
+                have = await ensure_days(conn, days)
+        except DATABASE_ERRORS as exc:
+            raise storage_error("could not make call-log partitions", exc) from exc
+        if have is None:
+            self._partitioned = False
+        else:
+            self._days = have
 
     def _id(self, dims: Dimensions) -> tuple[int, Dimensions]:
         found = self._ids.get(dims)
@@ -447,6 +480,10 @@ class BatchWriter:
                 merged = seen.copy()
                 merged.merge(cell)
                 minutes[key] = merged
+        if batch.log and self._partitioned:
+            days = days_of(list(map(itemgetter(0), batch.log)))
+            if self.needs_days(days):
+                await self.prepare_days(days)
         try:
             async with self.engine.begin() as conn:
                 name = conn.dialect.name
@@ -513,7 +550,9 @@ class BatchWriter:
             )
             sql = self._sql[("fix-log", conn.dialect.name)] = (
                 f"UPDATE {table} SET status = :status, duration_us = :duration_us "
-                f"WHERE id = (SELECT id FROM {table} WHERE {match} "
+                # time_us outside too: on PostgreSQL it picks the one day's partition
+                # (the log is partitioned by it and keyed by (time_us, id)).
+                f"WHERE time_us = :time_us AND id = (SELECT id FROM {table} WHERE {match} "
                 f"AND status < {UNKNOWN_BELOW} AND duration_us = :old_us "
                 "AND COALESCE(tenant, '') = :tenant AND COALESCE(route, '') = :route "
                 "ORDER BY id LIMIT 1)"
@@ -796,12 +835,24 @@ class Flusher:
                 await self.flush_companions()
             except StorageError:
                 logger.warning("flush beside the meter failed; retrying", exc_info=True)
+            await self._make_partitions_ahead()
             await self._maybe_prune()
 
     async def flush_companions(self) -> None:
         """Write what the companions (flushed beside the meter) hold now."""
         for companion in self.companions:
             await companion(self.engine)
+
+    async def _make_partitions_ahead(self) -> None:
+        """Make the raw call log's partitions of today and the next days before their
+        first call (PostgreSQL; a set lookup when they exist)."""
+        days = days_ahead(self.clock())
+        if not self.writer.needs_days(days):
+            return
+        try:
+            await self.writer.prepare_days(days)
+        except StorageError:
+            logger.warning("call-log partitions not made ahead; retrying", exc_info=True)
 
     async def _maybe_prune(self) -> None:
         if self.retention is None:
@@ -812,5 +863,6 @@ class Flusher:
         self._last_prune = now
         try:
             await prune(self.engine, self.retention, now)
+            self.writer.forget_days()  # some may have been dropped
         except StorageError:
             logger.warning("usage prune failed", exc_info=True)

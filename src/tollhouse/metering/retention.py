@@ -1,4 +1,9 @@
-"""How long each usage table keeps its rows, and the prune that enforces it."""
+"""How long each usage table keeps its rows, and the prune that enforces it.
+
+Rows are deleted by age, except the raw call log on PostgreSQL, which is partitioned by
+day: whole partitions are dropped there (:func:`~.partitions.drop_days_before`), never a
+``DELETE`` over the log.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollhouse.errors import StorageError
+from tollhouse.metering.partitions import drop_days_before, is_partitioned
 from tollhouse.metering.schema import (
     product_events,
     usage_calls,
@@ -44,7 +50,8 @@ class Retention:
 
 
 async def prune(engine: AsyncEngine, retention: Retention, now: float) -> dict[str, int]:
-    """Delete rows older than each table's retention.
+    """Delete rows older than each table's retention (on PostgreSQL, drop the raw call
+    log's partitions whose whole day is older than its retention).
 
     Args:
         engine: the usage database.
@@ -71,8 +78,12 @@ async def prune(engine: AsyncEngine, retention: Retention, now: float) -> dict[s
                 continue
             cutoff = int((now - days * DAY) * scale)
             async with engine.begin() as conn:
-                result = await conn.execute(delete(table).where(column < cutoff))
-            deleted[str(table.name)] = max(0, result.rowcount or 0)
+                if table is usage_calls and await conn.run_sync(is_partitioned):
+                    gone = await conn.run_sync(drop_days_before, cutoff)
+                else:
+                    result = await conn.execute(delete(table).where(column < cutoff))
+                    gone = max(0, result.rowcount or 0)
+            deleted[str(table.name)] = gone
     except DATABASE_ERRORS as exc:
         raise StorageError(f"could not prune usage data: {exc}") from exc
     if any(deleted.values()):

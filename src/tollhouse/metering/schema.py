@@ -14,7 +14,10 @@ microseconds and costs in micro-dollars.
   version 4, :func:`upgrade_rollups_v4`), unknown (status 0: a forward-auth call whose
   access-log line never came; :func:`upgrade_rollups_unknown`), duration sum/min/max and
   the latency histogram ``h00``…``h39`` (:mod:`tollhouse.metering.histogram`).
-* ``usage_calls`` — one row per call, paged by ``(time_us, id)``.
+* ``usage_calls`` — one row per call, paged by ``(time_us, id)``. On PostgreSQL it is
+  partitioned by day from schema step 15 on (:mod:`tollhouse.metering.partitions`: key
+  ``(time_us, id)``, no separate ``time_us`` index); the definition below is what SQLite
+  has and what queries are built from.
 * ``product_events`` — ``POST /v1/events``; unique per ``(org, environment, event_id)``.
   The fields the metric catalogue reads are copied into typed columns at ingest; ``data``
   keeps all.
