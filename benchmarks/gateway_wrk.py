@@ -13,7 +13,11 @@ request (user + system from ``/proc/PID/stat`` around each wrk run, divided by t
 requests served) hardly does, so it is printed too, per round and at the end.
 
     .venv/bin/python benchmarks/gateway_wrk.py [--seconds 10] [--rounds 3] [--connections 64]
-        [--meter-variants]
+        [--meter-variants] [--against SRC]
+
+``--against SRC`` adds a contender: the wrapped app imported from another source tree
+(``PYTHONPATH=SRC``, e.g. a checkout before a change), in the same rounds, for an A/B of
+one change on a machine whose load moves between runs.
 
 Needs `wrk` (Debian package `wrk`; installed here with apt-get when run as root).
 """
@@ -139,7 +143,7 @@ def ensure_wrk() -> str:
     return found
 
 
-def start(workdir: Path, target: str, port: int) -> subprocess.Popen[bytes]:
+def start(workdir: Path, target: str, port: int, src: str | None = None) -> subprocess.Popen[bytes]:
     args = [
         sys.executable,
         "-m",
@@ -162,7 +166,10 @@ def start(workdir: Path, target: str, port: int) -> subprocess.Popen[bytes]:
     if target.rpartition(":")[2].startswith("wrapped"):
         args.append("--factory")
     # Server on core 0, load generator on core 1: neither steals the other's CPU.
-    proc = subprocess.Popen([*PIN_SERVER, *args], cwd=workdir)
+    env = None
+    if src is not None:
+        env = {**os.environ, "PYTHONPATH": src}
+    proc = subprocess.Popen([*PIN_SERVER, *args], cwd=workdir, env=env)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -225,6 +232,11 @@ def main() -> None:
         action="store_true",
         help="also the gateway without the raw call log, and without the meter",
     )
+    parser.add_argument(
+        "--against",
+        metavar="SRC",
+        help="also the wrapped app imported from this source tree (an A/B of a change)",
+    )
     args = parser.parse_args()
     wrk = ensure_wrk()
     with tempfile.TemporaryDirectory() as tmp:
@@ -235,11 +247,14 @@ def main() -> None:
         targets = {"bare": "bare", "headers": "headers_only", "wrapped": "wrapped"}
         if args.meter_variants:
             targets |= {"no log": "wrapped_no_log", "no meter": "wrapped_no_meter"}
+        if args.against:
+            targets["against"] = "wrapped"
         servers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
         try:
             for name, target in targets.items():
                 port = free_port()
-                servers[name] = (port, start(workdir, f"bench_app:{target}", port))
+                src = args.against if name == "against" else None
+                servers[name] = (port, start(workdir, f"bench_app:{target}", port, src))
             path = "/v1/score/sj_123"
             check = httpx.get(
                 f"http://127.0.0.1:{servers['wrapped'][0]}{path}",
@@ -267,7 +282,7 @@ def main() -> None:
     print(f"Tollhouse(auth + 2 buckets + headers): {w:>10,.0f} req/s")
     print(f"ratio wrapped / bare                 : {w / b:.1%}  (target >= 85%)")
     print(f"ratio wrapped / bare + headers       : {w / h:.1%}  (the gateway's own work)")
-    for name in ("no log", "no meter"):
+    for name in ("no log", "no meter", "against"):
         if name in best:
             print(f"ratio wrapped, {name:<8} / bare      : {best[name] / b:.1%}")
     for name, samples in cpu.items():

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from tollhouse.keys.cache import KeyCache
+import pytest
+
+from tests import services
+from tollhouse.keys.cache import MISS, KeyCache
 from tollhouse.keys.hashing import environment_of, hash_secret
 from tollhouse.keys.store import KeyStore
 from tollhouse.schema import create_schema
@@ -80,6 +84,48 @@ def test_cache_authenticates_and_honours_revocation(tmp_path: Path) -> None:
         assert await cache.authenticate(secret) is None
 
     with_store(tmp_path, go)
+
+
+@pytest.mark.parametrize(
+    "engine_kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_hot_path_hashes_a_key_once_and_still_honours_revocation(
+    tmp_path: Path, request: pytest.FixtureRequest, engine_kind: str
+) -> None:
+    """``cached`` remembers each secret's digest, never its identity: a revoked key is
+    refused on its next request all the same."""
+    if engine_kind == "sqlite":
+        url = f"sqlite:///{tmp_path}/keys.db"
+    else:
+        pg: services.PostgresServer = request.getfixturevalue("postgres_service")
+        url = pg.create_database(f"keys_{secrets.token_hex(4)}")
+
+    async def go() -> None:
+        engine = make_engine(url)
+        try:
+            await create_schema(engine)
+            store = KeyStore(engine)
+            record, secret = await store.create("acme", "test", "backend")
+            raw = secret.encode()
+            cache = KeyCache(store, ttl=3600)
+            assert cache.cached(raw) is MISS  # its digest remembered, nothing else
+            ident = await cache.authenticate(raw)
+            assert ident is not None and ident.key_id == record.id
+            assert cache.cached(raw) == ident
+            assert cache.cached(bytes(raw)) == ident  # a new bytes object, as per request
+            await store.revoke(record.id)
+            assert cache.cached(raw) == ident  # until the poll runs
+            assert await cache.poll_revocations() == 1
+            assert cache.cached(raw) is MISS  # the remembered digest admits nothing
+            assert await cache.authenticate(raw) is None
+            assert cache.cached(raw) is None
+            assert cache.cached(b"not-a-key") is None
+            assert cache.cached(b"sk_test_" + b"x" * 31) is None
+            assert cache.cached(b"sk_test_" + b"x" * 32) is MISS  # well formed, unknown
+        finally:
+            await engine.dispose()
+
+    asyncio.run(go())
 
 
 def test_cache_coalesces_concurrent_misses(tmp_path: Path) -> None:

@@ -143,3 +143,37 @@ def test_store_agrees_with_the_pure_maths(
             if go is not None:
                 gc_state = go.state  # type: ignore[assignment]
     del fw, gc
+
+
+@given(
+    ops=ops,
+    limits=st.tuples(st.integers(1, 10), st.integers(1, 10)),
+    windows=st.tuples(st.sampled_from([1.0, 5.0]), st.sampled_from([1.0, 2.0, 60.0])),
+)
+def test_fixed_windows_together_agree_with_the_pure_maths(
+    ops: list[tuple[float, int, bool]], limits: tuple[int, int], windows: tuple[float, float]
+) -> None:
+    """Fixed-window buckets alone (the store's fast path): each one's outcome is the
+    maths', and a call one of them denies consumes neither."""
+    store = MemoryStore()
+    states: list[tuple[float, int] | None] = [None, None]
+    now = NOW
+    for gap, cost, both in ops:
+        now += gap
+        checks = tuple(
+            BucketCheck(f"k{i}", f"b{i}", limits[i], windows[i], "fixed_window", cost)
+            for i in range(2 if both else 1)
+        )
+        verdict = store.decide_sync(checks, (), now)
+        expected = [
+            fixed_window(states[i], now, limits[i], windows[i], cost) for i in range(len(checks))
+        ]
+        assert verdict.allowed == all(o.allowed for o in expected)
+        for got, want in zip(verdict.outcomes, expected, strict=True):
+            assert got[:1] + got[2:] == want[:1] + want[2:]
+        if verdict.allowed:
+            for i, o in enumerate(expected):
+                states[i] = o.state  # type: ignore[assignment]
+        else:
+            denied = next(o for o, w in zip(checks, expected, strict=True) if not w.allowed)
+            assert verdict.denied_by == denied.name

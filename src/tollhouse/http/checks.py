@@ -50,7 +50,7 @@ class Checks:
     """What one caller's request on one route asks of the limit store, and the constant
     parts of its headers (built once per caller and route, reused)."""
 
-    __slots__ = ("buckets", "decided", "limits", "names", "policy", "pools", "shadow")
+    __slots__ = ("buckets", "decided", "limits", "names", "policy", "pools", "shadow", "sizes")
 
     def __init__(
         self,
@@ -62,15 +62,16 @@ class Checks:
         self.pools = pools
         self.shadow = shadow
         self.policy = policy_header(buckets) if buckets else None
-        self.names = tuple(f'"{c.name}";r='.encode() for c in buckets)
+        self.names = tuple(f'"{c.name}";r=' for c in buckets)
         #: Every bucket and pool an admitted request passed (the metrics' counter key).
         self.decided = tuple(c.name for c in buckets) + tuple(p.name for p in pools)
         self.limits = tuple(str(c.limit).encode() for c in buckets)
+        self.sizes = tuple(c.limit for c in buckets)
 
     def headers(self, outcomes: list[Outcome], now: float) -> list[Header]:
         """All rate-limit headers for one decided request (without ``Retry-After``)."""
         assert self.policy is not None
-        return limit_headers(outcomes, self.names, self.limits, self.policy, now)
+        return limit_headers(outcomes, self.names, self.limits, self.sizes, self.policy, now)
 
 
 def bucket_check(b: Bucket, identity: Identity, client_ip: str | None, limit: int) -> BucketCheck:

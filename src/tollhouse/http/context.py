@@ -30,12 +30,15 @@ NO_KEY = 'No API key: send "Authorization: Bearer sk_test_…" (or sk_live_…) 
 
 
 def new_request_id() -> str:
-    """``req_`` + 16 hex characters: 8 random per process, then a counter.
+    """``req_`` + 16 hex characters: 8 random per process, then a counter (its low 32
+    bits).
 
     Unique across processes and cheap (no system call per request); request ids are
     for correlation, not secrets.
     """
-    return f"{_REQUEST_PREFIX}{next(_request_seq) & 0xFFFFFFFF:08x}"
+    # hex() of the counter with bit 32 set, less "0x1": the same 8 digits as a "08x"
+    # format of its low 32 bits, at half the cost (this runs once per request).
+    return _REQUEST_PREFIX + hex(next(_request_seq) & 0xFFFFFFFF | 0x100000000)[3:]
 
 
 def state_of(scope: Scope) -> dict[str, Any]:
