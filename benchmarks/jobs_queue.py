@@ -51,7 +51,7 @@ from sqlalchemy import delete  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
 
 from tollhouse.jobs import Dispatcher, Job, NewJob, QueueSettings, open_queue  # noqa: E402
-from tollhouse.jobs.schema import JOB_TABLES, create_job_schema, jobs  # noqa: E402
+from tollhouse.jobs.schema import JOB_TABLES, create_job_schema, job_volume, jobs  # noqa: E402
 from tollhouse.storage.engine import make_engine  # noqa: E402
 
 ROUTE = "POST /v1/score"
@@ -61,7 +61,7 @@ PAYLOAD = {"applicationId": "app", "jobId": "job", "candidate": {"name": "A", "r
 
 async def _wipe(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
-        for table in JOB_TABLES:
+        for table in (*JOB_TABLES, job_volume):
             await conn.execute(delete(table))
 
 

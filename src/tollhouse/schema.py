@@ -24,6 +24,7 @@ from tollhouse.fairuse.schema import add_flag_columns, migrate_fair_use
 from tollhouse.jobs.schema import (
     add_portal_columns,
     add_queue_places,
+    add_volume_rollup,
     migrate_jobs,
     migrate_workers,
     separate_environments,
@@ -93,6 +94,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "job queue: each job's place in its queue, the queue's last place and the highest "
         "claimed (positions read, not counted)",
         add_queue_places,
+    ),
+    Migration(
+        17,
+        "job queue: finished jobs per scope and minute/hour, counted when they finish "
+        "(scoring volume read from it), built from the finished jobs",
+        add_volume_rollup,
     ),
 )
 check_steps(MIGRATIONS)

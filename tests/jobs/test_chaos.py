@@ -1,7 +1,8 @@
 """Chaos: real `tollhouse worker` processes SIGKILLed at random while they run jobs, on
 SQLite and PostgreSQL. Every accepted job must end terminal, and no org ever has more
 jobs running than its cap — checked both in the database (sampled) and from the
-handlers' own start/end log (independent of the queue's bookkeeping)."""
+handlers' own start/end log (independent of the queue's bookkeeping) — and the
+finished-jobs rollup counts each finished job exactly once."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from sqlalchemy import func, select
 from tests.conftest import cli_env
 from tests.jobs.conftest import database, run
 from tollhouse.jobs import NewJob, QueueSettings, open_queue
-from tollhouse.jobs.schema import job_orgs, jobs
+from tollhouse.jobs.schema import job_orgs, job_volume, jobs
 
 ORGS = ("acme", "globex", "initech")
 JOBS_PER_ORG = 16
@@ -167,6 +168,29 @@ async def _chaos(url: str, tmp: Path) -> None:
                     w.wait()
         async with engine.connect() as conn:
             states = dict((await conn.execute(select(jobs.c.id, jobs.c.status))).all())
+            finished = (
+                await conn.execute(
+                    select(jobs.c.org_id, jobs.c.status, func.count()).group_by(
+                        jobs.c.org_id, jobs.c.status
+                    )
+                )
+            ).all()
+            rolled = (
+                await conn.execute(
+                    select(
+                        job_volume.c.org_id,
+                        job_volume.c.span,
+                        func.sum(job_volume.c.completed),
+                        func.sum(job_volume.c.failed),
+                    ).group_by(job_volume.c.org_id, job_volume.c.span)
+                )
+            ).all()
+        # The finished-jobs rollup counted every job once, whatever was killed mid-way.
+        per_org = {org: [0, 0] for org in ORGS}
+        for org, status, n in finished:
+            per_org[org][status != "completed"] += n
+        for span in ("minute", "hour"):
+            assert {o: [c, f] for o, s, c, f in rolled if s == span} == per_org
         assert set(states) == accepted
         assert set(states.values()) <= {"completed", "dead"}, states
         assert kills >= 2 and samples > 0

@@ -9,6 +9,8 @@ After every step it checks against the database that
 * every accepted job is in exactly one known state, and none is lost;
 * every running job is held by exactly one live lease the model knows of;
 * first attempts start in FIFO order per queue;
+* the finished-jobs rollup holds, per queue, minute and hour, exactly the count of the
+  jobs that finished there (completed; failed and dead);
 * every queued job's position — from a poll (``standing``) and from ``get_many`` — is
   exactly its queue's queued jobs before it + 1 as counted, and every job placed above
   its queue's ``claimed_through`` is queued (what lets positions be read, not counted);
@@ -42,10 +44,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.jobs.conftest import FakeClock
 from tollhouse.jobs import NewJob, QueueSettings
 from tollhouse.jobs.model import STATES, Job, Lease
-from tollhouse.jobs.schema import JOB_TABLES, create_job_schema, job_orgs, jobs
+from tollhouse.jobs.schema import JOB_TABLES, create_job_schema, job_orgs, job_volume, jobs
 from tollhouse.jobs.sql import SqlJobQueue
 from tollhouse.jobs.statements import row_job
+from tollhouse.jobs.volume import floor_to
 from tollhouse.storage.engine import make_engine
+from tollhouse.times import as_utc
 
 ORGS = ("a", "b", "c")
 ENVIRONMENTS = ("PRODUCTION", "SANDBOX")
@@ -94,7 +98,7 @@ def machine_for(url: str, loop: asyncio.AbstractEventLoop, engine: AsyncEngine) 
         def fresh(self) -> None:
             async def wipe() -> None:
                 async with engine.begin() as conn:
-                    for table in JOB_TABLES:
+                    for table in (*JOB_TABLES, job_volume):
                         await conn.execute(delete(table))
 
             self.do(wipe())
@@ -233,6 +237,31 @@ def machine_for(url: str, loop: asyncio.AbstractEventLoop, engine: AsyncEngine) 
                 assert running <= CAPS[row.org_id]
                 assert row.queued == counts[(*scope, "queued")]
                 assert live[scope] == running
+
+        @invariant()
+        def rollup_counts_finished(self) -> None:
+            async def read() -> tuple[list[Any], list[Any]]:
+                async with engine.connect() as conn:
+                    done = (
+                        await conn.execute(
+                            select(
+                                jobs.c.org_id, jobs.c.environment, jobs.c.status, jobs.c.finished_at
+                            ).where(jobs.c.status.in_(("completed", "failed", "dead")))
+                        )
+                    ).all()
+                    rolled = (await conn.execute(select(job_volume))).all()
+                return done, rolled
+
+            done, rolled = self.do(read())
+            expected: dict[tuple[str, str, str, datetime], list[int]] = defaultdict(lambda: [0, 0])
+            for org, environment, status, finished_at in done:
+                for span in ("minute", "hour"):
+                    at = floor_to(as_utc(finished_at), span)
+                    expected[(org, environment, span, at)][status != "completed"] += 1
+            assert {
+                (r.org_id, r.environment, r.span, as_utc(r.bucket)): [r.completed, r.failed]
+                for r in rolled
+            } == expected
 
         @invariant()
         def fifo_first_attempts(self) -> None:

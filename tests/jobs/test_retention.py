@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from tests.jobs.conftest import FakeClock, database, run
 from tests.jobs.test_worker import until
 from tollhouse.jobs import Dispatcher, Job, NewJob, QueueSettings, open_queue
-from tollhouse.jobs.schema import webhook_attempts, webhook_deliveries
+from tollhouse.jobs.schema import job_volume, webhook_attempts, webhook_deliveries
 from tollhouse.jobs.webhooks import AttemptResult, WebhookStore
 
 DAY = 86400.0
@@ -66,11 +66,19 @@ def test_prune_deletes_only_finished_rows_past_their_age(db_url: str) -> None:
             await store.record(by_job[dead.id], AttemptResult(500, 1.0, "HTTP 500"), clock())
             assert await _count(engine, webhook_attempts) == 3
 
+            finished_at = clock()
             clock.advance(29 * DAY)
-            assert sum((await queue.prune()).values()) == 0
+            # The rollup's minute row is past any range; its hour row stays.
+            assert await queue.prune() == {
+                "jobs": 0,
+                "job_volume": 1,
+                "webhook_deliveries": 0,
+                "webhook_attempts": 0,
+            }
             clock.advance(2 * DAY)
             assert await queue.prune() == {
                 "jobs": 0,
+                "job_volume": 0,
                 "webhook_deliveries": 2,
                 "webhook_attempts": 2,
             }
@@ -80,6 +88,7 @@ def test_prune_deletes_only_finished_rows_past_their_age(db_url: str) -> None:
             clock.advance(30 * DAY)
             assert await queue.prune() == {
                 "jobs": 3,
+                "job_volume": 0,
                 "webhook_deliveries": 0,
                 "webhook_attempts": 0,
             }
@@ -94,6 +103,15 @@ def test_prune_deletes_only_finished_rows_past_their_age(db_url: str) -> None:
             assert (counters.running, counters.queued) == (1, 1)
             assert await _count(engine, webhook_attempts) == 1
             assert sum((await queue.prune()).values()) == 0
+            # The pruned jobs are still counted by the scoring volume (the rollup keeps
+            # its hour rows 92 days), then trimmed once no range reaches them.
+            day = finished_at.replace(hour=0, minute=0, second=0, microsecond=0)
+            assert await queue.volume("acme", day, clock(), "day", environment="PRODUCTION") == [
+                (day, 1, 2)
+            ]
+            clock.advance(32 * DAY)
+            assert (await queue.prune())["job_volume"] == 1
+            assert await _count(engine, job_volume) == 0
 
     run(go())
 
@@ -109,7 +127,13 @@ def test_none_keeps_forever(sqlite_url: str) -> None:
             [lease] = await queue.claim("w", 1)
             await queue.complete(lease, {})
             clock.advance(10_000 * DAY)
-            assert sum((await queue.prune()).values()) == 0
+            # Only the rollup's rows (minute and hour) go: no range reads them.
+            assert await queue.prune() == {
+                "jobs": 0,
+                "job_volume": 2,
+                "webhook_deliveries": 0,
+                "webhook_attempts": 0,
+            }
             assert await queue.get("acme", lease.job.id, environment="PRODUCTION") is not None
 
     run(go())

@@ -62,6 +62,7 @@ from tollhouse.jobs.model import (
 from tollhouse.jobs.outbox import stage_finished
 from tollhouse.jobs.schema import job_orgs, job_workers, jobs
 from tollhouse.jobs.statements import HEARTBEAT_CHUNK, QueueStatements, dumps, new_job_id, row_job
+from tollhouse.jobs.volume import tallies
 from tollhouse.jobs.wakeups import Wakeups, announce
 from tollhouse.storage.transactions import write_transaction
 from tollhouse.times import as_utc
@@ -605,6 +606,11 @@ class QueueMachine:
     async def _stage_events(
         self, conn: AsyncConnection, finished: Sequence[Job], now: datetime
     ) -> int:
+        # Every path to a final state (finish, the reaper's dead) passes here: the
+        # finished-jobs rollup moves in the same transaction, so it is exact.
+        rows = tallies((j.org, j.environment, j.state, j.finished_at or now) for j in finished)
+        if rows:
+            await conn.execute(self.sql.count_finished, rows)
         # The outbox, in the jobs' own transaction (tollhouse.jobs.outbox).
         staged = await stage_finished(conn, finished, now)
         if staged:

@@ -91,8 +91,8 @@ class QueueSettings:
     """Expired leases handled per reaper transaction."""
     jobs_retention_days: float | None = 91
     """Finished jobs (completed, failed, dead) are deleted this many days after they
-    finished; None keeps them forever. 91 keeps scoring-volume's longest range (90 days,
-    its start floored to the day) whole: the volume is counted from finished jobs."""
+    finished; None keeps them forever. The scoring volume does not depend on it: it reads
+    the finished-jobs rollup, which keeps its counts when the jobs are deleted."""
     deliveries_retention_days: float | None = 30
     """Finished webhook deliveries (delivered, failed, cancelled) and their recorded
     attempts are deleted this many days after they finished; None keeps them forever.

@@ -26,8 +26,9 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, case, func, select, tuple_
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
 from tollhouse.jobs.eta import any_worker_running, place_position, quoted_wait
 from tollhouse.jobs.model import (
@@ -40,8 +41,9 @@ from tollhouse.jobs.model import (
     WireStatus,
     utc_now,
 )
-from tollhouse.jobs.schema import job_orgs, job_workers, jobs
-from tollhouse.jobs.statements import FAILED_STATES, QueueStatements, finished_bucket, row_job
+from tollhouse.jobs.schema import job_orgs, job_volume, job_workers, jobs
+from tollhouse.jobs.statements import FAILED_STATES, QueueStatements, day_of, row_job
+from tollhouse.jobs.volume import rollup_span
 from tollhouse.storage.transactions import read_connection
 from tollhouse.times import as_utc
 
@@ -310,23 +312,31 @@ class QueueReads:
     async def volume(
         self, org: str, start: datetime, end: datetime, granularity: str, *, environment: str
     ) -> list[tuple[datetime, int, int]]:
-        """Finished jobs of ``org`` in ``environment`` with ``start <= finished_at <= end``
-        per bucket (``minute``, ``hour`` or ``day``): ``(bucket start, completed, failed)``."""
-        bucket = finished_bucket(self.dialect, granularity)
-        completed = func.sum(case((jobs.c.status == "completed", 1), else_=0))
-        failed = func.sum(case((jobs.c.status.in_(FAILED_STATES), 1), else_=0))
-        q: Select[Any] = (
+        """Finished jobs of ``org`` in ``environment`` per bucket (``minute``, ``hour`` or
+        ``day``) from ``start`` through the bucket holding ``end``: ``(bucket start,
+        completed, failed)``, from the finished-jobs rollup (a range of its primary key;
+        days are their hours summed in the database, 24 rows to one)."""
+        v = job_volume.c
+        span = rollup_span(granularity)
+        bucket: ColumnElement[Any] = v.bucket
+        completed: ColumnElement[Any] = v.completed
+        failed: ColumnElement[Any] = v.failed
+        if span != granularity:
+            bucket = day_of(self.dialect, v.bucket)
+            completed, failed = func.sum(v.completed), func.sum(v.failed)
+        q = (
             select(bucket.label("bucket"), completed.label("completed"), failed.label("failed"))
             .where(
-                jobs.c.org_id == org,
-                jobs.c.environment == environment,
-                jobs.c.finished_at >= start,
-                jobs.c.finished_at <= end,
-                jobs.c.status.in_(("completed", *FAILED_STATES)),
+                v.org_id == org,
+                v.environment == environment,
+                v.span == span,
+                v.bucket >= start,
+                v.bucket <= end,
             )
-            .group_by(bucket)
             .order_by(bucket)
         )
+        if span != granularity:
+            q = q.group_by(bucket)
         async with self._read() as conn:
             rows = (await conn.execute(q)).all()
         out: list[tuple[datetime, int, int]] = []
@@ -334,7 +344,7 @@ class QueueReads:
             moment = r.bucket
             if isinstance(moment, str):
                 moment = datetime.fromisoformat(moment)
-            out.append((moment.replace(tzinfo=UTC), int(r.completed or 0), int(r.failed or 0)))
+            out.append((moment.replace(tzinfo=UTC), int(r.completed), int(r.failed)))
         return out
 
 

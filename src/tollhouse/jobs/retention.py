@@ -6,6 +6,11 @@ attempts ``deliveries_retention_days`` after theirs (:class:`QueueSettings`; Non
 them forever). Queued and running jobs and pending deliveries are never touched,
 whatever their age, and neither are the orgs' counters.
 
+The finished-jobs rollup (``job_volume``) is not pruned with the jobs: the scoring volume
+keeps counting jobs whose rows are gone. Its rows are trimmed once no range can read them
+(:data:`tollhouse.jobs.volume.ROLLUP_KEEP`: minute rows after a day, hour rows after 92
+days), whatever the jobs' retention.
+
 Deletes run ``prune_batch`` rows per write transaction and loop until nothing old is
 left, so a large backlog never holds the write lock (SQLite) or row locks (PostgreSQL)
 for long. The dispatcher's retention task runs :func:`prune` (through
@@ -22,7 +27,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollhouse.jobs.model import TERMINAL, QueueSettings
-from tollhouse.jobs.schema import jobs, webhook_attempts, webhook_deliveries
+from tollhouse.jobs.schema import job_volume, jobs, webhook_attempts, webhook_deliveries
+from tollhouse.jobs.volume import ROLLUP_KEEP
 from tollhouse.storage.transactions import write_transaction
 
 logger = logging.getLogger(__name__)
@@ -78,11 +84,26 @@ async def prune_deliveries(
             return deliveries, attempts
 
 
+async def prune_volume(engine: AsyncEngine, now: datetime) -> int:
+    """Delete rollup rows no scoring-volume range reads any more; returns how many."""
+    v = job_volume.c
+    deleted = 0
+    async with write_transaction(engine, "job queue") as conn:
+        for span, keep in ROLLUP_KEEP.items():
+            gone = await conn.execute(
+                delete(job_volume).where(v.span == span, v.bucket < now - keep)
+            )
+            deleted += max(0, gone.rowcount or 0)
+    return deleted
+
+
 async def prune(engine: AsyncEngine, settings: QueueSettings, now: datetime) -> dict[str, int]:
     """Delete finished jobs and finished deliveries past their retention; returns the
-    rows deleted per table (``jobs``, ``webhook_deliveries``, ``webhook_attempts``)."""
+    rows deleted per table (``jobs``, ``job_volume``, ``webhook_deliveries``,
+    ``webhook_attempts``)."""
     deleted = {jobs.name: 0, webhook_deliveries.name: 0, webhook_attempts.name: 0}
     deleted[jobs.name] = await prune_jobs(engine, settings, now)
+    deleted[job_volume.name] = await prune_volume(engine, now)
     deliveries, attempts = await prune_deliveries(engine, settings, now)
     deleted[webhook_deliveries.name] = deliveries
     deleted[webhook_attempts.name] = attempts

@@ -43,6 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+from tollhouse.jobs.volume import ROLLUP_KEEP
 from tollhouse.metering.schema import product_events
 from tollhouse.storage.migrations import create_tables, ensure_tables
 from tollhouse.storage.schema import metadata
@@ -125,6 +126,25 @@ job_orgs = Table(
     Column("enqueued", BigInteger, nullable=False, server_default="0"),
     Column("claimed_through", BigInteger, nullable=False, server_default="0"),
     Index("ix_job_orgs_served", "last_served_at"),
+)
+
+#: Finished jobs counted per scope, span and bucket: the scoring-volume route's source
+#: (:func:`add_volume_rollup`). The finishing transaction adds to the row of the minute and
+#: of the hour the job finished in (``span`` ``minute``/``hour``, ``bucket`` its UTC
+#: start), so the counts are exact; retention trims minute rows after a day and hour rows
+#: after the longest range (:mod:`tollhouse.jobs.retention`), never with the jobs. The
+#: counts stay out of every index, so PostgreSQL can update the current bucket's row in
+#: place (HOT) on every finish; a range read is the primary key's range.
+job_volume = Table(
+    "job_volume",
+    metadata,
+    Column("org_id", String(64), primary_key=True),
+    Column("environment", String(16), primary_key=True),
+    Column("span", String(8), primary_key=True),
+    Column("bucket", DateTime(timezone=True), primary_key=True),
+    Column("completed", BigInteger, nullable=False, server_default="0"),
+    # failed and dead (both ``failed`` on the wire).
+    Column("failed", BigInteger, nullable=False, server_default="0"),
 )
 
 webhook_endpoints = Table(
@@ -358,6 +378,37 @@ def add_queue_places(conn: Connection) -> None:
     )
 
 
+def add_volume_rollup(conn: Connection) -> None:
+    """Migration step: the finished-jobs rollup (``job_volume``), built from the jobs.
+
+    Creates the table when missing and, only then, counts every finished job (completed,
+    failed, dead) into the row of the minute and of the hour it finished in, so the
+    scoring volume answers the same right after the step. A table that exists is left as
+    it is (its counts are the finishing transactions'), so :func:`create_job_schema` runs
+    this too.
+    """
+    if job_volume.name in set(inspect(conn).get_table_names()):
+        return
+    create_tables(conn, (job_volume,))
+    for span in ROLLUP_KEEP:
+        if conn.dialect.name == "postgresql":
+            start = f"date_trunc('{span}', finished_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+        else:
+            # The text SQLAlchemy writes for a DateTime on SQLite, so later finishes add
+            # to these rows instead of making twins.
+            shape = "%Y-%m-%d %H:%M:00.000000" if span == "minute" else "%Y-%m-%d %H:00:00.000000"
+            start = f"strftime('{shape}', finished_at)"
+        conn.exec_driver_sql(
+            "INSERT INTO job_volume (org_id, environment, span, bucket, completed, failed)"
+            f" SELECT org_id, environment, '{span}', {start},"
+            "  SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END),"
+            "  SUM(CASE WHEN status IN ('failed', 'dead') THEN 1 ELSE 0 END)"
+            " FROM jobs WHERE status IN ('completed', 'failed', 'dead')"
+            "  AND finished_at IS NOT NULL"
+            f" GROUP BY org_id, environment, {start}"
+        )
+
+
 def _before_environments(conn: Connection) -> bool:
     """Whether any of the tables still has a layout of before environments were apart."""
     catalog = inspect(conn)
@@ -480,6 +531,7 @@ async def create_job_schema(engine: AsyncEngine) -> None:
         separate_environments(conn)
         add_portal_columns(conn)
         add_queue_places(conn)
+        add_volume_rollup(conn)
 
     async with write_transaction(engine, "could not create the job queue's tables") as conn:
         await conn.run_sync(create)

@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import ColumnElement
 
 from tollhouse.jobs.model import Job
-from tollhouse.jobs.schema import EPOCH, job_orgs, job_workers, jobs
+from tollhouse.jobs.schema import EPOCH, job_orgs, job_volume, job_workers, jobs
 from tollhouse.storage import dialect
 from tollhouse.times import as_utc
 
@@ -96,24 +96,13 @@ def cap(default_cap: int) -> ColumnElement[Any]:
     return func.coalesce(job_orgs.c.cap, default_cap)
 
 
-def finished_bucket(dialect_name: str, granularity: str) -> ColumnElement[Any]:
-    """The start of the ``minute``/``hour``/``day`` a job finished in, UTC.
-
-    Raises:
-        ValueError: an unknown granularity.
-    """
-    if granularity not in ("minute", "hour", "day"):
-        raise ValueError(f"unknown granularity {granularity!r}")
+def day_of(dialect_name: str, bucket: ColumnElement[Any]) -> ColumnElement[Any]:
+    """The start of the UTC day a rollup bucket falls in (text on SQLite, which keeps
+    datetimes as ``YYYY-MM-DD HH:MM:SS.ffffff`` written in UTC)."""
     if dialect_name == "sqlite":
-        # SQLite keeps datetimes as "YYYY-MM-DD HH:MM:SS.ffffff" text (written in UTC).
-        fmt = {
-            "minute": "%Y-%m-%d %H:%M:00",
-            "hour": "%Y-%m-%d %H:00:00",
-            "day": "%Y-%m-%d 00:00:00",
-        }[granularity]
-        return func.strftime(fmt, jobs.c.finished_at)
+        return func.strftime("%Y-%m-%d 00:00:00", bucket)
     # AT TIME ZONE 'UTC' makes the truncation independent of the session's time zone.
-    return func.date_trunc(granularity, func.timezone("UTC", jobs.c.finished_at))
+    return func.date_trunc("day", func.timezone("UTC", bucket))
 
 
 class QueueStatements:
@@ -331,4 +320,21 @@ class QueueStatements:
         )
         self.worker_seen = upsert_worker.on_conflict_do_update(
             index_elements=["worker_id"], set_={"seen_at": upsert_worker.excluded.seen_at}
+        )
+        # Finished jobs into the rollup: each row adds to its bucket's counts (rows from
+        # jobs.volume.tallies, one per scope, span and bucket, in key order).
+        tally = dialect.insert(dialect_name, job_volume).values(
+            org_id=bindparam("v_org", type_=String),
+            environment=bindparam("v_env", type_=String),
+            span=bindparam("v_span", type_=String),
+            bucket=bindparam("v_bucket", type_=job_volume.c.bucket.type),
+            completed=bindparam("v_completed", type_=BigInteger),
+            failed=bindparam("v_failed", type_=BigInteger),
+        )
+        self.count_finished = tally.on_conflict_do_update(
+            index_elements=["org_id", "environment", "span", "bucket"],
+            set_={
+                "completed": job_volume.c.completed + tally.excluded.completed,
+                "failed": job_volume.c.failed + tally.excluded.failed,
+            },
         )

@@ -1,8 +1,12 @@
 """``GET /v1/analytics/scoring-volume`` (the scoring-volume shape, docs/api-shapes.md):
 finished jobs per time bucket.
 
-Pure: the window and bucket maths and the response shape. The counts come from
-:meth:`tollhouse.jobs.queue.JobQueue.volume` (jobs' ``finished_at`` and ``status``).
+Pure: the window and bucket maths, the response shape, and what a finish adds to the
+finished-jobs rollup. The counts come from :meth:`tollhouse.jobs.queue.JobQueue.volume`,
+which reads the rollup (``job_volume``): the transaction that finishes jobs adds them to
+the row of the minute and of the hour they finished in (:func:`tallies`). ``1h`` reads
+minute rows, ``24h`` hour rows, ``7d``/``30d``/``90d`` hour rows summed per day
+(:func:`rollup_span`); the jobs table is never scanned, and pruning jobs leaves the counts.
 
 The period ends now; it starts ``timeRange`` earlier, floored to the granularity so that
 every bucket is whole-aligned (``1h`` → minutes, ``24h`` → hours, ``7d``/``30d``/``90d`` →
@@ -11,6 +15,7 @@ days, UTC). Every bucket of the period is listed, with zeros where nothing finis
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -29,6 +34,14 @@ STEPS: Final[dict[str, timedelta]] = {
     "minute": timedelta(minutes=1),
     "hour": timedelta(hours=1),
     "day": timedelta(days=1),
+}
+#: granularity → the rollup span it is summed from.
+ROLLUP_SPANS: Final[dict[str, str]] = {"minute": "minute", "hour": "hour", "day": "hour"}
+#: How long rollup rows are kept per span: past it no range reads them (``1h`` starts at
+#: most 61 minutes back, ``90d`` at most 91 days; a day's margin on top).
+ROLLUP_KEEP: Final[dict[str, timedelta]] = {
+    "minute": timedelta(days=1),
+    "hour": timedelta(days=92),
 }
 #: The scoring-volume shape lets responses be cached for 60 seconds.
 CACHE_CONTROL = "private, max-age=60"
@@ -106,3 +119,40 @@ def volume_body(
         "granularity": granularity,
         "data": data,
     }
+
+
+def rollup_span(granularity: str) -> str:
+    """The rollup span a granularity's buckets are summed from."""
+    return ROLLUP_SPANS[granularity]
+
+
+def tallies(
+    finished: Iterable[tuple[str, str, str, datetime]],
+) -> list[dict[str, Any]]:
+    """What finishing jobs adds to the rollup: one row per scope, span and bucket, in key
+    order (concurrent finishers lock rows in the same order).
+
+    Args:
+        finished: ``(org, environment, state, finished_at)`` per job that reached a final
+            state (``completed``, ``failed`` or ``dead``).
+
+    Returns:
+        Rows with ``v_org``, ``v_env``, ``v_span``, ``v_bucket``, ``v_completed``,
+        ``v_failed`` (the upsert's parameters).
+    """
+    counts: dict[tuple[str, str, str, datetime], list[int]] = {}
+    for org, environment, state, at in finished:
+        for span in ROLLUP_KEEP:
+            row = counts.setdefault((org, environment, span, floor_to(at, span)), [0, 0])
+            row[0 if state == "completed" else 1] += 1
+    return [
+        {
+            "v_org": org,
+            "v_env": environment,
+            "v_span": span,
+            "v_bucket": bucket,
+            "v_completed": completed,
+            "v_failed": failed,
+        }
+        for (org, environment, span, bucket), (completed, failed) in sorted(counts.items())
+    ]
