@@ -259,6 +259,11 @@ class RedisClusterNodes:
                 f"nodes-{port}.conf",
                 "--cluster-node-timeout",
                 "2000",
+                # A replica may take over however long ago it last heard from its master:
+                # on a loaded machine its link can lag, and a refused failover would leave
+                # the killed master's slots unserved.
+                "--cluster-replica-validity-factor",
+                "0",
                 "--appendonly",
                 "no",
                 "--save",
@@ -301,14 +306,19 @@ class RedisClusterNodes:
         return [p for p, proc in self.procs.items() if proc.poll() is None]
 
     def wait_ok(self, timeout: float = 60) -> None:
-        """Until every live node says ``cluster_state:ok`` and agrees on who serves every
-        slot (a hang guard, not a timed assertion)."""
+        """Until every live node says ``cluster_state:ok``, agrees on who serves every
+        slot, and every replica's link to its master is up (a hang guard, not a timed
+        assertion)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 states = [self.call(p, "CLUSTER", "INFO") for p in self.alive()]
                 maps = {repr(self.slot_map(p)) for p in self.alive()}
-                if all("cluster_state:ok" in s for s in states) and len(maps) == 1:
+                links = [self.call(p, "INFO", "replication") for p in self.alive()]
+                synced = all(
+                    r.get("role") != "slave" or r.get("master_link_status") == "up" for r in links
+                )
+                if all("cluster_state:ok" in s for s in states) and len(maps) == 1 and synced:
                     return
             except Exception:
                 pass
