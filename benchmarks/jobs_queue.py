@@ -81,6 +81,7 @@ async def bench_enqueue(engine: AsyncEngine, n: int) -> dict[str, float]:
                 jobs.insert().values(
                     id=f"raw_{i}",
                     org_id=ORGS[i % 3],
+                    environment="PRODUCTION",
                     route=ROUTE,
                     payload="{}",
                     status="queued",
