@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -255,6 +256,10 @@ def test_batched_finish_writes_each_outcome_and_fences_stale_leases(
     """One transaction of completions (each with its own result) and a stale lease; then
     a mixed batch (completion + failures): every outcome lands on its own job only."""
 
+    def varied(i: int) -> dict[str, Any]:
+        # Quotes, backslashes, non-ASCII and nesting: each result is stored exactly.
+        return {"n": i, "text": f'say "hi" \\ é {i}', "nested": [i, {"x": None, "f": 1.5}]}
+
     async def body() -> None:
         async with database(db_url) as engine:
             q = queue_on(engine, clock, lease_seconds=10, retry_base_seconds=1)
@@ -262,14 +267,14 @@ def test_batched_finish_writes_each_outcome_and_fences_stale_leases(
             leases = await q.claim("w1", 6)
             stale = replace(leases[3], token="not-the-token")
             outcomes = await q.finish_many(
-                [Finish(lease, result={"n": i}) for i, lease in enumerate(leases[:3])]
+                [Finish(lease, result=varied(i)) for i, lease in enumerate(leases[:3])]
                 + [Finish(stale, result={"n": 99})]
             )
             assert outcomes == ["completed", "completed", "completed", None]
             for i, lease in enumerate(leases[:3]):
                 done = await q.get("acme", lease.job.id, environment="PRODUCTION")
                 assert done is not None and done.state == "completed"
-                assert done.result == {"n": i} and done.finished_at is not None
+                assert done.result == varied(i) and done.finished_at is not None
             untouched = await q.get("acme", leases[3].job.id, environment="PRODUCTION")
             assert untouched is not None and untouched.state == "running"
             assert untouched.result is None

@@ -33,7 +33,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, case, delete, select, tuple_, update
+from sqlalchemy import bindparam, delete, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -499,8 +499,8 @@ class QueueMachine:
                     stmt: Any = self.sql.complete
                     params: dict[str, Any] = {"f_result": distinct.pop()}
                 else:
-                    stmt = self.sql.complete.values(result=case(results, value=jobs.c.id))
-                    params = {}
+                    stmt = self.sql.complete_each
+                    params = {"f_results": dumps(results)}
                 rows = await conn.execute(stmt, {"f_pairs": chunk, "f_now": now, **params})
             else:
                 rows = await conn.execute(self.sql.decide, {"f_pairs": chunk})

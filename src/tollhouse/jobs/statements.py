@@ -26,11 +26,14 @@ from sqlalchemy import (
     Text,
     bindparam,
     case,
+    cast,
     func,
+    literal_column,
     select,
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
 from tollhouse.jobs.model import Job
@@ -275,6 +278,17 @@ class QueueStatements:
             )
             .returning(*DECIDE, jobs.c.run_after)
         )
+        # Completions with results that differ: the same statement, each job's result
+        # looked up by its id in one JSON object of result texts (``f_results``: job id →
+        # the result as JSON text), so no per-batch CASE is built or compiled.
+        results = bindparam("f_results", type_=Text)
+        if dialect_name == "sqlite":
+            own: ColumnElement[Any] = func.json_extract(
+                results, literal_column("'$.\"'") + jobs.c.id + literal_column("'\"'")
+            )
+        else:
+            own = cast(results, JSONB).op("->>", return_type=Text)(jobs.c.id)
+        self.complete_each = self.complete.values(result=own)
         self.decide = select(*DECIDE, jobs.c.run_after).where(*fence).with_for_update()
         # Where a queued job stands needs its scope's running count, cap and mean time, and
         # (a job placed above ``claimed_through``) its queued count and last place.
