@@ -136,6 +136,9 @@ def schemathesis(
         f"{server.url}/v1/platform/openapi.json",
         f"--phases={PHASES}",
         "--checks=all",
+        # Every check but the response-time one: a timed check fails on a loaded machine
+        # (a webhook test to a made-up host waits for its DNS lookup), not on a defect.
+        "--exclude-checks=max_response_time",
         operations,
         f"--max-examples={examples}",
         f"--seed={SEED}",

@@ -92,28 +92,56 @@ def _post_events(c: httpx.Client, body: list[dict[str, Any]]) -> httpx.Response:
     return r
 
 
+def _present(schema: dict[str, Any]) -> dict[str, Any]:
+    """The branch of a nullable schema (``anyOf: [schema, null]``) that is not null."""
+    if "anyOf" in schema:
+        found: dict[str, Any] = next(s for s in schema["anyOf"] if s.get("type") != "null")
+        return found
+    return schema
+
+
+def _typed_fields(document: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Event type → its typed ``data`` fields → each field's schema, as the document's
+    ``Event`` states them (one ``if type == … then data …`` per known type)."""
+    event = _resolve(document, document["components"]["schemas"]["Event"])
+    kinds: dict[str, dict[str, dict[str, Any]]] = {}
+    for rule in event["allOf"]:
+        kind = rule["if"]["properties"]["type"]["const"]
+        data = _present(rule["then"]["properties"]["data"])
+        kinds[kind] = {
+            name: _present(_resolve(document, schema))
+            for name, schema in data["properties"].items()
+        }
+    return kinds
+
+
 def test_event_fields_of_the_wrong_type_are_refused(
     server: Server, document: dict[str, Any]
 ) -> None:
-    """Every typed field of the document's ``Event.data``, in an event of a type that
-    carries it: the wrong JSON type is a 422 naming the field, the right one is stored."""
-    event = _resolve(document, document["components"]["schemas"]["Event"])
-    fields: dict[str, Any] = event["properties"]["data"]["properties"]
+    """Every typed field of every known event type in the document's ``Event``, in an
+    event of that type: the wrong JSON type is a 422 naming the field, the right one is
+    stored."""
+    kinds = _typed_fields(document)
+    assert set(kinds) == set(EVENT_TYPES)
     declared = _operation(document, "post", "/v1/events")
     with _client(server) as c:
-        for name, schema in sorted(fields.items()):
-            kind = next(k for k, t in sorted(EVENT_TYPES.items()) if name in t.fields)
-            rule = EVENT_TYPES[kind].fields[name]
-            good = rule.choices[0] if rule.choices else RIGHT_TYPE[schema["type"]]
-            data = _valid_data(kind, fields)
-            event_id = f"e-{name}-{secrets.token_hex(3)}"
-            body = [{"id": event_id, "type": kind, "time": "2026-01-01T00:00:00Z", "data": data}]
-            data[name] = WRONG_TYPE[schema["type"]]
-            _refused(_post_events(c, body), declared, f"events[0].data.{name}")
-            data[name] = good
-            stored = _post_events(c, body)
-            assert stored.status_code == 200, (name, stored.text)
-            assert stored.json()["inserted"] == 1
+        for kind, fields in sorted(kinds.items()):
+            for name, schema in sorted(fields.items()):
+                if "enum" in schema:
+                    good, wrong = schema["enum"][0], 5
+                else:
+                    good, wrong = RIGHT_TYPE[schema["type"]], WRONG_TYPE[schema["type"]]
+                data = _valid_data(kind, fields)
+                event_id = f"e-{kind}-{name}-{secrets.token_hex(3)}"
+                body = [
+                    {"id": event_id, "type": kind, "time": "2026-01-01T00:00:00Z", "data": data}
+                ]
+                data[name] = wrong
+                _refused(_post_events(c, body), declared, f"events[0].data.{name}")
+                data[name] = good
+                stored = _post_events(c, body)
+                assert stored.status_code == 200, (kind, name, stored.text)
+                assert stored.json()["inserted"] == 1
 
 
 def test_the_queue_cursor_the_server_gives_is_one_the_document_allows(
