@@ -316,6 +316,17 @@ def test_request_headers(
     assert header_values(echo, "x-tollhouse-role") == ["backend"]
 
 
+def test_each_caller_host_gets_its_own_forwarded_headers(client: httpx.Client) -> None:
+    """The proxy's forwarded lines are kept per caller address, scheme and Host: each
+    request gets those of its own Host, a long one included (never kept)."""
+    long_host = "h" * 400 + ".example"
+    for host in ("a.example", "b.example:8443", "a.example", long_host, "b.example:8443"):
+        echo = client.get("/v1/headers", headers={"host": host}).json()
+        assert header_values(echo, "x-forwarded-host") == [host]
+        assert header_values(echo, "forwarded") == [f'for=127.0.0.1;proto=http;host="{host}"']
+        assert header_values(echo, "x-forwarded-for") == ["127.0.0.1"]
+
+
 def test_unauthenticated_route_gets_no_identity_headers(client: httpx.Client) -> None:
     echo = client.get("/public/docs", headers={"x-tollhouse-org": "forged"}).json()
 

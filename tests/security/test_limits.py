@@ -79,6 +79,62 @@ def test_a_slow_loris_client_is_cut_off(default_server: Server) -> None:
     assert answer.startswith(b"HTTP/1.1 408 ") or answer == b"(reset)", answer[:200]
 
 
+def _read_answer(sock: socket.socket) -> bytes:
+    """One answer with a ``Content-Length`` off a keep-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, body
+        body += chunk
+    return head
+
+
+def test_a_reused_connection_keeps_its_deadlines(default_server: Server) -> None:
+    """The head deadline and the keep-alive timeout hold on a connection that has
+    answered requests: several answers on one connection, then a head trickled in is
+    cut off (408), and on another, an idle connection is closed by the server."""
+    request = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+    with _connect(default_server) as sock:
+        for _ in range(3):
+            sock.sendall(request)
+            assert _read_answer(sock).startswith(b"HTTP/1.1 200 ")
+        # Then nothing: the server closes the idle connection (the socket's own timeout,
+        # 30 s, fails the test if it never does).
+        assert _read_all(sock) == b""
+    with _connect(default_server) as sock:
+        for _ in range(3):
+            sock.sendall(request)
+            assert _read_answer(sock).startswith(b"HTTP/1.1 200 ")
+        answer = b""
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"z" * 10_000:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:  # closed by the server while we were still sending
+                break
+            readable, _, _ = select.select([sock], [], [], 0.25)
+            if readable:
+                break
+        else:
+            pytest.fail(
+                f"a slow head on a reused connection was never cut off ({HEADER_TIMEOUT} s)"
+            )
+        try:
+            answer = _read_all(sock)
+        except ConnectionResetError:
+            answer = b"(reset)"
+    assert answer.startswith(b"HTTP/1.1 408 ") or answer == b"(reset)", answer[:200]
+
+
 @pytest.fixture(scope="module")
 def auth(default_server: Server) -> dict[str, str]:
     key = default_server.key("limits-org", "root")

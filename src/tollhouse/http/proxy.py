@@ -141,6 +141,13 @@ _IDENTIFIED_FIELDS: Final = (
     b"x-tollhouse-key-id: %s\r\nx-tollhouse-role: %s\r\n"
 )
 
+#: Most entries of a proxy's memo of forwarded header lines (one per caller address,
+#: scheme and ``Host``); a full memo starts over.
+_FORWARDED_MEMO: Final = 4096
+# Longest ``Host`` kept in that memo (a host name is at most 253 bytes): longer ones are
+# built per request, so the memo stays small whatever callers send.
+_MEMO_HOST: Final = 300
+
 #: Seconds a timer may fire early (the loop clock's resolution is a millisecond) and still
 #: count as on time.
 _TIMER_SLACK: Final = 0.001
@@ -323,6 +330,9 @@ class ReverseProxy:
         self._preserve_host = preserve_host
         self._forward_authorization = forward_authorization
         self._watches = _Watches()
+        # The proxy's own forwarded header lines by (caller address, scheme, Host): the
+        # same few callers send most requests, and the lines are built once for each.
+        self._forwarded_memo: dict[tuple[Any, Any, bytes | None], bytes] = {}
         self._host_field = b"host: %s\r\n" % origin.authority
         self._basic_field: bytes | None = None
         if origin.userinfo:
@@ -737,25 +747,42 @@ class ReverseProxy:
         peer is appended to the chain.
         """
         client = scope.get("client")
+        peer = state.get("peer")
+        if peer is None or not given:
+            if caller_host is not None and len(caller_host) > _MEMO_HOST:
+                return self._own_forwarded(client, scope, caller_host)
+            memo = self._forwarded_memo
+            key = (client[0] if client else None, scope.get("scheme"), caller_host)
+            lines = memo.get(key)
+            if lines is None:
+                if len(memo) >= _FORWARDED_MEMO:
+                    memo.clear()
+                lines = memo[key] = self._own_forwarded(client, scope, caller_host)
+            return lines
         client_host = str(client[0]).encode("latin-1") if client else None
         scheme = str(scope.get("scheme") or "http").encode("ascii")
-        peer = state.get("peer")
-        if peer is not None and given:
-            fields: list[tuple[bytes, bytes]] = []
-            chain = [v for n, v in given if n == b"x-forwarded-for"]
-            chain.append(str(peer[0]).encode("latin-1"))
-            fields.append((b"x-forwarded-for", b", ".join(chain)))
-            kept = {n for n, _ in given}
-            for name, value in given:
-                if name in (b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"):
-                    fields.append((name, value))
-            if b"x-forwarded-proto" not in kept:
-                fields.append((b"x-forwarded-proto", scheme))
-            if b"x-forwarded-host" not in kept and caller_host is not None:
-                fields.append((b"x-forwarded-host", caller_host))
-            if client_host is not None:
-                fields.append((b"x-real-ip", client_host))
-            return b"".join([b"%s: %s\r\n" % field for field in fields])
+        fields: list[tuple[bytes, bytes]] = []
+        chain = [v for n, v in given if n == b"x-forwarded-for"]
+        chain.append(str(peer[0]).encode("latin-1"))
+        fields.append((b"x-forwarded-for", b", ".join(chain)))
+        kept = {n for n, _ in given}
+        for name, value in given:
+            if name in (b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"):
+                fields.append((name, value))
+        if b"x-forwarded-proto" not in kept:
+            fields.append((b"x-forwarded-proto", scheme))
+        if b"x-forwarded-host" not in kept and caller_host is not None:
+            fields.append((b"x-forwarded-host", caller_host))
+        if client_host is not None:
+            fields.append((b"x-real-ip", client_host))
+        return b"".join([b"%s: %s\r\n" % field for field in fields])
+
+    @staticmethod
+    def _own_forwarded(client: Any, scope: Scope, caller_host: bytes | None) -> bytes:
+        """The forwarded header lines of a caller that is not a trusted proxy: the
+        proxy's own account of it, whatever it sent under these names."""
+        client_host = str(client[0]).encode("latin-1") if client else None
+        scheme = str(scope.get("scheme") or "http").encode("ascii")
         if client_host is None:
             if caller_host is None:
                 return b"x-forwarded-proto: %s\r\n" % scheme

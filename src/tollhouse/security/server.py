@@ -19,6 +19,11 @@ every byte received resets it. :class:`LimitedHttpToolsProtocol` adds two limits
   alone would drop the rest for as long as the client trickles it, every byte putting
   off the keep-alive timeout. (The body's
   own deadline is the gateway's, ``[limits] body_timeout``, so it holds in-process too.)
+
+Both deadlines of a connection, the head's and uvicorn's keep-alive timeout, are kept as
+loop times with one timer each that is not re-armed per request: a timer that fires
+early looks at the deadline as it is then and waits again if it has moved. uvicorn
+alone arms and cancels an event-loop timer twice per request.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ HEADER_TIMEOUT = 10.0
 DRAIN_TIMEOUT = 5.0
 #: The default cap on a request head (request line + headers), in bytes.
 DEFAULT_MAX_HEADER_BYTES = 16_384
+#: Seconds a timer may fire early (the loop clock's resolution is a millisecond) and still
+#: count as on time.
+_TIMER_SLACK = 0.001
 
 
 class CoalescingTransport:
@@ -72,6 +80,10 @@ class CoalescingTransport:
         if not self._transport.is_closing():
             self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
+    def is_closing(self) -> bool:
+        # Asked several times per request: spared the ``__getattr__`` fallback.
+        return self._transport.is_closing()
+
     def close(self) -> None:
         self.flush()
         self._transport.close()
@@ -102,7 +114,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.head_timeout: float = HEADER_TIMEOUT
         self._head_bytes = 0
         self._head_too_large = False
+        # The loop time by which the head being received must be complete (None: no head
+        # is awaited), and the timer that checks it (armed at or before it).
+        self._head_due: float | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        # The loop time at which the idle connection is closed (None: not idle), and its
+        # timer (armed at or before it): uvicorn's keep-alive timeout.
+        self._idle_due: float | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
         self.drain_timeout: float = DRAIN_TIMEOUT
         self._drain_timer: asyncio.TimerHandle | None = None
 
@@ -117,6 +136,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         self._cancel_drain_timer()
         super().connection_lost(exc)
+        self._idle_due = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -132,8 +155,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._cancel_head_timer()
+        self._head_due = None  # the timer stays; it finds no head awaited
         super().on_headers_complete()
+
+    def _unset_keepalive_if_required(self) -> None:
+        # uvicorn's: cancel the keep-alive timer (a byte came, or an answer is done).
+        # Here the deadline goes and the timer stays, finding the connection not idle.
+        self._idle_due = None
 
     def on_response_complete(self) -> None:
         cycle = self.cycle
@@ -149,7 +177,33 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # answer (unread data makes the kernel send RST). Past that, it is closed.
             self._cancel_drain_timer()
             self._drain_timer = self.loop.call_later(self.drain_timeout, self._drain_timed_out)
-        super().on_response_complete()
+        # uvicorn's own, with the keep-alive timeout as a deadline instead of a timer
+        # armed per answer.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._idle_due = None
+        self.flow.resume_reading()
+        if self.pipeline:
+            # Pipelined requests waiting: the next one starts.
+            next_cycle, app = self.pipeline.pop()
+            self._start_asgi_task(next_cycle, app)
+            return
+        loop = self.loop
+        due = self._idle_due = loop.time() + self.timeout_keep_alive
+        if self._idle_timer is None:
+            self._idle_timer = loop.call_at(due, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        due = self._idle_due
+        if due is None or self.transport.is_closing():
+            return  # busy since: the next answer arms the timer again
+        if due - self.loop.time() > _TIMER_SLACK:
+            # The connection was used since the timer was armed: wait for the new deadline.
+            self._idle_timer = self.loop.call_at(due, self._idle_check)
+            return
+        self.timeout_keep_alive_handler()
 
     def on_message_complete(self) -> None:
         self._cancel_drain_timer()
@@ -181,17 +235,27 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             raise HeadTooLarge("request head too large")
 
     def _arm_head_timer(self) -> None:
+        # A head awaited already keeps its deadline (the first request's runs from
+        # connecting); the timer is armed only when there is none.
+        if self._head_due is None:
+            self._head_due = self.loop.time() + self.head_timeout
         if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+            self._head_timer = self.loop.call_at(self._head_due, self._head_timed_out)
 
     def _cancel_head_timer(self) -> None:
+        self._head_due = None
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing():
+        due = self._head_due
+        if due is None or self.transport.is_closing():
+            return  # no head awaited now: the next one arms the timer again
+        if due - self.loop.time() > _TIMER_SLACK:
+            # A later head than the one the timer was armed for: wait for its deadline.
+            self._head_timer = self.loop.call_at(due, self._head_timed_out)
             return
         if self.cycle is not None and not self.cycle.response_complete:
             return  # a request is being answered; its head was complete
