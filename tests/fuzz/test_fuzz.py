@@ -4,7 +4,8 @@ The `schemathesis run` command line drives the server with every phase (``exampl
 the document's own examples; ``coverage``: each constraint's edges, valid and invalid;
 ``fuzzing``: generated requests, valid and invalid; ``stateful``: chains of calls along
 the links schemathesis infers, e.g. create a webhook endpoint, then rotate its secret)
-and every check of ``--checks all`` but the timed ``max_response_time`` (no 5xx; status, content type, headers and body as the
+and every check of ``--checks all`` but the timed ``max_response_time`` (no 5xx;
+status, content type, headers and body as the
 document gives them; a request the document forbids is refused with a 4xx and one it
 allows is not; a missing required header is refused; unsupported methods get 405 with
 ``Allow``; no answer without credentials; a deleted resource stays deleted). Runs are
