@@ -507,24 +507,47 @@ def test_a_busy_pool_shows_live_and_frees_again(server: Server, busy: Busy, tab:
     page.wait_for_selector(f'{pool}[data-active="0"]')
 
 
-def test_a_rate_limited_status_poll_backs_off_and_says_so(
-    server: Server, busy: Busy, tab: Tab
-) -> None:
+@pytest.fixture(scope="module")
+def sparse_status(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`tollhouse serve` whose status bucket allows one call per 10 s. A test that holds
+    that one call leaves the page's next poll (every 3 s) a 429 for certain; with the
+    built-in 2 per second, whether the page's poll or the test's call takes a freed unit
+    is a race (the poll period is a whole number of refills, so a lost race repeats)."""
+    folder = tmp_path_factory.mktemp("sparse-status")
+    policy = DEFAULT_POLICY.read_text()
+    marker = 'name = "rate_limit_status"\ndisplay_name = "Rate Limit Status"\nlimit = 2'
+    assert marker in policy
+    head, tail = policy.split(marker)
+    window = 'window = "1s"'
+    assert tail.split("\n")[1] == window  # the status bucket's own window line
+    tail = tail.replace(window, 'window = "10s"', 1)
+    config = folder / "tollhouse.toml"
+    config.write_text(head + marker[: -len("2")] + "1" + tail)
+    srv = start_server(folder, config)
+    yield srv
+    stop_server(srv)
+
+
+def test_a_rate_limited_status_poll_backs_off_and_says_so(sparse_status: Server, tab: Tab) -> None:
+    server = sparse_status
+    key = quick_key(server, "dash-sparse", "root")["key"]
     page = tab.page
-    sign_in(page, server.url, busy.key)
+    sign_in(page, server.url, key)
     page.wait_for_selector('[data-chart="rate-limits"][data-state="ready"]')
     banner = page.locator("[data-banner]")
-    auth = {"X-API-Key": busy.key}
     limited = 0
-    # Use up the status bucket (2 per second) over and over until the page's own poll
-    # meets a 429 and says so.
-    with httpx.Client(base_url=server.url, headers=auth) as c:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not banner.is_visible():
+    # Hold the window's one status call (whoever took it, the next try is a 429) until
+    # the page's own poll meets a 429 and says so.
+    with httpx.Client(base_url=server.url, headers={"X-API-Key": key}) as c:
+
+        def page_limited() -> bool:
+            nonlocal limited
             limited += c.get("/v1/rate-limit/status").status_code == 429
-            time.sleep(0.05)
+            return banner.is_visible()
+
+        wait_for(page_limited, "the page's status poll to meet a 429", timeout=60)
     assert limited > 0
     assert "Rate limited, retrying" in banner.inner_text()
     assert page.locator('[data-chart="rate-limits"]').get_attribute("data-state") == "ready"
-    # Left alone, the next poll gets through and the banner goes away.
-    page.wait_for_selector("[data-banner]", state="hidden")
+    # Left alone, the next poll gets through (within the 10 s window) and the banner goes.
+    page.wait_for_selector("[data-banner]", state="hidden", timeout=40_000)
