@@ -18,12 +18,15 @@ import type {
   AdminOrgPage,
   AdminOverride,
   AdminRotatedKey,
+  AdminWebhookEndpoint,
+  AdminWebhookEndpointCreated,
   AuditEntry,
   AuditPage,
   Environment,
   Role,
   Time,
   TimeRange,
+  WebhookDelivery,
 } from "./types.js";
 
 /** The variable an admin client reads its token from (Node). */
@@ -71,6 +74,7 @@ export class AdminClient {
   readonly keys: KeysAdmin;
   readonly limits: LimitsAdmin;
   readonly audit: AuditAdmin;
+  readonly webhooks: WebhooksAdmin;
 
   constructor(options: AdminClientOptions = {}) {
     const token = options.adminToken ?? env(ENV_ADMIN_TOKEN);
@@ -88,6 +92,7 @@ export class AdminClient {
     this.keys = new KeysAdmin(this);
     this.limits = new LimitsAdmin(this);
     this.audit = new AuditAdmin(this);
+    this.webhooks = new WebhooksAdmin(this);
   }
 
   /** The base URLs, in rotation order. */
@@ -306,5 +311,191 @@ export class AuditAdmin {
   /** Every page of the audit log, following `nextCursor`. */
   iter(params?: Omit<PageOptions, "cursor"> & { org?: string; action?: AuditEntry["action"] }): AsyncGenerator<AuditPage> {
     return this.a.pages((cursor) => this.listOp(params, cursor), params);
+  }
+}
+
+/** The environment an `admin.webhooks` call works in (required: an org's webhooks are kept per environment). */
+export interface EnvironmentOptions extends RequestOptions {
+  environment: Environment;
+}
+
+function eventTypes(value: readonly string[] | null): string[] | null {
+  return value === null ? null : [...value];
+}
+
+/**
+ * `admin.webhooks`: an org's webhook endpoints and deliveries. Every call names the org
+ * and the environment (`SANDBOX` or `PRODUCTION`); an id of another org or of the other
+ * environment is a {@link NotFoundError}, like an unknown one.
+ */
+export class WebhooksAdmin {
+  readonly endpoints: WebhookEndpointsAdmin;
+  readonly deliveries: WebhookDeliveriesAdmin;
+
+  constructor(a: AdminClient) {
+    this.endpoints = new WebhookEndpointsAdmin(a);
+    this.deliveries = new WebhookDeliveriesAdmin(a);
+  }
+}
+
+const ENDPOINT = "/v1/admin/orgs/{orgId}/webhooks/endpoints/{endpointId}";
+
+/** `admin.webhooks.endpoints`: where an org's events are sent. */
+export class WebhookEndpointsAdmin {
+  constructor(private readonly a: AdminClient) {}
+
+  private path(orgId: string, endpointId?: string, action = ""): string {
+    const all = `${ADMIN}/orgs/${seg(orgId, "orgId")}/webhooks/endpoints`;
+    return endpointId === undefined ? all : `${all}/${seg(endpointId, "endpointId")}${action}`;
+  }
+
+  /** `GET /v1/admin/orgs/{orgId}/webhooks/endpoints`: the org's endpoints in `environment`, oldest first (never a secret). */
+  async list(orgId: string, params: EnvironmentOptions): Promise<AdminWebhookEndpoint[]> {
+    const body = await this.a.call<{ data: AdminWebhookEndpoint[] }>(
+      {
+        method: "GET",
+        path: this.path(orgId),
+        route: "GET /v1/admin/orgs/{orgId}/webhooks/endpoints",
+        query: { environment: params.environment },
+        idempotent: true,
+      },
+      params,
+    );
+    return body.data;
+  }
+
+  /**
+   * `POST /v1/admin/orgs/{orgId}/webhooks/endpoints`: a new endpoint with its `whsec_`
+   * `secret` this once. The URL passes the server's SSRF guard or is a {@link BadRequestError}.
+   */
+  create(
+    orgId: string,
+    params: { url: string; eventTypes?: readonly string[] | null } & EnvironmentOptions,
+  ): Promise<AdminWebhookEndpointCreated> {
+    const body: Record<string, unknown> = { url: params.url };
+    if (params.eventTypes !== undefined) body.eventTypes = eventTypes(params.eventTypes);
+    return this.a.call(
+      {
+        method: "POST",
+        path: this.path(orgId),
+        route: "POST /v1/admin/orgs/{orgId}/webhooks/endpoints",
+        query: { environment: params.environment },
+        body,
+        idempotent: false, // each call registers one more endpoint
+      },
+      params,
+    );
+  }
+
+  /** `PATCH …/endpoints/{endpointId}`: enable or disable it, or filter its event types (`null`: every type). */
+  update(
+    orgId: string,
+    endpointId: string,
+    changes: { enabled?: boolean; eventTypes?: readonly string[] | null } & EnvironmentOptions,
+  ): Promise<AdminWebhookEndpoint> {
+    const body: Record<string, unknown> = {};
+    if (changes.enabled !== undefined) body.enabled = changes.enabled;
+    if (changes.eventTypes !== undefined) body.eventTypes = eventTypes(changes.eventTypes);
+    return this.a.call(
+      {
+        method: "PATCH",
+        path: this.path(orgId, endpointId),
+        route: `PATCH ${ENDPOINT}`,
+        query: { environment: changes.environment },
+        body,
+        idempotent: true,
+      },
+      changes,
+    );
+  }
+
+  /** `DELETE …/endpoints/{endpointId}`: remove it (its pending deliveries end); the endpoint as it was. */
+  delete(orgId: string, endpointId: string, params: EnvironmentOptions): Promise<AdminWebhookEndpoint> {
+    return this.a.call(
+      {
+        method: "DELETE",
+        path: this.path(orgId, endpointId),
+        route: `DELETE ${ENDPOINT}`,
+        query: { environment: params.environment },
+        idempotent: true,
+      },
+      params,
+    );
+  }
+
+  /**
+   * `POST …/endpoints/{endpointId}/rotate-secret`: a new `secret` (this once); the old one
+   * signs too for `overlapSeconds` (the server's default, 1 day, when omitted).
+   */
+  rotateSecret(
+    orgId: string,
+    endpointId: string,
+    params: { overlapSeconds?: number } & EnvironmentOptions,
+  ): Promise<AdminWebhookEndpointCreated> {
+    return this.a.call(
+      {
+        method: "POST",
+        path: this.path(orgId, endpointId, "/rotate-secret"),
+        route: `POST ${ENDPOINT}/rotate-secret`,
+        query: { environment: params.environment },
+        body: params.overlapSeconds === undefined ? {} : { overlapSeconds: params.overlapSeconds },
+        idempotent: false, // each call makes another secret
+      },
+      params,
+    );
+  }
+
+  /** `POST …/endpoints/{endpointId}/test`: send a signed `ping`; its delivery after the first attempt. */
+  test(orgId: string, endpointId: string, params: EnvironmentOptions): Promise<WebhookDelivery> {
+    return this.a.call(
+      {
+        method: "POST",
+        path: this.path(orgId, endpointId, "/test"),
+        route: `POST ${ENDPOINT}/test`,
+        query: { environment: params.environment },
+        idempotent: false, // each call sends another ping
+      },
+      params,
+    );
+  }
+}
+
+/** `admin.webhooks.deliveries`: an org's deliveries and their replay. */
+export class WebhookDeliveriesAdmin {
+  constructor(private readonly a: AdminClient) {}
+
+  /**
+   * `GET /v1/admin/orgs/{orgId}/webhooks/deliveries`: the org's deliveries in `environment`
+   * (of one job with `jobId`), newest first (the latest 100), with their attempts.
+   */
+  async list(orgId: string, params: { jobId?: string } & EnvironmentOptions): Promise<WebhookDelivery[]> {
+    const body = await this.a.call<{ data: WebhookDelivery[] }>(
+      {
+        method: "GET",
+        path: `${ADMIN}/orgs/${seg(orgId, "orgId")}/webhooks/deliveries`,
+        route: "GET /v1/admin/orgs/{orgId}/webhooks/deliveries",
+        query: { environment: params.environment, jobId: params.jobId },
+        idempotent: true,
+      },
+      params,
+    );
+    return body.data;
+  }
+
+  /**
+   * `POST …/deliveries/{deliveryId}/replay`: the same event (same `webhook-id` and body)
+   * again, as a new delivery; that delivery after its first attempt.
+   */
+  replay(orgId: string, deliveryId: string, params: EnvironmentOptions): Promise<WebhookDelivery> {
+    return this.a.call(
+      {
+        method: "POST",
+        path: `${ADMIN}/orgs/${seg(orgId, "orgId")}/webhooks/deliveries/${seg(deliveryId, "deliveryId")}/replay`,
+        route: "POST /v1/admin/orgs/{orgId}/webhooks/deliveries/{deliveryId}/replay",
+        query: { environment: params.environment },
+        idempotent: false, // each replay is another delivery
+      },
+      params,
+    );
   }
 }

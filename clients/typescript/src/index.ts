@@ -41,9 +41,13 @@ export {
   KeysAdmin,
   LimitsAdmin,
   OrgsAdmin,
+  WebhooksAdmin,
+  WebhookEndpointsAdmin,
+  WebhookDeliveriesAdmin,
   ENV_ADMIN_TOKEN,
   type AdminClientOptions,
   type AdminKeyInput,
+  type EnvironmentOptions,
   type PageOptions,
 } from "./admin.js";
 export {

@@ -75,6 +75,10 @@ export type AdminOverride = S["AdminOverride"];
 /** `GET /v1/admin/orgs/{orgId}/fair-use`: an org's fair-use signals in one environment, with `org`. */
 export type AdminFairUse = S["AdminFairUse"];
 export type AuditEntry = S["AuditEntry"];
+/** An org's webhook endpoint as the provider API shows it (`org`, `disabledAt`; never its secret). */
+export type AdminWebhookEndpoint = S["AdminWebhookEndpoint"];
+/** An org's endpoint with its `whsec_` secret (after creating it or rotating its secret). */
+export type AdminWebhookEndpointCreated = S["AdminWebhookEndpointCreated"];
 export type AuditPage = S["AuditPage"];
 
 /** The body of `POST /v1/score`: at least these fields; others are passed on. */

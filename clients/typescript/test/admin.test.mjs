@@ -1,7 +1,8 @@
 // The provider API (AdminClient, with an admin token) and the self-serve API
 // (`keys`, `webhooks.endpoints`, `webhooks.deliveries.replay`) against a real
 // `tollhouse serve`: the provider makes an org and its first key over HTTP, then that
-// org's key manages its own keys and webhook endpoints.
+// org's key manages its own keys and webhook endpoints; the provider manages an org's
+// webhooks per environment (`admin.webhooks`).
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
 import { after, before, describe, test } from "node:test";
@@ -189,6 +190,110 @@ describe("self-serve: an org's own keys and webhooks", () => {
     } finally {
       await hooks.close();
     }
+  });
+});
+
+describe("admin.webhooks: an org's endpoints and deliveries, per environment", () => {
+  test("create, list, test (signed ping), rotate, deliveries, replay, update, delete", async () => {
+    const hooks = await receiver();
+    try {
+      const id = org("hooks");
+      await admin.orgs.create(id);
+      const live = { environment: "PRODUCTION" };
+      const sandbox = { environment: "SANDBOX" };
+      const endpoint = await admin.webhooks.endpoints.create(id, { url: hooks.url, ...live });
+      assert.match(endpoint.secret, /^whsec_/);
+      assert.deepEqual(
+        [endpoint.org, endpoint.environment, endpoint.url, endpoint.enabled, endpoint.eventTypes, endpoint.disabledAt],
+        [id, "PRODUCTION", hooks.url, true, null, null],
+      );
+      const listed = await admin.webhooks.endpoints.list(id, live);
+      assert.deepEqual(listed.map((e) => e.id), [endpoint.id]);
+      assert.ok(listed.every((e) => !("secret" in e)), "never a secret after creation");
+      assert.deepEqual(await admin.webhooks.endpoints.list(id, sandbox), [], "kept per environment");
+
+      const ping = await admin.webhooks.endpoints.test(id, endpoint.id, live);
+      assert.deepEqual([ping.eventType, ping.endpointId, ping.jobId], ["ping", endpoint.id, null]);
+      assert.equal(ping.attempts[0].statusCode, 204);
+      assert.equal(hooks.got.length, 1);
+      assert.equal((await webhooks.verify(hooks.got[0].body, hooks.got[0].headers, endpoint.secret)).type, "ping");
+
+      const rotated = await admin.webhooks.endpoints.rotateSecret(id, endpoint.id, { ...live, overlapSeconds: 60 });
+      assert.equal(rotated.id, endpoint.id);
+      assert.match(rotated.secret, /^whsec_/);
+      assert.notEqual(rotated.secret, endpoint.secret);
+      assert.ok(rotated.previousSecretExpiresAt);
+
+      const deliveries = await admin.webhooks.deliveries.list(id, live);
+      assert.deepEqual(deliveries.map((d) => d.id), [ping.id]);
+      assert.deepEqual(await admin.webhooks.deliveries.list(id, sandbox), []);
+      assert.deepEqual(await admin.webhooks.deliveries.list(id, { ...live, jobId: "job_other" }), [], "only that job's");
+      const replayed = await admin.webhooks.deliveries.replay(id, ping.id, live);
+      assert.notEqual(replayed.id, ping.id);
+      assert.equal(replayed.messageId, ping.messageId);
+      assert.equal(replayed.attempts[0].statusCode, 204);
+      assert.equal(hooks.got.length, 2);
+      const last = hooks.got.at(-1);
+      assert.equal(last.headers["webhook-id"], hooks.got[0].headers["webhook-id"], "the same event again");
+      // Both secrets sign during the overlap.
+      await webhooks.verify(last.body, last.headers, rotated.secret);
+      await webhooks.verify(last.body, last.headers, endpoint.secret);
+      assert.deepEqual((await admin.webhooks.deliveries.list(id, live)).map((d) => d.id), [replayed.id, ping.id], "newest first");
+
+      // Another environment's id is not found, like an unknown one.
+      await assert.rejects(admin.webhooks.endpoints.update(id, endpoint.id, { ...sandbox, enabled: false }), NotFoundError);
+      await assert.rejects(admin.webhooks.endpoints.test(id, endpoint.id, sandbox), NotFoundError);
+      await assert.rejects(admin.webhooks.deliveries.replay(id, ping.id, sandbox), NotFoundError);
+
+      const filtered = await admin.webhooks.endpoints.update(id, endpoint.id, { ...live, eventTypes: ["score.completed"] });
+      assert.deepEqual(filtered.eventTypes, ["score.completed"]);
+      assert.equal(filtered.enabled, true);
+      const disabled = await admin.webhooks.endpoints.update(id, endpoint.id, { ...live, enabled: false });
+      assert.equal(disabled.enabled, false);
+      assert.ok(disabled.disabledAt);
+      assert.deepEqual(disabled.eventTypes, ["score.completed"], "unchanged when not given");
+      await assert.rejects(admin.webhooks.endpoints.test(id, endpoint.id, live), (e) => e instanceof BadRequestError && e.status === 400);
+      await assert.rejects(admin.webhooks.deliveries.replay(id, ping.id, live), (e) => e instanceof BadRequestError && e.status === 400);
+      assert.equal(hooks.got.length, 2, "nothing sent to a disabled endpoint");
+      const every = await admin.webhooks.endpoints.update(id, endpoint.id, { ...live, enabled: true, eventTypes: null });
+      assert.deepEqual([every.enabled, every.eventTypes], [true, null]);
+
+      assert.equal((await admin.webhooks.endpoints.delete(id, endpoint.id, live)).id, endpoint.id);
+      assert.deepEqual(await admin.webhooks.endpoints.list(id, live), []);
+      await assert.rejects(admin.webhooks.endpoints.delete(id, endpoint.id, live), NotFoundError);
+
+      const actions = (await admin.audit.list({ org: id, limit: 100 })).data.map((e) => e.action);
+      for (const action of ["webhook.added", "webhook.tested", "webhook.secret_rotated", "webhook.replayed", "webhook.updated", "webhook.removed"]) {
+        assert.ok(actions.includes(action), `${action} in ${actions}`);
+      }
+    } finally {
+      await hooks.close();
+    }
+  });
+
+  test("bad input: unknown org, wrong environment, bad URL", async () => {
+    const id = org("hooks-bad");
+    await admin.orgs.create(id);
+    const nobody = org("nobody");
+    await assert.rejects(admin.webhooks.endpoints.list(nobody, { environment: "SANDBOX" }), (e) => e instanceof NotFoundError && e.status === 404);
+    await assert.rejects(admin.webhooks.deliveries.list(nobody, { environment: "SANDBOX" }), (e) => e instanceof NotFoundError && e.status === 404);
+    await assert.rejects(
+      admin.webhooks.endpoints.create(nobody, { url: "http://127.0.0.1:9/hooks", environment: "SANDBOX" }),
+      (e) => e instanceof NotFoundError && e.status === 404,
+    );
+    await assert.rejects(admin.webhooks.endpoints.delete(id, "we_nope", { environment: "SANDBOX" }), NotFoundError);
+    await assert.rejects(admin.webhooks.deliveries.replay(id, "dlv_nope", { environment: "SANDBOX" }), NotFoundError);
+    // The server's answer to an environment that is not SANDBOX or PRODUCTION: 400 naming it.
+    await assert.rejects(
+      admin.webhooks.endpoints.list(id, { environment: "STAGING" }),
+      (e) => e instanceof BadRequestError && e.status === 400 && /environment/.test(e.detail),
+    );
+    await assert.rejects(
+      admin.webhooks.deliveries.list(id, { environment: "staging" }),
+      (e) => e instanceof BadRequestError && e.status === 400,
+    );
+    await assert.rejects(admin.webhooks.endpoints.create(id, { url: "not a url", environment: "SANDBOX" }), BadRequestError);
+    assert.deepEqual(await admin.webhooks.endpoints.list(id, { environment: "SANDBOX" }), [], "nothing made");
   });
 });
 
