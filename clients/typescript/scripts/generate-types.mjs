@@ -5,7 +5,7 @@
 //   src/generated/schemas.ts   the document's schemas as data, and the response schema of
 //                              each operation: what the client checks answers against
 //
-// A URL needs a key: TOLLHOUSE_API_KEY. test/openapi.test.mjs regenerates both from a
+// A URL needs a key: TOLLHOUSE_API_KEY. test/server.test.mjs regenerates both from a
 // running server and fails when the committed files differ.
 import { readFile, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
