@@ -343,3 +343,33 @@ def test_the_async_admin_client_mirrors_the_sync_one() -> None:
         assert list(inspect.signature(sync.__init__).parameters) == list(
             inspect.signature(twin.__init__).parameters
         )
+
+
+def test_an_admin_endpoint_is_the_self_serve_one_with_its_org() -> None:
+    from datetime import UTC, datetime
+
+    from tollhouse.client import AdminWebhookEndpoint, WebhookEndpoint
+    from tollhouse.client._admin_models import parse_webhook_endpoint as parse_admin
+    from tollhouse.client._models import parse_webhook_endpoint as parse_own
+    from tollhouse.client._parse import Fields
+
+    body = {
+        "id": "we_1",
+        "org": "acme",
+        "url": "https://hooks.example/in",
+        "environment": "SANDBOX",
+        "enabled": False,
+        "disabledAt": "2026-01-02T03:04:05Z",
+        "disabledReason": "the receiver answered 410 Gone",
+        "eventTypes": ["score.completed"],
+        "createdAt": "2026-01-01T00:00:00Z",
+        "previousSecretExpiresAt": None,
+    }
+    admin, own = parse_admin(Fields(body)), parse_own(Fields(body))
+    assert isinstance(admin, AdminWebhookEndpoint) and isinstance(admin, WebhookEndpoint)
+    assert (admin.org, admin.disabled_at) == ("acme", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    common = ("id", "url", "environment", "enabled", "disabled_reason", "event_types")
+    assert [getattr(admin, n) for n in common] == [getattr(own, n) for n in common]
+    # Equality ignores raw, never the class.
+    assert admin == parse_admin(Fields({**body, "newField": 1})) and admin != own
+    assert admin != parse_admin(Fields({**body, "org": "other"}))

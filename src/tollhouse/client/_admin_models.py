@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+from tollhouse.client._models import WebhookEndpoint, webhook_endpoint_fields
 from tollhouse.client._parse import Fields
 
 T = TypeVar("T")
@@ -318,9 +319,10 @@ def parse_override(f: Fields) -> LimitOverride:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class AdminWebhookEndpoint:
-    """An org's webhook endpoint as the provider API shows it (``admin.webhooks.endpoints``).
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminWebhookEndpoint(WebhookEndpoint):
+    """An org's webhook endpoint as the provider API shows it (``admin.webhooks.endpoints``):
+    a :class:`~tollhouse.client.WebhookEndpoint` with its org and when it was disabled.
 
     Attributes:
         id: ``we_…``.
@@ -338,34 +340,14 @@ class AdminWebhookEndpoint:
         raw: the JSON object as received.
     """
 
-    id: str
+    # Keyword-only: they follow the inherited fields that have defaults.
     org: str
-    url: str
-    environment: str
-    enabled: bool
     disabled_at: datetime | None
-    disabled_reason: str | None
-    event_types: tuple[str, ...] | None
-    created_at: datetime
-    previous_secret_expires_at: datetime | None
-    secret: str | None = None
-    raw: Mapping[str, Any] = _raw()
 
 
 def parse_webhook_endpoint(f: Fields) -> AdminWebhookEndpoint:
     return AdminWebhookEndpoint(
-        id=f.text("id"),
-        org=f.text("org"),
-        url=f.text("url"),
-        environment=f.text("environment"),
-        enabled=f.flag("enabled"),
-        disabled_at=f.opt_when("disabledAt"),
-        disabled_reason=f.opt_text("disabledReason"),
-        event_types=f.texts("eventTypes") if f.has("eventTypes") else None,
-        created_at=f.when("createdAt"),
-        previous_secret_expires_at=f.opt_when("previousSecretExpiresAt"),
-        secret=f.opt_text("secret"),
-        raw=f.data,
+        **webhook_endpoint_fields(f), org=f.text("org"), disabled_at=f.opt_when("disabledAt")
     )
 
 

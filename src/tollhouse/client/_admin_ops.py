@@ -10,7 +10,16 @@ from typing import Any
 
 from tollhouse.client import _admin_models as am
 from tollhouse.client import _models as m
-from tollhouse.client._base import Operation, Pages, _no_content, _seg, fields
+from tollhouse.client._base import (
+    Operation,
+    Pages,
+    _no_content,
+    _overlap,
+    _seg,
+    endpoint_body,
+    endpoint_patch,
+    fields,
+)
 from tollhouse.client._errors import ClientError
 
 #: The variable an admin client reads its token from.
@@ -184,13 +193,12 @@ def revoke_key(key_id: str) -> Operation[am.AdminKey]:
 
 
 def rotate_key(key_id: str, overlap_seconds: int | None) -> Operation[am.AdminKey]:
-    body = {} if overlap_seconds is None else {"overlapSeconds": overlap_seconds}
     return Operation(
         "POST",
         f"{ADMIN}/keys/{_seg(key_id, 'key_id')}/rotate",
         "POST /v1/admin/keys/{keyId}/rotate",
         lambda r: am.parse_key(fields(r)),
-        json=body,
+        json=_overlap(overlap_seconds),
         idempotent=False,  # a second rotation replaces the new key too
     )
 
@@ -300,16 +308,13 @@ def list_endpoints(org_id: str, environment: str) -> Operation[list[am.AdminWebh
 def create_endpoint(
     org_id: str, url: str, environment: str, event_types: Sequence[str] | None
 ) -> Operation[am.AdminWebhookEndpoint]:
-    body: dict[str, Any] = {"url": url}
-    if event_types is not None:
-        body["eventTypes"] = list(event_types)
     return Operation(
         "POST",
         _hooks(org_id, "/endpoints"),
         "POST /v1/admin/orgs/{orgId}/webhooks/endpoints",
         lambda r: am.parse_webhook_endpoint(fields(r)),
         params={"environment": environment},
-        json=body,
+        json=endpoint_body(url, event_types),
         idempotent=False,  # each call registers one more endpoint
     )
 
@@ -322,20 +327,13 @@ def update_endpoint(
     event_types: Sequence[str] | None,
     every_event: bool,
 ) -> Operation[am.AdminWebhookEndpoint]:
-    body: dict[str, Any] = {}
-    if enabled is not None:
-        body["enabled"] = enabled
-    if every_event:
-        body["eventTypes"] = None
-    elif event_types is not None:
-        body["eventTypes"] = list(event_types)
     return Operation(
         "PATCH",
         _endpoint(org_id, endpoint_id),
         "PATCH " + _ONE,
         lambda r: am.parse_webhook_endpoint(fields(r)),
         params={"environment": environment},
-        json=body,
+        json=endpoint_patch(enabled, event_types, every_event),
     )
 
 
@@ -360,7 +358,7 @@ def rotate_endpoint_secret(
         "POST " + _ONE + "/rotate-secret",
         lambda r: am.parse_webhook_endpoint(fields(r)),
         params={"environment": environment},
-        json={} if overlap_seconds is None else {"overlapSeconds": overlap_seconds},
+        json=_overlap(overlap_seconds),
         idempotent=False,  # each call makes another secret
     )
 

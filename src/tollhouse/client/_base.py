@@ -746,16 +746,36 @@ def list_endpoints() -> Operation[list[m.WebhookEndpoint]]:
     )
 
 
-def create_endpoint(url: str, event_types: Sequence[str] | None) -> Operation[m.WebhookEndpoint]:
+def endpoint_body(url: str, event_types: Sequence[str] | None) -> dict[str, Any]:
+    """The body that registers a webhook endpoint (self-serve and provider API alike)."""
     body: dict[str, Any] = {"url": url}
     if event_types is not None:
         body["eventTypes"] = list(event_types)
+    return body
+
+
+def endpoint_patch(
+    enabled: bool | None, event_types: Sequence[str] | None, every_event: bool
+) -> dict[str, Any]:
+    """The PATCH body of a webhook endpoint (self-serve and provider API alike): only what
+    is given changes; ``every_event`` sends ``"eventTypes": null`` (every type)."""
+    body: dict[str, Any] = {}
+    if enabled is not None:
+        body["enabled"] = enabled
+    if every_event:
+        body["eventTypes"] = None
+    elif event_types is not None:
+        body["eventTypes"] = list(event_types)
+    return body
+
+
+def create_endpoint(url: str, event_types: Sequence[str] | None) -> Operation[m.WebhookEndpoint]:
     return Operation(
         "POST",
         ENDPOINTS_PATH,
         "POST " + ENDPOINTS_PATH,
         lambda r: m.parse_webhook_endpoint(fields(r)),
-        json=body,
+        json=endpoint_body(url, event_types),
         idempotent=False,
     )
 
@@ -767,19 +787,12 @@ def _endpoint_path(endpoint_id: str, action: str = "") -> str:
 def update_endpoint(
     endpoint_id: str, enabled: bool | None, event_types: Sequence[str] | None, every_event: bool
 ) -> Operation[m.WebhookEndpoint]:
-    body: dict[str, Any] = {}
-    if enabled is not None:
-        body["enabled"] = enabled
-    if every_event:
-        body["eventTypes"] = None
-    elif event_types is not None:
-        body["eventTypes"] = list(event_types)
     return Operation(
         "PATCH",
         _endpoint_path(endpoint_id),
         "PATCH /v1/webhooks/endpoints/{endpointId}",
         lambda r: m.parse_webhook_endpoint(fields(r)),
-        json=body,
+        json=endpoint_patch(enabled, event_types, every_event),
     )
 
 

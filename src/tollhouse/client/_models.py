@@ -1087,19 +1087,25 @@ class WebhookEndpoint:
     raw: Mapping[str, Any] = _raw()
 
 
+def webhook_endpoint_fields(f: Fields) -> dict[str, Any]:
+    """The :class:`WebhookEndpoint` fields of an endpoint object, as keyword arguments
+    (the provider API's :class:`~tollhouse.client.AdminWebhookEndpoint` adds its own)."""
+    return {
+        "id": f.text("id"),
+        "url": f.text("url"),
+        "environment": f.text("environment"),
+        "enabled": f.flag("enabled"),
+        "disabled_reason": f.opt_text("disabledReason"),
+        "event_types": f.texts("eventTypes") if f.has("eventTypes") else None,
+        "created_at": f.when("createdAt"),
+        "previous_secret_expires_at": f.opt_when("previousSecretExpiresAt"),
+        "secret": f.opt_text("secret"),
+        "raw": f.data,
+    }
+
+
 def parse_webhook_endpoint(f: Fields) -> WebhookEndpoint:
-    return WebhookEndpoint(
-        id=f.text("id"),
-        url=f.text("url"),
-        environment=f.text("environment"),
-        enabled=f.flag("enabled"),
-        disabled_reason=f.opt_text("disabledReason"),
-        event_types=f.texts("eventTypes") if f.has("eventTypes") else None,
-        created_at=f.when("createdAt"),
-        previous_secret_expires_at=f.opt_when("previousSecretExpiresAt"),
-        secret=f.opt_text("secret"),
-        raw=f.data,
-    )
+    return WebhookEndpoint(**webhook_endpoint_fields(f))
 
 
 def parse_webhook_endpoints(f: Fields) -> list[WebhookEndpoint]:

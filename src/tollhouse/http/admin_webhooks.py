@@ -18,11 +18,12 @@ of another org or of the other environment is a 404, exactly like an unknown id.
 
 Each change is audited (``webhook.*``) with the admin token's id as actor and the
 caller's address, in the change's own transaction (:class:`~tollhouse.jobs.webhooks.WebhookStore`).
+The handlers are the self-serve API's (:class:`~tollhouse.http.webhook_routes.WebhookRoutes`)
+with the scope taken from the path and query, and this API's own wording.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -30,19 +31,12 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tollhouse.errors import BadRequest, NotFound, ValidationFailed
+from tollhouse.errors import BadRequest, ValidationFailed
 from tollhouse.http.answers import json_response
-from tollhouse.http.portal import SECRET_OVERLAP_DEFAULT, event_types, send_now
+from tollhouse.http.webhook_routes import SECRET_OVERLAP_DEFAULT, WebhookCaller, WebhookRoutes
 from tollhouse.identifiers import SCORING_JOB_ID
 from tollhouse.jobs.model import iso
-from tollhouse.jobs.webhooks import (
-    KEEP,
-    Endpoint,
-    EndpointChanges,
-    WebhookStore,
-    delivery_json,
-    endpoint_json,
-)
+from tollhouse.jobs.webhooks import Endpoint, WebhookStore, delivery_json, endpoint_json
 
 if TYPE_CHECKING:
     from tollhouse.http.admin import AdminRoutes
@@ -52,8 +46,6 @@ __all__ = ["AdminWebhookRoutes", "admin_endpoint_json"]
 #: Longest overlap of a secret rotation: 30 days.
 MAX_OVERLAP_SECONDS = 30 * 86400
 _ENVIRONMENTS = ("SANDBOX", "PRODUCTION")
-#: Endpoint and delivery ids are short and printable: a longer one cannot exist.
-_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -79,14 +71,7 @@ def _environment(request: Request) -> str:
     return value
 
 
-def _id(request: Request, name: str, what: str) -> str:
-    value = str(request.path_params[name])
-    if not _ID.fullmatch(value):
-        raise NotFound(f"{what} {value[:80]!r} not found")
-    return value
-
-
-class AdminWebhookRoutes:
+class AdminWebhookRoutes(WebhookRoutes):
     """The provider API's webhook handlers (see the module's notes).
 
     Args:
@@ -94,18 +79,24 @@ class AdminWebhookRoutes:
         webhooks: endpoints and deliveries.
     """
 
+    disabled_error = BadRequest
+    url_required = "url is required: an absolute http:// or https:// URL."
+    enabled_problem = "enabled must be true or false."
+
     def __init__(self, admin: AdminRoutes, webhooks: WebhookStore) -> None:
         self.admin = admin
         self.webhooks = webhooks
 
-    async def _scope(self, request: Request) -> tuple[str, str]:
-        """The org (which must exist) and the environment of a request."""
+    async def caller(self, request: Request, what: str) -> WebhookCaller:
+        """The admin token's id (any admin token may manage any org's ``what``), and the
+        org (which must exist) and environment of the request's path and query."""
+        who = await self.admin.caller(request)
         org_id = self.admin.org_of(request)
         environment = _environment(request)
         await self.admin.orgs.require(org_id)
-        return org_id, environment
+        return WebhookCaller(org_id, environment, who.actor, who.address)
 
-    async def _body(self, request: Request, allowed: tuple[str, ...]) -> dict[str, Any]:
+    async def body_of(self, request: Request, allowed: tuple[str, ...]) -> dict[str, Any]:
         body = await self.admin.body_of(request)
         extra = sorted(set(body) - set(allowed))
         if extra:
@@ -114,81 +105,7 @@ class AdminWebhookRoutes:
             )
         return body
 
-    async def list_endpoints(self, request: Request) -> Response:
-        """``GET …/webhooks/endpoints?environment=``: oldest first, never a secret."""
-        await self.admin.caller(request)
-        org, environment = await self._scope(request)
-        found = await self.webhooks.list_endpoints(org, environment=environment)
-        return json_response({"data": [admin_endpoint_json(e) for e in found]})
-
-    async def add_endpoint(self, request: Request) -> Response:
-        """``POST …/webhooks/endpoints?environment=`` ``{"url", "eventTypes"?}``: 201 with
-        the ``whsec_`` secret, once. The URL goes through the SSRF guard (400)."""
-        who = await self.admin.caller(request)
-        org, environment = await self._scope(request)
-        body = await self._body(request, ("url", "eventTypes"))
-        url = body.get("url")
-        if not isinstance(url, str) or not url.strip() or "\x00" in url:
-            raise ValidationFailed("url is required: an absolute http:// or https:// URL.")
-        types = event_types(body.get("eventTypes"))
-        try:
-            added, secret = await self.webhooks.add_endpoint(
-                org,
-                url,
-                environment=environment,
-                actor=who.actor,
-                event_types=types,
-                address=who.address,
-            )
-        except ValueError as exc:  # not a URL, or the SSRF guard refused its target
-            raise BadRequest(str(exc)) from None
-        return json_response({**admin_endpoint_json(added), "secret": secret}, 201)
-
-    async def update_endpoint(self, request: Request) -> Response:
-        """``PATCH …/webhooks/endpoints/{endpointId}?environment=`` ``{"enabled"?,
-        "eventTypes"?}``."""
-        who = await self.admin.caller(request)
-        org, environment = await self._scope(request)
-        endpoint_id = _id(request, "endpointId", "webhook endpoint")
-        body = await self._body(request, ("enabled", "eventTypes"))
-        enabled = body.get("enabled")
-        if enabled is not None and not isinstance(enabled, bool):
-            raise ValidationFailed("enabled must be true or false.")
-        changes = EndpointChanges(
-            enabled=enabled,
-            event_types=event_types(body["eventTypes"]) if "eventTypes" in body else KEEP,
-        )
-        updated = await self.webhooks.update_endpoint(
-            endpoint_id,
-            changes,
-            org=org,
-            environment=environment,
-            actor=who.actor,
-            address=who.address,
-        )
-        if updated is None:
-            raise NotFound(f"webhook endpoint {endpoint_id!r} not found")
-        return json_response(admin_endpoint_json(updated))
-
-    async def remove_endpoint(self, request: Request) -> Response:
-        """``DELETE …/webhooks/endpoints/{endpointId}?environment=``."""
-        who = await self.admin.caller(request)
-        org, environment = await self._scope(request)
-        endpoint_id = _id(request, "endpointId", "webhook endpoint")
-        removed = await self.webhooks.remove_endpoint(
-            endpoint_id, actor=who.actor, org=org, environment=environment, address=who.address
-        )
-        if removed is None:
-            raise NotFound(f"webhook endpoint {endpoint_id!r} not found")
-        return json_response(admin_endpoint_json(removed))
-
-    async def rotate_secret(self, request: Request) -> Response:
-        """``POST …/{endpointId}/rotate-secret?environment=`` ``{"overlapSeconds"?}``: a
-        new secret; the old one signs too for the overlap (default a day)."""
-        who = await self.admin.caller(request)
-        org, environment = await self._scope(request)
-        endpoint_id = _id(request, "endpointId", "webhook endpoint")
-        body = await self._body(request, ("overlapSeconds",))
+    def overlap_of(self, body: dict[str, Any]) -> timedelta:
         overlap = body.get("overlapSeconds", SECRET_OVERLAP_DEFAULT)
         if (
             isinstance(overlap, bool)
@@ -198,63 +115,22 @@ class AdminWebhookRoutes:
             raise ValidationFailed(
                 f"overlapSeconds must be an integer from 0 to {MAX_OVERLAP_SECONDS}."
             )
-        rotated = await self.webhooks.rotate_secret(
-            endpoint_id,
-            timedelta(seconds=overlap),
-            org=org,
-            environment=environment,
-            actor=who.actor,
-            address=who.address,
-        )
-        if rotated is None:
-            raise NotFound(f"webhook endpoint {endpoint_id!r} not found")
-        updated, secret = rotated
-        return json_response({**admin_endpoint_json(updated), "secret": secret})
+        return timedelta(seconds=overlap)
 
-    async def test_endpoint(self, request: Request) -> Response:
-        """``POST …/{endpointId}/test?environment=``: a signed ``ping``, its first attempt
-        made before answering (a disabled endpoint: 400)."""
-        who = await self.admin.caller(request)
-        org, environment = await self._scope(request)
-        endpoint_id = _id(request, "endpointId", "webhook endpoint")
-        try:
-            task = await self.webhooks.ping(
-                endpoint_id, org=org, environment=environment, actor=who.actor, address=who.address
-            )
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-        if task is None:
-            raise NotFound(f"webhook endpoint {endpoint_id!r} not found")
-        return json_response(await send_now(self.webhooks, task, org, environment))
+    def shown(self, endpoint: Endpoint) -> dict[str, Any]:
+        return admin_endpoint_json(endpoint)
 
     async def deliveries(self, request: Request) -> Response:
         """``GET …/webhooks/deliveries?environment=&jobId=``: newest first (the latest
         100), with their attempts."""
-        await self.admin.caller(request)
-        org, environment = await self._scope(request)
+        who = await self.caller(request, "webhook deliveries")
         job_id = request.query_params.get("jobId") or None
         if job_id is not None:
             problem = SCORING_JOB_ID.problem(job_id)
             if problem is not None:
                 raise BadRequest(f'query parameter "jobId" {problem}')
-        found = await self.webhooks.deliveries(org, job_id, environment=environment)
+        found = await self.webhooks.deliveries(who.org, job_id, environment=who.environment)
         return json_response({"data": [delivery_json(d) for d in found]})
-
-    async def replay(self, request: Request) -> Response:
-        """``POST …/webhooks/deliveries/{deliveryId}/replay?environment=``: the same event
-        (same ``webhook-id`` and body) as a new delivery, its first attempt made."""
-        who = await self.admin.caller(request)
-        org, environment = await self._scope(request)
-        delivery_id = _id(request, "deliveryId", "webhook delivery")
-        try:
-            task = await self.webhooks.replay(
-                delivery_id, org=org, environment=environment, actor=who.actor, address=who.address
-            )
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-        if task is None:
-            raise NotFound(f"webhook delivery {delivery_id!r} not found")
-        return json_response(await send_now(self.webhooks, task, org, environment))
 
     def table(self) -> dict[str, dict[str, Handler]]:
         """Path (under ``/v1/admin``) → method → handler, for the provider API's table."""

@@ -34,29 +34,26 @@ raise its own limits would make them no limits at all.
 from __future__ import annotations
 
 import logging
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tollhouse.errors import BadRequest, Conflict, Forbidden, NotFound, ValidationFailed
+from tollhouse.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from tollhouse.http.answers import endpoint, json_response, read_json
 from tollhouse.http.asgi import Receive, Scope, Send
 from tollhouse.http.context import identity_of
 from tollhouse.http.routes import Endpoint
-from tollhouse.jobs.model import iso
-from tollhouse.jobs.webhooks import (
-    KEEP,
-    DeliveryTask,
-    EndpointChanges,
-    WebhookStore,
-    check_event_types,
-    delivery_json,
-    endpoint_json,
-    send_attempt,
+from tollhouse.http.webhook_routes import (
+    SECRET_OVERLAP_DEFAULT,
+    WebhookCaller,
+    WebhookRoutes,
+    path_id,
 )
+from tollhouse.jobs.model import iso
+from tollhouse.jobs.webhooks import Endpoint as WebhookEndpoint
+from tollhouse.jobs.webhooks import WebhookStore, endpoint_json
 from tollhouse.json_reader import json_integer
 from tollhouse.keys.cache import KeyCache
 from tollhouse.keys.grants import check_grant, management_refusal
@@ -65,15 +62,12 @@ from tollhouse.keys.store import KeyStore
 from tollhouse.limits.overrides import OverrideStore, effective_limits
 from tollhouse.metering.meter import UsageMeter
 from tollhouse.policy.model import Policy
-from tollhouse.security.net import webhook_client
 
 __all__ = [
     "KEYS_PATH",
     "WEBHOOK_ENDPOINTS_PATH",
     "PortalRoutes",
-    "event_types",
     "key_json",
-    "send_now",
 ]
 
 logger = logging.getLogger(__name__)
@@ -87,11 +81,6 @@ MAX_NAME = 200
 #: Longest overlap of a rotation (a key's or a webhook secret's).
 MAX_OVERLAP = 30 * 86400
 KEY_OVERLAP_DEFAULT = 86400
-SECRET_OVERLAP_DEFAULT = 86400
-#: Seconds the test and replay attempts may take (the sender's own timeout).
-SEND_TIMEOUT = 15.0
-#: Ids are short and printable: a longer one, or one with a NUL, cannot exist.
-_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ENV_ARG = {"SANDBOX": "test", "PRODUCTION": "live"}
 UNAVAILABLE = "The key and webhook store is unavailable; retry shortly."
 
@@ -150,13 +139,6 @@ def _overlap(body: dict[str, Any], default: int) -> timedelta:
     return timedelta(seconds=value)
 
 
-def _id(request: Request, name: str, what: str) -> str:
-    value = str(request.path_params[name])
-    if not _ID.fullmatch(value):
-        raise NotFound(f"{what} {value[:80]!r} not found")
-    return value
-
-
 def _address(request: Request) -> str | None:
     client = request.scope.get("client")
     return str(client[0]) if client else None
@@ -170,8 +152,10 @@ def _manager(request: Request, what: str) -> Identity:
     return who
 
 
-class PortalRoutes:
-    """The self-serve routes (see the module's notes).
+class PortalRoutes(WebhookRoutes):
+    """The self-serve routes (see the module's notes); the webhook handlers are the
+    provider API's too (:class:`~tollhouse.http.webhook_routes.WebhookRoutes`), scoped here
+    by the calling key.
 
     Args:
         keys: the key store.
@@ -183,6 +167,10 @@ class PortalRoutes:
         overrides: the limit overrides (``GET /v1/limits``); with ``policy``, both or
             neither — without them the route is left out.
     """
+
+    disabled_error = Conflict
+    url_required = '"url" is required: an absolute http:// or https:// URL'
+    enabled_problem = '"enabled" must be true or false'
 
     def __init__(
         self,
@@ -258,7 +246,7 @@ class PortalRoutes:
     async def revoke_key(self, request: Request) -> Response:
         """``DELETE /v1/keys/{keyId}``: revoke a key of the caller's org and environment."""
         who = _manager(request, "keys")
-        key_id = _id(request, "keyId", "key")
+        key_id = path_id(request, "keyId", "key")
         await self._own_key(who, key_id, "revoke")
         record = await self.keys.revoke(
             key_id,
@@ -276,7 +264,7 @@ class PortalRoutes:
         """``POST /v1/keys/{keyId}/rotate``: a new secret; the old one works for
         ``overlapSeconds``."""
         who = _manager(request, "keys")
-        key_id = _id(request, "keyId", "key")
+        key_id = path_id(request, "keyId", "key")
         body = _object(await request.body())
         _unknown(body, ("overlapSeconds",))
         overlap = _overlap(body, KEY_OVERLAP_DEFAULT)
@@ -319,136 +307,23 @@ class PortalRoutes:
         body = effective_limits(self.policy.buckets, self.policy.pools, found)
         return json_response({"org": who.org, "environment": who.environment, **body})
 
-    # --- webhook endpoints -------------------------------------------------------------
+    # --- webhook endpoints and deliveries (the handlers: WebhookRoutes) -----------------
 
-    async def list_endpoints(self, request: Request) -> Response:
-        """``GET /v1/webhooks/endpoints``: the org's endpoints of the caller's environment."""
-        who = _manager(request, "webhook endpoints")
-        found = await self.webhooks.list_endpoints(who.org, environment=who.environment)
-        return json_response({"data": [endpoint_json(e) for e in found]})
+    async def caller(self, request: Request, what: str) -> WebhookCaller:
+        """The calling key (a root or manager key: else 403) and its org and environment."""
+        who = _manager(request, what)
+        return WebhookCaller(who.org, who.environment, who.key_id, _address(request))
 
-    async def add_endpoint(self, request: Request) -> Response:
-        """``POST /v1/webhooks/endpoints``: register a URL; its secret once."""
-        who = _manager(request, "webhook endpoints")
+    async def body_of(self, request: Request, allowed: tuple[str, ...]) -> dict[str, Any]:
         body = _object(await request.body())
-        _unknown(body, ("url", "eventTypes"))
-        url = body.get("url")
-        if not isinstance(url, str) or not url.strip() or "\x00" in url:
-            raise ValidationFailed('"url" is required: an absolute http:// or https:// URL')
-        types = event_types(body.get("eventTypes"))
-        try:
-            added, secret = await self.webhooks.add_endpoint(
-                who.org,
-                url,
-                environment=who.environment,
-                actor=who.key_id,
-                event_types=types,
-                address=_address(request),
-            )
-        except ValueError as exc:  # not a URL, or the SSRF guard refused its target
-            raise BadRequest(str(exc)) from None
-        return json_response({**endpoint_json(added), "secret": secret}, 201)
+        _unknown(body, allowed)
+        return body
 
-    async def update_endpoint(self, request: Request) -> Response:
-        """``PATCH /v1/webhooks/endpoints/{endpointId}``: enable, disable, event types."""
-        who = _manager(request, "webhook endpoints")
-        endpoint_id = _id(request, "endpointId", "webhook endpoint")
-        body = _object(await request.body())
-        _unknown(body, ("enabled", "eventTypes"))
-        enabled = body.get("enabled")
-        if enabled is not None and not isinstance(enabled, bool):
-            raise ValidationFailed('"enabled" must be true or false')
-        changes = EndpointChanges(
-            enabled=enabled,
-            event_types=event_types(body["eventTypes"]) if "eventTypes" in body else KEEP,
-        )
-        updated = await self.webhooks.update_endpoint(
-            endpoint_id,
-            changes,
-            org=who.org,
-            environment=who.environment,
-            actor=who.key_id,
-            address=_address(request),
-        )
-        if updated is None:
-            raise NotFound(f"webhook endpoint {endpoint_id!r} not found")
-        return json_response(endpoint_json(updated))
+    def overlap_of(self, body: dict[str, Any]) -> timedelta:
+        return _overlap(body, SECRET_OVERLAP_DEFAULT)
 
-    async def remove_endpoint(self, request: Request) -> Response:
-        """``DELETE /v1/webhooks/endpoints/{endpointId}``: its pending deliveries end."""
-        who = _manager(request, "webhook endpoints")
-        endpoint_id = _id(request, "endpointId", "webhook endpoint")
-        removed = await self.webhooks.remove_endpoint(
-            endpoint_id,
-            actor=who.key_id,
-            org=who.org,
-            environment=who.environment,
-            address=_address(request),
-        )
-        if removed is None:
-            raise NotFound(f"webhook endpoint {endpoint_id!r} not found")
-        return json_response(endpoint_json(removed))
-
-    async def rotate_secret(self, request: Request) -> Response:
-        """``POST /v1/webhooks/endpoints/{endpointId}/rotate-secret``: a new secret; the
-        old one signs too for ``overlapSeconds``."""
-        who = _manager(request, "webhook endpoints")
-        endpoint_id = _id(request, "endpointId", "webhook endpoint")
-        body = _object(await request.body())
-        _unknown(body, ("overlapSeconds",))
-        overlap = _overlap(body, SECRET_OVERLAP_DEFAULT)
-        rotated = await self.webhooks.rotate_secret(
-            endpoint_id,
-            overlap,
-            org=who.org,
-            environment=who.environment,
-            actor=who.key_id,
-            address=_address(request),
-        )
-        if rotated is None:
-            raise NotFound(f"webhook endpoint {endpoint_id!r} not found")
-        updated, secret = rotated
-        return json_response({**endpoint_json(updated), "secret": secret})
-
-    async def test_endpoint(self, request: Request) -> Response:
-        """``POST /v1/webhooks/endpoints/{endpointId}/test``: a signed ``ping``, its first
-        attempt made before answering."""
-        who = _manager(request, "webhook endpoints")
-        endpoint_id = _id(request, "endpointId", "webhook endpoint")
-        try:
-            task = await self.webhooks.ping(
-                endpoint_id,
-                org=who.org,
-                environment=who.environment,
-                actor=who.key_id,
-                address=_address(request),
-            )
-        except ValueError as exc:
-            raise Conflict(str(exc)) from None  # the endpoint is disabled
-        if task is None:
-            raise NotFound(f"webhook endpoint {endpoint_id!r} not found")
-        return await self._send_now(task, who)
-
-    async def replay(self, request: Request) -> Response:
-        """``POST /v1/webhooks/deliveries/{deliveryId}/replay``: the same event again."""
-        who = _manager(request, "webhook deliveries")
-        delivery_id = _id(request, "deliveryId", "webhook delivery")
-        try:
-            task = await self.webhooks.replay(
-                delivery_id,
-                org=who.org,
-                environment=who.environment,
-                actor=who.key_id,
-                address=_address(request),
-            )
-        except ValueError as exc:
-            raise Conflict(str(exc)) from None  # the endpoint is disabled
-        if task is None:
-            raise NotFound(f"webhook delivery {delivery_id!r} not found")
-        return await self._send_now(task, who)
-
-    async def _send_now(self, task: DeliveryTask, who: Identity) -> Response:
-        return json_response(await send_now(self.webhooks, task, who.org, who.environment))
+    def shown(self, endpoint: WebhookEndpoint) -> dict[str, Any]:
+        return endpoint_json(endpoint)
 
     def endpoints(self) -> list[Endpoint]:
         """The self-serve routes, for the route table: one endpoint per path (the table
@@ -484,30 +359,6 @@ class PortalRoutes:
             route(one + "/test", "webhooks", post=self.test_endpoint),
             route(REPLAY_PATH, "webhooks", post=self.replay),
         ]
-
-
-async def send_now(
-    store: WebhookStore, task: DeliveryTask, org: str, environment: str
-) -> dict[str, Any]:
-    """Make a held delivery's first attempt (a test or a replay); the delivery as it is
-    then (a failed attempt leaves it pending, retried on the schedule). The provider API
-    sends its tests and replays the same way."""
-    async with webhook_client(
-        allow_private=store.allow_private_targets, timeout=SEND_TIMEOUT, max_connections=1
-    ) as client:
-        started = store.clock()
-        result = await send_attempt(client, task, started)
-    await store.record(task, result, started)
-    [done] = await store.deliveries(org, environment=environment, delivery_id=task.id)
-    return delivery_json(done)
-
-
-def event_types(value: Any) -> tuple[str, ...] | None:
-    """An ``eventTypes`` field (None: every type); 422 when it is not a list of types."""
-    try:
-        return check_event_types(value)
-    except ValueError as exc:
-        raise ValidationFailed(str(exc)) from None
 
 
 def _expiry(value: Any, now: datetime) -> datetime | None:
