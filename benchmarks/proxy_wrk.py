@@ -14,7 +14,18 @@ Targets: proxied ≥ 0.5 × /healthz at 32 and at 128 connections (the client ha
 hop costs no more than the server half); 128 ≥ 0.8 × 32 (no collapse); the p50 that
 tollhouse adds over direct at one connection ≤ 0.2 ms.
 
-    .venv/bin/python benchmarks/proxy_wrk.py [--seconds 6] [--rounds 2]
+Requests/s on a shared machine follow the CPU share the server gets, so each run also
+prints, per connection count, the server's CPU per request and what its event-loop
+thread did over the run (from ``/proc``): running, ready but waiting for a CPU (other
+work on the core), or idle (waiting for callers or the upstream). A server whose
+requests/s drops while its CPU per request holds and its idle share stays near zero was
+given less CPU, not slowed by the connection count.
+
+    .venv/bin/python benchmarks/proxy_wrk.py [--seconds 6] [--rounds 2] [--before DIR]
+
+``--before DIR`` also serves the proxy from another copy of the package (a directory
+holding ``tollhouse/``, e.g. ``cp -r src /tmp/before`` taken before a change) on the same
+core, as the row ``before``: a change compared with the code before it in one run.
 
 Needs `wrk` (installed with apt-get when run as root); nginx is optional.
 """
@@ -104,6 +115,12 @@ class Result:
     """The server's CPU per request in user space, µs (its process and its children)."""
     sys_us: float = 0.0
     """... and in the kernel (system calls, loopback TCP), µs."""
+    running: float = 0.0
+    """Share of the run the server's main thread (its event loop) was on a CPU ..."""
+    ready: float = 0.0
+    """... runnable but waiting for one (other work on its core) ..."""
+    idle: float = 0.0
+    """... and asleep (nothing to do: waiting for callers or the upstream)."""
 
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -128,6 +145,17 @@ def proc_cpu(pid: int) -> tuple[float, float]:
     except OSError:
         pass
     return user, system
+
+
+def proc_sched(pid: int) -> tuple[float, float]:
+    """Seconds the main thread of ``pid`` ran and waited to run (``/proc/PID/schedstat``);
+    zeros where it is not there."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            ran, waited = f.read().split()[:2]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return int(ran) / 1e9, int(waited) / 1e9
 
 
 def free_port() -> int:
@@ -177,9 +205,9 @@ def run_wrk(
     args += ["--latency", url]
     if key:
         args[-1:-1] = ["-H", f"Authorization: Bearer {key}"]
-    cpu0 = proc_cpu(server)
+    cpu0, sched0, t0 = proc_cpu(server), proc_sched(server), time.monotonic()
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-    cpu1 = proc_cpu(server)
+    cpu1, sched1, wall = proc_cpu(server), proc_sched(server), time.monotonic() - t0
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         sys.exit(f"wrk saw {errors.group(1)} error responses from {url}:\n{out}")
@@ -190,12 +218,17 @@ def run_wrk(
     if not (rps and p50 and p99 and count):
         sys.exit(f"cannot read wrk output:\n{out}")
     n = max(1, int(count.group(1)))
+    running = (sched1[0] - sched0[0]) / wall
+    ready = (sched1[1] - sched0[1]) / wall
     return Result(
         float(rps.group(1)),
         _ms(p50.group(1)),
         _ms(p99.group(1)),
         (cpu1[0] - cpu0[0]) / n * 1e6,
         (cpu1[1] - cpu0[1]) / n * 1e6,
+        running,
+        ready,
+        max(0.0, 1.0 - running - ready),
     )
 
 
@@ -215,6 +248,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--before", metavar="DIR", help="also serve the proxy from the package in DIR"
+    )
     args = parser.parse_args()
     wrk = ensure_wrk()
     nginx = "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None
@@ -250,6 +286,29 @@ def main() -> None:
             procs.append(serve)
             auth = {"Authorization": f"Bearer {key}"}
             wait_http(f"http://127.0.0.1:{th_port}{PATH}", serve, auth)
+            before: subprocess.Popen[bytes] | None = None
+            if args.before:
+                before_port = free_port()
+                before = subprocess.Popen(
+                    [
+                        *PIN_PROXY,
+                        sys.executable,
+                        "-m",
+                        "tollhouse",
+                        "serve",
+                        "--config",
+                        str(workdir / "policy.toml"),
+                        "--port",
+                        str(before_port),
+                        "--log-level",
+                        "warning",
+                    ],
+                    cwd=workdir,
+                    stdout=subprocess.DEVNULL,
+                    env={**os.environ, "PYTHONPATH": str(Path(args.before).resolve())},
+                )
+                procs.append(before)
+                wait_http(f"http://127.0.0.1:{before_port}{PATH}", before, auth)
             check = httpx.get(f"http://127.0.0.1:{th_port}{PATH}", headers=auth)
             assert "x-ratelimit-limit" in check.headers, check.headers
             assert check.json()["service"] == "raw-upstream", check.text
@@ -259,6 +318,9 @@ def main() -> None:
                 "tollhouse": (f"http://127.0.0.1:{th_port}{PATH}", key, serve.pid),
                 "healthz": (f"http://127.0.0.1:{th_port}/healthz", None, serve.pid),
             }
+            if before is not None:
+                url = f"http://127.0.0.1:{before_port}{PATH}"
+                contenders["before"] = (url, key, before.pid)
             if nginx:
                 for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
                     (workdir / sub).mkdir()
@@ -305,6 +367,8 @@ def main() -> None:
         )
         if nginx:
             line += f"   / nginx {th[c].rps / best[('nginx', c)].rps:5.2f}"
+        if args.before:
+            line += f"   / before {th[c].rps / best[('before', c)].rps:5.2f}"
         print(line)
     print(
         f"targets: proxied/healthz at 32 = {th[32].rps / hz[32].rps:.2f} and at 128 = "
@@ -318,6 +382,19 @@ def main() -> None:
     for name in names:
         r = best[(name, 32)]
         print(f"  {name:<10}{r.user_us:7.1f} + {r.sys_us:6.1f} = {r.user_us + r.sys_us:7.1f}")
+    print(
+        "\nper connection count: server CPU per request (µs, user + system) | its main "
+        "thread running / ready, waiting for a CPU / idle (nginx: its master, idle)"
+    )
+    for name in names:
+        cells = []
+        for c in CONNECTIONS:
+            r = best[(name, c)]
+            cells.append(
+                f"{c:>4} conn {r.user_us + r.sys_us:6.1f} | "
+                f"{r.running:4.0%} {r.ready:4.0%} {r.idle:4.0%}"
+            )
+        print(f"  {name:<10}" + "   ".join(cells))
 
 
 if __name__ == "__main__":

@@ -138,6 +138,28 @@ def test_keep_alive_connections_are_reused() -> None:
     run(body)
 
 
+def test_requests_in_flight_together_each_get_their_own_answer() -> None:
+    async def script(method: bytes, target: bytes, body: bytes, w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(target), target))
+
+    async def body() -> None:
+        async with scripted(script) as (pool, requests):
+            targets = [b"/a", b"/bb", b"/ccc", b"/dddd"]
+            # Started in one turn: written together at its end, on new connections, then
+            # on the same connections taken from the pool (the first of those alone in
+            # flight when it is written, the others not).
+            for _ in range(3):
+                sent = [pool.request(b"GET", target, HOST) for target in targets]
+                responses = await asyncio.gather(*sent)
+                assert [await response.read() for response in responses] == targets
+            assert requests.connections == 4
+            assert sorted(t for _, t, _, _ in requests.seen) == sorted(targets * 3)
+            # A lone request afterwards is answered as before.
+            assert await (await pool.request(b"GET", b"/e", HOST)).read() == b"/e"
+
+    run(body)
+
+
 def test_request_bytes_on_the_wire() -> None:
     async def script(method: bytes, target: bytes, body: bytes, w: asyncio.StreamWriter) -> None:
         w.write(OK)
