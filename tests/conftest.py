@@ -232,6 +232,22 @@ def redis_cluster_service() -> Iterator[services.RedisClusterNodes]:
 
 
 @pytest.fixture(scope="session")
+def redis_tls_service() -> Iterator[services.RedisServer]:
+    """A real redis-server speaking TLS only, for the whole session: its URL is
+    ``rediss://…?ssl_ca_certs=`` with the throwaway CA that signed its certificate."""
+    with services.redis_server(tls=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_tls_cluster_service() -> Iterator[services.RedisClusterNodes]:
+    """A real six-node Redis Cluster speaking TLS only (clients, cluster bus, replication)
+    for the whole session: its URL is ``rediss+cluster://…?ssl_ca_certs=``."""
+    with services.redis_cluster(tls=True) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
 def postgres_service() -> Iterator[services.PostgresServer]:
     """A throwaway PostgreSQL cluster on loopback for the whole session."""
     with services.postgres_server() as server:

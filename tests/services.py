@@ -1,5 +1,10 @@
 """Real `redis-server` and PostgreSQL for the tests, started on loopback per session.
 
+Redis also runs over TLS only (``--port 0 --tls-port …``), one server or a cluster, with a
+throwaway CA made by the ``openssl`` command at start: the server's certificate names
+127.0.0.1 and localhost, the client is given the CA, no client certificate is asked for
+(what managed Redis services do).
+
 `scripts/test` installs both with apt-get when missing. Here a missing binary skips the
 tests that need it on a developer's machine, and fails them under ``CI=true``: in CI a
 missing service is a failure, never a skip.
@@ -16,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,25 +56,117 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: 
     raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
 
 
-class RedisServer:
-    """One `redis-server` process on a loopback port; can be killed and restarted."""
+_CA_CONFIG = """\
+[req]
+distinguished_name = dn
+x509_extensions = ca
+prompt = no
+[dn]
+CN = {name}
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+"""
+_SERVER_EXTENSIONS = """\
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth, clientAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+"""
 
-    def __init__(self, binary: str, workdir: Path) -> None:
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throwaway CA and the server certificate it signed (for 127.0.0.1 and localhost)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def server_args(self) -> list[str]:
+        """`redis-server` options: TLS only, no client certificate asked for."""
+        return [
+            "--tls-cert-file",
+            str(self.cert),
+            "--tls-key-file",
+            str(self.key),
+            "--tls-ca-cert-file",
+            str(self.ca),
+            "--tls-auth-clients",
+            "no",
+        ]
+
+    def client_options(self) -> dict[str, Any]:
+        """redis-py keyword arguments of a client that trusts the CA."""
+        return {"ssl": True, "ssl_ca_certs": str(self.ca)}
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(folder: Path, name: str = "tollhouse test CA") -> Path:
+    """A self-signed CA in ``folder`` (``ca.pem``, its key ``ca.key``); returns ca.pem."""
+    if shutil.which("openssl") is None:
+        missing("openssl", "apt-get install openssl")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ca.cnf").write_text(_CA_CONFIG.format(name=name))
+    _openssl(
+        *("req", "-x509", "-config", "ca.cnf", "-days", "2", "-nodes"),
+        *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
+        *("-keyout", "ca.key", "-out", "ca.pem"),
+        cwd=folder,
+    )
+    return folder / "ca.pem"
+
+
+def make_tls_files(folder: Path) -> TlsFiles:
+    """A CA and a server certificate for 127.0.0.1 and localhost signed by it."""
+    ca = make_ca(folder)
+    (folder / "server.ext").write_text(_SERVER_EXTENSIONS)
+    _openssl(
+        *("req", "-new", "-nodes", "-subj", "/CN=localhost"),
+        *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
+        *("-keyout", "server.key", "-out", "server.csr"),
+        cwd=folder,
+    )
+    _openssl(
+        *("x509", "-req", "-in", "server.csr", "-CA", ca.name, "-CAkey", "ca.key"),
+        *("-set_serial", "1", "-days", "2", "-extfile", "server.ext", "-out", "server.pem"),
+        cwd=folder,
+    )
+    return TlsFiles(ca, folder / "server.pem", folder / "server.key")
+
+
+class RedisServer:
+    """One `redis-server` process on a loopback port; can be killed and restarted. With
+    ``tls``, it speaks TLS only."""
+
+    def __init__(self, binary: str, workdir: Path, tls: TlsFiles | None = None) -> None:
         self.binary = binary
         self.workdir = workdir
+        self.tls = tls
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.ca}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        if self.tls is not None:
+            ports = ["--port", "0", "--tls-port", str(self.port), *self.tls.server_args()]
+        else:
+            ports = ["--port", str(self.port)]
         self.proc = subprocess.Popen(
             [
                 self.binary,
-                "--port",
-                str(self.port),
+                *ports,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -98,13 +196,15 @@ class RedisServer:
 
 
 @contextmanager
-def redis_server() -> Iterator[RedisServer]:
+def redis_server(*, tls: bool = False) -> Iterator[RedisServer]:
+    """A `redis-server` on loopback; with ``tls``, TLS only, its CA in ``server.tls``."""
     binary = shutil.which("redis-server")
     if binary is None:
         missing("redis-server", "apt-get install redis-server")
         raise AssertionError("unreachable")
     with tempfile.TemporaryDirectory() as tmp:
-        server = RedisServer(binary, Path(tmp))
+        files = make_tls_files(Path(tmp) / "tls") if tls else None
+        server = RedisServer(binary, Path(tmp), files)
         server.start()
         try:
             yield server
@@ -227,30 +327,41 @@ def free_cluster_port() -> int:
 class RedisClusterNodes:
     """Six `redis-server --cluster-enabled yes` on loopback made one Redis Cluster by
     `redis-cli --cluster create … --cluster-replicas 1`: three masters, a replica each.
-    Nodes can be SIGKILLed (a replica then takes over) and asked about the slot map."""
+    Nodes can be SIGKILLed (a replica then takes over) and asked about the slot map.
+    With ``tls``, every node speaks TLS only, to clients, to each other (the cluster bus)
+    and to its replicas."""
 
     NODES = 6
 
-    def __init__(self, binary: str, cli: str, workdir: Path) -> None:
+    def __init__(self, binary: str, cli: str, workdir: Path, tls: TlsFiles | None = None) -> None:
         self.binary = binary
         self.cli = cli
         self.workdir = workdir
+        self.tls = tls
         self.ports = [free_cluster_port() for _ in range(self.NODES)]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def url(self) -> str:
-        """``redis+cluster://`` with every node as a startup node."""
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        """``redis+cluster://`` (``rediss+cluster://…?ssl_ca_certs=`` with TLS) with every
+        node as a startup node."""
+        nodes = ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        if self.tls is not None:
+            return f"rediss+cluster://{nodes}?ssl_ca_certs={self.tls.ca}"
+        return f"redis+cluster://{nodes}"
 
     def start_node(self, port: int) -> None:
         node_dir = self.workdir / str(port)
         node_dir.mkdir(exist_ok=True)
+        if self.tls is not None:
+            ports = ["--port", "0", "--tls-port", str(port), *self.tls.server_args()]
+            ports += ["--tls-cluster", "yes", "--tls-replication", "yes"]
+        else:
+            ports = ["--port", str(port)]
         self.procs[port] = subprocess.Popen(
             [
                 self.binary,
-                "--port",
-                str(port),
+                *ports,
                 "--bind",
                 "127.0.0.1",
                 "--cluster-enabled",
@@ -279,9 +390,11 @@ class RedisClusterNodes:
     def create(self) -> None:
         for port in self.ports:
             self.start_node(port)
+        tls = ["--tls", "--cacert", str(self.tls.ca)] if self.tls is not None else []
         subprocess.run(
             [
                 self.cli,
+                *tls,
                 "--cluster",
                 "create",
                 *(f"127.0.0.1:{p}" for p in self.ports),
@@ -299,7 +412,8 @@ class RedisClusterNodes:
         """One command to one node."""
         import redis
 
-        with redis.Redis(port=port, socket_timeout=5, decode_responses=True) as client:
+        options = self.tls.client_options() if self.tls is not None else {}
+        with redis.Redis(port=port, socket_timeout=5, decode_responses=True, **options) as client:
             return client.execute_command(*args)
 
     def alive(self) -> list[int]:
@@ -370,15 +484,17 @@ class RedisClusterNodes:
 
 
 @contextmanager
-def redis_cluster() -> Iterator[RedisClusterNodes]:
-    """A fresh six-node Redis Cluster on loopback (three masters, three replicas)."""
+def redis_cluster(*, tls: bool = False) -> Iterator[RedisClusterNodes]:
+    """A fresh six-node Redis Cluster on loopback (three masters, three replicas); with
+    ``tls``, TLS only, its CA in ``cluster.tls``."""
     binary = shutil.which("redis-server")
     cli = shutil.which("redis-cli")
     if binary is None or cli is None:
         missing("redis-server and redis-cli", "apt-get install redis-server")
         raise AssertionError("unreachable")
     with tempfile.TemporaryDirectory() as tmp:
-        cluster = RedisClusterNodes(binary, cli, Path(tmp))
+        files = make_tls_files(Path(tmp) / "tls") if tls else None
+        cluster = RedisClusterNodes(binary, cli, Path(tmp), files)
         try:
             cluster.create()
             yield cluster

@@ -209,8 +209,9 @@ REDIS_URL = Setting(
     URL,
     "",
     "Shared limits (`redis://host:port/db`, or a Redis Cluster by its startup nodes: "
-    "`redis+cluster://host:port[,host:port…]`); empty — even over the file — keeps them in "
-    "process memory. Flag `serve --redis-url`.",
+    "`redis+cluster://host:port[,host:port…]`; over TLS `rediss://…` and "
+    "`rediss+cluster://…`, the CA as `?ssl_ca_certs=/path/ca.pem`); empty — even over the "
+    "file — keeps them in process memory. Flag `serve --redis-url`.",
     keeps_empty=True,
 )
 INSTANCES = Setting(

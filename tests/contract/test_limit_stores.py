@@ -1,4 +1,5 @@
-"""The limit store contract, run against every backend (memory, Redis).
+"""The limit store contract, run against every backend (memory, Redis, and Redis over
+TLS — one server and a cluster — as managed Redis services demand).
 
 Every scenario passes an explicit ``now``: the Redis store is made with
 ``caller_clock=True`` so windows are crossed by moving the clock, never by sleeping.
@@ -14,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.services import RedisServer
+from tests.services import RedisClusterNodes, RedisServer
 from tollhouse.limits import BucketCheck, LimitStore, MemoryStore, PoolCheck
 
 NOW = 1_800_000_000.0
@@ -41,7 +42,12 @@ def pool(name: str, limit: int, lease: float = 30.0, org: str = ORG) -> PoolChec
 
 
 @pytest.fixture(
-    params=[pytest.param("memory"), pytest.param("redis", marks=pytest.mark.redis)],
+    params=[
+        pytest.param("memory"),
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("rediss", marks=pytest.mark.redis),
+        pytest.param("rediss+cluster", marks=pytest.mark.redis),
+    ],
 )
 def make_store(request: pytest.FixtureRequest) -> MakeStore:
     """A factory of fresh stores of one backend (a store belongs to one event loop)."""
@@ -49,9 +55,19 @@ def make_store(request: pytest.FixtureRequest) -> MakeStore:
         return MemoryStore
     import redis
 
+    from tollhouse.limits.cluster import ClusterStore
     from tollhouse.limits.redis import RedisStore
 
-    service: RedisServer = request.getfixturevalue("redis_service")
+    if request.param == "rediss+cluster":
+        cluster: RedisClusterNodes = request.getfixturevalue("redis_tls_cluster_service")
+        assert cluster.tls is not None
+        for port in {master for _, _, master in cluster.slot_map(cluster.ports[0])}:
+            cluster.call(port, "FLUSHALL")
+        url = cluster.url
+        return lambda: ClusterStore(url, caller_clock=True, timeout=5.0, failures_to_open=1)
+    service: RedisServer = request.getfixturevalue(
+        "redis_tls_service" if request.param == "rediss" else "redis_service"
+    )
     with redis.Redis.from_url(service.url) as client:
         client.flushdb()
     return lambda: RedisStore(service.url, caller_clock=True, timeout=5.0, failures_to_open=1)

@@ -99,6 +99,8 @@ def test_builtin_policy_has_the_scoring_api_categories() -> None:
         ("[[buckets]]\nname='a'\nlimt=1", "buckets[0].limt", "unknown field"),
         ("[upstream]\nurl='ftp://x'", "upstream.url", "http"),
         ("[storage]\ndatabase_url='mysql://x'", "storage.database_url", "sqlite"),
+        ("[storage]\nredis_url='valkey://x:6379'", "storage.redis_url", "rediss+cluster://"),
+        ("[storage]\nredis_url='redis+clusters://x:1'", "storage.redis_url", "rediss://"),
         ("[[pools]]\nname='p'\nlimit=true\nroutes=['GET /x']", "pools[0].limit", "must be int"),
         ("[[access]]\nroutes=['GET /x']\nroles=['admin']", "access[0].roles[0]", "must be one of"),
         ("[wat]\n", "wat", "unknown field"),
@@ -113,6 +115,19 @@ def test_bad_policy_names_the_field(text: str, field: str, problem: str) -> None
     assert field in info.value.field
     assert problem in info.value.problem
     assert str(info.value).startswith("my.toml: ")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://r:6379/0",
+        "rediss://r:6380/0?ssl_ca_certs=/etc/ca.pem",
+        "redis+cluster://a:7000,b:7000",
+        "rediss+cluster://a:7000,b:7000?ssl_ca_certs=/etc/ca.pem",
+    ],
+)
+def test_every_redis_url_form_loads(url: str) -> None:
+    assert parse_policy(f"[storage]\nredis_url='{url}'", "my.toml").storage.redis_url == url
 
 
 def test_not_toml_and_missing_file(tmp_path: Path) -> None:

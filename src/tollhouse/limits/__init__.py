@@ -29,6 +29,14 @@ __all__ = [
 ]
 
 
+#: The URL forms of the Redis limit stores, for error messages.
+STORE_URLS = (
+    "redis://host:port/db, rediss://host:port/db?ssl_ca_certs=/path/ca.pem (TLS), "
+    "redis+cluster://host:port[,host:port…] or "
+    "rediss+cluster://host:port[,host:port…]?ssl_ca_certs=/path/ca.pem (TLS)"
+)
+
+
 def open_store(
     url: str,
     *,
@@ -43,11 +51,14 @@ def open_store(
 
     Args:
         url: empty or ``memory://`` keeps limits in this process;
-            ``redis://[user:password@]host:port/db`` or ``rediss://…`` shares them through
-            Redis (:class:`tollhouse.limits.redis.RedisStore`, connected lazily);
-            ``redis+cluster://[user:password@]host:port[,host:port…]`` through a Redis
-            Cluster whose startup nodes these are
-            (:class:`tollhouse.limits.cluster.ClusterStore`: they are asked once here).
+            ``redis://[user:password@]host:port/db`` shares them through Redis
+            (:class:`tollhouse.limits.redis.RedisStore`, connected lazily), and
+            ``rediss://…[?ssl_ca_certs=/path/ca.pem]`` over TLS (its certificate is
+            checked here); ``redis+cluster://[user:password@]host:port[,host:port…]``
+            through a Redis Cluster whose startup nodes these are
+            (:class:`tollhouse.limits.cluster.ClusterStore`: they are asked once here), and
+            ``rediss+cluster://…[?ssl_ca_certs=/path/ca.pem]`` over TLS
+            (:mod:`tollhouse.limits.tls`).
         instances: how many tollhouse instances share the limits (workers × replicas).
         timeout: seconds a Redis round trip may take before it counts as failed.
         failures_to_open: consecutive failed round trips that stop asking Redis.
@@ -59,11 +70,12 @@ def open_store(
 
     Raises:
         ConfigError: the scheme is not supported, the URL is malformed, the Redis
-            client is not installed, or no startup node of a cluster answers.
+            client is not installed, no startup node of a cluster answers, or over TLS a
+            server's certificate is not trusted.
     """
     if not url or url.startswith("memory://"):
         return MemoryStore()
-    if url.startswith(("redis://", "rediss://", "redis+cluster://")):
+    if url.startswith(("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")):
         try:
             # Imported here: the embedded default must not need a Redis client.
             from tollhouse.limits.cluster import ClusterStore
@@ -85,9 +97,7 @@ def open_store(
             )
             if value is not None
         }
-        store = ClusterStore if url.startswith("redis+cluster://") else RedisStore
+        cluster = url.startswith(("redis+cluster://", "rediss+cluster://"))
+        store = ClusterStore if cluster else RedisStore
         return store(url, instances=instances, on_store_failure=on_store_failure, **options)
-    raise ConfigError(
-        f"limit store URL {url!r}: use memory://, redis://host:port/db or "
-        "redis+cluster://host:port[,host:port…]"
-    )
+    raise ConfigError(f"limit store URL {url!r}: use memory://, {STORE_URLS}")

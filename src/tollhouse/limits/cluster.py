@@ -1,4 +1,5 @@
-"""Limits on a Redis Cluster (``redis+cluster://HOST:PORT[,HOST:PORT…]``).
+"""Limits on a Redis Cluster (``redis+cluster://HOST:PORT[,HOST:PORT…]``, or over TLS
+``rediss+cluster://HOST:PORT[,HOST:PORT…][?ssl_ca_certs=/path/ca.pem]``).
 
 :class:`ClusterStore` is :class:`tollhouse.limits.redis.RedisStore` with another way to
 the servers: the same scripts, the same batching of concurrent calls, the same degraded
@@ -39,7 +40,14 @@ Startup nodes
     The URL lists startup nodes: any one that answers gives the whole map. At start each
     is asked for ``CLUSTER INFO``; when none answers as a cluster node, starting fails
     with an error naming each and why (one that does not answer while another does is
-    logged).
+    logged). Over TLS, a node whose certificate is not trusted (or that does not speak
+    TLS) fails the start whatever the others answer (:mod:`.tls`).
+
+TLS
+    ``rediss+cluster://`` speaks TLS to every node (the slot map's nodes as well as the
+    startup nodes) with the URL's TLS options (:mod:`.tls`): the certificate of each is
+    verified against ``ssl_ca_certs`` (else the system's CAs) and must name the address
+    the slot map gives for it.
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ from urllib.parse import unquote
 
 import redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.connection import AbstractConnection, ConnectionPool, SSLConnection
 from redis.backoff import NoBackoff
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import (
@@ -66,20 +74,29 @@ from redis.exceptions import (
 from redis.retry import Retry
 
 from tollhouse.errors import ConfigError, StorageError
-from tollhouse.limits.redis import RedisStore, _Carrier, _command, _load_scripts, _read
+from tollhouse.limits.redis import (
+    STARTUP_TIMEOUT,
+    RedisStore,
+    _Carrier,
+    _command,
+    _hang_up,
+    _load_scripts,
+    _read,
+)
+from tollhouse.limits.tls import refusal, refused_message, tls_options
 
-__all__ = ["CLUSTER_SCHEME", "ClusterStore", "parse_cluster_url"]
+__all__ = ["CLUSTER_SCHEME", "TLS_CLUSTER_SCHEME", "ClusterStore", "parse_cluster_url"]
 
 logger = logging.getLogger(__name__)
 
 #: The URL scheme of a Redis Cluster.
 CLUSTER_SCHEME = "redis+cluster://"
+#: The URL scheme of a Redis Cluster spoken to over TLS.
+TLS_CLUSTER_SCHEME = "rediss+cluster://"
 #: ``MOVED``/``ASK`` redirections one command follows within one round trip.
 REDIRECTS = 3
 #: Part of the round-trip timeout a master may wait for a replica to confirm writes.
 WAIT_PART = 0.8
-#: Seconds each startup node gets to answer at start (at least; more when the timeout is longer).
-STARTUP_TIMEOUT = 2.0
 
 _ASKING = _command([b"ASKING"])
 _PING = _command([b"PING"])
@@ -87,14 +104,27 @@ _PING = _command([b"PING"])
 
 def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     """The startup nodes of ``redis+cluster://[user:password@]HOST:PORT[,HOST:PORT…][/0]``
-    and the connection options (username, password).
+    (or ``rediss+cluster://…[?TLS options]``) and the connection options as the sync
+    client and redis-py's cluster client take them (username, password; ``ssl=True`` and
+    the ``ssl_*`` options over TLS).
 
     Raises:
-        ConfigError: the URL is malformed.
+        ConfigError: the URL is malformed, or a TLS option is not valid.
     """
-    if not url.startswith(CLUSTER_SCHEME):
-        raise ConfigError(f"redis_url {url!r}: a cluster URL starts with {CLUSTER_SCHEME}")
-    rest = url[len(CLUSTER_SCHEME) :]
+    secure = url.startswith(TLS_CLUSTER_SCHEME)
+    if not secure and not url.startswith(CLUSTER_SCHEME):
+        raise ConfigError(
+            f"redis_url {url!r}: a cluster URL starts with {CLUSTER_SCHEME} or {TLS_CLUSTER_SCHEME}"
+        )
+    scheme = TLS_CLUSTER_SCHEME if secure else CLUSTER_SCHEME
+    rest, _, query = url[len(scheme) :].partition("?")
+    tls = tls_options(url, query, tls=secure)
+    others = [part for part in query.split("&") if part and not part.startswith("ssl_")]
+    if others:
+        raise ConfigError(
+            f"redis_url {url!r}: {others[0]!r} is not a cluster URL option "
+            f"(a {TLS_CLUSTER_SCHEME} URL takes TLS options only)"
+        )
     rest, _, db = rest.partition("/")
     if db not in ("", "0"):
         raise ConfigError(f"redis_url {url!r}: a Redis Cluster has database 0 only")
@@ -112,10 +142,12 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
         host = host.strip("[]")
         if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(
-                f"redis_url {url!r}: {part!r} is not HOST:PORT "
-                f"(use {CLUSTER_SCHEME}HOST:PORT[,HOST:PORT…])"
+                f"redis_url {url!r}: {part!r} is not HOST:PORT (use {scheme}HOST:PORT[,HOST:PORT…])"
             )
         nodes.append((host, int(port)))
+    if secure:
+        options["ssl"] = True
+        options.update(tls)
     return nodes, options
 
 
@@ -125,7 +157,8 @@ def check_startup_nodes(
     """Ask every startup node for ``CLUSTER INFO`` (at start, once).
 
     Raises:
-        ConfigError: no startup node answers as a Redis Cluster node; names each and why.
+        ConfigError: no startup node answers as a Redis Cluster node, or one refused TLS
+            (its certificate is not trusted); names each and why.
     """
     failed: list[str] = []
     for host, port in nodes:
@@ -141,6 +174,10 @@ def check_startup_nodes(
         try:
             info = client.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
         except RedisError as exc:
+            refused = refusal(exc)
+            if refused is not None:
+                # Every node must be trusted: the slot map sends decisions to each.
+                raise ConfigError(refused_message(url, f"{host}:{port}", refused)) from None
             failed.append(f"{host}:{port} ({exc})")
         else:
             text = info.decode() if isinstance(info, bytes) else str(info)
@@ -181,13 +218,16 @@ class _Topology:
         pool = self.pools.get(node)
         if pool is None:
             host, _, port = node.rpartition(":")
+            options = dict(self.options)
+            if options.pop("ssl", False):
+                options["connection_class"] = SSLConnection
             # No socket timeout on reads: one deadline covers each whole round trip.
             pool = ConnectionPool(
                 host=host,
                 port=int(port),
                 socket_timeout=None,
                 socket_connect_timeout=self.timeout,
-                **self.options,
+                **options,
             )
             self.pools[node] = pool
         return pool
@@ -374,8 +414,7 @@ class _ClusterLink:
     async def _drop(self, node: str) -> None:
         conn = self.conns.pop(node, None)
         if conn is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await conn.disconnect(nowait=True)
+            await _hang_up(conn)
 
     async def drop(self) -> None:
         """Close every connection (the next round trip opens new ones)."""
@@ -425,7 +464,8 @@ async def _exchange(
 
 class ClusterStore(RedisStore):
     """Buckets and pools on a Redis Cluster (see the module); the arguments of
-    :class:`tollhouse.limits.redis.RedisStore`, with a ``redis+cluster://`` URL.
+    :class:`tollhouse.limits.redis.RedisStore`, with a ``redis+cluster://`` or
+    ``rediss+cluster://`` URL.
 
     Raises:
         ConfigError: the URL is malformed, or no startup node answers as a cluster node.

@@ -63,10 +63,14 @@ import time
 from collections import deque
 from importlib import resources
 from typing import Any, NamedTuple, Protocol
+from urllib.parse import urlsplit
 
+import redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.retry import Retry
 
 from tollhouse.errors import ConfigError, StorageError
 from tollhouse.limits.maths import Outcome
@@ -80,11 +84,15 @@ from tollhouse.limits.store import (
     PoolStatus,
     Verdict,
 )
+from tollhouse.limits.tls import refusal, refused_message, tls_options
 
 logger = logging.getLogger(__name__)
 
 #: Seconds one round trip to Redis may take before it counts as failed.
 DEFAULT_TIMEOUT = 0.1
+#: Seconds the server gets at start to answer a TLS check (at least; more when the
+#: timeout is longer).
+STARTUP_TIMEOUT = 2.0
 #: Seconds between two probes while the breaker is open.
 PROBE_INTERVAL = 0.25
 #: Consecutive failed round trips that open the breaker.
@@ -265,10 +273,12 @@ def _is_local(lease: Lease) -> bool:
 class RedisStore:
     """Buckets and pools in Redis (see :class:`tollhouse.limits.store.LimitStore`).
 
-    Connects lazily, on the first call; use it from one event loop.
+    Connects lazily, on the first call (over TLS, a PING at construction checks the
+    server's certificate first); use it from one event loop.
 
     Args:
-        url: ``redis://[user:password@]host:port/db`` or ``rediss://…``.
+        url: ``redis://[user:password@]host:port/db`` or, over TLS,
+            ``rediss://…[?ssl_ca_certs=/path/ca.pem]`` (the options of :mod:`.tls`).
         instances: how many tollhouse instances share these limits (the server passes
             workers × replicas). Only used while Redis is away: each instance then
             enforces ``limit // instances`` locally.
@@ -283,7 +293,8 @@ class RedisStore:
         reserve: fraction of each limit the fleet keeps as shares (``instances > 1``).
 
     Raises:
-        ConfigError: the URL or an argument is not valid.
+        ConfigError: the URL or an argument is not valid, or over TLS the server's
+            certificate is not trusted (or it does not speak TLS).
     """
 
     degraded: bool
@@ -555,7 +566,10 @@ class RedisStore:
     # ---- the connections (a cluster has its own: .cluster) -----------------------------
 
     def _open(self, url: str, timeout: float) -> None:
-        """Check the URL and make the connection pool (nothing connects yet)."""
+        """Check the URL and make the connection pool; with TLS, check the server's
+        certificate once (otherwise nothing connects yet)."""
+        secure = url.startswith("rediss://")
+        tls_options(url, urlsplit(url).query, tls=secure)
         try:
             # No socket timeout on reads: one deadline covers each whole round trip.
             self._pool = ConnectionPool.from_url(
@@ -563,6 +577,35 @@ class RedisStore:
             )
         except ValueError as exc:
             raise ConfigError(f"redis_url {url!r}: {exc}") from None
+        if secure:
+            self._check_certificate(url, max(timeout, STARTUP_TIMEOUT))
+
+    def _check_certificate(self, url: str, timeout: float) -> None:
+        """One PING over TLS at start. A refused certificate (or a port without TLS) is a
+        configuration error; Redis not answering is not: as without TLS, decisions are
+        then made without it until it answers.
+
+        Raises:
+            ConfigError: the server's certificate is not trusted, or it does not speak TLS.
+        """
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # Asked once: a refusal is reported, not retried with backoff.
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            client.ping()
+        except RedisError as exc:
+            refused = refusal(exc)
+            if refused is not None:
+                raise ConfigError(refused_message(url, self._where(), refused)) from None
+            logger.warning(
+                "Redis does not answer at start", extra={"redis": self._where(), "error": str(exc)}
+            )
+        finally:
+            client.close()
 
     def _link(self) -> _Carrier:
         """One more connection carrying whole batches."""
@@ -856,8 +899,21 @@ class _Link:
         """Close the connection (the next round trip opens a new one)."""
         conn, self.conn = self.conn, None
         if conn is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await conn.disconnect(nowait=True)
+            await _hang_up(conn)
+
+
+async def _hang_up(conn: AbstractConnection) -> None:
+    """Close ``conn`` now: its socket is closed by the next turn of the event loop.
+
+    Closing a TLS stream only starts the TLS goodbye, which holds the socket until the
+    server answers it (or 30 s pass) — for ever if the loop ends first. A dropped
+    connection is out of step anyway, so its transport is aborted instead.
+    """
+    writer: asyncio.StreamWriter | None = getattr(conn, "_writer", None)
+    with contextlib.suppress(RedisError, OSError):
+        await conn.disconnect(nowait=True)
+    if writer is not None:
+        writer.transport.abort()
 
 
 async def _read(conn: AbstractConnection) -> Any:

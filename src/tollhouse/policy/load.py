@@ -389,11 +389,12 @@ class _Reader:
                 f"{w}.database_url", f"{db!r}: use sqlite:///path/file.db or postgresql://…"
             )
         redis = self.get(raw, "redis_url", str, w, "")
-        if redis and not re.match(r"^(rediss?|redis\+cluster)://", redis):
+        if redis and not re.match(r"^rediss?(\+cluster)?://", redis):
             raise self.fail(
                 f"{w}.redis_url",
-                f"{redis!r}: use redis://host:port/db, redis+cluster://host:port[,host:port…] "
-                "or leave empty",
+                f"{redis!r}: use redis://host:port/db, rediss://host:port/db (TLS; the CA as "
+                "?ssl_ca_certs=/path/ca.pem), redis+cluster://host:port[,host:port…], "
+                "rediss+cluster://host:port[,host:port…] (TLS) or leave empty",
             )
         return Storage(database_url=db, redis_url=redis)
 
