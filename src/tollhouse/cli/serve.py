@@ -31,6 +31,7 @@ from tollhouse.settings import (
     to_environ,
 )
 from tollhouse.storage.engine import make_engine, sqlite_path
+from tollhouse.urls import shown_url
 
 
 def serve(
@@ -233,8 +234,9 @@ def _banner(
     console.print(f"[bold]tollhouse[/] listening on [bold cyan]{base}[/]", highlight=False)
     console.print(f"  policy:   {policy}", highlight=False)
     console.print(f"  upstream: {upstream}", highlight=False)
-    console.print(f"  database: {settings.database_url}", highlight=False)
-    console.print(f"  limits:   {settings.redis_url or 'in process memory'}", highlight=False)
+    console.print(f"  database: {shown_url(settings.database_url)}", highlight=False)
+    limits = shown_url(settings.redis_url) if settings.redis_url else "in process memory"
+    console.print(f"  limits:   {limits}", highlight=False)
     if workers > 1:
         console.print(f"  workers:  {workers} processes sharing Redis", highlight=False)
     health = f"http://{shown}:{ops_port}" if ops_port is not None else base

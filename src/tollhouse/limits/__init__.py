@@ -15,6 +15,7 @@ from tollhouse.limits.store import (
     PoolStatus,
     Verdict,
 )
+from tollhouse.urls import shown_url
 
 __all__ = [
     "BucketCheck",
@@ -84,7 +85,8 @@ def open_store(
             if exc.name not in ("redis", "hiredis") and not str(exc.name).startswith("redis."):
                 raise
             raise ConfigError(
-                f"redis_url {url!r} needs the Redis client: pip install 'redis[hiredis]>=5' "
+                f"redis_url {shown_url(url)!r} needs the Redis client: "
+                "pip install 'redis[hiredis]>=5' "
                 "(or leave [storage] redis_url empty to keep limits in process memory)"
             ) from exc
         options: dict[str, Any] = {
@@ -100,4 +102,4 @@ def open_store(
         cluster = url.startswith(("redis+cluster://", "rediss+cluster://"))
         store = ClusterStore if cluster else RedisStore
         return store(url, instances=instances, on_store_failure=on_store_failure, **options)
-    raise ConfigError(f"limit store URL {url!r}: use memory://, {STORE_URLS}")
+    raise ConfigError(f"limit store URL {shown_url(url)!r}: use memory://, {STORE_URLS}")

@@ -84,6 +84,7 @@ from tollhouse.limits.redis import (
     _read,
 )
 from tollhouse.limits.tls import refusal, refused_message, tls_options
+from tollhouse.urls import shown_url
 
 __all__ = ["CLUSTER_SCHEME", "TLS_CLUSTER_SCHEME", "ClusterStore", "parse_cluster_url"]
 
@@ -114,7 +115,8 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     secure = url.startswith(TLS_CLUSTER_SCHEME)
     if not secure and not url.startswith(CLUSTER_SCHEME):
         raise ConfigError(
-            f"redis_url {url!r}: a cluster URL starts with {CLUSTER_SCHEME} or {TLS_CLUSTER_SCHEME}"
+            f"redis_url {shown_url(url)!r}: a cluster URL starts with {CLUSTER_SCHEME} "
+            f"or {TLS_CLUSTER_SCHEME}"
         )
     scheme = TLS_CLUSTER_SCHEME if secure else CLUSTER_SCHEME
     rest, _, query = url[len(scheme) :].partition("?")
@@ -122,12 +124,12 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     others = [part for part in query.split("&") if part and not part.startswith("ssl_")]
     if others:
         raise ConfigError(
-            f"redis_url {url!r}: {others[0]!r} is not a cluster URL option "
+            f"redis_url {shown_url(url)!r}: {others[0]!r} is not a cluster URL option "
             f"(a {TLS_CLUSTER_SCHEME} URL takes TLS options only)"
         )
     rest, _, db = rest.partition("/")
     if db not in ("", "0"):
-        raise ConfigError(f"redis_url {url!r}: a Redis Cluster has database 0 only")
+        raise ConfigError(f"redis_url {shown_url(url)!r}: a Redis Cluster has database 0 only")
     userinfo, _, hosts = rest.rpartition("@")
     options: dict[str, Any] = {}
     if userinfo:
@@ -142,7 +144,8 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
         host = host.strip("[]")
         if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(
-                f"redis_url {url!r}: {part!r} is not HOST:PORT (use {scheme}HOST:PORT[,HOST:PORT…])"
+                f"redis_url {shown_url(url)!r}: {part!r} is not HOST:PORT "
+                f"(use {scheme}HOST:PORT[,HOST:PORT…])"
             )
         nodes.append((host, int(port)))
     if secure:
@@ -187,7 +190,7 @@ def check_startup_nodes(
             client.close()
     if len(failed) == len(nodes):
         raise ConfigError(
-            f"redis_url {url!r}: no startup node answers as a Redis Cluster node: "
+            f"redis_url {shown_url(url)!r}: no startup node answers as a Redis Cluster node: "
             + "; ".join(failed)
         )
     if failed:

@@ -85,6 +85,7 @@ from tollhouse.limits.store import (
     Verdict,
 )
 from tollhouse.limits.tls import refusal, refused_message, tls_options
+from tollhouse.urls import shown_url
 
 logger = logging.getLogger(__name__)
 
@@ -576,7 +577,7 @@ class RedisStore:
                 url, socket_timeout=None, socket_connect_timeout=timeout
             )
         except ValueError as exc:
-            raise ConfigError(f"redis_url {url!r}: {exc}") from None
+            raise ConfigError(f"redis_url {shown_url(url)!r}: {exc}") from None
         if secure:
             self._check_certificate(url, max(timeout, STARTUP_TIMEOUT))
 

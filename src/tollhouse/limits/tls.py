@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from tollhouse.errors import ConfigError
+from tollhouse.urls import shown_url
 
 __all__ = ["TLS_OPTIONS", "refusal", "refused_message", "tls_options"]
 
@@ -53,7 +54,7 @@ def tls_options(url: str, query: str, *, tls: bool) -> dict[str, Any]:
     for name, values in parse_qs(query, keep_blank_values=True).items():
         if not name.startswith("ssl_"):
             continue
-        where = f"redis_url {url!r}: {name}"
+        where = f"redis_url {shown_url(url)!r}: {name}"
         if name not in TLS_OPTIONS:
             raise ConfigError(f"{where} is not a TLS option (use {', '.join(TLS_OPTIONS)})")
         if not tls:
@@ -86,18 +87,19 @@ def _load_files(url: str, options: dict[str, Any]) -> None:
             context.load_verify_locations(cafile=ca)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(
-                f"redis_url {url!r}: ssl_ca_certs {ca!r} is not a readable PEM file of "
+                f"redis_url {shown_url(url)!r}: ssl_ca_certs {ca!r} is not a readable PEM file of "
                 f"CA certificates ({exc})"
             ) from None
     cert, key = options.get("ssl_certfile"), options.get("ssl_keyfile")
     if key is not None and cert is None:
-        raise ConfigError(f"redis_url {url!r}: ssl_keyfile needs ssl_certfile")
+        raise ConfigError(f"redis_url {shown_url(url)!r}: ssl_keyfile needs ssl_certfile")
     if cert is not None:
         try:
             context.load_cert_chain(certfile=cert, keyfile=key)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(
-                f"redis_url {url!r}: ssl_certfile {cert!r} (with ssl_keyfile {key!r}) is not "
+                f"redis_url {shown_url(url)!r}: ssl_certfile {cert!r} "
+                f"(with ssl_keyfile {key!r}) is not "
                 f"a readable PEM certificate and key ({exc})"
             ) from None
 
@@ -119,12 +121,13 @@ def refused_message(url: str, node: str, error: ssl.SSLError) -> str:
     """What to tell the operator when ``node`` was refused over TLS."""
     if isinstance(error, ssl.SSLCertVerificationError):
         return (
-            f"redis_url {url!r}: the TLS certificate of {node} is not trusted "
+            f"redis_url {shown_url(url)!r}: the TLS certificate of {node} is not trusted "
             f"({error.verify_message}): give the CA that signed it as "
             "?ssl_ca_certs=/path/to/ca.pem, and connect by a host name or address the "
             "certificate names"
         )
     return (
-        f"redis_url {url!r}: the TLS handshake with {node} failed ({error.reason or error}): "
+        f"redis_url {shown_url(url)!r}: the TLS handshake with {node} failed "
+        f"({error.reason or error}): "
         "does that port serve TLS?"
     )

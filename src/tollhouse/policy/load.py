@@ -39,6 +39,7 @@ from tollhouse.policy.model import (
     Storage,
     Upstream,
 )
+from tollhouse.urls import shown_url
 
 BUILTIN = "<built-in>"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"})
@@ -392,7 +393,8 @@ class _Reader:
         if redis and not re.match(r"^rediss?(\+cluster)?://", redis):
             raise self.fail(
                 f"{w}.redis_url",
-                f"{redis!r}: use redis://host:port/db, rediss://host:port/db (TLS; the CA as "
+                f"{shown_url(redis)!r}: use redis://host:port/db, "
+                "rediss://host:port/db (TLS; the CA as "
                 "?ssl_ca_certs=/path/ca.pem), redis+cluster://host:port[,host:port…], "
                 "rediss+cluster://host:port[,host:port…] (TLS) or leave empty",
             )
