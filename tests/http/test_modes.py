@@ -164,3 +164,42 @@ def test_in_process_wrapping(tmp_path: Path) -> None:
         assert "Traceback" not in boom.text
     assert events == ["startup", "shutdown"]
     assert load_settings(config).database_url.endswith("t.db")
+
+
+def test_an_app_sending_one_prebuilt_start_message_gets_the_headers_once(tmp_path: Path) -> None:
+    """Raw ASGI apps often send the same start message every time: the gateway adds its
+    headers to a copy, never to the app's own message."""
+    config = tmp_path / "tollhouse.toml"
+    config.write_text(
+        f'[storage]\ndatabase_url = "sqlite:///{tmp_path}/t.db"\n'
+        '[[buckets]]\nname = "roomy"\nlimit = 100\nwindow = "1d"\nroutes = ["GET /ping"]\n'
+    )
+
+    async def make_key() -> str:
+        engine = make_engine(f"sqlite:///{tmp_path}/t.db")
+        await create_schema(engine)
+        _, secret = await KeyStore(engine).create("prebuilt", "test", "root")
+        await engine.dispose()
+        return secret
+
+    start = {"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"1")]}
+    body = {"type": "http.response.body", "body": b"pong"}
+
+    async def ping(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send(start)
+        await send(body)
+
+    secret = asyncio.run(make_key())
+    with serve_in_thread(Tollhouse(ping, config=config)) as url:
+        for _ in range(3):
+            answer = httpx.get(url + "/ping", headers={"X-API-Key": secret})
+            assert answer.status_code == 200 and answer.text == "pong"
+            names = [name.lower() for name, _ in answer.headers.raw]
+            assert names.count(b"x-ratelimit-remaining") == 1
+            assert names.count(b"x-request-id") == 1
+    assert start["headers"] == [(b"x-app", b"1")]

@@ -121,7 +121,7 @@ def with_request_id(send: Send, request_id: str) -> Send:
             headers = list(message.get("headers", ()))
             if not any(name.lower() == REQUEST_ID for name, _ in headers):
                 headers.append(header)
-            message["headers"] = headers
+            message = {**message, "headers": headers}  # the app's own message unchanged
         await send(message)
 
     return stamped

@@ -113,7 +113,7 @@ async def _pass_websocket(
         kind = message["type"]
         if not answered:
             if kind == "websocket.accept" or kind == "websocket.http.response.start":
-                message["headers"] = [*message.get("headers", ()), *headers]
+                message = {**message, "headers": [*message.get("headers", ()), *headers]}
                 answer(101 if kind == "websocket.accept" else message["status"])
             elif kind == "websocket.close":
                 answer(403)  # servers refuse the handshake with a 403

@@ -154,7 +154,9 @@ class Passer:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), *headers]
+                # A new message, never the app's changed: an app may send one prebuilt
+                # start message for every request.
+                message = {**message, "headers": [*message.get("headers", ()), *headers]}
             return send(message)
 
         try:
@@ -208,7 +210,7 @@ class Passer:
             if kind == "http.response.start":
                 started = True
                 status = message["status"]
-                message["headers"] = list(message.get("headers", ())) + headers
+                message = {**message, "headers": [*message.get("headers", ()), *headers]}
             elif kind == "http.response.body" and not message.get("more_body", False):
                 finished = True
             await send(message)
