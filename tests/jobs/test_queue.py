@@ -250,6 +250,45 @@ def test_volume_and_outbox(db_url: str, clock: FakeClock) -> None:
     run(body())
 
 
+@pytest.mark.parametrize("with_stale", [False, True])
+def test_a_batch_of_completions_moves_its_counters_once(
+    db_url: str, clock: FakeClock, with_stale: bool
+) -> None:
+    """A batch of completions of one queue moves its counters and folds each job's time
+    since its claim into the moving average, in order, exactly as one by one would — when
+    every lease still holds and when one is stale (its job is left alone and not
+    counted)."""
+
+    async def body() -> None:
+        async with database(db_url) as engine:
+            q = queue_on(engine, clock, default_cap=10, ewma_alpha=0.5)
+            await q.enqueue([job("acme", i) for i in range(6)])
+            first = await q.claim("w1", 2)
+            clock.advance(3)
+            second = await q.claim("w1", 3)
+            clock.advance(2)
+            leases = [first[1], *second, first[0]]
+            if with_stale:
+                leases[1] = replace(leases[1], token="not-the-token")
+            outcomes = await q.finish_many([Finish(lease, result={"ok": 1}) for lease in leases])
+            assert outcomes == (
+                ["completed", None, "completed", "completed", "completed"]
+                if with_stale
+                else ["completed"] * 5
+            )
+            # Seconds since each claim, in the batch's order: 5, 2, 2, 2, 5 (the stale
+            # lease's 2 left out); the first sample starts the average.
+            samples = [5.0, 2.0, 2.0, 5.0] if with_stale else [5.0, 2.0, 2.0, 2.0, 5.0]
+            average = samples[0]
+            for sample in samples[1:]:
+                average += 0.5 * (sample - average)
+            [c] = await q.counters()
+            assert (c.running, c.queued) == ((1, 1) if with_stale else (0, 1))
+            assert c.avg_seconds == pytest.approx(average)
+
+    run(body())
+
+
 def test_batched_finish_writes_each_outcome_and_fences_stale_leases(
     db_url: str, clock: FakeClock
 ) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event, update
 from standardwebhooks import Webhook
 from typer.testing import CliRunner
 
@@ -23,6 +24,7 @@ from tests.conftest import serve_in_thread
 from tests.jobs.conftest import database, run
 from tollhouse.cli.webhooks import app as webhooks_cli
 from tollhouse.jobs import NewJob, QueueSettings, open_queue
+from tollhouse.jobs.schema import webhook_endpoints
 from tollhouse.jobs.webhooks import (
     SCHEDULE,
     Delivery,
@@ -204,6 +206,52 @@ def test_timeouts_are_recorded_then_gives_up(
             assert d.status == "failed" and d.event_type == "score.failed"
             assert [a.error for a in d.attempts] == ["timed out", "timed out"]
             assert all(a.status_code is None and a.duration_ms >= 250 for a in d.attempts)
+
+    run(body())
+
+
+def test_finishing_jobs_sees_endpoints_another_process_changed(db_url: str) -> None:
+    """A finish reads whether its job's scope has an endpoint in its own transaction (no
+    cache): endpoints added, disabled, enabled and removed through another engine (another
+    process) count from the next finish, for completions and failures alike; a scope with
+    none runs no endpoint lookup, though its org has one in the other environment and
+    another org has one in this environment."""
+
+    async def body() -> None:
+        async with database(db_url) as worker_engine, database(db_url) as api_engine:
+            lookups: list[str] = []
+
+            def seen(_c: Any, _cur: Any, statement: str, *_args: Any) -> None:
+                if statement.lstrip().startswith("SELECT") and "webhook_endpoints." in statement:
+                    lookups.append(statement)
+
+            event.listen(worker_engine.sync_engine, "before_cursor_execute", seen)
+            api = WebhookStore(api_engine, allow_private_targets=True)
+            await api.add_endpoint("acme", "http://127.0.0.1:9/sandbox", environment="SANDBOX")
+            await api.add_endpoint("other", "http://127.0.0.1:9/other")
+
+            async def staged(ok: bool = True) -> int:
+                job_id = await _finish_job(worker_engine, "acme", ok)
+                return len(await api.deliveries("acme", job_id, environment="PRODUCTION"))
+
+            assert await staged() == 0
+            assert await staged(ok=False) == 0
+            assert lookups == []
+            endpoint, _ = await api.add_endpoint("acme", "http://127.0.0.1:9/live")
+            assert await staged() == 1
+            assert await staged(ok=False) == 1
+            assert len(lookups) == 2
+            for disabled_at, expected in ((datetime.now(UTC), 0), (None, 1)):
+                async with api_engine.begin() as conn:
+                    await conn.execute(
+                        update(webhook_endpoints)
+                        .where(webhook_endpoints.c.id == endpoint.id)
+                        .values(disabled_at=disabled_at)
+                    )
+                assert await staged() == expected
+            await api.remove_endpoint(endpoint.id)
+            assert await staged() == 0
+            assert await staged(ok=False) == 0
 
     run(body())
 

@@ -506,12 +506,16 @@ class QueueMachine:
                 rows = await conn.execute(self.sql.decide, {"f_pairs": chunk})
             held.update((r.id, r) for r in rows)
         writes: list[dict[str, Any]] = []
+        # Scopes with an enabled webhook endpoint (read with the jobs, for the outbox).
+        with_endpoints: set[tuple[str, str]] = set()
         for item in items:
             row = held.pop(item.lease.job.id, None)
             if row is None:
                 outcomes.append(None)
                 continue
             job = item.lease.job
+            if row.has_endpoint:
+                with_endpoints.add((job.org, job.environment))
             outcome: Outcome
             run_after = as_utc(row.run_after)
             if item.error is None:
@@ -600,11 +604,15 @@ class QueueMachine:
             )
         if org_params:
             await conn.execute(self.sql.finish_orgs, org_params)
-        staged = await self._stage_events(conn, finished, now)
+        staged = await self._stage_events(conn, finished, now, with_endpoints)
         return outcomes, staged
 
     async def _stage_events(
-        self, conn: AsyncConnection, finished: Sequence[Job], now: datetime
+        self,
+        conn: AsyncConnection,
+        finished: Sequence[Job],
+        now: datetime,
+        with_endpoints: set[tuple[str, str]] | None = None,
     ) -> int:
         # Every path to a final state (finish, the reaper's dead) passes here: the
         # finished-jobs rollup moves in the same transaction, so it is exact.
@@ -612,7 +620,7 @@ class QueueMachine:
         if rows:
             await conn.execute(self.sql.count_finished, rows)
         # The outbox, in the jobs' own transaction (tollhouse.jobs.outbox).
-        staged = await stage_finished(conn, finished, now)
+        staged = await stage_finished(conn, finished, now, with_endpoints=with_endpoints)
         if staged:
             await announce(conn, "deliveries")
         return staged

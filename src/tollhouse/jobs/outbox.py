@@ -14,7 +14,7 @@ the queue's types without a cycle.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -50,6 +50,8 @@ async def stage_events(
     conn: AsyncConnection,
     events: Sequence[StagedEvent],
     now: datetime,
+    *,
+    with_endpoints: Collection[tuple[str, str]] | None = None,
 ) -> int:
     """Write one pending delivery per enabled endpoint of each event's org *in the event's
     environment*, inside the caller's transaction: a sandbox job's events go to sandbox
@@ -62,12 +64,21 @@ async def stage_events(
             be a function making it, called only when the org has an endpoint there
             (most orgs have none, and the job queue finishes jobs by the hundred).
         now: the events' time.
+        with_endpoints: the ``(org, environment)`` scopes that have an enabled endpoint,
+            when the caller read that in this transaction already (the job queue reads it
+            with the jobs it finishes): endpoints are looked up for those alone, and not
+            at all when none of the events is in one. None: look up every event's org.
 
     The body is ``{"type", "timestamp", "data"}`` (Standard Webhooks' recommended shape).
     """
     if not events:
         return 0
-    orgs = sorted({org for org, *_ in events})
+    if with_endpoints is None:
+        orgs = sorted({org for org, *_ in events})
+    else:
+        orgs = sorted({org for org, env, *_ in events if (org, env) in with_endpoints})
+        if not orgs:
+            return 0
     endpoints: dict[tuple[str, str], list[tuple[str, frozenset[str] | None]]] = {}
     for endpoint_id, org_id, environment, types in await conn.execute(
         _ACTIVE_ENDPOINTS, {"orgs": orgs}
@@ -109,7 +120,13 @@ async def stage_events(
     return len(rows)
 
 
-async def stage_finished(conn: AsyncConnection, finished: Sequence[Job], now: datetime) -> int:
+async def stage_finished(
+    conn: AsyncConnection,
+    finished: Sequence[Job],
+    now: datetime,
+    *,
+    with_endpoints: Collection[tuple[str, str]] | None = None,
+) -> int:
     """Record the product event and stage the webhook deliveries of ``finished`` jobs,
     inside the caller's transaction. Returns the deliveries staged.
 
@@ -117,6 +134,7 @@ async def stage_finished(conn: AsyncConnection, finished: Sequence[Job], now: da
         conn: the connection of the transaction that finished the jobs.
         finished: jobs in a terminal state.
         now: when they finished.
+        with_endpoints: as in :func:`stage_events`.
     """
     if not finished:
         return 0
@@ -128,4 +146,5 @@ async def stage_finished(conn: AsyncConnection, finished: Sequence[Job], now: da
             for j in finished
         ],
         now,
+        with_endpoints=with_endpoints,
     )

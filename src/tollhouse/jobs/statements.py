@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Float,
     Integer,
     String,
@@ -37,14 +38,34 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
 from tollhouse.jobs.model import Job
-from tollhouse.jobs.schema import EPOCH, job_orgs, job_volume, job_workers, jobs
+from tollhouse.jobs.schema import (
+    EPOCH,
+    job_orgs,
+    job_volume,
+    job_workers,
+    jobs,
+    webhook_endpoints,
+)
 from tollhouse.storage import dialect
 from tollhouse.times import as_utc
 
 #: Internal states read as ``failed`` on the wire.
 FAILED_STATES = ("failed", "dead")
+#: Whether the job's scope (org and environment) has an enabled webhook endpoint, read
+#: with the job in the statement that fences its finish: the outbox looks endpoints up
+#: only for scopes that have one (most have none), without a statement of its own. Read
+#: in the finishing transaction, like the lookup it spares, so it needs no cache and no
+#: invalidation when another process adds or removes an endpoint. Spelled out: SQLite's
+#: ``UPDATE … RETURNING`` is rendered with bare column names, which inside the subquery
+#: would name the endpoint's own columns (``org_id = org_id``).
+HAS_ENDPOINT = literal_column(
+    f"EXISTS (SELECT 1 FROM {webhook_endpoints.name} e"
+    f" WHERE e.org_id = {jobs.name}.org_id AND e.environment = {jobs.name}.environment"
+    " AND e.disabled_at IS NULL AND e.removed_at IS NULL)",
+    Boolean,
+).label("has_endpoint")
 #: What a finish reads of a held job to decide its outcome (the rest is the lease's copy).
-DECIDE = (jobs.c.id, jobs.c.attempts, jobs.c.max_attempts, jobs.c.claimed_at)
+DECIDE = (jobs.c.id, jobs.c.attempts, jobs.c.max_attempts, jobs.c.claimed_at, HAS_ENDPOINT)
 #: Leases extended (or finishes fenced) per statement, so a statement stays a sane size.
 HEARTBEAT_CHUNK = 500
 
