@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tests.conftest import serve_in_thread as serve
 from tollhouse.errors import ConfigError
+from tollhouse.http import proxy as proxy_module
 from tollhouse.http.proxy import ReverseProxy
 from tollhouse.keys.model import Identity
 
@@ -636,3 +637,19 @@ def test_bad_configuration_is_refused_at_start(
 ) -> None:
     with pytest.raises(ConfigError, match=hint.replace("?", r"\?")):
         ReverseProxy(url, **options)
+
+
+def test_a_flood_of_hosts_keeps_the_forwarded_memo_bounded(
+    upstream_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Distinct ``Host`` values fill the proxy's memo of forwarded lines only up to its
+    bound (lowered here), and every request still gets the lines of its own ``Host``."""
+    monkeypatch.setattr(proxy_module, "_FORWARDED_MEMO", 8)
+    with proxied(upstream_url) as (url, gateway), httpx.Client(base_url=url, timeout=WAIT) as c:
+        sizes = []
+        for i in range(30):
+            host = f"tenant-{i % 20}.example"
+            echo = c.get("/v1/headers", headers={"host": host}).json()
+            assert header_values(echo, "x-forwarded-host") == [host]
+            sizes.append(len(gateway.proxy._forwarded_memo))
+    assert max(sizes) == 8

@@ -12,6 +12,7 @@ from typing import TypeVar
 import pytest
 
 from tests import services
+from tollhouse.keys import cache as cache_module
 from tollhouse.keys.cache import MISS, KeyCache
 from tollhouse.keys.hashing import environment_of, hash_secret
 from tollhouse.keys.store import KeyStore
@@ -21,9 +22,9 @@ from tollhouse.storage.engine import make_engine
 T = TypeVar("T")
 
 
-def with_store(tmp_path: Path, fn: Callable[[KeyStore], Awaitable[T]]) -> T:
+def with_store(tmp_path: Path, fn: Callable[[KeyStore], Awaitable[T]], url: str | None = None) -> T:
     async def go() -> T:
-        engine = make_engine(f"sqlite:///{tmp_path}/keys.db")
+        engine = make_engine(url or f"sqlite:///{tmp_path}/keys.db")
         try:
             await create_schema(engine)
             return await fn(KeyStore(engine))
@@ -31,6 +32,14 @@ def with_store(tmp_path: Path, fn: Callable[[KeyStore], Awaitable[T]]) -> T:
             await engine.dispose()
 
     return asyncio.run(go())
+
+
+def database_url(engine_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh database of the kind a test is parametrised over."""
+    if engine_kind == "sqlite":
+        return f"sqlite:///{tmp_path}/keys.db"
+    pg: services.PostgresServer = request.getfixturevalue("postgres_service")
+    return pg.create_database(f"keys_{secrets.token_hex(4)}")
 
 
 def test_secret_is_stored_only_as_a_hash(tmp_path: Path) -> None:
@@ -94,38 +103,57 @@ def test_hot_path_hashes_a_key_once_and_still_honours_revocation(
 ) -> None:
     """``cached`` remembers each secret's digest, never its identity: a revoked key is
     refused on its next request all the same."""
-    if engine_kind == "sqlite":
-        url = f"sqlite:///{tmp_path}/keys.db"
-    else:
-        pg: services.PostgresServer = request.getfixturevalue("postgres_service")
-        url = pg.create_database(f"keys_{secrets.token_hex(4)}")
 
-    async def go() -> None:
-        engine = make_engine(url)
-        try:
-            await create_schema(engine)
-            store = KeyStore(engine)
-            record, secret = await store.create("acme", "test", "backend")
-            raw = secret.encode()
-            cache = KeyCache(store, ttl=3600)
-            assert cache.cached(raw) is MISS  # its digest remembered, nothing else
-            ident = await cache.authenticate(raw)
-            assert ident is not None and ident.key_id == record.id
-            assert cache.cached(raw) == ident
-            assert cache.cached(bytes(raw)) == ident  # a new bytes object, as per request
-            await store.revoke(record.id)
-            assert cache.cached(raw) == ident  # until the poll runs
-            assert await cache.poll_revocations() == 1
-            assert cache.cached(raw) is MISS  # the remembered digest admits nothing
-            assert await cache.authenticate(raw) is None
-            assert cache.cached(raw) is None
-            assert cache.cached(b"not-a-key") is None
-            assert cache.cached(b"sk_test_" + b"x" * 31) is None
-            assert cache.cached(b"sk_test_" + b"x" * 32) is MISS  # well formed, unknown
-        finally:
-            await engine.dispose()
+    async def go(store: KeyStore) -> None:
+        record, secret = await store.create("acme", "test", "backend")
+        raw = secret.encode()
+        cache = KeyCache(store, ttl=3600)
+        assert cache.cached(raw) is MISS  # its digest remembered, nothing else
+        ident = await cache.authenticate(raw)
+        assert ident is not None and ident.key_id == record.id
+        assert cache.cached(raw) == ident
+        assert cache.cached(bytes(raw)) == ident  # a new bytes object, as per request
+        await store.revoke(record.id)
+        assert cache.cached(raw) == ident  # until the poll runs
+        assert await cache.poll_revocations() == 1
+        assert cache.cached(raw) is MISS  # the remembered digest admits nothing
+        assert await cache.authenticate(raw) is None
+        assert cache.cached(raw) is None
+        assert cache.cached(b"not-a-key") is None
+        assert cache.cached(b"sk_test_" + b"x" * 31) is None
+        assert cache.cached(b"sk_test_" + b"x" * 32) is MISS  # well formed, unknown
 
-    asyncio.run(go())
+    with_store(tmp_path, go, database_url(engine_kind, tmp_path, request))
+
+
+@pytest.mark.parametrize(
+    "engine_kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_a_flood_of_distinct_bad_keys_keeps_the_cache_bounded(
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    engine_kind: str,
+) -> None:
+    """Well-formed unknown secrets, each new, fill the digest memo and the entries only up
+    to their bound (lowered here), and a real key is still answered after the flood."""
+    monkeypatch.setattr(cache_module, "MAX_ENTRIES", 64)
+
+    async def go(store: KeyStore) -> None:
+        record, secret = await store.create("acme", "test", "backend")
+        cache = KeyCache(store, ttl=3600)
+        most = (0, 0)
+        for i in range(150):
+            bad = b"sk_test_" + b"%032d" % i
+            assert cache.cached(bad) is MISS
+            assert await cache.authenticate(bad) is None  # cached as a miss
+            most = max(most[0], len(cache._digests)), max(most[1], len(cache._entries))
+        assert most == (64, 64)
+        ident = await cache.authenticate(secret)
+        assert ident is not None and ident.key_id == record.id
+        assert cache.cached(secret.encode()) == ident
+
+    with_store(tmp_path, go, database_url(engine_kind, tmp_path, request))
 
 
 def test_cache_coalesces_concurrent_misses(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from tollhouse.limits.headers import limit_headers, policy_header, retry_after_h
 from tollhouse.limits.maths import Outcome
 from tollhouse.limits.naming import bucket_key, ip_bucket_key, pool_key
 from tollhouse.limits.store import BucketCheck, LimitStore, PoolCheck, Verdict
+from tollhouse.memo import remember
 from tollhouse.policy.match import RouteMatch
 from tollhouse.policy.model import Bucket, Policy, Pool
 
@@ -139,12 +140,8 @@ class CheckCache:
         )
         if not ip_scoped:
             if per_match is None:
-                if len(self._by_match) >= MATCHES:
-                    self._by_match = {}
-                per_match = self._by_match[match] = {}
-            elif len(per_match) >= CHECKS_PER_MATCH:
-                per_match.clear()
-            per_match[key] = built
+                per_match = remember(self._by_match, MATCHES, match, {})
+            remember(per_match, CHECKS_PER_MATCH, key, built)
         return built
 
 

@@ -14,10 +14,14 @@ import ipaddress
 from typing import Any
 
 from tollhouse.errors import ConfigError
+from tollhouse.memo import remember
 
 __all__ = ["TrustedProxies"]
 
 Scope = dict[str, Any]
+
+#: Most peer addresses whose trust is remembered; a full memo starts over.
+_TRUSTED_MEMO = 4096
 
 
 class TrustedProxies:
@@ -57,10 +61,7 @@ class TrustedProxies:
             found = False
         else:
             found = any(address in network for network in self.networks)
-        if len(self._cache) > 4096:
-            self._cache.clear()
-        self._cache[host] = found
-        return found
+        return remember(self._cache, _TRUSTED_MEMO, host, found)
 
     def resolve(self, scope: Any) -> None:
         """Rewrite ``scope["client"]`` and ``scope["scheme"]`` from a trusted peer's headers.

@@ -59,6 +59,7 @@ from tollhouse.http.fields import HOP_BY_HOP_HEADERS, RATE_LIMIT_HEADERS
 from tollhouse.http.gateway import new_request_id, reject_websocket
 from tollhouse.http.websocket import proxy_websocket
 from tollhouse.keys.model import Identity
+from tollhouse.memo import remember
 from tollhouse.upstream import (
     UpstreamConnectError,
     UpstreamConnectTimeout,
@@ -755,9 +756,8 @@ class ReverseProxy:
             key = (client[0] if client else None, scope.get("scheme"), caller_host)
             lines = memo.get(key)
             if lines is None:
-                if len(memo) >= _FORWARDED_MEMO:
-                    memo.clear()
-                lines = memo[key] = self._own_forwarded(client, scope, caller_host)
+                lines = self._own_forwarded(client, scope, caller_host)
+                remember(memo, _FORWARDED_MEMO, key, lines)
             return lines
         client_host = str(client[0]).encode("latin-1") if client else None
         scheme = str(scope.get("scheme") or "http").encode("ascii")

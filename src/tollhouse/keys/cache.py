@@ -39,6 +39,7 @@ from tollhouse.errors import ApiError, KeyExpired, OrgSuspended, StorageError
 from tollhouse.keys.hashing import SECRET_LENGTH, same_hash
 from tollhouse.keys.model import PREFIX_ENVIRONMENT, Identity
 from tollhouse.keys.store import KeyStore
+from tollhouse.memo import remember
 from tollhouse.storage.poll import Poller
 
 logger = logging.getLogger(__name__)
@@ -108,9 +109,7 @@ class KeyCache:
             if len(secret) != KEY_LENGTH or secret[:8] not in _PREFIXES:
                 return None
             digest = hashlib.sha256(secret).digest()
-            if len(self._digests) >= MAX_ENTRIES:
-                self._digests.clear()
-            self._digests[secret] = digest
+            remember(self._digests, MAX_ENTRIES, secret, digest)
         entry = self._entries.get(digest)
         if entry is not None and entry[1] > self.clock():
             return entry[0]
@@ -177,9 +176,7 @@ class KeyCache:
                 if record.expires_at is not None:
                     # The entry ends when the key does; the lookup after it refuses the key.
                     ttl = min(ttl, (record.expires_at - wall).total_seconds())
-        if len(self._entries) >= MAX_ENTRIES:
-            self._entries.clear()
-        self._entries[digest] = (identity, self.clock() + ttl)
+        remember(self._entries, MAX_ENTRIES, digest, (identity, self.clock() + ttl))
         return identity
 
     def with_tenant(self, identity: Identity, tenant: str | None) -> Identity:

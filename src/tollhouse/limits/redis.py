@@ -85,6 +85,7 @@ from tollhouse.limits.store import (
     Verdict,
 )
 from tollhouse.limits.tls import refusal, refused_message, tls_options
+from tollhouse.memo import remember
 from tollhouse.urls import shown_url
 
 logger = logging.getLogger(__name__)
@@ -628,10 +629,7 @@ class RedisStore:
             return shape
         sizes = tuple(self._local.share_size(c) for c in buckets)
         shape = _Shape(buckets, pools, self._slack_ms, self._caller_clock, sizes)
-        if len(self._shapes) >= SHAPES:
-            self._shapes.clear()
-        self._shapes[key] = shape
-        return shape
+        return remember(self._shapes, SHAPES, key, shape)
 
     def _call(self, command: bytes, slot: int) -> asyncio.Future[Any]:
         """Queue one command (over keys of Cluster ``slot``) for the next round trip; its

@@ -52,6 +52,7 @@ from tollhouse.limits.store import (
     PoolStatus,
     Verdict,
 )
+from tollhouse.memo import remember
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ STORE_FAILURES: tuple[StoreFailure, ...] = ("local", "deny", "allow")
 
 #: Request shapes whose scaled pools are remembered (the gateway reuses check tuples).
 SCALED_SHAPES = 4096
-#: Bucket keys whose share is remembered (the oldest are forgotten past this).
+#: Bucket keys whose share is remembered (past this, all are forgotten at once).
 SHARES = 65536
 #: Seconds a refused request is told to wait when no share says better: about when
 #: Redis is asked again.
@@ -352,9 +353,7 @@ class Fallback:
         scaled = tuple(
             PoolCheck(p.key, p.name, max(1, p.limit // self.instances), p.lease) for p in pools
         )
-        if len(self._scaled) >= SCALED_SHAPES:
-            self._scaled.clear()
-        self._scaled[key] = (pools, scaled)
+        remember(self._scaled, SCALED_SHAPES, key, (pools, scaled))
         return scaled
 
     async def release(self, lease: Lease, now: float) -> None:

@@ -42,6 +42,7 @@ from sqlalchemy import Table, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tollhouse.errors import DataRejected, StorageError
+from tollhouse.memo import remember
 from tollhouse.metering.aggregator import (
     UNKNOWN_BELOW,
     Aggregator,
@@ -78,6 +79,8 @@ ADDITIVE = (
 )
 #: Longest wait between retries while the database is unreachable.
 MAX_BACKOFF = 30.0
+#: Dimension sets whose ids are remembered (ids are recomputable); a full memo starts over.
+_IDS_MEMO = 100_000
 
 
 def dim_id(dims: Dimensions) -> int:
@@ -451,10 +454,8 @@ class BatchWriter:
     def _id(self, dims: Dimensions) -> tuple[int, Dimensions]:
         found = self._ids.get(dims)
         if found is None:
-            if len(self._ids) > 100_000:  # bound the cache; ids are recomputable
-                self._ids.clear()
             canon = canonical(dims)
-            found = self._ids[dims] = (dim_id(canon), canon)
+            found = remember(self._ids, _IDS_MEMO, dims, (dim_id(canon), canon))
         return found
 
     async def write(self, batch: Batch) -> FlushResult:

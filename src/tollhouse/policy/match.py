@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from tollhouse.memo import remember
 from tollhouse.policy.load import parse_route
 from tollhouse.policy.model import (
     AccessRule,
@@ -205,11 +206,7 @@ class Router:
         found = self._cache.get(key)
         if found is not None:
             return found
-        found = self._resolve(method, path)
-        if len(self._cache) >= CACHE_SIZE:
-            self._cache.clear()
-        self._cache[key] = found
-        return found
+        return remember(self._cache, CACHE_SIZE, key, self._resolve(method, path))
 
     def _resolve(self, method: str, path: str) -> RouteMatch:
         parts = path.split("/")[1:]
