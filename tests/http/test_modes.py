@@ -129,6 +129,19 @@ def inner_app(events: list[str]) -> ASGIApp:
     return app
 
 
+def root_key(database: Path, org: str) -> str:
+    """A root key of ``org`` in the SQLite database at ``database`` (schema made first)."""
+
+    async def make() -> str:
+        engine = make_engine(f"sqlite:///{database}")
+        await create_schema(engine)
+        _, secret = await KeyStore(engine).create(org, "test", "root")
+        await engine.dispose()
+        return secret
+
+    return asyncio.run(make())
+
+
 def test_in_process_wrapping(tmp_path: Path) -> None:
     config = tmp_path / "tollhouse.toml"
     config.write_text(
@@ -137,14 +150,7 @@ def test_in_process_wrapping(tmp_path: Path) -> None:
         'routes = ["GET /v1/score/{id}"]\n'
     )
 
-    async def make_key() -> str:
-        engine = make_engine(f"sqlite:///{tmp_path}/t.db")
-        await create_schema(engine)
-        _, secret = await KeyStore(engine).create("inproc", "test", "root")
-        await engine.dispose()
-        return secret
-
-    secret = asyncio.run(make_key())
+    secret = root_key(tmp_path / "t.db", "inproc")
     events: list[str] = []
     app = Tollhouse(inner_app(events), config=config)
     headers = {"X-API-Key": secret}
@@ -175,13 +181,6 @@ def test_an_app_sending_one_prebuilt_start_message_gets_the_headers_once(tmp_pat
         '[[buckets]]\nname = "roomy"\nlimit = 100\nwindow = "1d"\nroutes = ["GET /ping"]\n'
     )
 
-    async def make_key() -> str:
-        engine = make_engine(f"sqlite:///{tmp_path}/t.db")
-        await create_schema(engine)
-        _, secret = await KeyStore(engine).create("prebuilt", "test", "root")
-        await engine.dispose()
-        return secret
-
     start = {"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"1")]}
     body = {"type": "http.response.body", "body": b"pong"}
 
@@ -194,7 +193,7 @@ def test_an_app_sending_one_prebuilt_start_message_gets_the_headers_once(tmp_pat
         await send(start)
         await send(body)
 
-    secret = asyncio.run(make_key())
+    secret = root_key(tmp_path / "t.db", "prebuilt")
     with serve_in_thread(Tollhouse(ping, config=config)) as url:
         for _ in range(3):
             answer = httpx.get(url + "/ping", headers={"X-API-Key": secret})
