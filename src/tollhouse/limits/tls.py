@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from tollhouse.errors import ConfigError
+from tollhouse.settings import parse_bool
 from tollhouse.urls import shown_url
 
 __all__ = ["TLS_OPTIONS", "refusal", "refused_message", "tls_options"]
@@ -26,13 +27,11 @@ __all__ = ["TLS_OPTIONS", "refusal", "refused_message", "tls_options"]
 TLS_OPTIONS = {
     "ssl_ca_certs": "PEM file of the CAs that may sign the server's certificate",
     "ssl_cert_reqs": "required (the default), optional or none (no verification)",
-    "ssl_check_hostname": "true (the default) or false",
+    "ssl_check_hostname": "true (the default) or false (or 1/0, yes/no, on/off)",
     "ssl_certfile": "PEM file of a client certificate, for servers that ask for one",
     "ssl_keyfile": "PEM file of the client certificate's key",
 }
 _CERT_REQS = ("required", "optional", "none")
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 #: TLS errors a retry may fix (the connection dropped mid-handshake): not refusals.
 _TRANSIENT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError, ssl.SSLWantReadError)
 
@@ -67,9 +66,7 @@ def tls_options(url: str, query: str, *, tls: bool) -> dict[str, Any]:
                 raise ConfigError(f"{where}={value!r}: use {TLS_OPTIONS[name]}")
             options[name] = value.lower()
         elif name == "ssl_check_hostname":
-            if value.lower() not in _TRUE + _FALSE:
-                raise ConfigError(f"{where}={value!r}: use {TLS_OPTIONS[name]}")
-            options[name] = value.lower() in _TRUE
+            options[name] = parse_bool(value, where)
         else:
             options[name] = value
     if tls:
