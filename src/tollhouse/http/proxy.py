@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import threading
 from collections.abc import AsyncIterator
 from typing import Any, Final
 from urllib.parse import quote
@@ -331,6 +332,9 @@ class ReverseProxy:
         self._preserve_host = preserve_host
         self._forward_authorization = forward_authorization
         self._watches = _Watches()
+        # The event loop of the thread that last called, with that thread's id: asking
+        # asyncio for the running loop costs a getpid() system call on Python 3.11.
+        self._loop: tuple[int, asyncio.AbstractEventLoop] | None = None
         # The proxy's own forwarded header lines by (caller address, scheme, Host): the
         # same few callers send most requests, and the lines are built once for each.
         self._forwarded_memo: dict[tuple[Any, Any, bytes | None], bytes] = {}
@@ -439,11 +443,8 @@ class ReverseProxy:
             return
         first: bytes = message.get("body", b"")
         body: bytes | AsyncIterator[bytes] | None
-        task = asyncio.current_task()
-        assert task is not None
-        # The loop from the task: asking asyncio for the running loop again costs a
-        # getpid() system call on Python 3.11.
-        watch = _Watch(receive, task, task.get_loop(), self._watches)
+        task, loop = self._current_task()
+        watch = _Watch(receive, task, loop, self._watches)
         more = message.get("more_body", False)
         if more and content_length is None:
             # A body of unknown length (chunked): a small one is gathered and sent with a
@@ -643,6 +644,21 @@ class ReverseProxy:
             # Some servers pass raw UTF-8 through; an HTTP/1.1 request line cannot carry it.
             target = quote(target, safe=_PRINTABLE_ASCII).encode("ascii")
         return target
+
+    def _current_task(self) -> tuple[asyncio.Task[Any], asyncio.AbstractEventLoop]:
+        """The task serving this request and its loop, without asking asyncio for the
+        running loop (a ``getpid()`` system call on Python 3.11) unless this thread's loop
+        is not the remembered one: a thread runs one loop at a time, and the remembered
+        loop of a thread that ended (its id reused) has no current task."""
+        thread = threading.get_ident()
+        known = self._loop
+        task = asyncio.current_task(known[1]) if known is not None and known[0] == thread else None
+        if task is None:
+            loop = asyncio.get_running_loop()
+            self._loop = (thread, loop)
+            task = asyncio.current_task(loop)
+            assert task is not None
+        return task, task.get_loop()
 
     def _request_headers(
         self, scope: Scope, state: dict[str, Any], request_id: str
