@@ -59,24 +59,32 @@ def test_an_oversized_header_block_gets_431_and_is_closed(default_server: Server
 def test_a_slow_loris_client_is_cut_off(default_server: Server) -> None:
     """Headers sent one byte at a time never complete; the server closes the connection
     (it does not wait for ever). No time is asserted: only that the close happens."""
-    head = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"z" * 10_000
-    answer = b""
     with _connect(default_server) as sock:
-        for byte in head:
-            try:
-                sock.sendall(bytes([byte]))
-            except OSError:  # closed by the server while we were still sending
-                break
-            readable, _, _ = select.select([sock], [], [], 0.25)
-            if readable:
-                break
-        else:
-            pytest.fail(f"still open after {len(head)} bytes over {HEADER_TIMEOUT}+ s")
-        try:
-            answer = _read_all(sock)
-        except ConnectionResetError:
-            answer = b"(reset)"
+        answer = _trickle_head(sock, f"still open after {len(SLOW_HEAD)} bytes")
     assert answer.startswith(b"HTTP/1.1 408 ") or answer == b"(reset)", answer[:200]
+
+
+#: A head that never ends, for the server's head deadline to cut off.
+SLOW_HEAD = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"z" * 10_000
+
+
+def _trickle_head(sock: socket.socket, never_cut: str) -> bytes:
+    """Send :data:`SLOW_HEAD` a byte at a time until the server answers or closes; what
+    it answered (``b"(reset)"`` for a reset). Fails with ``never_cut`` if it never does."""
+    for byte in SLOW_HEAD:
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:  # closed by the server while we were still sending
+            break
+        readable, _, _ = select.select([sock], [], [], 0.25)
+        if readable:
+            break
+    else:
+        pytest.fail(f"{never_cut} ({HEADER_TIMEOUT}+ s)")
+    try:
+        return _read_all(sock)
+    except ConnectionResetError:
+        return b"(reset)"
 
 
 def _read_answer(sock: socket.socket) -> bytes:
@@ -115,23 +123,7 @@ def test_a_reused_connection_keeps_its_deadlines(default_server: Server) -> None
         for _ in range(3):
             sock.sendall(request)
             assert _read_answer(sock).startswith(b"HTTP/1.1 200 ")
-        answer = b""
-        for byte in b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"z" * 10_000:
-            try:
-                sock.sendall(bytes([byte]))
-            except OSError:  # closed by the server while we were still sending
-                break
-            readable, _, _ = select.select([sock], [], [], 0.25)
-            if readable:
-                break
-        else:
-            pytest.fail(
-                f"a slow head on a reused connection was never cut off ({HEADER_TIMEOUT} s)"
-            )
-        try:
-            answer = _read_all(sock)
-        except ConnectionResetError:
-            answer = b"(reset)"
+        answer = _trickle_head(sock, "a slow head on a reused connection was never cut off")
     assert answer.startswith(b"HTTP/1.1 408 ") or answer == b"(reset)", answer[:200]
 
 
