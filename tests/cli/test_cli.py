@@ -117,6 +117,8 @@ def test_serve_prints_where_to_look_and_a_key_to_try(tmp_path: Path) -> None:
     assert server.url in printed
     assert key in printed
     assert "/v1/rate-limit/status" in printed
+    # Printed to a pipe (no terminal width), every line stays whole for copying.
+    assert f"dashboard: {server.url}/dashboard (sign in with a root or manager key)" in printed
     # The next start reuses the same demo key.
     again = start_server(tmp_path)
     stop_server(again)

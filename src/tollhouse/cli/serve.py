@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import logging.config
 import os
@@ -226,43 +227,37 @@ def _banner(
     workers: int,
     ops_port: int | None = None,
 ) -> None:
+    # Never wrapped at the terminal's width: URLs, paths and keys stay whole for copying.
+    say = functools.partial(console.print, highlight=False, soft_wrap=True)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown}:{port}"
     policy = settings.config_path or "built-in (docs/policy.md)"
     up = settings.policy.upstream
     upstream = up.url or up.app or "bundled example scoring API"
-    console.print(f"[bold]tollhouse[/] listening on [bold cyan]{base}[/]", highlight=False)
-    console.print(f"  policy:   {policy}", highlight=False)
-    console.print(f"  upstream: {upstream}", highlight=False)
-    console.print(f"  database: {shown_url(settings.database_url)}", highlight=False)
+    say(f"[bold]tollhouse[/] listening on [bold cyan]{base}[/]")
+    say(f"  policy:   {policy}")
+    say(f"  upstream: {upstream}")
+    say(f"  database: {shown_url(settings.database_url)}")
     limits = shown_url(settings.redis_url) if settings.redis_url else "in process memory"
-    console.print(f"  limits:   {limits}", highlight=False)
+    say(f"  limits:   {limits}")
     if workers > 1:
-        console.print(f"  workers:  {workers} processes sharing Redis", highlight=False)
+        say(f"  workers:  {workers} processes sharing Redis")
     health = f"http://{shown}:{ops_port}" if ops_port is not None else base
-    console.print(f"  health:   {health}/healthz", highlight=False)
+    say(f"  health:   {health}/healthz")
     if ops_port is not None:
-        console.print(f"  ops:      {health} (/metrics, /readyz, /healthz)", highlight=False)
-    console.print(
-        f"  dashboard: {base}/dashboard (sign in with a root or manager key)", highlight=False
-    )
+        say(f"  ops:      {health} (/metrics, /readyz, /healthz)")
+    say(f"  dashboard: {base}/dashboard (sign in with a root or manager key)")
     key = demo or "$TOLLHOUSE_API_KEY"
     if demo:
-        console.print(f"  demo key: [bold green]{demo}[/] (org demo, role root)", highlight=False)
+        say(f"  demo key: [bold green]{demo}[/] (org demo, role root)")
     else:
-        console.print("  keys:     tollhouse keys create --org ORG --role root", highlight=False)
-    console.print("Try:", highlight=False)
-    console.print(
-        f'  curl -s {base}/v1/rate-limit/status -H "Authorization: Bearer {key}"',
-        highlight=False,
-        soft_wrap=True,
-    )
+        say("  keys:     tollhouse keys create --org ORG --role root")
+    say("Try:")
+    say(f'  curl -s {base}/v1/rate-limit/status -H "Authorization: Bearer {key}"')
     if settings.policy.upstream.is_example:
-        console.print(
+        say(
             f'  curl -s {base}/v1/criteria/generate -H "Authorization: Bearer {key}" '
             '-H "X-Tenant-Id: acme" -H "Content-Type: application/json" '
             '-d \'{"jobId":"job_1","title":"Backend Engineer","description":'
-            '"Python, PostgreSQL and Redis; 5 years building APIs."}\'',
-            highlight=False,
-            soft_wrap=True,
+            '"Python, PostgreSQL and Redis; 5 years building APIs."}\''
         )
