@@ -30,6 +30,7 @@ from tollhouse.jobs.schema import (
     separate_environments,
 )
 from tollhouse.keys.schema import api_keys, orgs
+from tollhouse.limits.overrides import separate_override_environments
 from tollhouse.metering import schema as usage
 from tollhouse.metering.deadletters import dead_letters
 from tollhouse.metering.partitions import partition_calls
@@ -100,6 +101,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "job queue: finished jobs per scope and minute/hour, counted when they finish "
         "(scoring volume read from it), built from the finished jobs",
         add_volume_rollup,
+    ),
+    Migration(
+        18,
+        "limit overrides per environment: an org's override for SANDBOX or PRODUCTION "
+        "alone (existing ones apply to every environment)",
+        separate_override_environments,
     ),
 )
 check_steps(MIGRATIONS)

@@ -40,8 +40,10 @@ def served(database_url: str) -> Iterator[tuple[str, str]]:
         yield url, database_url
 
 
-def _cli(*args: str, token: str | None = TOKEN, code: int = 0) -> str:
+def _cli(*args: str, token: str | None = TOKEN, code: int = 0, columns: int | None = None) -> str:
     env = {"TOLLHOUSE_ADMIN_TOKEN": token or "", **PRIVATE}
+    if columns is not None:  # a table as wide as it needs
+        env["COLUMNS"] = str(columns)
     result = CliRunner().invoke(app, list(args), env=env)
     assert result.exit_code == code, result.output
     return result.output
@@ -244,3 +246,35 @@ def test_stored_admin_tokens(served: tuple[str, str]) -> None:
     _cli("admin-tokens", "revoke", made["id"], "--database-url", db)
     _cli("orgs", "list", "--url", url, token=made["token"], code=1)
     _cli("admin-tokens", "revoke", "adt_missing", "--database-url", db, code=1)
+
+
+def test_limits_per_environment_over_http_and_on_the_database(served: tuple[str, str]) -> None:
+    url, db = served
+    _cli("orgs", "create", "acme", "--url", url)
+    org = f"--org acme --bucket {BUCKET}"
+    for where in (("--url", url), ("--database-url", db)):
+        _cli(*f"limits set {org} --limit 7 --environment SANDBOX".split(), *where)
+        _cli(*f"limits set {org} --limit 9".split(), *where)
+        listed = json.loads(_cli("limits", "list", "--org", "acme", "--json", *where))
+        assert [(o["environment"], o["limit"]) for o in listed] == [(None, 9), ("SANDBOX", 7)]
+        table = _cli("limits", "list", "--org", "acme", *where, columns=200)
+        rows = [line.split("│")[1:3] for line in table.splitlines() if "│" in line]
+        assert [[cell.strip() for cell in row] for row in rows] == [
+            ["acme", "all"],
+            ["acme", "SANDBOX"],
+        ]
+        assert "environment" in table
+        said = _cli(*f"limits clear {org} --environment SANDBOX".split(), *where)
+        assert "org acme in SANDBOX" in said
+        listed = json.loads(_cli("limits", "list", "--org", "acme", "--json", *where))
+        assert [(o["environment"], o["limit"]) for o in listed] == [(None, 9)]
+        _cli(*f"limits clear {org}".split(), *where)
+
+        bad = _cli(*f"limits set {org} --limit 7 --environment staging".split(), *where, code=2)
+        assert "SANDBOX or PRODUCTION" in bad
+        key = "key_" + "0" * 16
+        both = f"limits set {org} --limit 7 --environment SANDBOX --key {key}"
+        assert "--key" in _cli(*both.split(), *where, code=2)
+        # Clearing what is not there fails, naming the environment.
+        missing = _cli(*f"limits clear {org} --environment PRODUCTION".split(), *where, code=1)
+        assert "PRODUCTION" in missing

@@ -85,6 +85,22 @@ def test_sync_admin_client(url: str) -> None:
         assert [(k.key_id, k.limit) for k in bucket.key_overrides] == [(key.id, 7)]
         admin.limits.clear("acme", BUCKET, key_id=key.id)
         assert admin.limits.get("acme").bucket(BUCKET).key_overrides == ()
+        # The org's override for one environment alone.
+        alone = admin.limits.set("acme", BUCKET, 5, environment="PRODUCTION")
+        assert (alone.environment, alone.key_id, alone.limit) == ("PRODUCTION", None, 5)
+        bucket = admin.limits.get("acme").bucket(BUCKET)
+        assert bucket.limit == 42  # the org's for every environment, as before
+        assert [(e.environment, e.limit) for e in bucket.environment_overrides] == [
+            ("PRODUCTION", 5)
+        ]
+        assert {env: (e.limit, e.overridden) for env, e in bucket.by_environment.items()} == {
+            "SANDBOX": (42, True),
+            "PRODUCTION": (5, True),
+        }
+        with pytest.raises(BadRequestError):
+            admin.limits.set("acme", BUCKET, 5, key_id=key.id, environment="PRODUCTION")
+        admin.limits.clear("acme", BUCKET, environment="PRODUCTION")
+        assert admin.limits.get("acme").bucket(BUCKET).environment_overrides == ()
 
         rotated = admin.keys.rotate(key.id, overlap_seconds=60)
         assert rotated.replaces is not None and rotated.replaces.id == key.id
@@ -126,6 +142,13 @@ def test_async_admin_client(url: str) -> None:
             assert revoked.revoked_at is not None
             await admin.limits.clear("async-org", BUCKET)
             assert not (await admin.limits.get("async-org")).bucket(BUCKET).overridden
+            made = await admin.limits.set("async-org", BUCKET, 3, environment="SANDBOX")
+            assert made.environment == "SANDBOX"
+            found = (await admin.limits.get("async-org")).bucket(BUCKET)
+            assert found.by_environment["SANDBOX"].limit == 3
+            await admin.limits.clear("async-org", BUCKET, environment="SANDBOX")
+            found = (await admin.limits.get("async-org")).bucket(BUCKET)
+            assert found.environment_overrides == ()
             with pytest.raises(NotFoundError):
                 await admin.keys.rotate("key_0000000000000000")
 

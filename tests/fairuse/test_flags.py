@@ -1,8 +1,8 @@
 """What a flag does, from real HTTP traffic against a real server, on SQLite and
 PostgreSQL: the catalogue metrics read the recorded flags, the provider's own webhook
 endpoints get one signed ``fair_use.flagged`` event per signal, org and window, a
-``throttle`` rule sets a bucket override that is lifted after the window (and nothing
-else), and ``GET /v1/score?ids=`` counts as one poll."""
+``throttle`` rule sets a bucket override for the flagged environment alone that is lifted
+after the window (and nothing else), and ``GET /v1/score?ids=`` counts as one poll."""
 
 from __future__ import annotations
 
@@ -30,12 +30,13 @@ from tests.jobs.test_webhooks import Receiver
 from tests.storage.support import run_with
 from tollhouse.client import Client
 from tollhouse.fairuse import run_pass
-from tollhouse.fairuse.run import PassResult
+from tollhouse.fairuse.run import ACTOR, PassResult
 from tollhouse.fairuse.schema import fair_use_flags
 from tollhouse.jobs.schema import webhook_deliveries
 from tollhouse.jobs.webhooks import WebhookStore
 from tollhouse.keys.store import KeyStore
 from tollhouse.limits.overrides import OverrideStore
+from tollhouse.security.audit import audit_log
 from tollhouse.webhooks import verify
 
 PROVIDER = "provider"
@@ -186,6 +187,10 @@ async def _overrides(engine: Any) -> list[tuple[str, str, int]]:
     return [(o.org, o.bucket, o.limit) for o in await OverrideStore(engine).list()]
 
 
+async def _overrides_by_environment(engine: Any) -> list[tuple[str | None, int]]:
+    return [(o.environment, o.limit) for o in await OverrideStore(engine).list()]
+
+
 THROTTLE = FAIR_USE.replace(
     """signal = "regeneration_loop"
 threshold = 3
@@ -222,9 +227,17 @@ def test_throttle_sets_an_override_until_the_window_ends(throttling: Running) ->
     result = fair_use_pass(run, now)
     assert result.throttled == [("acme", "submissions_per_day")]
     assert run_with(url, _overrides, schema=False) == [("acme", "submissions_per_day", 1)]
+    # The flagged traffic was the sandbox key's: the override is SANDBOX's alone.
+    assert run_with(url, _overrides_by_environment, schema=False) == [("SANDBOX", 1)]
     run.on_server(run.app.overrides.refresh)
     # Two of four were used; the override's limit of one refuses the third.
     assert submit(run, "job_t", "app_3").status_code == 429
+    # The same org's production keys keep the policy's limit.
+    sandbox_key, run.key = run.key, add_key(run, "acme", "live")
+    generate(run, "job_p")
+    answers = [submit(run, "job_p", f"app_p{i}") for i in range(2)]
+    assert [a.status_code for a in answers] == [202, 202]
+    run.key = sandbox_key
     assert fair_use_pass(run, now + 1).throttled == []  # once per window
 
     async def until(engine: Any) -> int:
@@ -245,12 +258,18 @@ def test_throttle_sets_an_override_until_the_window_ends(throttling: Running) ->
     assert submit(run, "job_t", "app_4").status_code == 202
 
 
-def test_throttle_leaves_an_operator_s_override_alone(throttling: Running) -> None:
+@pytest.mark.parametrize("environment", [None, "SANDBOX"])
+def test_throttle_leaves_an_operator_s_override_alone(
+    throttling: Running, environment: str | None
+) -> None:
+    """The operator's override for the flagged environment, or for every environment."""
     run = throttling
     url = run.app.settings.database_url
 
     async def operator(engine: Any) -> None:
-        await OverrideStore(engine).set("acme", "submissions_per_day", 3, actor="ops")
+        await OverrideStore(engine).set(
+            "acme", "submissions_per_day", 3, environment=environment, actor="ops"
+        )
 
     run_with(url, operator, schema=False)
     for _ in range(4):
@@ -261,6 +280,42 @@ def test_throttle_leaves_an_operator_s_override_alone(throttling: Running) -> No
     assert result.throttled == []
     assert fair_use_pass(run, now + 2 * DAY).lifted == []
     assert run_with(url, _overrides, schema=False) == [("acme", "submissions_per_day", 3)]
+
+
+def test_throttle_beside_an_override_of_the_other_environment(throttling: Running) -> None:
+    """An operator's PRODUCTION override does not stop a SANDBOX throttle, and the lift
+    removes the throttle's row alone."""
+    run = throttling
+    url = run.app.settings.database_url
+
+    async def operator(engine: Any) -> None:
+        await OverrideStore(engine).set(
+            "acme", "submissions_per_day", 3, environment="PRODUCTION", actor="ops"
+        )
+
+    run_with(url, operator, schema=False)
+    for _ in range(4):
+        generate(run, "job_e")
+    now = time.time() + 1
+    assert fair_use_pass(run, now).throttled == [("acme", "submissions_per_day")]
+    both = [("PRODUCTION", 3), ("SANDBOX", 1)]
+    assert run_with(url, _overrides_by_environment, schema=False) == both
+
+    async def audited(engine: Any) -> list[tuple[str, str | None]]:
+        async with engine.connect() as conn:
+            a = audit_log.c
+            rows = await conn.execute(
+                select(a.action, a.details).where(a.actor == ACTOR).order_by(a.at)
+            )
+            return [(r.action, orjson.loads(r.details)["environment"]) for r in rows]
+
+    assert run_with(url, audited, schema=False) == [("limit.set", "SANDBOX")]
+    assert fair_use_pass(run, now + 2 * DAY).lifted == [("acme", "submissions_per_day")]
+    assert run_with(url, _overrides_by_environment, schema=False) == [("PRODUCTION", 3)]
+    assert run_with(url, audited, schema=False) == [
+        ("limit.set", "SANDBOX"),
+        ("limit.cleared", "SANDBOX"),
+    ]
 
 
 @pytest.fixture

@@ -330,3 +330,27 @@ def test_a_whole_number_float_is_an_integer(fuzz_caller: Caller) -> None:
         json={"limit": 5000000.5},
     )
     assert refused.status_code == 422
+
+
+def test_a_whole_number_float_is_a_webhook_secret_overlap(fuzz_caller: Caller) -> None:
+    """The provider API's webhook secret rotation refused ``2591999.0`` seconds of overlap
+    (an integer as JSON Schema counts them) that its key rotation took."""
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    endpoints = fuzz_caller.url + "/v1/admin/orgs/fuzz/webhooks/endpoints"
+    made = httpx.post(
+        endpoints,
+        params={"environment": "SANDBOX"},
+        headers=admin,
+        json={"url": "https://hooks.example.com/overlap"},
+    )
+    assert made.status_code == 201, made.text
+    rotate = f"{endpoints}/{made.json()['id']}/rotate-secret"
+    taken = httpx.post(
+        rotate, params={"environment": "SANDBOX"}, headers=admin, json={"overlapSeconds": 3600.0}
+    )
+    assert taken.status_code == 200, taken.text
+    refused = httpx.post(
+        rotate, params={"environment": "SANDBOX"}, headers=admin, json={"overlapSeconds": 3600.5}
+    )
+    assert refused.status_code == 422
+    assert "overlapSeconds" in refused.json()["error"]["message"]

@@ -258,10 +258,21 @@ export class LimitsAdmin {
     return this.a.call({ method: "GET", path, route: "GET /v1/admin/orgs/{orgId}/limits", idempotent: true }, options);
   }
 
-  /** `PUT /v1/admin/orgs/{orgId}/limits/{bucket}`: the org's limit (or one key's, with `keyId`). */
-  set(orgId: string, bucket: string, limit: number, options?: { keyId?: string } & RequestOptions): Promise<AdminOverride> {
+  /**
+   * `PUT /v1/admin/orgs/{orgId}/limits/{bucket}`: the org's limit in every environment, in
+   * one (`environment`: SANDBOX or PRODUCTION), or one key's (`keyId`; never with
+   * `environment`: a key has its own). The key's override > the org's for the key's
+   * environment > the org's for every environment > the policy.
+   */
+  set(
+    orgId: string,
+    bucket: string,
+    limit: number,
+    options?: { keyId?: string; environment?: Environment } & RequestOptions,
+  ): Promise<AdminOverride> {
     const body: Record<string, unknown> = { limit };
     if (options?.keyId !== undefined) body.keyId = options.keyId;
+    if (options?.environment !== undefined) body.environment = options.environment;
     return this.a.call(
       {
         method: "PUT",
@@ -274,14 +285,21 @@ export class LimitsAdmin {
     );
   }
 
-  /** `DELETE /v1/admin/orgs/{orgId}/limits/{bucket}`: back to the policy's limit. */
-  async clear(orgId: string, bucket: string, options?: { keyId?: string } & RequestOptions): Promise<void> {
+  /**
+   * `DELETE /v1/admin/orgs/{orgId}/limits/{bucket}`: the org's override for every environment,
+   * for one (`environment`), or one key's (`keyId`); the next one down applies again.
+   */
+  async clear(
+    orgId: string,
+    bucket: string,
+    options?: { keyId?: string; environment?: Environment } & RequestOptions,
+  ): Promise<void> {
     await this.a.call(
       {
         method: "DELETE",
         path: `${ADMIN}/orgs/${seg(orgId, "orgId")}/limits/${seg(bucket, "bucket")}`,
         route: "DELETE /v1/admin/orgs/{orgId}/limits/{bucket}",
-        query: { keyId: options?.keyId },
+        query: { keyId: options?.keyId, environment: options?.environment },
         idempotent: true,
       },
       options,

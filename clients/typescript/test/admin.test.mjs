@@ -76,6 +76,19 @@ describe("AdminClient", () => {
     await admin.limits.clear(id, bucket.name);
     await admin.limits.clear(id, bucket.name, { keyId: prod.id });
     assert.equal((await admin.limits.get(id)).buckets.find((b) => b.name === bucket.name).overridden, false);
+    // The org's override for one environment alone.
+    const sandboxOnly = await admin.limits.set(id, bucket.name, 9, { environment: "SANDBOX" });
+    assert.equal(sandboxOnly.environment, "SANDBOX");
+    const split = (await admin.limits.get(id)).buckets.find((b) => b.name === bucket.name);
+    assert.equal(split.overridden, false, "the org's override for every environment");
+    assert.deepEqual(split.environmentOverrides.map((e) => [e.environment, e.limit]), [["SANDBOX", 9]]);
+    assert.deepEqual(split.byEnvironment, {
+      SANDBOX: { limit: 9, overridden: true },
+      PRODUCTION: { limit: bucket.policyLimit, overridden: false },
+    });
+    await assert.rejects(admin.limits.set(id, bucket.name, 9, { environment: "SANDBOX", keyId: prod.id }), BadRequestError);
+    await admin.limits.clear(id, bucket.name, { environment: "SANDBOX" });
+    assert.deepEqual((await admin.limits.get(id)).buckets.find((b) => b.name === bucket.name).environmentOverrides, []);
 
     const rotated = await admin.keys.rotate(prod.id, { overlapSeconds: 0 });
     assert.equal(rotated.replaces.id, prod.id);

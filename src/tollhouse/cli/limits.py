@@ -1,4 +1,5 @@
-"""``tollhouse limits set | list | clear`` — per-org and per-key limit overrides."""
+"""``tollhouse limits set | list | clear`` — per-org (every environment or one) and
+per-key limit overrides."""
 
 from __future__ import annotations
 
@@ -19,14 +20,15 @@ from tollhouse.cli.common import (
     write_json,
 )
 from tollhouse.cli.remote import AdminTokenOpt, UrlOpt, call
-from tollhouse.limits.overrides import Override, OverrideStore
+from tollhouse.limits.overrides import ENVIRONMENTS, Override, OverrideStore
 from tollhouse.security.audit import cli_actor
 from tollhouse.settings import Settings
 
 T = TypeVar("T")
 
 app = typer.Typer(
-    help="Override a bucket's limit for one org or one key (exact key > org > policy).",
+    help="Override a bucket's limit for one org (in every environment or one) or one key "
+    "(key > org in the key's environment > org in every environment > policy).",
     no_args_is_help=True,
 )
 
@@ -35,12 +37,21 @@ KeyOpt = Annotated[
     str | None, typer.Option("--key", help="Only this key (key_…); omit for the whole org.")
 ]
 BucketOpt = Annotated[str, typer.Option("--bucket", help="A bucket name from the policy.")]
+EnvironmentOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--environment",
+        help="SANDBOX or PRODUCTION: the org's override for that environment alone; omit "
+        "for every environment (not with --key: a key has its own).",
+    ),
+]
 
 
 def override_json(o: Override) -> dict[str, Any]:
     return {
         "org": o.org,
         "key": o.key_id,
+        "environment": o.environment,
         "bucket": o.bucket,
         "limit": o.limit,
         "updated_at": o.updated_at.isoformat().replace("+00:00", "Z"),
@@ -49,6 +60,25 @@ def override_json(o: Override) -> dict[str, Any]:
 
 def _with_store(settings: Settings, fn: Callable[[OverrideStore], Awaitable[T]]) -> T:
     return with_database(settings, lambda e: fn(OverrideStore(e)))
+
+
+def _check_environment(environment: str | None, key: str | None) -> None:
+    if environment is None:
+        return
+    if environment not in ENVIRONMENTS:
+        fail(f"--environment must be SANDBOX or PRODUCTION, not {environment!r}", 2)
+    if key is not None:
+        fail(
+            "--environment and --key exclude each other: a key's override applies to the "
+            "key's own environment",
+            2,
+        )
+
+
+def _whose(org: str, key: str | None, environment: str | None) -> str:
+    if key:
+        return f"key {key}"
+    return f"org {org}" + (f" in {environment}" if environment else "")
 
 
 def _check_bucket(settings: Settings, bucket: str) -> None:
@@ -63,6 +93,7 @@ def set_limit(
     bucket: BucketOpt,
     limit: Annotated[int, typer.Option("--limit", help="The new limit per window.")],
     key: KeyOpt = None,
+    environment: EnvironmentOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     database_url: DatabaseOpt = None,
@@ -73,20 +104,27 @@ def set_limit(
     checks the bucket against its own policy."""
     if limit < 1:
         fail("--limit must be at least 1", 2)
+    _check_environment(environment, key)
     if url is not None:
-        made = call(url, admin_token, lambda c: c.limits.set(org, bucket, limit, key_id=key))
-        override = Override(made.org, made.key_id, made.bucket, made.limit, made.updated_at)
+        made = call(
+            url,
+            admin_token,
+            lambda c: c.limits.set(org, bucket, limit, key_id=key, environment=environment),
+        )
+        override = Override(
+            made.org, made.key_id, made.bucket, made.limit, made.updated_at, made.environment
+        )
     else:
         settings = settings_from(config, database_url)
         _check_bucket(settings, bucket)
         override = _with_store(
-            settings, lambda s: s.set(org, bucket, limit, key, actor=cli_actor())
+            settings,
+            lambda s: s.set(org, bucket, limit, key, environment=environment, actor=cli_actor()),
         )
     if as_json:
         write_json(override_json(override))
         return
-    who = f"key {key}" if key else f"org {org}"
-    console.print(f"{bucket}: limit {limit} for {who}.", highlight=False)
+    console.print(f"{bucket}: limit {limit} for {_whose(org, key, environment)}.", highlight=False)
 
 
 @app.command("list")
@@ -114,10 +152,11 @@ def list_limits(
     if not overrides:
         console.print("No overrides: every org gets the policy's limits.")
         return
-    table = Table("org", "key", "bucket", "limit", "policy limit", "updated")
+    table = Table("org", "environment", "key", "bucket", "limit", "policy limit", "updated")
     for o in overrides:
         table.add_row(
             o.org,
+            "—" if o.key_id else (o.environment or "all"),
             o.key_id or "(all keys)",
             o.bucket,
             str(o.limit),
@@ -132,20 +171,30 @@ def clear_limit(
     org: OrgOpt,
     bucket: BucketOpt,
     key: KeyOpt = None,
+    environment: EnvironmentOpt = None,
     config: ConfigOpt = None,
     database_url: DatabaseOpt = None,
     url: UrlOpt = None,
     admin_token: AdminTokenOpt = None,
 ) -> None:
-    """Remove an override: the policy's limit applies again."""
+    """Remove an override: the next one down applies again (the org's, the policy's)."""
+    _check_environment(environment, key)
+    whose = _whose(org, key, environment)
     if url is not None:
-        call(url, admin_token, lambda c: c.limits.clear(org, bucket, key_id=key))
-        console.print(f"Cleared: {bucket} for {'key ' + key if key else 'org ' + org}.")
+        call(
+            url,
+            admin_token,
+            lambda c: c.limits.clear(org, bucket, key_id=key, environment=environment),
+        )
+        console.print(f"Cleared: {bucket} for {whose}.", highlight=False)
         return
     settings = settings_from(config, database_url)
-    if not _with_store(settings, lambda s: s.clear(org, bucket, key, actor=cli_actor())):
-        fail(f"no override of {bucket!r} for {'key ' + key if key else 'org ' + org}")
-    console.print(f"Cleared: {bucket} for {'key ' + key if key else 'org ' + org}.")
+    if not _with_store(
+        settings,
+        lambda s: s.clear(org, bucket, key, environment=environment, actor=cli_actor()),
+    ):
+        fail(f"no override of {bucket!r} for {whose}")
+    console.print(f"Cleared: {bucket} for {whose}.", highlight=False)
 
 
 def _remote_overrides(limits: Any) -> tuple[list[Override], dict[str, int]]:
@@ -155,7 +204,9 @@ def _remote_overrides(limits: Any) -> tuple[list[Override], dict[str, int]]:
     for b in limits.buckets:
         if b.overridden and b.updated_at is not None:
             out.append(Override(limits.org, None, b.name, b.limit, b.updated_at))
+        for e in b.environment_overrides:
+            out.append(Override(limits.org, None, b.name, e.limit, e.updated_at, e.environment))
         for k in b.key_overrides:
             out.append(Override(limits.org, k.key_id, b.name, k.limit, k.updated_at))
-    out.sort(key=lambda o: (o.key_id or "", o.bucket))
+    out.sort(key=lambda o: (o.key_id or "", o.environment or "", o.bucket))
     return out, {b.name: b.policy_limit for b in limits.buckets}

@@ -227,14 +227,35 @@ class LimitsAdmin:
         return self._c._call(ops.get_limits(org_id))
 
     def set(
-        self, org_id: str, bucket: str, limit: int, *, key_id: str | None = None
+        self,
+        org_id: str,
+        bucket: str,
+        limit: int,
+        *,
+        key_id: str | None = None,
+        environment: str | None = None,
     ) -> am.LimitOverride:
-        """``PUT /v1/admin/orgs/{orgId}/limits/{bucket}``: exact key > org > policy."""
-        return self._c._call(ops.set_limit(org_id, bucket, limit, key_id))
+        """``PUT /v1/admin/orgs/{orgId}/limits/{bucket}``: the key's override > the
+        org's for the key's environment > the org's for every environment > the policy.
 
-    def clear(self, org_id: str, bucket: str, *, key_id: str | None = None) -> None:
-        """``DELETE /v1/admin/orgs/{orgId}/limits/{bucket}``."""
-        self._c._call(ops.clear_limit(org_id, bucket, key_id))
+        Args:
+            key_id: that key's override (never with ``environment``).
+            environment: ``SANDBOX`` or ``PRODUCTION``: the org's override for that
+                environment alone; None: for every environment.
+        """
+        return self._c._call(ops.set_limit(org_id, bucket, limit, key_id, environment))
+
+    def clear(
+        self,
+        org_id: str,
+        bucket: str,
+        *,
+        key_id: str | None = None,
+        environment: str | None = None,
+    ) -> None:
+        """``DELETE /v1/admin/orgs/{orgId}/limits/{bucket}``: the override of the key,
+        of the org in ``environment``, or of the org in every environment (neither)."""
+        self._c._call(ops.clear_limit(org_id, bucket, key_id, environment))
 
 
 class AuditAdmin:

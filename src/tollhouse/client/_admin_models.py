@@ -107,6 +107,23 @@ class KeyOverride:
 
 
 @dataclass(frozen=True, slots=True)
+class EnvironmentOverride:
+    """The org's override of a bucket for one environment alone."""
+
+    environment: str
+    limit: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EnvironmentLimit:
+    """The limit a key of one environment gets without a key override."""
+
+    limit: int
+    overridden: bool
+
+
+@dataclass(frozen=True, slots=True)
 class BucketLimit:
     """A bucket as one org gets it.
 
@@ -116,11 +133,17 @@ class BucketLimit:
         window_seconds: its window.
         scope: what one counter is kept per.
         policy_limit: the policy's limit.
-        limit: the org's limit (its override, else the policy's).
-        overridden: the org has an override.
+        limit: the org's limit (its override for every environment, else the policy's;
+            in an org's own answer, the caller's environment's limit).
+        overridden: the org has that override.
         key_overrides: its keys' overrides.
         updated_at: when the org's override was set (None without one).
         shadow: a shadow bucket (counts, never denies).
+        environment_overrides: the org's overrides for one environment alone (the
+            provider's answer; empty in an org's own).
+        by_environment: ``SANDBOX``/``PRODUCTION`` → the limit a key of that
+            environment gets without a key override (the provider's answer; empty in an
+            org's own).
     """
 
     name: str
@@ -133,6 +156,8 @@ class BucketLimit:
     key_overrides: tuple[KeyOverride, ...] = ()
     shadow: bool = False
     updated_at: datetime | None = None
+    environment_overrides: tuple[EnvironmentOverride, ...] = ()
+    by_environment: Mapping[str, EnvironmentLimit] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +205,8 @@ class LimitOverride:
     key_id: str | None
     limit: int
     updated_at: datetime
+    environment: str | None = None
+    """The environment it applies to alone; None: every environment (or a key's)."""
     raw: Mapping[str, Any] = _raw()
 
 
@@ -281,6 +308,17 @@ def _override_time(bucket: Fields) -> datetime | None:
     return found.when("updatedAt") if found is not None else None
 
 
+def _by_environment(bucket: Fields) -> dict[str, EnvironmentLimit]:
+    found = bucket.opt_obj("byEnvironment")
+    if found is None:
+        return {}
+    out = {}
+    for env in ("SANDBOX", "PRODUCTION"):
+        one = found.obj(env)
+        out[env] = EnvironmentLimit(one.integer("limit"), one.flag("overridden"))
+    return out
+
+
 def parse_limits(f: Fields) -> OrgLimits:
     return OrgLimits(
         org=f.text("org"),
@@ -299,6 +337,15 @@ def parse_limits(f: Fields) -> OrgLimits:
                 ),
                 shadow=b.flag("shadow", False),
                 updated_at=_override_time(b),
+                environment_overrides=tuple(
+                    EnvironmentOverride(
+                        e.text("environment"), e.integer("limit"), e.when("updatedAt")
+                    )
+                    for e in (
+                        b.objects("environmentOverrides") if b.has("environmentOverrides") else []
+                    )
+                ),
+                by_environment=_by_environment(b),
             )
             for b in f.objects("buckets")
         ),
@@ -315,6 +362,7 @@ def parse_override(f: Fields) -> LimitOverride:
         key_id=f.opt_text("keyId"),
         limit=f.integer("limit"),
         updated_at=f.when("updatedAt"),
+        environment=f.opt_text("environment"),
         raw=f.data,
     )
 

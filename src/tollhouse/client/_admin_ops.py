@@ -216,11 +216,13 @@ def get_limits(org_id: str) -> Operation[am.OrgLimits]:
 
 
 def set_limit(
-    org_id: str, bucket: str, limit: int, key_id: str | None
+    org_id: str, bucket: str, limit: int, key_id: str | None, environment: str | None = None
 ) -> Operation[am.LimitOverride]:
     body: dict[str, Any] = {"limit": limit}
     if key_id is not None:
         body["keyId"] = key_id
+    if environment is not None:
+        body["environment"] = environment
     return Operation(
         "PUT",
         f"{ADMIN}/orgs/{_seg(org_id, 'org_id')}/limits/{_seg(bucket, 'bucket')}",
@@ -230,13 +232,16 @@ def set_limit(
     )
 
 
-def clear_limit(org_id: str, bucket: str, key_id: str | None) -> Operation[None]:
+def clear_limit(
+    org_id: str, bucket: str, key_id: str | None, environment: str | None = None
+) -> Operation[None]:
+    params = {"keyId": key_id, "environment": environment}
     return Operation(
         "DELETE",
         f"{ADMIN}/orgs/{_seg(org_id, 'org_id')}/limits/{_seg(bucket, 'bucket')}",
         "DELETE /v1/admin/orgs/{orgId}/limits/{bucket}",
         _no_content,
-        params={"keyId": key_id} if key_id is not None else None,
+        params={k: v for k, v in params.items() if v is not None} or None,
     )
 
 

@@ -17,9 +17,11 @@ once), then
    the flagged environment, through the same outbox as job events (signed and retried
    by the same sender): once per signal, org, environment and window, never per call;
 5. for a ``throttle`` rule, the first time a row is flagged, sets the rule's bucket
-   override for the org (``limit_overrides``, as ``tollhouse limits set`` does) unless
-   the org already has one for that bucket, and lifts the overrides whose window has
-   ended (only if the override still holds the limit the pass set).
+   override for the org in the flagged environment only (``limit_overrides``, as
+   ``tollhouse limits set --environment`` does: sandbox traffic never throttles
+   production, nor the reverse) unless the org already has an override of that bucket
+   for that environment or for every environment, and lifts the overrides whose window
+   has ended (only if the override still holds the limit the pass set).
 
 Nothing is scanned beyond the interval, the rules' windows and the orgs involved.
 :class:`FairUsePass` runs it every ``interval`` seconds inside ``tollhouse serve``;
@@ -309,8 +311,9 @@ async def _notify(
 async def _throttle(
     conn: AsyncConnection, org: str, env: str, rule: FairUseRule, window_start: int, now: float
 ) -> bool:
-    """Set a ``throttle`` rule's override for the org, once per flag row, unless the org
-    already has an override of that bucket (an operator's: never replaced)."""
+    """Set a ``throttle`` rule's override for the org in the flag row's environment, once
+    per flag row, unless the org already has an override of that bucket for that
+    environment or for every environment (an operator's: never replaced)."""
     if rule.bucket is None or rule.limit is None:
         return False
     f = fair_use_flags.c
@@ -319,24 +322,27 @@ async def _throttle(
     if done is not None:
         return False
     moment = datetime.fromtimestamp(now, UTC)
+    o = limit_overrides.c
+    every = await conn.execute(
+        select(o.limit).where(
+            o.org_id == org, o.environment == "", o.key_id == "", o.bucket == rule.bucket
+        )
+    )
     ins = dialect.insert(conn.dialect.name, limit_overrides).on_conflict_do_nothing(
-        index_elements=[
-            limit_overrides.c.org_id,
-            limit_overrides.c.key_id,
-            limit_overrides.c.bucket,
-        ]
+        index_elements=[o.org_id, o.environment, o.key_id, o.bucket]
     )
     values = {
         "org_id": org,
+        "environment": env,
         "key_id": "",
         "bucket": rule.bucket,
         "limit": rule.limit,
         "updated_at": moment,
     }
-    if (await conn.execute(ins, values)).rowcount != 1:
+    if every.first() is not None or (await conn.execute(ins, values)).rowcount != 1:
         logger.info(
             "fair-use throttle skipped: the org has an override of the bucket",
-            extra={"org": org, "bucket": rule.bucket, "signal": rule.signal},
+            extra={"org": org, "environment": env, "bucket": rule.bucket, "signal": rule.signal},
         )
         return False
     until = window_start + rule.window
@@ -369,8 +375,9 @@ async def _throttle(
 
 
 async def _lift(conn: AsyncConnection, now: float) -> list[tuple[str, str]]:
-    """Remove the overrides set by ``throttle`` rules whose window has ended — those still
-    holding the limit the pass set (one an operator changed since is theirs now)."""
+    """Remove the overrides set by ``throttle`` rules whose window has ended — each the
+    flag row's environment's, and only while it holds the limit the pass set (one an
+    operator changed since is theirs now)."""
     f = fair_use_flags.c
     now_us = round(now * 1_000_000)
     due = (
@@ -391,7 +398,11 @@ async def _lift(conn: AsyncConnection, now: float) -> list[tuple[str, str]]:
         )
         gone = await conn.execute(
             delete(limit_overrides).where(
-                o.org_id == org, o.key_id == "", o.bucket == bucket, o.limit == limit
+                o.org_id == org,
+                o.environment == env,
+                o.key_id == "",
+                o.bucket == bucket,
+                o.limit == limit,
             )
         )
         if gone.rowcount:
@@ -402,7 +413,7 @@ async def _lift(conn: AsyncConnection, now: float) -> list[tuple[str, str]]:
                 action="limit.cleared",
                 org=org,
                 target_id=bucket,
-                details={"bucket": bucket, "key": None, "signal": signal},
+                details={"bucket": bucket, "key": None, "environment": env, "signal": signal},
                 at=moment,
             )
     return lifted

@@ -13,7 +13,8 @@ Routes (:meth:`AdminRoutes.endpoints`):
 * ``POST``/``GET /v1/admin/orgs/{orgId}/keys``; ``DELETE /v1/admin/keys/{keyId}``;
   ``POST /v1/admin/keys/{keyId}/rotate`` ``{"overlapSeconds"}``;
 * ``GET /v1/admin/orgs/{orgId}/limits``; ``PUT``/``DELETE
-  /v1/admin/orgs/{orgId}/limits/{bucket}`` (``keyId`` for one key's override);
+  /v1/admin/orgs/{orgId}/limits/{bucket}`` (``keyId`` for one key's override,
+  ``environment`` for the org's in one environment alone);
 * ``GET /v1/admin/audit`` (cursor paging; ``org`` and ``action`` filters);
 * ``GET /v1/admin/orgs/{orgId}/fair-use?environment=&timeRange=``: an org's fair-use
   signals in one environment, the answer ``GET /v1/analytics/fair-use`` gives its keys;
@@ -80,6 +81,10 @@ MAX_LIMIT_VALUE = 2**31 - 1
 _KEY_ID = re.compile(r"key_[0-9a-f]{16}")
 _ENVIRONMENTS = ("SANDBOX", "PRODUCTION")
 _ENV_ARG = {"SANDBOX": "test", "PRODUCTION": "live"}
+_KEY_AND_ENVIRONMENT = (
+    "environment and keyId exclude each other: a key's override applies to the key's own "
+    "environment; leave environment out."
+)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -132,6 +137,7 @@ def _override_json(o: Override) -> dict[str, Any]:
         "org": o.org,
         "bucket": o.bucket,
         "keyId": o.key_id,
+        "environment": o.environment,
         "limit": o.limit,
         "updatedAt": _iso(o.updated_at),
     }
@@ -528,32 +534,53 @@ class AdminRoutes:
         return org_id, bucket, key_id
 
     async def put_limit(self, request: Request) -> Response:
-        """``PUT /v1/admin/orgs/{orgId}/limits/{bucket}`` ``{"limit", "keyId"?}``."""
+        """``PUT /v1/admin/orgs/{orgId}/limits/{bucket}`` ``{"limit", "keyId"?,
+        "environment"?}``: ``environment`` (not with ``keyId``: a key has its own) sets the
+        org's override for that environment alone."""
         who = await self.caller(request)
         body = await _object(request, self.max_body)
-        _known(body, ("limit", "keyId"))
+        _known(body, ("limit", "keyId", "environment"))
         limit = json_integer(body.get("limit"))
         if limit is None or not 1 <= limit <= MAX_LIMIT_VALUE:
             raise ValidationFailed(f"limit must be an integer from 1 to {MAX_LIMIT_VALUE}.")
+        environment = body.get("environment")
+        if environment is not None and environment not in _ENVIRONMENTS:
+            raise ValidationFailed(
+                "environment must be SANDBOX or PRODUCTION (or left out: every one)."
+            )
+        if environment is not None and body.get("keyId") is not None:
+            raise ValidationFailed(_KEY_AND_ENVIRONMENT)
         org_id, bucket, key_id = await self._override_target(request, body.get("keyId"))
         override = await self.overrides.set(
-            org_id, bucket, limit, key_id, actor=who.actor, address=who.address
+            org_id,
+            bucket,
+            limit,
+            key_id,
+            environment=environment,
+            actor=who.actor,
+            address=who.address,
         )
         return json_response(_override_json(override))
 
     async def delete_limit(self, request: Request) -> Response:
-        """``DELETE /v1/admin/orgs/{orgId}/limits/{bucket}?keyId=``: the policy's limit
-        (or the org's override, for a key) applies again."""
+        """``DELETE /v1/admin/orgs/{orgId}/limits/{bucket}?keyId=&environment=``: the
+        policy's limit (or the org's override, for a key or one environment) applies
+        again."""
         who = await self.caller(request)
-        org_id, bucket, key_id = await self._override_target(
-            request, request.query_params.get("keyId")
-        )
+        params = request.query_params
+        environment = params.get("environment")
+        if environment is not None and environment not in _ENVIRONMENTS:
+            raise BadRequest('query parameter "environment" must be SANDBOX or PRODUCTION.')
+        if environment is not None and params.get("keyId") is not None:
+            raise BadRequest(_KEY_AND_ENVIRONMENT)
+        org_id, bucket, key_id = await self._override_target(request, params.get("keyId"))
         cleared = await self.overrides.clear(
-            org_id, bucket, key_id, actor=who.actor, address=who.address
+            org_id, bucket, key_id, environment=environment, actor=who.actor, address=who.address
         )
         if not cleared:
             whose = f"key {key_id}" if key_id else f"org {org_id}"
-            raise NotFound(f"No override of {bucket!r} for {whose}.")
+            where = f" in {environment}" if environment else ""
+            raise NotFound(f"No override of {bucket!r} for {whose}{where}.")
         return Response(status_code=204)
 
     # fair use ------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from tollhouse.http.webhook_routes import SECRET_OVERLAP_DEFAULT, WebhookCaller,
 from tollhouse.identifiers import SCORING_JOB_ID
 from tollhouse.jobs.model import iso
 from tollhouse.jobs.webhooks import Endpoint, WebhookStore, delivery_json, endpoint_json
+from tollhouse.json_reader import json_integer
 
 if TYPE_CHECKING:
     from tollhouse.http.admin import AdminRoutes
@@ -106,12 +107,9 @@ class AdminWebhookRoutes(WebhookRoutes):
         return body
 
     def overlap_of(self, body: dict[str, Any]) -> timedelta:
-        overlap = body.get("overlapSeconds", SECRET_OVERLAP_DEFAULT)
-        if (
-            isinstance(overlap, bool)
-            or not isinstance(overlap, int)
-            or not 0 <= overlap <= MAX_OVERLAP_SECONDS
-        ):
+        # An integer as JSON Schema counts them: 3600.0 too (never a boolean).
+        overlap = json_integer(body.get("overlapSeconds", SECRET_OVERLAP_DEFAULT))
+        if overlap is None or not 0 <= overlap <= MAX_OVERLAP_SECONDS:
             raise ValidationFailed(
                 f"overlapSeconds must be an integer from 0 to {MAX_OVERLAP_SECONDS}."
             )

@@ -591,10 +591,13 @@ class Gateway:
             self.meter.record(call_record(identity, match, method, status, arrived, t0, scope))
 
     def _limit(self, bucket: Bucket, identity: Identity) -> int:
-        """The bucket's effective limit for this caller (overrides > policy)."""
+        """The bucket's effective limit for this caller (overrides of its key, or of its
+        org in its environment, > policy)."""
         if self.overrides is None:
             return bucket.limit
-        return self.overrides.limit(identity.org, identity.key_id, bucket.name, bucket.limit)
+        return self.overrides.limit(
+            identity.org, identity.environment, identity.key_id, bucket.name, bucket.limit
+        )
 
     def forget_checks(self) -> None:
         """Drop every cached check (limits changed): they are rebuilt on next use."""

@@ -25,10 +25,12 @@ rotation hands out the rotated key's powers). Every change is in the audit log w
 calling key's id as actor and the client address it came from.
 
 ``GET /v1/limits`` shows the org's effective limits as the provider API's
-``GET /v1/admin/orgs/{orgId}/limits`` does (overrides marked), with the key overrides of
-the caller's environment only. It is read-only: overrides are the provider's to set
-(``PUT /v1/admin/orgs/{orgId}/limits/{bucket}``), never an org's own key's — an org able to
-raise its own limits would make them no limits at all.
+``GET /v1/admin/orgs/{orgId}/limits`` does (overrides marked), as the caller's environment
+gets them: each bucket's ``limit`` and ``override`` are the org's override for that
+environment, else its override for every environment (never the other environment's), and
+only the key overrides of that environment are listed. It is read-only: overrides are the
+provider's to set (``PUT /v1/admin/orgs/{orgId}/limits/{bucket}``), never an org's own
+key's — an org able to raise its own limits would make them no limits at all.
 """
 
 from __future__ import annotations
@@ -296,15 +298,18 @@ class PortalRoutes(WebhookRoutes):
     # --- limits ------------------------------------------------------------------------
 
     async def limits(self, request: Request) -> Response:
-        """``GET /v1/limits``: the org's effective limits, overrides marked; the key
-        overrides of the caller's environment only. Read-only (see the module's notes)."""
+        """``GET /v1/limits``: the org's effective limits in the caller's environment,
+        overrides marked; the key overrides of that environment only. Read-only (see the
+        module's notes)."""
         who = _manager(request, "limits")
         assert self.policy is not None and self.overrides is not None  # route only with both
         mine = {r.id for r in await self.keys.list_keys(who.org, environment=who.environment)}
         found = [
-            o for o in await self.overrides.list(who.org) if o.key_id is None or o.key_id in mine
+            o
+            for o in await self.overrides.list(who.org)
+            if (o.key_id is None and o.environment in (None, who.environment)) or o.key_id in mine
         ]
-        body = effective_limits(self.policy.buckets, self.policy.pools, found)
+        body = effective_limits(self.policy.buckets, self.policy.pools, found, who.environment)
         return json_response({"org": who.org, "environment": who.environment, **body})
 
     # --- webhook endpoints and deliveries (the handlers: WebhookRoutes) -----------------

@@ -31,7 +31,6 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
-    MetaData,
     String,
     Table,
     Text,
@@ -41,11 +40,10 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.schema import CreateIndex, CreateTable
 
 from tollhouse.jobs.volume import ROLLUP_KEEP
 from tollhouse.metering.schema import product_events
-from tollhouse.storage.migrations import create_tables, ensure_tables
+from tollhouse.storage.migrations import create_tables, ensure_tables, rebuild_table
 from tollhouse.storage.schema import metadata
 from tollhouse.storage.transactions import write_transaction
 from tollhouse.times import as_utc
@@ -432,28 +430,12 @@ def _replace_unique(conn: Connection, table: Table, old: str, new: str) -> None:
     if old not in names:
         return
     if conn.dialect.name == "sqlite":
-        _rebuild(conn, table)
+        rebuild_table(conn, table)
         return
     [wanted] = [c for c in table.constraints if isinstance(c, UniqueConstraint) and c.name == new]
     columns = ", ".join(c.name for c in wanted.columns)
     conn.exec_driver_sql(f"ALTER TABLE {table.name} DROP CONSTRAINT {old}")
     conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD CONSTRAINT {new} UNIQUE ({columns})")
-
-
-def _rebuild(conn: Connection, table: Table) -> None:
-    """SQLite: make ``table`` again from its current definition, keeping every row (the
-    columns both layouts have), its indexes included."""
-    copy = table.to_metadata(MetaData(), name=f"{table.name}_rebuilt")
-    conn.execute(CreateTable(copy))
-    present = {c["name"] for c in inspect(conn).get_columns(table.name)}
-    columns = ", ".join(f'"{c.name}"' for c in table.columns if c.name in present)
-    conn.exec_driver_sql(
-        f'INSERT INTO "{copy.name}" ({columns}) SELECT {columns} FROM "{table.name}"'
-    )
-    conn.exec_driver_sql(f'DROP TABLE "{table.name}"')  # its indexes go with it
-    conn.exec_driver_sql(f'ALTER TABLE "{copy.name}" RENAME TO "{table.name}"')
-    for index in sorted(table.indexes, key=lambda i: str(i.name)):
-        conn.execute(CreateIndex(index))
 
 
 def _add_environment(conn: Connection, table: Table) -> None:

@@ -1,9 +1,13 @@
 """Per-org and per-key limit overrides, kept in the database.
 
-Precedence: an override for the exact key > one for the org > the policy's limit. The
-server polls the table (every 0.5 s by default) and swaps in a new snapshot when anything
-changed, so an override takes effect within a second on every instance sharing the
-database. The request path reads the snapshot, a dict, never SQL.
+An org's override applies to every environment of the org or to one (``environment``:
+SANDBOX or PRODUCTION), so sandbox traffic never changes production's limits (and the
+reverse); a key's override has no environment (a key belongs to one already).
+Precedence: the key's override > the org's for the caller's environment > the org's for
+every environment > the policy's limit. The server polls the table (every 0.5 s by
+default) and swaps in a new snapshot when anything changed, so an override takes effect
+within a second on every instance sharing the database. The request path reads the
+snapshot, a dict, never SQL.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 from sqlalchemy import (
     Column,
+    Connection,
     DateTime,
     Integer,
     PrimaryKeyConstraint,
@@ -23,14 +28,17 @@ from sqlalchemy import (
     Table,
     delete,
     func,
+    inspect,
     select,
 )
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollhouse.errors import NotFound, StorageError
+from tollhouse.keys.model import Environment
 from tollhouse.policy.model import Bucket, Pool
 from tollhouse.security import audit
+from tollhouse.storage.migrations import create_tables, rebuild_table
 from tollhouse.storage.poll import Poller
 from tollhouse.storage.schema import metadata
 from tollhouse.times import as_utc
@@ -41,12 +49,44 @@ limit_overrides = Table(
     "limit_overrides",
     metadata,
     Column("org_id", String(64), nullable=False),
+    # "" for every environment of the org (always "" with a key_id)
+    Column("environment", String(16), nullable=False, server_default=""),
     Column("key_id", String(40), nullable=False),  # "" for the whole org
     Column("bucket", String(64), nullable=False),
     Column("limit", Integer, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
-    PrimaryKeyConstraint("org_id", "key_id", "bucket"),
+    PrimaryKeyConstraint("org_id", "environment", "key_id", "bucket"),
 )
+
+#: The environments an org's override may name.
+ENVIRONMENTS: tuple[str, ...] = get_args(Environment)
+
+
+def separate_override_environments(conn: Connection) -> None:
+    """Migration step: ``limit_overrides`` gains ``environment`` ('' for every
+    environment, what every existing row keeps) in its primary key. Creates the table when
+    missing; a table that has the column already is left as it is.
+
+    SQLite cannot change a primary key in place: the table is made again, rows copied.
+    """
+    catalog = inspect(conn)
+    if limit_overrides.name not in set(catalog.get_table_names()):
+        create_tables(conn, (limit_overrides,))
+        return
+    if "environment" in {c["name"] for c in catalog.get_columns(limit_overrides.name)}:
+        return
+    if conn.dialect.name == "sqlite":
+        rebuild_table(conn, limit_overrides)
+        return
+    old = catalog.get_pk_constraint(limit_overrides.name).get("name")
+    conn.exec_driver_sql(
+        "ALTER TABLE limit_overrides ADD COLUMN environment VARCHAR(16) NOT NULL DEFAULT ''"
+    )
+    if old:
+        conn.exec_driver_sql(f'ALTER TABLE limit_overrides DROP CONSTRAINT "{old}"')
+    conn.exec_driver_sql(
+        "ALTER TABLE limit_overrides ADD PRIMARY KEY (org_id, environment, key_id, bucket)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +99,36 @@ class Override:
     bucket: str
     limit: int
     updated_at: datetime
+    environment: str | None = None
+    """None: applies to every environment of the org (always None for a key's)."""
+
+
+def _row(org: str, bucket: str, key_id: str | None, environment: str | None) -> Any:
+    """The row of one override (checking the environment).
+
+    Raises:
+        ValueError: an unknown environment, or an environment with a key.
+    """
+    if environment is not None:
+        if environment not in ENVIRONMENTS:
+            raise ValueError(f"environment must be SANDBOX or PRODUCTION, not {environment!r}")
+        if key_id:
+            raise ValueError(
+                "a key's override takes no environment: the key belongs to one already"
+            )
+    o = limit_overrides.c
+    return (
+        (o.org_id == org)
+        & (o.environment == (environment or ""))
+        & (o.key_id == (key_id or ""))
+        & (o.bucket == bucket)
+    )
+
+
+def _target(bucket: str, key_id: str | None) -> str:
+    """The audit log's target id: the bucket, /key for a key's (the environment is in the
+    details)."""
+    return bucket + (f"/{key_id}" if key_id else "")
 
 
 class OverrideStore:
@@ -74,24 +144,32 @@ class OverrideStore:
         limit: int,
         key_id: str | None = None,
         *,
+        environment: str | None = None,
         actor: str | None = None,
         address: str | None = None,
     ) -> Override:
-        """Create or replace the override of ``bucket`` for an org (or one of its keys).
-        With an ``actor``, the change is audited in the same transaction (``address``: the
-        caller's, for a change made over HTTP)."""
+        """Create or replace the override of ``bucket`` for an org (in one ``environment``
+        or, None, in every one) or for one of its keys. With an ``actor``, the change is
+        audited in the same transaction (``address``: the caller's, for a change made over
+        HTTP).
+
+        Raises:
+            ValueError: ``environment`` is not SANDBOX or PRODUCTION, or is given with a
+                key (whose environment is its own).
+        """
         now = datetime.now(UTC)
-        where = (
-            (limit_overrides.c.org_id == org)
-            & (limit_overrides.c.key_id == (key_id or ""))
-            & (limit_overrides.c.bucket == bucket)
-        )
+        where = _row(org, bucket, key_id, environment)
         try:
             async with self.engine.begin() as conn:
                 await conn.execute(delete(limit_overrides).where(where))
                 await conn.execute(
                     limit_overrides.insert().values(
-                        org_id=org, key_id=key_id or "", bucket=bucket, limit=limit, updated_at=now
+                        org_id=org,
+                        environment=environment or "",
+                        key_id=key_id or "",
+                        bucket=bucket,
+                        limit=limit,
+                        updated_at=now,
                     )
                 )
                 if actor is not None:
@@ -100,14 +178,19 @@ class OverrideStore:
                         actor=actor,
                         action="limit.set",
                         org=org,
-                        target_id=bucket + (f"/{key_id}" if key_id else ""),
-                        details={"bucket": bucket, "key": key_id, "limit": limit},
+                        target_id=_target(bucket, key_id),
+                        details={
+                            "bucket": bucket,
+                            "key": key_id,
+                            "environment": environment,
+                            "limit": limit,
+                        },
                         at=now,
                         address=address,
                     )
         except SQLAlchemyError as exc:
             raise StorageError(f"could not set the override: {exc}") from exc
-        return Override(org, key_id, bucket, limit, now)
+        return Override(org, key_id, bucket, limit, now, environment)
 
     async def clear(
         self,
@@ -115,16 +198,18 @@ class OverrideStore:
         bucket: str,
         key_id: str | None = None,
         *,
+        environment: str | None = None,
         actor: str | None = None,
         address: str | None = None,
     ) -> bool:
-        """Remove an override; False when there was none. With an ``actor``, the change is
-        audited in the same transaction."""
-        where = (
-            (limit_overrides.c.org_id == org)
-            & (limit_overrides.c.key_id == (key_id or ""))
-            & (limit_overrides.c.bucket == bucket)
-        )
+        """Remove an override (the org's for ``environment``, or for every environment
+        when None; or a key's); False when there was none. With an ``actor``, the change
+        is audited in the same transaction.
+
+        Raises:
+            ValueError: as :meth:`set`.
+        """
+        where = _row(org, bucket, key_id, environment)
         try:
             async with self.engine.begin() as conn:
                 result = await conn.execute(delete(limit_overrides).where(where))
@@ -134,8 +219,8 @@ class OverrideStore:
                         actor=actor,
                         action="limit.cleared",
                         org=org,
-                        target_id=bucket + (f"/{key_id}" if key_id else ""),
-                        details={"bucket": bucket, "key": key_id},
+                        target_id=_target(bucket, key_id),
+                        details={"bucket": bucket, "key": key_id, "environment": environment},
                         address=address,
                     )
         except SQLAlchemyError as exc:
@@ -144,9 +229,8 @@ class OverrideStore:
 
     async def list(self, org: str | None = None) -> list[Override]:
         """Overrides, optionally of one org."""
-        q = select(limit_overrides).order_by(
-            limit_overrides.c.org_id, limit_overrides.c.key_id, limit_overrides.c.bucket
-        )
+        o = limit_overrides.c
+        q = select(limit_overrides).order_by(o.org_id, o.key_id, o.environment, o.bucket)
         if org is not None:
             q = q.where(limit_overrides.c.org_id == org)
         try:
@@ -157,7 +241,11 @@ class OverrideStore:
         out = []
         for r in rows:
             stamp = as_utc(r.updated_at)
-            out.append(Override(r.org_id, r.key_id or None, r.bucket, r.limit, stamp))
+            out.append(
+                Override(
+                    r.org_id, r.key_id or None, r.bucket, r.limit, stamp, r.environment or None
+                )
+            )
         return out
 
     async def version(self) -> tuple[int, str]:
@@ -190,16 +278,27 @@ def _stamp(value: datetime) -> str:
 
 
 def effective_limits(
-    buckets: Iterable[Bucket], pools: Iterable[Pool], overrides: Iterable[Override]
+    buckets: Iterable[Bucket],
+    pools: Iterable[Pool],
+    overrides: Iterable[Override],
+    environment: str | None = None,
 ) -> dict[str, Any]:
     """One org's limits as the provider API shows them: every bucket with the policy's
-    limit, the org's override (when set) and the limit its keys get without a key
-    override, its keys' overrides; every pool (pools take no override).
+    limit, the org's override for every environment (when set) and the limit its keys
+    get without a key override, its overrides for one environment and the limit a key
+    of each environment gets, its keys' overrides; every pool (pools take no override).
+
+    With ``environment`` (an org's own view, from a key of that environment), the
+    bucket's ``limit``, ``overridden`` and ``override`` are those of that environment
+    (its own override, else the one for every environment), the other environment's
+    overrides are left out, and so are ``environmentOverrides`` and ``byEnvironment``.
 
     Args:
         buckets: the policy's buckets.
         pools: the policy's pools.
         overrides: the org's overrides (:meth:`OverrideStore.list` of the org).
+        environment: the caller's environment, for an org's own view; None for the
+            provider's.
     """
     by_bucket: dict[str, list[Override]] = {}
     for o in overrides:
@@ -207,37 +306,72 @@ def effective_limits(
     out_buckets = []
     for b in buckets:
         mine = by_bucket.get(b.name, [])
-        org_wide = next((o for o in mine if o.key_id is None), None)
-        out_buckets.append(
-            {
-                "name": b.name,
-                "displayName": b.display_name,
-                "windowSeconds": b.window_seconds,
-                "scope": b.scope,
-                "policyLimit": b.limit,
-                "limit": org_wide.limit if org_wide is not None else b.limit,
-                "overridden": org_wide is not None,
-                "override": (
-                    {"limit": org_wide.limit, "updatedAt": _stamp(org_wide.updated_at)}
-                    if org_wide is not None
-                    else None
-                ),
-                "keyOverrides": [
-                    {"keyId": o.key_id, "limit": o.limit, "updatedAt": _stamp(o.updated_at)}
-                    for o in mine
-                    if o.key_id is not None
-                ],
-                "shadow": b.shadow,
-            }
-        )
+        org_wide = next((o for o in mine if o.key_id is None and o.environment is None), None)
+        per_env = {o.environment: o for o in mine if o.key_id is None and o.environment}
+        shown = org_wide if environment is None else per_env.get(environment, org_wide)
+        bucket: dict[str, Any] = {
+            "name": b.name,
+            "displayName": b.display_name,
+            "windowSeconds": b.window_seconds,
+            "scope": b.scope,
+            "policyLimit": b.limit,
+            "limit": shown.limit if shown is not None else b.limit,
+            "overridden": shown is not None,
+            "override": (
+                {"limit": shown.limit, "updatedAt": _stamp(shown.updated_at)}
+                if shown is not None
+                else None
+            ),
+            "keyOverrides": [
+                {"keyId": o.key_id, "limit": o.limit, "updatedAt": _stamp(o.updated_at)}
+                for o in mine
+                if o.key_id is not None
+            ],
+            "shadow": b.shadow,
+        }
+        if environment is None:
+            bucket["environmentOverrides"] = [
+                {"environment": env, "limit": e.limit, "updatedAt": _stamp(e.updated_at)}
+                for env in ENVIRONMENTS
+                if (e := per_env.get(env)) is not None
+            ]
+            by_env: dict[str, Any] = {}
+            for env in ENVIRONMENTS:
+                applied = per_env.get(env, org_wide)
+                by_env[env] = {
+                    "limit": applied.limit if applied is not None else b.limit,
+                    "overridden": applied is not None,
+                }
+            bucket["byEnvironment"] = by_env
+        out_buckets.append(bucket)
     return {
         "buckets": out_buckets,
         "pools": [{"name": p.name, "limit": p.limit, "overridden": False} for p in pools],
     }
 
 
-#: (org, key id or "", bucket) → limit
-Snapshot = dict[tuple[str, str, str], int]
+#: (org, environment, key id, bucket) → limit. A key's override is at (org, "", key id,
+#: bucket); the org's at (org, environment, "", bucket) for each environment, its own
+#: override there else the one for every environment (resolved when the snapshot is made,
+#: so a request looks up two keys at most).
+Snapshot = dict[tuple[str, str, str, str], int]
+
+
+def build_snapshot(rows: Iterable[Override]) -> Snapshot:
+    """The snapshot of these overrides (see :data:`Snapshot`)."""
+    snap: Snapshot = {}
+    every: list[Override] = []
+    for o in rows:
+        if o.key_id is not None:
+            snap[(o.org, "", o.key_id, o.bucket)] = o.limit
+        elif o.environment is not None:
+            snap[(o.org, o.environment, "", o.bucket)] = o.limit
+        else:
+            every.append(o)
+    for o in every:
+        for env in ENVIRONMENTS:
+            snap.setdefault((o.org, env, "", o.bucket), o.limit)
+    return snap
 
 
 class OverrideCache:
@@ -263,14 +397,15 @@ class OverrideCache:
         self._version: tuple[int, str] | None = None
         self._poller = Poller(self.refresh, poll_interval, "limit overrides")
 
-    def limit(self, org: str, key_id: str, bucket: str, default: int) -> int:
-        """The effective limit: key override > org override > ``default``."""
+    def limit(self, org: str, environment: str, key_id: str, bucket: str, default: int) -> int:
+        """The effective limit for a key of ``environment``: the key's override > the
+        org's for that environment > the org's for every environment > ``default``."""
         snap = self.snapshot
         if not snap:
             return default
-        found = snap.get((org, key_id, bucket))
+        found = snap.get((org, "", key_id, bucket))
         if found is None:
-            found = snap.get((org, "", bucket))
+            found = snap.get((org, environment, "", bucket))
         return default if found is None else found
 
     async def refresh(self) -> bool:
@@ -278,8 +413,7 @@ class OverrideCache:
         version = await self.store.version()
         if version == self._version:
             return False
-        rows = await self.store.list()
-        self.snapshot = {(o.org, o.key_id or "", o.bucket): o.limit for o in rows}
+        self.snapshot = build_snapshot(await self.store.list())
         self._version = version
         if self.on_change is not None:
             self.on_change()

@@ -137,7 +137,10 @@ ADMIN_SCHEMAS: Final[dict[str, Schema]] = {
     },
     "AdminOrgLimits": {
         "description": "An org's effective limits: each bucket with the policy's limit, "
-        "the org's override and its keys' overrides; the pools.",
+        "the org's override for every environment, its overrides for one environment "
+        "and the limit a key of each environment gets (environmentOverrides and "
+        "byEnvironment: in the provider API's answer only), its keys' overrides; the "
+        "pools.",
         **_object(
             {
                 "org": _ORG_ID,
@@ -166,7 +169,30 @@ ADMIN_SCHEMAS: Final[dict[str, Schema]] = {
                                 ),
                             },
                             "shadow": {"type": "boolean"},
-                        }
+                        },
+                        {
+                            "environmentOverrides": {
+                                "type": "array",
+                                "items": _object(
+                                    {
+                                        "environment": _ENVIRONMENT,
+                                        "limit": {"type": "integer"},
+                                        "updatedAt": _TIME,
+                                    }
+                                ),
+                            },
+                            "byEnvironment": _object(
+                                {
+                                    env: _object(
+                                        {
+                                            "limit": {"type": "integer"},
+                                            "overridden": {"type": "boolean"},
+                                        }
+                                    )
+                                    for env in ("SANDBOX", "PRODUCTION")
+                                }
+                            ),
+                        },
                     ),
                 },
                 "pools": {
@@ -190,8 +216,15 @@ ADMIN_SCHEMAS: Final[dict[str, Schema]] = {
         ),
     },
     "AdminLimitChange": {
-        "description": "The new limit per window; with keyId, for that key of the org only.",
-        **_closed(_object({"limit": _LIMIT}, {"keyId": nullable(_KEY_ID)})),
+        "description": "The new limit per window; with keyId, for that key of the org only; "
+        "with environment (not with keyId: 422), for the org's keys of that environment "
+        "only.",
+        **_closed(
+            _object(
+                {"limit": _LIMIT},
+                {"keyId": nullable(_KEY_ID), "environment": nullable(_ENVIRONMENT)},
+            )
+        ),
     },
     "AdminOverride": {
         "description": "An override as stored.",
@@ -200,6 +233,7 @@ ADMIN_SCHEMAS: Final[dict[str, Schema]] = {
                 "org": _ORG_ID,
                 "bucket": {"type": "string"},
                 "keyId": nullable(_KEY_ID),
+                "environment": nullable(_ENVIRONMENT),
                 "limit": _LIMIT,
                 "updatedAt": _TIME,
             }
@@ -424,7 +458,8 @@ def admin_paths(policy: Policy | None) -> dict[str, dict[str, Schema]]:
                 (*_WRITE, 404),
                 parameters=[org, bucket],
                 body="AdminLimitChange",
-                description="Exact key > org > policy, as `tollhouse limits set`.",
+                description="The key's override > the org's for the key's environment > the "
+                "org's for every environment > the policy, as `tollhouse limits set`.",
             ),
             "delete": _op(
                 "Clear an override",
@@ -435,6 +470,13 @@ def admin_paths(policy: Policy | None) -> dict[str, dict[str, Schema]]:
                     org,
                     bucket,
                     _param("keyId", "query", _KEY_ID, "The key's override, not the org's."),
+                    _param(
+                        "environment",
+                        "query",
+                        _ENVIRONMENT,
+                        "The org's override for this environment alone, not the one for "
+                        "every environment (not with keyId).",
+                    ),
                 ],
             ),
         },

@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Table, inspect, select, text, update
+from sqlalchemy import Connection, MetaData, Table, inspect, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.schema import CreateIndex, CreateTable
 
@@ -83,6 +83,24 @@ def ensure_tables(conn: Connection, tables: Iterable[Table]) -> None:
         for index in sorted(table.indexes, key=lambda i: str(i.name)):
             if index.name not in have and all(c.name in columns for c in index.columns):
                 conn.execute(CreateIndex(index, if_not_exists=True))
+
+
+def rebuild_table(conn: Connection, table: Table) -> None:
+    """SQLite: make ``table`` again from its current definition, keeping every row (the
+    columns both layouts have; a column new to the definition takes its default), its
+    indexes included — the way to change a primary key or a constraint SQLite cannot
+    alter in place."""
+    copy = table.to_metadata(MetaData(), name=f"{table.name}_rebuilt")
+    conn.execute(CreateTable(copy))
+    present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+    columns = ", ".join(f'"{c.name}"' for c in table.columns if c.name in present)
+    conn.exec_driver_sql(
+        f'INSERT INTO "{copy.name}" ({columns}) SELECT {columns} FROM "{table.name}"'
+    )
+    conn.exec_driver_sql(f'DROP TABLE "{table.name}"')  # its indexes go with it
+    conn.exec_driver_sql(f'ALTER TABLE "{copy.name}" RENAME TO "{table.name}"')
+    for index in sorted(table.indexes, key=lambda i: str(i.name)):
+        conn.execute(CreateIndex(index))
 
 
 def check_steps(steps: tuple[Migration, ...]) -> None:

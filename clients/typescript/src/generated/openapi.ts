@@ -509,7 +509,7 @@ export interface paths {
         get?: never;
         /**
          * Set an override
-         * @description Exact key > org > policy, as `tollhouse limits set`.
+         * @description The key's override > the org's for the key's environment > the org's for every environment > the policy, as `tollhouse limits set`.
          */
         put: operations["put_v1_admin_orgs_orgId_limits_bucket"];
         post?: never;
@@ -1527,7 +1527,7 @@ export interface components {
         AdminRotation: {
             overlapSeconds?: number;
         };
-        /** @description An org's effective limits: each bucket with the policy's limit, the org's override and its keys' overrides; the pools. */
+        /** @description An org's effective limits: each bucket with the policy's limit, the org's override for every environment, its overrides for one environment and the limit a key of each environment gets (environmentOverrides and byEnvironment: in the provider API's answer only), its keys' overrides; the pools. */
         AdminOrgLimits: {
             org: string;
             buckets: {
@@ -1550,6 +1550,23 @@ export interface components {
                     updatedAt: string;
                 }[];
                 shadow: boolean;
+                environmentOverrides?: {
+                    /** @enum {unknown} */
+                    environment: "SANDBOX" | "PRODUCTION";
+                    limit: number;
+                    /** Format: date-time */
+                    updatedAt: string;
+                }[];
+                byEnvironment?: {
+                    SANDBOX: {
+                        limit: number;
+                        overridden: boolean;
+                    };
+                    PRODUCTION: {
+                        limit: number;
+                        overridden: boolean;
+                    };
+                };
             }[];
             pools: {
                 name: string;
@@ -1562,16 +1579,18 @@ export interface components {
         AdminSecretRotation: {
             overlapSeconds?: number;
         };
-        /** @description The new limit per window; with keyId, for that key of the org only. */
+        /** @description The new limit per window; with keyId, for that key of the org only; with environment (not with keyId: 400), for the org's keys of that environment only. */
         AdminLimitChange: {
             limit: number;
             keyId?: string | null;
+            environment?: ("SANDBOX" | "PRODUCTION") | null;
         };
         /** @description An override as stored. */
         AdminOverride: {
             org: string;
             bucket: string;
             keyId: string | null;
+            environment: ("SANDBOX" | "PRODUCTION") | null;
             limit: number;
             /** Format: date-time */
             updatedAt: string;
@@ -3032,6 +3051,8 @@ export interface operations {
             query?: {
                 /** @description The key's override, not the org's. */
                 keyId?: string;
+                /** @description The org's override for this environment alone, not the one for every environment (not with keyId). */
+                environment?: "SANDBOX" | "PRODUCTION";
             };
             header?: never;
             path: {

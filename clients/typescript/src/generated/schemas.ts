@@ -3109,6 +3109,71 @@ export const SCHEMAS: Record<string, unknown> = {
             },
             "shadow": {
               "type": "boolean"
+            },
+            "environmentOverrides": {
+              "type": "array",
+              "items": {
+                "type": "object",
+                "required": [
+                  "environment",
+                  "limit",
+                  "updatedAt"
+                ],
+                "properties": {
+                  "environment": {
+                    "enum": [
+                      "SANDBOX",
+                      "PRODUCTION"
+                    ]
+                  },
+                  "limit": {
+                    "type": "integer"
+                  },
+                  "updatedAt": {
+                    "type": "string",
+                    "format": "date-time"
+                  }
+                }
+              }
+            },
+            "byEnvironment": {
+              "type": "object",
+              "required": [
+                "SANDBOX",
+                "PRODUCTION"
+              ],
+              "properties": {
+                "SANDBOX": {
+                  "type": "object",
+                  "required": [
+                    "limit",
+                    "overridden"
+                  ],
+                  "properties": {
+                    "limit": {
+                      "type": "integer"
+                    },
+                    "overridden": {
+                      "type": "boolean"
+                    }
+                  }
+                },
+                "PRODUCTION": {
+                  "type": "object",
+                  "required": [
+                    "limit",
+                    "overridden"
+                  ],
+                  "properties": {
+                    "limit": {
+                      "type": "integer"
+                    },
+                    "overridden": {
+                      "type": "boolean"
+                    }
+                  }
+                }
+              }
             }
           }
         }
@@ -3170,6 +3235,19 @@ export const SCHEMAS: Record<string, unknown> = {
             "type": "null"
           }
         ]
+      },
+      "environment": {
+        "anyOf": [
+          {
+            "enum": [
+              "SANDBOX",
+              "PRODUCTION"
+            ]
+          },
+          {
+            "type": "null"
+          }
+        ]
       }
     },
     "additionalProperties": false
@@ -3180,6 +3258,7 @@ export const SCHEMAS: Record<string, unknown> = {
       "org",
       "bucket",
       "keyId",
+      "environment",
       "limit",
       "updatedAt"
     ],
@@ -3196,6 +3275,19 @@ export const SCHEMAS: Record<string, unknown> = {
           {
             "type": "string",
             "pattern": "^key_[0-9a-f]{16}$"
+          },
+          {
+            "type": "null"
+          }
+        ]
+      },
+      "environment": {
+        "anyOf": [
+          {
+            "enum": [
+              "SANDBOX",
+              "PRODUCTION"
+            ]
           },
           {
             "type": "null"
