@@ -1,7 +1,8 @@
 """The dashboard's Limits page in Debian's Chromium (Playwright) against a real
 `tollhouse serve`: an org's root key sees its effective limits with the override marked,
 read-only; the provider, signed in with an admin token, picks the org, sets an override
-in the page that the gateway then applies to the org's key, and clears it again."""
+in the page that the gateway then applies to the org's key, and clears it again — for
+every environment, and for one environment alone (sandbox apart from production)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import pytest
+from playwright.sync_api import Page
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import Server
 from tests.dashboard.test_dashboard import (  # noqa: F401 - fixtures used by name
+    ARTIFACTS,
     Tab,
     browser,
     quick_key,
@@ -26,6 +29,7 @@ from tests.dashboard.test_dashboard import (  # noqa: F401 - fixtures used by na
     wait_for,
 )
 from tollhouse.keys.admin_tokens import AdminTokenStore
+from tollhouse.keys.store import KeyStore
 from tollhouse.limits.overrides import OverrideStore
 from tollhouse.policy.load import load_policy
 from tollhouse.storage.engine import make_engine
@@ -35,6 +39,8 @@ pytestmark = pytest.mark.integration
 T = TypeVar("T")
 #: The scoring bucket: the first of the built-in policy.
 BUCKET = load_policy(None).buckets[0].name
+#: The Limits table once no change or load is under way.
+READY = '[data-limits-table][data-state="ready"]'
 
 
 def _in_database(srv: Server, fn: Callable[[AsyncEngine], Awaitable[T]]) -> T:
@@ -50,6 +56,37 @@ def _in_database(srv: Server, fn: Callable[[AsyncEngine], Awaitable[T]]) -> T:
 
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(lambda: asyncio.run(go())).result()
+
+
+def _key_of(srv: Server, org: str, env: str) -> str:
+    """A member key of ``org`` in ``env`` (``test``: SANDBOX, ``live``: PRODUCTION)."""
+
+    async def make(engine: AsyncEngine) -> str:
+        _, secret = await KeyStore(engine).create(org, env, "member")
+        return secret
+
+    return _in_database(srv, make)
+
+
+def _sign_in_as_provider(page: Page, srv: Server, org: str) -> str:
+    """Sign in with a new admin token and show ``org``'s limits; the token."""
+    _, token = _in_database(srv, lambda e: AdminTokenStore(e).create("dashboard test"))
+    sign_in(page, srv.url, token)
+    page.wait_for_selector('[data-view="limits"]:not([hidden])')
+    page.wait_for_selector(f'[data-org-choices] option[value="{org}"]', state="attached")
+    page.fill('[data-org-form] input[name="org"]', org)
+    page.click('[data-org-form] [type="submit"]')
+    page.wait_for_selector(f'[data-effective="{BUCKET}"]')
+    return token
+
+
+def _env_cell(page: Page, env: str) -> tuple[str | None, str | None]:
+    """The page's (limit, source pill) of the bucket for a key of ``env``."""
+    where = f"{BUCKET}:{env}"
+    return (
+        page.text_content(f'[data-env-limit="{where}"]'),
+        page.text_content(f'[data-env-source="{where}"]'),
+    )
 
 
 def _bucket_limit(url: str, key: str) -> int:
@@ -105,11 +142,16 @@ def test_the_provider_sets_and_clears_an_override_in_the_page(
     page.click('[data-org-form] [type="submit"]')
     page.wait_for_selector(f'[data-overridden="{BUCKET}"]:has-text("policy")')
     assert page.text_content(f'[data-effective="{BUCKET}"]') == str(policy_limit)
+    for env in ("SANDBOX", "PRODUCTION"):
+        assert _env_cell(page, env) == (str(policy_limit), "policy")
+    assert page.locator("[data-env-override], [data-clear-env-override]").count() == 0
 
     # A bad value: the server's message, nothing changed.
     page.fill(f'[data-override-input="{BUCKET}"]', "0")
     page.click(f'[data-set-override="{BUCKET}"]')
     page.wait_for_selector("[data-limits-error]:not([hidden])")
+    # The page reloads the org's limits after the refusal: typing waits for that.
+    page.wait_for_selector(READY)
     assert "limit" in (page.text_content("[data-limits-error]") or "")
     assert page.text_content(f'[data-overridden="{BUCKET}"]') == "policy"
 
@@ -117,6 +159,9 @@ def test_the_provider_sets_and_clears_an_override_in_the_page(
     page.click(f'[data-set-override="{BUCKET}"]')
     page.wait_for_selector(f'[data-overridden="{BUCKET}"]:has-text("override")')
     assert page.text_content(f'[data-effective="{BUCKET}"]') == "4321"
+    # The override for all environments: what a key of either gets.
+    for env in ("SANDBOX", "PRODUCTION"):
+        assert _env_cell(page, env) == ("4321", "org-wide")
     assert page.locator("[data-limits-error]").is_hidden()
     wait_for(lambda: _bucket_limit(server.url, key) == 4321, "the override on the gateway")
 
@@ -129,3 +174,87 @@ def test_the_provider_sets_and_clears_an_override_in_the_page(
     page.wait_for_selector("[data-limits-error]:has-text('no-such-org')")
     # (The browser logs the 422 and the 404 answers themselves; nothing else.)
     assert not [e for e in tab.errors if "Failed to load resource" not in e], tab.errors
+
+
+def test_the_provider_sets_and_clears_an_environment_override_in_the_page(
+    server: Server,  # noqa: F811
+    tab: Tab,  # noqa: F811
+) -> None:
+    page = tab.page
+    org = f"env-provider-{time.monotonic_ns()}"
+    sandbox = _key_of(server, org, "test")
+    production = _key_of(server, org, "live")
+    policy_limit = _bucket_limit(server.url, sandbox)
+    assert _bucket_limit(server.url, production) == policy_limit
+    token = _sign_in_as_provider(page, server, org)
+
+    def admin_view() -> dict[str, Any]:
+        answer = httpx.get(
+            f"{server.url}/v1/admin/orgs/{org}/limits",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+        bucket: dict[str, Any] = next(b for b in answer.json()["buckets"] if b["name"] == BUCKET)
+        return bucket
+
+    # An override for the sandbox alone, set in the page.
+    assert page.input_value(f'[data-override-environment="{BUCKET}"]') == ""
+    page.select_option(f'[data-override-environment="{BUCKET}"]', "SANDBOX")
+    page.fill(f'[data-override-input="{BUCKET}"]', "2345")
+    page.click(f'[data-set-override="{BUCKET}"]')
+    page.wait_for_selector(f'[data-env-override="{BUCKET}:SANDBOX"]')
+    assert page.text_content(f'[data-env-override="{BUCKET}:SANDBOX"]') == "SANDBOX: 2345"
+    assert _env_cell(page, "SANDBOX") == ("2345", "env override")
+    assert _env_cell(page, "PRODUCTION") == (str(policy_limit), "policy")
+    # The override for all environments is untouched.
+    assert page.text_content(f'[data-overridden="{BUCKET}"]') == "policy"
+    assert page.text_content(f'[data-effective="{BUCKET}"]') == str(policy_limit)
+    assert page.locator(f'[data-clear-override="{BUCKET}"]').count() == 0
+    assert page.locator("[data-limits-error]").is_hidden()
+    # The control keeps its environment for the next change.
+    assert page.input_value(f'[data-override-environment="{BUCKET}"]') == "SANDBOX"
+
+    bucket = admin_view()
+    assert [(o["environment"], o["limit"]) for o in bucket["environmentOverrides"]] == [
+        ("SANDBOX", 2345)
+    ]
+    assert bucket["byEnvironment"] == {
+        "SANDBOX": {"limit": 2345, "overridden": True},
+        "PRODUCTION": {"limit": policy_limit, "overridden": False},
+    }
+    assert bucket["overridden"] is False
+    wait_for(lambda: _bucket_limit(server.url, sandbox) == 2345, "the sandbox override")
+    assert _bucket_limit(server.url, production) == policy_limit
+
+    # An override for all environments: production takes it, the sandbox keeps its own.
+    page.select_option(f'[data-override-environment="{BUCKET}"]', "")
+    page.fill(f'[data-override-input="{BUCKET}"]', "3456")
+    page.click(f'[data-set-override="{BUCKET}"]')
+    page.wait_for_selector(f'[data-overridden="{BUCKET}"]:has-text("override")')
+    assert _env_cell(page, "SANDBOX") == ("2345", "env override")
+    assert _env_cell(page, "PRODUCTION") == ("3456", "org-wide")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "limits-environments.png"), full_page=True)
+    wait_for(lambda: _bucket_limit(server.url, production) == 3456, "the org-wide override")
+    assert _bucket_limit(server.url, sandbox) == 2345
+
+    # Clearing the sandbox's own override: it falls back to the org-wide one.
+    page.click(f'[data-clear-env-override="{BUCKET}:SANDBOX"]')
+    page.wait_for_selector(f'[data-env-override="{BUCKET}:SANDBOX"]', state="detached")
+    assert _env_cell(page, "SANDBOX") == ("3456", "org-wide")
+    assert admin_view()["environmentOverrides"] == []
+    wait_for(lambda: _bucket_limit(server.url, sandbox) == 3456, "the sandbox on the org-wide")
+
+    # And clearing that one: both on the policy's limit again.
+    page.click(f'[data-clear-override="{BUCKET}"]')
+    page.wait_for_selector(f'[data-overridden="{BUCKET}"]:has-text("policy")')
+    for env in ("SANDBOX", "PRODUCTION"):
+        assert _env_cell(page, env) == (str(policy_limit), "policy")
+    wait_for(lambda: _bucket_limit(server.url, sandbox) == policy_limit, "the sandbox's policy")
+    wait_for(lambda: _bucket_limit(server.url, production) == policy_limit, "production's policy")
+    assert admin_view()["byEnvironment"] == {
+        "SANDBOX": {"limit": policy_limit, "overridden": False},
+        "PRODUCTION": {"limit": policy_limit, "overridden": False},
+    }
+    assert not tab.errors, tab.errors

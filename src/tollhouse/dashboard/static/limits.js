@@ -2,12 +2,18 @@
 // * An org's root or manager key reads its own org's (GET /v1/limits), read-only: overrides
 //   are the API provider's to set.
 // * An admin token (the provider) picks an org (GET /v1/admin/orgs) and reads, sets and
-//   clears its overrides (GET /v1/admin/orgs/{org}/limits, PUT/DELETE …/limits/{bucket}).
+//   clears its overrides (GET /v1/admin/orgs/{org}/limits, PUT/DELETE …/limits/{bucket}):
+//   the org's for every environment, for SANDBOX or PRODUCTION alone, and its keys'.
 import { ApiError } from "./api.js";
 import { h, table } from "./charts.js";
 
 const $ = (selector) => document.querySelector(selector);
 const when = (iso) => (iso ? new Date(iso).toLocaleString("en", { dateStyle: "medium", timeStyle: "short" }) : "–");
+/** The environments an org's override may name, in column order. */
+const ENVIRONMENTS = [
+  ["SANDBOX", "Sandbox"],
+  ["PRODUCTION", "Production"],
+];
 const per = (seconds) => (seconds % 86400 === 0 ? `${seconds / 86400} d` : seconds % 3600 === 0 ? `${seconds / 3600} h` : seconds % 60 === 0 ? `${seconds / 60} min` : `${seconds} s`);
 
 /**
@@ -17,6 +23,7 @@ const per = (seconds) => (seconds % 86400 === 0 ? `${seconds / 86400} d` : secon
  */
 export function createLimits(api, { provider }, onError) {
   let org = null; // the provider's chosen org
+  const chosenEnvironment = new Map(); // bucket → the set-override control's environment ("" = all)
 
   const show = (err) => {
     const el = $("[data-limits-error]");
@@ -29,11 +36,18 @@ export function createLimits(api, { provider }, onError) {
 
   let loads = 0; // bumps on every load: an answer for an older one is dropped
 
+  // The table's data-state: "loading" from a change or a load until the render that ends
+  // them, then "ready" (a change typed into a field is not replaced by a render under way).
+  const busy = () => {
+    $("[data-limits-table]").dataset.state = "loading";
+  };
+
   async function load(keepError = false) {
     const mine = ++loads;
+    busy();
     $("[data-limits-provider]").hidden = !provider;
     $("[data-limits-note]").textContent = provider
-      ? "Choose an org: set an override for a bucket, or clear one to go back to the policy's limit. Running servers apply a change within a second."
+      ? "Choose an org: set an override for a bucket in every environment or in one, or clear one to go back to the org-wide or the policy's limit. Running servers apply a change within a second."
       : "Your org's limits per window. Overridden limits are marked; they are set by your API provider and cannot be changed here.";
     if (provider) {
       await loadOrgs();
@@ -69,11 +83,13 @@ export function createLimits(api, { provider }, onError) {
   function choose(form) {
     const value = String(new FormData(form).get("org") || "").trim();
     org = value || null;
+    chosenEnvironment.clear(); // another org's controls start on "All environments"
     hide();
     load();
   }
 
   async function change(work) {
+    busy();
     try {
       await work();
       hide();
@@ -89,18 +105,56 @@ export function createLimits(api, { provider }, onError) {
   function overrideControls(b) {
     const cell = h("span", { class: "actions" });
     const input = h("input", { type: "number", min: "1", step: "1", value: String(b.limit), "aria-label": `New limit of ${b.name}`, dataset: { overrideInput: b.name } });
+    const chosen = chosenEnvironment.get(b.name) || "";
+    const environment = h(
+      "select",
+      { "aria-label": `Environment of the override of ${b.name}`, dataset: { overrideEnvironment: b.name } },
+      h("option", { value: "", text: "All environments", selected: chosen === "" }),
+      ENVIRONMENTS.map(([env, label]) => h("option", { value: env, text: label, selected: chosen === env })),
+    );
+    environment.addEventListener("change", () => chosenEnvironment.set(b.name, environment.value));
     const set = h("button", { type: "button", dataset: { setOverride: b.name }, text: "Set override" });
     set.addEventListener("click", () => {
       const limit = Number(input.value);
-      change(() => api.send("PUT", bucketPath(b.name), { limit }));
+      // No `environment` at all for every environment (what the API takes as "both").
+      const body = environment.value ? { limit, environment: environment.value } : { limit };
+      change(() => api.send("PUT", bucketPath(b.name), body));
     });
-    cell.append(input, set);
+    cell.append(input, environment, set);
     if (b.overridden) {
-      const clear = h("button", { type: "button", class: "danger", dataset: { clearOverride: b.name }, text: "Clear" });
+      const clear = h("button", { type: "button", class: "danger", title: "Clear the override for all environments", dataset: { clearOverride: b.name }, text: "Clear org-wide" });
       clear.addEventListener("click", () => change(() => api.send("DELETE", bucketPath(b.name))));
       cell.append(clear);
     }
     return cell;
+  }
+
+  /** The limit a key of `env` gets (without a key override), and where it comes from. */
+  function environmentLimit(b, env) {
+    const applied = b.byEnvironment[env];
+    const own = (b.environmentOverrides || []).find((o) => o.environment === env);
+    const id = `${b.name}:${env}`;
+    const pill = own
+      ? h("span", { class: "pill running", dataset: { envSource: id }, title: `this environment's override, since ${when(own.updatedAt)}`, text: "env override" })
+      : applied.overridden
+        ? h("span", { class: "pill running", dataset: { envSource: id }, title: "the override for all environments", text: "org-wide" })
+        : h("span", { class: "pill", dataset: { envSource: id }, text: "policy" });
+    return h("span", { class: "actions" }, h("strong", { dataset: { envLimit: id }, text: String(applied.limit) }), pill);
+  }
+
+  function environmentOverrides(b) {
+    if (!b.environmentOverrides.length) return "–";
+    return h(
+      "span",
+      { class: "actions" },
+      b.environmentOverrides.map((o) => {
+        const id = `${b.name}:${o.environment}`;
+        const item = h("span", { dataset: { envOverride: id }, title: `since ${when(o.updatedAt)}`, text: `${o.environment}: ${o.limit}` });
+        const clear = h("button", { type: "button", class: "danger", dataset: { clearEnvOverride: id }, text: "Clear" });
+        clear.addEventListener("click", () => change(() => api.send("DELETE", `${bucketPath(b.name)}?environment=${encodeURIComponent(o.environment)}`)));
+        return h("span", {}, item, " ", clear);
+      }),
+    );
   }
 
   function keyOverrides(b) {
@@ -119,6 +173,7 @@ export function createLimits(api, { provider }, onError) {
   }
 
   function render(body) {
+    $("[data-limits-table]").dataset.state = "ready";
     const heading = $("[data-limits-heading]");
     if (!body) {
       heading.textContent = provider ? "Limits (choose an org)" : "Limits";
@@ -127,6 +182,9 @@ export function createLimits(api, { provider }, onError) {
       return;
     }
     heading.textContent = body.environment ? `Limits of ${body.org} (${body.environment})` : `Limits of ${body.org}`;
+    // The provider's view: "Limit" and "Source" are the org's override for all
+    // environments; each environment's column is what a key of it gets.
+    const perEnvironment = provider && body.buckets.every((b) => b.byEnvironment && b.environmentOverrides);
     const rows = body.buckets.map((b) => [
       h("span", { dataset: { bucket: b.name }, text: b.displayName || b.name }),
       per(b.windowSeconds),
@@ -135,10 +193,20 @@ export function createLimits(api, { provider }, onError) {
       b.overridden
         ? h("span", { class: "pill running", dataset: { overridden: b.name }, title: `since ${when(b.override && b.override.updatedAt)}`, text: "override" })
         : h("span", { class: "pill", dataset: { overridden: b.name }, text: "policy" }),
+      ...(perEnvironment ? [...ENVIRONMENTS.map(([env]) => environmentLimit(b, env)), environmentOverrides(b)] : []),
       keyOverrides(b),
       ...(provider ? [overrideControls(b)] : []),
     ]);
-    const headings = ["Bucket", "Window", "Policy limit", "Limit", "Source", "Key overrides", ...(provider ? [""] : [])];
+    const headings = [
+      "Bucket",
+      "Window",
+      "Policy limit",
+      perEnvironment ? "All environments" : "Limit",
+      "Source",
+      ...(perEnvironment ? [...ENVIRONMENTS.map(([, label]) => label), "Environment overrides"] : []),
+      "Key overrides",
+      ...(provider ? [""] : []),
+    ];
     $("[data-limits-table]").replaceChildren(rows.length ? table(headings, rows) : h("p", { class: "note", text: "The policy has no buckets." }));
     const pools = body.pools.map((p) => [p.name, String(p.limit)]);
     $("[data-pools-table]").replaceChildren(pools.length ? table(["Pool (in flight)", "Limit"], pools) : h("p", { class: "note", text: "No pools." }));
