@@ -31,6 +31,7 @@ from tollhouse.client import (
     OrgLimits,
     PermissionDeniedError,
     TollhouseAPIError,
+    ValidationError,
     WebhookDeliveriesAdmin,
     WebhookEndpointsAdmin,
     WebhooksAdmin,
@@ -97,7 +98,7 @@ def test_sync_admin_client(url: str) -> None:
             "SANDBOX": (42, True),
             "PRODUCTION": (5, True),
         }
-        with pytest.raises(BadRequestError):
+        with pytest.raises(ValidationError):  # a key's override has its key's environment
             admin.limits.set("acme", BUCKET, 5, key_id=key.id, environment="PRODUCTION")
         admin.limits.clear("acme", BUCKET, environment="PRODUCTION")
         assert admin.limits.get("acme").bucket(BUCKET).environment_overrides == ()

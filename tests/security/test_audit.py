@@ -109,7 +109,12 @@ def test_every_change_is_audited_and_no_secret_is_kept(tmp_path: Path) -> None:
     assert rotation["newKeyId"] == rotated["id"] and rotation["overlapSeconds"] == 3600
     assert rotation["oldKeyExpiresAt"] == rotated["oldKeyExpiresAt"]
     assert entries[4]["details"]["url"] == "https://93.184.215.14:8443/hooks/in"
-    assert entries[7]["details"] == {"bucket": "scoring", "key": rotated["id"], "limit": 9}
+    assert entries[7]["details"] == {
+        "bucket": "scoring",
+        "key": rotated["id"],
+        "environment": None,  # a key's override: the key's own environment
+        "limit": 9,
+    }
 
     only = json.loads(_cli(db, "audit", "--org", "globex", "--json"))
     assert [e["action"] for e in only] == ["key.created", "key.revoked"]

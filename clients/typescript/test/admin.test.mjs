@@ -86,7 +86,7 @@ describe("AdminClient", () => {
       SANDBOX: { limit: 9, overridden: true },
       PRODUCTION: { limit: bucket.policyLimit, overridden: false },
     });
-    await assert.rejects(admin.limits.set(id, bucket.name, 9, { environment: "SANDBOX", keyId: prod.id }), BadRequestError);
+    await assert.rejects(admin.limits.set(id, bucket.name, 9, { environment: "SANDBOX", keyId: prod.id }), ValidationError);
     await admin.limits.clear(id, bucket.name, { environment: "SANDBOX" });
     assert.deepEqual((await admin.limits.get(id)).buckets.find((b) => b.name === bucket.name).environmentOverrides, []);
 

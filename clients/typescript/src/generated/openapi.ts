@@ -1579,7 +1579,7 @@ export interface components {
         AdminSecretRotation: {
             overlapSeconds?: number;
         };
-        /** @description The new limit per window; with keyId, for that key of the org only; with environment (not with keyId: 400), for the org's keys of that environment only. */
+        /** @description The new limit per window; with keyId, for that key of the org only; with environment (not with keyId: 422), for the org's keys of that environment only. */
         AdminLimitChange: {
             limit: number;
             keyId?: string | null;
