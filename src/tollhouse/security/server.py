@@ -51,8 +51,10 @@ class CoalescingTransport:
 
     uvicorn writes a response's head as soon as the app sends ``http.response.start`` and
     its body with the next message, so every small answer costs two system calls; joined,
-    it costs one. Pending bytes are written at the end of the turn, and before anything
-    that must come after them (``close``, ``abort`` drops them, a protocol switch).
+    it costs one. Pending bytes are written when the answer is complete (the protocol's
+    ``on_response_complete``: before whatever the app still does in that turn), else at
+    the end of the turn, and before anything that must come after them (``close``,
+    ``abort`` drops them, a protocol switch).
     Everything else is the wrapped transport's.
     """
 
@@ -164,6 +166,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._idle_due = None
 
     def on_response_complete(self) -> None:
+        # The answer is complete: its bytes leave now, not after what the app still does
+        # in this turn (the gateway's metering, the task's end).
+        cast(CoalescingTransport, self.transport).flush()
         cycle = self.cycle
         if (
             cycle is not None
