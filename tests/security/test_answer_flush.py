@@ -1,6 +1,6 @@
-"""``tollhouse serve``'s transport writes an answer when it is complete, not at the end of
-the event loop's turn: what the app still does after its last message (the gateway's
-metering, say) never holds the answer back."""
+"""``tollhouse serve``'s transport writes the answer of the only request in flight when it
+is complete, not at the end of the event loop's turn: what the app still does after its
+last message (the gateway's metering, say) does not hold the answer back."""
 
 from __future__ import annotations
 

@@ -51,10 +51,11 @@ class CoalescingTransport:
 
     uvicorn writes a response's head as soon as the app sends ``http.response.start`` and
     its body with the next message, so every small answer costs two system calls; joined,
-    it costs one. Pending bytes are written when the answer is complete (the protocol's
-    ``on_response_complete``: before whatever the app still does in that turn), else at
-    the end of the turn, and before anything that must come after them (``close``,
-    ``abort`` drops them, a protocol switch).
+    it costs one. Pending bytes are written at the end of the turn — or, for the only
+    request in flight, as soon as its answer is complete (the protocol's
+    ``on_response_complete``: before whatever the app still does in that turn) — and
+    before anything that must come after them (``close``, ``abort`` drops them, a
+    protocol switch).
     Everything else is the wrapped transport's.
     """
 
@@ -166,9 +167,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._idle_due = None
 
     def on_response_complete(self) -> None:
-        # The answer is complete: its bytes leave now, not after what the app still does
-        # in this turn (the gateway's metering, the task's end).
-        cast(CoalescingTransport, self.transport).flush()
+        if len(self.tasks) == 1:
+            # The only request in flight: its complete answer leaves now, not after what
+            # the app still does in this turn (the gateway's metering, the task's end).
+            # With others in flight, the answers of a turn leave together at its end: a
+            # client woken once per turn, not once per answer (written one by one, each
+            # would pay the kernel for waking a client gone back to sleep).
+            cast(CoalescingTransport, self.transport).flush()
         cycle = self.cycle
         if (
             cycle is not None
