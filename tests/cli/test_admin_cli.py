@@ -271,7 +271,17 @@ def test_limits_per_environment_over_http_and_on_the_database(served: tuple[str,
         _cli(*f"limits clear {org}".split(), *where)
 
         bad = _cli(*f"limits set {org} --limit 7 --environment staging".split(), *where, code=2)
-        assert "SANDBOX or PRODUCTION" in bad
+        assert "PRODUCTION or SANDBOX" in bad
+        # Spelled as `keys create --env` and `webhooks add --environment` take it.
+        _cli(*f"limits set {org} --limit 6 --env test".split(), *where)
+        _cli(*f"limits set {org} --limit 8 --environment production".split(), *where)
+        listed = json.loads(_cli("limits", "list", "--org", "acme", "--json", *where))
+        assert [(o["environment"], o["limit"]) for o in listed] == [
+            ("PRODUCTION", 8),
+            ("SANDBOX", 6),
+        ]
+        _cli(*f"limits clear {org} --env live".split(), *where)
+        _cli(*f"limits clear {org} --environment Sandbox".split(), *where)
         key = "key_" + "0" * 16
         both = f"limits set {org} --limit 7 --environment SANDBOX --key {key}"
         assert "--key" in _cli(*both.split(), *where, code=2)

@@ -103,3 +103,20 @@ def write_json(data: Any) -> None:
     import orjson
 
     sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+#: ``--environment`` values (any case) → the environment stored.
+ENVIRONMENT_NAMES: dict[str, str] = {
+    "production": "PRODUCTION",
+    "live": "PRODUCTION",
+    "sandbox": "SANDBOX",
+    "test": "SANDBOX",
+}
+
+
+def environment_option(value: str) -> str:
+    """The environment an ``--environment`` value names; fails with usage (exit 2) else."""
+    found = ENVIRONMENT_NAMES.get(value.strip().lower())
+    if found is None:
+        fail(f"--environment {value!r}: use PRODUCTION or SANDBOX (or live, test)", 2)
+    return found

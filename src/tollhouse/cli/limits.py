@@ -14,13 +14,14 @@ from tollhouse.cli.common import (
     DatabaseOpt,
     JsonOpt,
     console,
+    environment_option,
     fail,
     settings_from,
     with_database,
     write_json,
 )
 from tollhouse.cli.remote import AdminTokenOpt, UrlOpt, call
-from tollhouse.limits.overrides import ENVIRONMENTS, Override, OverrideStore
+from tollhouse.limits.overrides import Override, OverrideStore
 from tollhouse.security.audit import cli_actor
 from tollhouse.settings import Settings
 
@@ -41,8 +42,9 @@ EnvironmentOpt = Annotated[
     str | None,
     typer.Option(
         "--environment",
-        help="SANDBOX or PRODUCTION: the org's override for that environment alone; omit "
-        "for every environment (not with --key: a key has its own).",
+        "--env",
+        help="SANDBOX or PRODUCTION (test and live work too): the org's override for that "
+        "environment alone; omit for every environment (not with --key: a key has its own).",
     ),
 ]
 
@@ -62,17 +64,19 @@ def _with_store(settings: Settings, fn: Callable[[OverrideStore], Awaitable[T]])
     return with_database(settings, lambda e: fn(OverrideStore(e)))
 
 
-def _check_environment(environment: str | None, key: str | None) -> None:
+def _check_environment(environment: str | None, key: str | None) -> str | None:
+    """The environment ``--environment`` names (any case; ``test``/``live`` as ``keys
+    create --env`` spells them), or None; fails with usage (exit 2) else."""
     if environment is None:
-        return
-    if environment not in ENVIRONMENTS:
-        fail(f"--environment must be SANDBOX or PRODUCTION, not {environment!r}", 2)
+        return None
+    found = environment_option(environment)
     if key is not None:
         fail(
             "--environment and --key exclude each other: a key's override applies to the "
             "key's own environment",
             2,
         )
+    return found
 
 
 def _whose(org: str, key: str | None, environment: str | None) -> str:
@@ -104,7 +108,7 @@ def set_limit(
     checks the bucket against its own policy."""
     if limit < 1:
         fail("--limit must be at least 1", 2)
-    _check_environment(environment, key)
+    environment = _check_environment(environment, key)
     if url is not None:
         made = call(
             url,
@@ -178,7 +182,7 @@ def clear_limit(
     admin_token: AdminTokenOpt = None,
 ) -> None:
     """Remove an override: the next one down applies again (the org's, the policy's)."""
-    _check_environment(environment, key)
+    environment = _check_environment(environment, key)
     whose = _whose(org, key, environment)
     if url is not None:
         call(

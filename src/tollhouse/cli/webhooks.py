@@ -25,6 +25,7 @@ from tollhouse.cli.common import (
     DatabaseOpt,
     JsonOpt,
     console,
+    environment_option,
     err_console,
     fail,
     run,
@@ -52,14 +53,6 @@ def _iso(value: Any) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-#: ``--environment`` values (any case) → the environment stored.
-ENVIRONMENT_NAMES: dict[str, str] = {
-    "production": "PRODUCTION",
-    "live": "PRODUCTION",
-    "sandbox": "SANDBOX",
-    "test": "SANDBOX",
-}
-
 EnvironmentOpt = Annotated[
     str,
     typer.Option(
@@ -69,14 +62,6 @@ EnvironmentOpt = Annotated[
         "live and test work too.",
     ),
 ]
-
-
-def environment_option(value: str) -> str:
-    """The environment an ``--environment`` value names; fails with usage (exit 2) else."""
-    found = ENVIRONMENT_NAMES.get(value.strip().lower())
-    if found is None:
-        fail(f"--environment {value!r}: use PRODUCTION or SANDBOX (or live, test)", 2)
-    return found
 
 
 def endpoint_json(endpoint: Endpoint, secret: str | None = None) -> dict[str, Any]:
