@@ -288,3 +288,39 @@ def test_limits_per_environment_over_http_and_on_the_database(served: tuple[str,
         # Clearing what is not there fails, naming the environment.
         missing = _cli(*f"limits clear {org} --environment PRODUCTION".split(), *where, code=1)
         assert "PRODUCTION" in missing
+
+
+POOL = load_policy(None).pools[0]
+
+
+def test_pool_limits_over_http_and_on_the_database(served: tuple[str, str]) -> None:
+    """``--bucket`` takes a pool's name; ``limits list`` shows the pool's policy limit."""
+    url, db = served
+    _cli("orgs", "create", "acme", "--url", url)
+    assert "pool" in _cli("limits", "set", "--help", columns=200)
+    org = f"--org acme --bucket {POOL.name}"
+    for where in (("--url", url), ("--database-url", db)):
+        said = _cli(*f"limits set {org} --limit 6 --environment SANDBOX".split(), *where)
+        assert f"{POOL.name}: limit 6 for org acme in SANDBOX" in said
+        listed = json.loads(_cli("limits", "list", "--org", "acme", "--json", *where))
+        assert [(o["bucket"], o["environment"], o["limit"]) for o in listed] == [
+            (POOL.name, "SANDBOX", 6)
+        ]
+        table = _cli("limits", "list", "--org", "acme", *where, columns=200)
+        [row] = [line.split("│")[1:7] for line in table.splitlines() if "acme" in line]
+        assert [cell.strip() for cell in row] == [
+            "acme",
+            "SANDBOX",
+            "(all keys)",
+            POOL.name,
+            "6",
+            str(POOL.limit),
+        ]
+        _cli(*f"limits clear {org} --environment SANDBOX".split(), *where)
+        assert json.loads(_cli("limits", "list", "--org", "acme", "--json", *where)) == []
+    # A name the policy has neither as a bucket nor as a pool.
+    set_nothing = ["limits", "set", "--org", "acme", "--bucket", "nothing", "--limit", "3"]
+    out = _cli(*set_nothing, "--url", url, code=1, columns=200)
+    assert "no bucket or pool 'nothing'" in out and POOL.name in out
+    out = _cli(*set_nothing, "--database-url", db, code=2, columns=200)
+    assert "'nothing' is not in the policy" in out and f"pools: {POOL.name}" in out

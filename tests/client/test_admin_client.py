@@ -44,6 +44,7 @@ __all__ = ["database_url"]
 
 TOKEN = "adm_" + "s" * 40
 BUCKET = load_policy(None).buckets[0].name
+POOL = load_policy(None).pools[0]
 
 
 @pytest.fixture
@@ -102,6 +103,24 @@ def test_sync_admin_client(url: str) -> None:
             admin.limits.set("acme", BUCKET, 5, key_id=key.id, environment="PRODUCTION")
         admin.limits.clear("acme", BUCKET, environment="PRODUCTION")
         assert admin.limits.get("acme").bucket(BUCKET).environment_overrides == ()
+        # An in-flight pool is overridden as a bucket is.
+        assert admin.limits.set("acme", POOL.name, 6, environment="SANDBOX").bucket == POOL.name
+        admin.limits.set("acme", POOL.name, 2, key_id=key.id)
+        pool = admin.limits.get("acme").pool(POOL.name)
+        assert (pool.limit, pool.policy_limit, pool.overridden) == (POOL.limit, POOL.limit, False)
+        assert [(e.environment, e.limit) for e in pool.environment_overrides] == [("SANDBOX", 6)]
+        assert {env: (e.limit, e.overridden) for env, e in pool.by_environment.items()} == {
+            "SANDBOX": (6, True),
+            "PRODUCTION": (POOL.limit, False),
+        }
+        assert [(k.key_id, k.limit) for k in pool.key_overrides] == [(key.id, 2)]
+        admin.limits.clear("acme", POOL.name, environment="SANDBOX")
+        admin.limits.clear("acme", POOL.name, key_id=key.id)
+        pool = admin.limits.get("acme").pool(POOL.name)
+        assert (pool.environment_overrides, pool.key_overrides) == ((), ())
+        with pytest.raises(NotFoundError) as unknown:
+            admin.limits.set("acme", "nothing", 3)
+        assert POOL.name in unknown.value.message and BUCKET in unknown.value.message
 
         rotated = admin.keys.rotate(key.id, overlap_seconds=60)
         assert rotated.replaces is not None and rotated.replaces.id == key.id
@@ -170,6 +189,7 @@ def test_fair_use_and_limits_seen_by_the_org_and_the_provider(url: str, kind: st
         made = admin.orgs.create(org_id, first_key={"environment": "SANDBOX", "role": "root"})
         assert made.first_key is not None and made.first_key.key is not None
         admin.limits.set(org_id, BUCKET, 77)
+        admin.limits.set(org_id, POOL.name, 9, environment="SANDBOX")
         root = made.first_key.key
     with open_client(kind, api_key=root, base_url=url, tenant_id="acme") as c:
         limits = c.limits.get()
@@ -178,6 +198,9 @@ def test_fair_use_and_limits_seen_by_the_org_and_the_provider(url: str, kind: st
         bucket = limits.bucket(BUCKET)
         assert (bucket.limit, bucket.overridden) == (77, True) and bucket.policy_limit != 77
         assert {b.name for b in limits.buckets} == {b.name for b in load_policy(None).buckets}
+        pool = limits.pool(POOL.name)
+        assert (pool.limit, pool.policy_limit, pool.overridden) == (9, POOL.limit, True)
+        assert pool.updated_at is not None and pool.by_environment == {}
 
         before = c.analytics.fair_use("24h").signal("regeneration_loop")
         assert (before.value, before.status) == (0, "ok")

@@ -39,6 +39,8 @@ pytestmark = pytest.mark.integration
 T = TypeVar("T")
 #: The scoring bucket: the first of the built-in policy.
 BUCKET = load_policy(None).buckets[0].name
+#: The built-in policy's in-flight pool (overridden as a bucket is).
+POOL = load_policy(None).pools[0]
 #: The Limits table once no change or load is under way.
 READY = '[data-limits-table][data-state="ready"]'
 
@@ -105,6 +107,10 @@ def test_an_org_sees_its_limits_read_only(server: Server, tab: Tab) -> None:  # 
     org = f"limits-{time.monotonic_ns()}"
     root = quick_key(server, org, "root")
     _in_database(server, lambda e: OverrideStore(e).set(org, BUCKET, 4099, actor="test"))
+    _in_database(
+        server,
+        lambda e: OverrideStore(e).set(org, POOL.name, 7, environment="SANDBOX", actor="test"),
+    )
     sign_in(page, server.url, root["key"])
     page.click('[data-tab="limits"]')
     page.wait_for_selector(f'[data-overridden="{BUCKET}"]:has-text("override")')
@@ -118,6 +124,9 @@ def test_an_org_sees_its_limits_read_only(server: Server, tab: Tab) -> None:  # 
     assert page.locator("[data-org-form]").is_hidden()
     assert "API provider" in (page.text_content("[data-limits-note]") or "")
     assert page.locator("[data-pools-table] table").count() == 1
+    # The pool: the sandbox override this key's environment gets, marked.
+    assert page.text_content(f'[data-effective="{POOL.name}"]') == "7"
+    assert page.text_content(f'[data-overridden="{POOL.name}"]') == "override"
     assert not tab.errors, tab.errors
 
 
@@ -257,4 +266,47 @@ def test_the_provider_sets_and_clears_an_environment_override_in_the_page(
         "SANDBOX": {"limit": policy_limit, "overridden": False},
         "PRODUCTION": {"limit": policy_limit, "overridden": False},
     }
+    assert not tab.errors, tab.errors
+
+
+def _pool_limit(url: str, key: str) -> int:
+    """The org key's limit of the pool, as the gateway applies it."""
+    for _ in range(50):
+        answer = httpx.get(url + "/v1/rate-limit/status", headers={"X-API-Key": key}, timeout=10)
+        if answer.status_code != 429:  # the status bucket's own small limit: ask again
+            limit: int = answer.json()[POOL.name]["limit"]
+            return limit
+        time.sleep(0.3)
+    raise AssertionError("the status bucket never admitted the call")
+
+
+def test_the_provider_overrides_a_pool_in_the_page(
+    server: Server,  # noqa: F811
+    tab: Tab,  # noqa: F811
+) -> None:
+    page = tab.page
+    org = f"pool-provider-{time.monotonic_ns()}"
+    sandbox = _key_of(server, org, "test")
+    production = _key_of(server, org, "live")
+    assert _pool_limit(server.url, sandbox) == POOL.limit
+    _sign_in_as_provider(page, server, org)
+    pool = POOL.name
+
+    page.wait_for_selector(f'[data-pool="{pool}"]')
+    assert page.text_content(f'[data-overridden="{pool}"]') == "policy"
+    page.select_option(f'[data-override-environment="{pool}"]', "SANDBOX")
+    page.fill(f'[data-override-input="{pool}"]', "9")
+    page.click(f'[data-set-override="{pool}"]')
+    page.wait_for_selector(f'[data-env-override="{pool}:SANDBOX"]')
+    assert page.text_content(f'[data-env-limit="{pool}:SANDBOX"]') == "9"
+    assert page.text_content(f'[data-env-limit="{pool}:PRODUCTION"]') == str(POOL.limit)
+    assert page.text_content(f'[data-overridden="{pool}"]') == "policy"  # not org-wide
+    wait_for(lambda: _pool_limit(server.url, sandbox) == 9, "the sandbox pool override")
+    assert _pool_limit(server.url, production) == POOL.limit
+
+    page.click(f'[data-clear-env-override="{pool}:SANDBOX"]')
+    page.wait_for_selector(f'[data-env-override="{pool}:SANDBOX"]', state="detached")
+    assert page.text_content(f'[data-env-limit="{pool}:SANDBOX"]') == str(POOL.limit)
+    wait_for(lambda: _pool_limit(server.url, sandbox) == POOL.limit, "the pool's policy limit")
+    assert page.locator("[data-limits-error]").is_hidden()
     assert not tab.errors, tab.errors

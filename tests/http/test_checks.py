@@ -9,6 +9,7 @@ from tollhouse.http.checks import CheckCache
 from tollhouse.keys.model import Identity
 from tollhouse.policy.load import parse_policy
 from tollhouse.policy.match import Router
+from tollhouse.policy.model import Bucket, Pool
 
 POLICY = """
 [[buckets]]
@@ -75,3 +76,25 @@ def test_a_flood_of_callers_and_routes_keeps_the_cache_bounded(
             most_matches = max(most_matches, len(cache._by_match))
             most_callers = max(most_callers, *map(len, cache._by_match.values()))
     assert (most_matches, most_callers) == (3, 4)
+
+
+def test_a_pool_check_carries_the_callers_limit_until_the_cache_is_cleared() -> None:
+    """A pool's limit comes from ``limit_of`` (overrides), as a bucket's does; it is built
+    into the cached checks, so a change applies once the cache is emptied."""
+    policy = parse_policy(
+        POLICY + '\n[[pools]]\nname = "inflight"\nlimit = 4\nroutes = ["GET /v1/*"]\n', "test"
+    )
+    match = Router(policy).match("GET", "/v1/things")
+    cache = CheckCache()
+    acme = Identity("key_1", "acme", "PRODUCTION", "backend")
+    limits = {"per_key": 10, "inflight": 6}
+
+    def overridden(limited: Bucket | Pool, identity: Identity) -> int:
+        return limits[limited.name]
+
+    [pool] = cache.get(match, acme, SCOPE, overridden).pools
+    assert (pool.name, pool.limit) == ("inflight", 6)
+    limits["inflight"] = 1
+    assert cache.get(match, acme, SCOPE, overridden).pools[0].limit == 6  # cached
+    cache.clear()
+    assert cache.get(match, acme, SCOPE, overridden).pools[0].limit == 1

@@ -13,12 +13,15 @@ from sqlalchemy import Connection, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.storage.support import database_url, run_with
+from tollhouse.errors import NotFound
 from tollhouse.limits.overrides import (
     OverrideCache,
     OverrideStore,
     build_snapshot,
+    check_limit_name,
     limit_overrides,
 )
+from tollhouse.policy.load import load_policy
 from tollhouse.schema import LATEST, MIGRATIONS, migrate
 from tollhouse.security.audit import audit_log
 
@@ -199,3 +202,16 @@ def test_step_18_creates_the_table_on_a_new_database(database_url: str) -> None:
         assert [o.environment for o in await OverrideStore(engine).list()] == ["PRODUCTION"]
 
     run_with(database_url, go, schema=False)
+
+
+def test_an_override_names_a_bucket_or_a_pool() -> None:
+    policy = load_policy(None)
+    [pool] = policy.pools
+    check_limit_name(policy.buckets, policy.pools, pool.name)
+    check_limit_name(policy.buckets, policy.pools, policy.buckets[0].name)
+    with pytest.raises(NotFound) as info:
+        check_limit_name(policy.buckets, policy.pools, "nothing")
+    message = str(info.value)
+    assert "no bucket or pool 'nothing'" in message
+    assert f"its pools: {pool.name}." in message
+    assert all(b.name in message for b in policy.buckets)

@@ -96,6 +96,13 @@ def test_builtin_policy_has_the_scoring_api_categories() -> None:
             "buckets[1].name",
             "used twice",
         ),
+        (
+            "[[buckets]]\nname='a'\nlimit=1\nwindow='1s'\nroutes=['GET /x']\n"
+            "[[pools]]\nname='a'\nlimit=1\nroutes=['GET /y']",
+            "pools[0].name",
+            "'a' is used twice (by buckets[0].name too); names must be unique across buckets "
+            "and pools",
+        ),
         ("[[buckets]]\nname='a'\nlimt=1", "buckets[0].limt", "unknown field"),
         ("[upstream]\nurl='ftp://x'", "upstream.url", "http"),
         ("[storage]\ndatabase_url='mysql://x'", "storage.database_url", "sqlite"),

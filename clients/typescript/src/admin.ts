@@ -252,17 +252,18 @@ export class KeysAdmin {
 export class LimitsAdmin {
   constructor(private readonly a: AdminClient) {}
 
-  /** `GET /v1/admin/orgs/{orgId}/limits`: each bucket (policy limit, override, key overrides) and the pools. */
+  /** `GET /v1/admin/orgs/{orgId}/limits`: each bucket and each in-flight pool (policy limit, override, key overrides). */
   get(orgId: string, options?: RequestOptions): Promise<AdminOrgLimits> {
     const path = `${ADMIN}/orgs/${seg(orgId, "orgId")}/limits`;
     return this.a.call({ method: "GET", path, route: "GET /v1/admin/orgs/{orgId}/limits", idempotent: true }, options);
   }
 
   /**
-   * `PUT /v1/admin/orgs/{orgId}/limits/{bucket}`: the org's limit in every environment, in
-   * one (`environment`: SANDBOX or PRODUCTION), or one key's (`keyId`; never with
-   * `environment`: a key has its own). The key's override > the org's for the key's
-   * environment > the org's for every environment > the policy.
+   * `PUT /v1/admin/orgs/{orgId}/limits/{bucket}`: the org's limit of a bucket or an
+   * in-flight pool (`bucket`: either's name) in every environment, in one (`environment`:
+   * SANDBOX or PRODUCTION), or one key's (`keyId`; never with `environment`: a key has its
+   * own). The key's override > the org's for the key's environment > the org's for every
+   * environment > the policy.
    */
   set(
     orgId: string,

@@ -682,8 +682,9 @@ export class LimitsApi {
   constructor(private readonly c: Tollhouse) {}
 
   /**
-   * `GET /v1/limits`: each bucket's policy limit and the org's (`overridden`, `override`,
-   * the `keyOverrides` of this environment's keys), the pools, and the caller's `environment`.
+   * `GET /v1/limits`: each bucket's and each pool's policy limit and the org's
+   * (`overridden`, `override`, the `keyOverrides` of this environment's keys), and the
+   * caller's `environment`.
    */
   get(options?: RequestOptions): Promise<Limits> {
     return this.c.call({ method: "GET", path: "/v1/limits", route: "GET /v1/limits", idempotent: true }, options);

@@ -89,6 +89,17 @@ describe("AdminClient", () => {
     await assert.rejects(admin.limits.set(id, bucket.name, 9, { environment: "SANDBOX", keyId: prod.id }), ValidationError);
     await admin.limits.clear(id, bucket.name, { environment: "SANDBOX" });
     assert.deepEqual((await admin.limits.get(id)).buckets.find((b) => b.name === bucket.name).environmentOverrides, []);
+    // An in-flight pool is overridden as a bucket is.
+    const pool = limits.pools[0];
+    assert.equal((await admin.limits.set(id, pool.name, 6, { environment: "PRODUCTION" })).bucket, pool.name);
+    const raised = (await admin.limits.get(id)).pools.find((p) => p.name === pool.name);
+    assert.deepEqual([raised.limit, raised.overridden], [pool.policyLimit, false]);
+    assert.deepEqual(raised.byEnvironment, {
+      SANDBOX: { limit: pool.policyLimit, overridden: false },
+      PRODUCTION: { limit: 6, overridden: true },
+    });
+    await admin.limits.clear(id, pool.name, { environment: "PRODUCTION" });
+    assert.deepEqual((await admin.limits.get(id)).pools.find((p) => p.name === pool.name).environmentOverrides, []);
 
     const rotated = await admin.keys.rotate(prod.id, { overlapSeconds: 0 });
     assert.equal(rotated.replaces.id, prod.id);

@@ -28,8 +28,9 @@ from tollhouse.settings import Settings
 T = TypeVar("T")
 
 app = typer.Typer(
-    help="Override a bucket's limit for one org (in every environment or one) or one key "
-    "(key > org in the key's environment > org in every environment > policy).",
+    help="Override a bucket's or an in-flight pool's limit for one org (in every "
+    "environment or one) or one key (key > org in the key's environment > org in every "
+    "environment > policy).",
     no_args_is_help=True,
 )
 
@@ -37,7 +38,12 @@ OrgOpt = Annotated[str, typer.Option("--org", help="The org the override applies
 KeyOpt = Annotated[
     str | None, typer.Option("--key", help="Only this key (key_…); omit for the whole org.")
 ]
-BucketOpt = Annotated[str, typer.Option("--bucket", help="A bucket name from the policy.")]
+BucketOpt = Annotated[
+    str,
+    typer.Option(
+        "--bucket", help="A bucket's or an in-flight pool's name from the policy (limits list)."
+    ),
+]
 EnvironmentOpt = Annotated[
     str | None,
     typer.Option(
@@ -85,17 +91,33 @@ def _whose(org: str, key: str | None, environment: str | None) -> str:
     return f"org {org}" + (f" in {environment}" if environment else "")
 
 
+def _policy_limits(settings: Settings) -> dict[str, int]:
+    """The policy's limit of each bucket and pool, by name."""
+    policy = settings.policy
+    return {b.name: b.limit for b in policy.buckets} | {p.name: p.limit for p in policy.pools}
+
+
 def _check_bucket(settings: Settings, bucket: str) -> None:
-    names = [b.name for b in settings.policy.buckets]
-    if bucket not in names:
-        fail(f"--bucket {bucket!r} is not in the policy; buckets: {', '.join(names)}", 2)
+    policy = settings.policy
+    if bucket not in _policy_limits(settings):
+        buckets = ", ".join(b.name for b in policy.buckets) or "none"
+        pools = ", ".join(p.name for p in policy.pools) or "none"
+        fail(
+            f"--bucket {bucket!r} is not in the policy; buckets: {buckets}; pools: {pools}",
+            2,
+        )
 
 
 @app.command("set")
 def set_limit(
     org: OrgOpt,
     bucket: BucketOpt,
-    limit: Annotated[int, typer.Option("--limit", help="The new limit per window.")],
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit", help="The new limit: per window for a bucket, in flight for a pool."
+        ),
+    ],
     key: KeyOpt = None,
     environment: EnvironmentOpt = None,
     as_json: JsonOpt = False,
@@ -104,8 +126,8 @@ def set_limit(
     url: UrlOpt = None,
     admin_token: AdminTokenOpt = None,
 ) -> None:
-    """Set an override; running servers apply it within a second. With --url the server
-    checks the bucket against its own policy."""
+    """Set an override of a bucket or a pool; running servers apply it within a second.
+    With --url the server checks the name against its own policy."""
     if limit < 1:
         fail("--limit must be at least 1", 2)
     environment = _check_environment(environment, key)
@@ -149,7 +171,7 @@ def list_limits(
     else:
         settings = settings_from(config, database_url)
         overrides = _with_store(settings, lambda s: s.list(org))
-        policy = {b.name: b.limit for b in settings.policy.buckets}
+        policy = _policy_limits(settings)
     if as_json:
         write_json([override_json(o) for o in overrides])
         return
@@ -205,7 +227,7 @@ def _remote_overrides(limits: Any) -> tuple[list[Override], dict[str, int]]:
     """The overrides in an org's limits as the provider API answered them (an
     :class:`~tollhouse.client.OrgLimits`), and the server's policy limits."""
     out: list[Override] = []
-    for b in limits.buckets:
+    for b in (*limits.buckets, *limits.pools):
         if b.overridden and b.updated_at is not None:
             out.append(Override(limits.org, None, b.name, b.limit, b.updated_at))
         for e in b.environment_overrides:
@@ -213,4 +235,4 @@ def _remote_overrides(limits: Any) -> tuple[list[Override], dict[str, int]]:
         for k in b.key_overrides:
             out.append(Override(limits.org, k.key_id, b.name, k.limit, k.updated_at))
     out.sort(key=lambda o: (o.key_id or "", o.environment or "", o.bucket))
-    return out, {b.name: b.policy_limit for b in limits.buckets}
+    return out, {b.name: b.policy_limit for b in (*limits.buckets, *limits.pools)}

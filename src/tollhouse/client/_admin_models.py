@@ -162,10 +162,32 @@ class BucketLimit:
 
 @dataclass(frozen=True, slots=True)
 class PoolLimit:
-    """An in-flight pool (pools take no override)."""
+    """An in-flight pool as one org gets it: overridden as a bucket is.
+
+    Attributes:
+        name: the pool.
+        limit: the org's limit, requests in flight at once (its override for every
+            environment, else the policy's; in an org's own answer, the caller's
+            environment's limit).
+        policy_limit: the policy's limit.
+        overridden: the org has that override.
+        key_overrides: its keys' overrides.
+        updated_at: when the org's override was set (None without one).
+        environment_overrides: the org's overrides for one environment alone (the
+            provider's answer; empty in an org's own).
+        by_environment: ``SANDBOX``/``PRODUCTION`` → the limit a key of that
+            environment gets without a key override (the provider's answer; empty in an
+            org's own).
+    """
 
     name: str
     limit: int
+    policy_limit: int
+    overridden: bool = False
+    key_overrides: tuple[KeyOverride, ...] = ()
+    updated_at: datetime | None = None
+    environment_overrides: tuple[EnvironmentOverride, ...] = ()
+    by_environment: Mapping[str, EnvironmentLimit] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +215,17 @@ class OrgLimits:
         for b in self.buckets:
             if b.name == name:
                 return b
+        raise KeyError(name)
+
+    def pool(self, name: str) -> PoolLimit:
+        """The pool called ``name``.
+
+        Raises:
+            KeyError: no such pool.
+        """
+        for p in self.pools:
+            if p.name == name:
+                return p
         raise KeyError(name)
 
 
@@ -319,6 +352,37 @@ def _by_environment(bucket: Fields) -> dict[str, EnvironmentLimit]:
     return out
 
 
+def _key_overrides(limited: Fields) -> tuple[KeyOverride, ...]:
+    return tuple(
+        KeyOverride(k.text("keyId"), k.integer("limit"), k.when("updatedAt"))
+        for k in (limited.objects("keyOverrides") if limited.has("keyOverrides") else [])
+    )
+
+
+def _environment_overrides(limited: Fields) -> tuple[EnvironmentOverride, ...]:
+    return tuple(
+        EnvironmentOverride(e.text("environment"), e.integer("limit"), e.when("updatedAt"))
+        for e in (
+            limited.objects("environmentOverrides") if limited.has("environmentOverrides") else []
+        )
+    )
+
+
+def _pool(p: Fields) -> PoolLimit:
+    limit = p.integer("limit")
+    return PoolLimit(
+        name=p.text("name"),
+        limit=limit,
+        # A server from before pool overrides sends name and limit alone.
+        policy_limit=p.integer("policyLimit") if p.has("policyLimit") else limit,
+        overridden=p.flag("overridden", False),
+        key_overrides=_key_overrides(p),
+        updated_at=_override_time(p),
+        environment_overrides=_environment_overrides(p),
+        by_environment=_by_environment(p),
+    )
+
+
 def parse_limits(f: Fields) -> OrgLimits:
     return OrgLimits(
         org=f.text("org"),
@@ -337,19 +401,12 @@ def parse_limits(f: Fields) -> OrgLimits:
                 ),
                 shadow=b.flag("shadow", False),
                 updated_at=_override_time(b),
-                environment_overrides=tuple(
-                    EnvironmentOverride(
-                        e.text("environment"), e.integer("limit"), e.when("updatedAt")
-                    )
-                    for e in (
-                        b.objects("environmentOverrides") if b.has("environmentOverrides") else []
-                    )
-                ),
+                environment_overrides=_environment_overrides(b),
                 by_environment=_by_environment(b),
             )
             for b in f.objects("buckets")
         ),
-        pools=tuple(PoolLimit(p.text("name"), p.integer("limit")) for p in f.objects("pools")),
+        pools=tuple(_pool(p) for p in f.objects("pools")),
         environment=f.opt_text("environment"),
         raw=f.data,
     )

@@ -240,6 +240,7 @@ class AsyncLimitsAdmin:
         org's for the key's environment > the org's for every environment > the policy.
 
         Args:
+            bucket: a bucket's or an in-flight pool's name.
             key_id: that key's override (never with ``environment``).
             environment: ``SANDBOX`` or ``PRODUCTION``: the org's override for that
                 environment alone; None: for every environment.

@@ -61,7 +61,12 @@ from tollhouse.keys.admin_tokens import AdminTokenStore
 from tollhouse.keys.model import ROLES, KeyRecord, Role
 from tollhouse.keys.orgs import MAX_NAME, ORG_ID, FirstKey, OrgRecord, OrgStore
 from tollhouse.keys.store import KeyStore
-from tollhouse.limits.overrides import Override, OverrideStore, check_bucket, effective_limits
+from tollhouse.limits.overrides import (
+    Override,
+    OverrideStore,
+    check_limit_name,
+    effective_limits,
+)
 from tollhouse.metering.meter import UsageMeter
 from tollhouse.policy.model import Policy
 from tollhouse.security.audit import ACTIONS, read_page
@@ -524,7 +529,7 @@ class AdminRoutes:
     async def _override_target(self, request: Request, key_id: Any) -> tuple[str, str, str | None]:
         org_id = _org_id(request)
         bucket = str(request.path_params["bucket"])
-        check_bucket(self.policy.buckets, bucket)
+        check_limit_name(self.policy.buckets, self.policy.pools, bucket)
         await self.orgs.require(org_id)
         if key_id is not None:
             if not isinstance(key_id, str):
@@ -535,8 +540,9 @@ class AdminRoutes:
 
     async def put_limit(self, request: Request) -> Response:
         """``PUT /v1/admin/orgs/{orgId}/limits/{bucket}`` ``{"limit", "keyId"?,
-        "environment"?}``: ``environment`` (not with ``keyId``: a key has its own) sets the
-        org's override for that environment alone."""
+        "environment"?}``: ``{bucket}`` names a bucket or a pool of the policy;
+        ``environment`` (not with ``keyId``: a key has its own) sets the org's override for
+        that environment alone."""
         who = await self.caller(request)
         body = await _object(request, self.max_body)
         _known(body, ("limit", "keyId", "environment"))

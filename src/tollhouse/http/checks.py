@@ -43,8 +43,9 @@ CHECKS_PER_MATCH = 1024
 #: Route matches with cached checks; all are dropped when more are seen.
 MATCHES = 8192
 
-#: A bucket's effective limit for a caller: ``(bucket, identity) → limit``.
-LimitOf = Callable[[Bucket, Identity], int]
+#: A bucket's or a pool's effective limit for a caller: ``(bucket or pool, identity) →
+#: limit``.
+LimitOf = Callable[[Bucket | Pool, Identity], int]
 
 
 class Checks:
@@ -95,9 +96,9 @@ def keyless_checks(match: RouteMatch, client_ip: str | None) -> Checks:
     )
 
 
-def pool_check(p: Pool, identity: Identity) -> PoolCheck:
-    """The store check of pool ``p`` for a caller."""
-    return PoolCheck(pool_key(p, identity), p.name, p.limit, p.lease)
+def pool_check(p: Pool, identity: Identity, limit: int) -> PoolCheck:
+    """The store check of pool ``p`` for a caller (``limit``: its effective limit)."""
+    return PoolCheck(pool_key(p, identity), p.name, limit, p.lease)
 
 
 class CheckCache:
@@ -113,7 +114,7 @@ class CheckCache:
 
     def get(self, match: RouteMatch, identity: Identity, scope: Scope, limit_of: LimitOf) -> Checks:
         """The checks of ``identity``'s request on ``match`` (built on first use, with
-        ``limit_of`` giving each bucket's effective limit for the caller)."""
+        ``limit_of`` giving each bucket's and pool's effective limit for the caller)."""
         ip_scoped = match.ip_scoped
         key = (identity.key_id, identity.tenant)
         per_match = None
@@ -131,7 +132,7 @@ class CheckCache:
                 for b in match.buckets
                 if not b.shadow
             ),
-            tuple(pool_check(p, identity) for p in match.pools),
+            tuple(pool_check(p, identity, limit_of(p, identity)) for p in match.pools),
             tuple(
                 bucket_check(b, identity, ip, limit_of(b, identity))
                 for b in match.buckets
@@ -180,7 +181,7 @@ async def status_body(
     client = scope.get("client")
     ip = client[0] if client else None
     bchecks = tuple(bucket_check(b, identity, ip, limit_of(b, identity)) for b in policy.buckets)
-    pchecks = tuple(pool_check(p, identity) for p in policy.pools)
+    pchecks = tuple(pool_check(p, identity, limit_of(p, identity)) for p in policy.pools)
     bstats, pstats = await limits.peek(bchecks, pchecks, now)
     stamp = iso(now)
     categories = []
@@ -218,9 +219,9 @@ async def status_body(
         "degraded": bool(limits.degraded),
         "buckets": buckets,
     }
-    for p, s2 in zip(policy.pools, pstats, strict=True):
+    for p, pc, s2 in zip(policy.pools, pchecks, pstats, strict=True):
         body[p.name] = {
-            "limit": p.limit,
+            "limit": pc.limit,
             "active": s2.active,
             "retryAfterSeconds": int(-(-s2.retry_after // 1)),
         }

@@ -104,7 +104,7 @@ from tollhouse.limits.store import Lease, LimitStore, Verdict
 from tollhouse.metering.record import Meter
 from tollhouse.ops.logs import request_id_var
 from tollhouse.policy.match import RouteMatch, Router
-from tollhouse.policy.model import Bucket, Policy
+from tollhouse.policy.model import Bucket, Policy, Pool
 from tollhouse.policy.paths import canonical, encode_path, needs_canonical, respell
 
 __all__ = [
@@ -590,13 +590,13 @@ class Gateway:
         if self.meter is not None and match is not None and isinstance(identity, Identity):
             self.meter.record(call_record(identity, match, method, status, arrived, t0, scope))
 
-    def _limit(self, bucket: Bucket, identity: Identity) -> int:
-        """The bucket's effective limit for this caller (overrides of its key, or of its
-        org in its environment, > policy)."""
+    def _limit(self, limited: Bucket | Pool, identity: Identity) -> int:
+        """The bucket's or pool's effective limit for this caller (overrides of its key,
+        or of its org in its environment, > policy)."""
         if self.overrides is None:
-            return bucket.limit
+            return limited.limit
         return self.overrides.limit(
-            identity.org, identity.environment, identity.key_id, bucket.name, bucket.limit
+            identity.org, identity.environment, identity.key_id, limited.name, limited.limit
         )
 
     def forget_checks(self) -> None:

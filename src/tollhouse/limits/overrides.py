@@ -1,5 +1,7 @@
 """Per-org and per-key limit overrides, kept in the database.
 
+An override changes the limit of a bucket or of an in-flight pool (the ``bucket`` column
+holds either's name: the policy keeps bucket and pool names apart).
 An org's override applies to every environment of the org or to one (``environment``:
 SANDBOX or PRODUCTION), so sandbox traffic never changes production's limits (and the
 reverse); a key's override has no environment (a key belongs to one already).
@@ -52,7 +54,7 @@ limit_overrides = Table(
     # "" for every environment of the org (always "" with a key_id)
     Column("environment", String(16), nullable=False, server_default=""),
     Column("key_id", String(40), nullable=False),  # "" for the whole org
-    Column("bucket", String(64), nullable=False),
+    Column("bucket", String(64), nullable=False),  # a bucket's or a pool's name
     Column("limit", Integer, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("org_id", "environment", "key_id", "bucket"),
@@ -97,6 +99,7 @@ class Override:
     key_id: str | None
     """None: applies to every key of the org."""
     bucket: str
+    """The bucket's or the pool's name."""
     limit: int
     updated_at: datetime
     environment: str | None = None
@@ -259,18 +262,21 @@ class OverrideStore:
         return int(count), str(latest)
 
 
-def check_bucket(buckets: Iterable[Bucket], name: str) -> Bucket:
-    """The policy's bucket called ``name``.
+def check_limit_name(buckets: Iterable[Bucket], pools: Iterable[Pool], name: str) -> None:
+    """Check that the policy has a bucket or a pool called ``name`` (an override's
+    ``bucket`` names either: the policy keeps their names apart).
 
     Raises:
-        NotFound: the policy has no such bucket (404, naming the buckets it has).
+        NotFound: the policy has neither (404, naming the buckets and the pools it has).
     """
-    known = list(buckets)
-    for bucket in known:
-        if bucket.name == name:
-            return bucket
-    names = ", ".join(b.name for b in known) or "none"
-    raise NotFound(f"The policy has no bucket {name!r}; its buckets: {names}.")
+    bucket_names = [b.name for b in buckets]
+    pool_names = [p.name for p in pools]
+    if name in bucket_names or name in pool_names:
+        return
+    raise NotFound(
+        f"The policy has no bucket or pool {name!r}; its buckets: "
+        f"{', '.join(bucket_names) or 'none'}; its pools: {', '.join(pool_names) or 'none'}."
+    )
 
 
 def _stamp(value: datetime) -> str:
@@ -283,15 +289,16 @@ def effective_limits(
     overrides: Iterable[Override],
     environment: str | None = None,
 ) -> dict[str, Any]:
-    """One org's limits as the provider API shows them: every bucket with the policy's
-    limit, the org's override for every environment (when set) and the limit its keys
-    get without a key override, its overrides for one environment and the limit a key
-    of each environment gets, its keys' overrides; every pool (pools take no override).
+    """One org's limits as the provider API shows them: every bucket and every pool with
+    the policy's limit, the org's override for every environment (when set) and the limit
+    its keys get without a key override, its overrides for one environment and the limit
+    a key of each environment gets, its keys' overrides.
 
     With ``environment`` (an org's own view, from a key of that environment), the
-    bucket's ``limit``, ``overridden`` and ``override`` are those of that environment
-    (its own override, else the one for every environment), the other environment's
-    overrides are left out, and so are ``environmentOverrides`` and ``byEnvironment``.
+    ``limit``, ``overridden`` and ``override`` of a bucket or pool are those of that
+    environment (its own override, else the one for every environment), the other
+    environment's overrides are left out, and so are ``environmentOverrides`` and
+    ``byEnvironment``.
 
     Args:
         buckets: the policy's buckets.
@@ -300,54 +307,67 @@ def effective_limits(
         environment: the caller's environment, for an org's own view; None for the
             provider's.
     """
-    by_bucket: dict[str, list[Override]] = {}
+    by_name: dict[str, list[Override]] = {}
     for o in overrides:
-        by_bucket.setdefault(o.bucket, []).append(o)
+        by_name.setdefault(o.bucket, []).append(o)
     out_buckets = []
     for b in buckets:
-        mine = by_bucket.get(b.name, [])
-        org_wide = next((o for o in mine if o.key_id is None and o.environment is None), None)
-        per_env = {o.environment: o for o in mine if o.key_id is None and o.environment}
-        shown = org_wide if environment is None else per_env.get(environment, org_wide)
-        bucket: dict[str, Any] = {
-            "name": b.name,
-            "displayName": b.display_name,
-            "windowSeconds": b.window_seconds,
-            "scope": b.scope,
-            "policyLimit": b.limit,
-            "limit": shown.limit if shown is not None else b.limit,
-            "overridden": shown is not None,
-            "override": (
-                {"limit": shown.limit, "updatedAt": _stamp(shown.updated_at)}
-                if shown is not None
-                else None
-            ),
-            "keyOverrides": [
-                {"keyId": o.key_id, "limit": o.limit, "updatedAt": _stamp(o.updated_at)}
-                for o in mine
-                if o.key_id is not None
-            ],
-            "shadow": b.shadow,
-        }
-        if environment is None:
-            bucket["environmentOverrides"] = [
-                {"environment": env, "limit": e.limit, "updatedAt": _stamp(e.updated_at)}
-                for env in ENVIRONMENTS
-                if (e := per_env.get(env)) is not None
-            ]
-            by_env: dict[str, Any] = {}
-            for env in ENVIRONMENTS:
-                applied = per_env.get(env, org_wide)
-                by_env[env] = {
-                    "limit": applied.limit if applied is not None else b.limit,
-                    "overridden": applied is not None,
-                }
-            bucket["byEnvironment"] = by_env
-        out_buckets.append(bucket)
+        shown = _overridden(b.limit, by_name.get(b.name, []), environment)
+        out_buckets.append(
+            {
+                "name": b.name,
+                "displayName": b.display_name,
+                "windowSeconds": b.window_seconds,
+                "scope": b.scope,
+                **shown,
+                "shadow": b.shadow,
+            }
+        )
     return {
         "buckets": out_buckets,
-        "pools": [{"name": p.name, "limit": p.limit, "overridden": False} for p in pools],
+        "pools": [
+            {"name": p.name, **_overridden(p.limit, by_name.get(p.name, []), environment)}
+            for p in pools
+        ],
     }
+
+
+def _overridden(policy_limit: int, mine: list[Override], environment: str | None) -> dict[str, Any]:
+    """The override fields of one bucket or pool (:func:`effective_limits`): ``mine``
+    are the org's overrides of it."""
+    org_wide = next((o for o in mine if o.key_id is None and o.environment is None), None)
+    per_env = {o.environment: o for o in mine if o.key_id is None and o.environment}
+    shown = org_wide if environment is None else per_env.get(environment, org_wide)
+    out: dict[str, Any] = {
+        "policyLimit": policy_limit,
+        "limit": shown.limit if shown is not None else policy_limit,
+        "overridden": shown is not None,
+        "override": (
+            {"limit": shown.limit, "updatedAt": _stamp(shown.updated_at)}
+            if shown is not None
+            else None
+        ),
+        "keyOverrides": [
+            {"keyId": o.key_id, "limit": o.limit, "updatedAt": _stamp(o.updated_at)}
+            for o in mine
+            if o.key_id is not None
+        ],
+    }
+    if environment is None:
+        out["environmentOverrides"] = [
+            {"environment": env, "limit": e.limit, "updatedAt": _stamp(e.updated_at)}
+            for env in ENVIRONMENTS
+            if (e := per_env.get(env)) is not None
+        ]
+        by_env: dict[str, Any] = {}
+        for env in ENVIRONMENTS:
+            applied = per_env.get(env, org_wide)
+            by_env[env] = {
+                "limit": applied.limit if applied is not None else policy_limit,
+                "overridden": applied is not None,
+            }
+        out["byEnvironment"] = by_env
+    return out
 
 
 #: (org, environment, key id, bucket) → limit. A key's override is at (org, "", key id,

@@ -70,6 +70,32 @@ _KEY_FIELDS: Final[dict[str, Schema]] = {
     "lastUsedAt": nullable(_TIME),
     "meta": nullable({"type": "object"}),
 }
+#: The override fields of a bucket or a pool in an org's limits (AdminOrgLimits).
+_OVERRIDDEN: Final[dict[str, Schema]] = {
+    "policyLimit": {"type": "integer"},
+    "limit": {"type": "integer"},
+    "overridden": {"type": "boolean"},
+    "override": nullable(_object({"limit": {"type": "integer"}, "updatedAt": _TIME})),
+    "keyOverrides": {
+        "type": "array",
+        "items": _object({"keyId": _KEY_ID, "limit": {"type": "integer"}, "updatedAt": _TIME}),
+    },
+}
+#: Of a bucket or a pool, in the provider API's answer only (not in an org's own).
+_BY_ENVIRONMENT: Final[dict[str, Schema]] = {
+    "environmentOverrides": {
+        "type": "array",
+        "items": _object(
+            {"environment": _ENVIRONMENT, "limit": {"type": "integer"}, "updatedAt": _TIME}
+        ),
+    },
+    "byEnvironment": _object(
+        {
+            env: _object({"limit": {"type": "integer"}, "overridden": {"type": "boolean"}})
+            for env in ("SANDBOX", "PRODUCTION")
+        }
+    ),
+}
 _SECRET: Final[Schema] = {
     "type": "string",
     "pattern": "^sk_(test|live)_",
@@ -136,11 +162,10 @@ ADMIN_SCHEMAS: Final[dict[str, Schema]] = {
         ),
     },
     "AdminOrgLimits": {
-        "description": "An org's effective limits: each bucket with the policy's limit, "
-        "the org's override for every environment, its overrides for one environment "
-        "and the limit a key of each environment gets (environmentOverrides and "
-        "byEnvironment: in the provider API's answer only), its keys' overrides; the "
-        "pools.",
+        "description": "An org's effective limits: each bucket and each in-flight pool with "
+        "the policy's limit, the org's override for every environment, its overrides for one "
+        "environment and the limit a key of each environment gets (environmentOverrides and "
+        "byEnvironment: in the provider API's answer only), its keys' overrides.",
         **_object(
             {
                 "org": _ORG_ID,
@@ -152,58 +177,15 @@ ADMIN_SCHEMAS: Final[dict[str, Schema]] = {
                             "displayName": {"type": "string"},
                             "windowSeconds": {"type": "integer", "minimum": 1},
                             "scope": {"type": "string"},
-                            "policyLimit": {"type": "integer"},
-                            "limit": {"type": "integer"},
-                            "overridden": {"type": "boolean"},
-                            "override": nullable(
-                                _object({"limit": {"type": "integer"}, "updatedAt": _TIME})
-                            ),
-                            "keyOverrides": {
-                                "type": "array",
-                                "items": _object(
-                                    {
-                                        "keyId": _KEY_ID,
-                                        "limit": {"type": "integer"},
-                                        "updatedAt": _TIME,
-                                    }
-                                ),
-                            },
+                            **_OVERRIDDEN,
                             "shadow": {"type": "boolean"},
                         },
-                        {
-                            "environmentOverrides": {
-                                "type": "array",
-                                "items": _object(
-                                    {
-                                        "environment": _ENVIRONMENT,
-                                        "limit": {"type": "integer"},
-                                        "updatedAt": _TIME,
-                                    }
-                                ),
-                            },
-                            "byEnvironment": _object(
-                                {
-                                    env: _object(
-                                        {
-                                            "limit": {"type": "integer"},
-                                            "overridden": {"type": "boolean"},
-                                        }
-                                    )
-                                    for env in ("SANDBOX", "PRODUCTION")
-                                }
-                            ),
-                        },
+                        _BY_ENVIRONMENT,
                     ),
                 },
                 "pools": {
                     "type": "array",
-                    "items": _object(
-                        {
-                            "name": {"type": "string"},
-                            "limit": {"type": "integer"},
-                            "overridden": {"const": False},
-                        }
-                    ),
+                    "items": _object({"name": {"type": "string"}, **_OVERRIDDEN}, _BY_ENVIRONMENT),
                 },
             }
         ),
@@ -371,15 +353,20 @@ def _param(name: str, where: str, schema: Schema, description: str) -> Schema:
 
 
 def admin_paths(policy: Policy | None) -> dict[str, dict[str, Schema]]:
-    """The provider API's paths (the policy's bucket names are the ``{bucket}`` values)."""
+    """The provider API's paths (the policy's bucket and pool names are the ``{bucket}``
+    values)."""
     org = _param("orgId", "path", _ORG_ID, "The org's id.")
     key = _param("keyId", "path", _KEY_ID, "The key's id.")
-    buckets = [b.name for b in policy.buckets] if policy is not None else []
+    names = (
+        [b.name for b in policy.buckets] + [p.name for p in policy.pools]
+        if policy is not None
+        else []
+    )
     bucket = _param(
         "bucket",
         "path",
-        {"enum": buckets} if buckets else {"type": "string"},
-        "A bucket of the policy.",
+        {"enum": names} if names else {"type": "string"},
+        "A bucket or an in-flight pool of the policy.",
     )
     paging = [
         _param(
@@ -458,8 +445,10 @@ def admin_paths(policy: Policy | None) -> dict[str, dict[str, Schema]]:
                 (*_WRITE, 404),
                 parameters=[org, bucket],
                 body="AdminLimitChange",
-                description="The key's override > the org's for the key's environment > the "
-                "org's for every environment > the policy, as `tollhouse limits set`.",
+                description="Of a bucket (requests per window) or an in-flight pool "
+                "(requests in flight at once). The key's override > the org's for the key's "
+                "environment > the org's for every environment > the policy, as "
+                "`tollhouse limits set`.",
             ),
             "delete": _op(
                 "Clear an override",

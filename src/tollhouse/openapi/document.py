@@ -466,8 +466,8 @@ def _portal_paths() -> dict[str, dict[str, Schema]]:
                 "rate limits",
                 {
                     "200": _response(
-                        "Each bucket with the policy's limit and the org's (overrides "
-                        "marked, key overrides of this environment), and the pools.",
+                        "Each bucket and pool with the policy's limit and the org's "
+                        "(overrides marked, key overrides of this environment).",
                         {
                             "allOf": [
                                 ref("AdminOrgLimits"),

@@ -210,16 +210,23 @@ class _Reader:
             out.append(" ".join(r.split()))
         return tuple(out)
 
-    def name(self, raw: dict[str, Any], key: str, where: str, seen: set[str]) -> str:
+    def name(self, raw: dict[str, Any], key: str, where: str, seen: dict[str, str]) -> str:
+        """The name at ``raw[key]``, checked; ``seen``: names taken so far → the field
+        that took each (the name is added)."""
         value: str = self.get(raw, key, str, where)
         if not _NAME.match(value):
             raise self.fail(
                 f"{where}.{key}",
                 f"{value!r} must start with a letter and use only letters, digits, _ . -",
             )
-        if value in seen:
-            raise self.fail(f"{where}.{key}", f"{value!r} is used twice; names must be unique")
-        seen.add(value)
+        first = seen.get(value)
+        if first is not None:
+            problem = f"{value!r} is used twice (by {first} too); names must be unique"
+            if first.partition("[")[0] != where.partition("[")[0]:
+                # A limit override names a bucket or a pool by its name alone.
+                problem += " across buckets and pools"
+            raise self.fail(f"{where}.{key}", problem)
+        seen[value] = f"{where}.{key}"
         return value
 
     def positive_int(self, raw: dict[str, Any], key: str, where: str, default: Any = ...) -> int:
@@ -261,7 +268,7 @@ class _Reader:
             },
             "",
         )
-        names: set[str] = set()
+        names: dict[str, str] = {}
         buckets = tuple(
             self.bucket(b, f"buckets[{i}]", names) for i, b in enumerate(self.array(raw, "buckets"))
         )
@@ -269,7 +276,7 @@ class _Reader:
             self.pool(p, f"pools[{i}]", names) for i, p in enumerate(self.array(raw, "pools"))
         )
         groups = tuple(
-            self.group(g, f"endpoint_groups[{i}]", set())
+            self.group(g, f"endpoint_groups[{i}]", {})
             for i, g in enumerate(self.array(raw, "endpoint_groups"))
         )
         keys = [g.key for g in groups]
@@ -578,7 +585,7 @@ class _Reader:
                 names.append(name)
         return tuple(names)
 
-    def bucket(self, raw: dict[str, Any], w: str, names: set[str]) -> Bucket:
+    def bucket(self, raw: dict[str, Any], w: str, names: dict[str, str]) -> Bucket:
         self.unknown(
             raw,
             {
@@ -617,7 +624,7 @@ class _Reader:
             shadow=self.get(raw, "shadow", bool, w, False),
         )
 
-    def pool(self, raw: dict[str, Any], w: str, names: set[str]) -> Pool:
+    def pool(self, raw: dict[str, Any], w: str, names: dict[str, str]) -> Pool:
         self.unknown(raw, {"name", "limit", "routes", "lease"}, w)
         return Pool(
             name=self.name(raw, "name", w, names),
@@ -626,7 +633,7 @@ class _Reader:
             lease=self.duration(raw, "lease", w, 300.0),
         )
 
-    def group(self, raw: dict[str, Any], w: str, names: set[str]) -> EndpointGroup:
+    def group(self, raw: dict[str, Any], w: str, names: dict[str, str]) -> EndpointGroup:
         self.unknown(raw, {"key", "description", "routes"}, w)
         return EndpointGroup(
             key=self.name(raw, "key", w, names),
@@ -668,7 +675,7 @@ class _Reader:
                         f"{w}.routes[{i}]", f"{r!r} has no path parameter {{{key}}} to read"
                     )
         return Label(
-            name=self.name(raw, "name", w, set()),
+            name=self.name(raw, "name", w, {}),
             source=source,
             key=key.lower() if source == "header" else key,
             routes=routes,

@@ -137,7 +137,7 @@ def test_the_gateways_checks_and_the_status_read_are_one_slot(identity: Identity
     assert _one_slot(_keys(checks.shadow, ())) == slot  # counted in its own call
     status = (
         tuple(bucket_check(b, identity, "198.51.100.7", b.limit) for b in policy.buckets),
-        tuple(pool_check(p, identity) for p in policy.pools),
+        tuple(pool_check(p, identity, p.limit) for p in policy.pools),
     )
     assert _one_slot(_keys(*status)) == slot
     keyless = keyless_checks(match, "198.51.100.7")

@@ -509,7 +509,7 @@ export interface paths {
         get?: never;
         /**
          * Set an override
-         * @description The key's override > the org's for the key's environment > the org's for every environment > the policy, as `tollhouse limits set`.
+         * @description Of a bucket (requests per window) or an in-flight pool (requests in flight at once). The key's override > the org's for the key's environment > the org's for every environment > the policy, as `tollhouse limits set`.
          */
         put: operations["put_v1_admin_orgs_orgId_limits_bucket"];
         post?: never;
@@ -1527,7 +1527,7 @@ export interface components {
         AdminRotation: {
             overlapSeconds?: number;
         };
-        /** @description An org's effective limits: each bucket with the policy's limit, the org's override for every environment, its overrides for one environment and the limit a key of each environment gets (environmentOverrides and byEnvironment: in the provider API's answer only), its keys' overrides; the pools. */
+        /** @description An org's effective limits: each bucket and each in-flight pool with the policy's limit, the org's override for every environment, its overrides for one environment and the limit a key of each environment gets (environmentOverrides and byEnvironment: in the provider API's answer only), its keys' overrides. */
         AdminOrgLimits: {
             org: string;
             buckets: {
@@ -1570,9 +1570,37 @@ export interface components {
             }[];
             pools: {
                 name: string;
+                policyLimit: number;
                 limit: number;
-                /** @constant */
-                overridden: false;
+                overridden: boolean;
+                override: {
+                    limit: number;
+                    /** Format: date-time */
+                    updatedAt: string;
+                } | null;
+                keyOverrides: {
+                    keyId: string;
+                    limit: number;
+                    /** Format: date-time */
+                    updatedAt: string;
+                }[];
+                environmentOverrides?: {
+                    /** @enum {unknown} */
+                    environment: "SANDBOX" | "PRODUCTION";
+                    limit: number;
+                    /** Format: date-time */
+                    updatedAt: string;
+                }[];
+                byEnvironment?: {
+                    SANDBOX: {
+                        limit: number;
+                        overridden: boolean;
+                    };
+                    PRODUCTION: {
+                        limit: number;
+                        overridden: boolean;
+                    };
+                };
             }[];
         };
         /** @description overlapSeconds: how long the old secret signs too (default 86400; 0: the new one alone, at once). */
@@ -2163,7 +2191,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Each bucket with the policy's limit and the org's (overrides marked, key overrides of this environment), and the pools. */
+            /** @description Each bucket and pool with the policy's limit and the org's (overrides marked, key overrides of this environment). */
             200: {
                 headers: {
                     "X-Request-Id": components["headers"]["X-Request-Id"];
@@ -3016,8 +3044,8 @@ export interface operations {
             path: {
                 /** @description The org's id. */
                 orgId: string;
-                /** @description A bucket of the policy. */
-                bucket: "criteria_ai" | "criteria_current_reads" | "scoring_intake_batch" | "scoring_intake_single" | "read_and_ops" | "rate_limit_status" | "analytics" | "events" | "queue_reads" | "webhook_deliveries" | "self_serve" | "openapi" | "scoring" | "criteria_generation" | "criteria_operations";
+                /** @description A bucket or an in-flight pool of the policy. */
+                bucket: "criteria_ai" | "criteria_current_reads" | "scoring_intake_batch" | "scoring_intake_single" | "read_and_ops" | "rate_limit_status" | "analytics" | "events" | "queue_reads" | "webhook_deliveries" | "self_serve" | "openapi" | "scoring" | "criteria_generation" | "criteria_operations" | "criteria_ai_inflight";
             };
             cookie?: never;
         };
@@ -3058,8 +3086,8 @@ export interface operations {
             path: {
                 /** @description The org's id. */
                 orgId: string;
-                /** @description A bucket of the policy. */
-                bucket: "criteria_ai" | "criteria_current_reads" | "scoring_intake_batch" | "scoring_intake_single" | "read_and_ops" | "rate_limit_status" | "analytics" | "events" | "queue_reads" | "webhook_deliveries" | "self_serve" | "openapi" | "scoring" | "criteria_generation" | "criteria_operations";
+                /** @description A bucket or an in-flight pool of the policy. */
+                bucket: "criteria_ai" | "criteria_current_reads" | "scoring_intake_batch" | "scoring_intake_single" | "read_and_ops" | "rate_limit_status" | "analytics" | "events" | "queue_reads" | "webhook_deliveries" | "self_serve" | "openapi" | "scoring" | "criteria_generation" | "criteria_operations" | "criteria_ai_inflight";
             };
             cookie?: never;
         };

@@ -3184,18 +3184,136 @@ export const SCHEMAS: Record<string, unknown> = {
           "type": "object",
           "required": [
             "name",
+            "policyLimit",
             "limit",
-            "overridden"
+            "overridden",
+            "override",
+            "keyOverrides"
           ],
           "properties": {
             "name": {
               "type": "string"
             },
+            "policyLimit": {
+              "type": "integer"
+            },
             "limit": {
               "type": "integer"
             },
             "overridden": {
-              "const": false
+              "type": "boolean"
+            },
+            "override": {
+              "anyOf": [
+                {
+                  "type": "object",
+                  "required": [
+                    "limit",
+                    "updatedAt"
+                  ],
+                  "properties": {
+                    "limit": {
+                      "type": "integer"
+                    },
+                    "updatedAt": {
+                      "type": "string",
+                      "format": "date-time"
+                    }
+                  }
+                },
+                {
+                  "type": "null"
+                }
+              ]
+            },
+            "keyOverrides": {
+              "type": "array",
+              "items": {
+                "type": "object",
+                "required": [
+                  "keyId",
+                  "limit",
+                  "updatedAt"
+                ],
+                "properties": {
+                  "keyId": {
+                    "type": "string",
+                    "pattern": "^key_[0-9a-f]{16}$"
+                  },
+                  "limit": {
+                    "type": "integer"
+                  },
+                  "updatedAt": {
+                    "type": "string",
+                    "format": "date-time"
+                  }
+                }
+              }
+            },
+            "environmentOverrides": {
+              "type": "array",
+              "items": {
+                "type": "object",
+                "required": [
+                  "environment",
+                  "limit",
+                  "updatedAt"
+                ],
+                "properties": {
+                  "environment": {
+                    "enum": [
+                      "SANDBOX",
+                      "PRODUCTION"
+                    ]
+                  },
+                  "limit": {
+                    "type": "integer"
+                  },
+                  "updatedAt": {
+                    "type": "string",
+                    "format": "date-time"
+                  }
+                }
+              }
+            },
+            "byEnvironment": {
+              "type": "object",
+              "required": [
+                "SANDBOX",
+                "PRODUCTION"
+              ],
+              "properties": {
+                "SANDBOX": {
+                  "type": "object",
+                  "required": [
+                    "limit",
+                    "overridden"
+                  ],
+                  "properties": {
+                    "limit": {
+                      "type": "integer"
+                    },
+                    "overridden": {
+                      "type": "boolean"
+                    }
+                  }
+                },
+                "PRODUCTION": {
+                  "type": "object",
+                  "required": [
+                    "limit",
+                    "overridden"
+                  ],
+                  "properties": {
+                    "limit": {
+                      "type": "integer"
+                    },
+                    "overridden": {
+                      "type": "boolean"
+                    }
+                  }
+                }
+              }
             }
           }
         }

@@ -1,9 +1,10 @@
-// The Limits page: effective limits with overrides marked.
+// The Limits page: effective limits of buckets and pools with overrides marked.
 // * An org's root or manager key reads its own org's (GET /v1/limits), read-only: overrides
 //   are the API provider's to set.
 // * An admin token (the provider) picks an org (GET /v1/admin/orgs) and reads, sets and
-//   clears its overrides (GET /v1/admin/orgs/{org}/limits, PUT/DELETE …/limits/{bucket}):
-//   the org's for every environment, for SANDBOX or PRODUCTION alone, and its keys'.
+//   clears its overrides (GET /v1/admin/orgs/{org}/limits, PUT/DELETE …/limits/{bucket},
+//   where {bucket} is a bucket's or a pool's name): the org's for every environment, for
+//   SANDBOX or PRODUCTION alone, and its keys'.
 import { ApiError } from "./api.js";
 import { h, table } from "./charts.js";
 
@@ -23,7 +24,7 @@ const per = (seconds) => (seconds % 86400 === 0 ? `${seconds / 86400} d` : secon
  */
 export function createLimits(api, { provider }, onError) {
   let org = null; // the provider's chosen org
-  const chosenEnvironment = new Map(); // bucket → the set-override control's environment ("" = all)
+  const chosenEnvironment = new Map(); // bucket or pool → the set-override control's environment ("" = all)
 
   const show = (err) => {
     const el = $("[data-limits-error]");
@@ -47,8 +48,8 @@ export function createLimits(api, { provider }, onError) {
     busy();
     $("[data-limits-provider]").hidden = !provider;
     $("[data-limits-note]").textContent = provider
-      ? "Choose an org: set an override for a bucket in every environment or in one, or clear one to go back to the org-wide or the policy's limit. Running servers apply a change within a second."
-      : "Your org's limits per window. Overridden limits are marked; they are set by your API provider and cannot be changed here.";
+      ? "Choose an org: set an override for a bucket or a pool in every environment or in one, or clear one to go back to the org-wide or the policy's limit. Running servers apply a change within a second."
+      : "Your org's limits per window, and of requests in flight at once (pools). Overridden limits are marked; they are set by your API provider and cannot be changed here.";
     if (provider) {
       await loadOrgs();
       if (mine !== loads) return;
@@ -182,12 +183,24 @@ export function createLimits(api, { provider }, onError) {
       return;
     }
     heading.textContent = body.environment ? `Limits of ${body.org} (${body.environment})` : `Limits of ${body.org}`;
+    const rows = body.buckets.map((b) => [h("span", { dataset: { bucket: b.name }, text: b.displayName || b.name }), per(b.windowSeconds)]);
+    $("[data-limits-table]").replaceChildren(rows.length ? limitTable(["Bucket", "Window"], body.buckets, rows) : h("p", { class: "note", text: "The policy has no buckets." }));
+    // A pool is overridden as a bucket is (its name is never a bucket's): the same cells.
+    const pools = body.pools.map((p) => [h("span", { dataset: { pool: p.name }, text: p.name })]);
+    $("[data-pools-table]").replaceChildren(pools.length ? limitTable(["Pool (in flight)"], body.pools, pools) : h("p", { class: "note", text: "No pools." }));
+  }
+
+  /**
+   * The table of buckets or pools: each row's own first cells (`firsts`, under `names`),
+   * then what both have: the policy's limit, the org's, its source, each environment's
+   * (the provider's view), key overrides, the provider's controls.
+   */
+  function limitTable(names, items, firsts) {
     // The provider's view: "Limit" and "Source" are the org's override for all
     // environments; each environment's column is what a key of it gets.
-    const perEnvironment = provider && body.buckets.every((b) => b.byEnvironment && b.environmentOverrides);
-    const rows = body.buckets.map((b) => [
-      h("span", { dataset: { bucket: b.name }, text: b.displayName || b.name }),
-      per(b.windowSeconds),
+    const perEnvironment = provider && items.every((b) => b.byEnvironment && b.environmentOverrides);
+    const rows = items.map((b, i) => [
+      ...firsts[i],
       String(b.policyLimit),
       h("strong", { dataset: { effective: b.name }, text: String(b.limit) }),
       b.overridden
@@ -198,8 +211,7 @@ export function createLimits(api, { provider }, onError) {
       ...(provider ? [overrideControls(b)] : []),
     ]);
     const headings = [
-      "Bucket",
-      "Window",
+      ...names,
       "Policy limit",
       perEnvironment ? "All environments" : "Limit",
       "Source",
@@ -207,9 +219,7 @@ export function createLimits(api, { provider }, onError) {
       "Key overrides",
       ...(provider ? [""] : []),
     ];
-    $("[data-limits-table]").replaceChildren(rows.length ? table(headings, rows) : h("p", { class: "note", text: "The policy has no buckets." }));
-    const pools = body.pools.map((p) => [p.name, String(p.limit)]);
-    $("[data-pools-table]").replaceChildren(pools.length ? table(["Pool (in flight)", "Limit"], pools) : h("p", { class: "note", text: "No pools." }));
+    return table(headings, rows);
   }
 
   return { load, choose };
