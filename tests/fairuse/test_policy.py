@@ -38,6 +38,13 @@ def test_throttle_names_a_bucket_and_a_limit() -> None:
     assert (rule.action, rule.bucket, rule.limit) == ("throttle", "scoring", 2)
 
 
+def test_throttle_may_name_an_in_flight_pool() -> None:
+    pool = '[[pools]]\nname = "generation_inflight"\nlimit = 4\nroutes = ["POST /v1/gen"]\n'
+    text = BUCKET + pool + '[[fair_use]]\nsignal = "regeneration_loop"\naction = "throttle"\n'
+    [rule] = parse_policy(text + 'bucket = "generation_inflight"\nlimit = 1\n', "t").fair_use
+    assert (rule.bucket, rule.limit) == ("generation_inflight", 1)
+
+
 @pytest.mark.parametrize(
     ("table", "where", "says"),
     [
@@ -52,7 +59,7 @@ def test_throttle_names_a_bucket_and_a_limit() -> None:
         (
             'signal = "burst_submission"\naction = "throttle"\nbucket = "nope"\nlimit = 1',
             "fair_use[0].bucket",
-            "not a bucket",
+            "not a bucket or a pool",
         ),
         (
             'signal = "regeneration_loop"\nroutes = ["POST /v1/criteria/{jobId}"]',

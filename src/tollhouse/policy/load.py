@@ -285,7 +285,7 @@ class _Reader:
             raise self.fail("endpoint_groups", f"key {dup!r} is used twice")
         signals: set[str] = set()
         fair_use = tuple(
-            self.fair_use(f, f"fair_use[{i}]", signals, buckets)
+            self.fair_use(f, f"fair_use[{i}]", signals, buckets, pools)
             for i, f in enumerate(self.array(raw, "fair_use"))
         )
         return Policy(
@@ -735,7 +735,12 @@ class _Reader:
         return Platform(prefix=prefix, disable=tuple(dict.fromkeys(disable)))
 
     def fair_use(
-        self, raw: dict[str, Any], w: str, seen: set[str], buckets: tuple[Bucket, ...]
+        self,
+        raw: dict[str, Any],
+        w: str,
+        seen: set[str],
+        buckets: tuple[Bucket, ...],
+        pools: tuple[Pool, ...],
     ) -> FairUseRule:
         self.unknown(
             raw,
@@ -763,8 +768,11 @@ class _Reader:
         limit: int | None = None
         if action == "throttle":
             bucket = self.get(raw, "bucket", str, w)
-            if bucket not in {b.name for b in buckets}:
-                raise self.fail(f"{w}.bucket", f"{bucket!r} is not a bucket of this policy")
+            # A bucket's or an in-flight pool's name: overrides serve both.
+            if bucket not in {b.name for b in buckets} | {p.name for p in pools}:
+                raise self.fail(
+                    f"{w}.bucket", f"{bucket!r} is not a bucket or a pool of this policy"
+                )
             limit = self.positive_int(raw, "limit", w)
         elif "bucket" in raw or "limit" in raw:
             field_name = "bucket" if "bucket" in raw else "limit"
