@@ -5,14 +5,14 @@ provider API's validation and its ``GET …/limits`` shape."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import TESTS, serve_in_thread
+from tests.faults.support import wait_until
 from tests.storage.support import database_url
 from tollhouse.http.app import Tollhouse
 from tollhouse.settings import load_settings
@@ -36,15 +36,6 @@ def server(database_url: str) -> Iterator[str]:
     )
     with serve_in_thread(Tollhouse(settings=settings)) as url:
         yield url
-
-
-def _until(fn: Callable[[], bool], what: str, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if fn():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _error(answer: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -83,7 +74,7 @@ def test_a_sandbox_override_leaves_production_alone(server: str) -> None:
         )
         assert put.status_code == 200, put.text
         assert put.json()["environment"] == "SANDBOX" and put.json()["keyId"] is None
-        _until(lambda: _status_limit(c, sandbox) == 2, "the sandbox override on the gateway")
+        wait_until(lambda: _status_limit(c, sandbox) == 2, "the sandbox override on the gateway")
         assert _status_limit(c, production) == POLICY_LIMIT
 
         # The sandbox key: limit 2, the third call refused.
@@ -107,7 +98,7 @@ def test_a_sandbox_override_leaves_production_alone(server: str) -> None:
 
         # An override for every environment reaches production; sandbox keeps its own.
         c.put(f"/v1/admin/orgs/acme/limits/{TINY}", headers=ADMIN, json={"limit": 4})
-        _until(lambda: _status_limit(c, production) == 4, "the org's override on the gateway")
+        wait_until(lambda: _status_limit(c, production) == 4, "the org's override on the gateway")
         assert _status_limit(c, sandbox) == 2
         theirs = c.get("/v1/limits", headers=production).json()
         [bucket] = [b for b in theirs["buckets"] if b["name"] == TINY]
@@ -118,7 +109,7 @@ def test_a_sandbox_override_leaves_production_alone(server: str) -> None:
             f"/v1/admin/orgs/acme/limits/{TINY}", headers=ADMIN, params={"environment": "SANDBOX"}
         )
         assert gone.status_code == 204
-        _until(lambda: _status_limit(c, sandbox) == 4, "the sandbox override to clear")
+        wait_until(lambda: _status_limit(c, sandbox) == 4, "the sandbox override to clear")
         assert _status_limit(c, production) == 4
 
 

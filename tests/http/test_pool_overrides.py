@@ -7,8 +7,7 @@ and the provider API takes a pool's name where it takes a bucket's."""
 from __future__ import annotations
 
 import secrets
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import serve_in_thread
+from tests.faults.support import wait_until
 from tests.storage.support import database_url
 from tollhouse.http.app import Tollhouse
 from tollhouse.settings import load_settings
@@ -57,15 +57,6 @@ def server(database_url: str, tmp_path: Path) -> Iterator[str]:
     )
     with serve_in_thread(Tollhouse(settings=settings)) as url:
         yield url
-
-
-def _until(fn: Callable[[], bool], what: str, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if fn():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _org(c: httpx.Client, org: str) -> tuple[dict[str, str], dict[str, str], str]:
@@ -115,7 +106,7 @@ def _in_flight(c: httpx.Client, key: dict[str, str], admitted: int) -> httpx.Res
                         httpx.get, c.base_url.join(f"/gate/{gate}/wait"), headers=key, timeout=60
                     )
                 )
-                _until(lambda n=n: entered() == n, f"held request {n} to reach the upstream")
+                wait_until(lambda n=n: entered() == n, f"held request {n} to reach the upstream")
             refused = c.get(f"/gate/{gate}/wait", headers=key)
             assert _pool_status(c, key)["active"] == admitted
         finally:
@@ -124,7 +115,7 @@ def _in_flight(c: httpx.Client, key: dict[str, str], admitted: int) -> httpx.Res
     assert refused.status_code == 429, refused.text
     assert refused.json()["error"]["code"] == "CONCURRENCY_LIMITED"
     assert entered() == admitted  # the refused one never reached the upstream
-    _until(lambda: _pool_status(c, key)["active"] == 0, "the held slots to be given back")
+    wait_until(lambda: _pool_status(c, key)["active"] == 0, "the held slots to be given back")
     return refused
 
 
@@ -143,7 +134,7 @@ def test_a_pool_override_changes_how_many_requests_are_in_flight(server: str) ->
 
         # Lower, in SANDBOX alone: one sandbox request in flight at once.
         _override(c, "acme", {"limit": 1, "environment": "SANDBOX"})
-        _until(lambda: _pool_status(c, sandbox)["limit"] == 1, "the sandbox override")
+        wait_until(lambda: _pool_status(c, sandbox)["limit"] == 1, "the sandbox override")
         refused = _in_flight(c, sandbox, 1)
         assert _denied_limit(refused) == 1
         # The production key of the same org keeps the policy's 2.
@@ -153,14 +144,14 @@ def test_a_pool_override_changes_how_many_requests_are_in_flight(server: str) ->
 
         # Higher, for every environment: production gets 3; sandbox keeps its own 1.
         _override(c, "acme", {"limit": 3})
-        _until(lambda: _pool_status(c, production)["limit"] == 3, "the org's override")
+        wait_until(lambda: _pool_status(c, production)["limit"] == 3, "the org's override")
         refused = _in_flight(c, production, 3)
         assert _denied_limit(refused) == 3
         assert _pool_status(c, sandbox)["limit"] == 1
 
         # A key's override comes first.
         _override(c, "acme", {"limit": 5, "keyId": production_key})
-        _until(lambda: _pool_status(c, production)["limit"] == 5, "the key's override")
+        wait_until(lambda: _pool_status(c, production)["limit"] == 5, "the key's override")
 
         # The org's own views: its environment's limit, overrides marked.
         pool = _own_pool(c, sandbox)
@@ -190,7 +181,7 @@ def test_a_pool_override_changes_how_many_requests_are_in_flight(server: str) ->
         for params in ({"keyId": production_key}, {"environment": "SANDBOX"}, {}):
             gone = c.delete(f"/v1/admin/orgs/acme/limits/{POOL}", headers=ADMIN, params=params)
             assert gone.status_code == 204, gone.text
-        _until(
+        wait_until(
             lambda: (
                 _pool_status(c, sandbox)["limit"] == POLICY_LIMIT
                 and _pool_status(c, production)["limit"] == POLICY_LIMIT

@@ -395,10 +395,7 @@ def parse_limits(f: Fields) -> OrgLimits:
                 policy_limit=b.integer("policyLimit"),
                 limit=b.integer("limit"),
                 overridden=b.flag("overridden"),
-                key_overrides=tuple(
-                    KeyOverride(k.text("keyId"), k.integer("limit"), k.when("updatedAt"))
-                    for k in b.objects("keyOverrides")
-                ),
+                key_overrides=_key_overrides(b),
                 shadow=b.flag("shadow", False),
                 updated_at=_override_time(b),
                 environment_overrides=_environment_overrides(b),
