@@ -57,6 +57,18 @@ def test_keys_list_and_revoke(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "no key with id" in missing.stderr
 
 
+def test_tables_printed_to_a_pipe_are_never_cut(tmp_path: Path) -> None:
+    # Rich assumes 80 columns without a terminal and would end long cells with "…".
+    org = "an-organisation-whose-id-is-long-enough-to-overflow-the-table"
+    name = "the key the nightly export job uses to read usage"
+    made = json.loads(
+        run_cli("keys", "create", "--org", org, "--name", name, "--json", cwd=tmp_path).stdout
+    )
+    table = run_cli("keys", "list", cwd=tmp_path).stdout
+    assert made["id"] in table and org in table and name in table
+    assert table.count("…") == 1 and made["prefix"] + "…" in table  # the prefix's own
+
+
 def test_keys_create_bad_input(tmp_path: Path) -> None:
     for args, words in [
         (("--org", "acme", "--env", "prod"), "--env"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
@@ -18,8 +19,21 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-console = Console()
-err_console = Console(stderr=True)
+#: Columns a table may take when printed to a pipe or a file: rich would assume 80 and cut
+#: cells (ids, URLs) with an ellipsis, which a script reading the output cannot undo.
+PIPE_WIDTH = 240
+
+
+def _console(stderr: bool = False) -> Console:
+    """Rich's console: the terminal's width on a terminal (or ``COLUMNS`` when set),
+    else :data:`PIPE_WIDTH`."""
+    stream = sys.stderr if stderr else sys.stdout
+    on_terminal = stream.isatty() or "COLUMNS" in os.environ
+    return Console(stderr=stderr, width=None if on_terminal else PIPE_WIDTH)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 ConfigOpt = Annotated[
     str | None,
