@@ -58,7 +58,7 @@ from tollhouse.jobs.volume import check_time_range
 from tollhouse.jobs.webhooks import WebhookStore
 from tollhouse.json_reader import json_integer
 from tollhouse.keys.admin_tokens import AdminTokenStore
-from tollhouse.keys.model import ROLES, KeyRecord, Role
+from tollhouse.keys.model import ENVIRONMENTS, ROLES, KeyRecord, Role
 from tollhouse.keys.orgs import MAX_NAME, ORG_ID, FirstKey, OrgRecord, OrgStore
 from tollhouse.keys.store import KeyStore
 from tollhouse.limits.overrides import (
@@ -84,7 +84,6 @@ MAX_META_BYTES = 4096
 #: Largest limit an override may set (a 32-bit column).
 MAX_LIMIT_VALUE = 2**31 - 1
 _KEY_ID = re.compile(r"key_[0-9a-f]{16}")
-_ENVIRONMENTS = ("SANDBOX", "PRODUCTION")
 _ENV_ARG = {"SANDBOX": "test", "PRODUCTION": "live"}
 _KEY_AND_ENVIRONMENT = (
     "environment and keyId exclude each other: a key's override applies to the key's own "
@@ -216,7 +215,7 @@ def _role(body: dict[str, Any], where: str = "") -> Role:
 
 def _environment(body: dict[str, Any], where: str = "") -> str:
     value = body.get("environment")
-    if value not in _ENVIRONMENTS:
+    if value not in ENVIRONMENTS:
         raise ValidationFailed(f"{where}environment must be SANDBOX or PRODUCTION.")
     return _ENV_ARG[cast(str, value)]
 
@@ -465,7 +464,7 @@ class AdminRoutes:
         org_id = _org_id(request)
         limit, before = _page_args(request)
         environment = request.query_params.get("environment")
-        if environment is not None and environment not in _ENVIRONMENTS:
+        if environment is not None and environment not in ENVIRONMENTS:
             raise BadRequest('query parameter "environment" must be SANDBOX or PRODUCTION.')
         await self.orgs.require(org_id)
         found, more = await self.keys.page(
@@ -550,7 +549,7 @@ class AdminRoutes:
         if limit is None or not 1 <= limit <= MAX_LIMIT_VALUE:
             raise ValidationFailed(f"limit must be an integer from 1 to {MAX_LIMIT_VALUE}.")
         environment = body.get("environment")
-        if environment is not None and environment not in _ENVIRONMENTS:
+        if environment is not None and environment not in ENVIRONMENTS:
             raise ValidationFailed(
                 "environment must be SANDBOX or PRODUCTION (or left out: every one)."
             )
@@ -575,7 +574,7 @@ class AdminRoutes:
         who = await self.caller(request)
         params = request.query_params
         environment = params.get("environment")
-        if environment is not None and environment not in _ENVIRONMENTS:
+        if environment is not None and environment not in ENVIRONMENTS:
             raise BadRequest('query parameter "environment" must be SANDBOX or PRODUCTION.')
         if environment is not None and params.get("keyId") is not None:
             raise BadRequest(_KEY_AND_ENVIRONMENT)
@@ -598,7 +597,7 @@ class AdminRoutes:
         org_id = _org_id(request)
         params = request.query_params
         environment = params.get("environment")
-        if environment is None or environment not in _ENVIRONMENTS:
+        if environment is None or environment not in ENVIRONMENTS:
             shown = "missing" if environment is None else repr(environment[:40])
             raise BadRequest(
                 f'query parameter "environment" is required: SANDBOX or PRODUCTION ({shown})'

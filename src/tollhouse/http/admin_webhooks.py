@@ -38,6 +38,7 @@ from tollhouse.identifiers import SCORING_JOB_ID
 from tollhouse.jobs.model import iso
 from tollhouse.jobs.webhooks import Endpoint, WebhookStore, delivery_json, endpoint_json
 from tollhouse.json_reader import json_integer
+from tollhouse.keys.model import ENVIRONMENTS
 
 if TYPE_CHECKING:
     from tollhouse.http.admin import AdminRoutes
@@ -46,7 +47,6 @@ __all__ = ["AdminWebhookRoutes", "admin_endpoint_json"]
 
 #: Longest overlap of a secret rotation: 30 days.
 MAX_OVERLAP_SECONDS = 30 * 86400
-_ENVIRONMENTS = ("SANDBOX", "PRODUCTION")
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -63,7 +63,7 @@ def admin_endpoint_json(e: Endpoint) -> dict[str, Any]:
 
 def _environment(request: Request) -> str:
     value = request.query_params.get("environment")
-    if value not in _ENVIRONMENTS:
+    if value not in ENVIRONMENTS:
         shown = "missing" if value is None else repr(value[:40])
         raise BadRequest(
             f'query parameter "environment" is required: SANDBOX or PRODUCTION ({shown}); '

@@ -38,9 +38,6 @@ Wakeup = Callable[[], None]
 Topic = Literal["jobs", "deliveries"]
 TOPICS: tuple[Topic, ...] = ("jobs", "deliveries")
 
-#: The environments a key's data is kept apart by (``sk_live_`` → PRODUCTION, ``sk_test_`` →
-#: SANDBOX): every job, queue, webhook endpoint and delivery belongs to an org in one.
-ENVIRONMENTS: tuple[str, ...] = ("PRODUCTION", "SANDBOX")
 #: The environment of a job enqueued (or an endpoint added) without one: production, as
 #: for every row made before environments were kept apart.
 PRODUCTION = "PRODUCTION"

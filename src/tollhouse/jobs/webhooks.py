@@ -55,9 +55,10 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tollhouse.errors import StorageError
-from tollhouse.jobs.model import ENVIRONMENTS, PRODUCTION, Clock, iso, utc_now
+from tollhouse.jobs.model import PRODUCTION, Clock, iso, utc_now
 from tollhouse.jobs.outbox import stage_events
 from tollhouse.jobs.schema import webhook_attempts, webhook_deliveries, webhook_endpoints
+from tollhouse.keys.model import ENVIRONMENTS
 from tollhouse.security import audit
 from tollhouse.security.net import check_target, webhook_client
 from tollhouse.storage.transactions import read_connection, write_transaction

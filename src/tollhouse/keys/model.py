@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Environment = Literal["SANDBOX", "PRODUCTION"]
 Role = Literal["root", "manager", "backend", "member"]
+
+#: The environments a key, and everything it reads or writes, belongs to.
+ENVIRONMENTS: tuple[Environment, ...] = get_args(Environment)
 
 #: Roles in the order of privilege (the call-counts shape names them, docs/api-shapes.md).
 ROLES: tuple[Role, ...] = ("root", "manager", "backend", "member")

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, get_args
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -37,7 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollhouse.errors import NotFound, StorageError
-from tollhouse.keys.model import Environment
+from tollhouse.keys.model import ENVIRONMENTS
 from tollhouse.policy.model import Bucket, Pool
 from tollhouse.security import audit
 from tollhouse.storage.migrations import create_tables, rebuild_table
@@ -59,9 +59,6 @@ limit_overrides = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("org_id", "environment", "key_id", "bucket"),
 )
-
-#: The environments an org's override may name.
-ENVIRONMENTS: tuple[str, ...] = get_args(Environment)
 
 
 def separate_override_environments(conn: Connection) -> None:
