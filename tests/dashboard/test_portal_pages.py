@@ -1,6 +1,8 @@
 """The dashboard's Keys and Webhooks pages in Debian's Chromium (Playwright) against a real
 `tollhouse serve`: a key created in the page works against the API and is refused once
-revoked in the page; an endpoint added in the page gets a signed test, shows the
+revoked in the page; its environment and expiry reach the API and the table, and a
+rotation in the page shows the new secret once and keeps the expiry; a refused change
+reads in the server's words; an endpoint added in the page gets a signed test, shows the
 delivery's attempt and response, replays it, and is disabled and rotated from the page."""
 
 from __future__ import annotations
@@ -153,4 +155,105 @@ def test_webhooks_page(server: Server, page_tab: Tab, receiver: tuple[Receiver, 
     page.click(f'[data-remove="{endpoint_id}"]')
     page.click(f'[data-confirm-remove="{endpoint_id}"]')
     page.wait_for_selector("[data-endpoints-table] :text('No endpoints yet')")
+    assert not page_tab.errors, page_tab.errors
+
+
+def _answer(url: str, key: str) -> int:
+    """``GET /v1/rate-limit/status`` with ``key`` (its bucket is 2 a second: a 429 is
+    waited out, so only the key's own standing decides)."""
+    for _ in range(50):
+        status = _status(url, key)
+        if status != 429:
+            return status
+        time.sleep(0.3)
+    raise AssertionError("the status bucket never admitted the call")
+
+
+def test_a_refused_change_reads_in_the_servers_words(server: Server, page_tab: Tab) -> None:  # noqa: F811
+    """A change the API refuses (an escalation's 403, the URL check's 400) is shown as the
+    server's message alone — not wrapped as a panel the key may not read."""
+    page = page_tab.page
+    root = quick_key(server, f"portal-words-{time.monotonic_ns()}", "root")
+    auth = {"X-API-Key": root["key"]}
+    escalation = {"role": "member", "environment": "PRODUCTION"}
+    said = httpx.post(server.url + "/v1/keys", json=escalation, headers=auth, timeout=10)
+    assert said.status_code == 403, said.text
+    refused = said.json()["error"]["message"]
+    assert "A SANDBOX key cannot create a PRODUCTION key" in refused
+    bad_url = httpx.post(
+        server.url + "/v1/webhooks/endpoints",
+        json={"url": "ftp://example.com"},
+        headers=auth,
+        timeout=10,
+    )
+    assert bad_url.status_code == 400, bad_url.text
+
+    sign_in(page, server.url, root["key"])
+    page.click('[data-tab="keys"]')
+    page.wait_for_selector(f'[data-key-name="{root["id"]}"]')
+    page.fill('[data-key-form] input[name="name"]', "too high")
+    page.select_option('[data-key-form] select[name="environment"]', "PRODUCTION")
+    page.click('[data-key-form] [type="submit"]')
+    page.wait_for_selector("[data-keys-error]:not([hidden])")
+    assert page.text_content("[data-keys-error]") == refused
+    assert page.locator("[data-key-name]").count() == 1  # nothing made
+
+    page.click('[data-tab="webhooks"]')
+    page.wait_for_selector("[data-endpoints-table] :text('No endpoints yet')")
+    page.fill('[data-endpoint-form] input[name="url"]', "ftp://example.com")
+    page.click('[data-endpoint-form] [type="submit"]')
+    page.wait_for_selector("[data-webhooks-error]:not([hidden])")
+    assert page.text_content("[data-webhooks-error]") == bad_url.json()["error"]["message"]
+    assert not page_tab.errors, page_tab.errors
+
+
+def test_environment_expiry_and_rotation_in_the_page(server: Server, page_tab: Tab) -> None:  # noqa: F811
+    """The Keys form's environment and expiry reach the API and the table; Rotate shows
+    the new secret once, both secrets work in the overlap, and the new key keeps the
+    expiry."""
+    page = page_tab.page
+    root = quick_key(server, f"portal-rotate-{time.monotonic_ns()}", "root")
+    auth = {"X-API-Key": root["key"]}
+    sign_in(page, server.url, root["key"])
+    page.click('[data-tab="keys"]')
+    page.wait_for_selector(f'[data-key-name="{root["id"]}"]')
+
+    page.fill('[data-key-form] input[name="name"]', "timed")
+    page.select_option('[data-key-form] select[name="environment"]', "SANDBOX")
+    page.fill('[data-key-form] input[name="expires"]', "2099-06-01T12:00")
+    page.click('[data-key-form] [type="submit"]')
+    page.wait_for_selector("[data-new-secret]:not([hidden])")
+    first = page.text_content("[data-secret]") or ""
+    assert first.startswith("sk_test_")
+    page.wait_for_selector('[data-key-name]:has-text("timed")')
+    old_id = page.get_attribute('[data-key-name]:has-text("timed")', "data-key-name")
+    assert old_id and old_id.startswith("key_")
+    # The local time typed in the page, as the API stores it.
+    expires_at = page.evaluate('new Date("2099-06-01T12:00").toISOString()')
+    listed = httpx.get(server.url + "/v1/keys", headers=auth, timeout=10).json()["data"]
+    [made] = [k for k in listed if k["id"] == old_id]
+    assert (made["environment"], made["expiresAt"]) == ("SANDBOX", expires_at)
+    assert page.text_content(f'[data-key-environment="{old_id}"]') == "SANDBOX"
+    expiry = page.text_content(f'[data-key-expires="{old_id}"]') or ""
+    assert "2099" in expiry
+
+    page.click(f'[data-rotate="{old_id}"]')
+    wait_for(lambda: page.text_content("[data-secret]") != first, "the new secret shown")
+    second = page.text_content("[data-secret]") or ""
+    assert second.startswith("sk_test_") and len(second) == 40
+    assert old_id in (page.text_content("[data-secret-note]") or "")
+    listed = httpx.get(server.url + "/v1/keys", headers=auth, timeout=10).json()["data"]
+    [new] = [k for k in listed if k["name"] == "timed" and k["id"] != old_id]
+    page.wait_for_selector(f'[data-key-name="{new["id"]}"]')
+    # Shown once: the table never holds a secret.
+    table_text = page.locator("[data-keys-table]").inner_text()
+    assert first not in table_text and second not in table_text
+    # Both work during the overlap (a day by default).
+    assert _answer(server.url, second) == 200
+    assert _answer(server.url, first) == 200
+    # The rotation kept the expiry: the new key ends when the old one would have.
+    assert new["expiresAt"] == expires_at
+    assert page.text_content(f'[data-key-expires="{new["id"]}"]') == expiry
+    assert page.text_content(f'[data-key-status="{old_id}"]') == "active"
+    assert page.text_content(f'[data-key-expires="{old_id}"]') != expiry  # the overlap's end
     assert not page_tab.errors, page_tab.errors

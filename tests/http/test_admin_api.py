@@ -274,7 +274,7 @@ def test_expired_keys_say_so(server: tuple[str, str]) -> None:
     url, _ = server
     with httpx.Client(base_url=url, timeout=15) as c:
         c.post("/v1/admin/orgs", headers=ADMIN, json={"id": "exp"})
-        soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+        soon = (datetime.now(UTC) + timedelta(seconds=6)).isoformat()
         made = c.post(
             "/v1/admin/orgs/exp/keys",
             headers=ADMIN,
@@ -283,14 +283,28 @@ def test_expired_keys_say_so(server: tuple[str, str]) -> None:
         assert made.status_code == 201 and made.json()["meta"] == {"a": 1}
         key = {"Authorization": f"Bearer {made.json()['key']}"}
         assert _status(c, key).status_code == 200
+        # Rotated within its life, the key hands its expiry (and meta) to the new one: a
+        # rotation never turns a time-limited key into a permanent one.
+        turned = c.post(f"/v1/admin/keys/{made.json()['id']}/rotate", headers=ADMIN, json={})
+        assert turned.status_code == 201, turned.text
+        successor = turned.json()
+        assert successor["expiresAt"] == made.json()["expiresAt"]
+        assert successor["meta"] == {"a": 1}
+        assert successor["replaces"]["expiresAt"] == made.json()["expiresAt"]
+        after = {"Authorization": f"Bearer {successor['key']}"}
         _until(
             lambda: _status(c, key).status_code == 401,
             "the key's expiry",
         )
         error = _error(_status(c, key), 401, "KEY_EXPIRED")
         assert "expired" in error["message"]
+        # The gateway refuses the new key from the same moment.
+        _error(_status(c, after), 401, "KEY_EXPIRED")
         listed = c.get("/v1/admin/orgs/exp/keys", headers=ADMIN).json()["data"]
-        assert [k["status"] for k in listed] == ["expired"]
+        assert {k["id"]: k["status"] for k in listed} == {
+            made.json()["id"]: "expired",
+            successor["id"]: "expired",
+        }
 
         # Rotation: the new key works; with no overlap the old one is revoked (401).
         base = c.post(

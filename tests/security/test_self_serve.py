@@ -7,6 +7,7 @@ package (a receiver's view), through a secret rotation's overlap."""
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import threading
 from collections.abc import Iterator
@@ -20,6 +21,9 @@ from typer.testing import CliRunner
 
 from tests.conftest import Server, serve_in_thread
 from tollhouse.cli.main import app as cli_app
+from tollhouse.http.app import Tollhouse
+from tollhouse.security.net import TargetRefused
+from tollhouse.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -108,9 +112,13 @@ def org() -> str:
 def test_keys_lifecycle_and_audit(server: Server, org: str) -> None:
     root = _key(server, org)
     with _as(server, root) as c:
-        made = c.post("/v1/keys", json={"name": "ci deploy", "role": "manager"})
+        made = c.post(
+            "/v1/keys",
+            json={"name": "ci deploy", "role": "manager", "expiresAt": "2099-06-01T00:00:00Z"},
+        )
         assert made.status_code == 201, made.text
         key = made.json()
+        assert key["expiresAt"] == "2099-06-01T00:00:00.000Z"
         assert key["secret"].startswith("sk_test_") and key["environment"] == "SANDBOX"
         assert key["role"] == "manager" and key["name"] == "ci deploy"
         assert key["status"] == "active" and key["lastUsedAt"] is None
@@ -129,6 +137,10 @@ def test_keys_lifecycle_and_audit(server: Server, org: str) -> None:
             fresh = rotated.json()
             assert fresh["replaces"]["id"] == key["id"] and fresh["replaces"]["status"] == "revoked"
             assert fresh["role"] == "manager" and fresh["name"] == "ci deploy"
+            # A time-limited key stays time-limited: the new one ends when the old would have.
+            assert fresh["expiresAt"] == key["expiresAt"]
+            rows = {k["id"]: k for k in c.get("/v1/keys").json()["data"]}
+            assert rows[fresh["id"]]["expiresAt"] == key["expiresAt"]
             assert _until_refused(new).json()["error"]["code"] == "UNAUTHORIZED"
         with _as(server, fresh["secret"]) as newest:
             assert newest.get("/v1/rate-limit/status").status_code == 200
@@ -223,15 +235,60 @@ def test_bad_input(server: Server, org: str) -> None:
         expiring = c.post("/v1/keys", json={"expiresAt": "2099-01-01T00:00:00Z"})
         assert expiring.status_code == 201
         assert expiring.json()["expiresAt"] == "2099-01-01T00:00:00.000Z"
-        for body in ({}, {"url": "ftp://example.com"}, {"url": "https://u:p@example.com/"}):
-            answer = c.post("/v1/webhooks/endpoints", json=body)
-            assert answer.status_code in (400, 422), (body, answer.text)
+        # No URL is a missing field (422); a URL that is not one the guard takes is a 400
+        # with the guard's message.
+        missing = c.post("/v1/webhooks/endpoints", json={})
+        assert missing.status_code == 422, missing.text
+        assert missing.json()["error"]["code"] == "VALIDATION_FAILED"
+        assert '"url" is required' in missing.json()["error"]["message"]
+        for url, says in (
+            (
+                "ftp://example.com",
+                "'ftp://example.com' must be an absolute http:// or https:// URL",
+            ),
+            ("https://u:p@example.com/", "the URL must not carry credentials"),
+        ):
+            answer = c.post("/v1/webhooks/endpoints", json={"url": url})
+            assert answer.status_code == 400, (url, answer.text)
+            error = answer.json()["error"]
+            assert (error["code"], error["message"]) == ("BAD_REQUEST", says)
+        assert c.get("/v1/webhooks/endpoints").json()["data"] == []
         typed = c.post(
             "/v1/webhooks/endpoints", json={"url": "https://example.com/h", "eventTypes": []}
         )
         assert typed.status_code == 422 and "eventTypes" in typed.json()["error"]["message"]
         assert c.patch("/v1/webhooks/endpoints/we_0", json={"enabled": "no"}).status_code == 422
         assert c.patch("/v1/webhooks/endpoints/we_0", json={"enabled": True}).status_code == 404
+
+
+def test_a_private_target_is_refused_with_the_guards_message(server: Server, org: str) -> None:
+    """A server that keeps the SSRF guard (no ``allow_private_targets``), on the same
+    database: a loopback or a cloud metadata address is a 400 with the guard's message,
+    and nothing is added."""
+    database = (server.env or {}).get("TOLLHOUSE_DATABASE_URL") or (
+        f"sqlite:///{server.cwd}/.tollhouse/tollhouse.db"
+    )
+    # No embedded workers: this second server must not attempt other tests' deliveries.
+    settings = load_settings(
+        environ={"TOLLHOUSE_DATABASE_URL": database, "TOLLHOUSE_EMBEDDED_WORKERS": "0"}
+    )
+    assert settings.allow_private_targets is False
+    root = _key(server, org)
+    with (
+        serve_in_thread(Tollhouse(settings=settings)) as url,
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {root}"}, timeout=20) as c,
+    ):
+        for target, host, reason in (
+            ("http://127.0.0.1:9/hook", "127.0.0.1", "loopback"),
+            ("http://169.254.169.254/latest/meta-data/", "169.254.169.254", "link-local"),
+        ):
+            answer = c.post("/v1/webhooks/endpoints", json={"url": target})
+            assert answer.status_code == 400, (target, answer.text)
+            error = answer.json()["error"]
+            assert error["code"] == "BAD_REQUEST"
+            assert error["message"] == str(TargetRefused(host, host, reason))
+        assert c.get("/v1/webhooks/endpoints").json()["data"] == []
+    assert not [e for e in _audit(server, org) if e["action"] == "webhook.added"]
 
 
 def _verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
@@ -326,6 +383,38 @@ def test_webhook_endpoints_test_rotate_and_replay(
     assert not any(s in dump for s in (first, second, third))
 
 
+# Routes answered by a key whose path parameter is not one of an org's ids.
+NOT_AN_ID = {"forward-auth"}  # {original:path}: the upstream path being authorized
+# The body each change is sent with (None: none), by "METHOD template".
+CHANGE_BODIES: dict[str, dict[str, Any]] = {
+    "PATCH /v1/webhooks/endpoints/{endpointId}": {"enabled": False},
+}
+
+
+def _changes_by_id(ids: dict[str, str]) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """Every change (not a read) of every route an org's key may call whose path names
+    an id, filled with ``ids`` — taken from the app's own route table, so a new one fails
+    here until its id has a case."""
+    app = Tollhouse(settings=load_settings(environ={}))
+    found = []
+    for endpoint in app.routes.endpoints:
+        if endpoint.keyless or endpoint.group in ("admin", *NOT_AN_ID):
+            continue
+        names = re.findall(r"{(\w+)(?::\w+)?}", endpoint.path)
+        writes = [m for m in endpoint.methods if m not in ("GET", "HEAD", "OPTIONS")]
+        if not names or not writes:
+            continue
+        missing = [n for n in names if n not in ids]
+        assert not missing, f"{endpoint.path}: no case for {missing} (add one of A's ids)"
+        path = endpoint.path
+        for name in names:
+            path = path.replace("{" + name + "}", ids[name])
+        found += [(m, path, CHANGE_BODIES.get(f"{m} {endpoint.path}")) for m in writes]
+    # The seven known today (a table that lost them would make this test vacuous).
+    assert len(found) >= 7, found
+    return found
+
+
 @pytest.mark.parametrize("viewer", ["other org", "other environment"])
 def test_another_orgs_ids_are_404_to_every_change(
     server: Server, org: str, receiver: tuple[Receiver, str], viewer: str
@@ -340,18 +429,11 @@ def test_another_orgs_ids_are_404_to_every_change(
             if viewer == "other org"
             else _key(server, org, "root", "PRODUCTION")
         )
+        changes = _changes_by_id({"keyId": key_id, "endpointId": eid, "deliveryId": delivery_id})
         with _as(server, other) as b:
-            calls = [
-                b.delete(f"/v1/keys/{key_id}"),
-                b.post(f"/v1/keys/{key_id}/rotate"),
-                b.patch(f"/v1/webhooks/endpoints/{eid}", json={"enabled": False}),
-                b.post(f"/v1/webhooks/endpoints/{eid}/rotate-secret"),
-                b.post(f"/v1/webhooks/endpoints/{eid}/test"),
-                b.post(f"/v1/webhooks/deliveries/{delivery_id}/replay"),
-                b.delete(f"/v1/webhooks/endpoints/{eid}"),
-            ]
-            for answer in calls:
-                assert answer.status_code == 404, (answer.request.url, answer.text)
+            for method, path, body in changes:
+                answer = b.request(method, path, json=body)
+                assert answer.status_code == 404, (method, path, answer.text)
                 assert answer.json()["error"]["code"] == "NOT_FOUND"
             for path in ("/v1/keys", "/v1/webhooks/endpoints"):
                 seen = b.get(path).text

@@ -186,8 +186,9 @@ class KeyStore:
         org: str | None = None,
         environment: str | None = None,
     ) -> tuple[KeyRecord, str, KeyRecord] | None:
-        """Replace a key: a new secret for the same org, environment, role and name; the
-        old key keeps working for ``overlap`` (0 revokes it at once).
+        """Replace a key: a new secret for the same org, environment, role, name, meta
+        and expiry (a time-limited key's successor ends when it would have); the old key
+        keeps working for ``overlap`` (0 revokes it at once).
 
         Args:
             key_id: the key to replace.
@@ -217,6 +218,10 @@ class KeyStore:
             row, secret = _new_row(old.org, env, old.role, old.name, now)
             if found.meta is not None:
                 row["meta"] = found.meta
+            if old.expires_at is not None:
+                # A time-limited key stays time-limited: the new secret ends when the
+                # old key would have (a rotation never makes a key permanent).
+                row["expires_at"] = old.expires_at
             await conn.execute(api_keys.insert().values(**row))
             ends = now + overlap
             if old.expires_at is not None and old.expires_at < ends:

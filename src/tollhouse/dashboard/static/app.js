@@ -269,7 +269,12 @@ async function metric(name, timeStart, timeEnd) {
   }
 }
 
-function messageFor(err) {
+/**
+ * The text to show for a failed call (a 401 signs out first). `change`: the call was a
+ * change (create, rotate, revoke…), whose refusal reads in the server's words alone — the
+ * panel wording below is for reads.
+ */
+function messageFor(err, { change = false } = {}) {
   if (err instanceof ApiError) {
     if (err.status === 401) {
       signOut();
@@ -278,6 +283,7 @@ function messageFor(err) {
       error.textContent = `Signed out: the key is no longer accepted (${err.message}).`;
       return err.message;
     }
+    if (change) return err.message;
     if (err.status === 403) return `This key's role cannot read this panel (${err.message}).`;
     if (err.status === 429) return "Rate limited; this panel will refresh with the next range change.";
     return `${err.status}: ${err.message}`;

@@ -8,14 +8,15 @@ const when = (iso) => (iso ? new Date(iso).toLocaleString("en", { dateStyle: "me
 
 /**
  * The portal for one signed-in session. `api` has get(source, path, params) and
- * send(method, path, body); `onError(err)` handles a 401 (signs out) and returns the text
- * to show.
+ * send(method, path, body); `onError(err, { change })` handles a 401 (signs out) and
+ * returns the text to show (for a change: the server's message alone).
  */
 export function createPortal(api, onError) {
-  const show = (selector, err) => {
+  /** Say why a call failed; `change`: a send (create, rotate, revoke…), not a read. */
+  const show = (selector, err, change = false) => {
     const el = $(selector);
     el.hidden = false;
-    el.textContent = err instanceof ApiError ? onError(err) : String(err.message || err);
+    el.textContent = err instanceof ApiError ? onError(err, { change }) : String(err.message || err);
   };
   const hide = (selector) => {
     $(selector).hidden = true;
@@ -64,12 +65,12 @@ export function createPortal(api, onError) {
       h("span", { dataset: { keyName: k.id }, text: k.name || "(no name)" }),
       h("code", { text: k.id }),
       k.role,
-      k.environment,
+      h("span", { dataset: { keyEnvironment: k.id }, text: k.environment }),
       h("code", { text: `${k.prefix}…` }),
       h("span", { class: `pill ${k.status}`, dataset: { keyStatus: k.id }, text: k.status }),
       when(k.createdAt),
       h("span", { dataset: { lastUsed: k.id }, text: when(k.lastUsedAt) }),
-      when(k.expiresAt),
+      h("span", { dataset: { keyExpires: k.id }, text: when(k.expiresAt) }),
       keyActions(k),
     ]);
     $("[data-keys-table]").replaceChildren(
@@ -89,7 +90,7 @@ export function createPortal(api, onError) {
       showSecret(key.secret, `New ${key.role} key ${key.id}: copy it now, it is shown only once.`);
       await loadKeys();
     } catch (err) {
-      show("[data-keys-error]", err);
+      show("[data-keys-error]", err, true);
     }
   }
 
@@ -100,7 +101,7 @@ export function createPortal(api, onError) {
       showSecret(made.secret, `New key ${made.id} replaces ${key.id} (which works until ${when(made.replaces.expiresAt || made.replaces.revokedAt)}): copy it now, it is shown only once.`);
       await loadKeys();
     } catch (err) {
-      show("[data-keys-error]", err);
+      show("[data-keys-error]", err, true);
     }
   }
 
@@ -110,7 +111,7 @@ export function createPortal(api, onError) {
       hide("[data-keys-error]");
       await loadKeys();
     } catch (err) {
-      show("[data-keys-error]", err);
+      show("[data-keys-error]", err, true);
       await loadKeys(true);
     }
   }
@@ -144,7 +145,7 @@ export function createPortal(api, onError) {
       await loadWebhooks();
       return answer;
     } catch (err) {
-      show("[data-webhooks-error]", err);
+      show("[data-webhooks-error]", err, true);
       await loadWebhooks(true);
       return null;
     }
