@@ -161,7 +161,15 @@ def test_the_provider_sets_and_clears_an_override_in_the_page(
     page.wait_for_selector("[data-limits-error]:not([hidden])")
     # The page reloads the org's limits after the refusal: typing waits for that.
     page.wait_for_selector(READY)
-    assert "limit" in (page.text_content("[data-limits-error]") or "")
+    # In the server's words alone (no status, no wording meant for a refused read).
+    refused = httpx.put(
+        f"{server.url}/v1/admin/orgs/{org}/limits/{BUCKET}",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"limit": 0},
+    )
+    assert refused.status_code == 422
+    said = refused.json()["error"]["message"]
+    assert "limit" in said and page.text_content("[data-limits-error]") == said
     assert page.text_content(f'[data-overridden="{BUCKET}"]') == "policy"
 
     page.fill(f'[data-override-input="{BUCKET}"]', "4321")

@@ -19,17 +19,19 @@ const per = (seconds) => (seconds % 86400 === 0 ? `${seconds / 86400} d` : secon
 
 /**
  * The Limits page of one session. `api` has get(source, path, params) and
- * send(method, path, body); `provider`: signed in with an admin token; `onError(err)`
- * handles a 401 (signs out) and returns the text to show.
+ * send(method, path, body); `provider`: signed in with an admin token; `onError(err, { change })`
+ * handles a 401 (signs out) and returns the text to show (for a change: the server's
+ * message alone).
  */
 export function createLimits(api, { provider }, onError) {
   let org = null; // the provider's chosen org
   const chosenEnvironment = new Map(); // bucket or pool → the set-override control's environment ("" = all)
 
-  const show = (err) => {
+  /** Say why a call failed; `change`: setting or clearing an override, not a read. */
+  const show = (err, change = false) => {
     const el = $("[data-limits-error]");
     el.hidden = false;
-    el.textContent = err instanceof ApiError ? onError(err) : String(err.message || err);
+    el.textContent = err instanceof ApiError ? onError(err, { change }) : String(err.message || err);
   };
   const hide = () => {
     $("[data-limits-error]").hidden = true;
@@ -96,7 +98,7 @@ export function createLimits(api, { provider }, onError) {
       hide();
       await load();
     } catch (err) {
-      show(err);
+      show(err, true);
       await load(true);
     }
   }
