@@ -12,7 +12,9 @@ in a temporary folder, then, each with a key of its own org (so each has the who
 * Python: ``Client.score_many(candidates)`` (batches of 100, status reads of up to 100
   jobs on ``GET /v1/score?ids=``);
 * TypeScript: ``clients/typescript/examples/bulk-scoring.mjs`` via node (``score.many``,
-  the same endpoints; needs ``npm ci && npm run build`` in ``clients/typescript``);
+  the same endpoints). Before the server starts, the script builds the SDK from this
+  checkout (``npm ci`` when ``node_modules`` is missing, then ``npm run build``), so it
+  never times a stale ``dist``; skipped without node and npm;
 * with ``--baseline N``: N candidates submitted the same way and then polled one
   ``GET /v1/score/{id}`` per unfinished job per round, as ``score_many`` did before.
 
@@ -194,12 +196,25 @@ def run_baseline(url: str, key: str, n: int) -> Figures:
     )  # fmt: skip
 
 
-def run_typescript(url: str, key: str, n: int) -> Figures | None:
-    if shutil.which("node") is None or not (TS_DIR / "dist").exists():
-        print(
-            "typescript: skipped (needs node and `npm ci && npm run build` in clients/typescript)"
-        )
-        return None
+def build_typescript() -> bool:
+    """Build ``clients/typescript`` from its sources (installing its dev dependencies
+    first when ``node_modules`` is missing); False when node or npm is missing."""
+    npm = shutil.which("npm")
+    if shutil.which("node") is None or npm is None:
+        print("typescript: skipped (needs node and npm)")
+        return False
+    steps = [[npm, "run", "build"]]
+    if not (TS_DIR / "node_modules").is_dir():
+        steps.insert(0, [npm, "ci", "--no-audit", "--no-fund"])
+    for step in steps:
+        done = subprocess.run(step, cwd=TS_DIR, capture_output=True, text=True)
+        if done.returncode != 0:
+            command = " ".join(step[1:])
+            sys.exit(f"typescript: `npm {command}` failed in {TS_DIR}:\n{done.stdout}{done.stderr}")
+    return True
+
+
+def run_typescript(url: str, key: str, n: int) -> Figures:
     with Client(key, url, tenant_id="acme") as c:
         c.criteria.generate("job_1", TITLE, DESCRIPTION)
     env = {**os.environ, "TOLLHOUSE_URL": url, "TOLLHOUSE_API_KEY": key, "CANDIDATES": str(n)}
@@ -241,16 +256,16 @@ def main() -> None:
     parser.add_argument("--no-python", action="store_true")
     parser.add_argument("--baseline", type=int, default=0, metavar="N")
     args = parser.parse_args()
+    # Built before the server starts: the run times the code of this checkout.
+    typescript = not args.no_typescript and build_typescript()
     folder = Path(tempfile.mkdtemp(prefix="bulk-bench-"))
     proc, url, env = start_server(folder, args.processing)
     try:
         runs: list[Figures] = []
         if not args.no_python:
             runs.append(run_python(url, make_key(folder, env, "bench-python"), args.candidates))
-        if not args.no_typescript:
-            ts = run_typescript(url, make_key(folder, env, "bench-ts"), args.candidates)
-            if ts is not None:
-                runs.append(ts)
+        if typescript:
+            runs.append(run_typescript(url, make_key(folder, env, "bench-ts"), args.candidates))
         if args.baseline:
             runs.append(run_baseline(url, make_key(folder, env, "bench-base"), args.baseline))
         print(

@@ -20,6 +20,7 @@ from tests.client.scripted import Answer, Late, Scripted, Seen, refusing_port, r
 from tests.client.support import open_client
 from tests.conftest import serve_in_thread
 from tollhouse.client import (
+    AsyncClient,
     AuthenticationError,
     BadRequestError,
     Client,
@@ -28,6 +29,7 @@ from tollhouse.client import (
     NotFoundError,
     RateLimitError,
     RetryEvent,
+    RetryPolicy,
     ServerError,
     TollhouseAPIError,
     TransportError,
@@ -438,6 +440,22 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         Client()
     with pytest.raises(ValueError, match="max_concurrency"):
         Client("sk_test_x", max_concurrency=0)
+
+
+@pytest.mark.parametrize("timeout", [-5, 0, "x", float("nan"), float("inf"), True])
+def test_timeout_must_be_a_positive_number_of_seconds(timeout: Any) -> None:
+    with pytest.raises(ValueError, match=r"^timeout must be a number of seconds above 0"):
+        Client("sk_test_x", timeout=timeout)
+    with pytest.raises(ValueError, match=r"^timeout must be a number of seconds above 0"):
+        AsyncClient("sk_test_x", timeout=timeout)
+
+
+@pytest.mark.parametrize("max_retries", [1.5, -1, "3", True])
+def test_max_retries_must_be_a_whole_number(max_retries: Any) -> None:
+    with pytest.raises(ValueError, match=r"^max_retries must be an integer of at least 0"):
+        Client("sk_test_x", max_retries=max_retries)
+    with pytest.raises(ValueError, match=r"^max_retries must be an integer of at least 0"):
+        RetryPolicy(max_retries=max_retries)
 
 
 def test_bad_arguments_fail_before_any_request(server: Callable[..., Any]) -> None:

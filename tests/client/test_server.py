@@ -53,7 +53,7 @@ def keys(make_keys: KeyMaker) -> dict[tuple[str, str], dict[str, str]]:
         specs += [(f"errors-{k}", "root"), (f"errors-{k}", "member")]
         specs += [(f"counts-{k}", "root"), (f"counts-{k}", "manager")]
         specs += [(f"api-{k}", "root"), (f"bulk-{k}", "root")]
-        specs += [(f"queue-{k}", "root"), (f"log-{k}", "root")]
+        specs += [(f"queue-{k}", "root"), (f"log-{k}", "root"), (f"hook-many-{k}", "root")]
     specs += [("replay", "root"), ("hooks", "root"), ("queue-other", "root")]
     return make_keys(specs)
 
@@ -580,3 +580,62 @@ def test_a_delivered_webhook_verifies_and_shows_in_deliveries(
     assert delivery.message_id == headers["webhook-id"]
     assert delivery.event_type == "score.completed" and delivery.url == url + "/hook"
     assert delivery.attempts[0].status_code == 200 and delivery.attempts[0].error is None
+
+
+def test_score_many_with_a_webhook_only_submits(
+    kind: str,
+    keys: dict[tuple[str, str], dict[str, str]],
+    default_server: Server,
+    receiver: tuple[Receiver, str],
+) -> None:
+    key = keys[(f"hook-many-{kind}", "root")]
+    recorder, url = receiver
+    added = default_server.cli(
+        "webhooks", "add", "--org", key["org"], "--url", url + "/hook", "--json",
+        "--environment", "SANDBOX",
+    )  # fmt: skip
+    secret = orjson.loads(added.stdout)["secret"]
+    cands = [candidate(i, "job_hooks") for i in range(12)]
+    cands.append({"applicationId": "app_bad", "jobId": "job_hooks", "candidate": {"name": "N"}})
+    sent: list[str] = []
+    progress: list[Any] = []
+
+    def record(request: httpx.Request) -> None:
+        sent.append(f"{request.method} {request.url.path}")
+
+    with open_client(
+        kind, key["key"], default_server.url, tenant_id=TENANT, on_request=record
+    ) as c:
+        c.criteria.generate("job_hooks", TITLE, DESCRIPTION)
+        sent.clear()
+        outcomes = list(
+            c.score_many(cands, webhook=True, chunk_size=5, on_progress=progress.append)
+        )
+
+    # Only submissions: no status read (GET /v1/score?ids= or /v1/score/{id}) at all.
+    assert sent and set(sent) == {"POST /v1/score/batch"}
+    queued = [o for o in outcomes if o.status == "queued"]
+    assert sorted(o.key for o in queued) == sorted(
+        f"job_hooks/{c['applicationId']}" for c in cands[:12]
+    )
+    assert all(o.scoring_job_id and o.job is None and o.error is None and o.ok for o in queued)
+    [bad] = [o for o in outcomes if o.status == "rejected"]
+    assert (
+        bad.key == "job_hooks/app_bad" and bad.error is not None and "resume" in bad.error.message
+    )
+    last = progress[-1]
+    assert (last.accepted, last.rejected, last.completed, last.failed) == (12, 1, 0, 0)
+
+    # The results come to the receiver instead: one signed score event per queued job.
+    jobs = {o.scoring_job_id for o in queued}
+
+    def delivered() -> set[str] | None:
+        with recorder.lock:
+            calls = list(recorder.calls)
+        seen = {verify(body, headers, secret)["data"]["scoringJobId"] for headers, body in calls}
+        return seen if seen >= jobs else None
+
+    assert wait_for(delivered, "a webhook per job") == jobs
+    with recorder.lock:
+        types = {verify(body, headers, secret)["type"] for headers, body in recorder.calls}
+    assert types == {"score.completed"}

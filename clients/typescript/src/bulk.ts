@@ -18,7 +18,7 @@
  *   from `GET /v1/queue` pages, is the other one offered).
  */
 import type { Tollhouse } from "./client.js";
-import { MAX_BATCH_ITEMS, MAX_STATUS_IDS, newIdempotencyKey } from "./core.js";
+import { MAX_BATCH_ITEMS, MAX_STATUS_IDS, newIdempotencyKey, onAbort } from "./core.js";
 import { ConfigurationError, NotFoundError, RateLimitError, ServerError, TransportError, ValidationError } from "./errors.js";
 import type { BatchItem, Job, ScoreBatchResult, ScoreRequest } from "./types.js";
 import { FINAL_STATUSES } from "./types.js";
@@ -177,6 +177,16 @@ interface Tracked {
 /** Clock skew and rounding allowed for between our submission and the job's createdAt. */
 const SINCE_MARGIN = 120;
 
+/** `42`, `a string`, `null`, `an object` …: what was passed, for an error message. */
+function describeValue(value: unknown): string {
+  if (value === null || value === undefined || typeof value === "number" || typeof value === "boolean") {
+    return String(value);
+  }
+  if (typeof value === "string") return "a string";
+  if (typeof value === "object") return "an object that is not iterable";
+  return `a ${typeof value}`;
+}
+
 function defaultKey(body: ScoreRequest): string {
   return `${body.jobId}/${body.applicationId}`;
 }
@@ -232,10 +242,19 @@ export class ScoreApiMany {
     if (!(poll > 0) || (options.maxPollInterval ?? 10) < poll) {
       throw new ConfigurationError("need 0 < pollInterval <= maxPollInterval");
     }
-    const asyncIt = (candidates as AsyncIterable<ScoreRequest>)[Symbol.asyncIterator];
-    this.source = asyncIt
-      ? asyncIt.call(candidates)
-      : (candidates as Iterable<ScoreRequest>)[Symbol.iterator]();
+    const given = candidates as unknown as Record<symbol, unknown> | null | undefined;
+    const asyncIt = given?.[Symbol.asyncIterator];
+    const syncIt = given?.[Symbol.iterator];
+    if (typeof asyncIt === "function") {
+      this.source = (asyncIt as () => AsyncIterator<ScoreRequest>).call(candidates);
+    } else if (typeof syncIt === "function" && typeof candidates !== "string") {
+      this.source = (syncIt as () => Iterator<ScoreRequest>).call(candidates);
+    } else {
+      throw new ConfigurationError(
+        `score.many: candidates must be an Iterable or AsyncIterable of score requests ` +
+          `(an array, a generator …), not ${describeValue(candidates)}`,
+      );
+    }
     this.summary = {
       runId: options.runId ?? newIdempotencyKey().slice(4, 20),
       read: 0,
@@ -263,21 +282,23 @@ export class ScoreApiMany {
   /** Wait until something changes (a submission or sweep ends) or `seconds` pass. */
   private idle(seconds: number): Promise<void> {
     const signal = this.options.signal;
+    if (signal?.aborted) return Promise.reject(signal.reason);
     return new Promise<void>((resolve, reject) => {
       const done = (): void => {
         clearTimeout(timer);
-        signal?.removeEventListener("abort", onAbort);
+        unwatch?.();
         this.wake = undefined;
         resolve();
       };
-      const onAbort = (): void => {
-        clearTimeout(timer);
-        this.wake = undefined;
-        reject(signal?.reason);
-      };
       const timer = setTimeout(done, seconds * 1000);
       this.wake = done;
-      signal?.addEventListener("abort", onAbort, { once: true });
+      const unwatch = signal
+        ? onAbort(signal, () => {
+            clearTimeout(timer);
+            this.wake = undefined;
+            reject(signal.reason);
+          })
+        : undefined;
     });
   }
 

@@ -24,6 +24,9 @@ export const COOL_DOWN_SECONDS = 5;
 /** Statuses that say an instance (or what is behind it) is failing, not the request. */
 export const INSTANCE_FAILURE_STATUSES: ReadonlySet<number> = new Set([502, 503, 504]);
 
+/** The longest `timeoutMs`: timers fire at once beyond it (a signed 32-bit count of ms). */
+export const MAX_TIMEOUT_MS = 2_147_483_647;
+
 /** Events one `POST /v1/events` takes; longer lists are sent in several requests. */
 export const MAX_EVENTS_PER_REQUEST = 1000;
 /** Items one `POST /v1/score/batch` takes. */
@@ -81,11 +84,11 @@ export interface ClientOptions {
    * `http://127.0.0.1:8000`.
    */
   baseURL?: string | readonly string[];
-  /** Retries per call (default 5). */
+  /** Retries per call: an integer, 0 or more (default 5). */
   maxRetries?: number;
-  /** Requests in flight at once, per client (default 10). */
+  /** Requests in flight at once, per client: an integer, 1 or more (default 10). */
   maxConcurrent?: number;
-  /** Milliseconds per attempt (default 30 000). */
+  /** Milliseconds per attempt: above 0, at most 2 147 483 647 (default 30 000). */
   timeoutMs?: number;
   /** The fetch to send with (default the global one). */
   fetch?: typeof fetch;
@@ -200,6 +203,44 @@ export class BaseURLs {
   }
 }
 
+interface AbortWatch {
+  readonly callbacks: Set<() => void>;
+  readonly fire: () => void;
+}
+
+const watches = new WeakMap<AbortSignal, AbortWatch>();
+
+/**
+ * Call `callback` when `signal` aborts; the function returned stops watching. However
+ * many calls share one signal (a `score.many` run's batches, waits and reads), the signal
+ * carries one "abort" listener, removed when the last of them stops watching — so a
+ * shared signal never trips Node's MaxListenersExceededWarning and keeps no listener
+ * after its calls end.
+ */
+export function onAbort(signal: AbortSignal, callback: () => void): () => void {
+  let watch = watches.get(signal);
+  if (watch === undefined) {
+    const callbacks = new Set<() => void>();
+    const fire = (): void => {
+      watches.delete(signal);
+      for (const cb of [...callbacks]) cb();
+      callbacks.clear();
+    };
+    watch = { callbacks, fire };
+    watches.set(signal, watch);
+    signal.addEventListener("abort", fire, { once: true });
+  }
+  const { callbacks, fire } = watch;
+  // A fresh wrapper per watcher, so one callback watched twice is two watches.
+  const entry = (): void => callback();
+  callbacks.add(entry);
+  return () => {
+    if (!callbacks.delete(entry) || callbacks.size > 0) return;
+    if (watches.get(signal)?.callbacks === callbacks) watches.delete(signal);
+    signal.removeEventListener("abort", fire);
+  };
+}
+
 /** Caps the requests in flight; waiters are served in order. */
 export class Slots {
   private free: number;
@@ -210,22 +251,24 @@ export class Slots {
   }
 
   async acquire(signal?: AbortSignal): Promise<void> {
+    if (signal?.aborted) throw abortReason(signal);
     if (this.free > 0) {
       this.free -= 1;
       return;
     }
     await new Promise<void>((resolve, reject) => {
       const grant = (): void => {
-        signal?.removeEventListener("abort", onAbort);
+        unwatch?.();
         resolve();
       };
-      const onAbort = (): void => {
-        const at = this.waiting.indexOf(grant);
-        if (at >= 0) this.waiting.splice(at, 1);
-        reject(abortReason(signal));
-      };
+      const unwatch = signal
+        ? onAbort(signal, () => {
+            const at = this.waiting.indexOf(grant);
+            if (at >= 0) this.waiting.splice(at, 1);
+            reject(abortReason(signal));
+          })
+        : undefined;
       this.waiting.push(grant);
-      signal?.addEventListener("abort", onAbort, { once: true });
     });
   }
 
@@ -244,15 +287,16 @@ function abortReason(signal: AbortSignal | undefined): unknown {
 export function sleep(seconds: number, signal?: AbortSignal): Promise<void> {
   if (signal?.aborted) return Promise.reject(abortReason(signal));
   return new Promise((resolve, reject) => {
-    const onAbort = (): void => {
-      clearTimeout(timer);
-      reject(abortReason(signal));
-    };
     const timer = setTimeout(() => {
-      signal?.removeEventListener("abort", onAbort);
+      unwatch?.();
       resolve();
     }, Math.max(0, seconds * 1000));
-    signal?.addEventListener("abort", onAbort, { once: true });
+    const unwatch = signal
+      ? onAbort(signal, () => {
+          clearTimeout(timer);
+          reject(abortReason(signal));
+        })
+      : undefined;
   });
 }
 
@@ -279,6 +323,11 @@ export function failureKind(error: unknown): Failure {
 }
 
 class Timeout extends Error {}
+
+/** A setting's value as an error message quotes it. */
+function show(value: unknown): string {
+  return typeof value === "string" ? JSON.stringify(value) : String(value);
+}
 
 /** Settings and state shared by a client and its `withTenant` copies. */
 export class Core {
@@ -325,12 +374,21 @@ export class Core {
     this.baseURLs = new BaseURLs(urls);
     const maxConcurrent = options.maxConcurrent ?? 10;
     if (!Number.isInteger(maxConcurrent) || maxConcurrent < 1) {
-      throw new ConfigurationError("maxConcurrent must be an integer of at least 1");
+      throw new ConfigurationError(`maxConcurrent must be an integer of at least 1, not ${show(maxConcurrent)}`);
     }
     this.retry = { ...DEFAULT_RETRY, ...options.retry };
-    if (options.maxRetries !== undefined) this.retry.maxRetries = options.maxRetries;
-    if (!(this.retry.maxRetries >= 0)) throw new ConfigurationError("maxRetries must be 0 or more");
-    this.timeoutMs = options.timeoutMs ?? 30_000;
+    // null, like undefined, means the default (Python's max_retries=None).
+    if (options.maxRetries !== undefined && options.maxRetries !== null) this.retry.maxRetries = options.maxRetries;
+    if (!Number.isInteger(this.retry.maxRetries) || this.retry.maxRetries < 0) {
+      throw new ConfigurationError(`maxRetries must be an integer of at least 0, not ${show(this.retry.maxRetries)}`);
+    }
+    const timeoutMs = options.timeoutMs ?? 30_000;
+    if (typeof timeoutMs !== "number" || !(timeoutMs > 0) || timeoutMs > MAX_TIMEOUT_MS) {
+      throw new ConfigurationError(
+        `timeoutMs must be a number of milliseconds above 0 and at most ${MAX_TIMEOUT_MS}, not ${show(timeoutMs)}`,
+      );
+    }
+    this.timeoutMs = timeoutMs;
     this.maxConcurrent = maxConcurrent;
     this.slots = new Slots(maxConcurrent);
     this.throttle = options.throttle === false ? undefined : new Throttle();
@@ -474,8 +532,8 @@ export class Core {
       timedOut = true;
       controller.abort();
     }, this.timeoutMs);
-    const onAbort = (): void => controller.abort(abortReason(signal));
-    signal?.addEventListener("abort", onAbort, { once: true });
+    if (signal?.aborted) controller.abort(abortReason(signal));
+    const unwatch = signal ? onAbort(signal, () => controller.abort(abortReason(signal))) : undefined;
     try {
       const response = await this.fetcher(base + op.path + queryString(op.query), {
         method: op.method,
@@ -494,7 +552,7 @@ export class Core {
       throw error;
     } finally {
       clearTimeout(timer);
-      signal?.removeEventListener("abort", onAbort);
+      unwatch?.();
     }
   }
 

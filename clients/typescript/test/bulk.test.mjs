@@ -2,8 +2,9 @@
 // outcomes 100 jobs per status read (GET /v1/score?ids=) rather than a poll per job,
 // through a server restart.
 import assert from "node:assert/strict";
+import { getEventListeners } from "node:events";
 import { after, before, test } from "node:test";
-import { Tollhouse } from "@tollhouse/sdk";
+import { ConfigurationError, Tollhouse } from "@tollhouse/sdk";
 import { DESCRIPTION, TITLE, candidate, org, startServer } from "./support.mjs";
 
 let server;
@@ -104,4 +105,56 @@ test("a server restart mid-run: the run completes, each candidate scored once", 
   const listed = await jobs(tollhouse);
   assert.equal(listed.length, 200, "no candidate was submitted twice");
   assert.equal(new Set(listed.map((j) => j.applicationId)).size, 200);
+});
+
+test("aborting a run: AbortError, one listener on the shared signal, none left after", async () => {
+  const warnings = [];
+  const onWarning = (warning) => warnings.push(warning);
+  process.on("warning", onWarning);
+  try {
+    // 16 batches in flight, each waiting on the one signal (throttled, sending, or
+    // waiting for a slot), plus the run's own wait: more than Node's 10 per target.
+    const tollhouse = await client("abort", { maxConcurrent: 16 });
+    const controller = new AbortController();
+    const input = Array.from({ length: 400 }, (_, i) => candidate(i, "job_1"));
+    const outcomes = [];
+    const run = tollhouse.score.many(input, {
+      webhook: true,
+      chunkSize: 5,
+      signal: controller.signal,
+      onResult: (o) => {
+        outcomes.push(o);
+        if (outcomes.length === 10) controller.abort();
+      },
+    });
+    await assert.rejects(run, (e) => e.name === "AbortError");
+    assert.ok(outcomes.length >= 10 && outcomes.length < 400, `${outcomes.length} outcomes`);
+    assert.equal(getEventListeners(controller.signal, "abort").length, 0);
+
+    // A run that ends normally leaves no listener on its signal either.
+    const kept = new AbortController();
+    const summary = await tollhouse.score.many(input.slice(0, 30), { webhook: true, chunkSize: 5, runId: "kept", signal: kept.signal });
+    assert.equal(summary.accepted, 30);
+    assert.equal(getEventListeners(kept.signal, "abort").length, 0);
+    // Warnings are emitted on a later tick.
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(
+      warnings.filter((w) => w.name === "MaxListenersExceededWarning").map(String),
+      [],
+    );
+  } finally {
+    process.off("warning", onWarning);
+  }
+});
+
+test("candidates that are not iterable: a ConfigurationError naming the argument", async () => {
+  const tollhouse = new Tollhouse({ apiKey: "sk_test_unused", baseURL: server.url });
+  for (const bad of [42, null, undefined, "app_1", { applicationId: "app_1" }]) {
+    assert.throws(
+      () => tollhouse.score.many(bad),
+      (e) => e instanceof ConfigurationError && /^score\.many: candidates must be an Iterable or AsyncIterable/.test(e.message),
+      String(bad),
+    );
+  }
+  assert.throws(() => tollhouse.score.many(42), /not 42$/);
 });

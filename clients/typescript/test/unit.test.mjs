@@ -1,6 +1,7 @@
 // The pure parts (retry decisions, throttle, base-URL rotation, error shapes, response
 // checks) and the send loop against a scripted HTTP server on loopback.
 import assert from "node:assert/strict";
+import { getEventListeners } from "node:events";
 import { createServer } from "node:http";
 import { after, before, describe, test } from "node:test";
 import {
@@ -189,6 +190,126 @@ test("no API key: a clear error before any request", () => {
   assert.equal(fetched, 0);
   assert.throws(() => new Tollhouse({ apiKey: "k", baseURL: "ftp://x" }), ConfigurationError);
   assert.throws(() => new Tollhouse({ apiKey: "k", maxConcurrent: 0 }), ConfigurationError);
+});
+
+/** An HTTP server on a free loopback port running `handler`; its URL and a `close()`. */
+async function serve(handler) {
+  const server = createServer(handler);
+  const port = await freePort();
+  await new Promise((r) => server.listen(port, "127.0.0.1", r));
+  return {
+    url: `http://127.0.0.1:${port}`,
+    close: () =>
+      new Promise((r) => {
+        server.closeAllConnections();
+        server.close(r);
+      }),
+  };
+}
+
+const healthy = (res) => {
+  res.writeHead(200, { "content-type": "application/json" });
+  res.end(JSON.stringify({ status: "ok" }));
+};
+
+test("the API key from TOLLHOUSE_API_KEY when none is passed", async () => {
+  const keys = [];
+  const server = await serve((req, res) => {
+    keys.push(req.headers.authorization);
+    healthy(res);
+  });
+  const saved = process.env.TOLLHOUSE_API_KEY;
+  process.env.TOLLHOUSE_API_KEY = "sk_test_from_env";
+  try {
+    const fromEnv = new Tollhouse({ baseURL: server.url });
+    assert.equal(fromEnv.core.apiKey, "sk_test_from_env");
+    assert.equal((await fromEnv.health()).status, "ok");
+    await new Tollhouse({ apiKey: "sk_test_passed", baseURL: server.url }).health();
+  } finally {
+    if (saved === undefined) delete process.env.TOLLHOUSE_API_KEY;
+    else process.env.TOLLHOUSE_API_KEY = saved;
+    await server.close();
+  }
+  assert.deepEqual(keys, ["Bearer sk_test_from_env", "Bearer sk_test_passed"], "a key passed wins over the variable");
+});
+
+test("maxRetries must be an integer of at least 0, timeoutMs a positive number of ms", () => {
+  for (const maxRetries of [1.5, -1, "3", Number.NaN, Number.POSITIVE_INFINITY]) {
+    assert.throws(
+      () => new Tollhouse({ apiKey: "k", maxRetries }),
+      (e) => e instanceof ConfigurationError && /^maxRetries must be an integer of at least 0/.test(e.message),
+      `maxRetries ${String(maxRetries)}`,
+    );
+  }
+  assert.throws(() => new Tollhouse({ apiKey: "k", retry: { maxRetries: 2.5 } }), /maxRetries.*not 2\.5/);
+  for (const timeoutMs of [-5, 0, "x", "100", Number.NaN, Number.POSITIVE_INFINITY, 2 ** 31]) {
+    assert.throws(
+      () => new Tollhouse({ apiKey: "k", timeoutMs }),
+      (e) => e instanceof ConfigurationError && /^timeoutMs must be a number of milliseconds above 0/.test(e.message),
+      `timeoutMs ${String(timeoutMs)}`,
+    );
+  }
+  assert.throws(() => new Tollhouse({ apiKey: "k", timeoutMs: "x" }), /not "x"$/);
+  for (const maxConcurrent of [0, 2.5, "4"]) assert.throws(() => new Tollhouse({ apiKey: "k", maxConcurrent }), ConfigurationError);
+  const ok = new Tollhouse({ apiKey: "k", maxRetries: 0, timeoutMs: 0.5 });
+  assert.deepEqual([ok.core.retry.maxRetries, ok.core.timeoutMs], [0, 0.5]);
+  assert.equal(new Tollhouse({ apiKey: "k", timeoutMs: 2 ** 31 - 1 }).core.timeoutMs, 2 ** 31 - 1);
+  const defaults = new Tollhouse({ apiKey: "k", maxRetries: null, timeoutMs: null });
+  assert.deepEqual([defaults.core.retry.maxRetries, defaults.core.timeoutMs], [5, 30_000], "null is the default");
+});
+
+test("a server that never answers: TransportError once timeoutMs has passed", async () => {
+  const arrived = [];
+  const server = await serve((req) => arrived.push(`${req.method} ${req.url}`)); // never answers
+  try {
+    const c = new Tollhouse({ apiKey: "k", baseURL: server.url, timeoutMs: 200, maxRetries: 1, retry: { backoffBase: 0.01, backoffMax: 0.02 } });
+    await assert.rejects(c.health(), (e) => {
+      assert.ok(e instanceof TransportError, String(e));
+      assert.match(e.message, /^GET http:\/\/127\.0\.0\.1:\d+\/healthz failed after 2 attempts: no answer within 200 ms$/);
+      assert.equal(e.attempts, 2);
+      return true;
+    });
+    assert.deepEqual(arrived, ["GET /healthz", "GET /healthz"], "the timed-out read was sent again once");
+  } finally {
+    await server.close();
+  }
+});
+
+test("maxConcurrent caps the requests in flight", async () => {
+  let inFlight = 0;
+  let peak = 0;
+  let watched;
+  const listening = [];
+  const server = await serve((req, res) => {
+    if (watched) listening.push(getEventListeners(watched, "abort").length);
+    inFlight += 1;
+    peak = Math.max(peak, inFlight);
+    // Slow: the answers come after the other calls have had time to pile up.
+    setTimeout(() => {
+      inFlight -= 1;
+      healthy(res);
+    }, 50);
+  });
+  try {
+    const c = new Tollhouse({ apiKey: "k", baseURL: server.url, maxConcurrent: 3 });
+    const answers = await Promise.all(Array.from({ length: 12 }, () => c.health()));
+    assert.equal(answers.length, 12);
+    assert.equal(peak, 3, "never more than maxConcurrent at once, and that many when there is more to send");
+    // Calls sharing one AbortSignal (sending, or waiting for a slot) put one listener on it.
+    const shared = new AbortController();
+    watched = shared.signal;
+    await Promise.all(Array.from({ length: 12 }, () => c.health({ signal: shared.signal })));
+    assert.equal(listening.length, 12);
+    assert.deepEqual(new Set(listening), new Set([1]));
+    assert.equal(getEventListeners(shared.signal, "abort").length, 0, "none left once the calls ended");
+    watched = undefined;
+    peak = 0;
+    const one = new Tollhouse({ apiKey: "k", baseURL: server.url, maxConcurrent: 1 });
+    await Promise.all(Array.from({ length: 4 }, () => one.health()));
+    assert.equal(peak, 1);
+  } finally {
+    await server.close();
+  }
 });
 
 describe("the send loop against a scripted server", () => {

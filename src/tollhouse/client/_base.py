@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import os
 import random
 import time
@@ -435,6 +436,11 @@ class ClientBase:
         key, urls = resolve_settings(api_key, base_url)
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        # bool is an int: True seconds is a mistake, not a timeout.
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise ValueError(f"timeout must be a number of seconds above 0, not {timeout!r}")
+        if not 0 < timeout < math.inf:
+            raise ValueError(f"timeout must be a number of seconds above 0, not {timeout!r}")
         policy = retry or RetryPolicy()
         if max_retries is not None:
             policy = dataclasses.replace(policy, max_retries=max_retries)

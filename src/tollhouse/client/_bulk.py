@@ -50,8 +50,8 @@ class ScoreOutcome:
     Attributes:
         key: the candidate's key (by default ``"{jobId}/{applicationId}"``).
         status: ``completed`` or ``failed`` (the job finished), ``rejected`` (the API
-            refused the body; see ``error``), or ``queued`` (accepted; only when
-            ``wait=False``).
+            refused the body; see ``error``), or ``queued`` (accepted; only with
+            ``webhook=True`` or ``wait=False``).
         application_id: the application.
         job_id: the job posting.
         scoring_job_id: the scoring job (None when rejected).
@@ -72,7 +72,7 @@ class ScoreOutcome:
 
     @property
     def ok(self) -> bool:
-        """Completed (or, with ``wait=False``, accepted)."""
+        """Completed (or, with ``webhook=True``/``wait=False``, accepted)."""
         return self.status in (COMPLETED, QUEUED)
 
     @property

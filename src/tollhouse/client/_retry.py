@@ -50,8 +50,9 @@ class RetryPolicy:
     retry_statuses: frozenset[int] = field(default_factory=lambda: frozenset({502, 503, 504}))
 
     def __post_init__(self) -> None:
-        if self.max_retries < 0:
-            raise ValueError("max_retries must be 0 or more")
+        retries = self.max_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"max_retries must be an integer of at least 0, not {retries!r}")
         if self.backoff_base <= 0 or self.backoff_max < self.backoff_base:
             raise ValueError("need 0 < backoff_base <= backoff_max")
         if self.retry_after_jitter < 0 or self.max_retry_after < 0:
