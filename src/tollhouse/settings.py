@@ -302,6 +302,15 @@ FAIR_USE_WEBHOOK_ORG = Setting(
     "The provider's own org: its webhook endpoints (in the flagged environment) get one "
     "`fair_use.flagged` event per signal, org and window. Empty: no events.",
 )
+FAIR_USE_INTERVAL = Setting(
+    "fair_use_interval",
+    "TOLLHOUSE_FAIR_USE_INTERVAL",
+    None,
+    SECONDS,
+    300.0,
+    "Seconds between two scheduled fair-use passes inside each server process (with "
+    "several, each interval is still passed once).",
+)
 JOB_LEASE_SECONDS = Setting(
     "job_lease_seconds",
     "TOLLHOUSE_JOB_LEASE_SECONDS",
@@ -439,6 +448,7 @@ TABLE: tuple[Setting, ...] = (
     METRICS_TOKEN,
     ADMIN_TOKEN,
     FAIR_USE_WEBHOOK_ORG,
+    FAIR_USE_INTERVAL,
     JOB_LEASE_SECONDS,
     ACCESS_LOG_LISTEN,
     LOG_BODIES,
@@ -478,6 +488,7 @@ class Settings:
     metrics_token: str = METRICS_TOKEN.default
     admin_token: str = ADMIN_TOKEN.default
     fair_use_webhook_org: str = FAIR_USE_WEBHOOK_ORG.default
+    fair_use_interval: float = FAIR_USE_INTERVAL.default
     job_lease_seconds: float = JOB_LEASE_SECONDS.default
     access_log_listen: str = ACCESS_LOG_LISTEN.default
     log_bodies: bool = LOG_BODIES.default

@@ -148,18 +148,28 @@ def running(
         yield Running(app, base, key)
 
 
-def generate(run: Running, job_id: str) -> None:
-    resp = httpx.post(
-        run.url + "/v1/criteria/generate",
-        headers=run.headers(),
-        json={
-            "jobId": job_id,
-            "title": "Backend Engineer",
-            "description": "Python and SQL, 5 years.",
-        },
-        timeout=30,
-    )
-    assert resp.status_code == 200, resp.text
+def generate(run: Running, job_id: str, route: str = "/v1/criteria/generate") -> None:
+    """One generation of ``job_id`` on ``route``, paced as the built-in ``criteria_ai``
+    bucket (5 per second) requires: a 429 is waited out for its ``Retry-After``."""
+    while True:
+        resp = httpx.post(
+            run.url + route,
+            headers=run.headers(),
+            json={
+                "jobId": job_id,
+                "title": "Backend Engineer",
+                "description": "Python and SQL, 5 years.",
+            },
+            timeout=30,
+        )
+        if resp.status_code != 429:
+            assert resp.status_code == 200, resp.text
+            return
+        time.sleep(float(resp.headers["Retry-After"]))
+
+
+def questions(run: Running, job_id: str) -> None:
+    generate(run, job_id, "/v1/criteria/questions")
 
 
 def submit(run: Running, job_id: str, application: str) -> httpx.Response:
@@ -208,6 +218,24 @@ def test_regeneration_loop_flags_above_n(run: Running) -> None:
     assert [s.id for s in found.subjects] == ["job_loop"]
     assert found.first_seen_us is not None and found.last_seen_us is not None
     assert found.first_seen_us <= found.last_seen_us
+    result = run.fair_use_pass(time.time() + 1)
+    assert [(o, r.signal) for o, _, r in result.flagged] == [("acme", "regeneration_loop")]
+
+
+def test_regeneration_loop_on_the_questions_route(run: Running) -> None:
+    # Once per route per job is the expected use: criteria and questions 3 times each
+    # for one job count per route, so the job is at 3, not 6.
+    for _ in range(3):
+        generate(run, "job_q")
+        questions(run, "job_q")
+    found = run.signals()["regeneration_loop"]
+    assert (found.value, found.status) == (3, "watch")
+    assert [(s.id, s.count) for s in found.subjects] == [("job_q", 3)]
+
+    questions(run, "job_q")  # a fourth set of questions: a loop on that route
+    found = run.signals()["regeneration_loop"]
+    assert (found.value, found.status) == (4, "flagged")
+    assert [(s.id, s.count) for s in found.subjects] == [("job_q", 4)]
     result = run.fair_use_pass(time.time() + 1)
     assert [(o, r.signal) for o, _, r in result.flagged] == [("acme", "regeneration_loop")]
 
@@ -301,6 +329,7 @@ def test_clean_integration_raises_nothing(run: Running) -> None:
     run_with(run.app.settings.database_url, add, schema=False)
     for i, job in enumerate(("job_1", "job_2")):
         generate(run, job)
+        questions(run, job)  # once per job, as expected
         assert submit(run, job, f"app_{i}").status_code == 202
     wait_finished(run, 2)
     t = time.time()
@@ -310,4 +339,5 @@ def test_clean_integration_raises_nothing(run: Running) -> None:
     assert {r.status for r in now.values()} == {"ok"}, now
     assert later["criteria_without_scoring"].status == "ok"
     assert later["criteria_without_scoring"].detail["maturedJobs"] == 2
+    assert now["regeneration_loop"].value == 1  # per route: criteria + questions are not 2
     assert run.fair_use_pass(t + 8 * DAY).flagged == []

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from tests.conftest import run_cli
 from tests.storage.support import run_with
 from tollhouse.fairuse import FairUseTap
-from tollhouse.fairuse.schema import MAX_SUBJECT, fair_use_tallies
+from tollhouse.fairuse.schema import MAX_SUBJECT, fair_use_flags, fair_use_tallies
 from tollhouse.fairuse.signals import sliding_peak, status
 from tollhouse.keys.model import Identity
 from tollhouse.metering.record import CallRecord
@@ -67,9 +67,19 @@ def test_cli_prints_signals_and_runs_the_pass(tmp_path: Path) -> None:
     async def seed(engine: Any) -> None:
         await tap.flush(engine)
 
+    async def flags(engine: Any) -> list[tuple[Any, ...]]:
+        f = fair_use_flags.c
+        async with engine.connect() as conn:
+            rows = await conn.execute(select(f.org, f.environment, f.signal, f.value, f.involved))
+            return [tuple(r) for r in rows]
+
     run_with(db, seed)
-    args = ("--org", "acme", "--environment", "sandbox", "--json", "--run", "--database-url", db)
-    out = run_cli("usage", "fair-use", "--time-range", "24h", *args, cwd=tmp_path)
+    args = ("--org", "acme", "--environment", "sandbox", "--json", "--database-url", db)
+    run_cli("usage", "fair-use", "--time-range", "24h", *args, cwd=tmp_path)
+    assert run_with(db, flags, schema=False) == []  # without --run: read only
+    out = run_cli("usage", "fair-use", "--time-range", "24h", "--run", *args, cwd=tmp_path)
+    # --run ran the scheduled pass: it recorded the flag.
+    assert run_with(db, flags, schema=False) == [("acme", "SANDBOX", "regeneration_loop", 4.0, 1)]
     body = json.loads(out.stdout)
     [entry] = body["orgs"]
     signals = {s["signal"]: s for s in entry["signals"]}

@@ -503,11 +503,19 @@ def prune_cmd(
     database_url: DatabaseOpt = None,
 ) -> None:
     """Delete usage rows older than the default retention, in the database the server
-    writes (the server does it hourly)."""
+    writes: the meter's tables and the fair-use tables (never less than the policy's
+    fair-use windows read)."""
+    from tollhouse.fairuse.retention import prune_fair_use
     from tollhouse.metering.retention import Retention, prune
 
     settings = settings_from(config, database_url)
-    deleted = with_database(settings, lambda e: prune(e, Retention(), time.time()))
+    rules = settings.policy.fair_use
+
+    async def prune_all(engine: Any) -> dict[str, int]:
+        now, kept = time.time(), Retention()
+        return {**await prune(engine, kept, now), **await prune_fair_use(engine, kept, now, rules)}
+
+    deleted = with_database(settings, prune_all)
     if as_json:
         write_json(deleted)
         return

@@ -65,7 +65,7 @@ from tollhouse.storage.transactions import write_transaction
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between two passes inside the server.
+#: Seconds between two passes inside the server (``TOLLHOUSE_FAIR_USE_INTERVAL``).
 DEFAULT_INTERVAL = 300.0
 #: How far back the first pass on a database starts.
 FIRST_LOOKBACK = 86400.0

@@ -156,6 +156,7 @@ class Tollhouse:
             self.engine,
             policy.fair_use,
             tap=self.fair_use_tap,
+            interval=self.settings.fair_use_interval,
             webhook_org=self.settings.fair_use_webhook_org,
         )
         self.key_store = KeyStore(self.engine)

@@ -3,6 +3,10 @@
 Rows are deleted by age, except the raw call log on PostgreSQL, which is partitioned by
 day: whole partitions are dropped there (:func:`~.partitions.drop_days_before`), never a
 ``DELETE`` over the log.
+
+:class:`Retention` also holds the ages of the fair-use tables, which
+:func:`tollhouse.fairuse.retention.prune_fair_use` enforces (the fair-use package reads
+the meter's tables, so the deletes live beside its own tables, not here).
 """
 
 from __future__ import annotations
@@ -43,6 +47,16 @@ class Retention:
     """Daily rollups: small, kept forever by default."""
     events_days: float | None = 400
     """Product events (the metrics catalogue shape, CHAT and LLM call counts)."""
+    fair_use_days: float | None = 98
+    """The fair-use tallies and jobs (``fair_use_tallies``, ``fair_use_jobs``): the
+    90-day ``timeRange`` of ``GET /v1/analytics/fair-use``, the 7 days
+    ``criteria_without_scoring`` looks back before it, and a day. Pruned by
+    :func:`tollhouse.fairuse.retention.prune_fair_use`, never below what the policy's
+    ``[[fair_use]]`` windows need."""
+    fair_use_flags_days: float | None = 400
+    """The flags the scheduled pass recorded (``fair_use_flags``, read by the catalogue
+    metrics), by when each was last updated; a flag whose throttle override is not
+    lifted yet is kept."""
 
     def covers(self, days: float | None, oldest: float, now: float) -> bool:
         """True when a table kept ``days`` still holds data from ``oldest`` (epoch s)."""
