@@ -132,6 +132,8 @@ http {{
             proxy_set_header Content-Length "";
             proxy_set_header X-Original-Method $request_method;
             proxy_set_header X-Original-URI $request_uri;
+            proxy_set_header X-Forwarded-Method "";
+            proxy_set_header X-Forwarded-Uri "";
             proxy_set_header X-Forwarded-For $remote_addr;
         }}
     }}

@@ -6,17 +6,29 @@ that comes after that moves its call from unknown to its status, once."""
 from __future__ import annotations
 
 import asyncio
+import secrets
+import socket
+import time
+from pathlib import Path
 
+import httpx
 import pytest
 
+from tests.conftest import free_port, start_server, stop_server
+from tests.http.test_forward_auth_nginx import metered_calls
+from tests.services import PostgresServer
 from tollhouse.errors import ConfigError, PolicyError
 from tollhouse.http.access_log import UNKNOWN_STATUS, AccessLogReceiver, AwaitingLog
+from tollhouse.http.forward_auth import AUTHORIZE_PATH
 from tollhouse.http.forwarded import TrustedProxies
+from tollhouse.keys.store import KeyStore
 from tollhouse.limits.memory import MemoryStore
 from tollhouse.limits.store import Lease, PoolCheck
 from tollhouse.metering.record import CallRecord
 from tollhouse.policy.load import parse_policy
+from tollhouse.schema import create_schema
 from tollhouse.settings import load_settings
+from tollhouse.storage.engine import make_engine
 
 POOL = PoolCheck("pool:acme", "held", 1, 300.0)
 
@@ -132,6 +144,7 @@ def test_the_forward_auth_table_and_setting_are_checked() -> None:
         ),
         ('[forward_auth]\nlog_wait = "0s"', "forward_auth.log_wait"),
         ("[forward_auth]\nlisten = 1", "forward_auth.listen"),
+        ('[forward_auth]\nheaders = "x-original"', "forward_auth.headers"),
     ]:
         with pytest.raises(PolicyError) as caught:
             parse_policy(text, "t.toml")
@@ -211,3 +224,55 @@ def test_caddy_json_access_log_lines_are_joined_by_their_answer_request_id() -> 
         assert [(c.status, c.duration_ms) for c in calls.recorded] == [(503, 250.0)]
 
     asyncio.run(go())
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_serve_receives_the_lines_with_its_access_log_listen_flag(
+    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if engine == "sqlite":
+        database = f"sqlite:///{tmp_path / 't.db'}"
+    else:
+        pg: PostgresServer = request.getfixturevalue("postgres_service")
+        database = pg.create_database(f"alog_{secrets.token_hex(4)}")
+
+    async def make_key() -> str:
+        db = make_engine(database)
+        await create_schema(db)
+        secret = (await KeyStore(db).create("acme", "test", "root"))[1]
+        await db.dispose()
+        return secret
+
+    key = asyncio.run(make_key())
+    config = tmp_path / "tollhouse.toml"
+    # No [forward_auth] table: the flag alone makes the server listen; log_wait stays
+    # 60 s, so the call is metered within the test only if its line is joined.
+    config.write_text(
+        f'[storage]\ndatabase_url = "{database}"\n[proxy]\ntrusted_proxies = ["127.0.0.1/32"]\n'
+    )
+    log_port = free_port()
+    server = start_server(tmp_path, config, "--access-log-listen", f"udp://127.0.0.1:{log_port}")
+    try:
+        asked = httpx.get(
+            server.url + AUTHORIZE_PATH,
+            headers={
+                "Authorization": f"Bearer {key}",
+                "X-Original-URI": "/v1/things",
+                "X-Original-Method": "GET",
+            },
+        )
+        assert asked.status_code == 200, asked.text
+        line = b'<190>nginx: {"request_id":"%s","status":418,"request_time":0.25}' % (
+            asked.headers["x-request-id"].encode()
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(line, ("127.0.0.1", log_port))
+        deadline = time.monotonic() + 15
+        calls = metered_calls(database, "acme")
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.1)
+            calls = metered_calls(database, "acme")
+    finally:
+        stop_server(server)
+    assert [(c.method, c.status) for c in calls] == [("GET", 418)], server.output()

@@ -1,11 +1,12 @@
 """Forward-auth with a real Caddy from Debian: tollhouse as its ``forward_auth``.
 
-Caddy (started here on loopback with the Caddyfile docs/forward-auth.md gives) proxies
-the upstream of the nginx tests and asks ``/v1/platform/authorize`` about every request,
-sending the original request in ``X-Forwarded-Method`` and ``X-Forwarded-Uri``. It returns
-tollhouse's refusals to the client as they are (status, headers, envelope), and sends its
-JSON access log to tollhouse over UDP, which joins each admitted call's status to its
-metering. Runs on SQLite and on PostgreSQL.
+Caddy (started here on loopback with the Caddyfile docs/forward-auth.md gives, on the
+test's ports) proxies the upstream of the nginx tests, under their policy, and asks
+``/v1/platform/authorize`` about every request, sending the original request in
+``X-Forwarded-Method`` and ``X-Forwarded-Uri``. It returns tollhouse's refusals to the
+client as they are (status, headers, envelope), and sends its JSON access log to
+tollhouse over UDP, which joins each admitted call's status to its metering and frees its
+pool slot. Runs on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -22,13 +23,18 @@ import httpx
 import pytest
 
 from tests.conftest import free_port, serve_in_thread
+from tests.http.test_forward_auth_docs import documented
 from tests.http.test_forward_auth_nginx import (
+    POLICY,
     Stack,
     Upstream,
     _calls_when_written,
     _decide_directly,
     _envelope,
     _org,
+    check_a_forged_original_request_is_not_believed,
+    check_a_pool_slot_is_held_until_its_line,
+    check_orgs_and_environments_stay_apart,
 )
 from tests.services import PostgresServer, missing
 from tollhouse import Tollhouse
@@ -37,82 +43,20 @@ from tollhouse.storage.engine import make_engine
 
 pytestmark = pytest.mark.integration
 
-POLICY = """
-[upstream]
-url = "http://127.0.0.1:9"   # never used: Caddy sends the requests upstream
 
-[proxy]
-trusted_proxies = ["127.0.0.1/32"]
-
-[forward_auth]
-access_log_listen = "udp://127.0.0.1:{log_port}"
-log_wait = "1s"
-
-[storage]
-database_url = "{db}"
-
-[[buckets]]
-name = "limited"
-limit = 2
-window = "3650d"
-scope = "key"
-routes = ["GET /v1/limited"]
-
-[[access]]
-routes = ["* /v1/admin/*"]
-roles = ["root"]
-"""
-
-#: The Caddyfile of docs/forward-auth.md, with the test's ports.
-CADDYFILE = r"""
-{{
-	admin off
-	auto_https off
-	storage file_system {tmp}/data
-}}
-http://127.0.0.1:{port} {{
-	# The JSON access log tollhouse joins to its decisions (see Metering below).
-	log {{
-		output net udp/127.0.0.1:{log_port}
-		format json
-	}}
-	# Caddy 2.6 copies a header the decision lacks (a route without buckets) as its
-	# placeholder's text: those are dropped; the others are set on the answer.
-	@no_limits header_regexp X-RateLimit-Limit ^\{{
-	@limits header_regexp X-RateLimit-Limit ^[0-9]
-	route {{
-		forward_auth {tollhouse} {{
-			uri /v1/platform/authorize
-			copy_headers {{
-				X-Tollhouse-Org
-				X-Tollhouse-Environment
-				X-Tollhouse-Key-Id
-				X-Tollhouse-Role
-				X-Request-Id
-				X-RateLimit-Limit
-				X-RateLimit-Remaining
-				X-RateLimit-Reset
-				RateLimit
-				RateLimit-Policy
-			}}
-		}}
-		request_header @no_limits -X-RateLimit-Limit
-		request_header @no_limits -X-RateLimit-Remaining
-		request_header @no_limits -X-RateLimit-Reset
-		request_header @no_limits -RateLimit
-		request_header @no_limits -RateLimit-Policy
-		request_header -Authorization
-		request_header -X-API-Key
-		header X-Request-Id {{http.request.header.X-Request-Id}}
-		header @limits X-RateLimit-Limit {{http.request.header.X-RateLimit-Limit}}
-		header @limits X-RateLimit-Remaining {{http.request.header.X-RateLimit-Remaining}}
-		header @limits X-RateLimit-Reset {{http.request.header.X-RateLimit-Reset}}
-		header @limits RateLimit {{http.request.header.RateLimit}}
-		header @limits RateLimit-Policy {{http.request.header.RateLimit-Policy}}
-		reverse_proxy {api}
-	}}
-}}
-"""
+def _caddyfile(tmp: Path, port: int, log_port: int, tollhouse: str, api: str) -> str:
+    """The Caddyfile of docs/forward-auth.md as it is written, on the test's ports, with
+    its files in ``tmp``."""
+    site = documented(
+        "caddyfile",
+        {
+            "api.example.com {": f"http://127.0.0.1:{port} {{",
+            "forward_auth 127.0.0.1:8000 {": f"forward_auth {tollhouse} {{",
+            "reverse_proxy 127.0.0.1:9000": f"reverse_proxy {api}",
+            "udp/127.0.0.1:5140": f"udp/127.0.0.1:{log_port}",
+        },
+    )
+    return f"{{\n\tadmin off\n\tauto_https off\n\tstorage file_system {tmp}/data\n}}\n" + site
 
 
 def _caddy_binary() -> str:
@@ -152,12 +96,8 @@ def caddy(
         port = free_port()
         caddyfile = tmp / "Caddyfile"
         caddyfile.write_text(
-            CADDYFILE.format(
-                tmp=tmp,
-                port=port,
-                log_port=log_port,
-                tollhouse=tollhouse.removeprefix("http://"),
-                api=api.removeprefix("http://"),
+            _caddyfile(
+                tmp, port, log_port, tollhouse.removeprefix("http://"), api.removeprefix("http://")
             )
         )
         log = (tmp / "caddy.log").open("w")
@@ -183,6 +123,11 @@ def caddy(
             log.close()
 
 
+#: The decision's headers Caddy copies to the upstream request on a route with buckets.
+_LIMIT_HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
+_RATELIMIT_HEADERS = ("ratelimit", "ratelimit-policy")
+
+
 def test_caddy_copies_the_decision_and_returns_refusals(caddy: Stack) -> None:
     org = _org()
     key = caddy.key(org)
@@ -193,9 +138,12 @@ def test_caddy_copies_the_decision_and_returns_refusals(caddy: Stack) -> None:
     assert seen["x-tollhouse-role"] == "root"
     assert "authorization" not in seen
     assert r.headers["x-request-id"] == seen["x-request-id"]
-    assert (r.headers["x-ratelimit-limit"], r.headers["x-ratelimit-remaining"]) == ("2", "1")
-    assert r.headers["ratelimit"].startswith('"limited";r=1;t=')
-    assert caddy.get("/v1/limited", key).status_code == 200
+    assert (r.headers["x-ratelimit-limit"], r.headers["x-ratelimit-remaining"]) == ("3", "2")
+    assert r.headers["ratelimit"].startswith('"limited";r=2;t=')
+    # The upstream got the decision's rate-limit headers too, as the client did.
+    for name in (*_LIMIT_HEADERS, *_RATELIMIT_HEADERS):
+        assert seen[name] == r.headers[name], name
+    assert [caddy.get("/v1/limited", key).status_code for _ in range(2)] == [200, 200]
     refused = caddy.get("/v1/limited", key)
     _envelope(refused, 429, "RATE_LIMITED")
     assert int(refused.headers["retry-after"]) >= 1
@@ -203,10 +151,27 @@ def test_caddy_copies_the_decision_and_returns_refusals(caddy: Stack) -> None:
     _envelope(caddy.get("/v1/limited"), 401, "UNAUTHORIZED")
     _envelope(caddy.get("/v1/admin/x", caddy.key(org, role="member")), 403, "FORBIDDEN")
     _envelope(caddy.get("/v1/a%2Fb", key), 400, "BAD_REQUEST")
-    # A route without buckets: no rate-limit header, not even an empty one.
+    # A route without buckets: no rate-limit header on the answer, and none (not even a
+    # placeholder's text) sent upstream.
     other = caddy.get("/v1/open", key)
     assert other.status_code == 200
     assert "x-ratelimit-limit" not in other.headers and "ratelimit" not in other.headers
+    upstream = other.json()["headers"]
+    assert not {*_LIMIT_HEADERS, *_RATELIMIT_HEADERS} & upstream.keys(), upstream
+    assert not [v for v in upstream.values() if "{" in v], upstream
+    assert upstream["x-tollhouse-org"] == org
+
+
+def test_a_forged_original_request_is_not_believed_through_caddy(caddy: Stack) -> None:
+    check_a_forged_original_request_is_not_believed(caddy)
+
+
+def test_a_pool_slot_is_held_until_caddys_access_log_line_comes(caddy: Stack) -> None:
+    check_a_pool_slot_is_held_until_its_line(caddy)
+
+
+def test_orgs_and_environments_stay_apart_through_caddy(caddy: Stack) -> None:
+    check_orgs_and_environments_stay_apart(caddy)
 
 
 def test_metering_joins_the_upstream_status_from_caddys_access_log(caddy: Stack) -> None:
@@ -216,4 +181,4 @@ def test_metering_joins_the_upstream_status_from_caddys_access_log(caddy: Stack)
     assert got == [201, 404, 503]
     _decide_directly(caddy, key)  # no line will ever come for this one: status unknown
     calls = _calls_when_written(caddy, org, 4)
-    assert sorted(status for *_, status in calls) == [0, 201, 404, 503], calls
+    assert sorted(call.status for call in calls) == [0, 201, 404, 503], calls

@@ -20,14 +20,33 @@ def _blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", DOC, flags=re.DOTALL)
 
 
+def documented(language: str, replace: dict[str, str]) -> str:
+    """The one ``language`` block of the docs, each key of ``replace`` (found exactly
+    once) replaced by its value: the configuration the proxy tests run."""
+    (block,) = _blocks(language)
+    for old, new in replace.items():
+        assert block.count(old) == 1, (old, block)
+        block = block.replace(old, new)
+    return block
+
+
 def test_the_yaml_configurations_parse() -> None:
     yaml = pytest.importorskip("yaml")
     traefik, envoy = (yaml.safe_load(block) for block in _blocks("yaml"))
     middleware = traefik["http"]["middlewares"]["tollhouse"]["forwardAuth"]
     assert middleware["address"].endswith("/v1/platform/authorize")
-    http_filters = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    ext_authz = http_filters["typed_config"]["http_filters"][0]["typed_config"]
+    # Traefik passes every header of the caller unless told which: an allow-list, with
+    # none of the original-request headers (Traefik sets its own X-Forwarded-*).
+    sent = {name.lower() for name in middleware["authRequestHeaders"]}
+    assert sent == {"authorization", "x-api-key", "x-tenant-id", "x-request-id"}
+    manager = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    ext_authz = manager["typed_config"]["http_filters"][0]["typed_config"]
     assert ext_authz["http_service"]["path_prefix"] == "/v1/platform/authorize"
+    allowed = ext_authz["http_service"]["authorization_request"]["allowed_headers"]["patterns"]
+    assert not {p["exact"] for p in allowed} & {"x-original-uri", "x-forwarded-uri"}
+    # The caller's key goes to tollhouse, never to the upstream.
+    (route,) = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    assert {"authorization", "x-api-key"} <= set(route["request_headers_to_remove"])
 
 
 def test_the_nginx_configuration_passes_nginx_t(tmp_path: Path) -> None:

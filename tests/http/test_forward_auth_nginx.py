@@ -1,7 +1,7 @@
 """Forward-auth with a real nginx from Debian: tollhouse as its ``auth_request``.
 
-nginx (started here on loopback with its own configuration, the one docs/forward-auth.md
-gives) proxies a small upstream and asks tollhouse's ``/v1/platform/authorize`` about
+nginx (started here on loopback with the configuration docs/forward-auth.md gives, on
+the test's ports) proxies a small upstream and asks tollhouse's ``/v1/platform/authorize`` about
 every request; refusals come back through ``error_page`` with the envelope and headers a
 direct call gets, and nginx's JSON access log reaches tollhouse over syslog (UDP), which
 joins each decided call's upstream status to its metering and frees its pool slot.
@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import orjson
@@ -29,6 +29,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import free_port, serve_in_thread
+from tests.http.test_forward_auth_docs import documented
 from tests.services import PostgresServer, missing
 from tollhouse import Tollhouse
 from tollhouse.analytics.catalogue import CATALOGUE
@@ -76,98 +77,27 @@ description = "the upstream"
 routes = ["* /v1/*"]
 """
 
-#: The configuration of docs/forward-auth.md, with the test's ports and paths.
-NGINX = """
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
+_TEMP = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
-    log_format tollhouse escape=json
-        '{{"request_id":"$th_request_id","status":$status,"request_time":$request_time}}';
-    access_log syslog:server=127.0.0.1:{log_port},nohostname,tag=nginx tollhouse;
 
-    upstream tollhouse {{ server {tollhouse}; keepalive 32; }}
-    upstream api {{ server {api}; keepalive 32; }}
-
-    server {{
-        listen 127.0.0.1:{port};
-
-        location / {{
-            auth_request /_tollhouse/authorize;
-            auth_request_set $th_status $upstream_status;
-            auth_request_set $th_request_id $upstream_http_x_request_id;
-            auth_request_set $th_org $upstream_http_x_tollhouse_org;
-            auth_request_set $th_environment $upstream_http_x_tollhouse_environment;
-            auth_request_set $th_key_id $upstream_http_x_tollhouse_key_id;
-            auth_request_set $th_role $upstream_http_x_tollhouse_role;
-            auth_request_set $th_limit $upstream_http_x_ratelimit_limit;
-            auth_request_set $th_remaining $upstream_http_x_ratelimit_remaining;
-            auth_request_set $th_reset $upstream_http_x_ratelimit_reset;
-            auth_request_set $th_ratelimit $upstream_http_ratelimit;
-            auth_request_set $th_ratelimit_policy $upstream_http_ratelimit_policy;
-            auth_request_set $th_retry_after $upstream_http_retry_after;
-            auth_request_set $th_error $upstream_http_x_tollhouse_error;
-            error_page 400 401 403 413 429 500 503 = @tollhouse_refused;
-
-            proxy_pass http://api;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Authorization "";
-            proxy_set_header X-API-Key "";
-            proxy_set_header X-Request-Id $th_request_id;
-            proxy_set_header X-Tollhouse-Org $th_org;
-            proxy_set_header X-Tollhouse-Environment $th_environment;
-            proxy_set_header X-Tollhouse-Key-Id $th_key_id;
-            proxy_set_header X-Tollhouse-Role $th_role;
-            proxy_hide_header X-Request-Id;
-            add_header X-Request-Id $th_request_id always;
-            add_header X-RateLimit-Limit $th_limit always;
-            add_header X-RateLimit-Remaining $th_remaining always;
-            add_header X-RateLimit-Reset $th_reset always;
-            add_header RateLimit $th_ratelimit always;
-            add_header RateLimit-Policy $th_ratelimit_policy always;
-        }}
-
-        location = /_tollhouse/authorize {{
-            internal;
-            proxy_pass http://tollhouse/v1/platform/authorize;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-            proxy_set_header X-Original-Method $request_method;
-            proxy_set_header X-Original-URI $request_uri;
-            proxy_set_header X-Forwarded-For $remote_addr;
-        }}
-
-        location @tollhouse_refused {{
-            default_type application/json;
-            add_header X-Request-Id $th_request_id always;
-            add_header X-RateLimit-Limit $th_limit always;
-            add_header X-RateLimit-Remaining $th_remaining always;
-            add_header X-RateLimit-Reset $th_reset always;
-            add_header RateLimit $th_ratelimit always;
-            add_header RateLimit-Policy $th_ratelimit_policy always;
-            add_header Retry-After $th_retry_after always;
-            if ($th_status = 400) {{ return 400 $th_error; }}
-            if ($th_status = 401) {{ return 401 $th_error; }}
-            if ($th_status = 403) {{ return 403 $th_error; }}
-            if ($th_status = 413) {{ return 413 $th_error; }}
-            if ($th_status = 429) {{ return 429 $th_error; }}
-            if ($th_status = 503) {{ return 503 $th_error; }}
-            return 502;
-        }}
-    }}
-}}
-"""
+def _nginx_conf(tmp: Path, port: int, log_port: int, tollhouse: str, api: str) -> str:
+    """The configuration of docs/forward-auth.md as it is written, on the test's ports,
+    with its files in ``tmp``."""
+    temp = "".join(f"    {kind}_temp_path {tmp}/{kind};\n" for kind in _TEMP)
+    http = documented(
+        "nginx",
+        {
+            "http {\n": "http {\n" + temp,
+            "listen 80;": f"listen 127.0.0.1:{port};",
+            "server 127.0.0.1:8000;": f"server {tollhouse};",
+            "server 127.0.0.1:9000;": f"server {api};",
+            "syslog:server=127.0.0.1:5140": f"syslog:server=127.0.0.1:{log_port}",
+        },
+    )
+    head = (
+        f"worker_processes 1;\ndaemon off;\npid {tmp}/nginx.pid;\nerror_log {tmp}/error.log warn;\n"
+    )
+    return head + "events { worker_connections 256; }\n" + http
 
 
 class Upstream:
@@ -206,6 +136,18 @@ class Upstream:
         await send({"type": "http.response.body", "body": body})
 
 
+class Call(NamedTuple):
+    """A metered call, as the call log stores it."""
+
+    environment: str
+    key_id: str
+    method: str
+    route: str
+    status: int
+    tenant: str | None
+    endpoint_group: str | None
+
+
 @dataclass
 class Stack:
     nginx: str
@@ -230,26 +172,30 @@ class Stack:
             headers["Authorization"] = f"Bearer {key}"
         return httpx.get(self.nginx + path, headers=headers, timeout=10)
 
-    def calls(self, org: str) -> list[tuple[str, str, str, int]]:
-        """``(environment, key_id, route, status)`` of every metered call of ``org``,
-        once the meter has written them."""
+    def calls(self, org: str) -> list[Call]:
+        """Every metered call of ``org`` the meter has written, oldest first."""
         self.app.meter.aggregator.absorb()
+        return metered_calls(self.database, org)
 
-        async def read() -> list[tuple[str, str, str, int]]:
-            engine = make_engine(self.database)
-            try:
-                async with engine.connect() as conn:
-                    c = usage_calls.c
-                    rows = await conn.execute(
-                        select(c.environment, c.key_id, c.route, c.status)
-                        .where(c.org == org)
-                        .order_by(c.time_us)
-                    )
-                    return [tuple(r) for r in rows]  # type: ignore[misc]
-            finally:
-                await engine.dispose()
 
-        return asyncio.run(read())
+def metered_calls(database: str, org: str) -> list[Call]:
+    """Every call of ``org`` in the call log of ``database``, oldest first."""
+
+    async def read() -> list[Call]:
+        engine = make_engine(database)
+        try:
+            async with engine.connect() as conn:
+                c = usage_calls.c
+                rows = await conn.execute(
+                    select(*(getattr(c, name) for name in Call._fields))
+                    .where(c.org == org)
+                    .order_by(c.time_us, c.id)
+                )
+                return [Call(*r) for r in rows]
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
 
 
 def _nginx_binary() -> str:
@@ -286,17 +232,13 @@ def stack(
     upstream = Upstream()
     app = Tollhouse(config=config)
     with serve_in_thread(upstream) as api, serve_in_thread(app) as tollhouse:
-        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (tmp / sub).mkdir()
+        for kind in _TEMP:
+            (tmp / kind).mkdir()
         port = free_port()
         conf = tmp / "nginx.conf"
         conf.write_text(
-            NGINX.format(
-                tmp=tmp,
-                port=port,
-                log_port=log_port,
-                tollhouse=tollhouse.removeprefix("http://"),
-                api=api.removeprefix("http://"),
+            _nginx_conf(
+                tmp, port, log_port, tollhouse.removeprefix("http://"), api.removeprefix("http://")
             )
         )
         proc = subprocess.Popen([nginx_binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
@@ -386,20 +328,74 @@ def test_role_rules_hold_through_nginx(stack: Stack) -> None:
     assert stack.get("/v1/admin/purge", stack.key(org)).status_code == 200
 
 
+#: A caller's own original request, in both proxies' ways: a path any role may call and
+#: no bucket counts.
+FORGED = {
+    "X-Original-URI": "/v1/open",
+    "X-Original-Method": "GET",
+    "X-Forwarded-Uri": "/v1/open",
+    "X-Forwarded-Method": "GET",
+}
+
+
+def test_a_forged_original_request_is_not_believed_through_nginx(stack: Stack) -> None:
+    check_a_forged_original_request_is_not_believed(stack)
+
+
+def check_a_forged_original_request_is_not_believed(stack: Stack) -> None:
+    """A caller sends :data:`FORGED` to be asked about another request than its own. The
+    proxy sets its own way and clears the other, so the decision is about the real
+    request: the role rule and the bucket hold."""
+    org = _org()
+    before = len(stack.upstream.seen)
+    member = stack.key(org, role="member")
+    error = _envelope(stack.get("/v1/admin/purge", member, **FORGED), 403, "FORBIDDEN")
+    assert "'member'" in error["message"]
+    key = stack.key(org)
+    spent = [stack.get("/v1/limited", key, **FORGED) for _ in range(3)]
+    assert [r.headers.get("x-ratelimit-remaining") for r in spent] == ["2", "1", "0"]
+    _envelope(stack.get("/v1/limited", key, **FORGED), 429, "RATE_LIMITED")
+    assert [seen["path"] for seen in stack.upstream.seen[before:]] == ["/v1/limited"] * 3
+
+
 def test_paths_without_one_canonical_form_are_refused(stack: Stack) -> None:
     key = stack.key(_org())
     error = _envelope(stack.get("/v1/a%2Fb", key), 400, "BAD_REQUEST")
     assert "%2F" in error["message"]
 
 
+def _bad_request(r: httpx.Response) -> str:
+    message: str = _envelope(r, 400, "BAD_REQUEST")["message"]
+    return message
+
+
 def test_the_decision_endpoint_refuses_bad_input_directly(stack: Stack) -> None:
-    key = stack.key(_org())
+    org = _org()
+    key = stack.key(org)
     auth = {"Authorization": f"Bearer {key}"}
     url = stack.tollhouse + "/v1/platform/authorize"
-    missing_uri = httpx.get(url, headers=auth)
-    assert "X-Original-URI" in _envelope(missing_uri, 400, "BAD_REQUEST")["message"]
-    missing_method = httpx.get(url, headers={**auth, "X-Forwarded-Uri": "/v1/open"})
-    assert "X-Forwarded-Method" in _envelope(missing_method, 400, "BAD_REQUEST")["message"]
+    missing_both = _bad_request(httpx.get(url, headers=auth))
+    assert "X-Original-URI" in missing_both and "X-Forwarded-Uri" in missing_both
+    # A method without its path, or the reverse: the missing one is named, alone.
+    missing_uri = _bad_request(httpx.get(url, headers={**auth, "X-Original-Method": "GET"}))
+    assert "X-Original-URI" in missing_uri
+    assert "Method" not in missing_uri and "Forwarded" not in missing_uri
+    missing_method = _bad_request(httpx.get(url, headers={**auth, "X-Forwarded-Uri": "/v1/open"}))
+    assert "X-Forwarded-Method" in missing_method
+    assert "Uri" not in missing_method and "Original" not in missing_method
+    # More than one way at once (a proxy sets one; the caller added the other), or one
+    # header twice: refused, naming the headers, and no bucket is spent.
+    mixed = {"X-Original-URI": "/v1/open", "X-Forwarded-Method": "GET"}
+    both = _bad_request(httpx.get(url, headers={**auth, **mixed, "X-Forwarded-Uri": "/v1/limited"}))
+    for name in ("X-Original-URI", "X-Forwarded-Method", "X-Forwarded-Uri"):
+        assert name in both, both
+    envoy_mixed = _bad_request(
+        httpx.get(url + "/v1/limited", headers={**auth, "X-Forwarded-Uri": "/v1/open"})
+    )
+    assert "X-Forwarded-Uri" in envoy_mixed and "/v1/platform/authorize" in envoy_mixed
+    twice = [("X-Original-URI", "/v1/open"), ("X-Original-URI", "/v1/limited")]
+    twice_sent = httpx.get(url, headers=[*auth.items(), *twice, ("X-Original-Method", "GET")])
+    assert "X-Original-URI" in _bad_request(twice_sent)
     dots = httpx.get(
         url, headers={**auth, "X-Original-URI": "/v1/../admin/x", "X-Original-Method": "GET"}
     )
@@ -410,11 +406,22 @@ def test_the_decision_endpoint_refuses_bad_input_directly(stack: Stack) -> None:
     assert (ok.status_code, ok.headers["x-ratelimit-remaining"]) == (200, "2"), ok.text
     envoy = httpx.get(url + "/v1/limited", headers=auth)
     assert (envoy.status_code, envoy.headers["x-ratelimit-remaining"]) == (200, "1")
+    # Envoy's way takes the request's own method and query: a POST is not the GET the
+    # bucket counts, and the query is not part of the path.
+    posted = httpx.post(url + "/v1/limited?page=2", headers=auth, content=b"ignored")
+    assert posted.status_code == 200, posted.text
+    assert "x-ratelimit-remaining" not in posted.headers
+    queried = httpx.get(url + "/v1/limited?page=2", headers=auth)
+    assert (queried.status_code, queried.headers["x-ratelimit-remaining"]) == (200, "0")
     # Only trusted proxies are answered: 127.0.0.2 is not one.
     transport = httpx.HTTPTransport(local_address="127.0.0.2")
     with httpx.Client(transport=transport) as stranger:
         refused = stranger.get(url, headers={**auth, **forwarded})
     assert "trusted_proxies" in _envelope(refused, 403, "FORBIDDEN")["message"]
+    # The admitted ones are metered with the methods asked about (status unknown: no
+    # access-log line comes for a call asked directly).
+    calls = _calls_when_written(stack, org, 4)
+    assert sorted((c.method, c.status) for c in calls) == [("GET", 0)] * 3 + [("POST", 0)], calls
 
 
 def _pool_active(stack: Stack, key: str) -> int:
@@ -426,6 +433,12 @@ def _pool_active(stack: Stack, key: str) -> int:
 
 
 def test_a_pool_slot_is_held_until_the_access_log_line_comes(stack: Stack) -> None:
+    check_a_pool_slot_is_held_until_its_line(stack)
+
+
+def check_a_pool_slot_is_held_until_its_line(stack: Stack) -> None:
+    """``held`` (limit 1): a second call while the first is upstream is refused; the
+    proxy's access-log line for the first gives its slot back (the lease is 300 s)."""
     key = stack.key(_org())
     stack.upstream.holding.clear()
     stack.upstream.release.clear()
@@ -443,7 +456,7 @@ def test_a_pool_slot_is_held_until_the_access_log_line_comes(stack: Stack) -> No
         stack.upstream.release.set()
         thread.join(10)
     assert first[0].status_code == 200
-    # nginx logs the finished request; its line frees the slot (the pool's lease is 300 s).
+    # The proxy logs the finished request; its line frees the slot.
     deadline = time.monotonic() + 10
     while _pool_active(stack, key) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -451,7 +464,7 @@ def test_a_pool_slot_is_held_until_the_access_log_line_comes(stack: Stack) -> No
     assert stack.get("/v1/hold", key).status_code == 200
 
 
-def _calls_when_written(stack: Stack, org: str, count: int) -> list[tuple[str, str, str, int]]:
+def _calls_when_written(stack: Stack, org: str, count: int) -> list[Call]:
     deadline = time.monotonic() + 15
     calls = stack.calls(org)
     while len(calls) < count and time.monotonic() < deadline:
@@ -463,8 +476,10 @@ def _calls_when_written(stack: Stack, org: str, count: int) -> list[tuple[str, s
 def test_metering_joins_the_upstream_status_from_the_access_log(stack: Stack) -> None:
     org = _org()
     key = stack.key(org)
-    got = [stack.get(f"/v1/status/{code}", key).status_code for code in (200, 404, 503)]
-    assert got == [200, 404, 503]
+    tenant = {"X-Tenant-Id": "tenant-7"}
+    got = [stack.get(f"/v1/status/{code}", key, **tenant).status_code for code in (200, 404)]
+    assert got == [200, 404]
+    assert stack.get("/v1/status/503", key).status_code == 503
     _envelope(stack.get("/v1/admin/x", stack.key(org, role="member")), 403, "FORBIDDEN")
     # Asked directly, without nginx: no log line will ever come for this call.
     direct = httpx.get(
@@ -477,15 +492,26 @@ def test_metering_joins_the_upstream_status_from_the_access_log(stack: Stack) ->
     )
     assert direct.status_code == 200
     calls = _calls_when_written(stack, org, 5)
-    statuses = sorted(status for _, _, _, status in calls)
     # The upstream's statuses as the client got them, the refusal as decided, and the
-    # call whose line never came with status 0 (unknown) after [forward_auth] log_wait.
-    assert statuses == [0, 200, 403, 404, 503], calls
-    assert {route for _, _, route, _ in calls} == {"/v1/*", "/v1/admin/*"}
-    assert all(env == "SANDBOX" for env, *_ in calls)
+    # call whose line never came with status 0 (unknown) after [forward_auth] log_wait;
+    # each with its tenant (X-Tenant-Id as the caller sent it) and route group.
+    by_status = {call.status: call for call in calls}
+    assert sorted(by_status) == [0, 200, 403, 404, 503], calls
+    assert [by_status[n].tenant for n in (200, 404)] == ["tenant-7", "tenant-7"]
+    assert [by_status[n].tenant or None for n in (0, 403, 503)] == [None, None, None]
+    assert {call.endpoint_group for call in calls} == {"API"}
+    assert {call.route for call in calls} == {"/v1/*", "/v1/admin/*"}
+    assert {call.environment for call in calls} == {"SANDBOX"}
 
 
 def test_orgs_and_environments_stay_apart_through_nginx(stack: Stack) -> None:
+    check_orgs_and_environments_stay_apart(stack)
+
+
+def check_orgs_and_environments_stay_apart(stack: Stack) -> None:
+    """A sandbox key's spent bucket holds for it alone: not for the org's production key,
+    nor another org's key forging the first org's header; each call is metered as its
+    own key's."""
     a_org, b_org = _org(), _org()
     a_test, a_live, b_test = stack.key(a_org), stack.key(a_org, env="live"), stack.key(b_org)
     for _ in range(3):
@@ -500,10 +526,9 @@ def test_orgs_and_environments_stay_apart_through_nginx(stack: Stack) -> None:
         assert (seen["x-tollhouse-org"], seen["x-tollhouse-environment"]) == (org, env)
     a_calls = _calls_when_written(stack, a_org, 5)
     b_calls = _calls_when_written(stack, b_org, 1)
-    assert sorted(env for env, *_ in a_calls) == ["PRODUCTION"] + ["SANDBOX"] * 4
-    assert [env for env, *_ in b_calls] == ["SANDBOX"]
-    b_keys = {key_id for _, key_id, _, _ in b_calls}
-    assert not b_keys & {key_id for _, key_id, _, _ in a_calls}
+    assert sorted(call.environment for call in a_calls) == ["PRODUCTION"] + ["SANDBOX"] * 4
+    assert [call.environment for call in b_calls] == ["SANDBOX"]
+    assert not {call.key_id for call in b_calls} & {call.key_id for call in a_calls}
 
 
 def _status_classes(stack: Stack, org: str) -> dict[str, int]:
@@ -604,5 +629,5 @@ def test_a_late_line_moves_its_call_from_unknown_to_its_class_once(stack: Stack)
     _send_line(stack, {"request_id": marker, "status": 404, "request_time": 0.01})
     got = _classes_when(stack, org, **{"4xx": 1, "2xx": 2})
     assert got == {**none, "2xx": 2, "4xx": 1, "5xx": 1, "unknown": 1}
-    statuses = sorted(status for *_, status in _calls_when_written(stack, org, 5))
+    statuses = sorted(call.status for call in _calls_when_written(stack, org, 5))
     assert statuses == [0, 200, 200, 404, 503]

@@ -9,6 +9,10 @@ may pass, with the caller's headers (key, ``X-Tenant-Id``) and the original requ
 * the path after ``/v1/platform/authorize`` and the request's own method (Envoy, with
   ``path_prefix: /v1/platform/authorize``).
 
+A proxy sets its own way but passes the caller's other headers on, so one request
+carrying more than one way is refused (400) rather than one of them believed;
+``[forward_auth] headers`` pins the way and ignores the others.
+
 The gateway sends every request under that path here with one ``startswith``, before
 CORS and the route table (:meth:`Gateway.__call__`). The original request then goes
 through the very steps a direct call does — canonical path (400 on an encoded slash or a
@@ -47,30 +51,68 @@ AUTHORIZE_PATH = "/v1/platform/authorize"
 ERROR_HEADER = b"x-tollhouse-error"
 _METHOD = re.compile(r"[A-Z][A-Z0-9_-]{0,31}")
 _EMPTY: Header = (b"content-length", b"0")
-_ORIGINAL = frozenset(
-    (b"x-original-uri", b"x-original-method", b"x-forwarded-uri", b"x-forwarded-method")
-)
+#: The original-request headers, by their ASGI (lower-case) name.
+_ORIGINAL: dict[bytes, str] = {
+    b"x-original-uri": "X-Original-URI",
+    b"x-original-method": "X-Original-Method",
+    b"x-forwarded-uri": "X-Forwarded-Uri",
+    b"x-forwarded-method": "X-Forwarded-Method",
+}
+#: Each header convention's (path header, method header).
+_PAIRS: dict[str, tuple[bytes, bytes]] = {
+    "original": (b"x-original-uri", b"x-original-method"),
+    "forwarded": (b"x-forwarded-uri", b"x-forwarded-method"),
+}
 _NOT_TRUSTED = (
     "The decision endpoint answers only the proxies in [proxy] trusted_proxies; "
     "call the API through the proxy."
 )
 
 
-def read_original(scope: Scope, prefix: str) -> None:
+def _mixed(names: list[str]) -> BadRequest:
+    return BadRequest(
+        f"The original request came in more than one proxy's way ({', '.join(names)}): "
+        "the proxy sets one, so the caller sent the other. Clear the other headers in the "
+        "proxy's configuration, or set [forward_auth] headers to the proxy's way."
+    )
+
+
+def read_original(scope: Scope, prefix: str, convention: str = "auto") -> None:
     """Rewrite ``scope`` to the original request the proxy asks about: ``method``,
     ``path``, ``raw_path`` and ``query_string`` (the canonical form is the gateway's
     business, as for a direct call).
+
+    A proxy sets its own pair of headers (or, Envoy, the path) but passes the caller's
+    other headers on, so a caller can add the other pair: with ``convention`` ``auto``,
+    more than one way present is refused rather than one of them believed.
 
     Args:
         scope: the decision request's scope.
         prefix: the decision endpoint's path (a longer path is Envoy's: its rest is the
             original path, the method is the request's own).
+        convention: ``[forward_auth] headers``: ``auto``, ``original``, ``forwarded`` or
+            ``envoy`` (only that way is read; the others' headers are ignored).
 
     Raises:
-        BadRequest: the original-request headers are missing or malformed (400, naming
-            the header).
+        BadRequest: the original request is missing, malformed, or given more than one
+            way (400, naming the headers).
     """
-    if len(scope["path"]) > len(prefix):
+    envoy = len(scope["path"]) > len(prefix)
+    found: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name in _ORIGINAL:
+            if name in found:
+                raise BadRequest(f"The {_ORIGINAL[name]} header came twice: send it once.")
+            found[name] = value
+    if convention == "envoy" or (convention == "auto" and envoy):
+        if not envoy:
+            raise BadRequest(
+                f"The original path is missing: send it after {prefix} "
+                "(Envoy's path_prefix; [forward_auth] headers = 'envoy')."
+            )
+        if convention == "auto" and (b"x-original-uri" in found or b"x-forwarded-uri" in found):
+            uris = (b"x-original-uri", b"x-forwarded-uri")
+            raise _mixed([f"the path after {prefix}", *(_ORIGINAL[n] for n in uris if n in found)])
         # Envoy ext_authz (HTTP): the original path after the prefix; the query and the
         # method as they came.
         raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
@@ -80,31 +122,41 @@ def read_original(scope: Scope, prefix: str) -> None:
         scope["raw_path"] = rest
         scope["path"] = unquote(rest.decode("latin-1"))
         return
-    found: dict[bytes, bytes] = {}
-    for name, value in scope["headers"]:
-        if name in _ORIGINAL:
-            found[name] = value
-    if b"x-original-uri" in found:
-        uri_header, method_header = "X-Original-URI", "X-Original-Method"
-        uri, method = found[b"x-original-uri"], found.get(b"x-original-method")
-    elif b"x-forwarded-uri" in found:
-        uri_header, method_header = "X-Forwarded-Uri", "X-Forwarded-Method"
-        uri, method = found[b"x-forwarded-uri"], found.get(b"x-forwarded-method")
-    else:
+    if envoy:
         raise BadRequest(
-            "The original request is missing: send X-Original-URI and X-Original-Method "
-            "(nginx), or X-Forwarded-Uri and X-Forwarded-Method (Traefik, Caddy)."
+            f"With [forward_auth] headers = '{convention}' the original request comes in "
+            f"headers: ask {prefix} itself, not a path under it."
+        )
+    if convention == "auto":
+        original = b"x-original-uri" in found or b"x-original-method" in found
+        if original and (b"x-forwarded-uri" in found or b"x-forwarded-method" in found):
+            raise _mixed([_ORIGINAL[n] for n in _ORIGINAL if n in found])
+        if not (original or found):
+            raise BadRequest(
+                "The original request is missing: send X-Original-URI and "
+                "X-Original-Method (nginx), or X-Forwarded-Uri and X-Forwarded-Method "
+                "(Traefik, Caddy)."
+            )
+        convention = "original" if original else "forwarded"
+    uri_name, method_name = _PAIRS[convention]
+    uri, method = found.get(uri_name), found.get(method_name)
+    if uri is None:
+        raise BadRequest(
+            f"The {_ORIGINAL[uri_name]} header is missing: send the original request's "
+            "path and query."
         )
     if method is None:
         raise BadRequest(
-            f"The {method_header} header is missing: send the original request's method."
+            f"The {_ORIGINAL[method_name]} header is missing: send the original request's method."
         )
     text = method.decode("latin-1").strip()
     if not _METHOD.fullmatch(text):
         raise BadRequest(f"The original method {text[:40]!r} is not an HTTP method.")
     target = uri.strip()
     if not target.startswith(b"/"):
-        raise BadRequest(f"The {uri_header} header must be the original path, starting with /.")
+        raise BadRequest(
+            f"The {_ORIGINAL[uri_name]} header must be the original path, starting with /."
+        )
     path, _, query = target.partition(b"?")
     scope["method"] = text
     scope["raw_path"] = path
@@ -134,7 +186,7 @@ async def authorize(gw: Gateway, scope: Scope, send: Send) -> None:
         peer = state.get("peer") or scope.get("client")
         if not peer or not gw.proxies.trusts(str(peer[0])):
             raise Forbidden(_NOT_TRUSTED)
-        read_original(scope, gw.authorize_path)
+        read_original(scope, gw.authorize_path, gw.policy.forward_auth.headers)
         method = scope["method"]
         match, path = gw.route(scope, method, scope["path"])
         admitted = gw.admit(scope, state, match, method, path, arrived)

@@ -376,7 +376,7 @@ class _Reader:
 
     def forward_auth(self, raw: dict[str, Any]) -> ForwardAuth:
         w = "forward_auth"
-        self.unknown(raw, {"access_log_listen", "log_wait"}, w)
+        self.unknown(raw, {"access_log_listen", "log_wait", "headers"}, w)
         listen = self.get(raw, "access_log_listen", str, w, "").strip()
         if listen:
             try:
@@ -386,7 +386,12 @@ class _Reader:
         log_wait = self.duration(raw, "log_wait", w, 60.0)
         if log_wait <= 0:
             raise self.fail(f"{w}.log_wait", "must be more than 0")
-        return ForwardAuth(access_log_listen=listen, log_wait=log_wait)
+        headers = self.get(raw, "headers", str, w, "auto")
+        if headers not in ("auto", "original", "forwarded", "envoy"):
+            raise self.fail(
+                f"{w}.headers", f"{headers!r} must be auto, original, forwarded or envoy"
+            )
+        return ForwardAuth(access_log_listen=listen, log_wait=log_wait, headers=headers)
 
     def storage(self, raw: dict[str, Any]) -> Storage:
         w = "storage"

@@ -16,6 +16,7 @@ Scope = Literal["org", "key", "tenant", "ip"]
 Algorithm = Literal["fixed_window", "gcra"]
 TenantRule = Literal["required", "optional"]
 ErrorFormat = Literal["envelope", "detail"]
+OriginalHeaders = Literal["auto", "original", "forwarded", "envoy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,12 @@ class ForwardAuth:
     log_wait: float = 60.0
     """Seconds a call decided with 200 waits for its access-log line before it is metered
     with status unknown (0)."""
+    headers: OriginalHeaders = "auto"
+    """Where the decision endpoint reads the original request: ``original``
+    (``X-Original-Method`` + ``X-Original-URI``, nginx), ``forwarded``
+    (``X-Forwarded-Method`` + ``X-Forwarded-Uri``, Traefik, Caddy), ``envoy`` (the path
+    after the endpoint's own), each ignoring the others; ``auto``: whichever is present,
+    and a 400 when more than one is (a caller added the one its proxy does not set)."""
 
 
 @dataclass(frozen=True, slots=True)
