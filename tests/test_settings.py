@@ -26,6 +26,7 @@ from tollhouse.settings import (
     LOG_BODIES,
     RAW_CALL_LOG,
     TABLE,
+    USAGE_RETENTION,
     Setting,
     Settings,
     load_settings,
@@ -161,6 +162,7 @@ def test_every_boolean_row_uses_the_strict_parser() -> None:
         ALLOW_PRIVATE_TARGETS.env,
         LOG_BODIES.env,
         RAW_CALL_LOG.env,
+        USAGE_RETENTION.env,
     }
     assert all(row.parser.parse is parse_bool for row in BOOLEANS)
     bool_fields = {f.name for f in dataclasses.fields(Settings) if f.type == "bool"}

@@ -350,6 +350,16 @@ RAW_CALL_LOG = Setting(
     "count stay exact, `api_calls_log` stays empty and a flush writes no row per call "
     "(docs/analytics.md).",
 )
+USAGE_RETENTION = Setting(
+    "usage_retention",
+    "TOLLHOUSE_USAGE_RETENTION",
+    None,
+    FLAG,
+    True,
+    "Delete usage and fair-use rows older than their default retention (docs/analytics.md: "
+    "raw call log 30 days, minute rollups 7, hourly 400, …) once an hour in each server "
+    "process; off: keep everything (then `tollhouse usage prune` deletes by the same ages).",
+)
 KEEP_ALIVE = Setting(
     "keep_alive",
     "TOLLHOUSE_KEEP_ALIVE",
@@ -453,6 +463,7 @@ TABLE: tuple[Setting, ...] = (
     ACCESS_LOG_LISTEN,
     LOG_BODIES,
     RAW_CALL_LOG,
+    USAGE_RETENTION,
     KEEP_ALIVE,
     LOG_FORMAT,
     LOG_LEVEL,
@@ -493,6 +504,7 @@ class Settings:
     access_log_listen: str = ACCESS_LOG_LISTEN.default
     log_bodies: bool = LOG_BODIES.default
     raw_call_log: bool = RAW_CALL_LOG.default
+    usage_retention: bool = USAGE_RETENTION.default
 
     @property
     def is_embedded_default(self) -> bool:

@@ -11,13 +11,16 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, start_server, stop_server
+from tests.faults.support import wait_until
 from tests.storage.support import run_with
 from tollhouse.fairuse import FairUseTap
 from tollhouse.fairuse.retention import needed_days, prune_fair_use
 from tollhouse.fairuse.schema import fair_use_flags, fair_use_jobs, fair_use_tallies
+from tollhouse.http.app import Tollhouse
 from tollhouse.metering.retention import Retention
 from tollhouse.policy.model import FAIR_USE_DEFAULTS
+from tollhouse.settings import load_settings
 
 DAY = 86400.0
 RULES = tuple(FAIR_USE_DEFAULTS.values())
@@ -160,3 +163,29 @@ def test_usage_prune_prunes_the_fair_use_tables(database_url: str, tmp_path: Pat
         return await left(engine)
 
     assert "job_100.0" not in run_with(database_url, go, schema=False)["tallies"]
+
+
+def test_a_running_server_prunes_by_the_default_ages(database_url: str, tmp_path: Path) -> None:
+    """``tollhouse serve`` prunes on its own (``TOLLHOUSE_USAGE_RETENTION`` is on by
+    default): the meter's tables and, beside them, the fair-use ones."""
+    now = time.time()
+    run_with(database_url, lambda e: write_rows(e, now))
+    server = start_server(tmp_path, env={"TOLLHOUSE_DATABASE_URL": database_url})
+    try:
+
+        def pruned() -> bool:
+            return "job_100.0" not in run_with(database_url, left, schema=False)["tallies"]
+
+        wait_until(pruned, "the server's first prune")
+    finally:
+        stop_server(server)
+    rows = run_with(database_url, left, schema=False)
+    assert rows["tallies"] == ["job_14.5", "job_16.0", "job_2.0"]
+    assert "throttled" in rows["flags"] and "flag_500.0" not in rows["flags"]
+
+
+def test_retention_off_keeps_everything_in_the_server() -> None:
+    on = Tollhouse(settings=load_settings(environ={}))
+    assert on.meter.flusher.retention == Retention() and on.meter.flusher.pruners
+    off = Tollhouse(settings=load_settings(environ={"TOLLHOUSE_USAGE_RETENTION": "off"}))
+    assert off.meter.flusher.retention is None

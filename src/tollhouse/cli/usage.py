@@ -504,7 +504,8 @@ def prune_cmd(
 ) -> None:
     """Delete usage rows older than the default retention, in the database the server
     writes: the meter's tables and the fair-use tables (never less than the policy's
-    fair-use windows read)."""
+    fair-use windows read). The server does it hourly unless TOLLHOUSE_USAGE_RETENTION is
+    off."""
     from tollhouse.fairuse.retention import prune_fair_use
     from tollhouse.metering.retention import Retention, prune
 

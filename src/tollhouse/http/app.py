@@ -21,6 +21,7 @@ from tollhouse.dashboard import PREFIX as DASHBOARD_PREFIX
 from tollhouse.dashboard import DashboardApp
 from tollhouse.errors import ConfigError
 from tollhouse.fairuse import FairUsePass, FairUseTap, GenerationCapture
+from tollhouse.fairuse.retention import prune_fair_use
 from tollhouse.fairuse.tap import generation_routes
 from tollhouse.http.access_log import AwaitingLog, listen
 from tollhouse.http.admin import AdminRoutes
@@ -43,6 +44,7 @@ from tollhouse.keys.store import KeyStore
 from tollhouse.limits import LimitStore, open_store
 from tollhouse.limits.overrides import OverrideCache, OverrideStore
 from tollhouse.metering import UsageMeter
+from tollhouse.metering.retention import Retention
 from tollhouse.openapi import build_document, query_parameters
 from tollhouse.ops.endpoints import METRICS_PATH, READY_PATH, OpsEndpoints
 from tollhouse.ops.metrics import OpsMetrics
@@ -138,7 +140,12 @@ class Tollhouse:
         )
         # Usage: every admitted call is metered in memory and flushed in batches; the platform
         # routes answer the analytics and events routes (call counts, catalogue metrics).
-        self.meter = UsageMeter(self.engine, keep_raw_log=self.settings.raw_call_log)
+        # Retention: the flusher prunes the meter's tables (and, below, the fair-use
+        # ones) hourly by the default ages, unless TOLLHOUSE_USAGE_RETENTION is off.
+        retention = Retention() if self.settings.usage_retention else None
+        self.meter = UsageMeter(
+            self.engine, keep_raw_log=self.settings.raw_call_log, retention=retention
+        )
         # Fair use: the tap counts generations per jobId and early retries after 429s,
         # flushed with the meter; the pass judges them every few minutes.
         self.fair_use_tap = FairUseTap()
@@ -148,6 +155,10 @@ class Tollhouse:
             self.upstream = GenerationCapture(self.upstream, self.fair_use_tap, routes, time.time)
         self.meter.aggregator.observers.append(self.fair_use_tap.observe)
         self.meter.flusher.companions.append(self.fair_use_tap.flush)
+        rules = policy.fair_use
+        self.meter.flusher.pruners.append(
+            lambda engine, kept, now: prune_fair_use(engine, kept, now, rules)
+        )
         # Keys' lastUsedAt, written with the usage flush (never per request).
         self.key_use = KeyUse()
         self.meter.aggregator.observers.append(self.key_use.observe)

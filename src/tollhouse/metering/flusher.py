@@ -680,6 +680,9 @@ class Flusher:
         """Flushed after each background flush and at stop, into the same database:
         counters kept beside the meter (the fair-use tap). Each keeps what it could not
         write and raises :class:`StorageError`, which is logged."""
+        self.pruners: list[Callable[[AsyncEngine, Retention, float], Awaitable[object]]] = []
+        """Run after each prune with the same retention and time: tables kept beside the
+        meter's (the fair-use tables). Each raises :class:`StorageError`, which is logged."""
 
     @property
     def engine(self) -> AsyncEngine:
@@ -865,5 +868,7 @@ class Flusher:
         try:
             await prune(self.engine, self.retention, now)
             self.writer.forget_days()  # some may have been dropped
+            for pruner in self.pruners:
+                await pruner(self.engine, self.retention, now)
         except StorageError:
             logger.warning("usage prune failed", exc_info=True)
