@@ -225,7 +225,7 @@ def test_throttle_sets_an_override_until_the_window_ends(throttling: Running) ->
     generate(run, "job_t")
     now = time.time() + 2
     result = fair_use_pass(run, now)
-    assert result.throttled == [("acme", "submissions_per_day")]
+    assert result.throttled == [("acme", "SANDBOX", "submissions_per_day")]
     assert run_with(url, _overrides, schema=False) == [("acme", "submissions_per_day", 1)]
     # The flagged traffic was the sandbox key's: the override is SANDBOX's alone.
     assert run_with(url, _overrides_by_environment, schema=False) == [("SANDBOX", 1)]
@@ -252,7 +252,7 @@ def test_throttle_sets_an_override_until_the_window_ends(throttling: Running) ->
     assert now < ends <= now + DAY
     assert fair_use_pass(run, ends - 1).lifted == []
     lifted = fair_use_pass(run, ends + 1)
-    assert lifted.lifted == [("acme", "submissions_per_day")]
+    assert lifted.lifted == [("acme", "SANDBOX", "submissions_per_day")]
     assert run_with(url, _overrides, schema=False) == []
     run.on_server(run.app.overrides.refresh)
     assert submit(run, "job_t", "app_4").status_code == 202
@@ -297,7 +297,7 @@ def test_throttle_beside_an_override_of_the_other_environment(throttling: Runnin
     for _ in range(4):
         generate(run, "job_e")
     now = time.time() + 1
-    assert fair_use_pass(run, now).throttled == [("acme", "submissions_per_day")]
+    assert fair_use_pass(run, now).throttled == [("acme", "SANDBOX", "submissions_per_day")]
     both = [("PRODUCTION", 3), ("SANDBOX", 1)]
     assert run_with(url, _overrides_by_environment, schema=False) == both
 
@@ -310,7 +310,7 @@ def test_throttle_beside_an_override_of_the_other_environment(throttling: Runnin
             return [(r.action, orjson.loads(r.details)["environment"]) for r in rows]
 
     assert run_with(url, audited, schema=False) == [("limit.set", "SANDBOX")]
-    assert fair_use_pass(run, now + 2 * DAY).lifted == [("acme", "submissions_per_day")]
+    assert fair_use_pass(run, now + 2 * DAY).lifted == [("acme", "SANDBOX", "submissions_per_day")]
     assert run_with(url, _overrides_by_environment, schema=False) == [("PRODUCTION", 3)]
     assert run_with(url, audited, schema=False) == [
         ("limit.set", "SANDBOX"),

@@ -90,10 +90,10 @@ class PassResult:
     """``(org, environment, result)`` of every flagged signal."""
     notified: int = 0
     """``fair_use.flagged`` events staged (rows newly flagged, with a webhook org)."""
-    throttled: list[tuple[str, str]] = field(default_factory=list)
-    """``(org, bucket)`` of every override set by this pass."""
-    lifted: list[tuple[str, str]] = field(default_factory=list)
-    """``(org, bucket)`` of every override lifted by this pass."""
+    throttled: list[tuple[str, str, str]] = field(default_factory=list)
+    """``(org, environment, bucket)`` of every override set by this pass."""
+    lifted: list[tuple[str, str, str]] = field(default_factory=list)
+    """``(org, environment, bucket)`` of every override lifted by this pass."""
 
 
 async def _claim(engine: AsyncEngine, now: float) -> float | None:
@@ -374,7 +374,7 @@ async def _throttle(
     return True
 
 
-async def _lift(conn: AsyncConnection, now: float) -> list[tuple[str, str]]:
+async def _lift(conn: AsyncConnection, now: float) -> list[tuple[str, str, str]]:
     """Remove the overrides set by ``throttle`` rules whose window has ended — each the
     flag row's environment's, and only while it holds the limit the pass set (one an
     operator changed since is theirs now)."""
@@ -387,7 +387,7 @@ async def _lift(conn: AsyncConnection, now: float) -> list[tuple[str, str]]:
             ).where(f.throttle_until_us.is_not(None), f.throttle_until_us <= now_us)
         )
     ).all()
-    lifted: list[tuple[str, str]] = []
+    lifted: list[tuple[str, str, str]] = []
     o = limit_overrides.c
     moment = datetime.fromtimestamp(now, UTC)
     for org, env, signal, window_start, bucket, limit in due:
@@ -406,7 +406,7 @@ async def _lift(conn: AsyncConnection, now: float) -> list[tuple[str, str]]:
             )
         )
         if gone.rowcount:
-            lifted.append((org, bucket))
+            lifted.append((org, env, bucket))
             await audit.record(
                 conn,
                 actor=ACTOR,
@@ -458,7 +458,7 @@ async def run_pass(
             pairs = await _active_pairs(conn, rules, since, until)
             flagged: list[tuple[str, str, SignalResult]] = []
             notified = 0
-            throttled: list[tuple[str, str]] = []
+            throttled: list[tuple[str, str, str]] = []
             lifted = await _lift(conn, until)
             for org, env in pairs:
                 for rule in rules:
@@ -474,7 +474,7 @@ async def run_pass(
                     if rule.action == "throttle" and await _throttle(
                         conn, org, env, rule, window_start, until
                     ):
-                        throttled.append((org, str(rule.bucket)))
+                        throttled.append((org, env, str(rule.bucket)))
     except StorageError:
         await _unclaim(engine, since, until)
         raise
