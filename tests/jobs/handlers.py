@@ -40,3 +40,9 @@ def _append(path: str, line: str) -> None:
 def not_async(payload: dict[str, Any]) -> dict[str, Any]:
     """A plain function: refused as a handler."""
     return payload
+
+
+async def explode(payload: dict[str, Any]) -> dict[str, Any]:
+    """Raises an exception whose text names internals and echoes the caller's data (what a
+    job's error must never carry)."""
+    raise RuntimeError(f"boom in /srv/internal/scorer.py for {payload.get('applicationId')}")

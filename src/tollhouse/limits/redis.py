@@ -44,10 +44,11 @@ Degraded mode
     real decision against Redis every ``probe_interval`` seconds; the first that succeeds
     closes the breaker. What was admitted without Redis and not already counted there
     is written back (``lua/settle.lua``) ahead of the first decisions sent once Redis
-    answers. No method raises because Redis is away. A Redis that restarted empty simply
-    starts its counters over; scripts are loaded again on every new connection and on
-    ``NOSCRIPT``. Slots taken in Redis but released while it was away are released once
-    it is back (or expire by their lease).
+    answers; decisions wait while a write-back is in flight (on another connection they
+    could overtake it). No method raises because Redis is away. A Redis that restarted
+    empty simply starts its counters over; scripts are loaded again on every new
+    connection and on ``NOSCRIPT``. Slots taken in Redis but released while it was away
+    are released once it is back (or expire by their lease).
 """
 
 from __future__ import annotations
@@ -149,6 +150,9 @@ DECIDE = _Script("decide")
 PEEK = _Script("peek")
 RELEASE = _Script("release")
 SETTLE = _Script("settle")
+#: Suffix of the key naming, per bucket and window, the instances that wrote back a
+#: local window (settle.lua); the bucket key's hash tag keeps it in the same slot.
+SETTLED_SUFFIX = b":settled"
 _SCRIPTS = (DECIDE, PEEK, RELEASE, SETTLE)
 
 
@@ -654,6 +658,10 @@ class RedisStore:
         if self.degraded:
             self._fail_pending()
             return
+        if self._settling:
+            # Nothing is decided before the write-back in flight has been counted (on
+            # another link a decision could overtake it): it dispatches when it ends.
+            return
         idle = self._idle
         if not idle or not pending:
             return  # a round trip in flight dispatches again when it ends
@@ -740,16 +748,26 @@ class RedisStore:
             by_slot.setdefault(self._slot_of(u.check.key), []).append(u)
         loop = asyncio.get_running_loop()
         queued: list[_Queued] = []
+        others = local.instances - 1
         for slot, group in by_slot.items():
             keys: list[bytes] = []
             # With the caller's clock: the time of the last decision (tests replay a clock).
-            argv = [_num(self._now) if self._caller_clock else b"", str(self._slack_ms).encode()]
+            argv = [
+                _num(self._now) if self._caller_clock else b"",
+                str(self._slack_ms).encode(),
+                self._token_prefix,
+            ]
             for u in group:
                 c = u.check
                 keys.append(c.key.encode())
                 algorithm = b"f" if c.algorithm == "fixed_window" else b"g"
+                # A local window's size is what each other instance may have admitted
+                # from its own, unknown to Redis until it writes back (settle.lua).
+                share = c.limit // local.instances if u.local_window else 0
                 argv += [algorithm, str(c.limit).encode(), _num(c.window)]
-                argv += [_num(u.window_end), str(u.units).encode()]
+                argv += [_num(u.window_end), str(u.units).encode(), str(share).encode()]
+                argv.append(str(share * others).encode())
+            keys += [k + SETTLED_SUFFIX for k in keys]
             command = _command([b"EVALSHA", SETTLE.sha, str(len(keys)).encode()], *keys, *argv)
             future: asyncio.Future[Any] = loop.create_future()
             future.add_done_callback(functools.partial(self._settled, settling=group))
@@ -763,6 +781,10 @@ class RedisStore:
     def _settled(self, future: asyncio.Future[Any], settling: list[Unsettled]) -> None:
         done = {id(u) for u in settling}
         self._settling = [u for u in self._settling if id(u) not in done]
+        if not self._settling and self._pending and not self._dispatching:
+            # What waited for the write-back goes now (its round trip has ended).
+            self._dispatching = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
         if future.cancelled() or future.exception() is not None:
             local = self._local
             for u in settling:

@@ -21,7 +21,12 @@ Never a fresh local window
     A window that began while Redis was away (no answer of Redis covers it) gets a
     **local window** of ``limit ÷ instances``: an outage that cuts every instance off
     admits at most the limit across the fleet, and what was admitted is written back
-    once Redis answers. Beyond its share a request is denied with ``Retry-After``.
+    once Redis answers. Instances come back one by one: the first to write a local
+    window back also has Redis count every other instance's ``limit ÷ instances`` as
+    taken, and each later one puts its true count in place of that presumed share
+    (``lua/settle.lua``), so no order of coming back admits more than the limit. A local
+    window's unspent units are never given back (Redis never counted them). Beyond its
+    share a request is denied with ``Retry-After``.
     Pools keep a local cap of ``limit ÷ instances`` slots (slots are not windows: they
     come back when requests end).
 
@@ -124,6 +129,9 @@ class Unsettled(NamedTuple):
     window_end: float
     """The window they were admitted in (fixed window; ignored for GCRA)."""
     units: int
+    local_window: bool = False
+    """Admitted from a local window (one no answer of Redis covered) with several
+    instances: the other instances may be admitting from theirs, unknown to Redis."""
 
 
 class Fallback:
@@ -241,11 +249,16 @@ class Fallback:
         return share
 
     def give_back(self, check: BucketCheck, now: float) -> int:
-        """Drop this instance's share of ``check``; returns the units it still held."""
+        """Drop this instance's share of ``check``; returns the units it still held that
+        Redis set aside for it (a local window's were never set aside: dropped, 0)."""
         units = self.held(check, now)
         share = self.shares.get(check.key)
         if share is not None:
             self.spent[check.key] = (share, share.remaining)
+            if self.local.get(check.key) is share:
+                # Redis counts only what was admitted from it (written back): giving the
+                # rest back would free units Redis never counted as taken.
+                return 0
         return units
 
     # ---- deciding ----------------------------------------------------------------------
@@ -288,11 +301,15 @@ class Fallback:
                 or mode == "allow"
                 or (share is not None and self.local.get(c.key) is share)
             ):
-                self._unsettle(c, share, now)
+                self._unsettle(
+                    c, share, now, not self.alone and mode == "local" and share is not None
+                )
             outcomes.append(_new(Outcome, (True, None, max(0, remaining), reset_at, 0.0)))
         return Verdict(True, outcomes, None, 0.0, leases)
 
-    def _unsettle(self, c: BucketCheck, share: Outcome | None, now: float) -> None:
+    def _unsettle(
+        self, c: BucketCheck, share: Outcome | None, now: float, local_window: bool = False
+    ) -> None:
         window_end = (
             share.reset_at
             if share is not None and c.algorithm == "fixed_window" and share.reset_at > now
@@ -300,7 +317,7 @@ class Fallback:
         )
         old = self.unsettled.get(c.key)
         units = old.units if old is not None and old.window_end == window_end else 0
-        self.unsettled[c.key] = Unsettled(c, window_end, units + c.cost)
+        self.unsettled[c.key] = Unsettled(c, window_end, units + c.cost, local_window)
 
     def _deny(
         self,

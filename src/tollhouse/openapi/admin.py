@@ -207,6 +207,11 @@ ADMIN_SCHEMAS: Final[dict[str, Schema]] = {
                 {"keyId": nullable(_KEY_ID), "environment": nullable(_ENVIRONMENT)},
             )
         ),
+        # Both present and not null is refused (a null one reads as absent).
+        "not": {
+            "required": ["keyId", "environment"],
+            "properties": {"keyId": {"type": "string"}, "environment": {"type": "string"}},
+        },
     },
     "AdminOverride": {
         "description": "An override as stored.",

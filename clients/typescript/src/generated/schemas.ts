@@ -3368,7 +3368,21 @@ export const SCHEMAS: Record<string, unknown> = {
         ]
       }
     },
-    "additionalProperties": false
+    "additionalProperties": false,
+    "not": {
+      "required": [
+        "keyId",
+        "environment"
+      ],
+      "properties": {
+        "keyId": {
+          "type": "string"
+        },
+        "environment": {
+          "type": "string"
+        }
+      }
+    }
   },
   "AdminOverride": {
     "type": "object",
