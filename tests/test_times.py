@@ -72,11 +72,11 @@ def test_the_sdk_shares_the_parser_without_server_modules() -> None:
     """The SDK and the webhook sender use this one parser, and importing the SDK loads
     none of the server's dependencies."""
     from tollhouse.client import _errors, _retry
-    from tollhouse.jobs import webhooks
+    from tollhouse.jobs import webhook_sender
 
     assert _retry.parse_retry_after is parse_retry_after
     assert _errors.parse_retry_after is parse_retry_after
-    assert webhooks.parse_retry_after is parse_retry_after
+    assert webhook_sender.parse_retry_after is parse_retry_after
     code = (
         "import sys, tollhouse.client, tollhouse.webhooks, tollhouse.times\n"
         "heavy = {'sqlalchemy', 'starlette', 'fastapi', 'uvicorn', 'redis'}\n"

@@ -33,7 +33,7 @@ from tollhouse.fairuse import run_pass
 from tollhouse.fairuse.run import ACTOR, PassResult
 from tollhouse.fairuse.schema import fair_use_flags
 from tollhouse.jobs.schema import webhook_deliveries
-from tollhouse.jobs.webhooks import WebhookStore
+from tollhouse.jobs.webhook_store import WebhookStore
 from tollhouse.keys.store import KeyStore
 from tollhouse.limits.overrides import OverrideStore
 from tollhouse.security.audit import audit_log

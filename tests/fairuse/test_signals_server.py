@@ -26,7 +26,7 @@ from tollhouse.fairuse import SignalResult, evaluate, run_pass
 from tollhouse.fairuse.evaluate import FINISHED
 from tollhouse.http.app import Tollhouse
 from tollhouse.jobs.schema import jobs
-from tollhouse.jobs.webhooks import WebhookStore
+from tollhouse.jobs.webhook_store import WebhookStore
 from tollhouse.keys.store import KeyStore
 from tollhouse.settings import load_settings
 

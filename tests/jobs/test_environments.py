@@ -16,7 +16,7 @@ from tests.jobs.test_jobs_app import POLICY, POSTING, SCORE, client_for
 from tollhouse.example import create_app as create_example
 from tollhouse.jobs import NewJob, Worker, build_handler
 from tollhouse.jobs.schema import webhook_deliveries
-from tollhouse.jobs.webhooks import WebhookStore
+from tollhouse.jobs.webhook_store import WebhookStore
 
 LIVE = {"x-test-env": "PRODUCTION"}
 TEST = {"x-test-env": "SANDBOX"}

@@ -17,7 +17,7 @@ from tollhouse.example import create_app as create_example
 from tollhouse.http.jobs_app import create_jobs_app
 from tollhouse.jobs import NewJob, QueueSettings, Worker, build_handler, open_queue
 from tollhouse.jobs.queue import JobQueue
-from tollhouse.jobs.webhooks import WebhookStore
+from tollhouse.jobs.webhook_store import WebhookStore
 from tollhouse.keys.model import Identity
 from tollhouse.policy.model import AsyncRoute, Policy
 

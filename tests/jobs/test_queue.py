@@ -13,7 +13,7 @@ from tests.jobs.conftest import FakeClock, database, run
 from tollhouse.jobs import NewJob, QueueSettings, open_queue
 from tollhouse.jobs.model import Finish, IdempotencyKeyReused
 from tollhouse.jobs.sql import SqlJobQueue
-from tollhouse.jobs.webhooks import WebhookStore
+from tollhouse.jobs.webhook_store import WebhookStore
 
 ROUTE = "POST /v1/score"
 

@@ -13,7 +13,8 @@ from tests.jobs.conftest import FakeClock, database, run
 from tests.jobs.test_worker import until
 from tollhouse.jobs import Dispatcher, Job, NewJob, QueueSettings, open_queue
 from tollhouse.jobs.schema import job_volume, webhook_attempts, webhook_deliveries
-from tollhouse.jobs.webhooks import AttemptResult, WebhookStore
+from tollhouse.jobs.webhook_store import WebhookStore
+from tollhouse.jobs.webhooks import AttemptResult
 
 DAY = 86400.0
 

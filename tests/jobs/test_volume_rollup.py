@@ -27,7 +27,7 @@ from tollhouse.jobs import NewJob, QueueSettings, open_queue
 from tollhouse.jobs.queue import JobQueue
 from tollhouse.jobs.schema import add_volume_rollup, job_volume, jobs
 from tollhouse.jobs.volume import TIME_RANGES, floor_to, volume_body, window
-from tollhouse.jobs.webhooks import WebhookStore
+from tollhouse.jobs.webhook_store import WebhookStore
 from tollhouse.schema import LATEST, MIGRATIONS, create_schema
 from tollhouse.storage.engine import make_engine
 from tollhouse.storage.schema import schema_info

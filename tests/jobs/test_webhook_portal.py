@@ -17,7 +17,8 @@ from tests.conftest import serve_in_thread, sqlite_key
 from tests.jobs.conftest import FakeClock, run
 from tollhouse.http.app import Tollhouse
 from tollhouse.jobs.outbox import stage_events
-from tollhouse.jobs.webhooks import EndpointChanges, WebhookStore, signed_headers
+from tollhouse.jobs.webhook_store import WebhookStore
+from tollhouse.jobs.webhooks import EndpointChanges, signed_headers
 from tollhouse.schema import create_schema
 from tollhouse.settings import load_settings
 from tollhouse.storage.engine import make_engine

@@ -25,14 +25,9 @@ from tests.jobs.conftest import database, run
 from tollhouse.cli.webhooks import app as webhooks_cli
 from tollhouse.jobs import NewJob, QueueSettings, open_queue
 from tollhouse.jobs.schema import webhook_endpoints
-from tollhouse.jobs.webhooks import (
-    SCHEDULE,
-    Delivery,
-    WebhookSender,
-    WebhookStore,
-    next_delay,
-    signed_headers,
-)
+from tollhouse.jobs.webhook_sender import WebhookSender
+from tollhouse.jobs.webhook_store import WebhookStore
+from tollhouse.jobs.webhooks import SCHEDULE, Delivery, next_delay, signed_headers
 
 FAST = (0.0, 0.05, 0.05, 0.05)
 WAIT = 20.0

@@ -19,7 +19,7 @@ from tests.conftest import serve_in_thread
 from tests.ops.support import samples, value, wait_for
 from tollhouse import Tollhouse
 from tollhouse.jobs import create_job_schema
-from tollhouse.jobs.webhooks import WebhookStore
+from tollhouse.jobs.webhook_store import WebhookStore
 from tollhouse.keys.store import KeyStore
 from tollhouse.ops.metrics import DurationHistogram
 from tollhouse.schema import create_schema

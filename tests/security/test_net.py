@@ -19,8 +19,11 @@ from typer.testing import CliRunner
 from tests.conftest import run_cli
 from tests.jobs.conftest import database
 from tollhouse.cli.webhooks import app as webhooks_cli
+from tollhouse.jobs.outbox import stage_events
 from tollhouse.jobs.schema import webhook_deliveries
-from tollhouse.jobs.webhooks import Delivery, WebhookSender, WebhookStore, stage_events
+from tollhouse.jobs.webhook_sender import WebhookSender
+from tollhouse.jobs.webhook_store import WebhookStore
+from tollhouse.jobs.webhooks import Delivery
 from tollhouse.security.net import (
     HOW_TO_ALLOW,
     GuardedBackend,

@@ -26,7 +26,7 @@ from tests.conftest import (
     serve_in_thread,
 )
 from tollhouse.jobs.schema import create_job_schema
-from tollhouse.jobs.webhooks import WebhookStore
+from tollhouse.jobs.webhook_store import WebhookStore
 from tollhouse.keys.hashing import hash_secret
 from tollhouse.keys.store import KeyStore
 from tollhouse.schema import create_schema

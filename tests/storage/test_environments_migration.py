@@ -38,7 +38,7 @@ from tollhouse.jobs.schema import (
     webhook_deliveries,
     webhook_endpoints,
 )
-from tollhouse.jobs.webhooks import WebhookStore
+from tollhouse.jobs.webhook_store import WebhookStore
 from tollhouse.metering.schema import product_events
 from tollhouse.schema import LATEST, MIGRATIONS, migrate
 from tollhouse.storage.migrations import create_tables, schema_version

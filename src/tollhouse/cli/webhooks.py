@@ -35,7 +35,8 @@ from tollhouse.cli.common import (
 )
 from tollhouse.cli.keys import ORG_PATTERN
 from tollhouse.cli.remote import AdminTokenOpt, UrlOpt, call, iso
-from tollhouse.jobs.webhooks import Endpoint, WebhookStore, check_url
+from tollhouse.jobs.webhook_store import WebhookStore
+from tollhouse.jobs.webhooks import Endpoint, check_url
 from tollhouse.schema import create_schema
 from tollhouse.security.audit import cli_actor
 from tollhouse.security.net import check_target

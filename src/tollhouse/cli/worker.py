@@ -27,7 +27,7 @@ from tollhouse.cli.common import (
 )
 from tollhouse.jobs import Worker, build_handler, create_job_schema, open_queue
 from tollhouse.jobs.model import QueueSettings
-from tollhouse.jobs.webhooks import WebhookStore
+from tollhouse.jobs.webhook_store import WebhookStore
 from tollhouse.ops.exporter import WorkerMetrics
 from tollhouse.ops.logs import LogFormat, log_config
 from tollhouse.settings import LOG_FORMAT, LOG_LEVEL, Settings

@@ -55,7 +55,7 @@ from tollhouse.http.admin_webhooks import AdminWebhookRoutes
 from tollhouse.http.answers import check_json_type, endpoint, json_response, read_json
 from tollhouse.http.routes import Endpoint
 from tollhouse.jobs.volume import check_time_range
-from tollhouse.jobs.webhooks import WebhookStore
+from tollhouse.jobs.webhook_store import WebhookStore
 from tollhouse.json_reader import json_integer
 from tollhouse.keys.admin_tokens import AdminTokenStore
 from tollhouse.keys.model import ENVIRONMENTS, ROLES, KeyRecord, Role

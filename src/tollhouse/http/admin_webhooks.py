@@ -17,7 +17,8 @@ of another org or of the other environment is a 404, exactly like an unknown id.
     POST   /webhooks/deliveries/{deliveryId}/replay?environment=
 
 Each change is audited (``webhook.*``) with the admin token's id as actor and the
-caller's address, in the change's own transaction (:class:`~tollhouse.jobs.webhooks.WebhookStore`).
+caller's address, in the change's own transaction
+(:class:`~tollhouse.jobs.webhook_store.WebhookStore`).
 The handlers are the self-serve API's (:class:`~tollhouse.http.webhook_routes.WebhookRoutes`)
 with the scope taken from the path and query, and this API's own wording.
 """
@@ -36,7 +37,8 @@ from tollhouse.http.answers import json_response
 from tollhouse.http.webhook_routes import SECRET_OVERLAP_DEFAULT, WebhookCaller, WebhookRoutes
 from tollhouse.identifiers import SCORING_JOB_ID
 from tollhouse.jobs.model import iso
-from tollhouse.jobs.webhooks import Endpoint, WebhookStore, delivery_json, endpoint_json
+from tollhouse.jobs.webhook_store import WebhookStore
+from tollhouse.jobs.webhooks import Endpoint, delivery_json, endpoint_json
 from tollhouse.json_reader import json_integer
 from tollhouse.keys.model import ENVIRONMENTS
 

@@ -37,7 +37,7 @@ from tollhouse.http.portal import PortalRoutes
 from tollhouse.http.routes import Endpoint, RouteTable, TableApp
 from tollhouse.jobs import Worker, build_handler, open_queue, settings_for
 from tollhouse.jobs.model import utc_now
-from tollhouse.jobs.webhooks import WebhookStore
+from tollhouse.jobs.webhook_store import WebhookStore
 from tollhouse.keys.cache import KeyCache
 from tollhouse.keys.last_used import KeyUse
 from tollhouse.keys.store import KeyStore

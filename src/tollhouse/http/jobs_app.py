@@ -69,7 +69,8 @@ from tollhouse.jobs.model import Enqueued, IdempotencyKeyReused, NewJob, WireSta
 from tollhouse.jobs.queue import Clock, JobQueue
 from tollhouse.jobs.shapes import MAX_STATUS_IDS, STATUS_ID_PATTERN, accepted_json, job_json
 from tollhouse.jobs.volume import CACHE_CONTROL, check_time_range, volume_body, window
-from tollhouse.jobs.webhooks import WebhookStore, delivery_json
+from tollhouse.jobs.webhook_store import WebhookStore
+from tollhouse.jobs.webhooks import delivery_json
 from tollhouse.json_reader import read_object
 from tollhouse.keys.model import Identity
 from tollhouse.policy.model import AsyncRoute, Policy

@@ -54,8 +54,9 @@ from tollhouse.http.webhook_routes import (
     path_id,
 )
 from tollhouse.jobs.model import iso
+from tollhouse.jobs.webhook_store import WebhookStore
 from tollhouse.jobs.webhooks import Endpoint as WebhookEndpoint
-from tollhouse.jobs.webhooks import WebhookStore, endpoint_json
+from tollhouse.jobs.webhooks import endpoint_json
 from tollhouse.json_reader import json_integer
 from tollhouse.keys.cache import KeyCache
 from tollhouse.keys.grants import check_grant, management_refusal

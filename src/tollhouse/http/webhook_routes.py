@@ -24,15 +24,15 @@ from starlette.responses import Response
 
 from tollhouse.errors import ApiError, BadRequest, NotFound, ValidationFailed
 from tollhouse.http.answers import json_response
+from tollhouse.jobs.webhook_sender import send_attempt
+from tollhouse.jobs.webhook_store import WebhookStore
 from tollhouse.jobs.webhooks import (
     KEEP,
     DeliveryTask,
     Endpoint,
     EndpointChanges,
-    WebhookStore,
     check_event_types,
     delivery_json,
-    send_attempt,
 )
 from tollhouse.security.net import webhook_client
 

@@ -3,8 +3,7 @@ workers, handlers, webhooks.
 
 Integration in a nutshell::
 
-    from tollhouse.jobs import Worker, build_handler, open_queue, settings_for
-    from tollhouse.jobs.webhooks import WebhookStore
+    from tollhouse.jobs import WebhookStore, Worker, build_handler, open_queue, settings_for
     from tollhouse.http.jobs_app import create_jobs_app
     from tollhouse.schema import create_schema
 
@@ -37,7 +36,8 @@ from tollhouse.jobs.model import (
 )
 from tollhouse.jobs.queue import JobQueue, open_queue
 from tollhouse.jobs.schema import create_job_schema
-from tollhouse.jobs.webhooks import WebhookSender, WebhookStore
+from tollhouse.jobs.webhook_sender import WebhookSender
+from tollhouse.jobs.webhook_store import WebhookStore
 from tollhouse.jobs.worker import Dispatcher, Worker
 from tollhouse.policy.model import Policy
 

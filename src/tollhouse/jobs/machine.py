@@ -19,6 +19,12 @@ A transaction that ends jobs also writes their outbox (:mod:`tollhouse.jobs.outb
 on PostgreSQL, ``NOTIFY``\ s listeners of new work (:mod:`tollhouse.jobs.wakeups`); this
 process's subscribers are woken after commit. Statements come prebuilt from
 :mod:`tollhouse.jobs.statements`; reads live in :mod:`tollhouse.jobs.reads`.
+
+Why one module: what is left here are the writes alone, and they keep two invariants
+that can only be checked by reading them side by side: each job transition moves its
+scope's counters in the same transaction, and the writes that wait on locks take them in
+one order (job row, then org row; the claim never waits). Spread over modules, a new
+transition could break either unseen.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ its product event (docs/jobs.md, "Job events") — even if the process dies righ
 and a rolled-back finish leaves neither.
 
 This is the one piece of the webhooks the queue needs. Keeping it apart from
-:mod:`tollhouse.jobs.webhooks` (endpoints, the sender, HTTP) is what lets the queue's
-state machine depend on the outbox without depending on the sender, and the sender on
-the queue's types without a cycle.
+:mod:`tollhouse.jobs.webhook_store` (endpoints) and :mod:`tollhouse.jobs.webhook_sender`
+(HTTP) is what lets the queue's state machine depend on the outbox without depending on
+the sender, and the sender on the queue's types without a cycle.
 """
 
 from __future__ import annotations

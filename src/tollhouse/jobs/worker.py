@@ -25,7 +25,9 @@ from tollhouse.errors import StorageError
 from tollhouse.jobs.handlers import JobHandler
 from tollhouse.jobs.model import Finish, JobFailed, JobRetry, Lease, Outcome
 from tollhouse.jobs.queue import JobQueue, Listener
-from tollhouse.jobs.webhooks import AttemptResult, WebhookSender, WebhookStore
+from tollhouse.jobs.webhook_sender import WebhookSender
+from tollhouse.jobs.webhook_store import WebhookStore
+from tollhouse.jobs.webhooks import AttemptResult
 
 logger = logging.getLogger(__name__)
 
