@@ -30,39 +30,52 @@ transaction with the token's id as the actor and the caller's address. Listings 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tollhouse.cursors import decode_keyset, encode_keyset
+from tollhouse.cursors import encode_keyset
 from tollhouse.errors import (
     AdminOnly,
     AdminTokenRequired,
     BadRequest,
     NotFound,
-    PayloadTooLarge,
     ValidationFailed,
 )
 from tollhouse.fairuse.report import fair_use_report
+from tollhouse.http.admin_input import (
+    KEY_AND_ENVIRONMENT,
+    KEY_ID,
+    MAX_LIMIT_VALUE,
+    MAX_OVERLAP_SECONDS,
+    address_of,
+    check_known,
+    key_id_of,
+    key_json,
+    org_id_of,
+    org_json,
+    override_json,
+    page_args,
+    read_key_fields,
+    read_object,
+    read_text,
+)
 from tollhouse.http.admin_webhooks import AdminWebhookRoutes
-from tollhouse.http.answers import check_json_type, endpoint, json_response, read_json
+from tollhouse.http.answers import endpoint, json_response
 from tollhouse.http.routes import Endpoint
 from tollhouse.jobs.volume import check_time_range
 from tollhouse.jobs.webhook_store import WebhookStore
 from tollhouse.json_reader import json_integer
 from tollhouse.keys.admin_tokens import AdminTokenStore
-from tollhouse.keys.model import ENVIRONMENTS, ROLES, KeyRecord, Role
-from tollhouse.keys.orgs import MAX_NAME, ORG_ID, FirstKey, OrgRecord, OrgStore
+from tollhouse.keys.model import ENVIRONMENTS
+from tollhouse.keys.orgs import ORG_ID, OrgStore
 from tollhouse.keys.store import KeyStore
 from tollhouse.limits.overrides import (
-    Override,
     OverrideStore,
     check_limit_name,
     effective_limits,
@@ -71,224 +84,9 @@ from tollhouse.metering.meter import UsageMeter
 from tollhouse.policy.model import Policy
 from tollhouse.security.audit import ACTIONS, read_page
 
-__all__ = ["ADMIN_PREFIX", "AdminRoutes", "key_json", "org_json"]
+__all__ = ["ADMIN_PREFIX", "AdminRoutes"]
 
 ADMIN_PREFIX = "/v1/admin"
-#: Listing page sizes (as ``GET /v1/queue``).
-DEFAULT_LIMIT = 20
-MAX_LIMIT = 100
-#: Longest rotation overlap: 30 days.
-MAX_OVERLAP_SECONDS = 30 * 86400
-#: Largest ``meta`` of a key, serialised.
-MAX_META_BYTES = 4096
-#: Largest limit an override may set (a 32-bit column).
-MAX_LIMIT_VALUE = 2**31 - 1
-_KEY_ID = re.compile(r"key_[0-9a-f]{16}")
-_ENV_ARG = {"SANDBOX": "test", "PRODUCTION": "live"}
-_KEY_AND_ENVIRONMENT = (
-    "environment and keyId exclude each other: a key's override applies to the key's own "
-    "environment; leave environment out."
-)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
-
-
-def org_json(org: OrgRecord) -> dict[str, Any]:
-    """An org as the provider API shows it."""
-    return {
-        "id": org.id,
-        "name": org.name,
-        "createdAt": _iso(org.created_at),
-        "suspended": org.suspended,
-        "suspendedAt": _iso(org.suspended_at),
-    }
-
-
-def key_json(
-    key: KeyRecord, secret: str | None = None, now: datetime | None = None
-) -> dict[str, Any]:
-    """A key as the provider (and self-serve) API shows it; ``key`` (the secret) only
-    when it was just made."""
-    now = now or datetime.now(UTC)
-    status = "revoked" if key.revoked_at is not None else "active"
-    if status == "active" and not key.active(now):
-        status = "expired"
-    out: dict[str, Any] = {"id": key.id}
-    if secret is not None:
-        out["key"] = secret
-    out.update(
-        {
-            "org": key.org,
-            "environment": key.environment,
-            "role": key.role,
-            "name": key.name,
-            "prefix": key.prefix,
-            "status": status,
-            "createdAt": _iso(key.created_at),
-            "expiresAt": _iso(key.expires_at),
-            "revokedAt": _iso(key.revoked_at),
-            "lastUsedAt": _iso(key.last_used_at),
-            "meta": key.meta,
-        }
-    )
-    return out
-
-
-def _override_json(o: Override) -> dict[str, Any]:
-    return {
-        "org": o.org,
-        "bucket": o.bucket,
-        "keyId": o.key_id,
-        "environment": o.environment,
-        "limit": o.limit,
-        "updatedAt": _iso(o.updated_at),
-    }
-
-
-# --- reading requests ---------------------------------------------------------------------
-
-
-def _page_args(request: Request) -> tuple[int, tuple[datetime, str] | None]:
-    params = request.query_params
-    raw = params.get("limit")
-    limit = DEFAULT_LIMIT
-    if raw is not None:
-        if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or not (
-            1 <= int(raw) <= MAX_LIMIT
-        ):
-            raise BadRequest(
-                f'query parameter "limit" must be an integer from 1 to {MAX_LIMIT} '
-                f"(default {DEFAULT_LIMIT}); got {raw[:40]!r}"
-            )
-        limit = int(raw)
-    cursor = params.get("cursor")
-    return limit, decode_keyset(cursor) if cursor is not None else None
-
-
-async def _object(request: Request, max_body: int, *, empty_ok: bool = False) -> dict[str, Any]:
-    check_json_type(request.scope)  # after the token: a stranger learns nothing
-    declared = request.headers.get("content-length", "")
-    too_large = PayloadTooLarge(f"The request body is over the limit of {max_body} bytes.")
-    if declared.isdigit() and int(declared) > max_body:
-        raise too_large
-    buffer = bytearray()
-    async for chunk in request.stream():
-        buffer += chunk
-        if len(buffer) > max_body:
-            raise too_large
-    raw = bytes(buffer)
-    if not raw.strip() and empty_ok:
-        return {}
-    body = read_json(raw)
-    if not isinstance(body, dict):
-        raise ValidationFailed("The body must be a JSON object.")
-    return body
-
-
-def _known(body: dict[str, Any], allowed: tuple[str, ...], where: str = "") -> None:
-    extra = sorted(set(body) - set(allowed))
-    if extra:
-        raise ValidationFailed(
-            f"{where}unknown field(s) {', '.join(extra)}; allowed: {', '.join(allowed)}."
-        )
-
-
-def _text(body: dict[str, Any], name: str, *, where: str = "", default: str = "") -> str:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if not isinstance(value, str) or len(value) > MAX_NAME or "\x00" in value:
-        raise ValidationFailed(
-            f"{where}{name} must be a string of at most {MAX_NAME} characters (no NUL)."
-        )
-    return value
-
-
-def _role(body: dict[str, Any], where: str = "") -> Role:
-    value = body.get("role", "member")
-    if value not in ROLES:
-        raise ValidationFailed(f"{where}role must be one of {', '.join(ROLES)}.")
-    return cast(Role, value)
-
-
-def _environment(body: dict[str, Any], where: str = "") -> str:
-    value = body.get("environment")
-    if value not in ENVIRONMENTS:
-        raise ValidationFailed(f"{where}environment must be SANDBOX or PRODUCTION.")
-    return _ENV_ARG[cast(str, value)]
-
-
-def _expires(body: dict[str, Any], now: datetime, where: str = "") -> datetime | None:
-    value = body.get("expiresAt")
-    if value is None:
-        return None
-    problem = ValidationFailed(
-        f"{where}expiresAt must be an ISO 8601 time with a timezone offset, in the future."
-    )
-    if not isinstance(value, str) or len(value) > 64:
-        raise problem
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise problem from None
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise problem
-    try:
-        moment = moment.astimezone(UTC)
-    except (OverflowError, ValueError):
-        raise problem from None
-    if moment <= now or moment.year > 9000:
-        raise problem
-    return moment
-
-
-def _meta(body: dict[str, Any], where: str = "") -> dict[str, Any] | None:
-    value = body.get("meta")
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ValidationFailed(f"{where}meta must be a JSON object.")
-    try:
-        size = len(orjson.dumps(value))
-    except TypeError:  # pragma: no cover - parsed JSON always serialises
-        raise ValidationFailed(f"{where}meta must be JSON.") from None
-    if size > MAX_META_BYTES or "\\u0000" in orjson.dumps(value).decode():
-        raise ValidationFailed(
-            f"{where}meta must be at most {MAX_META_BYTES} bytes of JSON (no NUL)."
-        )
-    return value
-
-
-def _key_fields(body: dict[str, Any], now: datetime, where: str = "") -> FirstKey:
-    _known(body, ("environment", "role", "name", "expiresAt", "meta"), where)
-    return FirstKey(
-        environment=_environment(body, where),
-        role=_role(body, where),
-        name=_text(body, "name", where=where),
-        expires_at=_expires(body, now, where),
-        meta=_meta(body, where),
-    )
-
-
-def _org_id(request: Request) -> str:
-    org_id = str(request.path_params["orgId"])
-    if not ORG_ID.fullmatch(org_id):
-        raise NotFound(f"No org has the id {org_id[:80]!r}.")
-    return org_id
-
-
-def _key_id(raw: str) -> str:
-    if not _KEY_ID.fullmatch(raw):
-        raise NotFound(f"No key has the id {raw[:80]!r}.")
-    return raw
-
-
-def address_of(request: Request) -> str | None:
-    """The caller's address (after trusted proxies), for the audit log."""
-    client = request.scope.get("client")
-    return str(client[0]) if client else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,30 +167,30 @@ class AdminRoutes:
 
     def org_of(self, request: Request) -> str:
         """The ``{orgId}`` of a request's path (malformed: 404, as an unknown org)."""
-        return _org_id(request)
+        return org_id_of(request)
 
     async def body_of(self, request: Request) -> dict[str, Any]:
         """A request's JSON object body (empty: ``{}``), within the body limit."""
-        return await _object(request, self.max_body, empty_ok=True)
+        return await read_object(request, self.max_body, empty_ok=True)
 
     # orgs ----------------------------------------------------------------------------------
 
     async def create_org(self, request: Request) -> Response:
         """``POST /v1/admin/orgs``: an org, and its first key with it when asked."""
         who = await self.caller(request)
-        body = await _object(request, self.max_body)
-        _known(body, ("id", "name", "firstKey"))
+        body = await read_object(request, self.max_body)
+        check_known(body, ("id", "name", "firstKey"))
         org_id = body.get("id")
         if not isinstance(org_id, str) or not ORG_ID.fullmatch(org_id):
             raise ValidationFailed(
                 "id must be 1 to 64 letters, digits, _ . - (starting with a letter or digit)."
             )
-        name = _text(body, "name")
+        name = read_text(body, "name")
         now = self.clock()
         first = body.get("firstKey")
         if first is not None and not isinstance(first, dict):
             raise ValidationFailed("firstKey must be a JSON object.")
-        first_key = _key_fields(first, now, "firstKey.") if first is not None else None
+        first_key = read_key_fields(first, now, "firstKey.") if first is not None else None
         org, key = await self.orgs.create(
             org_id, name, actor=who.actor, address=who.address, first_key=first_key
         )
@@ -404,7 +202,7 @@ class AdminRoutes:
     async def list_orgs(self, request: Request) -> Response:
         """``GET /v1/admin/orgs?limit=&cursor=``: orgs, newest first."""
         await self.caller(request)
-        limit, before = _page_args(request)
+        limit, before = page_args(request)
         found, more = await self.orgs.page(limit=limit, before=before)
         last = found[-1] if found else None
         return json_response(
@@ -420,15 +218,15 @@ class AdminRoutes:
     async def get_org(self, request: Request) -> Response:
         """``GET /v1/admin/orgs/{orgId}``."""
         await self.caller(request)
-        return json_response(org_json(await self.orgs.require(_org_id(request))))
+        return json_response(org_json(await self.orgs.require(org_id_of(request))))
 
     async def patch_org(self, request: Request) -> Response:
         """``PATCH /v1/admin/orgs/{orgId}`` ``{"name"?, "suspended"?}``."""
         who = await self.caller(request)
-        org_id = _org_id(request)
-        body = await _object(request, self.max_body)
-        _known(body, ("name", "suspended"))
-        name = _text(body, "name", default="") if "name" in body else None
+        org_id = org_id_of(request)
+        body = await read_object(request, self.max_body)
+        check_known(body, ("name", "suspended"))
+        name = read_text(body, "name", default="") if "name" in body else None
         suspended = body.get("suspended")
         if suspended is not None and not isinstance(suspended, bool):
             raise ValidationFailed("suspended must be true or false.")
@@ -442,9 +240,9 @@ class AdminRoutes:
     async def create_key(self, request: Request) -> Response:
         """``POST /v1/admin/orgs/{orgId}/keys``: the secret, once."""
         who = await self.caller(request)
-        org_id = _org_id(request)
+        org_id = org_id_of(request)
         now = self.clock()
-        fields = _key_fields(await _object(request, self.max_body), now)
+        fields = read_key_fields(await read_object(request, self.max_body), now)
         key, secret = await self.keys.create(
             org_id,
             fields.environment,
@@ -461,8 +259,8 @@ class AdminRoutes:
     async def list_keys(self, request: Request) -> Response:
         """``GET /v1/admin/orgs/{orgId}/keys?limit=&cursor=&environment=``: never a secret."""
         await self.caller(request)
-        org_id = _org_id(request)
-        limit, before = _page_args(request)
+        org_id = org_id_of(request)
+        limit, before = page_args(request)
         environment = request.query_params.get("environment")
         if environment is not None and environment not in ENVIRONMENTS:
             raise BadRequest('query parameter "environment" must be SANDBOX or PRODUCTION.')
@@ -485,7 +283,7 @@ class AdminRoutes:
     async def revoke_key(self, request: Request) -> Response:
         """``DELETE /v1/admin/keys/{keyId}``: refused by running servers within a second."""
         who = await self.caller(request)
-        key_id = _key_id(str(request.path_params["keyId"]))
+        key_id = key_id_of(str(request.path_params["keyId"]))
         found = await self.keys.revoke(key_id, actor=who.actor, address=who.address)
         if found is None:
             raise NotFound(f"No key has the id {key_id!r}.")
@@ -495,9 +293,9 @@ class AdminRoutes:
         """``POST /v1/admin/keys/{keyId}/rotate`` ``{"overlapSeconds"}``: a new secret;
         the old one works until the overlap ends (default 24 h; 0 revokes it now)."""
         who = await self.caller(request)
-        key_id = _key_id(str(request.path_params["keyId"]))
-        body = await _object(request, self.max_body, empty_ok=True)
-        _known(body, ("overlapSeconds",))
+        key_id = key_id_of(str(request.path_params["keyId"]))
+        body = await read_object(request, self.max_body, empty_ok=True)
+        check_known(body, ("overlapSeconds",))
         overlap = json_integer(body.get("overlapSeconds", 86400))
         if overlap is None or not 0 <= overlap <= MAX_OVERLAP_SECONDS:
             raise ValidationFailed(
@@ -519,21 +317,21 @@ class AdminRoutes:
     async def limits(self, request: Request) -> Response:
         """``GET /v1/admin/orgs/{orgId}/limits``: effective buckets and pools."""
         await self.caller(request)
-        org_id = _org_id(request)
+        org_id = org_id_of(request)
         await self.orgs.require(org_id)
         overrides = await self.overrides.list(org_id)
         body = effective_limits(self.policy.buckets, self.policy.pools, overrides)
         return json_response({"org": org_id, **body})
 
     async def _override_target(self, request: Request, key_id: Any) -> tuple[str, str, str | None]:
-        org_id = _org_id(request)
+        org_id = org_id_of(request)
         bucket = str(request.path_params["bucket"])
         check_limit_name(self.policy.buckets, self.policy.pools, bucket)
         await self.orgs.require(org_id)
         if key_id is not None:
             if not isinstance(key_id, str):
                 raise ValidationFailed("keyId must be a key id (key_…).")
-            if not _KEY_ID.fullmatch(key_id) or await self.keys.get(key_id, org=org_id) is None:
+            if not KEY_ID.fullmatch(key_id) or await self.keys.get(key_id, org=org_id) is None:
                 raise NotFound(f"The org {org_id!r} has no key {key_id[:80]!r}.")
         return org_id, bucket, key_id
 
@@ -543,8 +341,8 @@ class AdminRoutes:
         ``environment`` (not with ``keyId``: a key has its own) sets the org's override for
         that environment alone."""
         who = await self.caller(request)
-        body = await _object(request, self.max_body)
-        _known(body, ("limit", "keyId", "environment"))
+        body = await read_object(request, self.max_body)
+        check_known(body, ("limit", "keyId", "environment"))
         limit = json_integer(body.get("limit"))
         if limit is None or not 1 <= limit <= MAX_LIMIT_VALUE:
             raise ValidationFailed(f"limit must be an integer from 1 to {MAX_LIMIT_VALUE}.")
@@ -554,7 +352,7 @@ class AdminRoutes:
                 "environment must be SANDBOX or PRODUCTION (or left out: every one)."
             )
         if environment is not None and body.get("keyId") is not None:
-            raise ValidationFailed(_KEY_AND_ENVIRONMENT)
+            raise ValidationFailed(KEY_AND_ENVIRONMENT)
         org_id, bucket, key_id = await self._override_target(request, body.get("keyId"))
         override = await self.overrides.set(
             org_id,
@@ -565,7 +363,7 @@ class AdminRoutes:
             actor=who.actor,
             address=who.address,
         )
-        return json_response(_override_json(override))
+        return json_response(override_json(override))
 
     async def delete_limit(self, request: Request) -> Response:
         """``DELETE /v1/admin/orgs/{orgId}/limits/{bucket}?keyId=&environment=``: the
@@ -577,7 +375,7 @@ class AdminRoutes:
         if environment is not None and environment not in ENVIRONMENTS:
             raise BadRequest('query parameter "environment" must be SANDBOX or PRODUCTION.')
         if environment is not None and params.get("keyId") is not None:
-            raise BadRequest(_KEY_AND_ENVIRONMENT)
+            raise BadRequest(KEY_AND_ENVIRONMENT)
         org_id, bucket, key_id = await self._override_target(request, params.get("keyId"))
         cleared = await self.overrides.clear(
             org_id, bucket, key_id, environment=environment, actor=who.actor, address=who.address
@@ -594,7 +392,7 @@ class AdminRoutes:
         """``GET /v1/admin/orgs/{orgId}/fair-use?environment=&timeRange=``: the org's
         fair-use signals in that environment, as its own keys read them."""
         await self.caller(request)
-        org_id = _org_id(request)
+        org_id = org_id_of(request)
         params = request.query_params
         environment = params.get("environment")
         if environment is None or environment not in ENVIRONMENTS:
@@ -615,7 +413,7 @@ class AdminRoutes:
     async def audit(self, request: Request) -> Response:
         """``GET /v1/admin/audit?org=&action=&limit=&cursor=``: newest first."""
         await self.caller(request)
-        limit, before = _page_args(request)
+        limit, before = page_args(request)
         params = request.query_params
         org = params.get("org")
         if org is not None and not ORG_ID.fullmatch(org):

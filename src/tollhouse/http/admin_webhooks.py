@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tollhouse.errors import BadRequest, ValidationFailed
+from tollhouse.http.admin_input import MAX_OVERLAP_SECONDS
 from tollhouse.http.answers import json_response
 from tollhouse.http.webhook_routes import SECRET_OVERLAP_DEFAULT, WebhookCaller, WebhookRoutes
 from tollhouse.identifiers import SCORING_JOB_ID
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AdminWebhookRoutes", "admin_endpoint_json"]
 
-#: Longest overlap of a secret rotation: 30 days.
-MAX_OVERLAP_SECONDS = 30 * 86400
 
 Handler = Callable[[Request], Awaitable[Response]]
 
