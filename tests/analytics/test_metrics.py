@@ -93,7 +93,11 @@ ADDED_METRICS = [
     "api_calls_by_status_class",
     "api_latency_percentiles",
     "fair_use_flags",  # read from the fair-use pass's flags: tests/fairuse/test_route.py
-    "regeneration_loops",
+    "regeneration_loops",  # and the other signals' subjects: tests/fairuse/test_flags.py
+    "unscored_criteria_jobs",
+    "polling_keys",
+    "early_retry_keys",
+    "burst_submission_keys",
 ]
 
 

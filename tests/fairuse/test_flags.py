@@ -126,6 +126,80 @@ def test_catalogue_metrics_read_the_recorded_flags(run: Running) -> None:
     assert metric(run, "fair_use_flags", t0 - DAY, t0)["type"] == "empty"
 
 
+def test_each_signal_s_metric_reads_its_own_flags(run: Running) -> None:
+    """Four signals flagged in the same range: each signal's metric sums its own
+    flags' subjects alone (all of them together would be 9)."""
+    t0 = time.time() - 1
+    keys = [run.key, add_key(run, "acme"), add_key(run, "acme")]
+
+    def as_key(key: str) -> dict[str, str]:
+        return {**run.headers(), "Authorization": f"Bearer {key}"}
+
+    for job in ("job_a", "job_b", "job_c"):  # generated, never scored: 3 jobs
+        generate_paced(run, job)
+    # One criteria read a day, then 6 more at once: 6 429s, 5 of them retried early.
+    reads = run.url + "/v1/jobs/job_r/criteria"
+    codes = [httpx.get(reads, headers=run.headers()).status_code for _ in range(7)]
+    assert codes[1:] == [429] * 6
+    # 4 submissions a day: the first key's fifth and the second key's first are refused
+    # (2 of 6, above 0.2): 2 keys. Their 429s are not retried: 5 early of 8 (above 0.5).
+    ids = [submit(run, "job_s", f"app_{i}").json()["scoringJobId"] for i in range(4)]
+    assert submit(run, "job_s", "app_4").status_code == 429
+    second = httpx.post(
+        run.url + "/v1/score",
+        headers=as_key(keys[1]),
+        json={
+            "applicationId": "app_5",
+            "jobId": "job_s",
+            "candidate": {"name": "Ada", "resume": "Python and SQL for 6 years."},
+        },
+    )
+    assert second.status_code == 429, second.text
+    wait_finished(run, 4)
+    for key in keys:  # 8 polls by each of 3 keys: 24 for 4 jobs finished, above 5
+        for job in ids[:2] * 4:
+            resp = httpx.get(f"{run.url}/v1/score/{job}", headers=as_key(key))
+            assert resp.status_code == 200, resp.text
+
+    now = time.time() + 1
+    first = fair_use_pass(run, now)
+    assert sorted(r.signal for _, _, r in first.flagged) == [
+        "burst_submission",
+        "ignored_retry_after",
+        "polling_instead_of_webhooks",
+    ]
+    later = fair_use_pass(run, now + 8 * DAY)  # the generated jobs have reached T
+    assert [r.signal for _, _, r in later.flagged] == ["criteria_without_scoring"]
+
+    def simple(value: int, unit: str) -> dict[str, Any]:
+        return {"type": "simple", "value": {"value": value, "prefix": None, "suffix": unit}}
+
+    expected = {
+        "unscored_criteria_jobs": simple(3, " jobs"),
+        "polling_keys": simple(3, " keys"),
+        "early_retry_keys": simple(1, " keys"),
+        "burst_submission_keys": simple(2, " keys"),
+    }
+    end = now + 8 * DAY + 1
+    for name, answer in expected.items():
+        assert metric(run, name, t0, end) == answer, name
+    assert metric(run, "regeneration_loops", t0, end)["type"] == "empty"  # once per job
+    rows = metric(run, "fair_use_flags", t0, end)["value"]["rows"]
+    assert sorted((r["Signal"], r["Flags"], r["Involved"]) for r in rows) == [
+        ("burst_submission", 1, 2),
+        ("criteria_without_scoring", 1, 3),
+        ("ignored_retry_after", 1, 1),
+        ("polling_instead_of_webhooks", 1, 3),
+    ]
+    # Before the later pass's flag: the first pass's three only.
+    assert metric(run, "unscored_criteria_jobs", t0, now + 1)["type"] == "empty"
+    assert metric(run, "polling_keys", t0, now + 1) == expected["polling_keys"]
+    # Another org, and the same org's other environment, see none of it.
+    for key in (add_key(run, "globex"), add_key(run, "acme", "live")):
+        for name in expected:
+            assert metric(run, name, t0, end, key) == {"type": "empty", "value": {}}, name
+
+
 def test_flagged_event_goes_once_to_the_provider_s_endpoints(run: Running) -> None:
     receiver = Receiver()
     with serve_in_thread(receiver) as hooks:

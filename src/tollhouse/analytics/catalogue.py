@@ -19,9 +19,9 @@ Definitions where the shape is terse (docs/analytics.md explains each choice):
 * **cost per run** is the cost of LLM calls made by flows (``tool = "flow"``) over runs.
 
 :data:`ADDITIONS` are tollhouse's own metrics beyond the shape's (calls by status class,
-latency percentiles, fair-use flags), defined and answered the same way; the fair-use
-ones read ``fair_use_flags`` (source ``fair_use``: the windows flagged by the scheduled
-pass that overlap the range, :mod:`tollhouse.fairuse.run`).
+latency percentiles, fair-use flags and each signal's subjects), defined and answered
+the same way; the fair-use ones read ``fair_use_flags`` (source ``fair_use``: the
+windows flagged by the scheduled pass that overlap the range, :mod:`tollhouse.fairuse.run`).
 """
 
 from __future__ import annotations
@@ -216,6 +216,19 @@ def _tokens_cost(name: str, description: str, by: str, heading: str, *where: Con
         (Measure("Tokens", "sum", TOKENS), COST),
         *where,
         prefixes={"Cost": "$"},
+    )
+
+
+def _involved(name: str, description: str, signal: str, unit: str) -> Metric:
+    """One fair-use signal's subjects (jobIds or keys) summed over its flagged windows."""
+    return Metric(
+        name,
+        description,
+        "simple",
+        "fair_use",
+        (Measure(unit, "sum", ("involved",)),),
+        where=(eq("signal", signal),),
+        suffix=f" {unit}",
     )
 
 
@@ -606,15 +619,40 @@ ADDITIONS: tuple[Metric, ...] = (
         group_by=("signal", "action"),
         headings=("Signal", "Action"),
     ),
-    Metric(
+    _involved(
         "regeneration_loops",
         "Jobs whose criteria or questions were generated more than the threshold times "
         "in a window (summed over the windows flagged)",
-        "simple",
-        "fair_use",
-        (Measure("jobs", "sum", ("involved",)),),
-        where=(eq("signal", "regeneration_loop"),),
-        suffix=" jobs",
+        "regeneration_loop",
+        "jobs",
+    ),
+    _involved(
+        "unscored_criteria_jobs",
+        "Jobs whose criteria were generated but never scored within the rule's after time "
+        "(summed over the windows flagged)",
+        "criteria_without_scoring",
+        "jobs",
+    ),
+    _involved(
+        "polling_keys",
+        "Keys that polled for scoring results instead of taking webhooks "
+        "(summed over the windows flagged)",
+        "polling_instead_of_webhooks",
+        "keys",
+    ),
+    _involved(
+        "early_retry_keys",
+        "Keys that called again after a 429 before its Retry-After elapsed "
+        "(summed over the windows flagged)",
+        "ignored_retry_after",
+        "keys",
+    ),
+    _involved(
+        "burst_submission_keys",
+        "Keys whose score submissions were refused with 429 in the worst burst window "
+        "(summed over the windows flagged)",
+        "burst_submission",
+        "keys",
     ),
 )
 
