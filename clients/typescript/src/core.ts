@@ -391,7 +391,9 @@ export class Core {
     this.timeoutMs = timeoutMs;
     this.maxConcurrent = maxConcurrent;
     this.slots = new Slots(maxConcurrent);
-    this.throttle = options.throttle === false ? undefined : new Throttle();
+    // A first request still unanswered after the timeout has failed: the longest it
+    // holds the others back.
+    this.throttle = options.throttle === false ? undefined : new Throttle(timeoutMs / 1000);
     this.validate = options.validate !== false;
     this.random = options.random ?? Math.random;
     this.wait = options.sleep ?? sleep;
@@ -437,7 +439,13 @@ export class Core {
       attempts += 1;
       let answer: { status: number; headers: Record<string, string>; text: string } | undefined;
       let error: unknown;
-      await this.slots.acquire(signal);
+      try {
+        await this.slots.acquire(signal);
+      } catch (e) {
+        // Aborted while waiting for a slot: the request the throttle let go never left.
+        this.throttle?.failed(op.route);
+        throw e;
+      }
       try {
         answer = await this.attempt(op, base, tenantId, signal);
       } catch (e) {

@@ -11,6 +11,19 @@
  * against one bucket (submissions and status reads against `scoring`) see each other's
  * use. An answer without `RateLimit` items is kept per route, from the trio alone.
  *
+ * Requests in flight: every request `acquire` lets go counts against its route until its
+ * answer is observed or it `failed`, and each bucket's count is that of the routes known
+ * to hit it. A request sent just before a window's end may be decided after it, in the
+ * next window, so a fixed window that rolls over starts with `limit - inFlight` left, not
+ * `limit` (a request out at the boundary may count in either window: it is counted in
+ * both). For the same reason a window first learned from an answer starts with its
+ * `remaining` less the requests still out, and an answer about an earlier window than the
+ * one already known changes nothing. Answers then correct the figures.
+ *
+ * The first request on a route the throttle knows nothing about goes alone; the others
+ * wait for its answer, or for the client's own per-attempt timeout (`probeTimeout`) in
+ * case neither an answer nor a failure is ever reported.
+ *
  * Clock skew: `X-RateLimit-Reset` is absolute, on the server's clock; the `RateLimit`
  * field's `t` is relative, so the reset is kept within `[now + t - 1, now + t]`.
  *
@@ -19,8 +32,11 @@
 
 /** While the first request on a route is out, others re-check this often (seconds) … */
 export const PROBE_WAIT = 0.02;
-/** … for at most this long; then they go regardless (an answer may never come). */
-export const PROBE_TIMEOUT = 2.0;
+/**
+ * … for at most `probeTimeout` (the client passes its per-attempt timeout; this, its
+ * default one, when none is given); then they go regardless (an answer may never come).
+ */
+export const PROBE_TIMEOUT = 30.0;
 
 interface Window {
   limit: number;
@@ -56,7 +72,11 @@ function int(value: string | undefined): number | undefined {
   return /^-?[0-9]+$/.test(text) ? Number(text) : undefined;
 }
 
-/** The server's announced limits, per bucket, and the buckets of each route. */
+/**
+ * The server's announced limits, per bucket, and the buckets of each route. Every request
+ * `acquire` lets go must end in exactly one `observe` or `failed` call for its route: that
+ * is how its in-flight count is given back.
+ */
 export class Throttle {
   /** Bucket name (or `"route:" + route` without `RateLimit` items) → its window. */
   private readonly windows = new Map<string, Window>();
@@ -66,17 +86,32 @@ export class Throttle {
   private readonly probing = new Map<string, number>();
   /** Routes whose answers carry no rate-limit headers. */
   private readonly unlimited = new Set<string>();
+  /** Route → requests let go and not yet answered or failed. */
+  private readonly inFlight = new Map<string, number>();
 
-  /** Reserve one request on `route` (one in each of its buckets): 0 when it may go now, else seconds to wait first. */
+  /**
+   * @param probeTimeout how long (seconds) the first request on an unknown route holds the
+   *   others back at most: the client's per-attempt timeout, after which it has an answer
+   *   or has failed.
+   */
+  constructor(private readonly probeTimeout: number = PROBE_TIMEOUT) {}
+
+  /**
+   * Reserve one request on `route` (one in each of its buckets): 0 when it may go now (it
+   * is counted in flight until `observe` or `failed` for `route`), else seconds to wait
+   * first.
+   */
   acquire(route: string, now: number): number {
     const names = this.routes.get(route);
     if (names === undefined) {
-      if (this.unlimited.has(route)) return 0;
-      // Nothing known yet: one request finds out the limit, the others wait briefly
-      // rather than send a burst into an unknown window.
-      const started = this.probing.get(route);
-      if (started !== undefined && now - started < PROBE_TIMEOUT) return PROBE_WAIT;
-      this.probing.set(route, now);
+      if (!this.unlimited.has(route)) {
+        // Nothing known yet: one request finds out the limit, the others wait rather
+        // than send a burst into an unknown window.
+        const started = this.probing.get(route);
+        if (started !== undefined && now - started < this.probeTimeout) return PROBE_WAIT;
+        this.probing.set(route, now);
+      }
+      this.inFlight.set(route, (this.inFlight.get(route) ?? 0) + 1);
       return 0;
     }
     let wait = 0;
@@ -91,17 +126,34 @@ export class Throttle {
           continue;
         }
         // Fixed windows follow one another: assume a fresh one, so callers that waited
-        // for the reset do not all rush through at once.
+        // for the reset do not all rush through at once. Requests still out may be
+        // decided in it: count them in it too.
         const periods = Math.floor((now - w.resetAt) / w.window) + 1;
         w.resetAt += periods * w.window;
-        w.remaining = w.limit;
+        w.remaining = Math.max(0, w.limit - this.out(name));
       }
       if (w.remaining <= 0) wait = Math.max(wait, w.resetAt - now, 0.001);
       held.push(w);
     }
     if (wait) return wait;
     for (const w of held) w.remaining -= 1;
+    this.inFlight.set(route, (this.inFlight.get(route) ?? 0) + 1);
     return 0;
+  }
+
+  /** Requests in flight on the routes known to hit bucket `name`. */
+  private out(name: string): number {
+    let count = 0;
+    for (const [route, n] of this.inFlight) if (this.routes.get(route)?.includes(name)) count += n;
+    return count;
+  }
+
+  /** One request on `route` is no longer in flight. */
+  private landed(route: string): void {
+    const count = this.inFlight.get(route) ?? 0;
+    // Also after forget(): a request let go before it must not go negative.
+    if (count > 1) this.inFlight.set(route, count - 1);
+    else this.inFlight.delete(route);
   }
 
   /** Learn from an answer's status and headers (lower-case names). */
@@ -110,6 +162,7 @@ export class Throttle {
     const remaining = int(headers["x-ratelimit-remaining"]);
     const reset = int(headers["x-ratelimit-reset"]);
     if (limit === undefined || remaining === undefined || reset === undefined) {
+      this.landed(route);
       this.probing.delete(route);
       if (status >= 200 && status < 300) this.unlimited.add(route);
       return;
@@ -142,7 +195,11 @@ export class Throttle {
       const resetAt = reset - now > 3600 ? now + 1 : reset;
       learned.set("route:" + route, { limit, remaining: Math.max(remaining, 0), resetAt, window: undefined });
     }
+    this.landed(route);
     this.probing.delete(route);
+    // A 429 may name only the denying buckets: keep those learned before.
+    const before = this.routes.get(route) ?? [];
+    this.routes.set(route, [...before, ...[...learned.keys()].filter((n) => !before.includes(n))]);
     for (const [name, window] of learned) {
       const known = this.windows.get(name);
       // Resets estimated from whole seconds differ by up to one between answers of one
@@ -152,16 +209,25 @@ export class Throttle {
         // Same window: answers arrive out of order, and reservations made since this
         // request left are not in its count; the lower count is right.
         window.remaining = Math.min(window.remaining, known.remaining);
+      } else if (known !== undefined && window.resetAt < known.resetAt) {
+        // Decided in a window already over (sent before the boundary, answered after
+        // it): the current one's count stands.
+        continue;
+      } else {
+        // A window new to us: requests still out may be decided in it and are not in
+        // its count.
+        window.remaining = Math.max(0, window.remaining - this.out(name));
       }
       this.windows.set(name, window);
     }
-    // A 429 may name only the denying buckets: keep those learned before.
-    const before = this.routes.get(route) ?? [];
-    this.routes.set(route, [...before, ...[...learned.keys()].filter((n) => !before.includes(n))]);
   }
 
-  /** A request got no answer: let the next one probe at once. */
+  /**
+   * A request on `route` got no answer (it failed, timed out or was abandoned): it is no
+   * longer in flight, and the next one may probe at once.
+   */
   failed(route: string): void {
+    this.landed(route);
     this.probing.delete(route);
   }
 
@@ -171,5 +237,6 @@ export class Throttle {
     this.routes.clear();
     this.probing.clear();
     this.unlimited.clear();
+    this.inFlight.clear();
   }
 }

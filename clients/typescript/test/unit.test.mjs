@@ -100,6 +100,56 @@ describe("Throttle", () => {
     const wait = t.acquire("POST /v1/score/batch", 100.2);
     assert.ok(wait > 59 && wait <= 60, `"scoring" is used up, whichever route used it (${wait})`);
   });
+  test("a rollover counts the requests still in flight in the new window too", () => {
+    // Limit 2 per 1 s; the window ends at 101.
+    const t = new Throttle();
+    t.observe("GET /x", 200, headers(2, 101), 100.5);
+    assert.equal(t.acquire("GET /x", 100.99), 0);
+    assert.equal(t.acquire("GET /x", 100.99), 0, "two out at the boundary");
+    assert.ok(t.acquire("GET /x", 101.01) > 0, "limit 2 - 2 in flight: none may go");
+    t.observe("GET /x", 200, headers(0, 101), 101.02);
+    assert.ok(t.acquire("GET /x", 101.03) > 0, "an answer from the earlier window is no news");
+    t.observe("GET /x", 200, headers(1, 102), 101.04);
+    assert.ok(t.acquire("GET /x", 101.05) > 0, "counted in both: the lower count stands");
+    assert.equal(t.acquire("GET /x", 102.01), 0, "nothing out: the next window is whole");
+    assert.equal(t.acquire("GET /x", 102.01), 0);
+    assert.ok(t.acquire("GET /x", 102.01) > 0);
+  });
+  test("a new window learned from an answer counts the others in flight", () => {
+    const t = new Throttle();
+    t.observe("GET /x", 200, headers(2, 101), 100.5);
+    assert.equal(t.acquire("GET /x", 100.99), 0);
+    assert.equal(t.acquire("GET /x", 100.99), 0);
+    t.observe("GET /x", 200, headers(1, 102), 101.01);
+    assert.ok(t.acquire("GET /x", 101.02) > 0, "one left, one still out");
+  });
+  test("a slow first answer keeps the others waiting, up to the timeout", () => {
+    const t = new Throttle(30);
+    assert.equal(t.acquire("GET /x", 100), 0);
+    assert.ok(t.acquire("GET /x", 102.5) > 0, "past 2 s, within the timeout");
+    assert.ok(t.acquire("GET /x", 129.9) > 0);
+    t.observe("GET /x", 200, headers(1, 130), 129.95);
+    assert.equal(t.acquire("GET /x", 129.96), 0, "the answer came: the one left");
+    const d = new Throttle();
+    d.acquire("GET /x", 100);
+    assert.ok(d.acquire("GET /x", 102.5) > 0, "the default outlasts 2 s too");
+    const short = new Throttle(5);
+    assert.equal(short.acquire("GET /x", 100), 0);
+    assert.equal(short.acquire("GET /x", 105), 0, "no word within the timeout: go");
+  });
+  test("a failed request frees its in-flight count", () => {
+    const t = new Throttle();
+    t.observe("GET /x", 200, headers(2, 101), 100.5);
+    assert.equal(t.acquire("GET /x", 100.99), 0);
+    assert.equal(t.acquire("GET /x", 100.99), 0);
+    t.failed("GET /x");
+    assert.equal(t.acquire("GET /x", 101.01), 0, "limit 2 - 1 in flight");
+    assert.ok(t.acquire("GET /x", 101.01) > 0);
+    for (let i = 0; i < 3; i += 1) t.failed("GET /x"); // more than were out: not below zero
+    assert.equal(t.acquire("GET /x", 102.01), 0);
+    assert.equal(t.acquire("GET /x", 102.01), 0);
+    assert.ok(t.acquire("GET /x", 102.01) > 0);
+  });
   test("a route without rate-limit headers is never held", () => {
     const t = new Throttle();
     t.acquire("GET /q", 5);

@@ -290,6 +290,12 @@ class ClientCore:
             delay, reason = 0.0, f"{reason}; failing over"
         return self._retrying(call, delay, reason, status, headers.get(REQUEST_ID_HEADER))
 
+    def abandoned(self, call: Call[Any]) -> None:
+        """An attempt the throttle let go ended in neither an answer nor a transport
+        failure (cancelled, interrupted, a request that could not be built or read)."""
+        if self.throttle is not None:
+            self.throttle.failed(call.op.route)
+
     def after_failure(self, call: Call[Any], exc: httpx.TransportError) -> float | None:
         """Decide on an attempt that got no answer; the seconds to wait before the next
         attempt, or None (raise :meth:`transport_error`)."""
@@ -449,7 +455,9 @@ class ClientBase:
             instances=Instances(urls),
             tenant_id=tenant_id,
             retry=policy,
-            throttle=Throttle() if throttle else None,
+            # A first request still unanswered after the per-attempt timeout has failed:
+            # the longest it holds the others back.
+            throttle=Throttle(probe_timeout=timeout) if throttle else None,
             rng=rng or random.Random(),
             clock=clock or time.time,
             on_retry=on_retry,

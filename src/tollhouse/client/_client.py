@@ -152,14 +152,18 @@ class Client(ClientBase):
         while True:
             while (wait := core.throttle_wait(op)) > 0:
                 self._sleep(wait)
-            request = self._http.build_request(**core.next_attempt(call), timeout=self._timeout)
             try:
+                args = core.next_attempt(call)
+                request = self._http.build_request(**args, timeout=self._timeout)
                 with self._slots:
                     response = self._http.send(request)
             except httpx.TransportError as exc:
                 delay = core.after_failure(call, exc)
                 if delay is None:
                     raise core.transport_error(call, exc) from exc
+            except BaseException:
+                core.abandoned(call)
+                raise
             else:
                 delay = core.after_answer(call, response)
                 if delay is None:
