@@ -469,3 +469,31 @@ def test_bad_arguments_fail_before_any_request(server: Callable[..., Any]) -> No
             "flow_runs", time_start=datetime(2027, 1, 1), time_end="2027-01-02T00:00:00Z"
         )
     assert app.requests == []
+
+
+def test_a_cancelled_call_does_not_hold_its_route(scripted: tuple[Scripted, str]) -> None:
+    """The first call on a route is the throttle's probe: the others wait for its answer.
+    Cancelled before one came, it must let them go at once, not leave them waiting."""
+    app, url = scripted
+    app.play(slow(2.0), reply(200, STATUS))
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) > 50:  # the clock stands still: a held call would wait forever
+            raise AssertionError("the next call was held by the cancelled call's probe")
+        await asyncio.sleep(0)
+
+    async def go() -> None:
+        async with AsyncClient(KEY, url, sleep=sleep, clock=lambda: T0, timeout=30) as c:
+            first = asyncio.create_task(c.rate_limit_status())
+            # The server runs in another thread: no event of this loop can say it saw it.
+            while not app.requests:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            await c.rate_limit_status()
+
+    asyncio.run(go())
+    assert waits == [] and len(app.requests) == 2
