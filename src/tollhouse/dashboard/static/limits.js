@@ -166,9 +166,11 @@ export function createLimits(api, { provider }, onError) {
       "span",
       { class: "actions" },
       b.keyOverrides.map((k) => {
-        const item = h("span", { dataset: { keyOverride: k.keyId }, text: `${k.keyId}: ${k.limit}` });
+        // One key may have overrides on several buckets: the hooks name both.
+        const which = `${b.name}/${k.keyId}`;
+        const item = h("span", { dataset: { keyOverride: which }, text: `${k.keyId}: ${k.limit}` });
         if (!provider) return item;
-        const clear = h("button", { type: "button", class: "danger", dataset: { clearKeyOverride: k.keyId }, text: "Clear" });
+        const clear = h("button", { type: "button", class: "danger", dataset: { clearKeyOverride: which }, text: "Clear" });
         clear.addEventListener("click", () => change(() => api.send("DELETE", `${bucketPath(b.name)}?keyId=${encodeURIComponent(k.keyId)}`)));
         return h("span", {}, item, " ", clear);
       }),
