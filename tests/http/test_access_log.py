@@ -6,17 +6,17 @@ that comes after that moves its call from unknown to its status, once."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import socket
-import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import free_port, start_server, stop_server
+from tests.faults.support import wait_until
 from tests.http.test_forward_auth_nginx import metered_calls
-from tests.services import PostgresServer
+from tests.storage.support import database_url, run_with
 from tollhouse.errors import ConfigError, PolicyError
 from tollhouse.http.access_log import UNKNOWN_STATUS, AccessLogReceiver, AwaitingLog
 from tollhouse.http.forward_auth import AUTHORIZE_PATH
@@ -26,9 +26,9 @@ from tollhouse.limits.memory import MemoryStore
 from tollhouse.limits.store import Lease, PoolCheck
 from tollhouse.metering.record import CallRecord
 from tollhouse.policy.load import parse_policy
-from tollhouse.schema import create_schema
 from tollhouse.settings import load_settings
-from tollhouse.storage.engine import make_engine
+
+__all__ = ["database_url"]  # the fixture, on SQLite and PostgreSQL
 
 POOL = PoolCheck("pool:acme", "held", 1, 300.0)
 
@@ -227,24 +227,15 @@ def test_caddy_json_access_log_lines_are_joined_by_their_answer_request_id() -> 
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_serve_receives_the_lines_with_its_access_log_listen_flag(
-    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+    database_url: str, tmp_path: Path
 ) -> None:
-    if engine == "sqlite":
-        database = f"sqlite:///{tmp_path / 't.db'}"
-    else:
-        pg: PostgresServer = request.getfixturevalue("postgres_service")
-        database = pg.create_database(f"alog_{secrets.token_hex(4)}")
+    database = database_url
 
-    async def make_key() -> str:
-        db = make_engine(database)
-        await create_schema(db)
-        secret = (await KeyStore(db).create("acme", "test", "root"))[1]
-        await db.dispose()
-        return secret
+    async def make_key(db: Any) -> str:
+        return (await KeyStore(db).create("acme", "test", "root"))[1]
 
-    key = asyncio.run(make_key())
+    key = run_with(database, make_key)
     config = tmp_path / "tollhouse.toml"
     # No [forward_auth] table: the flag alone makes the server listen; log_wait stays
     # 60 s, so the call is metered within the test only if its line is joined.
@@ -268,11 +259,8 @@ def test_serve_receives_the_lines_with_its_access_log_listen_flag(
         )
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.sendto(line, ("127.0.0.1", log_port))
-        deadline = time.monotonic() + 15
+        wait_until(lambda: bool(metered_calls(database, "acme")), "the call metered")
         calls = metered_calls(database, "acme")
-        while not calls and time.monotonic() < deadline:
-            time.sleep(0.1)
-            calls = metered_calls(database, "acme")
     finally:
         stop_server(server)
     assert [(c.method, c.status) for c in calls] == [("GET", 418)], server.output()

@@ -2,7 +2,7 @@
 
 :class:`WebhookReads` runs on a plain connection
 (:func:`tollhouse.storage.transactions.read_connection`) and never writes;
-:class:`~tollhouse.jobs.webhook_store.WebhookStore` forwards its reads here, and shares
+:class:`~tollhouse.jobs.webhook_store.WebhookStore` adds the writes on top of it, and shares
 :func:`row_endpoint` and :func:`endpoint_scope` for the endpoints its writes return.
 Every read of one org's endpoints or deliveries is scoped to an org *and* an
 environment.

@@ -37,7 +37,6 @@ from tollhouse.jobs.webhooks import (
     PING,
     SCHEDULE,
     AttemptResult,
-    Delivery,
     DeliveryTask,
     Endpoint,
     EndpointChanges,
@@ -57,8 +56,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["WebhookStore"]
 
 
-class WebhookStore:
-    """Endpoints, deliveries and attempts in the SQL database.
+class WebhookStore(WebhookReads):
+    """Endpoints, deliveries and attempts in the SQL database: the writes, on top of
+    :class:`~tollhouse.jobs.webhook_reads.WebhookReads` (``list_endpoints``,
+    ``get_endpoint``, ``deliveries``).
 
     Args:
         engine: the same engine as the job queue.
@@ -80,7 +81,7 @@ class WebhookStore:
         schedule: Sequence[float] = SCHEDULE,
         allow_private_targets: bool = False,
     ) -> None:
-        self.engine = engine
+        super().__init__(engine)
         # SSRF guard (tollhouse.security.net): private targets are refused at add_endpoint
         # and at every attempt unless allowed (local development).
         self.allow_private_targets = allow_private_targets
@@ -88,7 +89,6 @@ class WebhookStore:
         self.clock = clock
         self.rng = rng or random.Random()
         self.lease_seconds = lease_seconds
-        self.reads = WebhookReads(engine)
 
     # endpoints
 
@@ -153,12 +153,6 @@ class WebhookStore:
                 )
         return endpoint, secret
 
-    async def list_endpoints(
-        self, org: str | None = None, *, environment: str | None = None
-    ) -> list[Endpoint]:
-        """Endpoints not removed, oldest first, optionally of one org and one environment."""
-        return await self.reads.list_endpoints(org, environment=environment)
-
     async def remove_endpoint(
         self,
         endpoint_id: str,
@@ -196,10 +190,6 @@ class WebhookStore:
                 )
         return row_endpoint(row)
 
-    async def get_endpoint(self, endpoint_id: str, org: str, environment: str) -> Endpoint | None:
-        """The endpoint of ``org`` in ``environment`` with this id (not removed), or None."""
-        return await self.reads.get_endpoint(endpoint_id, org, environment)
-
     async def update_endpoint(
         self,
         endpoint_id: str,
@@ -227,13 +217,7 @@ class WebhookStore:
             )
         e = webhook_endpoints.c
         async with write_transaction(self.engine, "webhooks") as conn:
-            row = (
-                await conn.execute(
-                    select(webhook_endpoints)
-                    .where(*endpoint_scope(endpoint_id, org, environment))
-                    .with_for_update()
-                )
-            ).first()
+            row = await _locked_endpoint(conn, endpoint_id, org, environment)
             if row is None:
                 return None
             if changes.enabled is not None and changes.enabled == (row.disabled_at is None):
@@ -276,13 +260,7 @@ class WebhookStore:
         secret = new_secret()
         e = webhook_endpoints.c
         async with write_transaction(self.engine, "webhooks") as conn:
-            row = (
-                await conn.execute(
-                    select(webhook_endpoints)
-                    .where(*endpoint_scope(endpoint_id, org, environment))
-                    .with_for_update()
-                )
-            ).first()
+            row = await _locked_endpoint(conn, endpoint_id, org, environment)
             if row is None:
                 return None
             keep = overlap > timedelta(0)
@@ -566,20 +544,19 @@ class WebhookStore:
             await conn.execute(update(d).where(d.c.id == task.id).values(**values))
         return str(values.get("status", "pending"))
 
-    async def deliveries(
-        self,
-        org: str,
-        job_id: str | None = None,
-        limit: int = 100,
-        *,
-        environment: str,
-        delivery_id: str | None = None,
-    ) -> list[Delivery]:
-        """The deliveries of ``org`` in ``environment`` with their attempts, newest first
-        (optionally of one job, or the one delivery ``delivery_id``)."""
-        return await self.reads.deliveries(
-            org, job_id, limit, environment=environment, delivery_id=delivery_id
+
+async def _locked_endpoint(
+    conn: AsyncConnection, endpoint_id: str, org: str | None, environment: str | None
+) -> Any:
+    """The endpoint's row (not removed; of ``org`` and ``environment`` when given), locked
+    for the rest of the transaction; None if there is none."""
+    return (
+        await conn.execute(
+            select(webhook_endpoints)
+            .where(*endpoint_scope(endpoint_id, org, environment))
+            .with_for_update()
         )
+    ).first()
 
 
 def _previous(row: Any, now: datetime) -> str | None:
