@@ -443,9 +443,8 @@ class ClientBase:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         # bool is an int: True seconds is a mistake, not a timeout.
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise ValueError(f"timeout must be a number of seconds above 0, not {timeout!r}")
-        if not 0 < timeout < math.inf:
+        number = not isinstance(timeout, bool) and isinstance(timeout, int | float)
+        if not (number and 0 < timeout < math.inf):
             raise ValueError(f"timeout must be a number of seconds above 0, not {timeout!r}")
         policy = retry or RetryPolicy()
         if max_retries is not None:
